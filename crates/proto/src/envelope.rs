@@ -1,0 +1,377 @@
+//! The signed-record envelope that carries every record kind.
+//!
+//! ```text
+//! version u8 | kind u8 | signer [32] | payload_len u32 | payload | signature [64]
+//! ```
+//!
+//! The signature covers `cairn/v1/<kind name>`, one zero byte, and the payload
+//! bytes exactly as they travel. Verification checks those bytes and only then
+//! decodes them; it never re-serializes a decoded value, so there is no way
+//! for two encodings of "the same" record to be confused.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use crate::codec::{Reader, Writer, decode_all};
+use crate::error::{DecodeError, ParseError, VerifyError};
+use crate::keys::{Signature, SigningKey, VerifyingKey};
+use crate::text::{decode_base64url, encode_base64url};
+
+/// The envelope format version this implementation reads and writes.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// The most payload bytes an envelope may carry (128 KiB).
+pub const MAX_PAYLOAD_LEN: usize = 128 * 1024;
+
+/// The most bytes an encoded envelope may have.
+pub const MAX_ENVELOPE_LEN: usize = 1 + 1 + 32 + 4 + MAX_PAYLOAD_LEN + 64;
+
+/// What a signed record is. The kind selects the payload's schema and is
+/// bound into the signature through its domain-separation string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// [`crate::DeviceCertificate`].
+    DeviceCertificate,
+    /// [`crate::Revocation`].
+    Revocation,
+    /// [`crate::IdentityLogEntry`].
+    IdentityLogEntry,
+    /// [`crate::HeadRecord`].
+    Head,
+    /// [`crate::RelayInfo`].
+    RelayInfo,
+    /// [`crate::AuthToken`].
+    AuthToken,
+    /// [`crate::TransferReceipt`].
+    TransferReceipt,
+}
+
+impl RecordKind {
+    /// Every kind, in code order.
+    pub const ALL: [RecordKind; 7] = [
+        Self::DeviceCertificate,
+        Self::Revocation,
+        Self::IdentityLogEntry,
+        Self::Head,
+        Self::RelayInfo,
+        Self::AuthToken,
+        Self::TransferReceipt,
+    ];
+
+    /// The kind's one-byte code in the envelope.
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::DeviceCertificate => 1,
+            Self::Revocation => 2,
+            Self::IdentityLogEntry => 3,
+            Self::Head => 4,
+            Self::RelayInfo => 5,
+            Self::AuthToken => 6,
+            Self::TransferReceipt => 7,
+        }
+    }
+
+    /// The kind's name in its domain-separation string.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::DeviceCertificate => "device-certificate",
+            Self::Revocation => "revocation",
+            Self::IdentityLogEntry => "identity-log-entry",
+            Self::Head => "head",
+            Self::RelayInfo => "relay-info",
+            Self::AuthToken => "auth-token",
+            Self::TransferReceipt => "transfer-receipt",
+        }
+    }
+
+    /// The kind with code `code`, if this version defines one.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// `cairn/v1/<name>`: what a signature of this kind is bound to.
+    pub fn domain(self) -> String {
+        format!("cairn/v{FORMAT_VERSION}/{}", self.name())
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// A record type that travels inside a [`SignedRecord`].
+///
+/// Implemented by the record types of this crate only; the set of kinds is
+/// part of the protocol, not an extension point.
+pub trait Record: sealed::Sealed + Sized {
+    /// The envelope kind that carries this record.
+    const KIND: RecordKind;
+
+    /// The canonical payload bytes.
+    fn to_payload(&self) -> Vec<u8>;
+
+    /// Decodes and validates canonical payload bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] if `bytes` is not exactly one valid record.
+    fn from_payload(bytes: &[u8]) -> Result<Self, DecodeError>;
+
+    /// The key that must have signed this record, when the record itself
+    /// names it (a relay signs its own info document; a mailbox key signs its
+    /// heads). `None` when the caller decides who may sign.
+    fn required_signer(&self) -> Option<&VerifyingKey> {
+        None
+    }
+}
+
+/// Implements [`Record`] for a type with `encode` / `decode` methods.
+macro_rules! impl_record {
+    ($ty:ty, $kind:expr) => {
+        impl $crate::envelope::sealed::Sealed for $ty {}
+        impl $crate::envelope::Record for $ty {
+            const KIND: $crate::envelope::RecordKind = $kind;
+
+            fn to_payload(&self) -> Vec<u8> {
+                let mut w = $crate::codec::Writer::new();
+                self.encode(&mut w);
+                w.into_bytes()
+            }
+
+            fn from_payload(bytes: &[u8]) -> Result<Self, $crate::error::DecodeError> {
+                $crate::codec::decode_all(bytes, Self::decode)
+            }
+
+            fn required_signer(&self) -> Option<&$crate::keys::VerifyingKey> {
+                Self::required_signer(self)
+            }
+        }
+    };
+}
+pub(crate) use impl_record;
+
+/// A decoded envelope whose signature has *not* been checked yet.
+///
+/// The only way to the record inside is [`SignedRecord::verify`], which
+/// returns a [`Verified`] wrapper that no other code can construct.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignedRecord {
+    kind: RecordKind,
+    signer: VerifyingKey,
+    payload: Vec<u8>,
+    signature: Signature,
+}
+
+impl SignedRecord {
+    /// Signs `record` with `key`.
+    pub fn sign<R: Record>(record: &R, key: &SigningKey) -> Self {
+        let payload = record.to_payload();
+        let signature = key.sign(&signing_input(R::KIND, &payload));
+        Self {
+            kind: R::KIND,
+            signer: key.verifying_key(),
+            payload,
+            signature,
+        }
+    }
+
+    /// Reassembles an envelope from its parts (for tests and tools that
+    /// build envelopes by hand; the result still has to pass `verify`).
+    pub fn from_parts(
+        kind: RecordKind,
+        signer: VerifyingKey,
+        payload: Vec<u8>,
+        signature: Signature,
+    ) -> Result<Self, DecodeError> {
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(DecodeError::TooLong {
+                field: "payload",
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        Ok(Self {
+            kind,
+            signer,
+            payload,
+            signature,
+        })
+    }
+
+    /// The record kind the envelope claims.
+    pub fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// The key the envelope claims signed it.
+    pub fn signer(&self) -> &VerifyingKey {
+        &self.signer
+    }
+
+    /// The payload bytes exactly as carried.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The signature as carried.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// The bytes the signature covers: domain, a zero byte, payload.
+    pub fn signing_input(&self) -> Vec<u8> {
+        signing_input(self.kind, &self.payload)
+    }
+
+    /// Checks the signature over the carried bytes, then decodes the payload
+    /// as an `R` and checks that the record's required signer (if any) is the
+    /// key that signed it.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError`] naming the first check that failed.
+    pub fn verify<R: Record>(&self) -> Result<Verified<R>, VerifyError> {
+        if self.kind != R::KIND {
+            return Err(VerifyError::WrongKind {
+                expected: R::KIND,
+                found: self.kind,
+            });
+        }
+        if !self.signer.verify_strict(&self.signing_input(), &self.signature) {
+            return Err(VerifyError::BadSignature);
+        }
+        let record = R::from_payload(&self.payload)?;
+        if record.required_signer().is_some_and(|k| *k != self.signer) {
+            return Err(VerifyError::SignerMismatch);
+        }
+        Ok(Verified {
+            record,
+            envelope: self.clone(),
+            _proof: PhantomData,
+        })
+    }
+
+    /// The canonical envelope bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(FORMAT_VERSION);
+        w.u8(self.kind.code());
+        self.signer.encode(&mut w);
+        w.bytes32(&self.payload);
+        w.fixed(&self.signature.0);
+        w.into_bytes()
+    }
+
+    /// Decodes envelope bytes. Does not check the signature.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] if `bytes` is not exactly one canonical envelope.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_all(bytes, Self::decode)
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let code = r.u8()?;
+        let kind = RecordKind::from_code(code).ok_or(DecodeError::UnknownTag {
+            field: "record kind",
+            tag: code,
+        })?;
+        let signer = VerifyingKey::decode(r)?;
+        let payload = r.bytes32("payload", MAX_PAYLOAD_LEN)?.to_vec();
+        let signature = Signature(r.array()?);
+        Ok(Self {
+            kind,
+            signer,
+            payload,
+            signature,
+        })
+    }
+
+    /// The envelope as unpadded base64url, for HTTP headers.
+    pub fn to_base64url(&self) -> String {
+        encode_base64url(&self.to_bytes())
+    }
+
+    /// Parses the form produced by [`SignedRecord::to_base64url`].
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError`] if the text is not canonical base64url of a canonical
+    /// envelope.
+    pub fn from_base64url(text: &str) -> Result<Self, ParseError> {
+        let bytes = decode_base64url(text, MAX_ENVELOPE_LEN)?;
+        Ok(Self::from_bytes(&bytes)?)
+    }
+}
+
+impl fmt::Debug for SignedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedRecord")
+            .field("kind", &self.kind)
+            .field("signer", &self.signer)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn signing_input(kind: RecordKind, payload: &[u8]) -> Vec<u8> {
+    let domain = kind.domain();
+    let mut input = Vec::with_capacity(domain.len() + 1 + payload.len());
+    input.extend_from_slice(domain.as_bytes());
+    input.push(0);
+    input.extend_from_slice(payload);
+    input
+}
+
+/// A record whose signature has been checked: proof that `signer` signed
+/// exactly these payload bytes. Only [`SignedRecord::verify`] creates one.
+#[derive(Clone, Debug)]
+pub struct Verified<R> {
+    record: R,
+    envelope: SignedRecord,
+    // Keeps the struct from being built by struct-literal syntax elsewhere
+    // even if every other field were public.
+    _proof: PhantomData<()>,
+}
+
+impl<R> Verified<R> {
+    /// The verified record.
+    pub fn record(&self) -> &R {
+        &self.record
+    }
+
+    /// The key that signed it.
+    pub fn signer(&self) -> &VerifyingKey {
+        &self.envelope.signer
+    }
+
+    /// The envelope it arrived in, for storing or forwarding as-is.
+    pub fn envelope(&self) -> &SignedRecord {
+        &self.envelope
+    }
+
+    /// Unwraps the record, dropping the proof.
+    pub fn into_record(self) -> R {
+        self.record
+    }
+}
+
+impl<R> std::ops::Deref for Verified<R> {
+    type Target = R;
+
+    fn deref(&self) -> &R {
+        &self.record
+    }
+}

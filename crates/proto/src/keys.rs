@@ -1,0 +1,320 @@
+//! Keys and signatures.
+//!
+//! Ed25519 signs everything in cairn; X25519 public keys are the recipients
+//! that vault keys are wrapped to. Each kind of key has its own type and its
+//! own text prefix, so a device's encryption key can never be passed where a
+//! signing key is expected, in code or on the command line.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::codec::{Reader, Writer};
+use crate::error::{DecodeError, ParseError};
+use crate::text::{encode_base64url, parse_prefixed};
+
+/// Text prefix of an Ed25519 public key.
+pub const VERIFYING_KEY_PREFIX: &str = "ed25519:";
+/// Text prefix of an Ed25519 secret key.
+pub const SIGNING_KEY_PREFIX: &str = "ed25519-secret:";
+/// Text prefix of an X25519 public key.
+pub const X25519_PREFIX: &str = "x25519:";
+
+/// An Ed25519 public key that is a canonical encoding of a point outside the
+/// small-order subgroup, i.e. one under which strict verification can succeed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerifyingKey(ed25519_dalek::VerifyingKey);
+
+impl VerifyingKey {
+    /// Length of the binary form in bytes.
+    pub const LEN: usize = 32;
+
+    /// Parses the 32-byte compressed form.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Invalid`] if the bytes are not a point, are a
+    /// non-canonical encoding of one, or are a small-order ("weak") key.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
+        const FIELD: &str = "ed25519 public key";
+        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| DecodeError::Invalid {
+            field: FIELD,
+            reason: "not a point on the curve",
+        })?;
+        // Decompression tolerates some non-canonical spellings of a point;
+        // refusing them keeps one encoding per key, so keys can be compared
+        // and hashed as bytes.
+        if key.to_edwards().compress().to_bytes() != *bytes {
+            return Err(DecodeError::Invalid {
+                field: FIELD,
+                reason: "non-canonical point encoding",
+            });
+        }
+        if key.is_weak() {
+            return Err(DecodeError::Invalid {
+                field: FIELD,
+                reason: "small-order key",
+            });
+        }
+        Ok(Self(key))
+    }
+
+    /// The 32-byte compressed form.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// A short form for logs: the prefix and the first 8 characters.
+    pub fn short(&self) -> String {
+        let text = self.to_string();
+        text.chars().take(VERIFYING_KEY_PREFIX.len() + 8).collect()
+    }
+
+    /// Checks `signature` over `message` with strict Ed25519 rules (canonical
+    /// `S`, no small-order components), so one message has one valid
+    /// signature per key.
+    pub(crate) fn verify_strict(&self, message: &[u8], signature: &Signature) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.0.verify_strict(message, &sig).is_ok()
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.fixed(self.0.as_bytes());
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Self::from_bytes(&r.array()?)
+    }
+}
+
+impl PartialOrd for VerifyingKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for VerifyingKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
+
+impl fmt::Display for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{VERIFYING_KEY_PREFIX}{}", encode_base64url(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VerifyingKey({self})")
+    }
+}
+
+impl FromStr for VerifyingKey {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bytes = parse_prefixed::<32>(s, VERIFYING_KEY_PREFIX)?;
+        Ok(Self::from_bytes(&bytes)?)
+    }
+}
+
+/// An Ed25519 secret key. Zeroized on drop; never printed.
+#[derive(Clone)]
+pub struct SigningKey(ed25519_dalek::SigningKey);
+
+impl SigningKey {
+    /// The key whose 32-byte secret seed is `seed` (RFC 8032 §5.1.5).
+    ///
+    /// Callers generate seeds from the operating system's random source; this
+    /// crate does no I/O and so cannot.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(seed))
+    }
+
+    /// The 32-byte secret seed. Handle with care: it *is* the key.
+    pub fn to_seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The matching public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        // A key derived from a secret scalar is never small-order and always
+        // canonically encoded, so the checks in `from_bytes` cannot fail.
+        VerifyingKey(self.0.verifying_key())
+    }
+
+    /// The secret in text form (`ed25519-secret:` + base64url), for key
+    /// files. Deliberately not `Display`, so it cannot end up in a log line
+    /// through a format string.
+    pub fn to_secret_text(&self) -> String {
+        format!("{SIGNING_KEY_PREFIX}{}", encode_base64url(self.0.as_bytes()))
+    }
+
+    /// Parses the text form produced by [`SigningKey::to_secret_text`].
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError`] if the prefix, length or base64url is wrong.
+    pub fn from_secret_text(text: &str) -> Result<Self, ParseError> {
+        let seed = parse_prefixed::<32>(text.trim_end(), SIGNING_KEY_PREFIX)?;
+        Ok(Self::from_seed(&seed))
+    }
+
+    pub(crate) fn sign(&self, message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer as _;
+        Signature(self.0.sign(message).to_bytes())
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({}, secret redacted)", self.verifying_key())
+    }
+}
+
+/// An Ed25519 signature: 64 bytes, carried as-is. Its validity is only ever
+/// judged together with a key and a message.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signature(pub(crate) [u8; 64]);
+
+impl Signature {
+    /// Length of the binary form in bytes.
+    pub const LEN: usize = 64;
+
+    /// Wraps 64 signature bytes.
+    pub const fn from_bytes(bytes: [u8; 64]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 64 signature bytes.
+    pub const fn to_bytes(&self) -> [u8; 64] {
+        self.0
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", encode_base64url(&self.0))
+    }
+}
+
+/// An X25519 public key: a recipient that secrets (vault keys) are wrapped to.
+///
+/// Any 32 bytes are a usable X25519 public key (RFC 7748 §5), so there is
+/// nothing to validate beyond the length.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct X25519PublicKey([u8; 32]);
+
+impl X25519PublicKey {
+    /// Length of the binary form in bytes.
+    pub const LEN: usize = 32;
+
+    /// Wraps 32 public-key bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 public-key bytes.
+    pub const fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.fixed(&self.0);
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
+}
+
+impl fmt::Display for X25519PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{X25519_PREFIX}{}", encode_base64url(&self.0))
+    }
+}
+
+impl fmt::Debug for X25519PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "X25519PublicKey({self})")
+    }
+}
+
+impl FromStr for X25519PublicKey {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Ok(Self(parse_prefixed::<32>(s, X25519_PREFIX)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_seed(&[7; 32])
+    }
+
+    #[test]
+    fn text_forms_round_trip() {
+        let vk = key().verifying_key();
+        assert_eq!(vk.to_string().parse::<VerifyingKey>(), Ok(vk));
+        let x = X25519PublicKey::from_bytes([9; 32]);
+        assert_eq!(x.to_string().parse::<X25519PublicKey>(), Ok(x));
+        let sk = SigningKey::from_secret_text(&key().to_secret_text()).unwrap();
+        assert_eq!(sk.to_seed(), key().to_seed());
+    }
+
+    #[test]
+    fn kinds_of_keys_cannot_be_confused() {
+        let vk = key().verifying_key().to_string();
+        let as_x25519 = vk.replacen(VERIFYING_KEY_PREFIX, X25519_PREFIX, 1);
+        assert_eq!(
+            vk.parse::<X25519PublicKey>(),
+            Err(ParseError::WrongPrefix {
+                expected: X25519_PREFIX
+            })
+        );
+        assert_eq!(
+            as_x25519.parse::<VerifyingKey>(),
+            Err(ParseError::WrongPrefix {
+                expected: VERIFYING_KEY_PREFIX
+            })
+        );
+        assert!(SigningKey::from_secret_text(&vk).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_contains_the_secret() {
+        let sk = key();
+        let secret = sk.to_secret_text();
+        let body = secret.trim_start_matches(SIGNING_KEY_PREFIX);
+        let debug = format!("{sk:?}");
+        assert!(!debug.contains(body), "{debug}");
+        assert!(debug.contains("redacted"));
+    }
+
+    #[test]
+    fn small_order_keys_are_refused() {
+        // The identity point (y = 1) has order 1.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(
+            VerifyingKey::from_bytes(&identity),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn non_canonical_point_encodings_are_refused() {
+        // y = p + 1 (p = 2^255 - 19) is a non-canonical spelling of y = 1...
+        // use y = p + 2, which is y = 2 if reduced; whichever way the library
+        // treats it, the non-reduced form must not be accepted as a key.
+        let mut bytes = [0xffu8; 32];
+        bytes[0] = 0xed + 2;
+        bytes[31] = 0x7f;
+        assert!(VerifyingKey::from_bytes(&bytes).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! The cairn protocol core: blob ids, keys, signed records and their
+//! canonical encoding.
+//!
+//! This crate is what relays, clients and outside verifiers must agree on, so
+//! it does no I/O, spawns nothing and depends on no runtime. It turns bytes
+//! into typed records and back, and it signs and verifies. docs/PROTOCOL.md
+//! is the normative description of every byte; the test vectors in
+//! `tests/vectors/` are checked against this code.
+//!
+//! # Overview
+//!
+//! - [`BlobId`]: the BLAKE3-256 hash of a stored blob's bytes.
+//! - [`SigningKey`], [`VerifyingKey`], [`X25519PublicKey`]: keys, each with a
+//!   type-prefixed text form (`ed25519:…`, `x25519:…`).
+//! - [`SignedRecord`]: the envelope every record travels in. It is inert
+//!   until [`SignedRecord::verify`] checks the signature and yields a
+//!   [`Verified`] record, the only way to get at the contents.
+//! - Records: [`DeviceCertificate`], [`Revocation`], [`IdentityLogEntry`],
+//!   [`HeadRecord`], [`RelayInfo`], [`AuthToken`], [`TransferReceipt`].
+//! - [`verify_identity_log`]: checks a whole identity log and returns the
+//!   device set and vault generation it leads to.
+//!
+//! # Example
+//!
+//! ```
+//! use cairn_proto::{BlobId, HeadRecord, SignedRecord, SigningKey, Slot, Timestamp};
+//!
+//! let mailbox = SigningKey::from_seed(&[42; 32]);
+//! let head = HeadRecord {
+//!     mailbox: mailbox.verifying_key(),
+//!     slot: Slot::new("laptop")?,
+//!     seq: 7,
+//!     target: BlobId::of(b"encrypted operation"),
+//!     timestamp: Timestamp(1_790_000_000),
+//! };
+//!
+//! // Sign and send as an HTTP-safe string...
+//! let text = SignedRecord::sign(&head, &mailbox).to_base64url();
+//!
+//! // ...and on the other side, decode and verify before looking inside.
+//! let received = SignedRecord::from_base64url(&text)?;
+//! let verified = received.verify::<HeadRecord>()?;
+//! assert_eq!(verified.seq, 7);
+//! assert_eq!(verified.signer(), &mailbox.verifying_key());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod blob_id;
+mod codec;
+mod envelope;
+mod error;
+mod fields;
+mod identity;
+mod keys;
+mod records;
+mod text;
+
+pub use blob_id::BlobId;
+pub use envelope::{
+    FORMAT_VERSION, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, RecordKind, SignedRecord, Verified,
+};
+pub use error::{DecodeError, ParseError, VerifyError};
+pub use fields::{DeviceName, RelayUrl, RequestPath, Slot, SoftwareVersion, Timestamp};
+pub use identity::{
+    Device, IdentityState, LogError, LogErrorKind, VaultKeyInfo, verify_identity_log,
+};
+pub use keys::{
+    SIGNING_KEY_PREFIX, Signature, SigningKey, VERIFYING_KEY_PREFIX, VerifyingKey, X25519_PREFIX,
+    X25519PublicKey,
+};
+pub use records::{
+    AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord,
+    IdentityLogEntry, LogAction, MAX_ACTIVE_DEVICES, MAX_PEERS, MAX_PREFERRED_RELAYS, Method,
+    Nonce, RelayInfo, RelayRef, Revocation, RevocationReason, TokenTarget, TransferReceipt,
+    WrappedKey, WrappedSecret,
+};
+pub use text::{decode_base64url, encode_base64url};

@@ -1,0 +1,167 @@
+//! Test helpers for cairn. A dev-dependency only; never shipped.
+//!
+//! - [`key`]: deterministic keys from a label, so fixtures and vectors are
+//!   reproducible.
+//! - [`IdentityBuilder`]: writes valid identity logs (and, by editing what it
+//!   produces, invalid ones) without going through a client.
+
+use cairn_proto::{
+    BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry, LogAction,
+    RelayRef, Revocation, RevocationReason, SignedRecord, SigningKey, Timestamp, WrappedKey,
+    WrappedSecret, X25519PublicKey,
+};
+
+/// The Ed25519 key whose seed is `BLAKE3("cairn-testkit key" || label)`.
+pub fn key(label: &str) -> SigningKey {
+    SigningKey::from_seed(&seed(label))
+}
+
+/// 32 bytes derived from `label`, for X25519 keys and other fixtures.
+pub fn seed(label: &str) -> [u8; 32] {
+    blake3::derive_key("cairn-testkit key", label.as_bytes())
+}
+
+/// Builds an identity log entry by entry, signing each with the key the
+/// caller names. Produces envelope bytes exactly as a client would store
+/// them.
+#[derive(Debug)]
+pub struct IdentityBuilder {
+    root: SigningKey,
+    entries: Vec<Vec<u8>>,
+    generation: u32,
+    clock: u64,
+}
+
+impl IdentityBuilder {
+    /// Starts a log for `root`. Nothing is written until a device is added.
+    pub fn new(root: SigningKey) -> Self {
+        Self {
+            root,
+            entries: Vec::new(),
+            generation: 0,
+            clock: 1_790_000_000,
+        }
+    }
+
+    /// The root key.
+    pub fn root(&self) -> &SigningKey {
+        &self.root
+    }
+
+    /// Envelope bytes of every entry so far.
+    pub fn entries(&self) -> &[Vec<u8>] {
+        &self.entries
+    }
+
+    /// The vault generation the log has reached.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// A root-signed certificate for `device`, named `name`.
+    pub fn certificate(&mut self, device: &SigningKey, name: &str) -> SignedRecord {
+        let cert = DeviceCertificate {
+            device: device.verifying_key(),
+            x25519: x25519_for(device),
+            name: DeviceName::new(name).expect("fixture names are valid"),
+            created: self.tick(),
+        };
+        SignedRecord::sign(&cert, &self.root)
+    }
+
+    /// A root-signed revocation of `device`.
+    pub fn revocation(&mut self, device: &SigningKey) -> SignedRecord {
+        let revocation = Revocation {
+            device: device.verifying_key(),
+            revoked_at: self.tick(),
+            reason: RevocationReason::Retired,
+        };
+        SignedRecord::sign(&revocation, &self.root)
+    }
+
+    /// Appends an entry enrolling `device`, signed by `signer`, carrying the
+    /// current vault key when there is one.
+    pub fn add_device(&mut self, signer: &SigningKey, device: &SigningKey, name: &str) -> &mut Self {
+        let certificate = self.certificate(device, name);
+        let vault_key = (self.generation > 0).then(|| WrappedKey {
+            generation: self.generation,
+            secret: fake_wrap(device, self.generation),
+        });
+        self.push(
+            signer,
+            LogAction::AddDevice {
+                certificate,
+                vault_key,
+            },
+        )
+    }
+
+    /// Appends an entry revoking `device`, signed by `signer`.
+    pub fn revoke(&mut self, signer: &SigningKey, device: &SigningKey) -> &mut Self {
+        let revocation = self.revocation(device);
+        self.push(signer, LogAction::RevokeDevice { revocation })
+    }
+
+    /// Appends a vault rotation to the next generation, wrapped to `devices`
+    /// (the caller passes the active set, or deliberately another one).
+    pub fn rotate(&mut self, signer: &SigningKey, devices: &[&SigningKey]) -> &mut Self {
+        let generation = self.generation + 1;
+        let mut wrapped: Vec<_> = devices
+            .iter()
+            .map(|d| DeviceWrappedKey {
+                device: d.verifying_key(),
+                secret: fake_wrap(d, generation),
+            })
+            .collect();
+        wrapped.sort_by_key(|w| w.device);
+        let previous = (generation > 1).then(|| {
+            WrappedSecret::new(format!("generation {} for {generation}", generation - 1).into_bytes())
+                .expect("fixture ciphertext is small")
+        });
+        let recipient = X25519PublicKey::from_bytes(seed(&format!("vault {generation}")));
+        self.generation = generation;
+        self.push(
+            signer,
+            LogAction::RotateVaultKey {
+                generation,
+                recipient,
+                wrapped,
+                previous,
+            },
+        )
+    }
+
+    /// Appends a preferred-relays entry.
+    pub fn set_relays(&mut self, signer: &SigningKey, relays: Vec<RelayRef>) -> &mut Self {
+        self.push(signer, LogAction::SetPreferredRelays { relays })
+    }
+
+    /// Appends an entry with the given action, correctly numbered and chained.
+    pub fn push(&mut self, signer: &SigningKey, action: LogAction) -> &mut Self {
+        let entry = IdentityLogEntry {
+            seq: self.entries.len() as u64,
+            prev: self.entries.last().map(|e| BlobId::of(e)),
+            action,
+        };
+        self.entries
+            .push(SignedRecord::sign(&entry, signer).to_bytes());
+        self
+    }
+
+    fn tick(&mut self) -> Timestamp {
+        self.clock += 60;
+        Timestamp(self.clock)
+    }
+}
+
+/// The X25519 public key fixtures give `device`.
+pub fn x25519_for(device: &SigningKey) -> X25519PublicKey {
+    X25519PublicKey::from_bytes(seed(&format!("x25519 {}", device.verifying_key())))
+}
+
+/// Stand-in ciphertext: the protocol core treats wrapped keys as opaque, so
+/// fixtures only need distinct, valid-length bytes.
+fn fake_wrap(device: &SigningKey, generation: u32) -> WrappedSecret {
+    WrappedSecret::new(format!("vault {generation} for {}", device.verifying_key()).into_bytes())
+        .expect("fixture ciphertext is small")
+}
