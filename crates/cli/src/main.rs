@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use cairn_client::proto::{
-    AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, RecordKind, RelayInfo,
-    Revocation, SignedRecord, TransferReceipt, VerifyError,
+    AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, RecordKind, RelayInfo, Revocation,
+    SignedRecord, TransferReceipt, VerifyError,
 };
 use clap::{Parser, Subcommand};
 
@@ -62,9 +62,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn inspect(source: &str, json: bool) -> anyhow::Result<ExitCode> {
     let bytes = read_source(source)?;
-    let record = parse_record(&bytes).context(
-        "not a cairn signed record (expected base64url text or raw envelope bytes)",
-    )?;
+    let record = parse_record(&bytes)
+        .context("not a cairn signed record (expected base64url text or raw envelope bytes)")?;
     let outcome = describe(&record);
     let out = if json {
         serde_json::json!({
@@ -115,10 +114,10 @@ fn read_source(source: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Accepts base64url text (surrounding whitespace ignored) or raw bytes.
 fn parse_record(bytes: &[u8]) -> anyhow::Result<SignedRecord> {
-    if let Ok(text) = std::str::from_utf8(bytes) {
-        if let Ok(record) = SignedRecord::from_base64url(text.trim()) {
-            return Ok(record);
-        }
+    if let Ok(text) = std::str::from_utf8(bytes)
+        && let Ok(record) = SignedRecord::from_base64url(text.trim())
+    {
+        return Ok(record);
     }
     Ok(SignedRecord::from_bytes(bytes)?)
 }

@@ -149,21 +149,33 @@ impl<'a> Reader<'a> {
     }
 
     /// A 16-bit-length-prefixed byte string of at most `max` bytes.
-    pub(crate) fn bytes16(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes16(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], DecodeError> {
         let len = usize::from(self.u16()?);
         Self::check_len(field, len, max)?;
         self.take(len)
     }
 
     /// A 32-bit-length-prefixed byte string of at most `max` bytes.
-    pub(crate) fn bytes32(&mut self, field: &'static str, max: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes32(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], DecodeError> {
         let len = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
         Self::check_len(field, len, max)?;
         self.take(len)
     }
 
     /// A length-prefixed UTF-8 string of at most `max` bytes.
-    pub(crate) fn str16(&mut self, field: &'static str, max: usize) -> Result<&'a str, DecodeError> {
+    pub(crate) fn str16(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a str, DecodeError> {
         let bytes = self.bytes16(field, max)?;
         std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8 { field })
     }

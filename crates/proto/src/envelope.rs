@@ -182,13 +182,22 @@ impl SignedRecord {
         }
     }
 
-    /// Reassembles an envelope from its parts (for tests and tools that
-    /// build envelopes by hand; the result still has to pass `verify`).
-    pub fn from_parts(
+    /// Signs arbitrary payload bytes as a record of `kind`, without checking
+    /// that they decode as one.
+    ///
+    /// For tools and tests that must produce validly signed *malformed*
+    /// records (a fault-injecting relay, a decoder test); everything else
+    /// should use [`SignedRecord::sign`]. Verification still decodes the
+    /// payload, so such a record never passes [`SignedRecord::verify`]
+    /// unless the bytes are in fact a valid record.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::TooLong`] if the payload exceeds [`MAX_PAYLOAD_LEN`].
+    pub fn sign_raw(
         kind: RecordKind,
-        signer: VerifyingKey,
         payload: Vec<u8>,
-        signature: Signature,
+        key: &SigningKey,
     ) -> Result<Self, DecodeError> {
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(DecodeError::TooLong {
@@ -197,9 +206,10 @@ impl SignedRecord {
                 max: MAX_PAYLOAD_LEN,
             });
         }
+        let signature = key.sign(&signing_input(kind, &payload));
         Ok(Self {
             kind,
-            signer,
+            signer: key.verifying_key(),
             payload,
             signature,
         })
@@ -244,7 +254,10 @@ impl SignedRecord {
                 found: self.kind,
             });
         }
-        if !self.signer.verify_strict(&self.signing_input(), &self.signature) {
+        if !self
+            .signer
+            .verify_strict(&self.signing_input(), &self.signature)
+        {
             return Err(VerifyError::BadSignature);
         }
         let record = R::from_payload(&self.payload)?;

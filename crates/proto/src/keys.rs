@@ -21,8 +21,12 @@ pub const X25519_PREFIX: &str = "x25519:";
 
 /// An Ed25519 public key that is a canonical encoding of a point outside the
 /// small-order subgroup, i.e. one under which strict verification can succeed.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VerifyingKey(ed25519_dalek::VerifyingKey);
+///
+/// Held as its 32 validated bytes rather than as a decompressed point: keys
+/// are compared, hashed and stored far more often than they verify, and the
+/// decompressed form is six times larger.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VerifyingKey([u8; 32]);
 
 impl VerifyingKey {
     /// Length of the binary form in bytes.
@@ -36,10 +40,11 @@ impl VerifyingKey {
     /// non-canonical encoding of one, or are a small-order ("weak") key.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
         const FIELD: &str = "ed25519 public key";
-        let key = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| DecodeError::Invalid {
-            field: FIELD,
-            reason: "not a point on the curve",
-        })?;
+        let key =
+            ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| DecodeError::Invalid {
+                field: FIELD,
+                reason: "not a point on the curve",
+            })?;
         // Decompression tolerates some non-canonical spellings of a point;
         // refusing them keeps one encoding per key, so keys can be compared
         // and hashed as bytes.
@@ -55,12 +60,12 @@ impl VerifyingKey {
                 reason: "small-order key",
             });
         }
-        Ok(Self(key))
+        Ok(Self(*bytes))
     }
 
     /// The 32-byte compressed form.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
     }
 
     /// A short form for logs: the prefix and the first 8 characters.
@@ -74,11 +79,13 @@ impl VerifyingKey {
     /// signature per key.
     pub(crate) fn verify_strict(&self, message: &[u8], signature: &Signature) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        self.0.verify_strict(message, &sig).is_ok()
+        // Cannot fail: the bytes were validated when this key was made.
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .is_ok_and(|key| key.verify_strict(message, &sig).is_ok())
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {
-        w.fixed(self.0.as_bytes());
+        w.fixed(&self.0);
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -86,21 +93,9 @@ impl VerifyingKey {
     }
 }
 
-impl PartialOrd for VerifyingKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for VerifyingKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.as_bytes().cmp(other.0.as_bytes())
-    }
-}
-
 impl fmt::Display for VerifyingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{VERIFYING_KEY_PREFIX}{}", encode_base64url(self.0.as_bytes()))
+        write!(f, "{VERIFYING_KEY_PREFIX}{}", encode_base64url(&self.0))
     }
 }
 
@@ -141,14 +136,17 @@ impl SigningKey {
     pub fn verifying_key(&self) -> VerifyingKey {
         // A key derived from a secret scalar is never small-order and always
         // canonically encoded, so the checks in `from_bytes` cannot fail.
-        VerifyingKey(self.0.verifying_key())
+        VerifyingKey(self.0.verifying_key().to_bytes())
     }
 
     /// The secret in text form (`ed25519-secret:` + base64url), for key
     /// files. Deliberately not `Display`, so it cannot end up in a log line
     /// through a format string.
     pub fn to_secret_text(&self) -> String {
-        format!("{SIGNING_KEY_PREFIX}{}", encode_base64url(self.0.as_bytes()))
+        format!(
+            "{SIGNING_KEY_PREFIX}{}",
+            encode_base64url(self.0.as_bytes())
+        )
     }
 
     /// Parses the text form produced by [`SigningKey::to_secret_text`].

@@ -69,9 +69,9 @@ pub use keys::{
     X25519PublicKey,
 };
 pub use records::{
-    AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord,
-    IdentityLogEntry, LogAction, MAX_ACTIVE_DEVICES, MAX_PEERS, MAX_PREFERRED_RELAYS, Method,
-    Nonce, RelayInfo, RelayRef, Revocation, RevocationReason, TokenTarget, TransferReceipt,
-    WrappedKey, WrappedSecret,
+    AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord, IdentityLogEntry,
+    LogAction, MAX_ACTIVE_DEVICES, MAX_PEERS, MAX_PREFERRED_RELAYS, Method, Nonce, RelayInfo,
+    RelayRef, Revocation, RevocationReason, TokenTarget, TransferReceipt, WrappedKey,
+    WrappedSecret,
 };
 pub use text::{decode_base64url, encode_base64url};

@@ -30,9 +30,7 @@ pub fn decode_base64url(text: &str, max_bytes: usize) -> Result<Vec<u8>, ParseEr
             max: max_chars,
         });
     }
-    URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| ParseError::Base64)
+    URL_SAFE_NO_PAD.decode(text).map_err(|_| ParseError::Base64)
 }
 
 /// Parses `<prefix><base64url of N bytes>`.

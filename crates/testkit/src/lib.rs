@@ -6,9 +6,9 @@
 //!   produces, invalid ones) without going through a client.
 
 use cairn_proto::{
-    BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry, LogAction,
-    RelayRef, Revocation, RevocationReason, SignedRecord, SigningKey, Timestamp, WrappedKey,
-    WrappedSecret, X25519PublicKey,
+    BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry, LogAction, RelayRef,
+    Revocation, RevocationReason, SignedRecord, SigningKey, Timestamp, WrappedKey, WrappedSecret,
+    X25519PublicKey,
 };
 
 /// The Ed25519 key whose seed is `BLAKE3("cairn-testkit key" || label)`.
@@ -81,7 +81,12 @@ impl IdentityBuilder {
 
     /// Appends an entry enrolling `device`, signed by `signer`, carrying the
     /// current vault key when there is one.
-    pub fn add_device(&mut self, signer: &SigningKey, device: &SigningKey, name: &str) -> &mut Self {
+    pub fn add_device(
+        &mut self,
+        signer: &SigningKey,
+        device: &SigningKey,
+        name: &str,
+    ) -> &mut Self {
         let certificate = self.certificate(device, name);
         let vault_key = (self.generation > 0).then(|| WrappedKey {
             generation: self.generation,
@@ -115,8 +120,10 @@ impl IdentityBuilder {
             .collect();
         wrapped.sort_by_key(|w| w.device);
         let previous = (generation > 1).then(|| {
-            WrappedSecret::new(format!("generation {} for {generation}", generation - 1).into_bytes())
-                .expect("fixture ciphertext is small")
+            WrappedSecret::new(
+                format!("generation {} for {generation}", generation - 1).into_bytes(),
+            )
+            .expect("fixture ciphertext is small")
         });
         let recipient = X25519PublicKey::from_bytes(seed(&format!("vault {generation}")));
         self.generation = generation;
@@ -139,13 +146,29 @@ impl IdentityBuilder {
     /// Appends an entry with the given action, correctly numbered and chained.
     pub fn push(&mut self, signer: &SigningKey, action: LogAction) -> &mut Self {
         let entry = IdentityLogEntry {
-            seq: self.entries.len() as u64,
-            prev: self.entries.last().map(|e| BlobId::of(e)),
+            seq: self.next_seq(),
+            prev: self.next_prev(),
             action,
         };
         self.entries
             .push(SignedRecord::sign(&entry, signer).to_bytes());
         self
+    }
+
+    /// Appends envelope bytes as they are, valid or not.
+    pub fn push_raw(&mut self, bytes: Vec<u8>) -> &mut Self {
+        self.entries.push(bytes);
+        self
+    }
+
+    /// The `seq` the next entry should carry.
+    pub fn next_seq(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The `prev` the next entry should carry.
+    pub fn next_prev(&self) -> Option<BlobId> {
+        self.entries.last().map(|e| BlobId::of(e))
     }
 
     fn tick(&mut self) -> Timestamp {
