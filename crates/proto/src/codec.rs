@@ -14,6 +14,10 @@
 use crate::error::DecodeError;
 
 /// Appends canonical encodings to a byte buffer.
+///
+/// Lengths that do not fit their prefix are clamped rather than panicking;
+/// the result then fails to decode, which is how [`crate::SignedRecord::sign`]
+/// refuses to sign a record that breaks a bound.
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     buf: Vec<u8>,
@@ -49,36 +53,20 @@ impl Writer {
     }
 
     /// A byte string with a 16-bit length prefix.
-    ///
-    /// # Panics
-    ///
-    /// If `bytes` is longer than `u16::MAX`. Every caller encodes a field
-    /// whose type already guarantees a smaller bound, so this is a bug.
     pub(crate) fn bytes16(&mut self, bytes: &[u8]) {
-        let len = u16::try_from(bytes.len()).expect("field types bound their length below 2^16");
-        self.u16(len);
+        self.u16(u16::try_from(bytes.len()).unwrap_or(u16::MAX));
         self.fixed(bytes);
     }
 
     /// A byte string with a 32-bit length prefix.
-    ///
-    /// # Panics
-    ///
-    /// If `bytes` is longer than `u32::MAX`; callers bound lengths far lower.
     pub(crate) fn bytes32(&mut self, bytes: &[u8]) {
-        let len = u32::try_from(bytes.len()).expect("field types bound their length below 2^32");
-        self.u32(len);
+        self.u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
         self.fixed(bytes);
     }
 
     /// The count prefix of a list.
-    ///
-    /// # Panics
-    ///
-    /// If `count` exceeds `u16::MAX`; list types bound their length lower.
     pub(crate) fn count(&mut self, count: usize) {
-        let count = u16::try_from(count).expect("list types bound their length below 2^16");
-        self.u16(count);
+        self.u16(u16::try_from(count).unwrap_or(u16::MAX));
     }
 
     pub(crate) fn option<T>(&mut self, value: Option<&T>, mut f: impl FnMut(&mut Self, &T)) {

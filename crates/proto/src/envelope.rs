@@ -114,7 +114,9 @@ pub trait Record: sealed::Sealed + Sized {
     /// The envelope kind that carries this record.
     const KIND: RecordKind;
 
-    /// The canonical payload bytes.
+    /// The canonical payload bytes. For a record that breaks a rule (a list
+    /// too long, an unsorted key list) the bytes do not decode;
+    /// [`SignedRecord::sign`] checks.
     fn to_payload(&self) -> Vec<u8>;
 
     /// Decodes and validates canonical payload bytes.
@@ -171,15 +173,39 @@ pub struct SignedRecord {
 
 impl SignedRecord {
     /// Signs `record` with `key`.
-    pub fn sign<R: Record>(record: &R, key: &SigningKey) -> Self {
+    ///
+    /// Record fields are public, so a record can be built that breaks a rule
+    /// of the protocol (too many peers, an unsorted list, a field that names
+    /// another signer). Such a record is refused here, before anything is
+    /// signed: a signed record that no verifier accepts could, for example,
+    /// break an append-only identity log for good.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::Payload`] if the record's encoding does not decode as a
+    /// valid record, [`VerifyError::SignerMismatch`] if the record names a
+    /// signer other than `key`.
+    pub fn sign<R: Record>(record: &R, key: &SigningKey) -> Result<Self, VerifyError> {
         let payload = record.to_payload();
+        if payload.len() > MAX_PAYLOAD_LEN {
+            return Err(VerifyError::Payload(DecodeError::TooLong {
+                field: "payload",
+                len: payload.len(),
+                max: MAX_PAYLOAD_LEN,
+            }));
+        }
+        let decoded = R::from_payload(&payload)?;
+        let signer = key.verifying_key();
+        if decoded.required_signer().is_some_and(|k| *k != signer) {
+            return Err(VerifyError::SignerMismatch);
+        }
         let signature = key.sign(&signing_input(R::KIND, &payload));
-        Self {
+        Ok(Self {
             kind: R::KIND,
-            signer: key.verifying_key(),
+            signer,
             payload,
             signature,
-        }
+        })
     }
 
     /// Signs arbitrary payload bytes as a record of `kind`, without checking

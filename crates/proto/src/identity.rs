@@ -182,6 +182,11 @@ impl IdentityState {
         self.active.contains_key(key)
     }
 
+    /// Every revoked device key.
+    pub fn revoked(&self) -> &BTreeSet<VerifyingKey> {
+        &self.revoked
+    }
+
     /// Whether `key` was revoked.
     pub fn is_revoked(&self, key: &VerifyingKey) -> bool {
         self.revoked.contains(key)

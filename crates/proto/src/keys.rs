@@ -307,12 +307,18 @@ mod tests {
 
     #[test]
     fn non_canonical_point_encodings_are_refused() {
-        // y = p + 1 (p = 2^255 - 19) is a non-canonical spelling of y = 1...
-        // use y = p + 2, which is y = 2 if reduced; whichever way the library
-        // treats it, the non-reduced form must not be accepted as a key.
+        // y = p + 3 (p = 2^255 - 19) is a non-canonical spelling of y = 3,
+        // which is on the curve and not of small order: the curve library
+        // decompresses it, and only the canonicality check refuses it.
         let mut bytes = [0xffu8; 32];
-        bytes[0] = 0xed + 2;
+        bytes[0] = 0xed + 3;
         bytes[31] = 0x7f;
-        assert!(VerifyingKey::from_bytes(&bytes).is_err());
+        assert_eq!(
+            VerifyingKey::from_bytes(&bytes),
+            Err(DecodeError::Invalid {
+                field: "ed25519 public key",
+                reason: "non-canonical point encoding"
+            })
+        );
     }
 }

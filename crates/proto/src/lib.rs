@@ -35,7 +35,7 @@
 //! };
 //!
 //! // Sign and send as an HTTP-safe string...
-//! let text = SignedRecord::sign(&head, &mailbox).to_base64url();
+//! let text = SignedRecord::sign(&head, &mailbox)?.to_base64url();
 //!
 //! // ...and on the other side, decode and verify before looking inside.
 //! let received = SignedRecord::from_base64url(&text)?;

@@ -23,7 +23,7 @@ pub fn encode_base64url(bytes: &[u8]) -> String {
 /// [`ParseError::TooLong`] if the text could decode to more than `max_bytes`,
 /// [`ParseError::Base64`] if it is not canonical unpadded base64url.
 pub fn decode_base64url(text: &str, max_bytes: usize) -> Result<Vec<u8>, ParseError> {
-    let max_chars = max_bytes.div_ceil(3).saturating_mul(4);
+    let max_chars = max_bytes.saturating_mul(4).div_ceil(3);
     if text.len() > max_chars {
         return Err(ParseError::TooLong {
             len: text.len(),
@@ -77,5 +77,8 @@ mod tests {
             decode_base64url(&text, 6),
             Err(ParseError::TooLong { len: 12, max: 8 })
         );
+        // 4 characters would decode to 3 bytes: more than 2.
+        assert!(decode_base64url("AAAA", 2).is_err());
+        assert_eq!(decode_base64url("AAA", 2), Ok(vec![0, 0]));
     }
 }

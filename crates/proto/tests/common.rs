@@ -46,7 +46,7 @@ pub(crate) fn sample_revocation() -> Revocation {
 }
 
 pub(crate) fn sample_log_entry() -> IdentityLogEntry {
-    let certificate = SignedRecord::sign(&sample_certificate(), &key("root"));
+    let certificate = SignedRecord::sign(&sample_certificate(), &key("root")).unwrap();
     IdentityLogEntry {
         seq: 3,
         prev: Some(BlobId::of(b"entry 2")),
@@ -230,12 +230,12 @@ fn arb_action() -> impl Strategy<Value = LogAction> {
         proptest::option::of((any::<u32>(), arb_secret())),
     )
         .prop_map(|(cert, signer, vault)| LogAction::AddDevice {
-            certificate: SignedRecord::sign(&cert, &signer),
+            certificate: SignedRecord::sign(&cert, &signer).unwrap(),
             vault_key: vault.map(|(generation, secret)| WrappedKey { generation, secret }),
         });
     let revoke =
         (arb_revocation(), arb_signing_key()).prop_map(|(rev, signer)| LogAction::RevokeDevice {
-            revocation: SignedRecord::sign(&rev, &signer),
+            revocation: SignedRecord::sign(&rev, &signer).unwrap(),
         });
     let rotate = (
         1u32..,

@@ -130,7 +130,7 @@ fn broken_chain() {
         prev: Some(cairn_proto::BlobId::of(b"not the previous entry")),
         action: LogAction::SetPreferredRelays { relays: vec![] },
     };
-    log.push_raw(SignedRecord::sign(&entry, &k.laptop).to_bytes());
+    log.push_raw(SignedRecord::sign(&entry, &k.laptop).unwrap().to_bytes());
     rejected(&log, 1, LogErrorKind::BrokenChain);
 }
 
@@ -196,7 +196,7 @@ fn another_record_kind_in_the_log() {
     let k = keys();
     let mut log = IdentityBuilder::new(k.root.clone());
     log.add_device(&k.root, &k.laptop, "laptop");
-    log.push_raw(SignedRecord::sign(&sample_head(), &key("mailbox")).to_bytes());
+    log.push_raw(SignedRecord::sign(&sample_head(), &key("mailbox")).unwrap().to_bytes());
     rejected(
         &log,
         1,
@@ -245,7 +245,7 @@ fn certificates_must_be_signed_by_the_root() {
         name: "phone".parse().unwrap(),
         created: cairn_proto::Timestamp(1),
     };
-    let certificate = SignedRecord::sign(&cert, &k.laptop);
+    let certificate = SignedRecord::sign(&cert, &k.laptop).unwrap();
     log.push(
         &k.laptop,
         LogAction::AddDevice {
@@ -303,7 +303,7 @@ fn revocations_must_be_signed_by_the_root() {
         reason: cairn_proto::RevocationReason::Compromised,
     };
     // A stolen phone tries to lock out the laptop.
-    let revocation = SignedRecord::sign(&revocation, &k.phone);
+    let revocation = SignedRecord::sign(&revocation, &k.phone).unwrap();
     log.push(&k.phone, LogAction::RevokeDevice { revocation });
     rejected(
         &log,
@@ -479,12 +479,41 @@ fn a_refused_entry_leaves_the_state_unchanged() {
     let log = full_log(&k);
     let mut state = verify(&log).unwrap();
     let before = state.clone();
-    // The builder is deterministic: the same steps give the same entries.
-    let mut bad = full_log(&k);
-    bad.rotate(&k.laptop, &[&k.laptop, &k.server]);
-    let err = state.apply(bad.entries().last().unwrap()).unwrap_err();
-    assert_eq!(err, LogErrorKind::WrappedKeysMismatch);
-    assert_eq!(state, before);
+    // The builder is deterministic: the same steps give the same entries, so
+    // each variant below appends one bad entry to the same valid log.
+    let variants: Vec<(Box<dyn Fn(&mut IdentityBuilder)>, LogErrorKind)> = vec![
+        (
+            Box::new(|b| {
+                b.rotate(&key("laptop"), &[&key("laptop"), &key("server")]);
+            }),
+            LogErrorKind::WrappedKeysMismatch,
+        ),
+        (
+            Box::new(|b| {
+                b.add_device(&key("root"), &key("laptop"), "again");
+            }),
+            LogErrorKind::AlreadyEnrolled(k.laptop.verifying_key()),
+        ),
+        (
+            Box::new(|b| {
+                b.revoke(&key("root"), &key("server"));
+            }),
+            LogErrorKind::NotEnrolled(k.server.verifying_key()),
+        ),
+        (
+            Box::new(|b| {
+                b.set_relays(&key("phone"), vec![]);
+            }),
+            LogErrorKind::RevokedSigner(k.phone.verifying_key()),
+        ),
+    ];
+    for (append, expected) in variants {
+        let mut bad = full_log(&k);
+        append(&mut bad);
+        let err = state.apply(bad.entries().last().unwrap()).unwrap_err();
+        assert_eq!(err, expected);
+        assert_eq!(state, before);
+    }
 }
 
 fn rebuilt(root: &SigningKey, entries: Vec<Vec<u8>>) -> IdentityBuilder {
@@ -529,6 +558,9 @@ proptest! {
         log.add_device(&root, &first, "device 0");
         let mut active = vec![first];
         let mut revoked = Vec::new();
+        // Model of the stale-vault flag: a vault exists and a device was
+        // revoked since the last rotation.
+        let mut stale = false;
         let mut minted = 1;
         for step in steps {
             // Any active device may sign; the root signs when none is left.
@@ -544,10 +576,12 @@ proptest! {
                     let device = active.remove(i % active.len());
                     log.revoke(&signer, &device);
                     revoked.push(device);
+                    stale = log.generation() > 0;
                 }
                 Step::Rotate if !active.is_empty() => {
                     let refs: Vec<_> = active.iter().collect();
                     log.rotate(&signer, &refs);
+                    stale = false;
                 }
                 _ => {
                     log.set_relays(&signer, vec![]);
@@ -562,6 +596,8 @@ proptest! {
             prop_assert!(state.is_revoked(&device.verifying_key()));
         }
         prop_assert_eq!(state.vault().map_or(0, |v| v.generation), log.generation());
+        prop_assert_eq!(state.vault_needs_rotation(), stale);
+        prop_assert_eq!(state.revoked().len(), revoked.len());
         prop_assert_eq!(state.last_seq() + 1, log.entries().len() as u64);
 
         // Entry by entry gives the same state.

@@ -35,7 +35,7 @@ macro_rules! record_properties {
             fn signed(record: $ty, key: &SigningKey) -> ($ty, Vec<u8>) {
                 let bind: fn($ty, VerifyingKey) -> $ty = $bind;
                 let record = bind(record, key.verifying_key());
-                let bytes = SignedRecord::sign(&record, key).to_bytes();
+                let bytes = SignedRecord::sign(&record, key).unwrap().to_bytes();
                 (record, bytes)
             }
 
@@ -169,7 +169,16 @@ proptest! {
         record in arb_head(), other in arb_signing_key()
     ) {
         prop_assume!(record.mailbox != other.verifying_key());
-        let bytes = SignedRecord::sign(&record, &other).to_bytes();
+        // sign() refuses outright...
+        prop_assert_eq!(
+            SignedRecord::sign(&record, &other).unwrap_err(),
+            cairn_proto::VerifyError::SignerMismatch
+        );
+        // ...and a record signed anyway (here with sign_raw) is refused by
+        // every verifier.
+        let bytes = SignedRecord::sign_raw(cairn_proto::RecordKind::Head, record.to_payload(), &other)
+            .unwrap()
+            .to_bytes();
         prop_assert_eq!(
             SignedRecord::from_bytes(&bytes).unwrap().verify::<cairn_proto::HeadRecord>().unwrap_err(),
             cairn_proto::VerifyError::SignerMismatch
@@ -223,7 +232,7 @@ proptest! {
 
 #[test]
 fn text_form_is_rejected_when_base64_is_padded() {
-    let text = SignedRecord::sign(&sample_head(), &cairn_testkit::key("mailbox")).to_base64url();
+    let text = SignedRecord::sign(&sample_head(), &cairn_testkit::key("mailbox")).unwrap().to_base64url();
     // Every text form is unpadded; the envelope's length may or may not be a
     // multiple of 3, so append padding unconditionally: it must never parse.
     assert!(SignedRecord::from_base64url(&format!("{text}=")).is_err());

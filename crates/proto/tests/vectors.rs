@@ -182,7 +182,7 @@ impl Fields for TransferReceipt {
 /// the outputs.
 fn record_vector<R: Record + Fields>(name: &str, signer_label: &str, record: &R) -> Value {
     let signer = key(signer_label);
-    let envelope = SignedRecord::sign(record, &signer);
+    let envelope = SignedRecord::sign(record, &signer).unwrap();
     json!({
         "name": name,
         "kind": R::KIND.name(),
@@ -273,7 +273,8 @@ fn identity_log_vectors() -> Value {
         "entry_ids": log.entries().iter().map(|e| BlobId::of(e).to_string()).collect::<Vec<_>>(),
         "state": {
             "active_devices": state.devices().keys().map(ToString::to_string).collect::<Vec<_>>(),
-            "revoked": [phone.verifying_key().to_string()],
+            "revoked": state.revoked().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "vault_needs_rotation": state.vault_needs_rotation(),
             "vault_generation": state.vault().map(|v| v.generation),
             "vault_recipient": state.vault().map(|v| v.recipient.to_string()),
             "preferred_relays": state.preferred_relays().iter().map(relay_json).collect::<Vec<_>>(),
@@ -395,6 +396,43 @@ fn committed_vectors_match_the_code() {
          If the format change is intended, update docs/PROTOCOL.md and run\n\
          CAIRN_UPDATE_VECTORS=1 cargo test -p cairn-proto --test proto vectors"
     );
+}
+
+/// Replays the committed identity log: the valid log leads to the recorded
+/// state, and each invalid variant fails with the recorded error.
+#[test]
+fn committed_identity_log_verifies() {
+    let text = std::fs::read_to_string(vectors_dir().join("identity_log.json")).unwrap();
+    let file: Value = serde_json::from_str(&text).unwrap();
+    let root: cairn_proto::VerifyingKey = file["root"].as_str().unwrap().parse().unwrap();
+    let entries = |v: &Value| -> Vec<Vec<u8>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| unhex(e.as_str().unwrap()))
+            .collect()
+    };
+    let state = verify_identity_log(&root, entries(&file["entries_hex"])).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let active: Vec<String> = state.devices().keys().map(ToString::to_string).collect();
+    assert_eq!(active, strings(&file["state"]["active_devices"]));
+    let revoked: Vec<String> = state.revoked().iter().map(ToString::to_string).collect();
+    assert_eq!(revoked, strings(&file["state"]["revoked"]));
+    assert_eq!(
+        state.vault().map(|v| u64::from(v.generation)),
+        file["state"]["vault_generation"].as_u64()
+    );
+    assert_eq!(state.head().to_string(), file["state"]["head"]);
+    for bad in file["invalid"].as_array().unwrap() {
+        let err = verify_identity_log(&root, entries(&bad["entries_hex"])).unwrap_err();
+        assert_eq!(err.to_string(), bad["error"], "{}", bad["description"]);
+    }
 }
 
 /// Reads the committed files (not the generator) and checks each envelope

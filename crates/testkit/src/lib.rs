@@ -66,7 +66,7 @@ impl IdentityBuilder {
             name: DeviceName::new(name).expect("fixture names are valid"),
             created: self.tick(),
         };
-        SignedRecord::sign(&cert, &self.root)
+        SignedRecord::sign(&cert, &self.root).expect("fixture certificates are valid")
     }
 
     /// A root-signed revocation of `device`.
@@ -76,7 +76,7 @@ impl IdentityBuilder {
             revoked_at: self.tick(),
             reason: RevocationReason::Retired,
         };
-        SignedRecord::sign(&revocation, &self.root)
+        SignedRecord::sign(&revocation, &self.root).expect("fixture revocations are valid")
     }
 
     /// Appends an entry enrolling `device`, signed by `signer`, carrying the
@@ -151,7 +151,11 @@ impl IdentityBuilder {
             action,
         };
         self.entries
-            .push(SignedRecord::sign(&entry, signer).to_bytes());
+            .push(
+                SignedRecord::sign(&entry, signer)
+                    .expect("builder entries encode validly; use push_raw for invalid bytes")
+                    .to_bytes(),
+            );
         self
     }
 

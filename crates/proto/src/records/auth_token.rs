@@ -159,10 +159,16 @@ impl AuthToken {
     /// Binding the signer means a stamp minted for one key is worthless for
     /// any other, so work cannot be shared across a flood of fresh keys.
     pub fn stamp_bits(&self, signer: &VerifyingKey) -> u32 {
+        Self::payload_stamp_bits(signer, &self.to_payload())
+    }
+
+    /// [`AuthToken::stamp_bits`] over payload bytes exactly as received (a
+    /// verifier hashes what it was sent, never a re-encoding).
+    pub fn payload_stamp_bits(signer: &VerifyingKey, payload: &[u8]) -> u32 {
         let mut hasher = blake3::Hasher::new();
         hasher.update(POW_DOMAIN);
         hasher.update(&signer.to_bytes());
-        hasher.update(&self.to_payload());
+        hasher.update(payload);
         leading_zero_bits(hasher.finalize().as_bytes())
     }
 
