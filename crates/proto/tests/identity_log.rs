@@ -196,7 +196,11 @@ fn another_record_kind_in_the_log() {
     let k = keys();
     let mut log = IdentityBuilder::new(k.root.clone());
     log.add_device(&k.root, &k.laptop, "laptop");
-    log.push_raw(SignedRecord::sign(&sample_head(), &key("mailbox")).unwrap().to_bytes());
+    log.push_raw(
+        SignedRecord::sign(&sample_head(), &key("mailbox"))
+            .unwrap()
+            .to_bytes(),
+    );
     rejected(
         &log,
         1,
@@ -481,7 +485,8 @@ fn a_refused_entry_leaves_the_state_unchanged() {
     let before = state.clone();
     // The builder is deterministic: the same steps give the same entries, so
     // each variant below appends one bad entry to the same valid log.
-    let variants: Vec<(Box<dyn Fn(&mut IdentityBuilder)>, LogErrorKind)> = vec![
+    type Append = Box<dyn Fn(&mut IdentityBuilder)>;
+    let variants: Vec<(Append, LogErrorKind)> = vec![
         (
             Box::new(|b| {
                 b.rotate(&key("laptop"), &[&key("laptop"), &key("server")]);

@@ -232,7 +232,9 @@ proptest! {
 
 #[test]
 fn text_form_is_rejected_when_base64_is_padded() {
-    let text = SignedRecord::sign(&sample_head(), &cairn_testkit::key("mailbox")).unwrap().to_base64url();
+    let text = SignedRecord::sign(&sample_head(), &cairn_testkit::key("mailbox"))
+        .unwrap()
+        .to_base64url();
     // Every text form is unpadded; the envelope's length may or may not be a
     // multiple of 3, so append padding unconditionally: it must never parse.
     assert!(SignedRecord::from_base64url(&format!("{text}=")).is_err());

@@ -5,8 +5,38 @@
 //! no accounts and never sees plaintext: everything it stores is addressed by
 //! the BLAKE3 hash of its ciphertext ([`cairn_proto::BlobId`]).
 //!
-//! This crate is being built up issue by issue; see docs/ARCHITECTURE.md for
-//! the parts it will own (HTTP API, blob store, index, GC, federation).
+//! - [`start`] runs a relay from a [`RelayConfig`] and returns a
+//!   [`RelayHandle`] (bound address, identity key, GC trigger, graceful
+//!   shutdown).
+//! - [`fsck`] checks a stopped relay's store and can repair its index.
+//!
+//! The store's commit protocol and crash behaviour are documented in the
+//! `store` module; the HTTP API in docs/PROTOCOL.md §7.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = cairn_relay::RelayConfig::new("/var/lib/cairn");
+//! config.listen = "127.0.0.1:0".parse()?;
+//! let relay = cairn_relay::start(config).await?;
+//! println!("relay {} at {}", relay.key(), relay.url());
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod clock;
+mod config;
+mod http;
+mod keyfile;
+mod metrics;
+mod server;
+mod store;
+
+pub use clock::Clock;
+pub use config::RelayConfig;
+pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
+pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
+pub use store::StoreError;
+pub use store::fsck::{FsckReport, fsck};
 
 /// The software name and version a relay reports in its info document.
 pub const SOFTWARE: &str = concat!("cairn-relay ", env!("CARGO_PKG_VERSION"));

@@ -1,20 +1,434 @@
 //! `cairn-relay`: the daemon an operator runs.
+//!
+//! Parses flags, environment and config file into a [`RelayConfig`] (flag,
+//! then `CAIRN_RELAY_*` environment variable, then config file, then
+//! default), runs the relay until SIGTERM or Ctrl-C, and exits 0 after a
+//! graceful shutdown.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use cairn_proto::{FairShareLimits, RelayRef, RelayUrl, VerifyingKey};
+use cairn_relay::RelayConfig;
+use clap::{Args, Parser, Subcommand};
 
 /// A cairn relay: stores, serves and replicates end-to-end encrypted blobs
 /// for clients that choose it. It has no accounts and never sees plaintext.
 ///
-/// This build contains the protocol core only; the `serve` and `fsck`
-/// commands arrive with the relay daemon (see README.md, "Status").
+/// With no command, runs `serve` with its defaults: listen on
+/// 127.0.0.1:7070, keep data in ./cairn-data.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-relay", version, about, long_about)]
-struct Args {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-fn main() -> anyhow::Result<()> {
-    let Args {} = Args::parse();
-    anyhow::bail!(
-        "this build of {} has no relay commands yet; run `cairn-relay --help`",
-        cairn_relay::SOFTWARE
-    )
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay until SIGTERM or Ctrl-C.
+    ///
+    /// Every option can also be set by a `CAIRN_RELAY_*` environment
+    /// variable or a key in the TOML config file; a flag wins over the
+    /// environment, which wins over the file, which wins over the default.
+    Serve(ServeArgs),
+    /// Check every blob file against its id and the index against the
+    /// files. Run it while the relay is stopped.
+    ///
+    /// Exits 0 when the store is consistent (or was repaired), 1 when
+    /// problems were found and not repaired.
+    Fsck {
+        /// The relay's data directory.
+        #[arg(long, env = "CAIRN_RELAY_DATA", default_value = RelayConfig::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// Make the index agree with the verified files: remove corrupt and
+        /// stray files, index valid files it lacks, drop entries without a
+        /// file, recompute totals.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Default, Args)]
+struct ServeArgs {
+    /// Directory for the identity key, the index and the blobs
+    /// [default: ./cairn-data].
+    #[arg(long, env = "CAIRN_RELAY_DATA")]
+    data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "CAIRN_RELAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML file with any of the keys below (data, listen, capacity,
+    /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
+    /// peers = [{ url = "...", key = "ed25519:..." }]).
+    #[arg(long, env = "CAIRN_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bytes given to blob storage, e.g. `500G`, `2T` [default: 10G].
+    #[arg(long, env = "CAIRN_RELAY_CAPACITY", value_parser = parse_size)]
+    capacity: Option<u64>,
+    /// Largest blob accepted, e.g. `4G` [default: 4G].
+    #[arg(long, env = "CAIRN_RELAY_MAX_BLOB_SIZE", value_parser = parse_size)]
+    max_blob_size: Option<u64>,
+    /// Minimum time a blob is kept after its last access, e.g. `90d`, `12h`,
+    /// `30s`. Disclosed in the signed info document [default: 90d].
+    #[arg(long, env = "CAIRN_RELAY_RETENTION", value_parser = parse_duration)]
+    retention: Option<Duration>,
+    /// How often expired blobs are deleted, e.g. `10m` [default: 10m].
+    #[arg(long, env = "CAIRN_RELAY_GC_INTERVAL", value_parser = parse_duration)]
+    gc_interval: Option<Duration>,
+    /// Uploads accepted at once; more get 429 [default: 64].
+    #[arg(long, env = "CAIRN_RELAY_MAX_UPLOADS")]
+    max_uploads: Option<usize>,
+    /// Most bytes stored per upload key, e.g. `10G`; 0 for no quota.
+    /// Disclosed in the info document [default: 0].
+    #[arg(long, env = "CAIRN_RELAY_KEY_QUOTA", value_parser = parse_size)]
+    key_quota: Option<u64>,
+    /// A peer relay as `URL=KEY` (repeatable), announced in the info
+    /// document.
+    #[arg(long = "peer", env = "CAIRN_RELAY_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    peers: Vec<RelayRef>,
+}
+
+/// The config file: the same keys as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    capacity: Option<String>,
+    max_blob_size: Option<String>,
+    retention: Option<String>,
+    gc_interval: Option<String>,
+    max_uploads: Option<usize>,
+    key_quota: Option<String>,
+    #[serde(default)]
+    peers: Vec<FilePeer>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePeer {
+    url: String,
+    key: String,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 10G, 2T)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 30s, 10m, 12h, 90d)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use s, m, h or d)"
+            ));
+        }
+    };
+    number
+        .checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn parse_peer(text: &str) -> Result<RelayRef, String> {
+    let (url, key) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected URL=KEY, e.g. https://b.example=ed25519:..."))?;
+    make_peer(url, key)
+}
+
+fn make_peer(url: &str, key: &str) -> Result<RelayRef, String> {
+    Ok(RelayRef {
+        url: RelayUrl::new(url).map_err(|e| format!("peer url {url:?}: {e}"))?,
+        key: key
+            .parse::<VerifyingKey>()
+            .map_err(|e| format!("peer key {key:?}: {e}"))?,
+    })
+}
+
+/// Merges flags/env (already merged by clap) over the file over defaults.
+fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let from_file = |value: Option<String>, parse: fn(&str) -> Result<u64, String>, key: &str| {
+        value
+            .map(|v| parse(&v).map_err(|e| anyhow::anyhow!("config key {key}: {e}")))
+            .transpose()
+    };
+    let duration_from_file = |value: Option<String>, key: &str| {
+        value
+            .map(|v| parse_duration(&v).map_err(|e| anyhow::anyhow!("config key {key}: {e}")))
+            .transpose()
+    };
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from(RelayConfig::DEFAULT_DATA_DIR));
+    let mut config = RelayConfig::new(data);
+    if let Some(listen) = args.listen.or(file.listen) {
+        config.listen = listen;
+    }
+    if let Some(v) = args
+        .capacity
+        .or(from_file(file.capacity, parse_size, "capacity")?)
+    {
+        config.capacity_bytes = v;
+    }
+    if let Some(v) =
+        args.max_blob_size
+            .or(from_file(file.max_blob_size, parse_size, "max_blob_size")?)
+    {
+        config.max_blob_size = v;
+    }
+    if let Some(v) = args
+        .retention
+        .or(duration_from_file(file.retention, "retention")?)
+    {
+        config.retention = v;
+    }
+    if let Some(v) = args
+        .gc_interval
+        .or(duration_from_file(file.gc_interval, "gc_interval")?)
+    {
+        if v.is_zero() {
+            bail!("gc_interval must be above zero");
+        }
+        config.gc_interval = v;
+    }
+    if let Some(v) = args.max_uploads.or(file.max_uploads) {
+        config.max_concurrent_uploads = v;
+    }
+    let key_quota = args
+        .key_quota
+        .or(from_file(file.key_quota, parse_size, "key_quota")?)
+        .unwrap_or(0);
+    config.limits = FairShareLimits {
+        key_quota_bytes: key_quota,
+        ..FairShareLimits::default()
+    };
+    config.peers = if args.peers.is_empty() {
+        file.peers
+            .iter()
+            .map(|p| make_peer(&p.url, &p.key).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.peers
+    };
+    if config.peers.len() > cairn_proto::MAX_PEERS {
+        bail!("at most {} peers can be announced", cairn_proto::MAX_PEERS);
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            let config = resolve(args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fsck { data, repair, json } => fsck(&data, repair, json),
+    }
+}
+
+async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+    let data = config.data_dir.clone();
+    let relay = cairn_relay::start(config)
+        .await
+        .with_context(|| format!("starting the relay with data in {}", data.display()))?;
+    shutdown_signal().await?;
+    tracing::info!("shutting down: finishing requests in flight");
+    relay.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn fsck(data: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report = cairn_relay::fsck(data, repair, now).with_context(|| {
+        format!(
+            "checking {} (is the relay still running? stop it first)",
+            data.display()
+        )
+    })?;
+    let out = if json {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        let mut lines = vec![format!(
+            "checked {} files ({} bytes); index lists {} blobs",
+            report.files_checked, report.bytes_checked, report.indexed
+        )];
+        for (label, list) in [
+            ("corrupt (bytes do not match id)", &report.corrupt),
+            ("stray (not a blob file)", &report.stray),
+            ("orphan (valid, not indexed)", &report.orphans),
+            ("missing (indexed, no file)", &report.missing),
+            ("wrong size in index", &report.wrong_size),
+        ] {
+            if !list.is_empty() {
+                lines.push(format!("{label}: {}", list.len()));
+                lines.extend(list.iter().map(|x| format!("  {x}")));
+            }
+        }
+        lines.push(if report.is_clean() {
+            "store is consistent".to_owned()
+        } else if report.repaired {
+            "repaired".to_owned()
+        } else {
+            "problems found; run again with --repair to fix the index".to_owned()
+        });
+        lines.join("\n")
+    };
+    #[allow(clippy::print_stdout, reason = "the command's report")]
+    {
+        println!("{out}");
+    }
+    Ok(if report.is_clean() || report.repaired {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn peers() {
+        let key = cairn_proto::SigningKey::from_seed(&[1; 32]).verifying_key();
+        let peer = parse_peer(&format!("https://b.example={key}")).unwrap();
+        assert_eq!(peer.key, key);
+        assert!(parse_peer("https://b.example").is_err());
+        assert!(parse_peer(&format!("ftp://b={key}")).is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "capacity = \"1G\"\nretention = \"7d\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            capacity: Some(5),
+            ..ServeArgs::default()
+        };
+        let config = resolve(args).unwrap();
+        assert_eq!(config.capacity_bytes, 5);
+        assert_eq!(config.retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "capacty = \"1G\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        assert!(resolve(args).is_err());
+    }
 }

@@ -4,11 +4,14 @@
 //!   reproducible.
 //! - [`IdentityBuilder`]: writes valid identity logs (and, by editing what it
 //!   produces, invalid ones) without going through a client.
+//! - [`auth_header`]: a signed `Authorization` header for a relay request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_proto::{
-    BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry, LogAction, RelayRef,
-    Revocation, RevocationReason, SignedRecord, SigningKey, Timestamp, WrappedKey, WrappedSecret,
-    X25519PublicKey,
+    AuthToken, BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry,
+    LogAction, Method, Nonce, RelayRef, Revocation, RevocationReason, SignedRecord, SigningKey,
+    Timestamp, TokenTarget, VerifyingKey, WrappedKey, WrappedSecret, X25519PublicKey,
 };
 
 /// The Ed25519 key whose seed is `BLAKE3("cairn-testkit key" || label)`.
@@ -150,12 +153,11 @@ impl IdentityBuilder {
             prev: self.next_prev(),
             action,
         };
-        self.entries
-            .push(
-                SignedRecord::sign(&entry, signer)
-                    .expect("builder entries encode validly; use push_raw for invalid bytes")
-                    .to_bytes(),
-            );
+        self.entries.push(
+            SignedRecord::sign(&entry, signer)
+                .expect("builder entries encode validly; use push_raw for invalid bytes")
+                .to_bytes(),
+        );
         self
     }
 
@@ -191,4 +193,47 @@ pub fn x25519_for(device: &SigningKey) -> X25519PublicKey {
 fn fake_wrap(device: &SigningKey, generation: u32) -> WrappedSecret {
     WrappedSecret::new(format!("vault {generation} for {}", device.verifying_key()).into_bytes())
         .expect("fixture ciphertext is small")
+}
+
+/// A fresh nonce: unique within this process (a counter) and across
+/// processes (the process id), which is all a test needs.
+pub fn fresh_nonce() -> Nonce {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut input = n.to_be_bytes().to_vec();
+    input.extend_from_slice(&std::process::id().to_be_bytes());
+    let hash = blake3::hash(&input);
+    let mut nonce = [0u8; 16];
+    nonce.copy_from_slice(&hash.as_bytes()[..16]);
+    Nonce(nonce)
+}
+
+/// An auth token for `relay`, with a fresh nonce, expiring at `expires_at`.
+pub fn token(
+    relay: &VerifyingKey,
+    method: Method,
+    target: TokenTarget,
+    expires_at: u64,
+) -> AuthToken {
+    AuthToken {
+        audience: *relay,
+        method,
+        target,
+        expires_at: Timestamp(expires_at),
+        nonce: fresh_nonce(),
+        stamp: 0,
+    }
+}
+
+/// The `Authorization` header value carrying `token` signed by `signer`.
+pub fn auth_header(token: &AuthToken, signer: &SigningKey) -> String {
+    let envelope = SignedRecord::sign(token, signer).expect("test tokens are valid");
+    format!("Cairn {}", envelope.to_base64url())
+}
+
+/// Seconds since the Unix epoch, for token expiries against a real relay.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -1,0 +1,74 @@
+//! Everything an operator can tune, in one place, with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cairn_proto::{FairShareLimits, RelayRef};
+
+/// The relay's configuration. Built by the binary from flags, environment and
+/// config file (in that order of precedence), or directly by tests.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Directory holding the identity key, the index and the blobs.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bytes given to blob storage in total.
+    pub capacity_bytes: u64,
+    /// Largest blob accepted.
+    pub max_blob_size: u64,
+    /// Minimum time a blob is kept after its last access.
+    pub retention: Duration,
+    /// How often the garbage collector runs.
+    pub gc_interval: Duration,
+    /// How often coalesced access times are written to the index.
+    pub access_flush_interval: Duration,
+    /// Peers announced in the info document.
+    pub peers: Vec<RelayRef>,
+    /// Uploads in progress at once; more are refused with 429.
+    pub max_concurrent_uploads: usize,
+    /// Longest wait for the next piece of a request body before the upload
+    /// is abandoned with 408; protects against slow-drip clients.
+    pub body_idle_timeout: Duration,
+    /// Longest wait for a request's headers.
+    pub header_timeout: Duration,
+    /// Fair-share limits, disclosed in the info document.
+    pub limits: FairShareLimits,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl RelayConfig {
+    /// Default listen address.
+    pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+    /// Default data directory.
+    pub const DEFAULT_DATA_DIR: &str = "cairn-data";
+    /// Default capacity: 10 GiB.
+    pub const DEFAULT_CAPACITY: u64 = 10 << 30;
+    /// Default largest blob: 4 GiB.
+    pub const DEFAULT_MAX_BLOB_SIZE: u64 = 4 << 30;
+    /// Default retention: 90 days.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+    /// Default GC interval: 10 minutes.
+    pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
+
+    /// The defaults, with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            capacity_bytes: Self::DEFAULT_CAPACITY,
+            max_blob_size: Self::DEFAULT_MAX_BLOB_SIZE,
+            retention: Self::DEFAULT_RETENTION,
+            gc_interval: Self::DEFAULT_GC_INTERVAL,
+            access_flush_interval: Duration::from_secs(30),
+            peers: Vec::new(),
+            max_concurrent_uploads: 64,
+            body_idle_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            limits: FairShareLimits::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

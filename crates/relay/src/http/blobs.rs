@@ -1,0 +1,391 @@
+//! `/v1/blobs/{id}`: upload, download, delete (docs/PROTOCOL.md §7.3).
+
+use std::io::{Read as _, Seek as _};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_proto::{BlobId, Method, TokenTarget, VerifyingKey};
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
+
+use super::AppState;
+use super::auth::{Required, authorize};
+use super::error::ApiError;
+use super::range::{self, ByteRange};
+use crate::store::{DeleteOutcome, InsertOutcome, StoreError};
+
+/// Bodies up to this size are read in one blocking call and sent from
+/// memory; larger ones stream from the file.
+const SMALL_BLOB: u64 = 64 * 1024;
+/// Capacity is reserved for uploads of unknown length in steps this big.
+const RESERVE_STEP: u64 = 8 << 20;
+
+fn parse_id(text: &str) -> Result<BlobId, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_blob_id(format!("{text:?} is not a blob id: {e}")))
+}
+
+fn authorize_for(
+    app: &AppState,
+    headers: &HeaderMap,
+    method: Method,
+    id: BlobId,
+) -> Result<VerifyingKey, ApiError> {
+    let relay = app.key.verifying_key();
+    let required = Required {
+        relay: &relay,
+        method,
+        target: TokenTarget::Blob(id),
+        now: app.now(),
+        pow_bits: app.config.limits.pow_bits,
+    };
+    authorize(headers, &required, &app.nonces)
+}
+
+fn etag(id: &BlobId) -> HeaderValue {
+    // A blob id is hex, always a valid header value.
+    HeaderValue::from_str(&format!("\"{id}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// What a blocking open of a blob produced.
+enum Opened {
+    Small(Vec<u8>, u64),
+    Large(std::fs::File, u64),
+}
+
+/// `GET` and `HEAD`.
+pub(crate) async fn get_blob(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let id = parse_id(&id)?;
+    let path = app.store.path(&id);
+    let head = method == axum::http::Method::HEAD;
+    let range_header = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    // One trip to the blocking pool: open, size, and for small blobs read.
+    let opened = tokio::task::spawn_blocking(
+        move || -> std::io::Result<Option<(Opened, Option<ByteRange>, bool)>> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            let Ok(range) = range::parse(range_header.as_deref(), size) else {
+                return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
+            };
+            let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
+            if head {
+                return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
+            }
+            if len <= SMALL_BLOB {
+                file.seek(std::io::SeekFrom::Start(start))?;
+                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                file.take(len).read_to_end(&mut buf)?;
+                Ok(Some((Opened::Small(buf, size), range, true)))
+            } else {
+                file.seek(std::io::SeekFrom::Start(start))?;
+                Ok(Some((Opened::Large(file, size), range, true)))
+            }
+        },
+    )
+    .await
+    .map_err(|_| ApiError::internal())?
+    .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?;
+
+    let Some((opened, range, satisfiable)) = opened else {
+        return Err(ApiError::not_found(format!(
+            "this relay does not hold blob {id}"
+        )));
+    };
+    let size = match &opened {
+        Opened::Small(_, size) | Opened::Large(_, size) => *size,
+    };
+    if !satisfiable {
+        return Err(ApiError::bad_range(size));
+    }
+    app.store.record_access(id, app.now());
+
+    let (status, len) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.len()),
+        None => (StatusCode::OK, size),
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        app.metrics.bytes_sent.fetch_add(len, Ordering::Relaxed);
+        match opened {
+            Opened::Small(bytes, _) => Body::from(bytes),
+            Opened::Large(file, _) => {
+                use tokio::io::AsyncReadExt as _;
+                let file = tokio::fs::File::from_std(file).take(len);
+                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+                    file,
+                    256 * 1024,
+                ))
+            }
+        }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, etag(&id));
+    if let Some(r) = range
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    app.metrics.download_latency.observe(started.elapsed());
+    Ok(response)
+}
+
+/// Removes an upload's temp file unless the upload reached the store.
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl TempFile {
+    fn disarm(mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            // Best effort; leftovers are removed at the next start.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Capacity held for an upload in progress, returned on drop.
+struct Reservation<'a> {
+    app: &'a AppState,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    fn grow_to(&mut self, needed: u64) -> Result<(), ApiError> {
+        if needed <= self.bytes {
+            return Ok(());
+        }
+        let step = (needed - self.bytes).max(RESERVE_STEP);
+        if self.app.store.try_reserve(step) {
+            self.bytes += step;
+            Ok(())
+        } else if self.app.store.try_reserve(needed - self.bytes) {
+            self.bytes = needed;
+            Ok(())
+        } else {
+            Err(relay_full(self.app))
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.app.store.release(self.bytes);
+    }
+}
+
+fn relay_full(app: &AppState) -> ApiError {
+    let peers: Vec<_> = app
+        .config
+        .peers
+        .iter()
+        .map(|p| json!({"url": p.url.as_str(), "key": p.key.to_string()}))
+        .collect();
+    ApiError::relay_full(json!(peers))
+}
+
+/// Counts an upload in flight for the info document's load figure.
+struct InFlight<'a>(&'a AppState);
+
+impl<'a> InFlight<'a> {
+    fn new(app: &'a AppState) -> Self {
+        app.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(app)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.uploads_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `PUT`: streams the body to a temp file while hashing it; commits only a
+/// verified, fsynced blob; answers only once it is durable.
+pub(crate) async fn put_blob(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let id = parse_id(&id)?;
+    let owner = authorize_for(&app, &headers, Method::Put, id)?;
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "relay is shutting down; retry elsewhere or later",
+        ));
+    }
+    let max = app.config.max_blob_size;
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
+        ),
+    };
+    if declared.is_some_and(|n| n > max) {
+        return Err(ApiError::too_large(max));
+    }
+    let _permit = app
+        .upload_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::rate_limited("too many uploads in progress on this relay", 1))?;
+    let _in_flight = InFlight::new(&app);
+
+    // Already held: no need to receive the bytes again.
+    let reader = app.store.reader().clone();
+    let held = tokio::task::spawn_blocking(move || reader.get(&id))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    if held.is_some() {
+        app.store.record_access(id, app.now());
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({"id": id.to_string(), "stored": false})),
+        )
+            .into_response());
+    }
+    let quota = app.config.limits.key_quota_bytes;
+    if quota > 0 {
+        let reader = app.store.reader().clone();
+        let used = tokio::task::spawn_blocking(move || reader.owner_usage(&owner))
+            .await
+            .map_err(|_| ApiError::internal())??;
+        if used.saturating_add(declared.unwrap_or(0)) > quota {
+            return Err(ApiError::quota_exceeded(quota));
+        }
+    }
+
+    let mut reservation = Reservation {
+        app: &app,
+        bytes: 0,
+    };
+    reservation.grow_to(declared.unwrap_or(0))?;
+    let (temp, size) = receive(&app, body, id, max, &mut reservation).await?;
+    app.metrics
+        .bytes_received
+        .fetch_add(size, Ordering::Relaxed);
+
+    let outcome = app.store.insert(temp, id, size, owner, app.now()).await?;
+    drop(reservation);
+    app.metrics.upload_latency.observe(started.elapsed());
+    let (status, stored) = match outcome {
+        InsertOutcome::Stored => (StatusCode::CREATED, true),
+        InsertOutcome::AlreadyHeld => (StatusCode::OK, false),
+        InsertOutcome::RelayFull => return Err(relay_full(&app)),
+        InsertOutcome::QuotaExceeded => return Err(ApiError::quota_exceeded(quota)),
+    };
+    Ok((
+        status,
+        axum::Json(json!({"id": id.to_string(), "stored": stored})),
+    )
+        .into_response())
+}
+
+/// Receives the body into a temp file: hashed, size-checked, fsynced.
+async fn receive(
+    app: &AppState,
+    body: Body,
+    id: BlobId,
+    max: u64,
+    reservation: &mut Reservation<'_>,
+) -> Result<(PathBuf, u64), ApiError> {
+    let path = app.store.temp_path()?;
+    let temp = TempFile {
+        path: Some(path.clone()),
+    };
+    let write_err = |e: std::io::Error| {
+        let err = StoreError::io("write upload", e);
+        if err.is_disk_full() {
+            relay_full(app)
+        } else {
+            ApiError::from(err)
+        }
+    };
+    let file = tokio::fs::File::create(&path).await.map_err(write_err)?;
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = blake3::Hasher::new();
+    let mut size: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let idle = app.config.body_idle_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::timeout(format!("no upload data for {} s", idle.as_secs())))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(ApiError::too_large(max));
+        }
+        reservation.grow_to(size)?;
+        hasher.update(&chunk);
+        writer.write_all(&chunk).await.map_err(write_err)?;
+    }
+    let actual = BlobId::from(hasher.finalize());
+    if actual != id {
+        return Err(ApiError::hash_mismatch(format!(
+            "the {size} bytes received hash to {actual}, not {id}"
+        )));
+    }
+    writer.flush().await.map_err(write_err)?;
+    let file = writer.into_inner();
+    file.sync_all().await.map_err(write_err)?;
+    drop(file);
+    Ok((temp.disarm(), size))
+}
+
+/// `DELETE`: only the owner may delete.
+pub(crate) async fn delete_blob(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let owner = authorize_for(&app, &headers, Method::Delete, id)?;
+    match app.store.delete(id, owner).await? {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::NotFound => Err(ApiError::not_found(format!(
+            "this relay does not hold blob {id}"
+        ))),
+        DeleteOutcome::NotOwner => Err(ApiError::not_owner()),
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type handlers return, and the only place errors become
+//! HTTP statuses and JSON bodies. Codes are the stable ones of
+//! docs/PROTOCOL.md §7.1.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::store::StoreError;
+
+/// An API error: status, stable code, message for people, and optional
+/// extra top-level fields (`peers` for `relay_full`, `current` for
+/// `stale_head`).
+#[derive(Debug)]
+pub(crate) struct ApiError(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<(&'static str, Value)>,
+    retry_after: Option<u64>,
+    /// For 416: the blob's size, sent as `Content-Range: bytes */size`.
+    unsatisfied_size: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self(Box::new(Inner {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+            retry_after: None,
+            unsatisfied_size: None,
+        }))
+    }
+
+    pub(crate) fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.0.extra = Some((key, value));
+        self
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn bad_blob_id(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_blob_id", message)
+    }
+    pub(crate) fn bad_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "bad_token", message)
+    }
+    pub(crate) fn token_expired(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "token_expired", message)
+    }
+    pub(crate) fn token_lifetime(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "token_lifetime", message)
+    }
+    pub(crate) fn token_replayed() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+            "this token's nonce was already used; sign a fresh token",
+        )
+    }
+    pub(crate) fn wrong_audience() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "wrong_audience",
+            "the token is for another relay",
+        )
+    }
+    pub(crate) fn wrong_method(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "wrong_method", message)
+    }
+    pub(crate) fn wrong_target(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "wrong_target", message)
+    }
+    pub(crate) fn pow_required(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "pow_required", message)
+    }
+    pub(crate) fn not_owner() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "not_owner",
+            "only the key that uploaded this blob may delete it",
+        )
+    }
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not supported on this path",
+        )
+    }
+    pub(crate) fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    }
+    pub(crate) fn too_large(max: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("blob exceeds this relay's max_blob_size of {max} bytes"),
+        )
+    }
+    pub(crate) fn bad_range(size: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "bad_range",
+            format!("range not satisfiable for a blob of {size} bytes (one range only)"),
+        );
+        e.0.unsatisfied_size = Some(size);
+        e
+    }
+    pub(crate) fn hash_mismatch(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", message)
+    }
+    pub(crate) fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        e.0.retry_after = Some(retry_after_secs);
+        e
+    }
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub(crate) fn relay_full(peers: Value) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "relay_full",
+            "this relay has no room for the blob; try a peer listed in `peers`",
+        )
+        .with("peers", peers)
+    }
+    pub(crate) fn quota_exceeded(quota: u64) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota_exceeded",
+            format!("this key's storage quota of {quota} bytes (key_quota_bytes) is used up"),
+        )
+    }
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the relay hit an internal error; its operator's log has the details",
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        // Logged once here; the client gets no internal detail.
+        tracing::error!(error = %err, "store error");
+        Self::internal()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let this = *self.0;
+        let mut body = json!({ "error": { "code": this.code, "message": this.message } });
+        if let Some((key, value)) = this.extra {
+            body[key] = value;
+        }
+        let mut response = (this.status, axum::Json(body)).into_response();
+        if let Some(secs) = this.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(size) = this.unsatisfied_size
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}"))
+        {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        response
+    }
+}

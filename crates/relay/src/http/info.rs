@@ -1,0 +1,71 @@
+//! The signed relay info document at `/.well-known/cairn-relay`.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use cairn_proto::{RelayInfo, SignedRecord, SoftwareVersion, Timestamp};
+use serde_json::json;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// The relay's current info, freshly signed.
+pub(crate) fn current_info(app: &AppState) -> Result<(RelayInfo, SignedRecord), ApiError> {
+    let g = app.gauges();
+    let max_uploads = app.config.max_concurrent_uploads.max(1) as u64;
+    let load = (g.uploads_in_flight.saturating_mul(1000) / max_uploads).min(1000);
+    let info = RelayInfo {
+        relay: app.key.verifying_key(),
+        software: SoftwareVersion::new(crate::SOFTWARE).map_err(|_| ApiError::internal())?,
+        issued_at: Timestamp(app.now()),
+        capacity_total: g.capacity,
+        capacity_used: g.bytes.min(g.capacity),
+        capacity_free: g.free.min(g.capacity - g.bytes.min(g.capacity)),
+        max_blob_size: app.config.max_blob_size,
+        retention_secs: app.config.retention.as_secs(),
+        limits: app.config.limits,
+        peers: app.config.peers.clone(),
+        load_permille: u16::try_from(load).unwrap_or(1000),
+        uptime_secs: app.started.elapsed().as_secs(),
+    };
+    let record = SignedRecord::sign(&info, &app.key).map_err(|e| {
+        tracing::error!(error = %e, "relay info does not encode; check the peer list");
+        ApiError::internal()
+    })?;
+    Ok((info, record))
+}
+
+pub(crate) async fn well_known(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let (info, record) = current_info(&app)?;
+    let peers: Vec<_> = info
+        .peers
+        .iter()
+        .map(|p| json!({"url": p.url.as_str(), "key": p.key.to_string()}))
+        .collect();
+    let body = json!({
+        "record": record.to_base64url(),
+        "info": {
+            "relay": info.relay.to_string(),
+            "software": info.software.as_str(),
+            "issued_at": info.issued_at.0,
+            "capacity_total": info.capacity_total,
+            "capacity_used": info.capacity_used,
+            "capacity_free": info.capacity_free,
+            "max_blob_size": info.max_blob_size,
+            "retention_secs": info.retention_secs,
+            "limits": {
+                "key_quota_bytes": info.limits.key_quota_bytes,
+                "key_requests_per_min": info.limits.key_requests_per_min,
+                "addr_requests_per_min": info.limits.addr_requests_per_min,
+                "pow_bits": info.limits.pow_bits,
+            },
+            "peers": peers,
+            "load_permille": info.load_permille,
+            "uptime_secs": info.uptime_secs,
+            "blobs": app.store.usage().1,
+            "draining": app.draining.load(Ordering::SeqCst),
+        }
+    });
+    Ok(axum::Json(body).into_response())
+}

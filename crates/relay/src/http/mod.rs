@@ -1,0 +1,114 @@
+//! The relay's HTTP API (docs/PROTOCOL.md §7): routing, shared state, and
+//! the middleware that counts every response.
+
+mod auth;
+mod blobs;
+pub(crate) mod error;
+mod info;
+mod ops;
+mod range;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use cairn_proto::SigningKey;
+use tokio::sync::Semaphore;
+
+pub(crate) use self::auth::NonceCache;
+use self::error::ApiError;
+use crate::clock::Clock;
+use crate::config::RelayConfig;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::Store;
+
+/// Everything handlers share. Cloning is cheap (one `Arc`).
+#[derive(Clone, Debug)]
+pub(crate) struct AppState(pub(crate) Arc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) key: SigningKey,
+    pub(crate) config: RelayConfig,
+    pub(crate) clock: Clock,
+    pub(crate) metrics: Metrics,
+    pub(crate) nonces: NonceCache,
+    pub(crate) upload_slots: Arc<Semaphore>,
+    pub(crate) uploads_in_flight: AtomicU64,
+    pub(crate) started: Instant,
+    pub(crate) draining: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shared {
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now().0
+    }
+
+    pub(crate) fn gauges(&self) -> Gauges {
+        let (bytes, blobs) = self.store.usage();
+        Gauges {
+            blobs,
+            bytes,
+            capacity: self.store.capacity(),
+            free: self.store.free(),
+            uploads_in_flight: self.uploads_in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The route label for metrics: the matched route pattern, from a fixed set.
+fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    match path.map(MatchedPath::as_str) {
+        Some("/v1/blobs/{id}") => "/v1/blobs/{id}",
+        Some("/.well-known/cairn-relay") => "/.well-known/cairn-relay",
+        Some("/metrics") => "/metrics",
+        Some("/health") => "/health",
+        Some("/") => "/",
+        _ => "other",
+    }
+}
+
+async fn count_responses(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let route = route_label(request.extensions().get::<MatchedPath>());
+    let response = next.run(request).await;
+    app.metrics.count_request(route, response.status().as_u16());
+    response
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such endpoint; the API is described in docs/PROTOCOL.md §7")
+}
+
+/// Builds the router over `app`.
+pub(crate) fn router(app: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/blobs/{id}",
+            get(blobs::get_blob)
+                .head(blobs::get_blob)
+                .put(blobs::put_blob)
+                .delete(blobs::delete_blob)
+                .fallback(|| async { ApiError::method_not_allowed() }),
+        )
+        .route("/.well-known/cairn-relay", get(info::well_known))
+        .route("/metrics", get(ops::metrics))
+        .route("/health", get(ops::health))
+        .route("/", get(ops::status_page))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(app.clone(), count_responses))
+        .with_state(app)
+}

@@ -1,0 +1,339 @@
+//! Starting and stopping a relay: the accept loop, background tasks, and
+//! graceful shutdown.
+//!
+//! Every task has an owner: connections and background loops run on a
+//! [`TaskTracker`] and stop through one [`CancellationToken`]; the store's
+//! writer thread is joined last, after everything that could send it work.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_proto::{SigningKey, VerifyingKey};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::RelayConfig;
+use crate::http::{AppState, NonceCache, Shared, router};
+use crate::keyfile::{KeyFileError, load_or_create};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Most blobs one GC transaction deletes; a pass runs as many as it needs.
+const GC_BATCH: usize = 4096;
+/// Most connections served at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The identity key could not be loaded or created.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The store could not be opened.
+    #[error("opening the store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The listen address could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What one GC pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs deleted.
+    pub deleted_blobs: u64,
+    /// Bytes freed.
+    pub deleted_bytes: u64,
+}
+
+/// A running relay. Dropping it without [`RelayHandle::shutdown`] aborts
+/// background work at the next await point.
+#[derive(Debug)]
+pub struct RelayHandle {
+    addr: SocketAddr,
+    app: AppState,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a relay with the system clock.
+///
+/// # Errors
+///
+/// [`StartError`] if the key, the store or the listen address is unusable.
+pub async fn start(config: RelayConfig) -> Result<RelayHandle, StartError> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// Starts a relay whose notion of time is `clock` (tests move a manual
+/// clock instead of sleeping).
+///
+/// # Errors
+///
+/// [`StartError`] if the key, the store or the listen address is unusable.
+pub async fn start_with_clock(
+    config: RelayConfig,
+    clock: Clock,
+) -> Result<RelayHandle, StartError> {
+    let store_err = |source| StartError::Store {
+        dir: config.data_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| store_err(StoreError::io("create data directory", e)))?;
+    let (key, created) = load_or_create(&config.data_dir.join("relay.key"))?;
+    if created {
+        tracing::info!(key = %key.verifying_key(), "created a new relay identity key");
+    }
+    let (store, writer, report) = Store::open(
+        &config.data_dir,
+        config.capacity_bytes,
+        config.limits.key_quota_bytes,
+    )
+    .map_err(store_err)?;
+    if report.temp_files_removed > 0 || report.pending_unlinks_finished > 0 {
+        tracing::info!(
+            temp_files_removed = report.temp_files_removed,
+            pending_unlinks_finished = report.pending_unlinks_finished,
+            "cleaned up after the previous run"
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let app = AppState(Arc::new(Shared {
+        store,
+        key: key.clone(),
+        upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
+        config,
+        clock,
+        metrics: Metrics::default(),
+        nonces: NonceCache::default(),
+        uploads_in_flight: AtomicU64::new(0),
+        started: Instant::now(),
+        draining: AtomicBool::new(false),
+    }));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    tasks.spawn(accept_loop(
+        listener,
+        app.clone(),
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    tasks.spawn(background(app.clone(), cancel.clone()));
+    tracing::info!(%addr, key = %key.verifying_key(), "relay listening");
+    Ok(RelayHandle {
+        addr,
+        app,
+        cancel,
+        tasks,
+        writer: Some(writer),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: AppState,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.config.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .max_concurrent_streams(256);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let service = router(app.clone());
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => return,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, _peer) = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly
+                    // instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Without this, small responses wait on delayed ACKs (~40 ms).
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(service.clone());
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Periodic work: flushing access times, pruning nonces, garbage collection.
+async fn background(app: AppState, cancel: CancellationToken) {
+    let mut flush = tokio::time::interval(app.config.access_flush_interval);
+    let mut gc = tokio::time::interval(app.config.gc_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = flush.tick() => {
+                if let Err(e) = app.store.flush_accesses().await {
+                    tracing::error!(error = %e, "flushing access times failed");
+                }
+                app.nonces.prune(app.now());
+            }
+            _ = gc.tick() => {
+                match run_gc(&app).await {
+                    Ok(r) if r.deleted_blobs > 0 => tracing::info!(
+                        deleted_blobs = r.deleted_blobs, deleted_bytes = r.deleted_bytes, "gc pass"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "gc pass failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Deletes every blob whose last access is older than the retention period.
+async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
+    let now = app.now();
+    let cutoff = now.saturating_sub(app.config.retention.as_secs());
+    let mut report = GcReport::default();
+    loop {
+        let deleted = app.store.collect(cutoff, GC_BATCH).await?;
+        report.deleted_blobs += deleted.len() as u64;
+        report.deleted_bytes += deleted.iter().map(|(_, size)| size).sum::<u64>();
+        if deleted.len() < GC_BATCH {
+            break;
+        }
+    }
+    app.metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
+    app.metrics
+        .gc_deleted_blobs
+        .fetch_add(report.deleted_blobs, Ordering::Relaxed);
+    app.metrics
+        .gc_deleted_bytes
+        .fetch_add(report.deleted_bytes, Ordering::Relaxed);
+    Ok(report)
+}
+
+impl RelayHandle {
+    /// The address the relay listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The relay's identity key.
+    pub fn key(&self) -> VerifyingKey {
+        self.app.key.verifying_key()
+    }
+
+    /// The relay's secret key (tests sign receipts and peer tokens with it).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.app.key
+    }
+
+    /// Runs one GC pass now, as the periodic task would.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] if the store fails.
+    pub async fn run_gc(&self) -> Result<GcReport, StoreError> {
+        run_gc(&self.app).await
+    }
+
+    /// Writes pending access times to the index now.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] if the store fails.
+    pub async fn flush_accesses(&self) -> Result<usize, StoreError> {
+        self.app.store.flush_accesses().await
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (up to
+    /// the configured grace period; uploads still running then are
+    /// abandoned and their temp files removed), writes pending access times,
+    /// and stops the store.
+    pub async fn shutdown(mut self) {
+        self.app.draining.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        self.tasks.close();
+        let grace = self.app.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "requests still running after the shutdown grace period; abandoning them"
+            );
+        }
+        if let Err(e) = self.app.store.flush_accesses().await {
+            tracing::error!(error = %e, "flushing access times at shutdown failed");
+        }
+        let writer = self.writer.take();
+        // Dropping the last state handle closes the writer's queue; the
+        // writer finishes what is queued and exits.
+        drop(self);
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Offline consistency check: every blob file against its id, the index
+//! against the files. Runs while the relay is stopped (the index database
+//! is locked by a running relay, and opening it then fails).
+
+use std::path::{Path, PathBuf};
+
+use cairn_proto::BlobId;
+use redb::ReadableTable as _;
+
+use super::files::{BlobFiles, fsync_dir, hash_file};
+use super::index::{BLOBS, BY_ACCESS, BlobMeta, OWNERS, STAT_BLOBS, STAT_BYTES, STATS};
+use super::{StoreError, open_db};
+
+/// What fsck found (and, with repair, fixed).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FsckReport {
+    /// Blob files checked.
+    pub files_checked: u64,
+    /// Bytes hashed.
+    pub bytes_checked: u64,
+    /// Blobs the index lists.
+    pub indexed: u64,
+    /// Files whose bytes do not hash to their name.
+    pub corrupt: Vec<String>,
+    /// Files under `blobs/` whose name or place is not a blob id's.
+    pub stray: Vec<String>,
+    /// Valid blob files the index does not list (uploads that stopped
+    /// between rename and commit, or an index that was lost).
+    pub orphans: Vec<String>,
+    /// Index entries without a file.
+    pub missing: Vec<String>,
+    /// Index entries whose size differs from the file's.
+    pub wrong_size: Vec<String>,
+    /// Upload temp files present (removed at the next start anyway).
+    pub temp_files: u64,
+    /// Whether problems were repaired.
+    pub repaired: bool,
+}
+
+impl FsckReport {
+    /// True when nothing is wrong.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty()
+            && self.stray.is_empty()
+            && self.orphans.is_empty()
+            && self.missing.is_empty()
+            && self.wrong_size.is_empty()
+    }
+}
+
+/// Checks the store in `data_dir`; with `repair`, makes the index agree with
+/// the verified files: corrupt and stray files are removed, orphans are
+/// indexed (without an owner; their last access is now), entries without a
+/// file are dropped, and totals are recomputed.
+///
+/// # Errors
+///
+/// [`StoreError`] if the store cannot be read, or if the relay is running.
+pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, StoreError> {
+    let files = BlobFiles::open_readonly(data_dir);
+    let db = open_db(data_dir)?;
+    let mut report = FsckReport {
+        temp_files: std::fs::read_dir(data_dir.join("tmp"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0),
+        ..FsckReport::default()
+    };
+
+    let mut on_disk: Vec<(BlobId, u64, PathBuf)> = Vec::new();
+    let mut to_remove: Vec<PathBuf> = Vec::new();
+    for (path, claimed) in files
+        .walk()
+        .map_err(|e| StoreError::io("list blob files", e))?
+    {
+        report.files_checked += 1;
+        let Some(claimed) = claimed else {
+            report.stray.push(path.display().to_string());
+            to_remove.push(path);
+            continue;
+        };
+        let (actual, size) = hash_file(&path).map_err(|e| StoreError::io("hash blob file", e))?;
+        report.bytes_checked += size;
+        if actual == claimed {
+            on_disk.push((claimed, size, path));
+        } else {
+            report.corrupt.push(claimed.to_string());
+            to_remove.push(path);
+        }
+    }
+
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    {
+        let mut blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        let mut by_access = txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
+        let mut owners = txn.open_table(OWNERS).map_err(redb::Error::from)?;
+        let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
+        let indexed: Vec<(BlobId, BlobMeta)> = blobs
+            .iter()
+            .map_err(redb::Error::from)?
+            .map(|row| {
+                row.map(|(k, v)| (BlobId::from_bytes(k.value()), BlobMeta::decode(&v.value())))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        report.indexed = indexed.len() as u64;
+        let disk: std::collections::HashMap<BlobId, u64> =
+            on_disk.iter().map(|(id, size, _)| (*id, *size)).collect();
+        let index: std::collections::HashMap<BlobId, BlobMeta> = indexed.iter().copied().collect();
+
+        for (id, meta) in &indexed {
+            match disk.get(id) {
+                None => {
+                    report.missing.push(id.to_string());
+                    if repair {
+                        blobs.remove(id.as_bytes()).map_err(redb::Error::from)?;
+                        by_access
+                            .remove((meta.last_access, *id.as_bytes()))
+                            .map_err(redb::Error::from)?;
+                    }
+                }
+                Some(size) if *size != meta.size => {
+                    report.wrong_size.push(id.to_string());
+                    if repair {
+                        let fixed = BlobMeta {
+                            size: *size,
+                            ..*meta
+                        };
+                        blobs
+                            .insert(id.as_bytes(), fixed.encode())
+                            .map_err(redb::Error::from)?;
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, size, _) in &on_disk {
+            if !index.contains_key(id) {
+                report.orphans.push(id.to_string());
+                if repair {
+                    let meta = BlobMeta {
+                        size: *size,
+                        created: now,
+                        last_access: now,
+                        owner: None,
+                    };
+                    blobs
+                        .insert(id.as_bytes(), meta.encode())
+                        .map_err(redb::Error::from)?;
+                    by_access
+                        .insert((now, *id.as_bytes()), ())
+                        .map_err(redb::Error::from)?;
+                }
+            }
+        }
+        if repair {
+            // Recompute totals and per-owner usage from the repaired index.
+            let mut bytes = 0u64;
+            let mut count = 0u64;
+            let mut per_owner: std::collections::HashMap<[u8; 32], u64> = Default::default();
+            for row in blobs.iter().map_err(redb::Error::from)? {
+                let (_, v) = row.map_err(redb::Error::from)?;
+                let meta = BlobMeta::decode(&v.value());
+                bytes += meta.size;
+                count += 1;
+                if let Some(owner) = meta.owner {
+                    *per_owner.entry(owner.to_bytes()).or_default() += meta.size;
+                }
+            }
+            owners.retain(|_, _| false).map_err(redb::Error::from)?;
+            for (owner, used) in per_owner {
+                owners.insert(owner, used).map_err(redb::Error::from)?;
+            }
+            stats.insert(STAT_BYTES, bytes).map_err(redb::Error::from)?;
+            stats.insert(STAT_BLOBS, count).map_err(redb::Error::from)?;
+        }
+    }
+    if repair {
+        txn.commit().map_err(redb::Error::from)?;
+        for path in &to_remove {
+            std::fs::remove_file(path).map_err(|e| StoreError::io("remove bad blob file", e))?;
+            if let Some(dir) = path.parent() {
+                fsync_dir(dir).map_err(|e| StoreError::io("fsync blob directory", e))?;
+            }
+        }
+        report.repaired = true;
+    } else {
+        txn.abort().map_err(redb::Error::from)?;
+    }
+    Ok(report)
+}
+
+impl BlobFiles {
+    /// The blob directories under `data_dir`, without creating or cleaning
+    /// anything.
+    pub(crate) fn open_readonly(data_dir: &Path) -> Self {
+        Self::at(data_dir.join("blobs"), data_dir.join("tmp"))
+    }
+}

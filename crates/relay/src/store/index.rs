@@ -1,0 +1,125 @@
+//! The metadata index: an embedded redb database.
+//!
+//! Tables carry a version suffix; a schema change means a new table and a
+//! migration, never a silent reinterpretation of old bytes.
+
+use cairn_proto::{BlobId, VerifyingKey};
+use redb::{ReadableDatabase as _, TableDefinition};
+
+use super::StoreError;
+
+/// Blob id → [`BlobMeta`] in its 56-byte encoding.
+pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinition::new("blobs_v1");
+/// (last access, blob id) → (): blobs ordered by last access, so GC reads
+/// exactly the expired prefix.
+pub(crate) const BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
+    TableDefinition::new("by_access_v1");
+/// Owner key → bytes stored, for per-key quotas.
+pub(crate) const OWNERS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("owners_v1");
+/// Blob ids whose index entry is gone but whose file may still exist,
+/// because the relay stopped between commit and unlink. Finished at start.
+pub(crate) const PENDING_UNLINK: TableDefinition<'_, [u8; 32], ()> =
+    TableDefinition::new("pending_unlink_v1");
+/// Totals: `bytes`, `blobs`.
+pub(crate) const STATS: TableDefinition<'_, &str, u64> = TableDefinition::new("stats_v1");
+
+pub(crate) const STAT_BYTES: &str = "bytes";
+pub(crate) const STAT_BLOBS: &str = "blobs";
+
+/// What the index knows about a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlobMeta {
+    pub(crate) size: u64,
+    pub(crate) created: u64,
+    pub(crate) last_access: u64,
+    /// The key that uploaded it first, or `None` for blobs recovered by
+    /// `fsck --repair`, whose owner the files do not record.
+    pub(crate) owner: Option<VerifyingKey>,
+}
+
+impl BlobMeta {
+    pub(crate) fn encode(&self) -> [u8; 56] {
+        let mut out = [0u8; 56];
+        out[0..8].copy_from_slice(&self.size.to_be_bytes());
+        out[8..16].copy_from_slice(&self.created.to_be_bytes());
+        out[16..24].copy_from_slice(&self.last_access.to_be_bytes());
+        if let Some(owner) = &self.owner {
+            out[24..56].copy_from_slice(&owner.to_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8; 56]) -> Self {
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let mut owner = [0u8; 32];
+        owner.copy_from_slice(&bytes[24..56]);
+        Self {
+            size: u64_at(0),
+            created: u64_at(8),
+            last_access: u64_at(16),
+            // All-zero is not a valid key (small order), so it marks "none".
+            owner: VerifyingKey::from_bytes(&owner).ok(),
+        }
+    }
+}
+
+/// Read-side access to the index, usable from any thread.
+#[derive(Clone, Debug)]
+pub(crate) struct IndexReader {
+    db: std::sync::Arc<redb::Database>,
+}
+
+impl IndexReader {
+    pub(crate) fn new(db: std::sync::Arc<redb::Database>) -> Self {
+        Self { db }
+    }
+
+    pub(crate) fn get(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        let meta = table.get(id.as_bytes()).map_err(redb::Error::from)?;
+        Ok(meta.map(|m| BlobMeta::decode(&m.value())))
+    }
+
+    pub(crate) fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(OWNERS).map_err(redb::Error::from)?;
+        let used = table.get(owner.to_bytes()).map_err(redb::Error::from)?;
+        Ok(used.map_or(0, |v| v.value()))
+    }
+
+    pub(crate) fn stats(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(STATS).map_err(redb::Error::from)?;
+        let get = |k| -> Result<u64, StoreError> {
+            Ok(table
+                .get(k)
+                .map_err(redb::Error::from)?
+                .map_or(0, |v| v.value()))
+        };
+        Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips_with_and_without_owner() {
+        let owner = cairn_proto::SigningKey::from_seed(&[5; 32]).verifying_key();
+        for owner in [Some(owner), None] {
+            let meta = BlobMeta {
+                size: 1 << 40,
+                created: 17,
+                last_access: u64::MAX,
+                owner,
+            };
+            assert_eq!(BlobMeta::decode(&meta.encode()), meta);
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The durable blob store: bodies as files ([`files`]), metadata in an
+//! embedded database ([`index`]), all writes through one batching writer
+//! thread ([`writer`]).
+//!
+//! # Commit protocol (an upload)
+//!
+//! 1. Stream the body to `tmp/<random>.part`, hashing as it arrives.
+//! 2. Compare the hash with the claimed id; on mismatch delete the temp file.
+//! 3. `fsync` the temp file.
+//! 4. Writer thread, in one batch with other requests: rename the temp file to
+//!    `blobs/ab/cd/<id>`, `fsync` each affected directory, then commit the
+//!    index transaction (itself fsynced).
+//! 5. Only then is the upload acknowledged (201).
+//!
+//! # What a crash leaves behind
+//!
+//! - Before 3: a temp file. Removed at next start; nothing was acknowledged.
+//! - Between 4's rename and its commit: a complete, verified file under
+//!   `blobs/` that the index does not list. Never acknowledged; `fsck` reports
+//!   it as an orphan and `--repair` indexes it (its bytes are valid).
+//! - After 4: the blob is durable and indexed.
+//! - A deletion commits the index change (and a `pending_unlink` row) before
+//!   removing the file; a crash in between leaves a file that the next start
+//!   removes.
+//!
+//! # Invariants
+//!
+//! - Every file under `blobs/` hashes to its name.
+//! - Every blob in the index has its file (once pending unlinks are done).
+//! - `stats.bytes` is the sum of indexed sizes, `owners` the per-owner sums.
+//!
+//! Filesystem assumptions: rename within one filesystem is atomic; `fsync` of
+//! a file makes its data durable, `fsync` of a directory makes its entries
+//! durable (true of ext4 and xfs on Linux).
+
+pub(crate) mod files;
+pub(crate) mod fsck;
+pub(crate) mod index;
+mod writer;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use cairn_proto::{BlobId, VerifyingKey};
+use tokio::sync::{mpsc, oneshot};
+
+use self::files::BlobFiles;
+use self::index::{BLOBS, BY_ACCESS, IndexReader, OWNERS, PENDING_UNLINK, STATS};
+use self::writer::{QUEUE_DEPTH, WriteOp, Writer};
+
+/// A store failure. Every variant is a local fault, never the client's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A filesystem operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the store was doing.
+        context: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The index database failed.
+    #[error("index database: {0}")]
+    Db(#[from] redb::Error),
+    /// An earlier write failed; the store refuses work until restarted.
+    #[error("store stopped after an earlier failure ({0}); restart the relay")]
+    Failed(String),
+    /// The store is shutting down.
+    #[error("store is shut down")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn io(context: &'static str, source: io::Error) -> Self {
+        Self::Io { context, source }
+    }
+
+    /// True when the disk is full (so the request can be refused with 507
+    /// rather than treated as a fault).
+    pub(crate) fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+/// What became of an upload handed to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InsertOutcome {
+    /// Newly stored and durable.
+    Stored,
+    /// The store already held it; recorded as an access.
+    AlreadyHeld,
+    /// Refused: capacity exhausted.
+    RelayFull,
+    /// Refused: the owner's quota is exhausted.
+    QuotaExceeded,
+}
+
+/// What became of a delete request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    NotOwner,
+}
+
+/// Live totals, updated after each commit.
+#[derive(Debug, Default)]
+pub(crate) struct StoreStats {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) blobs: AtomicU64,
+    /// Bytes of uploads in progress, held against capacity.
+    pub(crate) reserved: AtomicU64,
+}
+
+/// The blob store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub(crate) struct Store {
+    files: BlobFiles,
+    reader: IndexReader,
+    tx: mpsc::Sender<WriteOp>,
+    stats: Arc<StoreStats>,
+    capacity: u64,
+    /// Access times not yet written to the index, coalesced per blob.
+    accesses: Mutex<HashMap<BlobId, u64>>,
+}
+
+/// Where the index lives under the data directory.
+pub(crate) fn index_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("index.redb")
+}
+
+/// Opens the index database, creating its tables.
+pub(crate) fn open_db(data_dir: &Path) -> Result<redb::Database, StoreError> {
+    let db = redb::Database::create(index_path(data_dir)).map_err(redb::Error::from)?;
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    txn.open_table(BLOBS).map_err(redb::Error::from)?;
+    txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
+    txn.open_table(OWNERS).map_err(redb::Error::from)?;
+    txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
+    txn.open_table(STATS).map_err(redb::Error::from)?;
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(db)
+}
+
+/// What opening the store found to clean up.
+#[derive(Debug, Default)]
+pub(crate) struct OpenReport {
+    pub(crate) temp_files_removed: usize,
+    pub(crate) pending_unlinks_finished: usize,
+}
+
+impl Store {
+    /// Opens the store under `data_dir` and starts its writer thread.
+    pub(crate) fn open(
+        data_dir: &Path,
+        capacity: u64,
+        key_quota: u64,
+    ) -> Result<(Self, JoinHandle<()>, OpenReport), StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::io("create data directory", e))?;
+        let (files, temp_files_removed) =
+            BlobFiles::open(data_dir).map_err(|e| StoreError::io("open blob directories", e))?;
+        let db = Arc::new(open_db(data_dir)?);
+        let pending_unlinks_finished = finish_pending_unlinks(&db, &files)?;
+        let reader = IndexReader::new(Arc::clone(&db));
+        let (bytes, blobs) = reader.stats()?;
+        let stats = Arc::new(StoreStats {
+            bytes: AtomicU64::new(bytes),
+            blobs: AtomicU64::new(blobs),
+            reserved: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            db,
+            files: files.clone(),
+            stats: Arc::clone(&stats),
+            capacity,
+            key_quota,
+            unlinked: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("cairn-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::io("spawn store writer", e))?;
+        let store = Self {
+            files,
+            reader,
+            tx,
+            stats,
+            capacity,
+            accesses: Mutex::new(HashMap::new()),
+        };
+        let report = OpenReport {
+            temp_files_removed,
+            pending_unlinks_finished,
+        };
+        Ok((store, thread, report))
+    }
+
+    /// The committed file of blob `id`.
+    pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
+        self.files.path(id)
+    }
+
+    /// A fresh temp path for an upload.
+    pub(crate) fn temp_path(&self) -> Result<PathBuf, StoreError> {
+        self.files
+            .temp_path()
+            .map_err(|e| StoreError::io("choose temp file name", e))
+    }
+
+    pub(crate) fn reader(&self) -> &IndexReader {
+        &self.reader
+    }
+
+    /// Bytes stored and blobs stored.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        (
+            self.stats.bytes.load(Ordering::SeqCst),
+            self.stats.blobs.load(Ordering::SeqCst),
+        )
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes neither stored nor reserved by uploads in progress.
+    pub(crate) fn free(&self) -> u64 {
+        let used = self.stats.bytes.load(Ordering::SeqCst);
+        let reserved = self.stats.reserved.load(Ordering::SeqCst);
+        self.capacity.saturating_sub(used.saturating_add(reserved))
+    }
+
+    /// Holds `n` bytes of capacity for an upload in progress; false if the
+    /// relay does not have them.
+    pub(crate) fn try_reserve(&self, n: u64) -> bool {
+        let reserved = &self.stats.reserved;
+        let mut current = reserved.load(Ordering::SeqCst);
+        loop {
+            let used = self.stats.bytes.load(Ordering::SeqCst);
+            if used.saturating_add(current).saturating_add(n) > self.capacity {
+                return false;
+            }
+            match reserved.compare_exchange(
+                current,
+                current + n,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Returns capacity held by [`Store::try_reserve`].
+    pub(crate) fn release(&self, n: u64) {
+        let _ = self
+            .stats
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                Some(r.saturating_sub(n))
+            });
+    }
+
+    async fn send<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(op(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Commits a verified, fsynced temp file as blob `id`.
+    ///
+    /// Cancel safety: once called, the commit happens (or fails) whether or
+    /// not the future is polled to completion.
+    pub(crate) async fn insert(
+        &self,
+        temp: PathBuf,
+        id: BlobId,
+        size: u64,
+        owner: VerifyingKey,
+        now: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        self.send(|reply| WriteOp::Insert {
+            temp,
+            id,
+            size,
+            owner,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes blob `id` if `owner` owns it.
+    pub(crate) async fn delete(
+        &self,
+        id: BlobId,
+        owner: VerifyingKey,
+    ) -> Result<DeleteOutcome, StoreError> {
+        self.send(|reply| WriteOp::Delete { id, owner, reply })
+            .await
+    }
+
+    /// Notes an access in memory; written to the index by
+    /// [`Store::flush_accesses`].
+    pub(crate) fn record_access(&self, id: BlobId, now: u64) {
+        if let Ok(mut map) = self.accesses.lock() {
+            let at = map.entry(id).or_insert(now);
+            *at = (*at).max(now);
+        }
+    }
+
+    /// Writes coalesced access times to the index in one transaction.
+    pub(crate) async fn flush_accesses(&self) -> Result<usize, StoreError> {
+        let accesses: Vec<(BlobId, u64)> = match self.accesses.lock() {
+            Ok(mut map) => map.drain().collect(),
+            Err(_) => return Err(StoreError::Failed("access map poisoned".into())),
+        };
+        let count = accesses.len();
+        if count > 0 {
+            self.send(|reply| WriteOp::Touch { accesses, reply })
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// Deletes up to `max` blobs last accessed before `cutoff`, returning
+    /// their ids and sizes. Flushes pending access times first, so a blob
+    /// read a moment ago is never collected on a stale time.
+    pub(crate) async fn collect(
+        &self,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        self.flush_accesses().await?;
+        self.send(|reply| WriteOp::Collect { cutoff, max, reply })
+            .await
+    }
+}
+
+/// Removes files of blobs whose deletion committed before the last stop.
+fn finish_pending_unlinks(db: &redb::Database, files: &BlobFiles) -> Result<usize, StoreError> {
+    use redb::ReadableTable as _;
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    let mut done = 0;
+    {
+        let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
+        let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        let ids: Vec<[u8; 32]> = pending
+            .iter()
+            .map_err(redb::Error::from)?
+            .map(|row| row.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for raw in ids {
+            // Re-uploaded since: the file is the live blob's.
+            if blobs.get(raw).map_err(redb::Error::from)?.is_none() {
+                let id = BlobId::from_bytes(raw);
+                if let Some(dir) = files
+                    .remove(&id)
+                    .map_err(|e| StoreError::io("remove deleted blob", e))?
+                {
+                    files::fsync_dir(&dir)
+                        .map_err(|e| StoreError::io("fsync blob directory", e))?;
+                }
+            }
+            pending.remove(raw).map_err(redb::Error::from)?;
+            done += 1;
+        }
+    }
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(done)
+}

@@ -1,0 +1,411 @@
+//! The index's single writer: one thread that owns every write transaction.
+//!
+//! Requests queue on a bounded channel. The thread takes whatever has queued
+//! (up to [`MAX_BATCH`]) and applies it in **one** transaction with one
+//! fsync: under concurrent uploads, many blobs share a commit (group commit).
+//! Because every rename into `blobs/` and every unlink happens here too, in
+//! order with the index changes, a delete and a re-upload of the same blob
+//! can never interleave into "indexed but no file".
+//!
+//! After any I/O or database failure the writer refuses all further work
+//! ([`StoreError::Failed`]): the relay must be restarted (and, if the disk
+//! misbehaves, checked with `fsck`) rather than build on half-written state.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use cairn_proto::{BlobId, VerifyingKey};
+use redb::ReadableTable as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::files::{BlobFiles, fsync_dir};
+use super::index::{
+    BLOBS, BY_ACCESS, BlobMeta, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
+};
+use super::{DeleteOutcome, InsertOutcome, StoreError, StoreStats};
+
+/// Most operations applied in one transaction.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// Depth of the writer's queue. Senders wait when it is full, which slows
+/// uploads down rather than growing memory.
+pub(crate) const QUEUE_DEPTH: usize = 4096;
+
+pub(crate) enum WriteOp {
+    Insert {
+        temp: PathBuf,
+        id: BlobId,
+        size: u64,
+        owner: VerifyingKey,
+        now: u64,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    Delete {
+        id: BlobId,
+        owner: VerifyingKey,
+        reply: oneshot::Sender<Result<DeleteOutcome, StoreError>>,
+    },
+    Touch {
+        accesses: Vec<(BlobId, u64)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Collect {
+        /// Blobs last accessed before this moment are deleted.
+        cutoff: u64,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
+    },
+}
+
+enum Reply {
+    Insert(
+        oneshot::Sender<Result<InsertOutcome, StoreError>>,
+        InsertOutcome,
+    ),
+    Delete(
+        oneshot::Sender<Result<DeleteOutcome, StoreError>>,
+        DeleteOutcome,
+    ),
+    Touch(oneshot::Sender<Result<(), StoreError>>),
+    Collect(
+        oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
+        Vec<(BlobId, u64)>,
+    ),
+}
+
+impl Reply {
+    fn send_ok(self) {
+        // A requester that went away (client disconnected) no longer cares;
+        // the change itself is committed either way.
+        match self {
+            Self::Insert(tx, v) => drop(tx.send(Ok(v))),
+            Self::Delete(tx, v) => drop(tx.send(Ok(v))),
+            Self::Touch(tx) => drop(tx.send(Ok(()))),
+            Self::Collect(tx, v) => drop(tx.send(Ok(v))),
+        }
+    }
+
+    fn send_err(self, err: StoreError) {
+        match self {
+            Self::Insert(tx, _) => drop(tx.send(Err(err))),
+            Self::Delete(tx, _) => drop(tx.send(Err(err))),
+            Self::Touch(tx) => drop(tx.send(Err(err))),
+            Self::Collect(tx, _) => drop(tx.send(Err(err))),
+        }
+    }
+}
+
+fn fail_op(op: WriteOp, err: StoreError) {
+    match op {
+        WriteOp::Insert { reply, temp, .. } => {
+            let _ = std::fs::remove_file(temp);
+            drop(reply.send(Err(err)));
+        }
+        WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Touch { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) db: Arc<redb::Database>,
+    pub(crate) files: BlobFiles,
+    pub(crate) stats: Arc<StoreStats>,
+    pub(crate) capacity: u64,
+    pub(crate) key_quota: u64,
+    /// Unlinks finished after the previous commit, to drop from
+    /// `PENDING_UNLINK` in the next transaction.
+    pub(crate) unlinked: Vec<BlobId>,
+}
+
+impl Writer {
+    /// Runs until every sender is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        let mut failed: Option<String> = None;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reason) = &failed {
+                for op in batch {
+                    fail_op(op, StoreError::Failed(reason.clone()));
+                }
+                continue;
+            }
+            if let Err(err) = self.apply(batch) {
+                tracing::error!(error = %err, "store write failed; refusing further writes until restart");
+                failed = Some(err.to_string());
+            }
+        }
+    }
+
+    /// Applies a batch in one transaction. On error every requester in the
+    /// batch gets [`StoreError::Failed`] and the error is returned.
+    fn apply(&mut self, batch: Vec<WriteOp>) -> Result<(), StoreError> {
+        let mut replies = Vec::with_capacity(batch.len());
+        let result = self.apply_inner(batch, &mut replies);
+        match result {
+            Ok(()) => {
+                for reply in replies {
+                    reply.send_ok();
+                }
+                Ok(())
+            }
+            Err(err) => {
+                for reply in replies {
+                    reply.send_err(StoreError::Failed(err.to_string()));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn apply_inner(
+        &mut self,
+        batch: Vec<WriteOp>,
+        replies: &mut Vec<Reply>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut unlink: BTreeSet<BlobId> = BTreeSet::new();
+        let mut temps_to_drop = Vec::new();
+        let (mut bytes, mut blobs);
+        {
+            let mut table = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+            let mut by_access = txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
+            let mut owners = txn.open_table(OWNERS).map_err(redb::Error::from)?;
+            let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
+            let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
+            let stat = |t: &redb::Table<'_, &str, u64>, k| -> Result<u64, StoreError> {
+                Ok(t.get(k)
+                    .map_err(redb::Error::from)?
+                    .map_or(0, |v| v.value()))
+            };
+            bytes = stat(&stats, STAT_BYTES)?;
+            blobs = stat(&stats, STAT_BLOBS)?;
+            for id in self.unlinked.drain(..) {
+                pending.remove(id.as_bytes()).map_err(redb::Error::from)?;
+            }
+
+            for op in batch {
+                match op {
+                    WriteOp::Insert {
+                        temp,
+                        id,
+                        size,
+                        owner,
+                        now,
+                        reply,
+                    } => {
+                        let existing = table
+                            .get(id.as_bytes())
+                            .map_err(redb::Error::from)?
+                            .map(|m| BlobMeta::decode(&m.value()));
+                        let outcome = if let Some(mut meta) = existing {
+                            temps_to_drop.push(temp);
+                            touch(&mut table, &mut by_access, &id, &mut meta, now)?;
+                            InsertOutcome::AlreadyHeld
+                        } else if bytes.saturating_add(size) > self.capacity {
+                            temps_to_drop.push(temp);
+                            InsertOutcome::RelayFull
+                        } else {
+                            let used = owners
+                                .get(owner.to_bytes())
+                                .map_err(redb::Error::from)?
+                                .map_or(0, |v| v.value());
+                            if self.key_quota > 0 && used.saturating_add(size) > self.key_quota {
+                                temps_to_drop.push(temp);
+                                InsertOutcome::QuotaExceeded
+                            } else {
+                                dirs.insert(
+                                    self.files
+                                        .install(&temp, &id)
+                                        .map_err(|e| StoreError::io("install blob file", e))?,
+                                );
+                                unlink.remove(&id);
+                                let meta = BlobMeta {
+                                    size,
+                                    created: now,
+                                    last_access: now,
+                                    owner: Some(owner),
+                                };
+                                table
+                                    .insert(id.as_bytes(), meta.encode())
+                                    .map_err(redb::Error::from)?;
+                                by_access
+                                    .insert((now, *id.as_bytes()), ())
+                                    .map_err(redb::Error::from)?;
+                                owners
+                                    .insert(owner.to_bytes(), used + size)
+                                    .map_err(redb::Error::from)?;
+                                bytes += size;
+                                blobs += 1;
+                                InsertOutcome::Stored
+                            }
+                        };
+                        replies.push(Reply::Insert(reply, outcome));
+                    }
+                    WriteOp::Delete { id, owner, reply } => {
+                        let existing = table
+                            .get(id.as_bytes())
+                            .map_err(redb::Error::from)?
+                            .map(|m| BlobMeta::decode(&m.value()));
+                        let outcome = match existing {
+                            None => DeleteOutcome::NotFound,
+                            Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
+                            Some(meta) => {
+                                remove(
+                                    &mut table,
+                                    &mut by_access,
+                                    &mut owners,
+                                    &mut pending,
+                                    &id,
+                                    &meta,
+                                )?;
+                                bytes = bytes.saturating_sub(meta.size);
+                                blobs = blobs.saturating_sub(1);
+                                unlink.insert(id);
+                                DeleteOutcome::Deleted
+                            }
+                        };
+                        replies.push(Reply::Delete(reply, outcome));
+                    }
+                    WriteOp::Touch { accesses, reply } => {
+                        for (id, at) in accesses {
+                            let existing = table
+                                .get(id.as_bytes())
+                                .map_err(redb::Error::from)?
+                                .map(|m| BlobMeta::decode(&m.value()));
+                            if let Some(mut meta) = existing {
+                                touch(&mut table, &mut by_access, &id, &mut meta, at)?;
+                            }
+                        }
+                        replies.push(Reply::Touch(reply));
+                    }
+                    WriteOp::Collect { cutoff, max, reply } => {
+                        let expired: Vec<(u64, [u8; 32])> = by_access
+                            .range(..(cutoff, [0u8; 32]))
+                            .map_err(redb::Error::from)?
+                            .take(max)
+                            .map(|row| row.map(|(k, _)| k.value()))
+                            .collect::<Result<_, _>>()
+                            .map_err(redb::Error::from)?;
+                        let mut deleted = Vec::with_capacity(expired.len());
+                        for (_, raw) in expired {
+                            let id = BlobId::from_bytes(raw);
+                            let meta = table
+                                .get(raw)
+                                .map_err(redb::Error::from)?
+                                .map(|m| BlobMeta::decode(&m.value()));
+                            if let Some(meta) = meta {
+                                remove(
+                                    &mut table,
+                                    &mut by_access,
+                                    &mut owners,
+                                    &mut pending,
+                                    &id,
+                                    &meta,
+                                )?;
+                                bytes = bytes.saturating_sub(meta.size);
+                                blobs = blobs.saturating_sub(1);
+                                unlink.insert(id);
+                                deleted.push((id, meta.size));
+                            }
+                        }
+                        replies.push(Reply::Collect(reply, deleted));
+                    }
+                }
+            }
+            stats.insert(STAT_BYTES, bytes).map_err(redb::Error::from)?;
+            stats.insert(STAT_BLOBS, blobs).map_err(redb::Error::from)?;
+        }
+        // Renames must be durable before the index says the blobs exist.
+        for dir in &dirs {
+            fsync_dir(dir).map_err(|e| StoreError::io("fsync blob directory", e))?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        self.stats.bytes.store(bytes, Ordering::SeqCst);
+        self.stats.blobs.store(blobs, Ordering::SeqCst);
+
+        for temp in temps_to_drop {
+            let _ = std::fs::remove_file(temp);
+        }
+        // The index no longer names these blobs; only now may their files go.
+        let mut unlink_dirs = BTreeSet::new();
+        for id in unlink {
+            if let Some(dir) = self
+                .files
+                .remove(&id)
+                .map_err(|e| StoreError::io("remove blob file", e))?
+            {
+                unlink_dirs.insert(dir);
+            }
+            self.unlinked.push(id);
+        }
+        for dir in unlink_dirs {
+            fsync_dir(&dir).map_err(|e| StoreError::io("fsync blob directory", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn touch(
+    table: &mut redb::Table<'_, [u8; 32], [u8; 56]>,
+    by_access: &mut redb::Table<'_, (u64, [u8; 32]), ()>,
+    id: &BlobId,
+    meta: &mut BlobMeta,
+    at: u64,
+) -> Result<(), StoreError> {
+    if at <= meta.last_access {
+        return Ok(());
+    }
+    by_access
+        .remove((meta.last_access, *id.as_bytes()))
+        .map_err(redb::Error::from)?;
+    meta.last_access = at;
+    by_access
+        .insert((at, *id.as_bytes()), ())
+        .map_err(redb::Error::from)?;
+    table
+        .insert(id.as_bytes(), meta.encode())
+        .map_err(redb::Error::from)?;
+    Ok(())
+}
+
+fn remove(
+    table: &mut redb::Table<'_, [u8; 32], [u8; 56]>,
+    by_access: &mut redb::Table<'_, (u64, [u8; 32]), ()>,
+    owners: &mut redb::Table<'_, [u8; 32], u64>,
+    pending: &mut redb::Table<'_, [u8; 32], ()>,
+    id: &BlobId,
+    meta: &BlobMeta,
+) -> Result<(), StoreError> {
+    table.remove(id.as_bytes()).map_err(redb::Error::from)?;
+    by_access
+        .remove((meta.last_access, *id.as_bytes()))
+        .map_err(redb::Error::from)?;
+    if let Some(owner) = &meta.owner {
+        let used = owners
+            .get(owner.to_bytes())
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        let left = used.saturating_sub(meta.size);
+        if left == 0 {
+            owners.remove(owner.to_bytes()).map_err(redb::Error::from)?;
+        } else {
+            owners
+                .insert(owner.to_bytes(), left)
+                .map_err(redb::Error::from)?;
+        }
+    }
+    pending
+        .insert(id.as_bytes(), ())
+        .map_err(redb::Error::from)?;
+    Ok(())
+}

@@ -1,0 +1,460 @@
+//! The HTTP API against a real relay: every success path and every refusal,
+//! each with its exact status and error code.
+
+use cairn_proto::{BlobId, Method, RelayInfo, SignedRecord, TokenTarget};
+use cairn_testkit::{auth_header, key, token};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::common::{TestRelay, assert_error, bytes};
+
+#[tokio::test]
+async fn upload_download_and_reupload() {
+    let relay = TestRelay::start().await;
+    let alice = key("alice");
+    let data = bytes("blob", 300_000);
+    let id = BlobId::of(&data);
+
+    assert_eq!(relay.put(&alice, &data).await.status(), StatusCode::CREATED);
+    let got = relay.get(&id).await;
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["etag"], format!("\"{id}\"").as_str());
+    assert_eq!(got.headers()["content-length"], "300000");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+
+    let head = relay.http.head(relay.blob_url(&id)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["content-length"], "300000");
+
+    // Same bytes again, even from another key: 200, still one copy.
+    assert_eq!(relay.put(&key("bob"), &data).await.status(), StatusCode::OK);
+    assert_eq!(relay.files(), (0, 1));
+
+    // A small blob (served from memory) and an empty one.
+    for data in [b"tiny".to_vec(), Vec::new()] {
+        let id = BlobId::of(&data);
+        assert_eq!(relay.put(&alice, &data).await.status(), StatusCode::CREATED);
+        assert_eq!(
+            relay.get(&id).await.bytes().await.unwrap().as_ref(),
+            data.as_slice()
+        );
+    }
+}
+
+#[tokio::test]
+async fn ranges() {
+    let relay = TestRelay::start().await;
+    let data = bytes("ranged", 200_000);
+    let id = BlobId::of(&data);
+    relay.put(&key("alice"), &data).await;
+    for (header, start, end) in [
+        ("bytes=0-9", 0usize, 9usize),
+        ("bytes=100000-", 100_000, 199_999),
+        ("bytes=-5", 199_995, 199_999),
+        ("bytes=199990-300000", 199_990, 199_999),
+    ] {
+        let r = relay
+            .http
+            .get(relay.blob_url(&id))
+            .header("range", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{header}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {start}-{end}/200000").as_str()
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[start..=end]);
+    }
+    for bad in ["bytes=200000-", "bytes=5-1", "bytes=0-1,4-5"] {
+        let r = relay
+            .http
+            .get(relay.blob_url(&id))
+            .header("range", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-range"], "bytes */200000");
+        assert_error(r, StatusCode::RANGE_NOT_SATISFIABLE, "bad_range").await;
+    }
+}
+
+#[tokio::test]
+async fn only_the_owner_deletes_and_deleted_blobs_are_gone() {
+    let relay = TestRelay::start().await;
+    let (alice, mallory) = (key("alice"), key("mallory"));
+    let data = bytes("mine", 5000);
+    let id = BlobId::of(&data);
+    relay.put(&alice, &data).await;
+
+    assert_error(
+        relay.delete(&mallory, id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+    assert_eq!(relay.get(&id).await.status(), StatusCode::OK);
+
+    assert_eq!(
+        relay.delete(&alice, id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_error(relay.get(&id).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(relay.files(), (0, 0), "the file is removed, space is freed");
+    assert_error(
+        relay.delete(&alice, id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_token_refusal_has_its_code() {
+    let relay = TestRelay::start().await;
+    let alice = key("alice");
+    let data = bytes("authz", 1000);
+    let id = BlobId::of(&data);
+    let now = relay.now();
+    let put = |header: Option<String>| {
+        let mut req = relay.http.put(relay.blob_url(&id)).body(data.clone());
+        if let Some(h) = header {
+            req = req.header("authorization", h);
+        }
+        req.send()
+    };
+    let signed = |audience, method, target, expires| {
+        auth_header(&token(&audience, method, target, expires), &alice)
+    };
+
+    let cases = [
+        (None, StatusCode::UNAUTHORIZED, "bad_token"),
+        (
+            Some("Bearer abc".to_owned()),
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+        ),
+        (
+            Some("Cairn !!!".to_owned()),
+            StatusCode::UNAUTHORIZED,
+            "bad_token",
+        ),
+        (
+            Some(signed(
+                relay.key(),
+                Method::Put,
+                TokenTarget::Blob(id),
+                now - 120,
+            )),
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+        ),
+        (
+            Some(signed(
+                relay.key(),
+                Method::Put,
+                TokenTarget::Blob(id),
+                now + 3600,
+            )),
+            StatusCode::UNAUTHORIZED,
+            "token_lifetime",
+        ),
+        (
+            Some(signed(
+                key("other relay").verifying_key(),
+                Method::Put,
+                TokenTarget::Blob(id),
+                now + 60,
+            )),
+            StatusCode::FORBIDDEN,
+            "wrong_audience",
+        ),
+        (
+            Some(signed(
+                relay.key(),
+                Method::Delete,
+                TokenTarget::Blob(id),
+                now + 60,
+            )),
+            StatusCode::FORBIDDEN,
+            "wrong_method",
+        ),
+        (
+            Some(signed(
+                relay.key(),
+                Method::Put,
+                TokenTarget::Blob(BlobId::of(b"other")),
+                now + 60,
+            )),
+            StatusCode::FORBIDDEN,
+            "wrong_target",
+        ),
+    ];
+    for (header, status, code) in cases {
+        assert_error(put(header).await.unwrap(), status, code).await;
+    }
+
+    // A token whose signature was tampered with.
+    let good = signed(relay.key(), Method::Put, TokenTarget::Blob(id), now + 60);
+    let mut raw = SignedRecord::from_base64url(good.trim_start_matches("Cairn "))
+        .unwrap()
+        .to_bytes();
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    let forged = format!("Cairn {}", cairn_proto::encode_base64url(&raw));
+    assert_error(
+        put(Some(forged)).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "bad_token",
+    )
+    .await;
+
+    // Nothing above stored anything.
+    assert_eq!(relay.files(), (0, 0));
+
+    // The good token works once; its replay is refused.
+    assert_eq!(
+        put(Some(good.clone())).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_error(
+        put(Some(good)).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_hash_mismatch_keeps_nothing() {
+    let relay = TestRelay::start().await;
+    let alice = key("alice");
+    let claimed = BlobId::of(b"what the client claims");
+    let r = relay
+        .http
+        .put(relay.blob_url(&claimed))
+        .header("authorization", relay.auth(&alice, Method::Put, claimed))
+        .body(bytes("something else", 100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch").await;
+    assert_eq!(relay.files(), (0, 0));
+    assert_error(
+        relay.get(&claimed).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_keep_nothing_with_or_without_a_length() {
+    let relay = TestRelay::start_with(|c| c.max_blob_size = 1024).await;
+    let alice = key("alice");
+    let data = bytes("big", 4096);
+    let id = BlobId::of(&data);
+    assert_error(
+        relay.put(&alice, &data).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    )
+    .await;
+
+    // Streamed without Content-Length: refused once it grows past the limit.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(512).map(|c| Ok(c.to_vec())).collect();
+    let r = relay
+        .http
+        .put(relay.blob_url(&id))
+        .header("authorization", relay.auth(&alice, Method::Put, id))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::PAYLOAD_TOO_LARGE, "too_large").await;
+    assert_eq!(relay.files(), (0, 0));
+}
+
+#[tokio::test]
+async fn bad_ids_and_unknown_paths() {
+    let relay = TestRelay::start().await;
+    for bad in [
+        "abc",
+        "AF1349B9F5F9A1A6A0404DEA36DCC9499BCB25C9ADC112B7CC9A93CAE41F3262",
+    ] {
+        let r = relay
+            .http
+            .get(relay.url(&format!("/v1/blobs/{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, StatusCode::BAD_REQUEST, "bad_blob_id").await;
+    }
+    let r = relay
+        .http
+        .get(relay.url("/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
+    let id = BlobId::of(b"x");
+    let r = relay.http.post(relay.blob_url(&id)).send().await.unwrap();
+    assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
+    let peer = key("peer relay").verifying_key();
+    let relay = TestRelay::start_with(|c| {
+        c.capacity_bytes = 10_000;
+        c.limits.key_quota_bytes = 6_000;
+        c.peers = vec![cairn_proto::RelayRef {
+            url: cairn_proto::RelayUrl::new("https://peer.example").unwrap(),
+            key: peer,
+        }];
+    })
+    .await;
+    let (alice, bob) = (key("alice"), key("bob"));
+    assert_eq!(
+        relay.put(&alice, &bytes("a1", 5_000)).await.status(),
+        StatusCode::CREATED
+    );
+    // Alice's second blob would take her past her quota.
+    assert_error(
+        relay.put(&alice, &bytes("a2", 2_000)).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+    )
+    .await;
+    assert_eq!(
+        relay.put(&bob, &bytes("b1", 4_000)).await.status(),
+        StatusCode::CREATED
+    );
+    // 9,000 of 10,000 bytes used: no room for 2,000 more.
+    let body = assert_error(
+        relay.put(&bob, &bytes("b2", 2_000)).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "relay_full",
+    )
+    .await;
+    assert_eq!(body["peers"][0]["key"], peer.to_string());
+    assert_eq!(relay.files(), (0, 2));
+}
+
+async fn info(relay: &TestRelay) -> (RelayInfo, Value) {
+    let body: Value = relay
+        .http
+        .get(relay.url("/.well-known/cairn-relay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record = SignedRecord::from_base64url(body["record"].as_str().unwrap()).unwrap();
+    let verified = record.verify::<RelayInfo>().unwrap();
+    assert_eq!(verified.signer(), &relay.key());
+    (verified.into_record(), body)
+}
+
+#[tokio::test]
+async fn the_info_document_is_signed_and_tells_the_truth() {
+    let relay = TestRelay::start_with(|c| {
+        c.capacity_bytes = 1 << 20;
+        c.retention = std::time::Duration::from_secs(7 * 86_400);
+        c.limits.key_quota_bytes = 1 << 19;
+    })
+    .await;
+    let (before, _) = info(&relay).await;
+    assert_eq!(before.relay, relay.key());
+    assert_eq!(before.capacity_total, 1 << 20);
+    assert_eq!(before.capacity_used, 0);
+    assert_eq!(before.retention_secs, 7 * 86_400);
+    assert_eq!(before.limits.key_quota_bytes, 1 << 19);
+
+    let alice = key("alice");
+    let a = bytes("a", 1000);
+    relay.put(&alice, &a).await;
+    relay.put(&alice, &bytes("b", 2000)).await;
+    let (after, body) = info(&relay).await;
+    assert_eq!(after.capacity_used, 3000);
+    assert_eq!(after.capacity_free, (1 << 20) - 3000);
+    assert_eq!(body["info"]["capacity_used"], 3000);
+
+    relay.delete(&alice, BlobId::of(&a)).await;
+    let (deleted, _) = info(&relay).await;
+    assert_eq!(deleted.capacity_used, 2000);
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move() {
+    let relay = TestRelay::start().await;
+    let scrape = || async {
+        relay
+            .http
+            .get(relay.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    let before = scrape().await;
+    // Every non-comment line is `name{labels} value` with a numeric value.
+    for line in before.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').unwrap();
+        v.parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
+    }
+    let data = bytes("m", 10_000);
+    relay.put(&key("alice"), &data).await;
+    relay.get(&BlobId::of(&data)).await.bytes().await.unwrap();
+    let after = scrape().await;
+    let put = "cairn_http_requests_total{route=\"/v1/blobs/{id}\",status=\"201\"}";
+    assert_eq!(value(&before, put), 0.0);
+    assert_eq!(value(&after, put), 1.0);
+    assert_eq!(value(&after, "cairn_bytes_received_total"), 10_000.0);
+    assert_eq!(value(&after, "cairn_bytes_sent_total"), 10_000.0);
+    assert_eq!(value(&after, "cairn_blobs_stored"), 1.0);
+    assert_eq!(value(&after, "cairn_upload_duration_seconds_count"), 1.0);
+    // No label names a key, a blob or an address.
+    assert!(!after.contains(&BlobId::of(&data).to_string()));
+}
+
+#[tokio::test]
+async fn health_and_status_page() {
+    let relay = TestRelay::start().await;
+    let health: Value = relay
+        .http
+        .get(relay.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let page = relay
+        .http
+        .get(relay.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&relay.key().to_string()));
+}

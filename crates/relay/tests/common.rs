@@ -1,0 +1,140 @@
+//! A relay per test, in its own temp directory, on port 0.
+
+use cairn_proto::{BlobId, Method, SigningKey, TokenTarget, VerifyingKey};
+use cairn_relay::{Clock, RelayConfig, RelayHandle};
+use cairn_testkit::{auth_header, token, unix_now};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub(crate) struct TestRelay {
+    pub(crate) handle: RelayHandle,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) clock: Clock,
+    pub(crate) http: reqwest::Client,
+}
+
+impl TestRelay {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut RelayConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = RelayConfig::new(dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        adjust(&mut config);
+        // A manual clock that starts at the real time, so tokens made with
+        // the real time are valid, and tests can move it forward.
+        let clock = Clock::manual(unix_now());
+        let handle = cairn_relay::start_with_clock(config, clock.clone())
+            .await
+            .unwrap();
+        Self {
+            handle,
+            dir,
+            clock,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub(crate) fn key(&self) -> VerifyingKey {
+        self.handle.key()
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.handle.url())
+    }
+
+    pub(crate) fn blob_url(&self, id: &BlobId) -> String {
+        self.url(&format!("/v1/blobs/{id}"))
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now().0
+    }
+
+    /// A valid header for `method` on blob `id`, signed by `signer`.
+    pub(crate) fn auth(&self, signer: &SigningKey, method: Method, id: BlobId) -> String {
+        let t = token(&self.key(), method, TokenTarget::Blob(id), self.now() + 300);
+        auth_header(&t, signer)
+    }
+
+    pub(crate) async fn put(&self, signer: &SigningKey, data: &[u8]) -> reqwest::Response {
+        let id = BlobId::of(data);
+        self.http
+            .put(self.blob_url(&id))
+            .header("authorization", self.auth(signer, Method::Put, id))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn get(&self, id: &BlobId) -> reqwest::Response {
+        self.http.get(self.blob_url(id)).send().await.unwrap()
+    }
+
+    pub(crate) async fn delete(&self, signer: &SigningKey, id: BlobId) -> reqwest::Response {
+        self.http
+            .delete(self.blob_url(&id))
+            .header("authorization", self.auth(signer, Method::Delete, id))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Files under `tmp/` and `blobs/`.
+    pub(crate) fn files(&self) -> (usize, usize) {
+        let count = |dir: std::path::PathBuf| walk(&dir).len();
+        (
+            count(self.data().join("tmp")),
+            count(self.data().join("blobs")),
+        )
+    }
+}
+
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts the response is an error with `status` and machine code `code`.
+pub(crate) async fn assert_error(
+    response: reqwest::Response,
+    status: StatusCode,
+    code: &str,
+) -> Value {
+    assert_eq!(response.status(), status, "expected {code}");
+    let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    body
+}
+
+/// Deterministic pseudo-random bytes.
+pub(crate) fn bytes(label: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(label.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}

@@ -1,0 +1,10 @@
+//! Relay integration tests: real relays on loopback ports, real files,
+//! real HTTP. Linked as one test binary.
+
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod common;
+mod crash;
+mod gc;
