@@ -5,8 +5,13 @@
 //! - [`IdentityBuilder`]: writes valid identity logs (and, by editing what it
 //!   produces, invalid ones) without going through a client.
 //! - [`auth_header`]: a signed `Authorization` header for a relay request.
+//! - [`RelayProcess`]: a relay as a child process, to kill with SIGKILL.
+
+mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use process::{RelayProcess, arg, run};
 
 use cairn_proto::{
     AuthToken, BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry,

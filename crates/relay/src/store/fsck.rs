@@ -68,6 +68,7 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
 
     let mut on_disk: Vec<(BlobId, u64, PathBuf)> = Vec::new();
     let mut to_remove: Vec<PathBuf> = Vec::new();
+    let mut corrupt: std::collections::HashSet<BlobId> = Default::default();
     for (path, claimed) in files
         .walk()
         .map_err(|e| StoreError::io("list blob files", e))?
@@ -84,6 +85,7 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
             on_disk.push((claimed, size, path));
         } else {
             report.corrupt.push(claimed.to_string());
+            corrupt.insert(claimed);
             to_remove.push(path);
         }
     }
@@ -110,7 +112,11 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
         for (id, meta) in &indexed {
             match disk.get(id) {
                 None => {
-                    report.missing.push(id.to_string());
+                    // A corrupt file is reported as corrupt, not also missing;
+                    // either way its entry goes.
+                    if !corrupt.contains(id) {
+                        report.missing.push(id.to_string());
+                    }
                     if repair {
                         blobs.remove(id.as_bytes()).map_err(redb::Error::from)?;
                         by_access
