@@ -48,7 +48,11 @@ impl RelayProcess {
                 {
                     let _ = tx.send(addr);
                 }
-                eprintln!("[relay] {line}");
+                // Test output captures stderr, so a failing test shows it.
+                #[allow(clippy::print_stderr, reason = "forwarding the child's log")]
+                {
+                    eprintln!("[relay] {line}");
+                }
             }
         });
         let addr = rx
