@@ -33,8 +33,13 @@ pub struct RelayConfig {
     pub body_idle_timeout: Duration,
     /// Longest wait for a request's headers.
     pub header_timeout: Duration,
-    /// Fair-share limits, disclosed in the info document.
+    /// Fair-share limits, disclosed in the info document. `pow_bits` is the
+    /// proof of work upload tokens need normally.
     pub limits: FairShareLimits,
+    /// Proof-of-work bits required of upload tokens while the relay is
+    /// under pressure (three quarters of upload slots busy, or less than 5%
+    /// of capacity free). Never below `limits.pow_bits`; 0 to never raise.
+    pub pow_bits_under_pressure: u8,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -52,6 +57,15 @@ impl RelayConfig {
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
     /// Default GC interval: 10 minutes.
     pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
+    /// Default fair-share limits, sized for a small community relay: 4 GiB
+    /// per upload key, 600 requests a minute per key, 3000 a minute per
+    /// address range, no proof of work.
+    pub const DEFAULT_LIMITS: FairShareLimits = FairShareLimits {
+        key_quota_bytes: 4 << 30,
+        key_requests_per_min: 600,
+        addr_requests_per_min: 3000,
+        pow_bits: 0,
+    };
 
     /// The defaults, with data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -67,7 +81,8 @@ impl RelayConfig {
             max_concurrent_uploads: 64,
             body_idle_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
-            limits: FairShareLimits::default(),
+            limits: Self::DEFAULT_LIMITS,
+            pow_bits_under_pressure: 0,
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -27,6 +27,7 @@ mod clock;
 mod config;
 mod http;
 mod keyfile;
+mod limits;
 mod metrics;
 mod server;
 mod store;

@@ -66,6 +66,7 @@ struct ServeArgs {
     listen: Option<SocketAddr>,
     /// TOML file with any of the keys below (data, listen, capacity,
     /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
+    /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure,
     /// peers = [{ url = "...", key = "ed25519:..." }]).
     #[arg(long, env = "CAIRN_RELAY_CONFIG")]
     config: Option<PathBuf>,
@@ -86,9 +87,25 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_RELAY_MAX_UPLOADS")]
     max_uploads: Option<usize>,
     /// Most bytes stored per upload key, e.g. `10G`; 0 for no quota.
-    /// Disclosed in the info document [default: 0].
+    /// Disclosed in the info document, like every limit [default: 4G].
     #[arg(long, env = "CAIRN_RELAY_KEY_QUOTA", value_parser = parse_size)]
     key_quota: Option<u64>,
+    /// Requests a minute per upload key (bursts up to the same number);
+    /// 0 for no limit [default: 600].
+    #[arg(long, env = "CAIRN_RELAY_KEY_RATE")]
+    key_rate: Option<u32>,
+    /// Requests a minute per source address range (IPv4 /24, IPv6 /48);
+    /// 0 for no limit [default: 3000].
+    #[arg(long, env = "CAIRN_RELAY_ADDR_RATE")]
+    addr_rate: Option<u32>,
+    /// Proof-of-work bits every upload token must carry; 0 for none
+    /// [default: 0].
+    #[arg(long, env = "CAIRN_RELAY_POW_BITS", value_parser = clap::value_parser!(u8).range(0..=64))]
+    pow_bits: Option<u8>,
+    /// Proof-of-work bits required while the relay is under pressure (3/4
+    /// of upload slots busy or under 5% free); 0 to never raise [default: 0].
+    #[arg(long, env = "CAIRN_RELAY_POW_BITS_UNDER_PRESSURE", value_parser = clap::value_parser!(u8).range(0..=64))]
+    pow_bits_under_pressure: Option<u8>,
     /// A peer relay as `URL=KEY` (repeatable), announced in the info
     /// document.
     #[arg(long = "peer", env = "CAIRN_RELAY_PEERS", value_delimiter = ',', value_parser = parse_peer)]
@@ -107,6 +124,10 @@ struct FileConfig {
     gc_interval: Option<String>,
     max_uploads: Option<usize>,
     key_quota: Option<String>,
+    key_rate: Option<u32>,
+    addr_rate: Option<u32>,
+    pow_bits: Option<u8>,
+    pow_bits_under_pressure: Option<u8>,
     #[serde(default)]
     peers: Vec<FilePeer>,
 }
@@ -245,14 +266,31 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
     if let Some(v) = args.max_uploads.or(file.max_uploads) {
         config.max_concurrent_uploads = v;
     }
-    let key_quota = args
-        .key_quota
-        .or(from_file(file.key_quota, parse_size, "key_quota")?)
-        .unwrap_or(0);
+    let defaults = RelayConfig::DEFAULT_LIMITS;
+    let pow_bits = args.pow_bits.or(file.pow_bits).unwrap_or(defaults.pow_bits);
+    if pow_bits > 64 {
+        bail!("pow_bits must be at most 64");
+    }
     config.limits = FairShareLimits {
-        key_quota_bytes: key_quota,
-        ..FairShareLimits::default()
+        key_quota_bytes: args
+            .key_quota
+            .or(from_file(file.key_quota, parse_size, "key_quota")?)
+            .unwrap_or(defaults.key_quota_bytes),
+        key_requests_per_min: args
+            .key_rate
+            .or(file.key_rate)
+            .unwrap_or(defaults.key_requests_per_min),
+        addr_requests_per_min: args
+            .addr_rate
+            .or(file.addr_rate)
+            .unwrap_or(defaults.addr_requests_per_min),
+        pow_bits,
     };
+    config.pow_bits_under_pressure = args
+        .pow_bits_under_pressure
+        .or(file.pow_bits_under_pressure)
+        .unwrap_or(0)
+        .min(64);
     config.peers = if args.peers.is_empty() {
         file.peers
             .iter()

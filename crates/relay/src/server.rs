@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use cairn_proto::{SigningKey, VerifyingKey};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ use crate::clock::Clock;
 use crate::config::RelayConfig;
 use crate::http::{AppState, NonceCache, Shared, router};
 use crate::keyfile::{KeyFileError, load_or_create};
+use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -128,6 +128,8 @@ pub async fn start_with_clock(
         addr: config.listen,
         source,
     })?;
+    let key_limiter = RateLimiter::new(config.limits.key_requests_per_min);
+    let addr_limiter = RateLimiter::new(config.limits.addr_requests_per_min);
     let app = AppState(Arc::new(Shared {
         store,
         key: key.clone(),
@@ -136,6 +138,8 @@ pub async fn start_with_clock(
         clock,
         metrics: Metrics::default(),
         nonces: NonceCache::default(),
+        key_limiter,
+        addr_limiter,
         uploads_in_flight: AtomicU64::new(0),
         started: Instant::now(),
         draining: AtomicBool::new(false),
@@ -186,7 +190,7 @@ async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -202,7 +206,16 @@ async fn accept_loop(
         // Without this, small responses wait on delayed ACKs (~40 ms).
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
-        let service = TowerToHyperService::new(service.clone());
+        let router = service.clone();
+        // The peer address travels with each request, for per-address limits.
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::Service::call(&mut router.clone(), request)
+            },
+        );
         let cancel = cancel.clone();
         tasks.spawn(async move {
             let _permit = permit;
@@ -233,6 +246,8 @@ async fn background(app: AppState, cancel: CancellationToken) {
                     tracing::error!(error = %e, "flushing access times failed");
                 }
                 app.nonces.prune(app.now());
+                app.key_limiter.prune(Instant::now());
+                app.addr_limiter.prune(Instant::now());
             }
             _ = gc.tick() => {
                 match run_gc(&app).await {

@@ -458,3 +458,103 @@ async fn health_and_status_page() {
         .unwrap();
     assert!(page.contains(&relay.key().to_string()));
 }
+
+#[tokio::test]
+async fn per_key_rate_limit_refuses_with_retry_after_and_is_disclosed() {
+    let relay = TestRelay::start_with(|c| c.limits.key_requests_per_min = 3).await;
+    let (info, _) = info(&relay).await;
+    assert_eq!(info.limits.key_requests_per_min, 3);
+    let alice = key("alice");
+    for i in 0..3 {
+        assert_eq!(
+            relay
+                .put(&alice, &bytes(&format!("r{i}"), 10))
+                .await
+                .status(),
+            StatusCode::CREATED
+        );
+    }
+    let refused = relay.put(&alice, &bytes("r3", 10)).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("key_requests_per_min")
+    );
+    // Another key is not affected.
+    assert_eq!(
+        relay.put(&key("bob"), &bytes("b", 10)).await.status(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn per_address_rate_limit_refuses_and_spares_health_checks() {
+    let relay = TestRelay::start_with(|c| c.limits.addr_requests_per_min = 5).await;
+    for _ in 0..4 {
+        relay.get(&BlobId::of(b"absent")).await;
+    }
+    // The info document costs a request too, and discloses the limit.
+    let (info, _) = info(&relay).await;
+    assert_eq!(info.limits.addr_requests_per_min, 5);
+    let body = assert_error(
+        relay.get(&BlobId::of(b"absent")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("addr_requests_per_min")
+    );
+    let health = relay.http.get(relay.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn proof_of_work_is_required_when_disclosed() {
+    let relay = TestRelay::start_with(|c| c.limits.pow_bits = 10).await;
+    let (info, _) = info(&relay).await;
+    assert_eq!(info.limits.pow_bits, 10);
+    let alice = key("alice");
+    let data = bytes("pow", 100);
+    let id = BlobId::of(&data);
+    let put = |t: &cairn_proto::AuthToken| {
+        relay
+            .http
+            .put(relay.blob_url(&id))
+            .header("authorization", auth_header(t, &alice))
+            .body(data.clone())
+            .send()
+    };
+    let mut t = token(
+        &relay.key(),
+        Method::Put,
+        TokenTarget::Blob(id),
+        relay.now() + 60,
+    );
+    // Find a stamp that does *not* carry the work, to show the refusal.
+    while t.stamp_bits(&alice.verifying_key()) >= 10 {
+        t.stamp += 1;
+    }
+    assert_error(
+        put(&t).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "pow_required",
+    )
+    .await;
+    let mut t = token(
+        &relay.key(),
+        Method::Put,
+        TokenTarget::Blob(id),
+        relay.now() + 60,
+    );
+    assert!(t.mint_stamp(&alice.verifying_key(), 10, 1 << 24));
+    assert_eq!(put(&t).await.unwrap().status(), StatusCode::CREATED);
+    // Reading needs no work.
+    assert_eq!(relay.get(&id).await.status(), StatusCode::OK);
+}

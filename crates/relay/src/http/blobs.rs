@@ -43,9 +43,26 @@ fn authorize_for(
         method,
         target: TokenTarget::Blob(id),
         now: app.now(),
-        pow_bits: app.config.limits.pow_bits,
+        // Work is asked of uploads only: they are what costs the operator.
+        pow_bits: if method == Method::Put {
+            app.pow_bits()
+        } else {
+            0
+        },
     };
-    authorize(headers, &required, &app.nonces)
+    let signer = authorize(headers, &required, &app.nonces)?;
+    app.key_limiter
+        .check(signer, std::time::Instant::now())
+        .map_err(|wait| {
+            ApiError::rate_limited(
+                format!(
+                    "this key exceeded {} requests a minute (key_requests_per_min)",
+                    app.config.limits.key_requests_per_min
+                ),
+                wait,
+            )
+        })?;
+    Ok(signer)
 }
 
 fn etag(id: &BlobId) -> HeaderValue {

@@ -24,7 +24,10 @@ pub(crate) fn current_info(app: &AppState) -> Result<(RelayInfo, SignedRecord), 
         capacity_free: g.free.min(g.capacity - g.bytes.min(g.capacity)),
         max_blob_size: app.config.max_blob_size,
         retention_secs: app.config.retention.as_secs(),
-        limits: app.config.limits,
+        limits: cairn_proto::FairShareLimits {
+            pow_bits: app.pow_bits(),
+            ..app.config.limits
+        },
         peers: app.config.peers.clone(),
         load_permille: u16::try_from(load).unwrap_or(1000),
         uptime_secs: app.started.elapsed().as_secs(),

@@ -8,22 +8,24 @@ mod info;
 mod ops;
 mod range;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
-use cairn_proto::SigningKey;
+use cairn_proto::{SigningKey, VerifyingKey};
 use tokio::sync::Semaphore;
 
 pub(crate) use self::auth::NonceCache;
 use self::error::ApiError;
 use crate::clock::Clock;
 use crate::config::RelayConfig;
+use crate::limits::{RateLimiter, address_range};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
 
@@ -39,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
     pub(crate) nonces: NonceCache,
+    pub(crate) key_limiter: RateLimiter<VerifyingKey>,
+    pub(crate) addr_limiter: RateLimiter<IpAddr>,
     pub(crate) upload_slots: Arc<Semaphore>,
     pub(crate) uploads_in_flight: AtomicU64,
     pub(crate) started: Instant,
@@ -56,6 +60,21 @@ impl std::ops::Deref for AppState {
 impl Shared {
     pub(crate) fn now(&self) -> u64 {
         self.clock.now().0
+    }
+
+    /// Proof-of-work bits upload tokens need right now: raised while the
+    /// relay is under pressure, and disclosed in the info document.
+    pub(crate) fn pow_bits(&self) -> u8 {
+        let base = self.config.limits.pow_bits;
+        let slots = self.config.max_concurrent_uploads.max(1) as u64;
+        let busy = self.uploads_in_flight.load(Ordering::Relaxed) * 4 >= slots * 3;
+        let capacity = self.store.capacity();
+        let tight = self.store.free().saturating_mul(20) < capacity;
+        if busy || tight {
+            base.max(self.config.pow_bits_under_pressure)
+        } else {
+            base
+        }
     }
 
     pub(crate) fn gauges(&self) -> Gauges {
@@ -89,6 +108,28 @@ async fn count_responses(State(app): State<AppState>, request: Request, next: Ne
     response
 }
 
+/// Per-address-range request limit. Health checks are exempt so that a
+/// load balancer's probes never take a relay out of rotation.
+async fn fair_share(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let exempt = request.uri().path() == "/health";
+    if !exempt
+        && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+        && let Err(wait) = app
+            .addr_limiter
+            .check(address_range(peer.ip()), Instant::now())
+    {
+        return ApiError::rate_limited(
+            format!(
+                "this address range exceeded {} requests a minute (addr_requests_per_min)",
+                app.config.limits.addr_requests_per_min
+            ),
+            wait,
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint; the API is described in docs/PROTOCOL.md §7")
 }
@@ -109,6 +150,7 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/", get(ops::status_page))
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(app.clone(), fair_share))
         .layer(middleware::from_fn_with_state(app.clone(), count_responses))
         .with_state(app)
 }
