@@ -53,9 +53,8 @@ impl<K: Hash + Eq> RateLimiter<K> {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = ((1.0 - bucket.tokens) / per_sec).ceil();
-            // `wait` is positive and at most 60 s by construction.
-            Err(wait.clamp(1.0, 3600.0) as u64)
+            let wait = ((1.0 - bucket.tokens) / per_sec).ceil().clamp(1.0, 3600.0);
+            Err(std::time::Duration::from_secs_f64(wait).as_secs())
         }
     }
 
