@@ -8,3 +8,4 @@ mod api;
 mod common;
 mod crash;
 mod gc;
+mod streaming;
