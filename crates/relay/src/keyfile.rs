@@ -10,7 +10,7 @@ use cairn_proto::SigningKey;
 #[non_exhaustive]
 pub enum KeyFileError {
     /// Reading or writing the file failed.
-    #[error("relay key file {path}: {source}")]
+    #[error("relay key file {path}")]
     Io {
         /// The file.
         path: String,

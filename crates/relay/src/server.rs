@@ -39,7 +39,7 @@ pub enum StartError {
     #[error(transparent)]
     Key(#[from] KeyFileError),
     /// The store could not be opened.
-    #[error("opening the store in {dir}: {source}")]
+    #[error("opening the store in {dir}")]
     Store {
         /// The data directory.
         dir: String,
@@ -47,7 +47,7 @@ pub enum StartError {
         source: StoreError,
     },
     /// The listen address could not be bound.
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,

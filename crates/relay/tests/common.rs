@@ -97,6 +97,7 @@ impl TestRelay {
     }
 }
 
+/// Files under `dir`, recursively, except the store's shard marker.
 pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -104,7 +105,7 @@ pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 out.extend(walk(&p));
-            } else {
+            } else if p.file_name().is_none_or(|n| n != ".shards-v1") {
                 out.push(p);
             }
         }

@@ -168,12 +168,14 @@ async fn fsck_finds_and_repairs_corruption() {
     assert!(clean);
 
     // Flip a byte in one blob, delete another's file.
+    let files = crate::common::walk(&data.join("blobs"));
     let path = |id: &BlobId| {
-        let hex = id.to_string();
-        data.join("blobs")
-            .join(&hex[0..2])
-            .join(&hex[2..4])
-            .join(hex)
+        let name = id.to_string();
+        files
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n.to_str() == Some(&name)))
+            .unwrap()
+            .clone()
     };
     let mut corrupted = std::fs::read(path(&ids[0])).unwrap();
     corrupted[5000] ^= 0x40;

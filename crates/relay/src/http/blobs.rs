@@ -23,6 +23,8 @@ use crate::store::{DeleteOutcome, InsertOutcome, StoreError};
 /// Bodies up to this size are read in one blocking call and sent from
 /// memory; larger ones stream from the file.
 const SMALL_BLOB: u64 = 64 * 1024;
+/// Uploads larger than this flush their own data before the batch commit.
+const SYNC_IN_UPLOAD: u64 = 1 << 20;
 /// Capacity is reserved for uploads of unknown length in steps this big.
 const RESERVE_STEP: u64 = 8 << 20;
 
@@ -385,7 +387,11 @@ async fn receive(
     }
     writer.flush().await.map_err(write_err)?;
     let file = writer.into_inner();
-    file.sync_all().await.map_err(write_err)?;
+    if size > SYNC_IN_UPLOAD {
+        // Big blobs flush here, in parallel; small ones ride the writer's
+        // one filesystem sync per batch.
+        file.sync_data().await.map_err(write_err)?;
+    }
     drop(file);
     Ok((temp.disarm(), size))
 }

@@ -1,11 +1,16 @@
-//! Blob bodies as files: one file per blob, named by its id, sharded into
-//! two levels of directories so no directory grows past a few thousand
-//! entries (ext4 slows down sharply on large, churned directories).
+//! Blob bodies as files: one file per blob, named by its id, sharded over
+//! 256 directories by the first two hex digits, so a million blobs make
+//! about 4,000 entries per directory (ext4 slows down sharply on huge,
+//! churned directories).
 //!
 //! ```text
-//! DATA/blobs/ab/cd/abcd…(64 hex)   committed blob bodies
+//! DATA/blobs/ab/abcd…(64 hex)      committed blob bodies
 //! DATA/tmp/<random>.part           uploads in progress
 //! ```
+//!
+//! All shard directories are created (and made durable) when the store is
+//! first opened. Creating them lazily would add three directory fsyncs to
+//! the first upload into each shard, serialized in the writer.
 //!
 //! A file under `blobs/` is always complete and hash-verified: it only gets
 //! there by an atomic rename after its bytes were verified and fsynced. That
@@ -37,6 +42,14 @@ impl BlobFiles {
         let files = Self::at(data_dir.join("blobs"), data_dir.join("tmp"));
         fs::create_dir_all(&files.blobs)?;
         fs::create_dir_all(&files.tmp)?;
+        let marker = files.blobs.join(".shards-v1");
+        if !marker.exists() {
+            for shard in 0..SHARDS {
+                fs::create_dir_all(files.blobs.join(format!("{shard:02x}")))?;
+            }
+            fs::File::create(&marker)?.sync_all()?;
+            fsync_dir(&files.blobs)?;
+        }
         let mut cleaned = 0;
         for entry in fs::read_dir(&files.tmp)? {
             fs::remove_file(entry?.path())?;
@@ -50,7 +63,7 @@ impl BlobFiles {
     /// Where the blob `id` lives once committed.
     pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
         let hex = id.to_string();
-        self.blobs.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+        self.blobs.join(&hex[0..2]).join(hex)
     }
 
     /// A fresh, unique path for an upload in progress.
@@ -69,16 +82,6 @@ impl BlobFiles {
             .parent()
             .map(Path::to_path_buf)
             .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-        if !dir.exists() {
-            fs::create_dir_all(&dir)?;
-            // New shard directories must themselves survive a crash.
-            if let Some(parent) = dir.parent() {
-                fsync_dir(parent)?;
-                if let Some(grandparent) = parent.parent() {
-                    fsync_dir(grandparent)?;
-                }
-            }
-        }
         fs::rename(temp, &path)?;
         Ok(dir)
     }
@@ -98,30 +101,40 @@ impl BlobFiles {
     /// for a file whose name is not a blob id).
     pub(crate) fn walk(&self) -> io::Result<Vec<(PathBuf, Option<BlobId>)>> {
         let mut out = Vec::new();
-        for level1 in fs::read_dir(&self.blobs)? {
-            let level1 = level1?.path();
-            if !level1.is_dir() {
-                out.push((level1, None));
-                continue;
-            }
-            for level2 in fs::read_dir(&level1)? {
-                let level2 = level2?.path();
-                if !level2.is_dir() {
-                    out.push((level2, None));
+        for shard in fs::read_dir(&self.blobs)? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                if shard.file_name().is_some_and(|n| n == ".shards-v1") {
                     continue;
                 }
-                for file in fs::read_dir(&level2)? {
-                    let path = file?.path();
-                    let id = path
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.parse::<BlobId>().ok())
-                        .filter(|id| self.path(id) == path);
-                    out.push((path, id));
-                }
+                out.push((shard, None));
+                continue;
+            }
+            for file in fs::read_dir(&shard)? {
+                let path = file?.path();
+                let id = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<BlobId>().ok())
+                    .filter(|id| self.path(id) == path);
+                out.push((path, id));
             }
         }
         Ok(out)
+    }
+}
+
+/// Number of shard directories: the first two hex digits of an id.
+const SHARDS: u32 = 256;
+
+impl BlobFiles {
+    /// Makes every write to the filesystem holding the store durable: file
+    /// contents, renames, removals. One call covers a whole batch of
+    /// uploads, where per-file and per-directory fsyncs would cost two
+    /// device flushes per blob.
+    pub(crate) fn sync_filesystem(&self) -> io::Result<()> {
+        let dir = fs::File::open(&self.blobs)?;
+        rustix::fs::syncfs(&dir).map_err(io::Error::from)
     }
 }
 

@@ -6,15 +6,18 @@
 //!
 //! 1. Stream the body to `tmp/<random>.part`, hashing as it arrives.
 //! 2. Compare the hash with the claimed id; on mismatch delete the temp file.
-//! 3. `fsync` the temp file.
-//! 4. Writer thread, in one batch with other requests: rename the temp file to
-//!    `blobs/ab/cd/<id>`, `fsync` each affected directory, then commit the
-//!    index transaction (itself fsynced).
+//! 3. Blobs over 1 MiB: `fdatasync` the temp file in the upload's own task,
+//!    so big flushes run in parallel and never hold up a batch.
+//! 4. Writer thread, in one batch with other requests: rename each temp file
+//!    to `blobs/ab/<id>`, then one `syncfs` of the store's filesystem
+//!    (making every file's contents and every rename of the batch durable),
+//!    then commit the index transaction (itself fsynced). Two device flushes
+//!    per batch, not two per blob: group commit.
 //! 5. Only then is the upload acknowledged (201).
 //!
 //! # What a crash leaves behind
 //!
-//! - Before 3: a temp file. Removed at next start; nothing was acknowledged.
+//! - Before 4: a temp file. Removed at next start; nothing was acknowledged.
 //! - Between 4's rename and its commit: a complete, verified file under
 //!   `blobs/` that the index does not list. Never acknowledged; `fsck` reports
 //!   it as an orphan and `--repair` indexes it (its bytes are valid).
@@ -29,9 +32,10 @@
 //! - Every blob in the index has its file (once pending unlinks are done).
 //! - `stats.bytes` is the sum of indexed sizes, `owners` the per-owner sums.
 //!
-//! Filesystem assumptions: rename within one filesystem is atomic; `fsync` of
-//! a file makes its data durable, `fsync` of a directory makes its entries
-//! durable (true of ext4 and xfs on Linux).
+//! Filesystem assumptions: `tmp/` and `blobs/` are on one filesystem; rename
+//! within it is atomic; `syncfs` makes all of its written data and metadata
+//! durable and reports write-back errors (Linux 5.8 and later); `fsync` of a
+//! directory makes its entries durable.
 
 pub(crate) mod files;
 pub(crate) mod fsck;
@@ -57,16 +61,16 @@ use self::writer::{QUEUE_DEPTH, WriteOp, Writer};
 #[non_exhaustive]
 pub enum StoreError {
     /// A filesystem operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What the store was doing.
         context: &'static str,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The index database failed.
     #[error("index database: {0}")]
-    Db(#[from] redb::Error),
+    Db(redb::Error),
     /// An earlier write failed; the store refuses work until restarted.
     #[error("store stopped after an earlier failure ({0}); restart the relay")]
     Failed(String),
@@ -76,14 +80,20 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(context: &'static str, source: io::Error) -> Self {
-        Self::Io { context, source }
+    pub(crate) fn io(context: &'static str, cause: io::Error) -> Self {
+        Self::Io { context, cause }
     }
 
     /// True when the disk is full (so the request can be refused with 507
     /// rather than treated as a fault).
     pub(crate) fn is_disk_full(&self) -> bool {
-        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
+        matches!(self, Self::Io { cause, .. } if cause.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(err: redb::Error) -> Self {
+        Self::Db(err)
     }
 }
 

@@ -20,7 +20,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
-use super::files::{BlobFiles, fsync_dir};
+use super::files::BlobFiles;
 use super::index::{
     BLOBS, BY_ACCESS, BlobMeta, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
 };
@@ -172,7 +172,7 @@ impl Writer {
         replies: &mut Vec<Reply>,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
-        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut installed = false;
         let mut unlink: BTreeSet<BlobId> = BTreeSet::new();
         let mut temps_to_drop = Vec::new();
         let (mut bytes, mut blobs);
@@ -223,11 +223,10 @@ impl Writer {
                                 temps_to_drop.push(temp);
                                 InsertOutcome::QuotaExceeded
                             } else {
-                                dirs.insert(
-                                    self.files
-                                        .install(&temp, &id)
-                                        .map_err(|e| StoreError::io("install blob file", e))?,
-                                );
+                                self.files
+                                    .install(&temp, &id)
+                                    .map_err(|e| StoreError::io("install blob file", e))?;
+                                installed = true;
                                 unlink.remove(&id);
                                 let meta = BlobMeta {
                                     size,
@@ -325,9 +324,13 @@ impl Writer {
             stats.insert(STAT_BYTES, bytes).map_err(redb::Error::from)?;
             stats.insert(STAT_BLOBS, blobs).map_err(redb::Error::from)?;
         }
-        // Renames must be durable before the index says the blobs exist.
-        for dir in &dirs {
-            fsync_dir(dir).map_err(|e| StoreError::io("fsync blob directory", e))?;
+        // File contents and renames must be durable before the index says
+        // the blobs exist: one filesystem sync for the whole batch (group
+        // commit).
+        if installed {
+            self.files
+                .sync_filesystem()
+                .map_err(|e| StoreError::io("sync blob store", e))?;
         }
         txn.commit().map_err(redb::Error::from)?;
         self.stats.bytes.store(bytes, Ordering::SeqCst);
@@ -337,19 +340,19 @@ impl Writer {
             let _ = std::fs::remove_file(temp);
         }
         // The index no longer names these blobs; only now may their files go.
-        let mut unlink_dirs = BTreeSet::new();
+        let mut removed = false;
         for id in unlink {
-            if let Some(dir) = self
+            removed |= self
                 .files
                 .remove(&id)
                 .map_err(|e| StoreError::io("remove blob file", e))?
-            {
-                unlink_dirs.insert(dir);
-            }
+                .is_some();
             self.unlinked.push(id);
         }
-        for dir in unlink_dirs {
-            fsync_dir(&dir).map_err(|e| StoreError::io("fsync blob directory", e))?;
+        if removed {
+            self.files
+                .sync_filesystem()
+                .map_err(|e| StoreError::io("sync blob store", e))?;
         }
         Ok(())
     }

@@ -1,0 +1,327 @@
+//! `cairn-bench`: the project's own load tool.
+//!
+//! wrk cannot sign cairn's upload tokens, so uploads are driven from here,
+//! for cairn and for the reference (nginx WebDAV) alike, with the same
+//! request pattern. Requests and tokens are prepared before the clock
+//! starts, so the figures measure the server, not the client's signing.
+//! Downloads are measured with wrk (see bench/compare.sh).
+
+// A benchmark's output is its figures.
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use cairn_proto::{BlobId, Method, RelayInfo, SignedRecord, TokenTarget, VerifyingKey};
+use cairn_testkit::{auth_header, key, token, unix_now};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Benchmarks for cairn; see bench/README.md.
+#[derive(Debug, Parser)]
+#[command(name = "cairn-bench", about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Target {
+    /// A cairn relay: `PUT /v1/blobs/{id}` with a signed token.
+    Cairn,
+    /// A WebDAV server (nginx): `PUT /dav/{id}`.
+    Webdav,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Upload `count` distinct blobs of `size` bytes with `concurrency`
+    /// requests in flight; print requests/s and MB/s.
+    Put {
+        /// Base URL of the server.
+        #[arg(long)]
+        url: String,
+        /// What kind of server it is.
+        #[arg(long, value_enum)]
+        target: Target,
+        /// Bytes per blob.
+        #[arg(long)]
+        size: usize,
+        /// Blobs to upload.
+        #[arg(long)]
+        count: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Distinguishes runs, so repeated runs upload new blobs.
+        #[arg(long, default_value = "run")]
+        label: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload one blob and print its id (to GET it with wrk afterwards).
+    Seed {
+        /// Base URL of the relay.
+        #[arg(long)]
+        url: String,
+        /// Bytes.
+        #[arg(long)]
+        size: usize,
+        /// Also write the bytes to this file (for the reference server).
+        #[arg(long)]
+        write_to: Option<std::path::PathBuf>,
+    },
+    /// Shows that a GC pass costs what it deletes, not what is stored: runs
+    /// GC over stores of different sizes with the same number of expired
+    /// blobs, and over the same store with different numbers expired.
+    Gc {
+        /// Smallest store size (blobs); sizes are this, 2x and 4x.
+        #[arg(long, default_value_t = 5_000)]
+        stored: usize,
+        /// Expired blobs per pass; passes use this, 2x and 4x.
+        #[arg(long, default_value_t = 1_000)]
+        expired: usize,
+    },
+}
+
+fn blob(label: &str, i: usize, size: usize) -> Vec<u8> {
+    let mut out = vec![0u8; size];
+    let seed = blake3::hash(format!("{label}/{i}").as_bytes());
+    let head = size.min(4096);
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out[..head]);
+    for offset in (head..size).step_by(4096) {
+        let n = (size - offset).min(4096);
+        out.copy_within(0..n, offset);
+    }
+    out
+}
+
+async fn relay_key(http: &reqwest::Client, url: &str) -> anyhow::Result<VerifyingKey> {
+    let body: serde_json::Value = http
+        .get(format!("{url}/.well-known/cairn-relay"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let text = body["record"]
+        .as_str()
+        .context("no record in info document")?;
+    let record = SignedRecord::from_base64url(text)?;
+    Ok(*record.verify::<RelayInfo>()?.signer())
+}
+
+struct Prepared {
+    url: String,
+    auth: Option<String>,
+    body: Vec<u8>,
+}
+
+async fn put(
+    url: &str,
+    target: Target,
+    size: usize,
+    count: usize,
+    concurrency: usize,
+    label: &str,
+) -> anyhow::Result<(Duration, usize)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .build()?;
+    let signer = key("bench");
+    let relay = match target {
+        Target::Cairn => Some(relay_key(&http, url).await?),
+        Target::Webdav => None,
+    };
+    // Large blobs share one body (cloned per request) to bound memory;
+    // distinct ids come from distinct bytes, so only small runs can do that.
+    let shared_large = size > (1 << 20);
+    let prepared: Vec<Prepared> = (0..count)
+        .map(|i| {
+            let mut body = blob(label, if shared_large { 0 } else { i }, size);
+            if shared_large {
+                // Make each large blob distinct in its first bytes.
+                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            }
+            let id = BlobId::of(&body);
+            match (target, relay) {
+                (Target::Cairn, Some(relay)) => {
+                    let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
+                    Prepared {
+                        url: format!("{url}/v1/blobs/{id}"),
+                        auth: Some(auth_header(&t, &signer)),
+                        body,
+                    }
+                }
+                _ => Prepared {
+                    url: format!("{url}/dav/{label}-{id}"),
+                    auth: None,
+                    body,
+                },
+            }
+        })
+        .collect();
+    let prepared = Arc::new(std::sync::Mutex::new(prepared.into_iter()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, prepared, failures) =
+            (http.clone(), Arc::clone(&prepared), Arc::clone(&failures));
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = prepared.lock().ok().and_then(|mut it| it.next());
+                let Some(p) = next else { return };
+                let mut request = http.put(&p.url).body(p.body);
+                if let Some(auth) = p.auth {
+                    request = request.header("authorization", auth);
+                }
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    Ok((started.elapsed(), failures.load(Ordering::Relaxed)))
+}
+
+async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
+    println!("GC pass cost: time to delete the expired blobs, by store size");
+    println!(
+        "{:>10} {:>10} {:>12} {:>14}",
+        "stored", "expired", "gc ms", "us/deleted"
+    );
+    for (stored, expired) in [
+        (stored, expired),
+        (stored * 2, expired),
+        (stored * 4, expired),
+        (stored * 4, expired * 2),
+        (stored * 4, expired * 4),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let mut config = cairn_relay::RelayConfig::new(dir.path().join("data"));
+        config.listen = "127.0.0.1:0".parse()?;
+        config.retention = Duration::from_secs(1000);
+        config.limits = cairn_proto::FairShareLimits::default();
+        config.capacity_bytes = u64::MAX / 2;
+        config.gc_interval = Duration::from_secs(86_400);
+        let clock = cairn_relay::Clock::manual(unix_now());
+        let relay = cairn_relay::start_with_clock(config, clock.clone()).await?;
+        let url = relay.url();
+        let label = format!("gc-{stored}-{expired}");
+        let (_, failed) = put(
+            &url,
+            Target::Cairn,
+            256,
+            expired,
+            32,
+            &format!("{label}-old"),
+        )
+        .await?;
+        clock.advance(500);
+        let (_, failed2) = put(
+            &url,
+            Target::Cairn,
+            256,
+            stored - expired,
+            32,
+            &format!("{label}-new"),
+        )
+        .await?;
+        if failed + failed2 > 0 {
+            bail!(
+                "{} uploads failed while filling the store",
+                failed + failed2
+            );
+        }
+        relay.flush_accesses().await?;
+        clock.advance(600);
+        let started = Instant::now();
+        let report = relay.run_gc().await?;
+        let elapsed = started.elapsed();
+        if report.deleted_blobs != expired as u64 {
+            bail!(
+                "expected {expired} deletions, GC made {}",
+                report.deleted_blobs
+            );
+        }
+        println!(
+            "{stored:>10} {expired:>10} {:>12.1} {:>14.1}",
+            elapsed.as_secs_f64() * 1e3,
+            elapsed.as_secs_f64() * 1e6 / expired as f64
+        );
+        relay.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Put {
+            url,
+            target,
+            size,
+            count,
+            concurrency,
+            label,
+            json,
+        } => {
+            let (elapsed, failures) = put(&url, target, size, count, concurrency, &label).await?;
+            let secs = elapsed.as_secs_f64();
+            let rps = count as f64 / secs;
+            let mbps = (count * size) as f64 / secs / 1e6;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"requests": count, "failures": failures, "seconds": secs,
+                        "requests_per_sec": rps, "mb_per_sec": mbps})
+                );
+            } else {
+                println!(
+                    "{count} PUTs of {size} B in {secs:.2} s: {rps:.0} req/s, {mbps:.1} MB/s, {failures} failed"
+                );
+            }
+            if failures > 0 {
+                bail!("{failures} uploads failed");
+            }
+        }
+        Command::Seed {
+            url,
+            size,
+            write_to,
+        } => {
+            let http = reqwest::Client::new();
+            let relay = relay_key(&http, &url).await?;
+            let body = blob("seed", size, size);
+            let id = BlobId::of(&body);
+            let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
+            let r = http
+                .put(format!("{url}/v1/blobs/{id}"))
+                .header("authorization", auth_header(&t, &key("bench")))
+                .body(body.clone())
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("seeding failed: {}", r.status());
+            }
+            if let Some(path) = write_to {
+                std::fs::write(&path, &body)?;
+            }
+            println!("{id}");
+        }
+        Command::Gc { stored, expired } => gc_bench(stored, expired).await?,
+    }
+    Ok(())
+}
