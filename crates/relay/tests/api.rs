@@ -558,3 +558,52 @@ async fn proof_of_work_is_required_when_disclosed() {
     // Reading needs no work.
     assert_eq!(relay.get(&id).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn http2_uploads_and_downloads() {
+    let relay = TestRelay::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let data = bytes("over h2", 3 << 20);
+    let id = BlobId::of(&data);
+    let r = h2
+        .put(relay.blob_url(&id))
+        .header("authorization", relay.auth(&key("alice"), Method::Put, id))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = h2.get(relay.blob_url(&id)).send().await.unwrap();
+    assert_eq!(got.version(), reqwest::Version::HTTP_2);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+}
+
+#[tokio::test]
+async fn a_stalled_upload_times_out_and_keeps_nothing() {
+    let relay =
+        TestRelay::start_with(|c| c.body_idle_timeout = std::time::Duration::from_millis(300))
+            .await;
+    let data = bytes("slow", 2048);
+    let id = BlobId::of(&data);
+    // Half the body, then nothing: the client stalls.
+    let first: Result<Vec<u8>, std::io::Error> = Ok(data[..1024].to_vec());
+    let body = futures_util::StreamExt::chain(
+        futures_util::stream::iter([first]),
+        futures_util::stream::pending(),
+    );
+    let response = relay
+        .http
+        .put(relay.blob_url(&id))
+        .header("authorization", relay.auth(&key("alice"), Method::Put, id))
+        .header("content-length", "2048")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::REQUEST_TIMEOUT, "timeout").await;
+    assert_eq!(relay.files(), (0, 0));
+}
