@@ -42,6 +42,8 @@ pub struct RelayConfig {
     pub pow_bits_under_pressure: u8,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Memory for caching small blobs (64 KiB or less) that are read often.
+    pub cache_bytes: usize,
 }
 
 impl RelayConfig {
@@ -84,6 +86,7 @@ impl RelayConfig {
             limits: Self::DEFAULT_LIMITS,
             pow_bits_under_pressure: 0,
             shutdown_grace: Duration::from_secs(30),
+            cache_bytes: 32 << 20,
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn start_with_clock(
         &config.data_dir,
         config.capacity_bytes,
         config.limits.key_quota_bytes,
+        config.cache_bytes,
     )
     .map_err(store_err)?;
     if report.temp_files_removed > 0 || report.pending_unlinks_finished > 0 {

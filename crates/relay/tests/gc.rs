@@ -48,6 +48,12 @@ async fn gc_deletes_exactly_what_nobody_accessed_within_retention() {
     relay.clock.advance(2);
     assert_eq!(relay.handle.run_gc().await.unwrap().deleted_blobs, 2);
     assert_eq!(relay.files(), (0, 0));
+    // `read` was served (and so cached in memory) a moment ago; once
+    // collected it is not served from anywhere.
+    assert_eq!(
+        relay.get(&BlobId::of(&read)).await.status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use cairn_proto::{BlobId, Method, TokenTarget, VerifyingKey};
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -87,12 +88,36 @@ pub(crate) async fn get_blob(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let id = parse_id(&id)?;
-    let path = app.store.path(&id);
     let head = method == axum::http::Method::HEAD;
     let range_header = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+
+    if let Some(bytes) = app.store.cache.get(&id) {
+        let size = bytes.len() as u64;
+        let range =
+            range::parse(range_header.as_deref(), size).map_err(|()| ApiError::bad_range(size))?;
+        let body = match range {
+            _ if head => Bytes::new(),
+            // Bounds were checked against `size` by the parser.
+            Some(r) => bytes
+                .slice(usize::try_from(r.start).unwrap_or(0)..=usize::try_from(r.end).unwrap_or(0)),
+            None => bytes,
+        };
+        return Ok(blob_response(
+            &app,
+            id,
+            size,
+            range,
+            head,
+            started,
+            Body::from(body),
+        ));
+    }
+
+    let path = app.store.path(&id);
+    let generation = app.store.cache.generation();
 
     // One trip to the blocking pool: open, size, and for small blobs read.
     let opened = tokio::task::spawn_blocking(
@@ -136,18 +161,18 @@ pub(crate) async fn get_blob(
     if !satisfiable {
         return Err(ApiError::bad_range(size));
     }
-    app.store.record_access(id, app.now());
-
-    let (status, len) = match range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, r.len()),
-        None => (StatusCode::OK, size),
-    };
+    let len = range.map_or(size, |r| r.len());
     let body = if head {
         Body::empty()
     } else {
-        app.metrics.bytes_sent.fetch_add(len, Ordering::Relaxed);
         match opened {
-            Opened::Small(bytes, _) => Body::from(bytes),
+            Opened::Small(bytes, _) => {
+                let bytes = Bytes::from(bytes);
+                if range.is_none() {
+                    app.store.cache.insert(id, generation, bytes.clone());
+                }
+                Body::from(bytes)
+            }
             Opened::Large(file, _) => {
                 use tokio::io::AsyncReadExt as _;
                 let file = tokio::fs::File::from_std(file).take(len);
@@ -158,6 +183,27 @@ pub(crate) async fn get_blob(
             }
         }
     };
+    Ok(blob_response(&app, id, size, range, head, started, body))
+}
+
+/// Headers and status for a blob (or a range of it); records the access.
+fn blob_response(
+    app: &AppState,
+    id: BlobId,
+    size: u64,
+    range: Option<ByteRange>,
+    head: bool,
+    started: Instant,
+    body: Body,
+) -> Response {
+    app.store.record_access(id, app.now());
+    let (status, len) = match range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.len()),
+        None => (StatusCode::OK, size),
+    };
+    if !head {
+        app.metrics.bytes_sent.fetch_add(len, Ordering::Relaxed);
+    }
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();
@@ -174,7 +220,7 @@ pub(crate) async fn get_blob(
         h.insert(header::CONTENT_RANGE, v);
     }
     app.metrics.download_latency.observe(started.elapsed());
-    Ok(response)
+    response
 }
 
 /// Removes an upload's temp file unless the upload reached the store.

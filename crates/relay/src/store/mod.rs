@@ -37,6 +37,7 @@
 //! durable and reports write-back errors (Linux 5.8 and later); `fsync` of a
 //! directory makes its entries durable.
 
+pub(crate) mod cache;
 pub(crate) mod files;
 pub(crate) mod fsck;
 pub(crate) mod index;
@@ -137,6 +138,8 @@ pub(crate) struct Store {
     capacity: u64,
     /// Access times not yet written to the index, coalesced per blob.
     accesses: Mutex<HashMap<BlobId, u64>>,
+    /// Small blob bodies kept in memory.
+    pub(crate) cache: cache::BlobCache,
 }
 
 /// Where the index lives under the data directory.
@@ -170,6 +173,7 @@ impl Store {
         data_dir: &Path,
         capacity: u64,
         key_quota: u64,
+        cache_bytes: usize,
     ) -> Result<(Self, JoinHandle<()>, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::io("create data directory", e))?;
@@ -204,6 +208,7 @@ impl Store {
             stats,
             capacity,
             accesses: Mutex::new(HashMap::new()),
+            cache: cache::BlobCache::new(cache_bytes),
         };
         let report = OpenReport {
             temp_files_removed,
@@ -320,8 +325,13 @@ impl Store {
         id: BlobId,
         owner: VerifyingKey,
     ) -> Result<DeleteOutcome, StoreError> {
-        self.send(|reply| WriteOp::Delete { id, owner, reply })
-            .await
+        let outcome = self
+            .send(|reply| WriteOp::Delete { id, owner, reply })
+            .await?;
+        if outcome == DeleteOutcome::Deleted {
+            self.cache.invalidate();
+        }
+        Ok(outcome)
     }
 
     /// Notes an access in memory; written to the index by
@@ -356,8 +366,13 @@ impl Store {
         max: usize,
     ) -> Result<Vec<(BlobId, u64)>, StoreError> {
         self.flush_accesses().await?;
-        self.send(|reply| WriteOp::Collect { cutoff, max, reply })
-            .await
+        let deleted = self
+            .send(|reply| WriteOp::Collect { cutoff, max, reply })
+            .await?;
+        if !deleted.is_empty() {
+            self.cache.invalidate();
+        }
+        Ok(deleted)
     }
 }
 
