@@ -6,6 +6,15 @@ use std::time::Duration;
 
 use cairn_proto::{FairShareLimits, RelayRef};
 
+/// A certificate chain and its private key, both PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// The relay's configuration. Built by the binary from flags, environment and
 /// config file (in that order of precedence), or directly by tests.
 #[derive(Clone, Debug)]
@@ -14,6 +23,8 @@ pub struct RelayConfig {
     pub data_dir: PathBuf,
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// Bytes given to blob storage in total.
     pub capacity_bytes: u64,
     /// Largest blob accepted.
@@ -74,6 +85,7 @@ impl RelayConfig {
         Self {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            tls: None,
             capacity_bytes: Self::DEFAULT_CAPACITY,
             max_blob_size: Self::DEFAULT_MAX_BLOB_SIZE,
             retention: Self::DEFAULT_RETENTION,

@@ -31,9 +31,10 @@ mod limits;
 mod metrics;
 mod server;
 mod store;
+mod tls;
 
 pub use clock::Clock;
-pub use config::RelayConfig;
+pub use config::{RelayConfig, TlsFiles};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
 pub use store::StoreError;

@@ -64,7 +64,15 @@ struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "CAIRN_RELAY_LISTEN")]
     listen: Option<SocketAddr>,
-    /// TOML file with any of the keys below (data, listen, capacity,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this PEM certificate
+    /// chain; needs --tls-key. Without it the relay serves plain HTTP, for a
+    /// reverse proxy or loopback [default: none].
+    #[arg(long, env = "CAIRN_RELAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CAIRN_RELAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
     /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
     /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure,
     /// peers = [{ url = "...", key = "ed25519:..." }]).
@@ -118,6 +126,8 @@ struct ServeArgs {
 struct FileConfig {
     data: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     capacity: Option<String>,
     max_blob_size: Option<String>,
     retention: Option<String>,
@@ -236,6 +246,14 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
     if let Some(listen) = args.listen.or(file.listen) {
         config.listen = listen;
     }
+    config.tls = match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some(cairn_relay::TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
+    };
     if let Some(v) = args
         .capacity
         .or(from_file(file.capacity, parse_size, "capacity")?)

@@ -46,6 +46,9 @@ pub enum StartError {
         /// Why.
         source: StoreError,
     },
+    /// The TLS certificate or key is unusable.
+    #[error("setting up TLS")]
+    Tls(#[from] crate::tls::TlsError),
     /// The listen address could not be bound.
     #[error("listening on {addr}")]
     Bind {
@@ -70,6 +73,7 @@ pub struct GcReport {
 #[derive(Debug)]
 pub struct RelayHandle {
     addr: SocketAddr,
+    scheme: &'static str,
     app: AppState,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -119,6 +123,7 @@ pub async fn start_with_clock(
             "cleaned up after the previous run"
         );
     }
+    let tls = config.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -131,6 +136,7 @@ pub async fn start_with_clock(
     })?;
     let key_limiter = RateLimiter::new(config.limits.key_requests_per_min);
     let addr_limiter = RateLimiter::new(config.limits.addr_requests_per_min);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let app = AppState(Arc::new(Shared {
         store,
         key: key.clone(),
@@ -149,14 +155,16 @@ pub async fn start_with_clock(
     let tasks = TaskTracker::new();
     tasks.spawn(accept_loop(
         listener,
+        tls,
         app.clone(),
         cancel.clone(),
         tasks.clone(),
     ));
     tasks.spawn(background(app.clone(), cancel.clone()));
-    tracing::info!(%addr, key = %key.verifying_key(), "relay listening");
+    tracing::info!(%addr, scheme, key = %key.verifying_key(), "relay listening");
     Ok(RelayHandle {
         addr,
+        scheme,
         app,
         cancel,
         tasks,
@@ -166,6 +174,7 @@ pub async fn start_with_clock(
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: AppState,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -218,18 +227,51 @@ async fn accept_loop(
             },
         );
         let cancel = cancel.clone();
+        let tls = tls.clone();
+        let handshake_timeout = app.config.header_timeout;
         tasks.spawn(async move {
             let _permit = permit;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, builder, service, cancel).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, builder, service, cancel).await,
+                        // A failed or stalled handshake is the client's problem.
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection until it closes, or
+/// gracefully ends it when the relay shuts down.
+async fn serve_connection<I, S>(
+    io: I,
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    cancel: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
@@ -291,9 +333,9 @@ impl RelayHandle {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The relay's identity key.

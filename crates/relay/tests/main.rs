@@ -9,3 +9,4 @@ mod common;
 mod crash;
 mod gc;
 mod streaming;
+mod tls;
