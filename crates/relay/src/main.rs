@@ -34,7 +34,7 @@ enum Command {
     /// Every option can also be set by a `CAIRN_RELAY_*` environment
     /// variable or a key in the TOML config file; a flag wins over the
     /// environment, which wins over the file, which wins over the default.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check every blob file against its id and the index against the
     /// files. Run it while the relay is stopped.
     ///
@@ -342,9 +342,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    match cli.command.unwrap_or(Command::Serve(Box::default())) {
         Command::Serve(args) => {
-            let config = resolve(args)?;
+            let config = resolve(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
