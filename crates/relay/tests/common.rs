@@ -130,6 +130,39 @@ pub(crate) async fn assert_error(
     body
 }
 
+/// Fetches a relay's info document and returns the key it is verifiably
+/// signed with.
+pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> VerifyingKey {
+    let body: Value = http
+        .get(format!("{url}/.well-known/cairn-relay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record =
+        cairn_proto::SignedRecord::from_base64url(body["record"].as_str().unwrap()).unwrap();
+    *record.verify::<cairn_proto::RelayInfo>().unwrap().signer()
+}
+
+/// `PUT`s `body` as blob `id` to the relay at `url` with a fresh token.
+pub(crate) async fn upload(
+    http: &reqwest::Client,
+    url: &str,
+    relay: &VerifyingKey,
+    signer: &SigningKey,
+    id: BlobId,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Result<reqwest::Response> {
+    let t = token(relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
+    http.put(format!("{url}/v1/blobs/{id}"))
+        .header("authorization", auth_header(&t, signer))
+        .body(body)
+        .send()
+        .await
+}
+
 /// Deterministic pseudo-random bytes.
 pub(crate) fn bytes(label: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];

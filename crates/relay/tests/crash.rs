@@ -5,27 +5,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cairn_proto::{BlobId, Method, RelayInfo, SignedRecord, TokenTarget, VerifyingKey};
-use cairn_testkit::{RelayProcess, arg, auth_header, key, run, token, unix_now};
+use cairn_proto::BlobId;
+use cairn_testkit::{RelayProcess, arg, key, run};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::bytes;
+use crate::common::{bytes, relay_key, upload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-relay");
-
-async fn relay_key(http: &reqwest::Client, url: &str) -> VerifyingKey {
-    let body: Value = http
-        .get(format!("{url}/.well-known/cairn-relay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let record = SignedRecord::from_base64url(body["record"].as_str().unwrap()).unwrap();
-    *record.verify::<RelayInfo>().unwrap().signer()
-}
 
 fn fsck(data: &Path, repair: bool) -> (bool, Value) {
     let data = arg(data);
@@ -57,18 +44,7 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
                 let size = [1_000, 20_000, 150_000, 700_000][i % 4] + w;
                 let data = bytes(&format!("{w}/{i}"), size);
                 let id = BlobId::of(&data);
-                let t = token(
-                    &relay_key,
-                    Method::Put,
-                    TokenTarget::Blob(id),
-                    unix_now() + 300,
-                );
-                let sent = http
-                    .put(format!("{url}/v1/blobs/{id}"))
-                    .header("authorization", auth_header(&t, &signer))
-                    .body(data)
-                    .send()
-                    .await;
+                let sent = upload(&http, &url, &relay_key, &signer, id, data).await;
                 match sent {
                     Ok(r) if r.status() == StatusCode::CREATED => acked.lock().unwrap().push(id),
                     Ok(r) => panic!("unexpected status {}", r.status()),
@@ -147,17 +123,7 @@ async fn fsck_finds_and_repairs_corruption() {
     for i in 0..3 {
         let body = bytes(&format!("fsck {i}"), 10_000);
         let id = BlobId::of(&body);
-        let t = token(
-            &relay_key,
-            Method::Put,
-            TokenTarget::Blob(id),
-            unix_now() + 300,
-        );
-        let r = http
-            .put(format!("{url}/v1/blobs/{id}"))
-            .header("authorization", auth_header(&t, &signer))
-            .body(body)
-            .send()
+        let r = upload(&http, &url, &relay_key, &signer, id, body)
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::CREATED);

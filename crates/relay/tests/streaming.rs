@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cairn_proto::{BlobId, Method, RelayInfo, SignedRecord, TokenTarget};
-use cairn_testkit::{RelayProcess, auth_header, key, token, unix_now};
+use cairn_proto::BlobId;
+use cairn_testkit::{RelayProcess, key};
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
+
+use crate::common::{relay_key, upload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-relay");
 const SIZE: u64 = 2 << 30;
@@ -94,31 +96,18 @@ async fn two_gib_up_and_down_in_bounded_memory() {
 
     let http = reqwest::Client::new();
     let url = relay.url();
-    let info: serde_json::Value = http
-        .get(format!("{url}/.well-known/cairn-relay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let record = SignedRecord::from_base64url(info["record"].as_str().unwrap()).unwrap();
-    let relay_key = *record.verify::<RelayInfo>().unwrap().signer();
-    let t = token(
-        &relay_key,
-        Method::Put,
-        TokenTarget::Blob(id),
-        unix_now() + 600,
-    );
+    let relay_key = relay_key(&http, &url).await;
     let body = futures_util::stream::iter((0..chunks).map(|i| Ok::<_, std::io::Error>(chunk(i))));
-    let put = http
-        .put(format!("{url}/v1/blobs/{id}"))
-        .header("authorization", auth_header(&t, &key("alice")))
-        .header("content-length", SIZE)
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
+    let put = upload(
+        &http,
+        &url,
+        &relay_key,
+        &key("alice"),
+        id,
+        reqwest::Body::wrap_stream(body),
+    )
+    .await
+    .unwrap();
     assert_eq!(put.status(), StatusCode::CREATED);
     let after_upload = pid_rss.load(Ordering::Relaxed);
 

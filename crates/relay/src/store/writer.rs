@@ -175,24 +175,12 @@ impl Writer {
         let mut installed = false;
         let mut unlink: BTreeSet<BlobId> = BTreeSet::new();
         let mut temps_to_drop = Vec::new();
-        let (mut bytes, mut blobs);
+        let (bytes, blobs);
         {
-            let mut table = txn.open_table(BLOBS).map_err(redb::Error::from)?;
-            let mut by_access = txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
-            let mut owners = txn.open_table(OWNERS).map_err(redb::Error::from)?;
-            let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
-            let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
-            let stat = |t: &redb::Table<'_, &str, u64>, k| -> Result<u64, StoreError> {
-                Ok(t.get(k)
-                    .map_err(redb::Error::from)?
-                    .map_or(0, |v| v.value()))
-            };
-            bytes = stat(&stats, STAT_BYTES)?;
-            blobs = stat(&stats, STAT_BLOBS)?;
+            let mut t = Tables::open(&txn)?;
             for id in self.unlinked.drain(..) {
-                pending.remove(id.as_bytes()).map_err(redb::Error::from)?;
+                t.pending.remove(id.as_bytes()).map_err(redb::Error::from)?;
             }
-
             for op in batch {
                 match op {
                     WriteOp::Insert {
@@ -203,72 +191,35 @@ impl Writer {
                         now,
                         reply,
                     } => {
-                        let existing = table
-                            .get(id.as_bytes())
-                            .map_err(redb::Error::from)?
-                            .map(|m| BlobMeta::decode(&m.value()));
-                        let outcome = if let Some(mut meta) = existing {
+                        let outcome = if let Some(mut meta) = t.meta(&id)? {
                             temps_to_drop.push(temp);
-                            touch(&mut table, &mut by_access, &id, &mut meta, now)?;
+                            t.touch(&id, &mut meta, now)?;
                             InsertOutcome::AlreadyHeld
-                        } else if bytes.saturating_add(size) > self.capacity {
+                        } else if t.bytes.saturating_add(size) > self.capacity {
                             temps_to_drop.push(temp);
                             InsertOutcome::RelayFull
+                        } else if self.key_quota > 0
+                            && t.owner_usage(&owner)?.saturating_add(size) > self.key_quota
+                        {
+                            temps_to_drop.push(temp);
+                            InsertOutcome::QuotaExceeded
                         } else {
-                            let used = owners
-                                .get(owner.to_bytes())
-                                .map_err(redb::Error::from)?
-                                .map_or(0, |v| v.value());
-                            if self.key_quota > 0 && used.saturating_add(size) > self.key_quota {
-                                temps_to_drop.push(temp);
-                                InsertOutcome::QuotaExceeded
-                            } else {
-                                self.files
-                                    .install(&temp, &id)
-                                    .map_err(|e| StoreError::io("install blob file", e))?;
-                                installed = true;
-                                unlink.remove(&id);
-                                let meta = BlobMeta {
-                                    size,
-                                    created: now,
-                                    last_access: now,
-                                    owner: Some(owner),
-                                };
-                                table
-                                    .insert(id.as_bytes(), meta.encode())
-                                    .map_err(redb::Error::from)?;
-                                by_access
-                                    .insert((now, *id.as_bytes()), ())
-                                    .map_err(redb::Error::from)?;
-                                owners
-                                    .insert(owner.to_bytes(), used + size)
-                                    .map_err(redb::Error::from)?;
-                                bytes += size;
-                                blobs += 1;
-                                InsertOutcome::Stored
-                            }
+                            self.files
+                                .install(&temp, &id)
+                                .map_err(|e| StoreError::io("install blob file", e))?;
+                            installed = true;
+                            unlink.remove(&id);
+                            t.insert(&id, size, owner, now)?;
+                            InsertOutcome::Stored
                         };
                         replies.push(Reply::Insert(reply, outcome));
                     }
                     WriteOp::Delete { id, owner, reply } => {
-                        let existing = table
-                            .get(id.as_bytes())
-                            .map_err(redb::Error::from)?
-                            .map(|m| BlobMeta::decode(&m.value()));
-                        let outcome = match existing {
+                        let outcome = match t.meta(&id)? {
                             None => DeleteOutcome::NotFound,
                             Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
                             Some(meta) => {
-                                remove(
-                                    &mut table,
-                                    &mut by_access,
-                                    &mut owners,
-                                    &mut pending,
-                                    &id,
-                                    &meta,
-                                )?;
-                                bytes = bytes.saturating_sub(meta.size);
-                                blobs = blobs.saturating_sub(1);
+                                t.remove(&id, &meta)?;
                                 unlink.insert(id);
                                 DeleteOutcome::Deleted
                             }
@@ -277,18 +228,15 @@ impl Writer {
                     }
                     WriteOp::Touch { accesses, reply } => {
                         for (id, at) in accesses {
-                            let existing = table
-                                .get(id.as_bytes())
-                                .map_err(redb::Error::from)?
-                                .map(|m| BlobMeta::decode(&m.value()));
-                            if let Some(mut meta) = existing {
-                                touch(&mut table, &mut by_access, &id, &mut meta, at)?;
+                            if let Some(mut meta) = t.meta(&id)? {
+                                t.touch(&id, &mut meta, at)?;
                             }
                         }
                         replies.push(Reply::Touch(reply));
                     }
                     WriteOp::Collect { cutoff, max, reply } => {
-                        let expired: Vec<(u64, [u8; 32])> = by_access
+                        let expired: Vec<(u64, [u8; 32])> = t
+                            .by_access
                             .range(..(cutoff, [0u8; 32]))
                             .map_err(redb::Error::from)?
                             .take(max)
@@ -298,21 +246,8 @@ impl Writer {
                         let mut deleted = Vec::with_capacity(expired.len());
                         for (_, raw) in expired {
                             let id = BlobId::from_bytes(raw);
-                            let meta = table
-                                .get(raw)
-                                .map_err(redb::Error::from)?
-                                .map(|m| BlobMeta::decode(&m.value()));
-                            if let Some(meta) = meta {
-                                remove(
-                                    &mut table,
-                                    &mut by_access,
-                                    &mut owners,
-                                    &mut pending,
-                                    &id,
-                                    &meta,
-                                )?;
-                                bytes = bytes.saturating_sub(meta.size);
-                                blobs = blobs.saturating_sub(1);
+                            if let Some(meta) = t.meta(&id)? {
+                                t.remove(&id, &meta)?;
                                 unlink.insert(id);
                                 deleted.push((id, meta.size));
                             }
@@ -321,8 +256,13 @@ impl Writer {
                     }
                 }
             }
-            stats.insert(STAT_BYTES, bytes).map_err(redb::Error::from)?;
-            stats.insert(STAT_BLOBS, blobs).map_err(redb::Error::from)?;
+            t.stats
+                .insert(STAT_BYTES, t.bytes)
+                .map_err(redb::Error::from)?;
+            t.stats
+                .insert(STAT_BLOBS, t.count)
+                .map_err(redb::Error::from)?;
+            (bytes, blobs) = (t.bytes, t.count);
         }
         // File contents and renames must be durable before the index says
         // the blobs exist: one filesystem sync for the whole batch (group
@@ -358,57 +298,125 @@ impl Writer {
     }
 }
 
-fn touch(
-    table: &mut redb::Table<'_, [u8; 32], [u8; 56]>,
-    by_access: &mut redb::Table<'_, (u64, [u8; 32]), ()>,
-    id: &BlobId,
-    meta: &mut BlobMeta,
-    at: u64,
-) -> Result<(), StoreError> {
-    if at <= meta.last_access {
-        return Ok(());
-    }
-    by_access
-        .remove((meta.last_access, *id.as_bytes()))
-        .map_err(redb::Error::from)?;
-    meta.last_access = at;
-    by_access
-        .insert((at, *id.as_bytes()), ())
-        .map_err(redb::Error::from)?;
-    table
-        .insert(id.as_bytes(), meta.encode())
-        .map_err(redb::Error::from)?;
-    Ok(())
+/// The index tables inside one write transaction, with running totals.
+struct Tables<'txn> {
+    blobs: redb::Table<'txn, [u8; 32], [u8; 56]>,
+    by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    owners: redb::Table<'txn, [u8; 32], u64>,
+    pending: redb::Table<'txn, [u8; 32], ()>,
+    stats: redb::Table<'txn, &'static str, u64>,
+    bytes: u64,
+    count: u64,
 }
 
-fn remove(
-    table: &mut redb::Table<'_, [u8; 32], [u8; 56]>,
-    by_access: &mut redb::Table<'_, (u64, [u8; 32]), ()>,
-    owners: &mut redb::Table<'_, [u8; 32], u64>,
-    pending: &mut redb::Table<'_, [u8; 32], ()>,
-    id: &BlobId,
-    meta: &BlobMeta,
-) -> Result<(), StoreError> {
-    table.remove(id.as_bytes()).map_err(redb::Error::from)?;
-    by_access
-        .remove((meta.last_access, *id.as_bytes()))
-        .map_err(redb::Error::from)?;
-    if let Some(owner) = &meta.owner {
-        let used = owners
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+        let stats = txn.open_table(STATS).map_err(redb::Error::from)?;
+        let stat = |k| -> Result<u64, StoreError> {
+            Ok(stats
+                .get(k)
+                .map_err(redb::Error::from)?
+                .map_or(0, |v| v.value()))
+        };
+        let (bytes, count) = (stat(STAT_BYTES)?, stat(STAT_BLOBS)?);
+        Ok(Self {
+            blobs: txn.open_table(BLOBS).map_err(redb::Error::from)?,
+            by_access: txn.open_table(BY_ACCESS).map_err(redb::Error::from)?,
+            owners: txn.open_table(OWNERS).map_err(redb::Error::from)?,
+            pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
+            stats,
+            bytes,
+            count,
+        })
+    }
+
+    fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        Ok(self
+            .blobs
+            .get(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|m| BlobMeta::decode(&m.value())))
+    }
+
+    fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
+        Ok(self
+            .owners
             .get(owner.to_bytes())
             .map_err(redb::Error::from)?
-            .map_or(0, |v| v.value());
-        let left = used.saturating_sub(meta.size);
-        if left == 0 {
-            owners.remove(owner.to_bytes()).map_err(redb::Error::from)?;
-        } else {
-            owners
-                .insert(owner.to_bytes(), left)
-                .map_err(redb::Error::from)?;
-        }
+            .map_or(0, |v| v.value()))
     }
-    pending
-        .insert(id.as_bytes(), ())
-        .map_err(redb::Error::from)?;
-    Ok(())
+
+    fn insert(
+        &mut self,
+        id: &BlobId,
+        size: u64,
+        owner: VerifyingKey,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let meta = BlobMeta {
+            size,
+            created: now,
+            last_access: now,
+            owner: Some(owner),
+        };
+        let used = self.owner_usage(&owner)?;
+        self.blobs
+            .insert(id.as_bytes(), meta.encode())
+            .map_err(redb::Error::from)?;
+        self.by_access
+            .insert((now, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        self.owners
+            .insert(owner.to_bytes(), used + size)
+            .map_err(redb::Error::from)?;
+        self.bytes += size;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Records an access at `at`, moving the blob in the last-access order.
+    fn touch(&mut self, id: &BlobId, meta: &mut BlobMeta, at: u64) -> Result<(), StoreError> {
+        if at <= meta.last_access {
+            return Ok(());
+        }
+        self.by_access
+            .remove((meta.last_access, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        meta.last_access = at;
+        self.by_access
+            .insert((at, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        self.blobs
+            .insert(id.as_bytes(), meta.encode())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Drops a blob from the index and marks its file for unlinking.
+    fn remove(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
+        self.blobs
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?;
+        self.by_access
+            .remove((meta.last_access, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        if let Some(owner) = &meta.owner {
+            let left = self.owner_usage(owner)?.saturating_sub(meta.size);
+            if left == 0 {
+                self.owners
+                    .remove(owner.to_bytes())
+                    .map_err(redb::Error::from)?;
+            } else {
+                self.owners
+                    .insert(owner.to_bytes(), left)
+                    .map_err(redb::Error::from)?;
+            }
+        }
+        self.pending
+            .insert(id.as_bytes(), ())
+            .map_err(redb::Error::from)?;
+        self.bytes = self.bytes.saturating_sub(meta.size);
+        self.count = self.count.saturating_sub(1);
+        Ok(())
+    }
 }
