@@ -6,7 +6,7 @@ use cairn_testkit::{auth_header, key, token};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::{TestRelay, assert_error, bytes};
+use crate::common::{TestRelay, assert_error, bytes, info_document};
 
 #[tokio::test]
 async fn upload_download_and_reupload() {
@@ -346,19 +346,9 @@ async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
 }
 
 async fn info(relay: &TestRelay) -> (RelayInfo, Value) {
-    let body: Value = relay
-        .http
-        .get(relay.url("/.well-known/cairn-relay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let record = SignedRecord::from_base64url(body["record"].as_str().unwrap()).unwrap();
-    let verified = record.verify::<RelayInfo>().unwrap();
-    assert_eq!(verified.signer(), &relay.key());
-    (verified.into_record(), body)
+    let (info, body) = info_document(&relay.http, &relay.url("")).await;
+    assert_eq!(info.relay, relay.key());
+    (info, body)
 }
 
 #[tokio::test]

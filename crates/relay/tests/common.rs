@@ -130,9 +130,12 @@ pub(crate) async fn assert_error(
     body
 }
 
-/// Fetches a relay's info document and returns the key it is verifiably
-/// signed with.
-pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> VerifyingKey {
+/// Fetches a relay's info document: the verified record and the whole JSON
+/// body.
+pub(crate) async fn info_document(
+    http: &reqwest::Client,
+    url: &str,
+) -> (cairn_proto::RelayInfo, Value) {
     let body: Value = http
         .get(format!("{url}/.well-known/cairn-relay"))
         .send()
@@ -143,7 +146,13 @@ pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> VerifyingKey
         .unwrap();
     let record =
         cairn_proto::SignedRecord::from_base64url(body["record"].as_str().unwrap()).unwrap();
-    *record.verify::<cairn_proto::RelayInfo>().unwrap().signer()
+    let verified = record.verify::<cairn_proto::RelayInfo>().unwrap();
+    (verified.into_record(), body)
+}
+
+/// The key a relay's info document is verifiably signed with.
+pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> VerifyingKey {
+    info_document(http, url).await.0.relay
 }
 
 /// `PUT`s `body` as blob `id` to the relay at `url` with a fresh token.

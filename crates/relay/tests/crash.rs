@@ -10,7 +10,7 @@ use cairn_testkit::{RelayProcess, arg, key, run};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::common::{bytes, relay_key, upload};
+use crate::common::{bytes, info_document, relay_key, upload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-relay");
 
@@ -175,14 +175,7 @@ async fn fsck_finds_and_repairs_corruption() {
     assert_eq!(status(ids[0]).await, StatusCode::NOT_FOUND);
     assert_eq!(status(ids[1]).await, StatusCode::NOT_FOUND);
     assert_eq!(status(ids[2]).await, StatusCode::OK);
-    let info: Value = http
-        .get(format!("{url}/.well-known/cairn-relay"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(info["info"]["capacity_used"], 10_000);
+    let (info, _) = info_document(&http, &url).await;
+    assert_eq!(info.capacity_used, 10_000);
     assert!(relay.terminate().success());
 }
