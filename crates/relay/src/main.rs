@@ -357,24 +357,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(config: RelayConfig) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while the relay starts must
+    // still mean "stop gracefully", not the default "die at once".
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let data = config.data_dir.clone();
     let relay = cairn_relay::start(config)
         .await
         .with_context(|| format!("starting the relay with data in {}", data.display()))?;
-    shutdown_signal().await?;
-    tracing::info!("shutting down: finishing requests in flight");
-    relay.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
     }
+    tracing::info!("shutting down: finishing requests in flight");
+    relay.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }
 
