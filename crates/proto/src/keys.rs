@@ -48,7 +48,7 @@ impl VerifyingKey {
         // Decompression tolerates some non-canonical spellings of a point;
         // refusing them keeps one encoding per key, so keys can be compared
         // and hashed as bytes.
-        if key.to_edwards().compress().to_bytes() != *bytes {
+        if !is_canonical_y(bytes) {
             return Err(DecodeError::Invalid {
                 field: FIELD,
                 reason: "non-canonical point encoding",
@@ -91,6 +91,21 @@ impl VerifyingKey {
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Self::from_bytes(&r.array()?)
     }
+}
+
+/// Whether the y coordinate encoded in `bytes` (all but the top bit, little
+/// endian) is below p = 2^255 - 19, i.e. reduced.
+///
+/// That is all a point encoding needs to be canonical here: the other
+/// non-canonical spelling, x = 0 with the sign bit set, only occurs for
+/// y = ±1, points of small order that [`VerifyingKey::from_bytes`] refuses
+/// anyway. Comparing bytes is much cheaper than re-compressing the point.
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    // p in little endian: ed ff … ff 7f. y >= p exactly when the top byte
+    // (sign bit cleared) is 0x7f, the middle bytes are all 0xff and the
+    // lowest byte is at least 0xed.
+    let top = bytes[31] & 0x7f;
+    !(top == 0x7f && bytes[1..31].iter().all(|b| *b == 0xff) && bytes[0] >= 0xed)
 }
 
 impl fmt::Display for VerifyingKey {
@@ -292,6 +307,35 @@ mod tests {
         let debug = format!("{sk:?}");
         assert!(!debug.contains(body), "{debug}");
         assert!(debug.contains("redacted"));
+    }
+
+    #[test]
+    fn the_canonical_check_agrees_with_recompression() {
+        // Around p, where the two answers could differ.
+        for low in 0xe0..=0xffu8 {
+            for sign in [0u8, 0x80] {
+                let mut bytes = [0xffu8; 32];
+                bytes[0] = low;
+                bytes[31] = 0x7f | sign;
+                let reduced = low < 0xed;
+                assert_eq!(is_canonical_y(&bytes), reduced, "{low:#x} {sign:#x}");
+                if let Ok(point) = ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
+                    let recompressed = point.to_edwards().compress().to_bytes() == bytes;
+                    // Recompression also rejects x = 0 with the sign bit,
+                    // which only small-order points have.
+                    if !point.is_weak() {
+                        assert_eq!(recompressed, reduced, "{low:#x} {sign:#x}");
+                    }
+                }
+            }
+        }
+        // And for ordinary keys.
+        for seed in 0..50u8 {
+            let bytes = SigningKey::from_seed(&[seed; 32])
+                .verifying_key()
+                .to_bytes();
+            assert!(is_canonical_y(&bytes));
+        }
     }
 
     #[test]

@@ -19,11 +19,13 @@ use super::AppState;
 use super::auth::{Required, authorize};
 use super::error::ApiError;
 use super::range::{self, ByteRange};
-use crate::store::{DeleteOutcome, InsertOutcome, StoreError};
+use crate::store::{DeleteOutcome, InsertOutcome, Staged, StoreError};
 
 /// Bodies up to this size are read in one blocking call and sent from
 /// memory; larger ones stream from the file.
 const SMALL_BLOB: u64 = 64 * 1024;
+/// Uploads that declare at most this length are received in memory.
+const SMALL_UPLOAD: u64 = 256 * 1024;
 /// Uploads larger than this flush their own data before the batch commit.
 const SYNC_IN_UPLOAD: u64 = 1 << 20;
 /// Capacity is reserved for uploads of unknown length in steps this big.
@@ -335,41 +337,52 @@ pub(crate) async fn put_blob(
         .map_err(|_| ApiError::rate_limited("too many uploads in progress on this relay", 1))?;
     let _in_flight = InFlight::new(&app);
 
-    // Already held: no need to receive the bytes again.
-    let reader = app.store.reader().clone();
-    let held = tokio::task::spawn_blocking(move || reader.get(&id))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    if held.is_some() {
-        app.store.record_access(id, app.now());
-        return Ok((
-            StatusCode::OK,
-            axum::Json(json!({"id": id.to_string(), "stored": false})),
-        )
-            .into_response());
-    }
     let quota = app.config.limits.key_quota_bytes;
-    if quota > 0 {
-        let reader = app.store.reader().clone();
-        let used = tokio::task::spawn_blocking(move || reader.owner_usage(&owner))
-            .await
-            .map_err(|_| ApiError::internal())??;
-        if used.saturating_add(declared.unwrap_or(0)) > quota {
-            return Err(ApiError::quota_exceeded(quota));
-        }
-    }
-
     let mut reservation = Reservation {
         app: &app,
         bytes: 0,
     };
-    reservation.grow_to(declared.unwrap_or(0))?;
-    let (temp, size) = receive(&app, body, id, max, &mut reservation).await?;
-    app.metrics
-        .bytes_received
-        .fetch_add(size, Ordering::Relaxed);
-
-    let outcome = app.store.insert(temp, id, size, owner, app.now()).await?;
+    let outcome = match declared {
+        // Small uploads: received in memory and handed to the writer whole;
+        // the writer's own checks cover "already held" and the quota.
+        Some(len) if len <= SMALL_UPLOAD => {
+            reservation.grow_to(len)?;
+            let data = receive_small(&app, body, id, len).await?;
+            let size = data.len() as u64;
+            app.store
+                .insert(Staged::Bytes(data), id, size, owner, app.now())
+                .await?
+        }
+        _ => {
+            // Already held: no need to receive the bytes again.
+            let reader = app.store.reader().clone();
+            let held = tokio::task::spawn_blocking(move || reader.get(&id))
+                .await
+                .map_err(|_| ApiError::internal())??;
+            if held.is_some() {
+                app.store.record_access(id, app.now());
+                return Ok((
+                    StatusCode::OK,
+                    axum::Json(json!({"id": id.to_string(), "stored": false})),
+                )
+                    .into_response());
+            }
+            if quota > 0 {
+                let reader = app.store.reader().clone();
+                let used = tokio::task::spawn_blocking(move || reader.owner_usage(&owner))
+                    .await
+                    .map_err(|_| ApiError::internal())??;
+                if used.saturating_add(declared.unwrap_or(0)) > quota {
+                    return Err(ApiError::quota_exceeded(quota));
+                }
+            }
+            reservation.grow_to(declared.unwrap_or(0))?;
+            let (temp, size) = receive(&app, body, id, max, &mut reservation).await?;
+            app.store
+                .insert(Staged::File(temp), id, size, owner, app.now())
+                .await?
+        }
+    };
     drop(reservation);
     app.metrics.upload_latency.observe(started.elapsed());
     let (status, stored) = match outcome {
@@ -383,6 +396,40 @@ pub(crate) async fn put_blob(
         axum::Json(json!({"id": id.to_string(), "stored": stored})),
     )
         .into_response())
+}
+
+/// Receives a small body of `len` declared bytes into memory and checks its
+/// hash.
+async fn receive_small(
+    app: &AppState,
+    body: Body,
+    id: BlobId,
+    len: u64,
+) -> Result<Bytes, ApiError> {
+    let mut data = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut stream = body.into_data_stream();
+    let idle = app.config.body_idle_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| ApiError::timeout(format!("no upload data for {} s", idle.as_secs())))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        // HTTP framing already holds the body to its declared length.
+        data.extend_from_slice(&chunk);
+    }
+    let data = data.freeze();
+    app.metrics
+        .bytes_received
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    let actual = BlobId::of(&data);
+    if actual != id {
+        return Err(ApiError::hash_mismatch(format!(
+            "the {} bytes received hash to {actual}, not {id}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Receives the body into a temp file: hashed, size-checked, fsynced.
@@ -425,6 +472,9 @@ async fn receive(
         hasher.update(&chunk);
         writer.write_all(&chunk).await.map_err(write_err)?;
     }
+    app.metrics
+        .bytes_received
+        .fetch_add(size, Ordering::Relaxed);
     let actual = BlobId::from(hasher.finalize());
     if actual != id {
         return Err(ApiError::hash_mismatch(format!(

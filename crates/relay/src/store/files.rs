@@ -86,6 +86,18 @@ impl BlobFiles {
         Ok(dir)
     }
 
+    /// Writes `data` to a temp file and moves it into place as blob `id`;
+    /// like [`BlobFiles::install`], durable only after the next
+    /// [`BlobFiles::sync_filesystem`].
+    pub(crate) fn install_bytes(&self, id: &BlobId, data: &[u8]) -> io::Result<PathBuf> {
+        let temp = self.temp_path()?;
+        if let Err(e) = fs::write(&temp, data) {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.install(&temp, id)
+    }
+
     /// Removes blob `id`'s file if present. Returns its directory, which must
     /// be fsynced for the removal to be durable.
     pub(crate) fn remove(&self, id: &BlobId) -> io::Result<Option<PathBuf>> {

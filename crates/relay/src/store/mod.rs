@@ -98,6 +98,17 @@ impl From<redb::Error> for StoreError {
     }
 }
 
+/// A verified upload on its way into the store.
+#[derive(Debug)]
+pub(crate) enum Staged {
+    /// A temp file holding the bytes (large uploads stream to disk).
+    File(PathBuf),
+    /// The bytes themselves (small uploads): the writer stages and renames
+    /// them in one go, sparing the upload several trips to the blocking
+    /// thread pool.
+    Bytes(bytes::Bytes),
+}
+
 /// What became of an upload handed to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InsertOutcome {
@@ -296,20 +307,20 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Commits a verified, fsynced temp file as blob `id`.
+    /// Commits verified bytes (a temp file, or in memory) as blob `id`.
     ///
     /// Cancel safety: once called, the commit happens (or fails) whether or
     /// not the future is polled to completion.
     pub(crate) async fn insert(
         &self,
-        temp: PathBuf,
+        staged: Staged,
         id: BlobId,
         size: u64,
         owner: VerifyingKey,
         now: u64,
     ) -> Result<InsertOutcome, StoreError> {
         self.send(|reply| WriteOp::Insert {
-            temp,
+            staged,
             id,
             size,
             owner,

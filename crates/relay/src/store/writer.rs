@@ -12,7 +12,7 @@
 //! misbehaves, checked with `fsck`) rather than build on half-written state.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -24,7 +24,7 @@ use super::files::BlobFiles;
 use super::index::{
     BLOBS, BY_ACCESS, BlobMeta, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
 };
-use super::{DeleteOutcome, InsertOutcome, StoreError, StoreStats};
+use super::{DeleteOutcome, InsertOutcome, Staged, StoreError, StoreStats};
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -35,7 +35,7 @@ pub(crate) const QUEUE_DEPTH: usize = 4096;
 
 pub(crate) enum WriteOp {
     Insert {
-        temp: PathBuf,
+        staged: Staged,
         id: BlobId,
         size: u64,
         owner: VerifyingKey,
@@ -99,8 +99,10 @@ impl Reply {
 
 fn fail_op(op: WriteOp, err: StoreError) {
     match op {
-        WriteOp::Insert { reply, temp, .. } => {
-            let _ = std::fs::remove_file(temp);
+        WriteOp::Insert { reply, staged, .. } => {
+            if let Staged::File(temp) = staged {
+                let _ = std::fs::remove_file(temp);
+            }
             drop(reply.send(Err(err)));
         }
         WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
@@ -184,29 +186,36 @@ impl Writer {
             for op in batch {
                 match op {
                     WriteOp::Insert {
-                        temp,
+                        staged,
                         id,
                         size,
                         owner,
                         now,
                         reply,
                     } => {
-                        let outcome = if let Some(mut meta) = t.meta(&id)? {
-                            temps_to_drop.push(temp);
+                        let refused = if let Some(mut meta) = t.meta(&id)? {
                             t.touch(&id, &mut meta, now)?;
-                            InsertOutcome::AlreadyHeld
+                            Some(InsertOutcome::AlreadyHeld)
                         } else if t.bytes.saturating_add(size) > self.capacity {
-                            temps_to_drop.push(temp);
-                            InsertOutcome::RelayFull
+                            Some(InsertOutcome::RelayFull)
                         } else if self.key_quota > 0
                             && t.owner_usage(&owner)?.saturating_add(size) > self.key_quota
                         {
-                            temps_to_drop.push(temp);
-                            InsertOutcome::QuotaExceeded
+                            Some(InsertOutcome::QuotaExceeded)
                         } else {
-                            self.files
-                                .install(&temp, &id)
-                                .map_err(|e| StoreError::io("install blob file", e))?;
+                            None
+                        };
+                        let outcome = if let Some(refused) = refused {
+                            if let Staged::File(temp) = staged {
+                                temps_to_drop.push(temp);
+                            }
+                            refused
+                        } else {
+                            match staged {
+                                Staged::File(temp) => self.files.install(&temp, &id),
+                                Staged::Bytes(data) => self.files.install_bytes(&id, &data),
+                            }
+                            .map_err(|e| StoreError::io("install blob file", e))?;
                             installed = true;
                             unlink.remove(&id);
                             t.insert(&id, size, owner, now)?;
