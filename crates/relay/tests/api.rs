@@ -310,8 +310,8 @@ async fn bad_ids_and_unknown_paths() {
 async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
     let peer = key("peer relay").verifying_key();
     let relay = TestRelay::start_with(|c| {
-        c.capacity_bytes = 10_000;
-        c.limits.key_quota_bytes = 6_000;
+        c.capacity_bytes = 100_000;
+        c.limits.key_quota_bytes = 60_000;
         c.peers = vec![cairn_proto::RelayRef {
             url: cairn_proto::RelayUrl::new("https://peer.example").unwrap(),
             key: peer,
@@ -320,23 +320,23 @@ async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
     .await;
     let (alice, bob) = (key("alice"), key("bob"));
     assert_eq!(
-        relay.put(&alice, &bytes("a1", 5_000)).await.status(),
+        relay.put(&alice, &bytes("a1", 50_000)).await.status(),
         StatusCode::CREATED
     );
     // Alice's second blob would take her past her quota.
     assert_error(
-        relay.put(&alice, &bytes("a2", 2_000)).await,
+        relay.put(&alice, &bytes("a2", 20_000)).await,
         StatusCode::INSUFFICIENT_STORAGE,
         "quota_exceeded",
     )
     .await;
     assert_eq!(
-        relay.put(&bob, &bytes("b1", 4_000)).await.status(),
+        relay.put(&bob, &bytes("b1", 40_000)).await.status(),
         StatusCode::CREATED
     );
     // 9,000 of 10,000 bytes used: no room for 2,000 more.
     let body = assert_error(
-        relay.put(&bob, &bytes("b2", 2_000)).await,
+        relay.put(&bob, &bytes("b2", 20_000)).await,
         StatusCode::INSUFFICIENT_STORAGE,
         "relay_full",
     )

@@ -121,7 +121,8 @@ async fn fsck_finds_and_repairs_corruption() {
     let signer = key("alice");
     let mut ids = Vec::new();
     for i in 0..3 {
-        let body = bytes(&format!("fsck {i}"), 10_000);
+        // Large enough to be stored as files.
+        let body = bytes(&format!("fsck {i}"), 20_000);
         let id = BlobId::of(&body);
         let r = upload(&http, &url, &relay_key, &signer, id, body)
             .await
@@ -144,7 +145,7 @@ async fn fsck_finds_and_repairs_corruption() {
             .clone()
     };
     let mut corrupted = std::fs::read(path(&ids[0])).unwrap();
-    corrupted[5000] ^= 0x40;
+    corrupted[15_000] ^= 0x40;
     std::fs::write(path(&ids[0]), corrupted).unwrap();
     std::fs::remove_file(path(&ids[1])).unwrap();
 
@@ -176,6 +177,6 @@ async fn fsck_finds_and_repairs_corruption() {
     assert_eq!(status(ids[1]).await, StatusCode::NOT_FOUND);
     assert_eq!(status(ids[2]).await, StatusCode::OK);
     let (info, _) = info_document(&http, &url).await;
-    assert_eq!(info.capacity_used, 10_000);
+    assert_eq!(info.capacity_used, 20_000);
     assert!(relay.terminate().success());
 }

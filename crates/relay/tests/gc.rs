@@ -11,10 +11,11 @@ use crate::common::{TestRelay, bytes};
 async fn gc_deletes_exactly_what_nobody_accessed_within_retention() {
     let relay = TestRelay::start_with(|c| c.retention = std::time::Duration::from_secs(100)).await;
     let alice = key("alice");
+    // Large enough to be files, so the test can watch them go.
     let (read, written, ignored) = (
-        bytes("read", 3000),
-        bytes("written", 3000),
-        bytes("ignored", 3000),
+        bytes("read", 30_000),
+        bytes("written", 30_000),
+        bytes("ignored", 30_000),
     );
     for data in [&read, &written, &ignored] {
         assert_eq!(relay.put(&alice, data).await.status(), StatusCode::CREATED);
@@ -30,7 +31,7 @@ async fn gc_deletes_exactly_what_nobody_accessed_within_retention() {
     // 120 s since `ignored` was touched; 60 s since the others.
     let report = relay.handle.run_gc().await.unwrap();
     assert_eq!(report.deleted_blobs, 1);
-    assert_eq!(report.deleted_bytes, 3000);
+    assert_eq!(report.deleted_bytes, 30_000);
     assert_eq!(
         relay.get(&BlobId::of(&ignored)).await.status(),
         StatusCode::NOT_FOUND
@@ -82,4 +83,30 @@ async fn access_times_survive_a_restart() {
     clock.advance(51);
     assert_eq!(handle.run_gc().await.unwrap().deleted_blobs, 1);
     handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn small_blobs_live_in_the_index_and_are_collected_too() {
+    let relay = TestRelay::start_with(|c| c.retention = std::time::Duration::from_secs(100)).await;
+    let small = bytes("small", 1000);
+    let id = BlobId::of(&small);
+    assert_eq!(
+        relay.put(&key("alice"), &small).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(relay.files(), (0, 0), "a small blob makes no file");
+    let got = relay.get(&id).await;
+    assert_eq!(got.bytes().await.unwrap().as_ref(), small.as_slice());
+    let ranged = relay
+        .http
+        .get(relay.blob_url(&id))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &small[10..20]);
+    relay.clock.advance(101);
+    assert_eq!(relay.handle.run_gc().await.unwrap().deleted_bytes, 1000);
+    assert_eq!(relay.get(&id).await.status(), StatusCode::NOT_FOUND);
 }

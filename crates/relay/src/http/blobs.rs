@@ -122,8 +122,29 @@ pub(crate) async fn get_blob(
     let generation = app.store.cache.generation();
 
     // One trip to the blocking pool: open, size, and for small blobs read.
+    let reader = app.store.reader().clone();
     let opened = tokio::task::spawn_blocking(
         move || -> std::io::Result<Option<(Opened, Option<ByteRange>, bool)>> {
+            // Small blobs live in the index; everything else in a file.
+            if let Some(body) = reader.inline(&id).map_err(std::io::Error::other)? {
+                let size = body.len() as u64;
+                let Ok(range) = range::parse(range_header.as_deref(), size) else {
+                    return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
+                };
+                let body = match range {
+                    _ if head => Vec::new(),
+                    // In bounds: the parser checked against `size`.
+                    Some(r) => body
+                        .get(
+                            usize::try_from(r.start).unwrap_or(0)
+                                ..=usize::try_from(r.end).unwrap_or(0),
+                        )
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default(),
+                    None => body,
+                };
+                return Ok(Some((Opened::Small(body, size), range, true)));
+            }
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -20,6 +20,10 @@ pub(crate) const OWNERS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::n
 /// because the relay stopped between commit and unlink. Finished at start.
 pub(crate) const PENDING_UNLINK: TableDefinition<'_, [u8; 32], ()> =
     TableDefinition::new("pending_unlink_v1");
+/// Blob id → body, for blobs of at most [`super::INLINE_MAX`] bytes. Small
+/// blobs live in the index itself: one transaction makes them durable, with
+/// no file to create, rename and sync.
+pub(crate) const INLINE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("inline_v1");
 /// Totals: `bytes`, `blobs`.
 pub(crate) const STATS: TableDefinition<'_, &str, u64> = TableDefinition::new("stats_v1");
 
@@ -83,6 +87,14 @@ impl IndexReader {
         let table = txn.open_table(BLOBS).map_err(redb::Error::from)?;
         let meta = table.get(id.as_bytes()).map_err(redb::Error::from)?;
         Ok(meta.map(|m| BlobMeta::decode(&m.value())))
+    }
+
+    /// The body of an inline blob, if `id` is one.
+    pub(crate) fn inline(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(INLINE).map_err(redb::Error::from)?;
+        let body = table.get(id.as_bytes()).map_err(redb::Error::from)?;
+        Ok(body.map(|b| b.value().to_vec()))
     }
 
     pub(crate) fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {

@@ -15,6 +15,10 @@
 //!    per batch, not two per blob: group commit.
 //! 5. Only then is the upload acknowledged (201).
 //!
+//! Blobs of at most [`INLINE_MAX`] bytes skip steps 1–4: their bytes go into
+//! the index's `inline` table in the same transaction as their entry, so the
+//! one commit makes them durable.
+//!
 //! # What a crash leaves behind
 //!
 //! - Before 4: a temp file. Removed at next start; nothing was acknowledged.
@@ -54,7 +58,11 @@ use cairn_proto::{BlobId, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
-use self::index::{BLOBS, BY_ACCESS, IndexReader, OWNERS, PENDING_UNLINK, STATS};
+use self::index::{BLOBS, BY_ACCESS, INLINE, IndexReader, OWNERS, PENDING_UNLINK, STATS};
+
+/// Blobs of at most this many bytes are stored inside the index rather than
+/// as files.
+pub(crate) const INLINE_MAX: usize = 16 * 1024;
 use self::writer::{QUEUE_DEPTH, WriteOp, Writer};
 
 /// A store failure. Every variant is a local fault, never the client's.
@@ -167,6 +175,7 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<redb::Database, StoreError> {
     txn.open_table(OWNERS).map_err(redb::Error::from)?;
     txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
     txn.open_table(STATS).map_err(redb::Error::from)?;
+    txn.open_table(INLINE).map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
     Ok(db)
 }

@@ -22,9 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::files::BlobFiles;
 use super::index::{
-    BLOBS, BY_ACCESS, BlobMeta, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
+    BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
 };
-use super::{DeleteOutcome, InsertOutcome, Staged, StoreError, StoreStats};
+use super::{DeleteOutcome, INLINE_MAX, InsertOutcome, Staged, StoreError, StoreStats};
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -212,11 +212,24 @@ impl Writer {
                             refused
                         } else {
                             match staged {
-                                Staged::File(temp) => self.files.install(&temp, &id),
-                                Staged::Bytes(data) => self.files.install_bytes(&id, &data),
+                                Staged::Bytes(data) if data.len() <= INLINE_MAX => {
+                                    t.inline
+                                        .insert(id.as_bytes(), data.as_ref())
+                                        .map_err(redb::Error::from)?;
+                                }
+                                Staged::Bytes(data) => {
+                                    self.files
+                                        .install_bytes(&id, &data)
+                                        .map_err(|e| StoreError::io("install blob file", e))?;
+                                    installed = true;
+                                }
+                                Staged::File(temp) => {
+                                    self.files
+                                        .install(&temp, &id)
+                                        .map_err(|e| StoreError::io("install blob file", e))?;
+                                    installed = true;
+                                }
                             }
-                            .map_err(|e| StoreError::io("install blob file", e))?;
-                            installed = true;
                             unlink.remove(&id);
                             t.insert(&id, size, owner, now)?;
                             InsertOutcome::Stored
@@ -228,8 +241,9 @@ impl Writer {
                             None => DeleteOutcome::NotFound,
                             Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
                             Some(meta) => {
-                                t.remove(&id, &meta)?;
-                                unlink.insert(id);
+                                if t.remove(&id, &meta)? {
+                                    unlink.insert(id);
+                                }
                                 DeleteOutcome::Deleted
                             }
                         };
@@ -256,8 +270,9 @@ impl Writer {
                         for (_, raw) in expired {
                             let id = BlobId::from_bytes(raw);
                             if let Some(meta) = t.meta(&id)? {
-                                t.remove(&id, &meta)?;
-                                unlink.insert(id);
+                                if t.remove(&id, &meta)? {
+                                    unlink.insert(id);
+                                }
                                 deleted.push((id, meta.size));
                             }
                         }
@@ -313,6 +328,7 @@ struct Tables<'txn> {
     by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
     owners: redb::Table<'txn, [u8; 32], u64>,
     pending: redb::Table<'txn, [u8; 32], ()>,
+    inline: redb::Table<'txn, [u8; 32], &'static [u8]>,
     stats: redb::Table<'txn, &'static str, u64>,
     bytes: u64,
     count: u64,
@@ -333,6 +349,7 @@ impl<'txn> Tables<'txn> {
             by_access: txn.open_table(BY_ACCESS).map_err(redb::Error::from)?,
             owners: txn.open_table(OWNERS).map_err(redb::Error::from)?,
             pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
+            inline: txn.open_table(INLINE).map_err(redb::Error::from)?,
             stats,
             bytes,
             count,
@@ -401,8 +418,9 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    /// Drops a blob from the index and marks its file for unlinking.
-    fn remove(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
+    /// Drops a blob from the index. Returns true when it has a file to
+    /// unlink (after the commit), false when it was stored inline.
+    fn remove(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<bool, StoreError> {
         self.blobs
             .remove(id.as_bytes())
             .map_err(redb::Error::from)?;
@@ -421,11 +439,19 @@ impl<'txn> Tables<'txn> {
                     .map_err(redb::Error::from)?;
             }
         }
+        self.bytes = self.bytes.saturating_sub(meta.size);
+        self.count = self.count.saturating_sub(1);
+        if self
+            .inline
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .is_some()
+        {
+            return Ok(false);
+        }
         self.pending
             .insert(id.as_bytes(), ())
             .map_err(redb::Error::from)?;
-        self.bytes = self.bytes.saturating_sub(meta.size);
-        self.count = self.count.saturating_sub(1);
-        Ok(())
+        Ok(true)
     }
 }
