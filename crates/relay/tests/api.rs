@@ -597,3 +597,74 @@ async fn a_stalled_upload_times_out_and_keeps_nothing() {
     assert_error(response, StatusCode::REQUEST_TIMEOUT, "timeout").await;
     assert_eq!(relay.files(), (0, 0));
 }
+
+#[tokio::test]
+async fn concurrent_uploads_of_one_blob_store_it_once() {
+    let relay = TestRelay::start().await;
+    let data = bytes("raced", 600_000);
+    let id = BlobId::of(&data);
+    let uploads = (0..8).map(|i| {
+        let signer = key(&format!("racer {i}"));
+        let (relay, data) = (&relay, data.clone());
+        async move { relay.put(&signer, &data).await.status() }
+    });
+    let statuses = futures_util::future::join_all(uploads).await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK)
+    );
+    assert_eq!(relay.files(), (0, 1));
+    let (info, _) = info(&relay).await;
+    assert_eq!(info.capacity_used, 600_000);
+    assert_eq!(
+        relay.get(&id).await.bytes().await.unwrap().as_ref(),
+        data.as_slice()
+    );
+}
+
+#[tokio::test]
+async fn proof_of_work_rises_when_the_relay_is_nearly_full() {
+    let relay = TestRelay::start_with(|c| {
+        c.capacity_bytes = 100_000;
+        c.limits.key_quota_bytes = 0;
+        c.pow_bits_under_pressure = 12;
+    })
+    .await;
+    assert_eq!(info(&relay).await.0.limits.pow_bits, 0);
+    assert_eq!(
+        relay
+            .put(&key("alice"), &bytes("fill", 96_000))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    // Under 5% free: uploads now need 12 bits of work, and the info
+    // document says so.
+    assert_eq!(info(&relay).await.0.limits.pow_bits, 12);
+    let small = bytes("one more", 1000);
+    let id = BlobId::of(&small);
+    let mut t = token(
+        &relay.key(),
+        Method::Put,
+        TokenTarget::Blob(id),
+        relay.now() + 60,
+    );
+    while t.stamp_bits(&key("alice").verifying_key()) >= 12 {
+        t.stamp += 1;
+    }
+    let r = relay
+        .http
+        .put(relay.blob_url(&id))
+        .header("authorization", auth_header(&t, &key("alice")))
+        .body(small)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, StatusCode::FORBIDDEN, "pow_required").await;
+}
