@@ -668,3 +668,24 @@ async fn proof_of_work_rises_when_the_relay_is_nearly_full() {
         .unwrap();
     assert_error(r, StatusCode::FORBIDDEN, "pow_required").await;
 }
+
+#[tokio::test]
+async fn a_blob_file_the_index_does_not_list_is_not_served() {
+    // What a crash between rename and commit leaves: a valid file that was
+    // never acknowledged.
+    let relay = TestRelay::start().await;
+    let data = bytes("never acknowledged", 50_000);
+    let id = BlobId::of(&data);
+    let hex = id.to_string();
+    std::fs::write(relay.data().join("blobs").join(&hex[..2]).join(&hex), &data).unwrap();
+    assert_error(relay.get(&id).await, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn wrong_methods_get_the_json_error_everywhere() {
+    let relay = TestRelay::start().await;
+    for path in ["/health", "/metrics", "/.well-known/cairn-relay", "/"] {
+        let r = relay.http.post(relay.url(path)).send().await.unwrap();
+        assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
+}

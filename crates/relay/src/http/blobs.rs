@@ -125,6 +125,11 @@ pub(crate) async fn get_blob(
     let reader = app.store.reader().clone();
     let opened = tokio::task::spawn_blocking(
         move || -> std::io::Result<Option<(Opened, Option<ByteRange>, bool)>> {
+            // Only indexed blobs are served: a file renamed into place but
+            // not yet committed (or left so by a crash) is not acknowledged.
+            if reader.get(&id).map_err(std::io::Error::other)?.is_none() {
+                return Ok(None);
+            }
             // Small blobs live in the index; everything else in a file.
             if let Some(body) = reader.inline(&id).map_err(std::io::Error::other)? {
                 let size = body.len() as u64;
@@ -351,11 +356,10 @@ pub(crate) async fn put_blob(
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::too_large(max));
     }
-    let _permit = app
-        .upload_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::rate_limited("too many uploads in progress on this relay", 1))?;
+    let _permit = app.upload_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable("too many uploads in progress on this relay; retry shortly")
+            .retry_after(1)
+    })?;
     let _in_flight = InFlight::new(&app);
 
     let quota = app.config.limits.key_quota_bytes;
@@ -367,7 +371,13 @@ pub(crate) async fn put_blob(
         // Small uploads: received in memory and handed to the writer whole;
         // the writer's own checks cover "already held" and the quota.
         Some(len) if len <= SMALL_UPLOAD => {
-            reservation.grow_to(len)?;
+            if let Err(full) = reservation.grow_to(len) {
+                // A full relay still acknowledges a blob it already holds.
+                if app.store.touch_now(id, app.now()).await? {
+                    return Ok(already_held(id));
+                }
+                return Err(full);
+            }
             let data = receive_small(&app, body, id, len).await?;
             let size = data.len() as u64;
             app.store
@@ -375,18 +385,11 @@ pub(crate) async fn put_blob(
                 .await?
         }
         _ => {
-            // Already held: no need to receive the bytes again.
-            let reader = app.store.reader().clone();
-            let held = tokio::task::spawn_blocking(move || reader.get(&id))
-                .await
-                .map_err(|_| ApiError::internal())??;
-            if held.is_some() {
-                app.store.record_access(id, app.now());
-                return Ok((
-                    StatusCode::OK,
-                    axum::Json(json!({"id": id.to_string(), "stored": false})),
-                )
-                    .into_response());
+            // Already held: no need to receive the bytes again. The access
+            // is committed before the answer, so no GC pass can take the
+            // blob away after the client was told it is stored.
+            if app.store.touch_now(id, app.now()).await? {
+                return Ok(already_held(id));
             }
             if quota > 0 {
                 let reader = app.store.reader().clone();
@@ -419,6 +422,14 @@ pub(crate) async fn put_blob(
         .into_response())
 }
 
+fn already_held(id: BlobId) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({"id": id.to_string(), "stored": false})),
+    )
+        .into_response()
+}
+
 /// Receives a small body of `len` declared bytes into memory and checks its
 /// hash.
 async fn receive_small(
@@ -436,7 +447,11 @@ async fn receive_small(
             .map_err(|_| ApiError::timeout(format!("no upload data for {} s", idle.as_secs())))?;
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
-        // HTTP framing already holds the body to its declared length.
+        // HTTP framing already holds the body to its declared length; this
+        // only makes sure of it.
+        if (data.len() + chunk.len()) as u64 > len {
+            return Err(ApiError::bad_request("body longer than its Content-Length"));
+        }
         data.extend_from_slice(&chunk);
     }
     let data = data.freeze();

@@ -127,6 +127,11 @@ impl ApiError {
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        self.0.retry_after = Some(secs);
+        self
+    }
     pub(crate) fn relay_full(peers: Value) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,

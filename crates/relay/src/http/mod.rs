@@ -130,6 +130,10 @@ async fn fair_share(State(app): State<AppState>, request: Request, next: Next) -
     next.run(request).await
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint; the API is described in docs/PROTOCOL.md §7")
 }
@@ -143,12 +147,15 @@ pub(crate) fn router(app: AppState) -> Router {
                 .head(blobs::get_blob)
                 .put(blobs::put_blob)
                 .delete(blobs::delete_blob)
-                .fallback(|| async { ApiError::method_not_allowed() }),
+                .fallback(method_not_allowed),
         )
-        .route("/.well-known/cairn-relay", get(info::well_known))
-        .route("/metrics", get(ops::metrics))
-        .route("/health", get(ops::health))
-        .route("/", get(ops::status_page))
+        .route(
+            "/.well-known/cairn-relay",
+            get(info::well_known).fallback(method_not_allowed),
+        )
+        .route("/metrics", get(ops::metrics).fallback(method_not_allowed))
+        .route("/health", get(ops::health).fallback(method_not_allowed))
+        .route("/", get(ops::status_page).fallback(method_not_allowed))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(app.clone(), fair_share))
         .layer(middleware::from_fn_with_state(app.clone(), count_responses))

@@ -8,7 +8,9 @@ use cairn_proto::BlobId;
 use redb::ReadableTable as _;
 
 use super::files::{BlobFiles, fsync_dir, hash_file};
-use super::index::{BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, STAT_BLOBS, STAT_BYTES, STATS};
+use super::index::{
+    BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
+};
 use super::{StoreError, open_db};
 
 /// What fsck found (and, with repair, fixed).
@@ -33,6 +35,10 @@ pub struct FsckReport {
     pub wrong_size: Vec<String>,
     /// Upload temp files present (removed at the next start anyway).
     pub temp_files: u64,
+    /// Files of blobs whose deletion was committed but whose file was not
+    /// yet removed when the relay stopped (removed at the next start, or by
+    /// `--repair`; never indexed again).
+    pub pending_deletions: u64,
     /// Whether problems were repaired.
     pub repaired: bool,
 }
@@ -97,6 +103,13 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
         let mut owners = txn.open_table(OWNERS).map_err(redb::Error::from)?;
         let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
         let mut inline = txn.open_table(INLINE).map_err(redb::Error::from)?;
+        let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
+        let pending_ids: std::collections::HashSet<BlobId> = pending
+            .iter()
+            .map_err(redb::Error::from)?
+            .map(|row| row.map(|(k, _)| BlobId::from_bytes(k.value())))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
         // Inline blobs are checked like files: their bytes against their id.
         let rows: Vec<([u8; 32], Vec<u8>)> = inline
             .iter()
@@ -161,7 +174,16 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                 Some(_) => {}
             }
         }
-        for (id, size, _) in &on_disk {
+        for (id, size, path) in &on_disk {
+            if !index.contains_key(id) && pending_ids.contains(id) {
+                // Deleted, not yet unlinked: finish the deletion.
+                report.pending_deletions += 1;
+                if repair {
+                    to_remove.push(path.clone());
+                    pending.remove(id.as_bytes()).map_err(redb::Error::from)?;
+                }
+                continue;
+            }
             if !index.contains_key(id) {
                 report.orphans.push(id.to_string());
                 if repair {

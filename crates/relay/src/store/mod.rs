@@ -158,7 +158,7 @@ pub(crate) struct Store {
     /// Access times not yet written to the index, coalesced per blob.
     accesses: Mutex<HashMap<BlobId, u64>>,
     /// Small blob bodies kept in memory.
-    pub(crate) cache: cache::BlobCache,
+    pub(crate) cache: Arc<cache::BlobCache>,
 }
 
 /// Where the index lives under the data directory.
@@ -209,6 +209,7 @@ impl Store {
             reserved: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let cache = Arc::new(cache::BlobCache::new(cache_bytes));
         let writer = Writer {
             db,
             files: files.clone(),
@@ -216,6 +217,7 @@ impl Store {
             capacity,
             key_quota,
             unlinked: Vec::new(),
+            cache: Arc::clone(&cache),
         };
         let thread = std::thread::Builder::new()
             .name("cairn-store-writer".into())
@@ -228,7 +230,7 @@ impl Store {
             stats,
             capacity,
             accesses: Mutex::new(HashMap::new()),
-            cache: cache::BlobCache::new(cache_bytes),
+            cache,
         };
         let report = OpenReport {
             temp_files_removed,
@@ -348,9 +350,6 @@ impl Store {
         let outcome = self
             .send(|reply| WriteOp::Delete { id, owner, reply })
             .await?;
-        if outcome == DeleteOutcome::Deleted {
-            self.cache.invalidate();
-        }
         Ok(outcome)
     }
 
@@ -377,6 +376,17 @@ impl Store {
         Ok(count)
     }
 
+    /// Records an access to `id` durably, now; false if the store does not
+    /// hold it. Used where a client is told "already stored": that answer
+    /// must not be undone by a GC pass that ran on an older access time.
+    pub(crate) async fn touch_now(&self, id: BlobId, now: u64) -> Result<bool, StoreError> {
+        let accesses = vec![(id, now)];
+        let held = self
+            .send(|reply| WriteOp::Touch { accesses, reply })
+            .await?;
+        Ok(held > 0)
+    }
+
     /// Deletes up to `max` blobs last accessed before `cutoff`, returning
     /// their ids and sizes. Flushes pending access times first, so a blob
     /// read a moment ago is never collected on a stale time.
@@ -389,9 +399,6 @@ impl Store {
         let deleted = self
             .send(|reply| WriteOp::Collect { cutoff, max, reply })
             .await?;
-        if !deleted.is_empty() {
-            self.cache.invalidate();
-        }
         Ok(deleted)
     }
 }

@@ -20,6 +20,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cache::BlobCache;
 use super::files::BlobFiles;
 use super::index::{
     BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
@@ -49,7 +50,8 @@ pub(crate) enum WriteOp {
     },
     Touch {
         accesses: Vec<(BlobId, u64)>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        /// How many of the blobs were held (and so touched).
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Collect {
         /// Blobs last accessed before this moment are deleted.
@@ -68,7 +70,7 @@ enum Reply {
         oneshot::Sender<Result<DeleteOutcome, StoreError>>,
         DeleteOutcome,
     ),
-    Touch(oneshot::Sender<Result<(), StoreError>>),
+    Touch(oneshot::Sender<Result<usize, StoreError>>, usize),
     Collect(
         oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
         Vec<(BlobId, u64)>,
@@ -82,7 +84,7 @@ impl Reply {
         match self {
             Self::Insert(tx, v) => drop(tx.send(Ok(v))),
             Self::Delete(tx, v) => drop(tx.send(Ok(v))),
-            Self::Touch(tx) => drop(tx.send(Ok(()))),
+            Self::Touch(tx, n) => drop(tx.send(Ok(n))),
             Self::Collect(tx, v) => drop(tx.send(Ok(v))),
         }
     }
@@ -91,7 +93,7 @@ impl Reply {
         match self {
             Self::Insert(tx, _) => drop(tx.send(Err(err))),
             Self::Delete(tx, _) => drop(tx.send(Err(err))),
-            Self::Touch(tx) => drop(tx.send(Err(err))),
+            Self::Touch(tx, _) => drop(tx.send(Err(err))),
             Self::Collect(tx, _) => drop(tx.send(Err(err))),
         }
     }
@@ -120,6 +122,7 @@ pub(crate) struct Writer {
     /// Unlinks finished after the previous commit, to drop from
     /// `PENDING_UNLINK` in the next transaction.
     pub(crate) unlinked: Vec<BlobId>,
+    pub(crate) cache: Arc<BlobCache>,
 }
 
 impl Writer {
@@ -177,6 +180,7 @@ impl Writer {
         let mut installed = false;
         let mut unlink: BTreeSet<BlobId> = BTreeSet::new();
         let mut temps_to_drop = Vec::new();
+        let mut deleted_inline = false;
         let (bytes, blobs);
         {
             let mut t = Tables::open(&txn)?;
@@ -211,6 +215,18 @@ impl Writer {
                             }
                             refused
                         } else {
+                            // Where a blob lives depends on its size alone, so
+                            // a delete and a re-upload of one id in a batch
+                            // always agree on it.
+                            let staged = match staged {
+                                Staged::File(temp) if size <= INLINE_MAX as u64 => {
+                                    let data = std::fs::read(&temp)
+                                        .map_err(|e| StoreError::io("read small upload", e))?;
+                                    temps_to_drop.push(temp);
+                                    Staged::Bytes(data.into())
+                                }
+                                other => other,
+                            };
                             match staged {
                                 Staged::Bytes(data) if data.len() <= INLINE_MAX => {
                                     t.inline
@@ -243,6 +259,8 @@ impl Writer {
                             Some(meta) => {
                                 if t.remove(&id, &meta)? {
                                     unlink.insert(id);
+                                } else {
+                                    deleted_inline = true;
                                 }
                                 DeleteOutcome::Deleted
                             }
@@ -250,12 +268,14 @@ impl Writer {
                         replies.push(Reply::Delete(reply, outcome));
                     }
                     WriteOp::Touch { accesses, reply } => {
+                        let mut held = 0;
                         for (id, at) in accesses {
                             if let Some(mut meta) = t.meta(&id)? {
                                 t.touch(&id, &mut meta, at)?;
+                                held += 1;
                             }
                         }
-                        replies.push(Reply::Touch(reply));
+                        replies.push(Reply::Touch(reply, held));
                     }
                     WriteOp::Collect { cutoff, max, reply } => {
                         let expired: Vec<(u64, [u8; 32])> = t
@@ -272,6 +292,8 @@ impl Writer {
                             if let Some(meta) = t.meta(&id)? {
                                 if t.remove(&id, &meta)? {
                                     unlink.insert(id);
+                                } else {
+                                    deleted_inline = true;
                                 }
                                 deleted.push((id, meta.size));
                             }
@@ -299,6 +321,15 @@ impl Writer {
         txn.commit().map_err(redb::Error::from)?;
         self.stats.bytes.store(bytes, Ordering::SeqCst);
         self.stats.blobs.store(blobs, Ordering::SeqCst);
+        // Before anyone hears of a deletion, no cached copy may remain.
+        if !unlink.is_empty() || deleted_inline {
+            self.cache.invalidate();
+        }
+        // Committed means durable: answer now, whatever the cleanup below
+        // meets (a failure there stops the writer for later batches only).
+        for reply in replies.drain(..) {
+            reply.send_ok();
+        }
 
         for temp in temps_to_drop {
             let _ = std::fs::remove_file(temp);
