@@ -325,18 +325,24 @@ impl Writer {
         if !unlink.is_empty() || deleted_inline {
             self.cache.invalidate();
         }
-        // Committed means durable: answer now, whatever the cleanup below
-        // meets (a failure there stops the writer for later batches only).
-        for reply in replies.drain(..) {
-            reply.send_ok();
-        }
-
         for temp in temps_to_drop {
             let _ = std::fs::remove_file(temp);
         }
-        // The index no longer names these blobs; only now may their files go.
+        // The index no longer names these blobs; only now may their files
+        // go. Done before answering, so a 204 means the space is free.
+        let cleanup = self.unlink_files(unlink);
+        // Committed means durable: every requester hears success even if
+        // the cleanup failed; that failure stops the writer for later
+        // batches only (the next start finishes pending unlinks).
+        for reply in replies.drain(..) {
+            reply.send_ok();
+        }
+        cleanup
+    }
+
+    fn unlink_files(&mut self, ids: BTreeSet<BlobId>) -> Result<(), StoreError> {
         let mut removed = false;
-        for id in unlink {
+        for id in ids {
             removed |= self
                 .files
                 .remove(&id)
