@@ -422,6 +422,33 @@ pub(crate) async fn put_blob(
         .into_response())
 }
 
+/// An upload body, chunk by chunk, with the idle timeout that protects the
+/// relay from clients that start an upload and then stall.
+struct BodyChunks {
+    stream: axum::body::BodyDataStream,
+    idle: std::time::Duration,
+}
+
+impl BodyChunks {
+    fn new(app: &AppState, body: Body) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            idle: app.config.body_idle_timeout,
+        }
+    }
+
+    /// The next chunk, `None` at the end of the body.
+    async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
+        let next = tokio::time::timeout(self.idle, self.stream.next())
+            .await
+            .map_err(|_| {
+                ApiError::timeout(format!("no upload data for {} s", self.idle.as_secs()))
+            })?;
+        next.transpose()
+            .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))
+    }
+}
+
 fn already_held(id: BlobId) -> Response {
     (
         StatusCode::OK,
@@ -439,14 +466,8 @@ async fn receive_small(
     len: u64,
 ) -> Result<Bytes, ApiError> {
     let mut data = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
-    let mut stream = body.into_data_stream();
-    let idle = app.config.body_idle_timeout;
-    loop {
-        let next = tokio::time::timeout(idle, stream.next())
-            .await
-            .map_err(|_| ApiError::timeout(format!("no upload data for {} s", idle.as_secs())))?;
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+    let mut chunks = BodyChunks::new(app, body);
+    while let Some(chunk) = chunks.next().await? {
         // HTTP framing already holds the body to its declared length; this
         // only makes sure of it.
         if (data.len() + chunk.len()) as u64 > len {
@@ -492,14 +513,8 @@ async fn receive(
     let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
-    let mut stream = body.into_data_stream();
-    let idle = app.config.body_idle_timeout;
-    loop {
-        let next = tokio::time::timeout(idle, stream.next())
-            .await
-            .map_err(|_| ApiError::timeout(format!("no upload data for {} s", idle.as_secs())))?;
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+    let mut chunks = BodyChunks::new(app, body);
+    while let Some(chunk) = chunks.next().await? {
         size += chunk.len() as u64;
         if size > max {
             return Err(ApiError::too_large(max));
