@@ -19,6 +19,7 @@ use super::AppState;
 use super::auth::{Required, authorize};
 use super::error::ApiError;
 use super::range::{self, ByteRange};
+use crate::store::index::Location;
 use crate::store::{DeleteOutcome, InsertOutcome, Staged, StoreError};
 
 /// Bodies up to this size are read in one blocking call and sent from
@@ -127,11 +128,12 @@ pub(crate) async fn get_blob(
         move || -> std::io::Result<Option<(Opened, Option<ByteRange>, bool)>> {
             // Only indexed blobs are served: a file renamed into place but
             // not yet committed (or left so by a crash) is not acknowledged.
-            if reader.get(&id).map_err(std::io::Error::other)?.is_none() {
-                return Ok(None);
-            }
             // Small blobs live in the index; everything else in a file.
-            if let Some(body) = reader.inline(&id).map_err(std::io::Error::other)? {
+            let location = match reader.locate(&id).map_err(std::io::Error::other)? {
+                None => return Ok(None),
+                Some(location) => location,
+            };
+            if let Location::Inline(body) = location {
                 let size = body.len() as u64;
                 let Ok(range) = range::parse(range_header.as_deref(), size) else {
                     return Ok(Some((Opened::Small(Vec::new(), size), None, false)));

@@ -71,6 +71,15 @@ impl BlobMeta {
     }
 }
 
+/// Where an indexed blob's bytes live.
+#[derive(Debug)]
+pub(crate) enum Location {
+    /// In the index itself (small blobs).
+    Inline(Vec<u8>),
+    /// In its file under `blobs/`.
+    File,
+}
+
 /// Read-side access to the index, usable from any thread.
 #[derive(Clone, Debug)]
 pub(crate) struct IndexReader {
@@ -82,19 +91,24 @@ impl IndexReader {
         Self { db }
     }
 
-    pub(crate) fn get(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+    /// Where an indexed blob's bytes are, in one read transaction; `None`
+    /// if the index does not list it (whatever files may exist).
+    pub(crate) fn locate(&self, id: &BlobId) -> Result<Option<Location>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(BLOBS).map_err(redb::Error::from)?;
-        let meta = table.get(id.as_bytes()).map_err(redb::Error::from)?;
-        Ok(meta.map(|m| BlobMeta::decode(&m.value())))
-    }
-
-    /// The body of an inline blob, if `id` is one.
-    pub(crate) fn inline(&self, id: &BlobId) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(INLINE).map_err(redb::Error::from)?;
-        let body = table.get(id.as_bytes()).map_err(redb::Error::from)?;
-        Ok(body.map(|b| b.value().to_vec()))
+        let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        if blobs
+            .get(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let inline = txn.open_table(INLINE).map_err(redb::Error::from)?;
+        let body = inline.get(id.as_bytes()).map_err(redb::Error::from)?;
+        Ok(Some(match body {
+            Some(body) => Location::Inline(body.value().to_vec()),
+            None => Location::File,
+        }))
     }
 
     pub(crate) fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
