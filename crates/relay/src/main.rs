@@ -149,15 +149,19 @@ struct FilePeer {
     key: String,
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
+/// Splits `"512M"` into `(512, "M")`; `None` if there is no leading number.
+fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 512M, 10G, 2T)"))?;
+    Some((number.parse().ok()?, unit))
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 1048576, 512M, 10G, 2T)"))?;
     let shift = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
@@ -177,13 +181,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (examples: 30s, 10m, 12h, 90d)"))?;
+    let (number, unit) = number_and_unit(text)
+        .ok_or_else(|| format!("{text:?} is not a duration (examples: 30s, 10m, 12h, 90d)"))?;
     let secs = match unit {
         "" | "s" => 1,
         "m" => 60,
