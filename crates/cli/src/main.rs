@@ -1,32 +1,137 @@
 //! `cairn`: the command-line client.
 //!
-//! A thin shell over `cairn-client`: it parses arguments, calls the library
-//! and renders the result. No protocol logic lives here.
+//! A thin shell over `cairn-client`: it parses arguments, asks for secrets,
+//! calls the library and renders the result as text or JSON. No protocol
+//! logic lives here.
 
-use std::io::Read as _;
+mod commands;
+mod inspect;
+mod output;
+mod progress;
+mod secrets;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use cairn_client::proto::{
-    AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, RecordKind, RelayInfo, Revocation,
-    SignedRecord, TransferReceipt, VerifyError,
-};
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 /// cairn keeps your files end-to-end encrypted on relays you choose.
 ///
-/// This build contains the protocol core and a record inspector; identity,
-/// storage and sync commands arrive with the client (see README.md,
-/// "Status").
+/// Your devices hold every key; relays store only sealed blobs and cannot
+/// read, link or withhold your data. Each file is stored on several relays,
+/// and any one of them is enough to get it back.
 #[derive(Debug, Parser)]
-#[command(name = "cairn", version, about, long_about)]
+#[command(
+    name = "cairn",
+    version,
+    about,
+    long_about,
+    after_help = "\
+Getting started:
+  cairn init                          create your identity (write down the 24 words)
+  cairn relay add http://127.0.0.1:7070
+  cairn put notes.txt                 seal and store on up to 3 relays
+  cairn ls
+  cairn get notes.txt -o copy.txt     fetch, verify every byte, decrypt
+
+Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
+Every command takes --json for scripts and --home (or CAIRN_HOME)."
+)]
 struct Args {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, ClapArgs)]
+struct Global {
+    /// Where this device's keys and settings live.
+    #[arg(long, global = true, env = "CAIRN_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print one JSON document instead of text (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create a new identity on this device, or recover one.
+    ///
+    /// Creates a root key, this device's keys, the first vault key and the
+    /// identity log, and shows the 24-word recovery phrase: anyone with it
+    /// controls the identity, and without it a lost last device means lost
+    /// data. Key files are sealed with a passphrase.
+    #[command(after_help = "\
+Examples:
+  cairn init --name laptop
+  cairn init --recover --relay https://relay.example   (asks for the 24 words)")]
+    Init {
+        /// This device's name, as other devices will see it.
+        #[arg(long, default_value = "this device")]
+        name: String,
+        /// Recover an existing identity from its recovery phrase (read from
+        /// CAIRN_RECOVERY_PHRASE or asked for) instead of creating one.
+        #[arg(long, requires = "relay")]
+        recover: bool,
+        /// With --recover: a relay that holds the identity.
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+    },
+    /// Manage keys: export them, or keep the root key off this device.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Choose relays: add, list, remove, check.
+    #[command(subcommand)]
+    Relay(RelayCommand),
+    /// Seal a file and store it on several relays.
+    ///
+    /// Succeeds only when the configured number of relays (default 3, or
+    /// every relay when there are fewer) acknowledged a durable copy.
+    #[command(after_help = "\
+Examples:
+  cairn put photo.jpg
+  cairn put report.pdf --name work/report-2026.pdf
+  tar c dir | cairn put - --name dir.tar")]
+    Put {
+        /// The file to store, or `-` for standard input.
+        file: PathBuf,
+        /// The name to store it under (default: the file's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Fetch a stored file, verify it and decrypt it.
+    ///
+    /// Tries the fastest relay first and falls back to the next on any
+    /// error or wrong byte.
+    #[command(after_help = "\
+Examples:
+  cairn get photo.jpg -o photo.jpg
+  cairn get work/report-2026.pdf > report.pdf
+  cairn get 3f1c…(64 hex digits) -o blob.bin")]
+    Get {
+        /// A stored name, or a blob id.
+        what: String,
+        /// Write here (atomically) instead of to standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List stored files.
+    Ls,
+    /// Remove a stored file and delete the copies this device made.
+    Rm {
+        /// The stored name.
+        name: String,
+    },
+    /// Show this identity's devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Show or change settings.
+    Config {
+        /// How many relays each file is stored on.
+        #[arg(long)]
+        replicas: Option<usize>,
+    },
     /// Decode a signed record, check its signature and show what it says.
     ///
     /// Exits 0 when the signature verifies, 1 when it does not, 2 when the
@@ -35,108 +140,76 @@ enum Command {
         /// The record: unpadded base64url text, `@PATH` for a file holding
         /// raw envelope bytes or base64url text, or `-` for standard input.
         record: String,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Write every vault key to FILE as an age identity file.
+    ///
+    /// With it, the standard `age` tool decrypts any blob you stored:
+    /// `age -d -i FILE BLOB | head -c SIZE` (SIZE from `cairn ls --json`).
+    ExportVault {
+        /// Where to write it (mode 0600).
+        file: PathBuf,
+    },
+    /// Write the root key to FILE, sealed with your passphrase, to keep
+    /// offline.
+    ExportRoot {
+        /// Where to write it (mode 0600).
+        file: PathBuf,
+    },
+    /// Delete the root key from this device (after exporting it or writing
+    /// down the recovery phrase).
+    ForgetRoot {
+        /// Confirm: without the root key here, enrolling and revoking
+        /// devices needs the exported file or the recovery phrase.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Show the 24-word recovery phrase again (needs the root key here).
+    Phrase,
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCommand {
+    /// Add a relay: verify its signed info document and pin its key.
+    #[command(after_help = "Example:\n  cairn relay add https://relay.example")]
+    Add {
+        /// The relay's base URL.
+        url: String,
+        /// Accept that a relay already in the set now presents another key.
+        #[arg(long)]
+        accept_new_key: bool,
+    },
+    /// List the relay set.
+    List,
+    /// Remove a relay from the set (its copies expire by its retention).
+    Remove {
+        /// The relay's base URL.
+        url: String,
+    },
+    /// Check health, latency, capacity, retention and key pin.
+    Check {
+        /// Only this relay.
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// List the identity's devices.
+    List,
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let json = args.global.json;
+    match commands::run(args) {
         Ok(code) => code,
         Err(err) => {
-            #[allow(clippy::print_stderr, reason = "the binary's one error report")]
-            {
-                eprintln!("cairn: {err:#}");
-            }
+            output::report_error(&err, json);
             ExitCode::from(2)
         }
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match args.command {
-        Command::Inspect { record, json } => inspect(&record, json),
-    }
-}
-
-fn inspect(source: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = read_source(source)?;
-    let record = parse_record(&bytes)
-        .context("not a cairn signed record (expected base64url text or raw envelope bytes)")?;
-    let outcome = describe(&record);
-    let out = if json {
-        serde_json::json!({
-            "kind": record.kind().name(),
-            "signer": record.signer().to_string(),
-            "payload_len": record.payload().len(),
-            "valid": outcome.is_ok(),
-            "record": outcome.as_ref().ok(),
-            "error": outcome.as_ref().err().map(ToString::to_string),
-        })
-        .to_string()
-    } else {
-        let verdict = match &outcome {
-            Ok(fields) => format!("signature valid\n{fields}"),
-            Err(err) => format!("INVALID: {err}"),
-        };
-        format!(
-            "kind:    {}\nsigner:  {}\npayload: {} bytes\n{verdict}",
-            record.kind(),
-            record.signer(),
-            record.payload().len()
-        )
-    };
-    #[allow(clippy::print_stdout, reason = "this is the command's output")]
-    {
-        println!("{out}");
-    }
-    Ok(if outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-fn read_source(source: &str) -> anyhow::Result<Vec<u8>> {
-    if source == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("reading standard input")?;
-        Ok(buf)
-    } else if let Some(path) = source.strip_prefix('@') {
-        std::fs::read(path).with_context(|| format!("reading {path}"))
-    } else {
-        Ok(source.as_bytes().to_vec())
-    }
-}
-
-/// Accepts base64url text (surrounding whitespace ignored) or raw bytes.
-fn parse_record(bytes: &[u8]) -> anyhow::Result<SignedRecord> {
-    if let Ok(text) = std::str::from_utf8(bytes)
-        && let Ok(record) = SignedRecord::from_base64url(text.trim())
-    {
-        return Ok(record);
-    }
-    Ok(SignedRecord::from_bytes(bytes)?)
-}
-
-/// Verifies the record as its claimed kind and renders its fields.
-fn describe(record: &SignedRecord) -> Result<String, VerifyError> {
-    fn show<R: cairn_client::proto::Record + std::fmt::Debug>(
-        record: &SignedRecord,
-    ) -> Result<String, VerifyError> {
-        Ok(format!("{:#?}", record.verify::<R>()?.record()))
-    }
-    match record.kind() {
-        RecordKind::DeviceCertificate => show::<DeviceCertificate>(record),
-        RecordKind::Revocation => show::<Revocation>(record),
-        RecordKind::IdentityLogEntry => show::<IdentityLogEntry>(record),
-        RecordKind::Head => show::<HeadRecord>(record),
-        RecordKind::RelayInfo => show::<RelayInfo>(record),
-        RecordKind::AuthToken => show::<AuthToken>(record),
-        RecordKind::TransferReceipt => show::<TransferReceipt>(record),
-        _ => Ok(String::from("(a record kind this build cannot display)")),
     }
 }

@@ -5,7 +5,33 @@
 //! that logic lives, so that the `cairn` CLI stays a thin shell and other
 //! programs can embed the same client.
 //!
-//! It is being built up issue by issue; today it re-exports the protocol
-//! core it builds on.
+//! - [`Client`]: one device of an identity: create or open it, manage its
+//!   relays, store and fetch files.
+//! - [`seal`]: the sealed-blob format (padding + age), usable on its own.
+//! - [`relay::RelayClient`]: one relay's HTTP API, every answer verified.
+//! - [`keys`]: how device, vault, mailbox and upload keys relate.
+
+mod client;
+mod error;
+mod home;
+mod identity;
+mod keyfile;
+pub mod keys;
+mod manifest;
+mod progress;
+pub mod recovery;
+pub mod relay;
+pub mod seal;
+mod text_serde;
 
 pub use cairn_proto as proto;
+pub use client::{
+    Client, DEFAULT_REPLICAS, FileInfo, GetReport, InitOptions, Output, PutReport, RelayAdded,
+    RelayCheck, RemoveReport,
+};
+pub use error::{Error, RelayError, Result};
+pub use home::Home;
+pub use identity::IdentityLog;
+pub use keyfile::{KdfCost, Passphrase};
+pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, Manifest, check_name};
+pub use progress::{Progress, Silent};

@@ -1,0 +1,444 @@
+//! One function per command: get secrets, call the client, render.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use cairn_client::{Client, Home, InitOptions, KdfCost, Output, Progress};
+use serde_json::json;
+
+use crate::output::{bytes, duration, emit, note};
+use crate::progress::Bars;
+use crate::secrets;
+use crate::{Args, Command, DeviceCommand, KeyCommand, RelayCommand};
+
+/// For tests only: a cheaper scrypt cost for key files (log2 N). Weakens
+/// them; never set it for real keys.
+const KDF_COST_ENV: &str = "CAIRN_INSECURE_KDF_COST";
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let json = args.global.json;
+    if let Command::Inspect { record } = &args.command {
+        return crate::inspect::inspect(record, json);
+    }
+    let home = Home::at(home_dir(args.global.home)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(dispatch(args.command, home, json))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    directories::ProjectDirs::from("", "", "cairn")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .context("cannot find a home directory: pass --home DIR or set CAIRN_HOME")
+}
+
+fn kdf_cost() -> anyhow::Result<KdfCost> {
+    match std::env::var(KDF_COST_ENV) {
+        Ok(text) => {
+            let log_n: u8 = text
+                .parse()
+                .with_context(|| format!("{KDF_COST_ENV} must be a number"))?;
+            Ok(KdfCost::new(log_n)?)
+        }
+        Err(_) => Ok(KdfCost::DEFAULT),
+    }
+}
+
+fn open(home: Home) -> anyhow::Result<Client> {
+    home.exists()
+        .then_some(())
+        .ok_or_else(|| cairn_client::Error::NoHome {
+            path: home.path().to_path_buf(),
+        })?;
+    let mut client = Client::open(home, &secrets::passphrase()?)?;
+    client.set_kdf_cost(kdf_cost()?);
+    Ok(client)
+}
+
+async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<()> {
+    match command {
+        Command::Init {
+            name,
+            recover,
+            relay,
+        } => init(home, json, name, recover, relay).await,
+        Command::Key(command) => key(open(home)?, json, command),
+        Command::Relay(command) => relay(open(home)?, json, command).await,
+        Command::Put { file, name } => put(open(home)?, json, &file, name).await,
+        Command::Get { what, output } => get(open(home)?, json, &what, output).await,
+        Command::Ls => ls(open(home)?, json).await,
+        Command::Rm { name } => {
+            let report = open(home)?.remove(&name).await?;
+            emit(json, &report, || {
+                let mut text = format!("removed {}", report.name);
+                for url in &report.deleted {
+                    text.push_str(&format!("\n  deleted copy on {url}"));
+                }
+                for why in &report.left {
+                    text.push_str(&format!("\n  left copy on {why}"));
+                }
+                text
+            });
+            Ok(())
+        }
+        Command::Device(DeviceCommand::List) => devices(open(home)?, json).await,
+        Command::Config { replicas } => {
+            let mut client = open(home)?;
+            if let Some(replicas) = replicas {
+                client.set_replicas(replicas)?;
+            }
+            let value = json!({ "replicas": client.replicas(), "home": client.home().path() });
+            emit(json, &value, || format!("replicas: {}", client.replicas()));
+            Ok(())
+        }
+        Command::Inspect { .. } => Ok(()),
+    }
+}
+
+async fn init(
+    home: Home,
+    json: bool,
+    name: String,
+    recover: bool,
+    relay: Option<String>,
+) -> anyhow::Result<()> {
+    if home.exists() {
+        bail!(cairn_client::Error::HomeExists {
+            path: home.path().to_path_buf()
+        });
+    }
+    let options = InitOptions {
+        device_name: name,
+        cost: kdf_cost()?,
+    };
+    if recover {
+        let relay = relay.context("--recover needs --relay URL")?;
+        let phrase = secrets::recovery_phrase()?;
+        let passphrase = secrets::new_passphrase()?;
+        let client = Client::recover(home, &passphrase, &options, &phrase, &relay).await?;
+        let value = json!({
+            "root": client.root_key().to_string(),
+            "device": client.device_key().to_string(),
+            "home": client.home().path(),
+            "devices": client.identity().state().devices().len(),
+        });
+        emit(json, &value, || {
+            format!(
+                "recovered identity {}\nthis device ({}) is enrolled; {} device(s) in total \
+                 (`cairn device list`)",
+                client.root_key(),
+                client.device_name(),
+                client.identity().state().devices().len()
+            )
+        });
+        return Ok(());
+    }
+    let passphrase = secrets::new_passphrase()?;
+    let (client, phrase) = Client::init(home, &passphrase, &options)?;
+    let value = json!({
+        "root": client.root_key().to_string(),
+        "device": client.device_key().to_string(),
+        "home": client.home().path(),
+        "recovery_phrase": phrase.as_str(),
+    });
+    emit(json, &value, || {
+        let words: Vec<_> = phrase.split(' ').collect();
+        let mut grid = String::new();
+        for (row, chunk) in words.chunks(6).enumerate() {
+            for (col, word) in chunk.iter().enumerate() {
+                grid.push_str(&format!("{:>2}. {word:<10}", row * 6 + col + 1));
+            }
+            grid.push('\n');
+        }
+        format!(
+            "created identity {}\nhome: {}\n\nRecovery phrase: write these 24 words down and \
+             keep them offline. They restore\nyour identity and all your data if every device \
+             is lost; anyone who has them\ncontrols your identity.\n\n{grid}\nNext: add \
+             relays with `cairn relay add URL`.",
+            client.root_key(),
+            client.home().path().display()
+        )
+    });
+    Ok(())
+}
+
+fn key(mut client: Client, json: bool, command: KeyCommand) -> anyhow::Result<()> {
+    match command {
+        KeyCommand::ExportVault { file } => {
+            let generations = client.export_vault(&file)?;
+            emit(
+                json,
+                &json!({ "file": file, "generations": generations }),
+                || {
+                    format!(
+                        "wrote {generations} vault key generation(s) to {}\ndecrypt a blob with: \
+                         age -d -i {} BLOB | head -c SIZE",
+                        file.display(),
+                        file.display()
+                    )
+                },
+            );
+        }
+        KeyCommand::ExportRoot { file } => {
+            client.export_root(&file, &secrets::passphrase()?)?;
+            emit(json, &json!({ "file": file }), || {
+                format!(
+                    "wrote the root key to {} (sealed with your passphrase)",
+                    file.display()
+                )
+            });
+        }
+        KeyCommand::ForgetRoot { yes } => {
+            if !yes {
+                bail!(
+                    "this deletes the root key from this device; export it first (`cairn key \
+                     export-root FILE`) or make sure you have the recovery phrase, then run \
+                     again with --yes"
+                );
+            }
+            client.forget_root()?;
+            emit(json, &json!({ "forgotten": true }), || {
+                "the root key is no longer on this device".into()
+            });
+        }
+        KeyCommand::Phrase => {
+            let phrase = client.recovery_phrase()?;
+            emit(json, &json!({ "recovery_phrase": phrase.as_str() }), || {
+                phrase.to_string()
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow::Result<()> {
+    match command {
+        RelayCommand::Add {
+            url,
+            accept_new_key,
+        } => {
+            let added = client.add_relay(&url, accept_new_key).await?;
+            for warning in &added.warnings {
+                note(json, &format!("warning: {warning}"));
+            }
+            emit(json, &added, || {
+                let mut text = format!(
+                    "{} {} (key {})\n  retention {}, {} free",
+                    if added.already_present {
+                        "checked"
+                    } else {
+                        "added"
+                    },
+                    added.relay.url,
+                    added.relay.key,
+                    duration(added.retention_secs),
+                    bytes(added.capacity_free)
+                );
+                if let Some(old) = &added.replaced_key {
+                    text.push_str(&format!("\n  replaced pinned key {old}"));
+                }
+                text
+            });
+        }
+        RelayCommand::List => {
+            let relays = client.relays().entries();
+            emit(json, &relays, || {
+                if relays.is_empty() {
+                    return "no relays yet: add one with `cairn relay add URL`".into();
+                }
+                relays
+                    .iter()
+                    .map(|r| format!("{}  {}", r.url, r.key))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        RelayCommand::Remove { url } => {
+            let removed = client.remove_relay(&url)?;
+            emit(json, &removed, || {
+                format!(
+                    "removed {}; copies stored there expire by its retention",
+                    removed.url
+                )
+            });
+        }
+        RelayCommand::Check { url } => {
+            let checks = client.check_relays(url.as_deref()).await?;
+            emit(json, &checks, || {
+                checks
+                    .iter()
+                    .map(|c| match &c.info {
+                        Some(info) => format!(
+                            "ok    {}  {} ms  {} free of {}  retention {}  max blob {}  load \
+                             {}‰{}",
+                            c.url,
+                            c.latency_ms,
+                            bytes(info.capacity_free),
+                            bytes(info.capacity_total),
+                            duration(info.retention_secs),
+                            bytes(info.max_blob_size),
+                            info.load_permille,
+                            if info.pow_bits > 0 {
+                                format!("  pow {} bits", info.pow_bits)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        None => format!(
+                            "FAIL  {}  {}",
+                            c.url,
+                            c.error.as_deref().unwrap_or("unknown error")
+                        ),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            if checks.iter().any(|c| !c.ok) {
+                bail!("some relays failed the check");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn put(
+    mut client: Client,
+    json: bool,
+    file: &Path,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
+    let report = if file == Path::new("-") {
+        let name = name.context("storing standard input needs --name NAME")?;
+        client
+            .put_reader(Box::new(std::io::stdin()), 0, &name, progress)
+            .await?
+    } else {
+        let name = match name {
+            Some(name) => name,
+            None => file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .context("the file has no name; pass --name NAME")?,
+        };
+        client.put(file, &name, progress).await?
+    };
+    for warning in &report.warnings {
+        note(json, &format!("warning: {warning}"));
+    }
+    emit(json, &report, || {
+        format!(
+            "stored {} ({}) as {} on {} relay(s):\n  {}",
+            report.name,
+            bytes(report.size),
+            report.blob,
+            report.copies.len(),
+            report.copies.join("\n  ")
+        )
+    });
+    Ok(())
+}
+
+async fn get(
+    mut client: Client,
+    json: bool,
+    what: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if json && output.is_none() {
+        bail!("--json needs -o FILE: standard output is for the JSON report");
+    }
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
+    let target = match &output {
+        Some(path) => Output::File(path.clone()),
+        None => Output::Stdout,
+    };
+    let report = client.get(what, target, progress).await?;
+    for skipped in &report.skipped {
+        note(json, &format!("skipped {skipped}"));
+    }
+    if output.is_some() || json {
+        emit(json, &report, || {
+            format!(
+                "got {} ({}) from {}",
+                report.blob,
+                bytes(report.size),
+                report.relay
+            )
+        });
+    }
+    Ok(())
+}
+
+async fn ls(mut client: Client, json: bool) -> anyhow::Result<()> {
+    let files = client.list().await?;
+    emit(json, &files, || {
+        if files.is_empty() {
+            return "nothing stored yet: `cairn put FILE`".into();
+        }
+        files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{:>10}  {} copies  {}",
+                    bytes(f.size),
+                    f.copies.len(),
+                    f.name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+async fn devices(mut client: Client, json: bool) -> anyhow::Result<()> {
+    let _ = client.refresh_identity().await;
+    let me = client.device_key();
+    let state = client.identity().state();
+    let devices: Vec<_> = state
+        .devices()
+        .values()
+        .map(|d| {
+            json!({
+                "name": d.name.as_str(),
+                "key": d.key.to_string(),
+                "enrolled": d.created.0,
+                "this_device": d.key == me,
+            })
+        })
+        .collect();
+    let value = json!({
+        "root": state.root().to_string(),
+        "devices": devices,
+        "revoked": state.revoked().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "vault_generation": state.vault().map(|v| v.generation),
+    });
+    emit(json, &value, || {
+        let mut text = String::new();
+        for d in state.devices().values() {
+            text.push_str(&format!(
+                "{} {}  {}\n",
+                if d.key == me { "*" } else { " " },
+                d.name.as_str(),
+                d.key
+            ));
+        }
+        text.push_str(&format!(
+            "vault key generation {}, {} revoked device(s)",
+            state.vault().map_or(0, |v| v.generation),
+            state.revoked().len()
+        ));
+        text
+    });
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Rendering results: text for people, one JSON document for scripts.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "this module is the output"
+)]
+
+use serde::Serialize;
+
+/// Prints `value` as JSON, or `text()` for people.
+pub(crate) fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
+        );
+    } else {
+        let text = text();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+/// A note for people on standard error (never mixed into JSON output).
+pub(crate) fn note(json: bool, text: &str) {
+    if !json {
+        eprintln!("{text}");
+    }
+}
+
+/// Reports a failure: `{"error": …}` on standard output with --json,
+/// `cairn: …` on standard error otherwise.
+pub(crate) fn report_error(err: &anyhow::Error, json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+    } else {
+        eprintln!("cairn: {err:#}");
+    }
+}
+
+/// Bytes for people: `1.5 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Seconds for people: `30 days`.
+pub(crate) fn duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3600 => format!("{:.1} hours", s as f64 / 3600.0),
+        s => format!("{s} s"),
+    }
+}

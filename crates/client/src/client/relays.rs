@@ -1,0 +1,222 @@
+//! Choosing relays: adding (and pinning), removing, checking.
+
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use cairn_proto::{RelayInfo, Verified, VerifyingKey};
+
+use super::Client;
+use crate::error::{Error, Result};
+use crate::relay::{RelayClient, RelayEntry, fetch_info, normalize_url, unix_now};
+
+/// What adding a relay did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayAdded {
+    /// The entry now in the set.
+    pub relay: RelayEntry,
+    /// Whether the URL was already in the set (its pin was checked or
+    /// replaced).
+    pub already_present: bool,
+    /// The key pinned before, when it was replaced.
+    #[serde(serialize_with = "serialize_opt_key")]
+    pub replaced_key: Option<VerifyingKey>,
+    /// Retention the relay discloses, in seconds.
+    pub retention_secs: u64,
+    /// Free capacity it advertises, in bytes.
+    pub capacity_free: u64,
+    /// Problems storing the identity on it.
+    pub warnings: Vec<String>,
+}
+
+/// A relay's health, as `relay check` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayCheck {
+    /// Its URL.
+    pub url: String,
+    /// Its pinned key.
+    #[serde(with = "crate::text_serde")]
+    pub key: VerifyingKey,
+    /// Whether it answered with a valid info document signed by the pinned
+    /// key.
+    pub ok: bool,
+    /// Round trip of the info request, in milliseconds.
+    pub latency_ms: u64,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+    /// What its signed info document says, when it answered.
+    pub info: Option<InfoSummary>,
+}
+
+/// The figures of an info document a user cares about.
+#[derive(Clone, Debug, Serialize)]
+pub struct InfoSummary {
+    /// Software and version.
+    pub software: String,
+    /// Bytes given to storage.
+    pub capacity_total: u64,
+    /// Bytes free.
+    pub capacity_free: u64,
+    /// Largest blob accepted.
+    pub max_blob_size: u64,
+    /// Minimum seconds kept after last access.
+    pub retention_secs: u64,
+    /// Load, 0–1000.
+    pub load_permille: u16,
+    /// Proof-of-work bits uploads need now.
+    pub pow_bits: u8,
+    /// Bytes one upload key may own (0: no limit).
+    pub key_quota_bytes: u64,
+}
+
+impl From<&RelayInfo> for InfoSummary {
+    fn from(info: &RelayInfo) -> Self {
+        Self {
+            software: info.software.as_str().to_owned(),
+            capacity_total: info.capacity_total,
+            capacity_free: info.capacity_free,
+            max_blob_size: info.max_blob_size,
+            retention_secs: info.retention_secs,
+            load_permille: info.load_permille,
+            pow_bits: info.limits.pow_bits,
+            key_quota_bytes: info.limits.key_quota_bytes,
+        }
+    }
+}
+
+fn serialize_opt_key<S: serde::Serializer>(
+    key: &Option<VerifyingKey>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(key) => s.collect_str(key),
+        None => s.serialize_none(),
+    }
+}
+
+/// Fetches `url`'s info document and checks it against `existing`'s pin.
+pub(super) async fn pin(
+    http: &reqwest::Client,
+    url: &str,
+    existing: Option<&RelayEntry>,
+    accept_new_key: bool,
+) -> Result<(RelayEntry, Verified<RelayInfo>)> {
+    let url = normalize_url(url)?;
+    let info = fetch_info(http, &url)
+        .await
+        .map_err(|source| Error::Relay {
+            url: url.clone(),
+            source,
+        })?;
+    let presented = *info.signer();
+    if let Some(existing) = existing
+        && existing.key != presented
+        && !accept_new_key
+    {
+        return Err(Error::KeyChanged {
+            url,
+            pinned: existing.key,
+            presented,
+        });
+    }
+    let entry = RelayEntry {
+        url,
+        key: presented,
+        added_at: existing.map_or_else(unix_now, |e| e.added_at),
+    };
+    Ok((entry, info))
+}
+
+impl Client {
+    /// Adds the relay at `url` to the set, pinning the key its signed info
+    /// document presents, and stores the identity there. A URL already in
+    /// the set whose relay now presents another key is refused unless
+    /// `accept_new_key`.
+    pub async fn add_relay(&mut self, url: &str, accept_new_key: bool) -> Result<RelayAdded> {
+        let normalized = normalize_url(url)?;
+        let existing = self.relays.get(&normalized).cloned();
+        let (entry, info) = pin(&self.http, &normalized, existing.as_ref(), accept_new_key).await?;
+        if self
+            .relays
+            .entries()
+            .iter()
+            .any(|r| r.key == entry.key && r.url != entry.url)
+        {
+            return Err(Error::Invalid(format!(
+                "the relay at {} has the same key as one already in your set: it is the same \
+                 relay under another URL, and would not add redundancy",
+                entry.url
+            )));
+        }
+        self.relays.upsert(entry.clone());
+        self.relays.save(&self.home)?;
+        let _ = self.refresh_identity().await;
+        let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
+        let mut warnings = Vec::new();
+        let head = super::mailbox::sign_head(
+            &self.current_vault()?.mailbox(),
+            super::mailbox::identity_slot(),
+            self.log.state().last_seq(),
+            self.log.state().head(),
+        )?;
+        if let Err(err) = self.publish_log_to(&relay, &head).await {
+            warnings.push(format!(
+                "could not store the identity log there: {err}; other devices will not find it \
+                 on this relay until it is"
+            ));
+        }
+        Ok(RelayAdded {
+            relay: entry.clone(),
+            already_present: existing.is_some(),
+            replaced_key: existing.map(|e| e.key).filter(|k| *k != entry.key),
+            retention_secs: info.retention_secs,
+            capacity_free: info.capacity_free,
+            warnings,
+        })
+    }
+
+    /// Removes a relay from the set. Copies stored there stay until its
+    /// retention runs out.
+    pub fn remove_relay(&mut self, url: &str) -> Result<RelayEntry> {
+        let normalized = normalize_url(url)?;
+        let removed = self.relays.remove(&normalized)?;
+        self.relays.save(&self.home)?;
+        Ok(removed)
+    }
+
+    /// Checks every relay in the set (or just `url`): reachable, signing
+    /// with the pinned key, and what it offers.
+    pub async fn check_relays(&self, url: Option<&str>) -> Result<Vec<RelayCheck>> {
+        let wanted = url.map(normalize_url).transpose()?;
+        if let Some(url) = &wanted
+            && self.relays.get(url).is_none()
+        {
+            return Err(Error::UnknownRelay { url: url.clone() });
+        }
+        let relays: Vec<_> = self
+            .relay_clients()
+            .into_iter()
+            .filter(|r| wanted.as_deref().is_none_or(|u| u == r.url()))
+            .collect();
+        Ok(join_all(relays.iter().map(check_one)).await)
+    }
+}
+
+pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
+    let started = Instant::now();
+    let answer = relay.info().await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (ok, error, info) = match answer {
+        Ok(info) => (true, None, Some(InfoSummary::from(&*info))),
+        Err(err) => (false, Some(err.to_string()), None),
+    };
+    RelayCheck {
+        url: relay.url().to_owned(),
+        key: *relay.key(),
+        ok,
+        latency_ms,
+        error,
+        info,
+    }
+}

@@ -1,0 +1,550 @@
+//! Storing and fetching files: `put`, `get`, `ls`, `rm`.
+
+use std::cmp::Reverse;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use cairn_proto::{BlobId, RelayInfo, Verified};
+
+use super::Client;
+use crate::error::{Error, RelayError, Result, io_at};
+use crate::manifest::{Copy, FileEntry, check_name};
+use crate::progress::Progress;
+use crate::relay::{RelayClient, unix_now};
+use crate::seal;
+
+/// Where `get` writes the data.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A file, replaced atomically once the data is complete and verified.
+    File(PathBuf),
+    /// Standard output, streamed.
+    Stdout,
+}
+
+/// What `put` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PutReport {
+    /// The name stored.
+    pub name: String,
+    /// The sealed blob.
+    #[serde(with = "crate::text_serde")]
+    pub blob: BlobId,
+    /// Bytes of data.
+    pub size: u64,
+    /// Bytes stored per copy.
+    pub sealed_size: u64,
+    /// Relays holding an acknowledged copy.
+    pub copies: Vec<String>,
+    /// The blob the name pointed at before, if it was replaced.
+    pub replaced: Option<String>,
+    /// Things the user should know (redundancy below target, relays that
+    /// failed and were replaced).
+    pub warnings: Vec<String>,
+}
+
+/// What `get` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct GetReport {
+    /// The blob read.
+    #[serde(with = "crate::text_serde")]
+    pub blob: BlobId,
+    /// Bytes of data written.
+    pub size: u64,
+    /// The relay whose copy was used.
+    pub relay: String,
+    /// Relays tried first and skipped, with why.
+    pub skipped: Vec<String>,
+}
+
+/// One stored file, as `ls` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileInfo {
+    /// Its name.
+    pub name: String,
+    /// The sealed blob.
+    #[serde(with = "crate::text_serde")]
+    pub blob: BlobId,
+    /// Bytes of data.
+    pub size: u64,
+    /// When it was stored (Unix seconds).
+    pub stored_at: u64,
+    /// Relays holding copies.
+    pub copies: Vec<String>,
+}
+
+/// What `rm` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoveReport {
+    /// The name removed.
+    pub name: String,
+    /// Its blob.
+    #[serde(with = "crate::text_serde")]
+    pub blob: BlobId,
+    /// Relays the copies were deleted from.
+    pub deleted: Vec<String>,
+    /// Copies left in place, with why (they expire with the relay's
+    /// retention).
+    pub left: Vec<String>,
+}
+
+/// How long a relay gets to answer its info request when choosing where to
+/// store.
+const INFO_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Client {
+    /// Seals the file at `source` and stores it under `name` on
+    /// `replicas()` relays (every relay when the set is smaller). Succeeds
+    /// only when that many copies are acknowledged; otherwise removes the
+    /// copies it made and records nothing.
+    pub async fn put(
+        &mut self,
+        source: &Path,
+        name: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PutReport> {
+        let file = std::fs::File::open(source).map_err(io_at(source))?;
+        let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.put_reader(Box::new(file), total, name, progress).await
+    }
+
+    /// [`Client::put`] from any reader (`size_hint` only sizes the progress
+    /// bar).
+    pub async fn put_reader(
+        &mut self,
+        input: Box<dyn std::io::Read + Send>,
+        size_hint: u64,
+        name: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PutReport> {
+        check_name(name)?;
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        self.require_active()?;
+        let vault = self.current_vault()?;
+
+        let temp = self.home.temp_file()?;
+        let sealed = {
+            let out = temp.reopen().map_err(io_at(temp.path()))?;
+            let recipient = vault.secret.public();
+            let progress = progress.clone();
+            progress.begin("sealing", size_hint);
+            let path = temp.path().to_path_buf();
+            let sealed = tokio::task::spawn_blocking(move || {
+                let mut done = 0;
+                let result = seal::seal_stream(input, &recipient, out, &mut |n| {
+                    progress.advance(n - done);
+                    done = n;
+                });
+                progress.end();
+                result.map_err(io_at(path))
+            })
+            .await
+            .map_err(|err| Error::Invalid(format!("sealing stopped: {err}")))??;
+            temp.as_file().sync_all().map_err(io_at(temp.path()))?;
+            sealed
+        };
+
+        let (candidates, mut warnings) = self.candidates(sealed.size).await;
+        let wanted = self.replicas().min(self.relays.entries().len());
+        if wanted < self.replicas() {
+            warnings.push(format!(
+                "your relay set has {} relay(s), fewer than the {} copies wanted: redundancy is \
+                 below target (add relays with `cairn relay add URL`)",
+                wanted,
+                self.replicas()
+            ));
+        }
+        progress.begin("uploading", sealed.size * wanted as u64);
+        let (stored, failures) = self
+            .upload_copies(&candidates, wanted, &sealed, temp.path(), &progress)
+            .await;
+        progress.end();
+        if stored.len() < wanted {
+            // Leave no orphans: remove the copies this upload created.
+            let ours: Vec<_> = stored
+                .iter()
+                .filter(|(_, new)| *new)
+                .map(|(r, _)| r.clone())
+                .collect();
+            self.delete_own_everywhere(&ours, &sealed.id).await;
+            let mut all = warnings;
+            all.extend(failures);
+            return Err(Error::NotEnoughCopies {
+                stored: stored.len(),
+                wanted,
+                failures: if all.is_empty() {
+                    "not enough relays have room for it".into()
+                } else {
+                    all.join("; ")
+                },
+            });
+        }
+        warnings.extend(
+            failures
+                .into_iter()
+                .map(|f| format!("replaced a failing relay: {f}")),
+        );
+
+        let me = self.device_key();
+        let entry = FileEntry {
+            blob: sealed.id,
+            size: sealed.data_len,
+            sealed_size: sealed.size,
+            generation: vault.generation,
+            stored_at: unix_now(),
+            copies: stored
+                .iter()
+                .map(|(relay, _)| Copy {
+                    url: relay.url().to_owned(),
+                    relay: *relay.key(),
+                    owner: me,
+                })
+                .collect(),
+        };
+        let (replaced, manifest_failures) = self
+            .update_manifest(|manifest| Ok(manifest.files.insert(name.to_owned(), entry.clone())))
+            .await?;
+        warnings.extend(
+            manifest_failures
+                .into_iter()
+                .map(|f| format!("file list not updated on {f}")),
+        );
+        if let Some(old) = &replaced
+            && old.blob != sealed.id
+        {
+            self.delete_own_copies(old).await;
+        }
+        Ok(PutReport {
+            name: name.to_owned(),
+            blob: sealed.id,
+            size: sealed.data_len,
+            sealed_size: sealed.size,
+            copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
+            replaced: replaced.map(|old| old.blob.to_string()),
+            warnings,
+        })
+    }
+
+    /// Relays that can take a blob of `size` bytes, best first: longest
+    /// retention, then least loaded, then most free space.
+    async fn candidates(
+        &self,
+        size: u64,
+    ) -> (Vec<(RelayClient, Verified<RelayInfo>)>, Vec<String>) {
+        let relays = self.relay_clients();
+        let infos = join_all(relays.iter().map(|relay| async {
+            match tokio::time::timeout(INFO_TIMEOUT, relay.info()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(RelayError::Unreachable("no answer within 10 s".into())),
+            }
+        }))
+        .await;
+        let mut problems = Vec::new();
+        let mut usable = Vec::new();
+        for (relay, info) in relays.into_iter().zip(infos) {
+            match info {
+                Ok(info) if info.capacity_free < size => problems.push(format!(
+                    "{}: only {} bytes free",
+                    relay.url(),
+                    info.capacity_free
+                )),
+                Ok(info) if info.max_blob_size < size => problems.push(format!(
+                    "{}: takes blobs up to {} bytes",
+                    relay.url(),
+                    info.max_blob_size
+                )),
+                Ok(info) => usable.push((relay, info)),
+                Err(err) => problems.push(format!("{}: {err}", relay.url())),
+            }
+        }
+        usable.sort_by_key(|(_, info)| {
+            (
+                Reverse(info.retention_secs),
+                info.load_permille / 100,
+                Reverse(info.capacity_free),
+            )
+        });
+        (usable, problems)
+    }
+
+    /// Uploads to the first `wanted` candidates at once, replacing each
+    /// failure with the next candidate. Returns the relays that
+    /// acknowledged (with whether the upload stored new bytes) and what the
+    /// failing ones said.
+    async fn upload_copies(
+        &self,
+        candidates: &[(RelayClient, Verified<RelayInfo>)],
+        wanted: usize,
+        sealed: &seal::Sealed,
+        path: &Path,
+        progress: &Arc<dyn Progress>,
+    ) -> (Vec<(RelayClient, bool)>, Vec<String>) {
+        let mut stored = Vec::new();
+        let mut failures = Vec::new();
+        let mut next = 0;
+        while stored.len() < wanted && next < candidates.len() {
+            let batch = &candidates[next..(next + wanted - stored.len()).min(candidates.len())];
+            next += batch.len();
+            let results = join_all(batch.iter().map(|(relay, info)| {
+                let key = self.device.upload_key(relay.key());
+                let progress = progress.clone();
+                async move {
+                    relay
+                        .put_file(
+                            &sealed.id,
+                            path,
+                            sealed.size,
+                            &key,
+                            info.limits.pow_bits,
+                            move |n| progress.advance(n),
+                        )
+                        .await
+                }
+            }))
+            .await;
+            for ((relay, _), result) in batch.iter().zip(results) {
+                match result {
+                    Ok(new) => stored.push((relay.clone(), new)),
+                    Err(err) => failures.push(format!("{}: {err}", relay.url())),
+                }
+            }
+        }
+        (stored, failures)
+    }
+
+    /// Deletes the copies of `entry` this device owns.
+    async fn delete_own_copies(&self, entry: &FileEntry) -> (Vec<String>, Vec<String>) {
+        let me = self.device_key();
+        let mut deleted = Vec::new();
+        let mut left = Vec::new();
+        for copy in &entry.copies {
+            let Some(relay) = self
+                .relay_clients()
+                .into_iter()
+                .find(|r| r.key() == &copy.relay)
+            else {
+                left.push(format!("{}: no longer in your relay set", copy.url));
+                continue;
+            };
+            if copy.owner != me {
+                left.push(format!(
+                    "{}: stored by device {}, which alone can delete it",
+                    copy.url,
+                    copy.owner.short()
+                ));
+                continue;
+            }
+            match relay
+                .delete(&entry.blob, &self.device.upload_key(relay.key()))
+                .await
+            {
+                Ok(_) => deleted.push(relay.url().to_owned()),
+                Err(err) => left.push(format!("{}: {err}", relay.url())),
+            }
+        }
+        (deleted, left)
+    }
+
+    /// The stored files, by name.
+    pub async fn list(&mut self) -> Result<Vec<FileInfo>> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        let manifest = self.read_manifest().await?;
+        Ok(manifest
+            .files
+            .into_iter()
+            .map(|(name, entry)| FileInfo {
+                name,
+                blob: entry.blob,
+                size: entry.size,
+                stored_at: entry.stored_at,
+                copies: entry.copies.into_iter().map(|c| c.url).collect(),
+            })
+            .collect())
+    }
+
+    /// Removes `name` from the file list and deletes the copies this device
+    /// owns.
+    pub async fn remove(&mut self, name: &str) -> Result<RemoveReport> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        self.require_active()?;
+        let (entry, _) = self
+            .update_manifest(|manifest| {
+                manifest
+                    .files
+                    .remove(name)
+                    .ok_or_else(|| Error::NoSuchName(name.to_owned()))
+            })
+            .await?;
+        let (deleted, left) = self.delete_own_copies(&entry).await;
+        Ok(RemoveReport {
+            name: name.to_owned(),
+            blob: entry.blob,
+            deleted,
+            left,
+        })
+    }
+
+    /// Fetches `what` (a stored name, or a blob id) from the fastest relay
+    /// that has it, verifies every byte, falls back to the next relay on any
+    /// failure, then opens it into `output`.
+    pub async fn get(
+        &mut self,
+        what: &str,
+        output: Output,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        let manifest = self.read_manifest().await?;
+        let (id, listed) = match manifest.files.get(what) {
+            Some(entry) => (entry.blob, entry.copies.iter().map(|c| c.relay).collect()),
+            None => match what.parse::<BlobId>() {
+                Ok(id) => (id, Vec::new()),
+                Err(_) => return Err(Error::NoSuchName(what.to_owned())),
+            },
+        };
+
+        let (order, mut skipped) = self.fastest_holders(&id, &listed).await;
+        let temp = self.home.temp_file()?;
+        let mut file = tokio::fs::File::from_std(temp.reopen().map_err(io_at(temp.path()))?);
+        let mut source = None;
+        for (relay, size) in order {
+            file.set_len(0).await.map_err(io_at(temp.path()))?;
+            progress.begin("downloading", size);
+            let progress_fn = {
+                let progress = progress.clone();
+                move |n| progress.advance(n)
+            };
+            let result = file_rewind(&mut file).await;
+            let result = match result {
+                Ok(()) => relay.fetch_into(&id, &mut file, &progress_fn).await,
+                Err(err) => Err(err.into()),
+            };
+            progress.end();
+            match result {
+                Ok(_) => {
+                    source = Some(relay.url().to_owned());
+                    break;
+                }
+                Err(err) => skipped.push(format!("{}: {err}", relay.url())),
+            }
+        }
+        let Some(relay) = source else {
+            return Err(Error::Unavailable {
+                id,
+                failures: if skipped.is_empty() {
+                    "no relay in your set holds it".into()
+                } else {
+                    skipped.join("; ")
+                },
+            });
+        };
+
+        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
+        let input = temp.reopen().map_err(io_at(temp.path()))?;
+        let size = tokio::task::spawn_blocking(move || open_into(input, &keys, &output, id))
+            .await
+            .map_err(|err| Error::Invalid(format!("opening stopped: {err}")))??;
+        Ok(GetReport {
+            blob: id,
+            size,
+            relay,
+            skipped,
+        })
+    }
+
+    /// Relays holding `id`, fastest to answer first (relays the manifest
+    /// lists before others that answer as fast), with the ones that do not
+    /// hold it or fail noted.
+    async fn fastest_holders(
+        &self,
+        id: &BlobId,
+        listed: &[cairn_proto::VerifyingKey],
+    ) -> (Vec<(RelayClient, u64)>, Vec<String>) {
+        let relays = self.relay_clients();
+        let probes = join_all(relays.iter().map(|relay| async move {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(INFO_TIMEOUT, relay.probe(id)).await;
+            (answer, started.elapsed())
+        }))
+        .await;
+        let mut holders = Vec::new();
+        let mut skipped = Vec::new();
+        for (relay, (answer, elapsed)) in relays.into_iter().zip(probes) {
+            match answer {
+                Ok(Ok(Some(size))) => {
+                    let unlisted = !listed.contains(relay.key());
+                    holders.push((unlisted, elapsed, relay, size));
+                }
+                Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", relay.url())),
+                Ok(Err(err)) => skipped.push(format!("{}: {err}", relay.url())),
+                Err(_) => skipped.push(format!("{}: no answer within 10 s", relay.url())),
+            }
+        }
+        holders.sort_by_key(|(unlisted, elapsed, _, _)| (*unlisted, *elapsed));
+        (
+            holders
+                .into_iter()
+                .map(|(_, _, relay, size)| (relay, size))
+                .collect(),
+            skipped,
+        )
+    }
+}
+
+async fn file_rewind(file: &mut tokio::fs::File) -> std::io::Result<()> {
+    use tokio::io::AsyncSeekExt as _;
+    file.seek(std::io::SeekFrom::Start(0)).await.map(|_| ())
+}
+
+/// Opens the verified sealed file `input` into `output`.
+fn open_into(
+    input: std::fs::File,
+    keys: &[crate::keys::X25519Secret],
+    output: &Output,
+    id: BlobId,
+) -> Result<u64> {
+    let unsealable = |err: seal::OpenError| Error::Unsealable {
+        id,
+        reason: err.to_string(),
+    };
+    match output {
+        Output::Stdout => {
+            let stdout = std::io::stdout().lock();
+            seal::open_stream(input, keys, std::io::BufWriter::new(stdout)).map_err(unsealable)
+        }
+        Output::File(path) => {
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            let temp = tempfile::Builder::new()
+                .prefix(".cairn-get-")
+                .tempfile_in(dir)
+                .map_err(io_at(dir))?;
+            let size = seal::open_stream(input, keys, std::io::BufWriter::new(temp.as_file()))
+                .map_err(unsealable)?;
+            temp.as_file().sync_all().map_err(io_at(temp.path()))?;
+            temp.persist(path).map_err(|err| Error::Io {
+                path: path.clone(),
+                source: err.error,
+            })?;
+            Ok(size)
+        }
+    }
+}

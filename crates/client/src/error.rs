@@ -1,0 +1,183 @@
+//! The client's error type: every failure says what went wrong, where, and,
+//! when the user can do something about it, what to do next.
+
+use std::io;
+use std::path::PathBuf;
+
+use cairn_proto::{BlobId, LogError, VerifyingKey};
+
+/// Everything that can go wrong in the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The home directory has no cairn identity.
+    #[error("no cairn identity in {path}: run `cairn init` first, or pass --home / CAIRN_HOME")]
+    NoHome {
+        /// The home that was looked at.
+        path: PathBuf,
+    },
+    /// `init` was asked to overwrite an existing identity.
+    #[error("{path} already holds a cairn identity; pick another --home to create a new one")]
+    HomeExists {
+        /// The home that was looked at.
+        path: PathBuf,
+    },
+    /// A key file did not open with the passphrase given.
+    #[error("wrong passphrase for {path}")]
+    WrongPassphrase {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A file in the home is not what cairn wrote there.
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An I/O error on a local file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The recovery phrase does not decode.
+    #[error("the recovery phrase is not valid: {0}")]
+    BadMnemonic(String),
+    /// A command needs the root key, which this device does not hold.
+    #[error(
+        "this device does not hold the root key; pass the exported root key file with --root-key, \
+         or run this on a device that holds it"
+    )]
+    NoRootKey,
+    /// A user-supplied value is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A relay failed or misbehaved.
+    #[error("relay {url}: {source}")]
+    Relay {
+        /// The relay's URL.
+        url: String,
+        /// What happened.
+        #[source]
+        source: RelayError,
+    },
+    /// A relay now presents another key than the one pinned for its URL.
+    #[error(
+        "relay {url} now presents key {presented}, but {pinned} is pinned for it; this may be an \
+         impostor. If its operator really changed keys, run `cairn relay add {url} \
+         --accept-new-key`"
+    )]
+    KeyChanged {
+        /// The relay's URL.
+        url: String,
+        /// The pinned key.
+        pinned: VerifyingKey,
+        /// The key it presented.
+        presented: VerifyingKey,
+    },
+    /// The URL is not in the relay set.
+    #[error("{url} is not in your relay set (see `cairn relay list`)")]
+    UnknownRelay {
+        /// The URL asked for.
+        url: String,
+    },
+    /// The relay set is empty.
+    #[error("no relays are configured: add one with `cairn relay add URL`")]
+    NoRelays,
+    /// Fewer copies than required were stored.
+    #[error(
+        "stored {stored} of the {wanted} copies required; nothing was recorded. Failures: {failures}"
+    )]
+    NotEnoughCopies {
+        /// Copies acknowledged (and removed again).
+        stored: usize,
+        /// Copies required.
+        wanted: usize,
+        /// What each failing relay said.
+        failures: String,
+    },
+    /// No relay could deliver a blob with the right bytes.
+    #[error("no relay delivered blob {id}: {failures}")]
+    Unavailable {
+        /// The blob.
+        id: BlobId,
+        /// What each relay did.
+        failures: String,
+    },
+    /// Nothing by that name is stored.
+    #[error("nothing named {0:?} is stored (`cairn ls` lists what is)")]
+    NoSuchName(String),
+    /// A blob's content did not decrypt or is not what cairn stores.
+    #[error("blob {id} does not open: {reason}")]
+    Unsealable {
+        /// The blob.
+        id: BlobId,
+        /// Why.
+        reason: String,
+    },
+    /// The identity log did not verify.
+    #[error("the identity log does not verify: {0}")]
+    Log(#[from] LogError),
+    /// The identity could not be found on any relay.
+    #[error("{0}")]
+    IdentityNotFound(String),
+}
+
+/// How one relay failed a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The request did not complete (connection refused, reset, timeout…).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The relay refused the request.
+    #[error("{status} {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The machine-readable reason (PROTOCOL.md §7.1).
+        code: String,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay answered with something that breaks the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The relay signed with another key than the one pinned for it.
+    #[error("presents key {presented}, but {pinned} is pinned for it")]
+    KeyMismatch {
+        /// The pinned key.
+        pinned: VerifyingKey,
+        /// The key it presented.
+        presented: VerifyingKey,
+    },
+    /// The relay served bytes that do not hash to the blob id asked for.
+    #[error("served bytes that do not match blob {0} (corrupt or lying relay)")]
+    WrongBytes(BlobId),
+    /// A local file error while sending or receiving.
+    #[error("local I/O: {0}")]
+    Local(#[from] io::Error),
+}
+
+impl RelayError {
+    /// The relay's machine-readable refusal code, if it refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with the path it concerns.
+pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}

@@ -1,0 +1,222 @@
+//! This device's copy of the identity log: loading, verifying, appending,
+//! and recovering the vault keys it grants this device.
+
+use std::collections::BTreeMap;
+
+use cairn_proto::{
+    BlobId, DeviceCertificate, DeviceName, IdentityLogEntry, IdentityState, LogAction,
+    SignedRecord, SigningKey, Timestamp, VerifyingKey, WrappedSecret, verify_identity_log,
+};
+
+use crate::error::{Error, Result, io_at};
+use crate::home::{Home, write_private};
+use crate::keys::{DeviceKeys, VaultKey};
+
+/// Longest entry accepted from disk (an envelope's limit).
+const MAX_ENTRY: usize = cairn_proto::MAX_ENVELOPE_LEN;
+
+/// A verified identity log.
+#[derive(Clone, Debug)]
+pub struct IdentityLog {
+    entries: Vec<Vec<u8>>,
+    state: IdentityState,
+}
+
+impl IdentityLog {
+    /// Verifies `entries` (envelope bytes, in order) against `root`.
+    pub fn verify(root: &VerifyingKey, entries: Vec<Vec<u8>>) -> Result<Self> {
+        let state = verify_identity_log(root, entries.iter())?;
+        Ok(Self { entries, state })
+    }
+
+    /// Starts a log: enrolls the first device and creates vault generation 1.
+    pub(crate) fn genesis(
+        root: &SigningKey,
+        device: &DeviceKeys,
+        name: &DeviceName,
+    ) -> Result<Self> {
+        let certificate = certify(root, device, name)?;
+        let first = sign_entry(
+            root,
+            IdentityLogEntry {
+                seq: 0,
+                prev: None,
+                action: LogAction::AddDevice {
+                    certificate,
+                    vault_key: None,
+                },
+            },
+        )?;
+        let mut log = Self::verify(&root.verifying_key(), vec![first])?;
+        let vault = VaultKey::derive(root, 1);
+        log.append(
+            root,
+            LogAction::RotateVaultKey {
+                generation: 1,
+                recipient: vault.secret.public(),
+                wrapped: vec![cairn_proto::DeviceWrappedKey {
+                    device: device.signing.verifying_key(),
+                    secret: vault.wrap_to(&device.x25519.public())?,
+                }],
+                previous: None,
+            },
+        )?;
+        Ok(log)
+    }
+
+    /// The state the log leads to.
+    pub fn state(&self) -> &IdentityState {
+        &self.state
+    }
+
+    /// Envelope bytes of every entry.
+    pub fn entries(&self) -> &[Vec<u8>] {
+        &self.entries
+    }
+
+    /// Appends an entry signed by `signer`, refusing (and leaving the log as
+    /// it was) anything the identity-log rules refuse.
+    pub(crate) fn append(&mut self, signer: &SigningKey, action: LogAction) -> Result<BlobId> {
+        let entry = IdentityLogEntry {
+            seq: self.state.last_seq() + 1,
+            prev: Some(self.state.head()),
+            action,
+        };
+        let bytes = sign_entry(signer, entry)?;
+        let mut state = self.state.clone();
+        state.apply(&bytes).map_err(|kind| {
+            Error::Log(cairn_proto::LogError {
+                index: self.entries.len() as u64,
+                kind,
+            })
+        })?;
+        let id = BlobId::of(&bytes);
+        self.entries.push(bytes);
+        self.state = state;
+        Ok(id)
+    }
+
+    /// Reads `HOME/identity.log` and verifies it against `root`.
+    pub(crate) fn load(home: &Home, root: &VerifyingKey) -> Result<Self> {
+        let path = home.identity_log();
+        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        let damaged = |reason: &str| Error::Damaged {
+            path: path.clone(),
+            reason: reason.into(),
+        };
+        let mut entries = Vec::new();
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| damaged("truncated length"))?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if len > MAX_ENTRY || len > tail.len() {
+                return Err(damaged("truncated entry"));
+            }
+            entries.push(tail[..len].to_vec());
+            rest = &tail[len..];
+        }
+        Self::verify(root, entries)
+    }
+
+    /// Writes the log to `HOME/identity.log`.
+    pub(crate) fn save(&self, home: &Home) -> Result<()> {
+        let mut out = Vec::new();
+        for entry in &self.entries {
+            let len = u32::try_from(entry.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(entry);
+        }
+        write_private(&home.identity_log(), &out)
+    }
+
+    /// Whether `other` extends this log (same entries, then more).
+    pub fn is_prefix_of(&self, other: &Self) -> bool {
+        other.entries.len() >= self.entries.len()
+            && other.entries[..self.entries.len()] == self.entries[..]
+    }
+
+    /// Every vault key generation this device can reach, oldest first.
+    ///
+    /// The device unwraps the newest generation wrapped to it (by its
+    /// enrollment or a later rotation), then walks back through each
+    /// rotation's `previous` link.
+    pub fn vault_keys(&self, device: &DeviceKeys) -> Result<Vec<VaultKey>> {
+        let me = device.signing.verifying_key();
+        let mut newest: Option<VaultKey> = None;
+        let mut previous: BTreeMap<u32, WrappedSecret> = BTreeMap::new();
+        for bytes in &self.entries {
+            let entry = decode_entry(bytes)?;
+            match entry.action {
+                LogAction::AddDevice {
+                    certificate,
+                    vault_key: Some(wrapped),
+                } => {
+                    let cert = certificate.verify::<DeviceCertificate>().ok();
+                    if cert.is_some_and(|c| c.device == me) {
+                        newest = Some(VaultKey::unwrap(
+                            wrapped.generation,
+                            &wrapped.secret,
+                            &device.x25519,
+                        )?);
+                    }
+                }
+                LogAction::RotateVaultKey {
+                    generation,
+                    wrapped,
+                    previous: prev,
+                    ..
+                } => {
+                    if let Some(prev) = prev {
+                        previous.insert(generation, prev);
+                    }
+                    if let Some(mine) = wrapped.iter().find(|w| w.device == me) {
+                        newest = Some(VaultKey::unwrap(generation, &mine.secret, &device.x25519)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut keys = Vec::new();
+        let mut current = newest;
+        while let Some(key) = current {
+            current = match previous.get(&key.generation) {
+                Some(wrapped) => Some(VaultKey::unwrap(key.generation - 1, wrapped, &key.secret)?),
+                None => None,
+            };
+            keys.push(key);
+        }
+        keys.reverse();
+        Ok(keys)
+    }
+}
+
+/// A root-signed certificate for `device`.
+pub(crate) fn certify(
+    root: &SigningKey,
+    device: &DeviceKeys,
+    name: &DeviceName,
+) -> Result<SignedRecord> {
+    let cert = DeviceCertificate {
+        device: device.signing.verifying_key(),
+        x25519: device.x25519.public(),
+        name: name.clone(),
+        created: Timestamp(crate::relay::unix_now()),
+    };
+    SignedRecord::sign(&cert, root).map_err(|err| Error::Invalid(format!("certificate: {err}")))
+}
+
+fn sign_entry(signer: &SigningKey, entry: IdentityLogEntry) -> Result<Vec<u8>> {
+    SignedRecord::sign(&entry, signer)
+        .map(|record| record.to_bytes())
+        .map_err(|err| Error::Invalid(format!("identity log entry: {err}")))
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<IdentityLogEntry> {
+    SignedRecord::from_bytes(bytes)
+        .ok()
+        .and_then(|record| record.verify::<IdentityLogEntry>().ok())
+        .map(cairn_proto::Verified::into_record)
+        .ok_or_else(|| Error::Invalid("identity log entry does not decode".into()))
+}

@@ -1,0 +1,9 @@
+//! Relays from the client's side: talking to one ([`RelayClient`]) and the
+//! set a user has chosen ([`RelaySet`]).
+
+mod api;
+mod set;
+
+pub use api::{HeadWrite, RelayClient, fetch_info};
+pub(crate) use api::{http_client, unix_now};
+pub use set::{RelayEntry, RelaySet, normalize_url};
