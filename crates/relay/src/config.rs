@@ -53,6 +53,12 @@ pub struct RelayConfig {
     pub pow_bits_under_pressure: u8,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Most mailbox heads kept in all (docs/PROTOCOL.md §7.7); a head for a
+    /// new slot beyond that is refused with 507 `relay_full`, while slots
+    /// that already have a head can always be updated. Heads are a few
+    /// hundred bytes each and do not count against `capacity_bytes`. 0 for
+    /// no limit.
+    pub max_heads: u64,
     /// Memory for caching small blobs (64 KiB or less) that are read often.
     pub cache_bytes: usize,
 }
@@ -70,6 +76,8 @@ impl RelayConfig {
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
     /// Default GC interval: 10 minutes.
     pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
+    /// Default most heads: one million (a few hundred MB of index at most).
+    pub const DEFAULT_MAX_HEADS: u64 = 1_000_000;
     /// Default fair-share limits, sized for a small community relay: 4 GiB
     /// per upload key, 600 requests a minute per key, 3000 a minute per
     /// address range, no proof of work.
@@ -98,6 +106,7 @@ impl RelayConfig {
             limits: Self::DEFAULT_LIMITS,
             pow_bits_under_pressure: 0,
             shutdown_grace: Duration::from_secs(30),
+            max_heads: Self::DEFAULT_MAX_HEADS,
             cache_bytes: 32 << 20,
         }
     }

@@ -74,7 +74,7 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
     /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
-    /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure,
+    /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads,
     /// peers = [{ url = "...", key = "ed25519:..." }]).
     #[arg(long, env = "CAIRN_RELAY_CONFIG")]
     config: Option<PathBuf>,
@@ -114,6 +114,11 @@ struct ServeArgs {
     /// of upload slots busy or under 5% free); 0 to never raise [default: 0].
     #[arg(long, env = "CAIRN_RELAY_POW_BITS_UNDER_PRESSURE", value_parser = clap::value_parser!(u8).range(0..=64))]
     pow_bits_under_pressure: Option<u8>,
+    /// Most mailbox heads kept in all; a head for a new slot beyond that
+    /// gets 507. Heads are small and do not count against --capacity; 0 for
+    /// no limit [default: 1000000].
+    #[arg(long, env = "CAIRN_RELAY_MAX_HEADS")]
+    max_heads: Option<u64>,
     /// A peer relay as `URL=KEY` (repeatable), announced in the info
     /// document.
     #[arg(long = "peer", env = "CAIRN_RELAY_PEERS", value_delimiter = ',', value_parser = parse_peer)]
@@ -138,6 +143,7 @@ struct FileConfig {
     addr_rate: Option<u32>,
     pow_bits: Option<u8>,
     pow_bits_under_pressure: Option<u8>,
+    max_heads: Option<u64>,
     #[serde(default)]
     peers: Vec<FilePeer>,
 }
@@ -308,6 +314,9 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
         .or(file.pow_bits_under_pressure)
         .unwrap_or(0)
         .min(64);
+    if let Some(v) = args.max_heads.or(file.max_heads) {
+        config.max_heads = v;
+    }
     config.peers = if args.peers.is_empty() {
         file.peers
             .iter()

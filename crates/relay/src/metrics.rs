@@ -60,6 +60,7 @@ pub(crate) struct Metrics {
     pub(crate) gc_runs: AtomicU64,
     pub(crate) gc_deleted_blobs: AtomicU64,
     pub(crate) gc_deleted_bytes: AtomicU64,
+    pub(crate) gc_deleted_heads: AtomicU64,
     pub(crate) upload_latency: Histogram,
     pub(crate) download_latency: Histogram,
 }
@@ -68,6 +69,7 @@ pub(crate) struct Metrics {
 pub(crate) struct Gauges {
     pub(crate) blobs: u64,
     pub(crate) bytes: u64,
+    pub(crate) heads: u64,
     pub(crate) capacity: u64,
     pub(crate) free: u64,
     pub(crate) uploads_in_flight: u64,
@@ -129,6 +131,11 @@ impl Metrics {
                 "Bytes deleted by GC.",
                 &self.gc_deleted_bytes,
             ),
+            (
+                "cairn_gc_deleted_heads_total",
+                "Mailbox heads deleted by GC after their retention.",
+                &self.gc_deleted_heads,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -140,6 +147,7 @@ impl Metrics {
         let gauges = [
             ("cairn_blobs_stored", "Blobs stored.", gauges.blobs),
             ("cairn_bytes_stored", "Bytes of blobs stored.", gauges.bytes),
+            ("cairn_heads_stored", "Mailbox heads stored.", gauges.heads),
             (
                 "cairn_capacity_bytes",
                 "Bytes given to blob storage.",

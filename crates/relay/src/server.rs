@@ -66,6 +66,8 @@ pub struct GcReport {
     pub deleted_blobs: u64,
     /// Bytes freed.
     pub deleted_bytes: u64,
+    /// Mailbox heads deleted.
+    pub deleted_heads: u64,
 }
 
 /// A running relay. Dropping it without [`RelayHandle::shutdown`] aborts
@@ -113,6 +115,7 @@ pub async fn start_with_clock(
         &config.data_dir,
         config.capacity_bytes,
         config.limits.key_quota_bytes,
+        config.max_heads,
         config.cache_bytes,
     )
     .map_err(store_err)?;
@@ -294,8 +297,9 @@ async fn background(app: AppState, cancel: CancellationToken) {
             }
             _ = gc.tick() => {
                 match run_gc(&app).await {
-                    Ok(r) if r.deleted_blobs > 0 => tracing::info!(
-                        deleted_blobs = r.deleted_blobs, deleted_bytes = r.deleted_bytes, "gc pass"),
+                    Ok(r) if r.deleted_blobs > 0 || r.deleted_heads > 0 => tracing::info!(
+                        deleted_blobs = r.deleted_blobs, deleted_bytes = r.deleted_bytes,
+                        deleted_heads = r.deleted_heads, "gc pass"),
                     Ok(_) => {}
                     Err(e) => tracing::error!(error = %e, "gc pass failed"),
                 }
@@ -304,7 +308,8 @@ async fn background(app: AppState, cancel: CancellationToken) {
     }
 }
 
-/// Deletes every blob whose last access is older than the retention period.
+/// Deletes every blob and every head whose last access is older than the
+/// retention period.
 async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
     let now = app.now();
     let cutoff = now.saturating_sub(app.config.retention.as_secs());
@@ -317,6 +322,13 @@ async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
             break;
         }
     }
+    loop {
+        let deleted = app.store.collect_heads(cutoff, GC_BATCH).await?;
+        report.deleted_heads += deleted as u64;
+        if deleted < GC_BATCH {
+            break;
+        }
+    }
     app.metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
     app.metrics
         .gc_deleted_blobs
@@ -324,6 +336,9 @@ async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
     app.metrics
         .gc_deleted_bytes
         .fetch_add(report.deleted_bytes, Ordering::Relaxed);
+    app.metrics
+        .gc_deleted_heads
+        .fetch_add(report.deleted_heads, Ordering::Relaxed);
     Ok(report)
 }
 

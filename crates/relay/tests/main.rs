@@ -8,5 +8,6 @@ mod api;
 mod common;
 mod crash;
 mod gc;
+mod heads;
 mod streaming;
 mod tls;

@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_proto::{BlobId, Method, TokenTarget, VerifyingKey};
-use futures_util::StreamExt as _;
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use super::AppState;
 use super::auth::{Required, authorize};
+use super::body::BodyChunks;
 use super::error::ApiError;
 use super::range::{self, ByteRange};
 use crate::store::index::Location;
@@ -304,13 +304,7 @@ impl Drop for Reservation<'_> {
 }
 
 fn relay_full(app: &AppState) -> ApiError {
-    let peers: Vec<_> = app
-        .config
-        .peers
-        .iter()
-        .map(|p| json!({"url": p.url.as_str(), "key": p.key.to_string()}))
-        .collect();
-    ApiError::relay_full(json!(peers))
+    ApiError::relay_full(app.peers_json())
 }
 
 /// Counts an upload in flight for the info document's load figure.
@@ -422,33 +416,6 @@ pub(crate) async fn put_blob(
         axum::Json(json!({"id": id.to_string(), "stored": stored})),
     )
         .into_response())
-}
-
-/// An upload body, chunk by chunk, with the idle timeout that protects the
-/// relay from clients that start an upload and then stall.
-struct BodyChunks {
-    stream: axum::body::BodyDataStream,
-    idle: std::time::Duration,
-}
-
-impl BodyChunks {
-    fn new(app: &AppState, body: Body) -> Self {
-        Self {
-            stream: body.into_data_stream(),
-            idle: app.config.body_idle_timeout,
-        }
-    }
-
-    /// The next chunk, `None` at the end of the body.
-    async fn next(&mut self) -> Result<Option<Bytes>, ApiError> {
-        let next = tokio::time::timeout(self.idle, self.stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::timeout(format!("no upload data for {} s", self.idle.as_secs()))
-            })?;
-        next.transpose()
-            .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))
-    }
 }
 
 fn already_held(id: BlobId) -> Response {

@@ -48,6 +48,9 @@ impl ApiError {
     pub(crate) fn bad_blob_id(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_blob_id", message)
     }
+    pub(crate) fn bad_record(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_record", message)
+    }
     pub(crate) fn bad_token(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "bad_token", message)
     }
@@ -100,6 +103,24 @@ impl ApiError {
     pub(crate) fn timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
     }
+    pub(crate) fn head_too_large(max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a head record's envelope is at most {max} bytes"),
+        )
+    }
+    /// `current` is the stored head's envelope in base64url.
+    pub(crate) fn stale_head(seq: u64, current: String) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "stale_head",
+            format!(
+                "the stored head has seq {seq}; a new head needs a higher one (the stored record is in `current`)"
+            ),
+        )
+        .with("current", Value::String(current))
+    }
     pub(crate) fn too_large(max: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -139,6 +160,25 @@ impl ApiError {
             "this relay has no room for the blob; try a peer listed in `peers`",
         )
         .with("peers", peers)
+    }
+    /// No room for a head in a new slot; heads of existing slots can
+    /// always be updated.
+    pub(crate) fn heads_full(peers: Value, max: u64) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "relay_full",
+            format!(
+                "this relay keeps at most {max} heads and has no room for a new slot; try a peer listed in `peers`"
+            ),
+        )
+        .with("peers", peers)
+    }
+    pub(crate) fn mailbox_full(max: usize) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "quota_exceeded",
+            format!("this mailbox already has {max} slots, the most a relay keeps per mailbox"),
+        )
     }
     pub(crate) fn quota_exceeded(quota: u64) -> Self {
         Self::new(

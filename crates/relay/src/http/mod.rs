@@ -3,7 +3,9 @@
 
 mod auth;
 mod blobs;
+mod body;
 pub(crate) mod error;
+mod heads;
 mod info;
 mod ops;
 mod range;
@@ -77,11 +79,21 @@ impl Shared {
         }
     }
 
+    /// The configured peers as the JSON list `relay_full` bodies carry.
+    pub(crate) fn peers_json(&self) -> serde_json::Value {
+        self.config
+            .peers
+            .iter()
+            .map(|p| serde_json::json!({"url": p.url.as_str(), "key": p.key.to_string()}))
+            .collect()
+    }
+
     pub(crate) fn gauges(&self) -> Gauges {
         let (bytes, blobs) = self.store.usage();
         Gauges {
             blobs,
             bytes,
+            heads: self.store.heads_stored(),
             capacity: self.store.capacity(),
             free: self.store.free(),
             uploads_in_flight: self.uploads_in_flight.load(Ordering::Relaxed),
@@ -93,6 +105,8 @@ impl Shared {
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(MatchedPath::as_str) {
         Some("/v1/blobs/{id}") => "/v1/blobs/{id}",
+        Some("/v1/heads/{mailbox}/{slot}") => "/v1/heads/{mailbox}/{slot}",
+        Some("/v1/heads/{mailbox}") => "/v1/heads/{mailbox}",
         Some("/.well-known/cairn-relay") => "/.well-known/cairn-relay",
         Some("/metrics") => "/metrics",
         Some("/health") => "/health",
@@ -148,6 +162,16 @@ pub(crate) fn router(app: AppState) -> Router {
                 .put(blobs::put_blob)
                 .delete(blobs::delete_blob)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/heads/{mailbox}/{slot}",
+            get(heads::get_head)
+                .put(heads::put_head)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/heads/{mailbox}",
+            get(heads::list_heads).fallback(method_not_allowed),
         )
         .route(
             "/.well-known/cairn-relay",

@@ -3,7 +3,7 @@
 //! Tables carry a version suffix; a schema change means a new table and a
 //! migration, never a silent reinterpretation of old bytes.
 
-use cairn_proto::{BlobId, VerifyingKey};
+use cairn_proto::{BlobId, Slot, VerifyingKey};
 use redb::{ReadableDatabase as _, TableDefinition};
 
 use super::StoreError;
@@ -24,11 +24,41 @@ pub(crate) const PENDING_UNLINK: TableDefinition<'_, [u8; 32], ()> =
 /// blobs live in the index itself: one transaction makes them durable, with
 /// no file to create, rename and sync.
 pub(crate) const INLINE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("inline_v1");
-/// Totals: `bytes`, `blobs`.
+/// Totals: `bytes`, `blobs`, `heads`.
 pub(crate) const STATS: TableDefinition<'_, &str, u64> = TableDefinition::new("stats_v1");
+/// (mailbox key, slot) → (seq, last access, envelope bytes): the newest
+/// head of each mailbox slot (docs/PROTOCOL.md §7.7). Keys sort by mailbox,
+/// then slot bytes, so one mailbox's heads are one contiguous range. `seq`
+/// is the envelope's own, kept beside it so the compare-and-set needs no
+/// decoding.
+pub(crate) const HEADS: TableDefinition<'_, HeadsKey, HeadsValue> =
+    TableDefinition::new("heads_v1");
+/// The key type of [`HEADS`]: (mailbox key, slot).
+pub(crate) type HeadsKey = ([u8; 32], &'static str);
+/// The value type of [`HEADS`]: (seq, last access, envelope bytes).
+pub(crate) type HeadsValue = (u64, u64, &'static [u8]);
+/// (last access, mailbox key, slot) → (): heads ordered by last access, so
+/// GC reads exactly the expired prefix, as for blobs.
+pub(crate) const HEADS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32], &str), ()> =
+    TableDefinition::new("heads_by_access_v1");
 
 pub(crate) const STAT_BYTES: &str = "bytes";
 pub(crate) const STAT_BLOBS: &str = "blobs";
+pub(crate) const STAT_HEADS: &str = "heads";
+
+/// Where a head lives: its mailbox and slot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct HeadKey {
+    pub(crate) mailbox: VerifyingKey,
+    pub(crate) slot: Slot,
+}
+
+impl HeadKey {
+    /// The mailbox key's bytes, the first part of the table key.
+    pub(crate) fn mailbox_bytes(&self) -> [u8; 32] {
+        self.mailbox.to_bytes()
+    }
+}
 
 /// What the index knows about a blob.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +148,8 @@ impl IndexReader {
         Ok(used.map_or(0, |v| v.value()))
     }
 
-    pub(crate) fn stats(&self) -> Result<(u64, u64), StoreError> {
+    /// Bytes of blobs, blobs, and heads stored.
+    pub(crate) fn stats(&self) -> Result<(u64, u64, u64), StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(STATS).map_err(redb::Error::from)?;
         let get = |k| -> Result<u64, StoreError> {
@@ -127,8 +158,49 @@ impl IndexReader {
                 .map_err(redb::Error::from)?
                 .map_or(0, |v| v.value()))
         };
-        Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?))
+        Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?, get(STAT_HEADS)?))
     }
+
+    /// The stored envelope of the head in `key`'s slot, if any.
+    pub(crate) fn head(&self, key: &HeadKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let heads = txn.open_table(HEADS).map_err(redb::Error::from)?;
+        let row = heads
+            .get((key.mailbox_bytes(), key.slot.as_str()))
+            .map_err(redb::Error::from)?;
+        Ok(row.map(|row| row.value().2.to_vec()))
+    }
+
+    /// Every head of `mailbox`, as (slot, envelope), sorted by slot.
+    pub(crate) fn heads(&self, mailbox: &VerifyingKey) -> Result<Vec<(Slot, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let heads = txn.open_table(HEADS).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in mailbox_range(&heads, mailbox.to_bytes())? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            // Only validated slots are ever written; anything else means
+            // the database was damaged.
+            let slot = Slot::new(k.value().1)
+                .map_err(|e| StoreError::Failed(format!("a stored head's slot is invalid: {e}")))?;
+            out.push((slot, v.value().2.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// The rows of `mailbox` in a heads table, in slot order.
+pub(crate) fn mailbox_range<T>(
+    heads: &T,
+    mailbox: [u8; 32],
+) -> Result<redb::Range<'_, HeadsKey, HeadsValue>, StoreError>
+where
+    T: redb::ReadableTable<HeadsKey, HeadsValue>,
+{
+    // The empty slot sorts first and is never stored; the next mailbox's
+    // rows start above every slot, whose bytes are all ASCII (below 0x80).
+    let start: ([u8; 32], &str) = (mailbox, "");
+    let end: ([u8; 32], &str) = (mailbox, "\u{80}");
+    Ok(heads.range(start..end).map_err(redb::Error::from)?)
 }
 
 #[cfg(test)]

@@ -35,6 +35,20 @@
 //! - Every file under `blobs/` hashes to its name.
 //! - Every blob in the index has its file (once pending unlinks are done).
 //! - `stats.bytes` is the sum of indexed sizes, `owners` the per-owner sums.
+//! - `stats.heads` is the number of heads; `heads_by_access_v1` has exactly
+//!   one row per head, at its stored last access.
+//!
+//! # Heads
+//!
+//! Mailbox heads (docs/PROTOCOL.md §7.7) live only in the index, in
+//! `heads_v1` with their last-access order in `heads_by_access_v1`. A PUT is
+//! one writer operation: the `seq` comparison and the write happen in the
+//! same transaction, and the answer follows the commit, so an acknowledged
+//! head survives any crash and two concurrent PUTs cannot both win. Reads
+//! are coalesced into access times like blob reads; a crash loses at most
+//! the access times not yet flushed, never a head. Heads do not count
+//! against blob capacity (each is a few hundred bytes); their number is
+//! bounded by the `max_heads` setting and [`MAX_SLOTS_PER_MAILBOX`].
 //!
 //! Filesystem assumptions: `tmp/` and `blobs/` are on one filesystem; rename
 //! within it is atomic; `syncfs` makes all of its written data and metadata
@@ -54,15 +68,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cairn_proto::{BlobId, VerifyingKey};
+use cairn_proto::{BlobId, HeadRecord, Verified, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
-use self::index::{BLOBS, BY_ACCESS, INLINE, IndexReader, OWNERS, PENDING_UNLINK, STATS};
+use self::index::{
+    BLOBS, BY_ACCESS, HEADS, HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, OWNERS, PENDING_UNLINK,
+    STATS,
+};
 
 /// Blobs of at most this many bytes are stored inside the index rather than
 /// as files.
 pub(crate) const INLINE_MAX: usize = 16 * 1024;
+/// Most slots one mailbox may have; a head for a further slot is refused.
+/// Bounds the mailbox listing (`GET /v1/heads/{mailbox}`).
+pub(crate) const MAX_SLOTS_PER_MAILBOX: usize = 1024;
 use self::writer::{QUEUE_DEPTH, WriteOp, Writer};
 
 /// A store failure. Every variant is a local fault, never the client's.
@@ -130,6 +150,22 @@ pub(crate) enum InsertOutcome {
     QuotaExceeded,
 }
 
+/// What became of a head handed to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HeadOutcome {
+    /// The first head in its slot; durable.
+    Created,
+    /// Newer than the stored head, which it replaced; durable.
+    Replaced,
+    /// Refused: its `seq` is not above `seq`, the stored head's, whose
+    /// envelope bytes are `current`.
+    Stale { seq: u64, current: Vec<u8> },
+    /// Refused: the mailbox has [`MAX_SLOTS_PER_MAILBOX`] slots already.
+    MailboxFull,
+    /// Refused: the relay keeps `max_heads` heads already.
+    RelayFull,
+}
+
 /// What became of a delete request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DeleteOutcome {
@@ -143,6 +179,7 @@ pub(crate) enum DeleteOutcome {
 pub(crate) struct StoreStats {
     pub(crate) bytes: AtomicU64,
     pub(crate) blobs: AtomicU64,
+    pub(crate) heads: AtomicU64,
     /// Bytes of uploads in progress, held against capacity.
     pub(crate) reserved: AtomicU64,
 }
@@ -157,6 +194,8 @@ pub(crate) struct Store {
     capacity: u64,
     /// Access times not yet written to the index, coalesced per blob.
     accesses: Mutex<HashMap<BlobId, u64>>,
+    /// The same for heads.
+    head_accesses: Mutex<HashMap<HeadKey, u64>>,
     /// Small blob bodies kept in memory.
     pub(crate) cache: Arc<cache::BlobCache>,
 }
@@ -176,6 +215,8 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<redb::Database, StoreError> {
     txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
     txn.open_table(STATS).map_err(redb::Error::from)?;
     txn.open_table(INLINE).map_err(redb::Error::from)?;
+    txn.open_table(HEADS).map_err(redb::Error::from)?;
+    txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
     Ok(db)
 }
@@ -193,6 +234,7 @@ impl Store {
         data_dir: &Path,
         capacity: u64,
         key_quota: u64,
+        max_heads: u64,
         cache_bytes: usize,
     ) -> Result<(Self, JoinHandle<()>, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)
@@ -202,10 +244,11 @@ impl Store {
         let db = Arc::new(open_db(data_dir)?);
         let pending_unlinks_finished = finish_pending_unlinks(&db, &files)?;
         let reader = IndexReader::new(Arc::clone(&db));
-        let (bytes, blobs) = reader.stats()?;
+        let (bytes, blobs, heads) = reader.stats()?;
         let stats = Arc::new(StoreStats {
             bytes: AtomicU64::new(bytes),
             blobs: AtomicU64::new(blobs),
+            heads: AtomicU64::new(heads),
             reserved: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -216,6 +259,7 @@ impl Store {
             stats: Arc::clone(&stats),
             capacity,
             key_quota,
+            max_heads,
             unlinked: Vec::new(),
             cache: Arc::clone(&cache),
         };
@@ -230,6 +274,7 @@ impl Store {
             stats,
             capacity,
             accesses: Mutex::new(HashMap::new()),
+            head_accesses: Mutex::new(HashMap::new()),
             cache,
         };
         let report = OpenReport {
@@ -261,6 +306,11 @@ impl Store {
             self.stats.bytes.load(Ordering::SeqCst),
             self.stats.blobs.load(Ordering::SeqCst),
         )
+    }
+
+    /// Heads stored (they do not count against capacity).
+    pub(crate) fn heads_stored(&self) -> u64 {
+        self.stats.heads.load(Ordering::SeqCst)
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -362,18 +412,60 @@ impl Store {
         }
     }
 
-    /// Writes coalesced access times to the index in one transaction.
+    /// Notes an access to a head in memory, like [`Store::record_access`].
+    pub(crate) fn record_head_access(&self, key: HeadKey, now: u64) {
+        if let Ok(mut map) = self.head_accesses.lock() {
+            let at = map.entry(key).or_insert(now);
+            *at = (*at).max(now);
+        }
+    }
+
+    /// Writes coalesced access times (of blobs and of heads) to the index.
     pub(crate) async fn flush_accesses(&self) -> Result<usize, StoreError> {
         let accesses: Vec<(BlobId, u64)> = match self.accesses.lock() {
             Ok(mut map) => map.drain().collect(),
             Err(_) => return Err(StoreError::Failed("access map poisoned".into())),
         };
-        let count = accesses.len();
-        if count > 0 {
+        let heads: Vec<(HeadKey, u64)> = match self.head_accesses.lock() {
+            Ok(mut map) => map.drain().collect(),
+            Err(_) => return Err(StoreError::Failed("head access map poisoned".into())),
+        };
+        let count = accesses.len() + heads.len();
+        if !accesses.is_empty() {
             self.send(|reply| WriteOp::Touch { accesses, reply })
                 .await?;
         }
+        if !heads.is_empty() {
+            self.send(|reply| WriteOp::TouchHeads {
+                accesses: heads,
+                reply,
+            })
+            .await?;
+        }
         Ok(count)
+    }
+
+    /// Stores `head` in its slot if its `seq` is above the stored head's;
+    /// answers once the outcome is durable.
+    ///
+    /// Cancel safety: once called, the write happens (or fails) whether or
+    /// not the future is polled to completion.
+    pub(crate) async fn put_head(
+        &self,
+        head: Verified<HeadRecord>,
+        now: u64,
+    ) -> Result<HeadOutcome, StoreError> {
+        self.send(|reply| WriteOp::PutHead { head, now, reply })
+            .await
+    }
+
+    /// Deletes up to `max` heads last accessed before `cutoff`, returning
+    /// how many. Flushes pending access times first, like
+    /// [`Store::collect`].
+    pub(crate) async fn collect_heads(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        self.flush_accesses().await?;
+        self.send(|reply| WriteOp::CollectHeads { cutoff, max, reply })
+            .await
     }
 
     /// Records an access to `id` durably, now; false if the store does not

@@ -16,16 +16,20 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use cairn_proto::{BlobId, VerifyingKey};
+use cairn_proto::{BlobId, HeadRecord, Verified, VerifyingKey};
 use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::BlobCache;
 use super::files::BlobFiles;
 use super::index::{
-    BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
+    BLOBS, BY_ACCESS, BlobMeta, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE,
+    OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
 };
-use super::{DeleteOutcome, INLINE_MAX, InsertOutcome, Staged, StoreError, StoreStats};
+use super::{
+    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Staged,
+    StoreError, StoreStats,
+};
 
 /// Most operations applied in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -59,6 +63,26 @@ pub(crate) enum WriteOp {
         max: usize,
         reply: oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
     },
+    /// Stores a head if its `seq` is above the stored one: the comparison
+    /// and the write happen in one transaction, so of two concurrent PUTs
+    /// only one can win.
+    PutHead {
+        head: Verified<HeadRecord>,
+        now: u64,
+        reply: oneshot::Sender<Result<HeadOutcome, StoreError>>,
+    },
+    TouchHeads {
+        accesses: Vec<(HeadKey, u64)>,
+        /// How many of the heads were held (and so touched).
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    CollectHeads {
+        /// Heads last accessed before this moment are deleted.
+        cutoff: u64,
+        max: usize,
+        /// How many were deleted.
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
 }
 
 enum Reply {
@@ -70,10 +94,14 @@ enum Reply {
         oneshot::Sender<Result<DeleteOutcome, StoreError>>,
         DeleteOutcome,
     ),
-    Touch(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Count(oneshot::Sender<Result<usize, StoreError>>, usize),
     Collect(
         oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
         Vec<(BlobId, u64)>,
+    ),
+    PutHead(
+        oneshot::Sender<Result<HeadOutcome, StoreError>>,
+        HeadOutcome,
     ),
 }
 
@@ -84,8 +112,9 @@ impl Reply {
         match self {
             Self::Insert(tx, v) => drop(tx.send(Ok(v))),
             Self::Delete(tx, v) => drop(tx.send(Ok(v))),
-            Self::Touch(tx, n) => drop(tx.send(Ok(n))),
+            Self::Count(tx, n) => drop(tx.send(Ok(n))),
             Self::Collect(tx, v) => drop(tx.send(Ok(v))),
+            Self::PutHead(tx, v) => drop(tx.send(Ok(v))),
         }
     }
 
@@ -93,8 +122,9 @@ impl Reply {
         match self {
             Self::Insert(tx, _) => drop(tx.send(Err(err))),
             Self::Delete(tx, _) => drop(tx.send(Err(err))),
-            Self::Touch(tx, _) => drop(tx.send(Err(err))),
+            Self::Count(tx, _) => drop(tx.send(Err(err))),
             Self::Collect(tx, _) => drop(tx.send(Err(err))),
+            Self::PutHead(tx, _) => drop(tx.send(Err(err))),
         }
     }
 }
@@ -108,8 +138,11 @@ fn fail_op(op: WriteOp, err: StoreError) {
             drop(reply.send(Err(err)));
         }
         WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
-        WriteOp::Touch { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Touch { reply, .. }
+        | WriteOp::TouchHeads { reply, .. }
+        | WriteOp::CollectHeads { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::PutHead { reply, .. } => drop(reply.send(Err(err))),
     }
 }
 
@@ -119,6 +152,8 @@ pub(crate) struct Writer {
     pub(crate) stats: Arc<StoreStats>,
     pub(crate) capacity: u64,
     pub(crate) key_quota: u64,
+    /// Most heads kept in all (0: no limit).
+    pub(crate) max_heads: u64,
     /// Unlinks finished after the previous commit, to drop from
     /// `PENDING_UNLINK` in the next transaction.
     pub(crate) unlinked: Vec<BlobId>,
@@ -181,7 +216,7 @@ impl Writer {
         let mut unlink: BTreeSet<BlobId> = BTreeSet::new();
         let mut temps_to_drop = Vec::new();
         let mut deleted_inline = false;
-        let (bytes, blobs);
+        let (bytes, blobs, heads);
         {
             let mut t = Tables::open(&txn)?;
             for id in self.unlinked.drain(..) {
@@ -275,7 +310,7 @@ impl Writer {
                                 held += 1;
                             }
                         }
-                        replies.push(Reply::Touch(reply, held));
+                        replies.push(Reply::Count(reply, held));
                     }
                     WriteOp::Collect { cutoff, max, reply } => {
                         let expired: Vec<(u64, [u8; 32])> = t
@@ -300,15 +335,27 @@ impl Writer {
                         }
                         replies.push(Reply::Collect(reply, deleted));
                     }
+                    WriteOp::PutHead { head, now, reply } => {
+                        let outcome = t.put_head(&head, now, self.max_heads)?;
+                        replies.push(Reply::PutHead(reply, outcome));
+                    }
+                    WriteOp::TouchHeads { accesses, reply } => {
+                        let mut held = 0;
+                        for (key, at) in accesses {
+                            if t.touch_head(&key, at)? {
+                                held += 1;
+                            }
+                        }
+                        replies.push(Reply::Count(reply, held));
+                    }
+                    WriteOp::CollectHeads { cutoff, max, reply } => {
+                        let deleted = t.collect_heads(cutoff, max)?;
+                        replies.push(Reply::Count(reply, deleted));
+                    }
                 }
             }
-            t.stats
-                .insert(STAT_BYTES, t.bytes)
-                .map_err(redb::Error::from)?;
-            t.stats
-                .insert(STAT_BLOBS, t.count)
-                .map_err(redb::Error::from)?;
-            (bytes, blobs) = (t.bytes, t.count);
+            t.save_totals()?;
+            (bytes, blobs, heads) = (t.bytes, t.count, t.head_count);
         }
         // File contents and renames must be durable before the index says
         // the blobs exist: one filesystem sync for the whole batch (group
@@ -321,6 +368,7 @@ impl Writer {
         txn.commit().map_err(redb::Error::from)?;
         self.stats.bytes.store(bytes, Ordering::SeqCst);
         self.stats.blobs.store(blobs, Ordering::SeqCst);
+        self.stats.heads.store(heads, Ordering::SeqCst);
         // Before anyone hears of a deletion, no cached copy may remain.
         if !unlink.is_empty() || deleted_inline {
             self.cache.invalidate();
@@ -367,8 +415,11 @@ struct Tables<'txn> {
     pending: redb::Table<'txn, [u8; 32], ()>,
     inline: redb::Table<'txn, [u8; 32], &'static [u8]>,
     stats: redb::Table<'txn, &'static str, u64>,
+    heads: redb::Table<'txn, HeadsKey, HeadsValue>,
+    heads_by_access: redb::Table<'txn, (u64, [u8; 32], &'static str), ()>,
     bytes: u64,
     count: u64,
+    head_count: u64,
 }
 
 impl<'txn> Tables<'txn> {
@@ -380,7 +431,7 @@ impl<'txn> Tables<'txn> {
                 .map_err(redb::Error::from)?
                 .map_or(0, |v| v.value()))
         };
-        let (bytes, count) = (stat(STAT_BYTES)?, stat(STAT_BLOBS)?);
+        let (bytes, count, head_count) = (stat(STAT_BYTES)?, stat(STAT_BLOBS)?, stat(STAT_HEADS)?);
         Ok(Self {
             blobs: txn.open_table(BLOBS).map_err(redb::Error::from)?,
             by_access: txn.open_table(BY_ACCESS).map_err(redb::Error::from)?,
@@ -388,9 +439,24 @@ impl<'txn> Tables<'txn> {
             pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
             inline: txn.open_table(INLINE).map_err(redb::Error::from)?,
             stats,
+            heads: txn.open_table(HEADS).map_err(redb::Error::from)?,
+            heads_by_access: txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?,
             bytes,
             count,
+            head_count,
         })
+    }
+
+    /// Writes the running totals back to the stats table.
+    fn save_totals(&mut self) -> Result<(), StoreError> {
+        for (key, value) in [
+            (STAT_BYTES, self.bytes),
+            (STAT_BLOBS, self.count),
+            (STAT_HEADS, self.head_count),
+        ] {
+            self.stats.insert(key, value).map_err(redb::Error::from)?;
+        }
+        Ok(())
     }
 
     fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
@@ -490,5 +556,346 @@ impl<'txn> Tables<'txn> {
             .insert(id.as_bytes(), ())
             .map_err(redb::Error::from)?;
         Ok(true)
+    }
+
+    /// (seq, last access, envelope) of the head in a slot.
+    fn head(&self, mailbox: [u8; 32], slot: &str) -> Result<Option<StoredHead>, StoreError> {
+        Ok(self
+            .heads
+            .get((mailbox, slot))
+            .map_err(redb::Error::from)?
+            .map(|row| {
+                let (seq, last_access, envelope) = row.value();
+                StoredHead {
+                    seq,
+                    last_access,
+                    envelope: envelope.to_vec(),
+                }
+            }))
+    }
+
+    /// Writes a head row and its place in the last-access order, replacing
+    /// `old` (the row's previous state) if there was one.
+    fn write_head(
+        &mut self,
+        mailbox: [u8; 32],
+        slot: &str,
+        old: Option<&StoredHead>,
+        new: &StoredHead,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            self.heads_by_access
+                .remove((old.last_access, mailbox, slot))
+                .map_err(redb::Error::from)?;
+        }
+        self.heads
+            .insert(
+                (mailbox, slot),
+                (new.seq, new.last_access, new.envelope.as_slice()),
+            )
+            .map_err(redb::Error::from)?;
+        self.heads_by_access
+            .insert((new.last_access, mailbox, slot), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// The compare-and-set of a head PUT: stores `head` only if its `seq`
+    /// is above the stored one. Either way the slot was accessed at `now`.
+    fn put_head(
+        &mut self,
+        head: &Verified<HeadRecord>,
+        now: u64,
+        max_heads: u64,
+    ) -> Result<HeadOutcome, StoreError> {
+        let mailbox = head.mailbox.to_bytes();
+        let slot = head.slot.as_str();
+        let stored = self.head(mailbox, slot)?;
+        let outcome = match &stored {
+            Some(current) if head.seq <= current.seq => {
+                // The refusal shows the client the stored head: a read, and
+                // so an access.
+                if now > current.last_access {
+                    let touched = StoredHead {
+                        last_access: now,
+                        ..current.clone()
+                    };
+                    self.write_head(mailbox, slot, Some(current), &touched)?;
+                }
+                return Ok(HeadOutcome::Stale {
+                    seq: current.seq,
+                    current: current.envelope.clone(),
+                });
+            }
+            Some(_) => HeadOutcome::Replaced,
+            None => {
+                if max_heads > 0 && self.head_count >= max_heads {
+                    return Ok(HeadOutcome::RelayFull);
+                }
+                if self.slots_in(mailbox)? >= MAX_SLOTS_PER_MAILBOX {
+                    return Ok(HeadOutcome::MailboxFull);
+                }
+                self.head_count += 1;
+                HeadOutcome::Created
+            }
+        };
+        let new = StoredHead {
+            seq: head.seq,
+            last_access: stored.as_ref().map_or(now, |old| old.last_access.max(now)),
+            envelope: head.envelope().to_bytes(),
+        };
+        self.write_head(mailbox, slot, stored.as_ref(), &new)?;
+        Ok(outcome)
+    }
+
+    /// How many slots `mailbox` has, counting up to the per-mailbox limit.
+    fn slots_in(&self, mailbox: [u8; 32]) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for row in mailbox_range(&self.heads, mailbox)?.take(MAX_SLOTS_PER_MAILBOX) {
+            row.map_err(redb::Error::from)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Records an access to a head at `at`; false if there is no such head.
+    fn touch_head(&mut self, key: &HeadKey, at: u64) -> Result<bool, StoreError> {
+        let (mailbox, slot) = (key.mailbox_bytes(), key.slot.as_str());
+        let Some(current) = self.head(mailbox, slot)? else {
+            return Ok(false);
+        };
+        if at > current.last_access {
+            let touched = StoredHead {
+                last_access: at,
+                ..current.clone()
+            };
+            self.write_head(mailbox, slot, Some(&current), &touched)?;
+        }
+        Ok(true)
+    }
+
+    /// Deletes up to `max` heads last accessed before `cutoff`.
+    fn collect_heads(&mut self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let expired: Vec<(u64, [u8; 32], String)> = self
+            .heads_by_access
+            .range(..(cutoff, [0u8; 32], ""))
+            .map_err(redb::Error::from)?
+            .take(max)
+            .map(|row| {
+                row.map(|(k, _)| {
+                    let (at, mailbox, slot) = k.value();
+                    (at, mailbox, slot.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        let mut deleted = 0;
+        for (at, mailbox, slot) in expired {
+            self.heads_by_access
+                .remove((at, mailbox, slot.as_str()))
+                .map_err(redb::Error::from)?;
+            if self
+                .heads
+                .remove((mailbox, slot.as_str()))
+                .map_err(redb::Error::from)?
+                .is_some()
+            {
+                self.head_count = self.head_count.saturating_sub(1);
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// One row of the heads table.
+#[derive(Clone, Debug)]
+struct StoredHead {
+    seq: u64,
+    last_access: u64,
+    envelope: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cairn_proto::{SignedRecord, SigningKey, Slot, Timestamp};
+
+    use super::*;
+
+    /// splitmix64: a small deterministic generator, so a failure replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+
+        /// An index below `n`.
+        fn pick(&mut self, n: usize) -> usize {
+            usize::try_from(self.below(u64::try_from(n).unwrap())).unwrap()
+        }
+    }
+
+    fn head(key: &SigningKey, slot: &str, seq: u64) -> Verified<HeadRecord> {
+        let record = HeadRecord {
+            mailbox: key.verifying_key(),
+            slot: Slot::new(slot).unwrap(),
+            seq,
+            target: BlobId::of(slot.as_bytes()),
+            timestamp: Timestamp(seq),
+        };
+        let envelope = SignedRecord::sign(&record, key).unwrap();
+        envelope.verify().unwrap()
+    }
+
+    /// (mailbox, slot) → (seq, last access, envelope): what the tables
+    /// should hold.
+    type Model = BTreeMap<([u8; 32], String), (u64, u64, Vec<u8>)>;
+
+    fn assert_tables_match(t: &Tables<'_>, model: &Model) {
+        let rows: Model = t
+            .heads
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                let ((mailbox, slot), (seq, at, envelope)) = (k.value(), v.value());
+                ((mailbox, slot.to_owned()), (seq, at, envelope.to_vec()))
+            })
+            .collect();
+        assert_eq!(&rows, model);
+        let order: Vec<(u64, [u8; 32], String)> = t
+            .heads_by_access
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, _) = row.unwrap();
+                let (at, mailbox, slot) = k.value();
+                (at, mailbox, slot.to_owned())
+            })
+            .collect();
+        let mut expected: Vec<_> = model
+            .iter()
+            .map(|((mailbox, slot), (_, at, _))| (*at, *mailbox, slot.clone()))
+            .collect();
+        expected.sort();
+        assert_eq!(order, expected);
+        assert_eq!(t.head_count, model.len() as u64);
+    }
+
+    /// Random puts, touches, listings and collections against a plain map:
+    /// the compare-and-set, the access order and the count always agree
+    /// with it, across many committed transactions.
+    #[test]
+    fn heads_match_a_plain_map_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(dir.path()).unwrap();
+        let keys: Vec<SigningKey> = (0..3u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
+        let slots = ["a", "A", "0", "_", "-", "zz", "a-"];
+        let max_heads = 12;
+        let mut model = Model::new();
+        let mut rng = Rng(7);
+        let mut now = 1_000;
+        let mut seen = std::collections::BTreeSet::new();
+        for _round in 0..150 {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = Tables::open(&txn).unwrap();
+                for _ in 0..=rng.below(8) {
+                    now += rng.below(3);
+                    let key = &keys[rng.pick(keys.len())];
+                    let mailbox = key.verifying_key().to_bytes();
+                    let slot = slots[rng.pick(slots.len())];
+                    let row = (mailbox, slot.to_owned());
+                    match rng.below(10) {
+                        0..=5 => {
+                            let h = head(key, slot, rng.below(6));
+                            let count = model.len() as u64;
+                            let expected = match model.get_mut(&row) {
+                                Some(stored) if h.seq <= stored.0 => {
+                                    stored.1 = stored.1.max(now);
+                                    HeadOutcome::Stale {
+                                        seq: stored.0,
+                                        current: stored.2.clone(),
+                                    }
+                                }
+                                Some(stored) => {
+                                    *stored = (h.seq, stored.1.max(now), h.envelope().to_bytes());
+                                    HeadOutcome::Replaced
+                                }
+                                None if count >= max_heads => HeadOutcome::RelayFull,
+                                None => {
+                                    model.insert(row, (h.seq, now, h.envelope().to_bytes()));
+                                    HeadOutcome::Created
+                                }
+                            };
+                            seen.insert(match &expected {
+                                HeadOutcome::Created => "created",
+                                HeadOutcome::Replaced => "replaced",
+                                HeadOutcome::Stale { .. } => "stale",
+                                HeadOutcome::RelayFull => "full",
+                                HeadOutcome::MailboxFull => "mailbox full",
+                            });
+                            assert_eq!(t.put_head(&h, now, max_heads).unwrap(), expected);
+                        }
+                        6 | 7 => {
+                            let at = now - rng.below(5);
+                            let held = model.get_mut(&row).map(|stored| {
+                                stored.1 = stored.1.max(at);
+                            });
+                            let key = HeadKey {
+                                mailbox: key.verifying_key(),
+                                slot: Slot::new(slot).unwrap(),
+                            };
+                            assert_eq!(t.touch_head(&key, at).unwrap(), held.is_some());
+                        }
+                        8 => {
+                            let cutoff = now - rng.below(20);
+                            let max = rng.pick(4);
+                            let mut due: Vec<_> = model
+                                .iter()
+                                .filter(|(_, (_, at, _))| *at < cutoff)
+                                .map(|((mailbox, slot), (_, at, _))| (*at, *mailbox, slot.clone()))
+                                .collect();
+                            due.sort();
+                            due.truncate(max);
+                            for (_, mailbox, slot) in &due {
+                                model.remove(&(*mailbox, slot.clone()));
+                            }
+                            if !due.is_empty() {
+                                seen.insert("collected");
+                            }
+                            assert_eq!(t.collect_heads(cutoff, max).unwrap(), due.len());
+                        }
+                        _ => {
+                            // One mailbox's range holds its rows and no other's.
+                            let listed: Vec<String> = mailbox_range(&t.heads, mailbox)
+                                .unwrap()
+                                .map(|row| row.unwrap().0.value().1.to_owned())
+                                .collect();
+                            let expected: Vec<String> = model
+                                .keys()
+                                .filter(|(m, _)| *m == mailbox)
+                                .map(|(_, slot)| slot.clone())
+                                .collect();
+                            assert_eq!(listed, expected);
+                            assert_eq!(t.slots_in(mailbox).unwrap(), expected.len());
+                        }
+                    }
+                }
+                assert_tables_match(&t, &model);
+                t.save_totals().unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        // Every outcome but a full mailbox (1024 slots) was exercised.
+        let seen: Vec<_> = seen.into_iter().collect();
+        assert_eq!(seen, ["collected", "created", "full", "replaced", "stale"]);
     }
 }

@@ -1,0 +1,170 @@
+//! `/v1/heads/...`: mailbox heads (docs/PROTOCOL.md §7.7).
+//!
+//! No token is needed: a head is signed by its mailbox key, and that
+//! signature is the authorization. The relay keeps, per (mailbox, slot), the
+//! valid head with the highest `seq`; the store compares and writes in one
+//! transaction.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_proto::{HeadRecord, SignedRecord, Slot, Verified, VerifyingKey, encode_base64url};
+use serde_json::json;
+
+use super::AppState;
+use super::body::read_bounded;
+use super::error::ApiError;
+use crate::store::index::HeadKey;
+use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX};
+
+/// Largest head body accepted. A head envelope is at most 248 bytes today;
+/// the margin leaves room for a future record version, not for abuse.
+pub(crate) const MAX_HEAD_BODY: usize = 4096;
+
+fn parse_mailbox(text: &str) -> Result<VerifyingKey, ApiError> {
+    text.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "{text:?} is not a mailbox: expected an Ed25519 key as `ed25519:<base64url>` ({e})"
+        ))
+    })
+}
+
+fn parse_slot(text: &str) -> Result<Slot, ApiError> {
+    Slot::new(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{text:?} is not a slot: expected 1-64 characters from A-Z a-z 0-9 _ - ({e})"
+        ))
+    })
+}
+
+/// Decodes and verifies a head envelope and checks that it is for the slot
+/// the path names. Only what passes reaches the store.
+fn verify_for(body: &[u8], key: &HeadKey) -> Result<Verified<HeadRecord>, ApiError> {
+    let envelope = SignedRecord::from_bytes(body)
+        .map_err(|e| ApiError::bad_record(format!("the body is not a signed record: {e}")))?;
+    let head = envelope
+        .verify::<HeadRecord>()
+        .map_err(|e| ApiError::bad_record(format!("the body is not a valid head record: {e}")))?;
+    if head.mailbox != key.mailbox {
+        return Err(ApiError::bad_record(format!(
+            "the record is for mailbox {}, the path names {}",
+            head.mailbox, key.mailbox
+        )));
+    }
+    if head.slot != key.slot {
+        return Err(ApiError::bad_record(format!(
+            "the record is for slot {:?}, the path names {:?}",
+            head.slot.as_str(),
+            key.slot.as_str()
+        )));
+    }
+    Ok(head)
+}
+
+/// `PUT /v1/heads/{mailbox}/{slot}`: stores a newer head; answers once it
+/// is durable.
+pub(crate) async fn put_head(
+    State(app): State<AppState>,
+    Path((mailbox, slot)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = HeadKey {
+        mailbox: parse_mailbox(&mailbox)?,
+        slot: parse_slot(&slot)?,
+    };
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "relay is shutting down; retry elsewhere or later",
+        ));
+    }
+    let body = read_bounded(&app, &headers, body, MAX_HEAD_BODY, || {
+        ApiError::head_too_large(MAX_HEAD_BODY)
+    })
+    .await?;
+    let head = verify_for(&body, &key)?;
+    let seq = head.seq;
+    let status = match app.store.put_head(head, app.now()).await? {
+        HeadOutcome::Created => StatusCode::CREATED,
+        HeadOutcome::Replaced => StatusCode::OK,
+        HeadOutcome::Stale { seq, current } => {
+            return Err(ApiError::stale_head(seq, encode_base64url(&current)));
+        }
+        HeadOutcome::MailboxFull => return Err(ApiError::mailbox_full(MAX_SLOTS_PER_MAILBOX)),
+        HeadOutcome::RelayFull => {
+            return Err(ApiError::heads_full(app.peers_json(), app.config.max_heads));
+        }
+    };
+    let body = json!({
+        "mailbox": key.mailbox.to_string(),
+        "slot": key.slot.as_str(),
+        "seq": seq,
+    });
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// Heads change under the same URL: nothing in between may cache them.
+fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /v1/heads/{mailbox}/{slot}`: the stored envelope bytes.
+pub(crate) async fn get_head(
+    State(app): State<AppState>,
+    Path((mailbox, slot)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = HeadKey {
+        mailbox: parse_mailbox(&mailbox)?,
+        slot: parse_slot(&slot)?,
+    };
+    let reader = app.store.reader().clone();
+    let lookup = key.clone();
+    let envelope = tokio::task::spawn_blocking(move || reader.head(&lookup))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let Some(envelope) = envelope else {
+        return Err(ApiError::not_found(format!(
+            "this relay holds no head for slot {:?} of mailbox {}",
+            key.slot.as_str(),
+            key.mailbox
+        )));
+    };
+    app.store.record_head_access(key, app.now());
+    let response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        envelope,
+    )
+        .into_response();
+    Ok(no_store(response))
+}
+
+/// `GET /v1/heads/{mailbox}`: every slot's head, sorted by slot; an empty
+/// list when the relay holds none.
+pub(crate) async fn list_heads(
+    State(app): State<AppState>,
+    Path(mailbox): Path<String>,
+) -> Result<Response, ApiError> {
+    let mailbox = parse_mailbox(&mailbox)?;
+    let reader = app.store.reader().clone();
+    let rows = tokio::task::spawn_blocking(move || reader.heads(&mailbox))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let now = app.now();
+    let mut heads = Vec::with_capacity(rows.len());
+    for (slot, envelope) in rows {
+        heads.push(encode_base64url(&envelope));
+        app.store.record_head_access(HeadKey { mailbox, slot }, now);
+    }
+    Ok(no_store(
+        axum::Json(json!({ "heads": heads })).into_response(),
+    ))
+}
