@@ -28,8 +28,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(dispatch(args.command, home, json))?;
-    Ok(ExitCode::SUCCESS)
+    runtime.block_on(dispatch(args.command, home, json))
 }
 
 fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -64,7 +63,18 @@ fn open(home: Home) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<()> {
+/// Runs one command. Most report failure as an error; `relay check`
+/// reports its findings either way and exits 1 when a relay failed.
+async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<ExitCode> {
+    if let Command::Relay(command) = command {
+        return relay(open(home)?, json, command).await;
+    }
+    dispatch_simple(command, home, json)
+        .await
+        .map(|()| ExitCode::SUCCESS)
+}
+
+async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Result<()> {
     match command {
         Command::Init {
             name,
@@ -72,7 +82,6 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<()
             relay,
         } => init(home, json, name, recover, relay).await,
         Command::Key(command) => key(open(home)?, json, command),
-        Command::Relay(command) => relay(open(home)?, json, command).await,
         Command::Put { file, name } => put(open(home)?, json, &file, name).await,
         Command::Get { what, output } => get(open(home)?, json, &what, output).await,
         Command::Ls => ls(open(home)?, json).await,
@@ -100,7 +109,7 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<()
             emit(json, &value, || format!("replicas: {}", client.replicas()));
             Ok(())
         }
-        Command::Inspect { .. } => Ok(()),
+        Command::Inspect { .. } | Command::Relay(_) => Ok(()),
     }
 }
 
@@ -220,7 +229,7 @@ fn key(mut client: Client, json: bool, command: KeyCommand) -> anyhow::Result<()
     Ok(())
 }
 
-async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow::Result<()> {
+async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow::Result<ExitCode> {
     match command {
         RelayCommand::Add {
             url,
@@ -303,11 +312,12 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
                     .join("\n")
             });
             if checks.iter().any(|c| !c.ok) {
-                bail!("some relays failed the check");
+                note(json, "some relays failed the check");
+                return Ok(ExitCode::from(1));
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn put(

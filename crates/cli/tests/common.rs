@@ -1,0 +1,231 @@
+//! Relays on loopback and a `cairn` runner.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_relay::{RelayConfig, RelayHandle};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A relay in this process with its own data directory.
+pub(crate) struct Relay {
+    handle: Option<RelayHandle>,
+    pub(crate) dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl Relay {
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = start_at(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap()).await;
+        let addr = handle.addr();
+        Self {
+            handle: Some(handle),
+            dir,
+            addr,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Stops serving (the port closes; the data stays).
+    pub(crate) async fn stop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.shutdown().await;
+        }
+    }
+
+    /// Replaces this relay with a different one (new data, new key) on the
+    /// same address: what an impostor at a known URL looks like.
+    pub(crate) async fn replace_with_impostor(&mut self) {
+        self.stop().await;
+        let other = self.dir.path().join("impostor");
+        self.handle = Some(start_at(&other, self.addr).await);
+    }
+
+    /// The file holding blob `id` on this relay's disk, if it is a file
+    /// (blobs of 16 KiB or less live inside the index).
+    pub(crate) fn blob_file(&self, id: &str) -> Option<PathBuf> {
+        let path = self.data().join("blobs").join(&id[..2]).join(id);
+        path.exists().then_some(path)
+    }
+}
+
+async fn start_at(data: &Path, listen: SocketAddr) -> RelayHandle {
+    let mut config = RelayConfig::new(data);
+    config.listen = listen;
+    // A freed port can linger briefly; retry binding for a moment.
+    for _ in 0..50 {
+        match cairn_relay::start(config.clone()).await {
+            Ok(handle) => return handle,
+            Err(err) => {
+                eprintln!("relay start: {err}; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("relay did not start on {listen}");
+}
+
+/// What one `cairn` run produced.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub(crate) fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "cairn failed: {self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts success and parses stdout as JSON.
+    #[track_caller]
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+
+    /// Asserts failure and returns stderr.
+    #[track_caller]
+    pub(crate) fn err(&self) -> &str {
+        assert_ne!(self.code, 0, "cairn should have failed: {self:#?}");
+        &self.stderr
+    }
+}
+
+/// One device: a cairn home directory.
+pub(crate) struct Device {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl Device {
+    pub(crate) fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            env: vec![
+                ("CAIRN_PASSPHRASE".into(), PASSPHRASE.into()),
+                // Key files with a cheap KDF: tests unlock them hundreds of times.
+                ("CAIRN_INSECURE_KDF_COST".into(), "8".into()),
+            ],
+        }
+    }
+
+    pub(crate) fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Runs `cairn --home HOME ARGS...` off the async runtime.
+    pub(crate) async fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[]).await
+    }
+
+    pub(crate) async fn run_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .env_remove("CAIRN_HOME")
+            .env_remove("CAIRN_RECOVERY_PHRASE");
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `cairn init`, returning its JSON (with the recovery phrase).
+    pub(crate) async fn init(&self, name: &str) -> Value {
+        self.run(&["init", "--name", name, "--json"]).await.json()
+    }
+
+    /// Adds every relay.
+    pub(crate) async fn add_relays(&self, relays: &[&Relay]) {
+        for relay in relays {
+            self.run(&["relay", "add", &relay.url()]).await.ok();
+        }
+    }
+
+    /// A snapshot of every file in the home, to show a failure changed nothing.
+    pub(crate) fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        walk(&self.home(), &mut files);
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Whether any file under `dir` contains `needle`.
+pub(crate) fn disk_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.into_iter().find(|path| {
+        std::fs::read(path)
+            .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}
+
+/// `len` bytes that contain `marker` at many places and are otherwise
+/// pseudo-random (so nothing compresses or dedups it away).
+pub(crate) fn data_with_marker(len: usize, marker: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(len as u64).to_le_bytes());
+    let mut reader = hasher.finalize_xof();
+    let mut block = [0u8; 4096];
+    while out.len() < len {
+        reader.fill(&mut block);
+        out.extend_from_slice(&block);
+        out.extend_from_slice(marker);
+    }
+    out.truncate(len);
+    if len >= marker.len() {
+        out[..marker.len()].copy_from_slice(marker);
+    }
+    out
+}

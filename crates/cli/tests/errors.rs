@@ -1,0 +1,134 @@
+//! Bad input and failing relays: a clear error, and nothing changed.
+
+use crate::common::{Device, Relay};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passphrase_changes_nothing() {
+    let a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let before = device.snapshot();
+    for args in [&["ls"][..], &["relay", "list"], &["key", "phrase"]] {
+        let run = device
+            .run_with(args, &[("CAIRN_PASSPHRASE", "not it")])
+            .await;
+        assert!(run.err().contains("wrong passphrase"), "{run:?}");
+    }
+    assert!(
+        device.snapshot() == before,
+        "a failed unlock changed the home"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_home_says_to_init() {
+    let device = Device::new();
+    for args in [
+        &["ls"][..],
+        &["relay", "add", "http://127.0.0.1:9"],
+        &["put", "x"],
+    ] {
+        let run = device.run(args).await;
+        assert!(run.err().contains("run `cairn init` first"), "{run:?}");
+    }
+    assert!(!device.home().exists(), "a failed command created the home");
+    // And init twice is refused.
+    device.init("one").await;
+    let before = device.snapshot();
+    let run = device.run(&["init"]).await;
+    assert!(
+        run.err().contains("already holds a cairn identity"),
+        "{run:?}"
+    );
+    assert!(device.snapshot() == before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_relay_is_a_clear_error() {
+    let device = Device::new();
+    device.init("laptop").await;
+    let before = device.snapshot();
+    // Nothing listens on the discard port of loopback.
+    let run = device.run(&["relay", "add", "http://127.0.0.1:9"]).await;
+    let err = run.err();
+    assert!(
+        err.contains("http://127.0.0.1:9") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(device.snapshot() == before);
+
+    let run = device.run(&["relay", "add", "not a url"]).await;
+    assert!(run.err().contains("is not a relay URL"), "{run:?}");
+
+    let run = device.run(&["put", "/etc/hostname"]).await;
+    assert!(run.err().contains("no relays are configured"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_key_change_is_refused_until_accepted() {
+    let mut a = Relay::start().await;
+    let b = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b]).await;
+    let pinned = device.run(&["relay", "list", "--json"]).await.json()[0]["key"].clone();
+
+    a.replace_with_impostor().await;
+    let before = device.snapshot();
+    let run = device.run(&["relay", "add", &a.url()]).await;
+    let err = run.err();
+    assert!(
+        err.contains("now presents key") && err.contains("--accept-new-key"),
+        "{err}"
+    );
+    assert!(
+        device.snapshot() == before,
+        "a refused key change changed the home"
+    );
+
+    // `check` names the mismatch and fails; uploads route around it.
+    let run = device.run(&["relay", "check", "--json"]).await;
+    assert_ne!(run.code, 0);
+    let checks: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let bad = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["url"] == a.url())
+        .unwrap();
+    assert_eq!(bad["ok"], false);
+    assert!(
+        bad["error"].as_str().unwrap().contains("is pinned"),
+        "{bad}"
+    );
+
+    let accepted = device
+        .run(&["relay", "add", &a.url(), "--accept-new-key", "--json"])
+        .await
+        .json();
+    assert_eq!(accepted["replaced_key"], pinned);
+    assert_ne!(accepted["relay"]["key"], pinned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_list_remove_and_check() {
+    let a = Relay::start().await;
+    let b = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b]).await;
+    let checks = device.run(&["relay", "check", "--json"]).await.json();
+    assert_eq!(checks.as_array().unwrap().len(), 2);
+    assert!(checks.as_array().unwrap().iter().all(|c| c["ok"] == true));
+    assert!(checks[0]["info"]["retention_secs"].as_u64().unwrap() > 0);
+
+    device.run(&["relay", "remove", &a.url()]).await.ok();
+    let list = device.run(&["relay", "list", "--json"]).await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["url"], b.url());
+    let run = device.run(&["relay", "remove", &a.url()]).await;
+    assert!(run.err().contains("is not in your relay set"), "{run:?}");
+    let run = device.run(&["relay", "check", &a.url()]).await;
+    assert!(run.err().contains("is not in your relay set"), "{run:?}");
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of the `cairn` binary against real relays on loopback.
+//!
+//! Each test starts its relays in-process (each with its own data
+//! directory, on its own port) and runs `cairn` as a child process with its
+//! own home, exactly as a user would.
+
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+mod errors;
+mod interop;
+mod storage;

@@ -1,0 +1,218 @@
+//! Storing and fetching through three relays.
+
+use crate::common::{Device, Relay, data_with_marker, disk_contains};
+
+const MARKER: &[u8] = b"PLAINTEXT-MARKER-7f3a9c";
+
+async fn three_relays() -> (Relay, Relay, Relay) {
+    (
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    )
+}
+
+/// Stores `data` as `name` and reads it back; returns the put report.
+async fn round_trip(device: &Device, name: &str, data: &[u8]) -> serde_json::Value {
+    let src = device.dir.path().join("src");
+    std::fs::write(&src, data).unwrap();
+    let put = device
+        .run(&["put", src.to_str().unwrap(), "--name", name, "--json"])
+        .await
+        .json();
+    assert_eq!(put["copies"].as_array().unwrap().len(), 3, "{put}");
+    assert_eq!(put["size"], data.len() as u64);
+    let out = device.dir.path().join("out");
+    let got = device
+        .run(&["get", name, "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert_eq!(got["blob"], put["blob"]);
+    assert!(std::fs::read(&out).unwrap() == data, "{name}: bytes differ");
+    put
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_on_three_relays_and_no_plaintext_on_disk() {
+    let (a, b, c) = three_relays().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+
+    let sizes = [0usize, 1, 1 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        round_trip(
+            &device,
+            &format!("file-{i}"),
+            &data_with_marker(*size, MARKER),
+        )
+        .await;
+    }
+    // Standard output works too.
+    let run = device.run(&["get", "file-1"]).await;
+    assert_eq!(run.ok().as_bytes(), &data_with_marker(1, MARKER)[..]);
+
+    let list = device.run(&["ls", "--json"]).await.json();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["file-0", "file-1", "file-2"]);
+
+    for relay in [&a, &b, &c] {
+        assert_eq!(
+            disk_contains(&relay.data(), MARKER),
+            None,
+            "plaintext on a relay's disk"
+        );
+        assert_eq!(
+            disk_contains(&relay.data(), b"file-2"),
+            None,
+            "a name leaked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_file_streams_through() {
+    let (a, b, c) = three_relays().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+    round_trip(&device, "big", &data_with_marker(300 << 20, MARKER)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_works_with_two_of_three_relays_stopped() {
+    let (mut a, mut b, c) = three_relays().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+    let data = data_with_marker(100_000, MARKER);
+    round_trip(&device, "doc", &data).await;
+
+    a.stop().await;
+    b.stop().await;
+    let out = device.dir.path().join("after");
+    let got = device
+        .run(&["get", "doc", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert_eq!(got["relay"], c.url());
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // `ls` reads the file list from the one relay left.
+    let list = device.run(&["ls", "--json"]).await.json();
+    assert_eq!(list[0]["name"], "doc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_are_detected_and_skipped() {
+    let (a, b, c) = three_relays().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+    let data = data_with_marker(200_000, MARKER);
+    let put = round_trip(&device, "doc", &data).await;
+    let id = put["blob"].as_str().unwrap();
+
+    // Two relays now serve corrupted bytes (one flipped bit each).
+    for relay in [&a, &b] {
+        let path = relay.blob_file(id).expect("a 200 kB blob is a file");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[1000] ^= 0x01;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let out = device.dir.path().join("out");
+    let got = device
+        .run(&["get", "doc", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert_eq!(got["relay"], c.url());
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    for skipped in got["skipped"].as_array().unwrap() {
+        assert!(skipped.as_str().unwrap().contains("do not match"), "{got}");
+    }
+
+    // With every copy corrupted, get fails, says why, and writes nothing.
+    let path = c.blob_file(id).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[5] ^= 0x80;
+    std::fs::write(&path, bytes).unwrap();
+    let out2 = device.dir.path().join("out2");
+    let run = device
+        .run(&["get", "doc", "-o", out2.to_str().unwrap()])
+        .await;
+    let err = run.err();
+    assert!(err.contains("do not match"), "{err}");
+    assert!(!out2.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_needs_every_copy_and_leaves_nothing_when_short() {
+    let (a, b, mut c) = three_relays().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+    c.stop().await;
+
+    let src = device.dir.path().join("src");
+    std::fs::write(&src, data_with_marker(50_000, MARKER)).unwrap();
+    let run = device.run(&["put", src.to_str().unwrap()]).await;
+    let err = run.err();
+    assert!(err.contains("stored 2 of the 3 copies required"), "{err}");
+    assert!(err.contains(&c.url()), "the failing relay is named: {err}");
+    // Nothing recorded, and the two copies made were removed again.
+    let list = device.run(&["ls", "--json"]).await.json();
+    assert_eq!(list.as_array().unwrap().len(), 0);
+    for relay in [&a, &b] {
+        let mut files = Vec::new();
+        crate::common::walk(&relay.data().join("blobs"), &mut files);
+        assert!(
+            files
+                .iter()
+                .all(|f| std::fs::metadata(f).unwrap().len() < 16 << 10),
+            "an orphan copy stayed on {}: {files:?}",
+            relay.url()
+        );
+    }
+
+    // Asking for fewer copies makes it succeed.
+    device.run(&["config", "--replicas", "2"]).await.ok();
+    let put = device
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert_eq!(put["copies"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_set_warns_and_rm_deletes_copies() {
+    let a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let src = device.dir.path().join("notes.txt");
+    std::fs::write(&src, data_with_marker(40_000, MARKER)).unwrap();
+    let put = device.run(&["put", src.to_str().unwrap(), "--json"]).await;
+    let report = put.json();
+    assert_eq!(report["name"], "notes.txt");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("redundancy is below target")),
+        "{report}"
+    );
+    let id = report["blob"].as_str().unwrap();
+    assert!(a.blob_file(id).is_some());
+
+    let rm = device.run(&["rm", "notes.txt", "--json"]).await.json();
+    assert_eq!(rm["deleted"][0], a.url());
+    assert!(a.blob_file(id).is_none());
+    let run = device.run(&["get", "notes.txt"]).await;
+    assert!(run.err().contains("nothing named"), "{run:?}");
+    let run = device.run(&["rm", "notes.txt"]).await;
+    assert!(run.err().contains("nothing named"), "{run:?}");
+}
