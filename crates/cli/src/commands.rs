@@ -5,10 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use cairn_client::{Client, Home, InitOptions, KdfCost, Output, Progress};
+use std::time::Duration;
+
+use cairn_client::{Client, Home, InitOptions, KdfCost, Output, PairingCode, Progress};
 use serde_json::json;
 
-use crate::output::{bytes, duration, emit, note};
+use crate::output::{bytes, duration, emit, emit_line, note};
 use crate::progress::Bars;
 use crate::secrets;
 use crate::{Args, Command, DeviceCommand, KeyCommand, RelayCommand};
@@ -100,6 +102,41 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
             Ok(())
         }
         Command::Device(DeviceCommand::List) => devices(open(home)?, json).await,
+        Command::Device(DeviceCommand::Join { relay, name, wait }) => {
+            join(home, json, &relay, name, wait).await
+        }
+        Command::Device(DeviceCommand::Approve {
+            code,
+            wait,
+            root_key,
+        }) => {
+            let code = PairingCode::parse(&code)?;
+            let mut client = open(home)?;
+            use_root_file(&mut client, root_key.as_deref())?;
+            let enrolled = client.approve(&code, Duration::from_secs(wait)).await?;
+            for warning in &enrolled.warnings {
+                note(json, &format!("warning: {warning}"));
+            }
+            emit(json, &enrolled, || {
+                format!("enrolled {} ({})", enrolled.name, enrolled.device)
+            });
+            Ok(())
+        }
+        Command::Device(DeviceCommand::Revoke { device, root_key }) => {
+            let mut client = open(home)?;
+            use_root_file(&mut client, root_key.as_deref())?;
+            let revoked = client.revoke(&device).await?;
+            for warning in &revoked.warnings {
+                note(json, &format!("warning: {warning}"));
+            }
+            emit(json, &revoked, || {
+                format!(
+                    "revoked {} ({}); new data is sealed to vault key generation {}",
+                    revoked.name, revoked.device, revoked.generation
+                )
+            });
+            Ok(())
+        }
         Command::Config { replicas } => {
             let mut client = open(home)?;
             if let Some(replicas) = replicas {
@@ -111,6 +148,61 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
         }
         Command::Inspect { .. } | Command::Relay(_) => Ok(()),
     }
+}
+
+fn use_root_file(client: &mut Client, path: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        client
+            .use_root_file(path, &secrets::passphrase()?)
+            .with_context(|| format!("opening the root key in {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn join(home: Home, json: bool, relay: &str, name: String, wait: u64) -> anyhow::Result<()> {
+    if home.exists() {
+        bail!(cairn_client::Error::HomeExists {
+            path: home.path().to_path_buf()
+        });
+    }
+    let options = InitOptions {
+        device_name: name,
+        cost: kdf_cost()?,
+    };
+    let passphrase = secrets::new_passphrase()?;
+    let show = |code: &PairingCode| {
+        // Shown at once, while the command goes on waiting.
+        emit_line(json, &json!({ "code": code.to_string() }), || {
+            format!(
+                "pairing code: {code}\non a device that holds the root key, run:\n  cairn device \
+                 approve {code}\nwaiting for approval…"
+            )
+        });
+    };
+    let client = Client::join(
+        home,
+        &passphrase,
+        &options,
+        relay,
+        Duration::from_secs(wait),
+        show,
+    )
+    .await?;
+    let value = json!({
+        "root": client.root_key().to_string(),
+        "device": client.device_key().to_string(),
+        "home": client.home().path(),
+        "relays": client.relays().entries().len(),
+    });
+    emit(json, &value, || {
+        format!(
+            "joined identity {} as {}; {} relay(s) in the set",
+            client.root_key(),
+            client.device_name(),
+            client.relays().entries().len()
+        )
+    });
+    Ok(())
 }
 
 async fn init(

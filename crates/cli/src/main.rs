@@ -200,6 +200,48 @@ enum RelayCommand {
 enum DeviceCommand {
     /// List the identity's devices.
     List,
+    /// Join an existing identity as a new device (run on the new device).
+    ///
+    /// Shows a pairing code; type it into `cairn device approve` on a
+    /// device that holds the root key. The code is never sent anywhere: the
+    /// two devices prove to each other that they know it (SPAKE2), so
+    /// neither a relay nor an eavesdropper can enroll itself or read the
+    /// keys.
+    #[command(
+        after_help = "Example:\n  cairn device join --relay https://relay.example --name phone"
+    )]
+    Join {
+        /// One of the identity's relays.
+        #[arg(long, value_name = "URL")]
+        relay: String,
+        /// This device's name.
+        #[arg(long, default_value = "new device")]
+        name: String,
+        /// Seconds to wait for the approval.
+        #[arg(long, default_value_t = 600, value_name = "SECS")]
+        wait: u64,
+    },
+    /// Approve a device waiting in `cairn device join` (needs the root key).
+    #[command(after_help = "Example:\n  cairn device approve K7QF-9XM2-PT4R")]
+    Approve {
+        /// The code the new device shows.
+        code: String,
+        /// Seconds to wait for the new device.
+        #[arg(long, default_value_t = 120, value_name = "SECS")]
+        wait: u64,
+        /// The exported root key, when it is not on this device.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+    },
+    /// Revoke a device: it can no longer change anything, and new data is
+    /// sealed to a new vault key it does not have (needs the root key).
+    Revoke {
+        /// The device's name or key (see `cairn device list`).
+        device: String,
+        /// The exported root key, when it is not on this device.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {

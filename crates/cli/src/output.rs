@@ -23,6 +23,19 @@ pub(crate) fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> S
     }
 }
 
+/// Prints `value` as one compact JSON line, or `text()`: for a result a
+/// command shows before it goes on (scripts read it line by line).
+pub(crate) fn emit_line<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+        );
+    } else {
+        println!("{}", text());
+    }
+}
+
 /// A note for people on standard error (never mixed into JSON output).
 pub(crate) fn note(json: bool, text: &str) {
     if !json {

@@ -158,6 +158,22 @@ impl Device {
         }
     }
 
+    /// Starts `cairn --home HOME ARGS...` without waiting for it.
+    pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--home")
+            .arg(self.home())
+            .args(args)
+            .env_remove("CAIRN_HOME")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command.spawn().unwrap()
+    }
+
     /// `cairn init`, returning its JSON (with the recovery phrase).
     pub(crate) async fn init(&self, name: &str) -> Value {
         self.run(&["init", "--name", name, "--json"]).await.json()

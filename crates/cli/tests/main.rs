@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
+mod devices;
 mod errors;
 mod interop;
 mod storage;

@@ -18,6 +18,7 @@ mod identity;
 mod keyfile;
 pub mod keys;
 mod manifest;
+mod pairing;
 mod progress;
 pub mod recovery;
 pub mod relay;
@@ -26,12 +27,13 @@ mod text_serde;
 
 pub use cairn_proto as proto;
 pub use client::{
-    Client, DEFAULT_REPLICAS, FileInfo, GetReport, InitOptions, Output, PutReport, RelayAdded,
-    RelayCheck, RemoveReport,
+    Client, DEFAULT_REPLICAS, Enrolled, FileInfo, GetReport, InitOptions, Output, PutReport,
+    RelayAdded, RelayCheck, RemoveReport, Revoked,
 };
 pub use error::{Error, RelayError, Result};
 pub use home::Home;
 pub use identity::IdentityLog;
 pub use keyfile::{KdfCost, Passphrase};
 pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, Manifest, check_name};
+pub use pairing::PairingCode;
 pub use progress::{Progress, Silent};

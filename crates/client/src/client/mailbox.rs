@@ -83,7 +83,11 @@ async fn best_heads(
 }
 
 /// Fetches a small blob from the first relay that delivers it intact.
-async fn fetch_small(relays: &[RelayClient], id: &BlobId, max: usize) -> Result<Vec<u8>> {
+pub(super) async fn fetch_small(
+    relays: &[RelayClient],
+    id: &BlobId,
+    max: usize,
+) -> Result<Vec<u8>> {
     let mut failures = Vec::new();
     for relay in relays {
         match relay.fetch_bytes(id, max).await {
@@ -99,7 +103,7 @@ async fn fetch_small(relays: &[RelayClient], id: &BlobId, max: usize) -> Result<
 
 /// Walks back from `target` to the end of `known` (or to the genesis entry)
 /// and returns the log extended by what it found, verified.
-async fn extend_log(
+pub(super) async fn extend_log(
     relays: &[RelayClient],
     root: &cairn_proto::VerifyingKey,
     known: Option<&IdentityLog>,

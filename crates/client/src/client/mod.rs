@@ -4,6 +4,7 @@
 //! verifies the locally stored identity log; commands that talk to relays
 //! first bring the log up to date from them.
 
+mod devices;
 mod mailbox;
 mod relays;
 mod storage;
@@ -13,6 +14,7 @@ use zeroize::Zeroizing;
 
 use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
+pub use devices::{Enrolled, Revoked};
 pub use relays::{RelayAdded, RelayCheck};
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport};
 
@@ -92,7 +94,8 @@ impl Client {
         let device = DeviceKeys::generate()?;
         let name = device_name(&options.device_name)?;
         let log = IdentityLog::genesis(&root, &device, &name)?;
-        let client = Self::create(home, passphrase, options, root, device, log)?;
+        let root_key = root.verifying_key();
+        let client = Self::create(home, passphrase, options, root_key, Some(root), device, log)?;
         Ok((client, phrase))
     }
 
@@ -139,18 +142,25 @@ impl Client {
                 }),
             },
         )?;
-        let mut client = Self::create(home, passphrase, options, root, device, log)?;
+        let root_key = root.verifying_key();
+        let mut client =
+            Self::create(home, passphrase, options, root_key, Some(root), device, log)?;
         client.relays = relays;
         client.relays.save(&client.home)?;
         client.publish_identity().await?;
         Ok(client)
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private constructor, called three times"
+    )]
     fn create(
         home: Home,
         passphrase: &Passphrase,
         options: &InitOptions,
-        root: SigningKey,
+        root_key: VerifyingKey,
+        root: Option<SigningKey>,
         device: DeviceKeys,
         log: IdentityLog,
     ) -> Result<Self> {
@@ -162,7 +172,7 @@ impl Client {
         home.create_dirs()?;
         let config = Config {
             version: 1,
-            root: root.verifying_key(),
+            root: root_key,
             device_name: options.device_name.clone(),
             replicas: DEFAULT_REPLICAS,
         };
@@ -170,7 +180,7 @@ impl Client {
             home,
             config,
             device,
-            root: Some(root),
+            root,
             log,
             relays: RelaySet::default(),
             http: http_client().map_err(|source| Error::Relay {

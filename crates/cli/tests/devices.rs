@@ -1,0 +1,238 @@
+//! Two devices of one identity: pairing, sharing, revoking.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+
+use cairn_client::{Client, Error, Home, Passphrase};
+
+use crate::common::{Device, PASSPHRASE, Relay, Run, data_with_marker};
+
+/// Runs `device join` on `new` and `device approve` on `approver`; returns
+/// both results.
+async fn pair(
+    approver: &Device,
+    new: &Device,
+    relay: &Relay,
+    wrong_password: bool,
+    wait: &str,
+) -> (Run, Run) {
+    let mut child = new.spawn(&[
+        "device",
+        "join",
+        "--relay",
+        &relay.url(),
+        "--name",
+        "phone",
+        "--json",
+        "--wait",
+        wait,
+    ]);
+    let stdout = child.stdout.take().unwrap();
+    let (first_line, mut reader) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        (line, reader)
+    })
+    .await
+    .unwrap();
+    let code: serde_json::Value = serde_json::from_str(&first_line)
+        .unwrap_or_else(|e| panic!("join's first line is not JSON ({e}): {first_line:?}"));
+    let mut code = code["code"].as_str().unwrap().to_owned();
+    if wrong_password {
+        // Same rendezvous (first group), another password.
+        let last = code.pop().unwrap();
+        code.push(if last == 'A' { 'B' } else { 'A' });
+    }
+    let approve = approver
+        .run(&["device", "approve", &code, "--json", "--wait", wait])
+        .await;
+    let join = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: rest,
+            stderr,
+        }
+    })
+    .await
+    .unwrap();
+    (approve, join)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_approve_share_then_revoke() {
+    let (a, b) = (Relay::start().await, Relay::start().await);
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a, &b]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let before = data_with_marker(25_000, b"stored before pairing");
+    let src = laptop.dir.path().join("before");
+    std::fs::write(&src, &before).unwrap();
+    laptop.run(&["put", src.to_str().unwrap()]).await.ok();
+
+    let phone = Device::new();
+    let (approve, join) = pair(&laptop, &phone, &b, false, "30").await;
+    let enrolled = approve.json();
+    assert_eq!(enrolled["name"], "phone");
+    let joined = join.json();
+    assert_eq!(joined["device"], enrolled["device"]);
+    assert_eq!(joined["relays"], 2, "the phone learned the whole relay set");
+
+    // The phone reads what was stored before it existed, and stores too.
+    let out = phone.dir.path().join("out");
+    phone
+        .run(&["get", "before", "-o", out.to_str().unwrap()])
+        .await
+        .ok();
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    phone.run(&["config", "--replicas", "2"]).await.ok();
+    let from_phone = data_with_marker(30_000, b"from the phone");
+    let src = phone.dir.path().join("from-phone");
+    std::fs::write(&src, &from_phone).unwrap();
+    phone.run(&["put", src.to_str().unwrap()]).await.ok();
+    let devices = laptop.run(&["device", "list", "--json"]).await.json();
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
+
+    // Revoke the phone from the laptop; new data goes to generation 2.
+    let revoked = laptop
+        .run(&["device", "revoke", "phone", "--json"])
+        .await
+        .json();
+    assert_eq!(revoked["generation"], 2);
+    let after = data_with_marker(20_000, b"stored after revocation");
+    let src = laptop.dir.path().join("after");
+    std::fs::write(&src, &after).unwrap();
+    let put = laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let after_id = put["blob"].as_str().unwrap().to_owned();
+    // The laptop still reads everything, old generations included.
+    for (name, data) in [
+        ("before", &before),
+        ("from-phone", &from_phone),
+        ("after", &after),
+    ] {
+        let out = laptop.dir.path().join(format!("check-{name}"));
+        laptop
+            .run(&["get", name, "-o", out.to_str().unwrap()])
+            .await
+            .ok();
+        assert_eq!(&std::fs::read(&out).unwrap(), data, "{name}");
+    }
+
+    // The phone can no longer read new data, even knowing the blob id...
+    for what in ["after", after_id.as_str()] {
+        let run = phone.run(&["get", what]).await;
+        assert!(run.err().contains("revoked"), "{run:?}");
+    }
+    // ...nor store anything.
+    let run = phone.run(&["put", src.to_str().unwrap()]).await;
+    assert!(run.err().contains("revoked"), "{run:?}");
+
+    // Its signatures are refused by the same verification every device
+    // applies to logs it fetches from relays.
+    let mut client = Client::open(Home::at(phone.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let err = client.set_preferred_relays().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Log(e) if e.to_string().contains("revoked")),
+        "{err}"
+    );
+    // The laptop's view is unchanged by the attempt.
+    let devices = laptop.run(&["device", "list", "--json"]).await.json();
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(devices["revoked"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_code_enrolls_nothing() {
+    let a = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a]).await;
+    let phone = Device::new();
+    // The approver finds the request (same rendezvous) but the key exchange
+    // fails on both sides.
+    let (approve, join) = pair(&laptop, &phone, &a, true, "5").await;
+    assert_ne!(approve.code, 0);
+    let devices = laptop.run(&["device", "list", "--json"]).await.json();
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
+    assert_ne!(join.code, 0);
+    assert!(!phone.home().exists(), "a failed join left a home behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_needs_the_root_key() {
+    let a = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a]).await;
+    let root_file = laptop.dir.path().join("root.key");
+    laptop
+        .run(&["key", "export-root", root_file.to_str().unwrap()])
+        .await
+        .ok();
+    let run = laptop.run(&["key", "forget-root"]).await;
+    assert!(run.err().contains("--yes"), "{run:?}");
+    laptop.run(&["key", "forget-root", "--yes"]).await.ok();
+    let run = laptop
+        .run(&["device", "approve", "AAAA-BBBB-CCCC", "--wait", "1"])
+        .await;
+    assert!(run.err().contains("does not hold the root key"), "{run:?}");
+    let run = laptop.run(&["key", "phrase"]).await;
+    assert!(run.err().contains("does not hold the root key"), "{run:?}");
+
+    // With the exported key file it works.
+    let phone = Device::new();
+    let mut child = phone.spawn(&[
+        "device",
+        "join",
+        "--relay",
+        &a.url(),
+        "--name",
+        "phone",
+        "--json",
+        "--wait",
+        "30",
+    ]);
+    let stdout = child.stdout.take().unwrap();
+    let (line, mut reader) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        (line, reader)
+    })
+    .await
+    .unwrap();
+    let code: serde_json::Value = serde_json::from_str(&line).unwrap();
+    laptop
+        .run(&[
+            "device",
+            "approve",
+            code["code"].as_str().unwrap(),
+            "--root-key",
+            root_file.to_str().unwrap(),
+            "--wait",
+            "30",
+        ])
+        .await
+        .ok();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest).unwrap();
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success());
+}

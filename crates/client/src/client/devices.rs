@@ -1,0 +1,487 @@
+//! Enrolling and revoking devices, entirely between the user's devices: the
+//! relays carry the pairing messages and the identity log, and decide
+//! nothing.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use cairn_proto::{
+    BlobId, DeviceWrappedKey, LogAction, Revocation, RevocationReason, SignedRecord, SigningKey,
+    Timestamp, VerifyingKey, WrappedKey,
+};
+
+use super::mailbox::{clients, extend_log, fetch_small, identity_slot, manifest_slot, sign_head};
+use super::{Client, InitOptions};
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::keyfile::Passphrase;
+use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
+use crate::pairing::{Approver, Joiner, MAX_MESSAGE, PairingCode, Step, WelcomeBody, slot};
+use crate::relay::{RelayClient, RelaySet, http_client, unix_now};
+use crate::seal;
+
+/// How often a waiting side looks for the other's message.
+const POLL_EVERY: Duration = Duration::from_millis(300);
+
+/// A device enrolled by `approve`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Enrolled {
+    /// Its name.
+    pub name: String,
+    /// Its signing key.
+    #[serde(with = "crate::text_serde")]
+    pub device: VerifyingKey,
+    /// Relays that did not take the updated identity log.
+    pub warnings: Vec<String>,
+}
+
+/// A device removed by `revoke`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revoked {
+    /// Its name.
+    pub name: String,
+    /// Its signing key.
+    #[serde(with = "crate::text_serde")]
+    pub device: VerifyingKey,
+    /// The vault key generation new data is now sealed to.
+    pub generation: u32,
+    /// Relays that did not take the update.
+    pub warnings: Vec<String>,
+}
+
+fn millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Posts one pairing message on every relay given: a blob, and a head
+/// whose sequence number is the current time in milliseconds (so a new
+/// attempt always supersedes an old one in the same mailbox).
+async fn post(
+    relays: &[RelayClient],
+    mailbox: &SigningKey,
+    step: Step,
+    message: Vec<u8>,
+    uploader: &SigningKey,
+) -> Result<()> {
+    let id = BlobId::of(&message);
+    let head = sign_head(mailbox, slot(step), millis(), id)?;
+    let message = Bytes::from(message);
+    let results = join_all(relays.iter().map(|relay| {
+        let message = message.clone();
+        let head = head.clone();
+        async move {
+            let pow = relay.info().await?.limits.pow_bits;
+            relay.put_bytes(&id, message, uploader, pow).await?;
+            relay.put_head(&head).await
+        }
+    }))
+    .await;
+    let mut failures = Vec::new();
+    for (relay, result) in relays.iter().zip(results) {
+        match result {
+            Ok(_) => return Ok(()),
+            Err(err) => failures.push(format!("{}: {err}", relay.url())),
+        }
+    }
+    Err(Error::Invalid(format!(
+        "pairing: no relay took the message: {}",
+        failures.join("; ")
+    )))
+}
+
+/// Waits until any relay holds message `step` posted after `since` (ms),
+/// and returns it.
+async fn wait_for(
+    relays: &[RelayClient],
+    mailbox: &VerifyingKey,
+    step: Step,
+    since: u64,
+    deadline: Instant,
+) -> Result<Vec<u8>> {
+    let slot = slot(step);
+    loop {
+        let heads = join_all(relays.iter().map(|relay| relay.get_head(mailbox, &slot))).await;
+        for head in heads.into_iter().filter_map(|h| h.ok().flatten()) {
+            if head.seq >= since
+                && let Ok(bytes) = fetch_small(relays, &head.target, MAX_MESSAGE).await
+            {
+                return Ok(bytes);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Invalid(format!(
+                "pairing timed out waiting for the other device ({}); run both commands again",
+                match step {
+                    Step::Hello => "has `cairn device join` been started, with the same relays?",
+                    Step::Reply =>
+                        "has `cairn device approve CODE` been run on a device with the root key?",
+                    Step::Confirm | Step::Welcome => "it stopped answering",
+                }
+            )));
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+fn ephemeral_key() -> Result<SigningKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|err| Error::Invalid(format!("no randomness from the OS: {err}")))?;
+    Ok(SigningKey::from_seed(&seed))
+}
+
+impl Client {
+    /// Joins an existing identity as a new device. Posts a pairing request
+    /// on the relay at `relay_url`, hands the code to `show_code` (the user
+    /// types it on a device holding the root key: `cairn device approve`),
+    /// then waits up to `wait` for the approval and creates `home`.
+    pub async fn join(
+        home: Home,
+        passphrase: &Passphrase,
+        options: &InitOptions,
+        relay_url: &str,
+        wait: Duration,
+        show_code: impl FnOnce(&PairingCode),
+    ) -> Result<Self> {
+        if home.exists() {
+            return Err(Error::HomeExists {
+                path: home.path().to_path_buf(),
+            });
+        }
+        let name = super::device_name(&options.device_name)?;
+        let http = http_client().map_err(|source| Error::Relay {
+            url: relay_url.into(),
+            source,
+        })?;
+        let (entry, _) = super::relays::pin(&http, relay_url, None, false).await?;
+        let relay = vec![RelayClient::new(http.clone(), &entry.url, entry.key)];
+
+        let device = DeviceKeys::generate()?;
+        let code = PairingCode::generate()?;
+        let mailbox = code.mailbox();
+        let uploader = ephemeral_key()?;
+        let deadline = Instant::now() + wait;
+        let (joiner, hello) = Joiner::start(code, &device, name.as_str());
+        let since = millis();
+        post(&relay, &mailbox, Step::Hello, hello, &uploader).await?;
+        show_code(joiner.code());
+
+        let reply = wait_for(
+            &relay,
+            &mailbox.verifying_key(),
+            Step::Reply,
+            since,
+            deadline,
+        )
+        .await?;
+        let (confirm, welcome_key) = joiner.on_reply(&reply)?;
+        post(&relay, &mailbox, Step::Confirm, confirm, &uploader).await?;
+        let welcome = wait_for(
+            &relay,
+            &mailbox.verifying_key(),
+            Step::Welcome,
+            since,
+            deadline,
+        )
+        .await?;
+        let body: WelcomeBody = welcome_key.open(&welcome)?;
+
+        let mut set = RelaySet::default();
+        for relay in body.relays {
+            set.upsert(relay);
+        }
+        if set.get(&entry.url).is_none() {
+            set.upsert(entry);
+        }
+        let log = extend_log(&clients(&http, &set), &body.root, None, body.head).await?;
+        let me = device.signing.verifying_key();
+        match log.state().devices().get(&me) {
+            Some(enrolled) if enrolled.x25519 == device.x25519.public() => {}
+            _ => {
+                return Err(Error::Invalid(
+                    "pairing: the identity log does not enroll this device".into(),
+                ));
+            }
+        }
+        log.vault_keys(&device)?;
+        let mut client = Self::create(home, passphrase, options, body.root, None, device, log)?;
+        client.relays = set;
+        client.relays.save(&client.home)?;
+        Ok(client)
+    }
+
+    /// Approves a device waiting in `cairn device join` with `code`: checks
+    /// it knows the code, enrolls it with the root key, gives it every vault
+    /// key, and publishes the identity log. Waits up to `wait` for it.
+    pub async fn approve(&mut self, code: &PairingCode, wait: Duration) -> Result<Enrolled> {
+        let root = self.root.clone().ok_or(Error::NoRootKey)?;
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        self.require_active()?;
+        let relays = self.relay_clients();
+        let mailbox = code.mailbox();
+        let deadline = Instant::now() + wait;
+        // A join request is posted before its code is shown, so anything
+        // older than the wait window is a stale attempt.
+        let since = millis().saturating_sub(u64::try_from(wait.as_millis()).unwrap_or(0));
+        let hello = wait_for(
+            &relays,
+            &mailbox.verifying_key(),
+            Step::Hello,
+            since,
+            deadline,
+        )
+        .await?;
+        let (approver, reply) = Approver::on_hello(code, &hello)?;
+        let uploader = self.device.upload_key(&mailbox.verifying_key());
+        let replied = millis();
+        post(&relays, &mailbox, Step::Reply, reply, &uploader).await?;
+        let confirm = wait_for(
+            &relays,
+            &mailbox.verifying_key(),
+            Step::Confirm,
+            replied,
+            deadline,
+        )
+        .await?;
+        let joiner = approver.on_confirm(&confirm)?.clone();
+
+        let vault = self.current_vault()?;
+        let name = super::device_name(&joiner.name)?;
+        let certificate = SignedRecord::sign(
+            &cairn_proto::DeviceCertificate {
+                device: joiner.device,
+                x25519: joiner.x25519,
+                name: name.clone(),
+                created: Timestamp(unix_now()),
+            },
+            &root,
+        )
+        .map_err(|err| Error::Invalid(format!("certificate: {err}")))?;
+        let mut log = self.log.clone();
+        log.append(
+            &root,
+            LogAction::AddDevice {
+                certificate,
+                vault_key: Some(WrappedKey {
+                    generation: vault.generation,
+                    secret: vault.wrap_to(&joiner.x25519)?,
+                }),
+            },
+        )?;
+        self.log = log;
+        self.save_log()?;
+        let warnings = self
+            .publish_identity()
+            .await?
+            .into_iter()
+            .map(|(url, err)| format!("{url}: {err}"))
+            .collect();
+        let welcome = approver.welcome(&WelcomeBody {
+            root: root.verifying_key(),
+            head: self.log.state().head(),
+            relays: self.relays.entries().to_vec(),
+        })?;
+        post(&relays, &mailbox, Step::Welcome, welcome, &uploader).await?;
+        Ok(Enrolled {
+            name: joiner.name,
+            device: joiner.device,
+            warnings,
+        })
+    }
+
+    /// Revokes the device named `which` (its name or key), rotates the vault
+    /// key so new data is sealed where it cannot read, moves the mailbox,
+    /// and publishes everything.
+    pub async fn revoke(&mut self, which: &str) -> Result<Revoked> {
+        let root = self.root.clone().ok_or(Error::NoRootKey)?;
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        self.refresh_identity().await?;
+        self.require_active()?;
+        let target = self.find_device(which)?;
+        if target.key == self.device_key() {
+            return Err(Error::Invalid(
+                "a device cannot revoke itself; revoke it from another device".into(),
+            ));
+        }
+        let old_vault = self.current_vault()?;
+        let manifest = self.read_manifest().await?;
+
+        let revocation = SignedRecord::sign(
+            &Revocation {
+                device: target.key,
+                revoked_at: Timestamp(unix_now()),
+                reason: RevocationReason::Unspecified,
+            },
+            &root,
+        )
+        .map_err(|err| Error::Invalid(format!("revocation: {err}")))?;
+        let mut log = self.log.clone();
+        log.append(&root, LogAction::RevokeDevice { revocation })?;
+        let generation = old_vault.generation + 1;
+        let vault = VaultKey::derive(&root, generation);
+        let mut wrapped = Vec::new();
+        for device in log.state().devices().values() {
+            wrapped.push(DeviceWrappedKey {
+                device: device.key,
+                secret: vault.wrap_to(&device.x25519)?,
+            });
+        }
+        wrapped.sort_by_key(|w| w.device);
+        log.append(
+            &root,
+            LogAction::RotateVaultKey {
+                generation,
+                recipient: vault.secret.public(),
+                wrapped,
+                previous: Some(wrap_secret(&old_vault.secret, &vault.secret.public())?),
+            },
+        )?;
+        self.log = log;
+        self.save_log()?;
+
+        let mut warnings: Vec<String> = self
+            .publish_identity()
+            .await?
+            .into_iter()
+            .map(|(url, err)| format!("{url}: {err}"))
+            .collect();
+        warnings.extend(self.move_manifest(&vault, manifest).await);
+        warnings.extend(self.seal_mailbox(&old_vault).await);
+        Ok(Revoked {
+            name: target.name.as_str().to_owned(),
+            device: target.key,
+            generation,
+            warnings,
+        })
+    }
+
+    /// Records the current relay set in the identity log (signed by this
+    /// device), so other devices, and new ones, learn it from the log.
+    pub async fn set_preferred_relays(&mut self) -> Result<()> {
+        self.refresh_identity().await?;
+        let mut relays = Vec::new();
+        for entry in self
+            .relays
+            .entries()
+            .iter()
+            .take(cairn_proto::MAX_PREFERRED_RELAYS)
+        {
+            relays.push(cairn_proto::RelayRef {
+                url: cairn_proto::RelayUrl::new(entry.url.as_str())
+                    .map_err(|err| Error::Invalid(format!("{}: {err}", entry.url)))?,
+                key: entry.key,
+            });
+        }
+        let mut log = self.log.clone();
+        log.append(
+            &self.device.signing,
+            LogAction::SetPreferredRelays { relays },
+        )?;
+        self.log = log;
+        self.save_log()?;
+        self.publish_identity().await?;
+        Ok(())
+    }
+
+    fn find_device(&self, which: &str) -> Result<cairn_proto::Device> {
+        let devices = self.log.state().devices();
+        if let Ok(key) = which.parse::<VerifyingKey>()
+            && let Some(device) = devices.get(&key)
+        {
+            return Ok(device.clone());
+        }
+        let named: Vec<_> = devices
+            .values()
+            .filter(|d| d.name.as_str() == which)
+            .collect();
+        match named.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::Invalid(format!(
+                "no active device is named {which:?} (see `cairn device list`)"
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "several devices are named {which:?}; give its key instead (see `cairn device list`)"
+            ))),
+        }
+    }
+
+    /// Re-seals the manifest to the new vault generation in its new mailbox.
+    async fn move_manifest(
+        &self,
+        vault: &VaultKey,
+        mut manifest: crate::manifest::Manifest,
+    ) -> Vec<String> {
+        manifest.seq += 1;
+        let sealed = match seal::seal_bytes(&manifest.to_json(), &vault.secret.public()) {
+            Ok(sealed) => sealed,
+            Err(err) => return vec![format!("cannot seal the file list: {err}")],
+        };
+        let (id, bytes) = (sealed.0, Bytes::from(sealed.1));
+        let head = match sign_head(&vault.mailbox(), manifest_slot(), manifest.seq, id) {
+            Ok(head) => head,
+            Err(err) => return vec![err.to_string()],
+        };
+        let relays = self.relay_clients();
+        let results = join_all(relays.iter().map(|relay| {
+            let bytes = bytes.clone();
+            let head = head.clone();
+            async move {
+                let key = self.device.upload_key(relay.key());
+                let pow = relay.info().await?.limits.pow_bits;
+                relay.put_bytes(&id, bytes, &key, pow).await?;
+                relay.put_head(&head).await
+            }
+        }))
+        .await;
+        relays
+            .iter()
+            .zip(results)
+            .filter_map(|(relay, r)| r.err().map(|e| format!("{}: file list: {e}", relay.url())))
+            .collect()
+    }
+
+    /// Writes final heads (sequence `u64::MAX`) into the old mailbox: they
+    /// point late readers at the log that announces the rotation, and nobody,
+    /// the revoked device included, can write there again.
+    async fn seal_mailbox(&self, old: &VaultKey) -> Vec<String> {
+        let mailbox = old.mailbox();
+        let mut heads = Vec::new();
+        match sign_head(&mailbox, identity_slot(), u64::MAX, self.log.state().head()) {
+            Ok(head) => heads.push(head),
+            Err(err) => return vec![err.to_string()],
+        }
+        let relays = self.relay_clients();
+        let (old_key, slot) = (mailbox.verifying_key(), manifest_slot());
+        let manifest_target = join_all(relays.iter().map(|r| r.get_head(&old_key, &slot)))
+            .await
+            .into_iter()
+            .filter_map(|h| h.ok().flatten())
+            .max_by_key(|h| h.seq)
+            .map(|h| h.target);
+        if let Some(target) = manifest_target
+            && let Ok(head) = sign_head(&mailbox, manifest_slot(), u64::MAX, target)
+        {
+            heads.push(head);
+        }
+        let mut warnings = Vec::new();
+        for relay in &relays {
+            for head in &heads {
+                if let Err(err) = relay.put_head(head).await {
+                    warnings.push(format!("{}: sealing the old mailbox: {err}", relay.url()));
+                }
+            }
+        }
+        warnings
+    }
+}

@@ -1,0 +1,456 @@
+//! Pairing a new device with a device that holds the root key, through the
+//! user's relays, protected by a short code and a PAKE (SPAKE2).
+//!
+//! The new device ("joiner") shows a code like `K7QF-9XM2-PT4R` (12
+//! characters of Crockford base32, 60 bits). The first 4 characters name a
+//! rendezvous mailbox; the other 8 are the SPAKE2 password. A relay sees the
+//! mailbox key and can find the first part by brute force, which gives it
+//! nothing: the password never leaves the two devices, and an active attacker
+//! gets one online guess at 40 bits per pairing attempt.
+//!
+//! Four messages, each a blob plus a head in its own slot of the
+//! rendezvous mailbox:
+//!
+//! 1. `pair-hello`   joiner → approver: SPAKE2 message, device keys, name
+//! 2. `pair-reply`   approver → joiner: SPAKE2 message, approver's MAC
+//! 3. `pair-confirm` joiner → approver: joiner's MAC (proves the device keys
+//!    in message 1 came from whoever knows the code)
+//! 4. `pair-welcome` approver → joiner: root key, identity-log head and relay
+//!    set, sealed with ChaCha20-Poly1305 under the PAKE key
+//!
+//! Both MACs cover the transcript (message 1 and the approver's SPAKE2
+//! message), so nothing in it can be swapped unnoticed.
+
+use chacha20poly1305::aead::{Aead as _, KeyInit as _};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use serde::{Deserialize, Serialize};
+use spake2::{Ed25519Group, Identity, Password, Spake2};
+use zeroize::Zeroizing;
+
+use cairn_proto::{BlobId, SigningKey, Slot, VerifyingKey, X25519PublicKey};
+
+use crate::error::{Error, Result};
+use crate::keys::DeviceKeys;
+
+/// Crockford's base32 alphabet: no I, L, O or U to misread.
+const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/// Characters in a code (without dashes).
+const CODE_LEN: usize = 12;
+/// Characters naming the rendezvous mailbox.
+const CHANNEL_LEN: usize = 4;
+/// Largest pairing message accepted.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+
+/// The four slots of a rendezvous mailbox.
+pub(crate) fn slot(step: Step) -> Slot {
+    let name = match step {
+        Step::Hello => "pair-hello",
+        Step::Reply => "pair-reply",
+        Step::Confirm => "pair-confirm",
+        Step::Welcome => "pair-welcome",
+    };
+    #[allow(clippy::expect_used, reason = "constant valid slot names")]
+    Slot::new(name).expect("valid slot")
+}
+
+/// A message of the pairing exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    Hello,
+    Reply,
+    Confirm,
+    Welcome,
+}
+
+/// A pairing code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairingCode(Zeroizing<String>);
+
+impl PairingCode {
+    /// A fresh random code.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = [0u8; CODE_LEN];
+        getrandom::fill(&mut bytes)
+            .map_err(|err| Error::Invalid(format!("no randomness from the OS: {err}")))?;
+        let text: String = bytes
+            .iter()
+            .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+            .collect();
+        Ok(Self(Zeroizing::new(text)))
+    }
+
+    /// Parses a code as a person types it: any case, dashes and spaces
+    /// ignored, and the look-alikes O→0, I/L→1 accepted.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut out = String::with_capacity(CODE_LEN);
+        for c in text.chars().filter(|c| !matches!(c, '-' | ' ')) {
+            let c = match c.to_ascii_uppercase() {
+                'O' => '0',
+                'I' | 'L' => '1',
+                other => other,
+            };
+            if !c.is_ascii() || !ALPHABET.contains(&(c as u8)) {
+                return Err(bad_code());
+            }
+            out.push(c);
+        }
+        if out.len() != CODE_LEN {
+            return Err(bad_code());
+        }
+        Ok(Self(Zeroizing::new(out)))
+    }
+
+    /// The rendezvous mailbox key.
+    pub(crate) fn mailbox(&self) -> SigningKey {
+        SigningKey::from_seed(&blake3::derive_key(
+            "cairn/v1 pairing mailbox",
+            self.0[..CHANNEL_LEN].as_bytes(),
+        ))
+    }
+
+    fn password(&self) -> Password {
+        Password::new(self.0[CHANNEL_LEN..].as_bytes())
+    }
+}
+
+impl std::fmt::Display for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", &self.0[..4], &self.0[4..8], &self.0[8..])
+    }
+}
+
+impl std::fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairingCode(…)")
+    }
+}
+
+fn bad_code() -> Error {
+    Error::Invalid(format!(
+        "not a pairing code: expected {CODE_LEN} characters like K7QF-9XM2-PT4R, as `cairn device \
+         join` shows"
+    ))
+}
+
+fn spake_identity() -> Identity {
+    Identity::new(b"cairn/v1 device pairing")
+}
+
+/// Message 1.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    spake: String,
+    /// The joining device's signing key.
+    #[serde(with = "crate::text_serde")]
+    pub(crate) device: VerifyingKey,
+    /// Its X25519 key.
+    #[serde(with = "crate::text_serde")]
+    pub(crate) x25519: X25519PublicKey,
+    /// The name it asks for.
+    pub(crate) name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reply {
+    spake: String,
+    confirm: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Confirm {
+    confirm: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Welcome {
+    sealed: String,
+}
+
+/// What the approver tells the new device, sealed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct WelcomeBody {
+    /// The identity's root key.
+    #[serde(with = "crate::text_serde")]
+    pub(crate) root: VerifyingKey,
+    /// The identity-log entry that enrolled the new device (or a later one).
+    #[serde(with = "crate::text_serde")]
+    pub(crate) head: BlobId,
+    /// The relay set, with pinned keys.
+    pub(crate) relays: Vec<crate::relay::RelayEntry>,
+}
+
+/// Keys both sides derive from the PAKE result and the transcript.
+struct SessionKeys {
+    approver_mac: Zeroizing<[u8; 32]>,
+    joiner_mac: Zeroizing<[u8; 32]>,
+    seal: Zeroizing<[u8; 32]>,
+    transcript: [u8; 32],
+}
+
+impl SessionKeys {
+    fn derive(shared: &[u8], hello: &[u8], approver_spake: &[u8]) -> Self {
+        let mut transcript = blake3::Hasher::new_derive_key("cairn/v1 pairing transcript");
+        transcript.update(&(hello.len() as u64).to_be_bytes());
+        transcript.update(hello);
+        transcript.update(approver_spake);
+        let transcript = *transcript.finalize().as_bytes();
+        let key = |context: &str| {
+            let mut input = Zeroizing::new(Vec::with_capacity(shared.len() + 32));
+            input.extend_from_slice(shared);
+            input.extend_from_slice(&transcript);
+            Zeroizing::new(blake3::derive_key(context, &input))
+        };
+        Self {
+            approver_mac: key("cairn/v1 pairing approver mac"),
+            joiner_mac: key("cairn/v1 pairing joiner mac"),
+            seal: key("cairn/v1 pairing welcome seal"),
+            transcript,
+        }
+    }
+
+    fn mac(key: &[u8; 32], transcript: &[u8; 32]) -> blake3::Hash {
+        blake3::keyed_hash(key, transcript)
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    cairn_proto::encode_base64url(bytes)
+}
+
+fn unb64(text: &str) -> Result<Vec<u8>> {
+    cairn_proto::decode_base64url(text, MAX_MESSAGE).map_err(|_| protocol("bad base64"))
+}
+
+fn protocol(why: &str) -> Error {
+    Error::Invalid(format!("pairing failed: {why}"))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|_| protocol(&format!("malformed {what} message")))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn mac_matches(expected: blake3::Hash, text: &str) -> Result<bool> {
+    let bytes: [u8; 32] = unb64(text)?
+        .try_into()
+        .map_err(|_| protocol("a MAC of the wrong length"))?;
+    // blake3::Hash compares in constant time.
+    Ok(expected == blake3::Hash::from_bytes(bytes))
+}
+
+/// The new device's side.
+pub(crate) struct Joiner {
+    code: PairingCode,
+    spake: Spake2<Ed25519Group>,
+    hello: Vec<u8>,
+}
+
+impl Joiner {
+    /// Starts pairing for `device`; returns the state and message 1.
+    pub(crate) fn start(code: PairingCode, device: &DeviceKeys, name: &str) -> (Self, Vec<u8>) {
+        let (spake, message) =
+            Spake2::<Ed25519Group>::start_symmetric(&code.password(), &spake_identity());
+        let hello = to_json(&Hello {
+            spake: b64(&message),
+            device: device.signing.verifying_key(),
+            x25519: device.x25519.public(),
+            name: name.to_owned(),
+        });
+        (
+            Self {
+                code,
+                spake,
+                hello: hello.clone(),
+            },
+            hello,
+        )
+    }
+
+    /// The code this pairing uses.
+    pub(crate) fn code(&self) -> &PairingCode {
+        &self.code
+    }
+
+    /// Takes message 2; returns message 3 and what opens message 4.
+    pub(crate) fn on_reply(self, reply: &[u8]) -> Result<(Vec<u8>, WelcomeKey)> {
+        let reply: Reply = parse(reply, "reply")?;
+        let approver_spake = unb64(&reply.spake)?;
+        let shared = Zeroizing::new(
+            self.spake
+                .finish(&approver_spake)
+                .map_err(|_| protocol("bad key-exchange message"))?,
+        );
+        let keys = SessionKeys::derive(&shared, &self.hello, &approver_spake);
+        let expected = SessionKeys::mac(&keys.approver_mac, &keys.transcript);
+        if !mac_matches(expected, &reply.confirm)? {
+            return Err(protocol(
+                "the approving device used another code (or someone interfered); start again \
+                 with `cairn device join`",
+            ));
+        }
+        let confirm = SessionKeys::mac(&keys.joiner_mac, &keys.transcript);
+        let message = to_json(&Confirm {
+            confirm: b64(confirm.as_bytes()),
+        });
+        Ok((message, WelcomeKey(keys.seal)))
+    }
+}
+
+/// Opens message 4.
+pub(crate) struct WelcomeKey(Zeroizing<[u8; 32]>);
+
+impl WelcomeKey {
+    pub(crate) fn open(&self, welcome: &[u8]) -> Result<WelcomeBody> {
+        let welcome: Welcome = parse(welcome, "welcome")?;
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&*self.0));
+        // One message per key, so a fixed nonce is unique.
+        let plain = cipher
+            .decrypt(
+                Nonce::from_slice(&[0; 12]),
+                unb64(&welcome.sealed)?.as_slice(),
+            )
+            .map_err(|_| protocol("the welcome message does not authenticate"))?;
+        parse(&plain, "welcome")
+    }
+}
+
+/// The approving device's side, after message 1.
+pub(crate) struct Approver {
+    keys: SessionKeys,
+    hello: Hello,
+}
+
+impl Approver {
+    /// Takes message 1; returns the state and message 2.
+    pub(crate) fn on_hello(code: &PairingCode, hello_bytes: &[u8]) -> Result<(Self, Vec<u8>)> {
+        let hello: Hello = parse(hello_bytes, "hello")?;
+        let joiner_spake = unb64(&hello.spake)?;
+        let (spake, message) =
+            Spake2::<Ed25519Group>::start_symmetric(&code.password(), &spake_identity());
+        let shared = Zeroizing::new(
+            spake
+                .finish(&joiner_spake)
+                .map_err(|_| protocol("bad key-exchange message"))?,
+        );
+        let keys = SessionKeys::derive(&shared, hello_bytes, &message);
+        let confirm = SessionKeys::mac(&keys.approver_mac, &keys.transcript);
+        let reply = to_json(&Reply {
+            spake: b64(&message),
+            confirm: b64(confirm.as_bytes()),
+        });
+        Ok((Self { keys, hello }, reply))
+    }
+
+    /// Takes message 3: succeeds only if the joiner knew the code, which
+    /// proves the device keys in message 1 are its own.
+    pub(crate) fn on_confirm(&self, confirm: &[u8]) -> Result<&Hello> {
+        let confirm: Confirm = parse(confirm, "confirm")?;
+        let expected = SessionKeys::mac(&self.keys.joiner_mac, &self.keys.transcript);
+        if !mac_matches(expected, &confirm.confirm)? {
+            return Err(protocol(
+                "the new device used another code (or someone interfered); nothing was enrolled",
+            ));
+        }
+        Ok(&self.hello)
+    }
+
+    /// Message 4.
+    pub(crate) fn welcome(&self, body: &WelcomeBody) -> Result<Vec<u8>> {
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&*self.keys.seal));
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&[0; 12]), to_json(body).as_slice())
+            .map_err(|_| protocol("cannot seal the welcome"))?;
+        Ok(to_json(&Welcome {
+            sealed: b64(&sealed),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn body() -> WelcomeBody {
+        WelcomeBody {
+            root: SigningKey::from_seed(&[1; 32]).verifying_key(),
+            head: BlobId::of(b"head"),
+            relays: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn codes_parse_forgivingly() {
+        let code = PairingCode::generate().unwrap();
+        let text = code.to_string();
+        assert_eq!(text.len(), 14);
+        assert!(PairingCode::parse(&text.to_lowercase()).unwrap() == code);
+        assert!(PairingCode::parse("k7qf 9xm2 pt4r").is_ok());
+        assert!(
+            PairingCode::parse("O1IL-0000-0000").unwrap()
+                == PairingCode::parse("0111-0000-0000").unwrap()
+        );
+        assert!(PairingCode::parse("K7QF-9XM2-PT4").is_err());
+        assert!(PairingCode::parse("K7QF-9XM2-PT4U").is_err());
+        assert!(PairingCode::parse("K7QF-9XM2-PT4RR").is_err());
+    }
+
+    #[test]
+    fn same_code_pairs() {
+        let code = PairingCode::generate().unwrap();
+        let device = DeviceKeys::generate().unwrap();
+        let (joiner, hello) = Joiner::start(code.clone(), &device, "phone");
+        let (approver, reply) = Approver::on_hello(&code, &hello).unwrap();
+        let (confirm, key) = joiner.on_reply(&reply).unwrap();
+        let seen = approver.on_confirm(&confirm).unwrap();
+        assert_eq!(seen.device, device.signing.verifying_key());
+        assert_eq!(seen.name, "phone");
+        let welcome = approver.welcome(&body()).unwrap();
+        assert_eq!(key.open(&welcome).unwrap().head, body().head);
+    }
+
+    #[test]
+    fn another_code_fails_on_both_sides() {
+        let code = PairingCode::parse("AAAA-BBBB-CCCC").unwrap();
+        let wrong = PairingCode::parse("AAAA-BBBB-CCCD").unwrap();
+        assert_eq!(
+            code.mailbox().verifying_key(),
+            wrong.mailbox().verifying_key()
+        );
+        let device = DeviceKeys::generate().unwrap();
+        let (joiner, hello) = Joiner::start(code, &device, "phone");
+        let (_, reply) = Approver::on_hello(&wrong, &hello).unwrap();
+        assert!(joiner.on_reply(&reply).is_err());
+    }
+
+    #[test]
+    fn swapped_device_keys_are_caught() {
+        // A relay replaces the device keys in message 1 with its own.
+        let code = PairingCode::generate().unwrap();
+        let device = DeviceKeys::generate().unwrap();
+        let (joiner, hello) = Joiner::start(code.clone(), &device, "phone");
+        let mut forged: Hello = serde_json::from_slice(&hello).unwrap();
+        forged.device = DeviceKeys::generate().unwrap().signing.verifying_key();
+        let forged = serde_json::to_vec(&forged).unwrap();
+        let (approver, reply) = Approver::on_hello(&code, &forged).unwrap();
+        // The joiner sees a transcript it did not send and refuses...
+        assert!(joiner.on_reply(&reply).is_err());
+        // ...and a confirm computed over the real transcript does not pass.
+        let (joiner2, hello2) = Joiner::start(code.clone(), &device, "phone");
+        let (approver2, reply2) = Approver::on_hello(&code, &hello2).unwrap();
+        let (confirm2, _) = joiner2.on_reply(&reply2).unwrap();
+        assert!(approver.on_confirm(&confirm2).is_err());
+        assert!(approver2.on_confirm(&confirm2).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        let code = PairingCode::generate().unwrap();
+        for junk in [&b""[..], b"{}", b"null", b"{\"spake\":\"!!\"}"] {
+            assert!(Approver::on_hello(&code, junk).is_err());
+        }
+    }
+}
