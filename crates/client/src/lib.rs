@@ -37,3 +37,10 @@ pub use keyfile::{KdfCost, Passphrase};
 pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, Manifest, check_name};
 pub use pairing::PairingCode;
 pub use progress::{Progress, Silent};
+
+/// Entry points for the fuzz targets in `fuzz/`: they reach parsers of
+/// untrusted bytes that are otherwise private. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::pairing::fuzz_messages as pairing_messages;
+}

@@ -369,6 +369,33 @@ impl Approver {
     }
 }
 
+/// Feeds `data` to every parser of a pairing message, as the relay-side
+/// attacker would: as the hello, the reply, the confirm and the welcome.
+/// Nothing may panic, and nothing but the genuine messages may pass.
+pub fn fuzz_messages(data: &[u8]) {
+    let Ok(code) = PairingCode::parse("AAAA-BBBB-CCCC") else {
+        return;
+    };
+    let Ok(device) = DeviceKeys::generate() else {
+        return;
+    };
+    let _ = Approver::on_hello(&code, data);
+    let (joiner, _) = Joiner::start(code.clone(), &device, "fuzz");
+    assert!(joiner.on_reply(data).is_err(), "a forged reply passed");
+    let (joiner, hello) = Joiner::start(code.clone(), &device, "fuzz");
+    let Ok((approver, reply)) = Approver::on_hello(&code, &hello) else {
+        return;
+    };
+    assert!(
+        approver.on_confirm(data).is_err(),
+        "a forged confirm passed"
+    );
+    let Ok((_, key)) = joiner.on_reply(&reply) else {
+        return;
+    };
+    assert!(key.open(data).is_err(), "a forged welcome opened");
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -444,6 +471,33 @@ mod tests {
         let (confirm2, _) = joiner2.on_reply(&reply2).unwrap();
         assert!(approver.on_confirm(&confirm2).is_err());
         assert!(approver2.on_confirm(&confirm2).is_ok());
+    }
+
+    #[test]
+    fn fuzz_entry_refuses_junk() {
+        for junk in [
+            &b""[..],
+            b"{}",
+            b"{\"sealed\":\"AAAA\"}",
+            b"{\"confirm\":\"AAAA\"}",
+        ] {
+            fuzz_messages(junk);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_code_text_round_trips(bytes in proptest::collection::vec(0u8..32, CODE_LEN)) {
+            let text: String = bytes.iter().map(|b| char::from(ALPHABET[usize::from(*b)])).collect();
+            let code = PairingCode::parse(&text).unwrap();
+            proptest::prop_assert!(PairingCode::parse(&code.to_string()).unwrap() == code);
+        }
+
+        #[test]
+        fn arbitrary_messages_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let code = PairingCode::parse("AAAA-BBBB-CCCC").unwrap();
+            let _ = Approver::on_hello(&code, &data);
+        }
     }
 
     #[test]

@@ -229,6 +229,25 @@ mod tests {
         }
 
         #[test]
+        fn mutated_blobs_are_refused_not_panicked_on(
+            data in proptest::collection::vec(any::<u8>(), 0..3000),
+            flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4),
+            cut in any::<Option<usize>>(),
+        ) {
+            let key = X25519Secret::from_bytes([5; 32]);
+            let (_, mut sealed) = seal_bytes(&data, &key.public()).unwrap();
+            for (at, bits) in flips {
+                let i = at % sealed.len();
+                sealed[i] ^= bits;
+            }
+            if let Some(cut) = cut {
+                sealed.truncate(cut % (sealed.len() + 1));
+            }
+            // Authenticated encryption: any change is an error, never wrong data.
+            prop_assert!(open_bytes(&sealed, &[key]).is_err());
+        }
+
+        #[test]
         fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..5000)) {
             let key = X25519Secret::from_bytes([9; 32]);
             let (id, sealed) = seal_bytes(&data, &key.public()).unwrap();
