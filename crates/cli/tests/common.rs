@@ -174,6 +174,43 @@ impl Device {
         command.spawn().unwrap()
     }
 
+    /// Runs `cairn` like [`Device::run`] while sampling its resident memory;
+    /// returns the run and the largest resident set seen, in bytes.
+    pub(crate) async fn run_sampling_memory(&self, args: &[&str]) -> (Run, u64) {
+        let mut child = self.spawn(args);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut stdout = child.stdout.take().unwrap();
+            let mut stderr = child.stderr.take().unwrap();
+            let out = std::thread::spawn(move || {
+                let mut text = String::new();
+                stdout.read_to_string(&mut text).unwrap();
+                text
+            });
+            let err = std::thread::spawn(move || {
+                let mut text = String::new();
+                stderr.read_to_string(&mut text).unwrap();
+                text
+            });
+            let mut peak = 0;
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                peak = peak.max(rss_bytes(child.id()).unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let run = Run {
+                code: status.code().unwrap_or(-1),
+                stdout: out.join().unwrap(),
+                stderr: err.join().unwrap(),
+            };
+            (run, peak)
+        })
+        .await
+        .unwrap()
+    }
+
     /// `cairn init`, returning its JSON (with the recovery phrase).
     pub(crate) async fn init(&self, name: &str) -> Value {
         self.run(&["init", "--name", name, "--json"]).await.json()
@@ -199,6 +236,20 @@ impl Device {
             })
             .collect()
     }
+}
+
+/// Resident set size of process `pid` (Linux `/proc`).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -76,12 +76,33 @@ async fn round_trips_on_three_relays_and_no_plaintext_on_disk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_file_streams_through() {
+async fn large_file_streams_through_in_bounded_memory() {
     let (a, b, c) = three_relays().await;
     let device = Device::new();
     device.init("laptop").await;
     device.add_relays(&[&a, &b, &c]).await;
-    round_trip(&device, "big", &data_with_marker(300 << 20, MARKER)).await;
+    let data = data_with_marker(300 << 20, MARKER);
+    let src = device.dir.path().join("big");
+    std::fs::write(&src, &data).unwrap();
+
+    // The whole file never sits in the client's memory: sealing streams to
+    // a temp file, uploads and downloads stream, opening streams.
+    const BOUND: u64 = 64 << 20;
+    let (put, peak) = device
+        .run_sampling_memory(&["put", src.to_str().unwrap(), "--json"])
+        .await;
+    let put = put.json();
+    assert_eq!(put["copies"].as_array().unwrap().len(), 3);
+    eprintln!("put of 300 MiB: peak RSS {} MiB", peak >> 20);
+    assert!(peak < BOUND, "put of 300 MiB peaked at {} MiB", peak >> 20);
+    let out = device.dir.path().join("out");
+    let (get, peak) = device
+        .run_sampling_memory(&["get", "big", "-o", out.to_str().unwrap(), "--json"])
+        .await;
+    get.json();
+    eprintln!("get of 300 MiB: peak RSS {} MiB", peak >> 20);
+    assert!(peak < BOUND, "get of 300 MiB peaked at {} MiB", peak >> 20);
+    assert!(std::fs::read(&out).unwrap() == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
