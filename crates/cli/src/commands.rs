@@ -150,6 +150,19 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
     }
 }
 
+/// Refuses to overwrite an identity; the options for a new one.
+fn new_home(home: &Home, device_name: String) -> anyhow::Result<InitOptions> {
+    if home.exists() {
+        bail!(cairn_client::Error::HomeExists {
+            path: home.path().to_path_buf()
+        });
+    }
+    Ok(InitOptions {
+        device_name,
+        cost: kdf_cost()?,
+    })
+}
+
 fn use_root_file(client: &mut Client, path: Option<&Path>) -> anyhow::Result<()> {
     if let Some(path) = path {
         client
@@ -160,15 +173,7 @@ fn use_root_file(client: &mut Client, path: Option<&Path>) -> anyhow::Result<()>
 }
 
 async fn join(home: Home, json: bool, relay: &str, name: String, wait: u64) -> anyhow::Result<()> {
-    if home.exists() {
-        bail!(cairn_client::Error::HomeExists {
-            path: home.path().to_path_buf()
-        });
-    }
-    let options = InitOptions {
-        device_name: name,
-        cost: kdf_cost()?,
-    };
+    let options = new_home(&home, name)?;
     let passphrase = secrets::new_passphrase()?;
     let show = |code: &PairingCode| {
         // Shown at once, while the command goes on waiting.
@@ -212,15 +217,7 @@ async fn init(
     recover: bool,
     relay: Option<String>,
 ) -> anyhow::Result<()> {
-    if home.exists() {
-        bail!(cairn_client::Error::HomeExists {
-            path: home.path().to_path_buf()
-        });
-    }
-    let options = InitOptions {
-        device_name: name,
-        cost: kdf_cost()?,
-    };
+    let options = new_home(&home, name)?;
     if recover {
         let relay = relay.context("--recover needs --relay URL")?;
         let phrase = secrets::recovery_phrase()?;

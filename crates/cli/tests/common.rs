@@ -133,7 +133,8 @@ impl Device {
         self.run_with(args, &[]).await
     }
 
-    pub(crate) async fn run_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
+    /// `cairn --home HOME ARGS...` with this device's environment.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("--home")
@@ -144,6 +145,11 @@ impl Device {
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        command
+    }
+
+    pub(crate) async fn run_with(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
+        let mut command = self.command(args);
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -160,18 +166,11 @@ impl Device {
 
     /// Starts `cairn --home HOME ARGS...` without waiting for it.
     pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let mut command = Command::new(BIN);
-        command
-            .arg("--home")
-            .arg(self.home())
-            .args(args)
-            .env_remove("CAIRN_HOME")
+        self.command(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in &self.env {
-            command.env(k, v);
-        }
-        command.spawn().unwrap()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// Runs `cairn` like [`Device::run`] while sampling its resident memory;
@@ -197,7 +196,7 @@ impl Device {
                 if let Some(status) = child.try_wait().unwrap() {
                     break status;
                 }
-                peak = peak.max(rss_bytes(child.id()).unwrap_or(0));
+                peak = peak.max(cairn_testkit::rss_bytes(child.id()).unwrap_or(0));
                 std::thread::sleep(std::time::Duration::from_millis(20));
             };
             let run = Run {
@@ -236,20 +235,6 @@ impl Device {
             })
             .collect()
     }
-}
-
-/// Resident set size of process `pid` (Linux `/proc`).
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

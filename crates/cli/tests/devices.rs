@@ -1,13 +1,73 @@
 //! Two devices of one identity: pairing, sharing, revoking.
 
 use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, ChildStdout};
 
 use cairn_client::{Client, Error, Home, Passphrase};
 
 use crate::common::{Device, PASSPHRASE, Relay, Run, data_with_marker};
 
-/// Runs `device join` on `new` and `device approve` on `approver`; returns
-/// both results.
+/// A `cairn device join` running on a device, with the code it showed.
+struct Joining {
+    child: Child,
+    reader: BufReader<ChildStdout>,
+    code: String,
+}
+
+impl Joining {
+    async fn start(device: &Device, relay: &Relay, wait: &str) -> Self {
+        let mut child = device.spawn(&[
+            "device",
+            "join",
+            "--relay",
+            &relay.url(),
+            "--name",
+            "phone",
+            "--json",
+            "--wait",
+            wait,
+        ]);
+        let stdout = child.stdout.take().unwrap();
+        let (line, reader) = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            (line, reader)
+        })
+        .await
+        .unwrap();
+        let shown: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("join's first line is not JSON ({e}): {line:?}"));
+        let code = shown["code"].as_str().unwrap().to_owned();
+        Self {
+            child,
+            reader,
+            code,
+        }
+    }
+
+    /// Waits for the join to end; the rest of its output.
+    async fn finish(mut self) -> Run {
+        tokio::task::spawn_blocking(move || {
+            let mut rest = String::new();
+            self.reader.read_to_string(&mut rest).unwrap();
+            let mut stderr = String::new();
+            let mut pipe = self.child.stderr.take().unwrap();
+            pipe.read_to_string(&mut stderr).unwrap();
+            let status = self.child.wait().unwrap();
+            Run {
+                code: status.code().unwrap_or(-1),
+                stdout: rest,
+                stderr,
+            }
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Runs `device join` on `new` and `device approve` on `approver`
+/// (with a wrong password, if asked); returns both results.
 async fn pair(
     approver: &Device,
     new: &Device,
@@ -15,29 +75,8 @@ async fn pair(
     wrong_password: bool,
     wait: &str,
 ) -> (Run, Run) {
-    let mut child = new.spawn(&[
-        "device",
-        "join",
-        "--relay",
-        &relay.url(),
-        "--name",
-        "phone",
-        "--json",
-        "--wait",
-        wait,
-    ]);
-    let stdout = child.stdout.take().unwrap();
-    let (first_line, mut reader) = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        (line, reader)
-    })
-    .await
-    .unwrap();
-    let code: serde_json::Value = serde_json::from_str(&first_line)
-        .unwrap_or_else(|e| panic!("join's first line is not JSON ({e}): {first_line:?}"));
-    let mut code = code["code"].as_str().unwrap().to_owned();
+    let joining = Joining::start(new, relay, wait).await;
+    let mut code = joining.code.clone();
     if wrong_password {
         // Same rendezvous (first group), another password.
         let last = code.pop().unwrap();
@@ -46,26 +85,7 @@ async fn pair(
     let approve = approver
         .run(&["device", "approve", &code, "--json", "--wait", wait])
         .await;
-    let join = tokio::task::spawn_blocking(move || {
-        let mut rest = String::new();
-        reader.read_to_string(&mut rest).unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let status = child.wait().unwrap();
-        Run {
-            code: status.code().unwrap_or(-1),
-            stdout: rest,
-            stderr,
-        }
-    })
-    .await
-    .unwrap();
-    (approve, join)
+    (approve, joining.finish().await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,32 +214,12 @@ async fn approving_needs_the_root_key() {
 
     // With the exported key file it works.
     let phone = Device::new();
-    let mut child = phone.spawn(&[
-        "device",
-        "join",
-        "--relay",
-        &a.url(),
-        "--name",
-        "phone",
-        "--json",
-        "--wait",
-        "30",
-    ]);
-    let stdout = child.stdout.take().unwrap();
-    let (line, mut reader) = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        (line, reader)
-    })
-    .await
-    .unwrap();
-    let code: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let joining = Joining::start(&phone, &a, "30").await;
     laptop
         .run(&[
             "device",
             "approve",
-            code["code"].as_str().unwrap(),
+            &joining.code,
             "--root-key",
             root_file.to_str().unwrap(),
             "--wait",
@@ -227,12 +227,5 @@ async fn approving_needs_the_root_key() {
         ])
         .await
         .ok();
-    let status = tokio::task::spawn_blocking(move || {
-        let mut rest = String::new();
-        reader.read_to_string(&mut rest).unwrap();
-        child.wait().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
+    joining.finish().await.json();
 }

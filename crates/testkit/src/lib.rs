@@ -11,7 +11,7 @@ mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use process::{RelayProcess, arg, run};
+pub use process::{RelayProcess, arg, rss_bytes, run};
 
 use cairn_proto::{
     AuthToken, BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry,
