@@ -129,7 +129,7 @@ async fn put(
     concurrency: usize,
     label: &str,
 ) -> anyhow::Result<(Duration, usize)> {
-    let http = reqwest::Client::builder()
+    let http = cairn_testkit::http_builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
         .build()?;
@@ -302,7 +302,7 @@ async fn main() -> anyhow::Result<()> {
             size,
             write_to,
         } => {
-            let http = reqwest::Client::new();
+            let http = cairn_testkit::http();
             let relay = relay_key(&http, &url).await?;
             let body = blob("seed", size, size);
             let id = BlobId::of(&body);

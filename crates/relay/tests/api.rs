@@ -552,7 +552,7 @@ async fn proof_of_work_is_required_when_disclosed() {
 #[tokio::test]
 async fn http2_uploads_and_downloads() {
     let relay = TestRelay::start().await;
-    let h2 = reqwest::Client::builder()
+    let h2 = cairn_testkit::http_builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();

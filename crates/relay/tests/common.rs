@@ -33,7 +33,7 @@ impl TestRelay {
             handle,
             dir,
             clock,
-            http: reqwest::Client::new(),
+            http: cairn_testkit::http(),
         }
     }
 

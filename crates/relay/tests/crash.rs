@@ -29,7 +29,7 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let relay = RelayProcess::spawn(Path::new(BIN), &data, &[]);
-    let http = reqwest::Client::new();
+    let http = cairn_testkit::http();
     let url = relay.url();
     let relay_key = relay_key(&http, &url).await;
 
@@ -115,7 +115,7 @@ async fn fsck_finds_and_repairs_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let relay = RelayProcess::spawn(Path::new(BIN), &data, &[]);
-    let http = reqwest::Client::new();
+    let http = cairn_testkit::http();
     let url = relay.url();
     let relay_key = relay_key(&http, &url).await;
     let signer = key("alice");

@@ -352,7 +352,7 @@ async fn acknowledged_heads_survive_a_restart_and_fsck() {
     let mut config = cairn_relay::RelayConfig::new(&data);
     config.listen = "127.0.0.1:0".parse().unwrap();
     let handle = cairn_relay::start_with_clock(config, clock).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_testkit::http();
     let url = format!("{}/v1/heads/{mk}/laptop", handle.url());
     let got = http.get(url).send().await.unwrap();
     assert_eq!(

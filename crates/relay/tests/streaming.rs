@@ -94,7 +94,7 @@ async fn two_gib_up_and_down_in_bounded_memory() {
     }
     let id = BlobId::from(hasher.finalize());
 
-    let http = reqwest::Client::new();
+    let http = cairn_testkit::http();
     let url = relay.url();
     let relay_key = relay_key(&http, &url).await;
     let body = futures_util::stream::iter((0..chunks).map(|i| Ok::<_, std::io::Error>(chunk(i))));

@@ -73,7 +73,7 @@ async fn serves_https_and_refuses_plain_http_on_the_tls_port() {
     assert!(response.contains("\"ok\""));
 
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let plain = reqwest::Client::new()
+    let plain = cairn_testkit::http()
         .get(format!("http://{}/health", relay.addr()))
         .send()
         .await;

@@ -19,6 +19,26 @@ use cairn_proto::{
     Timestamp, TokenTarget, VerifyingKey, WrappedKey, WrappedSecret, X25519PublicKey,
 };
 
+/// An HTTP client builder for tests and benchmarks.
+///
+/// Builds in the workspace link reqwest with rustls but no crypto provider
+/// (the client crate installs ring itself, MEASURED.md says why); a plain
+/// `reqwest::Client::new()` in a process that never installed one panics.
+/// This installs ring first.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// [`http_builder`] with the defaults.
+///
+/// # Panics
+///
+/// If the client cannot be built (a test failure).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("building an HTTP client")
+}
+
 /// The Ed25519 key whose seed is `BLAKE3("cairn-testkit key" || label)`.
 pub fn key(label: &str) -> SigningKey {
     SigningKey::from_seed(&seed(label))
