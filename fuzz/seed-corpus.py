@@ -22,6 +22,7 @@ KIND_TO_TARGET = {
     "relay-info": "relay_info",
     "auth-token": "auth_token",
     "transfer-receipt": "transfer_receipt",
+    "operation": "operation",
 }
 
 

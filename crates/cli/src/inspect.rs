@@ -86,6 +86,7 @@ fn describe(record: &SignedRecord) -> Result<String, VerifyError> {
         RecordKind::RelayInfo => show::<RelayInfo>(record),
         RecordKind::AuthToken => show::<AuthToken>(record),
         RecordKind::TransferReceipt => show::<TransferReceipt>(record),
+        RecordKind::Operation => show::<cairn_client::proto::Operation>(record),
         _ => Ok(String::from("(a record kind this build cannot display)")),
     }
 }

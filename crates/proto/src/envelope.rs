@@ -45,11 +45,13 @@ pub enum RecordKind {
     AuthToken,
     /// [`crate::TransferReceipt`].
     TransferReceipt,
+    /// [`crate::Operation`].
+    Operation,
 }
 
 impl RecordKind {
     /// Every kind, in code order.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         Self::DeviceCertificate,
         Self::Revocation,
         Self::IdentityLogEntry,
@@ -57,6 +59,7 @@ impl RecordKind {
         Self::RelayInfo,
         Self::AuthToken,
         Self::TransferReceipt,
+        Self::Operation,
     ];
 
     /// The kind's one-byte code in the envelope.
@@ -69,6 +72,7 @@ impl RecordKind {
             Self::RelayInfo => 5,
             Self::AuthToken => 6,
             Self::TransferReceipt => 7,
+            Self::Operation => 8,
         }
     }
 
@@ -82,6 +86,7 @@ impl RecordKind {
             Self::RelayInfo => "relay-info",
             Self::AuthToken => "auth-token",
             Self::TransferReceipt => "transfer-receipt",
+            Self::Operation => "operation",
         }
     }
 

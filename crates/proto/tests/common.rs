@@ -94,6 +94,16 @@ pub(crate) fn sample_head() -> HeadRecord {
     }
 }
 
+pub(crate) fn sample_operation() -> cairn_proto::Operation {
+    cairn_proto::Operation {
+        device: vk("laptop"),
+        seq: 7,
+        prev: Some(BlobId::of(b"operation 6")),
+        clock: (1_790_000_123_456 << 16) | 3,
+        body: br#"{"put":{"name":"notes.txt"}}"#.to_vec(),
+    }
+}
+
 pub(crate) fn sample_relay_info() -> RelayInfo {
     RelayInfo {
         relay: vk("relay a"),
@@ -267,6 +277,23 @@ pub(crate) fn arb_log_entry() -> impl Strategy<Value = IdentityLogEntry> {
         prev: (seq > 0).then_some(prev),
         action,
     })
+}
+
+pub(crate) fn arb_operation() -> impl Strategy<Value = cairn_proto::Operation> {
+    (
+        arb_vk(),
+        1u64..u64::MAX,
+        arb_blob_id(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..200),
+    )
+        .prop_map(|(device, seq, prev, clock, body)| cairn_proto::Operation {
+            device,
+            seq,
+            prev: (seq > 1).then_some(prev),
+            clock,
+            body,
+        })
 }
 
 pub(crate) fn arb_head() -> impl Strategy<Value = HeadRecord> {

@@ -149,6 +149,15 @@ record_properties!(
         r
     }
 );
+record_properties!(
+    operation,
+    cairn_proto::Operation,
+    arb_operation(),
+    |mut r, key| {
+        r.device = key;
+        r
+    }
+);
 record_properties!(auth_token, cairn_proto::AuthToken, arb_token(), |r, _| r);
 record_properties!(
     transfer_receipt,

@@ -178,6 +178,18 @@ impl Fields for TransferReceipt {
     }
 }
 
+impl Fields for cairn_proto::Operation {
+    fn fields(&self) -> Value {
+        json!({
+            "device": self.device.to_string(),
+            "seq": self.seq,
+            "prev": self.prev.map(|p| p.to_string()),
+            "clock": self.clock,
+            "body_hex": hex(&self.body),
+        })
+    }
+}
+
 /// One signed-record vector: the inputs, every intermediate byte string and
 /// the outputs.
 fn record_vector<R: Record + Fields>(name: &str, signer_label: &str, record: &R) -> Value {
@@ -369,6 +381,17 @@ fn all_files() -> Vec<(&'static str, Value)> {
                 vec![record_vector("a to b", "relay b", &sample_receipt())],
             ),
         ),
+        (
+            "operation",
+            file(
+                "operation",
+                vec![record_vector(
+                    "laptop's 7th operation",
+                    "laptop",
+                    &sample_operation(),
+                )],
+            ),
+        ),
         ("identity_log", identity_log_vectors()),
     ]
 }
@@ -469,6 +492,7 @@ fn committed_envelopes_decode_and_verify() {
                 "relay-info" => envelope.verify::<RelayInfo>().is_ok(),
                 "auth-token" => envelope.verify::<AuthToken>().is_ok(),
                 "transfer-receipt" => envelope.verify::<TransferReceipt>().is_ok(),
+                "operation" => envelope.verify::<cairn_proto::Operation>().is_ok(),
                 other => panic!("unexpected kind {other}"),
             };
             assert!(ok, "vector {} does not verify", v["name"]);

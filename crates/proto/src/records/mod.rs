@@ -9,6 +9,7 @@ mod auth_token;
 mod device;
 mod head;
 mod identity_log;
+mod operation;
 mod receipt;
 mod relay_info;
 
@@ -19,5 +20,6 @@ pub use identity_log::{
     DeviceWrappedKey, IdentityLogEntry, LogAction, MAX_ACTIVE_DEVICES, MAX_PREFERRED_RELAYS,
     RelayRef, WrappedKey, WrappedSecret,
 };
+pub use operation::{MAX_OPERATION_BODY, Operation};
 pub use receipt::TransferReceipt;
 pub use relay_info::{FairShareLimits, MAX_PEERS, RelayInfo};
