@@ -23,6 +23,7 @@ mod progress;
 pub mod recovery;
 pub mod relay;
 pub mod seal;
+pub mod sync;
 mod text_serde;
 
 pub use cairn_proto as proto;
