@@ -73,13 +73,14 @@ def main() -> None:
     # Client-side parsers: hand-written seeds of each shape.
     key = "ed25519:" + "A" * 43
     blob = "0" * 64
-    manifest = (
-        '{"seq":3,"files":{"notes.txt":{"blob":"%s","size":5,"sealed_size":300,'
+    put = (
+        '{"op":"put","name":"notes.txt","entry":{"blob":"%s","size":5,"sealed_size":300,'
         '"generation":1,"stored_at":1795000000,"copies":[{"url":"http://127.0.0.1:7070",'
-        '"relay":"%s","owner":"%s"}]}}}' % (blob, key, key)
+        '"relay":"%s","owner":"%s"}]}}' % (blob, key, key)
     )
-    write("manifest_json", "one-file", manifest.encode())
-    write("manifest_json", "empty", b'{"seq":0,"files":{}}')
+    write("sync_json", "put", put.encode())
+    write("sync_json", "snapshot", ("{\"table\":{\"registers\":{}},\"clock\":5}").encode())
+    write("sync_json", "remove", b'{"op":"remove","name":"notes.txt"}')
     for name, text in [("dashed", "K7QF-9XM2-PT4R"), ("lower", "k7qf 9xm2 pt4r"), ("lookalikes", "O1IL-0000-0000")]:
         write("pairing_code", name, text.encode())
     hello = '{"spake":"AAAA","device":"%s","x25519":"x25519:%s","name":"phone"}' % (key, "A" * 43)

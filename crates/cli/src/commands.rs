@@ -87,6 +87,15 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
         Command::Put { file, name } => put(open(home)?, json, &file, name).await,
         Command::Get { what, output } => get(open(home)?, json, &what, output).await,
         Command::Ls => ls(open(home)?, json).await,
+        Command::Mv { from, to } => {
+            open(home)?.rename(&from, &to).await?;
+            emit(json, &json!({ "from": from, "to": to }), || {
+                format!("renamed {from} to {to}")
+            });
+            Ok(())
+        }
+        Command::Sync { watch, rounds } => sync(open(home)?, json, watch, rounds).await,
+        Command::Status => status(open(home)?, json).await,
         Command::Rm { name } => {
             let report = open(home)?.remove(&name).await?;
             emit(json, &report, || {
@@ -475,6 +484,138 @@ async fn get(
             )
         });
     }
+    Ok(())
+}
+
+async fn sync(
+    mut client: Client,
+    json: bool,
+    watch: bool,
+    rounds: Option<u64>,
+) -> anyhow::Result<()> {
+    if !watch {
+        let report = client.sync().await?;
+        emit(json, &report, || sync_summary(&report));
+        return Ok(());
+    }
+    // Poll with backoff: quick after a change, up to a minute when idle.
+    let mut wait = Duration::from_secs(2);
+    let mut round = 0;
+    loop {
+        round += 1;
+        match client.sync().await {
+            Ok(report) => {
+                let changed = report.merged > 0 || !report.findings.is_empty();
+                if changed || round == 1 {
+                    emit_line(json, &report, || sync_summary(&report));
+                }
+                wait = if changed {
+                    Duration::from_secs(2)
+                } else {
+                    (wait * 2).min(Duration::from_secs(60))
+                };
+            }
+            Err(err) => {
+                note(
+                    json,
+                    &format!("sync failed: {err}; retrying in {} s", wait.as_secs()),
+                );
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+        if rounds.is_some_and(|n| round >= n) {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+fn sync_summary(report: &cairn_client::SyncReport) -> String {
+    let reachable = report.relays.iter().filter(|r| r.reachable).count();
+    let mut text = format!(
+        "synced: {} operation(s) merged, {} file(s), {} of {} relay(s) answered",
+        report.merged,
+        report.files,
+        reachable,
+        report.relays.len()
+    );
+    for relay in report.relays.iter().filter(|r| !r.reachable) {
+        text.push_str(&format!(
+            "\n  unreachable {}: {}",
+            relay.url,
+            relay.error.as_deref().unwrap_or("")
+        ));
+    }
+    for finding in &report.findings {
+        text.push_str(&format!(
+            "\n  WARNING {}: {}",
+            finding.kind,
+            finding_text(finding)
+        ));
+    }
+    text
+}
+
+fn finding_text(finding: &cairn_client::Finding) -> String {
+    let mut parts = Vec::new();
+    if let Some(relay) = &finding.relay {
+        parts.push(format!("relay {relay}"));
+    }
+    if let Some(device) = &finding.device {
+        parts.push(format!("device {device}"));
+    }
+    parts.push(finding.detail.clone());
+    parts.join(", ")
+}
+
+async fn status(mut client: Client, json: bool) -> anyhow::Result<()> {
+    let report = client.sync().await?;
+    let findings = client.findings()?;
+    let value = json!({ "sync": report, "findings": findings });
+    emit(json, &value, || {
+        let mut text = String::from("relays:\n");
+        for relay in &report.relays {
+            text.push_str(&format!(
+                "  {} {}  {} head(s){}{}\n",
+                if relay.reachable { "ok  " } else { "DOWN" },
+                relay.url,
+                relay.heads,
+                if relay.republished > 0 {
+                    format!(", {} re-sent", relay.republished)
+                } else {
+                    String::new()
+                },
+                relay
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        text.push_str("devices:\n");
+        for device in &report.devices {
+            text.push_str(&format!(
+                "  {} {:<16} up to operation {}  {}\n",
+                if device.this_device { "*" } else { " " },
+                device.name.as_deref().unwrap_or("(not enrolled)"),
+                device.seq,
+                device.device
+            ));
+        }
+        text.push_str(&format!("files: {}\n", report.files));
+        if findings.is_empty() {
+            text.push_str("no problems found");
+        } else {
+            text.push_str("findings (newest last):");
+            for finding in &findings {
+                text.push_str(&format!("\n  {}: {}", finding.kind, finding_text(finding)));
+            }
+        }
+        text
+    });
     Ok(())
 }
 

@@ -118,6 +118,34 @@ Examples:
     },
     /// List stored files.
     Ls,
+    /// Rename a stored file.
+    Mv {
+        /// Its current name.
+        from: String,
+        /// The new name (replaced if it exists).
+        to: String,
+    },
+    /// Bring this device up to date with your other devices.
+    ///
+    /// Reads every device's newest head from every relay (one request per
+    /// relay when nothing changed), fetches and verifies new operations,
+    /// merges them, and sends relays that are behind what they lack.
+    /// Relays serving old heads and devices signing conflicting operations
+    /// are reported.
+    #[command(
+        after_help = "Examples:\n  cairn sync\n  cairn sync --watch        keep syncing, backing off while nothing changes"
+    )]
+    Sync {
+        /// Keep syncing: every 2 s after a change, backing off to 60 s while
+        /// nothing changes. Stop with Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many rounds (for scripts).
+        #[arg(long, value_name = "N", requires = "watch")]
+        rounds: Option<u64>,
+    },
+    /// Show per-relay and per-device sync state, and recent findings.
+    Status,
     /// Remove a stored file and delete the copies this device made.
     Rm {
         /// The stored name.

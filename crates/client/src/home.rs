@@ -7,6 +7,10 @@
 //! HOME/identity.log       the identity log, as length-prefixed envelopes
 //! HOME/keys/device.age    this device's secret keys (passphrase-sealed)
 //! HOME/keys/root.age      the root key, when this device holds it
+//! HOME/sync.json          what this device knows of every device's log, and
+//!                         the merged file table
+//! HOME/ops/               sealed operations seen (to re-publish to relays
+//!                         that lost them)
 //! HOME/tmp/               sealed files on their way to relays
 //! ```
 //!
@@ -59,6 +63,14 @@ impl Home {
         self.root.join("keys").join("root.age")
     }
 
+    pub(crate) fn sync_state(&self) -> PathBuf {
+        self.root.join("sync.json")
+    }
+
+    pub(crate) fn op_cache(&self) -> PathBuf {
+        self.root.join("ops")
+    }
+
     pub(crate) fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
@@ -81,7 +93,12 @@ impl Home {
 
     /// Creates the directory tree with private permissions.
     pub(crate) fn create_dirs(&self) -> Result<()> {
-        for dir in [self.root.clone(), self.root.join("keys"), self.tmp()] {
+        for dir in [
+            self.root.clone(),
+            self.root.join("keys"),
+            self.tmp(),
+            self.op_cache(),
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

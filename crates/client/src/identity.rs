@@ -131,6 +131,19 @@ impl IdentityLog {
         write_private(&home.identity_log(), &out)
     }
 
+    /// When `device` was revoked, if it was.
+    pub fn revoked_at(&self, device: &cairn_proto::VerifyingKey) -> Option<Timestamp> {
+        self.entries
+            .iter()
+            .find_map(|bytes| match decode_entry(bytes).ok()?.action {
+                LogAction::RevokeDevice { revocation } => {
+                    let revocation = revocation.verify::<cairn_proto::Revocation>().ok()?;
+                    (revocation.device == *device).then_some(revocation.revoked_at)
+                }
+                _ => None,
+            })
+    }
+
     /// Whether `other` extends this log (same entries, then more).
     pub fn is_prefix_of(&self, other: &Self) -> bool {
         other.entries.len() >= self.entries.len()

@@ -28,14 +28,14 @@ mod text_serde;
 
 pub use cairn_proto as proto;
 pub use client::{
-    Client, DEFAULT_REPLICAS, Enrolled, FileInfo, GetReport, InitOptions, Output, PutReport,
-    RelayAdded, RelayCheck, RemoveReport, Revoked,
+    Client, DEFAULT_REPLICAS, DeviceSync, Enrolled, FileInfo, Finding, GetReport, InitOptions,
+    Output, PutReport, RelayAdded, RelayCheck, RelaySync, RemoveReport, Revoked, SyncReport,
 };
 pub use error::{Error, RelayError, Result};
 pub use home::Home;
 pub use identity::IdentityLog;
 pub use keyfile::{KdfCost, Passphrase};
-pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, Manifest, check_name};
+pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, check_name};
 pub use pairing::PairingCode;
 pub use progress::{Progress, Silent};
 

@@ -1,10 +1,6 @@
-//! The manifest: which names the user has stored, as which blobs, where.
-//!
-//! It is JSON, sealed like any blob and stored on every relay of the set,
-//! with a head record (slot `manifest`) in the identity's mailbox pointing
-//! at the newest version. Relays see only its size.
-
-use std::collections::BTreeMap;
+//! What a stored name holds: the blob, its size, and where its copies are.
+//! The table of names is built by sync (`crate::sync`) from every
+//! device's operations.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,15 +10,6 @@ use crate::error::{Error, Result};
 
 /// Longest name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
-
-/// The user's file table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Bumped on every change; equals the head's sequence number.
-    pub seq: u64,
-    /// Stored files by name.
-    pub files: BTreeMap<String, FileEntry>,
-}
 
 /// One stored file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,19 +42,6 @@ pub struct Copy {
     pub owner: VerifyingKey,
 }
 
-impl Manifest {
-    /// Parses a manifest's JSON.
-    pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes)
-            .map_err(|err| Error::Invalid(format!("the manifest does not parse: {err}")))
-    }
-
-    /// The manifest as JSON.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-}
-
 /// Checks a name a file is stored under.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -93,33 +67,6 @@ pub fn check_name(name: &str) -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn json_round_trip() {
-        let key = cairn_proto::SigningKey::from_seed(&[3; 32]).verifying_key();
-        let mut manifest = Manifest {
-            seq: 4,
-            ..Manifest::default()
-        };
-        manifest.files.insert(
-            "notes.txt".into(),
-            FileEntry {
-                blob: BlobId::of(b"x"),
-                size: 1,
-                sealed_size: 200,
-                generation: 1,
-                stored_at: 5,
-                copies: vec![Copy {
-                    url: "http://127.0.0.1:1".into(),
-                    relay: key,
-                    owner: key,
-                }],
-            },
-        );
-        let back = Manifest::from_json(&manifest.to_json()).unwrap();
-        assert_eq!(back, manifest);
-        assert!(Manifest::from_json(b"{\"seq\":1}").is_err());
-    }
 
     #[test]
     fn names() {

@@ -13,7 +13,7 @@ use cairn_proto::{
     Timestamp, VerifyingKey, WrappedKey,
 };
 
-use super::mailbox::{clients, extend_log, fetch_small, identity_slot, manifest_slot, sign_head};
+use super::mailbox::{clients, extend_log, fetch_small, identity_slot, sign_head};
 use super::{Client, InitOptions};
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -21,7 +21,6 @@ use crate::keyfile::Passphrase;
 use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
 use crate::pairing::{Approver, Joiner, MAX_MESSAGE, PairingCode, Step, WelcomeBody, slot};
 use crate::relay::{RelayClient, RelaySet, http_client, unix_now};
-use crate::seal;
 
 /// How often a waiting side looks for the other's message.
 const POLL_EVERY: Duration = Duration::from_millis(300);
@@ -285,6 +284,10 @@ impl Client {
             .into_iter()
             .map(|(url, err)| format!("{url}: {err}"))
             .collect();
+        let mut state = self.load_sync()?;
+        let mut warnings: Vec<String> = warnings;
+        warnings.extend(self.announce_identity(&mut state).await);
+        self.store_sync(&state)?;
         let welcome = approver.welcome(&WelcomeBody {
             root: root.verifying_key(),
             head: self.log.state().head(),
@@ -306,7 +309,7 @@ impl Client {
         if self.relays.entries().is_empty() {
             return Err(Error::NoRelays);
         }
-        self.refresh_identity().await?;
+        let mut state = self.synced().await?;
         self.require_active()?;
         let target = self.find_device(which)?;
         if target.key == self.device_key() {
@@ -315,7 +318,6 @@ impl Client {
             ));
         }
         let old_vault = self.current_vault()?;
-        let manifest = self.read_manifest().await?;
 
         let revocation = SignedRecord::sign(
             &Revocation {
@@ -356,7 +358,15 @@ impl Client {
             .into_iter()
             .map(|(url, err)| format!("{url}: {err}"))
             .collect();
-        warnings.extend(self.move_manifest(&vault, manifest).await);
+        // The new mailbox starts with a snapshot of everything merged so far
+        // (the revoked device's earlier changes included) and this device's
+        // head; other devices move there when they see the rotation.
+        let relays = self.relay_clients();
+        if let Err(err) = self.write_snapshot(&mut state, &relays).await {
+            warnings.push(format!("snapshot in the new mailbox: {err}"));
+        }
+        warnings.extend(self.announce_identity(&mut state).await);
+        self.store_sync(&state)?;
         warnings.extend(self.seal_mailbox(&old_vault).await);
         Ok(Revoked {
             name: target.name.as_str().to_owned(),
@@ -391,7 +401,9 @@ impl Client {
         self.log = log;
         self.save_log()?;
         self.publish_identity().await?;
-        Ok(())
+        let mut state = self.load_sync()?;
+        self.announce_identity(&mut state).await;
+        self.store_sync(&state)
     }
 
     fn find_device(&self, which: &str) -> Result<cairn_proto::Device> {
@@ -416,44 +428,9 @@ impl Client {
         }
     }
 
-    /// Re-seals the manifest to the new vault generation in its new mailbox.
-    async fn move_manifest(
-        &self,
-        vault: &VaultKey,
-        mut manifest: crate::manifest::Manifest,
-    ) -> Vec<String> {
-        manifest.seq += 1;
-        let sealed = match seal::seal_bytes(&manifest.to_json(), &vault.secret.public()) {
-            Ok(sealed) => sealed,
-            Err(err) => return vec![format!("cannot seal the file list: {err}")],
-        };
-        let (id, bytes) = (sealed.0, Bytes::from(sealed.1));
-        let head = match sign_head(&vault.mailbox(), manifest_slot(), manifest.seq, id) {
-            Ok(head) => head,
-            Err(err) => return vec![err.to_string()],
-        };
-        let relays = self.relay_clients();
-        let results = join_all(relays.iter().map(|relay| {
-            let bytes = bytes.clone();
-            let head = head.clone();
-            async move {
-                let key = self.device.upload_key(relay.key());
-                let pow = relay.info().await?.limits.pow_bits;
-                relay.put_bytes(&id, bytes, &key, pow).await?;
-                relay.put_head(&head).await
-            }
-        }))
-        .await;
-        relays
-            .iter()
-            .zip(results)
-            .filter_map(|(relay, r)| r.err().map(|e| format!("{}: file list: {e}", relay.url())))
-            .collect()
-    }
-
-    /// Writes final heads (sequence `u64::MAX`) into the old mailbox: they
-    /// point late readers at the log that announces the rotation, and nobody,
-    /// the revoked device included, can write there again.
+    /// Writes a final `identity` head (sequence `u64::MAX`) into the old
+    /// mailbox: it points late readers at the log that announces the
+    /// rotation, and nobody, the revoked device included, can move it.
     async fn seal_mailbox(&self, old: &VaultKey) -> Vec<String> {
         let mailbox = old.mailbox();
         let mut heads = Vec::new();
@@ -462,18 +439,6 @@ impl Client {
             Err(err) => return vec![err.to_string()],
         }
         let relays = self.relay_clients();
-        let (old_key, slot) = (mailbox.verifying_key(), manifest_slot());
-        let manifest_target = join_all(relays.iter().map(|r| r.get_head(&old_key, &slot)))
-            .await
-            .into_iter()
-            .filter_map(|h| h.ok().flatten())
-            .max_by_key(|h| h.seq)
-            .map(|h| h.target);
-        if let Some(target) = manifest_target
-            && let Ok(head) = sign_head(&mailbox, manifest_slot(), u64::MAX, target)
-        {
-            heads.push(head);
-        }
         let mut warnings = Vec::new();
         for relay in &relays {
             for head in &heads {

@@ -1,5 +1,6 @@
-//! The identity's mailbox on its relays: the identity log (slot `identity`)
-//! and the manifest (slot `manifest`), each a head pointing at a blob.
+//! The identity's mailbox on its relays: the identity log (slot `identity`),
+//! a head pointing at its newest entry. (Each device's operation log and
+//! snapshots live in the same mailbox: `client/sync.rs`.)
 //!
 //! The mailbox key is derived from the current vault key, so it moves to a
 //! new mailbox when the vault key rotates. A rotation leaves a last head in
@@ -19,26 +20,15 @@ use super::Client;
 use crate::error::{Error, RelayError, Result};
 use crate::identity::IdentityLog;
 use crate::keys::VaultKey;
-use crate::manifest::Manifest;
 use crate::relay::{HeadWrite, RelayClient, RelaySet, unix_now};
-use crate::seal;
 
 /// Most identity-log entries fetched in one refresh: a lying relay cannot
 /// keep a client walking forever.
 const MAX_LOG_WALK: usize = 65_536;
-/// Largest manifest blob accepted.
-const MAX_MANIFEST: usize = 64 << 20;
-/// Attempts at a manifest change when other devices keep winning the race.
-const MANIFEST_RETRIES: usize = 8;
 
 pub(super) fn identity_slot() -> Slot {
     #[allow(clippy::expect_used, reason = "a constant valid slot name")]
     Slot::new("identity").expect("valid slot")
-}
-
-pub(super) fn manifest_slot() -> Slot {
-    #[allow(clippy::expect_used, reason = "a constant valid slot name")]
-    Slot::new("manifest").expect("valid slot")
 }
 
 /// A signed head for `slot` of `mailbox`.
@@ -192,44 +182,6 @@ impl Client {
         clients(&self.http, &self.relays)
     }
 
-    /// Brings the identity log up to date from the relays: follows the
-    /// highest head in the current mailbox, and after each vault rotation
-    /// the next one.
-    pub async fn refresh_identity(&mut self) -> Result<bool> {
-        let relays = self.relay_clients();
-        if relays.is_empty() {
-            return Ok(false);
-        }
-        let mut changed = false;
-        loop {
-            let Some(vault) = self.vault_keys()?.pop() else {
-                return Ok(changed);
-            };
-            let heads = best_heads(&relays, &vault.mailbox(), &identity_slot()).await;
-            let last = self.log.state().last_seq();
-            let mut advanced = false;
-            for head in heads.iter().filter(|h| h.seq > last || h.seq == u64::MAX) {
-                if head.target == self.log.state().head() {
-                    continue;
-                }
-                match extend_log(&relays, &self.config.root, Some(&self.log), head.target).await {
-                    Ok(log) if log.state().last_seq() > last => {
-                        self.log = log;
-                        self.save_log()?;
-                        changed = true;
-                        advanced = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(%err, "ignoring an identity head"),
-                }
-            }
-            if !advanced {
-                return Ok(changed);
-            }
-        }
-    }
-
     /// Stores the identity log on every relay in the set, with a head in the
     /// current mailbox. Returns the relays that refused, with why.
     pub(super) async fn publish_identity(&self) -> Result<Vec<(String, RelayError)>> {
@@ -267,109 +219,6 @@ impl Client {
             // Someone published this log or a longer one already.
             HeadWrite::Stale(_) => Ok(()),
         }
-    }
-
-    /// The newest manifest any relay holds (empty when there is none).
-    pub(super) async fn read_manifest(&self) -> Result<Manifest> {
-        let relays = self.relay_clients();
-        let vault = self.current_vault()?;
-        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
-        let heads = best_heads(&relays, &vault.mailbox(), &manifest_slot()).await;
-        let mut problems = Vec::new();
-        for head in &heads {
-            let opened = async {
-                let sealed = fetch_small(&relays, &head.target, MAX_MANIFEST).await?;
-                let plain = seal::open_bytes(&sealed, &keys).map_err(|err| Error::Unsealable {
-                    id: head.target,
-                    reason: err.to_string(),
-                })?;
-                let manifest = Manifest::from_json(&plain)?;
-                if manifest.seq != head.seq {
-                    return Err(Error::Invalid("manifest and head disagree".into()));
-                }
-                Ok(manifest)
-            }
-            .await;
-            match opened {
-                Ok(manifest) => return Ok(manifest),
-                Err(err) => problems.push(err.to_string()),
-            }
-        }
-        if heads.is_empty() || problems.is_empty() {
-            Ok(Manifest::default())
-        } else {
-            Err(Error::Invalid(format!(
-                "no relay served a readable manifest: {}",
-                problems.join("; ")
-            )))
-        }
-    }
-
-    /// Applies `change` to the newest manifest and publishes the result on
-    /// every relay; retries from the newest if another device got there
-    /// first. Returns what `change` returned.
-    pub(super) async fn update_manifest<T>(
-        &self,
-        mut change: impl FnMut(&mut Manifest) -> Result<T>,
-    ) -> Result<(T, Vec<String>)> {
-        let relays = self.relay_clients();
-        let vault = self.current_vault()?;
-        let mailbox = vault.mailbox();
-        for _ in 0..MANIFEST_RETRIES {
-            let mut manifest = self.read_manifest().await?;
-            let old_blob = self.manifest_blob_seen(&relays, &mailbox).await;
-            let result = change(&mut manifest)?;
-            manifest.seq += 1;
-            let (id, sealed) = seal::seal_bytes(&manifest.to_json(), &vault.secret.public())
-                .map_err(|err| Error::Invalid(format!("cannot seal the manifest: {err}")))?;
-            let sealed = Bytes::from(sealed);
-            let head = sign_head(&mailbox, manifest_slot(), manifest.seq, id)?;
-            let outcomes = join_all(relays.iter().map(|relay| async {
-                let key = self.device.upload_key(relay.key());
-                let pow = relay.info().await?.limits.pow_bits;
-                relay.put_bytes(&id, sealed.clone(), &key, pow).await?;
-                relay.put_head(&head).await
-            }))
-            .await;
-            let mut stored = 0;
-            let mut stale = false;
-            let mut failures = Vec::new();
-            for (relay, outcome) in relays.iter().zip(outcomes) {
-                match outcome {
-                    Ok(HeadWrite::Stored) => stored += 1,
-                    Ok(HeadWrite::Stale(_)) => stale = true,
-                    Err(err) => failures.push(format!("{}: {err}", relay.url())),
-                }
-            }
-            if stale {
-                continue;
-            }
-            if stored == 0 {
-                return Err(Error::Invalid(format!(
-                    "no relay accepted the updated file list: {}",
-                    failures.join("; ")
-                )));
-            }
-            if let Some(old) = old_blob.filter(|old| *old != id) {
-                self.delete_own_everywhere(&relays, &old).await;
-            }
-            return Ok((result, failures));
-        }
-        Err(Error::Invalid(
-            "other devices kept changing the file list at the same time; try again".into(),
-        ))
-    }
-
-    /// The blob the newest manifest head points at, if any.
-    async fn manifest_blob_seen(
-        &self,
-        relays: &[RelayClient],
-        mailbox: &SigningKey,
-    ) -> Option<BlobId> {
-        best_heads(relays, mailbox, &manifest_slot())
-            .await
-            .first()
-            .map(|h| h.target)
     }
 
     /// Deletes this device's copies of `id` wherever it has them; failures

@@ -8,6 +8,7 @@ mod devices;
 mod mailbox;
 mod relays;
 mod storage;
+mod sync;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -17,6 +18,7 @@ use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 pub use devices::{Enrolled, Revoked};
 pub use relays::{RelayAdded, RelayCheck};
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport};
+pub use sync::{DeviceSync, Finding, RelaySync, SyncReport};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, read_required, write_private};

@@ -16,6 +16,7 @@ use crate::manifest::{Copy, FileEntry, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
 use crate::seal;
+use crate::sync::Change;
 
 /// Where `get` writes the data.
 #[derive(Clone, Debug)]
@@ -122,10 +123,7 @@ impl Client {
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport> {
         check_name(name)?;
-        if self.relays.entries().is_empty() {
-            return Err(Error::NoRelays);
-        }
-        self.refresh_identity().await?;
+        let mut state = self.synced().await?;
         self.require_active()?;
         let vault = self.current_vault()?;
 
@@ -208,19 +206,26 @@ impl Client {
                 })
                 .collect(),
         };
-        let (replaced, manifest_failures) = self
-            .update_manifest(|manifest| Ok(manifest.files.insert(name.to_owned(), entry.clone())))
-            .await?;
-        warnings.extend(
-            manifest_failures
-                .into_iter()
-                .map(|f| format!("file list not updated on {f}")),
-        );
-        if let Some(old) = &replaced
-            && old.blob != sealed.id
-        {
-            self.delete_own_copies(old).await;
+        let replaced = Self::table_of(&state).get(name).cloned();
+        Self::record_owned(&mut state, &sealed.id, stored.iter().map(|(r, _)| *r.key()));
+        let change = Change::Put {
+            name: name.to_owned(),
+            entry: entry.clone(),
+        };
+        match self.append(&mut state, change).await {
+            Ok(failures) => warnings.extend(
+                failures
+                    .into_iter()
+                    .map(|f| format!("file list not updated on {f}")),
+            ),
+            Err(err) => {
+                let relays: Vec<_> = stored.iter().map(|(r, _)| r.clone()).collect();
+                self.delete_own_everywhere(&relays, &sealed.id).await;
+                return Err(err);
+            }
         }
+        // The replaced blob's copies that this device made go now.
+        self.finish_change(&mut state).await?;
         Ok(PutReport {
             name: name.to_owned(),
             blob: sealed.id,
@@ -319,82 +324,89 @@ impl Client {
         (stored, failures)
     }
 
-    /// Deletes the copies of `entry` this device owns.
-    async fn delete_own_copies(&self, entry: &FileEntry) -> (Vec<String>, Vec<String>) {
-        let me = self.device_key();
-        let mut deleted = Vec::new();
-        let mut left = Vec::new();
-        for copy in &entry.copies {
-            let Some(relay) = self
-                .relay_clients()
-                .into_iter()
-                .find(|r| r.key() == &copy.relay)
-            else {
-                left.push(format!("{}: no longer in your relay set", copy.url));
-                continue;
-            };
-            if copy.owner != me {
-                left.push(format!(
-                    "{}: stored by device {}, which alone can delete it",
-                    copy.url,
-                    copy.owner.short()
-                ));
-                continue;
-            }
-            match relay
-                .delete(&entry.blob, &self.device.upload_key(relay.key()))
-                .await
-            {
-                Ok(_) => deleted.push(relay.url().to_owned()),
-                Err(err) => left.push(format!("{}: {err}", relay.url())),
-            }
-        }
-        (deleted, left)
-    }
-
     /// The stored files, by name.
     pub async fn list(&mut self) -> Result<Vec<FileInfo>> {
-        if self.relays.entries().is_empty() {
-            return Err(Error::NoRelays);
-        }
-        self.refresh_identity().await?;
-        let manifest = self.read_manifest().await?;
-        Ok(manifest
-            .files
-            .into_iter()
+        let state = self.synced().await?;
+        Ok(Self::table_of(&state)
+            .files()
             .map(|(name, entry)| FileInfo {
-                name,
+                name: name.to_owned(),
                 blob: entry.blob,
                 size: entry.size,
                 stored_at: entry.stored_at,
-                copies: entry.copies.into_iter().map(|c| c.url).collect(),
+                copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
             })
             .collect())
     }
 
-    /// Removes `name` from the file list and deletes the copies this device
-    /// owns.
+    /// Removes `name` from the file table, deletes the copies this device
+    /// made, and leaves the others to the devices that made them (each
+    /// deletes its copies when it next syncs).
     pub async fn remove(&mut self, name: &str) -> Result<RemoveReport> {
-        if self.relays.entries().is_empty() {
-            return Err(Error::NoRelays);
-        }
-        self.refresh_identity().await?;
+        let mut state = self.synced().await?;
         self.require_active()?;
-        let (entry, _) = self
-            .update_manifest(|manifest| {
-                manifest
-                    .files
-                    .remove(name)
-                    .ok_or_else(|| Error::NoSuchName(name.to_owned()))
-            })
-            .await?;
-        let (deleted, left) = self.delete_own_copies(&entry).await;
+        let entry = Self::table_of(&state)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchName(name.to_owned()))?;
+        self.append(
+            &mut state,
+            Change::Remove {
+                name: name.to_owned(),
+            },
+        )
+        .await?;
+        self.finish_change(&mut state).await?;
+        let me = self.device_key();
+        let still_owned = Self::owned_relays(&state, &entry.blob);
+        let mut deleted = Vec::new();
+        let mut left = Vec::new();
+        for copy in &entry.copies {
+            if copy.owner != me {
+                left.push(format!(
+                    "{}: stored by device {}, which deletes it when it next syncs",
+                    copy.url,
+                    copy.owner.short()
+                ));
+            } else if still_owned.contains(&copy.relay) {
+                left.push(format!(
+                    "{}: could not be deleted now; retried on the next sync",
+                    copy.url
+                ));
+            } else {
+                deleted.push(copy.url.clone());
+            }
+        }
         Ok(RemoveReport {
             name: name.to_owned(),
             blob: entry.blob,
             deleted,
             left,
         })
+    }
+
+    /// Renames `from` to `to` (replacing what `to` held).
+    pub async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        check_name(to)?;
+        let mut state = self.synced().await?;
+        self.require_active()?;
+        let entry = Self::table_of(&state)
+            .get(from)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchName(from.to_owned()))?;
+        if from == to {
+            return Ok(());
+        }
+        self.append(
+            &mut state,
+            Change::Rename {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                entry,
+            },
+        )
+        .await?;
+        self.finish_change(&mut state).await
     }
 
     /// Fetches `what` (a stored name, or a blob id) from the fastest relay
@@ -406,12 +418,8 @@ impl Client {
         output: Output,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
-        if self.relays.entries().is_empty() {
-            return Err(Error::NoRelays);
-        }
-        self.refresh_identity().await?;
-        let manifest = self.read_manifest().await?;
-        let (id, listed) = match manifest.files.get(what) {
+        let state = self.synced().await?;
+        let (id, listed) = match Self::table_of(&state).get(what) {
             Some(entry) => (entry.blob, entry.copies.iter().map(|c| c.relay).collect()),
             None => match what.parse::<BlobId>() {
                 Ok(id) => (id, Vec::new()),
@@ -468,7 +476,7 @@ impl Client {
         })
     }
 
-    /// Relays holding `id`, fastest to answer first (relays the manifest
+    /// Relays holding `id`, fastest to answer first (relays the file table
     /// lists before others that answer as fast), with the ones that do not
     /// hold it or fail noted.
     async fn fastest_holders(

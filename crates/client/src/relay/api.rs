@@ -24,6 +24,8 @@ use crate::error::RelayError;
 const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 /// Largest head record or info document accepted.
 const MAX_SMALL_BODY: usize = 256 * 1024;
+/// Largest head listing accepted (1024 slots of a few hundred bytes).
+const MAX_HEAD_LISTING: usize = 2 << 20;
 /// Oldest (or most future-dated) info document believed.
 const MAX_INFO_AGE: Duration = Duration::from_secs(3600);
 /// Most proof-of-work attempts before giving up (2^28 hashes, seconds).
@@ -317,6 +319,36 @@ impl RelayClient {
         let bytes = small_body(response).await?;
         let head = verify_head(&bytes, mailbox, slot)?;
         Ok(Some(head))
+    }
+
+    /// Every head in `mailbox`, each verified (one request, whatever the
+    /// number of slots). Heads that do not verify are dropped and counted.
+    pub async fn list_heads(
+        &self,
+        mailbox: &VerifyingKey,
+    ) -> Result<(Vec<Verified<HeadRecord>>, usize), RelayError> {
+        let response = send(self.http.get(format!("{}/v1/heads/{mailbox}", self.url))).await?;
+        let body = bounded_body(response, MAX_HEAD_LISTING).await?;
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|err| RelayError::Protocol(format!("head listing is not JSON: {err}")))?;
+        let texts = json["heads"]
+            .as_array()
+            .ok_or_else(|| RelayError::Protocol("head listing has no `heads`".into()))?;
+        let mut heads = Vec::with_capacity(texts.len());
+        let mut bad = 0;
+        for text in texts {
+            let head = text
+                .as_str()
+                .and_then(|t| cairn_proto::decode_base64url(t, MAX_SMALL_BODY).ok())
+                .and_then(|bytes| SignedRecord::from_bytes(&bytes).ok())
+                .and_then(|record| record.verify::<HeadRecord>().ok())
+                .filter(|head| &head.mailbox == mailbox);
+            match head {
+                Some(head) => heads.push(head),
+                None => bad += 1,
+            }
+        }
+        Ok((heads, bad))
     }
 
     /// Stores a head record (signed by its mailbox key).

@@ -182,7 +182,10 @@ mod tests {
     fn arb_change() -> impl Strategy<Value = Change> {
         let name = prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(str::to_owned);
         prop_oneof![
-            (name.clone(), 0u8..5).prop_map(|(name, t)| Change::Put { name, entry: entry(t) }),
+            (name.clone(), 0u8..5).prop_map(|(name, t)| Change::Put {
+                name,
+                entry: entry(t)
+            }),
             name.clone().prop_map(|name| Change::Remove { name }),
             (name.clone(), name, 0u8..5).prop_map(|(from, to, t)| Change::Rename {
                 from,
@@ -225,27 +228,63 @@ mod tests {
     #[test]
     fn later_clock_wins_then_device_key() {
         let mut table = Table::default();
-        let (low, high) = if device(0) < device(1) { (0, 1) } else { (1, 0) };
-        table.apply(device(high), 5, &Change::Put { name: "x".into(), entry: entry(1) });
-        table.apply(device(low), 5, &Change::Put { name: "x".into(), entry: entry(2) });
+        let (low, high) = if device(0) < device(1) {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        table.apply(
+            device(high),
+            5,
+            &Change::Put {
+                name: "x".into(),
+                entry: entry(1),
+            },
+        );
+        table.apply(
+            device(low),
+            5,
+            &Change::Put {
+                name: "x".into(),
+                entry: entry(2),
+            },
+        );
         assert_eq!(table.get("x").unwrap().size, 1, "tie broken by device key");
         table.apply(device(low), 6, &Change::Remove { name: "x".into() });
         assert!(table.get("x").is_none());
-        table.apply(device(high), 4, &Change::Put { name: "x".into(), entry: entry(3) });
-        assert!(table.get("x").is_none(), "an older put loses to the tombstone");
+        table.apply(
+            device(high),
+            4,
+            &Change::Put {
+                name: "x".into(),
+                entry: entry(3),
+            },
+        );
+        assert!(
+            table.get("x").is_none(),
+            "an older put loses to the tombstone"
+        );
     }
 
     #[test]
     fn clocks_move_forward() {
         assert_eq!(next_clock(0, 1000), 1000 << 16);
         let last = (2000 << 16) + 5;
-        assert_eq!(next_clock(last, 1000), last + 1, "a clock behind never goes back");
+        assert_eq!(
+            next_clock(last, 1000),
+            last + 1,
+            "a clock behind never goes back"
+        );
         assert_eq!(clock_millis(next_clock(0, 1234)), 1234);
     }
 
     #[test]
     fn bodies_round_trip_and_unknown_fields_are_refused() {
-        let change = Change::Rename { from: "a".into(), to: "b".into(), entry: entry(1) };
+        let change = Change::Rename {
+            from: "a".into(),
+            to: "b".into(),
+            entry: entry(1),
+        };
         assert_eq!(Change::from_body(&change.to_body()).unwrap(), change);
         assert!(Change::from_body(br#"{"op":"put","name":"x"}"#).is_err());
         assert!(Change::from_body(br#"{"op":"remove","name":"x","extra":1}"#).is_err());

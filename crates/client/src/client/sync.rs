@@ -1,0 +1,1081 @@
+//! Multi-device sync over the relays: each device's operation log, its head
+//! in the identity's mailbox, and the merged file table.
+//!
+//! A sync lists the mailbox on every relay (one request each), and stops
+//! there when nothing moved. Otherwise it follows the identity log, applies
+//! a newer snapshot if one lets it skip history, walks each device's new
+//! operations back from its highest head (verifying every one), merges
+//! them, and re-publishes what a relay is missing. Relays that serve an old
+//! head and devices that sign two different operations at one position are
+//! reported, never merged silently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use cairn_proto::{BlobId, HeadRecord, Operation, SignedRecord, Slot, Verified, VerifyingKey};
+
+use super::Client;
+use super::mailbox::{identity_slot, sign_head};
+use crate::error::{Error, Result, io_at};
+use crate::home::write_private;
+use crate::relay::{HeadWrite, RelayClient, unix_now};
+use crate::seal;
+use crate::sync::{Change, Position, Snapshot, Table, clock_millis, next_clock};
+
+/// Operations between two snapshots written by one device.
+const SNAPSHOT_EVERY: u64 = 500;
+/// Largest sealed operation accepted (a 64 KiB body plus sealing).
+const MAX_OP_BLOB: usize = 256 << 10;
+/// Largest sealed snapshot accepted.
+const MAX_SNAPSHOT_BLOB: usize = 512 << 20;
+/// Most operations fetched for one device in one sync: a relay cannot keep
+/// a client walking forever.
+const MAX_WALK: usize = 1 << 20;
+/// Findings kept in the state, newest last.
+const MAX_FINDINGS: usize = 100;
+
+fn snapshot_slot() -> Slot {
+    #[allow(clippy::expect_used, reason = "a constant valid slot name")]
+    Slot::new("snapshot").expect("valid slot")
+}
+
+/// The slot of `device`'s log: `d-` and the key's base64url form.
+fn device_slot(device: &VerifyingKey) -> Slot {
+    let text = cairn_proto::encode_base64url(&device.to_bytes());
+    #[allow(
+        clippy::expect_used,
+        reason = "base64url of 32 bytes is 43 valid slot characters"
+    )]
+    Slot::new(format!("d-{text}")).expect("valid slot")
+}
+
+fn slot_device(slot: &Slot) -> Option<VerifyingKey> {
+    let text = slot.as_str().strip_prefix("d-")?;
+    let bytes = cairn_proto::decode_base64url(text, 32).ok()?;
+    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+}
+
+fn millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What went wrong with a relay or a device, as a sync reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `stale_head`, `equivocation`, `bad_operation`, `ignored_device` or
+    /// `unreachable`.
+    pub kind: String,
+    /// The relay concerned, if one is.
+    pub relay: Option<String>,
+    /// The device concerned, if one is.
+    pub device: Option<String>,
+    /// What happened.
+    pub detail: String,
+    /// When it was seen (Unix seconds).
+    pub at: u64,
+}
+
+/// This device's knowledge, kept in `HOME/sync.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(super) struct SyncState {
+    /// The vault generation whose mailbox this device publishes in.
+    generation: u32,
+    /// The highest clock seen or issued.
+    clock: u64,
+    /// Per device (key text): the newest operation merged.
+    devices: BTreeMap<String, Position>,
+    /// The merged file table.
+    table: Table,
+    /// The clock of the newest snapshot applied or written.
+    snapshot: u64,
+    /// Operations merged since this device last wrote a snapshot.
+    since_snapshot: u64,
+    /// The sealed snapshot blob this device last wrote (deleted when
+    /// superseded).
+    my_snapshot: Option<String>,
+    /// Blob (id text) → relays (key text) holding a copy this device
+    /// uploaded and has not deleted.
+    owned: BTreeMap<String, BTreeSet<String>>,
+    /// Recent findings, newest last.
+    findings: Vec<Finding>,
+}
+
+impl SyncState {
+    fn position(&self, device: &VerifyingKey) -> Option<Position> {
+        self.devices.get(&device.to_string()).copied()
+    }
+
+    fn note(&mut self, finding: Finding) {
+        let repeat = self.findings.iter().any(|f| {
+            f.kind == finding.kind
+                && f.relay == finding.relay
+                && f.device == finding.device
+                && f.detail == finding.detail
+        });
+        if !repeat {
+            self.findings.push(finding);
+            let excess = self.findings.len().saturating_sub(MAX_FINDINGS);
+            self.findings.drain(..excess);
+        }
+    }
+}
+
+/// One relay in a sync report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelaySync {
+    /// Its URL.
+    pub url: String,
+    /// Whether it answered the listing.
+    pub reachable: bool,
+    /// Heads it holds in the mailbox.
+    pub heads: usize,
+    /// Heads it was behind on and was sent again.
+    pub republished: usize,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// One device in a sync report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceSync {
+    /// Its key.
+    pub device: String,
+    /// Its name in the identity log, when it is enrolled.
+    pub name: Option<String>,
+    /// The newest of its operations merged.
+    pub seq: u64,
+    /// Whether it is this device.
+    pub this_device: bool,
+}
+
+/// What a sync did and found.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// Per relay.
+    pub relays: Vec<RelaySync>,
+    /// Per device.
+    pub devices: Vec<DeviceSync>,
+    /// Operations merged by this sync.
+    pub merged: usize,
+    /// Whether a snapshot was applied.
+    pub snapshot_applied: bool,
+    /// Whether this device wrote a snapshot.
+    pub snapshot_written: bool,
+    /// Files in the table.
+    pub files: usize,
+    /// Problems found by this sync.
+    pub findings: Vec<Finding>,
+}
+
+/// Heads a relay listed, by slot.
+struct Listing {
+    heads: BTreeMap<String, Verified<HeadRecord>>,
+}
+
+impl Client {
+    pub(super) fn load_sync(&self) -> Result<SyncState> {
+        let path = self.home.sync_state();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| Error::Damaged {
+                path,
+                reason: err.to_string(),
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(SyncState::default()),
+            Err(source) => Err(Error::Io { path, source }),
+        }
+    }
+
+    fn save_sync(&self, state: &SyncState) -> Result<()> {
+        let json = serde_json::to_vec(state).map_err(|err| Error::Invalid(err.to_string()))?;
+        write_private(&self.home.sync_state(), &json)
+    }
+
+    fn cache_path(&self, id: &BlobId) -> PathBuf {
+        self.home.op_cache().join(id.to_string())
+    }
+
+    fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
+        let dir = self.home.op_cache();
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        write_private(&self.cache_path(id), sealed)
+    }
+
+    fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
+        std::fs::read(self.cache_path(id)).ok()
+    }
+
+    /// Brings the identity log and the file table up to date from every
+    /// relay, and sends each relay what it is missing.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        let mut state = self.load_sync()?;
+        let report = self.sync_with(&mut state).await;
+        self.save_sync(&state)?;
+        report
+    }
+
+    async fn sync_with(&mut self, state: &mut SyncState) -> Result<SyncReport> {
+        let relays = self.relay_clients();
+        let first_finding = state.findings.len();
+        let (listings, mut relay_reports) = loop {
+            let mailbox = self.newest_vault()?.mailbox().verifying_key();
+            let answers = join_all(relays.iter().map(|r| r.list_heads(&mailbox))).await;
+            let mut listings = Vec::new();
+            let mut reports = Vec::new();
+            for (relay, answer) in relays.iter().zip(answers) {
+                match answer {
+                    Ok((heads, bad)) => {
+                        if bad > 0 {
+                            state.note(finding(
+                                "bad_head",
+                                Some(relay.url()),
+                                None,
+                                format!("listed {bad} heads that do not verify"),
+                            ));
+                        }
+                        reports.push(RelaySync {
+                            url: relay.url().to_owned(),
+                            reachable: true,
+                            heads: heads.len(),
+                            republished: 0,
+                            error: None,
+                        });
+                        listings.push(Some(Listing {
+                            heads: heads
+                                .into_iter()
+                                .map(|h| (h.slot.as_str().to_owned(), h))
+                                .collect(),
+                        }));
+                    }
+                    Err(err) => {
+                        reports.push(RelaySync {
+                            url: relay.url().to_owned(),
+                            reachable: false,
+                            heads: 0,
+                            republished: 0,
+                            error: Some(err.to_string()),
+                        });
+                        listings.push(None);
+                    }
+                }
+            }
+            let before = self.newest_vault()?.generation;
+            self.advance_identity(&relays, &listings).await?;
+            if self.newest_vault()?.generation == before {
+                break (listings, reports);
+            }
+            // A rotation moved the mailbox: list the new one.
+        };
+        if reports_all_down(&relay_reports) {
+            return Err(Error::Invalid(format!(
+                "no relay answered: {}",
+                relay_reports
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.url)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+
+        let generation = self.newest_vault()?.generation;
+        let moved = state.generation != generation;
+        let mut snapshot_applied = false;
+        if let Some(head) = best_snapshot(&listings)
+            && head.seq > state.snapshot
+        {
+            match self.apply_snapshot(state, &relays, &head).await {
+                Ok(applied) => snapshot_applied = applied,
+                Err(err) => state.note(finding(
+                    "bad_operation",
+                    None,
+                    Some(head.target.to_string()),
+                    format!("snapshot refused: {err}"),
+                )),
+            }
+        }
+
+        let merged = self
+            .merge_devices(state, &relays, &listings, &mut relay_reports)
+            .await;
+
+        if moved {
+            // Announce this device's log in the new mailbox, then (if this
+            // device rotated) a snapshot there covers everyone's history.
+            state.generation = generation;
+            if let Some(mine) = state.position(&self.device_key()) {
+                self.publish_head(&relays, &self.device_key(), mine).await;
+            }
+        }
+
+        self.collect_garbage(state, &relays).await;
+        let mut snapshot_written = false;
+        if state.since_snapshot >= SNAPSHOT_EVERY && self.require_active().is_ok() {
+            self.write_snapshot(state, &relays).await?;
+            snapshot_written = true;
+        }
+
+        let me = self.device_key();
+        let devices = state
+            .devices
+            .iter()
+            .map(|(key, position)| {
+                let parsed = key.parse::<VerifyingKey>().ok();
+                DeviceSync {
+                    device: key.clone(),
+                    name: parsed.and_then(|k| {
+                        self.log
+                            .state()
+                            .devices()
+                            .get(&k)
+                            .map(|d| d.name.as_str().to_owned())
+                    }),
+                    seq: position.seq,
+                    this_device: parsed == Some(me),
+                }
+            })
+            .collect();
+        Ok(SyncReport {
+            relays: relay_reports,
+            devices,
+            merged,
+            snapshot_applied,
+            snapshot_written,
+            files: state.table.files().count(),
+            findings: state.findings[first_finding.min(state.findings.len())..].to_vec(),
+        })
+    }
+
+    /// Follows the highest `identity` head the listings show.
+    async fn advance_identity(
+        &mut self,
+        relays: &[RelayClient],
+        listings: &[Option<Listing>],
+    ) -> Result<bool> {
+        let slot = identity_slot();
+        let mut heads: Vec<_> = listings
+            .iter()
+            .flatten()
+            .filter_map(|l| l.heads.get(slot.as_str()))
+            .collect();
+        heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
+        let last = self.log.state().last_seq();
+        for head in heads {
+            if head.target == self.log.state().head() || head.seq <= last && head.seq != u64::MAX {
+                continue;
+            }
+            match super::mailbox::extend_log(
+                relays,
+                &self.config.root,
+                Some(&self.log),
+                head.target,
+            )
+            .await
+            {
+                Ok(log) if log.state().last_seq() > last => {
+                    self.log = log;
+                    self.save_log()?;
+                    return Ok(true);
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "ignoring an identity head"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether `device` may have written an operation at `clock`: it is in
+    /// the identity log, and if revoked, wrote before its revocation.
+    fn may_write(&self, device: &VerifyingKey, clock: u64) -> bool {
+        if self.log.state().devices().contains_key(device) {
+            return true;
+        }
+        match self.log.revoked_at(device) {
+            Some(revoked_at) => clock_millis(clock) <= revoked_at.0.saturating_mul(1000),
+            None => false,
+        }
+    }
+
+    /// Opens and verifies a sealed operation.
+    fn open_op(&self, sealed: &[u8], keys: &[crate::keys::X25519Secret]) -> Result<Operation> {
+        let plain = seal::open_bytes(sealed, keys)
+            .map_err(|err| Error::Invalid(format!("operation does not open: {err}")))?;
+        SignedRecord::from_bytes(&plain)
+            .map_err(|err| Error::Invalid(format!("operation: {err}")))?
+            .verify::<Operation>()
+            .map(Verified::into_record)
+            .map_err(|err| Error::Invalid(format!("operation: {err}")))
+    }
+
+    async fn fetch_op(
+        &self,
+        relays: &[RelayClient],
+        id: &BlobId,
+        keys: &[crate::keys::X25519Secret],
+    ) -> Result<Operation> {
+        let sealed = match self.cached_op(id) {
+            Some(bytes) if BlobId::of(&bytes) == *id => bytes,
+            _ => {
+                let bytes = super::mailbox::fetch_small(relays, id, MAX_OP_BLOB).await?;
+                self.cache_op(id, &bytes)?;
+                bytes
+            }
+        };
+        self.open_op(&sealed, keys)
+    }
+
+    /// Applies the snapshot `head` names if it covers operations this
+    /// device has not merged. Returns whether it did.
+    async fn apply_snapshot(
+        &self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+        head: &Verified<HeadRecord>,
+    ) -> Result<bool> {
+        let keys = self.vault_secrets()?;
+        let op = self.fetch_op(relays, &head.target, &keys).await?;
+        if !self.may_write(&op.device, op.clock) {
+            return Err(Error::Invalid("written by a device that may not".into()));
+        }
+        let Change::Snapshot {
+            state: blob,
+            covers,
+            ..
+        } = Change::from_body(&op.body)?
+        else {
+            return Err(Error::Invalid(
+                "the snapshot head names another operation".into(),
+            ));
+        };
+        let ahead = covers.iter().any(|(device, position)| {
+            state
+                .devices
+                .get(device)
+                .is_none_or(|known| known.seq < position.seq)
+        });
+        state.snapshot = state.snapshot.max(head.seq);
+        if !ahead {
+            return Ok(false);
+        }
+        let sealed = super::mailbox::fetch_small(relays, &blob, MAX_SNAPSHOT_BLOB).await?;
+        let plain = seal::open_bytes(&sealed, &keys)
+            .map_err(|err| Error::Invalid(format!("snapshot does not open: {err}")))?;
+        let mut snapshot: Snapshot = serde_json::from_slice(&plain)
+            .map_err(|err| Error::Invalid(format!("snapshot does not parse: {err}")))?;
+        snapshot
+            .table
+            .retain(|r| self.may_write(&r.device, r.clock));
+        state.table.merge(&snapshot.table);
+        state.clock = state.clock.max(snapshot.clock);
+        for (device, position) in covers {
+            let newer = state
+                .devices
+                .get(&device)
+                .is_none_or(|known| known.seq < position.seq);
+            if newer && device.parse::<VerifyingKey>().is_ok() {
+                state.devices.insert(device, position);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Merges every device's new operations; flags and repairs relays that
+    /// are behind. Returns the number of operations merged.
+    async fn merge_devices(
+        &self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+        listings: &[Option<Listing>],
+        reports: &mut [RelaySync],
+    ) -> usize {
+        // Every device any relay lists, with the heads each relay has.
+        let mut seen: BTreeMap<VerifyingKey, Vec<(usize, &Verified<HeadRecord>)>> = BTreeMap::new();
+        for (index, listing) in listings.iter().enumerate() {
+            let Some(listing) = listing else { continue };
+            for head in listing.heads.values() {
+                if let Some(device) = slot_device(&head.slot) {
+                    seen.entry(device).or_default().push((index, head));
+                }
+            }
+        }
+        for key in state.devices.keys() {
+            if let Ok(device) = key.parse::<VerifyingKey>() {
+                seen.entry(device).or_default();
+            }
+        }
+        let keys = match self.vault_secrets() {
+            Ok(keys) => keys,
+            Err(_) => return 0,
+        };
+
+        let mut walks = Vec::new();
+        for (device, heads) in &seen {
+            let known = state.position(device);
+            // Two relays holding different operations at one position: the
+            // device signed both (or a relay forged a head, which the
+            // operation's signature will tell).
+            let mut by_seq: BTreeMap<u64, BTreeSet<BlobId>> = BTreeMap::new();
+            for (_, head) in heads {
+                by_seq.entry(head.seq).or_default().insert(head.target);
+            }
+            if let Some((seq, _)) = by_seq.iter().find(|(_, targets)| targets.len() > 1) {
+                state.note(finding(
+                    "equivocation",
+                    None,
+                    Some(device.to_string()),
+                    format!("relays hold different operations at position {seq}; not merged"),
+                ));
+                continue;
+            }
+            if let Some(known) = known
+                && let Some(different) = by_seq.get(&known.seq).filter(|t| !t.contains(&known.op))
+            {
+                state.note(finding(
+                    "equivocation",
+                    None,
+                    Some(device.to_string()),
+                    format!(
+                        "operation {} at position {} differs from the one merged ({}); not merged",
+                        different
+                            .iter()
+                            .next()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        known.seq,
+                        known.op
+                    ),
+                ));
+                continue;
+            }
+            if let Some((index, best)) = heads.iter().max_by_key(|(_, h)| h.seq)
+                && known.is_none_or(|k| best.seq > k.seq)
+            {
+                // Ask the relay that listed it first, then the others.
+                let mut order = vec![relays[*index].clone()];
+                order.extend(
+                    relays
+                        .iter()
+                        .filter(|r| r.url() != relays[*index].url())
+                        .cloned(),
+                );
+                walks.push((*device, best.target, best.seq, known, order));
+            }
+        }
+
+        let results = join_all(walks.iter().map(|(device, target, seq, known, order)| {
+            self.walk(order, &keys, device, *target, *seq, *known)
+        }))
+        .await;
+        let mut merged = 0;
+        for ((device, _, _, _, _), result) in walks.iter().zip(results) {
+            match result {
+                Ok(ops) => {
+                    for (position, op) in ops {
+                        if !self.may_write(device, op.clock) {
+                            state.note(finding(
+                                "ignored_device",
+                                None,
+                                Some(device.to_string()),
+                                format!("operation {} signed after its revocation", position.seq),
+                            ));
+                            break;
+                        }
+                        match Change::from_body(&op.body) {
+                            Ok(change) => state.table.apply(*device, op.clock, &change),
+                            Err(err) => state.note(finding(
+                                "bad_operation",
+                                None,
+                                Some(device.to_string()),
+                                err.to_string(),
+                            )),
+                        }
+                        state.clock = state.clock.max(op.clock);
+                        state.devices.insert(device.to_string(), position);
+                        state.since_snapshot += 1;
+                        merged += 1;
+                    }
+                }
+                Err(WalkError::Equivocation(detail)) => {
+                    state.note(finding(
+                        "equivocation",
+                        None,
+                        Some(device.to_string()),
+                        detail,
+                    ));
+                }
+                Err(WalkError::Other(err)) => {
+                    state.note(finding(
+                        "bad_operation",
+                        None,
+                        Some(device.to_string()),
+                        err.to_string(),
+                    ));
+                }
+            }
+        }
+
+        // Relays behind on a device get the newest head (and the operations
+        // they lack, from the cache) again.
+        for (device, heads) in &seen {
+            let Some(known) = state.position(device) else {
+                continue;
+            };
+            for (index, listing) in listings.iter().enumerate() {
+                if listing.is_none() {
+                    continue;
+                }
+                let theirs = heads.iter().find(|(i, _)| *i == index).map(|(_, h)| h.seq);
+                if theirs.is_some_and(|seq| seq >= known.seq) {
+                    continue;
+                }
+                if let Some(seq) = theirs {
+                    state.note(finding(
+                        "stale_head",
+                        Some(relays[index].url()),
+                        Some(device.to_string()),
+                        format!("served position {seq} of a log merged up to {}", known.seq),
+                    ));
+                }
+                if self
+                    .republish(&relays[index], device, known, theirs.unwrap_or(0))
+                    .await
+                    .is_ok()
+                {
+                    reports[index].republished += 1;
+                }
+            }
+        }
+        merged
+    }
+
+    /// Sends `relay` the operations of `device` after `from` (from the
+    /// local cache) and a head at `known`.
+    async fn republish(
+        &self,
+        relay: &RelayClient,
+        device: &VerifyingKey,
+        known: Position,
+        from: u64,
+    ) -> Result<()> {
+        let keys = self.vault_secrets()?;
+        let uploader = self.device.upload_key(relay.key());
+        let pow = relay
+            .info()
+            .await
+            .map_err(|source| relay_error(relay, source))?
+            .limits
+            .pow_bits;
+        let mut next = Some(known.op);
+        let mut seq = known.seq;
+        while let Some(id) = next {
+            if seq <= from {
+                break;
+            }
+            let Some(sealed) = self.cached_op(&id) else {
+                break;
+            };
+            let op = self.open_op(&sealed, &keys)?;
+            relay
+                .put_bytes(&id, Bytes::from(sealed), &uploader, pow)
+                .await
+                .map_err(|source| relay_error(relay, source))?;
+            next = op.prev;
+            seq = seq.saturating_sub(1);
+        }
+        self.publish_head(std::slice::from_ref(relay), device, known)
+            .await;
+        Ok(())
+    }
+
+    /// Writes `device`'s head at `position` to `relays` in the current
+    /// mailbox. Returns how many took it.
+    async fn publish_head(
+        &self,
+        relays: &[RelayClient],
+        device: &VerifyingKey,
+        position: Position,
+    ) -> usize {
+        let Ok(vault) = self.current_vault() else {
+            return 0;
+        };
+        let Ok(head) = sign_head(
+            &vault.mailbox(),
+            device_slot(device),
+            position.seq,
+            position.op,
+        ) else {
+            return 0;
+        };
+        join_all(relays.iter().map(|r| r.put_head(&head)))
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(HeadWrite::Stored)))
+            .count()
+    }
+
+    /// Walks `device`'s log back from `target` (at `seq`) to `known`.
+    async fn walk(
+        &self,
+        relays: &[RelayClient],
+        keys: &[crate::keys::X25519Secret],
+        device: &VerifyingKey,
+        target: BlobId,
+        seq: u64,
+        known: Option<Position>,
+    ) -> Result<Vec<(Position, Operation)>, WalkError> {
+        let mut out = Vec::new();
+        let mut next = Some((target, seq));
+        while let Some((id, expected)) = next {
+            if let Some(known) = known
+                && expected <= known.seq
+            {
+                if expected == known.seq && id != known.op {
+                    return Err(WalkError::Equivocation(format!(
+                        "its log reached position {expected} through operation {id}, not the \
+                         {} merged before; not merged",
+                        known.op
+                    )));
+                }
+                break;
+            }
+            if out.len() >= MAX_WALK {
+                return Err(WalkError::Other(Error::Invalid("log too long".into())));
+            }
+            let op = self
+                .fetch_op(relays, &id, keys)
+                .await
+                .map_err(WalkError::Other)?;
+            if &op.device != device || op.seq != expected {
+                return Err(WalkError::Other(Error::Invalid(format!(
+                    "operation {id} is not position {expected} of device {device}"
+                ))));
+            }
+            next = op.prev.map(|prev| (prev, expected - 1));
+            out.push((
+                Position {
+                    seq: expected,
+                    op: id,
+                },
+                op,
+            ));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest vault key this device holds (the current one unless it
+    /// was revoked): its mailbox is where this device looks.
+    fn newest_vault(&self) -> Result<crate::keys::VaultKey> {
+        self.vault_keys()?
+            .pop()
+            .ok_or_else(|| Error::Invalid("this device holds no vault key".into()))
+    }
+
+    /// Every vault secret this device holds.
+    fn vault_secrets(&self) -> Result<Vec<crate::keys::X25519Secret>> {
+        Ok(self.vault_keys()?.into_iter().map(|k| k.secret).collect())
+    }
+
+    /// Appends `change` to this device's log: signs, seals, stores on every
+    /// relay, points this device's head at it, and merges it locally.
+    /// Returns the relays that did not take it.
+    pub(super) async fn append(
+        &self,
+        state: &mut SyncState,
+        change: Change,
+    ) -> Result<Vec<String>> {
+        self.require_active()?;
+        let me = self.device_key();
+        let previous = state.position(&me);
+        let clock = next_clock(state.clock, millis_now());
+        let op = Operation {
+            device: me,
+            seq: previous.map_or(1, |p| p.seq + 1),
+            prev: previous.map(|p| p.op),
+            clock,
+            body: change.to_body(),
+        };
+        let envelope = SignedRecord::sign(&op, &self.device.signing)
+            .map_err(|err| Error::Invalid(format!("operation: {err}")))?;
+        let vault = self.current_vault()?;
+        let (id, sealed) = seal::seal_bytes(&envelope.to_bytes(), &vault.secret.public())
+            .map_err(|err| Error::Invalid(format!("cannot seal an operation: {err}")))?;
+        self.cache_op(&id, &sealed)?;
+        let position = Position {
+            seq: op.seq,
+            op: id,
+        };
+        let head = sign_head(&vault.mailbox(), device_slot(&me), op.seq, id)?;
+        let sealed = Bytes::from(sealed);
+        let relays = self.relay_clients();
+        let results = join_all(relays.iter().map(|relay| {
+            let sealed = sealed.clone();
+            let head = head.clone();
+            async move {
+                let uploader = self.device.upload_key(relay.key());
+                let pow = relay.info().await?.limits.pow_bits;
+                relay.put_bytes(&id, sealed, &uploader, pow).await?;
+                relay.put_head(&head).await
+            }
+        }))
+        .await;
+        let mut failures = Vec::new();
+        for (relay, result) in relays.iter().zip(results) {
+            match result {
+                Ok(HeadWrite::Stored) => {}
+                Ok(HeadWrite::Stale(_)) => failures.push(format!(
+                    "{}: holds a newer head for this device (run `cairn sync`)",
+                    relay.url()
+                )),
+                Err(err) => failures.push(format!("{}: {err}", relay.url())),
+            }
+        }
+        if failures.len() == relays.len() {
+            return Err(Error::Invalid(format!(
+                "no relay took the change: {}",
+                failures.join("; ")
+            )));
+        }
+        state.table.apply(me, clock, &change);
+        state.clock = clock;
+        state.devices.insert(me.to_string(), position);
+        state.since_snapshot += 1;
+        state.generation = vault.generation;
+        Ok(failures)
+    }
+
+    /// Writes a snapshot of the table and names it in the `snapshot` slot.
+    pub(super) async fn write_snapshot(
+        &self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+    ) -> Result<()> {
+        let vault = self.current_vault()?;
+        let snapshot = Snapshot {
+            table: state.table.clone(),
+            clock: state.clock,
+        };
+        let json = serde_json::to_vec(&snapshot).map_err(|err| Error::Invalid(err.to_string()))?;
+        let (blob, sealed) = seal::seal_bytes(&json, &vault.secret.public())
+            .map_err(|err| Error::Invalid(format!("cannot seal a snapshot: {err}")))?;
+        let size = sealed.len() as u64;
+        let sealed = Bytes::from(sealed);
+        let stored = join_all(relays.iter().map(|relay| {
+            let sealed = sealed.clone();
+            async move {
+                let uploader = self.device.upload_key(relay.key());
+                let pow = relay.info().await?.limits.pow_bits;
+                relay.put_bytes(&blob, sealed, &uploader, pow).await
+            }
+        }))
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+        if stored == 0 {
+            return Err(Error::Invalid("no relay took the snapshot".into()));
+        }
+        let covers = state.devices.clone();
+        self.append(
+            state,
+            Change::Snapshot {
+                state: blob,
+                size,
+                covers,
+            },
+        )
+        .await?;
+        let me = self.device_key();
+        let Some(position) = state.position(&me) else {
+            return Ok(());
+        };
+        let head = sign_head(&vault.mailbox(), snapshot_slot(), state.clock, position.op)?;
+        join_all(relays.iter().map(|r| r.put_head(&head))).await;
+        state.snapshot = state.clock;
+        state.since_snapshot = 0;
+        if let Some(old) = state.my_snapshot.replace(blob.to_string())
+            && let Ok(old) = old.parse::<BlobId>()
+        {
+            self.delete_own_everywhere(relays, &old).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes this device's copies of blobs the table no longer names.
+    async fn collect_garbage(&self, state: &mut SyncState, relays: &[RelayClient]) {
+        let referenced = state.table.referenced();
+        let unreferenced: Vec<String> = state
+            .owned
+            .keys()
+            .filter(|id| {
+                id.parse::<BlobId>()
+                    .is_ok_and(|id| !referenced.contains(&id))
+            })
+            .cloned()
+            .collect();
+        for id in unreferenced {
+            let Ok(blob) = id.parse::<BlobId>() else {
+                continue;
+            };
+            let holders = state.owned.get(&id).cloned().unwrap_or_default();
+            let mut left = BTreeSet::new();
+            for relay in relays
+                .iter()
+                .filter(|r| holders.contains(&r.key().to_string()))
+            {
+                let key = self.device.upload_key(relay.key());
+                if relay.delete(&blob, &key).await.is_err() {
+                    left.insert(relay.key().to_string());
+                }
+            }
+            // Relays no longer in the set keep their copy until retention.
+            if left.is_empty() {
+                state.owned.remove(&id);
+            } else {
+                state.owned.insert(id, left);
+            }
+        }
+    }
+
+    /// Records that this device stored copies of `blob` on `relays`.
+    pub(super) fn record_owned(
+        state: &mut SyncState,
+        blob: &BlobId,
+        relays: impl IntoIterator<Item = VerifyingKey>,
+    ) {
+        state
+            .owned
+            .entry(blob.to_string())
+            .or_default()
+            .extend(relays.into_iter().map(|k| k.to_string()));
+    }
+
+    /// Pulls, then gives the table and the state to `f`, which may append.
+    pub(super) async fn synced(&mut self) -> Result<SyncState> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        let mut state = self.load_sync()?;
+        self.sync_with(&mut state).await?;
+        self.save_sync(&state)?;
+        self.require_active()?;
+        Ok(state)
+    }
+
+    pub(super) fn store_sync(&self, state: &SyncState) -> Result<()> {
+        self.save_sync(state)
+    }
+
+    /// Deletes now-unreferenced copies after a change, then saves.
+    pub(super) async fn finish_change(&self, state: &mut SyncState) -> Result<()> {
+        let relays = self.relay_clients();
+        self.collect_garbage(state, &relays).await;
+        self.save_sync(state)
+    }
+
+    /// The table as of the last sync (no network).
+    pub(super) fn table_of(state: &SyncState) -> &Table {
+        &state.table
+    }
+
+    /// Relays holding a copy of `blob` this device made and has not
+    /// deleted.
+    pub(super) fn owned_relays(state: &SyncState, blob: &BlobId) -> BTreeSet<VerifyingKey> {
+        state
+            .owned
+            .get(&blob.to_string())
+            .map(|keys| keys.iter().filter_map(|k| k.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Brings the identity log up to date from the relays (one listing per
+    /// relay), following rotations into the next mailbox.
+    pub async fn refresh_identity(&mut self) -> Result<bool> {
+        let relays = self.relay_clients();
+        let mut changed = false;
+        loop {
+            let mailbox = self.newest_vault()?.mailbox().verifying_key();
+            let listings: Vec<Option<Listing>> =
+                join_all(relays.iter().map(|r| r.list_heads(&mailbox)))
+                    .await
+                    .into_iter()
+                    .map(|answer| {
+                        answer.ok().map(|(heads, _)| Listing {
+                            heads: heads
+                                .into_iter()
+                                .map(|h| (h.slot.as_str().to_owned(), h))
+                                .collect(),
+                        })
+                    })
+                    .collect();
+            if !self.advance_identity(&relays, &listings).await? {
+                return Ok(changed);
+            }
+            changed = true;
+        }
+    }
+
+    /// Appends an `identity` operation naming the log's newest entry, so
+    /// other devices see the change in this device's log too. Returns
+    /// warnings.
+    pub(super) async fn announce_identity(&self, state: &mut SyncState) -> Vec<String> {
+        let change = Change::Identity {
+            seq: self.log.state().last_seq(),
+            head: self.log.state().head(),
+        };
+        match self.append(state, change).await {
+            Ok(failures) => failures,
+            Err(err) => vec![format!("announcing the identity change: {err}")],
+        }
+    }
+
+    /// The findings recorded so far (no network).
+    pub fn findings(&self) -> Result<Vec<Finding>> {
+        Ok(self.load_sync()?.findings)
+    }
+}
+
+enum WalkError {
+    Equivocation(String),
+    Other(Error),
+}
+
+fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
+    Error::Relay {
+        url: relay.url().to_owned(),
+        source,
+    }
+}
+
+fn finding(kind: &str, relay: Option<&str>, device: Option<String>, detail: String) -> Finding {
+    Finding {
+        kind: kind.to_owned(),
+        relay: relay.map(str::to_owned),
+        device,
+        detail,
+        at: unix_now(),
+    }
+}
+
+fn reports_all_down(reports: &[RelaySync]) -> bool {
+    !reports.is_empty() && reports.iter().all(|r| !r.reachable)
+}
+
+/// The highest snapshot head any relay lists.
+fn best_snapshot(listings: &[Option<Listing>]) -> Option<Verified<HeadRecord>> {
+    let slot = snapshot_slot();
+    listings
+        .iter()
+        .flatten()
+        .filter_map(|l| l.heads.get(slot.as_str()))
+        .max_by_key(|h| h.seq)
+        .cloned()
+}
