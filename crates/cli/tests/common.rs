@@ -44,6 +44,34 @@ impl Relay {
         }
     }
 
+    /// Starts again on the same port from the same data (same key).
+    pub(crate) async fn restart(&mut self) {
+        self.stop().await;
+        self.handle = Some(start_at(&self.data(), self.addr).await);
+    }
+
+    /// Whether it is serving.
+    pub(crate) fn is_up(&self) -> bool {
+        self.handle.is_some()
+    }
+
+    /// Requests it has answered so far, from its Prometheus metrics.
+    pub(crate) async fn requests_answered(&self) -> u64 {
+        let text = cairn_testkit::http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("cairn_http_requests_total{"))
+            .filter(|l| !l.contains("route=\"/metrics\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// Replaces this relay with a different one (new data, new key) on the
     /// same address: what an impostor at a known URL looks like.
     pub(crate) async fn replace_with_impostor(&mut self) {

@@ -11,3 +11,4 @@ mod devices;
 mod errors;
 mod interop;
 mod storage;
+mod sync;
