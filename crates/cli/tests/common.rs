@@ -68,8 +68,8 @@ impl Relay {
         text.lines()
             .filter(|l| l.starts_with("cairn_http_requests_total{"))
             .filter(|l| !l.contains("route=\"/metrics\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Replaces this relay with a different one (new data, new key) on the
