@@ -13,11 +13,11 @@
 
 mod client;
 mod error;
+mod files;
 mod home;
 mod identity;
 mod keyfile;
 pub mod keys;
-mod manifest;
 mod pairing;
 mod progress;
 pub mod recovery;
@@ -32,10 +32,10 @@ pub use client::{
     Output, PutReport, RelayAdded, RelayCheck, RelaySync, RemoveReport, Revoked, SyncReport,
 };
 pub use error::{Error, RelayError, Result};
+pub use files::{Copy, FileEntry, MAX_NAME_LEN, check_name};
 pub use home::Home;
 pub use identity::IdentityLog;
 pub use keyfile::{KdfCost, Passphrase};
-pub use manifest::{Copy, FileEntry, MAX_NAME_LEN, check_name};
 pub use pairing::PairingCode;
 pub use progress::{Progress, Silent};
 

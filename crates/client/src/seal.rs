@@ -167,7 +167,7 @@ pub fn open_stream(
     Ok(data_len)
 }
 
-/// [`seal_stream`] for small in-memory values (manifests, pairing messages).
+/// [`seal_stream`] for small in-memory values (operations, snapshots).
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
     let mut out = Vec::with_capacity(data.len() + 256);
     let sealed = seal_stream(data, recipient, &mut out, &mut |_| {})?;

@@ -12,7 +12,7 @@ use cairn_proto::{BlobId, RelayInfo, Verified};
 
 use super::Client;
 use crate::error::{Error, RelayError, Result, io_at};
-use crate::manifest::{Copy, FileEntry, check_name};
+use crate::files::{Copy, FileEntry, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
 use crate::seal;

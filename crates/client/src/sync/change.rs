@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::BlobId;
 
 use crate::error::{Error, Result};
-use crate::manifest::FileEntry;
+use crate::files::FileEntry;
 
 /// One change to the file table, or a marker in a device's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 pub use change::Change;
 
-use crate::manifest::FileEntry;
+use crate::files::FileEntry;
 
 /// A device's place in its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +155,7 @@ pub fn clock_millis(clock: u64) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::manifest::Copy;
+    use crate::files::Copy;
     use cairn_proto::SigningKey;
     use proptest::prelude::*;
 
