@@ -60,4 +60,9 @@ tail -n +2 "$work/join.out"
 echo; echo "== the phone fetches the file the laptop stored"
 phone get readme -o "$work/readme-on-phone"
 cmp README.md "$work/readme-on-phone" && echo "identical: the phone has the laptop's file"
+
+echo; echo "== the phone stores a file of its own; the laptop syncs and sees it"
+phone put Cargo.toml --name from-phone
+laptop sync
+laptop ls
 phone device list
