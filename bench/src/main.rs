@@ -9,6 +9,8 @@
 // A benchmark's output is its figures.
 #![allow(clippy::print_stdout)]
 
+mod sync_bench;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -72,6 +74,13 @@ enum Command {
         /// Also write the bytes to this file (for the reference server).
         #[arg(long)]
         write_to: Option<std::path::PathBuf>,
+    },
+    /// Sync cost: a new device's first sync of a vault of `entries` files,
+    /// and a sync with nothing new (time, requests, bytes).
+    Sync {
+        /// Files in the vault.
+        #[arg(long, default_value_t = 10_000)]
+        entries: usize,
     },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
@@ -322,6 +331,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{id}");
         }
         Command::Gc { stored, expired } => gc_bench(stored, expired).await?,
+        Command::Sync { entries } => sync_bench::sync_bench(entries).await?,
     }
     Ok(())
 }

@@ -57,6 +57,7 @@ pub(crate) struct Metrics {
     requests: RwLock<BTreeMap<(&'static str, u16), AtomicU64>>,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
+    pub(crate) head_bytes_sent: AtomicU64,
     pub(crate) gc_runs: AtomicU64,
     pub(crate) gc_deleted_blobs: AtomicU64,
     pub(crate) gc_deleted_bytes: AtomicU64,
@@ -115,6 +116,11 @@ impl Metrics {
                 "cairn_bytes_sent_total",
                 "Blob bytes sent in downloads.",
                 &self.bytes_sent,
+            ),
+            (
+                "cairn_head_bytes_sent_total",
+                "Bytes of head records and head listings sent.",
+                &self.head_bytes_sent,
             ),
             (
                 "cairn_gc_runs_total",

@@ -136,6 +136,9 @@ pub(crate) async fn get_head(
         )));
     };
     app.store.record_head_access(key, app.now());
+    app.metrics
+        .head_bytes_sent
+        .fetch_add(envelope.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let response = (
         [(
             header::CONTENT_TYPE,
@@ -164,7 +167,17 @@ pub(crate) async fn list_heads(
         heads.push(encode_base64url(&envelope));
         app.store.record_head_access(HeadKey { mailbox, slot }, now);
     }
-    Ok(no_store(
-        axum::Json(json!({ "heads": heads })).into_response(),
-    ))
+    let body = json!({ "heads": heads }).to_string();
+    app.metrics
+        .head_bytes_sent
+        .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    Ok(no_store(response))
 }
