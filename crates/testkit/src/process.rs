@@ -91,6 +91,15 @@ impl RelayProcess {
     }
 }
 
+impl Drop for RelayProcess {
+    /// A test that fails before stopping its relay must not leave it
+    /// running: kill it (a no-op once it has exited).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Resident set size of process `pid` in bytes (Linux `/proc`).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
