@@ -43,7 +43,7 @@ for tool in age curl python3; do
 done
 export RUST_BACKTRACE=0
 cargo build --release -q -p cairn-relay -p cairn-cli
-bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release # honours CARGO_TARGET_DIR
 work=$(mktemp -d /tmp/cairn-client-bench.XXXXXX)
 ports=(17181 17182 17183)
 relay_pids=()
