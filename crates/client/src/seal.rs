@@ -167,6 +167,53 @@ pub fn open_stream(
     Ok(data_len)
 }
 
+/// Opens a sealed blob streamed from `input` (which need not seek) into the
+/// file `out`, in one pass: writes the whole plaintext, then reads the
+/// length trailer back from the file and truncates it to the data. Returns
+/// the number of data bytes.
+pub fn open_to_file(
+    input: impl Read,
+    keys: &[X25519Secret],
+    out: &std::fs::File,
+) -> Result<u64, OpenError> {
+    use std::os::unix::fs::FileExt as _;
+    let identities: Vec<_> = keys.iter().map(X25519Secret::identity).collect();
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(IO_BUFFER, input))
+        .map_err(|err| OpenError::Malformed(err.to_string()))?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|err| match err {
+            age::DecryptError::NoMatchingKeys => OpenError::NoKey,
+            other => OpenError::Malformed(other.to_string()),
+        })?;
+    let mut writer = BufWriter::with_capacity(IO_BUFFER, out);
+    let total = io::copy(&mut reader, &mut writer).map_err(|err| {
+        // age reports a chunk that fails authentication as invalid data.
+        if err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::UnexpectedEof {
+            OpenError::Malformed(err.to_string())
+        } else {
+            OpenError::Io(err)
+        }
+    })?;
+    writer.flush()?;
+    drop(writer);
+    if total < TRAILER_LEN {
+        return Err(OpenError::Malformed(
+            "shorter than its length trailer".into(),
+        ));
+    }
+    let mut trailer = [0u8; 8];
+    out.read_exact_at(&mut trailer, total - TRAILER_LEN)?;
+    let data_len = u64::from_be_bytes(trailer);
+    if data_len > total - TRAILER_LEN || padded_len(data_len) != total {
+        return Err(OpenError::Malformed(format!(
+            "length trailer says {data_len} bytes in a {total}-byte plaintext"
+        )));
+    }
+    out.set_len(data_len)?;
+    Ok(data_len)
+}
+
 /// [`seal_stream`] for small in-memory values (operations, snapshots).
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
     let mut out = Vec::with_capacity(data.len() + 256);
@@ -275,6 +322,29 @@ mod tests {
             open_bytes(b"not age", &[key]),
             Err(OpenError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn opening_to_a_file_streams_and_truncates() {
+        let key = X25519Secret::from_bytes([4; 32]);
+        for len in [0usize, 1, 70_000, 300_000] {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+            let (_, sealed) = seal_bytes(&data, &key.public()).unwrap();
+            let out = tempfile::tempfile().unwrap();
+            let n = open_to_file(&sealed[..], std::slice::from_ref(&key), &out).unwrap();
+            assert_eq!(n, len as u64);
+            let mut back = Vec::new();
+            use std::io::{Read as _, Seek as _};
+            let mut out = out;
+            out.rewind().unwrap();
+            out.read_to_end(&mut back).unwrap();
+            assert_eq!(back, data);
+            // A truncated stream is an error, never a short file passed off
+            // as whole.
+            let cut = tempfile::tempfile().unwrap();
+            let key = std::slice::from_ref(&key);
+            assert!(open_to_file(&sealed[..sealed.len() - 1], key, &cut).is_err());
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
@@ -428,52 +429,155 @@ impl Client {
         };
 
         let (order, mut skipped) = self.fastest_holders(&id, &listed).await;
-        let temp = self.home.temp_file()?;
-        let mut file = tokio::fs::File::from_std(temp.reopen().map_err(io_at(temp.path()))?);
-        let mut source = None;
+        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
         for (relay, size) in order {
-            file.set_len(0).await.map_err(io_at(temp.path()))?;
             progress.begin("downloading", size);
-            let progress_fn = {
-                let progress = progress.clone();
-                move |n| progress.advance(n)
-            };
-            let result = file_rewind(&mut file).await;
-            let result = match result {
-                Ok(()) => relay.fetch_into(&id, &mut file, &progress_fn).await,
-                Err(err) => Err(err.into()),
+            let attempt = match &output {
+                Output::File(path) => {
+                    self.fetch_to_file(&relay, &id, &keys, path, &progress)
+                        .await
+                }
+                Output::Stdout => self.fetch_to_stdout(&relay, &id, &keys, &progress).await,
             };
             progress.end();
-            match result {
-                Ok(_) => {
-                    source = Some(relay.url().to_owned());
-                    break;
+            match attempt {
+                Ok(size) => {
+                    return Ok(GetReport {
+                        blob: id,
+                        size,
+                        relay: relay.url().to_owned(),
+                        skipped,
+                    });
                 }
-                Err(err) => skipped.push(format!("{}: {err}", relay.url())),
+                Err(Attempt::Relay(err)) => skipped.push(format!("{}: {err}", relay.url())),
+                // The bytes were the right ones: no other relay can do better.
+                Err(Attempt::Fatal(err)) => return Err(err),
             }
         }
-        let Some(relay) = source else {
-            return Err(Error::Unavailable {
-                id,
-                failures: if skipped.is_empty() {
-                    "no relay in your set holds it".into()
-                } else {
-                    skipped.join("; ")
-                },
-            });
-        };
-
-        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
-        let input = temp.reopen().map_err(io_at(temp.path()))?;
-        let size = tokio::task::spawn_blocking(move || open_into(input, &keys, &output, id))
-            .await
-            .map_err(|err| Error::Invalid(format!("opening stopped: {err}")))??;
-        Ok(GetReport {
-            blob: id,
-            size,
-            relay,
-            skipped,
+        Err(Error::Unavailable {
+            id,
+            failures: if skipped.is_empty() {
+                "no relay in your set holds it".into()
+            } else {
+                skipped.join("; ")
+            },
         })
+    }
+
+    /// Downloads and opens at once: the bytes go to the hash and to the
+    /// decryption as they arrive, and the data to a temp file beside `path`
+    /// that is renamed into place only once the hash matched.
+    async fn fetch_to_file(
+        &self,
+        relay: &RelayClient,
+        id: &BlobId,
+        keys: &[crate::keys::X25519Secret],
+        path: &Path,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<u64, Attempt> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".cairn-get-")
+            .tempfile_in(dir)
+            .map_err(|err| Attempt::Fatal(io_at(dir)(err)))?;
+        let out = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let opener_keys = keys.to_vec();
+        let opener = tokio::task::spawn_blocking(move || {
+            seal::open_to_file(ChannelReader::new(rx), &opener_keys, &out)
+        });
+        let fetched = relay
+            .fetch_each(id, |chunk| {
+                progress.advance(chunk.len() as u64);
+                let tx = tx.clone();
+                async move {
+                    tx.send(chunk)
+                        .await
+                        .map_err(|_| std::io::Error::other("decryption stopped early"))
+                }
+            })
+            .await;
+        drop(tx);
+        let opened = opener
+            .await
+            .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?;
+        // A relay's failure (wrong bytes, cut off) explains a failed opening.
+        fetched.map_err(Attempt::Relay)?;
+        let size = opened.map_err(|err| {
+            Attempt::Fatal(Error::Unsealable {
+                id: *id,
+                reason: err.to_string(),
+            })
+        })?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        temp.persist(path).map_err(|err| {
+            Attempt::Fatal(Error::Io {
+                path: path.to_path_buf(),
+                source: err.error,
+            })
+        })?;
+        Ok(size)
+    }
+
+    /// Downloads to a private temp file, then (bytes verified) opens it
+    /// onto standard output: nothing unverified is ever written there.
+    async fn fetch_to_stdout(
+        &self,
+        relay: &RelayClient,
+        id: &BlobId,
+        keys: &[crate::keys::X25519Secret],
+        progress: &Arc<dyn Progress>,
+    ) -> Result<u64, Attempt> {
+        let temp = self.home.temp_file().map_err(Attempt::Fatal)?;
+        let file = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let file = std::sync::Arc::new(tokio::sync::Mutex::new(
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
+        ));
+        relay
+            .fetch_each(id, |chunk| {
+                progress.advance(chunk.len() as u64);
+                let file = file.clone();
+                async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    file.lock().await.write_all(&chunk).await
+                }
+            })
+            .await
+            .map_err(Attempt::Relay)?;
+        {
+            use tokio::io::AsyncWriteExt as _;
+            file.lock()
+                .await
+                .flush()
+                .await
+                .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        }
+        let input = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let keys = keys.to_vec();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            let stdout = std::io::stdout().lock();
+            seal::open_stream(input, &keys, std::io::BufWriter::new(stdout)).map_err(|err| {
+                Error::Unsealable {
+                    id,
+                    reason: err.to_string(),
+                }
+            })
+        })
+        .await
+        .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?
+        .map_err(Attempt::Fatal)
     }
 
     /// Relays holding `id`, fastest to answer first (relays the file table
@@ -515,44 +619,40 @@ impl Client {
     }
 }
 
-async fn file_rewind(file: &mut tokio::fs::File) -> std::io::Result<()> {
-    use tokio::io::AsyncSeekExt as _;
-    file.seek(std::io::SeekFrom::Start(0)).await.map(|_| ())
+/// How one relay's attempt at a download ended.
+enum Attempt {
+    /// The relay failed; the next one may do better.
+    Relay(RelayError),
+    /// Nothing another relay could fix.
+    Fatal(Error),
 }
 
-/// Opens the verified sealed file `input` into `output`.
-fn open_into(
-    input: std::fs::File,
-    keys: &[crate::keys::X25519Secret],
-    output: &Output,
-    id: BlobId,
-) -> Result<u64> {
-    let unsealable = |err: seal::OpenError| Error::Unsealable {
-        id,
-        reason: err.to_string(),
-    };
-    match output {
-        Output::Stdout => {
-            let stdout = std::io::stdout().lock();
-            seal::open_stream(input, keys, std::io::BufWriter::new(stdout)).map_err(unsealable)
+/// Reads the pieces a download hands over a channel, for the blocking
+/// decryption; the end of the channel is the end of the input.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
         }
-        Output::File(path) => {
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir,
-                _ => Path::new("."),
-            };
-            let temp = tempfile::Builder::new()
-                .prefix(".cairn-get-")
-                .tempfile_in(dir)
-                .map_err(io_at(dir))?;
-            let size = seal::open_stream(input, keys, std::io::BufWriter::new(temp.as_file()))
-                .map_err(unsealable)?;
-            temp.as_file().sync_all().map_err(io_at(temp.path()))?;
-            temp.persist(path).map_err(|err| Error::Io {
-                path: path.clone(),
-                source: err.error,
-            })?;
-            Ok(size)
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
         }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
     }
 }

@@ -16,7 +16,6 @@ use cairn_proto::{
 use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use tokio::io::AsyncWriteExt as _;
 
 use crate::error::RelayError;
 
@@ -237,32 +236,29 @@ impl RelayClient {
         }
     }
 
-    /// Downloads blob `id` into `out`, verifying every byte against the id.
-    /// On a mismatch `out` holds garbage and the error says so; the caller
-    /// discards it.
-    pub async fn fetch_into(
-        &self,
-        id: &BlobId,
-        out: &mut tokio::fs::File,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<u64, RelayError> {
+    /// Downloads blob `id`, handing each piece to `each` as it arrives, and
+    /// fails with [`RelayError::WrongBytes`] at the end unless every byte
+    /// hashed to the id: whatever `each` did with the pieces must be
+    /// discarded then.
+    pub async fn fetch_each<F, Fut>(&self, id: &BlobId, mut each: F) -> Result<u64, RelayError>
+    where
+        F: FnMut(Bytes) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>>,
+    {
         let response = send(self.http.get(self.blob_url(id))).await?;
         let mut hasher = blake3::Hasher::new();
-        let mut written = 0u64;
+        let mut received = 0u64;
         let mut stream = response.bytes_stream();
-        let mut buffer = tokio::io::BufWriter::with_capacity(1 << 20, out);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|err| RelayError::Unreachable(describe(&err)))?;
             hasher.update(&chunk);
-            buffer.write_all(&chunk).await?;
-            written += chunk.len() as u64;
-            progress(chunk.len() as u64);
+            received += chunk.len() as u64;
+            each(chunk).await?;
         }
-        buffer.flush().await?;
         if hasher.finalize().as_bytes() != id.as_bytes() {
             return Err(RelayError::WrongBytes(*id));
         }
-        Ok(written)
+        Ok(received)
     }
 
     /// Downloads a small blob (at most `max` bytes) into memory, verified.
