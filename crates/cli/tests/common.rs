@@ -15,17 +15,35 @@ pub(crate) struct Relay {
     handle: Option<RelayHandle>,
     pub(crate) dir: tempfile::TempDir,
     addr: SocketAddr,
+    adjust: Adjust,
 }
+
+/// Changes a test makes to a relay's configuration, kept for restarts.
+type Adjust = std::sync::Arc<dyn Fn(&mut RelayConfig) + Send + Sync>;
 
 impl Relay {
     pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A relay with its configuration adjusted (limits, mostly).
+    pub(crate) async fn start_with(
+        adjust: impl Fn(&mut RelayConfig) + Send + Sync + 'static,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let handle = start_at(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap()).await;
+        let adjust: Adjust = std::sync::Arc::new(adjust);
+        let handle = start_at(
+            &dir.path().join("data"),
+            "127.0.0.1:0".parse().unwrap(),
+            &adjust,
+        )
+        .await;
         let addr = handle.addr();
         Self {
             handle: Some(handle),
             dir,
             addr,
+            adjust,
         }
     }
 
@@ -47,7 +65,7 @@ impl Relay {
     /// Starts again on the same port from the same data (same key).
     pub(crate) async fn restart(&mut self) {
         self.stop().await;
-        self.handle = Some(start_at(&self.data(), self.addr).await);
+        self.handle = Some(start_at(&self.data(), self.addr, &self.adjust).await);
     }
 
     /// Whether it is serving.
@@ -77,7 +95,7 @@ impl Relay {
     pub(crate) async fn replace_with_impostor(&mut self) {
         self.stop().await;
         let other = self.dir.path().join("impostor");
-        self.handle = Some(start_at(&other, self.addr).await);
+        self.handle = Some(start_at(&other, self.addr, &self.adjust).await);
     }
 
     /// The file holding blob `id` on this relay's disk, if it is a file
@@ -88,9 +106,10 @@ impl Relay {
     }
 }
 
-async fn start_at(data: &Path, listen: SocketAddr) -> RelayHandle {
+async fn start_at(data: &Path, listen: SocketAddr, adjust: &Adjust) -> RelayHandle {
     let mut config = RelayConfig::new(data);
     config.listen = listen;
+    adjust(&mut config);
     // A freed port can linger briefly; retry binding for a moment.
     for _ in 0..50 {
         match cairn_relay::start(config.clone()).await {

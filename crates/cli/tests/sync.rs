@@ -351,7 +351,13 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_syncs_through_a_snapshot() {
-    let (a, b) = (Relay::start().await, Relay::start().await);
+    // 1,000 uploads by one key in seconds: more than the default fair share
+    // of 600 a minute (which the client would wait out; see below).
+    let unlimited = |c: &mut cairn_relay::RelayConfig| c.limits.key_requests_per_min = 0;
+    let (a, b) = (
+        Relay::start_with(unlimited).await,
+        Relay::start_with(unlimited).await,
+    );
     let mut devices = devices(&[&a, &b], 1).await;
     let client = &mut devices.clients[0];
     put(client, "n-0", b"0").await;
@@ -428,4 +434,17 @@ async fn a_sync_with_nothing_new_is_one_request_per_relay() {
         [1, 1, 1],
         "requests per relay for a no-change sync"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_device_waits_as_asked_and_loses_nothing() {
+    // 20 keyed requests a minute: the bucket empties after about ten puts
+    // (each uploads a blob and an operation) and refills one every 3 s.
+    let relay = Relay::start_with(|c| c.limits.key_requests_per_min = 20).await;
+    let mut devices = devices(&[&relay], 1).await;
+    let client = &mut devices.clients[0];
+    for i in 0..12 {
+        put(client, &format!("f{i}"), format!("{i}").as_bytes()).await;
+    }
+    assert_eq!(table(client).await.len(), 12);
 }

@@ -143,6 +143,8 @@ pub enum RelayError {
         code: String,
         /// The relay's explanation.
         message: String,
+        /// Seconds the relay asked to wait before trying again.
+        retry_after: Option<u64>,
     },
     /// The relay answered with something that breaks the protocol.
     #[error("protocol violation: {0}")]

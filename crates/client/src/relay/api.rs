@@ -23,6 +23,10 @@ use crate::error::RelayError;
 const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 /// Largest head record or info document accepted.
 const MAX_SMALL_BODY: usize = 256 * 1024;
+/// Times an upload is tried again after `429 rate_limited`.
+const RATE_LIMIT_RETRIES: u32 = 3;
+/// Longest wait a relay's `Retry-After` may ask for before giving up.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Largest head listing accepted (1024 slots of a few hundred bytes).
 const MAX_HEAD_LISTING: usize = 2 << 20;
 /// Oldest (or most future-dated) info document believed.
@@ -177,17 +181,21 @@ impl RelayClient {
         pow_bits: u8,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<bool, RelayError> {
-        let file = tokio::fs::File::open(path).await?;
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(
-            move |chunk: std::io::Result<Bytes>| {
-                if let Ok(bytes) = &chunk {
-                    progress(bytes.len() as u64);
-                }
-                chunk
-            },
-        );
-        self.put(id, reqwest::Body::wrap_stream(stream), size, key, pow_bits)
-            .await
+        let progress = std::sync::Arc::new(progress);
+        let body = || -> std::io::Result<reqwest::Body> {
+            let file = tokio::fs::File::from_std(std::fs::File::open(path)?);
+            let progress = progress.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(
+                move |chunk: std::io::Result<Bytes>| {
+                    if let Ok(bytes) = &chunk {
+                        progress(bytes.len() as u64);
+                    }
+                    chunk
+                },
+            );
+            Ok(reqwest::Body::wrap_stream(stream))
+        };
+        self.put(id, body, size, key, pow_bits).await
     }
 
     /// Uploads a small blob held in memory.
@@ -199,11 +207,39 @@ impl RelayClient {
         pow_bits: u8,
     ) -> Result<bool, RelayError> {
         let size = bytes.len() as u64;
-        self.put(id, reqwest::Body::from(bytes), size, key, pow_bits)
-            .await
+        let body = || Ok(reqwest::Body::from(bytes.clone()));
+        self.put(id, body, size, key, pow_bits).await
     }
 
+    /// Uploads the body `body` makes, waiting as the relay asks when it
+    /// answers `429 rate_limited` (a fair-share limit, PROTOCOL.md §7.6a)
+    /// and trying again, a few times.
     async fn put(
+        &self,
+        id: &BlobId,
+        body: impl Fn() -> std::io::Result<reqwest::Body>,
+        size: u64,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<bool, RelayError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.put_once(id, body()?, size, key, pow_bits).await {
+                Err(RelayError::Refused {
+                    status: 429,
+                    retry_after: Some(wait),
+                    ..
+                }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
+                    tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
+                    tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_once(
         &self,
         id: &BlobId,
         body: reqwest::Body,
@@ -408,6 +444,11 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
     if status.is_success() {
         return Ok(response);
     }
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let body = small_body(response).await.unwrap_or_default();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let code = json["error"]["code"]
@@ -422,6 +463,7 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
         status: status.as_u16(),
         code,
         message,
+        retry_after,
     })
 }
 
