@@ -122,6 +122,45 @@ pub fn seal_stream(
     })
 }
 
+/// Starts decrypting `input` with whichever of `keys` opens it.
+fn decrypting<R: Read>(
+    input: R,
+    keys: &[X25519Secret],
+) -> Result<age::stream::StreamReader<BufReader<R>>, OpenError> {
+    let identities: Vec<_> = keys.iter().map(X25519Secret::identity).collect();
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(IO_BUFFER, input))
+        .map_err(|err| OpenError::Malformed(err.to_string()))?;
+    decryptor
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(|err| match err {
+            age::DecryptError::NoMatchingKeys => OpenError::NoKey,
+            other => OpenError::Malformed(other.to_string()),
+        })
+}
+
+/// Reads the length trailer of a `total`-byte plaintext with `read_at`
+/// (which reads 8 bytes at an offset) and checks it against the padding.
+fn data_len(
+    total: u64,
+    read_at: impl FnOnce(u64, &mut [u8; 8]) -> io::Result<()>,
+) -> Result<u64, OpenError> {
+    if total < TRAILER_LEN {
+        return Err(OpenError::Malformed(
+            "shorter than its length trailer".into(),
+        ));
+    }
+    let mut trailer = [0u8; 8];
+    read_at(total - TRAILER_LEN, &mut trailer)
+        .map_err(|err| OpenError::Malformed(err.to_string()))?;
+    let data_len = u64::from_be_bytes(trailer);
+    if data_len > total - TRAILER_LEN || padded_len(data_len) != total {
+        return Err(OpenError::Malformed(format!(
+            "length trailer says {data_len} bytes in a {total}-byte plaintext"
+        )));
+    }
+    Ok(data_len)
+}
+
 /// Opens a sealed blob read from `input`, writing the data to `out`.
 /// Returns the number of data bytes.
 pub fn open_stream(
@@ -129,35 +168,15 @@ pub fn open_stream(
     keys: &[X25519Secret],
     mut out: impl Write,
 ) -> Result<u64, OpenError> {
-    let identities: Vec<_> = keys.iter().map(X25519Secret::identity).collect();
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(IO_BUFFER, input))
-        .map_err(|err| OpenError::Malformed(err.to_string()))?;
-    let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-        .map_err(|err| match err {
-            age::DecryptError::NoMatchingKeys => OpenError::NoKey,
-            other => OpenError::Malformed(other.to_string()),
-        })?;
+    let mut reader = decrypting(input, keys)?;
     let malformed = |err: io::Error| OpenError::Malformed(err.to_string());
     // Seeking to the end authenticates the last chunk, so the trailer read
     // next is the writer's, not an attacker's.
     let total = reader.seek(SeekFrom::End(0)).map_err(malformed)?;
-    if total < TRAILER_LEN {
-        return Err(OpenError::Malformed(
-            "shorter than its length trailer".into(),
-        ));
-    }
-    reader
-        .seek(SeekFrom::Start(total - TRAILER_LEN))
-        .map_err(malformed)?;
-    let mut trailer = [0u8; 8];
-    reader.read_exact(&mut trailer).map_err(malformed)?;
-    let data_len = u64::from_be_bytes(trailer);
-    if data_len > total - TRAILER_LEN || padded_len(data_len) != total {
-        return Err(OpenError::Malformed(format!(
-            "length trailer says {data_len} bytes in a {total}-byte plaintext"
-        )));
-    }
+    let data_len = data_len(total, |at, trailer| {
+        reader.seek(SeekFrom::Start(at))?;
+        reader.read_exact(trailer)
+    })?;
     reader.seek(SeekFrom::Start(0)).map_err(malformed)?;
     let copied = io::copy(&mut reader.take(data_len), &mut out)?;
     if copied != data_len {
@@ -177,15 +196,7 @@ pub fn open_to_file(
     out: &std::fs::File,
 ) -> Result<u64, OpenError> {
     use std::os::unix::fs::FileExt as _;
-    let identities: Vec<_> = keys.iter().map(X25519Secret::identity).collect();
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(IO_BUFFER, input))
-        .map_err(|err| OpenError::Malformed(err.to_string()))?;
-    let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-        .map_err(|err| match err {
-            age::DecryptError::NoMatchingKeys => OpenError::NoKey,
-            other => OpenError::Malformed(other.to_string()),
-        })?;
+    let mut reader = decrypting(input, keys)?;
     let mut writer = BufWriter::with_capacity(IO_BUFFER, out);
     let total = io::copy(&mut reader, &mut writer).map_err(|err| {
         // age reports a chunk that fails authentication as invalid data.
@@ -197,19 +208,7 @@ pub fn open_to_file(
     })?;
     writer.flush()?;
     drop(writer);
-    if total < TRAILER_LEN {
-        return Err(OpenError::Malformed(
-            "shorter than its length trailer".into(),
-        ));
-    }
-    let mut trailer = [0u8; 8];
-    out.read_exact_at(&mut trailer, total - TRAILER_LEN)?;
-    let data_len = u64::from_be_bytes(trailer);
-    if data_len > total - TRAILER_LEN || padded_len(data_len) != total {
-        return Err(OpenError::Malformed(format!(
-            "length trailer says {data_len} bytes in a {total}-byte plaintext"
-        )));
-    }
+    let data_len = data_len(total, |at, trailer| out.read_exact_at(trailer, at))?;
     out.set_len(data_len)?;
     Ok(data_len)
 }
