@@ -84,7 +84,7 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
             relay,
         } => init(home, json, name, recover, relay).await,
         Command::Key(command) => key(open(home)?, json, command),
-        Command::Put { file, name } => put(open(home)?, json, &file, name).await,
+        Command::Put { files, name } => put(open(home)?, json, &files, name).await,
         Command::Get { what, output } => get(open(home)?, json, &what, output).await,
         Command::Ls => ls(open(home)?, json).await,
         Command::Mv { from, to } => {
@@ -421,39 +421,73 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
 async fn put(
     mut client: Client,
     json: bool,
-    file: &Path,
+    files: &[PathBuf],
     name: Option<String>,
 ) -> anyhow::Result<()> {
     let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
-    let report = if file == Path::new("-") {
-        let name = name.context("storing standard input needs --name NAME")?;
-        client
-            .put_reader(Box::new(std::io::stdin()), 0, &name, progress)
-            .await?
-    } else {
-        let name = match name {
-            Some(name) => name,
-            None => file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .context("the file has no name; pass --name NAME")?,
-        };
-        client.put(file, &name, progress).await?
+    let reports = match files {
+        [file] if file == Path::new("-") => {
+            let name = name.context("storing standard input needs --name NAME")?;
+            vec![
+                client
+                    .put_reader(Box::new(std::io::stdin()), 0, &name, progress)
+                    .await?,
+            ]
+        }
+        [file] => {
+            let name = match name {
+                Some(name) => name,
+                None => file_name(file)?,
+            };
+            vec![client.put(file, &name, progress).await?]
+        }
+        _ => {
+            if name.is_some() {
+                bail!("--name needs exactly one file");
+            }
+            let mut named = Vec::with_capacity(files.len());
+            for file in files {
+                if file == Path::new("-") {
+                    bail!("`-` (standard input) cannot be stored with other files");
+                }
+                named.push((file.clone(), file_name(file)?));
+            }
+            client.put_many(&named, progress).await?
+        }
     };
-    for warning in &report.warnings {
-        note(json, &format!("warning: {warning}"));
+    for report in &reports {
+        for warning in &report.warnings {
+            note(json, &format!("warning: {}: {warning}", report.name));
+        }
     }
-    emit(json, &report, || {
-        format!(
-            "stored {} ({}) as {} on {} relay(s):\n  {}",
-            report.name,
-            bytes(report.size),
-            report.blob,
-            report.copies.len(),
-            report.copies.join("\n  ")
-        )
-    });
+    let text = || {
+        reports
+            .iter()
+            .map(|report| {
+                format!(
+                    "stored {} ({}) as {} on {} relay(s):\n  {}",
+                    report.name,
+                    bytes(report.size),
+                    report.blob,
+                    report.copies.len(),
+                    report.copies.join("\n  ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // One report for one file (as before), a list for several.
+    match reports.as_slice() {
+        [one] => emit(json, one, text),
+        many => emit(json, &many, text),
+    }
     Ok(())
+}
+
+fn file_name(file: &Path) -> anyhow::Result<String> {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} has no file name; pass --name NAME", file.display()))
 }
 
 async fn get(

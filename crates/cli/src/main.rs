@@ -91,12 +91,15 @@ Examples:
     #[command(after_help = "\
 Examples:
   cairn put photo.jpg
+  cairn put *.jpg                     several files, one sync
   cairn put report.pdf --name work/report-2026.pdf
   tar c dir | cairn put - --name dir.tar")]
     Put {
-        /// The file to store, or `-` for standard input.
-        file: PathBuf,
-        /// The name to store it under (default: the file's name).
+        /// The files to store, or `-` for standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The name to store it under (default: the file's name); only with
+        /// one file.
         #[arg(long)]
         name: Option<String>,
     },

@@ -237,3 +237,38 @@ async fn small_set_warns_and_rm_deletes_copies() {
     let run = device.run(&["rm", "notes.txt"]).await;
     assert!(run.err().contains("nothing named"), "{run:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_files_in_one_put() {
+    let a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let dir = device.dir.path();
+    let paths: Vec<_> = (0..3)
+        .map(|i| {
+            let path = dir.join(format!("part-{i}"));
+            std::fs::write(&path, data_with_marker(1000 + i, MARKER)).unwrap();
+            path
+        })
+        .collect();
+    let args: Vec<&str> = std::iter::once("put")
+        .chain(paths.iter().map(|p| p.to_str().unwrap()))
+        .chain(["--json"])
+        .collect();
+    let reports = device.run(&args).await.json();
+    assert_eq!(reports.as_array().unwrap().len(), 3);
+    let list = device.run(&["ls", "--json"]).await.json();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["part-0", "part-1", "part-2"]);
+    let run = device.run(&["put", "x", "y", "--name", "z"]).await;
+    assert!(
+        run.err().contains("--name needs exactly one file"),
+        "{run:?}"
+    );
+}

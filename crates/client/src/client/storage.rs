@@ -125,6 +125,63 @@ impl Client {
     ) -> Result<PutReport> {
         check_name(name)?;
         let mut state = self.synced().await?;
+        let report = self
+            .store_one(&mut state, input, size_hint, name, progress)
+            .await;
+        // The replaced blob's copies that this device made go now.
+        self.finish_change(&mut state).await?;
+        report
+    }
+
+    /// Stores several files in one go (one sync, one save of the local
+    /// state), each as [`Client::put`] would. Stops at the first failure,
+    /// keeping what was stored before it.
+    pub async fn put_many(
+        &mut self,
+        files: &[(PathBuf, String)],
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<PutReport>> {
+        for (_, name) in files {
+            check_name(name)?;
+        }
+        let mut state = self.synced().await?;
+        let mut reports = Vec::with_capacity(files.len());
+        let mut failure = None;
+        for (path, name) in files {
+            let opened = std::fs::File::open(path).map_err(io_at(path));
+            let stored = match opened {
+                Ok(file) => {
+                    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.store_one(&mut state, Box::new(file), size, name, progress.clone())
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            match stored {
+                Ok(report) => reports.push(report),
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        self.finish_change(&mut state).await?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(reports),
+        }
+    }
+
+    /// Seals, places and uploads one file and appends its `put` operation
+    /// to `state` (not saved).
+    async fn store_one(
+        &mut self,
+        state: &mut super::sync::SyncState,
+        input: Box<dyn std::io::Read + Send>,
+        size_hint: u64,
+        name: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PutReport> {
         self.require_active()?;
         let vault = self.current_vault()?;
 
@@ -208,13 +265,13 @@ impl Client {
                 })
                 .collect(),
         };
-        let replaced = Self::table_of(&state).get(name).cloned();
-        Self::record_owned(&mut state, &sealed.id, stored.iter().map(|(r, _)| *r.key()));
+        let replaced = Self::table_of(state).get(name).cloned();
+        Self::record_owned(state, &sealed.id, stored.iter().map(|(r, _)| *r.key()));
         let change = Change::Put {
             name: name.to_owned(),
             entry: entry.clone(),
         };
-        match self.append(&mut state, change).await {
+        match self.append(state, change).await {
             Ok(failures) => warnings.extend(
                 failures
                     .into_iter()
@@ -226,8 +283,6 @@ impl Client {
                 return Err(err);
             }
         }
-        // The replaced blob's copies that this device made go now.
-        self.finish_change(&mut state).await?;
         Ok(PutReport {
             name: name.to_owned(),
             blob: sealed.id,

@@ -84,7 +84,7 @@ pub struct Finding {
 
 /// This device's knowledge, kept in `HOME/sync.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(super) struct SyncState {
+pub(crate) struct SyncState {
     /// The vault generation whose mailbox this device publishes in.
     generation: u32,
     /// The highest clock seen or issued.
