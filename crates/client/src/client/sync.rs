@@ -105,9 +105,36 @@ pub(crate) struct SyncState {
     owned: BTreeMap<String, BTreeSet<String>>,
     /// Recent findings, newest last.
     findings: Vec<Finding>,
+    /// Findings recorded ever (the list above keeps the newest).
+    #[serde(default)]
+    noted: u64,
+}
+
+/// What changes whenever a sync changes the state (the table changes only
+/// with the positions or the snapshot it came from).
+#[derive(PartialEq, Eq)]
+struct Fingerprint {
+    devices: BTreeMap<String, Position>,
+    owned: BTreeMap<String, BTreeSet<String>>,
+    scalars: (u32, u64, u64, u64, u64, Option<String>),
 }
 
 impl SyncState {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            devices: self.devices.clone(),
+            owned: self.owned.clone(),
+            scalars: (
+                self.generation,
+                self.clock,
+                self.snapshot,
+                self.since_snapshot,
+                self.noted,
+                self.my_snapshot.clone(),
+            ),
+        }
+    }
+
     fn position(&self, device: &VerifyingKey) -> Option<Position> {
         self.devices.get(&device.to_string()).copied()
     }
@@ -120,6 +147,7 @@ impl SyncState {
                 && f.detail == finding.detail
         });
         if !repeat {
+            self.noted += 1;
             self.findings.push(finding);
             let excess = self.findings.len().saturating_sub(MAX_FINDINGS);
             self.findings.drain(..excess);
@@ -218,8 +246,13 @@ impl Client {
             return Err(Error::NoRelays);
         }
         let mut state = self.load_sync()?;
+        let before = state.fingerprint();
         let report = self.sync_with(&mut state).await;
-        self.save_sync(&state)?;
+        // A sync that changed nothing leaves the state file alone: rewriting
+        // a large table is what a no-change sync would otherwise cost.
+        if state.fingerprint() != before {
+            self.save_sync(&state)?;
+        }
         report
     }
 
@@ -964,8 +997,11 @@ impl Client {
             return Err(Error::NoRelays);
         }
         let mut state = self.load_sync()?;
+        let before = state.fingerprint();
         self.sync_with(&mut state).await?;
-        self.save_sync(&state)?;
+        if state.fingerprint() != before {
+            self.save_sync(&state)?;
+        }
         self.require_active()?;
         Ok(state)
     }
