@@ -35,10 +35,10 @@ pub struct Copy {
     /// The relay's URL when the copy was made.
     pub url: String,
     /// The relay's key.
-    #[serde(with = "crate::text_serde")]
+    #[serde(with = "crate::text_serde::repeated_key")]
     pub relay: VerifyingKey,
     /// The device whose upload key owns the copy (only it can delete it).
-    #[serde(with = "crate::text_serde")]
+    #[serde(with = "crate::text_serde::repeated_key")]
     pub owner: VerifyingKey,
 }
 

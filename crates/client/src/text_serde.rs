@@ -19,3 +19,44 @@ where
     let text = String::deserialize(d)?;
     text.parse().map_err(serde::de::Error::custom)
 }
+
+/// [`serialize`]/[`deserialize`] for Ed25519 public keys that repeat many
+/// times in one document (the device and relay keys of every entry in a
+/// file table). Parsing a key checks that it is a canonical curve point,
+/// which costs a point decompression; a table of 10,000 entries names a
+/// handful of keys 30,000 times, so parsed keys are remembered (per thread,
+/// a bounded number).
+pub(crate) mod repeated_key {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use cairn_proto::VerifyingKey;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    /// Distinct keys remembered before the memory is cleared.
+    const REMEMBERED: usize = 4096;
+
+    thread_local! {
+        static PARSED: RefCell<HashMap<String, VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+
+    pub(crate) fn serialize<S: Serializer>(key: &VerifyingKey, s: S) -> Result<S::Ok, S::Error> {
+        super::serialize(key, s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VerifyingKey, D::Error> {
+        let text = String::deserialize(d)?;
+        if let Some(key) = PARSED.with(|p| p.borrow().get(&text).copied()) {
+            return Ok(key);
+        }
+        let key: VerifyingKey = text.parse().map_err(serde::de::Error::custom)?;
+        PARSED.with(|p| {
+            let mut parsed = p.borrow_mut();
+            if parsed.len() >= REMEMBERED {
+                parsed.clear();
+            }
+            parsed.insert(text, key);
+        });
+        Ok(key)
+    }
+}

@@ -36,7 +36,7 @@ pub struct Register {
     /// When it was written (hybrid logical clock).
     pub clock: u64,
     /// Which device wrote it.
-    #[serde(with = "crate::text_serde")]
+    #[serde(with = "crate::text_serde::repeated_key")]
     pub device: VerifyingKey,
     /// What the name holds; `None` is a tombstone.
     pub entry: Option<FileEntry>,
