@@ -72,51 +72,22 @@ pub enum OpenError {
 
 /// Seals all of `input` to `recipient`, writing the sealed bytes to `out`.
 /// `progress` is told the running count of data bytes consumed.
-///
-/// Two threads share the work: this one reads and encrypts, a second one
-/// hashes the sealed bytes and writes them, so sealing runs at the speed of
-/// the slower half rather than the sum of both.
 pub fn seal_stream(
-    input: impl Read,
-    recipient: &X25519PublicKey,
-    out: impl Write + Send,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<Sealed> {
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let hashing = scope.spawn(move || hash_and_write(rx, out));
-        let sender = ChunkSender {
-            tx,
-            buf: Vec::with_capacity(IO_BUFFER),
-        };
-        let encrypted = encrypt(input, recipient, sender, progress);
-        // The hashing thread ends when the sender is gone (finished, or
-        // dropped by a failed encryption); its error, if any, is the cause.
-        let written = hashing
-            .join()
-            .map_err(|_| io::Error::other("the hashing thread panicked"))?;
-        let data_len = encrypted?;
-        let (hash, size) = written?;
-        Ok(Sealed {
-            id: BlobId::from_bytes(*hash.as_bytes()),
-            size,
-            data_len,
-        })
-    })
-}
-
-/// Encrypts `input` (padded, with its length trailer) into `sink`. Returns
-/// the number of data bytes.
-fn encrypt(
     mut input: impl Read,
     recipient: &X25519PublicKey,
-    sink: ChunkSender,
+    out: impl Write,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<u64> {
+) -> io::Result<Sealed> {
     let recipient = age_recipient(recipient);
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as _))
         .map_err(io::Error::other)?;
-    let mut writer = encryptor.wrap_output(sink)?;
+    let hashing = HashingWriter {
+        inner: out,
+        hasher: blake3::Hasher::new(),
+        written: 0,
+    };
+    let mut writer = encryptor.wrap_output(BufWriter::with_capacity(IO_BUFFER, hashing))?;
+
     let mut buf = vec![0u8; 256 * 1024];
     let mut data_len = 0u64;
     loop {
@@ -138,62 +109,17 @@ fn encrypt(
         padding -= n as u64;
     }
     writer.write_all(&data_len.to_be_bytes())?;
-    writer.finish()?.finish()?;
-    Ok(data_len)
-}
-
-/// The second half of sealing: hashes and writes what arrives.
-fn hash_and_write(
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    mut out: impl Write,
-) -> io::Result<(blake3::Hash, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut written = 0u64;
-    for chunk in rx {
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-        written += chunk.len() as u64;
-    }
-    out.flush()?;
-    Ok((hasher.finalize(), written))
-}
-
-/// Collects sealed bytes into large chunks for the hashing thread.
-struct ChunkSender {
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl ChunkSender {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(IO_BUFFER));
-        self.tx
-            .send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the hashing thread stopped"))
-    }
-
-    /// Sends what is left; the hashing thread then sees the end.
-    fn finish(mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= IO_BUFFER {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        // Chunks go when full or at the end; nothing waits on a flush.
-        Ok(())
-    }
+    let hashing = writer
+        .finish()?
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    let mut inner = hashing.inner;
+    inner.flush()?;
+    Ok(Sealed {
+        id: BlobId::from_bytes(*hashing.hasher.finalize().as_bytes()),
+        size: hashing.written,
+        data_len,
+    })
 }
 
 /// Starts decrypting `input` with whichever of `keys` opens it.
@@ -299,6 +225,26 @@ pub fn open_bytes(sealed: &[u8], keys: &[X25519Secret]) -> Result<Vec<u8>, OpenE
     let mut out = Vec::new();
     open_stream(io::Cursor::new(sealed), keys, &mut out)?;
     Ok(out)
+}
+
+/// Passes writes through while hashing and counting them.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]
