@@ -183,8 +183,10 @@ async fn a_wrong_code_enrolls_nothing() {
     let phone = Device::new();
     // The approver finds the request (same rendezvous) but the key exchange
     // fails on both sides.
-    let (approve, join) = pair(&laptop, &phone, &a, true, "5").await;
+    let (approve, join) = pair(&laptop, &phone, &a, true, "30").await;
+    // The joiner tells the approver at once; neither waits for its timeout.
     assert_ne!(approve.code, 0);
+    assert!(approve.stdout.contains("codes differ"), "{approve:?}");
     let devices = laptop.run(&["device", "list", "--json"]).await.json();
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
     assert_ne!(join.code, 0);

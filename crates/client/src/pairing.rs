@@ -161,6 +161,22 @@ struct Confirm {
     confirm: String,
 }
 
+/// Sent in place of message 3 when the approver's MAC did not verify, so
+/// the approver stops waiting at once. It carries nothing secret, and a
+/// forged one can only end a pairing that an attacker could stall anyway.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Abort {
+    abort: String,
+}
+
+/// Message 3 when pairing failed on the joiner's side.
+pub(crate) fn abort_message() -> Vec<u8> {
+    to_json(&Abort {
+        abort: "the key exchange did not verify".into(),
+    })
+}
+
 #[derive(Serialize, Deserialize)]
 struct Welcome {
     sealed: String,
@@ -347,6 +363,12 @@ impl Approver {
     /// Takes message 3: succeeds only if the joiner knew the code, which
     /// proves the device keys in message 1 are its own.
     pub(crate) fn on_confirm(&self, confirm: &[u8]) -> Result<&Hello> {
+        if serde_json::from_slice::<Abort>(confirm).is_ok() {
+            return Err(protocol(
+                "the new device says the codes differ (or someone interfered); nothing was \
+                 enrolled. Check the code and run both commands again",
+            ));
+        }
         let confirm: Confirm = parse(confirm, "confirm")?;
         let expected = SessionKeys::mac(&self.keys.joiner_mac, &self.keys.transcript);
         if !mac_matches(expected, &confirm.confirm)? {
@@ -498,6 +520,16 @@ mod tests {
             let code = PairingCode::parse("AAAA-BBBB-CCCC").unwrap();
             let _ = Approver::on_hello(&code, &data);
         }
+    }
+
+    #[test]
+    fn an_abort_ends_the_approvers_wait_with_a_clear_error() {
+        let code = PairingCode::generate().unwrap();
+        let device = DeviceKeys::generate().unwrap();
+        let (_, hello) = Joiner::start(code.clone(), &device, "phone");
+        let (approver, _) = Approver::on_hello(&code, &hello).unwrap();
+        let err = approver.on_confirm(&abort_message()).unwrap_err();
+        assert!(err.to_string().contains("codes differ"), "{err}");
     }
 
     #[test]

@@ -179,7 +179,15 @@ impl Client {
             deadline,
         )
         .await?;
-        let (confirm, welcome_key) = joiner.on_reply(&reply)?;
+        let (confirm, welcome_key) = match joiner.on_reply(&reply) {
+            Ok(next) => next,
+            Err(err) => {
+                // Tell the approver, so it does not wait for its timeout.
+                let abort = crate::pairing::abort_message();
+                let _ = post(&relay, &mailbox, Step::Confirm, abort, &uploader).await;
+                return Err(err);
+            }
+        };
         post(&relay, &mailbox, Step::Confirm, confirm, &uploader).await?;
         let welcome = wait_for(
             &relay,
