@@ -37,31 +37,38 @@ async fn devices(relays: &[&Relay], count: usize) -> Devices {
     let mut clients = vec![first];
     for i in 1..count {
         let home = Home::at(dir.path().join(format!("d{i}")));
-        let url = relays[0].url();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let join = tokio::spawn(async move {
-            Client::join(
-                home,
-                &Passphrase::new(PASSPHRASE),
-                &options(&format!("d{i}")),
-                &url,
-                Duration::from_secs(30),
-                move |code| {
-                    let _ = tx.send(code.clone());
-                },
-            )
-            .await
-        });
-        let code = rx.await.unwrap();
-        clients[0]
-            .approve(&code, Duration::from_secs(30))
-            .await
-            .unwrap();
-        let mut joined = join.await.unwrap().unwrap();
+        let mut joined = join(&mut clients[0], home, &format!("d{i}"), relays[0]).await;
         joined.set_replicas(1).unwrap();
         clients.push(joined);
     }
     Devices { _dir: dir, clients }
+}
+
+/// A new device at `home`, paired through `relay` and approved by
+/// `approver`.
+async fn join(approver: &mut Client, home: Home, name: &str, relay: &Relay) -> Client {
+    let url = relay.url();
+    let options = options(name);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let joining = tokio::spawn(async move {
+        Client::join(
+            home,
+            &Passphrase::new(PASSPHRASE),
+            &options,
+            &url,
+            Duration::from_secs(30),
+            move |code| {
+                let _ = tx.send(code.clone());
+            },
+        )
+        .await
+    });
+    let code = rx.await.unwrap();
+    approver
+        .approve(&code, Duration::from_secs(30))
+        .await
+        .unwrap();
+    joining.await.unwrap().unwrap()
 }
 
 async fn put(client: &mut Client, name: &str, content: &[u8]) -> cairn_client::PutReport {
@@ -380,27 +387,7 @@ async fn a_new_device_syncs_through_a_snapshot() {
     // merges only what came after it, not 1,000 operations.
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path().join("late"));
-    let url = a.url();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let join = tokio::spawn(async move {
-        Client::join(
-            home,
-            &Passphrase::new(PASSPHRASE),
-            &options("late"),
-            &url,
-            Duration::from_secs(30),
-            move |code| {
-                let _ = tx.send(code.clone());
-            },
-        )
-        .await
-    });
-    let code = rx.await.unwrap();
-    devices.clients[0]
-        .approve(&code, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let mut late = join.await.unwrap().unwrap();
+    let mut late = join(&mut devices.clients[0], home, "late", &a).await;
     let report = late.sync().await.unwrap();
     assert!(report.snapshot_applied, "{report:#?}");
     assert!(report.merged < 100, "merged {} operations", report.merged);
