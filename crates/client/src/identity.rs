@@ -144,12 +144,6 @@ impl IdentityLog {
             })
     }
 
-    /// Whether `other` extends this log (same entries, then more).
-    pub fn is_prefix_of(&self, other: &Self) -> bool {
-        other.entries.len() >= self.entries.len()
-            && other.entries[..self.entries.len()] == self.entries[..]
-    }
-
     /// Every vault key generation this device can reach, oldest first.
     ///
     /// The device unwraps the newest generation wrapped to it (by its

@@ -75,8 +75,7 @@ async fn post(
         let message = message.clone();
         let head = head.clone();
         async move {
-            let pow = relay.info().await?.limits.pow_bits;
-            relay.put_bytes(&id, message, uploader, pow).await?;
+            relay.put_bytes(&id, message, uploader, 0).await?;
             relay.put_head(&head).await
         }
     }))

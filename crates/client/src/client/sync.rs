@@ -854,8 +854,7 @@ impl Client {
             let head = head.clone();
             async move {
                 let uploader = self.device.upload_key(relay.key());
-                let pow = relay.info().await?.limits.pow_bits;
-                relay.put_bytes(&id, sealed, &uploader, pow).await?;
+                relay.put_bytes(&id, sealed, &uploader, 0).await?;
                 relay.put_head(&head).await
             }
         }))
@@ -905,8 +904,7 @@ impl Client {
             let sealed = sealed.clone();
             async move {
                 let uploader = self.device.upload_key(relay.key());
-                let pow = relay.info().await?.limits.pow_bits;
-                relay.put_bytes(&blob, sealed, &uploader, pow).await
+                relay.put_bytes(&blob, sealed, &uploader, 0).await
             }
         }))
         .await

@@ -213,7 +213,9 @@ impl RelayClient {
 
     /// Uploads the body `body` makes, waiting as the relay asks when it
     /// answers `429 rate_limited` (a fair-share limit, PROTOCOL.md §7.6a)
-    /// and trying again, a few times.
+    /// and trying again, a few times. `pow_bits` is the work the caller
+    /// expects the relay to require (0 when it has no info document at
+    /// hand); a `pow_required` refusal reads the current figure and retries.
     async fn put(
         &self,
         id: &BlobId,
@@ -223,6 +225,8 @@ impl RelayClient {
         pow_bits: u8,
     ) -> Result<bool, RelayError> {
         let mut attempt = 0;
+        let mut pow_bits = pow_bits;
+        let mut pow_checked = false;
         loop {
             attempt += 1;
             match self.put_once(id, body()?, size, key, pow_bits).await {
@@ -233,6 +237,12 @@ impl RelayClient {
                 }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
                     tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
                     tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+                }
+                // The relay raised its proof of work (it may, under
+                // pressure): read what it asks now and try once more.
+                Err(err) if err.code() == Some("pow_required") && !pow_checked => {
+                    pow_checked = true;
+                    pow_bits = self.info().await?.limits.pow_bits;
                 }
                 other => return other,
             }
