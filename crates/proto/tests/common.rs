@@ -363,7 +363,7 @@ pub(crate) fn arb_token() -> impl Strategy<Value = AuthToken> {
     ];
     (
         arb_vk(),
-        0u8..4,
+        0u8..5,
         target,
         arb_time(),
         any::<[u8; 16]>(),
@@ -372,7 +372,7 @@ pub(crate) fn arb_token() -> impl Strategy<Value = AuthToken> {
         .prop_map(
             |(audience, m, target, expires_at, nonce, stamp)| AuthToken {
                 audience,
-                method: [Method::Get, Method::Head, Method::Put, Method::Delete][usize::from(m)],
+                method: [Method::Get, Method::Head, Method::Put, Method::Delete, Method::Post][usize::from(m)],
                 target,
                 expires_at,
                 nonce: Nonce(nonce),

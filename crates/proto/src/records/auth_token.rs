@@ -19,6 +19,8 @@ pub enum Method {
     Put,
     /// `DELETE`.
     Delete,
+    /// `POST` (relay-to-relay federation requests).
+    Post,
 }
 
 impl Method {
@@ -29,6 +31,7 @@ impl Method {
             Self::Head => "HEAD",
             Self::Put => "PUT",
             Self::Delete => "DELETE",
+            Self::Post => "POST",
         }
     }
 
@@ -38,6 +41,7 @@ impl Method {
             Self::Head => 2,
             Self::Put => 3,
             Self::Delete => 4,
+            Self::Post => 5,
         }
     }
 
@@ -47,6 +51,7 @@ impl Method {
             2 => Ok(Self::Head),
             3 => Ok(Self::Put),
             4 => Ok(Self::Delete),
+            5 => Ok(Self::Post),
             tag => Err(DecodeError::UnknownTag {
                 field: "method",
                 tag,
