@@ -383,28 +383,34 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
             emit(json, &checks, || {
                 checks
                     .iter()
-                    .map(|c| match &c.info {
-                        Some(info) => format!(
-                            "ok    {}  {} ms  {} free of {}  retention {}  max blob {}  load \
-                             {}‰{}",
-                            c.url,
-                            c.latency_ms,
-                            bytes(info.capacity_free),
-                            bytes(info.capacity_total),
-                            duration(info.retention_secs),
-                            bytes(info.max_blob_size),
-                            info.load_permille,
-                            if info.pow_bits > 0 {
-                                format!("  pow {} bits", info.pow_bits)
-                            } else {
-                                String::new()
-                            }
-                        ),
-                        None => format!(
-                            "FAIL  {}  {}",
-                            c.url,
-                            c.error.as_deref().unwrap_or("unknown error")
-                        ),
+                    .map(|c| {
+                        let mut text = match &c.info {
+                            Some(info) => format!(
+                                "ok    {}  {} ms  {} free of {}  retention {}  max blob {}  \
+                                 load {}‰{}",
+                                c.url,
+                                c.latency_ms,
+                                bytes(info.capacity_free),
+                                bytes(info.capacity_total),
+                                duration(info.retention_secs),
+                                bytes(info.max_blob_size),
+                                info.load_permille,
+                                if info.pow_bits > 0 {
+                                    format!("  pow {} bits", info.pow_bits)
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                            None => format!(
+                                "FAIL  {}  {}",
+                                c.url,
+                                c.error.as_deref().unwrap_or("unknown error")
+                            ),
+                        };
+                        if let Some(copies) = &c.copies {
+                            text.push_str(&copies_text(copies));
+                        }
+                        text
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -416,6 +422,51 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Transfers shown per relay before the rest is summed up.
+const TRANSFERS_SHOWN: usize = 10;
+
+/// The copies part of a relay's check, for people.
+fn copies_text(copies: &cairn_client::CopiesCheck) -> String {
+    if copies.listed == 0 {
+        return String::new();
+    }
+    let mut text = format!("\n      copies of {} file(s) made here", copies.listed);
+    if copies.probed > 0 {
+        text.push_str(&format!(
+            "; {} newest asked about: {} held, {} transferred, {} missing",
+            copies.probed,
+            copies.held,
+            copies.transfers.iter().filter(|t| t.seen).count(),
+            copies.missing
+        ));
+        if !copies.failed.is_empty() {
+            text.push_str(&format!(", {} failed", copies.failed.len()));
+        }
+    }
+    for transfer in copies.transfers.iter().take(TRANSFERS_SHOWN) {
+        text.push_str(&format!(
+            "\n      transferred {} to {} ({})",
+            transfer.names.join(", "),
+            transfer.to,
+            match (transfer.recorded, transfer.seen) {
+                (true, true) => "recorded, redirect checked",
+                (true, false) => "recorded",
+                _ => "not recorded yet: `cairn get` of it records it",
+            }
+        ));
+    }
+    if copies.transfers.len() > TRANSFERS_SHOWN {
+        text.push_str(&format!(
+            "\n      and {} more transfer(s) (--json lists them all)",
+            copies.transfers.len() - TRANSFERS_SHOWN
+        ));
+    }
+    for failure in copies.failed.iter().take(TRANSFERS_SHOWN) {
+        text.push_str(&format!("\n      failed {failure}"));
+    }
+    text
 }
 
 async fn put(
@@ -508,15 +559,43 @@ async fn get(
     for skipped in &report.skipped {
         note(json, &format!("skipped {skipped}"));
     }
+    for warning in &report.warnings {
+        note(json, &format!("warning: {warning}"));
+    }
+    let transfers: Vec<_> = report
+        .moved
+        .iter()
+        .map(|t| {
+            format!(
+                "{} transferred its copy to {}{}",
+                t.from,
+                t.to,
+                if t.recorded {
+                    "; the file list records it"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
     if output.is_some() || json {
         emit(json, &report, || {
-            format!(
+            let mut text = format!(
                 "got {} ({}) from {}",
                 report.blob,
                 bytes(report.size),
                 report.relay
-            )
+            );
+            for transfer in &transfers {
+                text.push_str(&format!("\n  {transfer}"));
+            }
+            text
         });
+    } else {
+        // The data went to standard output: the rest goes beside it.
+        for transfer in &transfers {
+            note(json, transfer);
+        }
     }
     Ok(())
 }
@@ -663,10 +742,15 @@ async fn ls(mut client: Client, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|f| {
                 format!(
-                    "{:>10}  {} copies  {}",
+                    "{:>10}  {} copies  {}{}",
                     bytes(f.size),
                     f.copies.len(),
-                    f.name
+                    f.name,
+                    if f.transferred.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({} transferred to peers)", f.transferred.len())
+                    }
                 )
             })
             .collect::<Vec<_>>()

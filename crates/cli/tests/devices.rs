@@ -68,7 +68,7 @@ impl Joining {
 
 /// Runs `device join` on `new` and `device approve` on `approver`
 /// (with a wrong password, if asked); returns both results.
-async fn pair(
+pub(crate) async fn pair(
     approver: &Device,
     new: &Device,
     relay: &Relay,

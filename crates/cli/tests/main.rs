@@ -12,3 +12,4 @@ mod errors;
 mod interop;
 mod storage;
 mod sync;
+mod transfers;

@@ -157,6 +157,12 @@ pub enum RelayError {
         /// The key it presented.
         presented: VerifyingKey,
     },
+    /// The relay answered that it transferred the blob to a peer (PROTOCOL.md
+    /// §7.3), and the redirect could not be followed: malformed, pointing
+    /// at a relay that does not hold the key it names, too long a chain, or
+    /// the peer failed.
+    #[error("{0}")]
+    Redirect(String),
     /// The relay served bytes that do not hash to the blob id asked for.
     #[error("served bytes that do not match blob {0} (corrupt or lying relay)")]
     WrongBytes(BlobId),

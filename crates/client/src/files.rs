@@ -42,6 +42,17 @@ pub struct Copy {
     pub owner: VerifyingKey,
 }
 
+/// A relay a copy is held on, by URL and key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Place {
+    /// The relay's URL.
+    pub url: String,
+    /// The relay's key.
+    #[serde(with = "crate::text_serde::repeated_key")]
+    pub relay: VerifyingKey,
+}
+
 /// Checks a name a file is stored under.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {

@@ -28,11 +28,12 @@ mod text_serde;
 
 pub use cairn_proto as proto;
 pub use client::{
-    Client, DEFAULT_REPLICAS, DeviceSync, Enrolled, FileInfo, Finding, GetReport, InitOptions,
-    Output, PutReport, RelayAdded, RelayCheck, RelaySync, RemoveReport, Revoked, SyncReport,
+    Client, CopiesCheck, DEFAULT_REPLICAS, DeviceSync, Enrolled, FileInfo, Finding, GetReport,
+    InitOptions, Output, PutReport, RelayAdded, RelayCheck, RelaySync, RemoveReport, Revoked,
+    SyncReport, Transfer, TransferCheck,
 };
 pub use error::{Error, RelayError, Result};
-pub use files::{Copy, FileEntry, MAX_NAME_LEN, check_name};
+pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};
 pub use home::Home;
 pub use identity::IdentityLog;
 pub use keyfile::{KdfCost, Passphrase};

@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
 pub use devices::{Enrolled, Revoked};
-pub use relays::{RelayAdded, RelayCheck};
-pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport};
+pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
+pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};
 pub use sync::{DeviceSync, Finding, RelaySync, SyncReport};
 
 use crate::error::{Error, Result};

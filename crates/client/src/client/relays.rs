@@ -1,15 +1,24 @@
 //! Choosing relays: adding (and pinning), removing, checking.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use cairn_proto::{RelayInfo, Verified, VerifyingKey};
+use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
 use crate::error::{Error, Result};
-use crate::relay::{RelayClient, RelayEntry, fetch_info, normalize_url, unix_now};
+use crate::relay::{Held, RelayClient, RelayEntry, fetch_info, normalize_url, unix_now};
+use crate::sync::Table;
+
+/// Copies `relay check` asks each relay about: the newest ones, so a large
+/// file table costs a bounded number of requests.
+const MAX_PROBED_COPIES: usize = 32;
+/// Copy probes in flight at once per relay (relays limit request rates).
+const PROBES_IN_FLIGHT: usize = 4;
 
 /// What adding a relay did.
 #[derive(Clone, Debug, Serialize)]
@@ -47,6 +56,51 @@ pub struct RelayCheck {
     pub error: Option<String>,
     /// What its signed info document says, when it answered.
     pub info: Option<InfoSummary>,
+    /// The copies the file table places on it, as far as checked (none when
+    /// the local file table could not be read).
+    pub copies: Option<CopiesCheck>,
+}
+
+/// The copies the file table (as of the last sync) says were made on a
+/// relay, and what became of them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CopiesCheck {
+    /// Blobs with a copy made on the relay.
+    pub listed: usize,
+    /// How many of them the relay was asked about (the newest, at most 32;
+    /// none when the relay failed the check).
+    pub probed: usize,
+    /// Asked about and held by the relay itself.
+    pub held: usize,
+    /// Asked about, neither held nor known to be transferred (expired, lost,
+    /// or deleted by another device).
+    pub missing: usize,
+    /// Asked about and answered with an error.
+    pub failed: Vec<String>,
+    /// Copies the relay transferred to peers, recorded or found now.
+    pub transfers: Vec<TransferCheck>,
+}
+
+/// A copy a relay transferred to a peer, as `relay check` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferCheck {
+    /// The blob.
+    #[serde(with = "crate::text_serde")]
+    pub blob: BlobId,
+    /// The names that hold it.
+    pub names: Vec<String>,
+    /// The URL of the peer holding it now.
+    pub to: String,
+    /// The peer's key.
+    #[serde(with = "crate::text_serde")]
+    pub to_key: VerifyingKey,
+    /// Whether the file table records the transfer (`cairn get NAME`
+    /// records one it finds).
+    pub recorded: bool,
+    /// Whether this check followed the relay's redirect to the peer, whose
+    /// signed info document showed the key (false: known from the file
+    /// table only).
+    pub seen: bool,
 }
 
 /// The figures of an info document a user cares about.
@@ -186,7 +240,9 @@ impl Client {
     }
 
     /// Checks every relay in the set (or just `url`): reachable, signing
-    /// with the pinned key, and what it offers.
+    /// with the pinned key, and what it offers; and the copies the file
+    /// table (as of the last sync) places on it: held, missing, or
+    /// transferred to a peer.
     pub async fn check_relays(&self, url: Option<&str>) -> Result<Vec<RelayCheck>> {
         let wanted = url.map(normalize_url).transpose()?;
         if let Some(url) = &wanted
@@ -199,8 +255,92 @@ impl Client {
             .into_iter()
             .filter(|r| wanted.as_deref().is_none_or(|u| u == r.url()))
             .collect();
-        Ok(join_all(relays.iter().map(check_one)).await)
+        // A damaged state file is for `cairn sync` to report; the relays
+        // are still checked.
+        let state = self.load_sync().ok();
+        let table = state.as_ref().map(Self::table_of);
+        Ok(join_all(relays.iter().map(|relay| async move {
+            let mut check = check_one(relay).await;
+            if let Some(table) = table {
+                check.copies = Some(check_copies(relay, table, check.ok).await);
+            }
+            check
+        }))
+        .await)
     }
+}
+
+/// What became of the copies `table` says were made on `relay`; asks the
+/// relay about the newest when `probe`.
+async fn check_copies(relay: &RelayClient, table: &Table, probe: bool) -> CopiesCheck {
+    // Blob → (names, newest store time).
+    let mut listed: BTreeMap<BlobId, (Vec<String>, u64)> = BTreeMap::new();
+    for (name, entry) in table.files() {
+        if entry.copies.iter().any(|c| &c.relay == relay.key()) {
+            let (names, stored) = listed.entry(entry.blob).or_default();
+            names.push(name.to_owned());
+            *stored = (*stored).max(entry.stored_at);
+        }
+    }
+    let mut check = CopiesCheck {
+        listed: listed.len(),
+        ..CopiesCheck::default()
+    };
+    for (blob, (names, _)) in &listed {
+        if let Some(to) = table.moved_to(blob, relay.key()) {
+            check.transfers.push(TransferCheck {
+                blob: *blob,
+                names: names.clone(),
+                to: to.url.clone(),
+                to_key: to.relay,
+                recorded: true,
+                seen: false,
+            });
+        }
+    }
+    if !probe {
+        return check;
+    }
+    let mut newest: Vec<_> = listed.iter().collect();
+    newest.sort_by_key(|(blob, (_, stored))| (std::cmp::Reverse(*stored), **blob));
+    newest.truncate(MAX_PROBED_COPIES);
+    check.probed = newest.len();
+    let answers: Vec<_> = futures_util::stream::iter(newest)
+        .map(|(blob, (names, _))| async move { (blob, names, relay.probe(blob).await) })
+        .buffer_unordered(PROBES_IN_FLIGHT)
+        .collect()
+        .await;
+    for (blob, names, answer) in answers {
+        let recorded = table.moved_to(blob, relay.key());
+        match answer {
+            Ok(Some(Held { at: None, .. })) => check.held += 1,
+            Ok(Some(Held { at: Some(peer), .. })) => {
+                match check
+                    .transfers
+                    .iter_mut()
+                    .find(|t| t.blob == *blob && &t.to_key == peer.key())
+                {
+                    Some(known) => known.seen = true,
+                    None => check.transfers.push(TransferCheck {
+                        blob: *blob,
+                        names: names.clone(),
+                        to: peer.url().to_owned(),
+                        to_key: *peer.key(),
+                        recorded: false,
+                        seen: true,
+                    }),
+                }
+            }
+            // A relay may forget where it sent a copy; the table has not.
+            Ok(None) if recorded.is_some() => {}
+            Ok(None) => check.missing += 1,
+            Err(err) => check.failed.push(format!("{blob}: {err}")),
+        }
+    }
+    check
+        .transfers
+        .sort_by(|a, b| (&a.names, a.blob).cmp(&(&b.names, b.blob)));
+    check
 }
 
 pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
@@ -218,5 +358,6 @@ pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
         latency_ms,
         error,
         info,
+        copies: None,
     }
 }

@@ -9,15 +9,16 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use cairn_proto::{BlobId, RelayInfo, Verified};
+use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
 use crate::error::{Error, RelayError, Result, io_at};
-use crate::files::{Copy, FileEntry, check_name};
+use crate::files::{Copy, FileEntry, Place, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
 use crate::seal;
 use crate::sync::Change;
+use crate::sync::Table;
 
 /// Where `get` writes the data.
 #[derive(Clone, Debug)]
@@ -61,6 +62,34 @@ pub struct GetReport {
     pub relay: String,
     /// Relays tried first and skipped, with why.
     pub skipped: Vec<String>,
+    /// Copies found transferred while looking for the blob: relays that
+    /// handed their copy on to a peer (PROTOCOL.md §7.3), and whether the
+    /// file table now records where it went. When `relay` is one of the
+    /// peers, the data was served through the transfer.
+    pub moved: Vec<Transfer>,
+    /// Problems that did not stop the download (a new placement that could
+    /// not be recorded).
+    pub warnings: Vec<String>,
+}
+
+/// A copy one relay transferred to another (PROTOCOL.md §7.3): the
+/// first still redirects to the second, and the second holds the bytes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Transfer {
+    /// The URL of the relay the copy was on.
+    pub from: String,
+    /// Its key.
+    #[serde(with = "crate::text_serde")]
+    pub from_key: VerifyingKey,
+    /// The URL of the relay holding it now.
+    pub to: String,
+    /// Its key (checked against its signed info document when the
+    /// transfer was found).
+    #[serde(with = "crate::text_serde")]
+    pub to_key: VerifyingKey,
+    /// Whether the file table records the transfer, so every device finds
+    /// the copy where it is.
+    pub recorded: bool,
 }
 
 /// One stored file, as `ls` shows it.
@@ -75,8 +104,11 @@ pub struct FileInfo {
     pub size: u64,
     /// When it was stored (Unix seconds).
     pub stored_at: u64,
-    /// Relays holding copies.
+    /// Relays holding copies (where transferred copies went, not where they
+    /// were made).
     pub copies: Vec<String>,
+    /// Copies relays transferred to peers, as recorded.
+    pub transferred: Vec<Transfer>,
 }
 
 /// What `rm` did.
@@ -384,14 +416,16 @@ impl Client {
     /// The stored files, by name.
     pub async fn list(&mut self) -> Result<Vec<FileInfo>> {
         let state = self.synced().await?;
-        Ok(Self::table_of(&state)
+        let table = Self::table_of(&state);
+        Ok(table
             .files()
             .map(|(name, entry)| FileInfo {
                 name: name.to_owned(),
                 blob: entry.blob,
                 size: entry.size,
                 stored_at: entry.stored_at,
-                copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
+                copies: held_at(table, entry).into_iter().map(|p| p.url).collect(),
+                transferred: recorded_transfers(table, entry),
             })
             .collect())
     }
@@ -406,6 +440,10 @@ impl Client {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::NoSuchName(name.to_owned()))?;
+        let moved: Vec<_> = Self::table_of(&state)
+            .located(&entry)
+            .map(|(_, to)| to.cloned())
+            .collect();
         self.append(
             &mut state,
             Change::Remove {
@@ -418,8 +456,15 @@ impl Client {
         let still_owned = Self::owned_relays(&state, &entry.blob);
         let mut deleted = Vec::new();
         let mut left = Vec::new();
-        for copy in &entry.copies {
-            if copy.owner != me {
+        for (copy, moved) in entry.copies.iter().zip(moved) {
+            if let Some(to) = moved {
+                // The peer's copy belongs to the relay that handed it on:
+                // no device can delete it.
+                left.push(format!(
+                    "{}: transferred to {}, which keeps it until its retention runs out",
+                    copy.url, to.url
+                ));
+            } else if copy.owner != me {
                 left.push(format!(
                     "{}: stored by device {}, which deletes it when it next syncs",
                     copy.url,
@@ -475,34 +520,56 @@ impl Client {
         output: Output,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
-        let state = self.synced().await?;
-        let (id, listed) = match Self::table_of(&state).get(what) {
-            Some(entry) => (entry.blob, entry.copies.iter().map(|c| c.relay).collect()),
+        let mut state = self.synced().await?;
+        let table = Self::table_of(&state);
+        let (id, entry) = match table.get(what) {
+            Some(entry) => (entry.blob, Some(entry.clone())),
             None => match what.parse::<BlobId>() {
-                Ok(id) => (id, Vec::new()),
+                Ok(id) => (id, None),
                 Err(_) => return Err(Error::NoSuchName(what.to_owned())),
             },
         };
+        // Where the listed copies are now, transfers recorded by any device
+        // applied.
+        let places = entry
+            .as_ref()
+            .map(|entry| held_at(table, entry))
+            .unwrap_or_default();
+        // Peers that recorded transfers lead to are asked too, in the set or
+        // not: the bytes are verified whoever serves them.
+        let peers: Vec<Place> = entry
+            .as_ref()
+            .map(|entry| recorded_transfers(table, entry))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| Place {
+                url: t.to,
+                relay: t.to_key,
+            })
+            .collect();
 
-        let (order, mut skipped) = self.fastest_holders(&id, &listed).await;
+        let (order, mut skipped) = self.fastest_holders(&id, &places, &peers).await;
         let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
-        for (relay, size) in order {
-            progress.begin("downloading", size);
+        for holder in &order {
+            let relay = &holder.relay;
+            progress.begin("downloading", holder.size);
             let attempt = match &output {
-                Output::File(path) => {
-                    self.fetch_to_file(&relay, &id, &keys, path, &progress)
-                        .await
-                }
-                Output::Stdout => self.fetch_to_stdout(&relay, &id, &keys, &progress).await,
+                Output::File(path) => self.fetch_to_file(relay, &id, &keys, path, &progress).await,
+                Output::Stdout => self.fetch_to_stdout(relay, &id, &keys, &progress).await,
             };
             progress.end();
             match attempt {
                 Ok(size) => {
+                    let (moved, warnings) = self
+                        .record_transfers(&mut state, &id, &places, &order)
+                        .await;
                     return Ok(GetReport {
                         blob: id,
                         size,
                         relay: relay.url().to_owned(),
                         skipped,
+                        moved,
+                        warnings,
                     });
                 }
                 Err(Attempt::Relay(err)) => skipped.push(format!("{}: {err}", relay.url())),
@@ -518,6 +585,77 @@ impl Client {
                 skipped.join("; ")
             },
         })
+    }
+
+    /// Reports the transfers the probes found and records, in the file
+    /// table, those of copies the table places on the relay that redirected
+    /// (so other devices and later gets go straight to the copy). Each peer
+    /// proved its key by its signed info document and said it holds the
+    /// blob, which is what a placement rests on when a copy is first stored.
+    /// A failure to record leaves the download good: it is a warning.
+    async fn record_transfers(
+        &self,
+        state: &mut super::sync::SyncState,
+        id: &BlobId,
+        places: &[Place],
+        holders: &[Holder],
+    ) -> (Vec<Transfer>, Vec<String>) {
+        let mut moved = Vec::new();
+        let mut warnings = Vec::new();
+        let mut changed = false;
+        let found = holders
+            .iter()
+            .flat_map(|holder| holder.via.iter().map(move |from| (from, holder)));
+        for (from, holder) in found {
+            let mut transfer = Transfer {
+                from: from.url().to_owned(),
+                from_key: *from.key(),
+                to: holder.relay.url().to_owned(),
+                to_key: *holder.relay.key(),
+                recorded: false,
+            };
+            let already = Self::table_of(state)
+                .moved_to(id, from.key())
+                .is_some_and(|to| &to.relay == holder.relay.key());
+            // Recorded only for a copy the table places on the relay that
+            // redirected (not for a relay that holds the blob for another
+            // reason, nor for a blob fetched by id).
+            let listed = places.iter().any(|p| &p.relay == from.key());
+            if already {
+                transfer.recorded = true;
+            } else if listed {
+                let change = Change::Moved {
+                    blob: *id,
+                    from: *from.key(),
+                    to: Place {
+                        url: holder.relay.url().to_owned(),
+                        relay: *holder.relay.key(),
+                    },
+                };
+                match self.append(state, change).await {
+                    Ok(failures) => {
+                        transfer.recorded = true;
+                        changed = true;
+                        warnings.extend(
+                            failures
+                                .into_iter()
+                                .map(|f| format!("file list not updated on {f}")),
+                        );
+                    }
+                    Err(err) => warnings.push(format!(
+                        "the transfer from {} to {} was not recorded: {err}",
+                        from.url(),
+                        holder.relay.url()
+                    )),
+                }
+            }
+            moved.push(transfer);
+        }
+        if changed && let Err(err) = self.store_sync(state) {
+            // The change is on the relays: the next sync merges it back.
+            warnings.push(format!("the local file list was not saved: {err}"));
+        }
+        (moved, warnings)
     }
 
     /// Downloads and opens at once: the bytes go to the hash and to the
@@ -639,43 +777,116 @@ impl Client {
         .map_err(Attempt::Fatal)
     }
 
-    /// Relays holding `id`, fastest to answer first (relays the file table
-    /// lists before others that answer as fast), with the ones that do not
-    /// hold it or fail noted.
+    /// Relays holding `id`, fastest to answer first (relays among `places`,
+    /// where the file table puts the copies, before others that answer as
+    /// fast), with the ones that do not hold it or fail noted. The relays in
+    /// the set are asked, and `peers` outside it; a relay that redirects to
+    /// a peer makes the peer a holder.
     async fn fastest_holders(
         &self,
         id: &BlobId,
-        listed: &[cairn_proto::VerifyingKey],
-    ) -> (Vec<(RelayClient, u64)>, Vec<String>) {
-        let relays = self.relay_clients();
+        places: &[Place],
+        peers: &[Place],
+    ) -> (Vec<Holder>, Vec<String>) {
+        let mut relays = self.relay_clients();
+        for place in peers {
+            if !relays.iter().any(|r| r.key() == &place.relay) {
+                relays.push(RelayClient::new(self.http.clone(), &place.url, place.relay));
+            }
+        }
         let probes = join_all(relays.iter().map(|relay| async move {
             let started = Instant::now();
             let answer = tokio::time::timeout(INFO_TIMEOUT, relay.probe(id)).await;
             (answer, started.elapsed())
         }))
         .await;
-        let mut holders = Vec::new();
+        let mut holders: Vec<(Duration, Holder)> = Vec::new();
         let mut skipped = Vec::new();
-        for (relay, (answer, elapsed)) in relays.into_iter().zip(probes) {
+        for (asked, (answer, elapsed)) in relays.into_iter().zip(probes) {
             match answer {
-                Ok(Ok(Some(size))) => {
-                    let unlisted = !listed.contains(relay.key());
-                    holders.push((unlisted, elapsed, relay, size));
+                Ok(Ok(Some(held))) => {
+                    let (relay, via) = match held.at {
+                        Some(peer) => (peer, Some(asked)),
+                        None => (asked, None),
+                    };
+                    // One holder reached from several relays is one holder.
+                    match holders
+                        .iter_mut()
+                        .find(|(_, h)| h.relay.key() == relay.key())
+                    {
+                        Some((fastest, holder)) => {
+                            *fastest = (*fastest).min(elapsed);
+                            holder.via.extend(via);
+                        }
+                        None => holders.push((
+                            elapsed,
+                            Holder {
+                                relay,
+                                size: held.size,
+                                via: via.into_iter().collect(),
+                            },
+                        )),
+                    }
                 }
-                Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", relay.url())),
-                Ok(Err(err)) => skipped.push(format!("{}: {err}", relay.url())),
-                Err(_) => skipped.push(format!("{}: no answer within 10 s", relay.url())),
+                Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", asked.url())),
+                Ok(Err(err)) => skipped.push(format!("{}: {err}", asked.url())),
+                Err(_) => skipped.push(format!("{}: no answer within 10 s", asked.url())),
             }
         }
-        holders.sort_by_key(|(unlisted, elapsed, _, _)| (*unlisted, *elapsed));
+        // A copy the table places on a relay that handed it on is still
+        // the file's copy: its peer counts as listed.
+        let listed = |relay: &RelayClient| places.iter().any(|p| &p.relay == relay.key());
+        holders.sort_by_key(|(elapsed, holder)| {
+            let unlisted = !listed(&holder.relay) && !holder.via.iter().any(listed);
+            (unlisted, *elapsed)
+        });
         (
-            holders
-                .into_iter()
-                .map(|(_, _, relay, size)| (relay, size))
-                .collect(),
+            holders.into_iter().map(|(_, holder)| holder).collect(),
             skipped,
         )
     }
+}
+
+/// A relay that holds a blob, as a probe found it.
+struct Holder {
+    /// The relay holding it.
+    relay: RelayClient,
+    /// Its size, as the relay says.
+    size: u64,
+    /// Relays that redirected to it, having transferred their copy.
+    via: Vec<RelayClient>,
+}
+
+/// Where `entry`'s copies are now (each relay once): transferred copies
+/// where they went.
+fn held_at(table: &Table, entry: &FileEntry) -> Vec<Place> {
+    let mut places: Vec<Place> = Vec::with_capacity(entry.copies.len());
+    for (copy, moved) in table.located(entry) {
+        let place = moved.cloned().unwrap_or_else(|| Place {
+            url: copy.url.clone(),
+            relay: copy.relay,
+        });
+        if !places.iter().any(|p| p.relay == place.relay) {
+            places.push(place);
+        }
+    }
+    places
+}
+
+/// `entry`'s copies the table records as transferred.
+fn recorded_transfers(table: &Table, entry: &FileEntry) -> Vec<Transfer> {
+    table
+        .located(entry)
+        .filter_map(|(copy, moved)| {
+            moved.map(|to| Transfer {
+                from: copy.url.clone(),
+                from_key: copy.relay,
+                to: to.url.clone(),
+                to_key: to.relay,
+                recorded: true,
+            })
+        })
+        .collect()
 }
 
 /// How one relay's attempt at a download ended.

@@ -505,7 +505,7 @@ impl Client {
             .map_err(|err| Error::Invalid(format!("snapshot does not parse: {err}")))?;
         snapshot
             .table
-            .retain(|r| self.may_write(&r.device, r.clock));
+            .retain(|device, clock| self.may_write(device, clock));
         state.table.merge(&snapshot.table);
         state.clock = state.clock.max(snapshot.clock);
         for (device, position) in covers {

@@ -14,8 +14,8 @@ use cairn_proto::{
     Timestamp, TokenTarget, Verified, VerifyingKey,
 };
 use futures_util::StreamExt as _;
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Method as HttpMethod, StatusCode};
 
 use crate::error::RelayError;
 
@@ -33,6 +33,11 @@ const MAX_HEAD_LISTING: usize = 2 << 20;
 const MAX_INFO_AGE: Duration = Duration::from_secs(3600);
 /// Most proof-of-work attempts before giving up (2^28 hashes, seconds).
 const MAX_STAMP_ATTEMPTS: u64 = 1 << 28;
+/// Most transfer redirects followed for one blob: a relay hands a blob on
+/// once, and a chain longer than this is a loop or a stalling relay.
+const MAX_REDIRECTS: usize = 3;
+/// The header naming the key of the relay a redirect points at.
+const RELAY_KEY_HEADER: &str = "cairn-relay-key";
 
 /// Builds the HTTP client every relay connection shares.
 pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
@@ -47,6 +52,11 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
         .read_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
         .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
+        // Redirects are followed by hand, for blobs only, after checking the
+        // key of the relay they point at (`RelayClient::open_blob`): an
+        // automatic follow would hand the request to any server a relay
+        // names.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|err| RelayError::Unreachable(format!("cannot set up HTTP: {err}")))
 }
@@ -86,6 +96,17 @@ pub enum HeadWrite {
     Stored,
     /// The relay holds a head with a sequence number at least as high.
     Stale(Option<Box<Verified<HeadRecord>>>),
+}
+
+/// A blob a relay answered for.
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// Its size in bytes.
+    pub size: u64,
+    /// The relay holding it, when that is not the relay asked: the one asked
+    /// transferred it to a peer (PROTOCOL.md §7.3). Its key is the one the
+    /// redirect claimed, checked against the peer's signed info document.
+    pub at: Option<RelayClient>,
 }
 
 /// A relay at a known URL with a pinned key.
@@ -285,13 +306,14 @@ impl RelayClient {
     /// Downloads blob `id`, handing each piece to `each` as it arrives, and
     /// fails with [`RelayError::WrongBytes`] at the end unless every byte
     /// hashed to the id: whatever `each` did with the pieces must be
-    /// discarded then.
+    /// discarded then. A transferred blob is fetched from the peer holding
+    /// it (see [`RelayClient::probe`]).
     pub async fn fetch_each<F, Fut>(&self, id: &BlobId, mut each: F) -> Result<u64, RelayError>
     where
         F: FnMut(Bytes) -> Fut,
         Fut: std::future::Future<Output = std::io::Result<()>>,
     {
-        let response = send(self.http.get(self.blob_url(id))).await?;
+        let (_, response) = self.open_blob(HttpMethod::GET, id).await?;
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
         let mut stream = response.bytes_stream();
@@ -307,9 +329,10 @@ impl RelayClient {
         Ok(received)
     }
 
-    /// Downloads a small blob (at most `max` bytes) into memory, verified.
+    /// Downloads a small blob (at most `max` bytes) into memory, verified,
+    /// following a transfer like [`RelayClient::fetch_each`].
     pub async fn fetch_bytes(&self, id: &BlobId, max: usize) -> Result<Vec<u8>, RelayError> {
-        let response = send(self.http.get(self.blob_url(id))).await?;
+        let (_, response) = self.open_blob(HttpMethod::GET, id).await?;
         let bytes = bounded_body(response, max).await?;
         if BlobId::of(&bytes) != *id {
             return Err(RelayError::WrongBytes(*id));
@@ -318,13 +341,123 @@ impl RelayClient {
     }
 
     /// Asks whether the relay holds `id` (a HEAD, which also counts as an
-    /// access). Returns its size.
-    pub async fn probe(&self, id: &BlobId) -> Result<Option<u64>, RelayError> {
-        match send(self.http.head(self.blob_url(id))).await {
-            Ok(response) => Ok(response.content_length()),
-            Err(err) if err.code() == Some("not_found") => Ok(None),
+    /// access). Returns its size and, when the relay transferred it to a
+    /// peer, the peer: redirects are followed (at most three), each only
+    /// after the relay it points at proved, by its signed info document, to
+    /// hold the key the redirect claims.
+    pub async fn probe(&self, id: &BlobId) -> Result<Option<Held>, RelayError> {
+        match self.open_blob(HttpMethod::HEAD, id).await {
+            Ok((at, response)) => {
+                // The header, not the body's length: a HEAD answer has none.
+                let size = response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .or_else(|| response.content_length());
+                Ok(size.map(|size| Held { size, at }))
+            }
+            Err(err) if is_absent(&err) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// Sends `method` for blob `id`, following transfer redirects. Returns
+    /// the successful answer and, when it came from another relay, that
+    /// relay.
+    async fn open_blob(
+        &self,
+        method: HttpMethod,
+        id: &BlobId,
+    ) -> Result<(Option<RelayClient>, reqwest::Response), RelayError> {
+        let mut at: Option<RelayClient> = None;
+        for _ in 0..=MAX_REDIRECTS {
+            let relay = at.as_ref().unwrap_or(self);
+            let response = self
+                .http
+                .request(method.clone(), relay.blob_url(id))
+                .send()
+                .await
+                .map_err(|err| {
+                    relay.after_transfer(self, RelayError::Unreachable(describe(&err)))
+                })?;
+            if response.status() != StatusCode::TEMPORARY_REDIRECT {
+                let response = check_status(response)
+                    .await
+                    .map_err(|err| relay.after_transfer(self, err))?;
+                // A chain that came back here is no transfer.
+                return Ok((at.filter(|r| r.key != self.key), response));
+            }
+            let next = relay.follow(id, &response).await?;
+            tracing::debug!(relay = %relay.url, to = %next.url, %id, "blob transferred");
+            at = Some(next);
+        }
+        Err(RelayError::Redirect(format!(
+            "blob {id}: more than {MAX_REDIRECTS} transfer redirects"
+        )))
+    }
+
+    /// The relay a `307` for blob `id` points at, once its signed info
+    /// document shows the key the redirect claims: a relay that lies about
+    /// its peer cannot make the client trust a key the peer does not hold.
+    async fn follow(
+        &self,
+        id: &BlobId,
+        response: &reqwest::Response,
+    ) -> Result<RelayClient, RelayError> {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let location = header(LOCATION.as_str()).ok_or_else(|| {
+            RelayError::Redirect("a redirect without `Location`, not followed".into())
+        })?;
+        let base = location
+            .strip_suffix(&format!("/v1/blobs/{id}"))
+            .and_then(|base| crate::relay::normalize_url(base).ok())
+            .filter(|base| !base.contains(['?', '#']))
+            .ok_or_else(|| {
+                RelayError::Redirect(format!(
+                    "redirected to {location:?}, which is not a relay's URL for blob {id}; not \
+                     followed"
+                ))
+            })?;
+        let claimed: VerifyingKey = header(RELAY_KEY_HEADER)
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| {
+                RelayError::Redirect(format!(
+                    "the redirect to {base} names no valid `{RELAY_KEY_HEADER}`; not followed"
+                ))
+            })?;
+        let info = fetch_info(&self.http, &base).await.map_err(|err| {
+            RelayError::Redirect(format!(
+                "transferred to {base}, which cannot be checked: {err}"
+            ))
+        })?;
+        if info.signer() != &claimed {
+            return Err(RelayError::Redirect(format!(
+                "transferred to {base} with key {claimed}, but that relay presents {}; not \
+                 followed",
+                info.signer()
+            )));
+        }
+        Ok(RelayClient::new(self.http.clone(), &base, claimed))
+    }
+
+    /// Names the peer in a failure there, so the error reported against the
+    /// relay asked says where the request went.
+    fn after_transfer(&self, asked: &RelayClient, err: RelayError) -> RelayError {
+        if self.url == asked.url && self.key == asked.key {
+            return err;
+        }
+        if is_absent(&err) {
+            // Kept as is: the peer no longer holds it, an absent blob.
+            return err;
+        }
+        RelayError::Redirect(format!("transferred to {}: {err}", self.url))
     }
 
     /// Deletes blob `id`, owned by `key`. Returns false if it was not there.
@@ -423,6 +556,12 @@ impl RelayClient {
     }
 }
 
+/// Whether a relay answered that it does not hold what was asked (a HEAD
+/// answer has no body to carry the `not_found` code).
+fn is_absent(err: &RelayError) -> bool {
+    matches!(err, RelayError::Refused { status: 404, .. }) || err.code() == Some("not_found")
+}
+
 fn verify_head(
     bytes: &[u8],
     mailbox: &VerifyingKey,
@@ -519,4 +658,213 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::{HeaderMap, HeaderValue, StatusCode as AxumStatus, header};
+    use axum::response::{IntoResponse, Response};
+    use cairn_proto::{FairShareLimits, SoftwareVersion};
+
+    /// What a fake relay answers for blob requests.
+    #[derive(Clone)]
+    enum Blobs {
+        /// Serves these bytes for their id.
+        Hold(Vec<u8>),
+        /// `307` with these `Location` and `cairn-relay-key` values.
+        Redirect(String, Option<String>),
+    }
+
+    #[derive(Clone)]
+    struct Fake {
+        key: Arc<SigningKey>,
+        blobs: Arc<Mutex<Blobs>>,
+    }
+
+    /// A relay on loopback signing with the key from `seed`.
+    async fn fake(seed: u8, blobs: Blobs) -> (String, SigningKey, Arc<Mutex<Blobs>>) {
+        let key = SigningKey::from_seed(&[seed; 32]);
+        let state = Fake {
+            key: Arc::new(key.clone()),
+            blobs: Arc::new(Mutex::new(blobs)),
+        };
+        let shared = state.blobs.clone();
+        let app = axum::Router::new()
+            .route("/.well-known/cairn-relay", axum::routing::get(info))
+            .route("/v1/blobs/{id}", axum::routing::get(blob))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, key, shared)
+    }
+
+    async fn info(State(fake): State<Fake>) -> Response {
+        let info = RelayInfo {
+            relay: fake.key.verifying_key(),
+            software: SoftwareVersion::new("fake 0").unwrap(),
+            issued_at: Timestamp(unix_now()),
+            capacity_total: 1 << 30,
+            capacity_used: 0,
+            capacity_free: 1 << 30,
+            max_blob_size: 1 << 20,
+            retention_secs: 86_400,
+            limits: FairShareLimits::default(),
+            peers: Vec::new(),
+            load_permille: 0,
+            uptime_secs: 1,
+        };
+        let record = SignedRecord::sign(&info, &fake.key).unwrap();
+        axum::Json(serde_json::json!({ "record": record.to_base64url() })).into_response()
+    }
+
+    async fn blob(State(fake): State<Fake>, UrlPath(id): UrlPath<String>) -> Response {
+        let blobs = fake.blobs.lock().unwrap().clone();
+        match blobs {
+            Blobs::Hold(bytes) if BlobId::of(&bytes).to_string() == id => {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                (headers, bytes).into_response()
+            }
+            Blobs::Hold(_) => (
+                AxumStatus::NOT_FOUND,
+                axum::Json(serde_json::json!({
+                    "error": { "code": "not_found", "message": "no such blob" }
+                })),
+            )
+                .into_response(),
+            Blobs::Redirect(location, key) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::LOCATION, location.parse().unwrap());
+                if let Some(key) = key {
+                    headers.insert("cairn-relay-key", key.parse().unwrap());
+                }
+                (AxumStatus::TEMPORARY_REDIRECT, headers, "{}").into_response()
+            }
+        }
+    }
+
+    fn client(url: &str, key: &SigningKey) -> RelayClient {
+        RelayClient::new(http_client().unwrap(), url, key.verifying_key())
+    }
+
+    const DATA: &[u8] = b"sealed bytes, as far as a relay can tell";
+
+    #[tokio::test]
+    async fn a_transfer_is_followed_to_the_peer_holding_the_key_it_claims() {
+        let id = BlobId::of(DATA);
+        let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+        let (url, key, _) = fake(
+            2,
+            Blobs::Redirect(
+                format!("{peer_url}/v1/blobs/{id}"),
+                Some(peer_key.verifying_key().to_string()),
+            ),
+        )
+        .await;
+        let origin = client(&url, &key);
+        let held = origin.probe(&id).await.unwrap().unwrap();
+        assert_eq!(held.size, DATA.len() as u64);
+        let at = held.at.unwrap();
+        assert_eq!(at.url(), peer_url);
+        assert_eq!(at.key(), &peer_key.verifying_key());
+        // Fetching without a probe first follows it too, every byte checked.
+        assert_eq!(origin.fetch_bytes(&id, 1024).await.unwrap(), DATA);
+        let mut got = Vec::new();
+        let n = origin
+            .fetch_each(&id, |chunk| {
+                got.extend_from_slice(&chunk);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!((n, got.as_slice()), (DATA.len() as u64, DATA));
+        // The relay holding it itself says so with no peer.
+        assert!(
+            client(&peer_url, &peer_key)
+                .probe(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .at
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_claiming_a_key_the_peer_does_not_hold_is_refused() {
+        let id = BlobId::of(DATA);
+        let (peer_url, _, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+        let liar = SigningKey::from_seed(&[9; 32]).verifying_key();
+        let (url, key, _) = fake(
+            2,
+            Blobs::Redirect(format!("{peer_url}/v1/blobs/{id}"), Some(liar.to_string())),
+        )
+        .await;
+        let origin = client(&url, &key);
+        let err = origin.probe(&id).await.unwrap_err();
+        assert!(matches!(err, RelayError::Redirect(_)), "{err}");
+        assert!(err.to_string().contains("presents"), "{err}");
+        let err = origin.fetch_bytes(&id, 1024).await.unwrap_err();
+        assert!(err.to_string().contains("presents"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn malformed_redirects_and_loops_are_refused() {
+        let id = BlobId::of(DATA);
+        let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+        let peer_key = peer_key.verifying_key().to_string();
+        let other = BlobId::of(b"another blob");
+        let (url, key, blobs) = fake(2, Blobs::Hold(Vec::new())).await;
+        let origin = client(&url, &key);
+        let cases = [
+            (
+                format!("{peer_url}/v1/blobs/{other}"),
+                Some(peer_key.clone()),
+            ),
+            (format!("{peer_url}/elsewhere"), Some(peer_key.clone())),
+            (format!("/v1/blobs/{id}"), Some(peer_key.clone())),
+            (format!("{peer_url}/v1/blobs/{id}"), None),
+            (
+                format!("{peer_url}/v1/blobs/{id}"),
+                Some("not a key".into()),
+            ),
+        ];
+        for (location, claimed) in cases {
+            *blobs.lock().unwrap() = Blobs::Redirect(location.clone(), claimed.clone());
+            let err = origin.probe(&id).await.unwrap_err();
+            assert!(
+                matches!(err, RelayError::Redirect(_)),
+                "{location} {claimed:?}: {err}"
+            );
+        }
+        // A relay redirecting to itself: followed a few times, then refused.
+        *blobs.lock().unwrap() = Blobs::Redirect(
+            format!("{url}/v1/blobs/{id}"),
+            Some(key.verifying_key().to_string()),
+        );
+        let err = origin.probe(&id).await.unwrap_err();
+        assert!(err.to_string().contains("more than 3"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_no_longer_holds_it_reads_as_absent() {
+        let id = BlobId::of(DATA);
+        let (peer_url, peer_key, _) = fake(1, Blobs::Hold(Vec::new())).await;
+        let (url, key, _) = fake(
+            2,
+            Blobs::Redirect(
+                format!("{peer_url}/v1/blobs/{id}"),
+                Some(peer_key.verifying_key().to_string()),
+            ),
+        )
+        .await;
+        assert!(client(&url, &key).probe(&id).await.unwrap().is_none());
+    }
 }

@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use cairn_proto::BlobId;
+use cairn_proto::{BlobId, VerifyingKey};
 
 use crate::error::{Error, Result};
-use crate::files::FileEntry;
+use crate::files::{FileEntry, Place};
 
 /// One change to the file table, or a marker in a device's log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,20 @@ pub enum Change {
         to: String,
         /// What `from` held.
         entry: FileEntry,
+    },
+    /// The copy of `blob` on relay `from` is now held by `to`: `from`
+    /// transferred it to a peer (PROTOCOL.md §7.3), as a download found by
+    /// following its redirect. Recorded apart from the entries naming the
+    /// blob, so it never overrides a newer write of a name.
+    Moved {
+        /// The blob.
+        #[serde(with = "crate::text_serde")]
+        blob: BlobId,
+        /// The key of the relay the copy was made on.
+        #[serde(with = "crate::text_serde")]
+        from: VerifyingKey,
+        /// Where it is now.
+        to: Place,
     },
     /// The device appended to the identity log, up to `seq` (entry `head`).
     Identity {

@@ -5,7 +5,10 @@
 //! (hybrid logical clock, device key), with tombstones for removals.
 //! Applying the same operations in any order, any number of times, gives
 //! the same table, so devices that have seen the same operations agree,
-//! whatever order relays delivered them in. The network part (fetching,
+//! whatever order relays delivered them in. Copies that relays transferred
+//! to peers are recorded beside the names, one last-writer-wins register per
+//! (blob, relay the copy was made on), so learning where a copy went never
+//! competes with a write of the name. The network part (fetching,
 //! publishing, detecting lying relays) is in `client/sync.rs`.
 
 mod change;
@@ -18,7 +21,11 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 pub use change::Change;
 
-use crate::files::FileEntry;
+use crate::files::{Copy, FileEntry, Place};
+
+/// Most recorded transfers followed from one copy: a copy handed on from
+/// peer to peer is found through them; a longer chain is a loop.
+const MAX_MOVE_CHAIN: usize = 8;
 
 /// A device's place in its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,10 +66,42 @@ fn content_key(entry: &Option<FileEntry>) -> Vec<u8> {
     serde_json::to_vec(entry).unwrap_or_default()
 }
 
-/// The file table: one register per name ever written.
+/// The newest record of where one copy went ([`Change::Moved`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRegister {
+    /// When it was recorded (hybrid logical clock).
+    pub clock: u64,
+    /// Which device recorded it.
+    #[serde(with = "crate::text_serde::repeated_key")]
+    pub device: VerifyingKey,
+    /// Where the copy is held now.
+    pub to: Place,
+}
+
+impl MoveRegister {
+    /// Whether this record wins over `other`: as [`Register::beats`], the
+    /// place breaking a tie of clock and device.
+    fn beats(&self, other: &Self) -> bool {
+        (self.clock, self.device, &self.to)
+            .cmp(&(other.clock, other.device, &other.to))
+            .is_gt()
+    }
+}
+
+/// The file table: one register per name ever written, and where copies
+/// went when relays transferred them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
     registers: BTreeMap<String, Register>,
+    /// (blob, key of the relay the copy was made on) → where it went.
+    /// Absent from tables written before transfers existed, and left out
+    /// when empty so such tables keep their exact form.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "move_list"
+    )]
+    moves: BTreeMap<(BlobId, VerifyingKey), MoveRegister>,
 }
 
 impl Table {
@@ -90,7 +129,27 @@ impl Table {
                 self.write(from, at(None));
                 self.write(to, at(Some(entry.clone())));
             }
+            Change::Moved { blob, from, to } => self.record_move(
+                *blob,
+                *from,
+                MoveRegister {
+                    clock,
+                    device,
+                    to: to.clone(),
+                },
+            ),
             Change::Identity { .. } | Change::Snapshot { .. } => {}
+        }
+    }
+
+    /// Applies one record of where the copy of `blob` on relay `from` went;
+    /// keeps whichever wins.
+    pub fn record_move(&mut self, blob: BlobId, from: VerifyingKey, record: MoveRegister) {
+        match self.moves.get(&(blob, from)) {
+            Some(current) if !record.beats(current) => {}
+            _ => {
+                self.moves.insert((blob, from), record);
+            }
         }
     }
 
@@ -99,6 +158,48 @@ impl Table {
         for (name, register) in &other.registers {
             self.write(name, register.clone());
         }
+        for ((blob, from), record) in &other.moves {
+            self.record_move(*blob, *from, record.clone());
+        }
+    }
+
+    /// Where the copy of `blob` made on relay `from` is held now, when a
+    /// transfer of it was recorded: the end of the chain of recorded
+    /// transfers (a copy may be handed on more than once).
+    pub fn moved_to(&self, blob: &BlobId, from: &VerifyingKey) -> Option<&Place> {
+        let mut seen = vec![*from];
+        let mut place = None;
+        let mut at = *from;
+        while let Some(record) = self.moves.get(&(*blob, at)) {
+            if seen.contains(&record.to.relay) || seen.len() > MAX_MOVE_CHAIN {
+                // A loop (or a chain no transfer makes): the copy is
+                // somewhere on it, and the last place reached is as good
+                // as any.
+                break;
+            }
+            seen.push(record.to.relay);
+            at = record.to.relay;
+            place = Some(&record.to);
+        }
+        place
+    }
+
+    /// `entry`'s copies, each with where it went when it was transferred.
+    pub fn located<'a>(
+        &'a self,
+        entry: &'a FileEntry,
+    ) -> impl Iterator<Item = (&'a Copy, Option<&'a Place>)> + 'a {
+        entry
+            .copies
+            .iter()
+            .map(|copy| (copy, self.moved_to(&entry.blob, &copy.relay)))
+    }
+
+    /// Every recorded transfer: blob, relay it left, and the record.
+    pub fn moves(&self) -> impl Iterator<Item = (&BlobId, &VerifyingKey, &MoveRegister)> {
+        self.moves
+            .iter()
+            .map(|((blob, from), record)| (blob, from, record))
     }
 
     /// The names that hold something, with what.
@@ -118,15 +219,74 @@ impl Table {
         &self.registers
     }
 
-    /// Drops registers `keep` refuses (writes by devices whose writes no
-    /// longer count).
-    pub fn retain(&mut self, mut keep: impl FnMut(&Register) -> bool) {
-        self.registers.retain(|_, r| keep(r));
+    /// Drops the writes (names and transfer records) that `keep` refuses,
+    /// given their device and clock: writes by devices whose writes no
+    /// longer count.
+    pub fn retain(&mut self, mut keep: impl FnMut(&VerifyingKey, u64) -> bool) {
+        self.registers.retain(|_, r| keep(&r.device, r.clock));
+        self.moves.retain(|_, r| keep(&r.device, r.clock));
     }
 
     /// Blob ids the table references.
     pub fn referenced(&self) -> std::collections::BTreeSet<BlobId> {
         self.files().map(|(_, e)| e.blob).collect()
+    }
+}
+
+/// The transfer records as a JSON list (a map keyed by pairs has no JSON
+/// form), each `{"blob", "from", "clock", "device", "to"}`.
+mod move_list {
+    use std::collections::BTreeMap;
+
+    use cairn_proto::{BlobId, VerifyingKey};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::MoveRegister;
+    use crate::files::Place;
+
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        #[serde(with = "crate::text_serde")]
+        blob: BlobId,
+        #[serde(with = "crate::text_serde::repeated_key")]
+        from: VerifyingKey,
+        clock: u64,
+        #[serde(with = "crate::text_serde::repeated_key")]
+        device: VerifyingKey,
+        to: Place,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        moves: &BTreeMap<(BlobId, VerifyingKey), MoveRegister>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(moves.iter().map(|((blob, from), record)| Entry {
+            blob: *blob,
+            from: *from,
+            clock: record.clock,
+            device: record.device,
+            to: record.to.clone(),
+        }))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<(BlobId, VerifyingKey), MoveRegister>, D::Error> {
+        // Merged like any writes, so a list naming one copy twice (which no
+        // writer makes) still reads the same whatever its order.
+        let mut table = super::Table::default();
+        for entry in Vec::<Entry>::deserialize(d)? {
+            table.record_move(
+                entry.blob,
+                entry.from,
+                MoveRegister {
+                    clock: entry.clock,
+                    device: entry.device,
+                    to: entry.to,
+                },
+            );
+        }
+        Ok(table.moves)
     }
 }
 
@@ -179,9 +339,25 @@ mod tests {
         SigningKey::from_seed(&[i + 100; 32]).verifying_key()
     }
 
+    fn relay(i: u8) -> VerifyingKey {
+        SigningKey::from_seed(&[i + 200; 32]).verifying_key()
+    }
+
+    fn moved(tag: u8, from: u8, to: u8) -> Change {
+        Change::Moved {
+            blob: entry(tag).blob,
+            from: relay(from),
+            to: Place {
+                url: format!("http://peer-{to}"),
+                relay: relay(to),
+            },
+        }
+    }
+
     fn arb_change() -> impl Strategy<Value = Change> {
         let name = prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(str::to_owned);
         prop_oneof![
+            (0u8..5, 0u8..3, 0u8..3).prop_map(|(t, from, to)| moved(t, from, to)),
             (name.clone(), 0u8..5).prop_map(|(name, t)| Change::Put {
                 name,
                 entry: entry(t)
@@ -222,7 +398,132 @@ mod tests {
             merged.merge(&shuffled);
             merged.merge(&forward);
             prop_assert_eq!(&merged, &forward);
+            // And a table survives its serialized form (snapshots, sync.json).
+            let json = serde_json::to_vec(&forward).unwrap();
+            prop_assert_eq!(&serde_json::from_slice::<Table>(&json).unwrap(), &forward);
         }
+    }
+
+    #[test]
+    fn moves_converge_in_any_order_and_survive_a_snapshot() {
+        let (low, high) = if device(0) < device(1) {
+            (device(0), device(1))
+        } else {
+            (device(1), device(0))
+        };
+        let writes = [
+            (low, 5, moved(1, 0, 1)),
+            (high, 5, moved(1, 0, 2)),
+            (low, 3, moved(1, 0, 0)),
+            (low, 4, moved(2, 1, 2)),
+        ];
+        let mut forward = Table::default();
+        for (device, clock, change) in &writes {
+            forward.apply(*device, *clock, change);
+        }
+        let mut backward = Table::default();
+        for (device, clock, change) in writes.iter().rev() {
+            backward.apply(*device, *clock, change);
+        }
+        assert_eq!(forward, backward);
+        let blob = entry(1).blob;
+        assert_eq!(
+            forward.moved_to(&blob, &relay(0)).unwrap().relay,
+            relay(2),
+            "a tie of clocks goes to the greater device key"
+        );
+        assert_eq!(forward.moves().count(), 2);
+
+        let snapshot = Snapshot {
+            table: forward.clone(),
+            clock: 9,
+        };
+        let json = serde_json::to_vec(&snapshot).unwrap();
+        let back: Snapshot = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, snapshot);
+        let mut merged = Table::default();
+        merged.merge(&back.table);
+        assert_eq!(merged, forward);
+    }
+
+    #[test]
+    fn a_move_never_changes_what_a_name_holds() {
+        let mut table = Table::default();
+        let put = Change::Put {
+            name: "x".into(),
+            entry: entry(1),
+        };
+        let copy = &entry(1).copies[0];
+        let moved = Change::Moved {
+            blob: entry(1).blob,
+            from: copy.relay,
+            to: Place {
+                url: "http://peer".into(),
+                relay: relay(2),
+            },
+        };
+        // A move recorded later than a put (of an older version of the name,
+        // say) leaves the put alone, and the other way around.
+        table.apply(device(0), 7, &put);
+        table.apply(device(1), 9, &moved);
+        assert_eq!(table.get("x"), Some(&entry(1)));
+        let mut table = Table::default();
+        table.apply(device(1), 9, &moved);
+        table.apply(device(0), 7, &put);
+        assert_eq!(table.get("x"), Some(&entry(1)));
+        let (listed, to) = table.located(table.get("x").unwrap()).next().unwrap();
+        assert_eq!(listed, copy);
+        assert_eq!(
+            to.unwrap().relay,
+            relay(2),
+            "the copy is shown where it went"
+        );
+    }
+
+    #[test]
+    fn chains_of_moves_are_followed_and_loops_end() {
+        let mut table = Table::default();
+        let blob = entry(1).blob;
+        table.apply(device(0), 1, &moved(1, 0, 1));
+        table.apply(device(0), 2, &moved(1, 1, 2));
+        assert_eq!(table.moved_to(&blob, &relay(0)).unwrap().relay, relay(2));
+        assert_eq!(table.moved_to(&blob, &relay(1)).unwrap().relay, relay(2));
+        assert!(table.moved_to(&blob, &relay(2)).is_none());
+        table.apply(device(0), 3, &moved(1, 2, 0));
+        assert!(table.moved_to(&blob, &relay(0)).is_some(), "a loop ends");
+        assert!(table.moved_to(&entry(2).blob, &relay(0)).is_none());
+    }
+
+    #[test]
+    fn old_tables_without_moves_parse_and_keep_their_form() {
+        let mut table = Table::default();
+        table.apply(
+            device(0),
+            1,
+            &Change::Put {
+                name: "x".into(),
+                entry: entry(1),
+            },
+        );
+        let json = serde_json::to_string(&Snapshot { table, clock: 1 }).unwrap();
+        assert!(!json.contains("moves"), "no moves, no new field: {json}");
+        let old = serde_json::from_str::<Snapshot>(&json).unwrap();
+        assert_eq!(old.table.get("x"), Some(&entry(1)));
+        assert_eq!(old.table.moves().count(), 0);
+        // As written before transfers existed (no `moves` at all).
+        let old: Snapshot =
+            serde_json::from_str(r#"{"table":{"registers":{}},"clock":3}"#).unwrap();
+        assert_eq!(old.clock, 3);
+    }
+
+    #[test]
+    fn retain_drops_moves_of_devices_that_may_not_write() {
+        let mut table = Table::default();
+        table.apply(device(0), 1, &moved(1, 0, 1));
+        table.apply(device(1), 1, &moved(2, 0, 1));
+        table.retain(|d, _| *d == device(0));
+        assert_eq!(table.moves().count(), 1);
+        assert!(table.moved_to(&entry(2).blob, &relay(0)).is_none());
     }
 
     #[test]
@@ -289,5 +590,14 @@ mod tests {
         assert!(Change::from_body(br#"{"op":"put","name":"x"}"#).is_err());
         assert!(Change::from_body(br#"{"op":"remove","name":"x","extra":1}"#).is_err());
         assert!(Change::from_body(br#"{"op":"format_disk"}"#).is_err());
+        let change = moved(1, 0, 1);
+        let body = change.to_body();
+        assert_eq!(Change::from_body(&body).unwrap(), change);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with(r#"{"op":"moved","blob":""#), "{text}");
+        let extra = text.replacen(r#""to":{"#, r#""to":{"extra":1,"#, 1);
+        assert!(Change::from_body(extra.as_bytes()).is_err(), "{extra}");
+        let extra = text.replacen(r#"{"op":"moved","#, r#"{"op":"moved","extra":1,"#, 1);
+        assert!(Change::from_body(extra.as_bytes()).is_err(), "{extra}");
     }
 }
