@@ -89,6 +89,25 @@ def main() -> None:
         write("pairing_messages", name, text.encode())
     write("sealed_blob", "age-header", b"age-encryption.org/v1\n-> X25519 AAAA\nAAAA\n--- AAAA\n")
     count += 11
+    # Reconciliation messages, behind the target's frame-limit byte (odd:
+    # 1 MiB frames, even: the smallest). Layout: docs/PROTOCOL.md.
+    version, fp = b"\x01", b"\xaa" * 16
+    ends = [0x20, 0x40, 0x60, 0x80, 0xA0, 0xC0, 0xE0]
+    split = b"".join(bytes([0x41, e]) + fp for e in ends) + b"\x40" + fp
+    ids = [bytes([0x10 * (i + 1)]) * 32 for i in range(3)]
+    seeds = {
+        "skip-all": version + b"\x00",
+        "fingerprint-all": version + b"\x40" + fp,
+        "split": version + split,
+        "skip-then-fingerprint": version + b"\x01\x80\x40" + fp,
+        "id-list-empty": version + b"\x80\x00\x00",
+        "id-list": version + b"\x80\x00\x03" + b"".join(ids),
+        "id-list-response": version + b"\xc0\x00\x01" + ids[0] + b"\x00\x03\x05",
+    }
+    for name, msg in seeds.items():
+        write("reconcile_message", name, b"\x01" + msg)
+        write("reconcile_message", name + "-small-frames", b"\x00" + msg)
+    count += 2 * len(seeds)
     print(f"wrote {count} seed inputs under {CORPUS.relative_to(ROOT)}")
 
 

@@ -19,6 +19,8 @@
 //!   [`HeadRecord`], [`RelayInfo`], [`AuthToken`], [`TransferReceipt`].
 //! - [`verify_identity_log`]: checks a whole identity log and returns the
 //!   device set and vault generation it leads to.
+//! - [`reconcile`]: range-based set reconciliation of two blob-id sets, with
+//!   traffic proportional to their difference rather than their size.
 //!
 //! # Example
 //!
@@ -52,6 +54,7 @@ mod error;
 mod fields;
 mod identity;
 mod keys;
+pub mod reconcile;
 mod records;
 mod text;
 

@@ -7,4 +7,5 @@
 mod common;
 mod identity_log;
 mod properties;
+mod reconcile;
 mod vectors;
