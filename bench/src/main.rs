@@ -9,6 +9,7 @@
 // A benchmark's output is its figures.
 #![allow(clippy::print_stdout)]
 
+mod federation_bench;
 mod sync_bench;
 
 use std::sync::Arc;
@@ -81,6 +82,26 @@ enum Command {
         /// Files in the vault.
         #[arg(long, default_value_t = 10_000)]
         entries: usize,
+    },
+    /// Reconciliation traffic between two relays holding `ids` blob ids
+    /// each that differ in `diff`, against the size of a full id list.
+    Reconcile {
+        /// Blob ids on each relay.
+        #[arg(long, default_value_t = 1_000_000)]
+        ids: usize,
+        /// Ids that differ (half missing on each side).
+        #[arg(long, default_value_t = 1_000)]
+        diff: usize,
+    },
+    /// Transfer-of-responsibility throughput between two relays, against
+    /// plain uploads of the same bytes.
+    Transfer {
+        /// Bytes per blob.
+        #[arg(long, default_value_t = 4 << 20)]
+        size: usize,
+        /// Blobs moved.
+        #[arg(long, default_value_t = 64)]
+        count: usize,
     },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
@@ -332,6 +353,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Gc { stored, expired } => gc_bench(stored, expired).await?,
         Command::Sync { entries } => sync_bench::sync_bench(entries).await?,
+        Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
+        Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
     }
     Ok(())
 }

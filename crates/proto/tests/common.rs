@@ -372,7 +372,13 @@ pub(crate) fn arb_token() -> impl Strategy<Value = AuthToken> {
         .prop_map(
             |(audience, m, target, expires_at, nonce, stamp)| AuthToken {
                 audience,
-                method: [Method::Get, Method::Head, Method::Put, Method::Delete, Method::Post][usize::from(m)],
+                method: [
+                    Method::Get,
+                    Method::Head,
+                    Method::Put,
+                    Method::Delete,
+                    Method::Post,
+                ][usize::from(m)],
                 target,
                 expires_at,
                 nonce: Nonce(nonce),

@@ -35,8 +35,11 @@ pub struct RelayConfig {
     pub gc_interval: Duration,
     /// How often coalesced access times are written to the index.
     pub access_flush_interval: Duration,
-    /// Peers announced in the info document.
+    /// Peer relays chosen by the operator: announced in the info document,
+    /// replicated to, and trusted to push replicas and take transfers.
     pub peers: Vec<RelayRef>,
+    /// How this relay cooperates with its peers.
+    pub federation: FederationConfig,
     /// Uploads in progress at once; more are refused with 429.
     pub max_concurrent_uploads: usize,
     /// Longest wait for the next piece of a request body before the upload
@@ -100,6 +103,7 @@ impl RelayConfig {
             gc_interval: Self::DEFAULT_GC_INTERVAL,
             access_flush_interval: Duration::from_secs(30),
             peers: Vec::new(),
+            federation: FederationConfig::default(),
             max_concurrent_uploads: 64,
             body_idle_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
@@ -108,6 +112,40 @@ impl RelayConfig {
             shutdown_grace: Duration::from_secs(30),
             max_heads: Self::DEFAULT_MAX_HEADS,
             cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Replication, reconciliation and transfer settings (docs/OPERATING.md,
+/// "Federation").
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// Peers that should hold a copy of each blob a client stores here
+    /// (at most the number of configured peers). 0 turns replication off.
+    pub replicas: usize,
+    /// How often replica sets are reconciled with each peer.
+    pub reconcile_interval: Duration,
+    /// How often peers' info documents are fetched (capacity, peers).
+    pub peer_refresh_interval: Duration,
+    /// Above this share of capacity (in thousandths) blobs are transferred
+    /// to peers with room...
+    pub high_water_permille: u16,
+    /// ...until usage is below this share.
+    pub low_water_permille: u16,
+    /// Most peers learned from configured peers' info documents (peer
+    /// exchange); 0 to use configured peers only.
+    pub max_learned_peers: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            reconcile_interval: Duration::from_secs(600),
+            peer_refresh_interval: Duration::from_secs(60),
+            high_water_permille: 900,
+            low_water_permille: 800,
+            max_learned_peers: 8,
         }
     }
 }

@@ -25,6 +25,7 @@
 
 mod clock;
 mod config;
+mod federation;
 mod http;
 mod keyfile;
 mod limits;
@@ -34,7 +35,8 @@ mod store;
 mod tls;
 
 pub use clock::Clock;
-pub use config::{RelayConfig, TlsFiles};
+pub use config::{FederationConfig, RelayConfig, TlsFiles};
+pub use federation::{ReconcileCounts, TransferReport};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
 pub use store::StoreError;

@@ -75,7 +75,8 @@ struct ServeArgs {
     /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
     /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
     /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads,
-    /// peers = [{ url = "...", key = "ed25519:..." }]).
+    /// peers = [{ url = "...", key = "ed25519:..." }], replicas,
+    /// reconcile_interval, high_water, low_water, learn_peers).
     #[arg(long, env = "CAIRN_RELAY_CONFIG")]
     config: Option<PathBuf>,
     /// Bytes given to blob storage, e.g. `500G`, `2T` [default: 10G].
@@ -119,10 +120,31 @@ struct ServeArgs {
     /// no limit [default: 1000000].
     #[arg(long, env = "CAIRN_RELAY_MAX_HEADS")]
     max_heads: Option<u64>,
-    /// A peer relay as `URL=KEY` (repeatable), announced in the info
-    /// document.
+    /// A peer relay as `URL=KEY` (repeatable): announced in the info
+    /// document, sent replicas, offered blobs when this relay is full, and
+    /// trusted to send replicas and transfers here. Get a relay's key with
+    /// `curl URL/.well-known/cairn-relay`.
     #[arg(long = "peer", env = "CAIRN_RELAY_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     peers: Vec<RelayRef>,
+    /// Peers that should hold a copy of each blob clients store here; 0
+    /// turns replication off [default: 2].
+    #[arg(long, env = "CAIRN_RELAY_REPLICAS")]
+    replicas: Option<usize>,
+    /// How often replica sets are reconciled with each peer, e.g. `10m`
+    /// [default: 10m].
+    #[arg(long, env = "CAIRN_RELAY_RECONCILE_INTERVAL", value_parser = parse_duration)]
+    reconcile_interval: Option<Duration>,
+    /// Share of capacity, in percent, above which the least recently used
+    /// blobs are transferred to peers with room [default: 90].
+    #[arg(long, env = "CAIRN_RELAY_HIGH_WATER", value_parser = clap::value_parser!(u16).range(1..=100))]
+    high_water: Option<u16>,
+    /// Share of capacity, in percent, at which transfers stop [default: 80].
+    #[arg(long, env = "CAIRN_RELAY_LOW_WATER", value_parser = clap::value_parser!(u16).range(0..=100))]
+    low_water: Option<u16>,
+    /// Most peers learned from configured peers' info documents (peer
+    /// exchange); 0 to work with configured peers only [default: 8].
+    #[arg(long, env = "CAIRN_RELAY_LEARN_PEERS")]
+    learn_peers: Option<usize>,
 }
 
 /// The config file: the same keys as the flags.
@@ -146,6 +168,11 @@ struct FileConfig {
     max_heads: Option<u64>,
     #[serde(default)]
     peers: Vec<FilePeer>,
+    replicas: Option<usize>,
+    reconcile_interval: Option<String>,
+    high_water: Option<u16>,
+    low_water: Option<u16>,
+    learn_peers: Option<usize>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -327,6 +354,38 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
     };
     if config.peers.len() > cairn_proto::MAX_PEERS {
         bail!("at most {} peers can be announced", cairn_proto::MAX_PEERS);
+    }
+    let fed = &mut config.federation;
+    if let Some(v) = args.replicas.or(file.replicas) {
+        fed.replicas = v;
+    }
+    if let Some(v) = args.reconcile_interval.or(duration_from_file(
+        file.reconcile_interval,
+        "reconcile_interval",
+    )?) {
+        if v.is_zero() {
+            bail!("reconcile_interval must be above zero");
+        }
+        fed.reconcile_interval = v;
+    }
+    let high = args
+        .high_water
+        .or(file.high_water)
+        .unwrap_or(fed.high_water_permille / 10);
+    let low = args
+        .low_water
+        .or(file.low_water)
+        .unwrap_or(fed.low_water_permille / 10);
+    if !(1..=100).contains(&high) || low > 100 || low >= high {
+        bail!(
+            "high_water ({high}%) must be within 1–100 and above low_water ({low}%): \
+             transfers start above the first and stop at the second"
+        );
+    }
+    fed.high_water_permille = high * 10;
+    fed.low_water_permille = low * 10;
+    if let Some(v) = args.learn_peers.or(file.learn_peers) {
+        fed.max_learned_peers = v;
     }
     Ok(config)
 }

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::RelayConfig;
+use crate::federation::{Federation, Ledger, ReconcileCounts, TransferReport};
 use crate::http::{AppState, NonceCache, Shared, router};
 use crate::keyfile::{KeyFileError, load_or_create};
 use crate::limits::RateLimiter;
@@ -49,6 +50,9 @@ pub enum StartError {
     /// The TLS certificate or key is unusable.
     #[error("setting up TLS")]
     Tls(#[from] crate::tls::TlsError),
+    /// The HTTP client for peers could not be set up.
+    #[error("setting up the client for peer relays: {0}")]
+    PeerClient(String),
     /// The listen address could not be bound.
     #[error("listening on {addr}")]
     Bind {
@@ -68,6 +72,8 @@ pub struct GcReport {
     pub deleted_bytes: u64,
     /// Mailbox heads deleted.
     pub deleted_heads: u64,
+    /// Forwarding records of transferred blobs deleted.
+    pub deleted_forwards: u64,
 }
 
 /// A running relay. Dropping it without [`RelayHandle::shutdown`] aborts
@@ -140,8 +146,16 @@ pub async fn start_with_clock(
     let key_limiter = RateLimiter::new(config.limits.key_requests_per_min);
     let addr_limiter = RateLimiter::new(config.limits.addr_requests_per_min);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let (federation, replication_queue) = Federation::new(
+        key.verifying_key(),
+        &config.peers,
+        config.federation.max_learned_peers,
+        Ledger::load(&config.data_dir),
+    )
+    .map_err(|e| StartError::PeerClient(e.to_string()))?;
     let app = AppState(Arc::new(Shared {
         store,
+        federation,
         key: key.clone(),
         upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
         config,
@@ -164,6 +178,12 @@ pub async fn start_with_clock(
         tasks.clone(),
     ));
     tasks.spawn(background(app.clone(), cancel.clone()));
+    tasks.spawn(crate::federation::background(app.clone(), cancel.clone()));
+    tasks.spawn(crate::federation::run_replication(
+        app.clone(),
+        replication_queue,
+        cancel.clone(),
+    ));
     tracing::info!(%addr, scheme, key = %key.verifying_key(), "relay listening");
     Ok(RelayHandle {
         addr,
@@ -291,6 +311,7 @@ async fn background(app: AppState, cancel: CancellationToken) {
                 if let Err(e) = app.store.flush_accesses().await {
                     tracing::error!(error = %e, "flushing access times failed");
                 }
+                app.federation.save_ledger().await;
                 app.nonces.prune(app.now());
                 app.key_limiter.prune(Instant::now());
                 app.addr_limiter.prune(Instant::now());
@@ -325,6 +346,13 @@ async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
     loop {
         let deleted = app.store.collect_heads(cutoff, GC_BATCH).await?;
         report.deleted_heads += deleted as u64;
+        if deleted < GC_BATCH {
+            break;
+        }
+    }
+    loop {
+        let deleted = app.store.collect_forwards(cutoff, GC_BATCH).await?;
+        report.deleted_forwards += deleted as u64;
         if deleted < GC_BATCH {
             break;
         }
@@ -372,6 +400,75 @@ impl RelayHandle {
         run_gc(&self.app).await
     }
 
+    /// Replaces the operator-configured peers (learned peers stay).
+    pub fn set_peers(&self, peers: &[cairn_proto::RelayRef]) {
+        self.app.federation.peers.set_configured(peers);
+    }
+
+    /// Fetches every peer's info document now, as the periodic task does;
+    /// returns how many peers were learned from them.
+    pub async fn refresh_peers(&self) -> usize {
+        self.app.federation.refresh_peers().await
+    }
+
+    /// Reconciles with every configured peer now and pushes what they
+    /// lack, as the periodic task does; one result per peer.
+    pub async fn reconcile(&self) -> Vec<(VerifyingKey, Result<ReconcileCounts, String>)> {
+        crate::federation::reconcile_all(&self.app)
+            .await
+            .into_iter()
+            .map(|r| (r.peer, r.outcome.map_err(|e| e.to_string())))
+            .collect()
+    }
+
+    /// Moves blobs to peers now if usage is above the high-water mark, as
+    /// the background task does when an upload crosses it.
+    pub async fn relieve(&self) -> TransferReport {
+        crate::federation::relieve(&self.app).await
+    }
+
+    /// Stores `blobs` directly, as if uploaded by a client (`from_peer:
+    /// None`) or replicated by that peer: for tests and benchmarks that need
+    /// large stores quickly. Ids are computed here, as an upload verifies
+    /// them. Returns how many were newly stored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError`] if the store fails.
+    #[doc(hidden)]
+    pub async fn seed_blobs(
+        &self,
+        blobs: Vec<Vec<u8>>,
+        from_peer: Option<VerifyingKey>,
+    ) -> Result<usize, StoreError> {
+        let owner = self.key();
+        let source = from_peer.map_or(
+            crate::store::Source::Client(owner),
+            crate::store::Source::Peer,
+        );
+        let now = self.app.now();
+        let inserts = blobs.into_iter().map(|data| {
+            let id = cairn_proto::BlobId::of(&data);
+            let size = data.len() as u64;
+            self.app.store.insert(
+                crate::store::Staged::Bytes(data.into()),
+                id,
+                size,
+                source,
+                now,
+            )
+        });
+        // Many at once, so the writer commits them in large batches.
+        let outcomes = futures_util::future::join_all(inserts).await;
+        let mut stored = 0;
+        for outcome in outcomes {
+            if outcome? == crate::store::InsertOutcome::Stored {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
     /// Writes pending access times to the index now.
     ///
     /// # Errors
@@ -401,6 +498,7 @@ impl RelayHandle {
         if let Err(e) = self.app.store.flush_accesses().await {
             tracing::error!(error = %e, "flushing access times at shutdown failed");
         }
+        self.app.federation.save_ledger().await;
         let writer = self.writer.take();
         // Dropping the last state handle closes the writer's queue; the
         // writer finishes what is queued and exits.

@@ -308,16 +308,25 @@ async fn bad_ids_and_unknown_paths() {
 
 #[tokio::test]
 async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
-    let peer = key("peer relay").verifying_key();
+    // One peer with room, one that cannot be reached: only the first is
+    // offered to refused clients.
+    let roomy = TestRelay::start().await;
+    let unreachable = key("unreachable peer").verifying_key();
+    let peer = roomy.key();
     let relay = TestRelay::start_with(|c| {
         c.capacity_bytes = 100_000;
         c.limits.key_quota_bytes = 60_000;
-        c.peers = vec![cairn_proto::RelayRef {
-            url: cairn_proto::RelayUrl::new("https://peer.example").unwrap(),
-            key: peer,
-        }];
+        c.federation.replicas = 0;
+        c.peers = vec![
+            cairn_proto::RelayRef {
+                url: cairn_proto::RelayUrl::new("http://127.0.0.1:9").unwrap(),
+                key: unreachable,
+            },
+            roomy.as_peer(),
+        ];
     })
     .await;
+    relay.handle.refresh_peers().await;
     let (alice, bob) = (key("alice"), key("bob"));
     assert_eq!(
         relay.put(&alice, &bytes("a1", 50_000)).await.status(),
@@ -342,6 +351,7 @@ async fn a_full_relay_refuses_with_its_peers_and_quotas_hold() {
     )
     .await;
     assert_eq!(body["peers"][0]["key"], peer.to_string());
+    assert_eq!(body["peers"].as_array().unwrap().len(), 1, "{body}");
     assert_eq!(relay.files(), (0, 2));
 }
 

@@ -11,6 +11,7 @@ pub(crate) struct TestRelay {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) clock: Clock,
     pub(crate) http: reqwest::Client,
+    config: RelayConfig,
 }
 
 impl TestRelay {
@@ -26,7 +27,7 @@ impl TestRelay {
         // A manual clock that starts at the real time, so tokens made with
         // the real time are valid, and tests can move it forward.
         let clock = Clock::manual(unix_now());
-        let handle = cairn_relay::start_with_clock(config, clock.clone())
+        let handle = cairn_relay::start_with_clock(config.clone(), clock.clone())
             .await
             .unwrap();
         Self {
@@ -34,6 +35,34 @@ impl TestRelay {
             dir,
             clock,
             http: cairn_testkit::http(),
+            config,
+        }
+    }
+
+    /// Stops the relay gracefully, keeping its data and address.
+    pub(crate) async fn stop(self) -> StoppedRelay {
+        let Self {
+            handle,
+            dir,
+            clock,
+            http,
+            mut config,
+        } = self;
+        config.listen = handle.addr();
+        handle.shutdown().await;
+        StoppedRelay {
+            dir,
+            clock,
+            http,
+            config,
+        }
+    }
+
+    /// This relay as a peer entry for others' configuration.
+    pub(crate) fn as_peer(&self) -> cairn_proto::RelayRef {
+        cairn_proto::RelayRef {
+            url: cairn_proto::RelayUrl::new(self.handle.url()).unwrap(),
+            key: self.key(),
         }
     }
 
@@ -111,6 +140,37 @@ pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A relay stopped by [`TestRelay::stop`].
+pub(crate) struct StoppedRelay {
+    dir: tempfile::TempDir,
+    clock: Clock,
+    http: reqwest::Client,
+    config: RelayConfig,
+}
+
+impl StoppedRelay {
+    /// Starts it again on the same address and data, with `peers`.
+    pub(crate) async fn start(self, peers: &[cairn_proto::RelayRef]) -> TestRelay {
+        let Self {
+            dir,
+            clock,
+            http,
+            mut config,
+        } = self;
+        config.peers = peers.to_vec();
+        let handle = cairn_relay::start_with_clock(config.clone(), clock.clone())
+            .await
+            .unwrap();
+        TestRelay {
+            handle,
+            dir,
+            clock,
+            http,
+            config,
+        }
+    }
 }
 
 /// Asserts the response is an error with `status` and machine code `code`.

@@ -7,6 +7,7 @@
 mod api;
 mod common;
 mod crash;
+mod federation;
 mod gc;
 mod heads;
 mod streaming;

@@ -51,6 +51,8 @@ pub(crate) struct Required<'a> {
     pub(crate) target: TokenTarget,
     pub(crate) now: u64,
     pub(crate) pow_bits: u8,
+    /// Signers excused from proof of work (peer relays).
+    pub(crate) pow_exempt: &'a dyn Fn(&VerifyingKey) -> bool,
 }
 
 /// Checks the request's token and returns the key that signed it: the key
@@ -105,7 +107,7 @@ pub(crate) fn authorize(
             "token expires at {expires}; this relay accepts at most {MAX_TOKEN_LIFETIME_SECS} s ahead"
         )));
     }
-    if required.pow_bits > 0 {
+    if required.pow_bits > 0 && !(required.pow_exempt)(&signer) {
         let bits = AuthToken::payload_stamp_bits(&signer, envelope.payload());
         if bits < u32::from(required.pow_bits) {
             return Err(ApiError::pow_required(format!(

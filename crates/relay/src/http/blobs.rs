@@ -10,7 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use cairn_proto::{BlobId, Method, TokenTarget, VerifyingKey};
+use cairn_proto::{
+    BlobId, Method, SignedRecord, Timestamp, TokenTarget, TransferReceipt, VerifyingKey,
+};
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
@@ -19,8 +21,9 @@ use super::auth::{Required, authorize};
 use super::body::BodyChunks;
 use super::error::ApiError;
 use super::range::{self, ByteRange};
+use crate::federation::NewBlob;
 use crate::store::index::Location;
-use crate::store::{DeleteOutcome, InsertOutcome, Staged, StoreError};
+use crate::store::{DeleteOutcome, InsertOutcome, Source, Staged, StoreError};
 
 /// Bodies up to this size are read in one blocking call and sent from
 /// memory; larger ones stream from the file.
@@ -55,8 +58,13 @@ fn authorize_for(
         } else {
             0
         },
+        pow_exempt: &|key| app.federation.peers.contains(key),
     };
     let signer = authorize(headers, &required, &app.nonces)?;
+    if app.federation.peers.contains(&signer) {
+        // Peers are the operator's choice; their pace is replication's.
+        return Ok(signer);
+    }
     app.key_limiter
         .check(signer, std::time::Instant::now())
         .map_err(|wait| {
@@ -181,9 +189,7 @@ pub(crate) async fn get_blob(
     .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?;
 
     let Some((opened, range, satisfiable)) = opened else {
-        return Err(ApiError::not_found(format!(
-            "this relay does not hold blob {id}"
-        )));
+        return forwarded(&app, id).await;
     };
     let size = match &opened {
         Opened::Small(_, size) | Opened::Large(_, size) => *size,
@@ -214,6 +220,37 @@ pub(crate) async fn get_blob(
         }
     };
     Ok(blob_response(&app, id, size, range, head, started, body))
+}
+
+/// The answer for a blob this relay does not hold: a redirect to the peer
+/// it was transferred to, or 404.
+async fn forwarded(app: &AppState, id: BlobId) -> Result<Response, ApiError> {
+    let reader = app.store.reader().clone();
+    let forward = tokio::task::spawn_blocking(move || reader.forward(&id))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let Some(forward) = forward else {
+        return Err(ApiError::not_found(format!(
+            "this relay does not hold blob {id}"
+        )));
+    };
+    // Keeps the forwarding record alive as long as it is used.
+    app.store.record_access(id, app.now());
+    let location = format!("{}/v1/blobs/{id}", forward.url.trim_end_matches('/'));
+    let location = HeaderValue::from_str(&location).map_err(|_| ApiError::internal())?;
+    let mut response = (
+        StatusCode::TEMPORARY_REDIRECT,
+        axum::Json(json!({
+            "id": id.to_string(),
+            "transferred_to": {"url": forward.url, "key": forward.peer.to_string()},
+        })),
+    )
+        .into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    if let Ok(key) = HeaderValue::from_str(&forward.peer.to_string()) {
+        response.headers_mut().insert("cairn-relay-key", key);
+    }
+    Ok(response)
 }
 
 /// Headers and status for a blob (or a range of it); records the access.
@@ -333,7 +370,12 @@ pub(crate) async fn put_blob(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let id = parse_id(&id)?;
-    let owner = authorize_for(&app, &headers, Method::Put, id)?;
+    let signer = authorize_for(&app, &headers, Method::Put, id)?;
+    let source = if app.federation.peers.contains(&signer) {
+        Source::Peer(signer)
+    } else {
+        Source::Client(signer)
+    };
     if app.draining.load(Ordering::SeqCst) {
         return Err(ApiError::unavailable(
             "relay is shutting down; retry elsewhere or later",
@@ -369,25 +411,29 @@ pub(crate) async fn put_blob(
         Some(len) if len <= SMALL_UPLOAD => {
             if let Err(full) = reservation.grow_to(len) {
                 // A full relay still acknowledges a blob it already holds.
-                if app.store.touch_now(id, app.now()).await? {
-                    return Ok(already_held(id));
+                if let Some(size) = app.store.claim(id, source, app.now()).await? {
+                    return stored_response(&app, id, size, source, false);
                 }
                 return Err(full);
             }
             let data = receive_small(&app, body, id, len).await?;
             let size = data.len() as u64;
-            app.store
-                .insert(Staged::Bytes(data), id, size, owner, app.now())
-                .await?
+            let outcome = app
+                .store
+                .insert(Staged::Bytes(data), id, size, source, app.now())
+                .await?;
+            (outcome, size)
         }
         _ => {
             // Already held: no need to receive the bytes again. The access
             // is committed before the answer, so no GC pass can take the
             // blob away after the client was told it is stored.
-            if app.store.touch_now(id, app.now()).await? {
-                return Ok(already_held(id));
+            if let Some(size) = app.store.claim(id, source, app.now()).await? {
+                return stored_response(&app, id, size, source, false);
             }
-            if quota > 0 {
+            if quota > 0
+                && let Source::Client(owner) = source
+            {
                 let reader = app.store.reader().clone();
                 let used = tokio::task::spawn_blocking(move || reader.owner_usage(&owner))
                     .await
@@ -398,32 +444,79 @@ pub(crate) async fn put_blob(
             }
             reservation.grow_to(declared.unwrap_or(0))?;
             let (temp, size) = receive(&app, body, id, max, &mut reservation).await?;
-            app.store
-                .insert(Staged::File(temp), id, size, owner, app.now())
-                .await?
+            let outcome = app
+                .store
+                .insert(Staged::File(temp), id, size, source, app.now())
+                .await?;
+            (outcome, size)
         }
     };
     drop(reservation);
     app.metrics.upload_latency.observe(started.elapsed());
-    let (status, stored) = match outcome {
-        InsertOutcome::Stored => (StatusCode::CREATED, true),
-        InsertOutcome::AlreadyHeld => (StatusCode::OK, false),
+    let (outcome, size) = outcome;
+    let stored = match outcome {
+        InsertOutcome::Stored => true,
+        InsertOutcome::AlreadyHeld => false,
         InsertOutcome::RelayFull => return Err(relay_full(&app)),
         InsertOutcome::QuotaExceeded => return Err(ApiError::quota_exceeded(quota)),
     };
-    Ok((
-        status,
-        axum::Json(json!({"id": id.to_string(), "stored": stored})),
-    )
-        .into_response())
+    if stored {
+        match source {
+            Source::Client(_) => app.federation.enqueue(NewBlob {
+                id,
+                accepted: started,
+            }),
+            Source::Peer(peer) => {
+                let fed = &app.federation;
+                fed.metrics.transfers_in.fetch_add(1, Ordering::Relaxed);
+                fed.metrics
+                    .transfer_bytes_in
+                    .fetch_add(size, Ordering::Relaxed);
+                fed.account(&peer, |a| {
+                    a.stored_for_peer += size;
+                    a.bytes_received += size;
+                    a.transfers_in += 1;
+                });
+            }
+        }
+        if app.above_high_water() {
+            app.federation.full.notify_one();
+        }
+    }
+    stored_response(&app, id, size, source, stored)
 }
 
-fn already_held(id: BlobId) -> Response {
-    (
-        StatusCode::OK,
-        axum::Json(json!({"id": id.to_string(), "stored": false})),
-    )
-        .into_response()
+/// The answer to an accepted upload: 201 if this upload stored the bytes,
+/// 200 if they were held already. A peer also gets a signed receipt: the
+/// relay holds the blob, verified, and answers for it from now on.
+fn stored_response(
+    app: &AppState,
+    id: BlobId,
+    size: u64,
+    source: Source,
+    stored: bool,
+) -> Result<Response, ApiError> {
+    let status = if stored {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = json!({"id": id.to_string(), "stored": stored});
+    if let Source::Peer(sender) = source {
+        let receipt = TransferReceipt {
+            receiver: app.key.verifying_key(),
+            sender,
+            blob: id,
+            size,
+            received_at: Timestamp(app.now()),
+        };
+        let envelope = SignedRecord::sign(&receipt, &app.key).map_err(|e| {
+            tracing::error!(error = %e, "a transfer receipt does not encode");
+            ApiError::internal()
+        })?;
+        body["receipt"] = json!(envelope.to_base64url());
+    }
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// Receives a small body of `len` declared bytes into memory and checks its
@@ -523,7 +616,8 @@ pub(crate) async fn delete_blob(
     match app.store.delete(id, owner).await? {
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!(
-            "this relay does not hold blob {id}"
+            "this relay does not hold blob {id} (if it was transferred to a peer, the copy \
+             there is not the uploader's to delete; it expires with the peer's retention)"
         ))),
         DeleteOutcome::NotOwner => Err(ApiError::not_owner()),
     }

@@ -90,6 +90,15 @@ impl ApiError {
             "only the key that uploaded this blob may delete it",
         )
     }
+    pub(crate) fn not_a_peer(key: &cairn_proto::VerifyingKey) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "not_a_peer",
+            format!(
+                "{key} is not on this relay's peer list; federation requests come from peers only"
+            ),
+        )
+    }
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }

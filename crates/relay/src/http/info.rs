@@ -28,7 +28,7 @@ pub(crate) fn current_info(app: &AppState) -> Result<(RelayInfo, SignedRecord), 
             pow_bits: app.pow_bits(),
             ..app.config.limits
         },
-        peers: app.config.peers.clone(),
+        peers: app.federation.peers.configured(),
         load_permille: u16::try_from(load).unwrap_or(1000),
         uptime_secs: app.started.elapsed().as_secs(),
     };
@@ -68,7 +68,46 @@ pub(crate) async fn well_known(State(app): State<AppState>) -> Result<Response, 
             "uptime_secs": info.uptime_secs,
             "blobs": app.store.usage().1,
             "draining": app.draining.load(Ordering::SeqCst),
-        }
+        },
+        "federation": federation_json(&app),
     });
     Ok(axum::Json(body).into_response())
+}
+
+/// The federation view of the info document: every peer with what it last
+/// said and its ledger account. Unsigned: the signed record vouches for the
+/// relay's own figures; these are its opinion of others.
+fn federation_json(app: &AppState) -> serde_json::Value {
+    let fed = &app.federation;
+    let ledger = fed.ledger.lock().ok();
+    let peers: Vec<_> = fed
+        .peers
+        .snapshot()
+        .into_iter()
+        .map(|p| {
+            let account = ledger
+                .as_ref()
+                .map(|l| l.account(&p.relay.key))
+                .unwrap_or_default();
+            json!({
+                "url": p.relay.url.as_str(),
+                "key": p.relay.key.to_string(),
+                "learned": p.learned,
+                "reachable": p.info.is_some() && p.last_error.is_none(),
+                "capacity_free": p.info.as_ref().map(|i| i.capacity_free),
+                "retention_secs": p.info.as_ref().map(|i| i.retention_secs),
+                "last_error": p.last_error,
+                "standing": account.standing(),
+                "ledger": account,
+            })
+        })
+        .collect();
+    drop(ledger);
+    json!({
+        "replicas": app.config.federation.replicas,
+        "high_water_permille": app.config.federation.high_water_permille,
+        "low_water_permille": app.config.federation.low_water_permille,
+        "forwarding_records": app.store.reader().forwards().unwrap_or(0),
+        "peers": peers,
+    })
 }

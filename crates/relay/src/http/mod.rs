@@ -5,6 +5,7 @@ mod auth;
 mod blobs;
 mod body;
 pub(crate) mod error;
+mod federation;
 mod heads;
 mod info;
 mod ops;
@@ -27,6 +28,7 @@ pub(crate) use self::auth::NonceCache;
 use self::error::ApiError;
 use crate::clock::Clock;
 use crate::config::RelayConfig;
+use crate::federation::Federation;
 use crate::limits::{RateLimiter, address_range};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
@@ -42,6 +44,7 @@ pub(crate) struct Shared {
     pub(crate) config: RelayConfig,
     pub(crate) clock: Clock,
     pub(crate) metrics: Metrics,
+    pub(crate) federation: Federation,
     pub(crate) nonces: NonceCache,
     pub(crate) key_limiter: RateLimiter<VerifyingKey>,
     pub(crate) addr_limiter: RateLimiter<IpAddr>,
@@ -79,13 +82,28 @@ impl Shared {
         }
     }
 
-    /// The configured peers as the JSON list `relay_full` bodies carry.
+    /// Peers whose latest info documents show room, as the JSON list
+    /// `relay_full` bodies carry: where a refused client can go instead.
     pub(crate) fn peers_json(&self) -> serde_json::Value {
-        self.config
-            .peers
+        self.federation
+            .peers_with_room(1)
             .iter()
-            .map(|p| serde_json::json!({"url": p.url.as_str(), "key": p.key.to_string()}))
+            .map(|p| {
+                serde_json::json!({
+                    "url": p.relay.url.as_str(),
+                    "key": p.relay.key.to_string(),
+                    "capacity_free": p.free(crate::federation::INFO_MAX_AGE_SECS),
+                })
+            })
             .collect()
+    }
+
+    /// Whether usage is above the high-water mark, where blobs start moving
+    /// to peers.
+    pub(crate) fn above_high_water(&self) -> bool {
+        let high =
+            self.store.capacity() / 1000 * u64::from(self.config.federation.high_water_permille);
+        self.store.usage().0 > high
     }
 
     pub(crate) fn gauges(&self) -> Gauges {
@@ -107,6 +125,7 @@ fn route_label(path: Option<&MatchedPath>) -> &'static str {
         Some("/v1/blobs/{id}") => "/v1/blobs/{id}",
         Some("/v1/heads/{mailbox}/{slot}") => "/v1/heads/{mailbox}/{slot}",
         Some("/v1/heads/{mailbox}") => "/v1/heads/{mailbox}",
+        Some("/v1/federation/reconcile") => "/v1/federation/reconcile",
         Some("/.well-known/cairn-relay") => "/.well-known/cairn-relay",
         Some("/metrics") => "/metrics",
         Some("/health") => "/health",
@@ -172,6 +191,10 @@ pub(crate) fn router(app: AppState) -> Router {
         .route(
             "/v1/heads/{mailbox}",
             get(heads::list_heads).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/federation/reconcile",
+            axum::routing::post(federation::reconcile).fallback(method_not_allowed),
         )
         .route(
             "/.well-known/cairn-relay",

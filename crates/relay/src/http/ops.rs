@@ -22,12 +22,15 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
 }
 
 pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
+    let mut text = app.metrics.render(&app.gauges());
+    let forwards = app.store.reader().forwards().unwrap_or(0);
+    app.federation.render_metrics(&mut text, forwards);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(&app.gauges()),
+        text,
     )
         .into_response()
 }

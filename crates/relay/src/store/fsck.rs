@@ -9,7 +9,8 @@ use redb::ReadableTable as _;
 
 use super::files::{BlobFiles, fsync_dir, hash_file};
 use super::index::{
-    BLOBS, BY_ACCESS, BlobMeta, INLINE, OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, INLINE, OWNERS, PENDING_UNLINK,
+    SOURCES, STAT_BLOBS, STAT_BYTES, STATS,
 };
 use super::{StoreError, open_db};
 
@@ -104,6 +105,8 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
         let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
         let mut inline = txn.open_table(INLINE).map_err(redb::Error::from)?;
         let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
+        let mut sources = txn.open_table(SOURCES).map_err(redb::Error::from)?;
+        let mut blob_sources = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
         let pending_ids: std::collections::HashSet<BlobId> = pending
             .iter()
             .map_err(redb::Error::from)?
@@ -157,6 +160,21 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                         by_access
                             .remove((meta.last_access, *id.as_bytes()))
                             .map_err(redb::Error::from)?;
+                        // Its sources go too: reconciliation must not count
+                        // a replica the relay no longer has.
+                        let raw = *id.as_bytes();
+                        let held_from: Vec<[u8; 32]> = blob_sources
+                            .range((raw, [0u8; 32])..=(raw, [0xff; 32]))
+                            .map_err(redb::Error::from)?
+                            .map(|row| row.map(|(k, _)| k.value().1))
+                            .collect::<Result<_, _>>()
+                            .map_err(redb::Error::from)?;
+                        for source in held_from {
+                            blob_sources
+                                .remove((raw, source))
+                                .map_err(redb::Error::from)?;
+                            sources.remove((source, raw)).map_err(redb::Error::from)?;
+                        }
                     }
                 }
                 Some(size) if *size != meta.size => {
@@ -195,6 +213,14 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                     };
                     blobs
                         .insert(id.as_bytes(), meta.encode())
+                        .map_err(redb::Error::from)?;
+                    // Who gave it is lost; counted as the relay's own, so
+                    // it is replicated like any client upload.
+                    sources
+                        .insert((CLIENT_SOURCE, *id.as_bytes()), ())
+                        .map_err(redb::Error::from)?;
+                    blob_sources
+                        .insert((*id.as_bytes(), CLIENT_SOURCE), ())
                         .map_err(redb::Error::from)?;
                     by_access
                         .insert((now, *id.as_bytes()), ())

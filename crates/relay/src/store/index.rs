@@ -4,7 +4,9 @@
 //! migration, never a silent reinterpretation of old bytes.
 
 use cairn_proto::{BlobId, Slot, VerifyingKey};
-use redb::{ReadableDatabase as _, TableDefinition};
+use redb::{
+    ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+};
 
 use super::StoreError;
 
@@ -41,6 +43,39 @@ pub(crate) type HeadsValue = (u64, u64, &'static [u8]);
 /// GC reads exactly the expired prefix, as for blobs.
 pub(crate) const HEADS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32], &str), ()> =
     TableDefinition::new("heads_by_access_v1");
+
+/// (source, blob id) → (): why the relay holds each blob. The source is
+/// [`CLIENT_SOURCE`] for a blob a client uploaded (the relay's own, which it
+/// replicates) or the key of the peer relay that pushed or transferred it.
+/// Rows sort by source, so each source's ids are one contiguous, sorted
+/// range: exactly the set that reconciliation with that peer compares.
+pub(crate) const SOURCES: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
+    TableDefinition::new("sources_v1");
+/// (blob id, source) → (): the same rows the other way round, so that
+/// removing a blob finds its sources without a scan.
+pub(crate) const BLOB_SOURCES: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
+    TableDefinition::new("blob_sources_v1");
+/// Blob id → (peer key, last access, peer URL): blobs whose responsibility
+/// passed to a peer with a verified receipt; requests for them are
+/// redirected there.
+pub(crate) const FORWARDS: TableDefinition<'_, [u8; 32], ForwardValue> =
+    TableDefinition::new("forwards_v1");
+/// The value type of [`FORWARDS`].
+pub(crate) type ForwardValue = ([u8; 32], u64, &'static str);
+/// (last access, blob id) → (): forwarding records by last access, for GC.
+pub(crate) const FORWARDS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
+    TableDefinition::new("forwards_by_access_v1");
+
+/// The source of blobs uploaded by clients: all zeros, which is never a
+/// valid (peer) key.
+pub(crate) const CLIENT_SOURCE: [u8; 32] = [0; 32];
+
+/// Where responsibility for a blob went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Forward {
+    pub(crate) peer: VerifyingKey,
+    pub(crate) url: String,
+}
 
 pub(crate) const STAT_BYTES: &str = "bytes";
 pub(crate) const STAT_BLOBS: &str = "blobs";
@@ -159,6 +194,66 @@ impl IndexReader {
                 .map_or(0, |v| v.value()))
         };
         Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?, get(STAT_HEADS)?))
+    }
+
+    /// The ids held from `source`, sorted ([`CLIENT_SOURCE`] for the
+    /// relay's own).
+    pub(crate) fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(SOURCES).map_err(redb::Error::from)?;
+        let mut out = Vec::new();
+        for row in table
+            .range((source, [0u8; 32])..=(source, [0xff; 32]))
+            .map_err(redb::Error::from)?
+        {
+            let (k, _) = row.map_err(redb::Error::from)?;
+            out.push(BlobId::from_bytes(k.value().1));
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` blobs in order of last access, oldest first, with their
+    /// sizes: the candidates for transfer when the relay is full.
+    pub(crate) fn least_recently_used(&self, max: usize) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let by_access = txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
+        let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        let mut out = Vec::with_capacity(max);
+        for row in by_access.iter().map_err(redb::Error::from)?.take(max) {
+            let (k, _) = row.map_err(redb::Error::from)?;
+            let raw = k.value().1;
+            if let Some(meta) = blobs.get(raw).map_err(redb::Error::from)? {
+                out.push((
+                    BlobId::from_bytes(raw),
+                    BlobMeta::decode(&meta.value()).size,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where `id` was transferred, if it was.
+    pub(crate) fn forward(&self, id: &BlobId) -> Result<Option<Forward>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(FORWARDS).map_err(redb::Error::from)?;
+        let Some(row) = table.get(id.as_bytes()).map_err(redb::Error::from)? else {
+            return Ok(None);
+        };
+        let (peer, _, url) = row.value();
+        let peer = VerifyingKey::from_bytes(&peer).map_err(|e| {
+            StoreError::Failed(format!("a forwarding record's key is invalid: {e}"))
+        })?;
+        Ok(Some(Forward {
+            peer,
+            url: url.to_owned(),
+        }))
+    }
+
+    /// How many forwarding records the relay keeps.
+    pub(crate) fn forwards(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(FORWARDS).map_err(redb::Error::from)?;
+        Ok(table.len().map_err(redb::Error::from)?)
     }
 
     /// The stored envelope of the head in `key`'s slot, if any.

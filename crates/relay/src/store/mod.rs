@@ -73,8 +73,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOBS, BY_ACCESS, HEADS, HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, OWNERS, PENDING_UNLINK,
-    STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, HEADS, HEADS_BY_ACCESS, HeadKey,
+    INLINE, IndexReader, OWNERS, PENDING_UNLINK, SOURCES, STATS,
 };
 
 /// Blobs of at most this many bytes are stored inside the index rather than
@@ -123,6 +123,34 @@ impl StoreError {
 impl From<redb::Error> for StoreError {
     fn from(err: redb::Error) -> Self {
         Self::Db(err)
+    }
+}
+
+/// Who handed the relay a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A client, whose upload key owns the blob and pays from its quota.
+    /// The relay replicates these blobs to its peers.
+    Client(VerifyingKey),
+    /// A peer relay that replicated or transferred it. Peers are exempt from
+    /// per-key quotas (the operator chose them) but not from capacity.
+    Peer(VerifyingKey),
+}
+
+impl Source {
+    /// The key recorded as the blob's owner.
+    pub(crate) fn owner(self) -> VerifyingKey {
+        match self {
+            Self::Client(key) | Self::Peer(key) => key,
+        }
+    }
+
+    /// The first part of the blob's row in the sources table.
+    pub(crate) fn row_key(self) -> [u8; 32] {
+        match self {
+            Self::Client(_) => index::CLIENT_SOURCE,
+            Self::Peer(key) => key.to_bytes(),
+        }
     }
 }
 
@@ -217,6 +245,11 @@ pub(crate) fn open_db(data_dir: &Path) -> Result<redb::Database, StoreError> {
     txn.open_table(INLINE).map_err(redb::Error::from)?;
     txn.open_table(HEADS).map_err(redb::Error::from)?;
     txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?;
+    txn.open_table(SOURCES).map_err(redb::Error::from)?;
+    txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
+    txn.open_table(FORWARDS).map_err(redb::Error::from)?;
+    txn.open_table(FORWARDS_BY_ACCESS)
+        .map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
     Ok(db)
 }
@@ -377,18 +410,49 @@ impl Store {
         staged: Staged,
         id: BlobId,
         size: u64,
-        owner: VerifyingKey,
+        source: Source,
         now: u64,
     ) -> Result<InsertOutcome, StoreError> {
         self.send(|reply| WriteOp::Insert {
             staged,
             id,
             size,
-            owner,
+            source,
             now,
             reply,
         })
         .await
+    }
+
+    /// Drops the body of `id` (if it still has `size` bytes) and records
+    /// that `peer` at `url` answers for it now; false if the blob is gone or
+    /// changed meanwhile. Called only with a verified transfer receipt.
+    pub(crate) async fn forward(
+        &self,
+        id: BlobId,
+        size: u64,
+        forward: index::Forward,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.send(|reply| WriteOp::Forward {
+            id,
+            size,
+            forward,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes up to `max` forwarding records last used before `cutoff`,
+    /// returning how many.
+    pub(crate) async fn collect_forwards(
+        &self,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        self.send(|reply| WriteOp::CollectForwards { cutoff, max, reply })
+            .await
     }
 
     /// Deletes blob `id` if `owner` owns it.
@@ -468,15 +532,23 @@ impl Store {
             .await
     }
 
-    /// Records an access to `id` durably, now; false if the store does not
-    /// hold it. Used where a client is told "already stored": that answer
-    /// must not be undone by a GC pass that ran on an older access time.
-    pub(crate) async fn touch_now(&self, id: BlobId, now: u64) -> Result<bool, StoreError> {
-        let accesses = vec![(id, now)];
-        let held = self
-            .send(|reply| WriteOp::Touch { accesses, reply })
-            .await?;
-        Ok(held > 0)
+    /// Records durably, now, an access to `id` and that `source` handed
+    /// it over; its size, or `None` if the store does not hold it. Used
+    /// where an uploader is told "already stored": that answer must not be
+    /// undone by a GC pass that ran on an older access time.
+    pub(crate) async fn claim(
+        &self,
+        id: BlobId,
+        source: Source,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.send(|reply| WriteOp::Claim {
+            id,
+            source,
+            now,
+            reply,
+        })
+        .await
     }
 
     /// Deletes up to `max` blobs last accessed before `cutoff`, returning

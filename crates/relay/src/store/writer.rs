@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::BlobCache;
 use super::files::BlobFiles;
 use super::index::{
-    BLOBS, BY_ACCESS, BlobMeta, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE,
-    OWNERS, PENDING_UNLINK, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, FORWARDS, FORWARDS_BY_ACCESS, Forward, ForwardValue,
+    HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES,
+    STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
 };
 use super::{
-    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Staged,
+    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source, Staged,
     StoreError, StoreStats,
 };
 
@@ -43,9 +44,32 @@ pub(crate) enum WriteOp {
         staged: Staged,
         id: BlobId,
         size: u64,
-        owner: VerifyingKey,
+        source: Source,
         now: u64,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// Drops a transferred blob's body and keeps a forwarding record, in one
+    /// transaction.
+    Forward {
+        id: BlobId,
+        size: u64,
+        forward: Forward,
+        now: u64,
+        /// False if the blob was not held (or had another size).
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Touches a held blob and adds a source to it.
+    Claim {
+        id: BlobId,
+        source: Source,
+        now: u64,
+        /// The blob's size, or `None` if it is not held.
+        reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    CollectForwards {
+        cutoff: u64,
+        max: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     Delete {
         id: BlobId,
@@ -95,6 +119,11 @@ enum Reply {
         DeleteOutcome,
     ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
+    Flag(oneshot::Sender<Result<bool, StoreError>>, bool),
+    Size(
+        oneshot::Sender<Result<Option<u64>, StoreError>>,
+        Option<u64>,
+    ),
     Collect(
         oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
         Vec<(BlobId, u64)>,
@@ -113,6 +142,8 @@ impl Reply {
             Self::Insert(tx, v) => drop(tx.send(Ok(v))),
             Self::Delete(tx, v) => drop(tx.send(Ok(v))),
             Self::Count(tx, n) => drop(tx.send(Ok(n))),
+            Self::Flag(tx, b) => drop(tx.send(Ok(b))),
+            Self::Size(tx, n) => drop(tx.send(Ok(n))),
             Self::Collect(tx, v) => drop(tx.send(Ok(v))),
             Self::PutHead(tx, v) => drop(tx.send(Ok(v))),
         }
@@ -123,6 +154,8 @@ impl Reply {
             Self::Insert(tx, _) => drop(tx.send(Err(err))),
             Self::Delete(tx, _) => drop(tx.send(Err(err))),
             Self::Count(tx, _) => drop(tx.send(Err(err))),
+            Self::Flag(tx, _) => drop(tx.send(Err(err))),
+            Self::Size(tx, _) => drop(tx.send(Err(err))),
             Self::Collect(tx, _) => drop(tx.send(Err(err))),
             Self::PutHead(tx, _) => drop(tx.send(Err(err))),
         }
@@ -140,7 +173,10 @@ fn fail_op(op: WriteOp, err: StoreError) {
         WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Touch { reply, .. }
         | WriteOp::TouchHeads { reply, .. }
-        | WriteOp::CollectHeads { reply, .. } => drop(reply.send(Err(err))),
+        | WriteOp::CollectHeads { reply, .. }
+        | WriteOp::CollectForwards { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Forward { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Claim { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::PutHead { reply, .. } => drop(reply.send(Err(err))),
     }
@@ -228,16 +264,20 @@ impl Writer {
                         staged,
                         id,
                         size,
-                        owner,
+                        source,
                         now,
                         reply,
                     } => {
+                        let owner = source.owner();
+                        let quota_applies =
+                            self.key_quota > 0 && matches!(source, Source::Client(_));
                         let refused = if let Some(mut meta) = t.meta(&id)? {
                             t.touch(&id, &mut meta, now)?;
+                            t.add_source(&id, source)?;
                             Some(InsertOutcome::AlreadyHeld)
                         } else if t.bytes.saturating_add(size) > self.capacity {
                             Some(InsertOutcome::RelayFull)
-                        } else if self.key_quota > 0
+                        } else if quota_applies
                             && t.owner_usage(&owner)?.saturating_add(size) > self.key_quota
                         {
                             Some(InsertOutcome::QuotaExceeded)
@@ -283,6 +323,8 @@ impl Writer {
                             }
                             unlink.remove(&id);
                             t.insert(&id, size, owner, now)?;
+                            t.add_source(&id, source)?;
+                            t.drop_forward(&id)?;
                             InsertOutcome::Stored
                         };
                         replies.push(Reply::Insert(reply, outcome));
@@ -308,9 +350,54 @@ impl Writer {
                             if let Some(mut meta) = t.meta(&id)? {
                                 t.touch(&id, &mut meta, at)?;
                                 held += 1;
+                            } else {
+                                // A redirect is an access to the forwarding
+                                // record, which lives as long as it is used.
+                                t.touch_forward(&id, at)?;
                             }
                         }
                         replies.push(Reply::Count(reply, held));
+                    }
+                    WriteOp::Forward {
+                        id,
+                        size,
+                        forward,
+                        now,
+                        reply,
+                    } => {
+                        let done = match t.meta(&id)? {
+                            Some(meta) if meta.size == size => {
+                                if t.remove(&id, &meta)? {
+                                    unlink.insert(id);
+                                } else {
+                                    deleted_inline = true;
+                                }
+                                t.put_forward(&id, &forward, now)?;
+                                true
+                            }
+                            _ => false,
+                        };
+                        replies.push(Reply::Flag(reply, done));
+                    }
+                    WriteOp::Claim {
+                        id,
+                        source,
+                        now,
+                        reply,
+                    } => {
+                        let size = match t.meta(&id)? {
+                            Some(mut meta) => {
+                                t.touch(&id, &mut meta, now)?;
+                                t.add_source(&id, source)?;
+                                Some(meta.size)
+                            }
+                            None => None,
+                        };
+                        replies.push(Reply::Size(reply, size));
+                    }
+                    WriteOp::CollectForwards { cutoff, max, reply } => {
+                        let deleted = t.collect_forwards(cutoff, max)?;
+                        replies.push(Reply::Count(reply, deleted));
                     }
                     WriteOp::Collect { cutoff, max, reply } => {
                         let expired: Vec<(u64, [u8; 32])> = t
@@ -417,6 +504,10 @@ struct Tables<'txn> {
     stats: redb::Table<'txn, &'static str, u64>,
     heads: redb::Table<'txn, HeadsKey, HeadsValue>,
     heads_by_access: redb::Table<'txn, (u64, [u8; 32], &'static str), ()>,
+    sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    blob_sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    forwards: redb::Table<'txn, [u8; 32], ForwardValue>,
+    forwards_by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
     bytes: u64,
     count: u64,
     head_count: u64,
@@ -441,6 +532,12 @@ impl<'txn> Tables<'txn> {
             stats,
             heads: txn.open_table(HEADS).map_err(redb::Error::from)?,
             heads_by_access: txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?,
+            sources: txn.open_table(SOURCES).map_err(redb::Error::from)?,
+            blob_sources: txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?,
+            forwards: txn.open_table(FORWARDS).map_err(redb::Error::from)?,
+            forwards_by_access: txn
+                .open_table(FORWARDS_BY_ACCESS)
+                .map_err(redb::Error::from)?,
             bytes,
             count,
             head_count,
@@ -544,6 +641,7 @@ impl<'txn> Tables<'txn> {
         }
         self.bytes = self.bytes.saturating_sub(meta.size);
         self.count = self.count.saturating_sub(1);
+        self.drop_sources(id)?;
         if self
             .inline
             .remove(id.as_bytes())
@@ -556,6 +654,117 @@ impl<'txn> Tables<'txn> {
             .insert(id.as_bytes(), ())
             .map_err(redb::Error::from)?;
         Ok(true)
+    }
+
+    /// Notes that `source` handed the relay `id` (a no-op if it had).
+    fn add_source(&mut self, id: &BlobId, source: Source) -> Result<(), StoreError> {
+        let (id, source) = (*id.as_bytes(), source.row_key());
+        self.sources
+            .insert((source, id), ())
+            .map_err(redb::Error::from)?;
+        self.blob_sources
+            .insert((id, source), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Forgets every source of `id`.
+    fn drop_sources(&mut self, id: &BlobId) -> Result<(), StoreError> {
+        let id = *id.as_bytes();
+        let sources: Vec<[u8; 32]> = self
+            .blob_sources
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+            .map(|row| row.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for source in sources {
+            self.blob_sources
+                .remove((id, source))
+                .map_err(redb::Error::from)?;
+            self.sources
+                .remove((source, id))
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Records that `forward` answers for `id` from `now` on.
+    fn put_forward(&mut self, id: &BlobId, forward: &Forward, now: u64) -> Result<(), StoreError> {
+        self.drop_forward(id)?;
+        self.forwards
+            .insert(
+                id.as_bytes(),
+                (forward.peer.to_bytes(), now, forward.url.as_str()),
+            )
+            .map_err(redb::Error::from)?;
+        self.forwards_by_access
+            .insert((now, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Removes the forwarding record of `id`, if any (the relay holds the
+    /// blob again, or the record expired).
+    fn drop_forward(&mut self, id: &BlobId) -> Result<(), StoreError> {
+        let old = self
+            .forwards
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|row| row.value().1);
+        if let Some(at) = old {
+            self.forwards_by_access
+                .remove((at, *id.as_bytes()))
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the forwarding record of `id` (if any) to last access `at`.
+    fn touch_forward(&mut self, id: &BlobId, at: u64) -> Result<(), StoreError> {
+        let old = self
+            .forwards
+            .get(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|row| {
+                let (peer, last, url) = row.value();
+                (peer, last, url.to_owned())
+            });
+        let Some((peer, last, url)) = old else {
+            return Ok(());
+        };
+        if at <= last {
+            return Ok(());
+        }
+        self.forwards_by_access
+            .remove((last, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        self.forwards
+            .insert(id.as_bytes(), (peer, at, url.as_str()))
+            .map_err(redb::Error::from)?;
+        self.forwards_by_access
+            .insert((at, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Deletes up to `max` forwarding records last used before `cutoff`.
+    fn collect_forwards(&mut self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let expired: Vec<(u64, [u8; 32])> = self
+            .forwards_by_access
+            .range(..(cutoff, [0u8; 32]))
+            .map_err(redb::Error::from)?
+            .take(max)
+            .map(|row| row.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for (at, id) in &expired {
+            self.forwards_by_access
+                .remove((*at, *id))
+                .map_err(redb::Error::from)?;
+            self.forwards.remove(id).map_err(redb::Error::from)?;
+        }
+        Ok(expired.len())
     }
 
     /// (seq, last access, envelope) of the head in a slot.

@@ -1,0 +1,260 @@
+//! Outgoing relay-to-relay requests, each signed with this relay's key.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_proto::{
+    AuthToken, BlobId, Method, Nonce, RelayRef, RequestPath, SignedRecord, SigningKey, Timestamp,
+    TokenTarget, TransferReceipt, VerifyingKey,
+};
+use reqwest::StatusCode;
+
+use super::FederationError;
+use super::peers::{PeerInfo, verify_info};
+
+/// Lifetime of the tokens this relay signs for its peers.
+const TOKEN_LIFETIME_SECS: u64 = 300;
+/// Longest answer accepted for an info document.
+const MAX_INFO_BYTES: usize = 64 * 1024;
+
+/// The path of the reconciliation endpoint.
+pub(crate) const RECONCILE_PATH: &str = "/v1/federation/reconcile";
+
+/// A blob's bytes on their way to a peer.
+pub(crate) enum Outgoing {
+    Bytes(Bytes),
+    File(std::fs::File),
+}
+
+/// An HTTP client for peers: never follows redirects (a peer answers for
+/// itself), times out idle connections.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerClient {
+    http: reqwest::Client,
+}
+
+impl PeerClient {
+    pub(crate) fn new() -> Result<Self, reqwest::Error> {
+        // Peers may serve HTTPS; rustls needs a process-wide provider.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self { http })
+    }
+
+    /// A token for `method` on `target` at `audience`, signed by `key`.
+    pub(crate) fn token(
+        key: &SigningKey,
+        audience: VerifyingKey,
+        method: Method,
+        target: TokenTarget,
+        now: u64,
+    ) -> Result<String, FederationError> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| FederationError::Local(e.to_string()))?;
+        let token = AuthToken {
+            audience,
+            method,
+            target,
+            expires_at: Timestamp(now + TOKEN_LIFETIME_SECS),
+            nonce: Nonce(nonce),
+            stamp: 0,
+        };
+        let envelope = SignedRecord::sign(&token, key)
+            .map_err(|e| FederationError::Local(format!("cannot sign a token: {e}")))?;
+        Ok(format!("Cairn {}", envelope.to_base64url()))
+    }
+
+    /// Fetches and verifies `peer`'s info document.
+    pub(crate) async fn info(&self, peer: &RelayRef) -> Result<PeerInfo, String> {
+        let url = format!("{}/.well-known/cairn-relay", peer.url.as_str());
+        let response = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("info document answered {}", response.status()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("info document cut off: {e}"))?;
+        if body.len() > MAX_INFO_BYTES {
+            return Err("info document too large".into());
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("info document is not JSON: {e}"))?;
+        let record = json
+            .get("record")
+            .and_then(serde_json::Value::as_str)
+            .ok_or("info document has no record")?;
+        verify_info(&peer.key, record)
+    }
+
+    /// Uploads blob `id` (`size` bytes) to `peer` and returns the receipt,
+    /// checked: signed by the peer, for this blob and size, naming `me` as
+    /// the sender.
+    pub(crate) async fn push(
+        &self,
+        key: &SigningKey,
+        peer: &RelayRef,
+        id: BlobId,
+        size: u64,
+        body: Outgoing,
+        now: u64,
+    ) -> Result<TransferReceipt, FederationError> {
+        let auth = Self::token(key, peer.key, Method::Put, TokenTarget::Blob(id), now)?;
+        let body = match body {
+            Outgoing::Bytes(bytes) => reqwest::Body::from(bytes),
+            Outgoing::File(file) => {
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(file),
+                    256 * 1024,
+                ))
+            }
+        };
+        let response = self
+            .http
+            .put(format!("{}/v1/blobs/{id}", peer.url.as_str()))
+            .header("authorization", auth)
+            .header("content-length", size)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let json: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(refused(status, &json));
+        }
+        let record = json
+            .get("receipt")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| FederationError::BadReceipt("the answer carries no receipt".into()))?;
+        check_receipt(record, &peer.key, &key.verifying_key(), id, size)
+    }
+
+    /// Reads `start..start+len` of blob `id` from `peer`, without following
+    /// redirects: the peer must hold the bytes itself.
+    pub(crate) async fn read_range(
+        &self,
+        peer: &RelayRef,
+        id: BlobId,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, FederationError> {
+        let end = start + len.max(1) - 1;
+        let response = self
+            .http
+            .get(format!("{}/v1/blobs/{id}", peer.url.as_str()))
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await?;
+        let status = response.status();
+        if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
+            return Err(FederationError::CheckFailed(format!(
+                "asked for bytes {start}-{end}, the peer answered {status}"
+            )));
+        }
+        let bytes = response.bytes().await?;
+        if status == StatusCode::OK {
+            // A peer that ignores Range sends everything: slice it here.
+            let from = usize::try_from(start).unwrap_or(usize::MAX);
+            let to = usize::try_from(end + 1).unwrap_or(usize::MAX);
+            return bytes
+                .get(from..to.min(bytes.len()))
+                .map(Bytes::copy_from_slice)
+                .ok_or_else(|| {
+                    FederationError::CheckFailed("the peer's copy is shorter than receipted".into())
+                });
+        }
+        Ok(bytes)
+    }
+
+    /// Sends one reconciliation message to `peer` and returns its answer.
+    pub(crate) async fn reconcile(
+        &self,
+        key: &SigningKey,
+        peer: &RelayRef,
+        message: Vec<u8>,
+        now: u64,
+    ) -> Result<Bytes, FederationError> {
+        let path =
+            RequestPath::new(RECONCILE_PATH).map_err(|e| FederationError::Local(e.to_string()))?;
+        let auth = Self::token(key, peer.key, Method::Post, TokenTarget::Path(path), now)?;
+        let response = self
+            .http
+            .post(format!("{}{RECONCILE_PATH}", peer.url.as_str()))
+            .header("authorization", auth)
+            .header("content-type", "application/octet-stream")
+            .body(message)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            let json: serde_json::Value = response.json().await.unwrap_or_default();
+            return Err(refused(status, &json));
+        }
+        let bytes = response.bytes().await?;
+        if bytes.len() > cairn_proto::reconcile::MAX_MESSAGE_LEN {
+            return Err(FederationError::Reconcile(
+                "the peer's message is too long".into(),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+fn refused(status: StatusCode, json: &serde_json::Value) -> FederationError {
+    let field = |name: &str| {
+        json.pointer(&format!("/error/{name}"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    FederationError::Refused {
+        status: status.as_u16(),
+        code: field("code"),
+        message: field("message"),
+    }
+}
+
+/// Decodes and checks a receipt from `peer` for blob `id` of `size` bytes
+/// sent by `me`.
+pub(crate) fn check_receipt(
+    record: &str,
+    peer: &VerifyingKey,
+    me: &VerifyingKey,
+    id: BlobId,
+    size: u64,
+) -> Result<TransferReceipt, FederationError> {
+    let bad = |reason: String| FederationError::BadReceipt(reason);
+    let envelope =
+        SignedRecord::from_base64url(record).map_err(|e| bad(format!("does not decode: {e}")))?;
+    let verified = envelope
+        .verify::<TransferReceipt>()
+        .map_err(|e| bad(format!("does not verify: {e}")))?;
+    if verified.signer() != peer {
+        return Err(bad(format!(
+            "signed by {}, not the peer",
+            verified.signer()
+        )));
+    }
+    let receipt = verified.record().clone();
+    if &receipt.sender != me {
+        return Err(bad("names another relay as the sender".into()));
+    }
+    if receipt.blob != id || receipt.size != size {
+        return Err(bad(format!(
+            "is for blob {} of {} bytes, not {id} of {size}",
+            receipt.blob, receipt.size
+        )));
+    }
+    Ok(receipt)
+}

@@ -1,0 +1,273 @@
+//! Replication: every blob a client hands this relay is pushed, in the
+//! background, to `replicas` peers chosen per blob.
+//!
+//! The choice is weighted rendezvous hashing over the configured peers:
+//! each peer's weight is its standing in the ledger, so peers that
+//! reciprocate get more, and the choice for a blob stays put while the peer
+//! set does. Pushes retry with backoff; whatever still fails is found again
+//! by the next reconciliation round, so the queue may drop work under
+//! pressure without losing any.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cairn_proto::{BlobId, TransferReceipt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::client::Outgoing;
+use super::{FederationError, Peer};
+use crate::http::AppState;
+use crate::store::index::Location;
+
+/// Delays before the second, third and fourth attempt at a push.
+const BACKOFF: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+];
+/// Blobs replicated at once.
+const CONCURRENT_PUSHES: usize = 4;
+
+/// A blob a client just stored here.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NewBlob {
+    pub(crate) id: BlobId,
+    pub(crate) accepted: Instant,
+}
+
+/// The configured peers that should hold a replica of `id`, at most
+/// `replicas` of them.
+pub(crate) fn designated(app: &AppState, id: &BlobId) -> Vec<Peer> {
+    let candidates = Candidates::now(app);
+    candidates
+        .for_blob(id)
+        .into_iter()
+        .map(|i| candidates.peers[i].0.clone())
+        .collect()
+}
+
+/// The configured peers with their weights, fixed for a run of choices.
+pub(crate) struct Candidates {
+    pub(crate) peers: Vec<(Peer, f64)>,
+    replicas: usize,
+}
+
+impl Candidates {
+    pub(crate) fn now(app: &AppState) -> Self {
+        let peers = app
+            .federation
+            .peers
+            .snapshot()
+            .into_iter()
+            .filter(|p| !p.learned)
+            .map(|p| {
+                let weight = app.federation.standing(&p.relay.key);
+                (p, weight)
+            })
+            .collect();
+        Self {
+            peers,
+            replicas: app.config.federation.replicas,
+        }
+    }
+
+    /// Indexes into `peers` of those chosen for `id`, best first.
+    pub(crate) fn for_blob(&self, id: &BlobId) -> Vec<usize> {
+        let mut scored: Vec<(f64, usize)> = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, (p, weight))| (rendezvous_score(id, &p.relay.key, *weight), i))
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .take(self.replicas)
+            .map(|(_, i)| i)
+            .collect()
+    }
+}
+
+/// Weighted rendezvous hashing: `-weight / ln(u)` for a uniform `u` in
+/// (0, 1) drawn from the blob and the peer, so each peer's share of blobs
+/// grows with its weight.
+fn rendezvous_score(id: &BlobId, peer: &cairn_proto::VerifyingKey, weight: f64) -> f64 {
+    let mut hasher = blake3::Hasher::new_derive_key("cairn/v1 replica placement");
+    hasher.update(id.as_bytes());
+    hasher.update(&peer.to_bytes());
+    let mut eight = [0u8; 8];
+    eight.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    // 53 bits of mantissa, shifted off zero so the logarithm is finite.
+    let u = ((u64::from_le_bytes(eight) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -weight / u.ln()
+}
+
+/// Opens blob `id` for sending, with its size; `None` if it is not held.
+pub(crate) fn open_local(
+    app: &AppState,
+    id: &BlobId,
+) -> Result<Option<(Outgoing, u64)>, crate::store::StoreError> {
+    let io = |e| crate::store::StoreError::io("open blob for a peer", e);
+    match app.store.reader().locate(id)? {
+        None => Ok(None),
+        Some(Location::Inline(bytes)) => {
+            let size = bytes.len() as u64;
+            Ok(Some((Outgoing::Bytes(bytes.into()), size)))
+        }
+        Some(Location::File) => match std::fs::File::open(app.store.path(id)) {
+            Ok(file) => {
+                let size = file.metadata().map_err(io)?.len();
+                Ok(Some((Outgoing::File(file), size)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(e)),
+        },
+    }
+}
+
+/// Pushes blob `id` to `peer` once, updating the ledger; the receipt is
+/// checked. `Ok(None)` if this relay no longer holds the blob.
+pub(crate) async fn push(
+    app: &AppState,
+    peer: &Peer,
+    id: BlobId,
+) -> Result<Option<TransferReceipt>, FederationError> {
+    let opened = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || open_local(&app, &id))
+            .await
+            .map_err(|e| FederationError::Local(e.to_string()))??
+    };
+    let Some((body, size)) = opened else {
+        return Ok(None);
+    };
+    let receipt = app
+        .federation
+        .client
+        .push(&app.key, &peer.relay, id, size, body, app.now())
+        .await?;
+    app.federation.account(&peer.relay.key, |a| {
+        a.bytes_sent += size;
+        a.stored_by_peer += size;
+    });
+    Ok(Some(receipt))
+}
+
+/// Pushes with retries and backoff; gives up (leaving it to
+/// reconciliation) after the last attempt.
+async fn push_with_retries(
+    app: &AppState,
+    peer: &Peer,
+    id: BlobId,
+    cancel: &CancellationToken,
+) -> bool {
+    for attempt in 0..=BACKOFF.len() {
+        match push(app, peer, id).await {
+            Ok(_) => {
+                app.federation
+                    .metrics
+                    .replicas_pushed
+                    .fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(e) => {
+                app.federation
+                    .metrics
+                    .replica_push_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer.relay.key, blob = %id, attempt, error = %e, "replication push failed");
+                // A refusal by policy (full, not a peer) will not change
+                // in seconds; reconciliation tries again later.
+                if matches!(&e, FederationError::Refused { status, .. } if *status != 429 && *status != 503)
+                {
+                    return false;
+                }
+            }
+        }
+        let Some(delay) = BACKOFF.get(attempt) else {
+            break;
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = tokio::time::sleep(*delay) => {}
+        }
+    }
+    false
+}
+
+/// Replicates queued blobs until `cancel`.
+pub(crate) async fn run_replication(
+    app: AppState,
+    mut rx: mpsc::Receiver<NewBlob>,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_PUSHES));
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let blob = tokio::select! {
+            () = cancel.cancelled() => break,
+            blob = rx.recv() => match blob {
+                Some(blob) => blob,
+                None => break,
+            },
+        };
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (app, cancel) = (app.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            let peers = designated(&app, &blob.id);
+            // At once: a peer that is down and being retried must not hold
+            // up the others.
+            let pushes = peers
+                .iter()
+                .map(|peer| push_with_retries(&app, peer, blob.id, &cancel));
+            let all = futures_util::future::join_all(pushes)
+                .await
+                .into_iter()
+                .all(|ok| ok);
+            if all && !peers.is_empty() {
+                let lag = u64::try_from(blob.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+                app.federation
+                    .metrics
+                    .replication_lag_ms
+                    .store(lag, Ordering::Relaxed);
+            }
+            app.federation
+                .metrics
+                .replication_queued
+                .fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_blobs_and_favours_weight() {
+        let peers: Vec<_> = (1..=3u8)
+            .map(|n| cairn_proto::SigningKey::from_seed(&[n; 32]).verifying_key())
+            .collect();
+        let mut wins = [0u32; 3];
+        for n in 0..3000u32 {
+            let id = BlobId::of(&n.to_le_bytes());
+            let weights = [1.0, 1.0, 3.0];
+            let best = (0..3)
+                .max_by(|&a, &b| {
+                    rendezvous_score(&id, &peers[a], weights[a])
+                        .total_cmp(&rendezvous_score(&id, &peers[b], weights[b]))
+                })
+                .unwrap();
+            wins[best] += 1;
+        }
+        // Weight 3 against 1 and 1: about 60% against 20% and 20%.
+        assert!(wins[2] > 1500 && wins[0] > 400 && wins[1] > 400, "{wins:?}");
+    }
+}

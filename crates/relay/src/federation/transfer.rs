@@ -1,0 +1,195 @@
+//! Transfer of responsibility: above its high-water mark a relay hands its
+//! least recently used blobs to peers with room, until it is below its
+//! low-water mark.
+//!
+//! For each blob: stream it to a peer whose fresh, signed info document
+//! shows room; check the peer's signed receipt; read back random slices of
+//! the blob from the peer and compare them with the local copy; only then
+//! drop the body, in the same transaction that writes the forwarding record
+//! behind later 307 redirects. A peer that receipts a blob and cannot
+//! produce it loses standing and is not trusted with that blob; the local
+//! copy stays.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use cairn_proto::BlobId;
+
+use super::{FederationError, Peer};
+use crate::http::AppState;
+use crate::store::index::{Forward, Location};
+
+/// Blobs looked at per batch.
+const BATCH: usize = 64;
+/// Random slices read back from the peer before the body is dropped.
+const CHECK_SLICES: usize = 3;
+/// Length of each slice.
+const SLICE_LEN: u64 = 1024;
+
+/// What one relieving pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Blobs handed over with a verified receipt.
+    pub moved: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Attempts that failed (refusals, bad receipts, failed checks).
+    pub failed: u64,
+}
+
+/// Moves blobs to peers while usage is above the high-water mark, down to
+/// the low-water mark. Does nothing below the high-water mark.
+pub(crate) async fn relieve(app: &AppState) -> TransferReport {
+    let _one_at_a_time = app.federation.relieving.lock().await;
+    let mut report = TransferReport::default();
+    let capacity = app.store.capacity();
+    let fed = &app.config.federation;
+    let high = capacity / 1000 * u64::from(fed.high_water_permille);
+    let low = capacity / 1000 * u64::from(fed.low_water_permille);
+    if used(app) <= high || app.federation.peers.snapshot().is_empty() {
+        return report;
+    }
+    let mut tried: HashSet<BlobId> = HashSet::new();
+    while used(app) > low {
+        let reader = app.store.reader().clone();
+        let window = tried.len() + BATCH;
+        let Ok(Ok(batch)) =
+            tokio::task::spawn_blocking(move || reader.least_recently_used(window)).await
+        else {
+            break;
+        };
+        let fresh: Vec<(BlobId, u64)> = batch
+            .into_iter()
+            .filter(|(id, _)| !tried.contains(id))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for (id, size) in fresh {
+            if used(app) <= low {
+                break;
+            }
+            tried.insert(id);
+            let peers = app.federation.peers_with_room(size);
+            if peers.is_empty() {
+                tracing::warn!("above the high-water mark and no peer has room");
+                return report;
+            }
+            for peer in peers {
+                match transfer(app, &peer, id, size).await {
+                    Ok(true) => {
+                        report.moved += 1;
+                        report.bytes += size;
+                        break;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        report.failed += 1;
+                        tracing::warn!(peer = %peer.relay.key, blob = %id, error = %e, "transfer failed");
+                    }
+                }
+            }
+        }
+    }
+    report
+}
+
+fn used(app: &AppState) -> u64 {
+    app.store.usage().0
+}
+
+/// Transfers one blob to `peer`. `Ok(false)` if the blob went away
+/// meanwhile.
+async fn transfer(
+    app: &AppState,
+    peer: &Peer,
+    id: BlobId,
+    size: u64,
+) -> Result<bool, FederationError> {
+    let metrics = &app.federation.metrics;
+    if super::replicate::push(app, peer, id).await?.is_none() {
+        return Ok(false);
+    }
+    app.federation.peers.note_stored(&peer.relay.key, size);
+    if let Err(e) = check(app, peer, id, size).await {
+        metrics
+            .transfer_check_failures
+            .fetch_add(1, Ordering::Relaxed);
+        app.federation.account(&peer.relay.key, |a| {
+            a.failed_checks += 1;
+            a.stored_by_peer = a.stored_by_peer.saturating_sub(size);
+        });
+        return Err(e);
+    }
+    let forward = Forward {
+        peer: peer.relay.key,
+        url: peer.relay.url.as_str().to_owned(),
+    };
+    let done = app.store.forward(id, size, forward, app.now()).await?;
+    if done {
+        metrics.transfers_out.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .transfer_bytes_out
+            .fetch_add(size, Ordering::Relaxed);
+        app.federation
+            .account(&peer.relay.key, |a| a.transfers_out += 1);
+    }
+    Ok(done)
+}
+
+/// Reads random slices of `id` from `peer` and compares them with the
+/// local copy.
+async fn check(app: &AppState, peer: &Peer, id: BlobId, size: u64) -> Result<(), FederationError> {
+    let slice = SLICE_LEN.min(size.max(1));
+    for _ in 0..CHECK_SLICES {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| FederationError::Local(e.to_string()))?;
+        let start = u64::from_le_bytes(random) % (size - slice + 1).max(1);
+        let theirs = app
+            .federation
+            .client
+            .read_range(&peer.relay, id, start, slice)
+            .await?;
+        let ours = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || read_local(&app, &id, start, slice))
+                .await
+                .map_err(|e| FederationError::Local(e.to_string()))??
+        };
+        if theirs != ours {
+            return Err(FederationError::CheckFailed(format!(
+                "bytes {start}..{} differ from the blob's",
+                start + slice
+            )));
+        }
+        if size <= slice {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes of the local blob `id` from `start`.
+fn read_local(app: &AppState, id: &BlobId, start: u64, len: u64) -> Result<Bytes, FederationError> {
+    use std::os::unix::fs::FileExt as _;
+    let gone = || FederationError::Local(format!("blob {id} went away during its transfer"));
+    let len = usize::try_from(len).map_err(|_| gone())?;
+    match app.store.reader().locate(id)? {
+        None => Err(gone()),
+        Some(Location::Inline(bytes)) => {
+            let from = usize::try_from(start).map_err(|_| gone())?;
+            bytes
+                .get(from..from + len)
+                .map(Bytes::copy_from_slice)
+                .ok_or_else(gone)
+        }
+        Some(Location::File) => {
+            let file = std::fs::File::open(app.store.path(id)).map_err(|_| gone())?;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, start)
+                .map_err(|e| FederationError::Local(format!("reading blob {id}: {e}")))?;
+            Ok(buf.into())
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Federation between real relays on loopback: replication, reconciliation
+//! (with counted bytes), transfer of responsibility with receipts and
+//! redirects, a peer that lies about what it stored, and refusal of
+//! requests that do not come from peers.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode as AxumStatus;
+use axum::response::IntoResponse;
+use cairn_proto::{
+    BlobId, FairShareLimits, Method, RelayInfo, RelayRef, RelayUrl, RequestPath, SignedRecord,
+    SigningKey, SoftwareVersion, Timestamp, TokenTarget, TransferReceipt,
+};
+use cairn_testkit::{auth_header, key, token};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::common::{TestRelay, assert_error, bytes, info_document};
+
+/// Polls `check` every 50 ms until it holds; fails after `rounds` polls.
+/// The bound is generous: the test waits for an outcome, not a timing.
+async fn eventually<F, Fut>(rounds: usize, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..rounds {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not after {rounds} polls");
+}
+
+/// Whether the relay at `base` serves blob `id` itself (no redirect).
+async fn holds(http: &reqwest::Client, base: &str, id: &BlobId) -> bool {
+    http.get(format!("{base}/v1/blobs/{id}"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == StatusCode::OK)
+}
+
+/// Starts `n` relays that all peer with each other, each adjusted by
+/// `adjust(index, config)`.
+async fn mesh(n: usize, adjust: impl Fn(usize, &mut cairn_relay::RelayConfig)) -> Vec<TestRelay> {
+    let mut relays = Vec::new();
+    for i in 0..n {
+        relays.push(TestRelay::start_with(|c| adjust(i, c)).await);
+    }
+    let refs: Vec<RelayRef> = relays.iter().map(TestRelay::as_peer).collect();
+    for relay in &relays {
+        relay.handle.set_peers(&refs);
+        relay.handle.refresh_peers().await;
+    }
+    relays
+}
+
+/// A client without redirects, to see a relay's own answer.
+fn no_redirects() -> reqwest::Client {
+    cairn_testkit::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_reach_peers_and_a_returning_peer_catches_up_by_reconciliation() {
+    let mut relays = mesh(3, |_, c| c.federation.replicas = 2).await;
+    let client = key("replication client");
+    let data = bytes("replicated", 100_000);
+    let id = BlobId::of(&data);
+    assert_eq!(
+        relays[0].put(&client, &data).await.status(),
+        StatusCode::CREATED
+    );
+    let http = cairn_testkit::http();
+    for peer in &relays[1..] {
+        let base = peer.handle.url();
+        eventually(400, "replica on a peer", || holds(&http, &base, &id)).await;
+    }
+
+    // C goes down; a blob uploaded meanwhile cannot reach it.
+    let c = relays.pop().unwrap();
+    let c_ref = c.as_peer();
+    let c = c.stop().await;
+    let late = bytes("uploaded while C was down", 30_000);
+    let late_id = BlobId::of(&late);
+    assert_eq!(
+        relays[0].put(&client, &late).await.status(),
+        StatusCode::CREATED
+    );
+    let b_base = relays[1].handle.url();
+    eventually(400, "replica on B", || holds(&http, &b_base, &late_id)).await;
+
+    // C returns on the same address; A's next reconciliation finds exactly
+    // the one blob C lacks and pushes it.
+    let mut all: Vec<RelayRef> = relays.iter().map(TestRelay::as_peer).collect();
+    all.push(c_ref.clone());
+    let c = c.start(&all).await;
+    assert!(!holds(&http, &c.handle.url(), &late_id).await);
+    let reports = relays[0].handle.reconcile().await;
+    let to_c = reports
+        .iter()
+        .find(|(peer, _)| *peer == c_ref.key)
+        .map(|(_, r)| r.clone().unwrap())
+        .unwrap();
+    assert_eq!((to_c.missing, to_c.pushed), (1, 1), "{to_c:?}");
+    assert!(holds(&http, &c.handle.url(), &late_id).await);
+    assert!(holds(&http, &c.handle.url(), &id).await);
+
+    // In step now: another round finds nothing and costs little.
+    let again = relays[0].handle.reconcile().await;
+    for (_, report) in again {
+        let report = report.unwrap();
+        assert_eq!(report.missing, 0);
+        assert!(
+            report.bytes_sent + report.bytes_received < 1024,
+            "{report:?}"
+        );
+    }
+    let metrics = http
+        .get(relays[0].url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("cairn_reconcile_rounds_total"));
+    assert!(metrics.contains("cairn_replicas_pushed_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_traffic_grows_with_the_difference_not_the_set() {
+    const N: usize = 100_000;
+    const DIFF: usize = 50;
+    let relays = mesh(2, |_, c| c.federation.replicas = 1).await;
+    let (a, b) = (&relays[0], &relays[1]);
+    let blob = |i: usize| format!("reconciled blob {i}").into_bytes();
+    // A holds N of its own; B holds N replicas from A, of which DIFF are
+    // ones A no longer has and DIFF of A's are missing.
+    let a_blobs: Vec<_> = (0..N).map(blob).collect();
+    let b_blobs: Vec<_> = (DIFF..N + DIFF).map(blob).collect();
+    assert_eq!(a.handle.seed_blobs(a_blobs, None).await.unwrap(), N);
+    assert_eq!(
+        b.handle.seed_blobs(b_blobs, Some(a.key())).await.unwrap(),
+        N
+    );
+
+    let reports = a.handle.reconcile().await;
+    let (_, report) = &reports[0];
+    let report = report.clone().unwrap();
+    assert_eq!(report.missing, DIFF as u64, "{report:?}");
+    assert_eq!(report.extra, DIFF as u64, "{report:?}");
+    assert_eq!(report.pushed, DIFF as u64, "{report:?}");
+    let exchanged = report.bytes_sent + report.bytes_received;
+    let id_list = (N * 32) as u64;
+    assert!(
+        exchanged * 20 < id_list,
+        "{exchanged} bytes exchanged; the id list alone is {id_list}"
+    );
+    // B now holds what it lacked.
+    let http = cairn_testkit::http();
+    let first = BlobId::of(&blob(0));
+    assert!(holds(&http, &b.handle.url(), &first).await);
+}
+
+/// Sum of the sizes of the files under `dir`.
+fn disk_use(dir: &std::path::Path) -> u64 {
+    crate::common::walk(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
+    let relays = mesh(3, |i, c| {
+        if i == 0 {
+            c.capacity_bytes = 1_000_000;
+            c.federation.replicas = 0;
+            c.federation.high_water_permille = 900;
+            c.federation.low_water_permille = 500;
+        }
+    })
+    .await;
+    let a = &relays[0];
+    let client = key("transfer client");
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let data = bytes(&format!("to transfer {i}"), 40_000);
+        ids.push(BlobId::of(&data));
+        assert_eq!(a.put(&client, &data).await.status(), StatusCode::CREATED);
+    }
+    // The upload that crossed the high-water mark woke the transfer task;
+    // running a pass here as well changes nothing but the timing.
+    a.handle.relieve().await;
+    let http = cairn_testkit::http();
+    let info_url = a.handle.url();
+    eventually(400, "A below its low-water mark", || {
+        let (http, url) = (http.clone(), info_url.clone());
+        async move { info_document(&http, &url).await.0.capacity_used <= 500_000 }
+    })
+    .await;
+    assert!(disk_use(&a.data().join("blobs")) <= 500_000);
+
+    // Every blob is still retrievable from A, through redirects, verified.
+    let direct = no_redirects();
+    let (mut to_b, mut to_c) = (0, 0);
+    for id in &ids {
+        let body = http.get(a.blob_url(id)).send().await.unwrap();
+        assert_eq!(body.status(), StatusCode::OK);
+        assert_eq!(BlobId::of(&body.bytes().await.unwrap()), *id);
+        let answer = direct.get(a.blob_url(id)).send().await.unwrap();
+        if answer.status() == StatusCode::TEMPORARY_REDIRECT {
+            let location = answer.headers()["location"].to_str().unwrap().to_owned();
+            if location.starts_with(&relays[1].handle.url()) {
+                to_b += 1;
+            } else {
+                assert!(location.starts_with(&relays[2].handle.url()), "{location}");
+                to_c += 1;
+            }
+        }
+    }
+    assert!(
+        to_b > 0 && to_c > 0,
+        "spread over both peers: {to_b} and {to_c}"
+    );
+    assert!(
+        to_b + to_c >= 11,
+        "at least 440 kB moved: {to_b} + {to_c} blobs"
+    );
+
+    // The ledger and the metrics tell the same story.
+    let (_, body) = info_document(&http, &a.handle.url()).await;
+    let peers = body["federation"]["peers"].as_array().unwrap();
+    let transfers: u64 = peers
+        .iter()
+        .map(|p| p["ledger"]["transfers_out"].as_u64().unwrap())
+        .sum();
+    assert_eq!(transfers, to_b + to_c);
+    assert_eq!(
+        body["federation"]["forwarding_records"].as_u64().unwrap(),
+        to_b + to_c
+    );
+    // The receivers restart their retention clocks: the blobs are theirs.
+    let (_, b_body) = info_document(&http, &relays[1].handle.url()).await;
+    let from_a = b_body["federation"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == a.key().to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(from_a["ledger"]["transfers_in"].as_u64().unwrap(), to_b);
+}
+
+/// A peer that signs receipts for everything and stores nothing.
+#[derive(Clone)]
+struct Liar {
+    key: std::sync::Arc<SigningKey>,
+    sender: cairn_proto::VerifyingKey,
+}
+
+async fn liar_info(State(liar): State<Liar>) -> axum::Json<Value> {
+    let info = RelayInfo {
+        relay: liar.key.verifying_key(),
+        software: SoftwareVersion::new("liar 1.0").unwrap(),
+        issued_at: Timestamp(cairn_testkit::unix_now()),
+        capacity_total: 1 << 40,
+        capacity_used: 0,
+        capacity_free: 1 << 40,
+        max_blob_size: 1 << 32,
+        retention_secs: 90 * 86_400,
+        limits: FairShareLimits::default(),
+        peers: Vec::new(),
+        load_permille: 0,
+        uptime_secs: 1,
+    };
+    let record = SignedRecord::sign(&info, &liar.key).unwrap();
+    axum::Json(serde_json::json!({ "record": record.to_base64url() }))
+}
+
+async fn liar_put(
+    State(liar): State<Liar>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let receipt = TransferReceipt {
+        receiver: liar.key.verifying_key(),
+        sender: liar.sender,
+        blob: id.parse().unwrap(),
+        size: body.len() as u64,
+        received_at: Timestamp(cairn_testkit::unix_now()),
+    };
+    let record = SignedRecord::sign(&receipt, &liar.key).unwrap();
+    (
+        AxumStatus::CREATED,
+        axum::Json(
+            serde_json::json!({ "id": id, "stored": true, "receipt": record.to_base64url() }),
+        ),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_receipts_without_storing_is_caught_before_anything_is_dropped() {
+    let a = TestRelay::start_with(|c| {
+        c.capacity_bytes = 200_000;
+        c.federation.replicas = 0;
+        c.federation.high_water_permille = 500;
+        c.federation.low_water_permille = 100;
+    })
+    .await;
+    let c = TestRelay::start().await;
+    let liar = Liar {
+        key: std::sync::Arc::new(key("lying relay")),
+        sender: a.key(),
+    };
+    let liar_key = liar.key.verifying_key();
+    let app = axum::Router::new()
+        .route("/.well-known/cairn-relay", axum::routing::get(liar_info))
+        .route(
+            "/v1/blobs/{id}",
+            axum::routing::put(liar_put).get(|| async { AxumStatus::NOT_FOUND }),
+        )
+        .with_state(liar);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let liar_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let liar_ref = RelayRef {
+        url: RelayUrl::new(liar_url.clone()).unwrap(),
+        key: liar_key,
+    };
+    a.handle.set_peers(&[liar_ref, c.as_peer()]);
+    c.handle.set_peers(&[a.as_peer()]);
+    a.handle.refresh_peers().await;
+
+    let client = key("liar test client");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let data = bytes(&format!("not for liars {i}"), 40_000);
+        ids.push(BlobId::of(&data));
+        assert_eq!(a.put(&client, &data).await.status(), StatusCode::CREATED);
+    }
+    a.handle.relieve().await;
+    let http = cairn_testkit::http();
+    let url = a.handle.url();
+    eventually(400, "A relieved through the honest peer", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { info_document(&http, &url).await.0.capacity_used <= 20_000 }
+    })
+    .await;
+
+    // Nothing went to the liar; everything is retrievable, from C.
+    let direct = no_redirects();
+    for id in &ids {
+        let answer = direct.get(a.blob_url(id)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::TEMPORARY_REDIRECT);
+        let location = answer.headers()["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(&c.handle.url()), "{location}");
+        let body = http.get(a.blob_url(id)).send().await.unwrap();
+        assert_eq!(BlobId::of(&body.bytes().await.unwrap()), *id);
+    }
+    let (_, body) = info_document(&http, &url).await;
+    let liar_entry = body["federation"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == liar_key.to_string())
+        .unwrap()
+        .clone();
+    assert!(liar_entry["ledger"]["failed_checks"].as_u64().unwrap() >= 1);
+    assert!(liar_entry["standing"].as_f64().unwrap() < 1.0);
+    assert_eq!(liar_entry["ledger"]["transfers_out"].as_u64().unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_requests_from_strangers_or_unsigned_are_refused() {
+    let peer = key("a configured peer");
+    let relay = TestRelay::start_with(|c| {
+        c.peers = vec![RelayRef {
+            url: RelayUrl::new("http://127.0.0.1:9").unwrap(),
+            key: peer.verifying_key(),
+        }];
+    })
+    .await;
+    let http = cairn_testkit::http();
+    let url = relay.url("/v1/federation/reconcile");
+    let path = || TokenTarget::Path(RequestPath::new("/v1/federation/reconcile").unwrap());
+    let signed = |signer: &SigningKey, target: TokenTarget| {
+        auth_header(
+            &token(&relay.key(), Method::Post, target, relay.now() + 60),
+            signer,
+        )
+    };
+    let message = vec![1u8];
+
+    let unsigned = http.post(&url).body(message.clone()).send().await.unwrap();
+    assert_error(unsigned, StatusCode::UNAUTHORIZED, "bad_token").await;
+
+    let stranger = key("not a peer");
+    let response = http
+        .post(&url)
+        .header("authorization", signed(&stranger, path()))
+        .body(message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::FORBIDDEN, "not_a_peer").await;
+
+    let other_target = TokenTarget::Path(RequestPath::new("/v1/federation/other").unwrap());
+    let response = http
+        .post(&url)
+        .header("authorization", signed(&peer, other_target))
+        .body(message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::FORBIDDEN, "wrong_target").await;
+
+    // A peer's message that is not a reconciliation message is refused
+    // with a clear error, not a crash.
+    let response = http
+        .post(&url)
+        .header("authorization", signed(&peer, path()))
+        .body(vec![0xff; 7])
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
+
+    // Uploads: a stranger's is a client upload (no receipt, quota applies);
+    // a peer's carries a receipt that verifies.
+    let data = bytes("federated upload", 5_000);
+    let body: Value = relay.put(&stranger, &data).await.json().await.unwrap();
+    assert!(body.get("receipt").is_none(), "{body}");
+    let other = bytes("peer upload", 5_000);
+    let response = relay.put(&peer, &other).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    let receipt = SignedRecord::from_base64url(body["receipt"].as_str().unwrap()).unwrap();
+    let receipt = receipt.verify::<TransferReceipt>().unwrap();
+    assert_eq!(receipt.signer(), &relay.key());
+    assert_eq!(receipt.sender, peer.verifying_key());
+    assert_eq!(receipt.blob, BlobId::of(&other));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_learned_from_configured_peers_within_the_bound() {
+    let c = TestRelay::start().await;
+    let d = TestRelay::start().await;
+    let b = TestRelay::start().await;
+    b.handle.set_peers(&[c.as_peer(), d.as_peer()]);
+    let a = TestRelay::start_with(|cfg| cfg.federation.max_learned_peers = 1).await;
+    a.handle.set_peers(&[b.as_peer()]);
+    // The periodic refresh may have run first; either way the outcome is
+    // the same.
+    a.handle.refresh_peers().await;
+    let http = cairn_testkit::http();
+    let (info, body) = info_document(&http, &a.handle.url()).await;
+    // Announced: only the operator's choice. Known: one learned peer, as
+    // the bound allows, of the two B offers.
+    assert_eq!(info.peers, vec![b.as_peer()]);
+    let peers = body["federation"]["peers"].as_array().unwrap();
+    let learned: Vec<_> = peers.iter().filter(|p| p["learned"] == true).collect();
+    assert_eq!(learned.len(), 1, "{peers:?}");
+    let key = learned[0]["key"].as_str().unwrap();
+    assert!(key == c.key().to_string() || key == d.key().to_string());
+    assert_eq!(learned[0]["reachable"], true);
+    assert_eq!(peers.len(), 2);
+}
