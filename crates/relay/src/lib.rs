@@ -36,7 +36,7 @@ mod tls;
 
 pub use clock::Clock;
 pub use config::{FederationConfig, RelayConfig, TlsFiles};
-pub use federation::{ReconcileCounts, TransferReport};
+pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
 pub use store::StoreError;

@@ -427,6 +427,12 @@ impl RelayHandle {
         crate::federation::relieve(&self.app).await
     }
 
+    /// Checks up to `max` transferred blobs (a random sample) at the peers
+    /// that took them, as the periodic task does with a few.
+    pub async fn audit_transfers(&self, max: usize) -> crate::federation::AuditReport {
+        crate::federation::audit_transfers(&self.app, max).await
+    }
+
     /// Stores `blobs` directly, as if uploaded by a client (`from_peer:
     /// None`) or replicated by that peer: for tests and benchmarks that need
     /// large stores quickly. Ids are computed here, as an upload verifies

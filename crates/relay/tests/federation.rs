@@ -209,6 +209,7 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     // Every blob is still retrievable from A, through redirects, verified.
     let direct = no_redirects();
     let (mut to_b, mut to_c) = (0, 0);
+    let mut moved_to_b = Vec::new();
     for id in &ids {
         let body = http.get(a.blob_url(id)).send().await.unwrap();
         assert_eq!(body.status(), StatusCode::OK);
@@ -218,6 +219,7 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
             let location = answer.headers()["location"].to_str().unwrap().to_owned();
             if location.starts_with(&relays[1].handle.url()) {
                 to_b += 1;
+                moved_to_b.push(*id);
             } else {
                 assert!(location.starts_with(&relays[2].handle.url()), "{location}");
                 to_c += 1;
@@ -255,6 +257,39 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
         .unwrap()
         .clone();
     assert_eq!(from_a["ledger"]["transfers_in"].as_u64().unwrap(), to_b);
+
+    // An audit finds every transferred blob where it went...
+    let audit = a.handle.audit_transfers(100).await;
+    assert_eq!((audit.checked, audit.failed), (to_b + to_c, 0), "{audit:?}");
+    // ...until B drops one it receipted (here: deleted with A's own key,
+    // which owns the copies A pushed). B loses standing for it.
+    let b = &relays[1];
+    let dropped = moved_to_b.first().copied().unwrap();
+    let token = token(
+        &b.key(),
+        Method::Delete,
+        TokenTarget::Blob(dropped),
+        b.now() + 60,
+    );
+    let response = http
+        .delete(b.blob_url(&dropped))
+        .header("authorization", auth_header(&token, a.handle.signing_key()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let audit = a.handle.audit_transfers(100).await;
+    assert_eq!(audit.failed, 1, "{audit:?}");
+    let (_, body) = info_document(&http, &a.handle.url()).await;
+    let b_entry = body["federation"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == b.key().to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(b_entry["ledger"]["failed_checks"], 1);
+    assert!(b_entry["standing"].as_f64().unwrap() < 1.0, "{b_entry}");
 }
 
 /// A peer that signs receipts for everything and stores nothing.

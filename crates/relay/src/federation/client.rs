@@ -177,6 +177,49 @@ impl PeerClient {
         Ok(bytes)
     }
 
+    /// Checks that `peer` holds blob `id`: downloads it and verifies the
+    /// hash if it is at most `full_read` bytes, else checks its size answer
+    /// to a HEAD. A redirect means the peer passed the blob on under its
+    /// own receipt, which is its own answerability: accepted.
+    pub(crate) async fn verify_held(
+        &self,
+        peer: &RelayRef,
+        id: BlobId,
+        full_read: u64,
+    ) -> Result<(), FederationError> {
+        let url = format!("{}/v1/blobs/{id}", peer.url.as_str());
+        let head = self.http.head(&url).send().await?;
+        let status = head.status();
+        if status == StatusCode::TEMPORARY_REDIRECT {
+            return Ok(());
+        }
+        if status != StatusCode::OK {
+            return Err(FederationError::CheckFailed(format!(
+                "asked for blob {id}, the peer answered {status}"
+            )));
+        }
+        let size = head
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if size > full_read {
+            return Ok(());
+        }
+        let mut response = self.http.get(&url).send().await?;
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = response.chunk().await? {
+            hasher.update(&chunk);
+        }
+        if BlobId::from(hasher.finalize()) != id {
+            return Err(FederationError::CheckFailed(format!(
+                "the peer's copy of blob {id} has other bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Sends one reconciliation message to `peer` and returns its answer.
     pub(crate) async fn reconcile(
         &self,

@@ -27,13 +27,17 @@ pub(crate) use self::peers::{Peer, PeerSet};
 pub use self::reconcile::ReconcileCounts;
 pub(crate) use self::reconcile::reconcile_all;
 pub(crate) use self::replicate::{NewBlob, run_replication};
-pub use self::transfer::TransferReport;
-pub(crate) use self::transfer::relieve;
+pub use self::transfer::{AuditReport, TransferReport};
+pub(crate) use self::transfer::{audit_transfers, relieve};
 use crate::http::AppState;
 
 /// How many new blobs may wait for replication; beyond that, new blobs are
 /// left to the next reconciliation round instead of queueing memory.
 const REPLICATION_QUEUE: usize = 16_384;
+
+/// Transferred blobs checked at each peer refresh: a small random sample,
+/// so that over time every peer is held to every receipt.
+const AUDIT_SAMPLE: usize = 4;
 
 /// Seconds a peer's info document stays good enough to pick it for a
 /// transfer or list it as having room.
@@ -335,6 +339,10 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
             _ = refresh.tick() => {
                 app.federation.refresh_peers().await;
                 log_transfer(relieve(&app).await);
+                let audit = audit_transfers(&app, AUDIT_SAMPLE).await;
+                if audit.failed > 0 {
+                    tracing::warn!(failed = audit.failed, checked = audit.checked, "peers lost transferred blobs");
+                }
             }
             _ = reconcile.tick() => {
                 for report in reconcile_all(&app).await {

@@ -90,6 +90,12 @@ impl PeerSet {
         self.peers.read().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// The peer with `key`, if it is on the list.
+    pub(crate) fn find(&self, key: &VerifyingKey) -> Option<Peer> {
+        let peers = self.peers.read().ok()?;
+        peers.iter().find(|p| &p.relay.key == key).cloned()
+    }
+
     /// Whether `key` is a peer's: only peers may push replicas, ask to
     /// reconcile, or hand over blobs.
     pub(crate) fn contains(&self, key: &VerifyingKey) -> bool {

@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use cairn_proto::BlobId;
+use futures_util::StreamExt as _;
 
 use super::{FederationError, Peer};
 use crate::http::AppState;
@@ -22,6 +23,8 @@ use crate::store::index::{Forward, Location};
 
 /// Blobs looked at per batch.
 const BATCH: usize = 64;
+/// Blobs in transfer at once.
+const CONCURRENT_TRANSFERS: usize = 4;
 /// Random slices read back from the peer before the body is dropped.
 const CHECK_SLICES: usize = 3;
 /// Length of each slice.
@@ -66,33 +69,74 @@ pub(crate) async fn relieve(app: &AppState) -> TransferReport {
         if fresh.is_empty() {
             break;
         }
-        for (id, size) in fresh {
-            if used(app) <= low {
-                break;
-            }
-            tried.insert(id);
-            let peers = app.federation.peers_with_room(size);
-            if peers.is_empty() {
-                tracing::warn!("above the high-water mark and no peer has room");
-                return report;
-            }
-            for peer in peers {
-                match transfer(app, &peer, id, size).await {
-                    Ok(true) => {
-                        report.moved += 1;
-                        report.bytes += size;
-                        break;
-                    }
-                    Ok(false) => break,
-                    Err(e) => {
-                        report.failed += 1;
-                        tracing::warn!(peer = %peer.relay.key, blob = %id, error = %e, "transfer failed");
-                    }
+        // A few at once: each blob costs several round trips (push, reads
+        // back, commit), which overlap well.
+        let outcomes: Vec<Outcome> = futures_util::stream::iter(fresh)
+            .map(|(id, size)| {
+                tried.insert(id);
+                move_one(app, id, size, low)
+            })
+            .buffer_unordered(CONCURRENT_TRANSFERS)
+            .collect()
+            .await;
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Moved { bytes, failed } => {
+                    report.moved += 1;
+                    report.bytes += bytes;
+                    report.failed += failed;
+                }
+                Outcome::NotMoved { failed } => report.failed += failed,
+                Outcome::NoRoom => {
+                    tracing::warn!("above the high-water mark and no peer has room");
+                    return report;
                 }
             }
         }
     }
     report
+}
+
+/// What became of one blob in a relieving pass.
+enum Outcome {
+    Moved {
+        bytes: u64,
+        failed: u64,
+    },
+    /// Not moved: below the low-water mark by now, gone, or every peer
+    /// failed.
+    NotMoved {
+        failed: u64,
+    },
+    NoRoom,
+}
+
+/// Offers one blob to the peers with room, best first, until one takes it.
+async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
+    if used(app) <= low {
+        return Outcome::NotMoved { failed: 0 };
+    }
+    let peers = app.federation.peers_with_room(size);
+    if peers.is_empty() {
+        return Outcome::NoRoom;
+    }
+    let mut failed = 0;
+    for peer in peers {
+        match transfer(app, &peer, id, size).await {
+            Ok(true) => {
+                return Outcome::Moved {
+                    bytes: size,
+                    failed,
+                };
+            }
+            Ok(false) => break,
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(peer = %peer.relay.key, blob = %id, error = %e, "transfer failed");
+            }
+        }
+    }
+    Outcome::NotMoved { failed }
 }
 
 fn used(app: &AppState) -> u64 {
@@ -192,4 +236,66 @@ fn read_local(app: &AppState, id: &BlobId, start: u64, len: u64) -> Result<Bytes
             Ok(buf.into())
         }
     }
+}
+
+/// What an audit of transferred blobs found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Forwarding records whose peer was asked for the blob.
+    pub checked: u64,
+    /// Peers that could not produce a blob they had receipted (or sent
+    /// other bytes).
+    pub failed: u64,
+    /// Peers that could not be reached (not held against them).
+    pub unreachable: u64,
+}
+
+/// Largest blob an audit downloads whole to check its hash; larger ones
+/// are checked by their size only.
+const AUDIT_FULL_READ: u64 = 64 << 20;
+
+/// Asks peers for up to `max` blobs they took over from this relay (a
+/// random sample of forwarding records) and checks each by hash. A peer
+/// that lost or altered one loses standing: receipts bind.
+pub(crate) async fn audit_transfers(app: &AppState, max: usize) -> AuditReport {
+    let mut report = AuditReport::default();
+    let mut start = [0u8; 32];
+    if getrandom::fill(&mut start).is_err() {
+        return report;
+    }
+    let reader = app.store.reader().clone();
+    let Ok(Ok(sample)) =
+        tokio::task::spawn_blocking(move || reader.forwards_from(start, max)).await
+    else {
+        return report;
+    };
+    for (id, forward) in sample {
+        let Some(peer) = app.federation.peers.find(&forward.peer) else {
+            continue;
+        };
+        report.checked += 1;
+        match app
+            .federation
+            .client
+            .verify_held(&peer.relay, id, AUDIT_FULL_READ)
+            .await
+        {
+            Ok(()) => {}
+            Err(FederationError::Http(e)) => {
+                tracing::debug!(peer = %forward.peer, error = %e, "audit: peer unreachable");
+                report.unreachable += 1;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %forward.peer, blob = %id, error = %e, "audit: a peer lost a blob it had receipted");
+                report.failed += 1;
+                app.federation
+                    .metrics
+                    .transfer_check_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                app.federation
+                    .account(&forward.peer, |a| a.failed_checks += 1);
+            }
+        }
+    }
+    report
 }

@@ -249,6 +249,35 @@ impl IndexReader {
         }))
     }
 
+    /// Up to `max` forwarding records from `start` on in id order, wrapping
+    /// around to the first: a random `start` gives a random sample.
+    pub(crate) fn forwards_from(
+        &self,
+        start: [u8; 32],
+        max: usize,
+    ) -> Result<Vec<(BlobId, Forward)>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(FORWARDS).map_err(redb::Error::from)?;
+        let mut out = Vec::with_capacity(max);
+        let tail = table.range(start..).map_err(redb::Error::from)?;
+        let head = table.range(..start).map_err(redb::Error::from)?;
+        for row in tail.chain(head).take(max) {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let (peer, _, url) = v.value();
+            let peer = VerifyingKey::from_bytes(&peer).map_err(|e| {
+                StoreError::Failed(format!("a forwarding record's key is invalid: {e}"))
+            })?;
+            out.push((
+                BlobId::from_bytes(k.value()),
+                Forward {
+                    peer,
+                    url: url.to_owned(),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     /// How many forwarding records the relay keeps.
     pub(crate) fn forwards(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
