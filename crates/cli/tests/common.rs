@@ -68,6 +68,19 @@ impl Relay {
         self.handle = Some(start_at(&self.data(), self.addr, &self.adjust).await);
     }
 
+    /// The running relay (tests drive federation through it).
+    pub(crate) fn handle(&self) -> &RelayHandle {
+        self.handle.as_ref().expect("the relay is running")
+    }
+
+    /// This relay as another relay's peer.
+    pub(crate) fn as_peer(&self) -> cairn_client::proto::RelayRef {
+        cairn_client::proto::RelayRef {
+            url: cairn_client::proto::RelayUrl::new(self.url()).unwrap(),
+            key: self.handle().key(),
+        }
+    }
+
     /// Whether it is serving.
     pub(crate) fn is_up(&self) -> bool {
         self.handle.is_some()

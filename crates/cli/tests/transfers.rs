@@ -369,3 +369,59 @@ async fn a_redirect_claiming_the_wrong_key_is_not_followed() {
     expected.sort();
     assert_eq!(copies, expected, "{list}");
 }
+
+/// The whole path with real relays: a relay fills past its high-water mark
+/// and hands its blobs to its peer; the client, whose set holds only the
+/// first relay, still gets its file (and its identity's own blobs), and
+/// records and shows where the copy went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_transfer_between_relays_is_followed_and_recorded() {
+    let a = Relay::start_with(|c| {
+        c.capacity_bytes = 1_000_000;
+        c.federation.replicas = 0;
+        c.federation.high_water_permille = 300;
+        c.federation.low_water_permille = 50;
+    })
+    .await;
+    let b = Relay::start().await;
+    a.handle().set_peers(&[b.as_peer()]);
+    b.handle().set_peers(&[a.as_peer()]);
+    a.handle().refresh_peers().await;
+
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a]).await;
+    let data = data_with_marker(400_000, b"a file that moves");
+    let src = laptop.dir.path().join("big");
+    std::fs::write(&src, &data).unwrap();
+    laptop.run(&["put", src.to_str().unwrap()]).await.ok();
+    // The upload crossed the high-water mark; this pass waits for the one
+    // it started, or does the work itself.
+    a.handle().relieve().await;
+    let moved_off = a.handle().relieve().await;
+    assert_eq!(moved_off.moved, 0, "already below the low-water mark");
+
+    let out = laptop.dir.path().join("out");
+    let got = laptop
+        .run(&["get", "big", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert!(std::fs::read(&out).unwrap() == data, "wrong bytes");
+    assert_eq!(got["relay"], b.url(), "{got}");
+    assert_eq!(got["moved"][0]["from"], a.url(), "{got}");
+    assert_eq!(got["moved"][0]["recorded"], true, "{got}");
+
+    // Everything else the identity keeps on A moved too, and still works:
+    // a sync reads its logs through the redirects.
+    laptop.run(&["sync"]).await.ok();
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    assert_eq!(list[0]["copies"], serde_json::json!([b.url()]), "{list}");
+    let checks = laptop.run(&["relay", "check", "--json"]).await.json();
+    let transfer = &checks[0]["copies"]["transfers"][0];
+    assert_eq!(transfer["to"], b.url(), "{checks}");
+    assert_eq!(
+        (&transfer["recorded"], &transfer["seen"]),
+        (&true.into(), &true.into()),
+        "{checks}"
+    );
+}
