@@ -507,3 +507,50 @@ async fn peers_are_learned_from_configured_peers_within_the_bound() {
     assert_eq!(learned[0]["reachable"], true);
     assert_eq!(peers.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_passed_on_to_another_peer_is_still_counted_by_reconciliation() {
+    // B replicates to A; A, full, passes the replica on to C.
+    let b = TestRelay::start_with(|c| c.federation.replicas = 1).await;
+    let a = TestRelay::start_with(|c| {
+        c.capacity_bytes = 100_000;
+        c.federation.replicas = 0;
+        c.federation.high_water_permille = 300;
+        c.federation.low_water_permille = 100;
+    })
+    .await;
+    let c = TestRelay::start().await;
+    b.handle.set_peers(&[a.as_peer()]);
+    a.handle.set_peers(&[b.as_peer(), c.as_peer()]);
+    c.handle.set_peers(&[a.as_peer()]);
+    a.handle.refresh_peers().await;
+
+    let data = bytes("replica passed on", 40_000);
+    let id = BlobId::of(&data);
+    assert_eq!(
+        b.put(&key("client of B"), &data).await.status(),
+        StatusCode::CREATED
+    );
+    let direct = no_redirects();
+    let a_url = a.blob_url(&id);
+    let a_ref = &a;
+    eventually(400, "replica on A, then passed on to C", || {
+        let (direct, url) = (direct.clone(), a_url.clone());
+        async move {
+            a_ref.handle.relieve().await;
+            direct
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::TEMPORARY_REDIRECT)
+        }
+    })
+    .await;
+    let http = cairn_testkit::http();
+    assert!(holds(&http, &c.handle.url(), &id).await);
+
+    // A still answers for the replica, so B has nothing to push back.
+    let reports = b.handle.reconcile().await;
+    let report = reports[0].1.clone().unwrap();
+    assert_eq!((report.missing, report.extra), (0, 0), "{report:?}");
+}

@@ -120,6 +120,19 @@ async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
     if peers.is_empty() {
         return Outcome::NoRoom;
     }
+    // A replica does not go back to the peer that sent it: that would
+    // quietly take a copy out of the network while the peer still counts
+    // it as held here.
+    let sources = {
+        let reader = app.store.reader().clone();
+        match tokio::task::spawn_blocking(move || reader.sources_of(&id)).await {
+            Ok(Ok(sources)) => sources,
+            _ => return Outcome::NotMoved { failed: 0 },
+        }
+    };
+    let peers = peers
+        .into_iter()
+        .filter(|p| !sources.contains(&p.relay.key.to_bytes()));
     let mut failed = 0;
     for peer in peers {
         match transfer(app, &peer, id, size).await {

@@ -212,6 +212,22 @@ impl IndexReader {
         Ok(out)
     }
 
+    /// The sources of `id`: [`CLIENT_SOURCE`] and the keys of peers that
+    /// handed it over.
+    pub(crate) fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
+        let id = *id.as_bytes();
+        let mut out = Vec::new();
+        for row in table
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+        {
+            out.push(row.map_err(redb::Error::from)?.0.value().1);
+        }
+        Ok(out)
+    }
+
     /// Up to `max` blobs in order of last access, oldest first, with their
     /// sizes: the candidates for transfer when the relay is full.
     pub(crate) fn least_recently_used(&self, max: usize) -> Result<Vec<(BlobId, u64)>, StoreError> {

@@ -23,9 +23,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::BlobCache;
 use super::files::BlobFiles;
 use super::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, FORWARDS, FORWARDS_BY_ACCESS, Forward, ForwardValue,
-    HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES,
-    STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, FORWARDS, FORWARDS_BY_ACCESS, Forward,
+    ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS,
+    PENDING_UNLINK, SOURCES, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
 };
 use super::{
     DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source, Staged,
@@ -367,10 +367,18 @@ impl Writer {
                     } => {
                         let done = match t.meta(&id)? {
                             Some(meta) if meta.size == size => {
+                                // Peers that replicated the blob here still
+                                // count it as held (the relay answers for it
+                                // through the redirect), or reconciliation
+                                // would push it straight back.
+                                let peers = t.peer_sources(&id)?;
                                 if t.remove(&id, &meta)? {
                                     unlink.insert(id);
                                 } else {
                                     deleted_inline = true;
+                                }
+                                for peer in peers {
+                                    t.add_source_row(&id, peer)?;
                                 }
                                 t.put_forward(&id, &forward, now)?;
                                 true
@@ -658,7 +666,29 @@ impl<'txn> Tables<'txn> {
 
     /// Notes that `source` handed the relay `id` (a no-op if it had).
     fn add_source(&mut self, id: &BlobId, source: Source) -> Result<(), StoreError> {
-        let (id, source) = (*id.as_bytes(), source.row_key());
+        self.add_source_row(id, source.row_key())
+    }
+
+    /// The peers (not clients) that handed the relay `id`.
+    fn peer_sources(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
+        let id = *id.as_bytes();
+        let mut peers = Vec::new();
+        for row in self
+            .blob_sources
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+        {
+            let source = row.map_err(redb::Error::from)?.0.value().1;
+            if source != CLIENT_SOURCE {
+                peers.push(source);
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Adds the source row (`source`, `id`) in both orders.
+    fn add_source_row(&mut self, id: &BlobId, source: [u8; 32]) -> Result<(), StoreError> {
+        let id = *id.as_bytes();
         self.sources
             .insert((source, id), ())
             .map_err(redb::Error::from)?;
@@ -763,6 +793,8 @@ impl<'txn> Tables<'txn> {
                 .remove((*at, *id))
                 .map_err(redb::Error::from)?;
             self.forwards.remove(id).map_err(redb::Error::from)?;
+            // No longer answered for: peers' reconciliation may see it go.
+            self.drop_sources(&BlobId::from_bytes(*id))?;
         }
         Ok(expired.len())
     }
