@@ -57,6 +57,42 @@ async fn mesh(n: usize, adjust: impl Fn(usize, &mut cairn_relay::RelayConfig)) -
     relays
 }
 
+/// Uploads `count` blobs of `size` bytes to `relay` as a client; their ids.
+async fn fill(relay: &TestRelay, label: &str, count: usize, size: usize) -> Vec<BlobId> {
+    let client = key(&format!("{label} client"));
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let data = bytes(&format!("{label} {i}"), size);
+        ids.push(BlobId::of(&data));
+        assert_eq!(
+            relay.put(&client, &data).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    ids
+}
+
+/// Waits until the relay at `url` reports at most `bytes` in use.
+async fn wait_used_at_most(url: &str, bytes: u64) {
+    let http = cairn_testkit::http();
+    eventually(400, &format!("{url} down to {bytes} bytes used"), || {
+        let (http, url) = (http.clone(), url.to_owned());
+        async move { info_document(&http, &url).await.0.capacity_used <= bytes }
+    })
+    .await;
+}
+
+/// The info document's federation entry for the peer with `key`.
+fn peer_entry(body: &Value, key: &cairn_proto::VerifyingKey) -> Value {
+    body["federation"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["key"] == key.to_string())
+        .unwrap()
+        .clone()
+}
+
 /// A client without redirects, to see a relay's own answer.
 fn no_redirects() -> reqwest::Client {
     cairn_testkit::http_builder()
@@ -187,23 +223,12 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     })
     .await;
     let a = &relays[0];
-    let client = key("transfer client");
-    let mut ids = Vec::new();
-    for i in 0..24 {
-        let data = bytes(&format!("to transfer {i}"), 40_000);
-        ids.push(BlobId::of(&data));
-        assert_eq!(a.put(&client, &data).await.status(), StatusCode::CREATED);
-    }
+    let ids = fill(a, "to transfer", 24, 40_000).await;
     // The upload that crossed the high-water mark woke the transfer task;
     // running a pass here as well changes nothing but the timing.
     a.handle.relieve().await;
     let http = cairn_testkit::http();
-    let info_url = a.handle.url();
-    eventually(400, "A below its low-water mark", || {
-        let (http, url) = (http.clone(), info_url.clone());
-        async move { info_document(&http, &url).await.0.capacity_used <= 500_000 }
-    })
-    .await;
+    wait_used_at_most(&a.handle.url(), 500_000).await;
     assert!(disk_use(&a.data().join("blobs")) <= 500_000);
 
     // Every blob is still retrievable from A, through redirects, verified.
@@ -249,13 +274,7 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     );
     // The receivers restart their retention clocks: the blobs are theirs.
     let (_, b_body) = info_document(&http, &relays[1].handle.url()).await;
-    let from_a = b_body["federation"]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["key"] == a.key().to_string())
-        .unwrap()
-        .clone();
+    let from_a = peer_entry(&b_body, &a.key());
     assert_eq!(from_a["ledger"]["transfers_in"].as_u64().unwrap(), to_b);
 
     // An audit finds every transferred blob where it went...
@@ -281,13 +300,7 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     let audit = a.handle.audit_transfers(100).await;
     assert_eq!(audit.failed, 1, "{audit:?}");
     let (_, body) = info_document(&http, &a.handle.url()).await;
-    let b_entry = body["federation"]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["key"] == b.key().to_string())
-        .unwrap()
-        .clone();
+    let b_entry = peer_entry(&body, &b.key());
     assert_eq!(b_entry["ledger"]["failed_checks"], 1);
     assert!(b_entry["standing"].as_f64().unwrap() < 1.0, "{b_entry}");
 }
@@ -373,21 +386,11 @@ async fn a_peer_that_receipts_without_storing_is_caught_before_anything_is_dropp
     c.handle.set_peers(&[a.as_peer()]);
     a.handle.refresh_peers().await;
 
-    let client = key("liar test client");
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let data = bytes(&format!("not for liars {i}"), 40_000);
-        ids.push(BlobId::of(&data));
-        assert_eq!(a.put(&client, &data).await.status(), StatusCode::CREATED);
-    }
+    let ids = fill(&a, "not for liars", 3, 40_000).await;
     a.handle.relieve().await;
     let http = cairn_testkit::http();
     let url = a.handle.url();
-    eventually(400, "A relieved through the honest peer", || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { info_document(&http, &url).await.0.capacity_used <= 20_000 }
-    })
-    .await;
+    wait_used_at_most(&url, 20_000).await;
 
     // Nothing went to the liar; everything is retrievable, from C.
     let direct = no_redirects();
@@ -400,13 +403,7 @@ async fn a_peer_that_receipts_without_storing_is_caught_before_anything_is_dropp
         assert_eq!(BlobId::of(&body.bytes().await.unwrap()), *id);
     }
     let (_, body) = info_document(&http, &url).await;
-    let liar_entry = body["federation"]["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["key"] == liar_key.to_string())
-        .unwrap()
-        .clone();
+    let liar_entry = peer_entry(&body, &liar_key);
     assert!(liar_entry["ledger"]["failed_checks"].as_u64().unwrap() >= 1);
     assert!(liar_entry["standing"].as_f64().unwrap() < 1.0);
     assert_eq!(liar_entry["ledger"]["transfers_out"].as_u64().unwrap(), 0);

@@ -408,14 +408,7 @@ impl Writer {
                         replies.push(Reply::Count(reply, deleted));
                     }
                     WriteOp::Collect { cutoff, max, reply } => {
-                        let expired: Vec<(u64, [u8; 32])> = t
-                            .by_access
-                            .range(..(cutoff, [0u8; 32]))
-                            .map_err(redb::Error::from)?
-                            .take(max)
-                            .map(|row| row.map(|(k, _)| k.value()))
-                            .collect::<Result<_, _>>()
-                            .map_err(redb::Error::from)?;
+                        let expired = expired_prefix(&t.by_access, cutoff, max)?;
                         let mut deleted = Vec::with_capacity(expired.len());
                         for (_, raw) in expired {
                             let id = BlobId::from_bytes(raw);
@@ -500,6 +493,22 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The first `max` rows of a last-access-ordered table that are older than
+/// `cutoff`: what a GC pass deletes.
+fn expired_prefix(
+    table: &redb::Table<'_, (u64, [u8; 32]), ()>,
+    cutoff: u64,
+    max: usize,
+) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+    table
+        .range(..(cutoff, [0u8; 32]))
+        .map_err(redb::Error::from)?
+        .take(max)
+        .map(|row| row.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| redb::Error::from(e).into())
 }
 
 /// The index tables inside one write transaction, with running totals.
@@ -780,14 +789,7 @@ impl<'txn> Tables<'txn> {
 
     /// Deletes up to `max` forwarding records last used before `cutoff`.
     fn collect_forwards(&mut self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
-        let expired: Vec<(u64, [u8; 32])> = self
-            .forwards_by_access
-            .range(..(cutoff, [0u8; 32]))
-            .map_err(redb::Error::from)?
-            .take(max)
-            .map(|row| row.map(|(k, _)| k.value()))
-            .collect::<Result<_, _>>()
-            .map_err(redb::Error::from)?;
+        let expired = expired_prefix(&self.forwards_by_access, cutoff, max)?;
         for (at, id) in &expired {
             self.forwards_by_access
                 .remove((*at, *id))
