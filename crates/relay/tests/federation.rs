@@ -303,6 +303,18 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     let b_entry = peer_entry(&body, &b.key());
     assert_eq!(b_entry["ledger"]["failed_checks"], 1);
     assert!(b_entry["standing"].as_f64().unwrap() < 1.0, "{b_entry}");
+
+    // People see it on the status page too.
+    let page = http
+        .get(a.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("2 (2 reachable), {} blobs handed to peers", to_b + to_c);
+    assert!(page.contains(&line), "{page}");
 }
 
 /// A peer that signs receipts for everything and stores nothing.

@@ -39,6 +39,7 @@ pub(crate) async fn status_page(State(app): State<AppState>) -> Html<String> {
     let g = app.gauges();
     let retention_days = app.config.retention.as_secs_f64() / 86_400.0;
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    let peers = app.federation.peers.snapshot();
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content='width=device-width,initial-scale=1'>\
@@ -53,6 +54,7 @@ pub(crate) async fn status_page(State(app): State<AppState>) -> Html<String> {
          <tr><td>Stored</td><td id=stored>{blobs} blobs, {used:.2} GiB of {cap:.2} GiB</td></tr>\
          <tr><td>Retention</td><td>{retention_days:.1} days after last access</td></tr>\
          <tr><td>Max blob size</td><td>{max:.2} GiB</td></tr>\
+         <tr><td>Peers</td><td id=peers>{peers} ({reachable} reachable), {forwards} blobs handed to peers</td></tr>\
          </table>\
          <p><a href='/.well-known/cairn-relay'>Signed info document</a> · <a href='/metrics'>Metrics</a></p>\
          </body></html>",
@@ -62,5 +64,11 @@ pub(crate) async fn status_page(State(app): State<AppState>) -> Html<String> {
         used = gib(g.bytes),
         cap = gib(g.capacity),
         max = gib(app.config.max_blob_size),
+        peers = peers.len(),
+        reachable = peers
+            .iter()
+            .filter(|p| p.info.is_some() && p.last_error.is_none())
+            .count(),
+        forwards = app.store.reader().forwards().unwrap_or(0),
     ))
 }
