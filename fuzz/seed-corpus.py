@@ -37,6 +37,23 @@ def key_bytes(text: str) -> bytes:
     return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
 
 
+def audit_proof_len(size: int, picks: list) -> int:
+    """Length of a storage-audit proof (docs/PROTOCOL.md §7.9)."""
+    if size <= 1024:
+        return size  # a single chunk: the blob itself
+    chunks = sorted({p % -(-size // 1024) for p in picks})
+
+    def walk(offset: int, length: int) -> int:
+        if not any(offset <= c * 1024 < offset + length for c in chunks):
+            return 32
+        if length <= 1024:
+            return length
+        left = 1 << (-(-length // 2) - 1).bit_length()
+        return walk(offset, left) + walk(offset + left, length - left)
+
+    return walk(0, size)
+
+
 def main() -> None:
     count = 0
     for path in sorted(VECTORS.glob("*.json")):
@@ -108,6 +125,27 @@ def main() -> None:
         write("reconcile_message", name, b"\x01" + msg)
         write("reconcile_message", name + "-small-frames", b"\x00" + msg)
     count += 2 * len(seeds)
+    # Storage-audit proofs: shape byte (bit 7 clear: size mod 64 KiB + 1;
+    # bits 0-2: picks - 1), size u64 LE, picks u16 LE each, then the proof,
+    # here of exactly the length the request implies so that the verifier
+    # gets past its length check. Layout: docs/PROTOCOL.md §7.9.
+    for name, size, picks in [
+        ("empty", 0, [0]),
+        ("one-chunk", 1000, [0]),
+        ("two-chunks", 1025, [1]),
+        ("three-chunks", 3000, [1]),
+        ("spread", 40_000, [0, 7, 39]),
+        ("all-of-eight", 8 * 1024, list(range(8))),
+        ("large", (1 << 30) + 5, [3, 999, 65535]),
+    ]:
+        shape = (len(picks) - 1) | (0x80 if size > 64 * 1024 else 0)
+        head = bytes([shape]) + struct.pack("<Q", size) + b"".join(struct.pack("<H", p) for p in picks)
+        n = audit_proof_len(size, picks)
+        write("audit_proof", name, head + bytes(i % 251 for i in range(n)))
+        count += 1
+    for name, text in [("list", "0,17,4095"), ("zero", "0"), ("max", ",".join(str((1 << 54) - 64 + i) for i in range(64)))]:
+        write("audit_proof", "query-" + name, text.encode())
+        count += 1
     print(f"wrote {count} seed inputs under {CORPUS.relative_to(ROOT)}")
 
 

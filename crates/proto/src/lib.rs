@@ -21,6 +21,8 @@
 //!   device set and vault generation it leads to.
 //! - [`reconcile`]: range-based set reconciliation of two blob-id sets, with
 //!   traffic proportional to their difference rather than their size.
+//! - [`audit`]: storage audits, BLAKE3 proofs of random 1 KiB chunks of a
+//!   blob checked against nothing but its id and size.
 //!
 //! # Example
 //!
@@ -47,6 +49,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod audit;
 mod blob_id;
 mod codec;
 mod envelope;

@@ -4,6 +4,7 @@
 // failure report.
 #![allow(clippy::unwrap_used)]
 
+mod audit;
 mod common;
 mod identity_log;
 mod properties;
