@@ -71,6 +71,9 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<Ex
     if let Command::Relay(command) = command {
         return relay(open(home)?, json, command).await;
     }
+    if let Command::Audit { sample, chunks } = command {
+        return audit(open(home)?, json, sample, usize::from(chunks)).await;
+    }
     dispatch_simple(command, home, json)
         .await
         .map(|()| ExitCode::SUCCESS)
@@ -155,7 +158,7 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
             emit(json, &value, || format!("replicas: {}", client.replicas()));
             Ok(())
         }
-        Command::Inspect { .. } | Command::Relay(_) => Ok(()),
+        Command::Inspect { .. } | Command::Relay(_) | Command::Audit { .. } => Ok(()),
     }
 }
 
@@ -730,6 +733,55 @@ async fn status(mut client: Client, json: bool) -> anyhow::Result<()> {
         text
     });
     Ok(())
+}
+
+/// `cairn audit`: the report either way; exit 1 when a relay failed to
+/// produce a copy, so scripts can act.
+async fn audit(
+    mut client: Client,
+    json: bool,
+    sample: Option<usize>,
+    chunks: usize,
+) -> anyhow::Result<ExitCode> {
+    let report = client.audit(sample, chunks).await?;
+    emit(json, &report, || {
+        if report.copies == 0 {
+            return "nothing stored yet: nothing to audit".into();
+        }
+        let mut text = format!(
+            "audited {} copies of {} files ({} of proofs, {:.1} s)",
+            report.copies,
+            report.files,
+            bytes(report.proof_bytes),
+            report.elapsed_ms as f64 / 1000.0
+        );
+        for relay in &report.relays {
+            let verdict = if relay.missing + relay.failed > 0 {
+                "MISBEHAVING"
+            } else if relay.unreachable > 0 {
+                "unreachable"
+            } else {
+                "ok"
+            };
+            text.push_str(&format!(
+                "
+  {verdict:<11} {}: {} passed, {} missing, {} failed the proof, {} unreachable",
+                relay.url, relay.passed, relay.missing, relay.failed, relay.unreachable
+            ));
+            for problem in relay.problems.iter().take(10) {
+                text.push_str(&format!(
+                    "
+      {problem}"
+                ));
+            }
+        }
+        text
+    });
+    Ok(if report.found_misbehaviour() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn ls(mut client: Client, json: bool) -> anyhow::Result<()> {

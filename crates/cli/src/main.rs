@@ -149,6 +149,24 @@ Examples:
     },
     /// Show per-relay and per-device sync state, and recent findings.
     Status,
+    /// Ask relays to prove they still hold your files' copies.
+    ///
+    /// For each copy, the relay must return random 1 KiB chunks with a
+    /// BLAKE3 proof that leads to the blob id: a relay that lost, cut or
+    /// altered a copy fails, and fresh chunks each time mean it cannot keep
+    /// answers ready instead of the data. Costs a few kB per copy, not the
+    /// file. Exits 1 when a relay is missing a copy or fails a proof.
+    #[command(
+        after_help = "Examples:\n  cairn audit\n  cairn audit --sample 20 --json   20 random files, JSON report"
+    )]
+    Audit {
+        /// Audit this many files, chosen at random (default: all).
+        #[arg(long, value_name = "N")]
+        sample: Option<usize>,
+        /// Random chunks asked of each copy (1–64).
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=64))]
+        chunks: u8,
+    },
     /// Remove a stored file and delete the copies this device made.
     Rm {
         /// The stored name.

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod audit;
 mod common;
 mod devices;
 mod errors;

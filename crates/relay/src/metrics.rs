@@ -59,6 +59,7 @@ pub(crate) struct Metrics {
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) head_bytes_sent: AtomicU64,
     pub(crate) gc_runs: AtomicU64,
+    pub(crate) audit_proofs: AtomicU64,
     pub(crate) gc_deleted_blobs: AtomicU64,
     pub(crate) gc_deleted_bytes: AtomicU64,
     pub(crate) gc_deleted_heads: AtomicU64,
@@ -121,6 +122,11 @@ impl Metrics {
                 "cairn_head_bytes_sent_total",
                 "Bytes of head records and head listings sent.",
                 &self.head_bytes_sent,
+            ),
+            (
+                "cairn_audit_proofs_total",
+                "Storage-audit proofs served.",
+                &self.audit_proofs,
             ),
             (
                 "cairn_gc_runs_total",

@@ -29,6 +29,8 @@ use crate::store::{Store, StoreError};
 
 /// Most blobs one GC transaction deletes; a pass runs as many as it needs.
 const GC_BATCH: usize = 4096;
+/// Audit proofs computed at once (each costs a hash of the whole blob).
+const MAX_CONCURRENT_PROOFS: usize = 2;
 /// Most connections served at once.
 const MAX_CONNECTIONS: usize = 4096;
 
@@ -158,6 +160,7 @@ pub async fn start_with_clock(
         federation,
         key: key.clone(),
         upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
+        proof_slots: Semaphore::new(MAX_CONCURRENT_PROOFS),
         config,
         clock,
         metrics: Metrics::default(),

@@ -699,3 +699,59 @@ async fn wrong_methods_get_the_json_error_everywhere() {
         assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     }
 }
+
+#[tokio::test]
+async fn audit_proofs_verify_against_the_blob_id_and_bad_requests_are_refused() {
+    use cairn_proto::audit::{ChunkRequest, verify};
+    let relay = TestRelay::start().await;
+    let owner = key("audited");
+    // One blob stored inline in the index, one as a file.
+    for size in [5_000usize, 300_000] {
+        let data = bytes(&format!("audited {size}"), size);
+        let id = BlobId::of(&data);
+        assert_eq!(relay.put(&owner, &data).await.status(), StatusCode::CREATED);
+        let request = ChunkRequest::new(size as u64, vec![0, (size as u64 - 1) / 1024]).unwrap();
+        let url = format!(
+            "{}/proof?chunks={}",
+            relay.blob_url(&id),
+            request.to_query()
+        );
+        let response = relay.http.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let proof = response.bytes().await.unwrap();
+        let chunks = verify(&id, &request, &proof).unwrap();
+        assert_eq!(chunks[0].1, data[..1024]);
+        // The same proof does not pass for another blob id.
+        assert!(verify(&BlobId::of(b"other"), &request, &proof).is_err());
+
+        let bad = relay
+            .http
+            .get(format!("{}/proof?chunks=2,1", relay.blob_url(&id)))
+            .send()
+            .await
+            .unwrap();
+        assert_error(bad, StatusCode::BAD_REQUEST, "bad_request").await;
+        let beyond = relay
+            .http
+            .get(format!("{}/proof?chunks=99999", relay.blob_url(&id)))
+            .send()
+            .await
+            .unwrap();
+        assert_error(beyond, StatusCode::BAD_REQUEST, "bad_request").await;
+        let none = relay
+            .http
+            .get(format!("{}/proof", relay.blob_url(&id)))
+            .send()
+            .await
+            .unwrap();
+        assert_error(none, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+    let absent = BlobId::of(b"never stored");
+    let response = relay
+        .http
+        .get(format!("{}/proof?chunks=0", relay.blob_url(&absent)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+}

@@ -242,6 +242,17 @@ async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
         let answer = direct.get(a.blob_url(id)).send().await.unwrap();
         if answer.status() == StatusCode::TEMPORARY_REDIRECT {
             let location = answer.headers()["location"].to_str().unwrap().to_owned();
+            // Audits of a transferred blob go where the blob went.
+            let proof = direct
+                .get(format!("{}/proof?chunks=0", a.blob_url(id)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(proof.status(), StatusCode::TEMPORARY_REDIRECT);
+            assert_eq!(
+                proof.headers()["location"].to_str().unwrap(),
+                format!("{location}/proof?chunks=0")
+            );
             if location.starts_with(&relays[1].handle.url()) {
                 to_b += 1;
                 moved_to_b.push(*id);

@@ -4,6 +4,7 @@
 //! verifies the locally stored identity log; commands that talk to relays
 //! first bring the log up to date from them.
 
+mod audit;
 mod devices;
 mod mailbox;
 mod relays;
@@ -15,6 +16,7 @@ use zeroize::Zeroizing;
 
 use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
+pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
 pub use devices::{Enrolled, Revoked};
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};

@@ -9,6 +9,7 @@ use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{
     AuthToken, BlobId, HeadRecord, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot,
     Timestamp, TokenTarget, Verified, VerifyingKey,
@@ -87,6 +88,23 @@ pub async fn fetch_info(
         )));
     }
     Ok(info)
+}
+
+/// What an audit of one copy found.
+#[derive(Debug)]
+pub enum AuditOutcome {
+    /// The relay proved it holds the requested chunks.
+    Passed {
+        /// Bytes of proof received.
+        proof_bytes: u64,
+        /// The relay that answered, when the blob was transferred there.
+        at: Option<RelayClient>,
+    },
+    /// The relay (or the peer it transferred the blob to) does not have it.
+    Missing,
+    /// The relay answered with a proof that does not lead to the blob id:
+    /// it does not hold these bytes (or holds other ones).
+    Failed(String),
 }
 
 /// What a head write came to.
@@ -360,6 +378,46 @@ impl RelayClient {
             Err(err) if is_absent(&err) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+
+    /// Audits blob `id` (`size` bytes, as the manifest records): asks the
+    /// relay holding it (following a transfer) for the chunks in `request`
+    /// with a slice proof, and checks the proof against the id. The answer
+    /// says whether the relay holds those bytes; it costs the proof's
+    /// length, a few hundred bytes per chunk, not the blob's.
+    pub async fn audit(
+        &self,
+        id: &BlobId,
+        request: &ChunkRequest,
+    ) -> Result<AuditOutcome, RelayError> {
+        let Some(held) = self.probe(id).await? else {
+            return Ok(AuditOutcome::Missing);
+        };
+        let relay = held.at.as_ref().unwrap_or(self);
+        let url = format!("{}/proof?chunks={}", relay.blob_url(id), request.to_query());
+        let response = match send(self.http.get(url)).await {
+            Ok(response) => response,
+            Err(err) if is_absent(&err) => return Ok(AuditOutcome::Missing),
+            Err(err) => return Err(relay.after_transfer(self, err)),
+        };
+        let expected = cairn_proto::audit::proof_len(request);
+        let max = usize::try_from(expected).unwrap_or(usize::MAX);
+        let proof = match bounded_body(response, max).await {
+            Ok(proof) => proof,
+            Err(RelayError::Protocol(reason)) => {
+                return Ok(AuditOutcome::Failed(format!(
+                    "the proof is too long: {reason}"
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(match cairn_proto::audit::verify(id, request, &proof) {
+            Ok(_) => AuditOutcome::Passed {
+                proof_bytes: proof.len() as u64,
+                at: held.at,
+            },
+            Err(err) => AuditOutcome::Failed(err.to_string()),
+        })
     }
 
     /// Sends `method` for blob `id`, following transfer redirects. Returns

@@ -35,7 +35,7 @@ const SYNC_IN_UPLOAD: u64 = 1 << 20;
 /// Capacity is reserved for uploads of unknown length in steps this big.
 const RESERVE_STEP: u64 = 8 << 20;
 
-fn parse_id(text: &str) -> Result<BlobId, ApiError> {
+pub(super) fn parse_id(text: &str) -> Result<BlobId, ApiError> {
     text.parse()
         .map_err(|e| ApiError::bad_blob_id(format!("{text:?} is not a blob id: {e}")))
 }
@@ -189,7 +189,7 @@ pub(crate) async fn get_blob(
     .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?;
 
     let Some((opened, range, satisfiable)) = opened else {
-        return forwarded(&app, id).await;
+        return forwarded(&app, id, "").await;
     };
     let size = match &opened {
         Opened::Small(_, size) | Opened::Large(_, size) => *size,
@@ -223,8 +223,13 @@ pub(crate) async fn get_blob(
 }
 
 /// The answer for a blob this relay does not hold: a redirect to the peer
-/// it was transferred to, or 404.
-async fn forwarded(app: &AppState, id: BlobId) -> Result<Response, ApiError> {
+/// it was transferred to (to the same resource there: the blob, or with
+/// `suffix` a sub-resource such as its proof), or 404.
+pub(super) async fn forwarded(
+    app: &AppState,
+    id: BlobId,
+    suffix: &str,
+) -> Result<Response, ApiError> {
     let reader = app.store.reader().clone();
     let forward = tokio::task::spawn_blocking(move || reader.forward(&id))
         .await
@@ -236,7 +241,10 @@ async fn forwarded(app: &AppState, id: BlobId) -> Result<Response, ApiError> {
     };
     // Keeps the forwarding record alive as long as it is used.
     app.store.record_access(id, app.now());
-    let location = format!("{}/v1/blobs/{id}", forward.url.trim_end_matches('/'));
+    let location = format!(
+        "{}/v1/blobs/{id}{suffix}",
+        forward.url.trim_end_matches('/')
+    );
     let location = HeaderValue::from_str(&location).map_err(|_| ApiError::internal())?;
     let mut response = (
         StatusCode::TEMPORARY_REDIRECT,

@@ -9,6 +9,7 @@ mod federation;
 mod heads;
 mod info;
 mod ops;
+mod proof;
 mod range;
 
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) key_limiter: RateLimiter<VerifyingKey>,
     pub(crate) addr_limiter: RateLimiter<IpAddr>,
     pub(crate) upload_slots: Arc<Semaphore>,
+    /// Audit proofs being computed (each hashes a whole blob).
+    pub(crate) proof_slots: Semaphore,
     pub(crate) uploads_in_flight: AtomicU64,
     pub(crate) started: Instant,
     pub(crate) draining: AtomicBool,
@@ -123,6 +126,7 @@ impl Shared {
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(MatchedPath::as_str) {
         Some("/v1/blobs/{id}") => "/v1/blobs/{id}",
+        Some("/v1/blobs/{id}/proof") => "/v1/blobs/{id}/proof",
         Some("/v1/heads/{mailbox}/{slot}") => "/v1/heads/{mailbox}/{slot}",
         Some("/v1/heads/{mailbox}") => "/v1/heads/{mailbox}",
         Some("/v1/federation/reconcile") => "/v1/federation/reconcile",
@@ -181,6 +185,10 @@ pub(crate) fn router(app: AppState) -> Router {
                 .put(blobs::put_blob)
                 .delete(blobs::delete_blob)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/blobs/{id}/proof",
+            get(proof::get_proof).fallback(method_not_allowed),
         )
         .route(
             "/v1/heads/{mailbox}/{slot}",

@@ -1,0 +1,186 @@
+//! Audits: asking relays to prove, with BLAKE3 slice proofs of fresh random
+//! chunks, that they still hold the copies the file table says they hold
+//! (docs/PROTOCOL.md §7.9). The client needs nothing but each blob's id and
+//! size, and a relay cannot pass by keeping precomputed answers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use cairn_proto::BlobId;
+use cairn_proto::audit::ChunkRequest;
+
+use super::Client;
+use crate::error::{Error, Result};
+use crate::relay::{AuditOutcome, RelayClient};
+
+/// Chunks asked for per copy: a relay missing a tenth of a blob passes
+/// 16 random chunks with probability 0.9^16 ≈ 18%, and repeated audits
+/// (fresh chunks each time) shrink that geometrically.
+pub const DEFAULT_CHUNKS: usize = 16;
+/// Audits in flight at once.
+const IN_FLIGHT: usize = 4;
+/// Longest wait for one audit (a relay proves by hashing the whole blob).
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What an audit run found, per relay.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// Files whose copies were audited.
+    pub files: usize,
+    /// Copies audited.
+    pub copies: usize,
+    /// Per relay (by URL where the copy was made).
+    pub relays: Vec<RelayAudit>,
+    /// Proof bytes received in all.
+    pub proof_bytes: u64,
+    /// How long the run took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl AuditReport {
+    /// Whether any relay failed to produce a copy it should hold.
+    pub fn found_misbehaviour(&self) -> bool {
+        self.relays.iter().any(|r| r.missing > 0 || r.failed > 0)
+    }
+}
+
+/// One relay's results.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RelayAudit {
+    /// The relay's URL.
+    pub url: String,
+    /// Copies that passed.
+    pub passed: usize,
+    /// Copies the relay (or the peer it transferred them to) does not have.
+    pub missing: usize,
+    /// Copies whose proof did not lead to the blob id: other or partial bytes.
+    pub failed: usize,
+    /// Copies that could not be audited (the relay did not answer).
+    pub unreachable: usize,
+    /// What went wrong, one line per copy.
+    pub problems: Vec<String>,
+}
+
+/// A file whose copies are audited.
+struct Audited {
+    name: String,
+    blob: BlobId,
+    /// The sealed blob's size, as the file table records it.
+    size: u64,
+    /// (URL, key) of each relay a copy was made on.
+    copies: Vec<(String, cairn_proto::VerifyingKey)>,
+}
+
+impl Client {
+    /// Audits the copies of up to `sample` files (all when `None`), chosen
+    /// at random, asking for `chunks` random chunks of each copy.
+    pub async fn audit(&mut self, sample: Option<usize>, chunks: usize) -> Result<AuditReport> {
+        let started = Instant::now();
+        let state = self.synced().await?;
+        let mut files: Vec<Audited> = Self::table_of(&state)
+            .files()
+            .map(|(name, entry)| Audited {
+                name: name.to_owned(),
+                blob: entry.blob,
+                size: entry.sealed_size,
+                copies: entry
+                    .copies
+                    .iter()
+                    .map(|c| (c.url.clone(), c.relay))
+                    .collect(),
+            })
+            .collect();
+        if let Some(sample) = sample {
+            shuffle(&mut files)?;
+            files.truncate(sample);
+        }
+        let mut jobs = Vec::new();
+        for file in &files {
+            for (url, key) in &file.copies {
+                let request = ChunkRequest::random(file.size, chunks, random_u64)
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", file.name)))?;
+                jobs.push((file.name.clone(), file.blob, url.clone(), *key, request));
+            }
+        }
+        let http = self.http.clone();
+        let outcomes: Vec<_> = futures_util::stream::iter(jobs)
+            .map(|(name, blob, url, key, request)| {
+                let relay = RelayClient::new(http.clone(), &url, key);
+                async move {
+                    let outcome =
+                        tokio::time::timeout(AUDIT_TIMEOUT, relay.audit(&blob, &request)).await;
+                    (name, url, outcome)
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+
+        let mut by_relay: BTreeMap<String, RelayAudit> = BTreeMap::new();
+        let mut report = AuditReport {
+            files: files.len(),
+            copies: outcomes.len(),
+            ..AuditReport::default()
+        };
+        for (name, url, outcome) in outcomes {
+            let relay = by_relay.entry(url.clone()).or_insert_with(|| RelayAudit {
+                url,
+                ..RelayAudit::default()
+            });
+            match outcome {
+                Ok(Ok(AuditOutcome::Passed { proof_bytes, .. })) => {
+                    relay.passed += 1;
+                    report.proof_bytes += proof_bytes;
+                }
+                Ok(Ok(AuditOutcome::Missing)) => {
+                    relay.missing += 1;
+                    relay.problems.push(format!("{name}: missing"));
+                }
+                Ok(Ok(AuditOutcome::Failed(why))) => {
+                    relay.failed += 1;
+                    relay
+                        .problems
+                        .push(format!("{name}: failed the audit: {why}"));
+                }
+                Ok(Err(err)) => {
+                    relay.unreachable += 1;
+                    relay.problems.push(format!("{name}: {err}"));
+                }
+                Err(_) => {
+                    relay.unreachable += 1;
+                    relay.problems.push(format!(
+                        "{name}: no answer within {} s",
+                        AUDIT_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+        report.relays = by_relay.into_values().collect();
+        report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
+    }
+}
+
+/// A uniformly random u64 from the operating system. Audits must be
+/// unpredictable to the relay, so no seeded generator.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // An OS without randomness cannot run cairn at all (keys need it); a
+    // zero here would only make an audit predictable, never wrong.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// Fisher–Yates with OS randomness.
+fn shuffle<T>(items: &mut [T]) -> Result<()> {
+    for i in (1..items.len()).rev() {
+        let bound = u64::try_from(i + 1).map_err(|_| Error::Invalid("too many files".into()))?;
+        let j = usize::try_from(random_u64() % bound)
+            .map_err(|_| Error::Invalid("too many files".into()))?;
+        items.swap(i, j);
+    }
+    Ok(())
+}
