@@ -71,6 +71,9 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<Ex
     if let Command::Relay(command) = command {
         return relay(open(home)?, json, command).await;
     }
+    if let Command::Repair = command {
+        return repair(open(home)?, json).await;
+    }
     if let Command::Audit { sample, chunks } = command {
         return audit(open(home)?, json, sample, usize::from(chunks)).await;
     }
@@ -158,7 +161,9 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
             emit(json, &value, || format!("replicas: {}", client.replicas()));
             Ok(())
         }
-        Command::Inspect { .. } | Command::Relay(_) | Command::Audit { .. } => Ok(()),
+        Command::Inspect { .. } | Command::Relay(_) | Command::Audit { .. } | Command::Repair => {
+            Ok(())
+        }
     }
 }
 
@@ -733,6 +738,40 @@ async fn status(mut client: Client, json: bool) -> anyhow::Result<()> {
         text
     });
     Ok(())
+}
+
+/// `cairn repair`: the report either way; exit 1 when a file is left short
+/// of good copies.
+async fn repair(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
+    let report = client.repair().await?;
+    emit(json, &report, || {
+        let mut text = format!(
+            "checked {} copies of {} files: {} healthy, {} copies replaced ({:.1} s)",
+            report.copies_checked,
+            report.files,
+            report.healthy,
+            report.restored.len(),
+            report.elapsed_ms as f64 / 1000.0
+        );
+        for r in &report.restored {
+            text.push_str(&format!(
+                "\n  {}: copy on {} ({}) replaced by one on {}",
+                r.name, r.from, r.why, r.to
+            ));
+        }
+        for short in &report.short {
+            text.push_str(&format!("\n  SHORT {short}"));
+        }
+        for u in &report.unreachable {
+            text.push_str(&format!("\n  unreachable: {u}"));
+        }
+        text
+    });
+    Ok(if report.short.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `cairn audit`: the report either way; exit 1 when a relay failed to

@@ -149,6 +149,15 @@ Examples:
     },
     /// Show per-relay and per-device sync state, and recent findings.
     Status,
+    /// Keep every file at its wanted number of good copies.
+    ///
+    /// Audits every copy (which also renews its retention on the relay),
+    /// and replaces copies that are missing or fail their proof with new
+    /// copies on other relays of your set, made from a good copy (no
+    /// decryption needed). Relays that do not answer are reported, not
+    /// replaced. Run it more often than your relays' shortest retention.
+    /// Exits 1 when a file is left short of good copies.
+    Repair,
     /// Ask relays to prove they still hold your files' copies.
     ///
     /// For each copy, the relay must return random 1 KiB chunks with a

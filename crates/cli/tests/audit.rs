@@ -81,3 +81,100 @@ async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_c
         text.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_honest_relay_of_three_repair_restores_redundancy_on_fresh_relays() {
+    let relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop
+        .add_relays(&[&relays[0], &relays[1], &relays[2]])
+        .await;
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let data = data_with_marker(100_000 + i * 1000, format!("file {i}").as_bytes());
+        let src = laptop.dir.path().join(format!("f{i}"));
+        std::fs::write(&src, &data).unwrap();
+        let put = laptop
+            .run(&["put", src.to_str().unwrap(), "--json"])
+            .await
+            .json();
+        files.push((
+            format!("f{i}"),
+            put["blob"].as_str().unwrap().to_owned(),
+            data,
+        ));
+    }
+    // Relay 1 corrupts everything it holds (every chunk, so any audit
+    // catches it); relay 2 lost everything.
+    for (_, id, _) in &files {
+        let path = relays[1].blob_file(id).unwrap();
+        let bytes: Vec<u8> = std::fs::read(&path)
+            .unwrap()
+            .iter()
+            .map(|b| b ^ 1)
+            .collect();
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::remove_file(relays[2].blob_file(id).unwrap()).unwrap();
+    }
+    // Every file is still retrieved intact, from the honest relay.
+    for (name, _, data) in &files {
+        let out = laptop.dir.path().join(format!("{name}.out"));
+        laptop
+            .run(&["get", name, "-o", out.to_str().unwrap()])
+            .await
+            .ok();
+        assert!(std::fs::read(&out).unwrap() == *data, "{name} intact");
+    }
+
+    // Repair with nowhere to go: every file is short, and says so.
+    let run = laptop.run(&["repair", "--json"]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["short"].as_array().unwrap().len(), 3, "{report}");
+
+    // Two fresh honest relays join; repair copies every file onto them.
+    let fresh = [Relay::start().await, Relay::start().await];
+    laptop.add_relays(&[&fresh[0], &fresh[1]]).await;
+    let report = laptop.run(&["repair", "--json"]).await.json();
+    let restored = report["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 6, "{report}");
+    assert!(report["short"].as_array().unwrap().is_empty(), "{report}");
+    for r in restored {
+        assert!(
+            r["to"] == fresh[0].url() || r["to"] == fresh[1].url(),
+            "{r}"
+        );
+        assert!(
+            r["from"] == relays[1].url() || r["from"] == relays[2].url(),
+            "{r}"
+        );
+    }
+    // Now every copy passes its audit, and the file table shows where.
+    let audit = laptop.run(&["audit", "--json"]).await.json();
+    for relay in audit["relays"].as_array().unwrap() {
+        assert_eq!(relay["failed"], 0, "{audit}");
+        assert_eq!(relay["missing"], 0, "{audit}");
+    }
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    for file in list.as_array().unwrap() {
+        let mut copies: Vec<String> = file["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        copies.sort();
+        let mut expected = vec![relays[0].url(), fresh[0].url(), fresh[1].url()];
+        expected.sort();
+        assert_eq!(copies, expected, "{list}");
+    }
+    // A second run finds nothing to do.
+    let again = laptop.run(&["repair", "--json"]).await.json();
+    assert_eq!(again["healthy"], 3, "{again}");
+    assert!(again["restored"].as_array().unwrap().is_empty());
+}

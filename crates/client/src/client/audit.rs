@@ -14,7 +14,9 @@ use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
 use crate::error::{Error, Result};
+use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
+use crate::sync::Table;
 
 /// Chunks asked for per copy: a relay missing a tenth of a blob passes
 /// 16 random chunks with probability 0.9^16 ≈ 18%, and repeated audits
@@ -32,7 +34,7 @@ pub struct AuditReport {
     pub files: usize,
     /// Copies audited.
     pub copies: usize,
-    /// Per relay (by URL where the copy was made).
+    /// Per relay (by URL of the relay holding the copy now).
     pub relays: Vec<RelayAudit>,
     /// Proof bytes received in all.
     pub proof_bytes: u64,
@@ -70,7 +72,7 @@ struct Audited {
     blob: BlobId,
     /// The sealed blob's size, as the file table records it.
     size: u64,
-    /// (URL, key) of each relay a copy was made on.
+    /// (URL, key) of each relay holding a copy now.
     copies: Vec<(String, cairn_proto::VerifyingKey)>,
 }
 
@@ -80,16 +82,16 @@ impl Client {
     pub async fn audit(&mut self, sample: Option<usize>, chunks: usize) -> Result<AuditReport> {
         let started = Instant::now();
         let state = self.synced().await?;
-        let mut files: Vec<Audited> = Self::table_of(&state)
+        let table = Self::table_of(&state);
+        let mut files: Vec<Audited> = table
             .files()
             .map(|(name, entry)| Audited {
                 name: name.to_owned(),
                 blob: entry.blob,
                 size: entry.sealed_size,
-                copies: entry
-                    .copies
-                    .iter()
-                    .map(|c| (c.url.clone(), c.relay))
+                copies: current_places(table, entry)
+                    .into_iter()
+                    .map(|p| (p.url, p.relay))
                     .collect(),
             })
             .collect();
@@ -164,9 +166,23 @@ impl Client {
     }
 }
 
+/// Where each of `entry`'s copies is now: where it was made, or where a
+/// recorded transfer or repair took it.
+pub(super) fn current_places(table: &Table, entry: &FileEntry) -> Vec<Place> {
+    table
+        .located(entry)
+        .map(|(copy, moved)| {
+            moved.cloned().unwrap_or_else(|| Place {
+                url: copy.url.clone(),
+                relay: copy.relay,
+            })
+        })
+        .collect()
+}
+
 /// A uniformly random u64 from the operating system. Audits must be
 /// unpredictable to the relay, so no seeded generator.
-fn random_u64() -> u64 {
+pub(super) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // An OS without randomness cannot run cairn at all (keys need it); a
     // zero here would only make an audit predictable, never wrong.

@@ -8,6 +8,7 @@ mod audit;
 mod devices;
 mod mailbox;
 mod relays;
+mod repair;
 mod storage;
 mod sync;
 
@@ -19,6 +20,7 @@ use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
 pub use devices::{Enrolled, Revoked};
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
+pub use repair::{RepairReport, Restored};
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};
 pub use sync::{DeviceSync, Finding, RelaySync, SyncReport};
 

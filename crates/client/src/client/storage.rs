@@ -328,7 +328,7 @@ impl Client {
 
     /// Relays that can take a blob of `size` bytes, best first: longest
     /// retention, then least loaded, then most free space.
-    async fn candidates(
+    pub(super) async fn candidates(
         &self,
         size: u64,
     ) -> (Vec<(RelayClient, Verified<RelayInfo>)>, Vec<String>) {

@@ -1,0 +1,273 @@
+//! Repair: every file keeps its wanted number of good copies.
+//!
+//! Each copy is audited where it is now (following recorded and live
+//! transfers); the audit's first request is a HEAD, which is also an access,
+//! so a repair run renews every good copy's retention. A copy that is
+//! missing or fails its proof is replaced: the ciphertext comes from a copy
+//! that passed (verified by hash on the way), goes to a relay of the set
+//! that holds no copy and did not misbehave, and the replacement is recorded
+//! as a move of the bad copy (one register per copy, never a rewrite of the
+//! name, so a concurrent change of the file on another device cannot be
+//! undone by a repair). Plaintext is never needed.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use cairn_proto::VerifyingKey;
+use cairn_proto::audit::ChunkRequest;
+
+use super::Client;
+use super::audit::{DEFAULT_CHUNKS, current_places, random_u64};
+use crate::error::{Error, Result};
+use crate::files::Place;
+use crate::relay::{AuditOutcome, RelayClient};
+use crate::sync::Change;
+
+/// What a repair run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Files looked at.
+    pub files: usize,
+    /// Copies audited (each audit also renewed the copy's retention).
+    pub copies_checked: usize,
+    /// Files that had all their wanted good copies already.
+    pub healthy: usize,
+    /// Copies replaced.
+    pub restored: Vec<Restored>,
+    /// Files still short of good copies, with why.
+    pub short: Vec<String>,
+    /// Copies whose relay did not answer (left alone: unavailability is not
+    /// misbehaviour; a later run checks again).
+    pub unreachable: Vec<String>,
+    /// How long the run took, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// One replaced copy.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restored {
+    /// The file.
+    pub name: String,
+    /// The relay whose copy was bad.
+    pub from: String,
+    /// What was wrong with it.
+    pub why: String,
+    /// The relay that holds the new copy.
+    pub to: String,
+}
+
+/// A copy, where it is now, and what its audit said.
+struct Checked {
+    /// The relay it is at (after transfers), whose key keys its move.
+    at: Place,
+    verdict: Verdict,
+}
+
+enum Verdict {
+    Good,
+    Bad(String),
+    Unreachable(String),
+}
+
+impl Client {
+    /// Audits every copy of every file and replaces the bad ones.
+    pub async fn repair(&mut self) -> Result<RepairReport> {
+        let started = Instant::now();
+        self.require_active()?;
+        let mut state = self.synced().await?;
+        let wanted = self.replicas().min(self.relays.entries().len());
+        let files: Vec<(String, crate::files::FileEntry, Vec<Place>)> = {
+            let table = Self::table_of(&state);
+            table
+                .files()
+                .map(|(name, entry)| (name.to_owned(), entry.clone(), current_places(table, entry)))
+                .collect()
+        };
+        let mut report = RepairReport {
+            files: files.len(),
+            ..RepairReport::default()
+        };
+        let mut changes = Vec::new();
+        for (name, entry, places) in files {
+            let checked = self.check_copies(&entry, places).await;
+            report.copies_checked += checked.len();
+            let good: Vec<&Place> = checked
+                .iter()
+                .filter(|c| matches!(c.verdict, Verdict::Good))
+                .map(|c| &c.at)
+                .collect();
+            let bad: Vec<(&Place, &str)> = checked
+                .iter()
+                .filter_map(|c| match &c.verdict {
+                    Verdict::Bad(why) => Some((&c.at, why.as_str())),
+                    _ => None,
+                })
+                .collect();
+            for c in &checked {
+                if let Verdict::Unreachable(why) = &c.verdict {
+                    report
+                        .unreachable
+                        .push(format!("{name} on {}: {why}", c.at.url));
+                }
+            }
+            if bad.is_empty() {
+                if good.len() >= wanted {
+                    report.healthy += 1;
+                } else {
+                    report.short.push(format!(
+                        "{name}: {} good copies of {wanted} wanted",
+                        good.len()
+                    ));
+                }
+                continue;
+            }
+            let Some(source) = good.first() else {
+                report.short.push(format!(
+                    "{name}: no good copy left to repair from ({} bad)",
+                    bad.len()
+                ));
+                continue;
+            };
+            // Replace only what is needed to reach the wanted number.
+            let needed = wanted.saturating_sub(good.len()).min(bad.len());
+            let avoid: BTreeSet<VerifyingKey> = checked.iter().map(|c| c.at.relay).collect();
+            match self
+                .copy_to_new_relays(&entry, source, needed, &avoid)
+                .await
+            {
+                Ok(new) => {
+                    for ((lost, why), to) in bad.iter().zip(&new) {
+                        changes.push(Change::Moved {
+                            blob: entry.blob,
+                            from: lost.relay,
+                            to: to.clone(),
+                        });
+                        report.restored.push(Restored {
+                            name: name.clone(),
+                            from: lost.url.clone(),
+                            why: (*why).to_owned(),
+                            to: to.url.clone(),
+                        });
+                    }
+                    if good.len() + new.len() < wanted {
+                        report.short.push(format!(
+                            "{name}: {} good copies of {wanted} wanted; no further relay of the \
+                             set could take one (add relays with `cairn relay add URL`)",
+                            good.len() + new.len()
+                        ));
+                    }
+                }
+                Err(err) => report.short.push(format!("{name}: {err}")),
+            }
+        }
+        if !changes.is_empty() {
+            for change in changes {
+                self.append(&mut state, change).await?;
+            }
+            self.finish_change(&mut state).await?;
+        }
+        report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(report)
+    }
+
+    /// Audits each of `entry`'s copies at `places`.
+    async fn check_copies(
+        &self,
+        entry: &crate::files::FileEntry,
+        places: Vec<Place>,
+    ) -> Vec<Checked> {
+        let audits = places.into_iter().map(|at| {
+            let relay = RelayClient::new(self.http.clone(), &at.url, at.relay);
+            async move {
+                let request = ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64);
+                let verdict = match request {
+                    Err(err) => Verdict::Bad(format!("cannot audit: {err}")),
+                    Ok(request) => match relay.audit(&entry.blob, &request).await {
+                        Ok(AuditOutcome::Passed { .. }) => Verdict::Good,
+                        Ok(AuditOutcome::Missing) => Verdict::Bad("missing".into()),
+                        Ok(AuditOutcome::Failed(why)) => {
+                            Verdict::Bad(format!("failed the audit: {why}"))
+                        }
+                        Err(err) => Verdict::Unreachable(err.to_string()),
+                    },
+                };
+                Checked { at, verdict }
+            }
+        });
+        futures_util::future::join_all(audits).await
+    }
+
+    /// Downloads `entry`'s ciphertext from `source` (verified) and uploads
+    /// it to `count` relays of the set outside `avoid`. Returns where it
+    /// was stored.
+    async fn copy_to_new_relays(
+        &self,
+        entry: &crate::files::FileEntry,
+        source: &Place,
+        count: usize,
+        avoid: &BTreeSet<VerifyingKey>,
+    ) -> Result<Vec<Place>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let temp = self.home.temp_file()?;
+        let path = temp.path().to_path_buf();
+        let file = std::sync::Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(
+            temp.reopen().map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?,
+        )));
+        let relay = RelayClient::new(self.http.clone(), &source.url, source.relay);
+        relay
+            .fetch_each(&entry.blob, |chunk| {
+                let file = file.clone();
+                async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    file.lock().await.write_all(&chunk).await
+                }
+            })
+            .await
+            .map_err(|source| Error::Relay {
+                url: relay.url().to_owned(),
+                source,
+            })?;
+        {
+            use tokio::io::AsyncWriteExt as _;
+            file.lock().await.flush().await.map_err(|e| Error::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+        }
+        let (candidates, _) = self.candidates(entry.sealed_size).await;
+        let mut stored = Vec::new();
+        for (relay, info) in candidates {
+            if stored.len() >= count {
+                break;
+            }
+            if avoid.contains(relay.key()) {
+                continue;
+            }
+            let key = self.device.upload_key(relay.key());
+            let put = relay
+                .put_file(
+                    &entry.blob,
+                    &path,
+                    entry.sealed_size,
+                    &key,
+                    info.limits.pow_bits,
+                    |_| {},
+                )
+                .await;
+            if put.is_ok() {
+                stored.push(Place {
+                    url: relay.url().to_owned(),
+                    relay: *relay.key(),
+                });
+            }
+        }
+        Ok(stored)
+    }
+}
