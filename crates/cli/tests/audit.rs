@@ -178,3 +178,40 @@ async fn with_one_honest_relay_of_three_repair_restores_redundancy_on_fresh_rela
     assert_eq!(again["healthy"], 3, "{again}");
     assert!(again["restored"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_renews_copies_on_a_relay_with_short_retention() {
+    // A relay that keeps blobs 300 s after their last access, on a clock
+    // the test moves.
+    let clock = cairn_relay::Clock::manual(cairn_testkit::unix_now());
+    let relay = Relay::start_with_clock(
+        |c| c.retention = std::time::Duration::from_secs(300),
+        clock.clone(),
+    )
+    .await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relay]).await;
+    let data = data_with_marker(50_000, b"kept alive by repair");
+    let src = laptop.dir.path().join("kept");
+    std::fs::write(&src, &data).unwrap();
+    let put = laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let id = put["blob"].as_str().unwrap().to_owned();
+
+    // Repair runs every 250 s: each run's audit is an access, so GC never
+    // finds the copy past its retention.
+    for _ in 0..3 {
+        clock.advance(250);
+        let report = laptop.run(&["repair", "--json"]).await.json();
+        assert_eq!(report["healthy"], 1, "{report}");
+        relay.handle().run_gc().await.unwrap();
+        assert!(relay.blob_file(&id).is_some(), "collected while repaired");
+    }
+    // Without repair, the relay does what it disclosed.
+    clock.advance(301);
+    relay.handle().run_gc().await.unwrap();
+    assert!(relay.blob_file(&id).is_none(), "kept past its retention");
+}

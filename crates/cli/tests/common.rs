@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cairn_relay::{RelayConfig, RelayHandle};
+use cairn_relay::{Clock, RelayConfig, RelayHandle};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn");
@@ -16,6 +16,7 @@ pub(crate) struct Relay {
     pub(crate) dir: tempfile::TempDir,
     addr: SocketAddr,
     adjust: Adjust,
+    clock: Clock,
 }
 
 /// Changes a test makes to a relay's configuration, kept for restarts.
@@ -30,12 +31,22 @@ impl Relay {
     pub(crate) async fn start_with(
         adjust: impl Fn(&mut RelayConfig) + Send + Sync + 'static,
     ) -> Self {
+        Self::start_with_clock(adjust, Clock::system()).await
+    }
+
+    /// A relay whose time is `clock` (a manual clock lets a test move
+    /// retention along without waiting).
+    pub(crate) async fn start_with_clock(
+        adjust: impl Fn(&mut RelayConfig) + Send + Sync + 'static,
+        clock: Clock,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let adjust: Adjust = std::sync::Arc::new(adjust);
         let handle = start_at(
             &dir.path().join("data"),
             "127.0.0.1:0".parse().unwrap(),
             &adjust,
+            &clock,
         )
         .await;
         let addr = handle.addr();
@@ -44,6 +55,7 @@ impl Relay {
             dir,
             addr,
             adjust,
+            clock,
         }
     }
 
@@ -65,7 +77,7 @@ impl Relay {
     /// Starts again on the same port from the same data (same key).
     pub(crate) async fn restart(&mut self) {
         self.stop().await;
-        self.handle = Some(start_at(&self.data(), self.addr, &self.adjust).await);
+        self.handle = Some(start_at(&self.data(), self.addr, &self.adjust, &self.clock).await);
     }
 
     /// The running relay (tests drive federation through it).
@@ -108,7 +120,7 @@ impl Relay {
     pub(crate) async fn replace_with_impostor(&mut self) {
         self.stop().await;
         let other = self.dir.path().join("impostor");
-        self.handle = Some(start_at(&other, self.addr, &self.adjust).await);
+        self.handle = Some(start_at(&other, self.addr, &self.adjust, &self.clock).await);
     }
 
     /// The file holding blob `id` on this relay's disk, if it is a file
@@ -119,13 +131,13 @@ impl Relay {
     }
 }
 
-async fn start_at(data: &Path, listen: SocketAddr, adjust: &Adjust) -> RelayHandle {
+async fn start_at(data: &Path, listen: SocketAddr, adjust: &Adjust, clock: &Clock) -> RelayHandle {
     let mut config = RelayConfig::new(data);
     config.listen = listen;
     adjust(&mut config);
     // A freed port can linger briefly; retry binding for a moment.
     for _ in 0..50 {
-        match cairn_relay::start(config.clone()).await {
+        match cairn_relay::start_with_clock(config.clone(), clock.clone()).await {
             Ok(handle) => return handle,
             Err(err) => {
                 eprintln!("relay start: {err}; retrying");
