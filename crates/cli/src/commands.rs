@@ -386,6 +386,38 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
                 )
             });
         }
+        RelayCommand::Rotate { from, to } => {
+            let report = client.rotate_relay(&from, &to).await?;
+            emit(json, &report, || {
+                let mut text = format!(
+                    "moved {} file(s) from {} to {}",
+                    report.moved.len(),
+                    report.from,
+                    report.to
+                );
+                for failed in &report.failed {
+                    text.push_str(&format!("\n  NOT MOVED {failed}"));
+                }
+                if report.removed {
+                    text.push_str(&format!(
+                        "\n  deleted {} copies there; {} left your relay set",
+                        report.deleted, report.from
+                    ));
+                } else {
+                    text.push_str(&format!(
+                        "\n  {} stays in your set until every copy has moved; run again",
+                        report.from
+                    ));
+                }
+                for warning in &report.warnings {
+                    text.push_str(&format!("\n  warning: {warning}"));
+                }
+                text
+            });
+            if !report.removed {
+                return Ok(ExitCode::from(1));
+            }
+        }
         RelayCommand::Check { url } => {
             let checks = client.check_relays(url.as_deref()).await?;
             emit(json, &checks, || {

@@ -247,6 +247,19 @@ enum RelayCommand {
         /// The relay's base URL.
         url: String,
     },
+    /// Leave a relay without losing anything: copy everything on OLD to
+    /// NEW (added to the set if needed), check each copy there with an
+    /// audit, record the moves, then delete this device's copies on OLD and
+    /// remove it from the set. If any copy cannot be moved, OLD stays.
+    #[command(
+        after_help = "Example:\n  cairn relay rotate https://old.example https://new.example"
+    )]
+    Rotate {
+        /// The relay to leave.
+        from: String,
+        /// The relay to move to.
+        to: String,
+    },
     /// Check health, latency, capacity, retention and key pin.
     Check {
         /// Only this relay.

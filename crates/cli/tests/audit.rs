@@ -215,3 +215,84 @@ async fn repair_renews_copies_on_a_relay_with_short_retention() {
     relay.handle().run_gc().await.unwrap();
     assert!(relay.blob_file(&id).is_none(), "kept past its retention");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_relay_out_moves_every_copy_and_loses_nothing() {
+    let mut relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop
+        .add_relays(&[&relays[0], &relays[1], &relays[2]])
+        .await;
+    let mut files = Vec::new();
+    for i in 0..2 {
+        let data = data_with_marker(60_000 + i, format!("rotated {i}").as_bytes());
+        let src = laptop.dir.path().join(format!("r{i}"));
+        std::fs::write(&src, &data).unwrap();
+        let put = laptop
+            .run(&["put", src.to_str().unwrap(), "--json"])
+            .await
+            .json();
+        files.push((
+            format!("r{i}"),
+            put["blob"].as_str().unwrap().to_owned(),
+            data,
+        ));
+    }
+    let new = Relay::start().await;
+    let old_url = relays[1].url();
+    let report = laptop
+        .run(&["relay", "rotate", &old_url, &new.url(), "--json"])
+        .await
+        .json();
+    assert_eq!(report["moved"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["removed"], true, "{report}");
+    assert_eq!(report["deleted"], 2, "{report}");
+    for (_, id, _) in &files {
+        assert!(
+            relays[1].blob_file(id).is_none(),
+            "deleted from the old relay"
+        );
+        assert!(new.blob_file(id).is_some(), "on the new relay");
+    }
+    let set = laptop.run(&["relay", "list", "--json"]).await.json();
+    let urls: Vec<&str> = set
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["url"].as_str().unwrap())
+        .collect();
+    assert!(
+        !urls.contains(&old_url.as_str()) && urls.contains(&new.url().as_str()),
+        "{set}"
+    );
+
+    // The old relay can vanish: everything is read, audited and listed
+    // where it is now.
+    relays[1].stop().await;
+    let audit = laptop.run(&["audit", "--json"]).await.json();
+    assert_eq!(audit["copies"], 6, "{audit}");
+    for relay in audit["relays"].as_array().unwrap() {
+        assert_eq!(relay["passed"], 2, "{audit}");
+    }
+    for (name, _, data) in &files {
+        let out = laptop.dir.path().join(format!("{name}.out"));
+        laptop
+            .run(&["get", name, "-o", out.to_str().unwrap()])
+            .await
+            .ok();
+        assert!(std::fs::read(&out).unwrap() == *data, "{name} intact");
+    }
+    // Rotating away from a relay not in the set is a clear error.
+    let run = laptop.run(&["relay", "rotate", &old_url, &new.url()]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains(&old_url) || run.stderr.contains("not in"),
+        "{}",
+        run.stderr
+    );
+}

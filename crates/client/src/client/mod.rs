@@ -9,6 +9,7 @@ mod devices;
 mod mailbox;
 mod relays;
 mod repair;
+mod rotate;
 mod storage;
 mod sync;
 
@@ -21,6 +22,7 @@ pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit}
 pub use devices::{Enrolled, Revoked};
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
+pub use rotate::RotateReport;
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};
 pub use sync::{DeviceSync, Finding, RelaySync, SyncReport};
 

@@ -200,9 +200,10 @@ impl Client {
     }
 
     /// Downloads `entry`'s ciphertext from `source` (verified) and uploads
-    /// it to `count` relays of the set outside `avoid`. Returns where it
-    /// was stored.
-    async fn copy_to_new_relays(
+    /// it to `count` relays of the set outside `avoid`, each new copy
+    /// checked with an audit (a relay that acknowledges and drops fails it).
+    /// Returns where it was stored.
+    pub(super) async fn copy_to_new_relays(
         &self,
         entry: &crate::files::FileEntry,
         source: &Place,
@@ -261,7 +262,15 @@ impl Client {
                     |_| {},
                 )
                 .await;
-            if put.is_ok() {
+            if put.is_err() {
+                continue;
+            }
+            let audited = match ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64)
+            {
+                Ok(request) => relay.audit(&entry.blob, &request).await,
+                Err(_) => continue,
+            };
+            if matches!(audited, Ok(AuditOutcome::Passed { .. })) {
                 stored.push(Place {
                     url: relay.url().to_owned(),
                     relay: *relay.key(),

@@ -1,0 +1,154 @@
+//! Rotation: leaving a relay without losing anything. Every copy on the old
+//! relay is copied (ciphertext, verified by hash, from any good copy) to
+//! the new one and checked there with an audit; the change is recorded as
+//! moves; only when every copy made it are this device's copies on the old
+//! relay deleted and the relay dropped from the set.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use cairn_proto::VerifyingKey;
+
+use super::Client;
+use super::audit::current_places;
+use super::relays::RelayAdded;
+use crate::error::{Error, Result};
+use crate::files::Place;
+use crate::relay::{RelayClient, normalize_url};
+use crate::sync::Change;
+
+/// What a rotation did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RotateReport {
+    /// The relay left.
+    pub from: String,
+    /// The relay that took its copies.
+    pub to: String,
+    /// Adding the new relay.
+    pub added: RelayAdded,
+    /// Files whose copy moved.
+    pub moved: Vec<String>,
+    /// Files whose copy could not be moved, with why (the old relay then
+    /// stays in the set).
+    pub failed: Vec<String>,
+    /// This device's copies deleted from the old relay.
+    pub deleted: usize,
+    /// Whether the old relay left the set.
+    pub removed: bool,
+    /// Problems after the move (publishing operation logs to the new
+    /// relay), not affecting the copies.
+    pub warnings: Vec<String>,
+}
+
+impl Client {
+    /// Moves every copy on the relay at `from` to the relay at `to` (added
+    /// to the set if needed), then deletes this device's copies on `from`
+    /// and removes it from the set.
+    pub async fn rotate_relay(&mut self, from: &str, to: &str) -> Result<RotateReport> {
+        self.require_active()?;
+        let old = self
+            .relays
+            .get(&normalize_url(from)?)
+            .cloned()
+            .ok_or_else(|| Error::UnknownRelay {
+                url: from.to_owned(),
+            })?;
+        let added = self.add_relay(to, false).await?;
+        let new = added.relay.clone();
+        if new.key == old.key {
+            return Err(Error::Invalid(
+                "the two URLs name the same relay (same key): nothing to rotate".into(),
+            ));
+        }
+        let mut state = self.synced().await?;
+        // Everything but the new relay is to be avoided as a target.
+        let avoid: BTreeSet<VerifyingKey> = self
+            .relays
+            .entries()
+            .iter()
+            .map(|r| r.key)
+            .filter(|k| *k != new.key)
+            .collect();
+        let files: Vec<(String, crate::files::FileEntry, Vec<Place>)> = {
+            let table = Self::table_of(&state);
+            table
+                .files()
+                .map(|(name, entry)| (name.to_owned(), entry.clone(), current_places(table, entry)))
+                .filter(|(_, _, places)| places.iter().any(|p| p.relay == old.key))
+                .collect()
+        };
+        let mut report = RotateReport {
+            from: old.url.clone(),
+            to: new.url.clone(),
+            added,
+            moved: Vec::new(),
+            failed: Vec::new(),
+            deleted: 0,
+            removed: false,
+            warnings: Vec::new(),
+        };
+        let mut changes = Vec::new();
+        for (name, entry, places) in &files {
+            if places.iter().any(|p| p.relay == new.key) {
+                // Already a copy there: only the old one goes.
+                report.moved.push(name.clone());
+                continue;
+            }
+            // Other relays' copies first: the old relay may be leaving
+            // because it misbehaves.
+            let mut sources: Vec<&Place> = places.iter().filter(|p| p.relay != old.key).collect();
+            sources.extend(places.iter().filter(|p| p.relay == old.key));
+            let mut last_error = String::from("no copy to copy from");
+            let mut placed = None;
+            for source in sources {
+                match self.copy_to_new_relays(entry, source, 1, &avoid).await {
+                    Ok(mut new_places) if !new_places.is_empty() => {
+                        placed = new_places.pop();
+                        break;
+                    }
+                    Ok(_) => last_error = format!("{} refused the copy", new.url),
+                    Err(err) => last_error = err.to_string(),
+                }
+            }
+            match placed {
+                Some(place) => {
+                    changes.push(Change::Moved {
+                        blob: entry.blob,
+                        from: old.key,
+                        to: place,
+                    });
+                    report.moved.push(name.clone());
+                }
+                None => report.failed.push(format!("{name}: {last_error}")),
+            }
+        }
+        for change in changes {
+            self.append(&mut state, change).await?;
+        }
+        self.finish_change(&mut state).await?;
+        if !report.failed.is_empty() {
+            return Ok(report);
+        }
+        // Everything is on the new relay: the old one can go.
+        let me = self.device_key();
+        let old_relay = RelayClient::new(self.http.clone(), &old.url, old.key);
+        let key = self.device.upload_key(&old.key);
+        for (_, entry, _) in &files {
+            let ours = entry
+                .copies
+                .iter()
+                .any(|c| c.relay == old.key && c.owner == me);
+            if ours && matches!(old_relay.delete(&entry.blob, &key).await, Ok(true)) {
+                report.deleted += 1;
+            }
+        }
+        self.remove_relay(&old.url)?;
+        report.removed = true;
+        // The new relay gets the operation logs it lacks.
+        if let Err(err) = self.sync().await {
+            report.warnings.push(format!("sync after rotating: {err}"));
+        }
+        Ok(report)
+    }
+}
