@@ -450,6 +450,9 @@ async fn relay(mut client: Client, json: bool, command: RelayCommand) -> anyhow:
                         if let Some(copies) = &c.copies {
                             text.push_str(&copies_text(copies));
                         }
+                        if let Some(record) = &c.record {
+                            text.push_str(&record_text(record, c.flagged));
+                        }
                         text
                     })
                     .collect::<Vec<_>>()
@@ -770,6 +773,25 @@ async fn status(mut client: Client, json: bool) -> anyhow::Result<()> {
         text
     });
     Ok(())
+}
+
+/// A relay's record as `relay check` shows it.
+fn record_text(record: &cairn_client::scores::RelayScore, flagged: bool) -> String {
+    let mut text = format!(
+        "\n      record: {} ok, {} unavailable",
+        record.successes, record.unavailable
+    );
+    for (kind, count) in &record.misbehaviour {
+        text.push_str(&format!(", {count} {kind:?}").to_lowercase());
+    }
+    if let Some((kind, _, what)) = &record.last_misbehaviour {
+        let verdict = if flagged { "FLAGGED" } else { "earlier" };
+        text.push_str(&format!(
+            "\n      {verdict}: {} ({what})",
+            format!("{kind:?}").to_lowercase()
+        ));
+    }
+    text
 }
 
 /// `cairn repair`: the report either way; exit 1 when a file is left short

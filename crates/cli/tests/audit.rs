@@ -71,6 +71,27 @@ async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_c
     let loser = by_url(relays[2].url());
     assert_eq!(loser["missing"], 1, "{report}");
 
+    // The relays' records keep what they did: the honest one is not
+    // flagged, the other two are, each for its own kind of misbehaviour.
+    let checks = laptop.run(&["relay", "check", "--json"]).await.json();
+    let check = |url: String| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["url"] == url)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(check(relays[0].url())["flagged"], false, "{checks}");
+    let corrupt = check(relays[1].url());
+    assert_eq!(corrupt["flagged"], true, "{checks}");
+    assert_eq!(corrupt["record"]["misbehaviour"]["corrupt"], 1, "{checks}");
+    let lost = check(relays[2].url());
+    assert_eq!(lost["record"]["misbehaviour"]["missing"], 1, "{checks}");
+    let text = laptop.run(&["relay", "check"]).await;
+    assert!(text.stdout.contains("FLAGGED: corrupt"), "{}", text.stdout);
+
     // People get the same verdicts.
     let text = laptop.run(&["audit"]).await;
     assert!(text.stdout.contains("MISBEHAVING"), "{}", text.stdout);

@@ -67,6 +67,10 @@ impl Home {
         self.root.join("sync.json")
     }
 
+    pub(crate) fn scores(&self) -> PathBuf {
+        self.root.join("scores.json")
+    }
+
     pub(crate) fn op_cache(&self) -> PathBuf {
         self.root.join("ops")
     }

@@ -22,6 +22,7 @@ mod pairing;
 mod progress;
 pub mod recovery;
 pub mod relay;
+pub mod scores;
 pub mod seal;
 pub mod sync;
 mod text_serde;

@@ -16,6 +16,7 @@ use super::Client;
 use crate::error::{Error, Result};
 use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
+use crate::scores::{Misbehaviour, Scores};
 use crate::sync::Table;
 
 /// Chunks asked for per copy: a relay missing a tenth of a blob passes
@@ -25,7 +26,7 @@ pub const DEFAULT_CHUNKS: usize = 16;
 /// Audits in flight at once.
 const IN_FLIGHT: usize = 4;
 /// Longest wait for one audit (a relay proves by hashing the whole blob).
-const AUDIT_TIMEOUT: Duration = Duration::from_secs(120);
+pub(super) const AUDIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What an audit run found, per relay.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -112,9 +113,10 @@ impl Client {
             .map(|(name, blob, url, key, request)| {
                 let relay = RelayClient::new(http.clone(), &url, key);
                 async move {
+                    let started = Instant::now();
                     let outcome =
                         tokio::time::timeout(AUDIT_TIMEOUT, relay.audit(&blob, &request)).await;
-                    (name, url, outcome)
+                    (name, url, key, started.elapsed(), outcome)
                 }
             })
             .buffer_unordered(IN_FLIGHT)
@@ -127,7 +129,9 @@ impl Client {
             copies: outcomes.len(),
             ..AuditReport::default()
         };
-        for (name, url, outcome) in outcomes {
+        let mut scores = Vec::new();
+        for (name, url, key, took, outcome) in outcomes {
+            scores.push((key, url.clone(), took, score_of(&name, &outcome)));
             let relay = by_relay.entry(url.clone()).or_insert_with(|| RelayAudit {
                 url,
                 ..RelayAudit::default()
@@ -160,9 +164,62 @@ impl Client {
                 }
             }
         }
+        self.record_scores(|s| {
+            for (key, url, took, score) in scores {
+                record(s, &key, &url, took, score);
+            }
+        });
         report.relays = by_relay.into_values().collect();
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
+    }
+}
+
+/// What an audit outcome means for a relay's record.
+pub(super) enum Scored {
+    Success,
+    Unavailable,
+    Misbehaved(Misbehaviour, String),
+}
+
+/// Classifies one audit's outcome for the relay record.
+pub(super) fn score_of(
+    name: &str,
+    outcome: &std::result::Result<
+        std::result::Result<AuditOutcome, crate::RelayError>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Scored {
+    match outcome {
+        Ok(Ok(AuditOutcome::Passed { .. })) => Scored::Success,
+        Ok(Ok(AuditOutcome::Missing)) => {
+            Scored::Misbehaved(Misbehaviour::Missing, format!("{name}: copy missing"))
+        }
+        Ok(Ok(AuditOutcome::Failed(why))) => {
+            Scored::Misbehaved(Misbehaviour::Corrupt, format!("{name}: {why}"))
+        }
+        Ok(Err(_)) | Err(_) => Scored::Unavailable,
+    }
+}
+
+/// Writes one classified outcome into the record.
+pub(super) fn record(
+    scores: &mut Scores,
+    key: &cairn_proto::VerifyingKey,
+    url: &str,
+    took: Duration,
+    scored: Scored,
+) {
+    match scored {
+        Scored::Success => scores.success(
+            key,
+            url,
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        ),
+        Scored::Unavailable => scores.unavailable(key, url),
+        Scored::Misbehaved(kind, what) => {
+            scores.misbehaved(key, url, kind, crate::relay::unix_now(), what);
+        }
     }
 }
 

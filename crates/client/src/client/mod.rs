@@ -320,6 +320,22 @@ impl Client {
     }
 
     /// Refuses to act for a device the log no longer lists as active.
+    /// How each relay has behaved, as this device has seen it.
+    pub fn scores(&self) -> crate::scores::Scores {
+        crate::scores::Scores::load(&self.home.scores())
+    }
+
+    /// Updates the relay record; a failure to save it is logged, never
+    /// fatal (scores are advice).
+    pub(super) fn record_scores(&self, update: impl FnOnce(&mut crate::scores::Scores)) {
+        let path = self.home.scores();
+        let mut scores = crate::scores::Scores::load(&path);
+        update(&mut scores);
+        if let Err(err) = scores.save(&path) {
+            tracing::warn!(error = %err, "saving relay scores failed");
+        }
+    }
+
     fn require_active(&self) -> Result<()> {
         if self.log.state().is_active(&self.device_key()) {
             Ok(())

@@ -12,6 +12,7 @@ use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 use super::Client;
 use crate::error::{Error, Result};
 use crate::relay::{Held, RelayClient, RelayEntry, fetch_info, normalize_url, unix_now};
+use crate::scores::RelayScore;
 use crate::sync::Table;
 
 /// Copies `relay check` asks each relay about: the newest ones, so a large
@@ -59,6 +60,11 @@ pub struct RelayCheck {
     /// The copies the file table places on it, as far as checked (none when
     /// the local file table could not be read).
     pub copies: Option<CopiesCheck>,
+    /// How it has behaved for this device (audits, downloads, repairs).
+    pub record: Option<RelayScore>,
+    /// Whether it misbehaved recently: placement puts it last and repair
+    /// copies nothing onto it.
+    pub flagged: bool,
 }
 
 /// The copies the file table (as of the last sync) says were made on a
@@ -259,11 +265,15 @@ impl Client {
         // are still checked.
         let state = self.load_sync().ok();
         let table = state.as_ref().map(Self::table_of);
+        let (scores, now) = (self.scores(), unix_now());
+        let scores = &scores;
         Ok(join_all(relays.iter().map(|relay| async move {
             let mut check = check_one(relay).await;
             if let Some(table) = table {
                 check.copies = Some(check_copies(relay, table, check.ok).await);
             }
+            check.record = scores.get(relay.key()).cloned();
+            check.flagged = scores.flagged(relay.key(), now);
             check
         }))
         .await)
@@ -359,5 +369,7 @@ pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
         error,
         info,
         copies: None,
+        record: None,
+        flagged: false,
     }
 }

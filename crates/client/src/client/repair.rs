@@ -19,7 +19,7 @@ use cairn_proto::VerifyingKey;
 use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
-use super::audit::{DEFAULT_CHUNKS, current_places, random_u64};
+use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, current_places, random_u64, record, score_of};
 use crate::error::{Error, Result};
 use crate::files::Place;
 use crate::relay::{AuditOutcome, RelayClient};
@@ -172,7 +172,8 @@ impl Client {
         Ok(report)
     }
 
-    /// Audits each of `entry`'s copies at `places`.
+    /// Audits each of `entry`'s copies at `places`, noting each relay's
+    /// behaviour in its record.
     async fn check_copies(
         &self,
         entry: &crate::files::FileEntry,
@@ -181,22 +182,42 @@ impl Client {
         let audits = places.into_iter().map(|at| {
             let relay = RelayClient::new(self.http.clone(), &at.url, at.relay);
             async move {
-                let request = ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64);
-                let verdict = match request {
-                    Err(err) => Verdict::Bad(format!("cannot audit: {err}")),
-                    Ok(request) => match relay.audit(&entry.blob, &request).await {
-                        Ok(AuditOutcome::Passed { .. }) => Verdict::Good,
-                        Ok(AuditOutcome::Missing) => Verdict::Bad("missing".into()),
-                        Ok(AuditOutcome::Failed(why)) => {
-                            Verdict::Bad(format!("failed the audit: {why}"))
+                let started = std::time::Instant::now();
+                let outcome =
+                    match ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64) {
+                        Ok(request) => {
+                            tokio::time::timeout(AUDIT_TIMEOUT, relay.audit(&entry.blob, &request))
+                                .await
                         }
-                        Err(err) => Verdict::Unreachable(err.to_string()),
-                    },
-                };
-                Checked { at, verdict }
+                        Err(err) => Ok(Ok(AuditOutcome::Failed(format!("cannot audit: {err}")))),
+                    };
+                (at, started.elapsed(), outcome)
             }
         });
-        futures_util::future::join_all(audits).await
+        let results = futures_util::future::join_all(audits).await;
+        let mut checked = Vec::with_capacity(results.len());
+        let mut scored = Vec::with_capacity(results.len());
+        for (at, took, outcome) in results {
+            let verdict = match &outcome {
+                Ok(Ok(AuditOutcome::Passed { .. })) => Verdict::Good,
+                Ok(Ok(AuditOutcome::Missing)) => Verdict::Bad("missing".into()),
+                Ok(Ok(AuditOutcome::Failed(why))) => {
+                    Verdict::Bad(format!("failed the audit: {why}"))
+                }
+                Ok(Err(err)) => Verdict::Unreachable(err.to_string()),
+                Err(_) => {
+                    Verdict::Unreachable(format!("no answer within {} s", AUDIT_TIMEOUT.as_secs()))
+                }
+            };
+            scored.push((at.relay, at.url.clone(), took, score_of(&at.url, &outcome)));
+            checked.push(Checked { at, verdict });
+        }
+        self.record_scores(|s| {
+            for (key, url, took, score) in scored {
+                record(s, &key, &url, took, score);
+            }
+        });
+        checked
     }
 
     /// Downloads `entry`'s ciphertext from `source` (verified) and uploads
@@ -243,12 +264,14 @@ impl Client {
             })?;
         }
         let (candidates, _) = self.candidates(entry.sealed_size).await;
+        // Never repair onto a relay that recently lied.
+        let (scores, now) = (self.scores(), crate::relay::unix_now());
         let mut stored = Vec::new();
         for (relay, info) in candidates {
             if stored.len() >= count {
                 break;
             }
-            if avoid.contains(relay.key()) {
+            if avoid.contains(relay.key()) || scores.flagged(relay.key(), now) {
                 continue;
             }
             let key = self.device.upload_key(relay.key());

@@ -16,6 +16,7 @@ use crate::error::{Error, RelayError, Result, io_at};
 use crate::files::{Copy, FileEntry, Place, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
+use crate::scores::Misbehaviour;
 use crate::seal;
 use crate::sync::Change;
 use crate::sync::Table;
@@ -358,8 +359,11 @@ impl Client {
                 Err(err) => problems.push(format!("{}: {err}", relay.url())),
             }
         }
-        usable.sort_by_key(|(_, info)| {
+        // Relays that recently misbehaved go last, whatever they offer.
+        let (scores, now) = (self.scores(), unix_now());
+        usable.sort_by_key(|(relay, info)| {
             (
+                scores.flagged(relay.key(), now),
                 Reverse(info.retention_secs),
                 info.load_permille / 100,
                 Reverse(info.capacity_free),
@@ -553,6 +557,7 @@ impl Client {
         for holder in &order {
             let relay = &holder.relay;
             progress.begin("downloading", holder.size);
+            let started = Instant::now();
             let attempt = match &output {
                 Output::File(path) => self.fetch_to_file(relay, &id, &keys, path, &progress).await,
                 Output::Stdout => self.fetch_to_stdout(relay, &id, &keys, &progress).await,
@@ -560,6 +565,8 @@ impl Client {
             progress.end();
             match attempt {
                 Ok(size) => {
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.record_scores(|s| s.success(relay.key(), relay.url(), took));
                     let (moved, warnings) = self
                         .record_transfers(&mut state, &id, &places, &order)
                         .await;
@@ -572,7 +579,20 @@ impl Client {
                         warnings,
                     });
                 }
-                Err(Attempt::Relay(err)) => skipped.push(format!("{}: {err}", relay.url())),
+                Err(Attempt::Relay(err)) => {
+                    // Wrong bytes are a lie; anything else is being down.
+                    self.record_scores(|s| match &err {
+                        RelayError::WrongBytes(_) => s.misbehaved(
+                            relay.key(),
+                            relay.url(),
+                            Misbehaviour::Corrupt,
+                            unix_now(),
+                            format!("served blob {id} with wrong bytes"),
+                        ),
+                        _ => s.unavailable(relay.key(), relay.url()),
+                    });
+                    skipped.push(format!("{}: {err}", relay.url()));
+                }
                 // The bytes were the right ones: no other relay can do better.
                 Err(Attempt::Fatal(err)) => return Err(err),
             }

@@ -1,0 +1,176 @@
+//! The client's record of how each relay behaved: successes, plain
+//! unavailability, and misbehaviour by kind. Misbehaviour (wrong bytes, a
+//! failed proof, a lost copy, an old head) is kept apart from being down:
+//! any relay is sometimes unreachable, but one that lies is routed around.
+//! Kept in `HOME/scores.json`; placement puts flagged relays last and
+//! repair never copies onto them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use cairn_proto::VerifyingKey;
+
+use crate::error::Result;
+use crate::home::write_private;
+
+/// How long a misbehaviour keeps a relay flagged.
+pub const FLAG_SECS: u64 = 30 * 86_400;
+
+/// Ways a relay can misbehave (as opposed to being unavailable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misbehaviour {
+    /// Served bytes that do not hash to the blob id, or a proof that does
+    /// not lead to it.
+    Corrupt,
+    /// Does not have a copy it acknowledged.
+    Missing,
+    /// Served a head older than one it had been given.
+    StaleHead,
+}
+
+/// One relay's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayScore {
+    /// The relay's URL when last seen.
+    pub url: String,
+    /// Requests that went right (audits passed, verified downloads).
+    pub successes: u64,
+    /// Requests it did not answer (down, timed out, refused).
+    pub unavailable: u64,
+    /// Misbehaviour, by kind.
+    pub misbehaviour: BTreeMap<Misbehaviour, u64>,
+    /// The latest misbehaviour: kind, when (Unix seconds), what.
+    pub last_misbehaviour: Option<(Misbehaviour, u64, String)>,
+    /// Milliseconds the latest successful request took.
+    pub last_latency_ms: Option<u64>,
+}
+
+impl RelayScore {
+    /// Whether the relay misbehaved within [`FLAG_SECS`] of `now`.
+    pub fn flagged(&self, now: u64) -> bool {
+        self.last_misbehaviour
+            .as_ref()
+            .is_some_and(|(_, at, _)| at.saturating_add(FLAG_SECS) > now)
+    }
+}
+
+/// Every relay's record, by key.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Scores {
+    #[serde(with = "by_key")]
+    relays: BTreeMap<VerifyingKey, RelayScore>,
+}
+
+impl Scores {
+    /// Loads the record from `path`; a missing or unreadable file starts a
+    /// fresh one (scores are advice, never a reason to fail).
+    pub(crate) fn load(path: &Path) -> Self {
+        std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the record to `path` (atomically, owner-only).
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        write_private(path, &bytes)
+    }
+
+    fn entry(&mut self, relay: &VerifyingKey, url: &str) -> &mut RelayScore {
+        let score = self.relays.entry(*relay).or_default();
+        url.clone_into(&mut score.url);
+        score
+    }
+
+    /// Notes a success that took `latency_ms`.
+    pub(crate) fn success(&mut self, relay: &VerifyingKey, url: &str, latency_ms: u64) {
+        let score = self.entry(relay, url);
+        score.successes += 1;
+        score.last_latency_ms = Some(latency_ms);
+    }
+
+    /// Notes that the relay did not answer.
+    pub(crate) fn unavailable(&mut self, relay: &VerifyingKey, url: &str) {
+        self.entry(relay, url).unavailable += 1;
+    }
+
+    /// Notes misbehaviour of `kind` at `now`.
+    pub(crate) fn misbehaved(
+        &mut self,
+        relay: &VerifyingKey,
+        url: &str,
+        kind: Misbehaviour,
+        now: u64,
+        what: String,
+    ) {
+        let score = self.entry(relay, url);
+        *score.misbehaviour.entry(kind).or_default() += 1;
+        score.last_misbehaviour = Some((kind, now, what));
+    }
+
+    /// The record of `relay`, if any.
+    pub fn get(&self, relay: &VerifyingKey) -> Option<&RelayScore> {
+        self.relays.get(relay)
+    }
+
+    /// Whether `relay` is flagged at `now`.
+    pub fn flagged(&self, relay: &VerifyingKey, now: u64) -> bool {
+        self.get(relay).is_some_and(|s| s.flagged(now))
+    }
+}
+
+/// Keys as their text form in JSON object keys.
+mod by_key {
+    use std::collections::BTreeMap;
+
+    use cairn_proto::VerifyingKey;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::RelayScore;
+
+    pub(super) fn serialize<S: Serializer>(
+        map: &BTreeMap<VerifyingKey, RelayScore>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<VerifyingKey, RelayScore>, D::Error> {
+        let text = BTreeMap::<String, RelayScore>::deserialize(d)?;
+        text.into_iter()
+            .map(|(k, v)| k.parse().map(|k| (k, v)).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misbehaviour_flags_for_a_while_and_survives_a_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.json");
+        let key = cairn_proto::SigningKey::from_seed(&[1; 32]).verifying_key();
+        let mut scores = Scores::load(&path);
+        scores.unavailable(&key, "http://a");
+        assert!(!scores.flagged(&key, 1000), "being down is not lying");
+        scores.misbehaved(&key, "http://a", Misbehaviour::Corrupt, 1000, "bad".into());
+        assert!(scores.flagged(&key, 1000 + FLAG_SECS - 1));
+        assert!(!scores.flagged(&key, 1000 + FLAG_SECS));
+        scores.save(&path).unwrap();
+        let again = Scores::load(&path);
+        assert_eq!(again.get(&key), scores.get(&key));
+        std::fs::write(&path, b"{broken").unwrap();
+        assert!(Scores::load(&path).get(&key).is_none());
+    }
+}
