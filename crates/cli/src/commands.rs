@@ -657,8 +657,14 @@ async fn sync(
     // Poll with backoff: quick after a change, up to a minute when idle.
     let mut wait = Duration::from_secs(2);
     let mut round = 0;
+    // Repair on the first round, then well within the shortest retention.
+    let mut next_repair = std::time::Instant::now();
     loop {
         round += 1;
+        if std::time::Instant::now() >= next_repair {
+            watch_repair(&mut client, json).await;
+            next_repair = std::time::Instant::now() + repair_interval(&client).await;
+        }
         match client.sync().await {
             Ok(report) => {
                 let changed = report.merged > 0 || !report.findings.is_empty();
@@ -687,6 +693,31 @@ async fn sync(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// One repair pass inside `sync --watch`: reported when it did or found
+/// something, noted when it failed.
+async fn watch_repair(client: &mut Client, json: bool) {
+    match client.repair().await {
+        Ok(report) if !report.restored.is_empty() || !report.short.is_empty() => {
+            emit_line(json, &serde_json::json!({ "repair": &report }), || {
+                repair_summary(&report)
+            });
+        }
+        Ok(_) => {}
+        Err(err) => note(json, &format!("repair failed: {err}; tried again later")),
+    }
+}
+
+/// How long until the next repair: a quarter of the shortest retention the
+/// relays disclose (so every copy's retention is renewed three times over),
+/// between a minute and six hours.
+async fn repair_interval(client: &Client) -> Duration {
+    let quarter = client
+        .shortest_retention()
+        .await
+        .map_or(6 * 3600, |r| r / 4);
+    Duration::from_secs(quarter.clamp(60, 6 * 3600))
 }
 
 fn sync_summary(report: &cairn_client::SyncReport) -> String {
@@ -794,33 +825,35 @@ fn record_text(record: &cairn_client::scores::RelayScore, flagged: bool) -> Stri
     text
 }
 
+fn repair_summary(report: &cairn_client::RepairReport) -> String {
+    let mut text = format!(
+        "repair: checked {} copies of {} files: {} healthy, {} copies replaced ({:.1} s)",
+        report.copies_checked,
+        report.files,
+        report.healthy,
+        report.restored.len(),
+        report.elapsed_ms as f64 / 1000.0
+    );
+    for r in &report.restored {
+        text.push_str(&format!(
+            "\n  {}: copy on {} ({}) replaced by one on {}",
+            r.name, r.from, r.why, r.to
+        ));
+    }
+    for short in &report.short {
+        text.push_str(&format!("\n  SHORT {short}"));
+    }
+    for u in &report.unreachable {
+        text.push_str(&format!("\n  unreachable: {u}"));
+    }
+    text
+}
+
 /// `cairn repair`: the report either way; exit 1 when a file is left short
 /// of good copies.
 async fn repair(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
     let report = client.repair().await?;
-    emit(json, &report, || {
-        let mut text = format!(
-            "checked {} copies of {} files: {} healthy, {} copies replaced ({:.1} s)",
-            report.copies_checked,
-            report.files,
-            report.healthy,
-            report.restored.len(),
-            report.elapsed_ms as f64 / 1000.0
-        );
-        for r in &report.restored {
-            text.push_str(&format!(
-                "\n  {}: copy on {} ({}) replaced by one on {}",
-                r.name, r.from, r.why, r.to
-            ));
-        }
-        for short in &report.short {
-            text.push_str(&format!("\n  SHORT {short}"));
-        }
-        for u in &report.unreachable {
-            text.push_str(&format!("\n  unreachable: {u}"));
-        }
-        text
-    });
+    emit(json, &report, || repair_summary(&report));
     Ok(if report.short.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -140,7 +140,9 @@ Examples:
     )]
     Sync {
         /// Keep syncing: every 2 s after a change, backing off to 60 s while
-        /// nothing changes. Stop with Ctrl-C.
+        /// nothing changes; and repair (`cairn repair`) at the start and
+        /// then every quarter of the shortest retention your relays
+        /// disclose (at most every 6 h). Stop with Ctrl-C.
         #[arg(long)]
         watch: bool,
         /// With --watch: stop after this many rounds (for scripts).

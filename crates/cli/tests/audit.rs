@@ -317,3 +317,36 @@ async fn rotating_a_relay_out_moves_every_copy_and_loses_nothing() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_watch_repairs_as_it_goes() {
+    let relays = [Relay::start().await, Relay::start().await];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relays[0], &relays[1]]).await;
+    let data = data_with_marker(80_000, b"watched");
+    let src = laptop.dir.path().join("watched");
+    std::fs::write(&src, &data).unwrap();
+    let put = laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let id = put["blob"].as_str().unwrap().to_owned();
+    std::fs::remove_file(relays[1].blob_file(&id).unwrap()).unwrap();
+    let fresh = Relay::start().await;
+    laptop.add_relays(&[&fresh]).await;
+
+    let run = laptop
+        .run(&["sync", "--watch", "--rounds", "1", "--json"])
+        .await;
+    let repair = run
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v.get("repair").is_some())
+        .expect("a repair report line");
+    let restored = &repair["repair"]["restored"];
+    assert_eq!(restored[0]["from"], relays[1].url(), "{repair}");
+    assert_eq!(restored[0]["to"], fresh.url(), "{repair}");
+    assert!(fresh.blob_file(&id).is_some());
+}

@@ -72,6 +72,18 @@ enum Verdict {
 }
 
 impl Client {
+    /// The shortest retention any reachable relay of the set discloses, in
+    /// seconds: a repair (whose audits renew every copy) must come sooner.
+    pub async fn shortest_retention(&self) -> Option<u64> {
+        let infos = futures_util::future::join_all(
+            self.relay_clients()
+                .into_iter()
+                .map(|relay| async move { relay.info().await.ok().map(|i| i.retention_secs) }),
+        )
+        .await;
+        infos.into_iter().flatten().min()
+    }
+
     /// Audits every copy of every file and replaces the bad ones.
     pub async fn repair(&mut self) -> Result<RepairReport> {
         let started = Instant::now();
