@@ -9,6 +9,7 @@
 // A benchmark's output is its figures.
 #![allow(clippy::print_stdout)]
 
+mod audit_bench;
 mod federation_bench;
 mod sync_bench;
 
@@ -102,6 +103,19 @@ enum Command {
         /// Blobs moved.
         #[arg(long, default_value_t = 64)]
         count: usize,
+    },
+    /// Audit cost: a slice proof of random chunks of one blob, against
+    /// reading the whole blob back and hashing it.
+    Audit {
+        /// Bytes in the blob.
+        #[arg(long, default_value_t = 1 << 30)]
+        size: usize,
+        /// Random 1 KiB chunks per audit.
+        #[arg(long, default_value_t = 16)]
+        chunks: usize,
+        /// Audits (and full reads) timed.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
@@ -353,6 +367,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Gc { stored, expired } => gc_bench(stored, expired).await?,
         Command::Sync { entries } => sync_bench::sync_bench(entries).await?,
+        Command::Audit {
+            size,
+            chunks,
+            rounds,
+        } => audit_bench::audit_bench(size, chunks, rounds).await?,
         Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
         Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
     }
