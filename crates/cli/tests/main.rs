@@ -10,6 +10,7 @@ mod audit;
 mod common;
 mod devices;
 mod errors;
+mod faults;
 mod interop;
 mod storage;
 mod sync;

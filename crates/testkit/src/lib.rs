@@ -6,7 +6,10 @@
 //!   produces, invalid ones) without going through a client.
 //! - [`auth_header`]: a signed `Authorization` header for a relay request.
 //! - [`RelayProcess`]: a relay as a child process, to kill with SIGKILL.
+//! - [`faulty::FaultyRelay`]: a proxy in front of a real relay that
+//!   corrupts, drops, forgets, delays, serves stale heads or lies, on demand.
 
+pub mod faulty;
 mod process;
 
 use std::sync::atomic::{AtomicU64, Ordering};
