@@ -419,13 +419,10 @@ async fn a_download_served_corrupt_falls_back_and_flags_the_relay() {
     );
 }
 
-/// Known gap: a device fetching operations from a relay that serves them
-/// altered falls back to another relay (the data is safe) but neither
-/// reports nor records the relay's misbehaviour: the sync's operation
-/// fetch (`mailbox::fetch_small`) drops the `WrongBytes` error, unlike
-/// `get`, which scores it.
+/// A device fetching operations from a relay that serves them altered
+/// falls back to another relay (the data is safe) and records the relay's
+/// misbehaviour, as `get` does for files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not implemented: sync does not score relays serving corrupt operations"]
 async fn a_relay_serving_corrupt_operations_to_a_syncing_device_is_flagged() {
     let trio = Trio::start().await;
     trio.put("an operation", 20_000).await;

@@ -448,6 +448,40 @@ impl Client {
             .map_err(|err| Error::Invalid(format!("operation: {err}")))
     }
 
+    /// [`super::mailbox::fetch_small`], noting in the relays' records any
+    /// that served wrong bytes (a lie, not an outage).
+    async fn fetch_small_scored(
+        &self,
+        relays: &[RelayClient],
+        id: &BlobId,
+        max: usize,
+    ) -> Result<Vec<u8>> {
+        let mut failures = Vec::new();
+        for relay in relays {
+            match relay.fetch_bytes(id, max).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(err) => {
+                    if matches!(err, crate::RelayError::WrongBytes(_)) {
+                        self.record_scores(|s| {
+                            s.misbehaved(
+                                relay.key(),
+                                relay.url(),
+                                crate::scores::Misbehaviour::Corrupt,
+                                unix_now(),
+                                format!("served blob {id} with wrong bytes"),
+                            );
+                        });
+                    }
+                    failures.push(format!("{}: {err}", relay.url()));
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            id: *id,
+            failures: failures.join("; "),
+        })
+    }
+
     async fn fetch_op(
         &self,
         relays: &[RelayClient],
@@ -457,7 +491,7 @@ impl Client {
         let sealed = match self.cached_op(id) {
             Some(bytes) if BlobId::of(&bytes) == *id => bytes,
             _ => {
-                let bytes = super::mailbox::fetch_small(relays, id, MAX_OP_BLOB).await?;
+                let bytes = self.fetch_small_scored(relays, id, MAX_OP_BLOB).await?;
                 self.cache_op(id, &bytes)?;
                 bytes
             }
@@ -498,7 +532,9 @@ impl Client {
         if !ahead {
             return Ok(false);
         }
-        let sealed = super::mailbox::fetch_small(relays, &blob, MAX_SNAPSHOT_BLOB).await?;
+        let sealed = self
+            .fetch_small_scored(relays, &blob, MAX_SNAPSHOT_BLOB)
+            .await?;
         let plain = seal::open_bytes(&sealed, &keys)
             .map_err(|err| Error::Invalid(format!("snapshot does not open: {err}")))?;
         let mut snapshot: Snapshot = serde_json::from_slice(&plain)
