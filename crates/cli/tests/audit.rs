@@ -17,13 +17,7 @@ async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_c
         .add_relays(&[&relays[0], &relays[1], &relays[2]])
         .await;
     let data = data_with_marker(300_000, b"an audited file");
-    let src = laptop.dir.path().join("audited");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
-    let id = put["blob"].as_str().unwrap().to_owned();
+    let id = laptop.put_data("audited", &data).await;
 
     // All honest: every copy passes, for a few kB of proof.
     let clean = laptop.run(&["audit", "--json"]).await;
@@ -118,17 +112,9 @@ async fn with_one_honest_relay_of_three_repair_restores_redundancy_on_fresh_rela
     let mut files = Vec::new();
     for i in 0..3 {
         let data = data_with_marker(100_000 + i * 1000, format!("file {i}").as_bytes());
-        let src = laptop.dir.path().join(format!("f{i}"));
-        std::fs::write(&src, &data).unwrap();
-        let put = laptop
-            .run(&["put", src.to_str().unwrap(), "--json"])
-            .await
-            .json();
-        files.push((
-            format!("f{i}"),
-            put["blob"].as_str().unwrap().to_owned(),
-            data,
-        ));
+        let name = format!("f{i}");
+        let id = laptop.put_data(&name, &data).await;
+        files.push((name, id, data));
     }
     // Relay 1 corrupts everything it holds (every chunk, so any audit
     // catches it); relay 2 lost everything.
@@ -214,13 +200,7 @@ async fn repair_renews_copies_on_a_relay_with_short_retention() {
     laptop.init("laptop").await;
     laptop.add_relays(&[&relay]).await;
     let data = data_with_marker(50_000, b"kept alive by repair");
-    let src = laptop.dir.path().join("kept");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
-    let id = put["blob"].as_str().unwrap().to_owned();
+    let id = laptop.put_data("kept", &data).await;
 
     // Repair runs every 250 s: each run's audit is an access, so GC never
     // finds the copy past its retention.
@@ -252,17 +232,9 @@ async fn rotating_a_relay_out_moves_every_copy_and_loses_nothing() {
     let mut files = Vec::new();
     for i in 0..2 {
         let data = data_with_marker(60_000 + i, format!("rotated {i}").as_bytes());
-        let src = laptop.dir.path().join(format!("r{i}"));
-        std::fs::write(&src, &data).unwrap();
-        let put = laptop
-            .run(&["put", src.to_str().unwrap(), "--json"])
-            .await
-            .json();
-        files.push((
-            format!("r{i}"),
-            put["blob"].as_str().unwrap().to_owned(),
-            data,
-        ));
+        let name = format!("r{i}");
+        let id = laptop.put_data(&name, &data).await;
+        files.push((name, id, data));
     }
     let new = Relay::start().await;
     let old_url = relays[1].url();
@@ -325,13 +297,7 @@ async fn sync_watch_repairs_as_it_goes() {
     laptop.init("laptop").await;
     laptop.add_relays(&[&relays[0], &relays[1]]).await;
     let data = data_with_marker(80_000, b"watched");
-    let src = laptop.dir.path().join("watched");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
-    let id = put["blob"].as_str().unwrap().to_owned();
+    let id = laptop.put_data("watched", &data).await;
     std::fs::remove_file(relays[1].blob_file(&id).unwrap()).unwrap();
     let fresh = Relay::start().await;
     laptop.add_relays(&[&fresh]).await;

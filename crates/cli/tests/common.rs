@@ -287,6 +287,18 @@ impl Device {
         self.run(&["init", "--name", name, "--json"]).await.json()
     }
 
+    /// Writes `data` to a file called `name` in this device's directory,
+    /// `cairn put`s it, and returns its blob id.
+    pub(crate) async fn put_data(&self, name: &str, data: &[u8]) -> String {
+        let src = self.dir.path().join(name);
+        std::fs::write(&src, data).unwrap();
+        let put = self
+            .run(&["put", src.to_str().unwrap(), "--json"])
+            .await
+            .json();
+        put["blob"].as_str().unwrap().to_owned()
+    }
+
     /// Adds every relay.
     pub(crate) async fn add_relays(&self, relays: &[&Relay]) {
         for relay in relays {

@@ -78,11 +78,27 @@ pub(super) async fn fetch_small(
     id: &BlobId,
     max: usize,
 ) -> Result<Vec<u8>> {
+    fetch_small_noting(relays, id, max, |_| {}).await
+}
+
+/// [`fetch_small`], telling `lied` about each relay that served bytes
+/// that do not hash to the id.
+pub(super) async fn fetch_small_noting(
+    relays: &[RelayClient],
+    id: &BlobId,
+    max: usize,
+    lied: impl Fn(&RelayClient),
+) -> Result<Vec<u8>> {
     let mut failures = Vec::new();
     for relay in relays {
         match relay.fetch_bytes(id, max).await {
             Ok(bytes) => return Ok(bytes),
-            Err(err) => failures.push(format!("{}: {err}", relay.url())),
+            Err(err) => {
+                if matches!(err, crate::RelayError::WrongBytes(_)) {
+                    lied(relay);
+                }
+                failures.push(format!("{}: {err}", relay.url()));
+            }
         }
     }
     Err(Error::Unavailable {

@@ -456,30 +456,18 @@ impl Client {
         id: &BlobId,
         max: usize,
     ) -> Result<Vec<u8>> {
-        let mut failures = Vec::new();
-        for relay in relays {
-            match relay.fetch_bytes(id, max).await {
-                Ok(bytes) => return Ok(bytes),
-                Err(err) => {
-                    if matches!(err, crate::RelayError::WrongBytes(_)) {
-                        self.record_scores(|s| {
-                            s.misbehaved(
-                                relay.key(),
-                                relay.url(),
-                                crate::scores::Misbehaviour::Corrupt,
-                                unix_now(),
-                                format!("served blob {id} with wrong bytes"),
-                            );
-                        });
-                    }
-                    failures.push(format!("{}: {err}", relay.url()));
-                }
-            }
-        }
-        Err(Error::Unavailable {
-            id: *id,
-            failures: failures.join("; "),
+        super::mailbox::fetch_small_noting(relays, id, max, |relay| {
+            self.record_scores(|s| {
+                s.misbehaved(
+                    relay.key(),
+                    relay.url(),
+                    crate::scores::Misbehaviour::Corrupt,
+                    unix_now(),
+                    format!("served blob {id} with wrong bytes"),
+                );
+            });
         })
+        .await
     }
 
     async fn fetch_op(
