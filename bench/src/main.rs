@@ -11,6 +11,7 @@
 
 mod audit_bench;
 mod federation_bench;
+mod repair_bench;
 mod sync_bench;
 
 use std::sync::Arc;
@@ -116,6 +117,16 @@ enum Command {
         /// Audits (and full reads) timed.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Repair throughput: one of three relays loses every copy; a fresh
+    /// relay joins and `repair` restores them, against the first put.
+    Repair {
+        /// Bytes per file.
+        #[arg(long, default_value_t = 4 << 20)]
+        size: usize,
+        /// Files.
+        #[arg(long, default_value_t = 32)]
+        count: usize,
     },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
@@ -372,6 +383,7 @@ async fn main() -> anyhow::Result<()> {
             chunks,
             rounds,
         } => audit_bench::audit_bench(size, chunks, rounds).await?,
+        Command::Repair { size, count } => repair_bench::repair_bench(size, count).await?,
         Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
         Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
     }
