@@ -263,6 +263,19 @@ async fn a_relay_serving_stale_heads_is_outvoted_and_reported() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"second"), "{list}");
+    // Serving the phone's old head could be a missed update: no flag.
+    assert_eq!(trio.check_faulty().await["flagged"], false);
+
+    // But the laptop's own head: the relay acknowledged a newer one, then
+    // serves the old one. That is a rollback, and is recorded as one.
+    trio.laptop.run(&["sync", "--json"]).await.json();
+    let src = trio.laptop.dir.path().join("third");
+    std::fs::write(&src, data_with_marker(10_000, b"third")).unwrap();
+    trio.laptop.run(&["put", src.to_str().unwrap()]).await.ok();
+    trio.laptop.run(&["sync", "--json"]).await.json();
+    let check = trio.check_faulty().await;
+    assert_eq!(check["flagged"], true, "{check}");
+    assert_eq!(check["record"]["misbehaviour"]["stale_head"], 1, "{check}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

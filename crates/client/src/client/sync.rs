@@ -108,6 +108,12 @@ pub(crate) struct SyncState {
     /// Findings recorded ever (the list above keeps the newest).
     #[serde(default)]
     noted: u64,
+    /// Relay (key text) → the highest position of this device's own log
+    /// whose head it acknowledged storing, in the current mailbox. A relay
+    /// that later serves a lower one rolled back what it acknowledged: a
+    /// lie, not a missed update.
+    #[serde(default)]
+    acked: BTreeMap<String, u64>,
 }
 
 /// What changes whenever a sync changes the state (the table changes only
@@ -116,6 +122,7 @@ pub(crate) struct SyncState {
 struct Fingerprint {
     devices: BTreeMap<String, Position>,
     owned: BTreeMap<String, BTreeSet<String>>,
+    acked: BTreeMap<String, u64>,
     scalars: (u32, u64, u64, u64, u64, Option<String>),
 }
 
@@ -124,6 +131,7 @@ impl SyncState {
         Fingerprint {
             devices: self.devices.clone(),
             owned: self.owned.clone(),
+            acked: self.acked.clone(),
             scalars: (
                 self.generation,
                 self.clock,
@@ -344,6 +352,8 @@ impl Client {
             // Announce this device's log in the new mailbox, then (if this
             // device rotated) a snapshot there covers everyone's history.
             state.generation = generation;
+            // Acknowledgements were for heads in the old mailbox.
+            state.acked.clear();
             if let Some(mine) = state.position(&self.device_key()) {
                 self.publish_head(&relays, &self.device_key(), mine).await;
             }
@@ -700,6 +710,24 @@ impl Client {
                         Some(device.to_string()),
                         format!("served position {seq} of a log merged up to {}", known.seq),
                     ));
+                    let relay = &relays[index];
+                    let acked = state.acked.get(&relay.key().to_string()).copied();
+                    if *device == self.device_key()
+                        && let Some(acked) = acked.filter(|acked| *acked > seq)
+                    {
+                        self.record_scores(|s| {
+                            s.misbehaved(
+                                relay.key(),
+                                relay.url(),
+                                crate::scores::Misbehaviour::StaleHead,
+                                unix_now(),
+                                format!(
+                                    "served this device's head at position {seq} after \
+                                     acknowledging {acked}"
+                                ),
+                            );
+                        });
+                    }
                 }
                 if self
                     .republish(&relays[index], device, known, theirs.unwrap_or(0))
@@ -886,7 +914,10 @@ impl Client {
         let mut failures = Vec::new();
         for (relay, result) in relays.iter().zip(results) {
             match result {
-                Ok(HeadWrite::Stored) => {}
+                Ok(HeadWrite::Stored) => {
+                    let acked = state.acked.entry(relay.key().to_string()).or_default();
+                    *acked = (*acked).max(op.seq);
+                }
                 Ok(HeadWrite::Stale(_)) => failures.push(format!(
                     "{}: holds a newer head for this device (run `cairn sync`)",
                     relay.url()
