@@ -279,7 +279,7 @@ async fn a_relay_serving_stale_heads_is_outvoted_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_lying_in_its_info_document_is_believed_for_now() {
+async fn a_lie_in_an_info_document_is_believed_until_the_relay_contradicts_it() {
     let trio = Trio::start().await;
     let honest = trio.laptop.run(&["relay", "check", "--json"]).await.json();
     let truth = entry(&honest, &trio.honest[0].url());
@@ -290,7 +290,9 @@ async fn a_relay_lying_in_its_info_document_is_believed_for_now() {
 
     // The document verifies (signed by the pinned key, figures
     // consistent), so the client shows the claim: nothing in one document
-    // betrays the lie.
+    // betrays the lie. Acting against it does (next test): refusing room
+    // it claims, or losing a copy within the retention it claims (which
+    // audits record as `missing`).
     let check = trio.check_faulty().await;
     assert_eq!(check["ok"], true, "{check}");
     assert_eq!(check["info"]["capacity_free"], 1u64 << 40, "{check}");
@@ -456,4 +458,32 @@ async fn a_relay_serving_corrupt_operations_to_a_syncing_device_is_flagged() {
     let checks = phone.run(&["relay", "check", "--json"]).await.json();
     let check = entry(&checks, &trio.faulty_url());
     assert_eq!(check["flagged"], true, "{check}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_claiming_room_it_refuses_is_flagged_for_lying_in_its_info_document() {
+    let honest = Relay::start().await;
+    // Behind the proxy: a relay with room for 50 kB only, which claims a TiB.
+    let behind = Relay::start_with(|c| c.capacity_bytes = 50_000).await;
+    let faulty = FaultyRelay::start(&behind.url(), behind.handle().signing_key().clone()).await;
+    faulty.lie_info(InfoLie {
+        capacity_free: 1 << 40,
+        retention_secs: 90 * 86_400,
+    });
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&honest]).await;
+    laptop.run(&["relay", "add", faulty.url()]).await.ok();
+
+    // Two copies wanted, one relay refuses: the put fails, and says why.
+    let src = laptop.dir.path().join("big");
+    std::fs::write(&src, data_with_marker(200_000, b"too big for the liar")).unwrap();
+    let run = laptop.run(&["put", src.to_str().unwrap()]).await;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+
+    let checks = laptop.run(&["relay", "check", "--json"]).await.json();
+    let liar = entry(&checks, faulty.url());
+    assert_eq!(liar["flagged"], true, "{checks}");
+    assert_eq!(liar["record"]["misbehaviour"]["lying_info"], 1, "{checks}");
+    assert_eq!(entry(&checks, &honest.url())["flagged"], false, "{checks}");
 }

@@ -29,6 +29,9 @@ pub enum Misbehaviour {
     Missing,
     /// Served a head older than one it had been given.
     StaleHead,
+    /// Its signed info document contradicts what it does: it refused a
+    /// blob for want of room while claiming room for it.
+    LyingInfo,
 }
 
 /// One relay's record.

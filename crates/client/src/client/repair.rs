@@ -297,7 +297,8 @@ impl Client {
                     |_| {},
                 )
                 .await;
-            if put.is_err() {
+            if let Err(err) = put {
+                self.check_refusal(&relay, &err, entry.sealed_size).await;
                 continue;
             }
             let audited = match ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64)

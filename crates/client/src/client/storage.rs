@@ -410,11 +410,43 @@ impl Client {
             for ((relay, _), result) in batch.iter().zip(results) {
                 match result {
                     Ok(new) => stored.push((relay.clone(), new)),
-                    Err(err) => failures.push(format!("{}: {err}", relay.url())),
+                    Err(err) => {
+                        self.check_refusal(relay, &err, sealed.size).await;
+                        failures.push(format!("{}: {err}", relay.url()));
+                    }
                 }
             }
         }
         (stored, failures)
+    }
+
+    /// After a relay refused a blob of `size` bytes as full: if its signed
+    /// info document, asked again now, still claims room for it, the relay
+    /// contradicts itself, and that is recorded. (A document fetched
+    /// before the upload could have been overtaken by other uploads; one
+    /// fetched after the refusal cannot.)
+    pub(super) async fn check_refusal(&self, relay: &RelayClient, err: &RelayError, size: u64) {
+        if err.code() != Some("relay_full") {
+            return;
+        }
+        let Ok(Ok(info)) = tokio::time::timeout(INFO_TIMEOUT, relay.info()).await else {
+            return;
+        };
+        if info.capacity_free >= size {
+            let free = info.capacity_free;
+            self.record_scores(|s| {
+                s.misbehaved(
+                    relay.key(),
+                    relay.url(),
+                    Misbehaviour::LyingInfo,
+                    unix_now(),
+                    format!(
+                        "refused {size} bytes as full while its signed info document claims \
+                         {free} bytes free"
+                    ),
+                );
+            });
+        }
     }
 
     /// The stored files, by name.
