@@ -487,3 +487,37 @@ async fn a_relay_claiming_room_it_refuses_is_flagged_for_lying_in_its_info_docum
     assert_eq!(liar["record"]["misbehaviour"]["lying_info"], 1, "{checks}");
     assert_eq!(entry(&checks, &honest.url())["flagged"], false, "{checks}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_moves_even_good_copies_off_a_flagged_relay() {
+    let trio = Trio::start().await;
+    let (spoiled, _) = trio.put("spoiled", 30_000).await;
+    let (_, kept) = trio.put("kept", 30_000).await;
+    // The relay corrupts one blob only; an audit flags it.
+    trio.faulty
+        .update(|f| f.corrupt.add(spoiled.parse().unwrap()));
+    let audit = trio.laptop.run(&["audit", "--json"]).await;
+    assert_eq!(audit.code, 1, "{}", audit.stdout);
+    assert_eq!(trio.check_faulty().await["flagged"], true);
+
+    // With a fresh relay to go to, repair moves both copies off it: the
+    // corrupted one, and the one it still serves intact.
+    let fresh = Relay::start().await;
+    trio.laptop.add_relays(&[&fresh]).await;
+    let report = trio.laptop.run(&["repair", "--json"]).await.json();
+    let restored = report["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 2, "{report}");
+    assert!(
+        restored
+            .iter()
+            .all(|r| r["from"] == trio.faulty_url() && r["to"] == fresh.url()),
+        "{report}"
+    );
+    assert!(
+        restored
+            .iter()
+            .any(|r| r["why"].as_str().unwrap().contains("flagged for corrupt")),
+        "{report}"
+    );
+    trio.assert_get("kept", &kept).await;
+}

@@ -105,23 +105,37 @@ impl Client {
         for (name, entry, places) in files {
             let checked = self.check_copies(&entry, places).await;
             report.copies_checked += checked.len();
+            // Copies on relays flagged for misbehaviour move off them too,
+            // even when they pass: those relays are not trusted to keep
+            // them. They remain sources of last resort (bytes are verified
+            // by hash on the way).
+            let (scores, now) = (self.scores(), crate::relay::unix_now());
+            let flag = |place: &Place| {
+                scores
+                    .get(&place.relay)
+                    .filter(|s| s.flagged(now))
+                    .and_then(|s| s.last_misbehaviour.as_ref())
+                    .map(|(kind, _, _)| format!("{kind:?}").to_lowercase())
+            };
             let good: Vec<&Place> = checked
                 .iter()
-                .filter(|c| matches!(c.verdict, Verdict::Good))
+                .filter(|c| matches!(c.verdict, Verdict::Good) && flag(&c.at).is_none())
                 .map(|c| &c.at)
                 .collect();
-            let bad: Vec<(&Place, &str)> = checked
-                .iter()
-                .filter_map(|c| match &c.verdict {
-                    Verdict::Bad(why) => Some((&c.at, why.as_str())),
-                    _ => None,
-                })
-                .collect();
+            let mut sources = good.clone();
+            let mut bad: Vec<(&Place, String)> = Vec::new();
             for c in &checked {
-                if let Verdict::Unreachable(why) = &c.verdict {
-                    report
+                match &c.verdict {
+                    Verdict::Bad(why) => bad.push((&c.at, why.clone())),
+                    Verdict::Good => {
+                        if let Some(kind) = flag(&c.at) {
+                            sources.push(&c.at);
+                            bad.push((&c.at, format!("on a relay flagged for {kind}")));
+                        }
+                    }
+                    Verdict::Unreachable(why) => report
                         .unreachable
-                        .push(format!("{name} on {}: {why}", c.at.url));
+                        .push(format!("{name} on {}: {why}", c.at.url)),
                 }
             }
             if bad.is_empty() {
@@ -135,20 +149,17 @@ impl Client {
                 }
                 continue;
             }
-            let Some(source) = good.first() else {
+            if sources.is_empty() {
                 report.short.push(format!(
                     "{name}: no good copy left to repair from ({} bad)",
                     bad.len()
                 ));
                 continue;
-            };
+            }
             // Replace only what is needed to reach the wanted number.
             let needed = wanted.saturating_sub(good.len()).min(bad.len());
             let avoid: BTreeSet<VerifyingKey> = checked.iter().map(|c| c.at.relay).collect();
-            match self
-                .copy_to_new_relays(&entry, source, needed, &avoid)
-                .await
-            {
+            match self.copy_from_any(&entry, &sources, needed, &avoid).await {
                 Ok(new) => {
                     for ((lost, why), to) in bad.iter().zip(&new) {
                         changes.push(Change::Moved {
@@ -159,7 +170,7 @@ impl Client {
                         report.restored.push(Restored {
                             name: name.clone(),
                             from: lost.url.clone(),
-                            why: (*why).to_owned(),
+                            why: why.clone(),
                             to: to.url.clone(),
                         });
                     }
@@ -230,6 +241,25 @@ impl Client {
             }
         });
         checked
+    }
+
+    /// [`Client::copy_to_new_relays`] from the first of `sources` that
+    /// delivers the ciphertext intact.
+    pub(super) async fn copy_from_any(
+        &self,
+        entry: &crate::files::FileEntry,
+        sources: &[&Place],
+        count: usize,
+        avoid: &BTreeSet<VerifyingKey>,
+    ) -> Result<Vec<Place>> {
+        let mut last = Error::Invalid("no copy to repair from".into());
+        for source in sources {
+            match self.copy_to_new_relays(entry, source, count, avoid).await {
+                Ok(placed) => return Ok(placed),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
     }
 
     /// Downloads `entry`'s ciphertext from `source` (verified) and uploads

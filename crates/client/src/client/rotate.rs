@@ -99,20 +99,14 @@ impl Client {
             // because it misbehaves.
             let mut sources: Vec<&Place> = places.iter().filter(|p| p.relay != old.key).collect();
             sources.extend(places.iter().filter(|p| p.relay == old.key));
-            let mut last_error = String::from("no copy to copy from");
-            let mut placed = None;
-            for source in sources {
-                match self.copy_to_new_relays(entry, source, 1, &avoid).await {
-                    Ok(mut new_places) if !new_places.is_empty() => {
-                        placed = new_places.pop();
-                        break;
-                    }
-                    Ok(_) => last_error = format!("{} refused the copy", new.url),
-                    Err(err) => last_error = err.to_string(),
-                }
-            }
+            let placed = match self.copy_from_any(entry, &sources, 1, &avoid).await {
+                Ok(mut placed) => placed
+                    .pop()
+                    .ok_or_else(|| format!("{} refused the copy", new.url)),
+                Err(err) => Err(err.to_string()),
+            };
             match placed {
-                Some(place) => {
+                Ok(place) => {
                     changes.push(Change::Moved {
                         blob: entry.blob,
                         from: old.key,
@@ -120,7 +114,7 @@ impl Client {
                     });
                     report.moved.push(name.clone());
                 }
-                None => report.failed.push(format!("{name}: {last_error}")),
+                Err(why) => report.failed.push(format!("{name}: {why}")),
             }
         }
         for change in changes {
