@@ -35,7 +35,8 @@ Getting started:
   cairn get notes.txt -o copy.txt     fetch, verify every byte, decrypt
 
 Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
-Every command takes --json for scripts and --home (or CAIRN_HOME)."
+Every command takes --json for scripts and --home (or CAIRN_HOME).
+A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS)."
 )]
 struct Args {
     #[command(flatten)]

@@ -521,3 +521,41 @@ async fn repair_moves_even_good_copies_off_a_flagged_relay() {
     );
     trio.assert_get("kept", &kept).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_stalls_is_given_up_and_fetched_elsewhere() {
+    let set = FirstChoice::start().await;
+    let data = data_with_marker(200_000, b"stalled halfway");
+    let src = set.laptop.dir.path().join("doc");
+    std::fs::write(&src, &data).unwrap();
+    let put = set
+        .laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let faulty = &set.proxies[2];
+    faulty.stall(put["blob"].as_str().unwrap().parse().unwrap());
+    set.slow_down_the_others();
+
+    // A short read timeout, so the test does not wait out the default.
+    let out = set.laptop.dir.path().join("doc.out");
+    let get = set
+        .laptop
+        .run_with(
+            &["get", "doc", "-o", out.to_str().unwrap(), "--json"],
+            &[("CAIRN_READ_TIMEOUT_SECS", "2")],
+        )
+        .await
+        .json();
+    assert!(std::fs::read(&out).unwrap() == data, "intact");
+    assert!(faulty.faulted() > 0, "the stalling relay was tried first");
+    assert_ne!(get["relay"], faulty.url(), "{get}");
+    // Stalling is unavailability, not a lie.
+    let checks = set.laptop.run(&["relay", "check", "--json"]).await.json();
+    let check = entry(&checks, faulty.url());
+    assert_eq!(check["flagged"], false, "{check}");
+    assert!(
+        check["record"]["unavailable"].as_u64().unwrap() >= 1,
+        "{check}"
+    );
+}

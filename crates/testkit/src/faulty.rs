@@ -14,6 +14,10 @@
 //! - `forget`: loses blobs it held ("drop later"): reads and proofs answer
 //!   `404 not_found` although the upstream still has them. `Blobs::All`
 //!   withholds everything.
+//! - `stall`: a download sends its headers and half its bytes, then
+//!   nothing more while the connection stays open. A client must give up
+//!   (its read timeout: `CAIRN_READ_TIMEOUT_SECS` shortens it in tests) and
+//!   fetch elsewhere; stalling is unavailability, not misbehaviour.
 //! - `slow`: every answer is late. Slowness is not misbehaviour; a client
 //!   should rank the relay last, not flag it.
 //! - `stale_heads`: serves old heads forever (the first successful answer
@@ -25,9 +29,8 @@
 //!   is valid). Nothing in one document shows the lie.
 //!
 //! The proxy is not a relay of its own: the upstream keeps enforcing tokens,
-//! limits and quotas. Stalling (accepting a request and never answering) is
-//! not offered: clients wait 10 s to 60 s for an answer, too long for tests.
-//! Faulted bodies are buffered whole, so keep faulted blobs test-sized.
+//! limits and quotas. Faulted bodies are buffered whole, so keep faulted
+//! blobs test-sized.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -97,6 +100,9 @@ pub struct Faults {
     pub drop_uploads: Blobs,
     /// Blobs whose reads, probes and proofs answer `404 not_found`.
     pub forget: Blobs,
+    /// Blobs whose downloads stall: the headers and the first half of the
+    /// body arrive, then nothing more, ever (the connection stays open).
+    pub stall: Blobs,
     /// Delay before every answer.
     pub slow: Option<Duration>,
     /// Head reads answered as they were when first seen with this on.
@@ -236,7 +242,12 @@ impl FaultyRelay {
         self.update(|f| f.forget.add(id));
     }
 
-    /// Withholds every blob (answers `404` for all).
+    /// Stalls downloads of blob `id` halfway, from now on.
+    pub fn stall(&self, id: BlobId) {
+        self.update(|f| f.stall.add(id));
+    }
+
+    /// Answers every blob read, probe and proof with 404.
     pub fn withhold(&self) {
         self.update(|f| f.forget = Blobs::All);
     }
@@ -352,6 +363,30 @@ async fn answer(proxy: &Proxy, faults: &Faults, request: Request) -> (Response, 
                     body[middle] ^= 0x01;
                     answer.body = body.into();
                     (answer.into_response(), true)
+                }
+                Ok(answer) => (answer.into_response(), false),
+                Err(response) => (response, false),
+            }
+        }
+        Target::Blob { id, proof: false }
+            if method == Method::GET && faults.stall.contains(&id) =>
+        {
+            match buffered(proxy, request, &path_and_query).await {
+                Ok(answer) if answer.status.is_success() && answer.body.len() > 1 => {
+                    use futures_util::StreamExt as _;
+                    let full = answer.body.len();
+                    let half = answer.body.slice(..full / 2);
+                    let first =
+                        futures_util::stream::once(async move { Ok::<_, std::io::Error>(half) });
+                    let never = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+                    let mut response = Response::new(Body::from_stream(first.chain(never)));
+                    *response.status_mut() = answer.status;
+                    *response.headers_mut() = answer.headers;
+                    // The whole length is promised, so the reader waits.
+                    response
+                        .headers_mut()
+                        .insert(header::CONTENT_LENGTH, full.into());
+                    (response, true)
                 }
                 Ok(answer) => (answer.into_response(), false),
                 Err(response) => (response, false),

@@ -40,6 +40,17 @@ const MAX_REDIRECTS: usize = 3;
 /// The header naming the key of the relay a redirect points at.
 const RELAY_KEY_HEADER: &str = "cairn-relay-key";
 
+/// How long a relay may go without sending a byte before it is given up
+/// (and the next relay tried): 60 s, or `CAIRN_READ_TIMEOUT_SECS` (1–3600)
+/// for very slow links, or tests of stalling relays.
+fn read_timeout() -> Duration {
+    std::env::var("CAIRN_READ_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|secs| (1..=3600).contains(secs))
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
 /// Builds the HTTP client every relay connection shares.
 pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
     static PROVIDER: Once = Once::new();
@@ -50,7 +61,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Between bytes, not in total: a multi-GiB transfer takes what it takes.
-        .read_timeout(Duration::from_secs(60))
+        .read_timeout(read_timeout())
         .tcp_nodelay(true)
         .user_agent(concat!("cairn/", env!("CARGO_PKG_VERSION")))
         // Redirects are followed by hand, for blobs only, after checking the
