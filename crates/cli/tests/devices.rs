@@ -16,16 +16,13 @@ struct Joining {
 
 impl Joining {
     async fn start(device: &Device, relay: &Relay, wait: &str) -> Self {
+        Self::start_at(device, &relay.url(), wait).await
+    }
+
+    /// Joins through the relay at `url` (any URL that reaches it).
+    async fn start_at(device: &Device, url: &str, wait: &str) -> Self {
         let mut child = device.spawn(&[
-            "device",
-            "join",
-            "--relay",
-            &relay.url(),
-            "--name",
-            "phone",
-            "--json",
-            "--wait",
-            wait,
+            "device", "join", "--relay", url, "--name", "phone", "--json", "--wait", wait,
         ]);
         let stdout = child.stdout.take().unwrap();
         let (line, reader) = tokio::task::spawn_blocking(move || {
@@ -64,6 +61,36 @@ impl Joining {
         .await
         .unwrap()
     }
+}
+
+/// A device that joined through another URL of a relay in the set (the
+/// same relay, the same key) keeps one entry for it, and stores files
+/// without being told that the relay "holds a newer head".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_through_another_url_of_the_same_relay_puts_without_false_warnings() {
+    let relay = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relay]).await;
+    let phone = Device::new();
+    let alias = relay.url().replace("127.0.0.1", "localhost");
+    let joining = Joining::start_at(&phone, &alias, "30").await;
+    laptop
+        .run(&["device", "approve", &joining.code, "--json", "--wait", "30"])
+        .await
+        .json();
+    joining.finish().await.json();
+    let src = phone.dir.path().join("doc");
+    std::fs::write(&src, data_with_marker(5_000, b"through an alias")).unwrap();
+    let put = phone.run(&["put", src.to_str().unwrap(), "--json"]).await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    assert!(
+        !put.stderr.contains("newer head") && !put.stdout.contains("newer head"),
+        "{put:?}"
+    );
+    // One relay is one copy, whatever URLs reach it.
+    let report: serde_json::Value = serde_json::from_str(&put.stdout).unwrap();
+    assert_eq!(report["copies"].as_array().unwrap().len(), 1, "{report}");
 }
 
 /// Runs `device join` on `new` and `device approve` on `approver`

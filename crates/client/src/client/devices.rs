@@ -202,7 +202,9 @@ impl Client {
         for relay in body.relays {
             set.upsert(relay);
         }
-        if set.get(&entry.url).is_none() {
+        // The relay joined through may be one of the set under another URL
+        // (same key): one relay, one entry, or it would count twice.
+        if !set.entries().iter().any(|r| r.key == entry.key) {
             set.upsert(entry);
         }
         let log = extend_log(&clients(&http, &set), &body.root, None, body.head).await?;

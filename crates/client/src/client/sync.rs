@@ -913,6 +913,16 @@ impl Client {
         .await;
         let mut failures = Vec::new();
         for (relay, result) in relays.iter().zip(results) {
+            // The relay already holding this very head (a retry after a lost
+            // answer, or one relay listed under two URLs) stored it.
+            let result = match result {
+                Ok(HeadWrite::Stale(Some(current)))
+                    if current.seq == op.seq && current.target == id =>
+                {
+                    Ok(HeadWrite::Stored)
+                }
+                other => other,
+            };
             match result {
                 Ok(HeadWrite::Stored) => {
                     let acked = state.acked.entry(relay.key().to_string()).or_default();
