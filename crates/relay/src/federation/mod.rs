@@ -35,8 +35,10 @@ use crate::http::AppState;
 /// left to the next reconciliation round instead of queueing memory.
 const REPLICATION_QUEUE: usize = 16_384;
 
-/// Transferred blobs checked at each peer refresh: a small random sample,
-/// so that over time every peer is held to every receipt.
+/// Transferred blobs checked at each reconciliation round: a small random
+/// sample, so that over time every peer is held to every receipt. Not at
+/// each peer refresh: an audit may download up to 64 MiB per blob, too
+/// much to repeat every minute.
 const AUDIT_SAMPLE: usize = 4;
 
 /// Seconds a peer's info document stays good enough to pick it for a
@@ -339,16 +341,16 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
             _ = refresh.tick() => {
                 app.federation.refresh_peers().await;
                 log_transfer(relieve(&app).await);
-                let audit = audit_transfers(&app, AUDIT_SAMPLE).await;
-                if audit.failed > 0 {
-                    tracing::warn!(failed = audit.failed, checked = audit.checked, "peers lost transferred blobs");
-                }
             }
             _ = reconcile.tick() => {
                 for report in reconcile_all(&app).await {
                     if let Err(e) = report.outcome {
                         tracing::warn!(peer = %report.peer, error = %e, "reconciliation failed");
                     }
+                }
+                let audit = audit_transfers(&app, AUDIT_SAMPLE).await;
+                if audit.failed > 0 {
+                    tracing::warn!(failed = audit.failed, checked = audit.checked, "peers lost transferred blobs");
                 }
             }
             () = app.federation.full.notified() => {
