@@ -64,6 +64,8 @@ pub struct RelayConfig {
     pub max_heads: u64,
     /// Memory for caching small blobs (64 KiB or less) that are read often.
     pub cache_bytes: usize,
+    /// Where blob bodies and the index live.
+    pub storage: StorageConfig,
 }
 
 impl RelayConfig {
@@ -112,6 +114,7 @@ impl RelayConfig {
             shutdown_grace: Duration::from_secs(30),
             max_heads: Self::DEFAULT_MAX_HEADS,
             cache_bytes: 32 << 20,
+            storage: StorageConfig::Embedded,
         }
     }
 }
@@ -147,5 +150,102 @@ impl Default for FederationConfig {
             low_water_permille: 800,
             max_learned_peers: 8,
         }
+    }
+}
+
+/// Where the relay keeps blob bodies and its index (docs/OPERATING.md,
+/// "Scale-out").
+#[derive(Clone, Debug, Default)]
+pub enum StorageConfig {
+    /// One process: bodies as files and the index in an embedded database,
+    /// both under the data directory.
+    #[default]
+    Embedded,
+    /// Any number of processes sharing one identity: bodies in an
+    /// S3-compatible bucket, the index in PostgreSQL. The data directory
+    /// then holds only the identity key, the peer ledger and uploads in
+    /// progress.
+    ScaleOut(ScaleOutConfig),
+}
+
+/// The shared backends of a scale-out relay.
+#[derive(Clone, Debug)]
+pub struct ScaleOutConfig {
+    /// The index.
+    pub postgres: PostgresConfig,
+    /// Blob bodies.
+    pub s3: S3Config,
+}
+
+/// A PostgreSQL database for the index.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// The schema holding the relay's tables (created if missing); `None`
+    /// for the connection's default (`public`).
+    pub schema: Option<String>,
+    /// Connections kept per relay process.
+    pub pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// Default connections per process: an upload of a large blob holds one
+    /// while its body goes to the object store.
+    pub const DEFAULT_POOL_SIZE: usize = 32;
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_password(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// An S3-compatible bucket for blob bodies.
+#[derive(Clone)]
+pub struct S3Config {
+    /// The service's base URL, such as `https://s3.eu-west-1.amazonaws.com`
+    /// or `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    /// The bucket (created by the operator beforehand).
+    pub bucket: String,
+    /// The region the signatures name.
+    pub region: String,
+    /// Objects are stored under this prefix (`""` for the bucket's root).
+    pub prefix: String,
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `url` with any password replaced, for logs and errors.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
     }
 }

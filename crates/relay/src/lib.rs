@@ -35,7 +35,9 @@ mod store;
 mod tls;
 
 pub use clock::Clock;
-pub use config::{FederationConfig, RelayConfig, TlsFiles};
+pub use config::{
+    FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig, TlsFiles,
+};
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use cairn_proto::{FairShareLimits, RelayRef, RelayUrl, VerifyingKey};
-use cairn_relay::RelayConfig;
+use cairn_relay::{PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// A cairn relay: stores, serves and replicates end-to-end encrypted blobs
@@ -76,7 +76,9 @@ struct ServeArgs {
     /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
     /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads,
     /// peers = [{ url = "...", key = "ed25519:..." }], replicas,
-    /// reconcile_interval, high_water, low_water, learn_peers).
+    /// reconcile_interval, high_water, low_water, learn_peers, postgres,
+    /// postgres_schema, postgres_pool, s3_endpoint, s3_bucket, s3_region,
+    /// s3_prefix, s3_access_key, s3_secret_key).
     #[arg(long, env = "CAIRN_RELAY_CONFIG")]
     config: Option<PathBuf>,
     /// Bytes given to blob storage, e.g. `500G`, `2T` [default: 10G].
@@ -145,6 +147,8 @@ struct ServeArgs {
     /// exchange); 0 to work with configured peers only [default: 8].
     #[arg(long, env = "CAIRN_RELAY_LEARN_PEERS")]
     learn_peers: Option<usize>,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 /// The config file: the same keys as the flags.
@@ -173,6 +177,15 @@ struct FileConfig {
     high_water: Option<u16>,
     low_water: Option<u16>,
     learn_peers: Option<usize>,
+    postgres: Option<String>,
+    postgres_schema: Option<String>,
+    postgres_pool: Option<usize>,
+    s3_endpoint: Option<String>,
+    s3_bucket: Option<String>,
+    s3_region: Option<String>,
+    s3_prefix: Option<String>,
+    s3_access_key: Option<String>,
+    s3_secret_key: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -250,7 +263,8 @@ fn make_peer(url: &str, key: &str) -> Result<RelayRef, String> {
 }
 
 /// Merges flags/env (already merged by clap) over the file over defaults.
-fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
+fn resolve(mut args: ServeArgs) -> anyhow::Result<RelayConfig> {
+    let args_storage = std::mem::take(&mut args.storage);
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -259,6 +273,17 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
                 .with_context(|| format!("parsing config file {}", path.display()))?
         }
         None => FileConfig::default(),
+    };
+    let file_storage = StorageArgs {
+        postgres: file.postgres.clone(),
+        postgres_schema: file.postgres_schema.clone(),
+        postgres_pool: file.postgres_pool,
+        s3_endpoint: file.s3_endpoint.clone(),
+        s3_bucket: file.s3_bucket.clone(),
+        s3_region: file.s3_region.clone(),
+        s3_prefix: file.s3_prefix.clone(),
+        s3_access_key: file.s3_access_key.clone(),
+        s3_secret_key: file.s3_secret_key.clone(),
     };
     let from_file = |value: Option<String>, parse: fn(&str) -> Result<u64, String>, key: &str| {
         value
@@ -387,7 +412,102 @@ fn resolve(args: ServeArgs) -> anyhow::Result<RelayConfig> {
     if let Some(v) = args.learn_peers.or(file.learn_peers) {
         fed.max_learned_peers = v;
     }
+    config.storage = storage(args_storage.or(file_storage))?;
     Ok(config)
+}
+
+/// The storage options, from flags/environment (or the file).
+#[derive(Debug, Default, Args)]
+struct StorageArgs {
+    /// Scale-out: keep the index in this PostgreSQL database
+    /// (`postgres://user:password@host:port/db`) instead of the embedded
+    /// one. Needs the --s3-* options too; several relay processes with the
+    /// same identity key and backends then serve the same data
+    /// (docs/OPERATING.md, "Scale-out") [default: embedded index].
+    #[arg(long, env = "CAIRN_RELAY_POSTGRES", help_heading = "Scale-out")]
+    postgres: Option<String>,
+    /// PostgreSQL schema for the relay's tables, created if missing
+    /// [default: public].
+    #[arg(long, env = "CAIRN_RELAY_POSTGRES_SCHEMA", help_heading = "Scale-out")]
+    postgres_schema: Option<String>,
+    /// Database connections per relay process [default: 32].
+    #[arg(long, env = "CAIRN_RELAY_POSTGRES_POOL", help_heading = "Scale-out")]
+    postgres_pool: Option<usize>,
+    /// Scale-out: keep blob bodies in the S3-compatible service at this URL
+    /// (e.g. `https://s3.eu-west-1.amazonaws.com`).
+    #[arg(long, env = "CAIRN_RELAY_S3_ENDPOINT", help_heading = "Scale-out")]
+    s3_endpoint: Option<String>,
+    /// The bucket for blob bodies (create it beforehand).
+    #[arg(long, env = "CAIRN_RELAY_S3_BUCKET", help_heading = "Scale-out")]
+    s3_bucket: Option<String>,
+    /// The region requests are signed for [default: us-east-1].
+    #[arg(long, env = "CAIRN_RELAY_S3_REGION", help_heading = "Scale-out")]
+    s3_region: Option<String>,
+    /// Key prefix for this relay's objects in the bucket [default: none].
+    #[arg(long, env = "CAIRN_RELAY_S3_PREFIX", help_heading = "Scale-out")]
+    s3_prefix: Option<String>,
+    /// The S3 access key id.
+    #[arg(long, env = "CAIRN_RELAY_S3_ACCESS_KEY", help_heading = "Scale-out")]
+    s3_access_key: Option<String>,
+    /// The S3 secret key; prefer the environment variable or the config
+    /// file (mode 0600) to a flag, which other users can see in `ps`.
+    #[arg(long, env = "CAIRN_RELAY_S3_SECRET_KEY", hide_env_values = true, help_heading = "Scale-out")]
+    s3_secret_key: Option<String>,
+}
+
+impl StorageArgs {
+    fn or(self, other: Self) -> Self {
+        Self {
+            postgres: self.postgres.or(other.postgres),
+            postgres_schema: self.postgres_schema.or(other.postgres_schema),
+            postgres_pool: self.postgres_pool.or(other.postgres_pool),
+            s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
+            s3_bucket: self.s3_bucket.or(other.s3_bucket),
+            s3_region: self.s3_region.or(other.s3_region),
+            s3_prefix: self.s3_prefix.or(other.s3_prefix),
+            s3_access_key: self.s3_access_key.or(other.s3_access_key),
+            s3_secret_key: self.s3_secret_key.or(other.s3_secret_key),
+        }
+    }
+}
+
+/// Embedded unless the scale-out backends are configured, and then both.
+fn storage(s: StorageArgs) -> anyhow::Result<StorageConfig> {
+    let any_s3 = s.s3_endpoint.is_some() || s.s3_bucket.is_some();
+    match (s.postgres, any_s3) {
+        (None, false) => Ok(StorageConfig::Embedded),
+        (None, true) => bail!(
+            "S3 storage for blob bodies needs the index in PostgreSQL too (--postgres): the \
+             scale-out backends go together, so that several relay processes can share them"
+        ),
+        (Some(_), false) => bail!(
+            "a PostgreSQL index needs blob bodies in S3-compatible storage too (--s3-endpoint, \
+             --s3-bucket, --s3-access-key, --s3-secret-key): the scale-out backends go together"
+        ),
+        (Some(url), true) => {
+            let need = |v: Option<String>, what: &str| {
+                v.filter(|v| !v.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("scale-out storage needs {what}"))
+            };
+            Ok(StorageConfig::ScaleOut(ScaleOutConfig {
+                postgres: PostgresConfig {
+                    url,
+                    schema: s.postgres_schema,
+                    pool_size: s
+                        .postgres_pool
+                        .unwrap_or(PostgresConfig::DEFAULT_POOL_SIZE),
+                },
+                s3: S3Config {
+                    endpoint: need(s.s3_endpoint, "--s3-endpoint")?,
+                    bucket: need(s.s3_bucket, "--s3-bucket")?,
+                    region: s.s3_region.unwrap_or_else(|| "us-east-1".into()),
+                    prefix: s.s3_prefix.unwrap_or_default(),
+                    access_key_id: need(s.s3_access_key, "--s3-access-key")?,
+                    secret_access_key: need(s.s3_secret_key, "--s3-secret-key")?,
+                },
+            }))
+        }
+    }
 }
 
 fn main() -> ExitCode {

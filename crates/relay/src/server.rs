@@ -119,14 +119,17 @@ pub async fn start_with_clock(
     if created {
         tracing::info!(key = %key.verifying_key(), "created a new relay identity key");
     }
-    let (store, writer, report) = Store::open(
-        &config.data_dir,
-        config.capacity_bytes,
-        config.limits.key_quota_bytes,
-        config.max_heads,
-        config.cache_bytes,
-    )
-    .map_err(store_err)?;
+    let limits = crate::store::Limits {
+        capacity: config.capacity_bytes,
+        key_quota: config.limits.key_quota_bytes,
+        max_heads: config.max_heads,
+        cache_bytes: config.cache_bytes,
+    };
+    let backend_http = backend_http_client().map_err(|e| StartError::PeerClient(e.to_string()))?;
+    let (store, writer, report) =
+        Store::open(&config.data_dir, &config.storage, limits, backend_http)
+            .await
+            .map_err(store_err)?;
     if report.temp_files_removed > 0 || report.pending_unlinks_finished > 0 {
         tracing::info!(
             temp_files_removed = report.temp_files_removed,
@@ -194,8 +197,20 @@ pub async fn start_with_clock(
         app,
         cancel,
         tasks,
-        writer: Some(writer),
+        writer,
     })
+}
+
+/// The HTTP client the object store's requests go through: rustls on ring
+/// (the process-wide provider), no redirects, bounded connects.
+fn backend_http_client() -> Result<reqwest::Client, reqwest::Error> {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
 }
 
 async fn accept_loop(

@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 
 use super::FederationError;
 use super::peers::{PeerInfo, verify_info};
+use crate::store::BlobBody;
 
 /// Lifetime of the tokens this relay signs for its peers.
 const TOKEN_LIFETIME_SECS: u64 = 300;
@@ -20,11 +21,6 @@ const MAX_INFO_BYTES: usize = 64 * 1024;
 /// The path of the reconciliation endpoint.
 pub(crate) const RECONCILE_PATH: &str = "/v1/federation/reconcile";
 
-/// A blob's bytes on their way to a peer.
-pub(crate) enum Outgoing {
-    Bytes(Bytes),
-    File(std::fs::File),
-}
 
 /// An HTTP client for peers: never follows redirects (a peer answers for
 /// itself), times out idle connections.
@@ -107,18 +103,13 @@ impl PeerClient {
         peer: &RelayRef,
         id: BlobId,
         size: u64,
-        body: Outgoing,
+        body: BlobBody,
         now: u64,
     ) -> Result<TransferReceipt, FederationError> {
         let auth = Self::token(key, peer.key, Method::Put, TokenTarget::Blob(id), now)?;
         let body = match body {
-            Outgoing::Bytes(bytes) => reqwest::Body::from(bytes),
-            Outgoing::File(file) => {
-                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                    tokio::fs::File::from_std(file),
-                    256 * 1024,
-                ))
-            }
+            BlobBody::Inline(bytes) => reqwest::Body::from(bytes),
+            other => reqwest::Body::wrap_stream(other.into_stream(0, size).await?),
         };
         let response = self
             .http

@@ -335,14 +335,25 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
     // The first reconciliation waits a full interval: peers need a moment
     // to start too, and the first refresh tells which have room.
     reconcile.reset();
+    // Several processes of a scale-out relay share one index: reconciling
+    // and relieving run in whichever holds the lease (renewed at every
+    // tick, taken over by another process if the holder stops), so that
+    // no blob is pushed twice.
+    let relieve_lease = lease_secs(app.config.federation.peer_refresh_interval);
+    let reconcile_lease = lease_secs(app.config.federation.reconcile_interval);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = refresh.tick() => {
                 app.federation.refresh_peers().await;
-                log_transfer(relieve(&app).await);
+                if app.store.try_lease("relieve", app.now(), relieve_lease).await {
+                    log_transfer(relieve(&app).await);
+                }
             }
             _ = reconcile.tick() => {
+                if !app.store.try_lease("reconcile", app.now(), reconcile_lease).await {
+                    continue;
+                }
                 for report in reconcile_all(&app).await {
                     if let Err(e) = report.outcome {
                         tracing::warn!(peer = %report.peer, error = %e, "reconciliation failed");
@@ -354,10 +365,17 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
                 }
             }
             () = app.federation.full.notified() => {
-                log_transfer(relieve(&app).await);
+                if app.store.try_lease("relieve", app.now(), relieve_lease).await {
+                    log_transfer(relieve(&app).await);
+                }
             }
         }
     }
+}
+
+/// A lease for work repeated every `interval`: outlives one missed tick.
+fn lease_secs(interval: std::time::Duration) -> u64 {
+    interval.as_secs().saturating_mul(3) / 2 + 1
 }
 
 fn log_transfer(report: TransferReport) {

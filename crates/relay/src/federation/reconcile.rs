@@ -50,17 +50,12 @@ pub struct ReconcileCounts {
 /// Reconciles with every configured peer, one after another.
 pub(crate) async fn reconcile_all(app: &AppState) -> Vec<ReconcileReport> {
     let candidates = Candidates::now(app);
-    let mine = {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || app.store.reader().ids_from(CLIENT_SOURCE)).await
-    };
-    let mine = match mine {
-        Ok(Ok(ids)) => ids,
-        Ok(Err(e)) => {
+    let mine = match app.store.ids_from(CLIENT_SOURCE).await {
+        Ok(ids) => ids,
+        Err(e) => {
             tracing::error!(error = %e, "listing blobs for reconciliation failed");
             return Vec::new();
         }
-        Err(_) => return Vec::new(),
     };
     // One pass over the relay's own blobs sorts each into the sets of the
     // peers chosen to hold it.

@@ -16,10 +16,8 @@ use cairn_proto::{BlobId, TransferReceipt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::client::Outgoing;
 use super::{FederationError, Peer};
 use crate::http::AppState;
-use crate::store::index::Location;
 
 /// Delays before the second, third and fourth attempt at a push.
 const BACKOFF: [Duration; 3] = [
@@ -104,29 +102,6 @@ fn rendezvous_score(id: &BlobId, peer: &cairn_proto::VerifyingKey, weight: f64) 
     -weight / u.ln()
 }
 
-/// Opens blob `id` for sending, with its size; `None` if it is not held.
-pub(crate) fn open_local(
-    app: &AppState,
-    id: &BlobId,
-) -> Result<Option<(Outgoing, u64)>, crate::store::StoreError> {
-    let io = |e| crate::store::StoreError::io("open blob for a peer", e);
-    match app.store.reader().locate(id)? {
-        None => Ok(None),
-        Some(Location::Inline(bytes)) => {
-            let size = bytes.len() as u64;
-            Ok(Some((Outgoing::Bytes(bytes.into()), size)))
-        }
-        Some(Location::File) => match std::fs::File::open(app.store.path(id)) {
-            Ok(file) => {
-                let size = file.metadata().map_err(io)?.len();
-                Ok(Some((Outgoing::File(file), size)))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(e)),
-        },
-    }
-}
-
 /// Pushes blob `id` to `peer` once, updating the ledger; the receipt is
 /// checked. `Ok(None)` if this relay no longer holds the blob.
 pub(crate) async fn push(
@@ -134,15 +109,10 @@ pub(crate) async fn push(
     peer: &Peer,
     id: BlobId,
 ) -> Result<Option<TransferReceipt>, FederationError> {
-    let opened = {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || open_local(&app, &id))
-            .await
-            .map_err(|e| FederationError::Local(e.to_string()))??
-    };
-    let Some((body, size)) = opened else {
+    let Some(body) = app.store.open_body(&id).await? else {
         return Ok(None);
     };
+    let size = body.size();
     let receipt = app
         .federation
         .client

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 
 use super::{FederationError, Peer};
 use crate::http::AppState;
-use crate::store::index::{Forward, Location};
+use crate::store::index::Forward;
 
 /// Blobs looked at per batch.
 const BATCH: usize = 64;
@@ -55,11 +55,8 @@ pub(crate) async fn relieve(app: &AppState) -> TransferReport {
     }
     let mut tried: HashSet<BlobId> = HashSet::new();
     while used(app) > low {
-        let reader = app.store.reader().clone();
         let window = tried.len() + BATCH;
-        let Ok(Ok(batch)) =
-            tokio::task::spawn_blocking(move || reader.least_recently_used(window)).await
-        else {
+        let Ok(batch) = app.store.least_recently_used(window).await else {
             break;
         };
         let fresh: Vec<(BlobId, u64)> = batch
@@ -123,12 +120,8 @@ async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
     // A replica does not go back to the peer that sent it: that would
     // quietly take a copy out of the network while the peer still counts
     // it as held here.
-    let sources = {
-        let reader = app.store.reader().clone();
-        match tokio::task::spawn_blocking(move || reader.sources_of(&id)).await {
-            Ok(Ok(sources)) => sources,
-            _ => return Outcome::NotMoved { failed: 0 },
-        }
+    let Ok(sources) = app.store.sources_of(&id).await else {
+        return Outcome::NotMoved { failed: 0 };
     };
     let peers = peers
         .into_iter()
@@ -208,12 +201,7 @@ async fn check(app: &AppState, peer: &Peer, id: BlobId, size: u64) -> Result<(),
             .client
             .read_range(&peer.relay, id, start, slice)
             .await?;
-        let ours = {
-            let app = app.clone();
-            tokio::task::spawn_blocking(move || read_local(&app, &id, start, slice))
-                .await
-                .map_err(|e| FederationError::Local(e.to_string()))??
-        };
+        let ours = read_local(app, &id, start, slice).await?;
         if theirs != ours {
             return Err(FederationError::CheckFailed(format!(
                 "bytes {start}..{} differ from the blob's",
@@ -228,27 +216,18 @@ async fn check(app: &AppState, peer: &Peer, id: BlobId, size: u64) -> Result<(),
 }
 
 /// Reads `len` bytes of the local blob `id` from `start`.
-fn read_local(app: &AppState, id: &BlobId, start: u64, len: u64) -> Result<Bytes, FederationError> {
-    use std::os::unix::fs::FileExt as _;
+async fn read_local(
+    app: &AppState,
+    id: &BlobId,
+    start: u64,
+    len: u64,
+) -> Result<Bytes, FederationError> {
     let gone = || FederationError::Local(format!("blob {id} went away during its transfer"));
-    let len = usize::try_from(len).map_err(|_| gone())?;
-    match app.store.reader().locate(id)? {
-        None => Err(gone()),
-        Some(Location::Inline(bytes)) => {
-            let from = usize::try_from(start).map_err(|_| gone())?;
-            bytes
-                .get(from..from + len)
-                .map(Bytes::copy_from_slice)
-                .ok_or_else(gone)
-        }
-        Some(Location::File) => {
-            let file = std::fs::File::open(app.store.path(id)).map_err(|_| gone())?;
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, start)
-                .map_err(|e| FederationError::Local(format!("reading blob {id}: {e}")))?;
-            Ok(buf.into())
-        }
+    let body = app.store.open_body(id).await?.ok_or_else(gone)?;
+    if start.saturating_add(len) > body.size() {
+        return Err(gone());
     }
+    Ok(body.read_at(start, len).await?)
 }
 
 /// What an audit of transferred blobs found.
@@ -276,10 +255,7 @@ pub(crate) async fn audit_transfers(app: &AppState, max: usize) -> AuditReport {
     if getrandom::fill(&mut start).is_err() {
         return report;
     }
-    let reader = app.store.reader().clone();
-    let Ok(Ok(sample)) =
-        tokio::task::spawn_blocking(move || reader.forwards_from(start, max)).await
-    else {
+    let Ok(sample) = app.store.forwards_from(start, max).await else {
         return report;
     };
     for (id, forward) in sample {

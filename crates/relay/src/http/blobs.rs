@@ -22,8 +22,8 @@ use super::body::BodyChunks;
 use super::error::ApiError;
 use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
-use crate::store::index::Location;
-use crate::store::{DeleteOutcome, InsertOutcome, Source, Staged, StoreError};
+use crate::store::index::{IndexReader, Location};
+use crate::store::{BlobBody, BodyStream, clamped_slice, DeleteOutcome, InsertOutcome, Source, Staged, StoreError};
 
 /// Bodies up to this size are read in one blocking call and sent from
 /// memory; larger ones stream from the file.
@@ -84,11 +84,16 @@ fn etag(id: &BlobId) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{id}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
-/// What a blocking open of a blob produced.
+/// What opening a blob for a read produced.
 enum Opened {
     Small(Vec<u8>, u64),
     Large(std::fs::File, u64),
+    Stream(BodyStream, u64),
 }
+
+/// An opened blob, the range to send, and whether that range is
+/// satisfiable; `None` if the index does not name the blob.
+type OpenedRead = Option<(Opened, Option<ByteRange>, bool)>;
 
 /// `GET` and `HEAD`.
 pub(crate) async fn get_blob(
@@ -127,72 +132,24 @@ pub(crate) async fn get_blob(
         ));
     }
 
-    let path = app.store.path(&id);
     let generation = app.store.cache.generation();
-
-    // One trip to the blocking pool: open, size, and for small blobs read.
-    let reader = app.store.reader().clone();
-    let opened = tokio::task::spawn_blocking(
-        move || -> std::io::Result<Option<(Opened, Option<ByteRange>, bool)>> {
-            // Only indexed blobs are served: a file renamed into place but
-            // not yet committed (or left so by a crash) is not acknowledged.
-            // Small blobs live in the index; everything else in a file.
-            let location = match reader.locate(&id).map_err(std::io::Error::other)? {
-                None => return Ok(None),
-                Some(location) => location,
-            };
-            if let Location::Inline(body) = location {
-                let size = body.len() as u64;
-                let Ok(range) = range::parse(range_header.as_deref(), size) else {
-                    return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
-                };
-                let body = match range {
-                    _ if head => Vec::new(),
-                    // In bounds: the parser checked against `size`.
-                    Some(r) => body
-                        .get(
-                            usize::try_from(r.start).unwrap_or(0)
-                                ..=usize::try_from(r.end).unwrap_or(0),
-                        )
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_default(),
-                    None => body,
-                };
-                return Ok(Some((Opened::Small(body, size), range, true)));
-            }
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let size = file.metadata()?.len();
-            let Ok(range) = range::parse(range_header.as_deref(), size) else {
-                return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
-            };
-            let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
-            if head {
-                return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
-            }
-            if len <= SMALL_BLOB {
-                file.seek(std::io::SeekFrom::Start(start))?;
-                let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-                file.take(len).read_to_end(&mut buf)?;
-                Ok(Some((Opened::Small(buf, size), range, true)))
-            } else {
-                file.seek(std::io::SeekFrom::Start(start))?;
-                Ok(Some((Opened::Large(file, size), range, true)))
-            }
-        },
-    )
-    .await
-    .map_err(|_| ApiError::internal())?
-    .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?;
+    let opened = match app.store.embedded_reader(&id) {
+        // One trip to the blocking pool: open, size, and for small blobs
+        // read.
+        Some((reader, path)) => tokio::task::spawn_blocking(move || {
+            open_embedded(&reader, &path, &id, range_header.as_deref(), head)
+        })
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?,
+        None => open_shared(&app, &id, range_header.as_deref(), head).await?,
+    };
 
     let Some((opened, range, satisfiable)) = opened else {
         return forwarded(&app, id, "").await;
     };
     let size = match &opened {
-        Opened::Small(_, size) | Opened::Large(_, size) => *size,
+        Opened::Small(_, size) | Opened::Large(_, size) | Opened::Stream(_, size) => *size,
     };
     if !satisfiable {
         return Err(ApiError::bad_range(size));
@@ -217,10 +174,95 @@ pub(crate) async fn get_blob(
                     256 * 1024,
                 ))
             }
+            Opened::Stream(stream, _) => Body::from_stream(stream),
         }
     };
     Ok(blob_response(&app, id, size, range, head, started, body))
 }
+
+/// Opens a blob of the embedded store, on the blocking pool.
+fn open_embedded(
+    reader: &IndexReader,
+    path: &std::path::Path,
+    id: &BlobId,
+    range_header: Option<&str>,
+    head: bool,
+) -> std::io::Result<OpenedRead> {
+    // Only indexed blobs are served: a file renamed into place but not yet
+    // committed (or left so by a crash) is not acknowledged. Small blobs
+    // live in the index; everything else in a file.
+    let location = match reader.locate(id).map_err(std::io::Error::other)? {
+        None => return Ok(None),
+        Some(location) => location,
+    };
+    if let Location::Inline(body) = location {
+        let size = body.len() as u64;
+        let Ok(range) = range::parse(range_header, size) else {
+            return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
+        };
+        let body = match range {
+            _ if head => Vec::new(),
+            // In bounds: the parser checked against `size`.
+            Some(r) => body
+                .get(usize::try_from(r.start).unwrap_or(0)..=usize::try_from(r.end).unwrap_or(0))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            None => body,
+        };
+        return Ok(Some((Opened::Small(body, size), range, true)));
+    }
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    let Ok(range) = range::parse(range_header, size) else {
+        return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
+    };
+    let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
+    if head {
+        return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
+    }
+    file.seek(std::io::SeekFrom::Start(start))?;
+    if len <= SMALL_BLOB {
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(len).read_to_end(&mut buf)?;
+        Ok(Some((Opened::Small(buf, size), range, true)))
+    } else {
+        Ok(Some((Opened::Large(file, size), range, true)))
+    }
+}
+
+/// Opens a blob of the scale-out store: small bodies come with the index
+/// row, large ones stream from the object store.
+async fn open_shared(
+    app: &AppState,
+    id: &BlobId,
+    range_header: Option<&str>,
+    head: bool,
+) -> Result<OpenedRead, ApiError> {
+    let Some(body) = app.store.open_body(id).await? else {
+        return Ok(None);
+    };
+    let size = body.size();
+    let Ok(range) = range::parse(range_header, size) else {
+        return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
+    };
+    if head {
+        return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
+    }
+    let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
+    let opened = match body {
+        BlobBody::Inline(bytes) => {
+            let piece = clamped_slice(&bytes, start, len);
+            Opened::Small(piece.to_vec(), size)
+        }
+        other => Opened::Stream(other.into_stream(start, len).await?, size),
+    };
+    Ok(Some((opened, range, true)))
+}
+
 
 /// The answer for a blob this relay does not hold: a redirect to the peer
 /// it was transferred to (to the same resource there: the blob, or with
@@ -230,11 +272,7 @@ pub(super) async fn forwarded(
     id: BlobId,
     suffix: &str,
 ) -> Result<Response, ApiError> {
-    let reader = app.store.reader().clone();
-    let forward = tokio::task::spawn_blocking(move || reader.forward(&id))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    let Some(forward) = forward else {
+    let Some(forward) = app.store.forward_of(&id).await? else {
         return Err(ApiError::not_found(format!(
             "this relay does not hold blob {id}"
         )));
@@ -442,10 +480,7 @@ pub(crate) async fn put_blob(
             if quota > 0
                 && let Source::Client(owner) = source
             {
-                let reader = app.store.reader().clone();
-                let used = tokio::task::spawn_blocking(move || reader.owner_usage(&owner))
-                    .await
-                    .map_err(|_| ApiError::internal())??;
+                let used = app.store.owner_usage(&owner).await?;
                 if used.saturating_add(declared.unwrap_or(0)) > quota {
                     return Err(ApiError::quota_exceeded(quota));
                 }
@@ -604,9 +639,10 @@ async fn receive(
     }
     writer.flush().await.map_err(write_err)?;
     let file = writer.into_inner();
-    if size > SYNC_IN_UPLOAD {
+    if size > SYNC_IN_UPLOAD && app.store.keeps_staged_files() {
         // Big blobs flush here, in parallel; small ones ride the writer's
-        // one filesystem sync per batch.
+        // one filesystem sync per batch. (A scale-out store copies the
+        // file to the object store, which makes it durable.)
         file.sync_data().await.map_err(write_err)?;
     }
     drop(file);

@@ -209,7 +209,20 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         // Logged once here; the client gets no internal detail.
         tracing::error!(error = %err, "store error");
-        Self::internal()
+        match err {
+            // A scale-out backend is away: nothing was stored or changed,
+            // and the same request succeeds once it is back.
+            StoreError::Unavailable { backend, .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                format!(
+                    "this relay's storage ({backend}) cannot be reached right now; nothing was \
+                     changed; retry shortly or use another relay"
+                ),
+            )
+            .retry_after(5),
+            _ => Self::internal(),
+        }
     }
 }
 

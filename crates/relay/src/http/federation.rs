@@ -59,9 +59,8 @@ pub(crate) async fn reconcile(
     metrics
         .reconcile_bytes_received
         .fetch_add(message.len() as u64, Ordering::Relaxed);
-    let reader = app.store.reader().clone();
+    let held = app.store.ids_from(peer.to_bytes()).await?;
     let answer = tokio::task::spawn_blocking(move || {
-        let held = reader.ids_from(peer.to_bytes())?;
         let reconciler = Reconciler::new(&held).map_err(|e| {
             crate::store::StoreError::Failed(format!("the index's source rows are unsorted: {e}"))
         })?;

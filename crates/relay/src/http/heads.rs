@@ -123,12 +123,7 @@ pub(crate) async fn get_head(
         mailbox: parse_mailbox(&mailbox)?,
         slot: parse_slot(&slot)?,
     };
-    let reader = app.store.reader().clone();
-    let lookup = key.clone();
-    let envelope = tokio::task::spawn_blocking(move || reader.head(&lookup))
-        .await
-        .map_err(|_| ApiError::internal())??;
-    let Some(envelope) = envelope else {
+    let Some(envelope) = app.store.head(&key).await? else {
         return Err(ApiError::not_found(format!(
             "this relay holds no head for slot {:?} of mailbox {}",
             key.slot.as_str(),
@@ -157,10 +152,7 @@ pub(crate) async fn list_heads(
     Path(mailbox): Path<String>,
 ) -> Result<Response, ApiError> {
     let mailbox = parse_mailbox(&mailbox)?;
-    let reader = app.store.reader().clone();
-    let rows = tokio::task::spawn_blocking(move || reader.heads(&mailbox))
-        .await
-        .map_err(|_| ApiError::internal())??;
+    let rows = app.store.heads(&mailbox).await?;
     let now = app.now();
     let mut heads = Vec::with_capacity(rows.len());
     for (slot, envelope) in rows {

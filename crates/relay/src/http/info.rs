@@ -69,7 +69,7 @@ pub(crate) async fn well_known(State(app): State<AppState>) -> Result<Response, 
             "blobs": app.store.usage().1,
             "draining": app.draining.load(Ordering::SeqCst),
         },
-        "federation": federation_json(&app),
+        "federation": federation_json(&app).await,
     });
     Ok(axum::Json(body).into_response())
 }
@@ -77,7 +77,8 @@ pub(crate) async fn well_known(State(app): State<AppState>) -> Result<Response, 
 /// The federation view of the info document: every peer with what it last
 /// said and its ledger account. Unsigned: the signed record vouches for the
 /// relay's own figures; these are its opinion of others.
-fn federation_json(app: &AppState) -> serde_json::Value {
+async fn federation_json(app: &AppState) -> serde_json::Value {
+    let forwarding_records = app.store.forward_count().await.unwrap_or(0);
     let fed = &app.federation;
     let ledger = fed.ledger.lock().ok();
     let peers: Vec<_> = fed
@@ -107,7 +108,7 @@ fn federation_json(app: &AppState) -> serde_json::Value {
         "replicas": app.config.federation.replicas,
         "high_water_permille": app.config.federation.high_water_permille,
         "low_water_permille": app.config.federation.low_water_permille,
-        "forwarding_records": app.store.reader().forwards().unwrap_or(0),
+        "forwarding_records": forwarding_records,
         "peers": peers,
     })
 }

@@ -23,7 +23,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> Response {
 
 pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     let mut text = app.metrics.render(&app.gauges());
-    let forwards = app.store.reader().forwards().unwrap_or(0);
+    let forwards = app.store.forward_count().await.unwrap_or(0);
     app.federation.render_metrics(&mut text, forwards);
     (
         [(
@@ -69,6 +69,6 @@ pub(crate) async fn status_page(State(app): State<AppState>) -> Html<String> {
             .iter()
             .filter(|p| p.info.is_some() && p.last_error.is_none())
             .count(),
-        forwards = app.store.reader().forwards().unwrap_or(0),
+        forwards = app.store.forward_count().await.unwrap_or(0),
     ))
 }

@@ -13,7 +13,7 @@ use cairn_proto::audit::{ChunkRequest, prove};
 use super::AppState;
 use super::blobs::{forwarded, parse_id};
 use super::error::ApiError;
-use crate::store::index::Location;
+use crate::store::BlobBody;
 
 /// The chunk list from `chunks=…` in the query.
 fn chunk_list(query: Option<&str>) -> Result<&str, ApiError> {
@@ -26,11 +26,6 @@ fn chunk_list(query: Option<&str>) -> Result<&str, ApiError> {
         })
 }
 
-/// Where a held blob's bytes are, for the prover.
-enum Held {
-    Inline(Vec<u8>),
-    File(std::fs::File),
-}
 
 pub(crate) async fn get_proof(
     State(app): State<AppState>,
@@ -45,46 +40,7 @@ pub(crate) async fn get_proof(
         ApiError::unavailable("too many audits in progress on this relay; retry shortly")
             .retry_after(1)
     })?;
-    let reader = app.store.reader().clone();
-    let path = app.store.path(&id);
-    let proved = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
-        let held = match reader.locate(&id)? {
-            None => return Ok(None),
-            Some(Location::Inline(bytes)) => Held::Inline(bytes),
-            Some(Location::File) => match std::fs::File::open(&path) {
-                Ok(file) => Held::File(file),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(crate::store::StoreError::io("open blob", e).into()),
-            },
-        };
-        let size = match &held {
-            Held::Inline(bytes) => bytes.len() as u64,
-            Held::File(file) => file
-                .metadata()
-                .map_err(|e| crate::store::StoreError::io("read blob size", e))?
-                .len(),
-        };
-        let request = ChunkRequest::parse(&list, size)
-            .map_err(|e| ApiError::bad_request(format!("chunks={list}: {e}")))?;
-        let proof = match &held {
-            Held::Inline(bytes) => prove(&request, |offset, buf| {
-                let start = usize::try_from(offset).map_err(|_| ())?;
-                let piece = bytes.get(start..start + buf.len()).ok_or(())?;
-                buf.copy_from_slice(piece);
-                Ok::<_, ()>(())
-            })
-            .map_err(|()| ApiError::internal())?,
-            Held::File(file) => prove(&request, |offset, buf| {
-                use std::os::unix::fs::FileExt as _;
-                file.read_exact_at(buf, offset)
-            })
-            .map_err(|e| ApiError::from(crate::store::StoreError::io("read blob", e)))?,
-        };
-        Ok(Some(proof))
-    })
-    .await
-    .map_err(|_| ApiError::internal())??;
-    let Some(proof) = proved else {
+    let Some(body) = app.store.open_body(&id).await? else {
         return forwarded(
             &app,
             id,
@@ -92,6 +48,31 @@ pub(crate) async fn get_proof(
         )
         .await;
     };
+    let body = body.localize(app.store.temp_path()?).await?;
+    let proof = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let size = body.size();
+        let request = ChunkRequest::parse(&list, size)
+            .map_err(|e| ApiError::bad_request(format!("chunks={list}: {e}")))?;
+        let proof = match &body {
+            BlobBody::Inline(bytes) => prove(&request, |offset, buf| {
+                let start = usize::try_from(offset).map_err(|_| ())?;
+                let piece = bytes.get(start..start + buf.len()).ok_or(())?;
+                buf.copy_from_slice(piece);
+                Ok::<_, ()>(())
+            })
+            .map_err(|()| ApiError::internal())?,
+            BlobBody::File { file, .. } => prove(&request, |offset, buf| {
+                use std::os::unix::fs::FileExt as _;
+                file.read_exact_at(buf, offset)
+            })
+            .map_err(|e| ApiError::from(crate::store::StoreError::io("read blob", e)))?,
+            // `localize` leaves no object behind.
+            BlobBody::Object { .. } => return Err(ApiError::internal()),
+        };
+        Ok(proof)
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
     answer(&app, id, proof)
 }
 

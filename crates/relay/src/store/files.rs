@@ -60,6 +60,19 @@ impl BlobFiles {
         Ok((files, cleaned))
     }
 
+    /// Opens (creating if needed) only the upload staging directory under
+    /// `data_dir`, for a store whose bodies live elsewhere, and empties it.
+    pub(crate) fn open_staging(data_dir: &Path) -> io::Result<(Self, usize)> {
+        let files = Self::at(data_dir.join("blobs"), data_dir.join("tmp"));
+        fs::create_dir_all(&files.tmp)?;
+        let mut cleaned = 0;
+        for entry in fs::read_dir(&files.tmp)? {
+            fs::remove_file(entry?.path())?;
+            cleaned += 1;
+        }
+        Ok((files, cleaned))
+    }
+
     /// Where the blob `id` lives once committed.
     pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
         let hex = id.to_string();

@@ -1,6 +1,15 @@
-//! The durable blob store: bodies as files ([`files`]), metadata in an
-//! embedded database ([`index`]), all writes through one batching writer
-//! thread ([`writer`]).
+//! The durable blob store. Two backends behind one interface:
+//!
+//! - **Embedded** (the default, one process): bodies as files ([`files`]),
+//!   metadata in an embedded database ([`index`]), all writes through one
+//!   batching writer thread ([`writer`]). Described below.
+//! - **Scale-out** (many processes): metadata in PostgreSQL ([`postgres`]),
+//!   bodies in an S3-compatible bucket ([`objects`]); see [`scaleout`] for
+//!   its commit protocol.
+//!
+//! Both give the same answers: an upload is acknowledged only once it is
+//! durable in the backend, only hash-verified bytes are ever stored, and a
+//! blob is served only while the index names it.
 //!
 //! # Commit protocol (an upload)
 //!
@@ -55,11 +64,17 @@
 //! durable and reports write-back errors (Linux 5.8 and later); `fsync` of a
 //! directory makes its entries durable.
 
+mod body;
 pub(crate) mod cache;
 pub(crate) mod files;
 pub(crate) mod fsck;
 pub(crate) mod index;
+pub(crate) mod objects;
+pub(crate) mod postgres;
+pub(crate) mod scaleout;
 mod writer;
+
+pub(crate) use body::{BlobBody, BodyStream, clamped_slice};
 
 use std::collections::HashMap;
 use std::io;
@@ -68,14 +83,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cairn_proto::{BlobId, HeadRecord, Verified, VerifyingKey};
+use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, HEADS, HEADS_BY_ACCESS, HeadKey,
-    INLINE, IndexReader, OWNERS, PENDING_UNLINK, SOURCES, STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS,
+    HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES,
+    STATS,
 };
+use self::scaleout::ScaleOut;
+use crate::config::StorageConfig;
 
 /// Blobs of at most this many bytes are stored inside the index rather than
 /// as files.
@@ -106,6 +124,23 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shut down")]
     Closed,
+    /// A shared backend (PostgreSQL, the object store) cannot be reached
+    /// right now; the request may be retried.
+    #[error("{backend} unavailable: {detail}")]
+    Unavailable {
+        /// Which backend.
+        backend: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// A shared backend refused an operation.
+    #[error("{backend}: {detail}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What it said.
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -215,17 +250,27 @@ pub(crate) struct StoreStats {
 /// The blob store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub(crate) struct Store {
-    files: BlobFiles,
-    reader: IndexReader,
-    tx: mpsc::Sender<WriteOp>,
+    backend: Backend,
     stats: Arc<StoreStats>,
     capacity: u64,
+    /// Uploads in progress are staged here.
+    files: BlobFiles,
     /// Access times not yet written to the index, coalesced per blob.
     accesses: Mutex<HashMap<BlobId, u64>>,
     /// The same for heads.
     head_accesses: Mutex<HashMap<HeadKey, u64>>,
-    /// Small blob bodies kept in memory.
+    /// Small blob bodies kept in memory (embedded backend only: with
+    /// several processes, another one may delete a cached blob).
     pub(crate) cache: Arc<cache::BlobCache>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Embedded {
+        reader: IndexReader,
+        tx: mpsc::Sender<WriteOp>,
+    },
+    ScaleOut(ScaleOut),
 }
 
 /// Where the index lives under the data directory.
@@ -261,14 +306,65 @@ pub(crate) struct OpenReport {
     pub(crate) pending_unlinks_finished: usize,
 }
 
+/// The limits a store enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) capacity: u64,
+    pub(crate) key_quota: u64,
+    pub(crate) max_heads: u64,
+    pub(crate) cache_bytes: usize,
+}
+
 impl Store {
-    /// Opens the store under `data_dir` and starts its writer thread.
-    pub(crate) fn open(
+    /// Opens the store `storage` names (under `data_dir` for the embedded
+    /// backend; uploads in progress are staged there for both) and, for the
+    /// embedded backend, starts its writer thread.
+    pub(crate) async fn open(
         data_dir: &Path,
-        capacity: u64,
-        key_quota: u64,
-        max_heads: u64,
-        cache_bytes: usize,
+        storage: &StorageConfig,
+        limits: Limits,
+        http: reqwest::Client,
+    ) -> Result<(Self, Option<JoinHandle<()>>, OpenReport), StoreError> {
+        match storage {
+            StorageConfig::Embedded => {
+                let (store, writer, report) = Self::open_embedded(data_dir, limits)?;
+                Ok((store, Some(writer), report))
+            }
+            StorageConfig::ScaleOut(config) => {
+                std::fs::create_dir_all(data_dir)
+                    .map_err(|e| StoreError::io("create data directory", e))?;
+                let (files, temp_files_removed) = BlobFiles::open_staging(data_dir)
+                    .map_err(|e| StoreError::io("open upload directory", e))?;
+                let stats = Arc::new(StoreStats::default());
+                let (backend, mut report) = ScaleOut::open(
+                    config,
+                    http,
+                    Arc::clone(&stats),
+                    limits.capacity,
+                    limits.key_quota,
+                    limits.max_heads,
+                )
+                .await?;
+                report.temp_files_removed = temp_files_removed;
+                let store = Self {
+                    backend: Backend::ScaleOut(backend),
+                    stats,
+                    capacity: limits.capacity,
+                    files,
+                    accesses: Mutex::new(HashMap::new()),
+                    head_accesses: Mutex::new(HashMap::new()),
+                    cache: Arc::new(cache::BlobCache::new(0)),
+                };
+                Ok((store, None, report))
+            }
+        }
+    }
+
+    /// Opens the embedded store under `data_dir` and starts its writer
+    /// thread.
+    pub(crate) fn open_embedded(
+        data_dir: &Path,
+        limits: Limits,
     ) -> Result<(Self, JoinHandle<()>, OpenReport), StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::io("create data directory", e))?;
@@ -285,14 +381,14 @@ impl Store {
             reserved: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let cache = Arc::new(cache::BlobCache::new(cache_bytes));
+        let cache = Arc::new(cache::BlobCache::new(limits.cache_bytes));
         let writer = Writer {
             db,
             files: files.clone(),
             stats: Arc::clone(&stats),
-            capacity,
-            key_quota,
-            max_heads,
+            capacity: limits.capacity,
+            key_quota: limits.key_quota,
+            max_heads: limits.max_heads,
             unlinked: Vec::new(),
             cache: Arc::clone(&cache),
         };
@@ -301,11 +397,10 @@ impl Store {
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::io("spawn store writer", e))?;
         let store = Self {
-            files,
-            reader,
-            tx,
+            backend: Backend::Embedded { reader, tx },
             stats,
-            capacity,
+            capacity: limits.capacity,
+            files,
             accesses: Mutex::new(HashMap::new()),
             head_accesses: Mutex::new(HashMap::new()),
             cache,
@@ -317,9 +412,19 @@ impl Store {
         Ok((store, thread, report))
     }
 
-    /// The committed file of blob `id`.
-    pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
-        self.files.path(id)
+    /// True when uploads must be flushed to local disk before they are
+    /// handed to the store (the embedded backend keeps the staged file
+    /// itself; the scale-out backend copies it to the object store).
+    pub(crate) fn keeps_staged_files(&self) -> bool {
+        matches!(self.backend, Backend::Embedded { .. })
+    }
+
+    /// The scale-out backend, if this is one.
+    pub(crate) fn scale_out(&self) -> Option<&ScaleOut> {
+        match &self.backend {
+            Backend::ScaleOut(backend) => Some(backend),
+            Backend::Embedded { .. } => None,
+        }
     }
 
     /// A fresh temp path for an upload.
@@ -327,10 +432,6 @@ impl Store {
         self.files
             .temp_path()
             .map_err(|e| StoreError::io("choose temp file name", e))
-    }
-
-    pub(crate) fn reader(&self) -> &IndexReader {
-        &self.reader
     }
 
     /// Bytes stored and blobs stored.
@@ -389,16 +490,25 @@ impl Store {
             });
     }
 
+    /// Sends an operation to the embedded writer.
     async fn send<T>(
-        &self,
+        tx: &mpsc::Sender<WriteOp>,
         op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
     ) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(op(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        tx.send(op(reply)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read of the embedded index on the blocking pool.
+    async fn read_embedded<T: Send + 'static>(
+        reader: &IndexReader,
+        read: impl FnOnce(&IndexReader) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || read(&reader))
+            .await
+            .map_err(|e| StoreError::Failed(format!("index read task: {e}")))?
     }
 
     /// Commits verified bytes (a temp file, or in memory) as blob `id`.
@@ -413,15 +523,20 @@ impl Store {
         source: Source,
         now: u64,
     ) -> Result<InsertOutcome, StoreError> {
-        self.send(|reply| WriteOp::Insert {
-            staged,
-            id,
-            size,
-            source,
-            now,
-            reply,
-        })
-        .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::Insert {
+                    staged,
+                    id,
+                    size,
+                    source,
+                    now,
+                    reply,
+                })
+                .await
+            }
+            Backend::ScaleOut(backend) => backend.insert(staged, id, size, source, now).await,
+        }
     }
 
     /// Drops the body of `id` (if it still has `size` bytes) and records
@@ -431,17 +546,22 @@ impl Store {
         &self,
         id: BlobId,
         size: u64,
-        forward: index::Forward,
+        forward: Forward,
         now: u64,
     ) -> Result<bool, StoreError> {
-        self.send(|reply| WriteOp::Forward {
-            id,
-            size,
-            forward,
-            now,
-            reply,
-        })
-        .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::Forward {
+                    id,
+                    size,
+                    forward,
+                    now,
+                    reply,
+                })
+                .await
+            }
+            Backend::ScaleOut(backend) => backend.forward(id, size, forward, now).await,
+        }
     }
 
     /// Deletes up to `max` forwarding records last used before `cutoff`,
@@ -451,8 +571,12 @@ impl Store {
         cutoff: u64,
         max: usize,
     ) -> Result<usize, StoreError> {
-        self.send(|reply| WriteOp::CollectForwards { cutoff, max, reply })
-            .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::CollectForwards { cutoff, max, reply }).await
+            }
+            Backend::ScaleOut(backend) => backend.index.collect_forwards(cutoff, max).await,
+        }
     }
 
     /// Deletes blob `id` if `owner` owns it.
@@ -461,10 +585,12 @@ impl Store {
         id: BlobId,
         owner: VerifyingKey,
     ) -> Result<DeleteOutcome, StoreError> {
-        let outcome = self
-            .send(|reply| WriteOp::Delete { id, owner, reply })
-            .await?;
-        Ok(outcome)
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::Delete { id, owner, reply }).await
+            }
+            Backend::ScaleOut(backend) => backend.delete(id, owner).await,
+        }
     }
 
     /// Notes an access in memory; written to the index by
@@ -484,7 +610,9 @@ impl Store {
         }
     }
 
-    /// Writes coalesced access times (of blobs and of heads) to the index.
+    /// Writes coalesced access times (of blobs and of heads) to the index;
+    /// for the scale-out backend also reloads the totals, which other
+    /// processes change.
     pub(crate) async fn flush_accesses(&self) -> Result<usize, StoreError> {
         let accesses: Vec<(BlobId, u64)> = match self.accesses.lock() {
             Ok(mut map) => map.drain().collect(),
@@ -495,16 +623,43 @@ impl Store {
             Err(_) => return Err(StoreError::Failed("head access map poisoned".into())),
         };
         let count = accesses.len() + heads.len();
-        if !accesses.is_empty() {
-            self.send(|reply| WriteOp::Touch { accesses, reply })
-                .await?;
-        }
-        if !heads.is_empty() {
-            self.send(|reply| WriteOp::TouchHeads {
-                accesses: heads,
-                reply,
-            })
-            .await?;
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                if !accesses.is_empty() {
+                    Self::send(tx, |reply| WriteOp::Touch { accesses, reply }).await?;
+                }
+                if !heads.is_empty() {
+                    Self::send(tx, |reply| WriteOp::TouchHeads {
+                        accesses: heads,
+                        reply,
+                    })
+                    .await?;
+                }
+            }
+            Backend::ScaleOut(backend) => {
+                let written = async {
+                    if !accesses.is_empty() {
+                        backend.index.touch_many(&accesses).await?;
+                    }
+                    if !heads.is_empty() {
+                        backend.index.touch_heads(&heads).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                if let Err(e) = written {
+                    // Keep them for the next flush rather than lose them
+                    // while the database is away.
+                    for (id, at) in accesses {
+                        self.record_access(id, at);
+                    }
+                    for (key, at) in heads {
+                        self.record_head_access(key, at);
+                    }
+                    return Err(e);
+                }
+                backend.refresh_stats().await?;
+            }
         }
         Ok(count)
     }
@@ -519,8 +674,18 @@ impl Store {
         head: Verified<HeadRecord>,
         now: u64,
     ) -> Result<HeadOutcome, StoreError> {
-        self.send(|reply| WriteOp::PutHead { head, now, reply })
-            .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::PutHead { head, now, reply }).await
+            }
+            Backend::ScaleOut(backend) => {
+                let outcome = backend.index.put_head(&head, now, backend.max_heads).await?;
+                if outcome == HeadOutcome::Created {
+                    self.stats.heads.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(outcome)
+            }
+        }
     }
 
     /// Deletes up to `max` heads last accessed before `cutoff`, returning
@@ -528,8 +693,21 @@ impl Store {
     /// [`Store::collect`].
     pub(crate) async fn collect_heads(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
         self.flush_accesses().await?;
-        self.send(|reply| WriteOp::CollectHeads { cutoff, max, reply })
-            .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::CollectHeads { cutoff, max, reply }).await
+            }
+            Backend::ScaleOut(backend) => {
+                let deleted = backend.index.collect_heads(cutoff, max).await?;
+                let _ = self
+                    .stats
+                    .heads
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                        Some(v.saturating_sub(deleted as u64))
+                    });
+                Ok(deleted)
+            }
+        }
     }
 
     /// Records durably, now, an access to `id` and that `source` handed
@@ -542,13 +720,18 @@ impl Store {
         source: Source,
         now: u64,
     ) -> Result<Option<u64>, StoreError> {
-        self.send(|reply| WriteOp::Claim {
-            id,
-            source,
-            now,
-            reply,
-        })
-        .await
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::Claim {
+                    id,
+                    source,
+                    now,
+                    reply,
+                })
+                .await
+            }
+            Backend::ScaleOut(backend) => backend.claim(id, source, now).await,
+        }
     }
 
     /// Deletes up to `max` blobs last accessed before `cutoff`, returning
@@ -560,10 +743,181 @@ impl Store {
         max: usize,
     ) -> Result<Vec<(BlobId, u64)>, StoreError> {
         self.flush_accesses().await?;
-        let deleted = self
-            .send(|reply| WriteOp::Collect { cutoff, max, reply })
-            .await?;
-        Ok(deleted)
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::Collect { cutoff, max, reply }).await
+            }
+            Backend::ScaleOut(backend) => {
+                backend.finish_unlinks().await?;
+                backend.collect(cutoff, max).await
+            }
+        }
+    }
+
+    /// Opens blob `id`'s body, or `None` if the index does not name it.
+    pub(crate) async fn open_body(&self, id: &BlobId) -> Result<Option<BlobBody>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let path = self.files.path(id);
+                let id = *id;
+                Self::read_embedded(reader, move |reader| {
+                    // Only indexed blobs are served: a file renamed into
+                    // place but not yet committed is not acknowledged.
+                    match reader.locate(&id)? {
+                        None => Ok(None),
+                        Some(Location::Inline(bytes)) => Ok(Some(BlobBody::Inline(bytes.into()))),
+                        Some(Location::File) => BlobBody::open_file(&path),
+                    }
+                })
+                .await
+            }
+            Backend::ScaleOut(backend) => Ok(match backend.index.locate(id).await? {
+                None => None,
+                Some((_, Some(bytes))) => Some(BlobBody::Inline(bytes.into())),
+                Some((size, None)) => Some(BlobBody::Object {
+                    objects: backend.objects.clone(),
+                    id: *id,
+                    size,
+                }),
+            }),
+        }
+    }
+
+    /// The embedded index and the path of `id`'s file, for the read path
+    /// that opens, sizes and reads a small blob in one blocking call.
+    pub(crate) fn embedded_reader(&self, id: &BlobId) -> Option<(IndexReader, PathBuf)> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => Some((reader.clone(), self.files.path(id))),
+            Backend::ScaleOut(_) => None,
+        }
+    }
+
+    pub(crate) async fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let owner = *owner;
+                Self::read_embedded(reader, move |r| r.owner_usage(&owner)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.owner_usage(owner).await,
+        }
+    }
+
+    /// The ids held from `source`, sorted ([`index::CLIENT_SOURCE`] for the
+    /// relay's own).
+    pub(crate) async fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                Self::read_embedded(reader, move |r| r.ids_from(source)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.ids_from(source).await,
+        }
+    }
+
+    /// The sources of `id`.
+    pub(crate) async fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let id = *id;
+                Self::read_embedded(reader, move |r| r.sources_of(&id)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.sources_of(id).await,
+        }
+    }
+
+    /// Up to `max` blobs in order of last access, oldest first, with sizes.
+    pub(crate) async fn least_recently_used(
+        &self,
+        max: usize,
+    ) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                Self::read_embedded(reader, move |r| r.least_recently_used(max)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.least_recently_used(max).await,
+        }
+    }
+
+    /// Where `id` was transferred, if it was.
+    pub(crate) async fn forward_of(&self, id: &BlobId) -> Result<Option<Forward>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let id = *id;
+                Self::read_embedded(reader, move |r| r.forward(&id)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.forward(id).await,
+        }
+    }
+
+    /// Up to `max` forwarding records from `start` on in id order, wrapping
+    /// around: a random `start` gives a random sample.
+    pub(crate) async fn forwards_from(
+        &self,
+        start: [u8; 32],
+        max: usize,
+    ) -> Result<Vec<(BlobId, Forward)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                Self::read_embedded(reader, move |r| r.forwards_from(start, max)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.forwards_from(start, max).await,
+        }
+    }
+
+    /// How many forwarding records the relay keeps.
+    pub(crate) async fn forward_count(&self) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                Self::read_embedded(reader, IndexReader::forwards).await
+            }
+            Backend::ScaleOut(backend) => backend.index.forwards().await,
+        }
+    }
+
+    /// The stored envelope of the head in `key`'s slot, if any.
+    pub(crate) async fn head(&self, key: &HeadKey) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let key = key.clone();
+                Self::read_embedded(reader, move |r| r.head(&key)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.head(key).await,
+        }
+    }
+
+    /// Every head of `mailbox`, as (slot, envelope), sorted by slot.
+    pub(crate) async fn heads(
+        &self,
+        mailbox: &VerifyingKey,
+    ) -> Result<Vec<(Slot, Vec<u8>)>, StoreError> {
+        match &self.backend {
+            Backend::Embedded { reader, .. } => {
+                let mailbox = *mailbox;
+                Self::read_embedded(reader, move |r| r.heads(&mailbox)).await
+            }
+            Backend::ScaleOut(backend) => backend.index.heads(mailbox).await,
+        }
+    }
+
+    /// Takes or renews the lease `name` for `ttl` seconds: periodic work
+    /// on shared data runs only in the process that holds it. Always true
+    /// for the embedded backend, which has one process.
+    pub(crate) async fn try_lease(&self, name: &str, now: u64, ttl: u64) -> bool {
+        match &self.backend {
+            Backend::Embedded { .. } => true,
+            Backend::ScaleOut(backend) => {
+                match backend
+                    .index
+                    .try_lease(name, &backend.holder, now, ttl)
+                    .await
+                {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        tracing::warn!(error = %e, lease = name, "cannot take a lease");
+                        false
+                    }
+                }
+            }
+        }
     }
 }
 

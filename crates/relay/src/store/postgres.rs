@@ -1,0 +1,901 @@
+//! The scale-out index: the embedded index's facts in PostgreSQL, shared by
+//! every relay process of one identity.
+//!
+//! Each operation is one transaction that the database commits durably
+//! before the relay answers. Where the embedded store relies on its single
+//! writer thread, this module relies on the database:
+//!
+//! - Operations on one blob id take a transaction-scoped advisory lock on
+//!   the id, so an upload's body write, index insert and a deletion's
+//!   object removal of the same id never interleave ([`Index::lock_blob`]).
+//! - Garbage collection claims rows with `FOR UPDATE SKIP LOCKED`: two
+//!   processes sweeping at once each delete different blobs, and every
+//!   expired blob exactly once.
+//! - Totals are kept in sixteen rows chosen by the id's first byte, so that
+//!   concurrent commits do not queue on a single row. Capacity is checked
+//!   against their sum; two processes committing in the same instant can
+//!   overshoot it by at most the blobs they commit together.
+//! - Locks are always taken in one order: blob row, then stats row, then
+//!   owner row, so concurrent transactions cannot deadlock.
+
+use std::time::Duration;
+
+use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Transaction};
+
+use super::index::{CLIENT_SOURCE, Forward, HeadKey};
+use super::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
+use crate::config::{PostgresConfig, redact_password};
+
+/// The migrations, in order; each runs once, in its own transaction.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_index.sql"))];
+
+/// Shards of the `stats` table (see the migration).
+const STAT_SHARDS: u8 = 16;
+
+/// Advisory lock taken while migrating, so that processes starting together
+/// migrate once.
+const MIGRATION_LOCK: i64 = 0x6361_6972_6e5f_6d67; // "cairn_mg"
+
+/// A blob row as the index keeps it.
+#[derive(Clone, Debug)]
+pub(crate) struct BlobRow {
+    pub(crate) size: u64,
+    pub(crate) owner: Option<VerifyingKey>,
+    /// True when the body is in the object store rather than in the row.
+    pub(crate) external: bool,
+}
+
+/// A connection pool to the index database.
+#[derive(Clone, Debug)]
+pub(crate) struct Index {
+    pool: Pool,
+}
+
+/// Maps a database error: lost connections and refused logins are
+/// "unavailable" (the request may be retried once the database is back);
+/// anything the server itself reported is a fault.
+pub(crate) fn db_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        if e.as_db_error().is_some() {
+            StoreError::Backend {
+                backend: "PostgreSQL",
+                detail: format!("{context}: {e}"),
+            }
+        } else {
+            StoreError::Unavailable {
+                backend: "PostgreSQL",
+                detail: format!("{context}: {e}"),
+            }
+        }
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable {
+        backend: "PostgreSQL",
+        detail: format!("no connection: {e}"),
+    }
+}
+
+/// u64 → bigint for sizes, times and counts, which stay below 2^63.
+pub(crate) fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// bigint → u64; negative values (never written) read as 0.
+pub(crate) fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A head's `seq`, stored bit for bit (it may use all 64 bits).
+fn seq_to_db(seq: u64) -> i64 {
+    i64::from_ne_bytes(seq.to_ne_bytes())
+}
+
+fn seq_from_db(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The stats shard of a blob or a mailbox.
+fn shard(first_byte: u8) -> i16 {
+    i16::from(first_byte % STAT_SHARDS)
+}
+
+/// The advisory-lock key of a blob id.
+fn lock_key(id: &BlobId) -> i64 {
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&id.as_bytes()[..8]);
+    i64::from_be_bytes(head)
+}
+
+fn key_from_db(bytes: &[u8], what: &str) -> Result<VerifyingKey, StoreError> {
+    let raw: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Failed(format!("a stored {what} key has the wrong length")))?;
+    VerifyingKey::from_bytes(&raw)
+        .map_err(|e| StoreError::Failed(format!("a stored {what} key is invalid: {e}")))
+}
+
+fn id_from_db(bytes: &[u8]) -> Result<BlobId, StoreError> {
+    let raw: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Failed("a stored blob id has the wrong length".into()))?;
+    Ok(BlobId::from_bytes(raw))
+}
+
+impl Index {
+    /// Connects and applies any migrations not yet applied.
+    pub(crate) async fn open(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config =
+            config.url.parse().map_err(|e| StoreError::Backend {
+                backend: "PostgreSQL",
+                detail: format!("bad URL {}: {e}", redact_password(&config.url)),
+            })?;
+        pg.connect_timeout(Duration::from_secs(5));
+        if let Some(schema) = &config.schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(StoreError::Backend {
+                    backend: "PostgreSQL",
+                    detail: format!("schema name {schema:?}: use letters, digits and _ only"),
+                });
+            }
+            pg.options(format!("-c search_path={schema}"));
+        }
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Backend {
+                backend: "PostgreSQL",
+                detail: format!("connection pool: {e}"),
+            })?;
+        let index = Self { pool };
+        index.migrate(config.schema.as_deref()).await?;
+        Ok(index)
+    }
+
+    async fn migrate(&self, schema: Option<&str>) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(db_err("begin migration"))?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db_err("lock for migration"))?;
+        if let Some(schema) = schema {
+            txn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .await
+                .map_err(db_err("create schema"))?;
+        }
+        txn.batch_execute(
+            "CREATE TABLE IF NOT EXISTS cairn_migrations (
+                 version integer PRIMARY KEY,
+                 applied timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db_err("create migrations table"))?;
+        let applied: Vec<i32> = txn
+            .query("SELECT version FROM cairn_migrations", &[])
+            .await
+            .map_err(db_err("read migrations"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            txn.batch_execute(sql)
+                .await
+                .map_err(db_err("apply migration"))?;
+            txn.execute(
+                "INSERT INTO cairn_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await
+            .map_err(db_err("record migration"))?;
+            tracing::info!(version, "applied index migration");
+        }
+        txn.commit().await.map_err(db_err("commit migration"))?;
+        Ok(())
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Serializes, until `txn` ends, every operation on blob `id` that
+    /// takes the same lock: inserting its body, deleting its body.
+    pub(crate) async fn lock_blob(txn: &Transaction<'_>, id: &BlobId) -> Result<(), StoreError> {
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(id)])
+            .await
+            .map_err(db_err("lock blob"))?;
+        Ok(())
+    }
+
+    /// The blob's row, locked for update until `txn` ends.
+    pub(crate) async fn blob_for_update(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+    ) -> Result<Option<BlobRow>, StoreError> {
+        let row = txn
+            .query_opt(
+                "SELECT size, owner, body IS NULL FROM blobs WHERE id = $1 FOR UPDATE",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("read blob"))?;
+        row.map(|row| {
+            let owner: Option<&[u8]> = row.get(1);
+            Ok(BlobRow {
+                size: uint(row.get(0)),
+                owner: owner.map(|o| key_from_db(o, "owner")).transpose()?,
+                external: row.get(2),
+            })
+        })
+        .transpose()
+    }
+
+    /// Moves a blob's last access forward to `at` (never back).
+    pub(crate) async fn touch(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+        at: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let row = txn
+            .query_opt(
+                "UPDATE blobs SET last_access = GREATEST(last_access, $2)
+                 WHERE id = $1 RETURNING size",
+                &[&id.as_bytes().as_slice(), &int(at)],
+            )
+            .await
+            .map_err(db_err("touch blob"))?;
+        Ok(row.map(|row| uint(row.get(0))))
+    }
+
+    /// Records that `source` handed the relay `id` (a no-op if it had).
+    pub(crate) async fn add_source(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+        source: [u8; 32],
+    ) -> Result<(), StoreError> {
+        txn.execute(
+            "INSERT INTO sources (source, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&source.as_slice(), &id.as_bytes().as_slice()],
+        )
+        .await
+        .map_err(db_err("add source"))?;
+        Ok(())
+    }
+
+    /// Adds `bytes` and `blobs` to the totals (negative to subtract).
+    pub(crate) async fn add_totals(
+        txn: &Transaction<'_>,
+        shard_byte: u8,
+        bytes: i64,
+        blobs: i64,
+        heads: i64,
+    ) -> Result<(), StoreError> {
+        txn.execute(
+            "UPDATE stats SET bytes = bytes + $2, blobs = blobs + $3, heads = heads + $4
+             WHERE shard = $1",
+            &[&shard(shard_byte), &bytes, &blobs, &heads],
+        )
+        .await
+        .map_err(db_err("update totals"))?;
+        Ok(())
+    }
+
+    /// Adds `bytes` to an owner's usage (negative to subtract), removing
+    /// the row at zero. With `quota`, refuses (returning false) if the new
+    /// usage would exceed it.
+    pub(crate) async fn add_owner_usage(
+        txn: &Transaction<'_>,
+        owner: &VerifyingKey,
+        bytes: i64,
+        quota: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_bytes();
+        let row = txn
+            .query_one(
+                "INSERT INTO owners (owner, bytes) VALUES ($1, GREATEST($2, 0))
+                 ON CONFLICT (owner) DO UPDATE SET bytes = GREATEST(owners.bytes + $2, 0)
+                 RETURNING bytes",
+                &[&owner.as_slice(), &bytes],
+            )
+            .await
+            .map_err(db_err("update owner usage"))?;
+        let used = uint(row.get(0));
+        if let Some(quota) = quota
+            && used > quota
+        {
+            return Ok(false);
+        }
+        if used == 0 {
+            txn.execute(
+                "DELETE FROM owners WHERE owner = $1 AND bytes = 0",
+                &[&owner.as_slice()],
+            )
+            .await
+            .map_err(db_err("update owner usage"))?;
+        }
+        Ok(true)
+    }
+
+    /// Inserts a blob's row and its source; drops any forwarding record.
+    pub(crate) async fn insert_blob(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+        size: u64,
+        owner: Option<&VerifyingKey>,
+        created: u64,
+        last_access: u64,
+        body: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let owner = owner.map(VerifyingKey::to_bytes);
+        txn.execute(
+            "INSERT INTO blobs (id, size, created, last_access, owner, body)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &id.as_bytes().as_slice(),
+                &int(size),
+                &int(created),
+                &int(last_access),
+                &owner.as_ref().map(<[u8; 32]>::as_slice),
+                &body,
+            ],
+        )
+        .await
+        .map_err(db_err("insert blob"))?;
+        txn.execute(
+            "DELETE FROM forwards WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+        )
+        .await
+        .map_err(db_err("drop forwarding record"))?;
+        Ok(())
+    }
+
+    /// Deletes a blob's row (already locked by the caller) with its totals,
+    /// owner usage and, unless `keep_peer_sources`, all its sources. An
+    /// external body is queued in `pending_unlink` for the caller to remove
+    /// after the commit.
+    pub(crate) async fn remove_blob(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+        row: &BlobRow,
+        keep_peer_sources: bool,
+    ) -> Result<(), StoreError> {
+        let raw = id.as_bytes().as_slice();
+        txn.execute("DELETE FROM blobs WHERE id = $1", &[&raw])
+            .await
+            .map_err(db_err("delete blob"))?;
+        Self::add_totals(txn, id.as_bytes()[0], -int(row.size), -1, 0).await?;
+        if let Some(owner) = &row.owner {
+            Self::add_owner_usage(txn, owner, -int(row.size), None).await?;
+        }
+        if keep_peer_sources {
+            txn.execute(
+                "DELETE FROM sources WHERE id = $1 AND source = $2",
+                &[&raw, &CLIENT_SOURCE.as_slice()],
+            )
+            .await
+        } else {
+            txn.execute("DELETE FROM sources WHERE id = $1", &[&raw])
+                .await
+        }
+        .map_err(db_err("delete sources"))?;
+        if row.external {
+            txn.execute(
+                "INSERT INTO pending_unlink (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&raw],
+            )
+            .await
+            .map_err(db_err("queue object removal"))?;
+        }
+        Ok(())
+    }
+
+    /// Records that `forward` answers for `id` from now on.
+    pub(crate) async fn put_forward(
+        txn: &Transaction<'_>,
+        id: &BlobId,
+        forward: &Forward,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        txn.execute(
+            "INSERT INTO forwards (id, peer, last_access, url) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE
+             SET peer = excluded.peer, last_access = excluded.last_access, url = excluded.url",
+            &[
+                &id.as_bytes().as_slice(),
+                &forward.peer.to_bytes().as_slice(),
+                &int(now),
+                &forward.url,
+            ],
+        )
+        .await
+        .map_err(db_err("write forwarding record"))?;
+        Ok(())
+    }
+
+    /// Claims up to `max` blobs last accessed before `cutoff` for deletion
+    /// by `txn`, skipping rows other transactions hold.
+    pub(crate) async fn expired_blobs(
+        txn: &Transaction<'_>,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<Vec<(BlobId, BlobRow)>, StoreError> {
+        let rows = txn
+            .query(
+                "SELECT id, size, owner, body IS NULL FROM blobs
+                 WHERE last_access < $1 ORDER BY last_access, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+                &[&int(cutoff), &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("find expired blobs"))?;
+        rows.iter()
+            .map(|row| {
+                let owner: Option<&[u8]> = row.get(2);
+                Ok((
+                    id_from_db(row.get(0))?,
+                    BlobRow {
+                        size: uint(row.get(1)),
+                        owner: owner.map(|o| key_from_db(o, "owner")).transpose()?,
+                        external: row.get(3),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes up to `max` forwarding records last used before `cutoff`
+    /// and the source rows that kept them counted; how many.
+    pub(crate) async fn collect_forwards(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let rows = txn
+            .query(
+                "DELETE FROM forwards WHERE id IN (
+                     SELECT id FROM forwards WHERE last_access < $1
+                     ORDER BY last_access, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
+                &[&int(cutoff), &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("collect forwarding records"))?;
+        let ids: Vec<&[u8]> = rows.iter().map(|row| row.get(0)).collect();
+        txn.execute(
+            "DELETE FROM sources WHERE id = ANY($1)
+             AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = sources.id)",
+            &[&ids],
+        )
+        .await
+        .map_err(db_err("collect forwarding records"))?;
+        txn.commit().await.map_err(db_err("commit"))?;
+        Ok(rows.len())
+    }
+
+    /// Writes coalesced access times: blobs held, and otherwise their
+    /// forwarding records. Returns how many blobs were held.
+    pub(crate) async fn touch_many(&self, accesses: &[(BlobId, u64)]) -> Result<usize, StoreError> {
+        let mut sorted: Vec<&(BlobId, u64)> = accesses.iter().collect();
+        // One lock order for every process: ids ascending.
+        sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let ids: Vec<&[u8]> = sorted.iter().map(|(id, _)| id.as_bytes().as_slice()).collect();
+        let ats: Vec<i64> = sorted.iter().map(|(_, at)| int(*at)).collect();
+        let client = self.client().await?;
+        let held = client
+            .execute(
+                "UPDATE blobs b SET last_access = v.at
+                 FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
+                 WHERE b.id = v.id AND b.last_access < v.at",
+                &[&ids, &ats],
+            )
+            .await
+            .map_err(db_err("write access times"))?;
+        client
+            .execute(
+                "UPDATE forwards f SET last_access = v.at
+                 FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
+                 WHERE f.id = v.id AND f.last_access < v.at",
+                &[&ids, &ats],
+            )
+            .await
+            .map_err(db_err("write access times"))?;
+        Ok(usize::try_from(held).unwrap_or(usize::MAX))
+    }
+
+    /// The compare-and-set of a head PUT (see the embedded writer's): the
+    /// row lock makes concurrent PUTs of one slot take turns.
+    pub(crate) async fn put_head(
+        &self,
+        head: &Verified<HeadRecord>,
+        now: u64,
+        max_heads: u64,
+    ) -> Result<HeadOutcome, StoreError> {
+        let mailbox = head.mailbox.to_bytes();
+        let slot = head.slot.as_str();
+        let envelope = head.envelope().to_bytes();
+        // A new slot is inserted without a lock to wait on; if another
+        // process inserted it meanwhile, start over and compare with it.
+        for _attempt in 0..3 {
+            let mut client = self.client().await?;
+            let txn = client.transaction().await.map_err(db_err("begin"))?;
+            let stored = txn
+                .query_opt(
+                    "SELECT seq, last_access, envelope FROM heads
+                     WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+                    &[&mailbox.as_slice(), &slot],
+                )
+                .await
+                .map_err(db_err("read head"))?;
+            if let Some(row) = stored {
+                let seq = seq_from_db(row.get(0));
+                let outcome = if head.seq <= seq {
+                    // The refusal shows the stored head: an access.
+                    HeadOutcome::Stale {
+                        seq,
+                        current: row.get(2),
+                    }
+                } else {
+                    HeadOutcome::Replaced
+                };
+                if matches!(outcome, HeadOutcome::Replaced) {
+                    txn.execute(
+                        "UPDATE heads SET seq = $3, envelope = $4,
+                             last_access = GREATEST(last_access, $5)
+                         WHERE mailbox = $1 AND slot = $2",
+                        &[
+                            &mailbox.as_slice(),
+                            &slot,
+                            &seq_to_db(head.seq),
+                            &envelope,
+                            &int(now),
+                        ],
+                    )
+                    .await
+                } else {
+                    txn.execute(
+                        "UPDATE heads SET last_access = GREATEST(last_access, $3)
+                         WHERE mailbox = $1 AND slot = $2",
+                        &[&mailbox.as_slice(), &slot, &int(now)],
+                    )
+                    .await
+                }
+                .map_err(db_err("write head"))?;
+                txn.commit().await.map_err(db_err("commit head"))?;
+                return Ok(outcome);
+            }
+            if max_heads > 0 {
+                let row = txn
+                    .query_one("SELECT COALESCE(SUM(heads), 0)::int8 FROM stats", &[])
+                    .await
+                    .map_err(db_err("count heads"))?;
+                if uint(row.get(0)) >= max_heads {
+                    return Ok(HeadOutcome::RelayFull);
+                }
+            }
+            let slots = txn
+                .query_one(
+                    "SELECT COUNT(*) FROM heads WHERE mailbox = $1",
+                    &[&mailbox.as_slice()],
+                )
+                .await
+                .map_err(db_err("count slots"))?;
+            if uint(slots.get(0)) >= MAX_SLOTS_PER_MAILBOX as u64 {
+                return Ok(HeadOutcome::MailboxFull);
+            }
+            let inserted = txn
+                .execute(
+                    "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &mailbox.as_slice(),
+                        &slot,
+                        &seq_to_db(head.seq),
+                        &int(now),
+                        &envelope,
+                    ],
+                )
+                .await
+                .map_err(db_err("write head"))?;
+            if inserted == 0 {
+                continue;
+            }
+            Self::add_totals(&txn, mailbox[0], 0, 0, 1).await?;
+            txn.commit().await.map_err(db_err("commit head"))?;
+            return Ok(HeadOutcome::Created);
+        }
+        Err(StoreError::Backend {
+            backend: "PostgreSQL",
+            detail: "a head slot kept changing under a PUT; retry".into(),
+        })
+    }
+
+    /// Writes coalesced head access times; how many heads were held.
+    pub(crate) async fn touch_heads(&self, accesses: &[(HeadKey, u64)]) -> Result<usize, StoreError> {
+        let mut sorted: Vec<&(HeadKey, u64)> = accesses.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mailboxes: Vec<[u8; 32]> = sorted.iter().map(|(k, _)| k.mailbox_bytes()).collect();
+        let mailboxes: Vec<&[u8]> = mailboxes.iter().map(<[u8; 32]>::as_slice).collect();
+        let slots: Vec<&str> = sorted.iter().map(|(k, _)| k.slot.as_str()).collect();
+        let ats: Vec<i64> = sorted.iter().map(|(_, at)| int(*at)).collect();
+        let client = self.client().await?;
+        let held = client
+            .execute(
+                "UPDATE heads h SET last_access = v.at
+                 FROM unnest($1::bytea[], $2::text[], $3::int8[]) AS v(mailbox, slot, at)
+                 WHERE h.mailbox = v.mailbox AND h.slot = v.slot AND h.last_access < v.at",
+                &[&mailboxes, &slots, &ats],
+            )
+            .await
+            .map_err(db_err("write head access times"))?;
+        Ok(usize::try_from(held).unwrap_or(usize::MAX))
+    }
+
+    /// Deletes up to `max` heads last accessed before `cutoff`.
+    pub(crate) async fn collect_heads(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let rows = txn
+            .query(
+                "DELETE FROM heads WHERE (mailbox, slot) IN (
+                     SELECT mailbox, slot FROM heads WHERE last_access < $1
+                     ORDER BY last_access LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING mailbox",
+                &[&int(cutoff), &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("collect heads"))?;
+        let mut per_shard = [0i64; STAT_SHARDS as usize];
+        for row in &rows {
+            let mailbox: &[u8] = row.get(0);
+            let first = mailbox.first().copied().unwrap_or(0);
+            per_shard[usize::from(first % STAT_SHARDS)] += 1;
+        }
+        for (shard_index, count) in (0u8..).zip(per_shard) {
+            if count > 0 {
+                Self::add_totals(&txn, shard_index, 0, 0, -count).await?;
+            }
+        }
+        txn.commit().await.map_err(db_err("commit"))?;
+        Ok(rows.len())
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`;
+    /// false if another holder's lease has not expired.
+    pub(crate) async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: u64,
+        ttl: u64,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let taken = client
+            .execute(
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4)
+                 ON CONFLICT (name) DO UPDATE SET holder = $2, until = $4
+                 WHERE leases.holder = $2 OR leases.until < $3",
+                &[&name, &holder, &int(now), &int(now.saturating_add(ttl))],
+            )
+            .await
+            .map_err(db_err("take lease"))?;
+        Ok(taken == 1)
+    }
+
+    // Reads. Each is one statement, so it sees one consistent snapshot.
+
+    /// A held blob's size and, for small blobs, its body.
+    pub(crate) async fn locate(
+        &self,
+        id: &BlobId,
+    ) -> Result<Option<(u64, Option<Vec<u8>>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT size, body FROM blobs WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("locate blob"))?;
+        Ok(row.map(|row| (uint(row.get(0)), row.get(1))))
+    }
+
+    pub(crate) async fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT bytes FROM owners WHERE owner = $1",
+                &[&owner.to_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("read owner usage"))?;
+        Ok(row.map_or(0, |row| uint(row.get(0))))
+    }
+
+    /// Bytes of blobs, blobs, and heads stored, over all processes.
+    pub(crate) async fn stats(&self) -> Result<(u64, u64, u64), StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,
+                        COALESCE(SUM(heads), 0)::int8 FROM stats",
+                &[],
+            )
+            .await
+            .map_err(db_err("read totals"))?;
+        Ok((uint(row.get(0)), uint(row.get(1)), uint(row.get(2))))
+    }
+
+    /// The ids held from `source`, sorted.
+    pub(crate) async fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM sources WHERE source = $1 ORDER BY id",
+                &[&source.as_slice()],
+            )
+            .await
+            .map_err(db_err("list ids by source"))?;
+        rows.iter().map(|row| id_from_db(row.get(0))).collect()
+    }
+
+    pub(crate) async fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT source FROM sources WHERE id = $1 ORDER BY source",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("list sources"))?;
+        rows.iter()
+            .map(|row| {
+                let raw: &[u8] = row.get(0);
+                raw.try_into()
+                    .map_err(|_| StoreError::Failed("a stored source has the wrong length".into()))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn least_recently_used(
+        &self,
+        max: usize,
+    ) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, size FROM blobs ORDER BY last_access, id LIMIT $1",
+                &[&int(max as u64)],
+            )
+            .await
+            .map_err(db_err("list least recently used"))?;
+        rows.iter()
+            .map(|row| Ok((id_from_db(row.get(0))?, uint(row.get(1)))))
+            .collect()
+    }
+
+    pub(crate) async fn forward(&self, id: &BlobId) -> Result<Option<Forward>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT peer, url FROM forwards WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("read forwarding record"))?;
+        row.map(|row| {
+            Ok(Forward {
+                peer: key_from_db(row.get(0), "forwarding record's")?,
+                url: row.get(1),
+            })
+        })
+        .transpose()
+    }
+
+    /// Up to `max` forwarding records from `start` on in id order, wrapping
+    /// around.
+    pub(crate) async fn forwards_from(
+        &self,
+        start: [u8; 32],
+        max: usize,
+    ) -> Result<Vec<(BlobId, Forward)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "(SELECT id, peer, url FROM forwards WHERE id >= $1 ORDER BY id LIMIT $2)
+                 UNION ALL
+                 (SELECT id, peer, url FROM forwards WHERE id < $1 ORDER BY id LIMIT $2)",
+                &[&start.as_slice(), &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("sample forwarding records"))?;
+        rows.iter()
+            .take(max)
+            .map(|row| {
+                Ok((
+                    id_from_db(row.get(0))?,
+                    Forward {
+                        peer: key_from_db(row.get(1), "forwarding record's")?,
+                        url: row.get(2),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn forwards(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COUNT(*) FROM forwards", &[])
+            .await
+            .map_err(db_err("count forwarding records"))?;
+        Ok(uint(row.get(0)))
+    }
+
+    pub(crate) async fn head(&self, key: &HeadKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT envelope FROM heads WHERE mailbox = $1 AND slot = $2",
+                &[&key.mailbox_bytes().as_slice(), &key.slot.as_str()],
+            )
+            .await
+            .map_err(db_err("read head"))?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    pub(crate) async fn heads(
+        &self,
+        mailbox: &VerifyingKey,
+    ) -> Result<Vec<(Slot, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT slot, envelope FROM heads WHERE mailbox = $1 ORDER BY slot",
+                &[&mailbox.to_bytes().as_slice()],
+            )
+            .await
+            .map_err(db_err("list heads"))?;
+        rows.iter()
+            .map(|row| {
+                let slot = Slot::new(row.get::<_, &str>(0)).map_err(|e| {
+                    StoreError::Failed(format!("a stored head's slot is invalid: {e}"))
+                })?;
+                Ok((slot, row.get(1)))
+            })
+            .collect()
+    }
+
+    /// Ids queued for object removal by earlier deletions.
+    pub(crate) async fn pending_unlinks(&self, max: usize) -> Result<Vec<BlobId>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id FROM pending_unlink ORDER BY id LIMIT $1",
+                &[&int(max as u64)],
+            )
+            .await
+            .map_err(db_err("list pending removals"))?;
+        rows.iter().map(|row| id_from_db(row.get(0))).collect()
+    }
+}

@@ -1,0 +1,376 @@
+//! The scale-out store: the index in PostgreSQL ([`super::postgres`]) and
+//! bodies in an S3-compatible bucket ([`super::objects`]), shared by any
+//! number of relay processes.
+//!
+//! # Commit protocol (an upload)
+//!
+//! 1. The HTTP layer streams the body to a local temp file, hashing it, and
+//!    refuses it on a mismatch (as for the embedded store); the temp file
+//!    needs no fsync, since the object store is what makes it durable.
+//! 2. One transaction takes the blob id's advisory lock. If the index holds
+//!    the id already, the upload is an access ("already held").
+//! 3. Otherwise the body goes to the bucket (multipart above 8 MiB) under
+//!    the lock, then the row, source, totals and owner usage are written,
+//!    capacity and quota checked, and the transaction commits.
+//! 4. Only then is the upload acknowledged: the object was complete before
+//!    the commit, and the commit is durable.
+//!
+//! # Deleting (client delete, GC, transfer)
+//!
+//! One transaction removes the row and queues the id in `pending_unlink`;
+//! after the commit, a second transaction takes the id's lock, deletes the
+//! object unless the id was stored again meanwhile, and drops the queue
+//! entry. A crash between the two leaves a queue entry that any process
+//! finishes at its next start or GC pass; the object is never served in
+//! between, since no row names it.
+//!
+//! The id lock is what keeps "indexed but no object" impossible: an upload
+//! writes the object and the row under it, and a deletion checks for the
+//! row and deletes the object under it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use cairn_proto::BlobId;
+
+use super::index::Forward;
+use super::objects::Objects;
+use super::postgres::{Index, db_err, int};
+use super::{
+    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, Staged, StoreError, StoreStats,
+};
+use crate::config::ScaleOutConfig;
+
+/// Pending object removals finished per pass.
+const UNLINK_BATCH: usize = 1024;
+
+/// The shared backends and the limits that apply across processes.
+#[derive(Debug)]
+pub(crate) struct ScaleOut {
+    pub(crate) index: Index,
+    pub(crate) objects: Objects,
+    stats: Arc<StoreStats>,
+    capacity: u64,
+    key_quota: u64,
+    pub(crate) max_heads: u64,
+    /// Names this process in leases.
+    pub(crate) holder: String,
+}
+
+impl ScaleOut {
+    /// Connects to both backends, migrates the index and finishes object
+    /// removals a stopped process left behind.
+    pub(crate) async fn open(
+        config: &ScaleOutConfig,
+        http: reqwest::Client,
+        stats: Arc<StoreStats>,
+        capacity: u64,
+        key_quota: u64,
+        max_heads: u64,
+    ) -> Result<(Self, OpenReport), StoreError> {
+        let index = Index::open(&config.postgres).await?;
+        let objects = Objects::open(&config.s3, http)?;
+        objects.check().await?;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Failed(e.to_string()))?;
+        let holder: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let store = Self {
+            index,
+            objects,
+            stats,
+            capacity,
+            key_quota,
+            max_heads,
+            holder,
+        };
+        store.refresh_stats().await?;
+        let pending_unlinks_finished = store.finish_unlinks().await?;
+        Ok((
+            store,
+            OpenReport {
+                temp_files_removed: 0,
+                pending_unlinks_finished,
+            },
+        ))
+    }
+
+    /// Reloads the totals from the index (other processes change them too).
+    pub(crate) async fn refresh_stats(&self) -> Result<(), StoreError> {
+        let (bytes, blobs, heads) = self.index.stats().await?;
+        self.stats.bytes.store(bytes, Ordering::SeqCst);
+        self.stats.blobs.store(blobs, Ordering::SeqCst);
+        self.stats.heads.store(heads, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn added(&self, bytes: i64, blobs: i64) {
+        let apply = |counter: &std::sync::atomic::AtomicU64, delta: i64| {
+            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_add_signed(delta))
+            });
+        };
+        apply(&self.stats.bytes, bytes);
+        apply(&self.stats.blobs, blobs);
+    }
+
+    pub(crate) async fn insert(
+        &self,
+        staged: Staged,
+        id: BlobId,
+        size: u64,
+        source: Source,
+        now: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        let outcome = self.insert_staged(&staged, id, size, source, now).await;
+        if let Staged::File(temp) = staged {
+            let _ = tokio::fs::remove_file(temp).await;
+        }
+        outcome
+    }
+
+    async fn insert_staged(
+        &self,
+        staged: &Staged,
+        id: BlobId,
+        size: u64,
+        source: Source,
+        now: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        let owner = source.owner();
+        let quota = (self.key_quota > 0 && matches!(source, Source::Client(_)))
+            .then_some(self.key_quota);
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        Index::lock_blob(&txn, &id).await?;
+        if Index::blob_for_update(&txn, &id).await?.is_some() {
+            Index::touch(&txn, &id, now).await?;
+            Index::add_source(&txn, &id, source.row_key()).await?;
+            txn.commit().await.map_err(db_err("commit"))?;
+            return Ok(InsertOutcome::AlreadyHeld);
+        }
+        // Checked before the body travels, and again (for the quota, under
+        // the owner's row lock) before the commit.
+        let (bytes, _, _) = self.index.stats().await?;
+        if bytes.saturating_add(size) > self.capacity {
+            return Ok(InsertOutcome::RelayFull);
+        }
+        if let Some(quota) = quota
+            && self
+                .index
+                .owner_usage(&owner)
+                .await?
+                .saturating_add(size)
+                > quota
+        {
+            return Ok(InsertOutcome::QuotaExceeded);
+        }
+        let inline = size <= INLINE_MAX as u64;
+        let body: Option<Bytes> = match staged {
+            Staged::Bytes(data) if inline => Some(data.clone()),
+            Staged::File(temp) if inline => Some(
+                tokio::fs::read(temp)
+                    .await
+                    .map_err(|e| StoreError::io("read small upload", e))?
+                    .into(),
+            ),
+            Staged::Bytes(data) => {
+                self.objects.put_bytes(&id, data.clone()).await?;
+                None
+            }
+            Staged::File(temp) => {
+                self.objects.put_file(&id, temp).await?;
+                None
+            }
+        };
+        Index::insert_blob(&txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
+        Index::add_source(&txn, &id, source.row_key()).await?;
+        Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
+        if !Index::add_owner_usage(&txn, &owner, int(size), quota).await? {
+            drop(txn);
+            if !inline {
+                // No row names the object and the id is unlocked only now
+                // that the transaction rolled back; a concurrent upload of
+                // the same bytes may have written it again, so remove it
+                // under the lock.
+                self.unlink(&id).await?;
+            }
+            return Ok(InsertOutcome::QuotaExceeded);
+        }
+        txn.commit().await.map_err(db_err("commit upload"))?;
+        self.added(int(size), 1);
+        Ok(InsertOutcome::Stored)
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        id: BlobId,
+        source: Source,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let size = Index::touch(&txn, &id, now).await?;
+        if size.is_some() {
+            Index::add_source(&txn, &id, source.row_key()).await?;
+        }
+        txn.commit().await.map_err(db_err("commit claim"))?;
+        Ok(size)
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        id: BlobId,
+        owner: cairn_proto::VerifyingKey,
+    ) -> Result<DeleteOutcome, StoreError> {
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let outcome = match Index::blob_for_update(&txn, &id).await? {
+            None => DeleteOutcome::NotFound,
+            Some(row) if row.owner != Some(owner) => DeleteOutcome::NotOwner,
+            Some(row) => {
+                Index::remove_blob(&txn, &id, &row, false).await?;
+                txn.commit().await.map_err(db_err("commit delete"))?;
+                self.added(-int(row.size), -1);
+                if row.external {
+                    self.unlink(&id).await?;
+                }
+                return Ok(DeleteOutcome::Deleted);
+            }
+        };
+        Ok(outcome)
+    }
+
+    pub(crate) async fn forward(
+        &self,
+        id: BlobId,
+        size: u64,
+        forward: Forward,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let Some(row) = Index::blob_for_update(&txn, &id).await? else {
+            return Ok(false);
+        };
+        if row.size != size {
+            return Ok(false);
+        }
+        // Peers that replicated the blob here still count it as held (the
+        // relay answers for it through the redirect).
+        Index::remove_blob(&txn, &id, &row, true).await?;
+        Index::put_forward(&txn, &id, &forward, now).await?;
+        txn.commit().await.map_err(db_err("commit transfer"))?;
+        self.added(-int(row.size), -1);
+        if row.external {
+            self.unlink(&id).await?;
+        }
+        Ok(true)
+    }
+
+    /// Deletes up to `max` blobs last accessed before `cutoff`. Rows other
+    /// processes are deleting are skipped, so concurrent passes never
+    /// delete a blob twice.
+    pub(crate) async fn collect(
+        &self,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<Vec<(BlobId, u64)>, StoreError> {
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let expired = Index::expired_blobs(&txn, cutoff, max).await?;
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Totals and owners are updated once each, in ascending order, so
+        // that concurrent passes and uploads take row locks in one order.
+        let mut shards = std::collections::BTreeMap::<u8, (i64, i64)>::new();
+        let mut owners = std::collections::BTreeMap::<[u8; 32], i64>::new();
+        let mut ids: Vec<&[u8]> = Vec::with_capacity(expired.len());
+        let mut external: Vec<&[u8]> = Vec::new();
+        for (id, row) in &expired {
+            ids.push(id.as_bytes().as_slice());
+            if row.external {
+                external.push(id.as_bytes().as_slice());
+            }
+            let shard = shards.entry(id.as_bytes()[0] % 16).or_default();
+            shard.0 += int(row.size);
+            shard.1 += 1;
+            if let Some(owner) = &row.owner {
+                *owners.entry(owner.to_bytes()).or_default() += int(row.size);
+            }
+        }
+        txn.execute("DELETE FROM blobs WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_err("collect blobs"))?;
+        txn.execute("DELETE FROM sources WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(db_err("collect blobs"))?;
+        txn.execute(
+            "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+            &[&external],
+        )
+        .await
+        .map_err(db_err("collect blobs"))?;
+        for (shard, (bytes, blobs)) in &shards {
+            Index::add_totals(&txn, *shard, -bytes, -blobs, 0).await?;
+        }
+        for (owner, bytes) in &owners {
+            let owner = cairn_proto::VerifyingKey::from_bytes(owner)
+                .map_err(|e| StoreError::Failed(format!("a stored owner key is invalid: {e}")))?;
+            Index::add_owner_usage(&txn, &owner, -bytes, None).await?;
+        }
+        txn.commit().await.map_err(db_err("commit collection"))?;
+        let freed: i64 = shards.values().map(|(bytes, _)| bytes).sum();
+        let count = i64::try_from(expired.len()).unwrap_or(i64::MAX);
+        self.added(-freed, -count);
+        for (id, row) in &expired {
+            if row.external {
+                self.unlink(id).await?;
+            }
+        }
+        Ok(expired
+            .into_iter()
+            .map(|(id, row)| (id, row.size))
+            .collect())
+    }
+
+    /// Removes blob `id`'s object unless the index names the id again, and
+    /// drops its pending-removal entry; under the id's lock.
+    async fn unlink(&self, id: &BlobId) -> Result<(), StoreError> {
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        Index::lock_blob(&txn, id).await?;
+        if Index::blob_for_update(&txn, id).await?.is_none() {
+            self.objects.delete(id).await?;
+        }
+        txn.execute(
+            "DELETE FROM pending_unlink WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+        )
+        .await
+        .map_err(db_err("finish object removal"))?;
+        txn.commit()
+            .await
+            .map_err(db_err("commit object removal"))?;
+        Ok(())
+    }
+
+    /// Finishes object removals left by any process; how many.
+    pub(crate) async fn finish_unlinks(&self) -> Result<usize, StoreError> {
+        let mut done = 0;
+        loop {
+            let ids = self.index.pending_unlinks(UNLINK_BATCH).await?;
+            if ids.is_empty() {
+                return Ok(done);
+            }
+            for id in &ids {
+                self.unlink(id).await?;
+            }
+            done += ids.len();
+            if ids.len() < UNLINK_BATCH {
+                return Ok(done);
+            }
+        }
+    }
+}
