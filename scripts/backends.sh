@@ -13,6 +13,7 @@
 #   CAIRN_TEST_S3_REGION       us-east-1
 #   CAIRN_TEST_S3_ACCESS_KEY   cairn-test-key
 #   CAIRN_TEST_S3_SECRET_KEY   cairn-test-secret
+#   CAIRN_TEST_S3_ROOT         DIR/s3 (the served folder: tests look at the objects)
 # Tests that need these servers read the variables; .ci/run starts the
 # servers before the tests and stops them on exit. s3s-fs answers only
 # S3-style SigV4 requests (the x-amz-content-sha256 header is required; a
@@ -257,6 +258,7 @@ export CAIRN_TEST_S3_BUCKET=$S3_BUCKET
 export CAIRN_TEST_S3_REGION=$S3_REGION
 export CAIRN_TEST_S3_ACCESS_KEY=$S3_ACCESS_KEY
 export CAIRN_TEST_S3_SECRET_KEY=$S3_SECRET_KEY
+export CAIRN_TEST_S3_ROOT=$dir/s3
 EOF
   STARTING_DIR=
   echo "backends up: PostgreSQL 15 on 127.0.0.1:$pg_port (db cairn), s3s-fs on 127.0.0.1:$s3_port (bucket $S3_BUCKET); source $dir/env"

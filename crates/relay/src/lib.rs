@@ -36,7 +36,8 @@ mod tls;
 
 pub use clock::Clock;
 pub use config::{
-    FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig, TlsFiles,
+    FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig,
+    TlsFiles,
 };
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};

@@ -451,7 +451,12 @@ struct StorageArgs {
     s3_access_key: Option<String>,
     /// The S3 secret key; prefer the environment variable or the config
     /// file (mode 0600) to a flag, which other users can see in `ps`.
-    #[arg(long, env = "CAIRN_RELAY_S3_SECRET_KEY", hide_env_values = true, help_heading = "Scale-out")]
+    #[arg(
+        long,
+        env = "CAIRN_RELAY_S3_SECRET_KEY",
+        hide_env_values = true,
+        help_heading = "Scale-out"
+    )]
     s3_secret_key: Option<String>,
 }
 
@@ -493,9 +498,7 @@ fn storage(s: StorageArgs) -> anyhow::Result<StorageConfig> {
                 postgres: PostgresConfig {
                     url,
                     schema: s.postgres_schema,
-                    pool_size: s
-                        .postgres_pool
-                        .unwrap_or(PostgresConfig::DEFAULT_POOL_SIZE),
+                    pool_size: s.postgres_pool.unwrap_or(PostgresConfig::DEFAULT_POOL_SIZE),
                 },
                 s3: S3Config {
                     endpoint: need(s.s3_endpoint, "--s3-endpoint")?,

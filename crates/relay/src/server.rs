@@ -471,6 +471,15 @@ impl RelayHandle {
             crate::store::Source::Peer,
         );
         let now = self.app.now();
+        if let Some(backend) = self.app.store.scale_out()
+            && blobs.iter().all(|b| b.len() <= crate::store::INLINE_MAX)
+        {
+            let blobs: Vec<_> = blobs
+                .into_iter()
+                .map(|data| (cairn_proto::BlobId::of(&data), bytes::Bytes::from(data)))
+                .collect();
+            return backend.seed_small(&blobs, source, now).await;
+        }
         let inserts = blobs.into_iter().map(|data| {
             let id = cairn_proto::BlobId::of(&data);
             let size = data.len() as u64;

@@ -1,7 +1,9 @@
 //! A relay per test, in its own temp directory, on port 0.
 
 use cairn_proto::{BlobId, Method, SigningKey, TokenTarget, VerifyingKey};
-use cairn_relay::{Clock, RelayConfig, RelayHandle};
+use cairn_relay::{
+    Clock, PostgresConfig, RelayConfig, RelayHandle, S3Config, ScaleOutConfig, StorageConfig,
+};
 use cairn_testkit::{auth_header, token, unix_now};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -20,9 +22,21 @@ impl TestRelay {
     }
 
     pub(crate) async fn start_with(adjust: impl FnOnce(&mut RelayConfig)) -> Self {
+        // CAIRN_LOG=debug shows the relays' logs with a failing test's output.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut config = RelayConfig::new(dir.path().join("data"));
         config.listen = "127.0.0.1:0".parse().unwrap();
+        if suite_backend_is_scale_out() {
+            config.storage = StorageConfig::ScaleOut(
+                scale_out_from_env().expect("CAIRN_TEST_BACKEND=scaleout needs the backends"),
+            );
+        }
         adjust(&mut config);
         // A manual clock that starts at the real time, so tokens made with
         // the real time are valid, and tests can move it forward.
@@ -116,13 +130,39 @@ impl TestRelay {
             .unwrap()
     }
 
-    /// Files under `tmp/` and `blobs/`.
+    /// Files of uploads in progress (`tmp/`) and of blob bodies.
     pub(crate) fn files(&self) -> (usize, usize) {
         let count = |dir: std::path::PathBuf| walk(&dir).len();
-        (
-            count(self.data().join("tmp")),
-            count(self.data().join("blobs")),
-        )
+        (count(self.data().join("tmp")), count(self.bodies_dir()))
+    }
+
+    /// Where blob bodies are kept: the embedded store's `blobs/`, or the
+    /// folder the test S3 server (s3s-fs) keeps this relay's objects in.
+    pub(crate) fn bodies_dir(&self) -> std::path::PathBuf {
+        match &self.config.storage {
+            StorageConfig::ScaleOut(backends) => {
+                std::path::PathBuf::from(std::env::var("CAIRN_TEST_S3_ROOT").unwrap_or_default())
+                    .join(&backends.s3.bucket)
+                    .join(&backends.s3.prefix)
+                    .join("blobs")
+            }
+            _ => self.data().join("blobs"),
+        }
+    }
+
+    /// The file holding blob `id`'s body (if it is not small enough to live
+    /// in the index).
+    pub(crate) fn body_path(&self, id: &BlobId) -> std::path::PathBuf {
+        let hex = id.to_string();
+        match &self.config.storage {
+            StorageConfig::ScaleOut(_) => self.bodies_dir().join(hex),
+            _ => self.bodies_dir().join(&hex[..2]).join(hex),
+        }
+    }
+
+    /// The configuration it was started with.
+    pub(crate) fn config(&self) -> &RelayConfig {
+        &self.config
     }
 }
 
@@ -140,6 +180,52 @@ pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// True when the suite runs against the scale-out backends
+/// (`CAIRN_TEST_BACKEND=scaleout`; `.ci/run` runs it both ways).
+pub(crate) fn suite_backend_is_scale_out() -> bool {
+    std::env::var("CAIRN_TEST_BACKEND").is_ok_and(|v| v == "scaleout")
+}
+
+/// Scale-out backends for one relay from the test servers `.ci/run`
+/// starts (`scripts/backends.sh`): a fresh PostgreSQL schema and S3 prefix
+/// each time, so relays never see each other's data. `None` (after saying
+/// why) when the servers are not configured.
+pub(crate) fn scale_out_from_env() -> Option<ScaleOutConfig> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let Some(url) = var("CAIRN_TEST_PG_URL") else {
+        #[allow(clippy::print_stderr, reason = "the skip reason is the test's report")]
+        eprintln!(
+            "skipped: CAIRN_TEST_PG_URL and CAIRN_TEST_S3_* are not set \
+             (run `bash scripts/backends.sh start DIR` and source DIR/env)"
+        );
+        return None;
+    };
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).unwrap();
+    let name: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    Some(fresh_scale_out(&url, &format!("t{name}")))
+}
+
+/// Scale-out backends in schema and prefix `name`.
+fn fresh_scale_out(url: &str, name: &str) -> ScaleOutConfig {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    ScaleOutConfig {
+        postgres: PostgresConfig {
+            url: url.to_owned(),
+            schema: Some(name.to_owned()),
+            pool_size: 8,
+        },
+        s3: S3Config {
+            endpoint: var("CAIRN_TEST_S3_ENDPOINT"),
+            bucket: var("CAIRN_TEST_S3_BUCKET"),
+            region: var("CAIRN_TEST_S3_REGION"),
+            prefix: name.to_owned(),
+            access_key_id: var("CAIRN_TEST_S3_ACCESS_KEY"),
+            secret_access_key: var("CAIRN_TEST_S3_SECRET_KEY"),
+        },
+    }
 }
 
 /// A relay stopped by [`TestRelay::stop`].

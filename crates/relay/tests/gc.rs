@@ -65,13 +65,17 @@ async fn access_times_survive_a_restart() {
     dir_relay.put(&key("alice"), &data).await;
     dir_relay.clock.advance(90);
     dir_relay.get(&BlobId::of(&data)).await;
+    let mut config = dir_relay.config().clone();
     let TestRelay {
-        handle, dir, clock, ..
+        handle,
+        dir: _dir,
+        clock,
+        ..
     } = dir_relay;
     handle.shutdown().await;
 
-    // Same data directory, same clock, a new process-equivalent.
-    let mut config = cairn_relay::RelayConfig::new(dir.path().join("data"));
+    // Same data (directory or backends), same clock, a new
+    // process-equivalent.
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.retention = std::time::Duration::from_secs(100);
     let handle = cairn_relay::start_with_clock(config, clock.clone())

@@ -10,5 +10,6 @@ mod crash;
 mod federation;
 mod gc;
 mod heads;
+mod scaleout;
 mod streaming;
 mod tls;

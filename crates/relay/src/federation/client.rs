@@ -21,7 +21,6 @@ const MAX_INFO_BYTES: usize = 64 * 1024;
 /// The path of the reconciliation endpoint.
 pub(crate) const RECONCILE_PATH: &str = "/v1/federation/reconcile";
 
-
 /// An HTTP client for peers: never follows redirects (a peer answers for
 /// itself), times out idle connections.
 #[derive(Clone, Debug)]

@@ -23,7 +23,9 @@ use super::error::ApiError;
 use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
 use crate::store::index::{IndexReader, Location};
-use crate::store::{BlobBody, BodyStream, clamped_slice, DeleteOutcome, InsertOutcome, Source, Staged, StoreError};
+use crate::store::{
+    BlobBody, BodyStream, DeleteOutcome, InsertOutcome, Source, Staged, StoreError, clamped_slice,
+};
 
 /// Bodies up to this size are read in one blocking call and sent from
 /// memory; larger ones stream from the file.
@@ -262,7 +264,6 @@ async fn open_shared(
     };
     Ok(Some((opened, range, true)))
 }
-
 
 /// The answer for a blob this relay does not hold: a redirect to the peer
 /// it was transferred to (to the same resource there: the blob, or with

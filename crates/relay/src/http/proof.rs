@@ -26,7 +26,6 @@ fn chunk_list(query: Option<&str>) -> Result<&str, ApiError> {
         })
 }
 
-
 pub(crate) async fn get_proof(
     State(app): State<AppState>,
     Path(id): Path<String>,

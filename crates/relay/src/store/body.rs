@@ -126,7 +126,23 @@ impl BlobBody {
             }
             Self::Object { objects, id, .. } => {
                 let end = start.saturating_add(len);
-                Ok(objects.stream(&id, start..end).await?.boxed())
+                let mut pieces = objects.stream(&id, start..end).await?;
+                // The first piece is fetched before anything is answered,
+                // so that an object store that cannot be reached is a 503,
+                // not a 200 with a body cut short.
+                let first = match pieces.next().await {
+                    None => return Ok(futures_util::stream::empty().boxed()),
+                    Some(Ok(piece)) => piece,
+                    Some(Err(e)) => {
+                        return Err(StoreError::Unavailable {
+                            backend: "object store",
+                            detail: format!("read object: {e}"),
+                        });
+                    }
+                };
+                Ok(futures_util::stream::once(async move { Ok(first) })
+                    .chain(pieces)
+                    .boxed())
             }
         }
     }

@@ -88,9 +88,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS,
-    HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES,
-    STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS, HEADS_BY_ACCESS,
+    HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, STATS,
 };
 use self::scaleout::ScaleOut;
 use crate::config::StorageConfig;
@@ -679,7 +678,10 @@ impl Store {
                 Self::send(tx, |reply| WriteOp::PutHead { head, now, reply }).await
             }
             Backend::ScaleOut(backend) => {
-                let outcome = backend.index.put_head(&head, now, backend.max_heads).await?;
+                let outcome = backend
+                    .index
+                    .put_head(&head, now, backend.max_heads)
+                    .await?;
                 if outcome == HeadOutcome::Created {
                     self.stats.heads.fetch_add(1, Ordering::SeqCst);
                 }

@@ -71,13 +71,27 @@ impl Objects {
             // environment, profile files or an instance metadata service.
             .disable_config_load()
             .disable_ec2_metadata();
-        let op = opendal::Operator::new(builder).map_err(object_err("configure S3"))?;
+        // Transient failures (a pooled connection the server closed, a 503
+        // SlowDown) are retried with backoff, up to about 10 s in all;
+        // past that the request fails as "unavailable".
+        let op = opendal::Operator::new(builder)
+            .map_err(object_err("configure S3"))?
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(5)
+                    .with_min_delay(std::time::Duration::from_millis(50))
+                    .with_max_delay(std::time::Duration::from_secs(4))
+                    .with_jitter(),
+            );
         Ok(Self { op })
     }
 
     /// Checks that the bucket answers to our credentials.
     pub(crate) async fn check(&self) -> Result<(), StoreError> {
-        self.op.check().await.map_err(object_err("reach the bucket"))
+        self.op
+            .check()
+            .await
+            .map_err(object_err("reach the bucket"))
     }
 
     /// Uploads a verified local file as blob `id`; multipart above one part.
@@ -167,14 +181,5 @@ impl Objects {
             .delete(&key(id))
             .await
             .map_err(object_err("delete object"))
-    }
-
-    /// The size of blob `id`'s object, or `None` if there is none.
-    pub(crate) async fn size(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
-        match self.op.stat(&key(id)).await {
-            Ok(meta) => Ok(Some(meta.content_length())),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(object_err("look up object")(e)),
-        }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::{GenericClient, NoTls, Transaction};
 
 use super::index::{CLIENT_SOURCE, Forward, HeadKey};
 use super::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
@@ -314,7 +314,7 @@ impl Index {
         let owner = owner.to_bytes();
         let row = txn
             .query_one(
-                "INSERT INTO owners (owner, bytes) VALUES ($1, GREATEST($2, 0))
+                "INSERT INTO owners (owner, bytes) VALUES ($1, GREATEST($2::int8, 0))
                  ON CONFLICT (owner) DO UPDATE SET bytes = GREATEST(owners.bytes + $2, 0)
                  RETURNING bytes",
                 &[&owner.as_slice(), &bytes],
@@ -468,7 +468,11 @@ impl Index {
 
     /// Deletes up to `max` forwarding records last used before `cutoff`
     /// and the source rows that kept them counted; how many.
-    pub(crate) async fn collect_forwards(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+    pub(crate) async fn collect_forwards(
+        &self,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         let rows = txn
@@ -499,7 +503,10 @@ impl Index {
         let mut sorted: Vec<&(BlobId, u64)> = accesses.iter().collect();
         // One lock order for every process: ids ascending.
         sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let ids: Vec<&[u8]> = sorted.iter().map(|(id, _)| id.as_bytes().as_slice()).collect();
+        let ids: Vec<&[u8]> = sorted
+            .iter()
+            .map(|(id, _)| id.as_bytes().as_slice())
+            .collect();
         let ats: Vec<i64> = sorted.iter().map(|(_, at)| int(*at)).collect();
         let client = self.client().await?;
         let held = client
@@ -631,7 +638,10 @@ impl Index {
     }
 
     /// Writes coalesced head access times; how many heads were held.
-    pub(crate) async fn touch_heads(&self, accesses: &[(HeadKey, u64)]) -> Result<usize, StoreError> {
+    pub(crate) async fn touch_heads(
+        &self,
+        accesses: &[(HeadKey, u64)],
+    ) -> Result<usize, StoreError> {
         let mut sorted: Vec<&(HeadKey, u64)> = accesses.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(&b.0));
         let mailboxes: Vec<[u8; 32]> = sorted.iter().map(|(k, _)| k.mailbox_bytes()).collect();
@@ -722,6 +732,15 @@ impl Index {
 
     pub(crate) async fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
         let client = self.client().await?;
+        Self::owner_usage_in(&**client, owner).await
+    }
+
+    /// An owner's bytes stored, read through `client` (a transaction, so
+    /// that an upload needs no second connection).
+    pub(crate) async fn owner_usage_in(
+        client: &impl GenericClient,
+        owner: &VerifyingKey,
+    ) -> Result<u64, StoreError> {
         let row = client
             .query_opt(
                 "SELECT bytes FROM owners WHERE owner = $1",
@@ -735,6 +754,13 @@ impl Index {
     /// Bytes of blobs, blobs, and heads stored, over all processes.
     pub(crate) async fn stats(&self) -> Result<(u64, u64, u64), StoreError> {
         let client = self.client().await?;
+        Self::stats_in(&**client).await
+    }
+
+    /// The totals, read through `client`.
+    pub(crate) async fn stats_in(
+        client: &impl GenericClient,
+    ) -> Result<(u64, u64, u64), StoreError> {
         let row = client
             .query_one(
                 "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,

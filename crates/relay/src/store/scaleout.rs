@@ -138,8 +138,8 @@ impl ScaleOut {
         now: u64,
     ) -> Result<InsertOutcome, StoreError> {
         let owner = source.owner();
-        let quota = (self.key_quota > 0 && matches!(source, Source::Client(_)))
-            .then_some(self.key_quota);
+        let quota =
+            (self.key_quota > 0 && matches!(source, Source::Client(_))).then_some(self.key_quota);
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
@@ -151,14 +151,12 @@ impl ScaleOut {
         }
         // Checked before the body travels, and again (for the quota, under
         // the owner's row lock) before the commit.
-        let (bytes, _, _) = self.index.stats().await?;
+        let (bytes, _, _) = Index::stats_in(&*txn).await?;
         if bytes.saturating_add(size) > self.capacity {
             return Ok(InsertOutcome::RelayFull);
         }
         if let Some(quota) = quota
-            && self
-                .index
-                .owner_usage(&owner)
+            && Index::owner_usage_in(&*txn, &owner)
                 .await?
                 .saturating_add(size)
                 > quota
@@ -188,6 +186,7 @@ impl ScaleOut {
         Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
         if !Index::add_owner_usage(&txn, &owner, int(size), quota).await? {
             drop(txn);
+            drop(client);
             if !inline {
                 // No row names the object and the id is unlocked only now
                 // that the transaction rolled back; a concurrent upload of
@@ -231,6 +230,8 @@ impl ScaleOut {
             Some(row) => {
                 Index::remove_blob(&txn, &id, &row, false).await?;
                 txn.commit().await.map_err(db_err("commit delete"))?;
+                // Back to the pool before the removal takes another.
+                drop(client);
                 self.added(-int(row.size), -1);
                 if row.external {
                     self.unlink(&id).await?;
@@ -261,6 +262,7 @@ impl ScaleOut {
         Index::remove_blob(&txn, &id, &row, true).await?;
         Index::put_forward(&txn, &id, &forward, now).await?;
         txn.commit().await.map_err(db_err("commit transfer"))?;
+        drop(client);
         self.added(-int(row.size), -1);
         if row.external {
             self.unlink(&id).await?;
@@ -321,6 +323,7 @@ impl ScaleOut {
             Index::add_owner_usage(&txn, &owner, -bytes, None).await?;
         }
         txn.commit().await.map_err(db_err("commit collection"))?;
+        drop(client);
         let freed: i64 = shards.values().map(|(bytes, _)| bytes).sum();
         let count = i64::try_from(expired.len()).unwrap_or(i64::MAX);
         self.added(-freed, -count);
@@ -333,6 +336,53 @@ impl ScaleOut {
             .into_iter()
             .map(|(id, row)| (id, row.size))
             .collect())
+    }
+
+    /// Stores many small blobs in a few transactions (a test hook for
+    /// building large indexes quickly); how many were new.
+    pub(crate) async fn seed_small(
+        &self,
+        blobs: &[(BlobId, Bytes)],
+        source: Source,
+        now: u64,
+    ) -> Result<usize, StoreError> {
+        let owner = source.owner().to_bytes();
+        let mut stored = 0;
+        for chunk in blobs.chunks(10_000) {
+            let mut client = self.index.client().await?;
+            let txn = client.transaction().await.map_err(db_err("begin"))?;
+            let ids: Vec<&[u8]> = chunk
+                .iter()
+                .map(|(id, _)| id.as_bytes().as_slice())
+                .collect();
+            let sizes: Vec<i64> = chunk.iter().map(|(_, b)| int(b.len() as u64)).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_ref()).collect();
+            let rows = txn
+                .query(
+                    "INSERT INTO blobs (id, size, created, last_access, owner, body)
+                     SELECT id, size, $3, $3, $4, body
+                     FROM unnest($1::bytea[], $2::int8[], $5::bytea[]) AS v(id, size, body)
+                     ON CONFLICT DO NOTHING RETURNING id, size",
+                    &[&ids, &sizes, &int(now), &owner.as_slice(), &bodies],
+                )
+                .await
+                .map_err(db_err("seed blobs"))?;
+            txn.execute(
+                "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
+                 ON CONFLICT DO NOTHING",
+                &[&source.row_key().as_slice(), &ids],
+            )
+            .await
+            .map_err(db_err("seed blobs"))?;
+            let bytes: i64 = rows.iter().map(|row| row.get::<_, i64>(1)).sum();
+            let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+            Index::add_totals(&txn, 0, bytes, count, 0).await?;
+            Index::add_owner_usage(&txn, &source.owner(), bytes, None).await?;
+            txn.commit().await.map_err(db_err("commit seed"))?;
+            self.added(bytes, count);
+            stored += rows.len();
+        }
+        Ok(stored)
     }
 
     /// Removes blob `id`'s object unless the index names the id again, and
