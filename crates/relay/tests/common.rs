@@ -192,10 +192,10 @@ pub(crate) fn suite_backend_is_scale_out() -> bool {
 /// starts (`scripts/backends.sh`): a fresh PostgreSQL schema and S3 prefix
 /// each time, so relays never see each other's data. `None` (after saying
 /// why) when the servers are not configured.
+#[allow(clippy::print_stderr, reason = "the skip reason is the test's report")]
 pub(crate) fn scale_out_from_env() -> Option<ScaleOutConfig> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let Some(url) = var("CAIRN_TEST_PG_URL") else {
-        #[allow(clippy::print_stderr, reason = "the skip reason is the test's report")]
         eprintln!(
             "skipped: CAIRN_TEST_PG_URL and CAIRN_TEST_S3_* are not set \
              (run `bash scripts/backends.sh start DIR` and source DIR/env)"
