@@ -30,6 +30,7 @@ mod http;
 mod keyfile;
 mod limits;
 mod metrics;
+mod migrate;
 mod server;
 mod store;
 mod tls;
@@ -41,6 +42,7 @@ pub use config::{
 };
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
+pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
 pub use store::StoreError;
 pub use store::fsck::{FsckReport, fsck};

@@ -53,6 +53,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move this relay's data to another storage backend (embedded ↔
+    /// PostgreSQL + S3), verified. Stop the relay first.
+    ///
+    /// Every blob is hashed against its id on the way out and read back
+    /// from the destination; owners, sources and access times carry over,
+    /// so retention does too; heads, forwarding records and the identity
+    /// key follow. The source is only read: if the migration stops, run it
+    /// again and it resumes. Then start the relay with the new config.
+    ///
+    /// Exits 0 when everything was copied, 1 when some blobs in the source
+    /// were corrupt (they are listed, and not copied).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Default, Args)]
+struct MigrateArgs {
+    /// Config file of the relay as it is now (the same keys as `serve
+    /// --config`; a file with just `data = "cairn-data"` for the default
+    /// embedded store).
+    #[arg(long)]
+    from: PathBuf,
+    /// Config file of the relay as it will be: another data directory, or
+    /// `postgres` and `s3_*` keys for the scale-out backends.
+    #[arg(long)]
+    to: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -543,7 +571,62 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fsck { data, repair, json } => fsck(&data, repair, json),
+        Command::Migrate(args) => migrate(&args),
     }
+}
+
+/// Prints a command's report on standard output.
+#[allow(clippy::print_stdout, reason = "the command's report")]
+fn print_out(out: &str) {
+    println!("{out}");
+}
+
+fn migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    let config = |path: &Path| {
+        resolve(ServeArgs {
+            config: Some(path.to_path_buf()),
+            ..ServeArgs::default()
+        })
+    };
+    let (from, to) = (config(&args.from)?, config(&args.to)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut progress = |r: &cairn_relay::MigrationReport| {
+        tracing::info!(
+            copied = r.blobs_copied,
+            bytes = r.bytes_copied,
+            already_there = r.blobs_present,
+            "migrating"
+        );
+    };
+    let report = runtime
+        .block_on(cairn_relay::migrate(&from, &to, &mut progress))
+        .context("migration stopped (the source is unchanged; run again to resume)")?;
+    let out = if args.json {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        let mut text = format!(
+            "copied and verified {} blobs ({} bytes); {} were there already; {} heads, \
+             {} forwarding records",
+            report.blobs_copied,
+            report.bytes_copied,
+            report.blobs_present,
+            report.heads,
+            report.forwards
+        );
+        for id in &report.corrupt_in_source {
+            text.push_str(&format!("\ncorrupt in the source, not copied: {id}"));
+        }
+        text
+    };
+    print_out(&out);
+    Ok(if report.corrupt_in_source.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn serve(config: RelayConfig) -> anyhow::Result<()> {
@@ -603,10 +686,7 @@ fn fsck(data: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
         });
         lines.join("\n")
     };
-    #[allow(clippy::print_stdout, reason = "the command's report")]
-    {
-        println!("{out}");
-    }
+    print_out(&out);
     Ok(if report.is_clean() || report.repaired {
         ExitCode::SUCCESS
     } else {

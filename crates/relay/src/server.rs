@@ -203,7 +203,7 @@ pub async fn start_with_clock(
 
 /// The HTTP client the object store's requests go through: rustls on ring
 /// (the process-wide provider), no redirects, bounded connects.
-fn backend_http_client() -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn backend_http_client() -> Result<reqwest::Client, reqwest::Error> {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

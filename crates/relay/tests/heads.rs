@@ -44,7 +44,12 @@ impl TestRelay {
         self.http.put(url).body(body).send().await.unwrap()
     }
 
-    async fn put_head(&self, mailbox: &SigningKey, slot: &str, seq: u64) -> reqwest::Response {
+    pub(crate) async fn put_head(
+        &self,
+        mailbox: &SigningKey,
+        slot: &str,
+        seq: u64,
+    ) -> reqwest::Response {
         let url = self.head_url(&mailbox.verifying_key(), slot);
         self.put_head_at(url, head(mailbox, slot, seq)).await
     }

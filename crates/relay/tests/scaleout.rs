@@ -418,3 +418,145 @@ fn host_port_splits_urls() {
         ("127.0.0.1:9000".to_owned(), "http://{}".to_owned())
     );
 }
+
+/// A config file for `migrate` and `serve --config`.
+fn config_file(path: &Path, data: &Path, backends: Option<&ScaleOutConfig>) {
+    let mut text = format!("data = {:?}\n", data.display().to_string());
+    if let Some(b) = backends {
+        text.push_str(&format!(
+            "postgres = {:?}\npostgres_schema = {:?}\ns3_endpoint = {:?}\ns3_bucket = {:?}\n\
+             s3_region = {:?}\ns3_prefix = {:?}\ns3_access_key = {:?}\ns3_secret_key = {:?}\n",
+            b.postgres.url,
+            b.postgres.schema.clone().unwrap_or_default(),
+            b.s3.endpoint,
+            b.s3.bucket,
+            b.s3.region,
+            b.s3.prefix,
+            b.s3.access_key_id,
+            b.s3.secret_access_key,
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn run_migrate(from: &Path, to: &Path) -> (bool, serde_json::Value) {
+    let (status, out) = cairn_testkit::run(
+        Path::new(BIN),
+        &[
+            "migrate",
+            "--from",
+            &cairn_testkit::arg(from),
+            "--to",
+            &cairn_testkit::arg(to),
+            "--json",
+        ],
+    );
+    (status.success(), serde_json::from_str(&out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_moves_a_relay_to_postgres_and_s3_and_back_verified() {
+    let Some(backends) = backends() else { return };
+    let relay = TestRelay::start_with(|c| c.storage = StorageConfig::Embedded).await;
+    let alice = key("alice");
+    let blobs: Vec<Vec<u8>> = [10, 5_000, 100_000, 3 << 20]
+        .iter()
+        .map(|&n| bytes(&format!("migrating {n}"), n))
+        .collect();
+    for data in &blobs {
+        assert_eq!(relay.put(&alice, data).await.status(), StatusCode::CREATED);
+    }
+    let mailbox = key("mailbox");
+    assert_eq!(
+        relay.put_head(&mailbox, "laptop", 7).await.status(),
+        StatusCode::CREATED
+    );
+    let identity = relay.key();
+    let dir = relay.dir.path().to_path_buf();
+    let stopped = relay.stop().await;
+
+    let (embedded, scaled, back) = (dir.join("a.toml"), dir.join("b.toml"), dir.join("c.toml"));
+    config_file(&embedded, &dir.join("data"), None);
+    config_file(&scaled, &dir.join("data-b"), Some(&backends));
+    config_file(&back, &dir.join("data-c"), None);
+    let (ok, report) = run_migrate(&embedded, &scaled);
+    assert!(ok, "{report}");
+    assert_eq!(report["blobs_copied"], 4, "{report}");
+    assert_eq!(report["heads"], 1, "{report}");
+    // Again: everything is there already; nothing is copied twice.
+    let (ok, report) = run_migrate(&embedded, &scaled);
+    assert!(ok);
+    assert_eq!(
+        (
+            report["blobs_copied"].as_u64(),
+            report["blobs_present"].as_u64()
+        ),
+        (Some(0), Some(4)),
+        "{report}"
+    );
+
+    // The migrated relay is the same relay, serving the same data.
+    let http = cairn_testkit::http();
+    let served = RelayProcess::spawn(
+        Path::new(BIN),
+        &dir.join("data-b"),
+        &["--config", &cairn_testkit::arg(&scaled)],
+    );
+    assert_eq!(relay_key(&http, &served.url()).await, identity);
+    for data in &blobs {
+        let got = http
+            .get(format!("{}/v1/blobs/{}", served.url(), BlobId::of(data)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+    }
+    let got = http
+        .get(format!(
+            "{}/v1/heads/{}/laptop",
+            served.url(),
+            mailbox.verifying_key()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert!(served.terminate().success());
+
+    // And back into an embedded store, which fsck finds consistent.
+    let (ok, report) = run_migrate(&scaled, &back);
+    assert!(ok, "{report}");
+    assert_eq!(report["blobs_copied"], 4);
+    let fsck = cairn_relay::fsck(&dir.join("data-c"), false, unix_now()).unwrap();
+    assert!(fsck.is_clean(), "{fsck:?}");
+    assert_eq!(fsck.indexed, 4);
+
+    // A corrupt blob in the source is reported and not copied.
+    let hex = BlobId::of(&blobs[2]).to_string();
+    let file = dir.join("data/blobs").join(&hex[..2]).join(&hex);
+    let mut damaged = std::fs::read(&file).unwrap();
+    damaged[77] ^= 1;
+    std::fs::write(&file, damaged).unwrap();
+    let fresh = dir.join("d.toml");
+    config_file(&fresh, &dir.join("data-d"), None);
+    let (ok, report) = run_migrate(&embedded, &fresh);
+    assert!(!ok);
+    assert_eq!(report["corrupt_in_source"], serde_json::json!([hex]));
+    assert_eq!(report["blobs_copied"], 3);
+
+    // The same store on both sides is refused, as is another relay's
+    // data directory.
+    let (status, _) = cairn_testkit::run(
+        Path::new(BIN),
+        &[
+            "migrate",
+            "--from",
+            &cairn_testkit::arg(&embedded),
+            "--to",
+            &cairn_testkit::arg(&embedded),
+        ],
+    );
+    assert!(!status.success());
+    drop(stopped);
+}

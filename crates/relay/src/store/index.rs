@@ -9,6 +9,7 @@ use redb::{
 };
 
 use super::StoreError;
+use super::export::{BlobRecord, ForwardRow, HeadRow};
 
 /// Blob id → [`BlobMeta`] in its 56-byte encoding.
 pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinition::new("blobs_v1");
@@ -323,6 +324,122 @@ impl IndexReader {
             let slot = Slot::new(k.value().1)
                 .map_err(|e| StoreError::Failed(format!("a stored head's slot is invalid: {e}")))?;
             out.push((slot, v.value().2.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl IndexReader {
+    /// Up to `max` blobs with ids above `after`, in id order, with their
+    /// sources: a page of an export.
+    pub(crate) fn blobs_after(
+        &self,
+        after: Option<BlobId>,
+        max: usize,
+    ) -> Result<Vec<BlobRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        let blob_sources = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
+        let rows = match after {
+            Some(after) => blobs.range((*after.as_bytes())..),
+            None => blobs.range([0u8; 32]..),
+        }
+        .map_err(redb::Error::from)?;
+        let mut out = Vec::with_capacity(max);
+        for row in rows {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let raw = k.value();
+            if after.is_some_and(|a| *a.as_bytes() == raw) {
+                continue;
+            }
+            let mut sources = Vec::new();
+            for source in blob_sources
+                .range((raw, [0u8; 32])..=(raw, [0xff; 32]))
+                .map_err(redb::Error::from)?
+            {
+                sources.push(source.map_err(redb::Error::from)?.0.value().1);
+            }
+            out.push(BlobRecord {
+                id: BlobId::from_bytes(raw),
+                meta: BlobMeta::decode(&v.value()),
+                sources,
+            });
+            if out.len() == max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` heads after `after` in (mailbox, slot) order.
+    pub(crate) fn heads_after(
+        &self,
+        after: Option<&HeadKey>,
+        max: usize,
+    ) -> Result<Vec<HeadRow>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let heads = txn.open_table(HEADS).map_err(redb::Error::from)?;
+        let start = after.map_or(([0u8; 32], ""), |k| (k.mailbox_bytes(), k.slot.as_str()));
+        let mut out = Vec::with_capacity(max);
+        for row in heads.range(start..).map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let (mailbox, slot) = k.value();
+            if after.is_some_and(|a| a.mailbox_bytes() == mailbox && a.slot.as_str() == slot) {
+                continue;
+            }
+            let (seq, last_access, envelope) = v.value();
+            let key = HeadKey {
+                mailbox: VerifyingKey::from_bytes(&mailbox).map_err(|e| {
+                    StoreError::Failed(format!("a stored head's mailbox is invalid: {e}"))
+                })?,
+                slot: Slot::new(slot).map_err(|e| {
+                    StoreError::Failed(format!("a stored head's slot is invalid: {e}"))
+                })?,
+            };
+            out.push(HeadRow {
+                key,
+                seq,
+                last_access,
+                envelope: envelope.to_vec(),
+            });
+            if out.len() == max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` forwarding records with ids above `after`, in id order.
+    pub(crate) fn forwards_after(
+        &self,
+        after: Option<BlobId>,
+        max: usize,
+    ) -> Result<Vec<ForwardRow>, StoreError> {
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let table = txn.open_table(FORWARDS).map_err(redb::Error::from)?;
+        let start = after.map_or([0u8; 32], |a| *a.as_bytes());
+        let mut out = Vec::with_capacity(max);
+        for row in table.range(start..).map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let raw = k.value();
+            if after.is_some_and(|a| *a.as_bytes() == raw) {
+                continue;
+            }
+            let (peer, last_access, url) = v.value();
+            let peer = VerifyingKey::from_bytes(&peer).map_err(|e| {
+                StoreError::Failed(format!("a forwarding record's key is invalid: {e}"))
+            })?;
+            out.push(ForwardRow {
+                id: BlobId::from_bytes(raw),
+                forward: Forward {
+                    peer,
+                    url: url.to_owned(),
+                },
+                last_access,
+            });
+            if out.len() == max {
+                break;
+            }
         }
         Ok(out)
     }

@@ -66,6 +66,7 @@
 
 mod body;
 pub(crate) mod cache;
+pub(crate) mod export;
 pub(crate) mod files;
 pub(crate) mod fsck;
 pub(crate) mod index;

@@ -24,7 +24,8 @@ use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{GenericClient, NoTls, Transaction};
 
-use super::index::{CLIENT_SOURCE, Forward, HeadKey};
+use super::export::{BlobRecord, ForwardRow, HeadRow};
+use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
 use super::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 
@@ -910,6 +911,174 @@ impl Index {
                 Ok((slot, row.get(1)))
             })
             .collect()
+    }
+
+    /// Up to `max` blobs with ids above `after`, in id order, with sources.
+    pub(crate) async fn blobs_after(
+        &self,
+        after: Option<BlobId>,
+        max: usize,
+    ) -> Result<Vec<BlobRecord>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map_or([0u8; 0].to_vec(), |a| a.as_bytes().to_vec());
+        let rows = client
+            .query(
+                "SELECT b.id, b.size, b.created, b.last_access, b.owner,
+                        COALESCE(array_agg(s.source) FILTER (WHERE s.source IS NOT NULL), '{}')
+                 FROM blobs b LEFT JOIN sources s ON s.id = b.id
+                 WHERE b.id > $1 GROUP BY b.id ORDER BY b.id LIMIT $2",
+                &[&after, &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("export blobs"))?;
+        rows.iter()
+            .map(|row| {
+                let owner: Option<&[u8]> = row.get(4);
+                let sources: Vec<Vec<u8>> = row.get(5);
+                Ok(BlobRecord {
+                    id: id_from_db(row.get(0))?,
+                    meta: BlobMeta {
+                        size: uint(row.get(1)),
+                        created: uint(row.get(2)),
+                        last_access: uint(row.get(3)),
+                        owner: owner.map(|o| key_from_db(o, "owner")).transpose()?,
+                    },
+                    sources: sources
+                        .iter()
+                        .map(|s| {
+                            s.as_slice().try_into().map_err(|_| {
+                                StoreError::Failed("a stored source has the wrong length".into())
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `max` heads after `after` in (mailbox, slot) order.
+    pub(crate) async fn heads_after(
+        &self,
+        after: Option<&HeadKey>,
+        max: usize,
+    ) -> Result<Vec<HeadRow>, StoreError> {
+        let client = self.client().await?;
+        let (mailbox, slot) = after.map_or((Vec::new(), String::new()), |k| {
+            (k.mailbox_bytes().to_vec(), k.slot.as_str().to_owned())
+        });
+        let rows = client
+            .query(
+                "SELECT mailbox, slot, seq, last_access, envelope FROM heads
+                 WHERE (mailbox, slot) > ($1, $2) ORDER BY mailbox, slot LIMIT $3",
+                &[&mailbox, &slot, &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("export heads"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(HeadRow {
+                    key: HeadKey {
+                        mailbox: key_from_db(row.get(0), "mailbox")?,
+                        slot: Slot::new(row.get::<_, &str>(1)).map_err(|e| {
+                            StoreError::Failed(format!("a stored head's slot is invalid: {e}"))
+                        })?,
+                    },
+                    seq: seq_from_db(row.get(2)),
+                    last_access: uint(row.get(3)),
+                    envelope: row.get(4),
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `max` forwarding records with ids above `after`.
+    pub(crate) async fn forwards_after(
+        &self,
+        after: Option<BlobId>,
+        max: usize,
+    ) -> Result<Vec<ForwardRow>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map_or(Vec::new(), |a| a.as_bytes().to_vec());
+        let rows = client
+            .query(
+                "SELECT id, peer, url, last_access FROM forwards WHERE id > $1
+                 ORDER BY id LIMIT $2",
+                &[&after, &int(max as u64)],
+            )
+            .await
+            .map_err(db_err("export forwarding records"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ForwardRow {
+                    id: id_from_db(row.get(0))?,
+                    forward: Forward {
+                        peer: key_from_db(row.get(1), "forwarding record's")?,
+                        url: row.get(2),
+                    },
+                    last_access: uint(row.get(3)),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a head unless the slot holds one at least as new.
+    pub(crate) async fn import_head(&self, row: &HeadRow) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        let mailbox = row.key.mailbox_bytes();
+        let stored = txn
+            .query_opt(
+                "SELECT seq FROM heads WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+                &[&mailbox.as_slice(), &row.key.slot.as_str()],
+            )
+            .await
+            .map_err(db_err("import head"))?;
+        let newer = stored
+            .as_ref()
+            .is_none_or(|r| seq_from_db(r.get(0)) < row.seq);
+        if newer {
+            txn.execute(
+                "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (mailbox, slot) DO UPDATE SET seq = excluded.seq,
+                     last_access = excluded.last_access, envelope = excluded.envelope",
+                &[
+                    &mailbox.as_slice(),
+                    &row.key.slot.as_str(),
+                    &seq_to_db(row.seq),
+                    &int(row.last_access),
+                    &row.envelope,
+                ],
+            )
+            .await
+            .map_err(db_err("import head"))?;
+            if stored.is_none() {
+                Self::add_totals(&txn, mailbox[0], 0, 0, 1).await?;
+            }
+        }
+        txn.commit().await.map_err(db_err("commit head"))?;
+        Ok(newer)
+    }
+
+    /// Keeps a forwarding record unless the blob is held.
+    pub(crate) async fn import_forward(&self, row: &ForwardRow) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let kept = client
+            .execute(
+                "INSERT INTO forwards (id, peer, last_access, url)
+                 SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE id = $1)
+                 ON CONFLICT (id) DO UPDATE SET peer = excluded.peer,
+                     last_access = excluded.last_access, url = excluded.url",
+                &[
+                    &row.id.as_bytes().as_slice(),
+                    &row.forward.peer.to_bytes().as_slice(),
+                    &int(row.last_access),
+                    &row.forward.url,
+                ],
+            )
+            .await
+            .map_err(db_err("import forwarding record"))?;
+        Ok(kept == 1)
     }
 
     /// Ids queued for object removal by earlier deletions.

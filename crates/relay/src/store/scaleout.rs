@@ -34,6 +34,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use cairn_proto::BlobId;
 
+use super::export::BlobRecord;
 use super::index::Forward;
 use super::objects::Objects;
 use super::postgres::{Index, db_err, int};
@@ -164,23 +165,7 @@ impl ScaleOut {
             return Ok(InsertOutcome::QuotaExceeded);
         }
         let inline = size <= INLINE_MAX as u64;
-        let body: Option<Bytes> = match staged {
-            Staged::Bytes(data) if inline => Some(data.clone()),
-            Staged::File(temp) if inline => Some(
-                tokio::fs::read(temp)
-                    .await
-                    .map_err(|e| StoreError::io("read small upload", e))?
-                    .into(),
-            ),
-            Staged::Bytes(data) => {
-                self.objects.put_bytes(&id, data.clone()).await?;
-                None
-            }
-            Staged::File(temp) => {
-                self.objects.put_file(&id, temp).await?;
-                None
-            }
-        };
+        let body = self.place_body(staged, &id, size).await?;
         Index::insert_blob(&txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
         Index::add_source(&txn, &id, source.row_key()).await?;
         Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
@@ -199,6 +184,86 @@ impl ScaleOut {
         txn.commit().await.map_err(db_err("commit upload"))?;
         self.added(int(size), 1);
         Ok(InsertOutcome::Stored)
+    }
+
+    /// Stores verified bytes with `record`'s index facts (a migration).
+    pub(crate) async fn import(
+        &self,
+        staged: Staged,
+        record: &BlobRecord,
+    ) -> Result<InsertOutcome, StoreError> {
+        let outcome = self.import_staged(&staged, record).await;
+        if let Staged::File(temp) = staged {
+            let _ = tokio::fs::remove_file(temp).await;
+        }
+        outcome
+    }
+
+    async fn import_staged(
+        &self,
+        staged: &Staged,
+        record: &BlobRecord,
+    ) -> Result<InsertOutcome, StoreError> {
+        let (id, meta) = (record.id, &record.meta);
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        Index::lock_blob(&txn, &id).await?;
+        if Index::blob_for_update(&txn, &id).await?.is_some() {
+            return Ok(InsertOutcome::AlreadyHeld);
+        }
+        let (bytes, _, _) = Index::stats_in(&*txn).await?;
+        if bytes.saturating_add(meta.size) > self.capacity {
+            return Ok(InsertOutcome::RelayFull);
+        }
+        let body = self.place_body(staged, &id, meta.size).await?;
+        Index::insert_blob(
+            &txn,
+            &id,
+            meta.size,
+            meta.owner.as_ref(),
+            meta.created,
+            meta.last_access,
+            body.as_deref(),
+        )
+        .await?;
+        for source in &record.sources {
+            Index::add_source(&txn, &id, *source).await?;
+        }
+        Index::add_totals(&txn, id.as_bytes()[0], int(meta.size), 1, 0).await?;
+        if let Some(owner) = &meta.owner {
+            Index::add_owner_usage(&txn, owner, int(meta.size), None).await?;
+        }
+        txn.commit().await.map_err(db_err("commit import"))?;
+        self.added(int(meta.size), 1);
+        Ok(InsertOutcome::Stored)
+    }
+
+    /// Puts a verified body where it belongs: returned for the index row
+    /// if small, else written to the object store.
+    async fn place_body(
+        &self,
+        staged: &Staged,
+        id: &BlobId,
+        size: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let inline = size <= INLINE_MAX as u64;
+        Ok(match staged {
+            Staged::Bytes(data) if inline => Some(data.clone()),
+            Staged::File(temp) if inline => Some(
+                tokio::fs::read(temp)
+                    .await
+                    .map_err(|e| StoreError::io("read small upload", e))?
+                    .into(),
+            ),
+            Staged::Bytes(data) => {
+                self.objects.put_bytes(id, data.clone()).await?;
+                None
+            }
+            Staged::File(temp) => {
+                self.objects.put_file(id, temp).await?;
+                None
+            }
+        })
     }
 
     pub(crate) async fn claim(

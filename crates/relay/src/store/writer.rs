@@ -21,6 +21,7 @@ use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::BlobCache;
+use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::files::BlobFiles;
 use super::index::{
     BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, FORWARDS, FORWARDS_BY_ACCESS, Forward,
@@ -107,6 +108,25 @@ pub(crate) enum WriteOp {
         /// How many were deleted.
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Stores a blob copied from another store with its index record
+    /// (times, owner, sources) as it was there.
+    Import {
+        staged: Staged,
+        record: BlobRecord,
+        reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// Stores a head copied from another store unless the slot holds one
+    /// at least as new; true if it was stored.
+    ImportHead {
+        row: HeadRow,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Keeps a forwarding record copied from another store unless the blob
+    /// is held here; true if it was kept.
+    ImportForward {
+        row: ForwardRow,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
 }
 
 enum Reply {
@@ -179,6 +199,15 @@ fn fail_op(op: WriteOp, err: StoreError) {
         WriteOp::Claim { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::PutHead { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::Import { reply, staged, .. } => {
+            if let Staged::File(temp) = staged {
+                let _ = std::fs::remove_file(temp);
+            }
+            drop(reply.send(Err(err)));
+        }
+        WriteOp::ImportHead { reply, .. } | WriteOp::ImportForward { reply, .. } => {
+            drop(reply.send(Err(err)));
+        }
     }
 }
 
@@ -290,39 +319,16 @@ impl Writer {
                             }
                             refused
                         } else {
-                            // Where a blob lives depends on its size alone, so
-                            // a delete and a re-upload of one id in a batch
-                            // always agree on it.
-                            let staged = match staged {
-                                Staged::File(temp) if size <= INLINE_MAX as u64 => {
-                                    let data = std::fs::read(&temp)
-                                        .map_err(|e| StoreError::io("read small upload", e))?;
-                                    temps_to_drop.push(temp);
-                                    Staged::Bytes(data.into())
-                                }
-                                other => other,
-                            };
-                            match staged {
-                                Staged::Bytes(data) if data.len() <= INLINE_MAX => {
-                                    t.inline
-                                        .insert(id.as_bytes(), data.as_ref())
-                                        .map_err(redb::Error::from)?;
-                                }
-                                Staged::Bytes(data) => {
-                                    self.files
-                                        .install_bytes(&id, &data)
-                                        .map_err(|e| StoreError::io("install blob file", e))?;
-                                    installed = true;
-                                }
-                                Staged::File(temp) => {
-                                    self.files
-                                        .install(&temp, &id)
-                                        .map_err(|e| StoreError::io("install blob file", e))?;
-                                    installed = true;
-                                }
-                            }
+                            installed |=
+                                self.place_body(&mut t, staged, &id, size, &mut temps_to_drop)?;
                             unlink.remove(&id);
-                            t.insert(&id, size, owner, now)?;
+                            let meta = BlobMeta {
+                                size,
+                                created: now,
+                                last_access: now,
+                                owner: Some(owner),
+                            };
+                            t.insert(&id, &meta)?;
                             t.add_source(&id, source)?;
                             t.drop_forward(&id)?;
                             InsertOutcome::Stored
@@ -440,6 +446,64 @@ impl Writer {
                         let deleted = t.collect_heads(cutoff, max)?;
                         replies.push(Reply::Count(reply, deleted));
                     }
+                    WriteOp::Import {
+                        staged,
+                        record,
+                        reply,
+                    } => {
+                        let BlobRecord { id, meta, sources } = record;
+                        let outcome = if t.meta(&id)?.is_some() {
+                            if let Staged::File(temp) = staged {
+                                temps_to_drop.push(temp);
+                            }
+                            InsertOutcome::AlreadyHeld
+                        } else if t.bytes.saturating_add(meta.size) > self.capacity {
+                            if let Staged::File(temp) = staged {
+                                temps_to_drop.push(temp);
+                            }
+                            InsertOutcome::RelayFull
+                        } else {
+                            installed |= self.place_body(
+                                &mut t,
+                                staged,
+                                &id,
+                                meta.size,
+                                &mut temps_to_drop,
+                            )?;
+                            unlink.remove(&id);
+                            t.insert(&id, &meta)?;
+                            for source in sources {
+                                t.add_source_row(&id, source)?;
+                            }
+                            t.drop_forward(&id)?;
+                            InsertOutcome::Stored
+                        };
+                        replies.push(Reply::Insert(reply, outcome));
+                    }
+                    WriteOp::ImportHead { row, reply } => {
+                        let (mailbox, slot) = (row.key.mailbox_bytes(), row.key.slot.as_str());
+                        let stored = t.head(mailbox, slot)?;
+                        let newer = stored.as_ref().is_none_or(|old| old.seq < row.seq);
+                        if newer {
+                            if stored.is_none() {
+                                t.head_count += 1;
+                            }
+                            let new = StoredHead {
+                                seq: row.seq,
+                                last_access: row.last_access,
+                                envelope: row.envelope,
+                            };
+                            t.write_head(mailbox, slot, stored.as_ref(), &new)?;
+                        }
+                        replies.push(Reply::Flag(reply, newer));
+                    }
+                    WriteOp::ImportForward { row, reply } => {
+                        let kept = t.meta(&row.id)?.is_none();
+                        if kept {
+                            t.put_forward(&row.id, &row.forward, row.last_access)?;
+                        }
+                        replies.push(Reply::Flag(reply, kept));
+                    }
                 }
             }
             t.save_totals()?;
@@ -474,6 +538,50 @@ impl Writer {
             reply.send_ok();
         }
         cleanup
+    }
+
+    /// Puts a verified body in place: in the index for small blobs (read
+    /// from the temp file if need be), else as a file. Where a blob lives
+    /// depends on its size alone, so a delete and a re-upload of one id in
+    /// a batch always agree on it. True if a file was installed (and the
+    /// filesystem must be synced before the commit).
+    fn place_body(
+        &self,
+        t: &mut Tables<'_>,
+        staged: Staged,
+        id: &BlobId,
+        size: u64,
+        temps_to_drop: &mut Vec<std::path::PathBuf>,
+    ) -> Result<bool, StoreError> {
+        let staged = match staged {
+            Staged::File(temp) if size <= INLINE_MAX as u64 => {
+                let data =
+                    std::fs::read(&temp).map_err(|e| StoreError::io("read small upload", e))?;
+                temps_to_drop.push(temp);
+                Staged::Bytes(data.into())
+            }
+            other => other,
+        };
+        match staged {
+            Staged::Bytes(data) if data.len() <= INLINE_MAX => {
+                t.inline
+                    .insert(id.as_bytes(), data.as_ref())
+                    .map_err(redb::Error::from)?;
+                Ok(false)
+            }
+            Staged::Bytes(data) => {
+                self.files
+                    .install_bytes(id, &data)
+                    .map_err(|e| StoreError::io("install blob file", e))?;
+                Ok(true)
+            }
+            Staged::File(temp) => {
+                self.files
+                    .install(&temp, id)
+                    .map_err(|e| StoreError::io("install blob file", e))?;
+                Ok(true)
+            }
+        }
     }
 
     fn unlink_files(&mut self, ids: BTreeSet<BlobId>) -> Result<(), StoreError> {
@@ -589,30 +697,20 @@ impl<'txn> Tables<'txn> {
             .map_or(0, |v| v.value()))
     }
 
-    fn insert(
-        &mut self,
-        id: &BlobId,
-        size: u64,
-        owner: VerifyingKey,
-        now: u64,
-    ) -> Result<(), StoreError> {
-        let meta = BlobMeta {
-            size,
-            created: now,
-            last_access: now,
-            owner: Some(owner),
-        };
-        let used = self.owner_usage(&owner)?;
+    fn insert(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
         self.blobs
             .insert(id.as_bytes(), meta.encode())
             .map_err(redb::Error::from)?;
         self.by_access
-            .insert((now, *id.as_bytes()), ())
+            .insert((meta.last_access, *id.as_bytes()), ())
             .map_err(redb::Error::from)?;
-        self.owners
-            .insert(owner.to_bytes(), used + size)
-            .map_err(redb::Error::from)?;
-        self.bytes += size;
+        if let Some(owner) = &meta.owner {
+            let used = self.owner_usage(owner)?;
+            self.owners
+                .insert(owner.to_bytes(), used + meta.size)
+                .map_err(redb::Error::from)?;
+        }
+        self.bytes += meta.size;
         self.count += 1;
         Ok(())
     }
