@@ -22,7 +22,8 @@
 #
 # `start` wipes what an earlier `start` left in DIR (DIR/pg, DIR/s3, the logs,
 # the env file) after stopping its servers; DIR itself is kept. The database
-# is for tests only: fsync is off. The role `cairn` (password `cairn`) owns
+# is for tests only: fsync is off, unless CAIRN_BACKENDS_DURABLE=1 (for
+# benchmarks, which must compare durable commits with durable commits). The role `cairn` (password `cairn`) owns
 # the database `cairn` and may create databases. Ports: 55432 and 59014, or
 # the next free ones. Logs: DIR/pg.log, DIR/s3s-fs.log.
 #
@@ -197,10 +198,11 @@ listen_addresses = '127.0.0.1'
 port = $pg_port
 unix_socket_directories = '$sock'
 max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
 EOF
+  if [[ "${CAIRN_BACKENDS_DURABLE:-0}" != 1 ]]; then
+    printf 'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n' \
+      >>"$dir/pg/data/postgresql.conf"
+  fi
   as_pg "$PG_BIN/pg_ctl" start -D "$dir/pg/data" -l "$dir/pg.log" -w -t "$WAIT_SECS" >/dev/null || {
     show_log "$dir/pg.log"
     die "PostgreSQL did not start (port $pg_port)"

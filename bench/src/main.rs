@@ -12,6 +12,7 @@
 mod audit_bench;
 mod federation_bench;
 mod repair_bench;
+mod scaleout_bench;
 mod sync_bench;
 
 use std::sync::Arc;
@@ -32,7 +33,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Target {
+pub(crate) enum Target {
     /// A cairn relay: `PUT /v1/blobs/{id}` with a signed token.
     Cairn,
     /// A WebDAV server (nginx): `PUT /dav/{id}`.
@@ -128,6 +129,19 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         count: usize,
     },
+    /// PUT and GET throughput of 1 KiB and 64 MiB blobs: one embedded relay
+    /// process against two scale-out processes over PostgreSQL and S3
+    /// (the servers of `scripts/backends.sh`, from its CAIRN_TEST_*
+    /// variables; start it with CAIRN_BACKENDS_DURABLE=1 for durable
+    /// commits).
+    Scaleout {
+        /// 1 KiB blobs uploaded, then downloaded.
+        #[arg(long, default_value_t = 20_000)]
+        small: usize,
+        /// 64 MiB blobs uploaded, then downloaded.
+        #[arg(long, default_value_t = 16)]
+        large: usize,
+    },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
     /// blobs, and over the same store with different numbers expired.
@@ -141,7 +155,7 @@ enum Command {
     },
 }
 
-fn blob(label: &str, i: usize, size: usize) -> Vec<u8> {
+pub(crate) fn blob(label: &str, i: usize, size: usize) -> Vec<u8> {
     let mut out = vec![0u8; size];
     let seed = blake3::hash(format!("{label}/{i}").as_bytes());
     let head = size.min(4096);
@@ -176,8 +190,8 @@ struct Prepared {
     body: Vec<u8>,
 }
 
-async fn put(
-    url: &str,
+pub(crate) async fn put(
+    urls: &[String],
     target: Target,
     size: usize,
     count: usize,
@@ -189,8 +203,9 @@ async fn put(
         .tcp_nodelay(true)
         .build()?;
     let signer = key("bench");
+    let first = urls.first().context("no server to upload to")?;
     let relay = match target {
-        Target::Cairn => Some(relay_key(&http, url).await?),
+        Target::Cairn => Some(relay_key(&http, first).await?),
         Target::Webdav => None,
     };
     // Large blobs share one body (cloned per request) to bound memory;
@@ -204,6 +219,8 @@ async fn put(
                 body[..8].copy_from_slice(&(i as u64).to_be_bytes());
             }
             let id = BlobId::of(&body);
+            // Round robin over the servers (processes of one relay).
+            let url = &urls[i % urls.len()];
             match (target, relay) {
                 (Target::Cairn, Some(relay)) => {
                     let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
@@ -276,7 +293,7 @@ async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
         let url = relay.url();
         let label = format!("gc-{stored}-{expired}");
         let (_, failed) = put(
-            &url,
+            std::slice::from_ref(&url),
             Target::Cairn,
             256,
             expired,
@@ -286,7 +303,7 @@ async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
         .await?;
         clock.advance(500);
         let (_, failed2) = put(
-            &url,
+            std::slice::from_ref(&url),
             Target::Cairn,
             256,
             stored - expired,
@@ -333,7 +350,15 @@ async fn main() -> anyhow::Result<()> {
             label,
             json,
         } => {
-            let (elapsed, failures) = put(&url, target, size, count, concurrency, &label).await?;
+            let (elapsed, failures) = put(
+                std::slice::from_ref(&url),
+                target,
+                size,
+                count,
+                concurrency,
+                &label,
+            )
+            .await?;
             let secs = elapsed.as_secs_f64();
             let rps = count as f64 / secs;
             let mbps = (count * size) as f64 / secs / 1e6;
@@ -386,6 +411,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Repair { size, count } => repair_bench::repair_bench(size, count).await?,
         Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
         Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
+        Command::Scaleout { small, large } => scaleout_bench::scaleout_bench(small, large).await?,
     }
     Ok(())
 }
