@@ -18,10 +18,14 @@ CREATE TABLE blobs (
 -- GC and transfers read the least recently accessed prefix.
 CREATE INDEX blobs_by_access ON blobs (last_access, id);
 
--- Per-owner bytes, for per-key quotas.
+-- Per-owner bytes, for per-key quotas: sharded like the totals (by the
+-- blob id's first byte), so one key's concurrent uploads do not queue on
+-- one row; an owner's usage is the sum over its rows.
 CREATE TABLE owners (
-    owner bytea  PRIMARY KEY,
-    bytes bigint NOT NULL
+    owner bytea    NOT NULL,
+    shard smallint NOT NULL,
+    bytes bigint   NOT NULL,
+    PRIMARY KEY (owner, shard)
 );
 
 -- Totals, sharded so that concurrent commits do not queue on one row;

@@ -11,10 +11,12 @@
 //! - Garbage collection claims rows with `FOR UPDATE SKIP LOCKED`: two
 //!   processes sweeping at once each delete different blobs, and every
 //!   expired blob exactly once.
-//! - Totals are kept in sixteen rows chosen by the id's first byte, so that
-//!   concurrent commits do not queue on a single row. Capacity is checked
-//!   against their sum; two processes committing in the same instant can
-//!   overshoot it by at most the blobs they commit together.
+//! - Totals, and each owner's usage, are kept in sixteen rows chosen by the
+//!   id's first byte, so that concurrent commits do not queue on a single
+//!   row (with one row, one key's uploads ran at one commit per fsync).
+//!   Capacity and quotas are checked against the sums, without locks:
+//!   uploads committing in the same instant can overshoot them by at most
+//!   what they commit together.
 //! - Locks are always taken in one order: blob row, then stats row, then
 //!   owner row, so concurrent transactions cannot deadlock.
 
@@ -303,40 +305,36 @@ impl Index {
         Ok(())
     }
 
-    /// Adds `bytes` to an owner's usage (negative to subtract), removing
-    /// the row at zero. With `quota`, refuses (returning false) if the new
-    /// usage would exceed it.
+    /// Adds `bytes` to an owner's usage (negative to subtract) in the
+    /// shard of `shard_byte` (a blob id's first byte), removing the row at
+    /// zero. Quotas are checked before, against the sum
+    /// ([`Index::owner_usage_in`]).
     pub(crate) async fn add_owner_usage(
         txn: &Transaction<'_>,
         owner: &VerifyingKey,
+        shard_byte: u8,
         bytes: i64,
-        quota: Option<u64>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let owner = owner.to_bytes();
+        let shard = shard(shard_byte);
         let row = txn
             .query_one(
-                "INSERT INTO owners (owner, bytes) VALUES ($1, GREATEST($2::int8, 0))
-                 ON CONFLICT (owner) DO UPDATE SET bytes = GREATEST(owners.bytes + $2, 0)
+                "INSERT INTO owners (owner, shard, bytes) VALUES ($1, $2, GREATEST($3::int8, 0))
+                 ON CONFLICT (owner, shard) DO UPDATE SET bytes = GREATEST(owners.bytes + $3, 0)
                  RETURNING bytes",
-                &[&owner.as_slice(), &bytes],
+                &[&owner.as_slice(), &shard, &bytes],
             )
             .await
             .map_err(db_err("update owner usage"))?;
-        let used = uint(row.get(0));
-        if let Some(quota) = quota
-            && used > quota
-        {
-            return Ok(false);
-        }
-        if used == 0 {
+        if uint(row.get(0)) == 0 {
             txn.execute(
-                "DELETE FROM owners WHERE owner = $1 AND bytes = 0",
-                &[&owner.as_slice()],
+                "DELETE FROM owners WHERE owner = $1 AND shard = $2 AND bytes = 0",
+                &[&owner.as_slice(), &shard],
             )
             .await
             .map_err(db_err("update owner usage"))?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Inserts a blob's row and its source; drops any forwarding record.
@@ -389,7 +387,7 @@ impl Index {
             .map_err(db_err("delete blob"))?;
         Self::add_totals(txn, id.as_bytes()[0], -int(row.size), -1, 0).await?;
         if let Some(owner) = &row.owner {
-            Self::add_owner_usage(txn, owner, -int(row.size), None).await?;
+            Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
         }
         if keep_peer_sources {
             txn.execute(
@@ -744,7 +742,7 @@ impl Index {
     ) -> Result<u64, StoreError> {
         let row = client
             .query_opt(
-                "SELECT bytes FROM owners WHERE owner = $1",
+                "SELECT COALESCE(SUM(bytes), 0)::int8 FROM owners WHERE owner = $1",
                 &[&owner.to_bytes().as_slice()],
             )
             .await

@@ -9,9 +9,9 @@
 //!    needs no fsync, since the object store is what makes it durable.
 //! 2. One transaction takes the blob id's advisory lock. If the index holds
 //!    the id already, the upload is an access ("already held").
-//! 3. Otherwise the body goes to the bucket (multipart above 8 MiB) under
-//!    the lock, then the row, source, totals and owner usage are written,
-//!    capacity and quota checked, and the transaction commits.
+//! 3. Otherwise capacity and quota are checked, the body goes to the bucket
+//!    (multipart above 8 MiB) under the lock, then the row, source, totals
+//!    and owner usage are written and the transaction commits.
 //! 4. Only then is the upload acknowledged: the object was complete before
 //!    the commit, and the commit is durable.
 //!
@@ -150,8 +150,8 @@ impl ScaleOut {
             txn.commit().await.map_err(db_err("commit"))?;
             return Ok(InsertOutcome::AlreadyHeld);
         }
-        // Checked before the body travels, and again (for the quota, under
-        // the owner's row lock) before the commit.
+        // Checked before the body travels, against the shared sums (see
+        // `postgres` on how far concurrent commits can overshoot them).
         let (bytes, _, _) = Index::stats_in(&*txn).await?;
         if bytes.saturating_add(size) > self.capacity {
             return Ok(InsertOutcome::RelayFull);
@@ -164,23 +164,11 @@ impl ScaleOut {
         {
             return Ok(InsertOutcome::QuotaExceeded);
         }
-        let inline = size <= INLINE_MAX as u64;
         let body = self.place_body(staged, &id, size).await?;
         Index::insert_blob(&txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
         Index::add_source(&txn, &id, source.row_key()).await?;
         Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
-        if !Index::add_owner_usage(&txn, &owner, int(size), quota).await? {
-            drop(txn);
-            drop(client);
-            if !inline {
-                // No row names the object and the id is unlocked only now
-                // that the transaction rolled back; a concurrent upload of
-                // the same bytes may have written it again, so remove it
-                // under the lock.
-                self.unlink(&id).await?;
-            }
-            return Ok(InsertOutcome::QuotaExceeded);
-        }
+        Index::add_owner_usage(&txn, &owner, id.as_bytes()[0], int(size)).await?;
         txn.commit().await.map_err(db_err("commit upload"))?;
         self.added(int(size), 1);
         Ok(InsertOutcome::Stored)
@@ -231,7 +219,7 @@ impl ScaleOut {
         }
         Index::add_totals(&txn, id.as_bytes()[0], int(meta.size), 1, 0).await?;
         if let Some(owner) = &meta.owner {
-            Index::add_owner_usage(&txn, owner, int(meta.size), None).await?;
+            Index::add_owner_usage(&txn, owner, id.as_bytes()[0], int(meta.size)).await?;
         }
         txn.commit().await.map_err(db_err("commit import"))?;
         self.added(int(meta.size), 1);
@@ -352,7 +340,7 @@ impl ScaleOut {
         // Totals and owners are updated once each, in ascending order, so
         // that concurrent passes and uploads take row locks in one order.
         let mut shards = std::collections::BTreeMap::<u8, (i64, i64)>::new();
-        let mut owners = std::collections::BTreeMap::<[u8; 32], i64>::new();
+        let mut owners = std::collections::BTreeMap::<([u8; 32], u8), i64>::new();
         let mut ids: Vec<&[u8]> = Vec::with_capacity(expired.len());
         let mut external: Vec<&[u8]> = Vec::new();
         for (id, row) in &expired {
@@ -360,11 +348,12 @@ impl ScaleOut {
             if row.external {
                 external.push(id.as_bytes().as_slice());
             }
-            let shard = shards.entry(id.as_bytes()[0] % 16).or_default();
+            let first = id.as_bytes()[0];
+            let shard = shards.entry(first % 16).or_default();
             shard.0 += int(row.size);
             shard.1 += 1;
             if let Some(owner) = &row.owner {
-                *owners.entry(owner.to_bytes()).or_default() += int(row.size);
+                *owners.entry((owner.to_bytes(), first % 16)).or_default() += int(row.size);
             }
         }
         txn.execute("DELETE FROM blobs WHERE id = ANY($1)", &[&ids])
@@ -382,10 +371,10 @@ impl ScaleOut {
         for (shard, (bytes, blobs)) in &shards {
             Index::add_totals(&txn, *shard, -bytes, -blobs, 0).await?;
         }
-        for (owner, bytes) in &owners {
+        for ((owner, shard), bytes) in &owners {
             let owner = cairn_proto::VerifyingKey::from_bytes(owner)
                 .map_err(|e| StoreError::Failed(format!("a stored owner key is invalid: {e}")))?;
-            Index::add_owner_usage(&txn, &owner, -bytes, None).await?;
+            Index::add_owner_usage(&txn, &owner, *shard, -bytes).await?;
         }
         txn.commit().await.map_err(db_err("commit collection"))?;
         drop(client);
@@ -442,7 +431,7 @@ impl ScaleOut {
             let bytes: i64 = rows.iter().map(|row| row.get::<_, i64>(1)).sum();
             let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
             Index::add_totals(&txn, 0, bytes, count, 0).await?;
-            Index::add_owner_usage(&txn, &source.owner(), bytes, None).await?;
+            Index::add_owner_usage(&txn, &source.owner(), 0, bytes).await?;
             txn.commit().await.map_err(db_err("commit seed"))?;
             self.added(bytes, count);
             stored += rows.len();
