@@ -192,9 +192,7 @@ pub(crate) async fn scaleout_bench(small: usize, large: usize) -> anyhow::Result
     )?;
     let b = RelayProcess::spawn(&bin, &dir.path().join("b"), &shared);
 
-    println!(
-        "{small} × 1 KiB (64 in flight) and {large} × 64 MiB (4 in flight), PUT then GET"
-    );
+    println!("{small} × 1 KiB (64 in flight) and {large} × 64 MiB (4 in flight), PUT then GET");
     let one = measure(&[embedded.url()], "embedded", small, large).await?;
     let two = measure(&[a.url(), b.url()], "scaleout", small, large).await?;
     println!(

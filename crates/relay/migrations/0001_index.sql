@@ -28,8 +28,9 @@ CREATE TABLE owners (
     PRIMARY KEY (owner, shard)
 );
 
--- Totals, sharded so that concurrent commits do not queue on one row;
--- a total is the sum over the shards.
+-- Totals, in 256 shards by a blob id's (or mailbox key's) first byte, so
+-- that concurrent commits do not queue on one row; a total is the sum over
+-- the shards.
 CREATE TABLE stats (
     shard smallint PRIMARY KEY,
     bytes bigint NOT NULL,
@@ -37,7 +38,7 @@ CREATE TABLE stats (
     heads bigint NOT NULL
 );
 INSERT INTO stats (shard, bytes, blobs, heads)
-    SELECT s, 0, 0, 0 FROM generate_series(0, 15) AS s;
+    SELECT s, 0, 0, 0 FROM generate_series(0, 255) AS s;
 
 -- Why the relay holds each blob: an all-zero source for a client upload,
 -- otherwise the key of the peer relay that handed it over.

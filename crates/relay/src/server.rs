@@ -319,7 +319,13 @@ async fn serve_connection<I, S>(
 /// Periodic work: flushing access times, pruning nonces, garbage collection.
 async fn background(app: AppState, cancel: CancellationToken) {
     let mut flush = tokio::time::interval(app.config.access_flush_interval);
-    let mut gc = tokio::time::interval(app.config.gc_interval);
+    // The first pass waits a full interval: a pass at start would race
+    // whatever the operator (or a test) does first, and blobs expired while
+    // the relay was down go one interval later at most.
+    let mut gc = tokio::time::interval_at(
+        tokio::time::Instant::now() + app.config.gc_interval,
+        app.config.gc_interval,
+    );
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

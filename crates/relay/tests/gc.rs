@@ -85,7 +85,8 @@ async fn access_times_survive_a_restart() {
     // Created 140 s ago but read 50 s ago (flushed at shutdown): kept.
     assert_eq!(handle.run_gc().await.unwrap().deleted_blobs, 0);
     clock.advance(51);
-    assert_eq!(handle.run_gc().await.unwrap().deleted_blobs, 1);
+    let report = handle.run_gc().await.unwrap();
+    assert_eq!(report.deleted_blobs, 1, "{report:?}");
     handle.shutdown().await;
 }
 

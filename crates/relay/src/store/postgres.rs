@@ -11,7 +11,7 @@
 //! - Garbage collection claims rows with `FOR UPDATE SKIP LOCKED`: two
 //!   processes sweeping at once each delete different blobs, and every
 //!   expired blob exactly once.
-//! - Totals, and each owner's usage, are kept in sixteen rows chosen by the
+//! - Totals, and each owner's usage, are kept in 256 rows chosen by the
 //!   id's first byte, so that concurrent commits do not queue on a single
 //!   row (with one row, one key's uploads ran at one commit per fsync).
 //!   Capacity and quotas are checked against the sums, without locks:
@@ -23,8 +23,14 @@
 use std::time::Duration;
 
 use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{GenericClient, NoTls, Transaction};
+use tokio_postgres::NoTls;
+
+/// A transaction on a pooled connection, whose statements are prepared
+/// once per connection and cached: each later use is one round trip and no
+/// planning (half the round trips of an unprepared statement).
+pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
@@ -33,9 +39,6 @@ use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_index.sql"))];
-
-/// Shards of the `stats` table (see the migration).
-const STAT_SHARDS: u8 = 16;
 
 /// Advisory lock taken while migrating, so that processes starting together
 /// migrate once.
@@ -103,7 +106,7 @@ fn seq_from_db(v: i64) -> u64 {
 
 /// The stats shard of a blob or a mailbox.
 fn shard(first_byte: u8) -> i16 {
-    i16::from(first_byte % STAT_SHARDS)
+    i16::from(first_byte)
 }
 
 /// The advisory-lock key of a blob id.
@@ -177,9 +180,14 @@ impl Index {
             .transaction()
             .await
             .map_err(db_err("begin migration"))?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db_err("lock for migration"))?;
+        txn.execute(
+            &txn.prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                .await
+                .map_err(db_err("prepare"))?,
+            &[&MIGRATION_LOCK],
+        )
+        .await
+        .map_err(db_err("lock for migration"))?;
         if let Some(schema) = schema {
             txn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await
@@ -193,7 +201,12 @@ impl Index {
         .await
         .map_err(db_err("create migrations table"))?;
         let applied: Vec<i32> = txn
-            .query("SELECT version FROM cairn_migrations", &[])
+            .query(
+                &txn.prepare_cached("SELECT version FROM cairn_migrations")
+                    .await
+                    .map_err(db_err("prepare"))?,
+                &[],
+            )
             .await
             .map_err(db_err("read migrations"))?
             .iter()
@@ -207,7 +220,9 @@ impl Index {
                 .await
                 .map_err(db_err("apply migration"))?;
             txn.execute(
-                "INSERT INTO cairn_migrations (version) VALUES ($1)",
+                &txn.prepare_cached("INSERT INTO cairn_migrations (version) VALUES ($1)")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[version],
             )
             .await
@@ -225,21 +240,30 @@ impl Index {
 
     /// Serializes, until `txn` ends, every operation on blob `id` that
     /// takes the same lock: inserting its body, deleting its body.
-    pub(crate) async fn lock_blob(txn: &Transaction<'_>, id: &BlobId) -> Result<(), StoreError> {
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(id)])
-            .await
-            .map_err(db_err("lock blob"))?;
+    pub(crate) async fn lock_blob(txn: &Txn<'_>, id: &BlobId) -> Result<(), StoreError> {
+        txn.execute(
+            &txn.prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                .await
+                .map_err(db_err("prepare"))?,
+            &[&lock_key(id)],
+        )
+        .await
+        .map_err(db_err("lock blob"))?;
         Ok(())
     }
 
     /// The blob's row, locked for update until `txn` ends.
     pub(crate) async fn blob_for_update(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
     ) -> Result<Option<BlobRow>, StoreError> {
         let row = txn
             .query_opt(
-                "SELECT size, owner, body IS NULL FROM blobs WHERE id = $1 FOR UPDATE",
+                &txn.prepare_cached(
+                    "SELECT size, owner, body IS NULL FROM blobs WHERE id = $1 FOR UPDATE",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&id.as_bytes().as_slice()],
             )
             .await
@@ -257,14 +281,18 @@ impl Index {
 
     /// Moves a blob's last access forward to `at` (never back).
     pub(crate) async fn touch(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
         at: u64,
     ) -> Result<Option<u64>, StoreError> {
         let row = txn
             .query_opt(
-                "UPDATE blobs SET last_access = GREATEST(last_access, $2)
+                &txn.prepare_cached(
+                    "UPDATE blobs SET last_access = GREATEST(last_access, $2)
                  WHERE id = $1 RETURNING size",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&id.as_bytes().as_slice(), &int(at)],
             )
             .await
@@ -274,12 +302,16 @@ impl Index {
 
     /// Records that `source` handed the relay `id` (a no-op if it had).
     pub(crate) async fn add_source(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
         source: [u8; 32],
     ) -> Result<(), StoreError> {
         txn.execute(
-            "INSERT INTO sources (source, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &txn.prepare_cached(
+                "INSERT INTO sources (source, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[&source.as_slice(), &id.as_bytes().as_slice()],
         )
         .await
@@ -289,15 +321,19 @@ impl Index {
 
     /// Adds `bytes` and `blobs` to the totals (negative to subtract).
     pub(crate) async fn add_totals(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         shard_byte: u8,
         bytes: i64,
         blobs: i64,
         heads: i64,
     ) -> Result<(), StoreError> {
         txn.execute(
-            "UPDATE stats SET bytes = bytes + $2, blobs = blobs + $3, heads = heads + $4
+            &txn.prepare_cached(
+                "UPDATE stats SET bytes = bytes + $2, blobs = blobs + $3, heads = heads + $4
              WHERE shard = $1",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[&shard(shard_byte), &bytes, &blobs, &heads],
         )
         .await
@@ -310,7 +346,7 @@ impl Index {
     /// zero. Quotas are checked before, against the sum
     /// ([`Index::owner_usage_in`]).
     pub(crate) async fn add_owner_usage(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         owner: &VerifyingKey,
         shard_byte: u8,
         bytes: i64,
@@ -319,16 +355,20 @@ impl Index {
         let shard = shard(shard_byte);
         let row = txn
             .query_one(
-                "INSERT INTO owners (owner, shard, bytes) VALUES ($1, $2, GREATEST($3::int8, 0))
+                &txn.prepare_cached("INSERT INTO owners (owner, shard, bytes) VALUES ($1, $2, GREATEST($3::int8, 0))
                  ON CONFLICT (owner, shard) DO UPDATE SET bytes = GREATEST(owners.bytes + $3, 0)
-                 RETURNING bytes",
+                 RETURNING bytes").await.map_err(db_err("prepare"))?,
                 &[&owner.as_slice(), &shard, &bytes],
             )
             .await
             .map_err(db_err("update owner usage"))?;
         if uint(row.get(0)) == 0 {
             txn.execute(
-                "DELETE FROM owners WHERE owner = $1 AND shard = $2 AND bytes = 0",
+                &txn.prepare_cached(
+                    "DELETE FROM owners WHERE owner = $1 AND shard = $2 AND bytes = 0",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&owner.as_slice(), &shard],
             )
             .await
@@ -339,7 +379,7 @@ impl Index {
 
     /// Inserts a blob's row and its source; drops any forwarding record.
     pub(crate) async fn insert_blob(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
         size: u64,
         owner: Option<&VerifyingKey>,
@@ -349,8 +389,12 @@ impl Index {
     ) -> Result<(), StoreError> {
         let owner = owner.map(VerifyingKey::to_bytes);
         txn.execute(
-            "INSERT INTO blobs (id, size, created, last_access, owner, body)
+            &txn.prepare_cached(
+                "INSERT INTO blobs (id, size, created, last_access, owner, body)
              VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[
                 &id.as_bytes().as_slice(),
                 &int(size),
@@ -363,7 +407,9 @@ impl Index {
         .await
         .map_err(db_err("insert blob"))?;
         txn.execute(
-            "DELETE FROM forwards WHERE id = $1",
+            &txn.prepare_cached("DELETE FROM forwards WHERE id = $1")
+                .await
+                .map_err(db_err("prepare"))?,
             &[&id.as_bytes().as_slice()],
         )
         .await
@@ -376,33 +422,49 @@ impl Index {
     /// external body is queued in `pending_unlink` for the caller to remove
     /// after the commit.
     pub(crate) async fn remove_blob(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
         row: &BlobRow,
         keep_peer_sources: bool,
     ) -> Result<(), StoreError> {
         let raw = id.as_bytes().as_slice();
-        txn.execute("DELETE FROM blobs WHERE id = $1", &[&raw])
-            .await
-            .map_err(db_err("delete blob"))?;
+        txn.execute(
+            &txn.prepare_cached("DELETE FROM blobs WHERE id = $1")
+                .await
+                .map_err(db_err("prepare"))?,
+            &[&raw],
+        )
+        .await
+        .map_err(db_err("delete blob"))?;
         Self::add_totals(txn, id.as_bytes()[0], -int(row.size), -1, 0).await?;
         if let Some(owner) = &row.owner {
             Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
         }
         if keep_peer_sources {
             txn.execute(
-                "DELETE FROM sources WHERE id = $1 AND source = $2",
+                &txn.prepare_cached("DELETE FROM sources WHERE id = $1 AND source = $2")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&raw, &CLIENT_SOURCE.as_slice()],
             )
             .await
         } else {
-            txn.execute("DELETE FROM sources WHERE id = $1", &[&raw])
-                .await
+            txn.execute(
+                &txn.prepare_cached("DELETE FROM sources WHERE id = $1")
+                    .await
+                    .map_err(db_err("prepare"))?,
+                &[&raw],
+            )
+            .await
         }
         .map_err(db_err("delete sources"))?;
         if row.external {
             txn.execute(
-                "INSERT INTO pending_unlink (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &txn.prepare_cached(
+                    "INSERT INTO pending_unlink (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&raw],
             )
             .await
@@ -413,15 +475,19 @@ impl Index {
 
     /// Records that `forward` answers for `id` from now on.
     pub(crate) async fn put_forward(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         id: &BlobId,
         forward: &Forward,
         now: u64,
     ) -> Result<(), StoreError> {
         txn.execute(
-            "INSERT INTO forwards (id, peer, last_access, url) VALUES ($1, $2, $3, $4)
+            &txn.prepare_cached(
+                "INSERT INTO forwards (id, peer, last_access, url) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO UPDATE
              SET peer = excluded.peer, last_access = excluded.last_access, url = excluded.url",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[
                 &id.as_bytes().as_slice(),
                 &forward.peer.to_bytes().as_slice(),
@@ -437,15 +503,19 @@ impl Index {
     /// Claims up to `max` blobs last accessed before `cutoff` for deletion
     /// by `txn`, skipping rows other transactions hold.
     pub(crate) async fn expired_blobs(
-        txn: &Transaction<'_>,
+        txn: &Txn<'_>,
         cutoff: u64,
         max: usize,
     ) -> Result<Vec<(BlobId, BlobRow)>, StoreError> {
         let rows = txn
             .query(
-                "SELECT id, size, owner, body IS NULL FROM blobs
+                &txn.prepare_cached(
+                    "SELECT id, size, owner, body IS NULL FROM blobs
                  WHERE last_access < $1 ORDER BY last_access, id LIMIT $2
                  FOR UPDATE SKIP LOCKED",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&int(cutoff), &int(max as u64)],
             )
             .await
@@ -476,18 +546,26 @@ impl Index {
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         let rows = txn
             .query(
-                "DELETE FROM forwards WHERE id IN (
+                &txn.prepare_cached(
+                    "DELETE FROM forwards WHERE id IN (
                      SELECT id FROM forwards WHERE last_access < $1
                      ORDER BY last_access, id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING id",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&int(cutoff), &int(max as u64)],
             )
             .await
             .map_err(db_err("collect forwarding records"))?;
         let ids: Vec<&[u8]> = rows.iter().map(|row| row.get(0)).collect();
         txn.execute(
-            "DELETE FROM sources WHERE id = ANY($1)
+            &txn.prepare_cached(
+                "DELETE FROM sources WHERE id = ANY($1)
              AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = sources.id)",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[&ids],
         )
         .await
@@ -510,18 +588,28 @@ impl Index {
         let client = self.client().await?;
         let held = client
             .execute(
-                "UPDATE blobs b SET last_access = v.at
+                &client
+                    .prepare_cached(
+                        "UPDATE blobs b SET last_access = v.at
                  FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
                  WHERE b.id = v.id AND b.last_access < v.at",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&ids, &ats],
             )
             .await
             .map_err(db_err("write access times"))?;
         client
             .execute(
-                "UPDATE forwards f SET last_access = v.at
+                &client
+                    .prepare_cached(
+                        "UPDATE forwards f SET last_access = v.at
                  FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
                  WHERE f.id = v.id AND f.last_access < v.at",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&ids, &ats],
             )
             .await
@@ -547,8 +635,12 @@ impl Index {
             let txn = client.transaction().await.map_err(db_err("begin"))?;
             let stored = txn
                 .query_opt(
-                    "SELECT seq, last_access, envelope FROM heads
+                    &txn.prepare_cached(
+                        "SELECT seq, last_access, envelope FROM heads
                      WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                     &[&mailbox.as_slice(), &slot],
                 )
                 .await
@@ -566,9 +658,13 @@ impl Index {
                 };
                 if matches!(outcome, HeadOutcome::Replaced) {
                     txn.execute(
-                        "UPDATE heads SET seq = $3, envelope = $4,
+                        &txn.prepare_cached(
+                            "UPDATE heads SET seq = $3, envelope = $4,
                              last_access = GREATEST(last_access, $5)
                          WHERE mailbox = $1 AND slot = $2",
+                        )
+                        .await
+                        .map_err(db_err("prepare"))?,
                         &[
                             &mailbox.as_slice(),
                             &slot,
@@ -580,8 +676,12 @@ impl Index {
                     .await
                 } else {
                     txn.execute(
-                        "UPDATE heads SET last_access = GREATEST(last_access, $3)
+                        &txn.prepare_cached(
+                            "UPDATE heads SET last_access = GREATEST(last_access, $3)
                          WHERE mailbox = $1 AND slot = $2",
+                        )
+                        .await
+                        .map_err(db_err("prepare"))?,
                         &[&mailbox.as_slice(), &slot, &int(now)],
                     )
                     .await
@@ -592,7 +692,12 @@ impl Index {
             }
             if max_heads > 0 {
                 let row = txn
-                    .query_one("SELECT COALESCE(SUM(heads), 0)::int8 FROM stats", &[])
+                    .query_one(
+                        &txn.prepare_cached("SELECT COALESCE(SUM(heads), 0)::int8 FROM stats")
+                            .await
+                            .map_err(db_err("prepare"))?,
+                        &[],
+                    )
                     .await
                     .map_err(db_err("count heads"))?;
                 if uint(row.get(0)) >= max_heads {
@@ -601,7 +706,9 @@ impl Index {
             }
             let slots = txn
                 .query_one(
-                    "SELECT COUNT(*) FROM heads WHERE mailbox = $1",
+                    &txn.prepare_cached("SELECT COUNT(*) FROM heads WHERE mailbox = $1")
+                        .await
+                        .map_err(db_err("prepare"))?,
                     &[&mailbox.as_slice()],
                 )
                 .await
@@ -611,8 +718,12 @@ impl Index {
             }
             let inserted = txn
                 .execute(
-                    "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+                    &txn.prepare_cached(
+                        "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                     &[
                         &mailbox.as_slice(),
                         &slot,
@@ -650,9 +761,14 @@ impl Index {
         let client = self.client().await?;
         let held = client
             .execute(
-                "UPDATE heads h SET last_access = v.at
+                &client
+                    .prepare_cached(
+                        "UPDATE heads h SET last_access = v.at
                  FROM unnest($1::bytea[], $2::text[], $3::int8[]) AS v(mailbox, slot, at)
                  WHERE h.mailbox = v.mailbox AND h.slot = v.slot AND h.last_access < v.at",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&mailboxes, &slots, &ats],
             )
             .await
@@ -666,21 +782,25 @@ impl Index {
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         let rows = txn
             .query(
-                "DELETE FROM heads WHERE (mailbox, slot) IN (
+                &txn.prepare_cached(
+                    "DELETE FROM heads WHERE (mailbox, slot) IN (
                      SELECT mailbox, slot FROM heads WHERE last_access < $1
                      ORDER BY last_access LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING mailbox",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&int(cutoff), &int(max as u64)],
             )
             .await
             .map_err(db_err("collect heads"))?;
-        let mut per_shard = [0i64; STAT_SHARDS as usize];
+        let mut per_shard = [0i64; 256];
         for row in &rows {
             let mailbox: &[u8] = row.get(0);
             let first = mailbox.first().copied().unwrap_or(0);
-            per_shard[usize::from(first % STAT_SHARDS)] += 1;
+            per_shard[usize::from(first)] += 1;
         }
-        for (shard_index, count) in (0u8..).zip(per_shard) {
+        for (shard_index, count) in (0..=u8::MAX).zip(per_shard) {
             if count > 0 {
                 Self::add_totals(&txn, shard_index, 0, 0, -count).await?;
             }
@@ -701,9 +821,14 @@ impl Index {
         let client = self.client().await?;
         let taken = client
             .execute(
-                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4)
                  ON CONFLICT (name) DO UPDATE SET holder = $2, until = $4
                  WHERE leases.holder = $2 OR leases.until < $3",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&name, &holder, &int(now), &int(now.saturating_add(ttl))],
             )
             .await
@@ -721,7 +846,10 @@ impl Index {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT size, body FROM blobs WHERE id = $1",
+                &client
+                    .prepare_cached("SELECT size, body FROM blobs WHERE id = $1")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&id.as_bytes().as_slice()],
             )
             .await
@@ -731,7 +859,7 @@ impl Index {
 
     pub(crate) async fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        Self::owner_usage_in(&**client, owner).await
+        Self::owner_usage_in(&client, owner).await
     }
 
     /// An owner's bytes stored, read through `client` (a transaction, so
@@ -742,7 +870,12 @@ impl Index {
     ) -> Result<u64, StoreError> {
         let row = client
             .query_opt(
-                "SELECT COALESCE(SUM(bytes), 0)::int8 FROM owners WHERE owner = $1",
+                &client
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(bytes), 0)::int8 FROM owners WHERE owner = $1",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&owner.to_bytes().as_slice()],
             )
             .await
@@ -753,7 +886,7 @@ impl Index {
     /// Bytes of blobs, blobs, and heads stored, over all processes.
     pub(crate) async fn stats(&self) -> Result<(u64, u64, u64), StoreError> {
         let client = self.client().await?;
-        Self::stats_in(&**client).await
+        Self::stats_in(&client).await
     }
 
     /// The totals, read through `client`.
@@ -762,8 +895,13 @@ impl Index {
     ) -> Result<(u64, u64, u64), StoreError> {
         let row = client
             .query_one(
-                "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,
+                &client
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,
                         COALESCE(SUM(heads), 0)::int8 FROM stats",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[],
             )
             .await
@@ -776,7 +914,10 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id FROM sources WHERE source = $1 ORDER BY id",
+                &client
+                    .prepare_cached("SELECT id FROM sources WHERE source = $1 ORDER BY id")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&source.as_slice()],
             )
             .await
@@ -788,7 +929,10 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT source FROM sources WHERE id = $1 ORDER BY source",
+                &client
+                    .prepare_cached("SELECT source FROM sources WHERE id = $1 ORDER BY source")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&id.as_bytes().as_slice()],
             )
             .await
@@ -809,7 +953,10 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, size FROM blobs ORDER BY last_access, id LIMIT $1",
+                &client
+                    .prepare_cached("SELECT id, size FROM blobs ORDER BY last_access, id LIMIT $1")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&int(max as u64)],
             )
             .await
@@ -823,7 +970,10 @@ impl Index {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT peer, url FROM forwards WHERE id = $1",
+                &client
+                    .prepare_cached("SELECT peer, url FROM forwards WHERE id = $1")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&id.as_bytes().as_slice()],
             )
             .await
@@ -847,9 +997,14 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "(SELECT id, peer, url FROM forwards WHERE id >= $1 ORDER BY id LIMIT $2)
+                &client
+                    .prepare_cached(
+                        "(SELECT id, peer, url FROM forwards WHERE id >= $1 ORDER BY id LIMIT $2)
                  UNION ALL
                  (SELECT id, peer, url FROM forwards WHERE id < $1 ORDER BY id LIMIT $2)",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&start.as_slice(), &int(max as u64)],
             )
             .await
@@ -871,7 +1026,13 @@ impl Index {
     pub(crate) async fn forwards(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT COUNT(*) FROM forwards", &[])
+            .query_one(
+                &client
+                    .prepare_cached("SELECT COUNT(*) FROM forwards")
+                    .await
+                    .map_err(db_err("prepare"))?,
+                &[],
+            )
             .await
             .map_err(db_err("count forwarding records"))?;
         Ok(uint(row.get(0)))
@@ -881,7 +1042,10 @@ impl Index {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT envelope FROM heads WHERE mailbox = $1 AND slot = $2",
+                &client
+                    .prepare_cached("SELECT envelope FROM heads WHERE mailbox = $1 AND slot = $2")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&key.mailbox_bytes().as_slice(), &key.slot.as_str()],
             )
             .await
@@ -896,7 +1060,12 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT slot, envelope FROM heads WHERE mailbox = $1 ORDER BY slot",
+                &client
+                    .prepare_cached(
+                        "SELECT slot, envelope FROM heads WHERE mailbox = $1 ORDER BY slot",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&mailbox.to_bytes().as_slice()],
             )
             .await
@@ -921,10 +1090,15 @@ impl Index {
         let after = after.map_or([0u8; 0].to_vec(), |a| a.as_bytes().to_vec());
         let rows = client
             .query(
-                "SELECT b.id, b.size, b.created, b.last_access, b.owner,
+                &client
+                    .prepare_cached(
+                        "SELECT b.id, b.size, b.created, b.last_access, b.owner,
                         COALESCE(array_agg(s.source) FILTER (WHERE s.source IS NOT NULL), '{}')
                  FROM blobs b LEFT JOIN sources s ON s.id = b.id
                  WHERE b.id > $1 GROUP BY b.id ORDER BY b.id LIMIT $2",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&after, &int(max as u64)],
             )
             .await
@@ -966,8 +1140,13 @@ impl Index {
         });
         let rows = client
             .query(
-                "SELECT mailbox, slot, seq, last_access, envelope FROM heads
+                &client
+                    .prepare_cached(
+                        "SELECT mailbox, slot, seq, last_access, envelope FROM heads
                  WHERE (mailbox, slot) > ($1, $2) ORDER BY mailbox, slot LIMIT $3",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&mailbox, &slot, &int(max as u64)],
             )
             .await
@@ -999,8 +1178,13 @@ impl Index {
         let after = after.map_or(Vec::new(), |a| a.as_bytes().to_vec());
         let rows = client
             .query(
-                "SELECT id, peer, url, last_access FROM forwards WHERE id > $1
+                &client
+                    .prepare_cached(
+                        "SELECT id, peer, url, last_access FROM forwards WHERE id > $1
                  ORDER BY id LIMIT $2",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&after, &int(max as u64)],
             )
             .await
@@ -1026,7 +1210,11 @@ impl Index {
         let mailbox = row.key.mailbox_bytes();
         let stored = txn
             .query_opt(
-                "SELECT seq FROM heads WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+                &txn.prepare_cached(
+                    "SELECT seq FROM heads WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&mailbox.as_slice(), &row.key.slot.as_str()],
             )
             .await
@@ -1036,10 +1224,14 @@ impl Index {
             .is_none_or(|r| seq_from_db(r.get(0)) < row.seq);
         if newer {
             txn.execute(
-                "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+                &txn.prepare_cached(
+                    "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (mailbox, slot) DO UPDATE SET seq = excluded.seq,
                      last_access = excluded.last_access, envelope = excluded.envelope",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[
                     &mailbox.as_slice(),
                     &row.key.slot.as_str(),
@@ -1063,10 +1255,15 @@ impl Index {
         let client = self.client().await?;
         let kept = client
             .execute(
-                "INSERT INTO forwards (id, peer, last_access, url)
+                &client
+                    .prepare_cached(
+                        "INSERT INTO forwards (id, peer, last_access, url)
                  SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE id = $1)
                  ON CONFLICT (id) DO UPDATE SET peer = excluded.peer,
                      last_access = excluded.last_access, url = excluded.url",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[
                     &row.id.as_bytes().as_slice(),
                     &row.forward.peer.to_bytes().as_slice(),
@@ -1084,7 +1281,10 @@ impl Index {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id FROM pending_unlink ORDER BY id LIMIT $1",
+                &client
+                    .prepare_cached("SELECT id FROM pending_unlink ORDER BY id LIMIT $1")
+                    .await
+                    .map_err(db_err("prepare"))?,
                 &[&int(max as u64)],
             )
             .await

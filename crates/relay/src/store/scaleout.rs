@@ -152,12 +152,12 @@ impl ScaleOut {
         }
         // Checked before the body travels, against the shared sums (see
         // `postgres` on how far concurrent commits can overshoot them).
-        let (bytes, _, _) = Index::stats_in(&*txn).await?;
+        let (bytes, _, _) = Index::stats_in(&txn).await?;
         if bytes.saturating_add(size) > self.capacity {
             return Ok(InsertOutcome::RelayFull);
         }
         if let Some(quota) = quota
-            && Index::owner_usage_in(&*txn, &owner)
+            && Index::owner_usage_in(&txn, &owner)
                 .await?
                 .saturating_add(size)
                 > quota
@@ -199,7 +199,7 @@ impl ScaleOut {
         if Index::blob_for_update(&txn, &id).await?.is_some() {
             return Ok(InsertOutcome::AlreadyHeld);
         }
-        let (bytes, _, _) = Index::stats_in(&*txn).await?;
+        let (bytes, _, _) = Index::stats_in(&txn).await?;
         if bytes.saturating_add(meta.size) > self.capacity {
             return Ok(InsertOutcome::RelayFull);
         }
@@ -349,21 +349,35 @@ impl ScaleOut {
                 external.push(id.as_bytes().as_slice());
             }
             let first = id.as_bytes()[0];
-            let shard = shards.entry(first % 16).or_default();
+            let shard = shards.entry(first).or_default();
             shard.0 += int(row.size);
             shard.1 += 1;
             if let Some(owner) = &row.owner {
-                *owners.entry((owner.to_bytes(), first % 16)).or_default() += int(row.size);
+                *owners.entry((owner.to_bytes(), first)).or_default() += int(row.size);
             }
         }
-        txn.execute("DELETE FROM blobs WHERE id = ANY($1)", &[&ids])
-            .await
-            .map_err(db_err("collect blobs"))?;
-        txn.execute("DELETE FROM sources WHERE id = ANY($1)", &[&ids])
-            .await
-            .map_err(db_err("collect blobs"))?;
         txn.execute(
-            "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+            &txn.prepare_cached("DELETE FROM blobs WHERE id = ANY($1)")
+                .await
+                .map_err(db_err("prepare"))?,
+            &[&ids],
+        )
+        .await
+        .map_err(db_err("collect blobs"))?;
+        txn.execute(
+            &txn.prepare_cached("DELETE FROM sources WHERE id = ANY($1)")
+                .await
+                .map_err(db_err("prepare"))?,
+            &[&ids],
+        )
+        .await
+        .map_err(db_err("collect blobs"))?;
+        txn.execute(
+            &txn.prepare_cached(
+                "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(db_err("prepare"))?,
             &[&external],
         )
         .await
@@ -413,17 +427,25 @@ impl ScaleOut {
             let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_ref()).collect();
             let rows = txn
                 .query(
-                    "INSERT INTO blobs (id, size, created, last_access, owner, body)
+                    &txn.prepare_cached(
+                        "INSERT INTO blobs (id, size, created, last_access, owner, body)
                      SELECT id, size, $3, $3, $4, body
                      FROM unnest($1::bytea[], $2::int8[], $5::bytea[]) AS v(id, size, body)
                      ON CONFLICT DO NOTHING RETURNING id, size",
+                    )
+                    .await
+                    .map_err(db_err("prepare"))?,
                     &[&ids, &sizes, &int(now), &owner.as_slice(), &bodies],
                 )
                 .await
                 .map_err(db_err("seed blobs"))?;
             txn.execute(
-                "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
+                &txn.prepare_cached(
+                    "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
                  ON CONFLICT DO NOTHING",
+                )
+                .await
+                .map_err(db_err("prepare"))?,
                 &[&source.row_key().as_slice(), &ids],
             )
             .await
@@ -449,7 +471,9 @@ impl ScaleOut {
             self.objects.delete(id).await?;
         }
         txn.execute(
-            "DELETE FROM pending_unlink WHERE id = $1",
+            &txn.prepare_cached("DELETE FROM pending_unlink WHERE id = $1")
+                .await
+                .map_err(db_err("prepare"))?,
             &[&id.as_bytes().as_slice()],
         )
         .await
