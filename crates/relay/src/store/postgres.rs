@@ -1292,3 +1292,56 @@ impl Index {
         rows.iter().map(|row| id_from_db(row.get(0))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index in a fresh schema of the test server, or `None` when
+    /// CAIRN_TEST_PG_URL is not set (`scripts/backends.sh`).
+    async fn fresh_index() -> Option<Index> {
+        let Ok(url) = std::env::var("CAIRN_TEST_PG_URL") else {
+            #[allow(clippy::print_stderr, reason = "the skip reason is the test's report")]
+            {
+                eprintln!("skipped: CAIRN_TEST_PG_URL is not set (scripts/backends.sh)");
+            }
+            return None;
+        };
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).ok()?;
+        let schema: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        Some(
+            Index::open(&PostgresConfig {
+                url,
+                schema: Some(format!("u{schema}")),
+                pool_size: 4,
+            })
+            .await
+            .expect("the test database answers"),
+        )
+    }
+
+    /// Periodic work on shared data runs in one process at a time: a lease
+    /// goes to one holder, who keeps it by renewing, and passes to another
+    /// only once it has expired.
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_it_expires() {
+        let Some(index) = fresh_index().await else {
+            return;
+        };
+        let take = |holder: &'static str, now: u64| {
+            let index = index.clone();
+            async move { index.try_lease("reconcile", holder, now, 10).await.unwrap() }
+        };
+        assert!(take("a", 100).await);
+        assert!(!take("b", 105).await, "held by a until 110");
+        assert!(take("a", 108).await, "a renews, now until 118");
+        assert!(!take("b", 115).await);
+        assert!(take("b", 119).await, "expired: b takes over");
+        assert!(!take("a", 120).await, "and a no longer has it");
+        // Other names are other leases.
+        assert!(index.try_lease("relieve", "a", 120, 10).await.unwrap());
+        // Migrating again (a second process starting) changes nothing.
+        index.migrate(None).await.unwrap();
+    }
+}
