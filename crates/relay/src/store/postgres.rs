@@ -26,6 +26,7 @@ use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
 
 /// A transaction on a pooled connection, whose statements are prepared
 /// once per connection and cached: each later use is one round trip and no
@@ -83,6 +84,71 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
         backend: "PostgreSQL",
         detail: format!("no connection: {e}"),
     }
+}
+
+/// `sql`, prepared once per connection and cached with it.
+async fn prepared(
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(db_err("prepare"))
+}
+
+/// Runs a prepared `sql`; the rows it changed. `context` names the step in
+/// errors.
+pub(crate) async fn exec(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+) -> Result<u64, StoreError> {
+    let statement = prepared(client, sql).await?;
+    client
+        .execute(&statement, params)
+        .await
+        .map_err(db_err(context))
+}
+
+/// Runs a prepared query; its rows.
+pub(crate) async fn query(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let statement = prepared(client, sql).await?;
+    client
+        .query(&statement, params)
+        .await
+        .map_err(db_err(context))
+}
+
+/// Runs a prepared query of at most one row.
+pub(crate) async fn query_opt(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+) -> Result<Option<tokio_postgres::Row>, StoreError> {
+    let statement = prepared(client, sql).await?;
+    client
+        .query_opt(&statement, params)
+        .await
+        .map_err(db_err(context))
+}
+
+/// Runs a prepared query of exactly one row.
+pub(crate) async fn query_one(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    context: &'static str,
+) -> Result<tokio_postgres::Row, StoreError> {
+    let statement = prepared(client, sql).await?;
+    client
+        .query_one(&statement, params)
+        .await
+        .map_err(db_err(context))
 }
 
 /// u64 → bigint for sizes, times and counts, which stay below 2^63.
@@ -180,14 +246,13 @@ impl Index {
             .transaction()
             .await
             .map_err(db_err("begin migration"))?;
-        txn.execute(
-            &txn.prepare_cached("SELECT pg_advisory_xact_lock($1)")
-                .await
-                .map_err(db_err("prepare"))?,
+        exec(
+            &txn,
+            "SELECT pg_advisory_xact_lock($1)",
             &[&MIGRATION_LOCK],
+            "lock for migration",
         )
-        .await
-        .map_err(db_err("lock for migration"))?;
+        .await?;
         if let Some(schema) = schema {
             txn.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .await
@@ -200,18 +265,16 @@ impl Index {
         )
         .await
         .map_err(db_err("create migrations table"))?;
-        let applied: Vec<i32> = txn
-            .query(
-                &txn.prepare_cached("SELECT version FROM cairn_migrations")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[],
-            )
-            .await
-            .map_err(db_err("read migrations"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let applied: Vec<i32> = query(
+            &txn,
+            "SELECT version FROM cairn_migrations",
+            &[],
+            "read migrations",
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
         for (version, sql) in MIGRATIONS {
             if applied.contains(version) {
                 continue;
@@ -219,14 +282,13 @@ impl Index {
             txn.batch_execute(sql)
                 .await
                 .map_err(db_err("apply migration"))?;
-            txn.execute(
-                &txn.prepare_cached("INSERT INTO cairn_migrations (version) VALUES ($1)")
-                    .await
-                    .map_err(db_err("prepare"))?,
+            exec(
+                &txn,
+                "INSERT INTO cairn_migrations (version) VALUES ($1)",
                 &[version],
+                "record migration",
             )
-            .await
-            .map_err(db_err("record migration"))?;
+            .await?;
             tracing::info!(version, "applied index migration");
         }
         txn.commit().await.map_err(db_err("commit migration"))?;
@@ -241,14 +303,13 @@ impl Index {
     /// Serializes, until `txn` ends, every operation on blob `id` that
     /// takes the same lock: inserting its body, deleting its body.
     pub(crate) async fn lock_blob(txn: &Txn<'_>, id: &BlobId) -> Result<(), StoreError> {
-        txn.execute(
-            &txn.prepare_cached("SELECT pg_advisory_xact_lock($1)")
-                .await
-                .map_err(db_err("prepare"))?,
+        exec(
+            txn,
+            "SELECT pg_advisory_xact_lock($1)",
             &[&lock_key(id)],
+            "lock blob",
         )
-        .await
-        .map_err(db_err("lock blob"))?;
+        .await?;
         Ok(())
     }
 
@@ -257,17 +318,13 @@ impl Index {
         txn: &Txn<'_>,
         id: &BlobId,
     ) -> Result<Option<BlobRow>, StoreError> {
-        let row = txn
-            .query_opt(
-                &txn.prepare_cached(
-                    "SELECT size, owner, body IS NULL FROM blobs WHERE id = $1 FOR UPDATE",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&id.as_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("read blob"))?;
+        let row = query_opt(
+            txn,
+            "SELECT size, owner, body IS NULL FROM blobs WHERE id = $1 FOR UPDATE",
+            &[&id.as_bytes().as_slice()],
+            "read blob",
+        )
+        .await?;
         row.map(|row| {
             let owner: Option<&[u8]> = row.get(1);
             Ok(BlobRow {
@@ -285,18 +342,14 @@ impl Index {
         id: &BlobId,
         at: u64,
     ) -> Result<Option<u64>, StoreError> {
-        let row = txn
-            .query_opt(
-                &txn.prepare_cached(
-                    "UPDATE blobs SET last_access = GREATEST(last_access, $2)
+        let row = query_opt(
+            txn,
+            "UPDATE blobs SET last_access = GREATEST(last_access, $2)
                  WHERE id = $1 RETURNING size",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&id.as_bytes().as_slice(), &int(at)],
-            )
-            .await
-            .map_err(db_err("touch blob"))?;
+            &[&id.as_bytes().as_slice(), &int(at)],
+            "touch blob",
+        )
+        .await?;
         Ok(row.map(|row| uint(row.get(0))))
     }
 
@@ -306,16 +359,13 @@ impl Index {
         id: &BlobId,
         source: [u8; 32],
     ) -> Result<(), StoreError> {
-        txn.execute(
-            &txn.prepare_cached(
-                "INSERT INTO sources (source, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
+        exec(
+            txn,
+            "INSERT INTO sources (source, id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&source.as_slice(), &id.as_bytes().as_slice()],
+            "add source",
         )
-        .await
-        .map_err(db_err("add source"))?;
+        .await?;
         Ok(())
     }
 
@@ -327,17 +377,14 @@ impl Index {
         blobs: i64,
         heads: i64,
     ) -> Result<(), StoreError> {
-        txn.execute(
-            &txn.prepare_cached(
-                "UPDATE stats SET bytes = bytes + $2, blobs = blobs + $3, heads = heads + $4
+        exec(
+            txn,
+            "UPDATE stats SET bytes = bytes + $2, blobs = blobs + $3, heads = heads + $4
              WHERE shard = $1",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
             &[&shard(shard_byte), &bytes, &blobs, &heads],
+            "update totals",
         )
-        .await
-        .map_err(db_err("update totals"))?;
+        .await?;
         Ok(())
     }
 
@@ -353,26 +400,23 @@ impl Index {
     ) -> Result<(), StoreError> {
         let owner = owner.to_bytes();
         let shard = shard(shard_byte);
-        let row = txn
-            .query_one(
-                &txn.prepare_cached("INSERT INTO owners (owner, shard, bytes) VALUES ($1, $2, GREATEST($3::int8, 0))
+        let row = query_one(
+            txn,
+            "INSERT INTO owners (owner, shard, bytes) VALUES ($1, $2, GREATEST($3::int8, 0))
                  ON CONFLICT (owner, shard) DO UPDATE SET bytes = GREATEST(owners.bytes + $3, 0)
-                 RETURNING bytes").await.map_err(db_err("prepare"))?,
-                &[&owner.as_slice(), &shard, &bytes],
-            )
-            .await
-            .map_err(db_err("update owner usage"))?;
+                 RETURNING bytes",
+            &[&owner.as_slice(), &shard, &bytes],
+            "update owner usage",
+        )
+        .await?;
         if uint(row.get(0)) == 0 {
-            txn.execute(
-                &txn.prepare_cached(
-                    "DELETE FROM owners WHERE owner = $1 AND shard = $2 AND bytes = 0",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
+            exec(
+                txn,
+                "DELETE FROM owners WHERE owner = $1 AND shard = $2 AND bytes = 0",
                 &[&owner.as_slice(), &shard],
+                "update owner usage",
             )
-            .await
-            .map_err(db_err("update owner usage"))?;
+            .await?;
         }
         Ok(())
     }
@@ -388,13 +432,10 @@ impl Index {
         body: Option<&[u8]>,
     ) -> Result<(), StoreError> {
         let owner = owner.map(VerifyingKey::to_bytes);
-        txn.execute(
-            &txn.prepare_cached(
-                "INSERT INTO blobs (id, size, created, last_access, owner, body)
+        exec(
+            txn,
+            "INSERT INTO blobs (id, size, created, last_access, owner, body)
              VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
             &[
                 &id.as_bytes().as_slice(),
                 &int(size),
@@ -403,17 +444,16 @@ impl Index {
                 &owner.as_ref().map(<[u8; 32]>::as_slice),
                 &body,
             ],
+            "insert blob",
         )
-        .await
-        .map_err(db_err("insert blob"))?;
-        txn.execute(
-            &txn.prepare_cached("DELETE FROM forwards WHERE id = $1")
-                .await
-                .map_err(db_err("prepare"))?,
+        .await?;
+        exec(
+            txn,
+            "DELETE FROM forwards WHERE id = $1",
             &[&id.as_bytes().as_slice()],
+            "drop forwarding record",
         )
-        .await
-        .map_err(db_err("drop forwarding record"))?;
+        .await?;
         Ok(())
     }
 
@@ -428,47 +468,42 @@ impl Index {
         keep_peer_sources: bool,
     ) -> Result<(), StoreError> {
         let raw = id.as_bytes().as_slice();
-        txn.execute(
-            &txn.prepare_cached("DELETE FROM blobs WHERE id = $1")
-                .await
-                .map_err(db_err("prepare"))?,
+        exec(
+            txn,
+            "DELETE FROM blobs WHERE id = $1",
             &[&raw],
+            "delete blob",
         )
-        .await
-        .map_err(db_err("delete blob"))?;
+        .await?;
         Self::add_totals(txn, id.as_bytes()[0], -int(row.size), -1, 0).await?;
         if let Some(owner) = &row.owner {
             Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
         }
         if keep_peer_sources {
-            txn.execute(
-                &txn.prepare_cached("DELETE FROM sources WHERE id = $1 AND source = $2")
-                    .await
-                    .map_err(db_err("prepare"))?,
+            exec(
+                txn,
+                "DELETE FROM sources WHERE id = $1 AND source = $2",
                 &[&raw, &CLIENT_SOURCE.as_slice()],
+                "delete sources",
             )
-            .await
+            .await?;
         } else {
-            txn.execute(
-                &txn.prepare_cached("DELETE FROM sources WHERE id = $1")
-                    .await
-                    .map_err(db_err("prepare"))?,
+            exec(
+                txn,
+                "DELETE FROM sources WHERE id = $1",
                 &[&raw],
+                "delete sources",
             )
-            .await
+            .await?;
         }
-        .map_err(db_err("delete sources"))?;
         if row.external {
-            txn.execute(
-                &txn.prepare_cached(
-                    "INSERT INTO pending_unlink (id) VALUES ($1) ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
+            exec(
+                txn,
+                "INSERT INTO pending_unlink (id) VALUES ($1) ON CONFLICT DO NOTHING",
                 &[&raw],
+                "queue object removal",
             )
-            .await
-            .map_err(db_err("queue object removal"))?;
+            .await?;
         }
         Ok(())
     }
@@ -480,23 +515,20 @@ impl Index {
         forward: &Forward,
         now: u64,
     ) -> Result<(), StoreError> {
-        txn.execute(
-            &txn.prepare_cached(
-                "INSERT INTO forwards (id, peer, last_access, url) VALUES ($1, $2, $3, $4)
+        exec(
+            txn,
+            "INSERT INTO forwards (id, peer, last_access, url) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO UPDATE
              SET peer = excluded.peer, last_access = excluded.last_access, url = excluded.url",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
             &[
                 &id.as_bytes().as_slice(),
                 &forward.peer.to_bytes().as_slice(),
                 &int(now),
                 &forward.url,
             ],
+            "write forwarding record",
         )
-        .await
-        .map_err(db_err("write forwarding record"))?;
+        .await?;
         Ok(())
     }
 
@@ -507,19 +539,15 @@ impl Index {
         cutoff: u64,
         max: usize,
     ) -> Result<Vec<(BlobId, BlobRow)>, StoreError> {
-        let rows = txn
-            .query(
-                &txn.prepare_cached(
-                    "SELECT id, size, owner, body IS NULL FROM blobs
+        let rows = query(
+            txn,
+            "SELECT id, size, owner, body IS NULL FROM blobs
                  WHERE last_access < $1 ORDER BY last_access, id LIMIT $2
                  FOR UPDATE SKIP LOCKED",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&int(cutoff), &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("find expired blobs"))?;
+            &[&int(cutoff), &int(max as u64)],
+            "find expired blobs",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 let owner: Option<&[u8]> = row.get(2);
@@ -544,32 +572,25 @@ impl Index {
     ) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
-        let rows = txn
-            .query(
-                &txn.prepare_cached(
-                    "DELETE FROM forwards WHERE id IN (
+        let rows = query(
+            &txn,
+            "DELETE FROM forwards WHERE id IN (
                      SELECT id FROM forwards WHERE last_access < $1
                      ORDER BY last_access, id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING id",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&int(cutoff), &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("collect forwarding records"))?;
-        let ids: Vec<&[u8]> = rows.iter().map(|row| row.get(0)).collect();
-        txn.execute(
-            &txn.prepare_cached(
-                "DELETE FROM sources WHERE id = ANY($1)
-             AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = sources.id)",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
-            &[&ids],
+            &[&int(cutoff), &int(max as u64)],
+            "collect forwarding records",
         )
-        .await
-        .map_err(db_err("collect forwarding records"))?;
+        .await?;
+        let ids: Vec<&[u8]> = rows.iter().map(|row| row.get(0)).collect();
+        exec(
+            &txn,
+            "DELETE FROM sources WHERE id = ANY($1)
+             AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.id = sources.id)",
+            &[&ids],
+            "collect forwarding records",
+        )
+        .await?;
         txn.commit().await.map_err(db_err("commit"))?;
         Ok(rows.len())
     }
@@ -586,34 +607,24 @@ impl Index {
             .collect();
         let ats: Vec<i64> = sorted.iter().map(|(_, at)| int(*at)).collect();
         let client = self.client().await?;
-        let held = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE blobs b SET last_access = v.at
+        let held = exec(
+            &client,
+            "UPDATE blobs b SET last_access = v.at
                  FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
                  WHERE b.id = v.id AND b.last_access < v.at",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&ids, &ats],
-            )
-            .await
-            .map_err(db_err("write access times"))?;
-        client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE forwards f SET last_access = v.at
+            &[&ids, &ats],
+            "write access times",
+        )
+        .await?;
+        exec(
+            &client,
+            "UPDATE forwards f SET last_access = v.at
                  FROM unnest($1::bytea[], $2::int8[]) AS v(id, at)
                  WHERE f.id = v.id AND f.last_access < v.at",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&ids, &ats],
-            )
-            .await
-            .map_err(db_err("write access times"))?;
+            &[&ids, &ats],
+            "write access times",
+        )
+        .await?;
         Ok(usize::try_from(held).unwrap_or(usize::MAX))
     }
 
@@ -633,18 +644,14 @@ impl Index {
         for _attempt in 0..3 {
             let mut client = self.client().await?;
             let txn = client.transaction().await.map_err(db_err("begin"))?;
-            let stored = txn
-                .query_opt(
-                    &txn.prepare_cached(
-                        "SELECT seq, last_access, envelope FROM heads
+            let stored = query_opt(
+                &txn,
+                "SELECT seq, last_access, envelope FROM heads
                      WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                    &[&mailbox.as_slice(), &slot],
-                )
-                .await
-                .map_err(db_err("read head"))?;
+                &[&mailbox.as_slice(), &slot],
+                "read head",
+            )
+            .await?;
             if let Some(row) = stored {
                 let seq = seq_from_db(row.get(0));
                 let outcome = if head.seq <= seq {
@@ -657,14 +664,11 @@ impl Index {
                     HeadOutcome::Replaced
                 };
                 if matches!(outcome, HeadOutcome::Replaced) {
-                    txn.execute(
-                        &txn.prepare_cached(
-                            "UPDATE heads SET seq = $3, envelope = $4,
+                    exec(
+                        &txn,
+                        "UPDATE heads SET seq = $3, envelope = $4,
                              last_access = GREATEST(last_access, $5)
                          WHERE mailbox = $1 AND slot = $2",
-                        )
-                        .await
-                        .map_err(db_err("prepare"))?,
                         &[
                             &mailbox.as_slice(),
                             &slot,
@@ -672,68 +676,58 @@ impl Index {
                             &envelope,
                             &int(now),
                         ],
+                        "write head",
                     )
-                    .await
+                    .await?;
                 } else {
-                    txn.execute(
-                        &txn.prepare_cached(
-                            "UPDATE heads SET last_access = GREATEST(last_access, $3)
+                    exec(
+                        &txn,
+                        "UPDATE heads SET last_access = GREATEST(last_access, $3)
                          WHERE mailbox = $1 AND slot = $2",
-                        )
-                        .await
-                        .map_err(db_err("prepare"))?,
                         &[&mailbox.as_slice(), &slot, &int(now)],
+                        "write head",
                     )
-                    .await
+                    .await?;
                 }
-                .map_err(db_err("write head"))?;
                 txn.commit().await.map_err(db_err("commit head"))?;
                 return Ok(outcome);
             }
             if max_heads > 0 {
-                let row = txn
-                    .query_one(
-                        &txn.prepare_cached("SELECT COALESCE(SUM(heads), 0)::int8 FROM stats")
-                            .await
-                            .map_err(db_err("prepare"))?,
-                        &[],
-                    )
-                    .await
-                    .map_err(db_err("count heads"))?;
+                let row = query_one(
+                    &txn,
+                    "SELECT COALESCE(SUM(heads), 0)::int8 FROM stats",
+                    &[],
+                    "count heads",
+                )
+                .await?;
                 if uint(row.get(0)) >= max_heads {
                     return Ok(HeadOutcome::RelayFull);
                 }
             }
-            let slots = txn
-                .query_one(
-                    &txn.prepare_cached("SELECT COUNT(*) FROM heads WHERE mailbox = $1")
-                        .await
-                        .map_err(db_err("prepare"))?,
-                    &[&mailbox.as_slice()],
-                )
-                .await
-                .map_err(db_err("count slots"))?;
+            let slots = query_one(
+                &txn,
+                "SELECT COUNT(*) FROM heads WHERE mailbox = $1",
+                &[&mailbox.as_slice()],
+                "count slots",
+            )
+            .await?;
             if uint(slots.get(0)) >= MAX_SLOTS_PER_MAILBOX as u64 {
                 return Ok(HeadOutcome::MailboxFull);
             }
-            let inserted = txn
-                .execute(
-                    &txn.prepare_cached(
-                        "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+            let inserted = exec(
+                &txn,
+                "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                    &[
-                        &mailbox.as_slice(),
-                        &slot,
-                        &seq_to_db(head.seq),
-                        &int(now),
-                        &envelope,
-                    ],
-                )
-                .await
-                .map_err(db_err("write head"))?;
+                &[
+                    &mailbox.as_slice(),
+                    &slot,
+                    &seq_to_db(head.seq),
+                    &int(now),
+                    &envelope,
+                ],
+                "write head",
+            )
+            .await?;
             if inserted == 0 {
                 continue;
             }
@@ -759,20 +753,15 @@ impl Index {
         let slots: Vec<&str> = sorted.iter().map(|(k, _)| k.slot.as_str()).collect();
         let ats: Vec<i64> = sorted.iter().map(|(_, at)| int(*at)).collect();
         let client = self.client().await?;
-        let held = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "UPDATE heads h SET last_access = v.at
+        let held = exec(
+            &client,
+            "UPDATE heads h SET last_access = v.at
                  FROM unnest($1::bytea[], $2::text[], $3::int8[]) AS v(mailbox, slot, at)
                  WHERE h.mailbox = v.mailbox AND h.slot = v.slot AND h.last_access < v.at",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&mailboxes, &slots, &ats],
-            )
-            .await
-            .map_err(db_err("write head access times"))?;
+            &[&mailboxes, &slots, &ats],
+            "write head access times",
+        )
+        .await?;
         Ok(usize::try_from(held).unwrap_or(usize::MAX))
     }
 
@@ -780,20 +769,16 @@ impl Index {
     pub(crate) async fn collect_heads(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
-        let rows = txn
-            .query(
-                &txn.prepare_cached(
-                    "DELETE FROM heads WHERE (mailbox, slot) IN (
+        let rows = query(
+            &txn,
+            "DELETE FROM heads WHERE (mailbox, slot) IN (
                      SELECT mailbox, slot FROM heads WHERE last_access < $1
                      ORDER BY last_access LIMIT $2 FOR UPDATE SKIP LOCKED)
                  RETURNING mailbox",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&int(cutoff), &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("collect heads"))?;
+            &[&int(cutoff), &int(max as u64)],
+            "collect heads",
+        )
+        .await?;
         let mut per_shard = [0i64; 256];
         for row in &rows {
             let mailbox: &[u8] = row.get(0);
@@ -819,20 +804,15 @@ impl Index {
         ttl: u64,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let taken = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4)
+        let taken = exec(
+            &client,
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $4)
                  ON CONFLICT (name) DO UPDATE SET holder = $2, until = $4
                  WHERE leases.holder = $2 OR leases.until < $3",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&name, &holder, &int(now), &int(now.saturating_add(ttl))],
-            )
-            .await
-            .map_err(db_err("take lease"))?;
+            &[&name, &holder, &int(now), &int(now.saturating_add(ttl))],
+            "take lease",
+        )
+        .await?;
         Ok(taken == 1)
     }
 
@@ -844,16 +824,13 @@ impl Index {
         id: &BlobId,
     ) -> Result<Option<(u64, Option<Vec<u8>>)>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached("SELECT size, body FROM blobs WHERE id = $1")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&id.as_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("locate blob"))?;
+        let row = query_opt(
+            &client,
+            "SELECT size, body FROM blobs WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+            "locate blob",
+        )
+        .await?;
         Ok(row.map(|row| (uint(row.get(0)), row.get(1))))
     }
 
@@ -868,18 +845,13 @@ impl Index {
         client: &impl GenericClient,
         owner: &VerifyingKey,
     ) -> Result<u64, StoreError> {
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT COALESCE(SUM(bytes), 0)::int8 FROM owners WHERE owner = $1",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&owner.to_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("read owner usage"))?;
+        let row = query_opt(
+            client,
+            "SELECT COALESCE(SUM(bytes), 0)::int8 FROM owners WHERE owner = $1",
+            &[&owner.to_bytes().as_slice()],
+            "read owner usage",
+        )
+        .await?;
         Ok(row.map_or(0, |row| uint(row.get(0))))
     }
 
@@ -893,50 +865,39 @@ impl Index {
     pub(crate) async fn stats_in(
         client: &impl GenericClient,
     ) -> Result<(u64, u64, u64), StoreError> {
-        let row = client
-            .query_one(
-                &client
-                    .prepare_cached(
-                        "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,
+        let row = query_one(
+            client,
+            "SELECT COALESCE(SUM(bytes), 0)::int8, COALESCE(SUM(blobs), 0)::int8,
                         COALESCE(SUM(heads), 0)::int8 FROM stats",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[],
-            )
-            .await
-            .map_err(db_err("read totals"))?;
+            &[],
+            "read totals",
+        )
+        .await?;
         Ok((uint(row.get(0)), uint(row.get(1)), uint(row.get(2))))
     }
 
     /// The ids held from `source`, sorted.
     pub(crate) async fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached("SELECT id FROM sources WHERE source = $1 ORDER BY id")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&source.as_slice()],
-            )
-            .await
-            .map_err(db_err("list ids by source"))?;
+        let rows = query(
+            &client,
+            "SELECT id FROM sources WHERE source = $1 ORDER BY id",
+            &[&source.as_slice()],
+            "list ids by source",
+        )
+        .await?;
         rows.iter().map(|row| id_from_db(row.get(0))).collect()
     }
 
     pub(crate) async fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached("SELECT source FROM sources WHERE id = $1 ORDER BY source")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&id.as_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("list sources"))?;
+        let rows = query(
+            &client,
+            "SELECT source FROM sources WHERE id = $1 ORDER BY source",
+            &[&id.as_bytes().as_slice()],
+            "list sources",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 let raw: &[u8] = row.get(0);
@@ -951,16 +912,13 @@ impl Index {
         max: usize,
     ) -> Result<Vec<(BlobId, u64)>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached("SELECT id, size FROM blobs ORDER BY last_access, id LIMIT $1")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&int(max as u64)],
-            )
-            .await
-            .map_err(db_err("list least recently used"))?;
+        let rows = query(
+            &client,
+            "SELECT id, size FROM blobs ORDER BY last_access, id LIMIT $1",
+            &[&int(max as u64)],
+            "list least recently used",
+        )
+        .await?;
         rows.iter()
             .map(|row| Ok((id_from_db(row.get(0))?, uint(row.get(1)))))
             .collect()
@@ -968,16 +926,13 @@ impl Index {
 
     pub(crate) async fn forward(&self, id: &BlobId) -> Result<Option<Forward>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached("SELECT peer, url FROM forwards WHERE id = $1")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&id.as_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("read forwarding record"))?;
+        let row = query_opt(
+            &client,
+            "SELECT peer, url FROM forwards WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+            "read forwarding record",
+        )
+        .await?;
         row.map(|row| {
             Ok(Forward {
                 peer: key_from_db(row.get(0), "forwarding record's")?,
@@ -995,20 +950,15 @@ impl Index {
         max: usize,
     ) -> Result<Vec<(BlobId, Forward)>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "(SELECT id, peer, url FROM forwards WHERE id >= $1 ORDER BY id LIMIT $2)
+        let rows = query(
+            &client,
+            "(SELECT id, peer, url FROM forwards WHERE id >= $1 ORDER BY id LIMIT $2)
                  UNION ALL
                  (SELECT id, peer, url FROM forwards WHERE id < $1 ORDER BY id LIMIT $2)",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&start.as_slice(), &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("sample forwarding records"))?;
+            &[&start.as_slice(), &int(max as u64)],
+            "sample forwarding records",
+        )
+        .await?;
         rows.iter()
             .take(max)
             .map(|row| {
@@ -1025,31 +975,25 @@ impl Index {
 
     pub(crate) async fn forwards(&self) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                &client
-                    .prepare_cached("SELECT COUNT(*) FROM forwards")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[],
-            )
-            .await
-            .map_err(db_err("count forwarding records"))?;
+        let row = query_one(
+            &client,
+            "SELECT COUNT(*) FROM forwards",
+            &[],
+            "count forwarding records",
+        )
+        .await?;
         Ok(uint(row.get(0)))
     }
 
     pub(crate) async fn head(&self, key: &HeadKey) -> Result<Option<Vec<u8>>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached("SELECT envelope FROM heads WHERE mailbox = $1 AND slot = $2")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&key.mailbox_bytes().as_slice(), &key.slot.as_str()],
-            )
-            .await
-            .map_err(db_err("read head"))?;
+        let row = query_opt(
+            &client,
+            "SELECT envelope FROM heads WHERE mailbox = $1 AND slot = $2",
+            &[&key.mailbox_bytes().as_slice(), &key.slot.as_str()],
+            "read head",
+        )
+        .await?;
         Ok(row.map(|row| row.get(0)))
     }
 
@@ -1058,18 +1002,13 @@ impl Index {
         mailbox: &VerifyingKey,
     ) -> Result<Vec<(Slot, Vec<u8>)>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT slot, envelope FROM heads WHERE mailbox = $1 ORDER BY slot",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&mailbox.to_bytes().as_slice()],
-            )
-            .await
-            .map_err(db_err("list heads"))?;
+        let rows = query(
+            &client,
+            "SELECT slot, envelope FROM heads WHERE mailbox = $1 ORDER BY slot",
+            &[&mailbox.to_bytes().as_slice()],
+            "list heads",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 let slot = Slot::new(row.get::<_, &str>(0)).map_err(|e| {
@@ -1088,21 +1027,16 @@ impl Index {
     ) -> Result<Vec<BlobRecord>, StoreError> {
         let client = self.client().await?;
         let after = after.map_or([0u8; 0].to_vec(), |a| a.as_bytes().to_vec());
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT b.id, b.size, b.created, b.last_access, b.owner,
+        let rows = query(
+            &client,
+            "SELECT b.id, b.size, b.created, b.last_access, b.owner,
                         COALESCE(array_agg(s.source) FILTER (WHERE s.source IS NOT NULL), '{}')
                  FROM blobs b LEFT JOIN sources s ON s.id = b.id
                  WHERE b.id > $1 GROUP BY b.id ORDER BY b.id LIMIT $2",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&after, &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("export blobs"))?;
+            &[&after, &int(max as u64)],
+            "export blobs",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 let owner: Option<&[u8]> = row.get(4);
@@ -1138,19 +1072,14 @@ impl Index {
         let (mailbox, slot) = after.map_or((Vec::new(), String::new()), |k| {
             (k.mailbox_bytes().to_vec(), k.slot.as_str().to_owned())
         });
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT mailbox, slot, seq, last_access, envelope FROM heads
+        let rows = query(
+            &client,
+            "SELECT mailbox, slot, seq, last_access, envelope FROM heads
                  WHERE (mailbox, slot) > ($1, $2) ORDER BY mailbox, slot LIMIT $3",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&mailbox, &slot, &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("export heads"))?;
+            &[&mailbox, &slot, &int(max as u64)],
+            "export heads",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(HeadRow {
@@ -1176,19 +1105,14 @@ impl Index {
     ) -> Result<Vec<ForwardRow>, StoreError> {
         let client = self.client().await?;
         let after = after.map_or(Vec::new(), |a| a.as_bytes().to_vec());
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached(
-                        "SELECT id, peer, url, last_access FROM forwards WHERE id > $1
+        let rows = query(
+            &client,
+            "SELECT id, peer, url, last_access FROM forwards WHERE id > $1
                  ORDER BY id LIMIT $2",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&after, &int(max as u64)],
-            )
-            .await
-            .map_err(db_err("export forwarding records"))?;
+            &[&after, &int(max as u64)],
+            "export forwarding records",
+        )
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(ForwardRow {
@@ -1208,30 +1132,23 @@ impl Index {
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         let mailbox = row.key.mailbox_bytes();
-        let stored = txn
-            .query_opt(
-                &txn.prepare_cached(
-                    "SELECT seq FROM heads WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&mailbox.as_slice(), &row.key.slot.as_str()],
-            )
-            .await
-            .map_err(db_err("import head"))?;
+        let stored = query_opt(
+            &txn,
+            "SELECT seq FROM heads WHERE mailbox = $1 AND slot = $2 FOR UPDATE",
+            &[&mailbox.as_slice(), &row.key.slot.as_str()],
+            "import head",
+        )
+        .await?;
         let newer = stored
             .as_ref()
             .is_none_or(|r| seq_from_db(r.get(0)) < row.seq);
         if newer {
-            txn.execute(
-                &txn.prepare_cached(
-                    "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
+            exec(
+                &txn,
+                "INSERT INTO heads (mailbox, slot, seq, last_access, envelope)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (mailbox, slot) DO UPDATE SET seq = excluded.seq,
                      last_access = excluded.last_access, envelope = excluded.envelope",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
                 &[
                     &mailbox.as_slice(),
                     &row.key.slot.as_str(),
@@ -1239,9 +1156,9 @@ impl Index {
                     &int(row.last_access),
                     &row.envelope,
                 ],
+                "import head",
             )
-            .await
-            .map_err(db_err("import head"))?;
+            .await?;
             if stored.is_none() {
                 Self::add_totals(&txn, mailbox[0], 0, 0, 1).await?;
             }
@@ -1253,42 +1170,34 @@ impl Index {
     /// Keeps a forwarding record unless the blob is held.
     pub(crate) async fn import_forward(&self, row: &ForwardRow) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let kept = client
-            .execute(
-                &client
-                    .prepare_cached(
-                        "INSERT INTO forwards (id, peer, last_access, url)
+        let kept = exec(
+            &client,
+            "INSERT INTO forwards (id, peer, last_access, url)
                  SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM blobs WHERE id = $1)
                  ON CONFLICT (id) DO UPDATE SET peer = excluded.peer,
                      last_access = excluded.last_access, url = excluded.url",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[
-                    &row.id.as_bytes().as_slice(),
-                    &row.forward.peer.to_bytes().as_slice(),
-                    &int(row.last_access),
-                    &row.forward.url,
-                ],
-            )
-            .await
-            .map_err(db_err("import forwarding record"))?;
+            &[
+                &row.id.as_bytes().as_slice(),
+                &row.forward.peer.to_bytes().as_slice(),
+                &int(row.last_access),
+                &row.forward.url,
+            ],
+            "import forwarding record",
+        )
+        .await?;
         Ok(kept == 1)
     }
 
     /// Ids queued for object removal by earlier deletions.
     pub(crate) async fn pending_unlinks(&self, max: usize) -> Result<Vec<BlobId>, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                &client
-                    .prepare_cached("SELECT id FROM pending_unlink ORDER BY id LIMIT $1")
-                    .await
-                    .map_err(db_err("prepare"))?,
-                &[&int(max as u64)],
-            )
-            .await
-            .map_err(db_err("list pending removals"))?;
+        let rows = query(
+            &client,
+            "SELECT id FROM pending_unlink ORDER BY id LIMIT $1",
+            &[&int(max as u64)],
+            "list pending removals",
+        )
+        .await?;
         rows.iter().map(|row| id_from_db(row.get(0))).collect()
     }
 }

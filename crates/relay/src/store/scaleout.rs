@@ -356,32 +356,27 @@ impl ScaleOut {
                 *owners.entry((owner.to_bytes(), first)).or_default() += int(row.size);
             }
         }
-        txn.execute(
-            &txn.prepare_cached("DELETE FROM blobs WHERE id = ANY($1)")
-                .await
-                .map_err(db_err("prepare"))?,
+        super::postgres::exec(
+            &txn,
+            "DELETE FROM blobs WHERE id = ANY($1)",
             &[&ids],
+            "collect blobs",
         )
-        .await
-        .map_err(db_err("collect blobs"))?;
-        txn.execute(
-            &txn.prepare_cached("DELETE FROM sources WHERE id = ANY($1)")
-                .await
-                .map_err(db_err("prepare"))?,
+        .await?;
+        super::postgres::exec(
+            &txn,
+            "DELETE FROM sources WHERE id = ANY($1)",
             &[&ids],
+            "collect blobs",
         )
-        .await
-        .map_err(db_err("collect blobs"))?;
-        txn.execute(
-            &txn.prepare_cached(
-                "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
-            )
-            .await
-            .map_err(db_err("prepare"))?,
+        .await?;
+        super::postgres::exec(
+            &txn,
+            "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
             &[&external],
+            "collect blobs",
         )
-        .await
-        .map_err(db_err("collect blobs"))?;
+        .await?;
         for (shard, (bytes, blobs)) in &shards {
             Index::add_totals(&txn, *shard, -bytes, -blobs, 0).await?;
         }
@@ -425,31 +420,24 @@ impl ScaleOut {
                 .collect();
             let sizes: Vec<i64> = chunk.iter().map(|(_, b)| int(b.len() as u64)).collect();
             let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_ref()).collect();
-            let rows = txn
-                .query(
-                    &txn.prepare_cached(
-                        "INSERT INTO blobs (id, size, created, last_access, owner, body)
+            let rows = super::postgres::query(
+                &txn,
+                "INSERT INTO blobs (id, size, created, last_access, owner, body)
                      SELECT id, size, $3, $3, $4, body
                      FROM unnest($1::bytea[], $2::int8[], $5::bytea[]) AS v(id, size, body)
                      ON CONFLICT DO NOTHING RETURNING id, size",
-                    )
-                    .await
-                    .map_err(db_err("prepare"))?,
-                    &[&ids, &sizes, &int(now), &owner.as_slice(), &bodies],
-                )
-                .await
-                .map_err(db_err("seed blobs"))?;
-            txn.execute(
-                &txn.prepare_cached(
-                    "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
-                 ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(db_err("prepare"))?,
-                &[&source.row_key().as_slice(), &ids],
+                &[&ids, &sizes, &int(now), &owner.as_slice(), &bodies],
+                "seed blobs",
             )
-            .await
-            .map_err(db_err("seed blobs"))?;
+            .await?;
+            super::postgres::exec(
+                &txn,
+                "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
+                 ON CONFLICT DO NOTHING",
+                &[&source.row_key().as_slice(), &ids],
+                "seed blobs",
+            )
+            .await?;
             let bytes: i64 = rows.iter().map(|row| row.get::<_, i64>(1)).sum();
             let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
             Index::add_totals(&txn, 0, bytes, count, 0).await?;
@@ -470,14 +458,13 @@ impl ScaleOut {
         if Index::blob_for_update(&txn, id).await?.is_none() {
             self.objects.delete(id).await?;
         }
-        txn.execute(
-            &txn.prepare_cached("DELETE FROM pending_unlink WHERE id = $1")
-                .await
-                .map_err(db_err("prepare"))?,
+        super::postgres::exec(
+            &txn,
+            "DELETE FROM pending_unlink WHERE id = $1",
             &[&id.as_bytes().as_slice()],
+            "finish object removal",
         )
-        .await
-        .map_err(db_err("finish object removal"))?;
+        .await?;
         txn.commit()
             .await
             .map_err(db_err("commit object removal"))?;
