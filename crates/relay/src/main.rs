@@ -649,6 +649,17 @@ async fn serve(config: RelayConfig) -> anyhow::Result<()> {
 }
 
 fn fsck(data: &Path, repair: bool, json: bool) -> anyhow::Result<ExitCode> {
+    if data.join("relay.key").exists()
+        && !data.join("index.redb").exists()
+        && !data.join("blobs").exists()
+    {
+        bail!(
+            "{} holds no embedded store: a scale-out relay keeps its index in PostgreSQL and its \
+             blobs in S3, which keep their own integrity (docs/OPERATING.md, \"Scale-out\"); \
+             to check every byte, `cairn-relay migrate` into a fresh data directory and fsck that",
+            data.display()
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
