@@ -13,6 +13,7 @@ mod audit_bench;
 mod federation_bench;
 mod repair_bench;
 mod scaleout_bench;
+mod suite;
 mod sync_bench;
 
 use std::sync::Arc;
@@ -142,6 +143,14 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         large: usize,
     },
+    /// The side-by-side suite: each figure measured in pairs against its
+    /// reference (nginx, dd, BLAKE3), printed as a table. Run it through
+    /// `bench/run`, which builds and installs what it needs.
+    Suite {
+        /// A short run: 3 pairs of short measurements.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
     /// blobs, and over the same store with different numbers expired.
@@ -190,6 +199,8 @@ struct Prepared {
     body: Vec<u8>,
 }
 
+/// Uploads `count` distinct blobs round robin over `urls`: the time taken,
+/// the failures, and the 99th percentile of the successful requests.
 pub(crate) async fn put(
     urls: &[String],
     target: Target,
@@ -197,7 +208,7 @@ pub(crate) async fn put(
     count: usize,
     concurrency: usize,
     label: &str,
-) -> anyhow::Result<(Duration, usize)> {
+) -> anyhow::Result<(Duration, usize, Duration)> {
     let http = cairn_testkit::http_builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
@@ -246,15 +257,17 @@ pub(crate) async fn put(
         let (http, prepared, failures) =
             (http.clone(), Arc::clone(&prepared), Arc::clone(&failures));
         workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             loop {
                 let next = prepared.lock().ok().and_then(|mut it| it.next());
-                let Some(p) = next else { return };
+                let Some(p) = next else { return latencies };
                 let mut request = http.put(&p.url).body(p.body);
                 if let Some(auth) = p.auth {
                     request = request.header("authorization", auth);
                 }
+                let sent = Instant::now();
                 match request.send().await {
-                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) if r.status().is_success() => latencies.push(sent.elapsed()),
                     _ => {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
@@ -262,10 +275,35 @@ pub(crate) async fn put(
             }
         }));
     }
+    let mut latencies = Vec::with_capacity(count);
     for w in workers {
-        w.await?;
+        latencies.extend(w.await?);
     }
-    Ok((started.elapsed(), failures.load(Ordering::Relaxed)))
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let p99 = latencies
+        .get((latencies.len() * 99).div_ceil(100).saturating_sub(1))
+        .copied()
+        .unwrap_or_default();
+    Ok((elapsed, failures.load(Ordering::Relaxed), p99))
+}
+
+/// Uploads one blob to the relay at `url` with a fresh token.
+pub(crate) async fn upload_one(url: &str, body: Vec<u8>) -> anyhow::Result<BlobId> {
+    let http = cairn_testkit::http();
+    let relay = relay_key(&http, url).await?;
+    let id = BlobId::of(&body);
+    let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
+    let r = http
+        .put(format!("{url}/v1/blobs/{id}"))
+        .header("authorization", auth_header(&t, &key("bench")))
+        .body(body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("uploading a blob failed: {}", r.status());
+    }
+    Ok(id)
 }
 
 async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
@@ -292,7 +330,7 @@ async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
         let relay = cairn_relay::start_with_clock(config, clock.clone()).await?;
         let url = relay.url();
         let label = format!("gc-{stored}-{expired}");
-        let (_, failed) = put(
+        let (_, failed, _) = put(
             std::slice::from_ref(&url),
             Target::Cairn,
             256,
@@ -302,7 +340,7 @@ async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
         )
         .await?;
         clock.advance(500);
-        let (_, failed2) = put(
+        let (_, failed2, _) = put(
             std::slice::from_ref(&url),
             Target::Cairn,
             256,
@@ -350,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
             label,
             json,
         } => {
-            let (elapsed, failures) = put(
+            let (elapsed, failures, _) = put(
                 std::slice::from_ref(&url),
                 target,
                 size,
@@ -382,20 +420,8 @@ async fn main() -> anyhow::Result<()> {
             size,
             write_to,
         } => {
-            let http = cairn_testkit::http();
-            let relay = relay_key(&http, &url).await?;
             let body = blob("seed", size, size);
-            let id = BlobId::of(&body);
-            let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
-            let r = http
-                .put(format!("{url}/v1/blobs/{id}"))
-                .header("authorization", auth_header(&t, &key("bench")))
-                .body(body.clone())
-                .send()
-                .await?;
-            if !r.status().is_success() {
-                bail!("seeding failed: {}", r.status());
-            }
+            let id = upload_one(&url, body.clone()).await?;
             if let Some(path) = write_to {
                 std::fs::write(&path, &body)?;
             }
@@ -412,6 +438,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
         Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
         Command::Scaleout { small, large } => scaleout_bench::scaleout_bench(small, large).await?,
+        Command::Suite { quick } => {
+            tokio::task::spawn_blocking(move || suite::run(suite::Plan::new(quick))).await??;
+        }
     }
     Ok(())
 }

@@ -148,7 +148,7 @@ async fn measure(
 ) -> anyhow::Result<Figures> {
     const KIB: usize = 1024;
     const LARGE: usize = 64 << 20;
-    let (elapsed, failed) = put(urls, Target::Cairn, KIB, small, 64, label).await?;
+    let (elapsed, failed, _) = put(urls, Target::Cairn, KIB, small, 64, label).await?;
     if failed > 0 {
         bail!("{failed} uploads of 1 KiB failed");
     }
@@ -156,7 +156,7 @@ async fn measure(
     let (elapsed, _) = get_all(urls, &ids(label, KIB, small), 64).await?;
     let get_small = small as f64 / elapsed.as_secs_f64();
     let large_label = format!("{label}-large");
-    let (elapsed, failed) = put(urls, Target::Cairn, LARGE, large, 4, &large_label).await?;
+    let (elapsed, failed, _) = put(urls, Target::Cairn, LARGE, large, 4, &large_label).await?;
     if failed > 0 {
         bail!("{failed} uploads of 64 MiB failed");
     }

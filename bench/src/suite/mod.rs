@@ -1,0 +1,305 @@
+//! `cairn-bench suite`: the side-by-side table of docs/BENCHMARKS.md.
+//!
+//! Each figure is measured in pairs, cairn then its reference, on the same
+//! machine in the same run (absolute figures on shared machines drift;
+//! ratios measured pair by pair hold), and reported as cairn's median with
+//! its range, the reference's median, and the ratio.
+//!
+//! Built so far: the relay against nginx (GET and PUT of 1 KiB and
+//! 64 MiB) and large PUTs against `dd conv=fsync` and BLAKE3's own speed.
+
+mod servers;
+mod stats;
+mod wrk;
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use self::servers::Nginx;
+use self::stats::{Row, table};
+use crate::{Target, put};
+
+const KIB: usize = 1024;
+const LARGE: usize = 64 << 20;
+
+/// How long and how often.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    /// cairn/reference pairs per figure.
+    pub(crate) pairs: usize,
+    /// Seconds per wrk run.
+    pub(crate) wrk_secs: u64,
+    /// 1 KiB uploads per PUT run.
+    pub(crate) small_puts: usize,
+    /// 64 MiB uploads per PUT run.
+    pub(crate) large_puts: usize,
+}
+
+impl Plan {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                pairs: 3,
+                wrk_secs: 3,
+                small_puts: 5_000,
+                large_puts: 4,
+            }
+        } else {
+            Self {
+                pairs: 5,
+                wrk_secs: 10,
+                small_puts: 20_000,
+                large_puts: 16,
+            }
+        }
+    }
+}
+
+/// Measures `cairn` and `reference` alternately, `pairs` times each.
+fn pairwise(
+    pairs: usize,
+    mut cairn: impl FnMut() -> anyhow::Result<f64>,
+    mut reference: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let (mut a, mut b) = (Vec::with_capacity(pairs), Vec::with_capacity(pairs));
+    for _ in 0..pairs {
+        a.push(cairn()?);
+        b.push(reference()?);
+    }
+    Ok((a, b))
+}
+
+/// Uploads on a runtime of their own (the suite's pairs are sequential).
+fn put_blocking(
+    url: &str,
+    target: Target,
+    size: usize,
+    count: usize,
+    concurrency: usize,
+    label: &str,
+) -> anyhow::Result<(f64, Duration)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (elapsed, failures, p99) = runtime.block_on(put(
+        &[url.to_owned()],
+        target,
+        size,
+        count,
+        concurrency,
+        label,
+    ))?;
+    if failures > 0 {
+        bail!("{failures} of {count} uploads to {url} failed");
+    }
+    Ok((count as f64 / elapsed.as_secs_f64(), p99))
+}
+
+/// Seeds one blob of `size` bytes into the relay and the same bytes into
+/// nginx's root; the blob's URL path on the relay.
+fn seed(relay_url: &str, nginx: &Nginx, name: &str, size: usize) -> anyhow::Result<String> {
+    let body = crate::blob(name, 0, size);
+    std::fs::write(nginx.file(name), &body)?;
+    let id = cairn_proto::BlobId::of(&body);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::upload_one(relay_url, body))?;
+    Ok(format!("/v1/blobs/{id}"))
+}
+
+/// `dd conv=fsync` of `count` × 64 MiB to a file under `dir`: MB/s.
+fn dd_fsync(dir: &std::path::Path, source: &std::path::Path, count: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for i in 0..count {
+        let status = std::process::Command::new("dd")
+            .arg(format!("if={}", source.display()))
+            .arg(format!("of={}", dir.join(format!("dd-{i}")).display()))
+            .args(["bs=1M", "conv=fsync", "status=none"])
+            .status()?;
+        if !status.success() {
+            bail!("dd failed");
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    for i in 0..count {
+        let _ = std::fs::remove_file(dir.join(format!("dd-{i}")));
+    }
+    Ok((count * LARGE) as f64 / secs / 1e6)
+}
+
+/// BLAKE3 over 64 MiB on one core: MB/s.
+fn blake3_single_core(data: &[u8]) -> f64 {
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_millis(500) {
+        std::hint::black_box(blake3::hash(data));
+        rounds += 1;
+    }
+    (rounds * data.len()) as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
+/// Runs every figure and prints the table.
+pub(crate) fn run(plan: Plan) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("cairn-suite").tempdir()?;
+    let relay = servers::relay(work.path(), "relay")?;
+    let nginx = Nginx::start(work.path())?;
+    let relay_url = relay.url();
+    let small = seed(&relay_url, &nginx, "small", KIB)?;
+    let large = seed(&relay_url, &nginx, "large", LARGE)?;
+    let mut rows = Vec::new();
+    let secs = plan.wrk_secs;
+    println!(
+        "{} against nginx, dd and BLAKE3: {} pairs per figure, wrk runs of {secs} s, {} cores",
+        cairn_relay::SOFTWARE,
+        plan.pairs,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+
+    let mut p99s = (Vec::new(), Vec::new());
+    let (cairn, against) = pairwise(
+        plan.pairs,
+        || {
+            let run = wrk::run(&format!("{relay_url}{small}"), 64, secs)?;
+            p99s.0.push(run.p99.as_secs_f64() * 1e3);
+            Ok(run.requests_per_sec)
+        },
+        || {
+            let run = wrk::run(&format!("{}/small", nginx.url), 64, secs)?;
+            p99s.1.push(run.p99.as_secs_f64() * 1e3);
+            Ok(run.requests_per_sec)
+        },
+    )?;
+    rows.push(row(
+        "GET 1 KiB, 64 conns",
+        "req/s",
+        "nginx",
+        true,
+        cairn,
+        against,
+    ));
+    rows.push(row(
+        "GET 1 KiB, 64 conns, p99",
+        "ms",
+        "nginx",
+        false,
+        p99s.0,
+        p99s.1,
+    ));
+
+    let (cairn, against) = pairwise(
+        plan.pairs,
+        || Ok(wrk::run(&format!("{relay_url}{large}"), 4, secs)?.bytes_per_sec / 1e6),
+        || Ok(wrk::run(&format!("{}/large", nginx.url), 4, secs)?.bytes_per_sec / 1e6),
+    )?;
+    rows.push(row(
+        "GET 64 MiB, 4 conns",
+        "MB/s",
+        "nginx",
+        true,
+        cairn,
+        against,
+    ));
+
+    let p99s = std::cell::RefCell::new((Vec::new(), Vec::new()));
+    let round = std::cell::Cell::new(0);
+    let (cairn, against) = pairwise(
+        plan.pairs,
+        || {
+            round.set(round.get() + 1);
+            let label = format!("small-{}", round.get());
+            let (rate, p99) =
+                put_blocking(&relay_url, Target::Cairn, KIB, plan.small_puts, 64, &label)?;
+            p99s.borrow_mut().0.push(p99.as_secs_f64() * 1e3);
+            Ok(rate)
+        },
+        || {
+            let label = format!("small-{}", round.get());
+            let (rate, p99) =
+                put_blocking(&nginx.url, Target::Webdav, KIB, plan.small_puts, 64, &label)?;
+            p99s.borrow_mut().1.push(p99.as_secs_f64() * 1e3);
+            Ok(rate)
+        },
+    )?;
+    let p99s = p99s.into_inner();
+    rows.push(row(
+        "PUT 1 KiB durable, 64 in flight",
+        "blobs/s",
+        "nginx WebDAV (no fsync)",
+        true,
+        cairn,
+        against,
+    ));
+    rows.push(row(
+        "PUT 1 KiB durable, p99",
+        "ms",
+        "nginx WebDAV (no fsync)",
+        false,
+        p99s.0,
+        p99s.1,
+    ));
+
+    let source = work.path().join("www/large");
+    let mut round = 0;
+    let mut cairn_large = Vec::new();
+    let (_, dd) = pairwise(
+        plan.pairs,
+        || {
+            round += 1;
+            let (rate, _) = put_blocking(
+                &relay_url,
+                Target::Cairn,
+                LARGE,
+                plan.large_puts,
+                2,
+                &format!("large-{round}"),
+            )?;
+            let mbps = rate * LARGE as f64 / 1e6;
+            cairn_large.push(mbps);
+            Ok(mbps)
+        },
+        || dd_fsync(work.path(), &source, plan.large_puts),
+    )?;
+    let data = crate::blob("blake3", 0, LARGE);
+    let hashing: Vec<f64> = (0..plan.pairs).map(|_| blake3_single_core(&data)).collect();
+    rows.push(row(
+        "PUT 64 MiB, 2 in flight",
+        "MB/s",
+        "dd conv=fsync",
+        true,
+        cairn_large.clone(),
+        dd,
+    ));
+    rows.push(row(
+        "PUT 64 MiB, 2 in flight",
+        "MB/s",
+        "BLAKE3, one core",
+        true,
+        cairn_large,
+        hashing,
+    ));
+
+    println!("{}", table(&rows));
+    relay.terminate();
+    drop(nginx);
+    Ok(())
+}
+
+fn row(
+    figure: &str,
+    unit: &'static str,
+    reference: &str,
+    higher_is_better: bool,
+    cairn: Vec<f64>,
+    against: Vec<f64>,
+) -> Row {
+    Row {
+        figure: figure.into(),
+        unit,
+        reference: reference.into(),
+        higher_is_better,
+        cairn,
+        against,
+    }
+}
