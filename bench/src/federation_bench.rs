@@ -51,9 +51,41 @@ async fn seed(
     Ok(())
 }
 
+/// What one reconciliation cost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReconcileFigures {
+    /// Bytes both ways.
+    pub(crate) exchanged: u64,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) rounds: u64,
+    pub(crate) pushed: u64,
+    pub(crate) extra: u64,
+    /// Seconds, including pushing what was missing.
+    pub(crate) secs: f64,
+    /// Bytes of one side's full id list, the naive alternative.
+    pub(crate) id_list: u64,
+}
+
 /// Reconciliation: two relays with `ids` blob ids each, differing in
 /// `diff` (half missing on each side).
 pub(crate) async fn reconcile_bench(ids: usize, diff: usize) -> anyhow::Result<()> {
+    let f = measure_reconcile(ids, diff).await?;
+    println!("reconciliation, {ids} vs {ids} ids differing in {diff}:");
+    println!(
+        "  cairn    {:>10} bytes in {} rounds ({} sent, {} received); {} missing pushed, {} extra; {:.2} s incl. pushes",
+        f.exchanged, f.rounds, f.sent, f.received, f.pushed, f.extra, f.secs
+    );
+    println!(
+        "  id list  {:>10} bytes (one side sending all its ids)  -> cairn is {:.2}% of it",
+        f.id_list,
+        f.exchanged as f64 * 100.0 / f.id_list as f64
+    );
+    Ok(())
+}
+
+/// Seeds two relays and reconciles them once.
+pub(crate) async fn measure_reconcile(ids: usize, diff: usize) -> anyhow::Result<ReconcileFigures> {
     let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
     let a = relay(dirs.0.path(), |c| c.federation.replicas = 1).await?;
     let b = relay(dirs.1.path(), |c| c.federation.replicas = 1).await?;
@@ -73,26 +105,19 @@ pub(crate) async fn reconcile_bench(ids: usize, diff: usize) -> anyhow::Result<(
     let elapsed = started.elapsed();
     let (_, report) = reports.into_iter().next().context("no peer reconciled")?;
     let report = report.map_err(anyhow::Error::msg)?;
-    let exchanged = report.bytes_sent + report.bytes_received;
-    let id_list = (ids * 32) as u64;
-    println!("reconciliation, {ids} vs {ids} ids differing in {diff}:");
-    println!(
-        "  cairn    {:>10} bytes in {} rounds ({} sent, {} received); {} missing pushed, {} extra; {:.2} s incl. pushes",
-        exchanged,
-        report.rounds,
-        report.bytes_sent,
-        report.bytes_received,
-        report.pushed,
-        report.extra,
-        elapsed.as_secs_f64()
-    );
-    println!(
-        "  id list  {id_list:>10} bytes (one side sending all its ids)  -> cairn is {:.2}% of it",
-        exchanged as f64 * 100.0 / id_list as f64
-    );
+    let figures = ReconcileFigures {
+        exchanged: report.bytes_sent + report.bytes_received,
+        sent: report.bytes_sent,
+        received: report.bytes_received,
+        rounds: report.rounds,
+        pushed: report.pushed,
+        extra: report.extra,
+        secs: elapsed.as_secs_f64(),
+        id_list: (ids * 32) as u64,
+    };
     a.shutdown().await;
     b.shutdown().await;
-    Ok(())
+    Ok(figures)
 }
 
 /// Transfer throughput: A holds `count` blobs of `size` bytes above its

@@ -55,7 +55,23 @@ async fn measured(
     Ok((elapsed, r1 - r0, b1 - b0, report))
 }
 
+/// What syncing a vault of some entries cost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SyncFigures {
+    pub(crate) first_secs: f64,
+    pub(crate) first_bytes: u64,
+    pub(crate) unchanged_requests: u64,
+    pub(crate) unchanged_bytes: u64,
+}
+
 pub(crate) async fn sync_bench(entries: usize) -> anyhow::Result<()> {
+    measure_sync(entries, true).await.map(drop)
+}
+
+/// Stores `entries` files from one device, joins a second, and measures
+/// its first sync and then a sync with nothing new; prints as it goes when
+/// `verbose`.
+pub(crate) async fn measure_sync(entries: usize, verbose: bool) -> anyhow::Result<SyncFigures> {
     let dir = tempfile::tempdir()?;
     let mut config = RelayConfig::new(dir.path().join("relay"));
     config.listen = "127.0.0.1:0".parse()?;
@@ -73,7 +89,9 @@ pub(crate) async fn sync_bench(entries: usize) -> anyhow::Result<()> {
     first.add_relay(&url, false).await?;
     first.set_replicas(1)?;
 
-    println!("storing {entries} files from the first device…");
+    if verbose {
+        println!("storing {entries} files from the first device…");
+    }
     let started = Instant::now();
     let files_dir = dir.path().join("files");
     std::fs::create_dir_all(&files_dir)?;
@@ -89,11 +107,13 @@ pub(crate) async fn sync_bench(entries: usize) -> anyhow::Result<()> {
         }
     }
     let storing = started.elapsed();
-    println!(
-        "  {entries} files in {:.1} s ({:.0} files/s, each: seal, upload, one operation)",
-        storing.as_secs_f64(),
-        entries as f64 / storing.as_secs_f64()
-    );
+    if verbose {
+        println!(
+            "  {entries} files in {:.1} s ({:.0} files/s, each: seal, upload, one operation)",
+            storing.as_secs_f64(),
+            entries as f64 / storing.as_secs_f64()
+        );
+    }
 
     // A second device joins, then syncs for the first time.
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -117,25 +137,33 @@ pub(crate) async fn sync_bench(entries: usize) -> anyhow::Result<()> {
     first.approve(&code, Duration::from_secs(60)).await?;
     let mut second = join.await??;
 
+    let (first_time, first_requests, first_bytes, first_report) =
+        measured(&url, &mut second).await?;
     let (time, requests, bytes, report) = measured(&url, &mut second).await?;
-    println!("\nnew device, first sync of a {entries}-entry vault (1 relay, loopback):");
-    println!(
-        "  {:.3} s, {requests} requests, {:.2} MB sent by the relay; snapshot applied: {}, \
-         operations merged after it: {}, files: {}",
-        time.as_secs_f64(),
-        bytes as f64 / 1e6,
-        report.snapshot_applied,
-        report.merged,
-        report.files
-    );
-    let (time, requests, bytes, report) = measured(&url, &mut second).await?;
-    println!("no-change sync:");
-    println!(
-        "  {:.1} ms, {requests} request(s), {} bytes sent by the relay; merged: {}",
-        time.as_secs_f64() * 1e3,
-        bytes,
-        report.merged
-    );
+    if verbose {
+        println!("\nnew device, first sync of a {entries}-entry vault (1 relay, loopback):");
+        println!(
+            "  {:.3} s, {first_requests} requests, {:.2} MB sent by the relay; snapshot applied: {}, \
+             operations merged after it: {}, files: {}",
+            first_time.as_secs_f64(),
+            first_bytes as f64 / 1e6,
+            first_report.snapshot_applied,
+            first_report.merged,
+            first_report.files
+        );
+        println!("no-change sync:");
+        println!(
+            "  {:.1} ms, {requests} request(s), {} bytes sent by the relay; merged: {}",
+            time.as_secs_f64() * 1e3,
+            bytes,
+            report.merged
+        );
+    }
     relay.shutdown().await;
-    Ok(())
+    Ok(SyncFigures {
+        first_secs: first_time.as_secs_f64(),
+        first_bytes,
+        unchanged_requests: requests,
+        unchanged_bytes: bytes,
+    })
 }

@@ -6,8 +6,12 @@
 //! its range, the reference's median, and the ratio.
 //!
 //! Built so far: the relay against nginx (GET and PUT of 1 KiB and
-//! 64 MiB) and large PUTs against `dd conv=fsync` and BLAKE3's own speed.
+//! 64 MiB), large PUTs against `dd conv=fsync` and BLAKE3's own speed, GC
+//! among few and many stored blobs, reconciliation against a full id list,
+//! sync, and the relay's idle memory. Still separate commands: `cairn
+//! put`/`get` against age (bench/client.sh) and memory while streaming.
 
+mod costs;
 mod servers;
 mod stats;
 mod wrk;
@@ -34,6 +38,12 @@ pub(crate) struct Plan {
     pub(crate) small_puts: usize,
     /// 64 MiB uploads per PUT run.
     pub(crate) large_puts: usize,
+    /// Blob ids on each side of the reconciliation.
+    pub(crate) reconcile_ids: usize,
+    /// Files in the synced vault.
+    pub(crate) sync_entries: usize,
+    /// Blobs stored in the large store of the GC figure.
+    pub(crate) gc_stored: usize,
 }
 
 impl Plan {
@@ -44,6 +54,9 @@ impl Plan {
                 wrk_secs: 3,
                 small_puts: 5_000,
                 large_puts: 4,
+                reconcile_ids: 100_000,
+                sync_entries: 2_000,
+                gc_stored: 100_000,
             }
         } else {
             Self {
@@ -51,6 +64,9 @@ impl Plan {
                 wrk_secs: 10,
                 small_puts: 20_000,
                 large_puts: 16,
+                reconcile_ids: 1_000_000,
+                sync_entries: 10_000,
+                gc_stored: 1_000_000,
             }
         }
     }
@@ -280,9 +296,14 @@ pub(crate) fn run(plan: Plan) -> anyhow::Result<()> {
         hashing,
     ));
 
-    println!("{}", table(&rows));
     relay.terminate();
     drop(nginx);
+
+    rows.push(costs::gc(&plan)?);
+    rows.push(costs::reconciliation(&plan)?);
+    rows.extend(costs::sync(&plan)?);
+    rows.push(costs::idle_rss(work.path())?);
+    println!("{}", table(&rows));
     Ok(())
 }
 

@@ -56,7 +56,7 @@ impl Row {
 /// The table: figure, cairn median [min–max], reference median, ratio.
 pub(crate) fn table(rows: &[Row]) -> String {
     let mut out = format!(
-        "{:<40} {:>26} {:>12}  {:<28} {:>7}\n",
+        "{:<46} {:>28} {:>12}  {:<28} {:>7}\n",
         "figure", "cairn median [min–max]", "reference", "reference is", "ratio"
     );
     for row in rows {
@@ -68,13 +68,19 @@ pub(crate) fn table(rows: &[Row]) -> String {
             show(hi),
             row.unit
         );
+        let ratio = row.ratio();
+        let ratio = if ratio.is_finite() {
+            format!("{ratio:.2}x")
+        } else {
+            "-".into()
+        };
         out.push_str(&format!(
-            "{:<40} {:>26} {:>12}  {:<28} {:>6.2}x\n",
+            "{:<46} {:>28} {:>12}  {:<28} {:>7}\n",
             row.figure,
             cairn,
             show(median(&row.against)),
             row.reference,
-            row.ratio()
+            ratio
         ));
     }
     out.push_str("ratio: cairn relative to the reference, above 1 is better for cairn\n");
