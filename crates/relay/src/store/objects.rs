@@ -28,7 +28,18 @@ const PARTS_IN_FLIGHT: usize = 4;
 /// The bucket holding blob bodies.
 #[derive(Clone, Debug)]
 pub(crate) struct Objects {
-    op: opendal::Operator,
+    ops: std::sync::Arc<Operators>,
+}
+
+#[derive(Debug)]
+struct Operators {
+    /// With retries of transient failures.
+    retrying: opendal::Operator,
+    /// The same bucket without retries, for deletions: a deletion runs
+    /// under a database lock that ends with its session, and a retried
+    /// request still on its way after that could remove an object stored
+    /// again meanwhile. One attempt keeps that window to one request.
+    once: opendal::Operator,
 }
 
 fn object_err(context: &'static str) -> impl Fn(opendal::Error) -> StoreError {
@@ -74,21 +85,23 @@ impl Objects {
         // Transient failures (a pooled connection the server closed, a 503
         // SlowDown) are retried with backoff, up to about 10 s in all;
         // past that the request fails as "unavailable".
-        let op = opendal::Operator::new(builder)
-            .map_err(object_err("configure S3"))?
-            .layer(
-                opendal::layers::RetryLayer::new()
-                    .with_max_times(5)
-                    .with_min_delay(std::time::Duration::from_millis(50))
-                    .with_max_delay(std::time::Duration::from_secs(4))
-                    .with_jitter(),
-            );
-        Ok(Self { op })
+        let once = opendal::Operator::new(builder).map_err(object_err("configure S3"))?;
+        let op = once.clone().layer(
+            opendal::layers::RetryLayer::new()
+                .with_max_times(5)
+                .with_min_delay(std::time::Duration::from_millis(50))
+                .with_max_delay(std::time::Duration::from_secs(4))
+                .with_jitter(),
+        );
+        Ok(Self {
+            ops: std::sync::Arc::new(Operators { retrying: op, once }),
+        })
     }
 
     /// Checks that the bucket answers to our credentials.
     pub(crate) async fn check(&self) -> Result<(), StoreError> {
-        self.op
+        self.ops
+            .retrying
             .check()
             .await
             .map_err(object_err("reach the bucket"))
@@ -101,7 +114,8 @@ impl Objects {
             .await
             .map_err(|e| StoreError::io("open upload", e))?;
         let mut writer = self
-            .op
+            .ops
+            .retrying
             .writer_with(&key(id))
             .chunk(PART_SIZE)
             .concurrent(PARTS_IN_FLIGHT)
@@ -137,7 +151,8 @@ impl Objects {
 
     /// Writes `data` as blob `id` in one request.
     pub(crate) async fn put_bytes(&self, id: &BlobId, data: Bytes) -> Result<(), StoreError> {
-        self.op
+        self.ops
+            .retrying
             .write(&key(id), data)
             .await
             .map_err(object_err("upload object"))?;
@@ -147,7 +162,8 @@ impl Objects {
     /// `range` of blob `id`'s bytes.
     pub(crate) async fn read(&self, id: &BlobId, range: Range<u64>) -> Result<Bytes, StoreError> {
         let buffer = self
-            .op
+            .ops
+            .retrying
             .read_with(&key(id))
             .range(range)
             .await
@@ -162,7 +178,8 @@ impl Objects {
         range: Range<u64>,
     ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static, StoreError> {
         let reader = self
-            .op
+            .ops
+            .retrying
             .reader_with(&key(id))
             .chunk(PART_SIZE)
             .concurrent(2)
@@ -177,7 +194,8 @@ impl Objects {
 
     /// Removes blob `id`'s object (a no-op if there is none).
     pub(crate) async fn delete(&self, id: &BlobId) -> Result<(), StoreError> {
-        self.op
+        self.ops
+            .once
             .delete(&key(id))
             .await
             .map_err(object_err("delete object"))

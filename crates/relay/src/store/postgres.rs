@@ -60,18 +60,27 @@ pub(crate) struct Index {
     pool: Pool,
 }
 
-/// Maps a database error: lost connections and refused logins are
-/// "unavailable" (the request may be retried once the database is back);
-/// anything the server itself reported is a fault.
+/// Maps a database error: lost connections, refused logins and the errors
+/// a server reports while it cannot serve right now (shutting down or
+/// starting, too many connections, a deadlock or serialization failure that
+/// aborted the transaction) are "unavailable": nothing was changed and the
+/// request may be retried. Anything else the server reported is a fault.
 pub(crate) fn db_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |e| {
-        if e.as_db_error().is_some() {
-            StoreError::Backend {
+        let retryable = e.as_db_error().is_none_or(|db| {
+            let code = db.code().code();
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("57P")
+                || code == "53300"
+        });
+        if retryable {
+            StoreError::Unavailable {
                 backend: "PostgreSQL",
                 detail: format!("{context}: {e}"),
             }
         } else {
-            StoreError::Unavailable {
+            StoreError::Backend {
                 backend: "PostgreSQL",
                 detail: format!("{context}: {e}"),
             }

@@ -287,7 +287,7 @@ impl ScaleOut {
                 drop(client);
                 self.added(-int(row.size), -1);
                 if row.external {
-                    self.unlink(&id).await?;
+                    self.unlink_or_leave(&id).await;
                 }
                 return Ok(DeleteOutcome::Deleted);
             }
@@ -318,7 +318,7 @@ impl ScaleOut {
         drop(client);
         self.added(-int(row.size), -1);
         if row.external {
-            self.unlink(&id).await?;
+            self.unlink_or_leave(&id).await;
         }
         Ok(true)
     }
@@ -392,7 +392,7 @@ impl ScaleOut {
         self.added(-freed, -count);
         for (id, row) in &expired {
             if row.external {
-                self.unlink(id).await?;
+                self.unlink_or_leave(id).await;
             }
         }
         Ok(expired
@@ -438,15 +438,35 @@ impl ScaleOut {
                 "seed blobs",
             )
             .await?;
-            let bytes: i64 = rows.iter().map(|row| row.get::<_, i64>(1)).sum();
-            let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
-            Index::add_totals(&txn, 0, bytes, count, 0).await?;
-            Index::add_owner_usage(&txn, &source.owner(), 0, bytes).await?;
+            // Booked in each id's own shard, where its deletion will
+            // subtract it.
+            let mut shards = std::collections::BTreeMap::<u8, (i64, i64)>::new();
+            for row in &rows {
+                let first = row.get::<_, &[u8]>(0).first().copied().unwrap_or(0);
+                let shard = shards.entry(first).or_default();
+                shard.0 += row.get::<_, i64>(1);
+                shard.1 += 1;
+            }
+            for (shard, (bytes, count)) in &shards {
+                Index::add_totals(&txn, *shard, *bytes, *count, 0).await?;
+                Index::add_owner_usage(&txn, &source.owner(), *shard, *bytes).await?;
+            }
             txn.commit().await.map_err(db_err("commit seed"))?;
+            let bytes: i64 = shards.values().map(|(b, _)| b).sum();
+            let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
             self.added(bytes, count);
             stored += rows.len();
         }
         Ok(stored)
+    }
+
+    /// [`ScaleOut::unlink`] after a committed deletion: the deletion stands
+    /// whatever happens to the object now, and a removal that fails stays
+    /// queued in `pending_unlink` for the next GC pass or start.
+    async fn unlink_or_leave(&self, id: &BlobId) {
+        if let Err(e) = self.unlink(id).await {
+            tracing::warn!(blob = %id, error = %e, "object removal left for the next GC pass");
+        }
     }
 
     /// Removes blob `id`'s object unless the index names the id again, and
