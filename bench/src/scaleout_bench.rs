@@ -11,25 +11,8 @@ use anyhow::{Context as _, bail};
 use cairn_proto::BlobId;
 use cairn_testkit::RelayProcess;
 
+use crate::suite::{UNLIMITED, sibling};
 use crate::{Target, blob, put};
-
-/// Limits off: the figures are of storage, not of fair-share policy.
-const UNLIMITED: &[&str] = &[
-    "--capacity",
-    "4T",
-    "--max-blob-size",
-    "1G",
-    "--key-quota",
-    "0",
-    "--key-rate",
-    "0",
-    "--addr-rate",
-    "0",
-    "--max-uploads",
-    "256",
-    "--replicas",
-    "0",
-];
 
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| {
@@ -172,13 +155,7 @@ async fn measure(
 }
 
 pub(crate) async fn scaleout_bench(small: usize, large: usize) -> anyhow::Result<()> {
-    let bin = std::env::current_exe()?.with_file_name("cairn-relay");
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build --release -p cairn-relay)",
-            bin.display()
-        );
-    }
+    let bin = sibling("cairn-relay")?;
     let args = scale_out_args(&format!("bench{}", cairn_testkit::unix_now()))?;
     let dir = tempfile::tempdir()?;
     let embedded = RelayProcess::spawn(&bin, &dir.path().join("embedded"), UNLIMITED);

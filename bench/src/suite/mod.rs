@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use self::servers::Nginx;
+pub(crate) use self::servers::{UNLIMITED, sibling};
 use self::stats::{Row, table};
 use crate::{Target, put};
 
