@@ -4,8 +4,8 @@
 
 use crate::common::{Device, Relay, data_with_marker};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_copy() {
+/// Three fresh relays and a device named "laptop" using all of them.
+async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
     let relays = [
         Relay::start().await,
         Relay::start().await,
@@ -16,6 +16,12 @@ async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_c
     laptop
         .add_relays(&[&relays[0], &relays[1], &relays[2]])
         .await;
+    (relays, laptop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_copy() {
+    let (relays, laptop) = laptop_on_three_relays().await;
     let data = data_with_marker(300_000, b"an audited file");
     let id = laptop.put_data("audited", &data).await;
 
@@ -99,16 +105,7 @@ async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_honest_relay_of_three_repair_restores_redundancy_on_fresh_relays() {
-    let relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop
-        .add_relays(&[&relays[0], &relays[1], &relays[2]])
-        .await;
+    let (relays, laptop) = laptop_on_three_relays().await;
     let mut files = Vec::new();
     for i in 0..3 {
         let data = data_with_marker(100_000 + i * 1000, format!("file {i}").as_bytes());
@@ -219,16 +216,7 @@ async fn repair_renews_copies_on_a_relay_with_short_retention() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_a_relay_out_moves_every_copy_and_loses_nothing() {
-    let mut relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop
-        .add_relays(&[&relays[0], &relays[1], &relays[2]])
-        .await;
+    let (mut relays, laptop) = laptop_on_three_relays().await;
     let mut files = Vec::new();
     for i in 0..2 {
         let data = data_with_marker(60_000 + i, format!("rotated {i}").as_bytes());
