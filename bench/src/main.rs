@@ -150,6 +150,10 @@ enum Command {
         /// A short run: 3 pairs of short measurements.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (get, put, client, stream, gc,
+        /// reconcile, sync, idle); repeat or separate with commas.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Shows that a GC pass costs what it deletes, not what is stored: runs
     /// GC over stores of different sizes with the same number of expired
@@ -179,7 +183,7 @@ pub(crate) fn blob(label: &str, i: usize, size: usize) -> Vec<u8> {
     out
 }
 
-async fn relay_key(http: &reqwest::Client, url: &str) -> anyhow::Result<VerifyingKey> {
+pub(crate) async fn relay_key(http: &reqwest::Client, url: &str) -> anyhow::Result<VerifyingKey> {
     let body: serde_json::Value = http
         .get(format!("{url}/.well-known/cairn-relay"))
         .send()
@@ -438,8 +442,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Reconcile { ids, diff } => federation_bench::reconcile_bench(ids, diff).await?,
         Command::Transfer { size, count } => federation_bench::transfer_bench(size, count).await?,
         Command::Scaleout { small, large } => scaleout_bench::scaleout_bench(small, large).await?,
-        Command::Suite { quick } => {
-            tokio::task::spawn_blocking(move || suite::run(suite::Plan::new(quick))).await??;
+        Command::Suite { quick, only } => {
+            tokio::task::spawn_blocking(move || suite::run(suite::Plan::new(quick), &only))
+                .await??;
         }
     }
     Ok(())

@@ -5,15 +5,16 @@
 //! ratios measured pair by pair hold), and reported as cairn's median with
 //! its range, the reference's median, and the ratio.
 //!
-//! Built so far: the relay against nginx (GET and PUT of 1 KiB and
-//! 64 MiB), large PUTs against `dd conv=fsync` and BLAKE3's own speed, GC
-//! among few and many stored blobs, reconciliation against a full id list,
-//! sync, and the relay's idle memory. Still separate commands: `cairn
-//! put`/`get` against age (bench/client.sh) and memory while streaming.
+//! Sections (`--only` picks some): GET and PUT against nginx, large PUTs
+//! against `dd conv=fsync` and BLAKE3 ([`Servers`]); `cairn put`/`get`
+//! against age ([`client`]); relay memory while streaming ([`stream`]); GC,
+//! reconciliation, sync and idle memory against their goals ([`costs`]).
 
+mod client;
 mod costs;
 mod servers;
 mod stats;
+mod stream;
 mod wrk;
 
 use std::time::{Duration, Instant};
@@ -45,6 +46,10 @@ pub(crate) struct Plan {
     pub(crate) sync_entries: usize,
     /// Blobs stored in the large store of the GC figure.
     pub(crate) gc_stored: usize,
+    /// Bytes of the file `cairn put` and `cairn get` move.
+    pub(crate) client_size: usize,
+    /// Bytes of each of the concurrent streamed uploads.
+    pub(crate) stream_size: usize,
 }
 
 impl Plan {
@@ -58,6 +63,8 @@ impl Plan {
                 reconcile_ids: 100_000,
                 sync_entries: 2_000,
                 gc_stored: 100_000,
+                client_size: 256 << 20,
+                stream_size: 64 << 20,
             }
         } else {
             Self {
@@ -68,6 +75,8 @@ impl Plan {
                 reconcile_ids: 1_000_000,
                 sync_entries: 10_000,
                 gc_stored: 1_000_000,
+                client_size: 1 << 30,
+                stream_size: 1 << 30,
             }
         }
     }
@@ -157,155 +166,241 @@ fn blake3_single_core(data: &[u8]) -> f64 {
     (rounds * data.len()) as f64 / started.elapsed().as_secs_f64() / 1e6
 }
 
-/// Runs every figure and prints the table.
-pub(crate) fn run(plan: Plan) -> anyhow::Result<()> {
+/// The suite's sections, in the order they run; `--only` picks some.
+pub(crate) const SECTIONS: &[&str] = &[
+    "get",
+    "put",
+    "client",
+    "stream",
+    "gc",
+    "reconcile",
+    "sync",
+    "idle",
+];
+
+/// Runs the sections named in `only` (all when empty), printing each row
+/// as it is measured and the whole table at the end.
+pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        bail!(
+            "no section {unknown:?}: the sections are {}",
+            SECTIONS.join(", ")
+        );
+    }
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let work = tempfile::Builder::new().prefix("cairn-suite").tempdir()?;
-    let relay = servers::relay(work.path(), "relay")?;
-    let nginx = Nginx::start(work.path())?;
-    let relay_url = relay.url();
-    let small = seed(&relay_url, &nginx, "small", KIB)?;
-    let large = seed(&relay_url, &nginx, "large", LARGE)?;
-    let mut rows = Vec::new();
-    let secs = plan.wrk_secs;
     println!(
-        "{} against nginx, dd and BLAKE3: {} pairs per figure, wrk runs of {secs} s, {} cores",
+        "{} against nginx, dd, BLAKE3 and age: {} pairs per figure, wrk runs of {} s, {} cores",
         cairn_relay::SOFTWARE,
         plan.pairs,
+        plan.wrk_secs,
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-
-    let mut p99s = (Vec::new(), Vec::new());
-    let (cairn, against) = pairwise(
-        plan.pairs,
-        || {
-            let run = wrk::run(&format!("{relay_url}{small}"), 64, secs)?;
-            p99s.0.push(run.p99.as_secs_f64() * 1e3);
-            Ok(run.requests_per_sec)
-        },
-        || {
-            let run = wrk::run(&format!("{}/small", nginx.url), 64, secs)?;
-            p99s.1.push(run.p99.as_secs_f64() * 1e3);
-            Ok(run.requests_per_sec)
-        },
-    )?;
-    rows.push(row(
-        "GET 1 KiB, 64 conns",
-        "req/s",
-        "nginx",
-        true,
-        cairn,
-        against,
-    ));
-    rows.push(row(
-        "GET 1 KiB, 64 conns, p99",
-        "ms",
-        "nginx",
-        false,
-        p99s.0,
-        p99s.1,
-    ));
-
-    let (cairn, against) = pairwise(
-        plan.pairs,
-        || Ok(wrk::run(&format!("{relay_url}{large}"), 4, secs)?.bytes_per_sec / 1e6),
-        || Ok(wrk::run(&format!("{}/large", nginx.url), 4, secs)?.bytes_per_sec / 1e6),
-    )?;
-    rows.push(row(
-        "GET 64 MiB, 4 conns",
-        "MB/s",
-        "nginx",
-        true,
-        cairn,
-        against,
-    ));
-
-    let p99s = std::cell::RefCell::new((Vec::new(), Vec::new()));
-    let round = std::cell::Cell::new(0);
-    let (cairn, against) = pairwise(
-        plan.pairs,
-        || {
-            round.set(round.get() + 1);
-            let label = format!("small-{}", round.get());
-            let (rate, p99) =
-                put_blocking(&relay_url, Target::Cairn, KIB, plan.small_puts, 64, &label)?;
-            p99s.borrow_mut().0.push(p99.as_secs_f64() * 1e3);
-            Ok(rate)
-        },
-        || {
-            let label = format!("small-{}", round.get());
-            let (rate, p99) =
-                put_blocking(&nginx.url, Target::Webdav, KIB, plan.small_puts, 64, &label)?;
-            p99s.borrow_mut().1.push(p99.as_secs_f64() * 1e3);
-            Ok(rate)
-        },
-    )?;
-    let p99s = p99s.into_inner();
-    rows.push(row(
-        "PUT 1 KiB durable, 64 in flight",
-        "blobs/s",
-        "nginx WebDAV (no fsync)",
-        true,
-        cairn,
-        against,
-    ));
-    rows.push(row(
-        "PUT 1 KiB durable, p99",
-        "ms",
-        "nginx WebDAV (no fsync)",
-        false,
-        p99s.0,
-        p99s.1,
-    ));
-
-    let source = work.path().join("www/large");
-    let mut round = 0;
-    let mut cairn_large = Vec::new();
-    let (_, dd) = pairwise(
-        plan.pairs,
-        || {
-            round += 1;
-            let (rate, _) = put_blocking(
-                &relay_url,
-                Target::Cairn,
-                LARGE,
-                plan.large_puts,
-                2,
-                &format!("large-{round}"),
-            )?;
-            let mbps = rate * LARGE as f64 / 1e6;
-            cairn_large.push(mbps);
-            Ok(mbps)
-        },
-        || dd_fsync(work.path(), &source, plan.large_puts),
-    )?;
-    let data = crate::blob("blake3", 0, LARGE);
-    let hashing: Vec<f64> = (0..plan.pairs).map(|_| blake3_single_core(&data)).collect();
-    rows.push(row(
-        "PUT 64 MiB, 2 in flight",
-        "MB/s",
-        "dd conv=fsync",
-        true,
-        cairn_large.clone(),
-        dd,
-    ));
-    rows.push(row(
-        "PUT 64 MiB, 2 in flight",
-        "MB/s",
-        "BLAKE3, one core",
-        true,
-        cairn_large,
-        hashing,
-    ));
-
-    relay.terminate();
-    drop(nginx);
-
-    rows.push(costs::gc(&plan)?);
-    rows.push(costs::reconciliation(&plan)?);
-    rows.extend(costs::sync(&plan)?);
-    rows.push(costs::idle_rss(work.path())?);
-    println!("{}", table(&rows));
+    let mut rows = Vec::new();
+    let mut report = |new: Vec<Row>| {
+        print!("{}", stats::lines(&new));
+        rows.extend(new);
+    };
+    if wanted("get") || wanted("put") {
+        let servers = Servers::start(work.path())?;
+        if wanted("get") {
+            report(servers.get(&plan)?);
+        }
+        if wanted("put") {
+            report(servers.put(&plan)?);
+        }
+    }
+    if wanted("client") {
+        report(client::put_get(&plan, work.path())?);
+    }
+    if wanted("stream") {
+        report(vec![stream::upload_rss(&plan, work.path())?]);
+    }
+    if wanted("gc") {
+        report(vec![costs::gc(&plan)?]);
+    }
+    if wanted("reconcile") {
+        report(vec![costs::reconciliation(&plan)?]);
+    }
+    if wanted("sync") {
+        report(costs::sync(&plan)?);
+    }
+    if wanted("idle") {
+        report(vec![costs::idle_rss(work.path())?]);
+    }
+    println!("\n{}", table(&rows));
     Ok(())
+}
+
+/// A relay and an nginx holding the same two files.
+struct Servers {
+    work: std::path::PathBuf,
+    relay: cairn_testkit::RelayProcess,
+    nginx: Nginx,
+    /// The relay's URL paths of the 1 KiB and the 64 MiB blob.
+    small: String,
+    large: String,
+}
+
+impl Servers {
+    fn start(work: &std::path::Path) -> anyhow::Result<Self> {
+        let relay = servers::relay(work, "relay")?;
+        let nginx = Nginx::start(work)?;
+        let small = seed(&relay.url(), &nginx, "small", KIB)?;
+        let large = seed(&relay.url(), &nginx, "large", LARGE)?;
+        Ok(Self {
+            work: work.to_path_buf(),
+            relay,
+            nginx,
+            small,
+            large,
+        })
+    }
+
+    /// GETs with wrk: 1 KiB (rate and p99) and 64 MiB (throughput).
+    fn get(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+        let (relay_url, small, large, secs) =
+            (self.relay.url(), &self.small, &self.large, plan.wrk_secs);
+        let nginx = &self.nginx.url;
+        let mut p99s = (Vec::new(), Vec::new());
+        let (cairn, against) = pairwise(
+            plan.pairs,
+            || {
+                let run = wrk::run(&format!("{relay_url}{small}"), 64, secs)?;
+                p99s.0.push(run.p99.as_secs_f64() * 1e3);
+                Ok(run.requests_per_sec)
+            },
+            || {
+                let run = wrk::run(&format!("{nginx}/small"), 64, secs)?;
+                p99s.1.push(run.p99.as_secs_f64() * 1e3);
+                Ok(run.requests_per_sec)
+            },
+        )?;
+        let mut rows = vec![
+            row(
+                "GET 1 KiB, 64 conns",
+                "req/s",
+                "nginx",
+                true,
+                cairn,
+                against,
+            ),
+            row(
+                "GET 1 KiB, 64 conns, p99",
+                "ms",
+                "nginx",
+                false,
+                p99s.0,
+                p99s.1,
+            ),
+        ];
+        let (cairn, against) = pairwise(
+            plan.pairs,
+            || Ok(wrk::run(&format!("{relay_url}{large}"), 4, secs)?.bytes_per_sec / 1e6),
+            || Ok(wrk::run(&format!("{nginx}/large"), 4, secs)?.bytes_per_sec / 1e6),
+        )?;
+        rows.push(row(
+            "GET 64 MiB, 4 conns",
+            "MB/s",
+            "nginx",
+            true,
+            cairn,
+            against,
+        ));
+        Ok(rows)
+    }
+
+    /// Durable 1 KiB PUTs against nginx's WebDAV, and 64 MiB PUTs against
+    /// `dd conv=fsync` and BLAKE3.
+    fn put(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+        let relay_url = self.relay.url();
+        let p99s = std::cell::RefCell::new((Vec::new(), Vec::new()));
+        let round = std::cell::Cell::new(0);
+        let (cairn, against) = pairwise(
+            plan.pairs,
+            || {
+                round.set(round.get() + 1);
+                let label = format!("small-{}", round.get());
+                let (rate, p99) =
+                    put_blocking(&relay_url, Target::Cairn, KIB, plan.small_puts, 64, &label)?;
+                p99s.borrow_mut().0.push(p99.as_secs_f64() * 1e3);
+                Ok(rate)
+            },
+            || {
+                let label = format!("small-{}", round.get());
+                let (rate, p99) = put_blocking(
+                    &self.nginx.url,
+                    Target::Webdav,
+                    KIB,
+                    plan.small_puts,
+                    64,
+                    &label,
+                )?;
+                p99s.borrow_mut().1.push(p99.as_secs_f64() * 1e3);
+                Ok(rate)
+            },
+        )?;
+        let p99s = p99s.into_inner();
+        let mut rows = vec![
+            row(
+                "PUT 1 KiB durable, 64 in flight",
+                "blobs/s",
+                "nginx WebDAV (no fsync)",
+                true,
+                cairn,
+                against,
+            ),
+            row(
+                "PUT 1 KiB durable, p99",
+                "ms",
+                "nginx WebDAV (no fsync)",
+                false,
+                p99s.0,
+                p99s.1,
+            ),
+        ];
+
+        let source = self.nginx.file("large");
+        let mut round = 0;
+        let mut cairn_large = Vec::new();
+        let (_, dd) = pairwise(
+            plan.pairs,
+            || {
+                round += 1;
+                let (rate, _) = put_blocking(
+                    &relay_url,
+                    Target::Cairn,
+                    LARGE,
+                    plan.large_puts,
+                    2,
+                    &format!("large-{round}"),
+                )?;
+                let mbps = rate * LARGE as f64 / 1e6;
+                cairn_large.push(mbps);
+                Ok(mbps)
+            },
+            || dd_fsync(&self.work, &source, plan.large_puts),
+        )?;
+        let data = crate::blob("blake3", 0, LARGE);
+        let hashing: Vec<f64> = (0..plan.pairs).map(|_| blake3_single_core(&data)).collect();
+        rows.push(row(
+            "PUT 64 MiB, 2 in flight",
+            "MB/s",
+            "dd conv=fsync",
+            true,
+            cairn_large.clone(),
+            dd,
+        ));
+        rows.push(row(
+            "PUT 64 MiB, 2 in flight",
+            "MB/s",
+            "BLAKE3, one core",
+            true,
+            cairn_large,
+            hashing,
+        ));
+        Ok(rows)
+    }
 }
 
 fn row(

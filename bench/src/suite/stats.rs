@@ -59,6 +59,14 @@ pub(crate) fn table(rows: &[Row]) -> String {
         "{:<46} {:>28} {:>12}  {:<28} {:>7}\n",
         "figure", "cairn median [min–max]", "reference", "reference is", "ratio"
     );
+    out.push_str(&lines(rows));
+    out.push_str("ratio: cairn relative to the reference, above 1 is better for cairn\n");
+    out
+}
+
+/// The table's lines for `rows`, without the header.
+pub(crate) fn lines(rows: &[Row]) -> String {
+    let mut out = String::new();
     for row in rows {
         let (lo, hi) = range(&row.cairn);
         let cairn = format!(
@@ -83,7 +91,6 @@ pub(crate) fn table(rows: &[Row]) -> String {
             ratio
         ));
     }
-    out.push_str("ratio: cairn relative to the reference, above 1 is better for cairn\n");
     out
 }
 

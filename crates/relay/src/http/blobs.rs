@@ -34,6 +34,12 @@ const SMALL_BLOB: u64 = 64 * 1024;
 const SMALL_UPLOAD: u64 = 256 * 1024;
 /// Uploads larger than this flush their own data before the batch commit.
 const SYNC_IN_UPLOAD: u64 = 1 << 20;
+/// Large uploads reach their temp file in writes of this size. tokio's
+/// `File` copies each write into a buffer of its own, so an upload in
+/// flight holds about twice this: small enough that many uploads at once
+/// stay within the relay's memory budget, large enough that each write
+/// is one efficient syscall.
+const WRITE_BUFFER: usize = 256 * 1024;
 /// Capacity is reserved for uploads of unknown length in steps this big.
 const RESERVE_STEP: u64 = 8 << 20;
 
@@ -616,7 +622,7 @@ async fn receive(
         }
     };
     let file = tokio::fs::File::create(&path).await.map_err(write_err)?;
-    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
     let mut chunks = BodyChunks::new(app, body);
