@@ -72,21 +72,80 @@ pub enum OpenError {
 
 /// Seals all of `input` to `recipient`, writing the sealed bytes to `out`.
 /// `progress` is told the running count of data bytes consumed.
+///
+/// Encryption runs on the calling thread while a second thread hashes the
+/// sealed bytes and writes them to `out`: on two or more cores sealing
+/// then goes about as fast as encryption alone. [`seal_bytes`] seals small
+/// values on one thread.
 pub fn seal_stream(
-    mut input: impl Read,
+    input: impl Read,
     recipient: &X25519PublicKey,
-    out: impl Write,
+    out: impl Write + Send,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Sealed> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BLOCKS);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPE_BLOCKS {
+        // Cannot fail: the receiver is alive.
+        let _ = empty_tx.send(Vec::with_capacity(IO_BUFFER));
+    }
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(move || {
+            let mut hashing = HashingWriter {
+                inner: out,
+                hasher: blake3::Hasher::new(),
+                written: 0,
+            };
+            for mut block in full_rx {
+                hashing.write_all(&block)?;
+                block.clear();
+                // The sealing side may be gone (it failed): nothing to do.
+                let _ = empty_tx.send(block);
+            }
+            hashing.flush()?;
+            Ok::<_, io::Error>(hashing)
+        });
+        let pipe = Pipe {
+            full: full_tx,
+            empty: empty_rx,
+            block: Vec::new(),
+        };
+        // Dropping the pipe closes it, so the writer thread ends; its error
+        // explains a broken pipe best.
+        let sealed = seal_into(input, recipient, pipe, progress).map(|(data_len, pipe)| {
+            drop(pipe);
+            data_len
+        });
+        let written = writer
+            .join()
+            .map_err(|_| io::Error::other("the thread writing sealed bytes panicked"))?;
+        let (data_len, hashing) = match (sealed, written) {
+            (Ok(data_len), Ok(hashing)) => (data_len, hashing),
+            (_, Err(err)) | (Err(err), Ok(_)) => return Err(err),
+        };
+        Ok(Sealed {
+            id: BlobId::from_bytes(*hashing.hasher.finalize().as_bytes()),
+            size: hashing.written,
+            data_len,
+        })
+    })
+}
+
+/// Blocks of sealed bytes in flight between the two sealing threads.
+const PIPE_BLOCKS: usize = 4;
+
+/// Pads and encrypts `input` into `out`, on this thread: the data length
+/// and `out` back.
+fn seal_into<W: Write>(
+    mut input: impl Read,
+    recipient: &X25519PublicKey,
+    out: W,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<(u64, W)> {
     let recipient = age_recipient(recipient);
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as _))
         .map_err(io::Error::other)?;
-    let hashing = HashingWriter {
-        inner: out,
-        hasher: blake3::Hasher::new(),
-        written: 0,
-    };
-    let mut writer = encryptor.wrap_output(BufWriter::with_capacity(IO_BUFFER, hashing))?;
+    let mut writer = encryptor.wrap_output(out)?;
 
     let mut buf = vec![0u8; 256 * 1024];
     let mut data_len = 0u64;
@@ -109,17 +168,51 @@ pub fn seal_stream(
         padding -= n as u64;
     }
     writer.write_all(&data_len.to_be_bytes())?;
-    let hashing = writer
-        .finish()?
-        .into_inner()
-        .map_err(io::IntoInnerError::into_error)?;
-    let mut inner = hashing.inner;
-    inner.flush()?;
-    Ok(Sealed {
-        id: BlobId::from_bytes(*hashing.hasher.finalize().as_bytes()),
-        size: hashing.written,
-        data_len,
-    })
+    let mut out = writer.finish()?;
+    out.flush()?;
+    Ok((data_len, out))
+}
+
+/// The sealing side of [`seal_stream`]'s pipe: gathers writes into blocks
+/// of [`IO_BUFFER`] bytes and hands them to the writer thread, reusing the
+/// blocks it hands back.
+struct Pipe {
+    full: std::sync::mpsc::SyncSender<Vec<u8>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    block: Vec<u8>,
+}
+
+impl Pipe {
+    fn closed() -> io::Error {
+        io::Error::new(io::ErrorKind::BrokenPipe, "the sealed-bytes writer stopped")
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let next = self.empty.recv().map_err(|_| Self::closed())?;
+        let full = std::mem::replace(&mut self.block, next);
+        self.full.send(full).map_err(|_| Self::closed())
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.block.capacity() == 0 {
+            self.block = self.empty.recv().map_err(|_| Self::closed())?;
+        }
+        let n = data.len().min(IO_BUFFER - self.block.len());
+        self.block.extend_from_slice(&data[..n]);
+        if self.block.len() == IO_BUFFER {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
 }
 
 /// Starts decrypting `input` with whichever of `keys` opens it.
@@ -213,11 +306,12 @@ pub fn open_to_file(
     Ok(data_len)
 }
 
-/// [`seal_stream`] for small in-memory values (operations, snapshots).
+/// [`seal_stream`] for small in-memory values (operations, snapshots), on
+/// the calling thread.
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
-    let mut out = Vec::with_capacity(data.len() + 256);
-    let sealed = seal_stream(data, recipient, &mut out, &mut |_| {})?;
-    Ok((sealed.id, out))
+    let out = Vec::with_capacity(data.len() + 256);
+    let (_, out) = seal_into(data, recipient, out, &mut |_| {})?;
+    Ok((BlobId::of(&out), out))
 }
 
 /// [`open_stream`] for small in-memory values.
@@ -343,6 +437,55 @@ mod tests {
             let cut = tempfile::tempfile().unwrap();
             let key = std::slice::from_ref(&key);
             assert!(open_to_file(&sealed[..sealed.len() - 1], key, &cut).is_err());
+        }
+    }
+
+    #[test]
+    fn streamed_sealing_hashes_counts_and_opens() {
+        let key = X25519Secret::from_bytes([5; 32]);
+        // Sizes around the pipe's block size and its number of blocks.
+        for len in [0usize, 1, IO_BUFFER - 1, IO_BUFFER, 5 * IO_BUFFER + 17] {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 253).unwrap()).collect();
+            let mut out = Vec::new();
+            let mut seen = 0;
+            let sealed =
+                seal_stream(&data[..], &key.public(), &mut out, &mut |n| seen = n).unwrap();
+            assert_eq!(sealed.id, BlobId::of(&out));
+            assert_eq!(sealed.size, out.len() as u64);
+            assert_eq!(sealed.data_len, len as u64);
+            assert_eq!(seen, len as u64);
+            assert_eq!(open_bytes(&out, std::slice::from_ref(&key)).unwrap(), data);
+        }
+    }
+
+    /// Fails every write after `left` bytes, like a disk that fills up.
+    struct FillsUp {
+        left: usize,
+    }
+
+    impl Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_fails_sealing_with_its_error() {
+        let key = X25519Secret::from_bytes([6; 32]);
+        let data = vec![7u8; 8 * IO_BUFFER];
+        for left in [0, 1000, 3 * IO_BUFFER] {
+            let err =
+                seal_stream(&data[..], &key.public(), FillsUp { left }, &mut |_| {}).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
         }
     }
 

@@ -621,7 +621,9 @@ async fn receive(
             ApiError::from(err)
         }
     };
+    let durable = app.store.keeps_staged_files();
     let file = tokio::fs::File::create(&path).await.map_err(write_err)?;
+    let mut early = EarlySync::new(file.try_clone().await.map_err(write_err)?.into_std().await);
     let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut hasher = blake3::Hasher::new();
     let mut size: u64 = 0;
@@ -634,6 +636,10 @@ async fn receive(
         reservation.grow_to(size)?;
         hasher.update(&chunk);
         writer.write_all(&chunk).await.map_err(write_err)?;
+        if durable && early.due(size) {
+            writer.flush().await.map_err(write_err)?;
+            early.start(size).await.map_err(write_err)?;
+        }
     }
     app.metrics
         .bytes_received
@@ -646,7 +652,8 @@ async fn receive(
     }
     writer.flush().await.map_err(write_err)?;
     let file = writer.into_inner();
-    if size > SYNC_IN_UPLOAD && app.store.keeps_staged_files() {
+    early.finish().await.map_err(write_err)?;
+    if size > SYNC_IN_UPLOAD && durable {
         // Big blobs flush here, in parallel; small ones ride the writer's
         // one filesystem sync per batch. (A scale-out store copies the
         // file to the object store, which makes it durable.)
@@ -654,6 +661,58 @@ async fn receive(
     }
     drop(file);
     Ok((temp.disarm(), size))
+}
+
+/// Flushes a large upload's temp file to disk while the rest of it is
+/// still arriving, so the final sync before the acknowledgement only has
+/// the last few megabytes left to write (instead of the whole blob, which
+/// would leave the disk idle while receiving and the network idle while
+/// syncing). One flush at a time, on a blocking thread.
+struct EarlySync {
+    file: std::fs::File,
+    started_at: u64,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EarlySync {
+    /// Bytes received between the starts of two flushes.
+    const EVERY: u64 = 16 << 20;
+
+    /// `file`: a handle of the temp file being written.
+    fn new(file: std::fs::File) -> Self {
+        Self {
+            file,
+            started_at: 0,
+            running: None,
+        }
+    }
+
+    /// True when `size` bytes are in and the last flush is done.
+    fn due(&self, size: u64) -> bool {
+        size - self.started_at >= Self::EVERY
+            && self
+                .running
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// Collects the last flush's outcome and starts one of everything
+    /// written so far.
+    async fn start(&mut self, size: u64) -> std::io::Result<()> {
+        self.finish().await?;
+        let file = self.file.try_clone()?;
+        self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        self.started_at = size;
+        Ok(())
+    }
+
+    /// Waits for the flush in progress, if any.
+    async fn finish(&mut self) -> std::io::Result<()> {
+        match self.running.take() {
+            None => Ok(()),
+            Some(flush) => flush.await.map_err(std::io::Error::other)?,
+        }
+    }
 }
 
 /// `DELETE`: only the owner may delete.
