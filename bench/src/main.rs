@@ -4,7 +4,8 @@
 //! for cairn and for the reference (nginx WebDAV) alike, with the same
 //! request pattern. Requests and tokens are prepared before the clock
 //! starts, so the figures measure the server, not the client's signing.
-//! Downloads are measured with wrk (see bench/compare.sh).
+//! Downloads are measured with wrk. `cairn-bench suite` (run through
+//! bench/run) puts every figure side by side with its reference.
 
 // A benchmark's output is its figures.
 #![allow(clippy::print_stdout)]
@@ -25,7 +26,7 @@ use cairn_proto::{BlobId, Method, RelayInfo, SignedRecord, TokenTarget, Verifyin
 use cairn_testkit::{auth_header, key, token, unix_now};
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Benchmarks for cairn; see bench/README.md.
+/// Benchmarks for cairn; see docs/BENCHMARKS.md.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-bench", about, long_about)]
 struct Cli {

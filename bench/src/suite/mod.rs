@@ -57,11 +57,11 @@ impl Plan {
         if quick {
             Self {
                 pairs: 3,
-                wrk_secs: 3,
+                wrk_secs: 2,
                 small_puts: 5_000,
                 large_puts: 4,
-                reconcile_ids: 100_000,
-                sync_entries: 2_000,
+                reconcile_ids: 50_000,
+                sync_entries: 1_000,
                 gc_stored: 100_000,
                 client_size: 256 << 20,
                 stream_size: 64 << 20,
@@ -197,8 +197,13 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     let mut rows = Vec::new();
+    let started = Instant::now();
+    let mut last = started;
+    // Each section's rows as soon as they are measured, with its duration.
     let mut report = |new: Vec<Row>| {
         print!("{}", stats::lines(&new));
+        println!("  ({:.0} s)", last.elapsed().as_secs_f64());
+        last = Instant::now();
         rows.extend(new);
     };
     if wanted("get") || wanted("put") {
@@ -228,7 +233,11 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
     if wanted("idle") {
         report(vec![costs::idle_rss(work.path())?]);
     }
-    println!("\n{}", table(&rows));
+    println!(
+        "\n{}(all sections: {:.0} s)",
+        table(&rows),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
