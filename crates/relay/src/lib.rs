@@ -41,6 +41,7 @@ pub use config::{
     TlsFiles,
 };
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
+pub use http::route_paths;
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};

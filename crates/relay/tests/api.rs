@@ -757,3 +757,87 @@ async fn audit_proofs_verify_against_the_blob_id_and_bad_requests_are_refused() 
         .unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+/// The operations docs/openapi.yaml lists: path → methods (lowercase). A
+/// strict reading of the file's own layout (two-space path keys under
+/// `paths:`, four-space method keys), so a reformatted file fails loudly
+/// rather than passing with nothing read.
+fn openapi_operations(
+    spec: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    const METHODS: [&str; 7] = ["get", "head", "put", "post", "delete", "patch", "options"];
+    let mut operations = std::collections::BTreeMap::new();
+    let mut path: Option<String> = None;
+    let mut in_paths = false;
+    for line in spec.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            in_paths = line == "paths:";
+            path = None;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(key) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && key.starts_with('/')
+        {
+            path = Some(key.to_owned());
+            operations.insert(key.to_owned(), std::collections::BTreeSet::new());
+        } else if let Some(method) = line
+            .strip_prefix("    ")
+            .and_then(|l| l.strip_suffix(':'))
+            .filter(|m| METHODS.contains(m))
+        {
+            let path = path.as_ref().expect("a method key outside a path");
+            operations.get_mut(path).unwrap().insert(method.to_owned());
+        }
+    }
+    operations
+}
+
+/// Every route the relay serves is in docs/openapi.yaml with exactly the
+/// methods it answers, and the file lists nothing the relay does not serve.
+/// Methods are found by asking the live relay: 405 means "not this one". (A
+/// path that missed its route would answer every method with the
+/// fallback's 404 and so list all seven.)
+#[tokio::test]
+async fn openapi_lists_exactly_the_served_routes_and_methods() {
+    let spec = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/openapi.yaml"
+    ))
+    .unwrap();
+    let documented = openapi_operations(&spec);
+    assert!(
+        documented.len() >= 5,
+        "read too little of the file: {documented:?}"
+    );
+
+    let relay = TestRelay::start().await;
+    let id = BlobId::of(b"openapi");
+    let mailbox = key("openapi mailbox").verifying_key();
+    let mut served = std::collections::BTreeMap::new();
+    for path in cairn_relay::route_paths() {
+        let concrete = path
+            .replace("{id}", &id.to_string())
+            .replace("{mailbox}", &mailbox.to_string())
+            .replace("{slot}", "s");
+        let mut methods = std::collections::BTreeSet::new();
+        for method in ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"] {
+            let response = relay
+                .http
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    relay.url(&concrete),
+                )
+                .send()
+                .await
+                .unwrap();
+            if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+                methods.insert(method.to_lowercase());
+            }
+        }
+        served.insert(path.to_owned(), methods);
+    }
+    assert_eq!(served, documented);
+}

@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 use cairn_proto::{SigningKey, VerifyingKey};
 use tokio::sync::Semaphore;
 
@@ -175,42 +175,44 @@ async fn fallback() -> ApiError {
     ApiError::not_found("no such endpoint; the API is described in docs/PROTOCOL.md §7")
 }
 
-/// Builds the router over `app`.
-pub(crate) fn router(app: AppState) -> Router {
-    Router::new()
-        .route(
+/// Every route: its path and the methods it answers (any other method gets
+/// 405). docs/openapi.yaml describes exactly these; a test holds the two
+/// together.
+fn routes() -> [(&'static str, MethodRouter<AppState>); 9] {
+    [
+        (
             "/v1/blobs/{id}",
             get(blobs::get_blob)
                 .head(blobs::get_blob)
                 .put(blobs::put_blob)
-                .delete(blobs::delete_blob)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/blobs/{id}/proof",
-            get(proof::get_proof).fallback(method_not_allowed),
-        )
-        .route(
+                .delete(blobs::delete_blob),
+        ),
+        ("/v1/blobs/{id}/proof", get(proof::get_proof)),
+        (
             "/v1/heads/{mailbox}/{slot}",
-            get(heads::get_head)
-                .put(heads::put_head)
-                .fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/heads/{mailbox}",
-            get(heads::list_heads).fallback(method_not_allowed),
-        )
-        .route(
-            "/v1/federation/reconcile",
-            axum::routing::post(federation::reconcile).fallback(method_not_allowed),
-        )
-        .route(
-            "/.well-known/cairn-relay",
-            get(info::well_known).fallback(method_not_allowed),
-        )
-        .route("/metrics", get(ops::metrics).fallback(method_not_allowed))
-        .route("/health", get(ops::health).fallback(method_not_allowed))
-        .route("/", get(ops::status_page).fallback(method_not_allowed))
+            get(heads::get_head).put(heads::put_head),
+        ),
+        ("/v1/heads/{mailbox}", get(heads::list_heads)),
+        ("/v1/federation/reconcile", post(federation::reconcile)),
+        ("/.well-known/cairn-relay", get(info::well_known)),
+        ("/metrics", get(ops::metrics)),
+        ("/health", get(ops::health)),
+        ("/", get(ops::status_page)),
+    ]
+}
+
+/// The paths the relay serves, with `{name}` for each path parameter.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// Builds the router over `app`.
+pub(crate) fn router(app: AppState) -> Router {
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods.fallback(method_not_allowed))
+        })
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(app.clone(), fair_share))
         .layer(middleware::from_fn_with_state(app.clone(), count_responses))
