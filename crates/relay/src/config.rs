@@ -45,6 +45,12 @@ pub struct RelayConfig {
     /// Longest wait for the next piece of a request body before the upload
     /// is abandoned with 408; protects against slow-drip clients.
     pub body_idle_timeout: Duration,
+    /// Slowest average rate, in bytes per second, at which a request body
+    /// may arrive once it has been arriving for `body_idle_timeout`; slower
+    /// uploads are abandoned with 408. Stops a client from holding an
+    /// upload slot by sending a byte just before each idle timeout. 0 turns
+    /// the check off.
+    pub body_min_rate: u64,
     /// Longest wait for a request's headers.
     pub header_timeout: Duration,
     /// Fair-share limits, disclosed in the info document. `pow_bits` is the
@@ -108,6 +114,7 @@ impl RelayConfig {
             federation: FederationConfig::default(),
             max_concurrent_uploads: 64,
             body_idle_timeout: Duration::from_secs(30),
+            body_min_rate: 4096,
             header_timeout: Duration::from_secs(30),
             limits: Self::DEFAULT_LIMITS,
             pow_bits_under_pressure: 0,

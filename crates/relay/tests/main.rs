@@ -10,6 +10,7 @@ mod crash;
 mod federation;
 mod gc;
 mod heads;
+mod hostile;
 mod scaleout;
 mod streaming;
 mod tls;

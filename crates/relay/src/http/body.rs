@@ -1,5 +1,5 @@
-//! Reading request bodies with the idle timeout that protects the relay
-//! from clients that start a request and then stall.
+//! Reading request bodies with the limits that protect the relay from
+//! clients that start a request and then stall or trickle.
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -8,11 +8,16 @@ use futures_util::StreamExt as _;
 use super::AppState;
 use super::error::ApiError;
 
-/// An upload body, chunk by chunk, with the idle timeout that protects the
-/// relay from clients that start an upload and then stall.
+/// An upload body, chunk by chunk, abandoned with 408 when nothing
+/// arrives for the idle timeout, or when, past that long, the average rate
+/// is below the relay's minimum (a client sending a byte just before each
+/// idle timeout would otherwise hold an upload slot for ever).
 pub(super) struct BodyChunks {
     stream: axum::body::BodyDataStream,
     idle: std::time::Duration,
+    min_rate: u64,
+    started: tokio::time::Instant,
+    received: u64,
 }
 
 impl BodyChunks {
@@ -20,6 +25,9 @@ impl BodyChunks {
         Self {
             stream: body.into_data_stream(),
             idle: app.config.body_idle_timeout,
+            min_rate: app.config.body_min_rate,
+            started: tokio::time::Instant::now(),
+            received: 0,
         }
     }
 
@@ -29,9 +37,31 @@ impl BodyChunks {
             .await
             .map_err(|_| {
                 ApiError::timeout(format!("no upload data for {} s", self.idle.as_secs()))
-            })?;
-        next.transpose()
-            .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))
+            })?
+            .transpose()
+            .map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
+        if let Some(chunk) = &next {
+            self.received += chunk.len() as u64;
+            self.check_rate()?;
+        }
+        Ok(next)
+    }
+
+    fn check_rate(&self) -> Result<(), ApiError> {
+        let elapsed = self.started.elapsed();
+        if self.min_rate == 0 || elapsed <= self.idle {
+            return Ok(());
+        }
+        let rate = self.received as f64 / elapsed.as_secs_f64();
+        if rate < self.min_rate as f64 {
+            return Err(ApiError::timeout(format!(
+                "upload too slow: {} bytes in {} s; this relay needs at least {} bytes/s",
+                self.received,
+                elapsed.as_secs(),
+                self.min_rate
+            )));
+        }
+        Ok(())
     }
 }
 
