@@ -51,6 +51,12 @@ pub struct RelayConfig {
     /// upload slot by sending a byte just before each idle timeout. 0 turns
     /// the check off.
     pub body_min_rate: u64,
+    /// Free space, in bytes, the relay leaves on its data directory's
+    /// filesystem: an upload that would leave less is refused with 507
+    /// `relay_full`, like one past `capacity_bytes`. Whatever else fills the
+    /// disk, the index keeps room to commit and deletions keep working.
+    /// 0 turns the check off.
+    pub disk_reserve_bytes: u64,
     /// Longest wait for a request's headers.
     pub header_timeout: Duration,
     /// Fair-share limits, disclosed in the info document. `pow_bits` is the
@@ -115,6 +121,7 @@ impl RelayConfig {
             max_concurrent_uploads: 64,
             body_idle_timeout: Duration::from_secs(30),
             body_min_rate: 4096,
+            disk_reserve_bytes: 64 << 20,
             header_timeout: Duration::from_secs(30),
             limits: Self::DEFAULT_LIMITS,
             pow_bits_under_pressure: 0,

@@ -101,7 +101,7 @@ struct ServeArgs {
     #[arg(long, env = "CAIRN_RELAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
-    /// max_blob_size, retention, gc_interval, max_uploads, key_quota,
+    /// disk_reserve, max_blob_size, retention, gc_interval, max_uploads, key_quota,
     /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads,
     /// peers = [{ url = "...", key = "ed25519:..." }], replicas,
     /// reconcile_interval, high_water, low_water, learn_peers, postgres,
@@ -112,6 +112,12 @@ struct ServeArgs {
     /// Bytes given to blob storage, e.g. `500G`, `2T` [default: 10G].
     #[arg(long, env = "CAIRN_RELAY_CAPACITY", value_parser = parse_size)]
     capacity: Option<u64>,
+    /// Free space to leave on the data directory's disk, e.g. `1G`: uploads
+    /// that would leave less get 507, whatever else fills the disk, so the
+    /// index can always commit and deletions keep working; 0 for no check
+    /// [default: 64M].
+    #[arg(long, env = "CAIRN_RELAY_DISK_RESERVE", value_parser = parse_size)]
+    disk_reserve: Option<u64>,
     /// Largest blob accepted, e.g. `4G` [default: 4G].
     #[arg(long, env = "CAIRN_RELAY_MAX_BLOB_SIZE", value_parser = parse_size)]
     max_blob_size: Option<u64>,
@@ -188,6 +194,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     capacity: Option<String>,
+    disk_reserve: Option<String>,
     max_blob_size: Option<String>,
     retention: Option<String>,
     gc_interval: Option<String>,
@@ -344,6 +351,12 @@ fn resolve(mut args: ServeArgs) -> anyhow::Result<RelayConfig> {
         .or(from_file(file.capacity, parse_size, "capacity")?)
     {
         config.capacity_bytes = v;
+    }
+    if let Some(v) = args
+        .disk_reserve
+        .or(from_file(file.disk_reserve, parse_size, "disk_reserve")?)
+    {
+        config.disk_reserve_bytes = v;
     }
     if let Some(v) =
         args.max_blob_size

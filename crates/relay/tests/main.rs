@@ -8,6 +8,7 @@ mod api;
 mod common;
 mod crash;
 mod federation;
+mod full_disk;
 mod gc;
 mod heads;
 mod hostile;

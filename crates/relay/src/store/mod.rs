@@ -262,6 +262,36 @@ pub(crate) struct Store {
     /// Small blob bodies kept in memory (embedded backend only: with
     /// several processes, another one may delete a cached blob).
     pub(crate) cache: Arc<cache::BlobCache>,
+    /// The data directory and the free space to leave on its filesystem.
+    disk: DiskGuard,
+}
+
+/// Refuses reservations that would leave the data directory's filesystem
+/// with less than `reserve` bytes free. The room left keeps the index able
+/// to commit (a failed commit stops the embedded writer until a restart),
+/// and deletions, which free space, possible, whatever else fills the disk.
+#[derive(Debug)]
+struct DiskGuard {
+    dir: PathBuf,
+    reserve: u64,
+}
+
+impl DiskGuard {
+    /// True if `n` more bytes, on top of `held` reserved by uploads in
+    /// progress (some of it perhaps already written), leave the reserve.
+    fn has_room(&self, n: u64, held: u64) -> bool {
+        if self.reserve == 0 {
+            return true;
+        }
+        match rustix::fs::statvfs(&self.dir) {
+            Ok(fs) => {
+                let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+                free >= self.reserve.saturating_add(held).saturating_add(n)
+            }
+            // Cannot tell: the write itself will report a full disk.
+            Err(_) => true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -313,6 +343,8 @@ pub(crate) struct Limits {
     pub(crate) key_quota: u64,
     pub(crate) max_heads: u64,
     pub(crate) cache_bytes: usize,
+    /// Free space to leave on the data directory's filesystem.
+    pub(crate) disk_reserve: u64,
 }
 
 impl Store {
@@ -354,6 +386,10 @@ impl Store {
                     accesses: Mutex::new(HashMap::new()),
                     head_accesses: Mutex::new(HashMap::new()),
                     cache: Arc::new(cache::BlobCache::new(0)),
+                    disk: DiskGuard {
+                        dir: data_dir.to_path_buf(),
+                        reserve: limits.disk_reserve,
+                    },
                 };
                 Ok((store, None, report))
             }
@@ -404,6 +440,10 @@ impl Store {
             accesses: Mutex::new(HashMap::new()),
             head_accesses: Mutex::new(HashMap::new()),
             cache,
+            disk: DiskGuard {
+                dir: data_dir.to_path_buf(),
+                reserve: limits.disk_reserve,
+            },
         };
         let report = OpenReport {
             temp_files_removed,
@@ -463,6 +503,9 @@ impl Store {
     pub(crate) fn try_reserve(&self, n: u64) -> bool {
         let reserved = &self.stats.reserved;
         let mut current = reserved.load(Ordering::SeqCst);
+        if !self.disk.has_room(n, current) {
+            return false;
+        }
         loop {
             let used = self.stats.bytes.load(Ordering::SeqCst);
             if used.saturating_add(current).saturating_add(n) > self.capacity {
