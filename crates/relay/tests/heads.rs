@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::common::{TestRelay, assert_error};
 
 /// A head for `slot` of the mailbox `mailbox`, signed by it.
-fn head(mailbox: &SigningKey, slot: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn head(mailbox: &SigningKey, slot: &str, seq: u64) -> Vec<u8> {
     let record = record(&mailbox.verifying_key(), slot, seq);
     SignedRecord::sign(&record, mailbox).unwrap().to_bytes()
 }
@@ -30,7 +30,7 @@ fn record(mailbox: &VerifyingKey, slot: &str, seq: u64) -> HeadRecord {
     }
 }
 
-fn seq_of(envelope: &[u8]) -> u64 {
+pub(crate) fn seq_of(envelope: &[u8]) -> u64 {
     let envelope = SignedRecord::from_bytes(envelope).unwrap();
     envelope.verify::<HeadRecord>().unwrap().seq
 }
