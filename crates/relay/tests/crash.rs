@@ -351,9 +351,10 @@ async fn crash_campaign_loses_nothing_acknowledged() {
         }
         let relay = RelayProcess::spawn(Path::new(BIN), &data, &args);
         let url = relay.url();
-        let a = acked.lock().unwrap();
-        let (blobs, deleted, heads) = (a.blobs.clone(), a.deleted.clone(), a.heads.clone());
-        drop(a);
+        let (blobs, deleted, heads) = {
+            let a = acked.lock().unwrap();
+            (a.blobs.clone(), a.deleted.clone(), a.heads.clone())
+        };
         for id in &blobs {
             let r = http
                 .get(format!("{url}/v1/blobs/{id}"))
