@@ -48,7 +48,9 @@ enum TokenMethod {
     Reconcile,
 }
 
-const METHODS: [&str; 8] = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "FOO"];
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "FOO",
+];
 
 struct Relay {
     addr: SocketAddr,
@@ -134,7 +136,8 @@ fuzz_target!(|request: Request| {
                 ),
             ),
         };
-        let token = cairn_testkit::token(&relay.key, method, target, cairn_testkit::unix_now() + 300);
+        let token =
+            cairn_testkit::token(&relay.key, method, target, cairn_testkit::unix_now() + 300);
         let auth = cairn_testkit::auth_header(&token, &cairn_testkit::key("fuzz uploader"));
         head.push_str(&format!("Authorization: {auth}\r\n"));
     }
