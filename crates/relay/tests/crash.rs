@@ -24,6 +24,35 @@ fn fsck(data: &Path, repair: bool) -> (bool, Value) {
     (status.success(), serde_json::from_str(&out).unwrap())
 }
 
+/// Every blob in `ids` is served by the relay at `url`, whole and intact.
+async fn assert_served_intact(http: &reqwest::Client, url: &str, ids: &[BlobId], context: &str) {
+    for id in ids {
+        let r = http
+            .get(format!("{url}/v1/blobs/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "{context}: acknowledged {id} lost"
+        );
+        let body = r.bytes().await.unwrap();
+        assert_eq!(BlobId::of(&body), *id, "{context}: {id} corrupt");
+    }
+}
+
+/// A restarted relay has cleaned the temp files of aborted uploads.
+fn assert_no_temp_files(data: &Path, context: &str) {
+    assert!(
+        std::fs::read_dir(data.join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "{context}: temp files of aborted uploads are left"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_uploads_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
@@ -73,26 +102,8 @@ async fn kill_9_during_uploads_loses_nothing_acknowledged() {
     // Restarted on the same data: every acknowledged blob is there, intact.
     let relay = RelayProcess::spawn(Path::new(BIN), &data, &[]);
     let url = relay.url();
-    for id in &acked {
-        let r = http
-            .get(format!("{url}/v1/blobs/{id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "acknowledged blob {id} lost");
-        assert_eq!(
-            BlobId::of(&r.bytes().await.unwrap()),
-            *id,
-            "blob {id} corrupt"
-        );
-    }
-    assert!(
-        std::fs::read_dir(data.join("tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
-        "temp files of aborted uploads are cleaned at start"
-    );
+    assert_served_intact(&http, &url, &acked, "after the kill").await;
+    assert_no_temp_files(&data, "after the kill");
     // SIGTERM: graceful stop, exit 0.
     assert!(relay.terminate().success());
 
@@ -355,23 +366,8 @@ async fn crash_campaign_loses_nothing_acknowledged() {
             let a = acked.lock().unwrap();
             (a.blobs.clone(), a.deleted.clone(), a.heads.clone())
         };
-        for id in &blobs {
-            let r = http
-                .get(format!("{url}/v1/blobs/{id}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                r.status(),
-                StatusCode::OK,
-                "round {round}: acknowledged {id} lost"
-            );
-            assert_eq!(
-                BlobId::of(&r.bytes().await.unwrap()),
-                *id,
-                "round {round}: {id} corrupt"
-            );
-        }
+        let context = format!("round {round}");
+        assert_served_intact(&http, &url, &blobs, &context).await;
         for id in &deleted {
             let r = http
                 .get(format!("{url}/v1/blobs/{id}"))
@@ -403,13 +399,7 @@ async fn crash_campaign_loses_nothing_acknowledged() {
                 "round {round}: head {slot} went back from {seq} to {got}"
             );
         }
-        assert!(
-            std::fs::read_dir(data.join("tmp"))
-                .unwrap()
-                .next()
-                .is_none(),
-            "round {round}: temp files of aborted uploads are cleaned at start"
-        );
+        assert_no_temp_files(&data, &context);
         eprintln!(
             "crash round {round}: killed after {wait} ms; {} blobs, {} deletions, {} heads acknowledged so far, all intact",
             blobs.len(),
