@@ -13,5 +13,6 @@ mod gc;
 mod heads;
 mod hostile;
 mod scaleout;
+mod soak;
 mod streaming;
 mod tls;

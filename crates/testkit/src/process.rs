@@ -24,11 +24,21 @@ impl RelayProcess {
     ///
     /// If the relay cannot be started or does not come up: a test failure.
     pub fn spawn(bin: &Path, data: &Path, args: &[&str]) -> Self {
+        Self::spawn_at(bin, data, "127.0.0.1:0", args)
+    }
+
+    /// [`RelayProcess::spawn`] listening on `listen` (for relays that must
+    /// know each other's addresses before they start).
+    ///
+    /// # Panics
+    ///
+    /// As [`RelayProcess::spawn`].
+    pub fn spawn_at(bin: &Path, data: &Path, listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(bin)
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("CAIRN_LOG", "info")
             .stdin(Stdio::null())
