@@ -133,41 +133,11 @@ async fn relay_list_remove_and_check() {
     assert!(run.err().contains("is not in your relay set"), "{run:?}");
 }
 
-/// A tmpfs of `size` mounted on `dir` (created), unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mounting a tmpfs failed (needs root): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_home_fails_a_put_clearly_and_loses_nothing() {
     let a = Relay::start().await;
     let device = Device::new();
-    let _disk = match SmallDisk::mount(&device.home(), "8m") {
+    let disk = match cairn_testkit::SmallDisk::mount(&device.home(), "8m") {
         Ok(disk) => disk,
         Err(reason) => {
             eprintln!("skipped: {reason}");
@@ -181,14 +151,7 @@ async fn a_full_home_fails_a_put_clearly_and_loses_nothing() {
         .await;
 
     // Something else fills the home's disk.
-    let filler = device.home().join("filler");
-    {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let block = vec![1u8; 64 << 10];
-        while file.write_all(&block).is_ok() {}
-        let _ = file.sync_all();
-    }
+    let filler = disk.fill("filler");
     let before = device.snapshot();
 
     // A put needs room in the home to seal into: a clear error, and the

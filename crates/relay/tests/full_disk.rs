@@ -2,63 +2,11 @@
 //! limit, mounted by the test. Mounting needs root; elsewhere the test says
 //! why it skipped.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use cairn_proto::{BlobId, Method};
-use cairn_testkit::key;
+use cairn_testkit::{SmallDisk, key};
 use reqwest::StatusCode;
 
 use crate::common::{TestRelay, assert_error, bytes, suite_backend_is_scale_out};
-
-/// A tmpfs mounted on a temp directory, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// Mounts a tmpfs of `size` (e.g. `48m`), or says why it cannot.
-    fn mount(size: &str) -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mounting a tmpfs failed (needs root): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-/// Fills the disk with a file outside the relay's data directory (another
-/// program using the same disk) until it is full.
-fn fill(path: &Path) -> PathBuf {
-    use std::io::Write as _;
-    let filler = path.join("filler");
-    let mut file = std::fs::File::create(&filler).unwrap();
-    let block = vec![7u8; 1 << 20];
-    while file.write_all(&block).is_ok() {}
-    let _ = file.sync_all();
-    filler
-}
 
 impl TestRelay {
     async fn upload(&self, data: &[u8]) -> reqwest::Response {
@@ -85,7 +33,8 @@ async fn a_full_disk_refuses_uploads_keeps_serving_and_recovers() {
         eprintln!("skipped: blob bodies are in the object store in the scale-out run");
         return;
     }
-    let disk = match SmallDisk::mount("48m") {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(dir.path(), "48m") {
         Ok(disk) => disk,
         Err(reason) => {
             eprintln!("skipped: {reason}");
@@ -121,7 +70,7 @@ async fn a_full_disk_refuses_uploads_keeps_serving_and_recovers() {
 
     // Something else fills the rest of the disk: even small uploads are
     // refused cleanly, and everything acknowledged still reads back whole.
-    let filler = fill(disk.path());
+    let filler = disk.fill("filler");
     let small = bytes("small after full", 2_000);
     assert_error(
         relay.upload(&small).await,

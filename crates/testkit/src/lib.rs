@@ -11,10 +11,12 @@
 
 pub mod faulty;
 mod process;
+mod small_disk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use process::{RelayProcess, arg, rss_bytes, run};
+pub use small_disk::SmallDisk;
 
 use cairn_proto::{
     AuthToken, BlobId, DeviceCertificate, DeviceName, DeviceWrappedKey, IdentityLogEntry,
