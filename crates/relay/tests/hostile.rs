@@ -16,8 +16,7 @@ use crate::common::{TestRelay, bytes};
 
 impl TestRelay {
     async fn connect(&self) -> TcpStream {
-        let addr = self.handle.url().trim_start_matches("http://").to_owned();
-        TcpStream::connect(addr).await.unwrap()
+        TcpStream::connect(self.handle.addr()).await.unwrap()
     }
 
     /// Sends `request` as it is and reads until the relay closes the
