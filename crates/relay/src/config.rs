@@ -76,6 +76,11 @@ pub struct RelayConfig {
     pub max_heads: u64,
     /// Memory for caching small blobs (64 KiB or less) that are read often.
     pub cache_bytes: usize,
+    /// Memory for the embedded index's page cache. The index's own default
+    /// (1 GiB) would let a busy relay's memory climb for minutes before it
+    /// levels off; pages past this are read again from the file, which the
+    /// operating system caches anyway.
+    pub index_cache_bytes: usize,
     /// Where blob bodies and the index live.
     pub storage: StorageConfig,
 }
@@ -128,6 +133,7 @@ impl RelayConfig {
             shutdown_grace: Duration::from_secs(30),
             max_heads: Self::DEFAULT_MAX_HEADS,
             cache_bytes: 32 << 20,
+            index_cache_bytes: 64 << 20,
             storage: StorageConfig::Embedded,
         }
     }

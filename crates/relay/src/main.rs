@@ -102,7 +102,7 @@ struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
     /// disk_reserve, max_blob_size, retention, gc_interval, max_uploads, key_quota,
-    /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads,
+    /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads, index_cache,
     /// peers = [{ url = "...", key = "ed25519:..." }], replicas,
     /// reconcile_interval, high_water, low_water, learn_peers, postgres,
     /// postgres_schema, postgres_pool, s3_endpoint, s3_bucket, s3_region,
@@ -156,6 +156,10 @@ struct ServeArgs {
     /// no limit [default: 1000000].
     #[arg(long, env = "CAIRN_RELAY_MAX_HEADS")]
     max_heads: Option<u64>,
+    /// Memory for the embedded index's page cache, e.g. `256M`; more keeps
+    /// more of a large index in memory [default: 64M].
+    #[arg(long, env = "CAIRN_RELAY_INDEX_CACHE", value_parser = parse_size)]
+    index_cache: Option<u64>,
     /// A peer relay as `URL=KEY` (repeatable): announced in the info
     /// document, sent replicas, offered blobs when this relay is full, and
     /// trusted to send replicas and transfers here. Get a relay's key with
@@ -205,6 +209,7 @@ struct FileConfig {
     pow_bits: Option<u8>,
     pow_bits_under_pressure: Option<u8>,
     max_heads: Option<u64>,
+    index_cache: Option<String>,
     #[serde(default)]
     peers: Vec<FilePeer>,
     replicas: Option<usize>,
@@ -409,6 +414,13 @@ fn resolve(mut args: ServeArgs) -> anyhow::Result<RelayConfig> {
         .min(64);
     if let Some(v) = args.max_heads.or(file.max_heads) {
         config.max_heads = v;
+    }
+    if let Some(v) = args
+        .index_cache
+        .or(from_file(file.index_cache, parse_size, "index_cache")?)
+    {
+        config.index_cache_bytes =
+            usize::try_from(v).context("index_cache is larger than this machine's memory")?;
     }
     config.peers = if args.peers.is_empty() {
         file.peers

@@ -155,6 +155,7 @@ fn limits(config: &RelayConfig) -> Limits {
         key_quota: config.limits.key_quota_bytes,
         max_heads: config.max_heads,
         cache_bytes: 0,
+        index_cache_bytes: config.index_cache_bytes,
         disk_reserve: config.disk_reserve_bytes,
     }
 }

@@ -124,6 +124,7 @@ pub async fn start_with_clock(
         key_quota: config.limits.key_quota_bytes,
         max_heads: config.max_heads,
         cache_bytes: config.cache_bytes,
+        index_cache_bytes: config.index_cache_bytes,
         disk_reserve: config.disk_reserve_bytes,
     };
     let backend_http = backend_http_client().map_err(|e| StartError::PeerClient(e.to_string()))?;

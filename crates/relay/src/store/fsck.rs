@@ -65,7 +65,8 @@ impl FsckReport {
 /// [`StoreError`] if the store cannot be read, or if the relay is running.
 pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, StoreError> {
     let files = BlobFiles::open_readonly(data_dir);
-    let db = open_db(data_dir)?;
+    // One pass over every table: a large page cache would not be reused.
+    let db = open_db(data_dir, 16 << 20)?;
     let mut report = FsckReport {
         temp_files: std::fs::read_dir(data_dir.join("tmp"))
             .map(|d| d.count() as u64)

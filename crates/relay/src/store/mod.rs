@@ -308,9 +308,13 @@ pub(crate) fn index_path(data_dir: &Path) -> PathBuf {
     data_dir.join("index.redb")
 }
 
-/// Opens the index database, creating its tables.
-pub(crate) fn open_db(data_dir: &Path) -> Result<redb::Database, StoreError> {
-    let db = redb::Database::create(index_path(data_dir)).map_err(redb::Error::from)?;
+/// Opens the index database with a page cache of `cache_bytes`, creating
+/// its tables.
+pub(crate) fn open_db(data_dir: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(index_path(data_dir))
+        .map_err(redb::Error::from)?;
     let txn = db.begin_write().map_err(redb::Error::from)?;
     txn.open_table(BLOBS).map_err(redb::Error::from)?;
     txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
@@ -343,6 +347,8 @@ pub(crate) struct Limits {
     pub(crate) key_quota: u64,
     pub(crate) max_heads: u64,
     pub(crate) cache_bytes: usize,
+    /// Page cache of the embedded index.
+    pub(crate) index_cache_bytes: usize,
     /// Free space to leave on the data directory's filesystem.
     pub(crate) disk_reserve: u64,
 }
@@ -406,7 +412,7 @@ impl Store {
             .map_err(|e| StoreError::io("create data directory", e))?;
         let (files, temp_files_removed) =
             BlobFiles::open(data_dir).map_err(|e| StoreError::io("open blob directories", e))?;
-        let db = Arc::new(open_db(data_dir)?);
+        let db = Arc::new(open_db(data_dir, limits.index_cache_bytes)?);
         let pending_unlinks_finished = finish_pending_unlinks(&db, &files)?;
         let reader = IndexReader::new(Arc::clone(&db));
         let (bytes, blobs, heads) = reader.stats()?;

@@ -1136,7 +1136,7 @@ mod tests {
     #[test]
     fn heads_match_a_plain_map_model() {
         let dir = tempfile::tempdir().unwrap();
-        let db = super::super::open_db(dir.path()).unwrap();
+        let db = super::super::open_db(dir.path(), 1 << 20).unwrap();
         let keys: Vec<SigningKey> = (0..3u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
         let slots = ["a", "A", "0", "_", "-", "zz", "a-"];
         let max_heads = 12;
