@@ -258,3 +258,64 @@ async fn approving_needs_the_root_key() {
         .ok();
     joining.finish().await.json();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_files_are_sealed_and_the_home_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let relay = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&relay]).await;
+    device.put_data("note", b"a small file").await;
+    // The vault's secret key in its text form, exported outside the home.
+    let export = device.dir.path().join("vault.key");
+    device
+        .run(&["key", "export-vault", export.to_str().unwrap()])
+        .await
+        .ok();
+    let secret = std::fs::read_to_string(&export).unwrap();
+    let secret = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("an age identity line")
+        .to_owned();
+
+    let home = device.home();
+    for key in ["keys/root.age", "keys/device.age"] {
+        let bytes = std::fs::read(home.join(key)).unwrap();
+        assert!(
+            bytes.starts_with(b"age-encryption.org/v1\n-> scrypt "),
+            "{key} is not sealed with a passphrase"
+        );
+    }
+    let mut dirs = vec![home.clone()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            files += 1;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", path.display());
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            for needle in [secret.clone(), secret.to_lowercase(), PASSPHRASE.to_owned()] {
+                assert!(
+                    !text.contains(&needle),
+                    "{} holds a secret in the clear",
+                    path.display()
+                );
+            }
+            assert!(
+                !text.contains("ed25519-secret:"),
+                "{} holds a signing key in the clear",
+                path.display()
+            );
+        }
+    }
+    assert!(files >= 5, "only {files} files in the home");
+}

@@ -841,3 +841,54 @@ async fn openapi_lists_exactly_the_served_routes_and_methods() {
     }
     assert_eq!(served, documented);
 }
+
+#[tokio::test]
+async fn a_spent_delete_token_stays_spent_across_a_restart() {
+    let relay = TestRelay::start().await;
+    let alice = key("alice");
+    let data = bytes("deleted, then stored again", 2_000);
+    let id = BlobId::of(&data);
+    let absent = BlobId::of(b"not stored yet");
+    assert_eq!(relay.put(&alice, &data).await.status(), StatusCode::CREATED);
+    let deleted = relay.auth(&alice, Method::Delete, id);
+    let missed = relay.auth(&alice, Method::Delete, absent);
+    let delete = |relay: &TestRelay, id: BlobId, token: &str| {
+        relay
+            .http
+            .delete(relay.blob_url(&id))
+            .header("authorization", token)
+            .send()
+    };
+    assert_eq!(
+        delete(&relay, id, &deleted).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    // A token is spent even when its delete found nothing.
+    assert_eq!(
+        delete(&relay, absent, &missed).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let relay = relay.stop().await.start(&[]).await;
+    assert_eq!(relay.put(&alice, &data).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        relay.put(&alice, b"not stored yet").await.status(),
+        StatusCode::CREATED
+    );
+    // Both tokens are still valid for minutes; replayed after the restart,
+    // neither deletes what the owner stored since.
+    for (target, token) in [(id, &deleted), (absent, &missed)] {
+        assert_error(
+            delete(&relay, target, token).await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+        )
+        .await;
+        assert_eq!(relay.get(&target).await.status(), StatusCode::OK);
+    }
+    // A fresh token still deletes.
+    assert_eq!(
+        relay.delete(&alice, id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+}

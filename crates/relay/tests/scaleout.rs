@@ -148,19 +148,39 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
         TokenTarget::Blob(id),
         unix_now() + 300,
     );
-    let r = http
-        .delete(format!("{}/v1/blobs/{id}", a.url()))
-        .header("authorization", auth_header(&t, &alice))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let delete = |url: String| {
+        http.delete(format!("{url}/v1/blobs/{id}"))
+            .header("authorization", auth_header(&t, &alice))
+            .send()
+    };
+    assert_eq!(
+        delete(a.url()).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
     let gone = http
         .get(format!("{}/v1/blobs/{id}", b.url()))
         .send()
         .await
         .unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    // Stored again through B. The delete token, replayed to B (which never
+    // saw it in memory), is refused: the index records it as spent.
+    let r = upload(&http, &b.url(), &key_a, &alice, id, blobs[4].clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_error(
+        delete(b.url()).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+    let kept = http
+        .get(format!("{}/v1/blobs/{id}", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, header};
 use cairn_proto::{AuthToken, Method, Nonce, SignedRecord, TokenTarget, VerifyingKey};
 
 use super::error::ApiError;
+use crate::store::SpentToken;
 
 /// Longest token lifetime accepted: `expires_at` at most this far ahead.
 pub(crate) const MAX_TOKEN_LIFETIME_SECS: u64 = 600;
@@ -55,13 +56,20 @@ pub(crate) struct Required<'a> {
     pub(crate) pow_exempt: &'a dyn Fn(&VerifyingKey) -> bool,
 }
 
-/// Checks the request's token and returns the key that signed it: the key
-/// acting (and, for uploads, the owner).
+/// A request whose token checked out.
+pub(crate) struct Authorized {
+    /// The key acting (and, for uploads, the owner).
+    pub(crate) signer: VerifyingKey,
+    /// The token, for requests that must record it durably.
+    pub(crate) token: SpentToken,
+}
+
+/// Checks the request's token.
 pub(crate) fn authorize(
     headers: &HeaderMap,
     required: &Required<'_>,
     nonces: &NonceCache,
-) -> Result<VerifyingKey, ApiError> {
+) -> Result<Authorized, ApiError> {
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::bad_token("missing Authorization header; sign an auth-token (PROTOCOL.md §7.2)")
     })?;
@@ -119,5 +127,11 @@ pub(crate) fn authorize(
     if !nonces.insert(token.nonce, expires) {
         return Err(ApiError::token_replayed());
     }
-    Ok(signer)
+    Ok(Authorized {
+        signer,
+        token: SpentToken {
+            nonce: token.nonce.0,
+            expires_at: expires,
+        },
+    })
 }

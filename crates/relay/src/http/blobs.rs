@@ -10,14 +10,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use cairn_proto::{
-    BlobId, Method, SignedRecord, Timestamp, TokenTarget, TransferReceipt, VerifyingKey,
-};
+use cairn_proto::{BlobId, Method, SignedRecord, Timestamp, TokenTarget, TransferReceipt};
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use super::AppState;
-use super::auth::{Required, authorize};
+use super::auth::{Authorized, CLOCK_SKEW_SECS, Required, authorize};
 use super::body::BodyChunks;
 use super::error::ApiError;
 use super::range::{self, ByteRange};
@@ -53,7 +51,7 @@ fn authorize_for(
     headers: &HeaderMap,
     method: Method,
     id: BlobId,
-) -> Result<VerifyingKey, ApiError> {
+) -> Result<Authorized, ApiError> {
     let relay = app.key.verifying_key();
     let required = Required {
         relay: &relay,
@@ -68,10 +66,11 @@ fn authorize_for(
         },
         pow_exempt: &|key| app.federation.peers.contains(key),
     };
-    let signer = authorize(headers, &required, &app.nonces)?;
+    let authorized = authorize(headers, &required, &app.nonces)?;
+    let signer = authorized.signer;
     if app.federation.peers.contains(&signer) {
         // Peers are the operator's choice; their pace is replication's.
-        return Ok(signer);
+        return Ok(authorized);
     }
     app.key_limiter
         .check(signer, std::time::Instant::now())
@@ -84,7 +83,7 @@ fn authorize_for(
                 wait,
             )
         })?;
-    Ok(signer)
+    Ok(authorized)
 }
 
 fn etag(id: &BlobId) -> HeaderValue {
@@ -423,7 +422,7 @@ pub(crate) async fn put_blob(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let id = parse_id(&id)?;
-    let signer = authorize_for(&app, &headers, Method::Put, id)?;
+    let signer = authorize_for(&app, &headers, Method::Put, id)?.signer;
     let source = if app.federation.peers.contains(&signer) {
         Source::Peer(signer)
     } else {
@@ -722,8 +721,14 @@ pub(crate) async fn delete_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let owner = authorize_for(&app, &headers, Method::Delete, id)?;
-    match app.store.delete(id, owner).await? {
+    let authorized = authorize_for(&app, &headers, Method::Delete, id)?;
+    let forget_before = app.now().saturating_sub(CLOCK_SKEW_SECS);
+    match app
+        .store
+        .delete(id, authorized.signer, authorized.token, forget_before)
+        .await?
+    {
+        DeleteOutcome::Replayed => Err(ApiError::token_replayed()),
         DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!(
             "this relay does not hold blob {id} (if it was transferred to a peer, the copy \

@@ -34,7 +34,7 @@ fn authorize_peer(
         pow_bits: 0,
         pow_exempt: &|_| true,
     };
-    let signer = authorize(headers, &required, &app.nonces)?;
+    let signer = authorize(headers, &required, &app.nonces)?.signer;
     if !app.federation.peers.contains(&signer) {
         return Err(ApiError::not_a_peer(&signer));
     }

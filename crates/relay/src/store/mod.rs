@@ -90,7 +90,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::files::BlobFiles;
 use self::index::{
     BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS, HEADS_BY_ACCESS,
-    HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, STATS,
+    HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STATS,
 };
 use self::scaleout::ScaleOut;
 use crate::config::StorageConfig;
@@ -235,6 +235,17 @@ pub(crate) enum DeleteOutcome {
     Deleted,
     NotFound,
     NotOwner,
+    /// Its token was used before; nothing changed.
+    Replayed,
+}
+
+/// The token a delete request carried. It is recorded in the same
+/// transaction as the deletion, so that neither a restart nor another
+/// process sharing the index accepts it again while it is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SpentToken {
+    pub(crate) nonce: [u8; 16],
+    pub(crate) expires_at: u64,
 }
 
 /// Live totals, updated after each commit.
@@ -329,6 +340,7 @@ pub(crate) fn open_db(data_dir: &Path, cache_bytes: usize) -> Result<redb::Datab
     txn.open_table(FORWARDS).map_err(redb::Error::from)?;
     txn.open_table(FORWARDS_BY_ACCESS)
         .map_err(redb::Error::from)?;
+    txn.open_table(SPENT_TOKENS).map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
     Ok(db)
 }
@@ -628,17 +640,28 @@ impl Store {
         }
     }
 
-    /// Deletes blob `id` if `owner` owns it.
+    /// Deletes blob `id` if `owner` owns it and `token` was never used
+    /// before; records `token` as used either way. Tokens that expired
+    /// before `forget_before` are forgotten.
     pub(crate) async fn delete(
         &self,
         id: BlobId,
         owner: VerifyingKey,
+        token: SpentToken,
+        forget_before: u64,
     ) -> Result<DeleteOutcome, StoreError> {
         match &self.backend {
             Backend::Embedded { tx, .. } => {
-                Self::send(tx, |reply| WriteOp::Delete { id, owner, reply }).await
+                Self::send(tx, |reply| WriteOp::Delete {
+                    id,
+                    owner,
+                    token,
+                    forget_before,
+                    reply,
+                })
+                .await
             }
-            Backend::ScaleOut(backend) => backend.delete(id, owner).await,
+            Backend::ScaleOut(backend) => backend.delete(id, owner, token, forget_before).await,
         }
     }
 

@@ -39,7 +39,10 @@ use super::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_index.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_index.sql")),
+    (2, include_str!("../../migrations/0002_spent_tokens.sql")),
+];
 
 /// Advisory lock taken while migrating, so that processes starting together
 /// migrate once.

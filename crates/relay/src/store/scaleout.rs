@@ -37,9 +37,10 @@ use cairn_proto::BlobId;
 use super::export::BlobRecord;
 use super::index::Forward;
 use super::objects::Objects;
-use super::postgres::{Index, db_err, int};
+use super::postgres::{Index, db_err, exec, int};
 use super::{
-    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, Staged, StoreError, StoreStats,
+    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged, StoreError,
+    StoreStats,
 };
 use crate::config::ScaleOutConfig;
 
@@ -274,9 +275,29 @@ impl ScaleOut {
         &self,
         id: BlobId,
         owner: cairn_proto::VerifyingKey,
+        token: SpentToken,
+        forget_before: u64,
     ) -> Result<DeleteOutcome, StoreError> {
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
+        exec(
+            &txn,
+            "DELETE FROM spent_tokens WHERE expires_at < $1",
+            &[&int(forget_before)],
+            "forget spent tokens",
+        )
+        .await?;
+        let recorded = exec(
+            &txn,
+            "INSERT INTO spent_tokens (nonce, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (nonce) DO NOTHING",
+            &[&token.nonce.as_slice(), &int(token.expires_at)],
+            "record spent token",
+        )
+        .await?;
+        if recorded == 0 {
+            return Ok(DeleteOutcome::Replayed);
+        }
         let outcome = match Index::blob_for_update(&txn, &id).await? {
             None => DeleteOutcome::NotFound,
             Some(row) if row.owner != Some(owner) => DeleteOutcome::NotOwner,
@@ -292,6 +313,8 @@ impl ScaleOut {
                 return Ok(DeleteOutcome::Deleted);
             }
         };
+        // Nothing was deleted, but the token is spent all the same.
+        txn.commit().await.map_err(db_err("commit spent token"))?;
         Ok(outcome)
     }
 

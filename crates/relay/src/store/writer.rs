@@ -26,11 +26,12 @@ use super::files::BlobFiles;
 use super::index::{
     BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, FORWARDS, FORWARDS_BY_ACCESS, Forward,
     ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS,
-    PENDING_UNLINK, SOURCES, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
+    PENDING_UNLINK, SOURCES, SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS,
+    mailbox_range,
 };
 use super::{
-    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source, Staged,
-    StoreError, StoreStats,
+    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source,
+    SpentToken, Staged, StoreError, StoreStats,
 };
 
 /// Most operations applied in one transaction.
@@ -75,6 +76,8 @@ pub(crate) enum WriteOp {
     Delete {
         id: BlobId,
         owner: VerifyingKey,
+        token: SpentToken,
+        forget_before: u64,
         reply: oneshot::Sender<Result<DeleteOutcome, StoreError>>,
     },
     Touch {
@@ -335,17 +338,28 @@ impl Writer {
                         };
                         replies.push(Reply::Insert(reply, outcome));
                     }
-                    WriteOp::Delete { id, owner, reply } => {
-                        let outcome = match t.meta(&id)? {
-                            None => DeleteOutcome::NotFound,
-                            Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
-                            Some(meta) => {
-                                if t.remove(&id, &meta)? {
-                                    unlink.insert(id);
-                                } else {
-                                    deleted_inline = true;
+                    WriteOp::Delete {
+                        id,
+                        owner,
+                        token,
+                        forget_before,
+                        reply,
+                    } => {
+                        t.forget_spent_tokens(forget_before)?;
+                        let outcome = if !t.spend(token)? {
+                            DeleteOutcome::Replayed
+                        } else {
+                            match t.meta(&id)? {
+                                None => DeleteOutcome::NotFound,
+                                Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
+                                Some(meta) => {
+                                    if t.remove(&id, &meta)? {
+                                        unlink.insert(id);
+                                    } else {
+                                        deleted_inline = true;
+                                    }
+                                    DeleteOutcome::Deleted
                                 }
-                                DeleteOutcome::Deleted
                             }
                         };
                         replies.push(Reply::Delete(reply, outcome));
@@ -633,6 +647,7 @@ struct Tables<'txn> {
     blob_sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
     forwards: redb::Table<'txn, [u8; 32], ForwardValue>,
     forwards_by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    spent: redb::Table<'txn, (u64, [u8; 16]), ()>,
     bytes: u64,
     count: u64,
     head_count: u64,
@@ -663,6 +678,7 @@ impl<'txn> Tables<'txn> {
             forwards_by_access: txn
                 .open_table(FORWARDS_BY_ACCESS)
                 .map_err(redb::Error::from)?,
+            spent: txn.open_table(SPENT_TOKENS).map_err(redb::Error::from)?,
             bytes,
             count,
             head_count,
@@ -987,6 +1003,33 @@ impl<'txn> Tables<'txn> {
         };
         self.write_head(mailbox, slot, stored.as_ref(), &new)?;
         Ok(outcome)
+    }
+
+    /// Records `token` as used; false if it already was.
+    fn spend(&mut self, token: SpentToken) -> Result<bool, StoreError> {
+        let fresh = self
+            .spent
+            .insert((token.expires_at, token.nonce), ())
+            .map_err(redb::Error::from)?
+            .is_none();
+        Ok(fresh)
+    }
+
+    /// Forgets up to a few hundred tokens that expired before `before`:
+    /// enough to keep pace with the deletions that record them.
+    fn forget_spent_tokens(&mut self, before: u64) -> Result<(), StoreError> {
+        let expired: Vec<(u64, [u8; 16])> = self
+            .spent
+            .range(..(before, [0u8; 16]))
+            .map_err(redb::Error::from)?
+            .take(256)
+            .map(|row| row.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for key in expired {
+            self.spent.remove(key).map_err(redb::Error::from)?;
+        }
+        Ok(())
     }
 
     /// How many slots `mailbox` has, counting up to the per-mailbox limit.
