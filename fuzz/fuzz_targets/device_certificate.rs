@@ -1,12 +1,4 @@
-//! Decodes untrusted bytes as a `DeviceCertificate` payload. Whatever decodes must
-//! re-encode to exactly the input: the encoding is canonical.
+//! libFuzzer entry point; the body is `cairn_fuzz::records::device_certificate`.
 #![no_main]
 
-use cairn_proto::{DeviceCertificate, Record as _};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(record) = DeviceCertificate::from_payload(data) {
-        assert_eq!(record.to_payload(), data, "non-canonical DeviceCertificate accepted");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cairn_fuzz::records::device_certificate(data));

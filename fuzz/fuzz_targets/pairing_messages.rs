@@ -1,9 +1,4 @@
-//! Feeds untrusted bytes to every pairing-message parser, as a relay in the
-//! middle could: no panic, and no forged reply, confirm or welcome passes.
+//! libFuzzer entry point; the body is `cairn_fuzz::client::pairing_messages`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    cairn_client::fuzzing::pairing_messages(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cairn_fuzz::client::pairing_messages(data));

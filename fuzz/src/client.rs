@@ -1,0 +1,51 @@
+//! What a client reads from relays and from people: sealed blobs, sync
+//! records, pairing messages and codes.
+
+use cairn_client::PairingCode;
+use cairn_client::keys::X25519Secret;
+use cairn_client::seal::{open_bytes, seal_bytes};
+use cairn_client::sync::{Change, Snapshot};
+
+/// A sealed blob as a relay might serve it (age, padding, length trailer):
+/// no panic, and nothing opens without the right key. The same bytes,
+/// sealed as data, come back exactly.
+pub fn sealed_blob(data: &[u8]) {
+    let key = X25519Secret::from_bytes([7; 32]);
+    let _ = open_bytes(data, std::slice::from_ref(&key));
+    let (_, sealed) = seal_bytes(data, &key.public()).expect("sealing to memory");
+    let opened = open_bytes(&sealed, std::slice::from_ref(&key)).expect("own seal opens");
+    assert_eq!(opened, data, "round trip changed the data");
+}
+
+/// A decrypted operation body and a decrypted snapshot: whatever parses
+/// survives a round trip unchanged.
+pub fn sync_json(data: &[u8]) {
+    if let Ok(change) = Change::from_body(data) {
+        assert_eq!(
+            Change::from_body(&change.to_body()).expect("own output parses"),
+            change
+        );
+    }
+    if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(data) {
+        let text = serde_json::to_vec(&snapshot).expect("serializes");
+        let again: Snapshot = serde_json::from_slice(&text).expect("own output parses");
+        assert_eq!(again, snapshot);
+    }
+}
+
+/// Every pairing message as a relay in the middle could forge it: no
+/// panic, and no forged reply, confirm or welcome passes.
+pub fn pairing_messages(data: &[u8]) {
+    cairn_client::fuzzing::pairing_messages(data);
+}
+
+/// Pairing-code text as a person types it: whatever parses prints back to a
+/// form that parses to the same code.
+pub fn pairing_code(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(code) = PairingCode::parse(text)
+    {
+        let again = PairingCode::parse(&code.to_string()).expect("printed code parses");
+        assert!(again == code);
+    }
+}
