@@ -327,3 +327,46 @@ pub(crate) fn bytes(label: &str, len: usize) -> Vec<u8> {
         .fill(&mut out);
     out
 }
+
+/// A relay process planned before any starts: its data directory, identity
+/// key and port are fixed up front, so that relays can name each other as
+/// peers and keep their addresses across restarts.
+pub(crate) struct PlannedRelay {
+    pub(crate) data: std::path::PathBuf,
+    pub(crate) key: VerifyingKey,
+    pub(crate) port: u16,
+}
+
+impl PlannedRelay {
+    /// `n` relays under `dir` (`relay0`, `relay1`, …), keys created.
+    pub(crate) fn plan(dir: &std::path::Path, n: usize) -> Vec<Self> {
+        (0..n)
+            .map(|i| {
+                let data = dir.join(format!("relay{i}"));
+                std::fs::create_dir_all(&data).unwrap();
+                let (signing, _) =
+                    cairn_relay::load_or_create_key(&data.join("relay.key")).unwrap();
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                Self {
+                    data,
+                    key: signing.verifying_key(),
+                    port,
+                }
+            })
+            .collect()
+    }
+
+    /// The address it listens on.
+    pub(crate) fn listen(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Its `--peer` value.
+    pub(crate) fn as_peer_flag(&self) -> String {
+        format!("http://127.0.0.1:{}={}", self.port, self.key)
+    }
+}

@@ -19,7 +19,7 @@ use cairn_proto::{BlobId, Method, TokenTarget, VerifyingKey};
 use cairn_testkit::{RelayProcess, auth_header, key, token, unix_now};
 use reqwest::StatusCode;
 
-use crate::common::{bytes, upload};
+use crate::common::{PlannedRelay, bytes, upload};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cairn-relay");
 const CLIENTS: usize = 256;
@@ -161,25 +161,14 @@ async fn soak_256_clients_on_three_federated_relays() {
         .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     // Keys and ports first: each relay names the other two as peers.
-    let mut planned = Vec::new();
-    for i in 0..3 {
-        let data = dir.path().join(format!("relay{i}"));
-        std::fs::create_dir_all(&data).unwrap();
-        let (signing, _) = cairn_relay::load_or_create_key(&data.join("relay.key")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        planned.push((data, signing.verifying_key(), port));
-    }
+    let planned = PlannedRelay::plan(dir.path(), 3);
     let mut processes = Vec::new();
-    for (i, (data, _, port)) in planned.iter().enumerate() {
+    for (i, relay) in planned.iter().enumerate() {
         let peers: Vec<String> = planned
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, (_, key, port))| format!("http://127.0.0.1:{port}={key}"))
+            .map(|(_, peer)| peer.as_peer_flag())
             .collect();
         let mut args = vec![
             "--key-rate",
@@ -194,8 +183,8 @@ async fn soak_256_clients_on_three_federated_relays() {
         }
         processes.push(RelayProcess::spawn_at(
             Path::new(BIN),
-            data,
-            &format!("127.0.0.1:{port}"),
+            &relay.data,
+            &relay.listen(),
             &args,
         ));
     }
@@ -203,9 +192,9 @@ async fn soak_256_clients_on_three_federated_relays() {
         processes
             .iter()
             .zip(&planned)
-            .map(|(p, (_, key, _))| Target {
+            .map(|(p, planned)| Target {
                 url: p.url(),
-                key: *key,
+                key: planned.key,
             })
             .collect(),
     );
