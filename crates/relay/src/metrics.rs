@@ -92,6 +92,13 @@ impl Metrics {
         }
     }
 
+    /// Requests answered since start, all routes and statuses.
+    pub(crate) fn requests_total(&self) -> u64 {
+        self.requests.read().map_or(0, |map| {
+            map.values().map(|c| c.load(Ordering::Relaxed)).sum()
+        })
+    }
+
     pub(crate) fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str(

@@ -14,5 +14,6 @@ mod heads;
 mod hostile;
 mod scaleout;
 mod soak;
+mod status_page;
 mod streaming;
 mod tls;

@@ -11,6 +11,7 @@ mod info;
 mod ops;
 mod proof;
 mod range;
+mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -197,7 +198,7 @@ fn routes() -> [(&'static str, MethodRouter<AppState>); 9] {
         ("/.well-known/cairn-relay", get(info::well_known)),
         ("/metrics", get(ops::metrics)),
         ("/health", get(ops::health)),
-        ("/", get(ops::status_page)),
+        ("/", get(status::status_page)),
     ]
 }
 
