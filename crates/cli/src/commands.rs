@@ -24,6 +24,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Command::Inspect { record } = &args.command {
         return crate::inspect::inspect(record, json);
     }
+    if let Command::Demo { no_wait } = args.command {
+        return crate::demo::run(!no_wait);
+    }
     let home = Home::at(home_dir(args.global.home)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -71,8 +74,11 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<Ex
     if let Command::Relay(command) = command {
         return relay(open(home)?, json, command).await;
     }
-    if let Command::Repair = command {
-        return repair(open(home)?, json).await;
+    if let Command::Repair {
+        replace_unreachable,
+    } = command
+    {
+        return repair(open(home)?, json, replace_unreachable).await;
     }
     if let Command::Audit { sample, chunks } = command {
         return audit(open(home)?, json, sample, usize::from(chunks)).await;
@@ -161,9 +167,11 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
             emit(json, &value, || format!("replicas: {}", client.replicas()));
             Ok(())
         }
-        Command::Inspect { .. } | Command::Relay(_) | Command::Audit { .. } | Command::Repair => {
-            Ok(())
-        }
+        Command::Inspect { .. }
+        | Command::Demo { .. }
+        | Command::Relay(_)
+        | Command::Audit { .. }
+        | Command::Repair { .. } => Ok(()),
     }
 }
 
@@ -698,7 +706,7 @@ async fn sync(
 /// One repair pass inside `sync --watch`: reported when it did or found
 /// something, noted when it failed.
 async fn watch_repair(client: &mut Client, json: bool) {
-    match client.repair().await {
+    match client.repair(false).await {
         Ok(report) if !report.restored.is_empty() || !report.short.is_empty() => {
             emit_line(json, &serde_json::json!({ "repair": &report }), || {
                 repair_summary(&report)
@@ -846,13 +854,23 @@ fn repair_summary(report: &cairn_client::RepairReport) -> String {
     for u in &report.unreachable {
         text.push_str(&format!("\n  unreachable: {u}"));
     }
+    if !report.unreachable.is_empty() && !report.short.is_empty() {
+        text.push_str(
+            "\n  (copies on relays that do not answer are kept, in case they come back; if one \
+             is gone for good, `cairn repair --replace-unreachable` makes new copies elsewhere)",
+        );
+    }
     text
 }
 
 /// `cairn repair`: the report either way; exit 1 when a file is left short
 /// of good copies.
-async fn repair(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
-    let report = client.repair().await?;
+async fn repair(
+    mut client: Client,
+    json: bool,
+    replace_unreachable: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = client.repair(replace_unreachable).await?;
     emit(json, &report, || repair_summary(&report));
     Ok(if report.short.is_empty() {
         ExitCode::SUCCESS
@@ -927,7 +945,10 @@ async fn ls(mut client: Client, json: bool) -> anyhow::Result<()> {
                     if f.transferred.is_empty() {
                         String::new()
                     } else {
-                        format!("  ({} transferred to peers)", f.transferred.len())
+                        format!(
+                            "  ({} moved since stored: transferred or repaired)",
+                            f.transferred.len()
+                        )
                     }
                 )
             })

@@ -5,6 +5,7 @@
 //! logic lives here.
 
 mod commands;
+mod demo;
 mod inspect;
 mod output;
 mod progress;
@@ -157,10 +158,19 @@ Examples:
     /// Audits every copy (which also renews its retention on the relay),
     /// and replaces copies that are missing or fail their proof with new
     /// copies on other relays of your set, made from a good copy (no
-    /// decryption needed). Relays that do not answer are reported, not
-    /// replaced. Run it more often than your relays' shortest retention.
-    /// Exits 1 when a file is left short of good copies.
-    Repair,
+    /// decryption needed). Copies on relays that do not answer are
+    /// reported, not replaced, unless --replace-unreachable. Run it more
+    /// often than your relays' shortest retention. Exits 1 when a file is
+    /// left short of good copies.
+    #[command(
+        after_help = "Example:\n  cairn repair --replace-unreachable   # a relay is gone for good"
+    )]
+    Repair {
+        /// Replace copies on relays that do not answer too (for a relay
+        /// that is gone for good, not one that is briefly down).
+        #[arg(long)]
+        replace_unreachable: bool,
+    },
     /// Ask relays to prove they still hold your files' copies.
     ///
     /// For each copy, the relay must return random 1 KiB chunks with a
@@ -192,6 +202,23 @@ Examples:
         /// How many relays each file is stored on.
         #[arg(long)]
         replicas: Option<usize>,
+    },
+    /// Run a whole cairn network on this machine and walk through it.
+    ///
+    /// Starts four relays in this process (three for the file and a spare),
+    /// each on a free loopback port with its data in a temporary directory,
+    /// and two devices, a laptop and a phone. Then, printing each command
+    /// before running it: the laptop creates an identity and stores a file
+    /// on three relays; the phone joins with a pairing code and opens the
+    /// file; relay B fails and the file is still readable; the laptop adds
+    /// the spare and repairs back to three copies. The relays then keep
+    /// running, with their status pages, until Ctrl-C; everything is
+    /// removed on exit.
+    #[command(after_help = "Example:\n  cargo run --release --bin cairn -- demo")]
+    Demo {
+        /// Exit after the walk-through instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Decode a signed record, check its signature and show what it says.
     ///

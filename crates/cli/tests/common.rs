@@ -7,7 +7,7 @@ use std::process::Command;
 use cairn_relay::{Clock, RelayConfig, RelayHandle};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
 
 /// A relay in this process with its own data directory.

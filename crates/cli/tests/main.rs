@@ -8,6 +8,7 @@
 
 mod audit;
 mod common;
+mod demo;
 mod devices;
 mod errors;
 mod faults;

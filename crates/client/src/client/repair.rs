@@ -84,8 +84,12 @@ impl Client {
         infos.into_iter().flatten().min()
     }
 
-    /// Audits every copy of every file and replaces the bad ones.
-    pub async fn repair(&mut self) -> Result<RepairReport> {
+    /// Audits every copy of every file and replaces the bad ones. Copies on
+    /// relays that do not answer are replaced too when `replace_unreachable`
+    /// (the person asked for it: a relay that is down for good), and only
+    /// reported otherwise (it may be back in a minute; `sync --watch` does
+    /// not churn copies over an outage).
+    pub async fn repair(&mut self, replace_unreachable: bool) -> Result<RepairReport> {
         let started = Instant::now();
         self.require_active()?;
         let mut state = self.synced().await?;
@@ -133,9 +137,14 @@ impl Client {
                             bad.push((&c.at, format!("on a relay flagged for {kind}")));
                         }
                     }
-                    Verdict::Unreachable(why) => report
-                        .unreachable
-                        .push(format!("{name} on {}: {why}", c.at.url)),
+                    Verdict::Unreachable(why) => {
+                        report
+                            .unreachable
+                            .push(format!("{name} on {}: {why}", c.at.url));
+                        if replace_unreachable {
+                            bad.push((&c.at, why.clone()));
+                        }
+                    }
                 }
             }
             if bad.is_empty() {
