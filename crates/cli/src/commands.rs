@@ -80,6 +80,9 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<Ex
     {
         return repair(open(home)?, json, replace_unreachable).await;
     }
+    if let Command::Doctor = command {
+        return crate::doctor::doctor(&open(home)?, json).await;
+    }
     if let Command::Audit { sample, chunks } = command {
         return audit(open(home)?, json, sample, usize::from(chunks)).await;
     }
@@ -169,6 +172,7 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
         }
         Command::Inspect { .. }
         | Command::Demo { .. }
+        | Command::Doctor
         | Command::Relay(_)
         | Command::Audit { .. }
         | Command::Repair { .. } => Ok(()),

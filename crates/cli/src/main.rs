@@ -6,6 +6,7 @@
 
 mod commands;
 mod demo;
+mod doctor;
 mod inspect;
 mod output;
 mod progress;
@@ -203,6 +204,18 @@ Examples:
         #[arg(long)]
         replicas: Option<usize>,
     },
+    /// Check this device's setup and say what to do about each problem.
+    ///
+    /// Unlocks the keys, checks that the home is private, whether the root
+    /// key is on this device, that there are enough relays, that each
+    /// answers with a document signed by its pinned key, clock skew against
+    /// each, relays that misbehaved or lack copies, and the shortest
+    /// retention (how often `cairn repair` must run). Exits 0 when nothing
+    /// failed (warnings allowed), 1 when something did.
+    #[command(
+        after_help = "Example:\n  cairn doctor\n  cairn doctor --json | jq '.[] | select(.status != \"ok\")'"
+    )]
+    Doctor,
     /// Run a whole cairn network on this machine and walk through it.
     ///
     /// Starts four relays in this process (three for the file and a spare),

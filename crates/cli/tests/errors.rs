@@ -187,3 +187,69 @@ async fn a_full_home_fails_a_put_clearly_and_loses_nothing() {
         .json();
     assert!(device.run(&["ls"]).await.ok().contains("big.bin"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_what_is_wrong_and_what_to_do() {
+    let now = cairn_testkit::unix_now();
+    // A relay ten minutes ahead that keeps unread copies for two days, and
+    // an honest one.
+    let ahead = Relay::start_with_clock(
+        |c| c.retention = std::time::Duration::from_secs(2 * 86_400),
+        cairn_relay::Clock::manual(now + 600),
+    )
+    .await;
+    let mut honest = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&ahead, &honest]).await;
+
+    let findings = |run: &crate::common::Run| -> Vec<(String, String)> {
+        let json: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {run:#?}"));
+        json.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["status"].as_str().unwrap().to_owned(),
+                    format!("{}: {} → {}", f["check"], f["message"], f["fix"]),
+                )
+            })
+            .collect()
+    };
+    let run = device.run(&["doctor", "--json"]).await;
+    assert_eq!(run.code, 0, "warnings only: {run:#?}");
+    let found = findings(&run);
+    let warned = |needle: &str| {
+        found
+            .iter()
+            .any(|(status, text)| status == "warn" && text.contains(needle))
+    };
+    assert!(warned("2 relay(s)"), "{found:#?}");
+    assert!(warned("clock and this device's differ"), "{found:#?}");
+    assert!(warned("2 days"), "{found:#?}");
+    assert!(warned("root key is on this device"), "{found:#?}");
+    assert!(
+        found.iter().all(|(status, _)| status != "fail"),
+        "{found:#?}"
+    );
+
+    // A relay down and a file others can read: failures, exit 1, and the
+    // text names the fixes.
+    honest.stop().await;
+    let config = device.home().join("config.json");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let run = device.run(&["doctor"]).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.stdout.contains("FAIL  relay:") && run.stdout.contains("does not answer"));
+    assert!(run.stdout.contains("cairn relay rotate"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("FAIL  home: others can read"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("chmod -R go-rwx"), "{}", run.stdout);
+}

@@ -128,6 +128,8 @@ pub struct InfoSummary {
     pub pow_bits: u8,
     /// Bytes one upload key may own (0: no limit).
     pub key_quota_bytes: u64,
+    /// When the relay signed the document, by its clock (Unix seconds).
+    pub issued_at: u64,
 }
 
 impl From<&RelayInfo> for InfoSummary {
@@ -141,6 +143,7 @@ impl From<&RelayInfo> for InfoSummary {
             load_permille: info.load_permille,
             pow_bits: info.limits.pow_bits,
             key_quota_bytes: info.limits.key_quota_bytes,
+            issued_at: info.issued_at.0,
         }
     }
 }

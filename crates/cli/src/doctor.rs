@@ -1,0 +1,261 @@
+//! `cairn doctor`: checks this device's setup end to end and says, for each
+//! thing that is wrong or risky, what to do about it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use cairn_client::{Client, RelayCheck};
+use serde::Serialize;
+
+/// How far a relay's clock may be from this device's before tokens (valid
+/// for 5 minutes, with a minute of slack) start to fail.
+const SKEW_WARN_SECS: u64 = 60;
+
+/// Retention below this leaves little room between runs of `cairn repair`.
+const SHORT_RETENTION_SECS: u64 = 7 * 86_400;
+
+/// How one check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One finding: what was checked, how it came out, and what to do.
+#[derive(Debug, Serialize)]
+struct Finding {
+    check: &'static str,
+    status: Status,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(check: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            check,
+            status: Status::Ok,
+            message: message.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            check,
+            status: Status::Warn,
+            message: message.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status: Status::Fail,
+            ..Self::warn(check, message, fix)
+        }
+    }
+}
+
+/// Runs every check on an opened client (opening it already showed that
+/// the home exists and the key files unlock). Exit 1 when any check failed.
+pub(crate) async fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let mut findings = vec![Finding::ok(
+        "keys",
+        format!("this device ({}) unlocked its keys", client.device_name()),
+    )];
+    findings.extend(home_permissions(client.home().path()));
+    if client.holds_root() {
+        findings.push(Finding::warn(
+            "root key",
+            "the root key is on this device: whoever takes it controls your identity",
+            "keep it elsewhere: `cairn key export-root FILE` (to a USB stick), then \
+             `cairn key forget-root`; you will need it only to add or revoke devices",
+        ));
+    } else {
+        findings.push(Finding::ok(
+            "root key",
+            "the root key is not on this device",
+        ));
+    }
+    let checks = client.check_relays(None).await?;
+    findings.extend(relay_findings(client, &checks));
+    let failed = findings.iter().any(|f| f.status == Status::Fail);
+    crate::output::emit(json, &findings, || render(&findings));
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn render(findings: &[Finding]) -> String {
+    findings
+        .iter()
+        .map(|f| {
+            let label = match f.status {
+                Status::Ok => "ok  ",
+                Status::Warn => "WARN",
+                Status::Fail => "FAIL",
+            };
+            let mut line = format!("{label}  {}: {}", f.check, f.message);
+            if let Some(fix) = &f.fix {
+                line.push_str(&format!("\n      → {fix}"));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The home directory and everything in it must be private to its owner.
+fn home_permissions(home: &Path) -> Vec<Finding> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut exposed = Vec::new();
+    let mut dirs = vec![home.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        if let Ok(meta) = std::fs::metadata(&dir)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            exposed.push(dir.clone());
+        }
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => dirs.push(path),
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => exposed.push(path),
+                _ => {}
+            }
+        }
+    }
+    if exposed.is_empty() {
+        return vec![Finding::ok(
+            "home",
+            format!("{} is private to you", home.display()),
+        )];
+    }
+    let names: Vec<String> = exposed.iter().map(|p| p.display().to_string()).collect();
+    vec![Finding::fail(
+        "home",
+        format!("others can read {}", names.join(", ")),
+        format!("chmod -R go-rwx {}", home.display()),
+    )]
+}
+
+fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let wanted = client.replicas();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match checks.len() {
+        0 => findings.push(Finding::fail(
+            "relays",
+            "no relays: nothing can be stored",
+            "`cairn relay add URL` for three relays you trust to stay up",
+        )),
+        n if n < wanted => findings.push(Finding::warn(
+            "relays",
+            format!("{n} relay(s): each file gets {n} copies, not the {wanted} wanted"),
+            "add relays with `cairn relay add URL`; any one of them is enough to read a file",
+        )),
+        n => findings.push(Finding::ok(
+            "relays",
+            format!("{n} relays; each file gets {wanted} copies"),
+        )),
+    }
+    let mut shortest: Option<(u64, &str)> = None;
+    for check in checks {
+        let url = check.url.as_str();
+        let Some(info) = &check.info else {
+            findings.push(Finding::fail(
+                "relay",
+                format!(
+                    "{url} does not answer: {}",
+                    check.error.as_deref().unwrap_or("unknown error")
+                ),
+                format!(
+                    "if it is down for a while, reads use the other relays; if it is gone for \
+                     good: `cairn relay rotate {url} NEW_URL`, or `cairn repair \
+                     --replace-unreachable`"
+                ),
+            ));
+            continue;
+        };
+        findings.push(Finding::ok(
+            "relay",
+            format!(
+                "{url} answers in {} ms, signed by its pinned key",
+                check.latency_ms
+            ),
+        ));
+        let skew = info.issued_at.abs_diff(now);
+        if skew > SKEW_WARN_SECS {
+            findings.push(Finding::warn(
+                "clock",
+                format!(
+                    "{url}'s clock and this device's differ by {skew} s; relays refuse tokens \
+                     that look expired or too long-lived"
+                ),
+                "set this device's clock from the network (e.g. `timedatectl set-ntp true`); \
+                 if only this relay is off, tell its operator",
+            ));
+        }
+        if shortest.is_none_or(|(secs, _)| info.retention_secs < secs) {
+            shortest = Some((info.retention_secs, url));
+        }
+        if check.flagged {
+            findings.push(Finding::warn(
+                "relay",
+                format!("{url} misbehaved recently (see `cairn relay check {url}`)"),
+                "`cairn repair` moves copies off it; remove it with `cairn relay rotate` if it \
+                 keeps happening",
+            ));
+        }
+        if let Some(copies) = &check.copies
+            && copies.missing > 0
+        {
+            findings.push(Finding::warn(
+                "copies",
+                format!(
+                    "{url} lacks {} of the {} copies asked about",
+                    copies.missing, copies.probed
+                ),
+                "`cairn repair` makes new copies from good ones",
+            ));
+        }
+    }
+    if let Some((secs, url)) = shortest {
+        let days = secs / 86_400;
+        if secs < SHORT_RETENTION_SECS {
+            findings.push(Finding::warn(
+                "retention",
+                format!(
+                    "{url} deletes copies nobody read for {}; unread files go with them",
+                    if days > 0 {
+                        format!("{days} days")
+                    } else {
+                        format!("{} hours", secs / 3600)
+                    }
+                ),
+                "run `cairn repair` (or keep `cairn sync --watch` running) well within that: \
+                 each audit renews the copies it checks",
+            ));
+        } else {
+            findings.push(Finding::ok(
+                "retention",
+                format!(
+                    "the shortest retention is {days} days ({url}); run `cairn repair` at least \
+                     that often"
+                ),
+            ));
+        }
+    }
+    findings
+}
