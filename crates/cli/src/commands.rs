@@ -24,6 +24,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Command::Inspect { record } = &args.command {
         return crate::inspect::inspect(record, json);
     }
+    if let Command::Completions { shell } = args.command {
+        return crate::manuals::completions(shell);
+    }
+    if let Command::Man { dir } = &args.command {
+        return crate::manuals::man(dir.as_deref());
+    }
     if let Command::Demo { no_wait } = args.command {
         return crate::demo::run(!no_wait);
     }
@@ -172,6 +178,8 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
         }
         Command::Inspect { .. }
         | Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Doctor
         | Command::Relay(_)
         | Command::Audit { .. }

@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod doctor;
 mod inspect;
+mod manuals;
 mod output;
 mod progress;
 mod secrets;
@@ -38,7 +39,19 @@ Getting started:
 
 Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
 Every command takes --json for scripts and --home (or CAIRN_HOME).
-A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS)."
+A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS).
+Progress bars appear only when standard error is a terminal.
+New here? `cairn demo` runs a whole network on this machine; `cairn doctor`
+checks your setup.
+
+Exit codes:
+  0  done
+  1  done, and something needs attention: `doctor`, `audit`, `repair` and
+     `relay check` found a problem, `relay rotate` could not move every copy
+     (the old relay stays), or `inspect` met a signature that does not
+     verify
+  2  not done: bad arguments, no home, wrong passphrase, relays unreachable,
+     or another error (the message says what to do)"
 )]
 struct Args {
     #[command(flatten)]
@@ -203,6 +216,22 @@ Examples:
         /// How many relays each file is stored on.
         #[arg(long)]
         replicas: Option<usize>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  cairn completions bash > ~/.local/share/bash-completion/completions/cairn\n  cairn completions zsh > ~/.zfunc/_cairn\n  cairn completions fish > ~/.config/fish/completions/cairn.fish"
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page, or write one page per command into a
+    /// directory.
+    #[command(after_help = "Example:\n  cairn man --dir ~/.local/share/man/man1 && man cairn-put")]
+    Man {
+        /// Write cairn.1 and a page per command (cairn-put.1, …) here.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Check this device's setup and say what to do about each problem.
     ///

@@ -13,6 +13,7 @@ mod devices;
 mod errors;
 mod faults;
 mod interop;
+mod manuals;
 mod storage;
 mod sync;
 mod transfers;
