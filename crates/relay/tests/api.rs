@@ -892,3 +892,82 @@ async fn a_spent_delete_token_stays_spent_across_a_restart() {
         StatusCode::NO_CONTENT
     );
 }
+
+/// The repository's `contrib/` directory.
+fn contrib(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../contrib")
+        .join(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contrib_service_and_config_start_a_relay() {
+    // The systemd unit's command line, with the example config for
+    // /etc/cairn/relay.toml and a temporary data directory.
+    let unit = std::fs::read_to_string(contrib("systemd/cairn-relay.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert!(words[0].ends_with("/cairn-relay") && words[1] == "serve", "{exec}");
+    let config = contrib("relay.toml");
+    let mut args = Vec::new();
+    let mut rest = words[2..].iter();
+    while let Some(flag) = rest.next() {
+        let value = rest.next().expect("every flag has a value");
+        match *flag {
+            "--config" => args.extend(["--config".to_owned(), config.display().to_string()]),
+            // RelayProcess passes its own data directory and address.
+            "--data" => {}
+            _ => args.extend([(*flag).to_owned(), (*value).to_owned()]),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = cairn_testkit::RelayProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_cairn-relay")),
+        &dir.path().join("data"),
+        &args,
+    );
+    let http = cairn_testkit::http();
+    let (info, _) = info_document(&http, &relay.url()).await;
+    // What the example promises is what the relay discloses.
+    assert_eq!(info.capacity_total, 500 << 30);
+    assert_eq!(info.retention_secs, 90 * 86_400);
+    assert_eq!(info.limits.key_quota_bytes, 20 << 30);
+    assert!(relay.terminate().success());
+}
+
+#[tokio::test]
+async fn the_example_alerts_name_only_exported_metrics() {
+    let relay = TestRelay::start().await;
+    // Request counters appear once a request has been answered.
+    relay.http.get(relay.url("/health")).send().await.unwrap();
+    let metrics = relay
+        .http
+        .get(relay.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let rules = std::fs::read_to_string(contrib("prometheus/cairn-relay-rules.yml")).unwrap();
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("cairn_") {
+            named += 1;
+            assert!(
+                exported.contains(word),
+                "the example alerts use {word}, which the relay does not export"
+            );
+        }
+    }
+    assert!(named >= 8, "only {named} metrics named in the rules");
+}
