@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod interop;
 mod manuals;
+mod readme;
 mod storage;
 mod sync;
 mod transfers;

@@ -18,8 +18,9 @@ use clap::{Args, Parser, Subcommand};
 /// A cairn relay: stores, serves and replicates end-to-end encrypted blobs
 /// for clients that choose it. It has no accounts and never sees plaintext.
 ///
-/// With no command, runs `serve` with its defaults: listen on
-/// 127.0.0.1:7070, keep data in ./cairn-data.
+/// With no command, runs `serve` with its defaults (listen on
+/// 127.0.0.1:7070, keep data in ./cairn-data), which the `CAIRN_RELAY_*`
+/// environment variables change as they change `serve`.
 #[derive(Debug, Parser)]
 #[command(name = "cairn-relay", version, about, long_about)]
 struct Cli {
@@ -585,7 +586,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve(Box::default())) {
+    // No command is `serve` with no flags; parsed as such, so that the
+    // CAIRN_RELAY_* variables apply to it too.
+    let command = match cli.command {
+        Some(command) => command,
+        None => Cli::parse_from(["cairn-relay", "serve"])
+            .command
+            .context("`serve` parses as a command")?,
+    };
+    match command {
         Command::Serve(args) => {
             let config = resolve(*args)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -910,7 +910,10 @@ async fn the_contrib_service_and_config_start_a_relay() {
         .find_map(|l| l.strip_prefix("ExecStart="))
         .expect("an ExecStart line");
     let words: Vec<&str> = exec.split_whitespace().collect();
-    assert!(words[0].ends_with("/cairn-relay") && words[1] == "serve", "{exec}");
+    assert!(
+        words[0].ends_with("/cairn-relay") && words[1] == "serve",
+        "{exec}"
+    );
     let config = contrib("relay.toml");
     let mut args = Vec::new();
     let mut rest = words[2..].iter();
