@@ -221,12 +221,12 @@ fn the_readme_blocks_run_as_written() {
         }
         if peers {
             // What the block is for: each relay now names the other.
-            script.push_str(&format!(
+            script.push_str(
                 "up $A && up $B\n\
                  curl -fs $A/.well-known/cairn-relay | grep -q \"$KB\"\n\
                  curl -fs $B/.well-known/cairn-relay | grep -q \"$KA\"\n\
-                 echo peered\n"
-            ));
+                 echo peered\n",
+            );
         }
         // The inspect example reads a test vector by its repository path.
         let cwd = if inspects {
