@@ -28,7 +28,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return crate::manuals::completions(shell);
     }
     if let Command::Man { dir } = &args.command {
-        return crate::manuals::man(dir.as_deref());
+        return crate::manuals::man(dir.as_deref(), json);
     }
     if let Command::Demo { no_wait } = args.command {
         return crate::demo::run(!no_wait);

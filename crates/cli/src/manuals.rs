@@ -27,7 +27,7 @@ pub(crate) fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCod
 
 /// Writes `cairn(1)` to standard output, or, with `dir`, one page per
 /// command into it (`cairn.1`, `cairn-put.1`, `cairn-relay-add.1`, …).
-pub(crate) fn man(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub(crate) fn man(dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let command = Args::command();
     let Some(dir) = dir else {
         let mut out = std::io::stdout().lock();
@@ -38,7 +38,8 @@ pub(crate) fn man(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let written = write_pages(command, "cairn", dir)?;
-    crate::output::emit(false, &written, || {
+    let report = serde_json::json!({ "dir": dir, "pages": written });
+    crate::output::emit(json, &report, || {
         format!("wrote {written} manual pages to {}", dir.display())
     });
     Ok(ExitCode::SUCCESS)

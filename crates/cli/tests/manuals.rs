@@ -37,8 +37,15 @@ fn man_pages_are_written_for_every_command() {
     assert!(page.contains(".TH cairn 1"), "{page}");
 
     let dir = tempfile::tempdir().unwrap();
-    let out = cairn(&["man", "--dir", dir.path().to_str().unwrap()]);
+    let out = cairn(&["man", "--dir", dir.path().to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pages = report["pages"].as_u64().unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count() as u64,
+        pages,
+        "{report}"
+    );
     for name in [
         "cairn",
         "cairn-put",
