@@ -63,6 +63,10 @@ pub(crate) struct Metrics {
     pub(crate) gc_deleted_blobs: AtomicU64,
     pub(crate) gc_deleted_bytes: AtomicU64,
     pub(crate) gc_deleted_heads: AtomicU64,
+    /// When the last GC pass finished (Unix seconds; 0 before the first),
+    /// and the blobs it deleted: the status page's "last expiry pass".
+    pub(crate) gc_last_at: AtomicU64,
+    pub(crate) gc_last_deleted_blobs: AtomicU64,
     pub(crate) upload_latency: Histogram,
     pub(crate) download_latency: Histogram,
 }

@@ -384,6 +384,10 @@ async fn run_gc(app: &AppState) -> Result<GcReport, StoreError> {
         }
     }
     app.metrics.gc_runs.fetch_add(1, Ordering::Relaxed);
+    app.metrics.gc_last_at.store(app.now(), Ordering::Relaxed);
+    app.metrics
+        .gc_last_deleted_blobs
+        .store(report.deleted_blobs, Ordering::Relaxed);
     app.metrics
         .gc_deleted_blobs
         .fetch_add(report.deleted_blobs, Ordering::Relaxed);

@@ -130,6 +130,7 @@ async fn the_status_page_in_a_browser_shows_the_signed_figures_and_keeps_them_cu
     let dom = rendered(&browser, &page, 6_000).await;
     assert_matches_info(&relay, &dom).await;
     assert_eq!(text_of(&dom, "blobs"), "0");
+    assert_eq!(text_of(&dom, "gc-last"), "none yet since start");
     assert!(
         text_of(&dom, "refreshed").starts_with("updated"),
         "the page did not refresh itself: {}",
@@ -147,7 +148,13 @@ async fn the_status_page_in_a_browser_shows_the_signed_figures_and_keeps_them_cu
     let uploader = key("status page uploader");
     let data = bytes("status page", 300_000);
     assert!(relay.put(&uploader, &data).await.status().is_success());
+    relay.handle.run_gc().await.unwrap();
     let dom = rendered(&browser, &page, 6_000).await;
+    let last = text_of(&dom, "gc-last");
+    assert!(
+        last.contains(" ago, 0 blobs deleted"),
+        "last expiry pass: {last:?}"
+    );
     assert_matches_info(&relay, &dom).await;
     assert_eq!(text_of(&dom, "blobs"), "1");
     assert_eq!(number_in(&dom, "used", "data-bytes"), 300_000);
@@ -162,7 +169,8 @@ async fn the_status_page_in_a_browser_shows_the_signed_figures_and_keeps_them_cu
         chromium_run(
             &browser,
             &page,
-            1_000,
+            // After a refresh, so the rates are filled in.
+            6_000,
             &[
                 format!("--window-size={size}"),
                 format!("--screenshot={}", path.display()),

@@ -75,6 +75,8 @@ pub(crate) struct FederationMetrics {
     pub(crate) reconcile_bytes_received: AtomicU64,
     pub(crate) reconcile_repairs: AtomicU64,
     pub(crate) transfers_out: AtomicU64,
+    /// When the last blob was handed to a peer (Unix seconds; 0: never).
+    pub(crate) transfer_last_at: AtomicU64,
     pub(crate) transfer_bytes_out: AtomicU64,
     pub(crate) transfers_in: AtomicU64,
     pub(crate) transfer_bytes_in: AtomicU64,

@@ -179,6 +179,7 @@ async fn transfer(
     let done = app.store.forward(id, size, forward, app.now()).await?;
     if done {
         metrics.transfers_out.fetch_add(1, Ordering::Relaxed);
+        metrics.transfer_last_at.store(app.now(), Ordering::Relaxed);
         metrics
             .transfer_bytes_out
             .fetch_add(size, Ordering::Relaxed);

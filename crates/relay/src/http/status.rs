@@ -56,6 +56,16 @@ fn span(secs: u64) -> String {
     }
 }
 
+/// How long before `now` the moment `at` was, roughly: 40 s, 3 min, 2 h.
+fn ago(now: u64, at: u64) -> String {
+    match now.saturating_sub(at) {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3_600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
 /// Escapes text for HTML: peer URLs and errors come from elsewhere.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -150,8 +160,10 @@ access, then deleted</dd>\
 <tr><th>Relay</th><th>Health</th><th>Free</th><th>Standing</th><th></th></tr>{peers}</table></div>\
 </section>\
 <section><h2>Housekeeping since start</h2><dl>\
-<dt>Expiry passes</dt><dd id=gc-runs>{gc_runs}</dd>\
+<dt>Last expiry pass</dt><dd id=gc-last>{gc_last}</dd>\
+<dt>Expiry passes</dt><dd id=gc-runs>{gc_runs}, every {gc_every}</dd>\
 <dt>Expired</dt><dd id=gc-deleted>{gc_blobs} blobs, {gc_bytes}</dd>\
+<dt>Last transfer</dt><dd id=transfer-last>{t_last}</dd>\
 <dt>Transferred to peers</dt><dd id=transfers-out>{t_out} blobs, {t_out_bytes}</dd>\
 <dt>Taken from peers</dt><dd id=transfers-in>{t_in} blobs, {t_in_bytes}</dd>\
 <dt>Replicas pushed</dt><dd id=replicas>{replicas}</dd></dl></section>\
@@ -181,6 +193,19 @@ access, then deleted</dd>\
         quota = size(limits.key_quota_bytes),
         key_rate = limits.key_requests_per_min,
         addr_rate = limits.addr_requests_per_min,
+        gc_last = match load(&m.gc_last_at) {
+            0 => "none yet since start".to_owned(),
+            at => format!(
+                "{} ago, {} blobs deleted",
+                ago(app.now(), at),
+                load(&m.gc_last_deleted_blobs)
+            ),
+        },
+        gc_every = span(app.config.gc_interval.as_secs()),
+        t_last = match load(&fed.transfer_last_at) {
+            0 => "none since start".to_owned(),
+            at => format!("{} ago", ago(app.now(), at)),
+        },
         gc_runs = load(&m.gc_runs),
         gc_blobs = load(&m.gc_deleted_blobs),
         gc_bytes = size(load(&m.gc_deleted_bytes)),
