@@ -110,6 +110,122 @@ async fn only_the_owner_deletes_and_deleted_blobs_are_gone() {
     .await;
 }
 
+/// The `cairn-owners-left` header of a successful delete.
+fn owners_left(response: &reqwest::Response) -> u64 {
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    response.headers()["cairn-owners-left"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn claimed(response: reqwest::Response) -> bool {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.unwrap()["claimed"]
+        .as_bool()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_blob_stays_until_its_last_owner_deletes_it() {
+    let relay = TestRelay::start().await;
+    let (laptop, phone, thief) = (key("laptop"), key("phone"), key("thief"));
+    let data = bytes("shared", 30_000);
+    let id = BlobId::of(&data);
+    assert_error(
+        relay.claim(&phone, id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    relay.put(&laptop, &data).await;
+    assert!(claimed(relay.claim(&phone, id).await).await);
+    assert!(!claimed(relay.claim(&phone, id).await).await, "once is enough");
+    assert!(!claimed(relay.claim(&laptop, id).await).await, "the uploader owns it");
+
+    // A stolen laptop deletes: its claim goes, the phone's keeps the blob,
+    // across a restart too.
+    assert_eq!(owners_left(&relay.delete(&laptop, id).await), 1);
+    assert_error(
+        relay.delete(&laptop, id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+    assert_error(
+        relay.delete(&thief, id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+    let relay = relay.stop().await.start(&[]).await;
+    assert_eq!(relay.get(&id).await.bytes().await.unwrap(), data);
+
+    // Uploading the same bytes again claims them as well.
+    assert_eq!(relay.put(&laptop, &data).await.status(), StatusCode::OK);
+    assert_eq!(owners_left(&relay.delete(&phone, id).await), 1);
+    assert_eq!(relay.get(&id).await.status(), StatusCode::OK);
+    assert_eq!(owners_left(&relay.delete(&laptop, id).await), 0);
+    assert_error(relay.get(&id).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(relay.files(), (0, 0), "the last owner's delete frees the space");
+}
+
+#[tokio::test]
+async fn every_owner_pays_for_what_it_claims() {
+    let relay = TestRelay::start_with(|c| {
+        c.limits.key_quota_bytes = 50_000;
+        c.federation.replicas = 0;
+    })
+    .await;
+    let (alice, bob) = (key("alice"), key("bob"));
+    let (a, b) = (bytes("a", 30_000), bytes("b", 30_000));
+    let (a_id, b_id) = (BlobId::of(&a), BlobId::of(&b));
+    assert_eq!(relay.put(&alice, &a).await.status(), StatusCode::CREATED);
+    assert_eq!(relay.put(&bob, &b).await.status(), StatusCode::CREATED);
+    // Bob's 30,000 bytes and Alice's 30,000 would take him past 50,000,
+    // whether he claims or uploads them.
+    assert_error(
+        relay.claim(&bob, a_id).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+    )
+    .await;
+    assert_error(
+        relay.put(&bob, &a).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+    )
+    .await;
+    assert_error(
+        relay.delete(&bob, a_id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+    // Once his own blob is gone, he can.
+    assert_eq!(owners_left(&relay.delete(&bob, b_id).await), 0);
+    assert!(claimed(relay.claim(&bob, a_id).await).await);
+    // Alice's delete refunds her: she has room for 40,000 bytes again.
+    assert_eq!(owners_left(&relay.delete(&alice, a_id).await), 1);
+    assert_eq!(
+        relay.put(&alice, &bytes("a2", 40_000)).await.status(),
+        StatusCode::CREATED
+    );
+    // Bob's claim holds his quota until he lets go.
+    assert_error(
+        relay.put(&bob, &bytes("b2", 30_000)).await,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+    )
+    .await;
+    assert_eq!(owners_left(&relay.delete(&bob, a_id).await), 0);
+    assert_eq!(
+        relay.put(&bob, &bytes("b2", 30_000)).await.status(),
+        StatusCode::CREATED
+    );
+}
+
 #[tokio::test]
 async fn every_token_refusal_has_its_code() {
     let relay = TestRelay::start().await;
@@ -302,7 +418,7 @@ async fn bad_ids_and_unknown_paths() {
         .unwrap();
     assert_error(r, StatusCode::NOT_FOUND, "not_found").await;
     let id = BlobId::of(b"x");
-    let r = relay.http.post(relay.blob_url(&id)).send().await.unwrap();
+    let r = relay.http.patch(relay.blob_url(&id)).send().await.unwrap();
     assert_error(r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
 }
 

@@ -130,6 +130,16 @@ impl TestRelay {
             .unwrap()
     }
 
+    /// `POST /v1/blobs/{id}`: `signer` claims the blob.
+    pub(crate) async fn claim(&self, signer: &SigningKey, id: BlobId) -> reqwest::Response {
+        self.http
+            .post(self.blob_url(&id))
+            .header("authorization", self.auth(signer, Method::Post, id))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Files of uploads in progress (`tmp/`) and of blob bodies.
     pub(crate) fn files(&self) -> (usize, usize) {
         let count = |dir: std::path::PathBuf| walk(&dir).len();

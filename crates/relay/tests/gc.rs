@@ -115,3 +115,37 @@ async fn small_blobs_live_in_the_index_and_are_collected_too() {
     assert_eq!(relay.handle.run_gc().await.unwrap().deleted_bytes, 1000);
     assert_eq!(relay.get(&id).await.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn expiry_refunds_every_owner_of_a_blob() {
+    let relay = TestRelay::start_with(|c| {
+        c.retention = std::time::Duration::from_secs(100);
+        c.limits.key_quota_bytes = 50_000;
+        c.federation.replicas = 0;
+    })
+    .await;
+    let (alice, bob) = (key("alice"), key("bob"));
+    let shared = bytes("shared", 30_000);
+    assert_eq!(relay.put(&alice, &shared).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        relay.claim(&bob, BlobId::of(&shared)).await.status(),
+        StatusCode::OK
+    );
+    // Each has 20,000 bytes of quota left, not 30,000.
+    for who in [&alice, &bob] {
+        assert_eq!(
+            relay.put(who, &bytes("too big", 30_000)).await.status(),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+    }
+    relay.clock.advance(101);
+    assert_eq!(relay.handle.run_gc().await.unwrap().deleted_blobs, 1);
+    // Nobody owns the expired blob any more, and both have room again.
+    for (who, name) in [(&alice, "alice"), (&bob, "bob")] {
+        assert_eq!(
+            relay.put(who, &bytes(name, 50_000)).await.status(),
+            StatusCode::CREATED,
+            "{name}"
+        );
+    }
+}

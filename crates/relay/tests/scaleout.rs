@@ -496,6 +496,10 @@ async fn migrate_moves_a_relay_to_postgres_and_s3_and_back_verified() {
     for data in &blobs {
         assert_eq!(relay.put(&alice, data).await.status(), StatusCode::CREATED);
     }
+    // Bob claims one of them: he is its co-owner wherever it moves.
+    let bob = key("bob");
+    let shared = BlobId::of(&blobs[1]);
+    assert_eq!(relay.claim(&bob, shared).await.status(), StatusCode::OK);
     let mailbox = key("mailbox");
     assert_eq!(
         relay.put_head(&mailbox, "laptop", 7).await.status(),
@@ -552,6 +556,21 @@ async fn migrate_moves_a_relay_to_postgres_and_s3_and_back_verified() {
         .await
         .unwrap();
     assert_eq!(got.status(), StatusCode::OK);
+    // Bob's claim came along: his delete leaves Alice's copy.
+    let delete = token(
+        &identity,
+        Method::Delete,
+        TokenTarget::Blob(shared),
+        unix_now() + 300,
+    );
+    let deleted = http
+        .delete(format!("{}/v1/blobs/{shared}", served.url()))
+        .header("authorization", auth_header(&delete, &bob))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(deleted.headers()["cairn-owners-left"], "1");
     assert!(served.terminate().success());
 
     // And back into an embedded store, which fsck finds consistent.

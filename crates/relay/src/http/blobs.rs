@@ -22,7 +22,7 @@ use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
 use crate::store::index::{IndexReader, Location};
 use crate::store::{
-    BlobBody, BodyStream, DeleteOutcome, InsertOutcome, Source, Staged, StoreError, clamped_slice,
+    BlobBody, BodyStream, ClaimOutcome, DeleteOutcome, InsertOutcome, Source, Staged, StoreError, clamped_slice,
 };
 
 /// Bodies up to this size are read in one blocking call and sent from
@@ -58,8 +58,9 @@ fn authorize_for(
         method,
         target: TokenTarget::Blob(id),
         now: app.now(),
-        // Work is asked of uploads only: they are what costs the operator.
-        pow_bits: if method == Method::Put {
+        // Work is asked of uploads and claims only: what they store costs
+        // the operator.
+        pow_bits: if matches!(method, Method::Put | Method::Post) {
             app.pow_bits()
         } else {
             0
@@ -714,6 +715,51 @@ impl EarlySync {
     }
 }
 
+/// `POST /v1/blobs/{id}`: the signer claims a blob the relay holds and
+/// becomes one of its owners, paying for it from its quota; the blob then
+/// stays until every owner has deleted it (docs/PROTOCOL.md §7.4). Devices
+/// claim the copies they learn of through sync, so that no single device,
+/// stolen or revoked, can delete what the others keep.
+pub(crate) async fn claim_blob(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let signer = authorize_for(&app, &headers, Method::Post, id)?.signer;
+    if app.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::unavailable(
+            "relay is shutting down; retry elsewhere or later",
+        ));
+    }
+    let claimed = match app.store.add_owner(id, signer, app.now()).await? {
+        ClaimOutcome::Claimed => true,
+        ClaimOutcome::AlreadyOwner => false,
+        ClaimOutcome::NotFound => {
+            return Err(ApiError::not_found(format!(
+                "this relay does not hold blob {id}; upload it to own a copy here"
+            )));
+        }
+        ClaimOutcome::QuotaExceeded => {
+            return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
+        }
+    };
+    Ok(axum::Json(json!({"id": id.to_string(), "claimed": claimed})).into_response())
+}
+
+/// The answer to a delete: 204, with how many other owners still keep the
+/// blob (0: it is gone).
+fn owners_left(n: u64) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(OWNERS_LEFT, HeaderValue::from(n));
+    response
+}
+
+/// The response header that tells a deleter how many owners keep the blob.
+pub(crate) const OWNERS_LEFT: &str = "cairn-owners-left";
+
 /// `DELETE`: only the owner may delete.
 pub(crate) async fn delete_blob(
     State(app): State<AppState>,
@@ -729,7 +775,8 @@ pub(crate) async fn delete_blob(
         .await?
     {
         DeleteOutcome::Replayed => Err(ApiError::token_replayed()),
-        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        DeleteOutcome::Deleted => Ok(owners_left(0)),
+        DeleteOutcome::Released { owners_left: n } => Ok(owners_left(n)),
         DeleteOutcome::NotFound => Err(ApiError::not_found(format!(
             "this relay does not hold blob {id} (if it was transferred to a peer, the copy \
              there is not the uploader's to delete; it expires with the peer's retention)"

@@ -186,6 +186,7 @@ fn routes() -> [(&'static str, MethodRouter<AppState>); 9] {
             get(blobs::get_blob)
                 .head(blobs::get_blob)
                 .put(blobs::put_blob)
+                .post(blobs::claim_blob)
                 .delete(blobs::delete_blob),
         ),
         ("/v1/blobs/{id}/proof", get(proof::get_proof)),

@@ -16,6 +16,8 @@ pub(crate) struct BlobRecord {
     /// [`super::index::CLIENT_SOURCE`] and the keys of peers that handed
     /// it over.
     pub(crate) sources: Vec<[u8; 32]>,
+    /// Its owners besides `meta.owner`.
+    pub(crate) co_owners: Vec<cairn_proto::VerifyingKey>,
 }
 
 /// One mailbox head.

@@ -9,7 +9,7 @@ use redb::ReadableTable as _;
 
 use super::files::{BlobFiles, fsync_dir, hash_file};
 use super::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, INLINE, OWNERS, PENDING_UNLINK,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, INLINE, OWNERS, PENDING_UNLINK,
     SOURCES, STAT_BLOBS, STAT_BYTES, STATS,
 };
 use super::{StoreError, open_db};
@@ -234,15 +234,28 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
             let mut bytes = 0u64;
             let mut count = 0u64;
             let mut per_owner: std::collections::HashMap<[u8; 32], u64> = Default::default();
+            let mut sizes: std::collections::HashMap<[u8; 32], u64> = Default::default();
             for row in blobs.iter().map_err(redb::Error::from)? {
-                let (_, v) = row.map_err(redb::Error::from)?;
+                let (k, v) = row.map_err(redb::Error::from)?;
                 let meta = BlobMeta::decode(&v.value());
                 bytes += meta.size;
                 count += 1;
+                sizes.insert(k.value(), meta.size);
                 if let Some(owner) = meta.owner {
                     *per_owner.entry(owner.to_bytes()).or_default() += meta.size;
                 }
             }
+            // Co-owners of blobs no longer indexed go; the others count.
+            let mut co_owners = txn.open_table(CO_OWNERS).map_err(redb::Error::from)?;
+            co_owners
+                .retain(|(id, owner), ()| match sizes.get(&id) {
+                    Some(size) => {
+                        *per_owner.entry(owner).or_default() += size;
+                        true
+                    }
+                    None => false,
+                })
+                .map_err(redb::Error::from)?;
             owners.retain(|_, _| false).map_err(redb::Error::from)?;
             for (owner, used) in per_owner {
                 owners.insert(owner, used).map_err(redb::Error::from)?;

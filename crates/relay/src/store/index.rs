@@ -17,6 +17,13 @@ pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinitio
 /// exactly the expired prefix.
 pub(crate) const BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
     TableDefinition::new("by_access_v1");
+/// (blob id, key) → (): the blob's owners besides the one in its
+/// [`BlobMeta`] (its uploader, until that key drops its claim). A key that
+/// uploads or claims a blob the relay holds already is added here; each
+/// owner's quota pays for the blob, and the blob goes when the last owner
+/// deletes it (docs/PROTOCOL.md §7.4).
+pub(crate) const CO_OWNERS: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
+    TableDefinition::new("co_owners_v1");
 /// Owner key → bytes stored, for per-key quotas.
 pub(crate) const OWNERS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::new("owners_v1");
 /// Blob ids whose index entry is gone but whose file may still exist,
@@ -335,6 +342,22 @@ impl IndexReader {
     }
 }
 
+/// The second halves of the rows of a (blob id, key) table that start
+/// with `id`.
+pub(crate) fn keys_of(
+    table: &impl redb::ReadableTable<([u8; 32], [u8; 32]), ()>,
+    id: [u8; 32],
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut keys = Vec::new();
+    for row in table
+        .range((id, [0u8; 32])..=(id, [0xff; 32]))
+        .map_err(redb::Error::from)?
+    {
+        keys.push(row.map_err(redb::Error::from)?.0.value().1);
+    }
+    Ok(keys)
+}
+
 impl IndexReader {
     /// Up to `max` blobs with ids above `after`, in id order, with their
     /// sources: a page of an export.
@@ -346,6 +369,7 @@ impl IndexReader {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
         let blob_sources = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
+        let co_owners = txn.open_table(CO_OWNERS).map_err(redb::Error::from)?;
         let rows = match after {
             Some(after) => blobs.range((*after.as_bytes())..),
             None => blobs.range([0u8; 32]..),
@@ -358,17 +382,16 @@ impl IndexReader {
             if after.is_some_and(|a| *a.as_bytes() == raw) {
                 continue;
             }
-            let mut sources = Vec::new();
-            for source in blob_sources
-                .range((raw, [0u8; 32])..=(raw, [0xff; 32]))
-                .map_err(redb::Error::from)?
-            {
-                sources.push(source.map_err(redb::Error::from)?.0.value().1);
-            }
+            let sources = keys_of(&blob_sources, raw)?;
+            let co_owners = keys_of(&co_owners, raw)?
+                .into_iter()
+                .filter_map(|key| VerifyingKey::from_bytes(&key).ok())
+                .collect();
             out.push(BlobRecord {
                 id: BlobId::from_bytes(raw),
                 meta: BlobMeta::decode(&v.value()),
                 sources,
+                co_owners,
             });
             if out.len() == max {
                 break;

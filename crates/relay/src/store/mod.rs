@@ -89,7 +89,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS, HEADS_BY_ACCESS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS, HEADS_BY_ACCESS,
     HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STATS,
 };
 use self::scaleout::ScaleOut;
@@ -229,14 +229,32 @@ pub(crate) enum HeadOutcome {
     RelayFull,
 }
 
-/// What became of a delete request.
+/// What became of a delete request: the signer's claim on the blob is
+/// dropped, and the blob goes with its last owner's claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DeleteOutcome {
+    /// That was the last claim: the blob is gone.
     Deleted,
+    /// The signer no longer owns the blob; other owners keep it.
+    Released { owners_left: u64 },
     NotFound,
     NotOwner,
     /// Its token was used before; nothing changed.
     Replayed,
+}
+
+/// What became of a claim of ownership (`POST /v1/blobs/{id}`, or a
+/// `PUT` of a blob the relay holds already).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimOutcome {
+    /// The key owns the blob now, and its quota pays for it.
+    Claimed,
+    /// The key owned it already; recorded as an access.
+    AlreadyOwner,
+    /// The relay does not hold the blob.
+    NotFound,
+    /// Refused: the key's quota cannot pay for it.
+    QuotaExceeded,
 }
 
 /// The token a delete request carried. It is recorded in the same
@@ -330,6 +348,7 @@ pub(crate) fn open_db(data_dir: &Path, cache_bytes: usize) -> Result<redb::Datab
     txn.open_table(BLOBS).map_err(redb::Error::from)?;
     txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
     txn.open_table(OWNERS).map_err(redb::Error::from)?;
+    txn.open_table(CO_OWNERS).map_err(redb::Error::from)?;
     txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
     txn.open_table(STATS).map_err(redb::Error::from)?;
     txn.open_table(INLINE).map_err(redb::Error::from)?;
@@ -640,9 +659,32 @@ impl Store {
         }
     }
 
-    /// Deletes blob `id` if `owner` owns it and `token` was never used
-    /// before; records `token` as used either way. Tokens that expired
-    /// before `forget_before` are forgotten.
+    /// Makes `owner` one of blob `id`'s owners, charging its quota, and
+    /// records an access.
+    pub(crate) async fn add_owner(
+        &self,
+        id: BlobId,
+        owner: VerifyingKey,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        match &self.backend {
+            Backend::Embedded { tx, .. } => {
+                Self::send(tx, |reply| WriteOp::AddOwner {
+                    id,
+                    owner,
+                    now,
+                    reply,
+                })
+                .await
+            }
+            Backend::ScaleOut(backend) => backend.add_owner(id, owner, now).await,
+        }
+    }
+
+    /// Drops `owner`'s claim on blob `id`, deleting the blob if no other
+    /// owner is left, provided `token` was never used before; records
+    /// `token` as used either way. Tokens that expired before
+    /// `forget_before` are forgotten.
     pub(crate) async fn delete(
         &self,
         id: BlobId,

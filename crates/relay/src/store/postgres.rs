@@ -35,13 +35,14 @@ pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
-use super::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
+use super::{ClaimOutcome, HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_index.sql")),
     (2, include_str!("../../migrations/0002_spent_tokens.sql")),
+    (3, include_str!("../../migrations/0003_co_owners.sql")),
 ];
 
 /// Advisory lock taken while migrating, so that processes starting together
@@ -469,6 +470,109 @@ impl Index {
         Ok(())
     }
 
+    /// Makes `owner` an owner of the held, locked blob `row`, charging its
+    /// usage, unless that would take it over `quota` (`None`: no quota).
+    pub(crate) async fn add_owner(
+        txn: &Txn<'_>,
+        id: &BlobId,
+        row: &BlobRow,
+        owner: &VerifyingKey,
+        quota: Option<u64>,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let raw = id.as_bytes().as_slice();
+        let key = owner.to_bytes();
+        if row.owner.as_ref() == Some(owner)
+            || query_opt(
+                txn,
+                "SELECT 1 FROM co_owners WHERE id = $1 AND owner = $2",
+                &[&raw, &key.as_slice()],
+                "read co-owner",
+            )
+            .await?
+            .is_some()
+        {
+            return Ok(ClaimOutcome::AlreadyOwner);
+        }
+        if let Some(quota) = quota
+            && Self::owner_usage_in(txn, owner)
+                .await?
+                .saturating_add(row.size)
+                > quota
+        {
+            return Ok(ClaimOutcome::QuotaExceeded);
+        }
+        exec(
+            txn,
+            "INSERT INTO co_owners (id, owner) VALUES ($1, $2)",
+            &[&raw, &key.as_slice()],
+            "add co-owner",
+        )
+        .await?;
+        Self::add_owner_usage(txn, owner, id.as_bytes()[0], int(row.size)).await?;
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Drops `owner`'s claim on the held, locked blob `row` and refunds its
+    /// usage. Returns how many owners are left, or `None` if `owner` was
+    /// not one; the caller removes the blob when none is left (with `row`,
+    /// whose `owner` this updates).
+    pub(crate) async fn release(
+        txn: &Txn<'_>,
+        id: &BlobId,
+        row: &mut BlobRow,
+        owner: &VerifyingKey,
+    ) -> Result<Option<u64>, StoreError> {
+        let raw = id.as_bytes().as_slice();
+        if row.owner.as_ref() == Some(owner) {
+            row.owner = None;
+            exec(
+                txn,
+                "UPDATE blobs SET owner = NULL WHERE id = $1",
+                &[&raw],
+                "drop owner",
+            )
+            .await?;
+        } else if exec(
+            txn,
+            "DELETE FROM co_owners WHERE id = $1 AND owner = $2",
+            &[&raw, &owner.to_bytes().as_slice()],
+            "drop co-owner",
+        )
+        .await?
+            == 0
+        {
+            return Ok(None);
+        }
+        Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
+        let left = query_one(
+            txn,
+            "SELECT count(*) FROM co_owners WHERE id = $1",
+            &[&raw],
+            "count co-owners",
+        )
+        .await?;
+        let left: i64 = left.get(0);
+        Ok(Some(uint(left) + u64::from(row.owner.is_some())))
+    }
+
+    /// Deletes the co-owner rows of the blobs `ids` (locked by the caller),
+    /// returning (blob id, owner) for each.
+    pub(crate) async fn drop_co_owners(
+        txn: &Txn<'_>,
+        ids: &[&[u8]],
+    ) -> Result<Vec<(BlobId, VerifyingKey)>, StoreError> {
+        let rows = query(
+            txn,
+            "DELETE FROM co_owners WHERE id = ANY($1) RETURNING id, owner",
+            &[&ids],
+            "drop co-owners",
+        )
+        .await?;
+        rows.iter()
+            .map(|row| Ok((id_from_db(row.get(0))?, key_from_db(row.get(1), "co-owner")?)))
+            .collect()
+    }
+
     /// Deletes a blob's row (already locked by the caller) with its totals,
     /// owner usage and, unless `keep_peer_sources`, all its sources. An
     /// external body is queued in `pending_unlink` for the caller to remove
@@ -490,6 +594,9 @@ impl Index {
         Self::add_totals(txn, id.as_bytes()[0], -int(row.size), -1, 0).await?;
         if let Some(owner) = &row.owner {
             Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
+        }
+        for (_, owner) in Self::drop_co_owners(txn, &[raw]).await? {
+            Self::add_owner_usage(txn, &owner, id.as_bytes()[0], -int(row.size)).await?;
         }
         if keep_peer_sources {
             exec(
@@ -1042,7 +1149,9 @@ impl Index {
         let rows = query(
             &client,
             "SELECT b.id, b.size, b.created, b.last_access, b.owner,
-                        COALESCE(array_agg(s.source) FILTER (WHERE s.source IS NOT NULL), '{}')
+                        COALESCE(array_agg(s.source) FILTER (WHERE s.source IS NOT NULL), '{}'),
+                        COALESCE((SELECT array_agg(c.owner) FROM co_owners c WHERE c.id = b.id),
+                                 '{}')
                  FROM blobs b LEFT JOIN sources s ON s.id = b.id
                  WHERE b.id > $1 GROUP BY b.id ORDER BY b.id LIMIT $2",
             &[&after, &int(max as u64)],
@@ -1053,6 +1162,7 @@ impl Index {
             .map(|row| {
                 let owner: Option<&[u8]> = row.get(4);
                 let sources: Vec<Vec<u8>> = row.get(5);
+                let co_owners: Vec<Vec<u8>> = row.get(6);
                 Ok(BlobRecord {
                     id: id_from_db(row.get(0))?,
                     meta: BlobMeta {
@@ -1068,6 +1178,10 @@ impl Index {
                                 StoreError::Failed("a stored source has the wrong length".into())
                             })
                         })
+                        .collect::<Result<_, _>>()?,
+                    co_owners: co_owners
+                        .iter()
+                        .map(|o| key_from_db(o, "co-owner"))
                         .collect::<Result<_, _>>()?,
                 })
             })

@@ -37,9 +37,9 @@ use cairn_proto::BlobId;
 use super::export::BlobRecord;
 use super::index::Forward;
 use super::objects::Objects;
-use super::postgres::{Index, db_err, exec, int};
+use super::postgres::{BlobRow, Index, db_err, exec, int};
 use super::{
-    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged, StoreError,
+    ClaimOutcome,    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged, StoreError,
     StoreStats,
 };
 use crate::config::ScaleOutConfig;
@@ -145,7 +145,14 @@ impl ScaleOut {
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
-        if Index::blob_for_update(&txn, &id).await?.is_some() {
+        if let Some(row) = Index::blob_for_update(&txn, &id).await? {
+            // A client that uploads a held blob claims it.
+            if let Source::Client(key) = source
+                && Index::add_owner(&txn, &id, &row, &key, quota).await?
+                    == ClaimOutcome::QuotaExceeded
+            {
+                return Ok(InsertOutcome::QuotaExceeded);
+            }
             Index::touch(&txn, &id, now).await?;
             Index::add_source(&txn, &id, source.row_key()).await?;
             txn.commit().await.map_err(db_err("commit"))?;
@@ -222,6 +229,14 @@ impl ScaleOut {
         if let Some(owner) = &meta.owner {
             Index::add_owner_usage(&txn, owner, id.as_bytes()[0], int(meta.size)).await?;
         }
+        let row = BlobRow {
+            size: meta.size,
+            owner: meta.owner,
+            external: body.is_none(),
+        };
+        for owner in &record.co_owners {
+            Index::add_owner(&txn, &id, &row, owner, None).await?;
+        }
         txn.commit().await.map_err(db_err("commit import"))?;
         self.added(int(meta.size), 1);
         Ok(InsertOutcome::Stored)
@@ -271,6 +286,28 @@ impl ScaleOut {
         Ok(size)
     }
 
+    /// Makes `owner` an owner of blob `id`, charging its quota.
+    pub(crate) async fn add_owner(
+        &self,
+        id: BlobId,
+        owner: cairn_proto::VerifyingKey,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let quota = (self.key_quota > 0).then_some(self.key_quota);
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        Index::lock_blob(&txn, &id).await?;
+        let Some(row) = Index::blob_for_update(&txn, &id).await? else {
+            return Ok(ClaimOutcome::NotFound);
+        };
+        let outcome = Index::add_owner(&txn, &id, &row, &owner, quota).await?;
+        if outcome != ClaimOutcome::QuotaExceeded {
+            Index::touch(&txn, &id, now).await?;
+            txn.commit().await.map_err(db_err("commit claim"))?;
+        }
+        Ok(outcome)
+    }
+
     pub(crate) async fn delete(
         &self,
         id: BlobId,
@@ -298,23 +335,29 @@ impl ScaleOut {
         if recorded == 0 {
             return Ok(DeleteOutcome::Replayed);
         }
+        let mut removed = None;
         let outcome = match Index::blob_for_update(&txn, &id).await? {
             None => DeleteOutcome::NotFound,
-            Some(row) if row.owner != Some(owner) => DeleteOutcome::NotOwner,
-            Some(row) => {
-                Index::remove_blob(&txn, &id, &row, false).await?;
-                txn.commit().await.map_err(db_err("commit delete"))?;
-                // Back to the pool before the removal takes another.
-                drop(client);
-                self.added(-int(row.size), -1);
-                if row.external {
-                    self.unlink_or_leave(&id).await;
+            Some(mut row) => match Index::release(&txn, &id, &mut row, &owner).await? {
+                None => DeleteOutcome::NotOwner,
+                Some(0) => {
+                    Index::remove_blob(&txn, &id, &row, false).await?;
+                    removed = Some(row);
+                    DeleteOutcome::Deleted
                 }
-                return Ok(DeleteOutcome::Deleted);
-            }
+                Some(owners_left) => DeleteOutcome::Released { owners_left },
+            },
         };
-        // Nothing was deleted, but the token is spent all the same.
-        txn.commit().await.map_err(db_err("commit spent token"))?;
+        // The token is spent whatever became of the blob.
+        txn.commit().await.map_err(db_err("commit delete"))?;
+        // Back to the pool before the removal takes another.
+        drop(client);
+        if let Some(row) = removed {
+            self.added(-int(row.size), -1);
+            if row.external {
+                self.unlink_or_leave(&id).await;
+            }
+        }
         Ok(outcome)
     }
 
@@ -393,6 +436,14 @@ impl ScaleOut {
             "collect blobs",
         )
         .await?;
+        let sizes: std::collections::HashMap<BlobId, u64> =
+            expired.iter().map(|(id, row)| (*id, row.size)).collect();
+        for (id, owner) in Index::drop_co_owners(&txn, &ids).await? {
+            let size = sizes.get(&id).copied().unwrap_or(0);
+            *owners
+                .entry((owner.to_bytes(), id.as_bytes()[0]))
+                .or_default() += int(size);
+        }
         super::postgres::exec(
             &txn,
             "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",

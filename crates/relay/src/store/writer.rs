@@ -23,14 +23,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::BlobCache;
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::files::BlobFiles;
-use super::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, FORWARDS, FORWARDS_BY_ACCESS, Forward,
+use super::index::{self,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward,
     ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS,
     PENDING_UNLINK, SOURCES, SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS,
     mailbox_range,
 };
 use super::{
-    DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source,
+    ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source,
     SpentToken, Staged, StoreError, StoreStats,
 };
 
@@ -67,6 +67,13 @@ pub(crate) enum WriteOp {
         now: u64,
         /// The blob's size, or `None` if it is not held.
         reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+    },
+    /// Adds an owner to a held blob.
+    AddOwner {
+        id: BlobId,
+        owner: VerifyingKey,
+        now: u64,
+        reply: oneshot::Sender<Result<ClaimOutcome, StoreError>>,
     },
     CollectForwards {
         cutoff: u64,
@@ -141,6 +148,10 @@ enum Reply {
         oneshot::Sender<Result<DeleteOutcome, StoreError>>,
         DeleteOutcome,
     ),
+    AddOwner(
+        oneshot::Sender<Result<ClaimOutcome, StoreError>>,
+        ClaimOutcome,
+    ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
     Flag(oneshot::Sender<Result<bool, StoreError>>, bool),
     Size(
@@ -164,6 +175,7 @@ impl Reply {
         match self {
             Self::Insert(tx, v) => drop(tx.send(Ok(v))),
             Self::Delete(tx, v) => drop(tx.send(Ok(v))),
+            Self::AddOwner(tx, v) => drop(tx.send(Ok(v))),
             Self::Count(tx, n) => drop(tx.send(Ok(n))),
             Self::Flag(tx, b) => drop(tx.send(Ok(b))),
             Self::Size(tx, n) => drop(tx.send(Ok(n))),
@@ -176,6 +188,7 @@ impl Reply {
         match self {
             Self::Insert(tx, _) => drop(tx.send(Err(err))),
             Self::Delete(tx, _) => drop(tx.send(Err(err))),
+            Self::AddOwner(tx, _) => drop(tx.send(Err(err))),
             Self::Count(tx, _) => drop(tx.send(Err(err))),
             Self::Flag(tx, _) => drop(tx.send(Err(err))),
             Self::Size(tx, _) => drop(tx.send(Err(err))),
@@ -200,6 +213,7 @@ fn fail_op(op: WriteOp, err: StoreError) {
         | WriteOp::CollectForwards { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Forward { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Claim { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::AddOwner { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::PutHead { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Import { reply, staged, .. } => {
@@ -304,9 +318,20 @@ impl Writer {
                         let quota_applies =
                             self.key_quota > 0 && matches!(source, Source::Client(_));
                         let refused = if let Some(mut meta) = t.meta(&id)? {
-                            t.touch(&id, &mut meta, now)?;
-                            t.add_source(&id, source)?;
-                            Some(InsertOutcome::AlreadyHeld)
+                            // A client that uploads a held blob claims it.
+                            let claim = match source {
+                                Source::Client(key) => {
+                                    t.add_owner(&id, &meta, &key, self.key_quota)?
+                                }
+                                Source::Peer(_) => ClaimOutcome::AlreadyOwner,
+                            };
+                            if claim == ClaimOutcome::QuotaExceeded {
+                                Some(InsertOutcome::QuotaExceeded)
+                            } else {
+                                t.touch(&id, &mut meta, now)?;
+                                t.add_source(&id, source)?;
+                                Some(InsertOutcome::AlreadyHeld)
+                            }
                         } else if t.bytes.saturating_add(size) > self.capacity {
                             Some(InsertOutcome::RelayFull)
                         } else if quota_applies
@@ -351,15 +376,18 @@ impl Writer {
                         } else {
                             match t.meta(&id)? {
                                 None => DeleteOutcome::NotFound,
-                                Some(meta) if meta.owner != Some(owner) => DeleteOutcome::NotOwner,
-                                Some(meta) => {
-                                    if t.remove(&id, &meta)? {
-                                        unlink.insert(id);
-                                    } else {
-                                        deleted_inline = true;
+                                Some(mut meta) => match t.release(&id, &mut meta, &owner)? {
+                                    None => DeleteOutcome::NotOwner,
+                                    Some(0) => {
+                                        if t.remove(&id, &meta)? {
+                                            unlink.insert(id);
+                                        } else {
+                                            deleted_inline = true;
+                                        }
+                                        DeleteOutcome::Deleted
                                     }
-                                    DeleteOutcome::Deleted
-                                }
+                                    Some(owners_left) => DeleteOutcome::Released { owners_left },
+                                },
                             }
                         };
                         replies.push(Reply::Delete(reply, outcome));
@@ -423,6 +451,24 @@ impl Writer {
                         };
                         replies.push(Reply::Size(reply, size));
                     }
+                    WriteOp::AddOwner {
+                        id,
+                        owner,
+                        now,
+                        reply,
+                    } => {
+                        let outcome = match t.meta(&id)? {
+                            None => ClaimOutcome::NotFound,
+                            Some(mut meta) => {
+                                let outcome = t.add_owner(&id, &meta, &owner, self.key_quota)?;
+                                if outcome != ClaimOutcome::QuotaExceeded {
+                                    t.touch(&id, &mut meta, now)?;
+                                }
+                                outcome
+                            }
+                        };
+                        replies.push(Reply::AddOwner(reply, outcome));
+                    }
                     WriteOp::CollectForwards { cutoff, max, reply } => {
                         let deleted = t.collect_forwards(cutoff, max)?;
                         replies.push(Reply::Count(reply, deleted));
@@ -465,7 +511,12 @@ impl Writer {
                         record,
                         reply,
                     } => {
-                        let BlobRecord { id, meta, sources } = record;
+                        let BlobRecord {
+                            id,
+                            meta,
+                            sources,
+                            co_owners,
+                        } = record;
                         let outcome = if t.meta(&id)?.is_some() {
                             if let Staged::File(temp) = staged {
                                 temps_to_drop.push(temp);
@@ -488,6 +539,9 @@ impl Writer {
                             t.insert(&id, &meta)?;
                             for source in sources {
                                 t.add_source_row(&id, source)?;
+                            }
+                            for owner in co_owners {
+                                t.add_owner(&id, &meta, &owner, 0)?;
                             }
                             t.drop_forward(&id)?;
                             InsertOutcome::Stored
@@ -638,6 +692,7 @@ struct Tables<'txn> {
     blobs: redb::Table<'txn, [u8; 32], [u8; 56]>,
     by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
     owners: redb::Table<'txn, [u8; 32], u64>,
+    co_owners: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
     pending: redb::Table<'txn, [u8; 32], ()>,
     inline: redb::Table<'txn, [u8; 32], &'static [u8]>,
     stats: redb::Table<'txn, &'static str, u64>,
@@ -667,6 +722,7 @@ impl<'txn> Tables<'txn> {
             blobs: txn.open_table(BLOBS).map_err(redb::Error::from)?,
             by_access: txn.open_table(BY_ACCESS).map_err(redb::Error::from)?,
             owners: txn.open_table(OWNERS).map_err(redb::Error::from)?,
+            co_owners: txn.open_table(CO_OWNERS).map_err(redb::Error::from)?,
             pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
             inline: txn.open_table(INLINE).map_err(redb::Error::from)?,
             stats,
@@ -721,14 +777,92 @@ impl<'txn> Tables<'txn> {
             .insert((meta.last_access, *id.as_bytes()), ())
             .map_err(redb::Error::from)?;
         if let Some(owner) = &meta.owner {
-            let used = self.owner_usage(owner)?;
-            self.owners
-                .insert(owner.to_bytes(), used + meta.size)
-                .map_err(redb::Error::from)?;
+            self.charge(owner, meta.size)?;
         }
         self.bytes += meta.size;
         self.count += 1;
         Ok(())
+    }
+
+    /// Adds `size` to `owner`'s usage.
+    fn charge(&mut self, owner: &VerifyingKey, size: u64) -> Result<(), StoreError> {
+        let used = self.owner_usage(owner)?;
+        self.owners
+            .insert(owner.to_bytes(), used.saturating_add(size))
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Takes `size` off `owner`'s usage, dropping its row at zero.
+    fn refund(&mut self, owner: &VerifyingKey, size: u64) -> Result<(), StoreError> {
+        let left = self.owner_usage(owner)?.saturating_sub(size);
+        if left == 0 {
+            self.owners
+                .remove(owner.to_bytes())
+                .map_err(redb::Error::from)?;
+        } else {
+            self.owners
+                .insert(owner.to_bytes(), left)
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    fn is_co_owner(&self, id: &BlobId, key: &VerifyingKey) -> Result<bool, StoreError> {
+        Ok(self
+            .co_owners
+            .get((*id.as_bytes(), key.to_bytes()))
+            .map_err(redb::Error::from)?
+            .is_some())
+    }
+
+    /// Makes `owner` an owner of the held blob `id`, charging its usage,
+    /// unless that would take it over `quota` (0: no quota).
+    fn add_owner(
+        &mut self,
+        id: &BlobId,
+        meta: &BlobMeta,
+        owner: &VerifyingKey,
+        quota: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        if meta.owner.as_ref() == Some(owner) || self.is_co_owner(id, owner)? {
+            return Ok(ClaimOutcome::AlreadyOwner);
+        }
+        if quota > 0 && self.owner_usage(owner)?.saturating_add(meta.size) > quota {
+            return Ok(ClaimOutcome::QuotaExceeded);
+        }
+        self.co_owners
+            .insert((*id.as_bytes(), owner.to_bytes()), ())
+            .map_err(redb::Error::from)?;
+        self.charge(owner, meta.size)?;
+        Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Drops `owner`'s claim on the held blob `id` and refunds its usage.
+    /// Returns how many owners are left, or `None` if `owner` was not one.
+    /// The caller removes the blob when none is left.
+    fn release(
+        &mut self,
+        id: &BlobId,
+        meta: &mut BlobMeta,
+        owner: &VerifyingKey,
+    ) -> Result<Option<u64>, StoreError> {
+        if meta.owner.as_ref() == Some(owner) {
+            meta.owner = None;
+            self.blobs
+                .insert(id.as_bytes(), meta.encode())
+                .map_err(redb::Error::from)?;
+        } else if self
+            .co_owners
+            .remove((*id.as_bytes(), owner.to_bytes()))
+            .map_err(redb::Error::from)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.refund(owner, meta.size)?;
+        let co_owners = index::keys_of(&self.co_owners, *id.as_bytes())?.len() as u64;
+        Ok(Some(co_owners + u64::from(meta.owner.is_some())))
     }
 
     /// Records an access at `at`, moving the blob in the last-access order.
@@ -759,15 +893,14 @@ impl<'txn> Tables<'txn> {
             .remove((meta.last_access, *id.as_bytes()))
             .map_err(redb::Error::from)?;
         if let Some(owner) = &meta.owner {
-            let left = self.owner_usage(owner)?.saturating_sub(meta.size);
-            if left == 0 {
-                self.owners
-                    .remove(owner.to_bytes())
-                    .map_err(redb::Error::from)?;
-            } else {
-                self.owners
-                    .insert(owner.to_bytes(), left)
-                    .map_err(redb::Error::from)?;
+            self.refund(owner, meta.size)?;
+        }
+        for owner in index::keys_of(&self.co_owners, *id.as_bytes())? {
+            self.co_owners
+                .remove((*id.as_bytes(), owner))
+                .map_err(redb::Error::from)?;
+            if let Ok(owner) = VerifyingKey::from_bytes(&owner) {
+                self.refund(&owner, meta.size)?;
             }
         }
         self.bytes = self.bytes.saturating_sub(meta.size);
