@@ -749,6 +749,19 @@ fn sync_summary(report: &cairn_client::SyncReport) -> String {
         reachable,
         report.relays.len()
     );
+    if report.claimed > 0 {
+        text.push_str(&format!(
+            "\n  claimed {} copies your other devices stored: they stay until this device \
+             deletes them too",
+            report.claimed
+        ));
+    }
+    if report.claims_pending > 0 {
+        text.push_str(&format!(
+            "\n  {} more to claim at the next sync",
+            report.claims_pending
+        ));
+    }
     for relay in report.relays.iter().filter(|r| !r.reachable) {
         text.push_str(&format!(
             "\n  unreachable {}: {}",

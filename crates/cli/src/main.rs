@@ -148,9 +148,11 @@ Examples:
     ///
     /// Reads every device's newest head from every relay (one request per
     /// relay when nothing changed), fetches and verifies new operations,
-    /// merges them, and sends relays that are behind what they lack.
-    /// Relays serving old heads and devices signing conflicting operations
-    /// are reported.
+    /// merges them, and sends relays that are behind what they lack. It
+    /// then claims the copies your other devices stored, so that they stay
+    /// until this device lets go of them too, and lets go of copies no
+    /// file lists any more. Relays serving old heads and devices signing
+    /// conflicting operations are reported.
     #[command(
         after_help = "Examples:\n  cairn sync\n  cairn sync --watch        keep syncing, backing off while nothing changes"
     )]
@@ -203,7 +205,11 @@ Examples:
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u8).range(1..=64))]
         chunks: u8,
     },
-    /// Remove a stored file and delete the copies this device made.
+    /// Remove a stored file and drop this device's claims on its copies.
+    ///
+    /// A relay deletes a copy once every device that claimed it has let go:
+    /// your other devices do when they next sync the removal. So no single
+    /// device, stolen or revoked, can delete what the others keep.
     Rm {
         /// The stored name.
         name: String,

@@ -3,6 +3,7 @@
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, ChildStdout};
 
+use cairn_client::proto::{BlobId, Method, SigningKey, TokenTarget};
 use cairn_client::{Client, Error, Home, Passphrase};
 
 use crate::common::{Device, PASSPHRASE, Relay, Run, data_with_marker};
@@ -199,6 +200,115 @@ async fn join_approve_share_then_revoke() {
     let devices = laptop.run(&["device", "list", "--json"]).await.json();
     assert_eq!(devices["devices"].as_array().unwrap().len(), 1);
     assert_eq!(devices["revoked"].as_array().unwrap().len(), 1);
+}
+
+/// What a relay answers a raw `DELETE` of `blob` signed by `signer`: the
+/// status, and how many owners keep the blob.
+async fn raw_delete(relay: &Relay, signer: &SigningKey, blob: &str) -> (u16, Option<String>) {
+    let blob: BlobId = blob.parse().unwrap();
+    let token = cairn_testkit::token(
+        &relay.handle().key(),
+        Method::Delete,
+        TokenTarget::Blob(blob),
+        cairn_testkit::unix_now() + 300,
+    );
+    let response = cairn_testkit::http()
+        .delete(format!("{}/v1/blobs/{blob}", relay.url()))
+        .header("authorization", cairn_testkit::auth_header(&token, signer))
+        .send()
+        .await
+        .unwrap();
+    let left = response
+        .headers()
+        .get("cairn-owners-left")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), left)
+}
+
+async fn blob_status(relay: &Relay, blob: &str) -> u16 {
+    cairn_testkit::http()
+        .get(format!("{}/v1/blobs/{blob}", relay.url()))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_cannot_delete_what_the_others_keep() {
+    let (a, b) = (Relay::start().await, Relay::start().await);
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a, &b]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let before = data_with_marker(25_000, b"the laptop's");
+    let laptops = laptop.put_data("laptops", &before).await;
+    let phone = Device::new();
+    pair(&laptop, &phone, &b, false, "30").await;
+    // The phone's first sync claims the laptop's copies.
+    let synced = phone.run(&["sync", "--json"]).await.json();
+    assert_eq!(synced["claimed"], 2, "{synced}");
+    phone.run(&["config", "--replicas", "2"]).await.ok();
+    let phones_data = data_with_marker(30_000, b"the phone's");
+    let phones = phone.put_data("phones", &phones_data).await;
+    let synced = laptop.run(&["sync"]).await;
+    assert!(synced.stdout.contains("claimed 2 copies"), "{synced:?}");
+
+    // A removal takes effect once every device that claimed the copies has
+    // synced it.
+    let passing = laptop.put_data("passing", b"here for a moment").await;
+    phone.run(&["sync"]).await.ok();
+    let removed = laptop.run(&["rm", "passing", "--json"]).await.json();
+    assert_eq!(removed["deleted"].as_array().unwrap().len(), 0, "{removed}");
+    assert!(
+        removed["left"][0].as_str().unwrap().contains("other owner"),
+        "{removed}"
+    );
+    for relay in [&a, &b] {
+        assert_eq!(blob_status(relay, &passing).await, 200);
+    }
+    phone.run(&["sync"]).await.ok();
+    for relay in [&a, &b] {
+        assert_eq!(
+            blob_status(relay, &passing).await,
+            404,
+            "gone with the last claim"
+        );
+    }
+
+    // The phone is stolen; the laptop revokes it. The thief, holding the
+    // phone's keys, deletes every copy it owns, on every relay, bypassing
+    // the client: each delete drops only the phone's claim.
+    laptop.run(&["device", "revoke", "phone"]).await.ok();
+    let stolen = Client::open(Home::at(phone.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    for relay in [&a, &b] {
+        let key = stolen.upload_key(&relay.handle().key());
+        for blob in [&laptops, &phones] {
+            assert_eq!(
+                raw_delete(relay, &key, blob).await,
+                (204, Some("1".to_owned())),
+                "the laptop's claim keeps {blob}"
+            );
+        }
+    }
+    for (name, data) in [("laptops", &before), ("phones", &phones_data)] {
+        let out = laptop.dir.path().join(format!("check-{name}"));
+        laptop
+            .run(&["get", name, "-o", out.to_str().unwrap()])
+            .await
+            .ok();
+        assert_eq!(&std::fs::read(&out).unwrap(), data, "{name}");
+    }
+    let audit = laptop.run(&["audit", "--json"]).await;
+    assert_eq!(audit.code, 0, "{audit:?}");
+
+    // The laptop, now the only owner, removes the phone's file for good.
+    let removed = laptop.run(&["rm", "phones", "--json"]).await.json();
+    assert_eq!(removed["deleted"].as_array().unwrap().len(), 2, "{removed}");
+    for relay in [&a, &b] {
+        assert_eq!(blob_status(relay, &phones).await, 404);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,8 +141,14 @@ async fn a_blob_stays_until_its_last_owner_deletes_it() {
     .await;
     relay.put(&laptop, &data).await;
     assert!(claimed(relay.claim(&phone, id).await).await);
-    assert!(!claimed(relay.claim(&phone, id).await).await, "once is enough");
-    assert!(!claimed(relay.claim(&laptop, id).await).await, "the uploader owns it");
+    assert!(
+        !claimed(relay.claim(&phone, id).await).await,
+        "once is enough"
+    );
+    assert!(
+        !claimed(relay.claim(&laptop, id).await).await,
+        "the uploader owns it"
+    );
 
     // A stolen laptop deletes: its claim goes, the phone's keeps the blob,
     // across a restart too.
@@ -168,7 +174,11 @@ async fn a_blob_stays_until_its_last_owner_deletes_it() {
     assert_eq!(relay.get(&id).await.status(), StatusCode::OK);
     assert_eq!(owners_left(&relay.delete(&laptop, id).await), 0);
     assert_error(relay.get(&id).await, StatusCode::NOT_FOUND, "not_found").await;
-    assert_eq!(relay.files(), (0, 0), "the last owner's delete frees the space");
+    assert_eq!(
+        relay.files(),
+        (0, 0),
+        "the last owner's delete frees the space"
+    );
 }
 
 #[tokio::test]

@@ -126,7 +126,10 @@ async fn expiry_refunds_every_owner_of_a_blob() {
     .await;
     let (alice, bob) = (key("alice"), key("bob"));
     let shared = bytes("shared", 30_000);
-    assert_eq!(relay.put(&alice, &shared).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        relay.put(&alice, &shared).await.status(),
+        StatusCode::CREATED
+    );
     assert_eq!(
         relay.claim(&bob, BlobId::of(&shared)).await.status(),
         StatusCode::OK

@@ -260,6 +260,13 @@ impl Client {
         self.device.signing.verifying_key()
     }
 
+    /// The key this device signs its requests to `relay` with, and owns
+    /// its copies there by. For tools that must act as this device outside
+    /// the client's rules, such as tests of what a stolen device can do.
+    pub fn upload_key(&self, relay: &VerifyingKey) -> cairn_proto::SigningKey {
+        self.device.upload_key(relay)
+    }
+
     /// This device's name.
     pub fn device_name(&self) -> &str {
         &self.config.device_name

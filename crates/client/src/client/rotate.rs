@@ -15,7 +15,7 @@ use super::audit::current_places;
 use super::relays::RelayAdded;
 use crate::error::{Error, Result};
 use crate::files::Place;
-use crate::relay::{RelayClient, normalize_url};
+use crate::relay::{Deleted, RelayClient, normalize_url};
 use crate::sync::Change;
 
 /// What a rotation did.
@@ -120,7 +120,13 @@ impl Client {
         for change in changes {
             self.append(&mut state, change).await?;
         }
-        self.finish_change(&mut state).await?;
+        // The old relay's copies have moved: this drops this device's claims
+        // there.
+        let released = self.finish_change(&mut state).await?;
+        report.deleted = released
+            .iter()
+            .filter(|(_, relay, done)| *relay == old.key && *done == Deleted::Gone)
+            .count();
         if !report.failed.is_empty() {
             return Ok(report);
         }
@@ -133,7 +139,7 @@ impl Client {
                 .copies
                 .iter()
                 .any(|c| c.relay == old.key && c.owner == me);
-            if ours && matches!(old_relay.delete(&entry.blob, &key).await, Ok(true)) {
+            if ours && matches!(old_relay.delete(&entry.blob, &key).await, Ok(Deleted::Gone)) {
                 report.deleted += 1;
             }
         }

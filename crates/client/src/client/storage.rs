@@ -15,7 +15,7 @@ use super::Client;
 use crate::error::{Error, RelayError, Result, io_at};
 use crate::files::{Copy, FileEntry, Place, check_name};
 use crate::progress::Progress;
-use crate::relay::{RelayClient, unix_now};
+use crate::relay::{Deleted, RelayClient, unix_now};
 use crate::scores::Misbehaviour;
 use crate::seal;
 use crate::sync::Change;
@@ -466,9 +466,9 @@ impl Client {
             .collect())
     }
 
-    /// Removes `name` from the file table, deletes the copies this device
-    /// made, and leaves the others to the devices that made them (each
-    /// deletes its copies when it next syncs).
+    /// Removes `name` from the file table and drops this device's claims
+    /// on its copies. A relay deletes a copy with its last owner's claim:
+    /// the other devices drop theirs when they next sync.
     pub async fn remove(&mut self, name: &str) -> Result<RemoveReport> {
         let mut state = self.synced().await?;
         self.require_active()?;
@@ -487,32 +487,40 @@ impl Client {
             },
         )
         .await?;
-        self.finish_change(&mut state).await?;
-        let me = self.device_key();
+        let released = self.finish_change(&mut state).await?;
         let still_owned = Self::owned_relays(&state, &entry.blob);
         let mut deleted = Vec::new();
         let mut left = Vec::new();
         for (copy, moved) in entry.copies.iter().zip(moved) {
-            if let Some(to) = moved {
-                // The peer's copy belongs to the relay that handed it on:
-                // no device can delete it.
-                left.push(format!(
-                    "{}: transferred to {}, which keeps it until its retention runs out",
-                    copy.url, to.url
-                ));
-            } else if copy.owner != me {
-                left.push(format!(
+            let done = released
+                .iter()
+                .find(|(blob, relay, _)| *blob == entry.blob && *relay == copy.relay)
+                .map(|(_, _, done)| *done);
+            match (moved, done) {
+                (Some(to), _) => {
+                    // The peer's copy belongs to the relay that handed it
+                    // on: no device can delete it.
+                    left.push(format!(
+                        "{}: transferred to {}, which keeps it until its retention runs out",
+                        copy.url, to.url
+                    ));
+                }
+                (None, Some(Deleted::Gone | Deleted::Absent)) => deleted.push(copy.url.clone()),
+                (None, Some(Deleted::KeptByOthers(n))) => left.push(format!(
+                    "{}: this device let go of it; {n} other owner{} (your other devices) \
+                     keep it until they sync the removal",
+                    copy.url,
+                    if n == 1 { "" } else { "s" }
+                )),
+                (None, None) if still_owned.contains(&copy.relay) => left.push(format!(
+                    "{}: could not be deleted now; retried on the next sync",
+                    copy.url
+                )),
+                (None, None) => left.push(format!(
                     "{}: stored by device {}, which deletes it when it next syncs",
                     copy.url,
                     copy.owner.short()
-                ));
-            } else if still_owned.contains(&copy.relay) {
-                left.push(format!(
-                    "{}: could not be deleted now; retried on the next sync",
-                    copy.url
-                ));
-            } else {
-                deleted.push(copy.url.clone());
+                )),
             }
         }
         Ok(RemoveReport {
@@ -544,7 +552,8 @@ impl Client {
             },
         )
         .await?;
-        self.finish_change(&mut state).await
+        self.finish_change(&mut state).await?;
+        Ok(())
     }
 
     /// Fetches `what` (a stored name, or a blob id) from the fastest relay

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +23,7 @@ use super::Client;
 use super::mailbox::{identity_slot, sign_head};
 use crate::error::{Error, Result, io_at};
 use crate::home::write_private;
-use crate::relay::{HeadWrite, RelayClient, unix_now};
+use crate::relay::{Claimed, Deleted, HeadWrite, RelayClient, unix_now};
 use crate::seal;
 use crate::sync::{Change, Position, Snapshot, Table, clock_millis, next_clock};
 
@@ -101,7 +102,7 @@ pub(crate) struct SyncState {
     /// superseded).
     my_snapshot: Option<String>,
     /// Blob (id text) → relays (key text) holding a copy this device
-    /// uploaded and has not deleted.
+    /// uploaded or claimed and has not deleted.
     owned: BTreeMap<String, BTreeSet<String>>,
     /// Recent findings, newest last.
     findings: Vec<Finding>,
@@ -204,6 +205,11 @@ pub struct SyncReport {
     pub snapshot_applied: bool,
     /// Whether this device wrote a snapshot.
     pub snapshot_written: bool,
+    /// Copies other devices stored that this device claimed, so that they
+    /// stay until this device deletes them too.
+    pub claimed: usize,
+    /// Copies left to claim at the next sync.
+    pub claims_pending: usize,
     /// Files in the table.
     pub files: usize,
     /// Problems found by this sync.
@@ -214,6 +220,12 @@ pub struct SyncReport {
 struct Listing {
     heads: BTreeMap<String, Verified<HeadRecord>>,
 }
+
+/// Claims sent to relays at once by a sync.
+const CLAIMS_IN_FLIGHT: usize = 16;
+/// Most claims one sync sends to one relay: well inside a relay's default
+/// burst of 600 requests per key.
+const CLAIMS_PER_RELAY_PER_SYNC: usize = 256;
 
 impl Client {
     pub(super) fn load_sync(&self) -> Result<SyncState> {
@@ -359,6 +371,7 @@ impl Client {
             }
         }
 
+        let (claimed, claims_pending) = self.claim_copies(state, &relays).await;
         self.collect_garbage(state, &relays).await;
         let mut snapshot_written = false;
         if state.since_snapshot >= SNAPSHOT_EVERY && self.require_active().is_ok() {
@@ -392,6 +405,8 @@ impl Client {
             merged,
             snapshot_applied,
             snapshot_written,
+            claimed,
+            claims_pending,
             files: state.table.files().count(),
             findings: state.findings[first_finding.min(state.findings.len())..].to_vec(),
         })
@@ -1005,40 +1020,107 @@ impl Client {
         Ok(())
     }
 
-    /// Deletes this device's copies of blobs the table no longer names.
-    async fn collect_garbage(&self, state: &mut SyncState, relays: &[RelayClient]) {
-        let referenced = state.table.referenced();
-        let unreferenced: Vec<String> = state
-            .owned
-            .keys()
-            .filter(|id| {
-                id.parse::<BlobId>()
-                    .is_ok_and(|id| !referenced.contains(&id))
-            })
-            .cloned()
-            .collect();
-        for id in unreferenced {
+    /// Drops this device's claims on copies the table no longer lists (a
+    /// removed or replaced file, a copy repaired elsewhere). A relay
+    /// deletes a blob once its last owner lets go, so a removal takes
+    /// effect when every device that claimed the copies has synced it.
+    /// Returns what each delete did.
+    async fn collect_garbage(
+        &self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+    ) -> Vec<(BlobId, VerifyingKey, Deleted)> {
+        let listed = state.table.copy_locations();
+        let mut done = Vec::new();
+        for (id, holders) in std::mem::take(&mut state.owned) {
             let Ok(blob) = id.parse::<BlobId>() else {
                 continue;
             };
-            let holders = state.owned.get(&id).cloned().unwrap_or_default();
-            let mut left = BTreeSet::new();
-            for relay in relays
-                .iter()
-                .filter(|r| holders.contains(&r.key().to_string()))
-            {
+            let mut kept = BTreeSet::new();
+            for holder in holders {
+                let Ok(relay_key) = holder.parse::<VerifyingKey>() else {
+                    continue;
+                };
+                if listed.contains(&(blob, relay_key)) {
+                    kept.insert(holder);
+                    continue;
+                }
+                // Relays no longer in the set keep their copy until retention.
+                let Some(relay) = relays.iter().find(|r| *r.key() == relay_key) else {
+                    continue;
+                };
                 let key = self.device.upload_key(relay.key());
-                if relay.delete(&blob, &key).await.is_err() {
-                    left.insert(relay.key().to_string());
+                match relay.delete(&blob, &key).await {
+                    Ok(outcome) => done.push((blob, relay_key, outcome)),
+                    Err(_) => {
+                        kept.insert(holder);
+                    }
                 }
             }
-            // Relays no longer in the set keep their copy until retention.
-            if left.is_empty() {
-                state.owned.remove(&id);
-            } else {
-                state.owned.insert(id, left);
+            if !kept.is_empty() {
+                state.owned.insert(id, kept);
             }
         }
+        done
+    }
+
+    /// Claims, on the relays of this device's set, every copy the table
+    /// lists that this device does not own yet (PROTOCOL.md §7.3), so that
+    /// no other device, stolen or revoked, can delete it alone. Copies that
+    /// moved to a peer are the peer's. Returns how many were claimed and
+    /// how many are left for the next sync (failed, or over the limit per
+    /// sync).
+    async fn claim_copies(&self, state: &mut SyncState, relays: &[RelayClient]) -> (usize, usize) {
+        if self.require_active().is_err() {
+            return (0, 0);
+        }
+        let mut wanted = BTreeSet::new();
+        for (_, entry) in state.table.files() {
+            for (copy, moved) in state.table.located(entry) {
+                let owned = state
+                    .owned
+                    .get(&entry.blob.to_string())
+                    .is_some_and(|holders| holders.contains(&copy.relay.to_string()));
+                if moved.is_none() && !owned {
+                    wanted.insert((entry.blob, copy.relay));
+                }
+            }
+        }
+        // A few hundred per relay at a time: a new device with a large
+        // vault would otherwise spend its whole fair share (§7.6a) at once.
+        let mut per_relay: BTreeMap<VerifyingKey, usize> = BTreeMap::new();
+        let mut pending = 0;
+        wanted.retain(|(_, relay)| {
+            let count = per_relay.entry(*relay).or_default();
+            *count += 1;
+            let now = *count <= CLAIMS_PER_RELAY_PER_SYNC;
+            pending += usize::from(!now);
+            now
+        });
+        let claims = wanted.into_iter().filter_map(|(blob, relay_key)| {
+            let relay = relays.iter().find(|r| *r.key() == relay_key)?;
+            let key = self.device.upload_key(relay.key());
+            Some(async move { (blob, relay_key, relay.claim(&blob, &key).await) })
+        });
+        let answers: Vec<_> = futures_util::stream::iter(claims)
+            .buffer_unordered(CLAIMS_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut claimed = 0;
+        for (blob, relay, answer) in answers {
+            match answer {
+                Ok(Claimed::Owned) => {
+                    claimed += 1;
+                    Self::record_owned(state, &blob, [relay]);
+                }
+                // Nothing to claim: audits report the missing copy, and
+                // repair replaces it. Recorded so that every sync does
+                // not ask again.
+                Ok(Claimed::Absent) => Self::record_owned(state, &blob, [relay]),
+                Err(_) => pending += 1,
+            }
+        }
+        (claimed, pending)
     }
 
     /// Records that this device stored copies of `blob` on `relays`.
@@ -1073,11 +1155,16 @@ impl Client {
         self.save_sync(state)
     }
 
-    /// Deletes now-unreferenced copies after a change, then saves.
-    pub(super) async fn finish_change(&self, state: &mut SyncState) -> Result<()> {
+    /// Drops claims on copies no longer listed after a change, then saves.
+    /// Returns what each delete did.
+    pub(super) async fn finish_change(
+        &self,
+        state: &mut SyncState,
+    ) -> Result<Vec<(BlobId, VerifyingKey, Deleted)>> {
         let relays = self.relay_clients();
-        self.collect_garbage(state, &relays).await;
-        self.save_sync(state)
+        let deleted = self.collect_garbage(state, &relays).await;
+        self.save_sync(state)?;
+        Ok(deleted)
     }
 
     /// The table as of the last sync (no network).

@@ -529,8 +529,9 @@ impl RelayClient {
         RelayError::Redirect(format!("transferred to {}: {err}", self.url))
     }
 
-    /// Deletes blob `id`, owned by `key`. Returns false if it was not there.
-    pub async fn delete(&self, id: &BlobId, key: &SigningKey) -> Result<bool, RelayError> {
+    /// Drops `key`'s claim on blob `id`; the relay deletes the blob when no
+    /// other owner is left (PROTOCOL.md §7.3).
+    pub async fn delete(&self, id: &BlobId, key: &SigningKey) -> Result<Deleted, RelayError> {
         let token = self.token(Method::Delete, id, key, 0).await?;
         match send(
             self.http
@@ -539,8 +540,37 @@ impl RelayClient {
         )
         .await
         {
-            Ok(_) => Ok(true),
-            Err(err) if err.code() == Some("not_found") => Ok(false),
+            Ok(response) => {
+                let left = response
+                    .headers()
+                    .get(OWNERS_LEFT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                Ok(if left == 0 {
+                    Deleted::Gone
+                } else {
+                    Deleted::KeptByOthers(left)
+                })
+            }
+            Err(err) if err.code() == Some("not_found") => Ok(Deleted::Absent),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Makes `key` one of blob `id`'s owners, so that the copy stays until
+    /// `key` deletes it too, whoever else does (PROTOCOL.md §7.3).
+    pub async fn claim(&self, id: &BlobId, key: &SigningKey) -> Result<Claimed, RelayError> {
+        let token = self.token(Method::Post, id, key, 0).await?;
+        match send(
+            self.http
+                .post(self.blob_url(id))
+                .header(AUTHORIZATION, token),
+        )
+        .await
+        {
+            Ok(_) => Ok(Claimed::Owned),
+            Err(err) if err.code() == Some("not_found") => Ok(Claimed::Absent),
             Err(err) => Err(err),
         }
     }
@@ -649,6 +679,30 @@ fn verify_head(
 }
 
 /// Sends a request; non-success statuses become [`RelayError::Refused`].
+/// The response header in which a relay says how many owners still keep a
+/// blob after a delete.
+const OWNERS_LEFT_HEADER: &str = "cairn-owners-left";
+
+/// What a delete did at one relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// The blob is gone.
+    Gone,
+    /// This key's claim is dropped; that many other owners keep the blob.
+    KeptByOthers(u64),
+    /// The relay did not hold it.
+    Absent,
+}
+
+/// What a claim did at one relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The key owns the copy (now, or already).
+    Owned,
+    /// The relay does not hold the blob.
+    Absent,
+}
+
 async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, RelayError> {
     let response = request
         .send()

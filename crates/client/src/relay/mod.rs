@@ -4,6 +4,6 @@
 mod api;
 mod set;
 
-pub use api::{AuditOutcome, HeadWrite, Held, RelayClient, fetch_info};
+pub use api::{AuditOutcome, Claimed, Deleted, HeadWrite, Held, RelayClient, fetch_info};
 pub(crate) use api::{http_client, unix_now};
 pub use set::{RelayEntry, RelaySet, normalize_url};

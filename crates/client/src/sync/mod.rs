@@ -231,6 +231,18 @@ impl Table {
     pub fn referenced(&self) -> std::collections::BTreeSet<BlobId> {
         self.files().map(|(_, e)| e.blob).collect()
     }
+
+    /// Every (blob, relay) where a file's copy is listed and has not moved
+    /// on to a peer.
+    pub fn copy_locations(&self) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
+        self.files()
+            .flat_map(|(_, entry)| {
+                self.located(entry)
+                    .filter(|(_, moved)| moved.is_none())
+                    .map(|(copy, _)| (entry.blob, copy.relay))
+            })
+            .collect()
+    }
 }
 
 /// The transfer records as a JSON list (a map keyed by pairs has no JSON

@@ -22,7 +22,8 @@ use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
 use crate::store::index::{IndexReader, Location};
 use crate::store::{
-    BlobBody, BodyStream, ClaimOutcome, DeleteOutcome, InsertOutcome, Source, Staged, StoreError, clamped_slice,
+    BlobBody, BodyStream, ClaimOutcome, DeleteOutcome, InsertOutcome, Source, Staged, StoreError,
+    clamped_slice,
 };
 
 /// Bodies up to this size are read in one blocking call and sent from
@@ -58,9 +59,10 @@ fn authorize_for(
         method,
         target: TokenTarget::Blob(id),
         now: app.now(),
-        // Work is asked of uploads and claims only: what they store costs
-        // the operator.
-        pow_bits: if matches!(method, Method::Put | Method::Post) {
+        // Work is asked of uploads only: they are what costs the operator.
+        // A claim adds no bytes, and a new device claims every copy it
+        // learns of, so it is left free.
+        pow_bits: if method == Method::Put {
             app.pow_bits()
         } else {
             0

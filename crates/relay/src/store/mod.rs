@@ -89,8 +89,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS, HEADS_BY_ACCESS,
-    HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS,
+    HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES,
+    SPENT_TOKENS, STATS,
 };
 use self::scaleout::ScaleOut;
 use crate::config::StorageConfig;
@@ -236,7 +237,9 @@ pub(crate) enum DeleteOutcome {
     /// That was the last claim: the blob is gone.
     Deleted,
     /// The signer no longer owns the blob; other owners keep it.
-    Released { owners_left: u64 },
+    Released {
+        owners_left: u64,
+    },
     NotFound,
     NotOwner,
     /// Its token was used before; nothing changed.

@@ -569,7 +569,12 @@ impl Index {
         )
         .await?;
         rows.iter()
-            .map(|row| Ok((id_from_db(row.get(0))?, key_from_db(row.get(1), "co-owner")?)))
+            .map(|row| {
+                Ok((
+                    id_from_db(row.get(0))?,
+                    key_from_db(row.get(1), "co-owner")?,
+                ))
+            })
             .collect()
     }
 

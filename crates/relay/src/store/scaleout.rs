@@ -39,8 +39,8 @@ use super::index::Forward;
 use super::objects::Objects;
 use super::postgres::{BlobRow, Index, db_err, exec, int};
 use super::{
-    ClaimOutcome,    DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged, StoreError,
-    StoreStats,
+    ClaimOutcome, DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged,
+    StoreError, StoreStats,
 };
 use crate::config::ScaleOutConfig;
 

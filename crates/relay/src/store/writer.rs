@@ -23,15 +23,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::cache::BlobCache;
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::files::BlobFiles;
-use super::index::{self,
-    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward,
-    ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey, HeadsValue, INLINE, OWNERS,
-    PENDING_UNLINK, SOURCES, SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS,
-    mailbox_range,
+use super::index::{
+    self, BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, FORWARDS,
+    FORWARDS_BY_ACCESS, Forward, ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey,
+    HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STAT_BLOBS, STAT_BYTES,
+    STAT_HEADS, STATS, mailbox_range,
 };
 use super::{
-    ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX, Source,
-    SpentToken, Staged, StoreError, StoreStats,
+    ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX,
+    Source, SpentToken, Staged, StoreError, StoreStats,
 };
 
 /// Most operations applied in one transaction.
