@@ -873,6 +873,15 @@ fn repair_summary(report: &cairn_client::RepairReport) -> String {
             r.name, r.from, r.why, r.to
         ));
     }
+    let metadata = &report.metadata;
+    text.push_str(&format!(
+        "\nmetadata: {} blobs a new device needs (identity log, snapshot, operations): {} \
+         copies renewed, {} restored",
+        metadata.blobs, metadata.renewed, metadata.restored
+    ));
+    for failed in &metadata.failed {
+        text.push_str(&format!("\n  NOT KEPT {failed}"));
+    }
     for short in &report.short {
         text.push_str(&format!("\n  SHORT {short}"));
     }

@@ -175,9 +175,12 @@ Examples:
     /// and replaces copies that are missing or fail their proof with new
     /// copies on other relays of your set, made from a good copy (no
     /// decryption needed). Copies on relays that do not answer are
-    /// reported, not replaced, unless --replace-unreachable. Run it more
-    /// often than your relays' shortest retention. Exits 1 when a file is
-    /// left short of good copies.
+    /// reported, not replaced, unless --replace-unreachable. It also keeps
+    /// what a new device or a recovery needs (the identity log, the newest
+    /// snapshot and the operations after it) on every relay, renewing it
+    /// and restoring what a relay lost. Run it more often than your
+    /// relays' shortest retention (`sync --watch` does). Exits 1 when a
+    /// file is left short of good copies.
     #[command(
         after_help = "Example:\n  cairn repair --replace-unreachable   # a relay is gone for good"
     )]

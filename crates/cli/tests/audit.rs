@@ -2,7 +2,10 @@
 //! one that altered a copy, and one that lost it, are told apart from the
 //! honest one, and the exit code says something is wrong.
 
-use crate::common::{Device, Relay, data_with_marker};
+use cairn_client::proto::BlobId;
+use cairn_client::{Client, Home, Passphrase};
+
+use crate::common::{Device, PASSPHRASE, Relay, data_with_marker};
 
 /// Three fresh relays and a device named "laptop" using all of them.
 async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
@@ -212,6 +215,75 @@ async fn repair_renews_copies_on_a_relay_with_short_retention() {
     clock.advance(301);
     relay.handle().run_gc().await.unwrap();
     assert!(relay.blob_file(&id).is_none(), "kept past its retention");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_keeps_what_a_recovery_needs() {
+    // The relay's clock starts 250 s behind and ends 250 s ahead, so that
+    // the client's tokens (valid 300 s) stay acceptable throughout.
+    let clock = cairn_relay::Clock::manual(cairn_testkit::unix_now() - 250);
+    let short = Relay::start_with_clock(
+        |c| c.retention = std::time::Duration::from_secs(300),
+        clock.clone(),
+    )
+    .await;
+    let mut other = Relay::start().await;
+    let laptop = Device::new();
+    let created = laptop.init("laptop").await;
+    let phrase = created["recovery_phrase"].as_str().unwrap().to_owned();
+    laptop.add_relays(&[&short, &other]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(40_000, b"recovered long after");
+    laptop.put_data("kept", &data).await;
+    laptop.put_data("second", b"one more operation").await;
+
+    // A relay that lost a metadata blob (here the identity log's first
+    // entry, deleted by its only owner) gets it back from the next repair.
+    let client = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let genesis = BlobId::of(&client.identity().entries()[0]).to_string();
+    let key = client.upload_key(&other.handle().key());
+    assert_eq!(
+        other.delete_as(&key, &genesis).await,
+        (204, Some("0".into()))
+    );
+    assert_eq!(other.blob_status(&genesis).await, 404);
+    let report = laptop.run(&["repair", "--json"]).await.json();
+    assert_eq!(report["metadata"]["restored"], 1, "{report}");
+    assert_eq!(other.blob_status(&genesis).await, 200);
+    // The identity log's entries, and an operation per file.
+    let blobs = report["metadata"]["blobs"].as_u64().unwrap();
+    assert!(blobs >= 3, "{report}");
+
+    // Repairs every 250 s renew the metadata as well as the files: on a
+    // relay keeping blobs 300 s after their last access, nothing a recovery
+    // needs expires.
+    for _ in 0..2 {
+        clock.advance(250);
+        let report = laptop.run(&["repair", "--json"]).await.json();
+        assert_eq!(report["metadata"]["renewed"], 2 * blobs, "{report}");
+        assert_eq!(report["metadata"]["restored"], 0, "{report}");
+        short.handle().run_gc().await.unwrap();
+    }
+    other.stop().await;
+    let desk = Device::new();
+    desk.run_with(
+        &[
+            "init",
+            "--recover",
+            "--relay",
+            &short.url(),
+            "--name",
+            "desk",
+        ],
+        &[("CAIRN_RECOVERY_PHRASE", &phrase)],
+    )
+    .await
+    .ok();
+    let out = desk.dir.path().join("out");
+    desk.run(&["get", "kept", "-o", out.to_str().unwrap()])
+        .await
+        .ok();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,6 +125,45 @@ impl Relay {
 
     /// The file holding blob `id` on this relay's disk, if it is a file
     /// (blobs of 16 KiB or less live inside the index).
+    /// The status a `GET` of blob `id` gets.
+    pub(crate) async fn blob_status(&self, id: &str) -> u16 {
+        cairn_testkit::http()
+            .get(format!("{}/v1/blobs/{id}", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// A raw `DELETE` of blob `id` signed by `signer`, as a device acting
+    /// outside the client's rules would send it: the status, and how many
+    /// owners keep the blob.
+    pub(crate) async fn delete_as(
+        &self,
+        signer: &cairn_client::proto::SigningKey,
+        id: &str,
+    ) -> (u16, Option<String>) {
+        let blob: cairn_client::proto::BlobId = id.parse().unwrap();
+        let token = cairn_testkit::token(
+            &self.handle().key(),
+            cairn_client::proto::Method::Delete,
+            cairn_client::proto::TokenTarget::Blob(blob),
+            cairn_testkit::unix_now() + 300,
+        );
+        let response = cairn_testkit::http()
+            .delete(format!("{}/v1/blobs/{blob}", self.url()))
+            .header("authorization", cairn_testkit::auth_header(&token, signer))
+            .send()
+            .await
+            .unwrap();
+        let left = response
+            .headers()
+            .get("cairn-owners-left")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), left)
+    }
+
     pub(crate) fn blob_file(&self, id: &str) -> Option<PathBuf> {
         let path = self.data().join("blobs").join(&id[..2]).join(id);
         path.exists().then_some(path)

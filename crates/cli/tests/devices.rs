@@ -3,7 +3,6 @@
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, ChildStdout};
 
-use cairn_client::proto::{BlobId, Method, SigningKey, TokenTarget};
 use cairn_client::{Client, Error, Home, Passphrase};
 
 use crate::common::{Device, PASSPHRASE, Relay, Run, data_with_marker};
@@ -202,39 +201,6 @@ async fn join_approve_share_then_revoke() {
     assert_eq!(devices["revoked"].as_array().unwrap().len(), 1);
 }
 
-/// What a relay answers a raw `DELETE` of `blob` signed by `signer`: the
-/// status, and how many owners keep the blob.
-async fn raw_delete(relay: &Relay, signer: &SigningKey, blob: &str) -> (u16, Option<String>) {
-    let blob: BlobId = blob.parse().unwrap();
-    let token = cairn_testkit::token(
-        &relay.handle().key(),
-        Method::Delete,
-        TokenTarget::Blob(blob),
-        cairn_testkit::unix_now() + 300,
-    );
-    let response = cairn_testkit::http()
-        .delete(format!("{}/v1/blobs/{blob}", relay.url()))
-        .header("authorization", cairn_testkit::auth_header(&token, signer))
-        .send()
-        .await
-        .unwrap();
-    let left = response
-        .headers()
-        .get("cairn-owners-left")
-        .map(|v| v.to_str().unwrap().to_owned());
-    (response.status().as_u16(), left)
-}
-
-async fn blob_status(relay: &Relay, blob: &str) -> u16 {
-    cairn_testkit::http()
-        .get(format!("{}/v1/blobs/{blob}", relay.url()))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_cannot_delete_what_the_others_keep() {
     let (a, b) = (Relay::start().await, Relay::start().await);
@@ -266,12 +232,12 @@ async fn a_revoked_device_cannot_delete_what_the_others_keep() {
         "{removed}"
     );
     for relay in [&a, &b] {
-        assert_eq!(blob_status(relay, &passing).await, 200);
+        assert_eq!(relay.blob_status(&passing).await, 200);
     }
     phone.run(&["sync"]).await.ok();
     for relay in [&a, &b] {
         assert_eq!(
-            blob_status(relay, &passing).await,
+            relay.blob_status(&passing).await,
             404,
             "gone with the last claim"
         );
@@ -286,7 +252,7 @@ async fn a_revoked_device_cannot_delete_what_the_others_keep() {
         let key = stolen.upload_key(&relay.handle().key());
         for blob in [&laptops, &phones] {
             assert_eq!(
-                raw_delete(relay, &key, blob).await,
+                relay.delete_as(&key, blob).await,
                 (204, Some("1".to_owned())),
                 "the laptop's claim keeps {blob}"
             );
@@ -302,12 +268,30 @@ async fn a_revoked_device_cannot_delete_what_the_others_keep() {
     }
     let audit = laptop.run(&["audit", "--json"]).await;
     assert_eq!(audit.code, 0, "{audit:?}");
+    // The revocation started the new mailbox with a snapshot: repair keeps
+    // it (its operation and its sealed table) with the identity log.
+    let entries = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE))
+        .unwrap()
+        .identity()
+        .entries()
+        .len() as u64;
+    let repaired = laptop.run(&["repair", "--json"]).await.json();
+    let metadata = &repaired["metadata"];
+    assert!(
+        metadata["failed"].as_array().unwrap().is_empty(),
+        "{repaired}"
+    );
+    assert!(
+        metadata["blobs"].as_u64().unwrap() >= entries + 2,
+        "{repaired}"
+    );
+    assert_eq!(metadata["renewed"], 2 * metadata["blobs"].as_u64().unwrap());
 
     // The laptop, now the only owner, removes the phone's file for good.
     let removed = laptop.run(&["rm", "phones", "--json"]).await.json();
     assert_eq!(removed["deleted"].as_array().unwrap().len(), 2, "{removed}");
     for relay in [&a, &b] {
-        assert_eq!(blob_status(relay, &phones).await, 404);
+        assert_eq!(relay.blob_status(&phones).await, 404);
     }
 }
 

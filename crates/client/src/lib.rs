@@ -30,9 +30,9 @@ mod text_serde;
 pub use cairn_proto as proto;
 pub use client::{
     AuditReport, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS, DeviceSync, Enrolled,
-    FileInfo, Finding, GetReport, InitOptions, Output, PutReport, RelayAdded, RelayAudit,
-    RelayCheck, RelaySync, RemoveReport, RepairReport, Restored, Revoked, RotateReport, SyncReport,
-    Transfer, TransferCheck,
+    FileInfo, Finding, GetReport, InitOptions, MetadataReport, Output, PutReport, RelayAdded,
+    RelayAudit, RelayCheck, RelaySync, RemoveReport, RepairReport, Restored, Revoked, RotateReport,
+    SyncReport, Transfer, TransferCheck,
 };
 pub use error::{Error, RelayError, Result};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};

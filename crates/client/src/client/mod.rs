@@ -7,6 +7,7 @@
 mod audit;
 mod devices;
 mod mailbox;
+mod metadata;
 mod relays;
 mod repair;
 mod rotate;
@@ -20,6 +21,7 @@ use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
 pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
 pub use devices::{Enrolled, Revoked};
+pub use metadata::MetadataReport;
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
 pub use rotate::RotateReport;

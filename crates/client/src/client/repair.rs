@@ -9,6 +9,9 @@
 //! as a move of the bad copy (one register per copy, never a rewrite of the
 //! name, so a concurrent change of the file on another device cannot be
 //! undone by a repair). Plaintext is never needed.
+//!
+//! A repair also keeps the metadata (`metadata.rs`): the blobs a device
+//! that joins later needs are renewed, claimed and restored likewise.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -20,6 +23,7 @@ use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
 use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, current_places, random_u64, record, score_of};
+use super::metadata::MetadataReport;
 use crate::error::{Error, Result};
 use crate::files::Place;
 use crate::relay::{AuditOutcome, RelayClient};
@@ -41,6 +45,9 @@ pub struct RepairReport {
     /// Copies whose relay did not answer (left alone: unavailability is not
     /// misbehaviour; a later run checks again).
     pub unreachable: Vec<String>,
+    /// The metadata a new device or a recovery needs (identity log,
+    /// snapshot, operations), renewed and restored on every relay.
+    pub metadata: MetadataReport,
     /// How long the run took, in milliseconds.
     pub elapsed_ms: u64,
 }
@@ -200,6 +207,7 @@ impl Client {
             }
             self.finish_change(&mut state).await?;
         }
+        report.metadata = self.keep_metadata(&state).await;
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
     }

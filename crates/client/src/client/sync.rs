@@ -30,16 +30,16 @@ use crate::sync::{Change, Position, Snapshot, Table, clock_millis, next_clock};
 /// Operations between two snapshots written by one device.
 const SNAPSHOT_EVERY: u64 = 500;
 /// Largest sealed operation accepted (a 64 KiB body plus sealing).
-const MAX_OP_BLOB: usize = 256 << 10;
+pub(super) const MAX_OP_BLOB: usize = 256 << 10;
 /// Largest sealed snapshot accepted.
-const MAX_SNAPSHOT_BLOB: usize = 512 << 20;
+pub(super) const MAX_SNAPSHOT_BLOB: usize = 512 << 20;
 /// Most operations fetched for one device in one sync: a relay cannot keep
 /// a client walking forever.
-const MAX_WALK: usize = 1 << 20;
+pub(super) const MAX_WALK: usize = 1 << 20;
 /// Findings kept in the state, newest last.
 const MAX_FINDINGS: usize = 100;
 
-fn snapshot_slot() -> Slot {
+pub(super) fn snapshot_slot() -> Slot {
     #[allow(clippy::expect_used, reason = "a constant valid slot name")]
     Slot::new("snapshot").expect("valid slot")
 }
@@ -142,6 +142,14 @@ impl SyncState {
                 self.my_snapshot.clone(),
             ),
         }
+    }
+
+    /// Every device's newest merged operation.
+    pub(super) fn positions(&self) -> Vec<(VerifyingKey, Position)> {
+        self.devices
+            .iter()
+            .filter_map(|(key, position)| Some((key.parse().ok()?, *position)))
+            .collect()
     }
 
     fn position(&self, device: &VerifyingKey) -> Option<Position> {
@@ -255,7 +263,7 @@ impl Client {
         write_private(&self.cache_path(id), sealed)
     }
 
-    fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
+    pub(super) fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
         std::fs::read(self.cache_path(id)).ok()
     }
 
@@ -463,7 +471,11 @@ impl Client {
     }
 
     /// Opens and verifies a sealed operation.
-    fn open_op(&self, sealed: &[u8], keys: &[crate::keys::X25519Secret]) -> Result<Operation> {
+    pub(super) fn open_op(
+        &self,
+        sealed: &[u8],
+        keys: &[crate::keys::X25519Secret],
+    ) -> Result<Operation> {
         let plain = seal::open_bytes(sealed, keys)
             .map_err(|err| Error::Invalid(format!("operation does not open: {err}")))?;
         SignedRecord::from_bytes(&plain)
@@ -475,7 +487,7 @@ impl Client {
 
     /// [`super::mailbox::fetch_small`], noting in the relays' records any
     /// that served wrong bytes (a lie, not an outage).
-    async fn fetch_small_scored(
+    pub(super) async fn fetch_small_scored(
         &self,
         relays: &[RelayClient],
         id: &BlobId,
@@ -495,7 +507,7 @@ impl Client {
         .await
     }
 
-    async fn fetch_op(
+    pub(super) async fn fetch_op(
         &self,
         relays: &[RelayClient],
         id: &BlobId,
@@ -873,14 +885,14 @@ impl Client {
 
     /// The newest vault key this device holds (the current one unless it
     /// was revoked): its mailbox is where this device looks.
-    fn newest_vault(&self) -> Result<crate::keys::VaultKey> {
+    pub(super) fn newest_vault(&self) -> Result<crate::keys::VaultKey> {
         self.vault_keys()?
             .pop()
             .ok_or_else(|| Error::Invalid("this device holds no vault key".into()))
     }
 
     /// Every vault secret this device holds.
-    fn vault_secrets(&self) -> Result<Vec<crate::keys::X25519Secret>> {
+    pub(super) fn vault_secrets(&self) -> Result<Vec<crate::keys::X25519Secret>> {
         Ok(self.vault_keys()?.into_iter().map(|k| k.secret).collect())
     }
 
@@ -1234,7 +1246,7 @@ enum WalkError {
     Other(Error),
 }
 
-fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
+pub(super) fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
     Error::Relay {
         url: relay.url().to_owned(),
         source,

@@ -1,0 +1,221 @@
+//! Keeping the metadata: what a device that joins later, or a recovery from
+//! the phrase, needs to rebuild the file table stays on every relay of the
+//! set. That is the identity log, the newest snapshot (its operation and its
+//! sealed table), and every device's operations after what the snapshot
+//! covers (all of them while there is no snapshot).
+//!
+//! In the normal course nobody reads those blobs (a device fetches only the
+//! operations it has not merged), so relays would expire them with their
+//! retention, and a recovery months later would find the file table gone.
+//! A repair therefore claims each of them on every relay (PROTOCOL.md
+//! §7.3): the claim is an access, which renews the blob, and makes this
+//! device one of its owners, so that no other device alone can delete it.
+//! A relay that lacks one gets it again, from this device's own copy or
+//! from another relay, verified by hash on the way.
+//!
+//! Blobs no longer needed (operations a newer snapshot covers, a replaced
+//! snapshot) are simply not renewed, and expire.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::Serialize;
+
+use cairn_proto::{BlobId, VerifyingKey};
+
+use super::Client;
+use super::sync::{
+    MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_slot,
+};
+use crate::error::Result;
+use crate::relay::{Claimed, RelayClient};
+use crate::sync::{Change, Position};
+
+/// Claims sent at once while keeping the metadata.
+const IN_FLIGHT: usize = 16;
+
+/// What keeping the metadata did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MetadataReport {
+    /// Metadata blobs a new device or a recovery needs.
+    pub blobs: usize,
+    /// (blob, relay) pairs found held, and renewed.
+    pub renewed: usize,
+    /// (blob, relay) pairs a relay lacked and was given again.
+    pub restored: usize,
+    /// Per relay, what could not be checked or restored, with the first
+    /// error (a later repair tries again).
+    pub failed: Vec<String>,
+}
+
+/// Where the bytes of a needed blob come from, should a relay lack it.
+enum Origin {
+    /// This device holds them.
+    Local(Bytes),
+    /// Another relay of the set, up to this many bytes.
+    Remote(usize),
+}
+
+impl Client {
+    /// Renews every metadata blob on every relay of the set, and restores
+    /// those a relay lacks.
+    pub(super) async fn keep_metadata(&self, state: &SyncState) -> MetadataReport {
+        let relays = self.relay_clients();
+        let mut report = MetadataReport::default();
+        let mut failures: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        let needed = match self.metadata_blobs(state, &relays).await {
+            Ok(needed) => needed,
+            Err(err) => {
+                report
+                    .failed
+                    .push(format!("the metadata could not be listed: {err}"));
+                return report;
+            }
+        };
+        report.blobs = needed.len();
+        let relays = &relays;
+        let checks = needed.iter().flat_map(|(id, source)| {
+            relays.iter().map(move |relay| async move {
+                let outcome = self.keep_one(relays, relay, id, source).await;
+                (relay, outcome)
+            })
+        });
+        let outcomes: Vec<_> = futures_util::stream::iter(checks)
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (relay, outcome) in outcomes {
+            match outcome {
+                Ok(false) => report.renewed += 1,
+                Ok(true) => report.restored += 1,
+                Err(err) => {
+                    let entry = failures
+                        .entry(relay.url().to_owned())
+                        .or_insert((0, err.to_string()));
+                    entry.0 += 1;
+                }
+            }
+        }
+        report
+            .failed
+            .extend(failures.into_iter().map(|(url, (count, first))| {
+                format!("{url}: {count} metadata blob(s) not kept: {first}")
+            }));
+        report
+    }
+
+    /// Claims `id` on `relay`, uploading it there if the relay lacks it.
+    /// Returns whether it had to be restored.
+    async fn keep_one(
+        &self,
+        relays: &[RelayClient],
+        relay: &RelayClient,
+        id: &BlobId,
+        source: &Origin,
+    ) -> Result<bool> {
+        let key = self.device.upload_key(relay.key());
+        let relay_error = |source| relay_error(relay, source);
+        match relay.claim(id, &key).await.map_err(relay_error)? {
+            Claimed::Owned => Ok(false),
+            Claimed::Absent => {
+                let bytes = match source {
+                    Origin::Local(bytes) => bytes.clone(),
+                    Origin::Remote(max) => {
+                        let others: Vec<RelayClient> = relays
+                            .iter()
+                            .filter(|r| r.key() != relay.key())
+                            .cloned()
+                            .collect();
+                        Bytes::from(self.fetch_small_scored(&others, id, *max).await?)
+                    }
+                };
+                relay
+                    .put_bytes(id, bytes, &key, 0)
+                    .await
+                    .map_err(relay_error)?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The metadata blobs a new device needs, with where their bytes are.
+    async fn metadata_blobs(
+        &self,
+        state: &SyncState,
+        relays: &[RelayClient],
+    ) -> Result<Vec<(BlobId, Origin)>> {
+        let mut needed: Vec<(BlobId, Origin)> = self
+            .log
+            .entries()
+            .iter()
+            .map(|entry| {
+                (
+                    BlobId::of(entry),
+                    Origin::Local(Bytes::copy_from_slice(entry)),
+                )
+            })
+            .collect();
+        let keys = self.vault_secrets()?;
+
+        // The newest snapshot any relay names, and what it covers.
+        let mailbox = self.newest_vault()?.mailbox().verifying_key();
+        let listings =
+            futures_util::future::join_all(relays.iter().map(|r| r.list_heads(&mailbox))).await;
+        let slot = snapshot_slot();
+        let snapshot = listings
+            .into_iter()
+            .filter_map(std::result::Result::ok)
+            .flat_map(|(heads, _)| heads)
+            .filter(|head| head.slot == slot)
+            .max_by_key(|head| head.seq);
+        let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
+        if let Some(head) = snapshot {
+            let op = self.fetch_op(relays, &head.target, &keys).await?;
+            if let Change::Snapshot {
+                state: blob,
+                covers,
+                ..
+            } = Change::from_body(&op.body)?
+            {
+                needed.push((head.target, self.op_bytes(&head.target)?));
+                needed.push((blob, Origin::Remote(MAX_SNAPSHOT_BLOB)));
+                covered.extend(
+                    covers.into_iter().filter_map(|(device, position)| {
+                        Some((device.parse().ok()?, position.seq))
+                    }),
+                );
+            }
+        }
+
+        // Each device's operations after the snapshot's cover, newest first
+        // through `prev`, from the local cache where they are.
+        for (device, position) in state.positions() {
+            let floor = covered.get(&device).copied().unwrap_or(0);
+            let mut next = Some(position);
+            while let Some(Position { seq, op: id }) = next {
+                if seq <= floor || needed.len() > MAX_WALK {
+                    break;
+                }
+                let op = self.fetch_op(relays, &id, &keys).await?;
+                needed.push((id, self.op_bytes(&id)?));
+                next = op.prev.map(|prev| Position {
+                    seq: seq - 1,
+                    op: prev,
+                });
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        needed.retain(|(id, _)| seen.insert(*id));
+        Ok(needed)
+    }
+
+    /// An operation's sealed bytes, which [`Client::fetch_op`] left in the
+    /// cache.
+    fn op_bytes(&self, id: &BlobId) -> Result<Origin> {
+        Ok(match self.cached_op(id) {
+            Some(bytes) if BlobId::of(&bytes) == *id => Origin::Local(Bytes::from(bytes)),
+            _ => Origin::Remote(MAX_OP_BLOB),
+        })
+    }
+}
