@@ -179,6 +179,39 @@ async fn a_blob_stays_until_its_last_owner_deletes_it() {
         (0, 0),
         "the last owner's delete frees the space"
     );
+
+    // A large upload of a held blob is answered without its body, and
+    // claims it all the same.
+    let large = bytes("large", 300 << 10);
+    let large_id = BlobId::of(&large);
+    assert_eq!(relay.put(&laptop, &large).await.status(), StatusCode::CREATED);
+    assert_eq!(relay.put(&phone, &large).await.status(), StatusCode::OK);
+    assert_eq!(owners_left(&relay.delete(&laptop, large_id).await), 1);
+    assert_eq!(relay.get(&large_id).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_blob_has_at_most_64_owners() {
+    let relay = TestRelay::start().await;
+    let data = bytes("popular", 1000);
+    let id = BlobId::of(&data);
+    relay.put(&key("owner 0"), &data).await;
+    for n in 1..64 {
+        assert!(claimed(relay.claim(&key(&format!("owner {n}")), id).await).await);
+    }
+    let late = key("owner 64");
+    assert_error(
+        relay.claim(&late, id).await,
+        StatusCode::CONFLICT,
+        "too_many_owners",
+    )
+    .await;
+    // Uploading the bytes again is still acknowledged, without a claim.
+    assert_eq!(relay.put(&late, &data).await.status(), StatusCode::OK);
+    assert_error(relay.delete(&late, id).await, StatusCode::FORBIDDEN, "not_owner").await;
+    // An owner that lets go makes room.
+    assert_eq!(owners_left(&relay.delete(&key("owner 7"), id).await), 63);
+    assert!(claimed(relay.claim(&late, id).await).await);
 }
 
 #[tokio::test]

@@ -466,8 +466,8 @@ pub(crate) async fn put_blob(
         Some(len) if len <= SMALL_UPLOAD => {
             if let Err(full) = reservation.grow_to(len) {
                 // A full relay still acknowledges a blob it already holds.
-                if let Some(size) = app.store.claim(id, source, app.now()).await? {
-                    return stored_response(&app, id, size, source, false);
+                if let Some(held) = app.store.acknowledge_held(id, source, app.now()).await? {
+                    return held_response(&app, id, held, source);
                 }
                 return Err(full);
             }
@@ -483,8 +483,8 @@ pub(crate) async fn put_blob(
             // Already held: no need to receive the bytes again. The access
             // is committed before the answer, so no GC pass can take the
             // blob away after the client was told it is stored.
-            if let Some(size) = app.store.claim(id, source, app.now()).await? {
-                return stored_response(&app, id, size, source, false);
+            if let Some(held) = app.store.acknowledge_held(id, source, app.now()).await? {
+                return held_response(&app, id, held, source);
             }
             if quota > 0
                 && let Source::Client(owner) = source
@@ -536,6 +536,21 @@ pub(crate) async fn put_blob(
         }
     }
     stored_response(&app, id, size, source, stored)
+}
+
+/// The answer to an upload of a blob the relay holds: 200, unless the
+/// uploader's quota cannot pay for its claim on it. (A blob that has the
+/// most owners it may have is acknowledged without a new claim.)
+fn held_response(
+    app: &AppState,
+    id: BlobId,
+    (size, claim): (u64, ClaimOutcome),
+    source: Source,
+) -> Result<Response, ApiError> {
+    if claim == ClaimOutcome::QuotaExceeded {
+        return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
+    }
+    stored_response(app, id, size, source, false)
 }
 
 /// The answer to an accepted upload: 201 if this upload stored the bytes,
@@ -719,7 +734,7 @@ impl EarlySync {
 
 /// `POST /v1/blobs/{id}`: the signer claims a blob the relay holds and
 /// becomes one of its owners, paying for it from its quota; the blob then
-/// stays until every owner has deleted it (docs/PROTOCOL.md §7.4). Devices
+/// stays until every owner has deleted it (docs/PROTOCOL.md §7.3). Devices
 /// claim the copies they learn of through sync, so that no single device,
 /// stolen or revoked, can delete what the others keep.
 pub(crate) async fn claim_blob(
@@ -745,6 +760,7 @@ pub(crate) async fn claim_blob(
         ClaimOutcome::QuotaExceeded => {
             return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
         }
+        ClaimOutcome::TooManyOwners => return Err(ApiError::too_many_owners()),
     };
     Ok(axum::Json(json!({"id": id.to_string(), "claimed": claimed})).into_response())
 }
@@ -762,7 +778,8 @@ fn owners_left(n: u64) -> Response {
 /// The response header that tells a deleter how many owners keep the blob.
 pub(crate) const OWNERS_LEFT: &str = "cairn-owners-left";
 
-/// `DELETE`: only the owner may delete.
+/// `DELETE`: drops the signer's claim, which only an owner has; the blob goes
+/// with the last claim.
 pub(crate) async fn delete_blob(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -87,7 +87,17 @@ impl ApiError {
         Self::new(
             StatusCode::FORBIDDEN,
             "not_owner",
-            "only the key that uploaded this blob may delete it",
+            "only the blob's owners (keys that uploaded or claimed it) may delete it",
+        )
+    }
+    pub(crate) fn too_many_owners() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "too_many_owners",
+            format!(
+                "this blob has {} owners already, the most a blob may have",
+                crate::store::MAX_OWNERS
+            ),
         )
     }
     pub(crate) fn not_a_peer(key: &cairn_proto::VerifyingKey) -> Self {

@@ -21,7 +21,7 @@ pub(crate) const BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
 /// [`BlobMeta`] (its uploader, until that key drops its claim). A key that
 /// uploads or claims a blob the relay holds already is added here; each
 /// owner's quota pays for the blob, and the blob goes when the last owner
-/// deletes it (docs/PROTOCOL.md §7.4).
+/// deletes it (docs/PROTOCOL.md §7.3).
 pub(crate) const CO_OWNERS: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
     TableDefinition::new("co_owners_v1");
 /// Owner key → bytes stored, for per-key quotas.

@@ -258,7 +258,14 @@ pub(crate) enum ClaimOutcome {
     NotFound,
     /// Refused: the key's quota cannot pay for it.
     QuotaExceeded,
+    /// Refused: the blob has [`MAX_OWNERS`] owners already.
+    TooManyOwners,
 }
+
+/// Most owners one blob may have. An identity's devices need one each;
+/// the cap keeps keys, which are free, from piling rows onto one blob that
+/// every delete and expiry would then have to walk.
+pub(crate) const MAX_OWNERS: u64 = 64;
 
 /// The token a delete request carried. It is recorded in the same
 /// transaction as the deletion, so that neither a restart nor another
@@ -830,19 +837,21 @@ impl Store {
         }
     }
 
-    /// Records durably, now, an access to `id` and that `source` handed
-    /// it over; its size, or `None` if the store does not hold it. Used
+    /// Records durably, now, an access to `id`, that `source` handed it
+    /// over, and (for a client) that the client owns it; `None` if the
+    /// store does not hold it, else its size and what became of the
+    /// client's claim (`QuotaExceeded`: refused, nothing recorded). Used
     /// where an uploader is told "already stored": that answer must not be
     /// undone by a GC pass that ran on an older access time.
-    pub(crate) async fn claim(
+    pub(crate) async fn acknowledge_held(
         &self,
         id: BlobId,
         source: Source,
         now: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
         match &self.backend {
             Backend::Embedded { tx, .. } => {
-                Self::send(tx, |reply| WriteOp::Claim {
+                Self::send(tx, |reply| WriteOp::AcknowledgeHeld {
                     id,
                     source,
                     now,
@@ -850,7 +859,7 @@ impl Store {
                 })
                 .await
             }
-            Backend::ScaleOut(backend) => backend.claim(id, source, now).await,
+            Backend::ScaleOut(backend) => backend.acknowledge_held(id, source, now).await,
         }
     }
 

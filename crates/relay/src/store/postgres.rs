@@ -35,7 +35,7 @@ pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
-use super::{ClaimOutcome, HeadOutcome, MAX_SLOTS_PER_MAILBOX, StoreError};
+use super::{ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
@@ -470,8 +470,36 @@ impl Index {
         Ok(())
     }
 
+    /// The co-owners of the held, locked blob `id`.
+    async fn co_owners(txn: &Txn<'_>, id: &BlobId) -> Result<Vec<VerifyingKey>, StoreError> {
+        let rows = query(
+            txn,
+            "SELECT owner FROM co_owners WHERE id = $1",
+            &[&id.as_bytes().as_slice()],
+            "read co-owners",
+        )
+        .await?;
+        rows.iter()
+            .map(|row| key_from_db(row.get(0), "co-owner"))
+            .collect()
+    }
+
+    /// Whether `owner` owns the held, locked blob `row`, and how many
+    /// owners it has.
+    pub(crate) async fn ownership(
+        txn: &Txn<'_>,
+        id: &BlobId,
+        row: &BlobRow,
+        owner: &VerifyingKey,
+    ) -> Result<(bool, u64), StoreError> {
+        let co_owners = Self::co_owners(txn, id).await?;
+        let owns = row.owner.as_ref() == Some(owner) || co_owners.contains(owner);
+        Ok((owns, co_owners.len() as u64 + u64::from(row.owner.is_some())))
+    }
+
     /// Makes `owner` an owner of the held, locked blob `row`, charging its
-    /// usage, unless that would take it over `quota` (`None`: no quota).
+    /// usage, unless that would take it over `quota` (`None`: no quota) or
+    /// the blob over [`MAX_OWNERS`].
     pub(crate) async fn add_owner(
         txn: &Txn<'_>,
         id: &BlobId,
@@ -479,19 +507,12 @@ impl Index {
         owner: &VerifyingKey,
         quota: Option<u64>,
     ) -> Result<ClaimOutcome, StoreError> {
-        let raw = id.as_bytes().as_slice();
-        let key = owner.to_bytes();
-        if row.owner.as_ref() == Some(owner)
-            || query_opt(
-                txn,
-                "SELECT 1 FROM co_owners WHERE id = $1 AND owner = $2",
-                &[&raw, &key.as_slice()],
-                "read co-owner",
-            )
-            .await?
-            .is_some()
-        {
+        let (owns, owners) = Self::ownership(txn, id, row, owner).await?;
+        if owns {
             return Ok(ClaimOutcome::AlreadyOwner);
+        }
+        if owners >= MAX_OWNERS {
+            return Ok(ClaimOutcome::TooManyOwners);
         }
         if let Some(quota) = quota
             && Self::owner_usage_in(txn, owner)
@@ -504,7 +525,7 @@ impl Index {
         exec(
             txn,
             "INSERT INTO co_owners (id, owner) VALUES ($1, $2)",
-            &[&raw, &key.as_slice()],
+            &[&id.as_bytes().as_slice(), &owner.to_bytes().as_slice()],
             "add co-owner",
         )
         .await?;
@@ -512,19 +533,17 @@ impl Index {
         Ok(ClaimOutcome::Claimed)
     }
 
-    /// Drops `owner`'s claim on the held, locked blob `row` and refunds its
-    /// usage. Returns how many owners are left, or `None` if `owner` was
-    /// not one; the caller removes the blob when none is left (with `row`,
-    /// whose `owner` this updates).
+    /// Drops the claim of `owner`, one of several owners of the held,
+    /// locked blob `row`, and refunds its usage. (The last owner's claim
+    /// goes with the blob: [`Index::remove_blob`].)
     pub(crate) async fn release(
         txn: &Txn<'_>,
         id: &BlobId,
-        row: &mut BlobRow,
+        row: &BlobRow,
         owner: &VerifyingKey,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<(), StoreError> {
         let raw = id.as_bytes().as_slice();
         if row.owner.as_ref() == Some(owner) {
-            row.owner = None;
             exec(
                 txn,
                 "UPDATE blobs SET owner = NULL WHERE id = $1",
@@ -532,27 +551,16 @@ impl Index {
                 "drop owner",
             )
             .await?;
-        } else if exec(
-            txn,
-            "DELETE FROM co_owners WHERE id = $1 AND owner = $2",
-            &[&raw, &owner.to_bytes().as_slice()],
-            "drop co-owner",
-        )
-        .await?
-            == 0
-        {
-            return Ok(None);
+        } else {
+            exec(
+                txn,
+                "DELETE FROM co_owners WHERE id = $1 AND owner = $2",
+                &[&raw, &owner.to_bytes().as_slice()],
+                "drop co-owner",
+            )
+            .await?;
         }
-        Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await?;
-        let left = query_one(
-            txn,
-            "SELECT count(*) FROM co_owners WHERE id = $1",
-            &[&raw],
-            "count co-owners",
-        )
-        .await?;
-        let left: i64 = left.get(0);
-        Ok(Some(uint(left) + u64::from(row.owner.is_some())))
+        Self::add_owner_usage(txn, owner, id.as_bytes()[0], -int(row.size)).await
     }
 
     /// Deletes the co-owner rows of the blobs `ids` (locked by the caller),

@@ -146,15 +146,11 @@ impl ScaleOut {
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
         if let Some(row) = Index::blob_for_update(&txn, &id).await? {
-            // A client that uploads a held blob claims it.
-            if let Source::Client(key) = source
-                && Index::add_owner(&txn, &id, &row, &key, quota).await?
-                    == ClaimOutcome::QuotaExceeded
+            if self.acknowledge_row(&txn, &id, &row, source, now).await?
+                == ClaimOutcome::QuotaExceeded
             {
                 return Ok(InsertOutcome::QuotaExceeded);
             }
-            Index::touch(&txn, &id, now).await?;
-            Index::add_source(&txn, &id, source.row_key()).await?;
             txn.commit().await.map_err(db_err("commit"))?;
             return Ok(InsertOutcome::AlreadyHeld);
         }
@@ -270,20 +266,50 @@ impl ScaleOut {
         })
     }
 
-    pub(crate) async fn claim(
+    /// See [`super::Store::acknowledge_held`].
+    pub(crate) async fn acknowledge_held(
         &self,
         id: BlobId,
         source: Source,
         now: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
-        let size = Index::touch(&txn, &id, now).await?;
-        if size.is_some() {
-            Index::add_source(&txn, &id, source.row_key()).await?;
+        Index::lock_blob(&txn, &id).await?;
+        let Some(row) = Index::blob_for_update(&txn, &id).await? else {
+            return Ok(None);
+        };
+        let claim = self.acknowledge_row(&txn, &id, &row, source, now).await?;
+        if claim != ClaimOutcome::QuotaExceeded {
+            txn.commit().await.map_err(db_err("commit"))?;
         }
-        txn.commit().await.map_err(db_err("commit claim"))?;
-        Ok(size)
+        Ok(Some((row.size, claim)))
+    }
+
+    /// Records an upload of the held, locked blob `row` by `source`: an
+    /// access, the source and, for a client, a claim of ownership within
+    /// the quota. A claim over quota is refused and nothing is recorded;
+    /// the caller commits otherwise.
+    async fn acknowledge_row(
+        &self,
+        txn: &deadpool_postgres::Transaction<'_>,
+        id: &BlobId,
+        row: &BlobRow,
+        source: Source,
+        now: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let claim = match source {
+            Source::Client(key) => {
+                let quota = (self.key_quota > 0).then_some(self.key_quota);
+                Index::add_owner(txn, id, row, &key, quota).await?
+            }
+            Source::Peer(_) => ClaimOutcome::AlreadyOwner,
+        };
+        if claim != ClaimOutcome::QuotaExceeded {
+            Index::touch(txn, id, now).await?;
+            Index::add_source(txn, id, source.row_key()).await?;
+        }
+        Ok(claim)
     }
 
     /// Makes `owner` an owner of blob `id`, charging its quota.
@@ -338,14 +364,22 @@ impl ScaleOut {
         let mut removed = None;
         let outcome = match Index::blob_for_update(&txn, &id).await? {
             None => DeleteOutcome::NotFound,
-            Some(mut row) => match Index::release(&txn, &id, &mut row, &owner).await? {
-                None => DeleteOutcome::NotOwner,
-                Some(0) => {
+            // Decided before anything changes: the last claim goes with
+            // the blob, whose removal updates the totals before the owners'
+            // usage, in the order every transaction takes those rows.
+            Some(row) => match Index::ownership(&txn, &id, &row, &owner).await? {
+                (false, _) => DeleteOutcome::NotOwner,
+                (true, owners) if owners <= 1 => {
                     Index::remove_blob(&txn, &id, &row, false).await?;
                     removed = Some(row);
                     DeleteOutcome::Deleted
                 }
-                Some(owners_left) => DeleteOutcome::Released { owners_left },
+                (true, owners) => {
+                    Index::release(&txn, &id, &row, &owner).await?;
+                    DeleteOutcome::Released {
+                        owners_left: owners - 1,
+                    }
+                }
             },
         };
         // The token is spent whatever became of the blob.

@@ -30,7 +30,8 @@ use super::index::{
     STAT_HEADS, STATS, mailbox_range,
 };
 use super::{
-    ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_SLOTS_PER_MAILBOX,
+    ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_OWNERS,
+    MAX_SLOTS_PER_MAILBOX,
     Source, SpentToken, Staged, StoreError, StoreStats,
 };
 
@@ -60,13 +61,15 @@ pub(crate) enum WriteOp {
         /// False if the blob was not held (or had another size).
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
-    /// Touches a held blob and adds a source to it.
-    Claim {
+    /// Touches a held blob, adds a source to it and, for a client, an
+    /// owner.
+    AcknowledgeHeld {
         id: BlobId,
         source: Source,
         now: u64,
-        /// The blob's size, or `None` if it is not held.
-        reply: oneshot::Sender<Result<Option<u64>, StoreError>>,
+        /// The blob's size and the client's claim, or `None` if it is not
+        /// held.
+        reply: oneshot::Sender<Result<Option<(u64, ClaimOutcome)>, StoreError>>,
     },
     /// Adds an owner to a held blob.
     AddOwner {
@@ -154,9 +157,9 @@ enum Reply {
     ),
     Count(oneshot::Sender<Result<usize, StoreError>>, usize),
     Flag(oneshot::Sender<Result<bool, StoreError>>, bool),
-    Size(
-        oneshot::Sender<Result<Option<u64>, StoreError>>,
-        Option<u64>,
+    Held(
+        oneshot::Sender<Result<Option<(u64, ClaimOutcome)>, StoreError>>,
+        Option<(u64, ClaimOutcome)>,
     ),
     Collect(
         oneshot::Sender<Result<Vec<(BlobId, u64)>, StoreError>>,
@@ -178,7 +181,7 @@ impl Reply {
             Self::AddOwner(tx, v) => drop(tx.send(Ok(v))),
             Self::Count(tx, n) => drop(tx.send(Ok(n))),
             Self::Flag(tx, b) => drop(tx.send(Ok(b))),
-            Self::Size(tx, n) => drop(tx.send(Ok(n))),
+            Self::Held(tx, n) => drop(tx.send(Ok(n))),
             Self::Collect(tx, v) => drop(tx.send(Ok(v))),
             Self::PutHead(tx, v) => drop(tx.send(Ok(v))),
         }
@@ -191,7 +194,7 @@ impl Reply {
             Self::AddOwner(tx, _) => drop(tx.send(Err(err))),
             Self::Count(tx, _) => drop(tx.send(Err(err))),
             Self::Flag(tx, _) => drop(tx.send(Err(err))),
-            Self::Size(tx, _) => drop(tx.send(Err(err))),
+            Self::Held(tx, _) => drop(tx.send(Err(err))),
             Self::Collect(tx, _) => drop(tx.send(Err(err))),
             Self::PutHead(tx, _) => drop(tx.send(Err(err))),
         }
@@ -212,7 +215,7 @@ fn fail_op(op: WriteOp, err: StoreError) {
         | WriteOp::CollectHeads { reply, .. }
         | WriteOp::CollectForwards { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Forward { reply, .. } => drop(reply.send(Err(err))),
-        WriteOp::Claim { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::AcknowledgeHeld { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::AddOwner { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Collect { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::PutHead { reply, .. } => drop(reply.send(Err(err))),
@@ -318,19 +321,9 @@ impl Writer {
                         let quota_applies =
                             self.key_quota > 0 && matches!(source, Source::Client(_));
                         let refused = if let Some(mut meta) = t.meta(&id)? {
-                            // A client that uploads a held blob claims it.
-                            let claim = match source {
-                                Source::Client(key) => {
-                                    t.add_owner(&id, &meta, &key, self.key_quota)?
-                                }
-                                Source::Peer(_) => ClaimOutcome::AlreadyOwner,
-                            };
-                            if claim == ClaimOutcome::QuotaExceeded {
-                                Some(InsertOutcome::QuotaExceeded)
-                            } else {
-                                t.touch(&id, &mut meta, now)?;
-                                t.add_source(&id, source)?;
-                                Some(InsertOutcome::AlreadyHeld)
+                            match t.acknowledge_held(&id, &mut meta, source, now, self.key_quota)? {
+                                ClaimOutcome::QuotaExceeded => Some(InsertOutcome::QuotaExceeded),
+                                _ => Some(InsertOutcome::AlreadyHeld),
                             }
                         } else if t.bytes.saturating_add(size) > self.capacity {
                             Some(InsertOutcome::RelayFull)
@@ -435,21 +428,21 @@ impl Writer {
                         };
                         replies.push(Reply::Flag(reply, done));
                     }
-                    WriteOp::Claim {
+                    WriteOp::AcknowledgeHeld {
                         id,
                         source,
                         now,
                         reply,
                     } => {
-                        let size = match t.meta(&id)? {
+                        let held = match t.meta(&id)? {
                             Some(mut meta) => {
-                                t.touch(&id, &mut meta, now)?;
-                                t.add_source(&id, source)?;
-                                Some(meta.size)
+                                let claim =
+                                    t.acknowledge_held(&id, &mut meta, source, now, self.key_quota)?;
+                                Some((meta.size, claim))
                             }
                             None => None,
                         };
-                        replies.push(Reply::Size(reply, size));
+                        replies.push(Reply::Held(reply, held));
                     }
                     WriteOp::AddOwner {
                         id,
@@ -828,6 +821,9 @@ impl<'txn> Tables<'txn> {
         if meta.owner.as_ref() == Some(owner) || self.is_co_owner(id, owner)? {
             return Ok(ClaimOutcome::AlreadyOwner);
         }
+        if self.owner_count(id, meta)? >= MAX_OWNERS {
+            return Ok(ClaimOutcome::TooManyOwners);
+        }
         if quota > 0 && self.owner_usage(owner)?.saturating_add(meta.size) > quota {
             return Ok(ClaimOutcome::QuotaExceeded);
         }
@@ -836,6 +832,28 @@ impl<'txn> Tables<'txn> {
             .map_err(redb::Error::from)?;
         self.charge(owner, meta.size)?;
         Ok(ClaimOutcome::Claimed)
+    }
+
+    /// Records an upload of the held blob `id` by `source`: an access, the
+    /// source and, for a client, a claim of ownership within `quota`. A
+    /// claim over quota is refused and nothing is recorded.
+    fn acknowledge_held(
+        &mut self,
+        id: &BlobId,
+        meta: &mut BlobMeta,
+        source: Source,
+        now: u64,
+        quota: u64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let claim = match source {
+            Source::Client(key) => self.add_owner(id, meta, &key, quota)?,
+            Source::Peer(_) => ClaimOutcome::AlreadyOwner,
+        };
+        if claim != ClaimOutcome::QuotaExceeded {
+            self.touch(id, meta, now)?;
+            self.add_source(id, source)?;
+        }
+        Ok(claim)
     }
 
     /// Drops `owner`'s claim on the held blob `id` and refunds its usage.
@@ -861,8 +879,18 @@ impl<'txn> Tables<'txn> {
             return Ok(None);
         }
         self.refund(owner, meta.size)?;
-        let co_owners = index::keys_of(&self.co_owners, *id.as_bytes())?.len() as u64;
-        Ok(Some(co_owners + u64::from(meta.owner.is_some())))
+        self.owner_count(id, meta).map(Some)
+    }
+
+    /// How many owners the held blob `id` has.
+    fn owner_count(&self, id: &BlobId, meta: &BlobMeta) -> Result<u64, StoreError> {
+        let id = *id.as_bytes();
+        let co_owners = self
+            .co_owners
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+            .count() as u64;
+        Ok(co_owners + u64::from(meta.owner.is_some()))
     }
 
     /// Records an access at `at`, moving the blob in the last-access order.
