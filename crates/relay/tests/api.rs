@@ -184,7 +184,10 @@ async fn a_blob_stays_until_its_last_owner_deletes_it() {
     // claims it all the same.
     let large = bytes("large", 300 << 10);
     let large_id = BlobId::of(&large);
-    assert_eq!(relay.put(&laptop, &large).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        relay.put(&laptop, &large).await.status(),
+        StatusCode::CREATED
+    );
     assert_eq!(relay.put(&phone, &large).await.status(), StatusCode::OK);
     assert_eq!(owners_left(&relay.delete(&laptop, large_id).await), 1);
     assert_eq!(relay.get(&large_id).await.status(), StatusCode::OK);
@@ -208,7 +211,12 @@ async fn a_blob_has_at_most_64_owners() {
     .await;
     // Uploading the bytes again is still acknowledged, without a claim.
     assert_eq!(relay.put(&late, &data).await.status(), StatusCode::OK);
-    assert_error(relay.delete(&late, id).await, StatusCode::FORBIDDEN, "not_owner").await;
+    assert_error(
+        relay.delete(&late, id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
     // An owner that lets go makes room.
     assert_eq!(owners_left(&relay.delete(&key("owner 7"), id).await), 63);
     assert!(claimed(relay.claim(&late, id).await).await);

@@ -64,7 +64,10 @@ impl Client {
         let relays = self.relay_clients();
         let mut report = MetadataReport::default();
         let mut failures: BTreeMap<String, (usize, String)> = BTreeMap::new();
-        let needed = match self.metadata_blobs(state, &relays).await {
+        let needed = match self
+            .metadata_blobs(state, &relays, &mut report.failed)
+            .await
+        {
             Ok(needed) => needed,
             Err(err) => {
                 report
@@ -117,7 +120,7 @@ impl Client {
         let key = self.device.upload_key(relay.key());
         let relay_error = |source| relay_error(relay, source);
         match relay.claim(id, &key).await.map_err(relay_error)? {
-            Claimed::Owned => Ok(false),
+            Claimed::New | Claimed::Already => Ok(false),
             Claimed::Absent => {
                 let bytes = match source {
                     Origin::Local(bytes) => bytes.clone(),
@@ -140,10 +143,13 @@ impl Client {
     }
 
     /// The metadata blobs a new device needs, with where their bytes are.
+    /// What cannot be read (a snapshot, an operation no relay serves) is
+    /// noted in `problems`, and the rest is kept all the same.
     async fn metadata_blobs(
         &self,
         state: &SyncState,
         relays: &[RelayClient],
+        problems: &mut Vec<String>,
     ) -> Result<Vec<(BlobId, Origin)>> {
         let mut needed: Vec<(BlobId, Origin)> = self
             .log
@@ -170,22 +176,32 @@ impl Client {
             .filter(|head| head.slot == slot)
             .max_by_key(|head| head.seq);
         let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
-        if let Some(head) = snapshot {
-            let op = self.fetch_op(relays, &head.target, &keys).await?;
-            if let Change::Snapshot {
+        let snapshot = match snapshot {
+            Some(head) => match self.fetch_op(relays, &head.target, &keys).await {
+                Ok(op) => Some((head, Change::from_body(&op.body))),
+                Err(err) => {
+                    problems.push(format!("snapshot {}: {err}", head.target));
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some((
+            head,
+            Ok(Change::Snapshot {
                 state: blob,
                 covers,
                 ..
-            } = Change::from_body(&op.body)?
-            {
-                needed.push((head.target, self.op_bytes(&head.target)?));
-                needed.push((blob, Origin::Remote(MAX_SNAPSHOT_BLOB)));
-                covered.extend(
-                    covers.into_iter().filter_map(|(device, position)| {
-                        Some((device.parse().ok()?, position.seq))
-                    }),
-                );
-            }
+            }),
+        )) = snapshot
+        {
+            needed.push((head.target, self.op_bytes(&head.target)?));
+            needed.push((blob, Origin::Remote(MAX_SNAPSHOT_BLOB)));
+            covered.extend(
+                covers
+                    .into_iter()
+                    .filter_map(|(device, position)| Some((device.parse().ok()?, position.seq))),
+            );
         }
 
         // Each device's operations after the snapshot's cover, newest first
@@ -197,7 +213,16 @@ impl Client {
                 if seq <= floor || needed.len() > MAX_WALK {
                     break;
                 }
-                let op = self.fetch_op(relays, &id, &keys).await?;
+                let op = match self.fetch_op(relays, &id, &keys).await {
+                    Ok(op) => op,
+                    Err(err) => {
+                        problems.push(format!(
+                            "operation {seq} of device {}: {err}",
+                            device.short()
+                        ));
+                        break;
+                    }
+                };
                 needed.push((id, self.op_bytes(&id)?));
                 next = op.prev.map(|prev| Position {
                     seq: seq - 1,

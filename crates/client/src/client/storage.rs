@@ -507,10 +507,11 @@ impl Client {
                 }
                 (None, Some(Deleted::Gone | Deleted::Absent)) => deleted.push(copy.url.clone()),
                 (None, Some(Deleted::KeptByOthers(n))) => left.push(format!(
-                    "{}: this device let go of it; {n} other owner{} (your other devices) \
-                     keep it until they sync the removal",
+                    "{}: this device let go of it; {n} other owner{} keep{} it (your other \
+                     devices let go when they sync the removal)",
                     copy.url,
-                    if n == 1 { "" } else { "s" }
+                    if n == 1 { "" } else { "s" },
+                    if n == 1 { "s" } else { "" }
                 )),
                 (None, None) if still_owned.contains(&copy.relay) => left.push(format!(
                     "{}: could not be deleted now; retried on the next sync",

@@ -1064,6 +1064,11 @@ impl Client {
                 let key = self.device.upload_key(relay.key());
                 match relay.delete(&blob, &key).await {
                     Ok(outcome) => done.push((blob, relay_key, outcome)),
+                    // This key has no claim there (a copy that came back
+                    // through a peer, or a claim refused): nothing to drop.
+                    Err(err) if err.code() == Some("not_owner") => {
+                        done.push((blob, relay_key, Deleted::Absent));
+                    }
                     Err(_) => {
                         kept.insert(holder);
                     }
@@ -1086,18 +1091,20 @@ impl Client {
         if self.require_active().is_err() {
             return (0, 0);
         }
-        let mut wanted = BTreeSet::new();
-        for (_, entry) in state.table.files() {
-            for (copy, moved) in state.table.located(entry) {
+        // Where each copy is now (after transfers and repairs), on the
+        // relays of this device's set.
+        let mut wanted: BTreeSet<(BlobId, VerifyingKey)> = state
+            .table
+            .copy_locations()
+            .into_iter()
+            .filter(|(blob, relay)| {
                 let owned = state
                     .owned
-                    .get(&entry.blob.to_string())
-                    .is_some_and(|holders| holders.contains(&copy.relay.to_string()));
-                if moved.is_none() && !owned {
-                    wanted.insert((entry.blob, copy.relay));
-                }
-            }
-        }
+                    .get(&blob.to_string())
+                    .is_some_and(|holders| holders.contains(&relay.to_string()));
+                !owned && relays.iter().any(|r| r.key() == relay)
+            })
+            .collect();
         // A few hundred per relay at a time: a new device with a large
         // vault would otherwise spend its whole fair share (§7.6a) at once.
         let mut per_relay: BTreeMap<VerifyingKey, usize> = BTreeMap::new();
@@ -1112,25 +1119,47 @@ impl Client {
         let claims = wanted.into_iter().filter_map(|(blob, relay_key)| {
             let relay = relays.iter().find(|r| *r.key() == relay_key)?;
             let key = self.device.upload_key(relay.key());
-            Some(async move { (blob, relay_key, relay.claim(&blob, &key).await) })
+            Some(async move { (blob, relay, relay.claim(&blob, &key).await) })
         });
         let answers: Vec<_> = futures_util::stream::iter(claims)
             .buffer_unordered(CLAIMS_IN_FLIGHT)
             .collect()
             .await;
         let mut claimed = 0;
+        let mut refused: BTreeMap<&str, (usize, String)> = BTreeMap::new();
         for (blob, relay, answer) in answers {
             match answer {
-                Ok(Claimed::Owned) => {
+                Ok(Claimed::New) => {
                     claimed += 1;
-                    Self::record_owned(state, &blob, [relay]);
+                    Self::record_owned(state, &blob, [*relay.key()]);
                 }
+                // The upload was this device's, or an earlier claim's
+                // answer was lost.
+                Ok(Claimed::Already) => Self::record_owned(state, &blob, [*relay.key()]),
                 // Nothing to claim: audits report the missing copy, and
                 // repair replaces it. Recorded so that every sync does
                 // not ask again.
-                Ok(Claimed::Absent) => Self::record_owned(state, &blob, [relay]),
-                Err(_) => pending += 1,
+                Ok(Claimed::Absent) => Self::record_owned(state, &blob, [*relay.key()]),
+                Err(err) => {
+                    pending += 1;
+                    // A refusal (quota, too many owners, a relay too old
+                    // to know claims) is worth telling; an outage is not.
+                    if err.code().is_some() {
+                        refused.entry(relay.url()).or_insert((0, err.to_string())).0 += 1;
+                    }
+                }
             }
+        }
+        for (url, (count, first)) in refused {
+            state.note(finding(
+                "claim_refused",
+                Some(url),
+                None,
+                format!(
+                    "refused {count} claim(s) of copies your other devices stored ({first}); \
+                     those copies can still be deleted by the device that stored them alone"
+                ),
+            ));
         }
         (claimed, pending)
     }

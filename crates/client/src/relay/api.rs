@@ -541,12 +541,18 @@ impl RelayClient {
         .await
         {
             Ok(response) => {
-                let left = response
-                    .headers()
-                    .get(OWNERS_LEFT_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                // A relay from before owner sets sends no count: its
+                // delete removed the blob.
+                let left = match response.headers().get(OWNERS_LEFT_HEADER) {
+                    None => 0,
+                    Some(value) => value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            RelayError::Protocol(format!("`{OWNERS_LEFT_HEADER}` is not a number"))
+                        })?,
+                };
                 Ok(if left == 0 {
                     Deleted::Gone
                 } else {
@@ -569,7 +575,21 @@ impl RelayClient {
         )
         .await
         {
-            Ok(_) => Ok(Claimed::Owned),
+            Ok(response) => {
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    claimed: bool,
+                }
+                let body = bounded_body(response, MAX_CLAIM_ANSWER).await?;
+                let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
+                    RelayError::Protocol(format!("the answer to a claim does not parse: {err}"))
+                })?;
+                Ok(if answer.claimed {
+                    Claimed::New
+                } else {
+                    Claimed::Already
+                })
+            }
             Err(err) if err.code() == Some("not_found") => Ok(Claimed::Absent),
             Err(err) => Err(err),
         }
@@ -678,7 +698,6 @@ fn verify_head(
     Ok(head)
 }
 
-/// Sends a request; non-success statuses become [`RelayError::Refused`].
 /// The response header in which a relay says how many owners still keep a
 /// blob after a delete.
 const OWNERS_LEFT_HEADER: &str = "cairn-owners-left";
@@ -697,12 +716,19 @@ pub enum Deleted {
 /// What a claim did at one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claimed {
-    /// The key owns the copy (now, or already).
-    Owned,
+    /// The key owns the copy now.
+    New,
+    /// The key owned it already.
+    Already,
     /// The relay does not hold the blob.
     Absent,
 }
 
+/// Longest answer to a claim read: `{"id": "<64 hex>", "claimed": false}`
+/// with room to spare.
+const MAX_CLAIM_ANSWER: usize = 1024;
+
+/// Sends a request; non-success statuses become [`RelayError::Refused`].
 async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, RelayError> {
     let response = request
         .send()

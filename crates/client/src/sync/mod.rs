@@ -232,14 +232,14 @@ impl Table {
         self.files().map(|(_, e)| e.blob).collect()
     }
 
-    /// Every (blob, relay) where a file's copy is listed and has not moved
-    /// on to a peer.
+    /// Every (blob, relay) where a file's copy is now: where it was stored,
+    /// or where a transfer or a repair moved it.
     pub fn copy_locations(&self) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
         self.files()
             .flat_map(|(_, entry)| {
-                self.located(entry)
-                    .filter(|(_, moved)| moved.is_none())
-                    .map(|(copy, _)| (entry.blob, copy.relay))
+                self.located(entry).map(|(copy, moved)| {
+                    (entry.blob, moved.map_or(copy.relay, |place| place.relay))
+                })
             })
             .collect()
     }
@@ -364,6 +364,33 @@ mod tests {
                 relay: relay(to),
             },
         }
+    }
+
+    /// Where devices claim copies, and where they let go of them, follows
+    /// transfers and repairs; a removed file's copies are nowhere.
+    #[test]
+    fn copy_locations_follow_moves_and_forget_removed_files() {
+        let mut stored = entry(1);
+        stored.copies = [relay(0), relay(1)]
+            .into_iter()
+            .map(|relay| Copy {
+                url: "http://r".into(),
+                relay,
+                owner: device(0),
+            })
+            .collect();
+        let mut table = Table::default();
+        let put = Change::Put {
+            name: "a".into(),
+            entry: stored.clone(),
+        };
+        table.apply(device(0), 1, &put);
+        table.apply(device(1), 2, &moved(1, 1, 2));
+        let expected: std::collections::BTreeSet<_> =
+            [(stored.blob, relay(0)), (stored.blob, relay(2))].into();
+        assert_eq!(table.copy_locations(), expected);
+        table.apply(device(0), 3, &Change::Remove { name: "a".into() });
+        assert!(table.copy_locations().is_empty());
     }
 
     fn arb_change() -> impl Strategy<Value = Change> {

@@ -494,7 +494,10 @@ impl Index {
     ) -> Result<(bool, u64), StoreError> {
         let co_owners = Self::co_owners(txn, id).await?;
         let owns = row.owner.as_ref() == Some(owner) || co_owners.contains(owner);
-        Ok((owns, co_owners.len() as u64 + u64::from(row.owner.is_some())))
+        Ok((
+            owns,
+            co_owners.len() as u64 + u64::from(row.owner.is_some()),
+        ))
     }
 
     /// Makes `owner` an owner of the held, locked blob `row`, charging its

@@ -31,8 +31,7 @@ use super::index::{
 };
 use super::{
     ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_OWNERS,
-    MAX_SLOTS_PER_MAILBOX,
-    Source, SpentToken, Staged, StoreError, StoreStats,
+    MAX_SLOTS_PER_MAILBOX, Source, SpentToken, Staged, StoreError, StoreStats,
 };
 
 /// Most operations applied in one transaction.
@@ -436,8 +435,13 @@ impl Writer {
                     } => {
                         let held = match t.meta(&id)? {
                             Some(mut meta) => {
-                                let claim =
-                                    t.acknowledge_held(&id, &mut meta, source, now, self.key_quota)?;
+                                let claim = t.acknowledge_held(
+                                    &id,
+                                    &mut meta,
+                                    source,
+                                    now,
+                                    self.key_quota,
+                                )?;
                                 Some((meta.size, claim))
                             }
                             None => None,
