@@ -115,13 +115,19 @@ pub(crate) async fn pair(
     (approve, joining.finish().await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_approve_share_then_revoke() {
+/// Two relays, and a device named "laptop" storing two copies of each file.
+async fn laptop_on_two_relays() -> (Relay, Relay, Device) {
     let (a, b) = (Relay::start().await, Relay::start().await);
     let laptop = Device::new();
     laptop.init("laptop").await;
     laptop.add_relays(&[&a, &b]).await;
     laptop.run(&["config", "--replicas", "2"]).await.ok();
+    (a, b, laptop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_approve_share_then_revoke() {
+    let (_a, b, laptop) = laptop_on_two_relays().await;
     let before = data_with_marker(25_000, b"stored before pairing");
     let src = laptop.dir.path().join("before");
     std::fs::write(&src, &before).unwrap();
@@ -203,11 +209,7 @@ async fn join_approve_share_then_revoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_cannot_delete_what_the_others_keep() {
-    let (a, b) = (Relay::start().await, Relay::start().await);
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop.add_relays(&[&a, &b]).await;
-    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let (a, b, laptop) = laptop_on_two_relays().await;
     let before = data_with_marker(25_000, b"the laptop's");
     let laptops = laptop.put_data("laptops", &before).await;
     let phone = Device::new();
