@@ -1042,21 +1042,35 @@ impl Client {
         state: &mut SyncState,
         relays: &[RelayClient],
     ) -> Vec<(BlobId, VerifyingKey, Deleted)> {
-        let listed = state.table.copy_locations();
+        // Compared as text, as `owned` keeps them: parsing every key there
+        // (a point decompression each) would dominate a sync that changes
+        // nothing.
+        let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (blob, relay) in state.table.copy_locations() {
+            listed
+                .entry(blob.to_string())
+                .or_default()
+                .insert(relay.to_string());
+        }
         let mut done = Vec::new();
         for (id, holders) in std::mem::take(&mut state.owned) {
-            let Ok(blob) = id.parse::<BlobId>() else {
-                continue;
+            let here = listed.get(&id);
+            let (mut kept, gone): (BTreeSet<String>, BTreeSet<String>) = holders
+                .into_iter()
+                .partition(|holder| here.is_some_and(|relays| relays.contains(holder)));
+            let blob = match id.parse::<BlobId>() {
+                Ok(blob) if !gone.is_empty() => blob,
+                _ => {
+                    if !kept.is_empty() {
+                        state.owned.insert(id, kept);
+                    }
+                    continue;
+                }
             };
-            let mut kept = BTreeSet::new();
-            for holder in holders {
+            for holder in gone {
                 let Ok(relay_key) = holder.parse::<VerifyingKey>() else {
                     continue;
                 };
-                if listed.contains(&(blob, relay_key)) {
-                    kept.insert(holder);
-                    continue;
-                }
                 // Relays no longer in the set keep their copy until retention.
                 let Some(relay) = relays.iter().find(|r| *r.key() == relay_key) else {
                     continue;
