@@ -110,9 +110,10 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
             assert_eq!(got.bytes().await.unwrap().as_ref(), &data[100..1000]);
         }
     }
-    // Re-uploading through B: already held, one copy.
+    // Re-uploading through B: already held, one copy, and Bob owns it too.
     let id = BlobId::of(&blobs[4]);
-    let r = upload(&http, &b.url(), &key_a, &key("bob"), id, blobs[4].clone())
+    let bob = key("bob");
+    let r = upload(&http, &b.url(), &key_a, &bob, id, blobs[4].clone())
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -141,7 +142,8 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    // The owner deletes through A; B no longer serves it.
+    // Alice deletes through A: Bob's claim keeps the blob. Bob deletes
+    // through B: A no longer serves it.
     let t = token(
         &key_a,
         Method::Delete,
@@ -153,12 +155,25 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
             .header("authorization", auth_header(&t, &alice))
             .send()
     };
-    assert_eq!(
-        delete(a.url()).await.unwrap().status(),
-        StatusCode::NO_CONTENT
+    let deleted = delete(a.url()).await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(deleted.headers()["cairn-owners-left"], "1");
+    let t_bob = token(
+        &key_a,
+        Method::Delete,
+        TokenTarget::Blob(id),
+        unix_now() + 300,
     );
+    let deleted = http
+        .delete(format!("{}/v1/blobs/{id}", b.url()))
+        .header("authorization", auth_header(&t_bob, &bob))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(deleted.headers()["cairn-owners-left"], "0");
     let gone = http
-        .get(format!("{}/v1/blobs/{id}", b.url()))
+        .get(format!("{}/v1/blobs/{id}", a.url()))
         .send()
         .await
         .unwrap();
