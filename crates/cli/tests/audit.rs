@@ -279,11 +279,7 @@ async fn repair_keeps_what_a_recovery_needs() {
     )
     .await
     .ok();
-    let out = desk.dir.path().join("out");
-    desk.run(&["get", "kept", "-o", out.to_str().unwrap()])
-        .await
-        .ok();
-    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(desk.get_data("kept").await, data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -338,6 +338,16 @@ impl Device {
         put["blob"].as_str().unwrap().to_owned()
     }
 
+    /// `cairn get`s the stored file `name` into this device's directory
+    /// and returns its bytes.
+    pub(crate) async fn get_data(&self, name: &str) -> Vec<u8> {
+        let out = self.dir.path().join(format!("got-{name}"));
+        self.run(&["get", name, "-o", out.to_str().unwrap()])
+            .await
+            .ok();
+        std::fs::read(&out).unwrap()
+    }
+
     /// Adds every relay.
     pub(crate) async fn add_relays(&self, relays: &[&Relay]) {
         for relay in relays {

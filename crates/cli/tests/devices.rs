@@ -176,12 +176,7 @@ async fn join_approve_share_then_revoke() {
         ("from-phone", &from_phone),
         ("after", &after),
     ] {
-        let out = laptop.dir.path().join(format!("check-{name}"));
-        laptop
-            .run(&["get", name, "-o", out.to_str().unwrap()])
-            .await
-            .ok();
-        assert_eq!(&std::fs::read(&out).unwrap(), data, "{name}");
+        assert_eq!(&laptop.get_data(name).await, data, "{name}");
     }
 
     // The phone can no longer read new data, even knowing the blob id...
@@ -261,12 +256,7 @@ async fn a_revoked_device_cannot_delete_what_the_others_keep() {
         }
     }
     for (name, data) in [("laptops", &before), ("phones", &phones_data)] {
-        let out = laptop.dir.path().join(format!("check-{name}"));
-        laptop
-            .run(&["get", name, "-o", out.to_str().unwrap()])
-            .await
-            .ok();
-        assert_eq!(&std::fs::read(&out).unwrap(), data, "{name}");
+        assert_eq!(&laptop.get_data(name).await, data, "{name}");
     }
     let audit = laptop.run(&["audit", "--json"]).await;
     assert_eq!(audit.code, 0, "{audit:?}");
