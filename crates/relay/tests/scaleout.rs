@@ -67,6 +67,28 @@ fn two_processes(
     (a, b)
 }
 
+/// A `DELETE` of blob `id` at `url`, signed by `signer` for the relay
+/// `relay`, with a fresh token.
+async fn delete_signed(
+    http: &reqwest::Client,
+    url: &str,
+    relay: &cairn_proto::VerifyingKey,
+    signer: &cairn_proto::SigningKey,
+    id: BlobId,
+) -> reqwest::Response {
+    let t = token(
+        relay,
+        Method::Delete,
+        TokenTarget::Blob(id),
+        unix_now() + 300,
+    );
+    http.delete(format!("{url}/v1/blobs/{id}"))
+        .header("authorization", auth_header(&t, signer))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
     let Some(backends) = backends() else { return };
@@ -158,18 +180,7 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
     let deleted = delete(a.url()).await.unwrap();
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(deleted.headers()["cairn-owners-left"], "1");
-    let t_bob = token(
-        &key_a,
-        Method::Delete,
-        TokenTarget::Blob(id),
-        unix_now() + 300,
-    );
-    let deleted = http
-        .delete(format!("{}/v1/blobs/{id}", b.url()))
-        .header("authorization", auth_header(&t_bob, &bob))
-        .send()
-        .await
-        .unwrap();
+    let deleted = delete_signed(&http, &b.url(), &key_a, &bob, id).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(deleted.headers()["cairn-owners-left"], "0");
     let gone = http
@@ -572,18 +583,7 @@ async fn migrate_moves_a_relay_to_postgres_and_s3_and_back_verified() {
         .unwrap();
     assert_eq!(got.status(), StatusCode::OK);
     // Bob's claim came along: his delete leaves Alice's copy.
-    let delete = token(
-        &identity,
-        Method::Delete,
-        TokenTarget::Blob(shared),
-        unix_now() + 300,
-    );
-    let deleted = http
-        .delete(format!("{}/v1/blobs/{shared}", served.url()))
-        .header("authorization", auth_header(&delete, &bob))
-        .send()
-        .await
-        .unwrap();
+    let deleted = delete_signed(&http, &served.url(), &identity, &bob, shared).await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(deleted.headers()["cairn-owners-left"], "1");
     assert!(served.terminate().success());
