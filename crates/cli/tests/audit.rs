@@ -347,6 +347,53 @@ async fn rotating_a_relay_out_moves_every_copy_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_onto_a_relay_that_holds_the_copies_lists_them_once() {
+    let (relays, laptop) = laptop_on_three_relays().await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let data = data_with_marker(40_000 + i, format!("onto {i}").as_bytes());
+        ids.push(laptop.put_data(&format!("o{i}"), &data).await);
+    }
+    // relays[0] already holds a copy of everything relays[1] holds.
+    let (old_url, onto, third) = (relays[1].url(), relays[0].url(), relays[2].url());
+    let report = laptop
+        .run(&["relay", "rotate", &old_url, &onto, "--json"])
+        .await
+        .json();
+    assert_eq!(report["moved"].as_array().unwrap().len(), 2, "{report}");
+    assert_eq!(report["removed"], true, "{report}");
+    assert_eq!(report["deleted"], 2, "{report}");
+    for id in &ids {
+        assert!(
+            relays[1].blob_file(id).is_none(),
+            "deleted from the old relay"
+        );
+    }
+    // The table no longer lists the copies left behind, and lists the ones
+    // they were folded into once: two relays, two copies each.
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    for file in list.as_array().unwrap() {
+        let mut copies: Vec<&str> = file["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        copies.sort_unstable();
+        let mut expected = vec![onto.as_str(), third.as_str()];
+        expected.sort_unstable();
+        assert_eq!(copies, expected, "{list}");
+    }
+    let audit = laptop.run(&["audit", "--json"]).await.json();
+    assert_eq!(audit["copies"], 4, "{audit}");
+    // With two relays left, two copies are all a file can have: repair
+    // checks each once and finds nothing to do on the relay left behind.
+    let repair = laptop.run(&["repair", "--json"]).await.json();
+    assert_eq!(repair["copies_checked"], 4, "{repair}");
+    assert_eq!(repair["healthy"], 2, "{repair}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_watch_repairs_as_it_goes() {
     let relays = [Relay::start().await, Relay::start().await];
     let laptop = Device::new();

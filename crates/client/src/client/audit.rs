@@ -14,10 +14,8 @@ use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
 use crate::error::{Error, Result};
-use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
 use crate::scores::{Misbehaviour, Scores};
-use crate::sync::Table;
 
 /// Chunks asked for per copy: a relay missing a tenth of a blob passes
 /// 16 random chunks with probability 0.9^16 ≈ 18%, and repeated audits
@@ -90,7 +88,8 @@ impl Client {
                 name: name.to_owned(),
                 blob: entry.blob,
                 size: entry.sealed_size,
-                copies: current_places(table, entry)
+                copies: table
+                    .places(entry)
                     .into_iter()
                     .map(|p| (p.url, p.relay))
                     .collect(),
@@ -221,20 +220,6 @@ pub(super) fn record(
             scores.misbehaved(key, url, kind, crate::relay::unix_now(), what);
         }
     }
-}
-
-/// Where each of `entry`'s copies is now: where it was made, or where a
-/// recorded transfer or repair took it.
-pub(super) fn current_places(table: &Table, entry: &FileEntry) -> Vec<Place> {
-    table
-        .located(entry)
-        .map(|(copy, moved)| {
-            moved.cloned().unwrap_or_else(|| Place {
-                url: copy.url.clone(),
-                relay: copy.relay,
-            })
-        })
-        .collect()
 }
 
 /// A uniformly random u64 from the operating system. Audits must be

@@ -22,7 +22,7 @@ use cairn_proto::VerifyingKey;
 use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
-use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, current_places, random_u64, record, score_of};
+use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, random_u64, record, score_of};
 use super::metadata::MetadataReport;
 use crate::error::{Error, Result};
 use crate::files::Place;
@@ -105,7 +105,7 @@ impl Client {
             let table = Self::table_of(&state);
             table
                 .files()
-                .map(|(name, entry)| (name.to_owned(), entry.clone(), current_places(table, entry)))
+                .map(|(name, entry)| (name.to_owned(), entry.clone(), table.places(entry)))
                 .collect()
         };
         let mut report = RepairReport {

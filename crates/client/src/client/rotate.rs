@@ -11,7 +11,6 @@ use serde::Serialize;
 use cairn_proto::VerifyingKey;
 
 use super::Client;
-use super::audit::current_places;
 use super::relays::RelayAdded;
 use crate::error::{Error, Result};
 use crate::files::Place;
@@ -74,7 +73,7 @@ impl Client {
             let table = Self::table_of(&state);
             table
                 .files()
-                .map(|(name, entry)| (name.to_owned(), entry.clone(), current_places(table, entry)))
+                .map(|(name, entry)| (name.to_owned(), entry.clone(), table.places(entry)))
                 .filter(|(_, _, places)| places.iter().any(|p| p.relay == old.key))
                 .collect()
         };
@@ -90,8 +89,15 @@ impl Client {
         };
         let mut changes = Vec::new();
         for (name, entry, places) in &files {
-            if places.iter().any(|p| p.relay == new.key) {
-                // Already a copy there: only the old one goes.
+            if let Some(there) = places.iter().find(|p| p.relay == new.key) {
+                // Already a copy there: the old one is recorded as moved onto
+                // it, so no device keeps listing (and claiming, and
+                // repairing) a copy on the relay being left.
+                changes.push(Change::Moved {
+                    blob: entry.blob,
+                    from: old.key,
+                    to: there.clone(),
+                });
                 report.moved.push(name.clone());
                 continue;
             }

@@ -460,7 +460,7 @@ impl Client {
                 blob: entry.blob,
                 size: entry.size,
                 stored_at: entry.stored_at,
-                copies: held_at(table, entry).into_iter().map(|p| p.url).collect(),
+                copies: table.places(entry).into_iter().map(|p| p.url).collect(),
                 transferred: recorded_transfers(table, entry),
             })
             .collect())
@@ -579,7 +579,7 @@ impl Client {
         // applied.
         let places = entry
             .as_ref()
-            .map(|entry| held_at(table, entry))
+            .map(|entry| table.places(entry))
             .unwrap_or_default();
         // Peers that recorded transfers lead to are asked too, in the set or
         // not: the bytes are verified whoever serves them.
@@ -917,22 +917,6 @@ struct Holder {
     size: u64,
     /// Relays that redirected to it, having transferred their copy.
     via: Vec<RelayClient>,
-}
-
-/// Where `entry`'s copies are now (each relay once): transferred copies
-/// where they went.
-fn held_at(table: &Table, entry: &FileEntry) -> Vec<Place> {
-    let mut places: Vec<Place> = Vec::with_capacity(entry.copies.len());
-    for (copy, moved) in table.located(entry) {
-        let place = moved.cloned().unwrap_or_else(|| Place {
-            url: copy.url.clone(),
-            relay: copy.relay,
-        });
-        if !places.iter().any(|p| p.relay == place.relay) {
-            places.push(place);
-        }
-    }
-    places
 }
 
 /// `entry`'s copies the table records as transferred.

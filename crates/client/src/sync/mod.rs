@@ -195,6 +195,24 @@ impl Table {
             .map(|copy| (copy, self.moved_to(&entry.blob, &copy.relay)))
     }
 
+    /// Where `entry`'s copies are now, each relay once: where each was
+    /// stored, or where a transfer or a repair moved it. Two copies can end
+    /// on one relay (a peer transfers its copy to a relay that had one; a
+    /// rotation leaves for a relay that had one), which holds the blob once.
+    pub fn places(&self, entry: &FileEntry) -> Vec<Place> {
+        let mut places: Vec<Place> = Vec::with_capacity(entry.copies.len());
+        for (copy, moved) in self.located(entry) {
+            let place = moved.cloned().unwrap_or_else(|| Place {
+                url: copy.url.clone(),
+                relay: copy.relay,
+            });
+            if !places.iter().any(|p| p.relay == place.relay) {
+                places.push(place);
+            }
+        }
+        places
+    }
+
     /// Every recorded transfer: blob, relay it left, and the record.
     pub fn moves(&self) -> impl Iterator<Item = (&BlobId, &VerifyingKey, &MoveRegister)> {
         self.moves
@@ -531,6 +549,39 @@ mod tests {
         table.apply(device(0), 3, &moved(1, 2, 0));
         assert!(table.moved_to(&blob, &relay(0)).is_some(), "a loop ends");
         assert!(table.moved_to(&entry(2).blob, &relay(0)).is_none());
+    }
+
+    #[test]
+    fn copies_folded_onto_one_relay_are_one_place() {
+        let mut table = Table::default();
+        let mut file = entry(1);
+        file.copies = (0..3)
+            .map(|i| Copy {
+                url: format!("http://r{i}"),
+                relay: relay(i),
+                owner: device(0),
+            })
+            .collect();
+        table.apply(
+            device(0),
+            1,
+            &Change::Put {
+                name: "x".into(),
+                entry: file.clone(),
+            },
+        );
+        let relays = |table: &Table| -> Vec<VerifyingKey> {
+            table.places(&file).iter().map(|p| p.relay).collect()
+        };
+        assert_eq!(relays(&table), [relay(0), relay(1), relay(2)]);
+        // The copy on relay 1 moves onto relay 0, which has one already.
+        table.apply(device(0), 2, &moved(1, 1, 0));
+        assert_eq!(relays(&table), [relay(0), relay(2)]);
+        assert_eq!(
+            table.located(&file).count(),
+            3,
+            "every copy is still listed"
+        );
     }
 
     #[test]
