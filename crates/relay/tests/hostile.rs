@@ -1,8 +1,9 @@
 //! Hostile HTTP, written by hand and sent over raw TCP (an HTTP client
 //! library would tidy these requests up): path traversal, huge headers,
 //! bodies shorter or longer than declared, unknown methods, headers sent
-//! one byte at a time. Each ends in a refusal, nothing stored that was not
-//! whole and verified, and a relay that keeps serving.
+//! one byte at a time, uploads held open past the concurrent limit. Each
+//! ends in a refusal, nothing stored that was not whole and verified, and a
+//! relay that keeps serving.
 
 use std::time::Duration;
 
@@ -248,4 +249,96 @@ async fn an_upload_trickling_in_below_the_minimum_rate_is_abandoned() {
     assert!(body.contains("too slow"), "{body}");
     assert_eq!(relay.files(), (0, 0));
     relay.assert_serving().await;
+}
+
+impl TestRelay {
+    /// The relay's `cairn_uploads_in_flight` gauge.
+    async fn uploads_in_flight(&self) -> u64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("cairn_uploads_in_flight "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no cairn_uploads_in_flight in {text}"))
+    }
+
+    /// Waits until `n` uploads are in flight (10 s at most: the uploads were
+    /// sent already, so this is only how long the relay takes to see them).
+    async fn wait_for_uploads_in_flight(&self, n: u64) {
+        for _ in 0..200 {
+            if self.uploads_in_flight().await == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{} uploads in flight, not {n}",
+            self.uploads_in_flight().await
+        );
+    }
+}
+
+#[tokio::test]
+async fn uploads_past_the_concurrent_limit_are_refused_until_a_slot_frees() {
+    let relay = TestRelay::start_with(|c| c.max_concurrent_uploads = 2).await;
+    // Two uploads hold both slots: headers and a first piece of body, then
+    // nothing more for now. One is small (received in memory), one large
+    // (streamed to a file).
+    let (mut held, mut held_ids) = (Vec::new(), Vec::new());
+    for len in [2_000, 600_000] {
+        let data = bytes("held", len);
+        let mut stream = relay.connect().await;
+        stream
+            .write_all(put_head(&relay, BlobId::of(&data), len).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&data[..100]).await.unwrap();
+        held.push(stream);
+        held_ids.push(BlobId::of(&data));
+    }
+    relay.wait_for_uploads_in_flight(2).await;
+    let third = bytes("third", 3_000);
+    let refused = relay.put(&key("bob"), &third).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("\"unavailable\""), "{body}");
+    assert_eq!(
+        relay.get(&BlobId::of(&third)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // Reads are not uploads: they go on while the slots are taken.
+    relay.assert_serving().await;
+
+    // A held upload's client goes away: its slot frees, and the retry is
+    // taken. Neither abandoned upload leaves anything behind.
+    drop(held.pop());
+    relay.wait_for_uploads_in_flight(1).await;
+    assert_eq!(
+        relay.put(&key("bob"), &third).await.status(),
+        StatusCode::CREATED
+    );
+    drop(held);
+    relay.wait_for_uploads_in_flight(0).await;
+    for id in &held_ids {
+        assert_eq!(relay.get(id).await.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(relay.files().0, 0, "no temp file left behind");
+    assert_eq!(
+        relay.get(&BlobId::of(&third)).await.status(),
+        StatusCode::OK
+    );
 }
