@@ -560,17 +560,7 @@ async fn the_info_document_is_signed_and_tells_the_truth() {
 #[tokio::test]
 async fn metrics_parse_and_move() {
     let relay = TestRelay::start().await;
-    let scrape = || async {
-        relay
-            .http
-            .get(relay.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || async { relay.get_text("/metrics").await };
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find_map(|l| {
@@ -614,15 +604,7 @@ async fn health_and_status_page() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
-    let page = relay
-        .http
-        .get(relay.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = relay.get_text("/").await;
     assert!(page.contains(&relay.key().to_string()));
 }
 
@@ -1114,15 +1096,7 @@ async fn the_example_alerts_name_only_exported_metrics() {
     let relay = TestRelay::start().await;
     // Request counters appear once a request has been answered.
     relay.http.get(relay.url("/health")).send().await.unwrap();
-    let metrics = relay
-        .http
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.get_text("/metrics").await;
     let exported: std::collections::BTreeSet<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#'))

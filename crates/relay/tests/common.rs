@@ -117,6 +117,12 @@ impl TestRelay {
             .unwrap()
     }
 
+    /// The body of a GET of `path` (`/metrics`, `/`), as text.
+    pub(crate) async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub(crate) async fn get(&self, id: &BlobId) -> reqwest::Response {
         self.http.get(self.blob_url(id)).send().await.unwrap()
     }

@@ -518,15 +518,7 @@ async fn head_routes_are_rate_limited_and_counted_by_route() {
     relay.put_head(&mailbox, "laptop", 1).await;
     relay.get_head(&mk, "laptop").await;
     relay.list_heads(&mk).await;
-    let metrics = relay
-        .http
-        .get(relay.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = relay.get_text("/metrics").await;
     for series in [
         "cairn_http_requests_total{route=\"/v1/heads/{mailbox}/{slot}\",status=\"201\"} 1",
         "cairn_http_requests_total{route=\"/v1/heads/{mailbox}/{slot}\",status=\"200\"} 1",

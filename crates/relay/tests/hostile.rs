@@ -33,6 +33,30 @@ impl TestRelay {
         let r = self.http.get(self.url("/health")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
+
+    /// The relay's `cairn_uploads_in_flight` gauge.
+    async fn uploads_in_flight(&self) -> u64 {
+        let text = self.get_text("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix("cairn_uploads_in_flight "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no cairn_uploads_in_flight in {text}"))
+    }
+
+    /// Waits until `n` uploads are in flight (10 s at most: the uploads were
+    /// sent already, so this is only how long the relay takes to see them).
+    async fn wait_for_uploads_in_flight(&self, n: u64) {
+        for _ in 0..200 {
+            if self.uploads_in_flight().await == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{} uploads in flight, not {n}",
+            self.uploads_in_flight().await
+        );
+    }
 }
 
 async fn read_all(stream: &mut TcpStream) -> String {
@@ -249,40 +273,6 @@ async fn an_upload_trickling_in_below_the_minimum_rate_is_abandoned() {
     assert!(body.contains("too slow"), "{body}");
     assert_eq!(relay.files(), (0, 0));
     relay.assert_serving().await;
-}
-
-impl TestRelay {
-    /// The relay's `cairn_uploads_in_flight` gauge.
-    async fn uploads_in_flight(&self) -> u64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix("cairn_uploads_in_flight "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no cairn_uploads_in_flight in {text}"))
-    }
-
-    /// Waits until `n` uploads are in flight (10 s at most: the uploads were
-    /// sent already, so this is only how long the relay takes to see them).
-    async fn wait_for_uploads_in_flight(&self, n: u64) {
-        for _ in 0..200 {
-            if self.uploads_in_flight().await == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "{} uploads in flight, not {n}",
-            self.uploads_in_flight().await
-        );
-    }
 }
 
 #[tokio::test]
