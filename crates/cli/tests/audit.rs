@@ -391,6 +391,26 @@ async fn rotating_onto_a_relay_that_holds_the_copies_lists_them_once() {
     let repair = laptop.run(&["repair", "--json"]).await.json();
     assert_eq!(repair["copies_checked"], 4, "{repair}");
     assert_eq!(repair["healthy"], 2, "{repair}");
+    // Removing a file deletes its two copies, each reported once, and says
+    // nothing of the one that was folded away.
+    for relay in [&relays[0], &relays[2]] {
+        assert!(relay.blob_file(&ids[0]).is_some(), "kept until now");
+    }
+    let rm = laptop.run(&["rm", "o0", "--json"]).await.json();
+    let mut deleted: Vec<&str> = rm["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    deleted.sort_unstable();
+    let mut expected = vec![onto.as_str(), third.as_str()];
+    expected.sort_unstable();
+    assert_eq!(deleted, expected, "{rm}");
+    assert_eq!(rm["left"].as_array().unwrap().len(), 0, "{rm}");
+    for relay in [&relays[0], &relays[2]] {
+        assert!(relay.blob_file(&ids[0]).is_none(), "deleted everywhere");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Storing and fetching files: `put`, `get`, `ls`, `rm`.
 
 use std::cmp::Reverse;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -476,9 +477,9 @@ impl Client {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::NoSuchName(name.to_owned()))?;
-        let moved: Vec<_> = Self::table_of(&state)
+        let located: Vec<(Copy, Option<Place>)> = Self::table_of(&state)
             .located(&entry)
-            .map(|(_, to)| to.cloned())
+            .map(|(copy, to)| (copy.clone(), to.cloned()))
             .collect();
         self.append(
             &mut state,
@@ -491,35 +492,43 @@ impl Client {
         let still_owned = Self::owned_relays(&state, &entry.blob);
         let mut deleted = Vec::new();
         let mut left = Vec::new();
-        for (copy, moved) in entry.copies.iter().zip(moved) {
+        // Each copy is reported where it is now, and each relay once: a copy
+        // moved onto a relay that had one is that one.
+        let mut reported = BTreeSet::new();
+        for (copy, moved) in &located {
+            let (url, relay) = moved
+                .as_ref()
+                .map_or((&copy.url, copy.relay), |to| (&to.url, to.relay));
+            if !reported.insert(relay) {
+                continue;
+            }
             let done = released
                 .iter()
-                .find(|(blob, relay, _)| *blob == entry.blob && *relay == copy.relay)
+                .find(|(blob, at, _)| *blob == entry.blob && *at == relay)
                 .map(|(_, _, done)| *done);
-            match (moved, done) {
-                (Some(to), _) => {
-                    // The peer's copy belongs to the relay that handed it
-                    // on: no device can delete it.
-                    left.push(format!(
-                        "{}: transferred to {}, which keeps it until its retention runs out",
-                        copy.url, to.url
-                    ));
-                }
-                (None, Some(Deleted::Gone | Deleted::Absent)) => deleted.push(copy.url.clone()),
-                (None, Some(Deleted::KeptByOthers(n))) => left.push(format!(
-                    "{}: this device let go of it; {n} other owner{} keep{} it (your other \
+            match (done, moved) {
+                (Some(Deleted::Gone | Deleted::Absent), _) => deleted.push(url.clone()),
+                (Some(Deleted::KeptByOthers(n)), _) => left.push(format!(
+                    "{url}: this device let go of it; {n} other owner{} keep{} it (your other \
                      devices let go when they sync the removal)",
-                    copy.url,
                     if n == 1 { "" } else { "s" },
                     if n == 1 { "s" } else { "" }
                 )),
-                (None, None) if still_owned.contains(&copy.relay) => left.push(format!(
-                    "{}: could not be deleted now; retried on the next sync",
-                    copy.url
+                (None, _) if still_owned.contains(&relay) => left.push(format!(
+                    "{url}: could not be deleted now; retried on the next sync"
                 )),
+                (None, Some(_)) => {
+                    // This device never claimed the copy where it went: it
+                    // belongs to whoever moved it there (a relay that handed
+                    // it on, or another device's repair).
+                    left.push(format!(
+                        "{url}: moved there from {}; kept until its owners let go of it or its \
+                         retention runs out",
+                        copy.url
+                    ));
+                }
                 (None, None) => left.push(format!(
-                    "{}: stored by device {}, which deletes it when it next syncs",
-                    copy.url,
+                    "{url}: stored by device {}, which deletes it when it next syncs",
                     copy.owner.short()
                 )),
             }
