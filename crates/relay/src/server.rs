@@ -537,6 +537,7 @@ impl RelayHandle {
             .is_err()
         {
             tracing::warn!(
+                tasks = self.tasks.len(),
                 "requests still running after the shutdown grace period; abandoning them"
             );
         }
@@ -544,9 +545,10 @@ impl RelayHandle {
             tracing::error!(error = %e, "flushing access times at shutdown failed");
         }
         self.app.federation.save_ledger().await;
+        // The writer finishes what is queued and exits; an abandoned request
+        // that writes later gets an error, and is dropped with the runtime.
+        self.app.store.close().await;
         let writer = self.writer.take();
-        // Dropping the last state handle closes the writer's queue; the
-        // writer finishes what is queued and exits.
         drop(self);
         if let Some(writer) = writer {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;

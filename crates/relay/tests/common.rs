@@ -262,9 +262,19 @@ impl StoppedRelay {
             mut config,
         } = self;
         config.peers = peers.to_vec();
-        let handle = cairn_relay::start_with_clock(config.clone(), clock.clone())
-            .await
-            .unwrap();
+        // A request the stopped relay abandoned at shutdown may still hold
+        // its index for a moment in this process (a real relay exits).
+        let mut tries = 0;
+        let handle = loop {
+            match cairn_relay::start_with_clock(config.clone(), clock.clone()).await {
+                Ok(handle) => break handle,
+                Err(e) if format!("{e:?}").contains("DatabaseAlreadyOpen") && tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("restarting the relay: {e:?}"),
+            }
+        };
         TestRelay {
             handle,
             dir,

@@ -734,6 +734,17 @@ impl Store {
         }
     }
 
+    /// Stops the embedded writer once it has written what is already
+    /// queued; later writes fail with [`StoreError::Closed`]. Shutdown
+    /// needs this: requests that outlive its grace period still hold the
+    /// store, and would keep the writer (and so the process) alive.
+    pub(crate) async fn close(&self) {
+        if let Backend::Embedded { tx, .. } = &self.backend {
+            // A writer that is gone already has nothing left to stop.
+            let _ = tx.send(WriteOp::Stop).await;
+        }
+    }
+
     /// Writes coalesced access times (of blobs and of heads) to the index;
     /// for the scale-out backend also reloads the totals, which other
     /// processes change.

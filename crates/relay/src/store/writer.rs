@@ -139,6 +139,10 @@ pub(crate) enum WriteOp {
         row: ForwardRow,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Closes the queue: what is in it is still written, nothing more is
+    /// taken, and the writer exits even while requests abandoned at
+    /// shutdown still hold senders.
+    Stop,
 }
 
 enum Reply {
@@ -227,6 +231,7 @@ fn fail_op(op: WriteOp, err: StoreError) {
         WriteOp::ImportHead { reply, .. } | WriteOp::ImportForward { reply, .. } => {
             drop(reply.send(Err(err)));
         }
+        WriteOp::Stop => {}
     }
 }
 
@@ -245,7 +250,8 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Runs until every sender is gone.
+    /// Runs until every sender is gone, or a [`WriteOp::Stop`] and what
+    /// was queued before it have been handled.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut failed: Option<String> = None;
         while let Some(first) = rx.blocking_recv() {
@@ -255,6 +261,11 @@ impl Writer {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
+            }
+            if batch.iter().any(|op| matches!(op, WriteOp::Stop)) {
+                // Later sends fail (`StoreError::Closed`); what is buffered
+                // is still received, so nothing queued goes unanswered.
+                rx.close();
             }
             if let Some(reason) = &failed {
                 for op in batch {
@@ -569,6 +580,7 @@ impl Writer {
                         }
                         replies.push(Reply::Flag(reply, kept));
                     }
+                    WriteOp::Stop => {}
                 }
             }
             t.save_totals()?;
