@@ -5,7 +5,7 @@
 use cairn_client::proto::BlobId;
 use cairn_client::{Client, Home, Passphrase};
 
-use crate::common::{Device, PASSPHRASE, Relay, data_with_marker};
+use crate::common::{Device, PASSPHRASE, Relay, data_with_marker, sorted_strings};
 
 /// Three fresh relays and a device named "laptop" using all of them.
 async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
@@ -168,17 +168,10 @@ async fn with_one_honest_relay_of_three_repair_restores_redundancy_on_fresh_rela
         assert_eq!(relay["missing"], 0, "{audit}");
     }
     let list = laptop.run(&["ls", "--json"]).await.json();
+    let mut expected = vec![relays[0].url(), fresh[0].url(), fresh[1].url()];
+    expected.sort_unstable();
     for file in list.as_array().unwrap() {
-        let mut copies: Vec<String> = file["copies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_owned())
-            .collect();
-        copies.sort();
-        let mut expected = vec![relays[0].url(), fresh[0].url(), fresh[1].url()];
-        expected.sort();
-        assert_eq!(copies, expected, "{list}");
+        assert_eq!(sorted_strings(&file["copies"]), expected, "{list}");
     }
     // A second run finds nothing to do.
     let again = laptop.run(&["repair", "--json"]).await.json();
@@ -372,17 +365,10 @@ async fn rotating_onto_a_relay_that_holds_the_copies_lists_them_once() {
     // The table no longer lists the copies left behind, and lists the ones
     // they were folded into once: two relays, two copies each.
     let list = laptop.run(&["ls", "--json"]).await.json();
+    let mut both = vec![onto.clone(), third.clone()];
+    both.sort_unstable();
     for file in list.as_array().unwrap() {
-        let mut copies: Vec<&str> = file["copies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
-        copies.sort_unstable();
-        let mut expected = vec![onto.as_str(), third.as_str()];
-        expected.sort_unstable();
-        assert_eq!(copies, expected, "{list}");
+        assert_eq!(sorted_strings(&file["copies"]), both, "{list}");
     }
     let audit = laptop.run(&["audit", "--json"]).await.json();
     assert_eq!(audit["copies"], 4, "{audit}");
@@ -397,16 +383,7 @@ async fn rotating_onto_a_relay_that_holds_the_copies_lists_them_once() {
         assert!(relay.blob_file(&ids[0]).is_some(), "kept until now");
     }
     let rm = laptop.run(&["rm", "o0", "--json"]).await.json();
-    let mut deleted: Vec<&str> = rm["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u.as_str().unwrap())
-        .collect();
-    deleted.sort_unstable();
-    let mut expected = vec![onto.as_str(), third.as_str()];
-    expected.sort_unstable();
-    assert_eq!(deleted, expected, "{rm}");
+    assert_eq!(sorted_strings(&rm["deleted"]), both, "{rm}");
     assert_eq!(rm["left"].as_array().unwrap().len(), 0, "{rm}");
     for relay in [&relays[0], &relays[2]] {
         assert!(relay.blob_file(&ids[0]).is_none(), "deleted everywhere");

@@ -414,3 +414,19 @@ pub(crate) fn data_with_marker(len: usize, marker: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A JSON list of strings (relay URLs, say), sorted, for comparing as sets.
+pub(crate) fn sorted_strings(list: &Value) -> Vec<String> {
+    let mut out: Vec<String> = list
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("not a string: {v}"))
+                .to_owned()
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
