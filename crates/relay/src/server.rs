@@ -343,12 +343,15 @@ async fn background(app: AppState, cancel: CancellationToken) {
                 app.addr_limiter.prune(Instant::now());
             }
             _ = gc.tick() => {
-                match run_gc(&app).await {
-                    Ok(r) if r.deleted_blobs > 0 || r.deleted_heads > 0 => tracing::info!(
+                // A pass over millions of expired blobs takes a while, and
+                // shutdown does not wait for it: the next pass goes on.
+                match cancel.run_until_cancelled(run_gc(&app)).await {
+                    None => return,
+                    Some(Ok(r)) if r.deleted_blobs > 0 || r.deleted_heads > 0 => tracing::info!(
                         deleted_blobs = r.deleted_blobs, deleted_bytes = r.deleted_bytes,
                         deleted_heads = r.deleted_heads, "gc pass"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "gc pass failed"),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::error!(error = %e, "gc pass failed"),
                 }
             }
         }

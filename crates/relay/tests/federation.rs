@@ -512,10 +512,20 @@ async fn peers_are_learned_from_configured_peers_within_the_bound() {
     b.handle.set_peers(&[c.as_peer(), d.as_peer()]);
     let a = TestRelay::start_with(|cfg| cfg.federation.max_learned_peers = 1).await;
     a.handle.set_peers(&[b.as_peer()]);
-    // The periodic refresh may have run first; either way the outcome is
-    // the same.
-    a.handle.refresh_peers().await;
+    // The periodic refresh may run at the same time as this one and learn
+    // the other of B's peers, not yet fetched; a refresh that runs alone
+    // settles it, whichever was learned.
     let http = cairn_testkit::http();
+    eventually(100, "the learned peer fetched", || async {
+        a.handle.refresh_peers().await;
+        let (_, body) = info_document(&http, &a.handle.url()).await;
+        body["federation"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["learned"] == true && p["reachable"] == true)
+    })
+    .await;
     let (info, body) = info_document(&http, &a.handle.url()).await;
     // Announced: only the operator's choice. Known: one learned peer, as
     // the bound allows, of the two B offers.
@@ -574,4 +584,33 @@ async fn a_replica_passed_on_to_another_peer_is_still_counted_by_reconciliation(
     let reports = b.handle.reconcile().await;
     let report = reports[0].1.clone().unwrap();
     assert_eq!((report.missing, report.extra), (0, 0), "{report:?}");
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_peer_that_never_answers() {
+    // A "peer" that takes connections and never answers: each request to
+    // it waits out the federation client's timeouts (15 s for an info
+    // document, 60 s between bytes otherwise).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = RelayRef {
+        url: RelayUrl::new(format!("http://{}", silent.local_addr().unwrap())).unwrap(),
+        key: key("silent peer").verifying_key(),
+    };
+    let relay = TestRelay::start_with(|c| {
+        c.peers = vec![peer];
+        // Shutdown would wait this long for a federation round in progress.
+        c.shutdown_grace = Duration::from_secs(3600);
+        c.federation.reconcile_interval = Duration::from_millis(50);
+    })
+    .await;
+    // A round has reached the peer and is waiting for it.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), silent.accept())
+        .await
+        .expect("the relay never contacted its peer")
+        .unwrap();
+    // Not a measure of speed: before rounds were cancellable, this waited
+    // out the 15 s info timeout at least, and the round after it.
+    tokio::time::timeout(Duration::from_secs(10), relay.stop())
+        .await
+        .expect("shutdown waited for a federation round");
 }

@@ -344,32 +344,73 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
     let relieve_lease = lease_secs(app.config.federation.peer_refresh_interval);
     let reconcile_lease = lease_secs(app.config.federation.reconcile_interval);
     loop {
-        tokio::select! {
+        let round = tokio::select! {
             () = cancel.cancelled() => return,
-            _ = refresh.tick() => {
-                app.federation.refresh_peers().await;
-                if app.store.try_lease("relieve", app.now(), relieve_lease).await {
-                    log_transfer(relieve(&app).await);
+            _ = refresh.tick() => Round::Refresh,
+            _ = reconcile.tick() => Round::Reconcile,
+            () = app.federation.full.notified() => Round::Relieve,
+        };
+        // A round can take minutes on a large store (reconciling, pushing
+        // what peers lack); shutdown does not wait for it. What it did not
+        // finish is found again by the next round, as after a crash.
+        let work = run_round(&app, round, relieve_lease, reconcile_lease);
+        if cancel.run_until_cancelled(work).await.is_none() {
+            return;
+        }
+    }
+}
+
+/// What woke the federation loop.
+enum Round {
+    /// Time to refresh peers' info documents, then relieve if full.
+    Refresh,
+    /// Time to reconcile with peers and audit transfers.
+    Reconcile,
+    /// The relay filled up: relieve it now.
+    Relieve,
+}
+
+async fn run_round(app: &AppState, round: Round, relieve_lease: u64, reconcile_lease: u64) {
+    match round {
+        Round::Refresh => {
+            app.federation.refresh_peers().await;
+            if app
+                .store
+                .try_lease("relieve", app.now(), relieve_lease)
+                .await
+            {
+                log_transfer(relieve(app).await);
+            }
+        }
+        Round::Reconcile => {
+            if !app
+                .store
+                .try_lease("reconcile", app.now(), reconcile_lease)
+                .await
+            {
+                return;
+            }
+            for report in reconcile_all(app).await {
+                if let Err(e) = report.outcome {
+                    tracing::warn!(peer = %report.peer, error = %e, "reconciliation failed");
                 }
             }
-            _ = reconcile.tick() => {
-                if !app.store.try_lease("reconcile", app.now(), reconcile_lease).await {
-                    continue;
-                }
-                for report in reconcile_all(&app).await {
-                    if let Err(e) = report.outcome {
-                        tracing::warn!(peer = %report.peer, error = %e, "reconciliation failed");
-                    }
-                }
-                let audit = audit_transfers(&app, AUDIT_SAMPLE).await;
-                if audit.failed > 0 {
-                    tracing::warn!(failed = audit.failed, checked = audit.checked, "peers lost transferred blobs");
-                }
+            let audit = audit_transfers(app, AUDIT_SAMPLE).await;
+            if audit.failed > 0 {
+                tracing::warn!(
+                    failed = audit.failed,
+                    checked = audit.checked,
+                    "peers lost transferred blobs"
+                );
             }
-            () = app.federation.full.notified() => {
-                if app.store.try_lease("relieve", app.now(), relieve_lease).await {
-                    log_transfer(relieve(&app).await);
-                }
+        }
+        Round::Relieve => {
+            if app
+                .store
+                .try_lease("relieve", app.now(), relieve_lease)
+                .await
+            {
+                log_transfer(relieve(app).await);
             }
         }
     }
