@@ -337,12 +337,6 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
     // The first reconciliation waits a full interval: peers need a moment
     // to start too, and the first refresh tells which have room.
     reconcile.reset();
-    // Several processes of a scale-out relay share one index: reconciling
-    // and relieving run in whichever holds the lease (renewed at every
-    // tick, taken over by another process if the holder stops), so that
-    // no blob is pushed twice.
-    let relieve_lease = lease_secs(app.config.federation.peer_refresh_interval);
-    let reconcile_lease = lease_secs(app.config.federation.reconcile_interval);
     loop {
         let round = tokio::select! {
             () = cancel.cancelled() => return,
@@ -353,7 +347,7 @@ pub(crate) async fn background(app: AppState, cancel: tokio_util::sync::Cancella
         // A round can take minutes on a large store (reconciling, pushing
         // what peers lack); shutdown does not wait for it. What it did not
         // finish is found again by the next round, as after a crash.
-        let work = run_round(&app, round, relieve_lease, reconcile_lease);
+        let work = run_round(&app, round);
         if cancel.run_until_cancelled(work).await.is_none() {
             return;
         }
@@ -370,24 +364,25 @@ enum Round {
     Relieve,
 }
 
-async fn run_round(app: &AppState, round: Round, relieve_lease: u64, reconcile_lease: u64) {
+/// Runs one round. Several processes of a scale-out relay share one index:
+/// reconciling and relieving run in whichever holds the lease (renewed at
+/// every tick, taken over by another process if the holder stops), so that
+/// no blob is pushed twice.
+async fn run_round(app: &AppState, round: Round) {
+    let federation = &app.config.federation;
     match round {
-        Round::Refresh => {
-            app.federation.refresh_peers().await;
-            if app
-                .store
-                .try_lease("relieve", app.now(), relieve_lease)
-                .await
-            {
+        Round::Refresh | Round::Relieve => {
+            if matches!(round, Round::Refresh) {
+                app.federation.refresh_peers().await;
+            }
+            let lease = lease_secs(federation.peer_refresh_interval);
+            if app.store.try_lease("relieve", app.now(), lease).await {
                 log_transfer(relieve(app).await);
             }
         }
         Round::Reconcile => {
-            if !app
-                .store
-                .try_lease("reconcile", app.now(), reconcile_lease)
-                .await
-            {
+            let lease = lease_secs(federation.reconcile_interval);
+            if !app.store.try_lease("reconcile", app.now(), lease).await {
                 return;
             }
             for report in reconcile_all(app).await {
@@ -402,15 +397,6 @@ async fn run_round(app: &AppState, round: Round, relieve_lease: u64, reconcile_l
                     checked = audit.checked,
                     "peers lost transferred blobs"
                 );
-            }
-        }
-        Round::Relieve => {
-            if app
-                .store
-                .try_lease("relieve", app.now(), relieve_lease)
-                .await
-            {
-                log_transfer(relieve(app).await);
             }
         }
     }
