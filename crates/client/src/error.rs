@@ -163,6 +163,23 @@ pub enum RelayError {
     /// the peer failed.
     #[error("{0}")]
     Redirect(String),
+    /// The relay holds a newer head in this device's own slot than the one
+    /// sent. Only this device's key can write there (PROTOCOL.md §4.9), so
+    /// the key signed elsewhere: a restored backup, or a stolen key.
+    #[error(
+        "holds a head at position {stored} in this device's own `{role}` slot, above the \
+         {sent} it was sent: only this device's key can write there, so it is in use \
+         elsewhere (a restored backup or a stolen key); if this device was not restored, \
+         revoke it from another device"
+    )]
+    OwnSlotAhead {
+        /// What the slot is for.
+        role: &'static str,
+        /// The position stored.
+        stored: u64,
+        /// The position sent.
+        sent: u64,
+    },
     /// The relay served bytes that do not hash to the blob id asked for.
     #[error("served bytes that do not match blob {0} (corrupt or lying relay)")]
     WrongBytes(BlobId),

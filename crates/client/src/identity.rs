@@ -69,7 +69,16 @@ impl IdentityLog {
         &self.state
     }
 
-    /// Envelope bytes of every entry.
+    /// The position of the entry whose envelope is blob `id`, if the log
+    /// holds it.
+    pub fn position_of(&self, id: &cairn_proto::BlobId) -> Option<u64> {
+        self.entries
+            .iter()
+            .position(|entry| cairn_proto::BlobId::of(entry) == *id)
+            .and_then(|i| u64::try_from(i).ok())
+    }
+
+    /// The entries' envelope bytes, in order.
     pub fn entries(&self) -> &[Vec<u8>] {
         &self.entries
     }

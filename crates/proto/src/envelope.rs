@@ -47,11 +47,13 @@ pub enum RecordKind {
     TransferReceipt,
     /// [`crate::Operation`].
     Operation,
+    /// [`crate::OwnedHead`].
+    OwnedHead,
 }
 
 impl RecordKind {
     /// Every kind, in code order.
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         Self::DeviceCertificate,
         Self::Revocation,
         Self::IdentityLogEntry,
@@ -60,6 +62,7 @@ impl RecordKind {
         Self::AuthToken,
         Self::TransferReceipt,
         Self::Operation,
+        Self::OwnedHead,
     ];
 
     /// The kind's one-byte code in the envelope.
@@ -73,6 +76,7 @@ impl RecordKind {
             Self::AuthToken => 6,
             Self::TransferReceipt => 7,
             Self::Operation => 8,
+            Self::OwnedHead => 9,
         }
     }
 
@@ -87,6 +91,7 @@ impl RecordKind {
             Self::AuthToken => "auth-token",
             Self::TransferReceipt => "transfer-receipt",
             Self::Operation => "operation",
+            Self::OwnedHead => "owned-head",
         }
     }
 
@@ -137,11 +142,36 @@ pub trait Record: sealed::Sealed + Sized {
     fn required_signer(&self) -> Option<&VerifyingKey> {
         None
     }
+
+    /// Rules that depend on the signer beyond [`Record::required_signer`]
+    /// (an owned head's slot is derived from its signer). Checked by
+    /// [`SignedRecord::sign`] and [`SignedRecord::verify`] after the
+    /// required signer.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError`] naming the rule `signer` breaks.
+    fn check_signer(&self, _signer: &VerifyingKey) -> Result<(), VerifyError> {
+        Ok(())
+    }
 }
 
 /// Implements [`Record`] for a type with `encode` / `decode` methods.
 macro_rules! impl_record {
+    ($ty:ty, $kind:expr, check = $check:expr) => {
+        $crate::envelope::impl_record!($ty, $kind, {
+            fn check_signer(
+                &self,
+                signer: &$crate::keys::VerifyingKey,
+            ) -> Result<(), $crate::error::VerifyError> {
+                $check(self, signer)
+            }
+        });
+    };
     ($ty:ty, $kind:expr) => {
+        $crate::envelope::impl_record!($ty, $kind, {});
+    };
+    ($ty:ty, $kind:expr, { $($extra:tt)* }) => {
         impl $crate::envelope::sealed::Sealed for $ty {}
         impl $crate::envelope::Record for $ty {
             const KIND: $crate::envelope::RecordKind = $kind;
@@ -159,6 +189,8 @@ macro_rules! impl_record {
             fn required_signer(&self) -> Option<&$crate::keys::VerifyingKey> {
                 Self::required_signer(self)
             }
+
+            $($extra)*
         }
     };
 }
@@ -204,6 +236,7 @@ impl SignedRecord {
         if decoded.required_signer().is_some_and(|k| *k != signer) {
             return Err(VerifyError::SignerMismatch);
         }
+        decoded.check_signer(&signer)?;
         let signature = key.sign(&signing_input(R::KIND, &payload));
         Ok(Self {
             kind: R::KIND,
@@ -295,6 +328,7 @@ impl SignedRecord {
         if record.required_signer().is_some_and(|k| *k != self.signer) {
             return Err(VerifyError::SignerMismatch);
         }
+        record.check_signer(&self.signer)?;
         Ok(Verified {
             record,
             envelope: self.clone(),

@@ -116,6 +116,14 @@ pub enum VerifyError {
     /// a mailbox head), and another key signed it.
     #[error("signed by a key other than the one the record requires")]
     SignerMismatch,
+    /// An owned head's grant is not the mailbox key's signature for its
+    /// signer: the writer may not keep heads in that mailbox.
+    #[error("the mailbox key did not grant this writer a slot")]
+    BadGrant,
+    /// An owned head's slot is not derived from its signer: a writer may
+    /// write only its own slots.
+    #[error("the slot does not belong to the key that signed the head")]
+    NotOwnSlot,
     /// The signature is valid but the payload is not a valid record.
     #[error("invalid payload: {0}")]
     Payload(#[from] DecodeError),

@@ -384,7 +384,14 @@ fn open_entry(bytes: &[u8]) -> Result<(IdentityLogEntry, VerifyingKey), LogError
             Ok((verified.into_record(), signer))
         }
         Err(VerifyError::WrongKind { found, .. }) => Err(LogErrorKind::NotALogEntry { found }),
-        Err(VerifyError::BadSignature | VerifyError::SignerMismatch) => {
+        // A log entry has no signer rules of its own; these only come from
+        // an owned head, listed so that a new rule is a compile error here.
+        Err(
+            VerifyError::BadSignature
+            | VerifyError::SignerMismatch
+            | VerifyError::BadGrant
+            | VerifyError::NotOwnSlot,
+        ) => {
             Err(LogErrorKind::BadSignature)
         }
         Err(VerifyError::Payload(DecodeError::UnknownTag {

@@ -204,6 +204,14 @@ impl Signature {
     pub const fn to_bytes(&self) -> [u8; 64] {
         self.0
     }
+
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        w.fixed(&self.0);
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self(r.array()?))
+    }
 }
 
 impl fmt::Debug for Signature {

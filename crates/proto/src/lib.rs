@@ -77,7 +77,8 @@ pub use keys::{
 pub use records::{
     AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord, IdentityLogEntry,
     LogAction, MAX_ACTIVE_DEVICES, MAX_OPERATION_BODY, MAX_PEERS, MAX_PREFERRED_RELAYS, Method,
-    Nonce, Operation, RelayInfo, RelayRef, Revocation, RevocationReason, TokenTarget,
+    Nonce, Operation, OwnedHead, RelayInfo, RelayRef, Revocation, RevocationReason, TokenTarget,
     TransferReceipt, WrappedKey, WrappedSecret,
 };
+pub use records::{grant as head_grant, is_owned_slot, owned_label, owned_slot};
 pub use text::{decode_base64url, encode_base64url};

@@ -13,9 +13,9 @@ use cairn_proto::{
     Timestamp, VerifyingKey, WrappedKey,
 };
 
-use super::mailbox::{clients, extend_log, fetch_small, identity_slot, sign_head};
+use super::mailbox::{clients, extend_log, fetch_small, put_own_head, sign_head};
 use super::{Client, InitOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result};
 use crate::home::Home;
 use crate::keyfile::Passphrase;
 use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
@@ -376,7 +376,7 @@ impl Client {
         }
         warnings.extend(self.announce_identity(&mut state).await);
         self.store_sync(&state)?;
-        warnings.extend(self.seal_mailbox(&old_vault).await);
+        warnings.extend(self.announce_in_old_mailbox(&old_vault).await?);
         Ok(Revoked {
             name: target.name.as_str().to_owned(),
             device: target.key,
@@ -437,25 +437,40 @@ impl Client {
         }
     }
 
-    /// Writes a final `identity` head (sequence `u64::MAX`) into the old
-    /// mailbox: it points late readers at the log that announces the
-    /// rotation, and nobody, the revoked device included, can move it.
-    async fn seal_mailbox(&self, old: &VaultKey) -> Vec<String> {
-        let mailbox = old.mailbox();
-        let mut heads = Vec::new();
-        match sign_head(&mailbox, identity_slot(), u64::MAX, self.log.state().head()) {
-            Ok(head) => heads.push(head),
-            Err(err) => return vec![err.to_string()],
-        }
+    /// Writes this device's own `id` head into the old mailbox, pointing at
+    /// the log that announces the rotation: devices still reading it find
+    /// their way. The slot is this device's alone, so no other device (the
+    /// revoked one included) can move or freeze it. Fails unless at least
+    /// one relay took it, or when a relay holds a newer head in this
+    /// device's own slot (its key signed elsewhere).
+    async fn announce_in_old_mailbox(&self, old: &VaultKey) -> Result<Vec<String>> {
+        let head = self.identity_head(old)?;
         let relays = self.relay_clients();
+        let results = join_all(relays.iter().map(|relay| put_own_head(relay, &head, "id"))).await;
         let mut warnings = Vec::new();
-        for relay in &relays {
-            for head in &heads {
-                if let Err(err) = relay.put_head(head).await {
-                    warnings.push(format!("{}: sealing the old mailbox: {err}", relay.url()));
+        let mut stored = 0;
+        for (relay, result) in relays.iter().zip(results) {
+            match result {
+                Ok(()) => stored += 1,
+                Err(source @ RelayError::OwnSlotAhead { .. }) => {
+                    return Err(Error::Relay {
+                        url: relay.url().to_owned(),
+                        source,
+                    });
+                }
+                Err(err) => {
+                    warnings.push(format!("{}: announcing the rotation: {err}", relay.url()))
                 }
             }
         }
-        warnings
+        if stored == 0 {
+            return Err(Error::Invalid(format!(
+                "no relay took the rotation's announcement in the old mailbox, so the other \
+                 devices cannot learn of the revocation yet: {}; run `cairn device revoke` \
+                 again once a relay is reachable",
+                warnings.join("; ")
+            )));
+        }
+        Ok(warnings)
     }
 }

@@ -1,37 +1,35 @@
-//! The identity's mailbox on its relays: the identity log (slot `identity`),
-//! a head pointing at its newest entry. (Each device's operation log and
-//! snapshots live in the same mailbox: `client/sync.rs`.)
+//! The identity's mailbox on its relays: the identity log, with each
+//! device's own `id` head pointing at the newest entry it knows. (Each
+//! device's operation log and snapshots live in the same mailbox:
+//! `client/sync.rs`.)
 //!
 //! The mailbox key is derived from the current vault key, so it moves to a
-//! new mailbox when the vault key rotates. A rotation leaves a last head in
-//! the old mailbox, at the highest sequence number there is, pointing at
-//! the log that announces the new generation: devices still reading the old
-//! mailbox find their way, and nobody (a revoked device included) can write
-//! there again.
+//! new mailbox when the vault key rotates. Heads are owned (PROTOCOL.md
+//! §4.9): a device writes only its own slots, so no other device, a stolen
+//! one included, can move or freeze them. A rotating device leaves its own
+//! `id` head in the old mailbox pointing at the log that announces the new
+//! generation: devices still reading the old mailbox find their way.
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
 use cairn_proto::{
-    BlobId, HeadRecord, IdentityLogEntry, SignedRecord, SigningKey, Slot, Timestamp, Verified,
+    BlobId, HeadRecord, IdentityLogEntry, SignedRecord, SigningKey, Slot, Timestamp,
 };
 
 use super::Client;
 use crate::error::{Error, RelayError, Result};
 use crate::identity::IdentityLog;
 use crate::keys::VaultKey;
-use crate::relay::{HeadWrite, RelayClient, RelaySet, unix_now};
+use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role, sign_owned, unix_now};
 
 /// Most identity-log entries fetched in one refresh: a lying relay cannot
 /// keep a client walking forever.
 const MAX_LOG_WALK: usize = 65_536;
 
-pub(super) fn identity_slot() -> Slot {
-    #[allow(clippy::expect_used, reason = "a constant valid slot name")]
-    Slot::new("identity").expect("valid slot")
-}
-
-/// A signed head for `slot` of `mailbox`.
+/// A legacy head for `slot` of `mailbox`, signed by the mailbox key: only
+/// for a pairing rendezvous, whose mailbox key both sides derive from the
+/// code (PROTOCOL.md §10.5).
 pub(super) fn sign_head(
     mailbox: &SigningKey,
     slot: Slot,
@@ -55,21 +53,54 @@ pub(super) fn clients(http: &reqwest::Client, set: &RelaySet) -> Vec<RelayClient
         .collect()
 }
 
-/// The highest valid head in `slot` of `mailbox` on any relay, with the
-/// relays' failures.
-async fn best_heads(
-    relays: &[RelayClient],
-    mailbox: &SigningKey,
-    slot: &Slot,
-) -> Vec<Verified<HeadRecord>> {
+/// Every identity head in `mailbox` on any relay, highest first.
+async fn identity_heads(relays: &[RelayClient], mailbox: &SigningKey) -> Vec<Head> {
     let key = mailbox.verifying_key();
-    let answers = join_all(relays.iter().map(|r| r.get_head(&key, slot))).await;
-    let mut heads: Vec<_> = answers
+    let answers = join_all(relays.iter().map(|r| r.list_heads(&key))).await;
+    let mut heads: Vec<Head> = answers
         .into_iter()
-        .filter_map(|a| a.ok().flatten())
+        .filter_map(|a| a.ok())
+        .flat_map(|(heads, _)| heads)
+        .filter(|h| h.role() == Role::Identity)
         .collect();
     heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
     heads
+}
+
+/// This device's own head for `role`, signed for `mailbox`.
+pub(super) fn sign_own_head(
+    mailbox: &SigningKey,
+    device: &SigningKey,
+    role: Role,
+    seq: u64,
+    target: BlobId,
+) -> Result<SignedRecord> {
+    sign_owned(mailbox, device, role, seq, target).map_err(Error::Invalid)
+}
+
+/// Sends this device's own `head` to `relay`. A relay that already holds
+/// that very head stored it (a retry after a lost answer); one holding a
+/// higher head in this device's own slot is an error, since only this
+/// device's key can write there.
+pub(super) async fn put_own_head(
+    relay: &RelayClient,
+    head: &SignedRecord,
+    role: &'static str,
+) -> Result<(), RelayError> {
+    let sent = Head::from_record(head.clone()).map_err(RelayError::Protocol)?;
+    match relay.put_head(head).await? {
+        HeadWrite::Stored => Ok(()),
+        HeadWrite::Stale(Some(current))
+            if current.seq == sent.seq && current.target == sent.target =>
+        {
+            Ok(())
+        }
+        HeadWrite::Stale(current) => Err(RelayError::OwnSlotAhead {
+            role,
+            stored: current.map_or(sent.seq, |c| c.seq),
+            sent: sent.seq,
+        }),
+    }
 }
 
 /// Fetches a small blob from the first relay that delivers it intact.
@@ -161,7 +192,9 @@ pub(super) async fn find_log_with_root(
     let mut generation = 1;
     loop {
         let mailbox = VaultKey::derive(root, generation).mailbox();
-        for head in best_heads(&relays, &mailbox, &identity_slot()).await {
+        // Every candidate is tried, not just the highest: a head's `seq` is
+        // its writer's claim, and a device that was stolen can claim any.
+        for head in identity_heads(&relays, &mailbox).await {
             let is_new = log.as_ref().is_none_or(|known| {
                 head.target != known.state().head() && head.seq > known.state().last_seq()
             });
@@ -169,10 +202,7 @@ pub(super) async fn find_log_with_root(
                 continue;
             }
             match extend_log(&relays, &root_key, log.as_ref(), head.target).await {
-                Ok(extended) => {
-                    log = Some(extended);
-                    break;
-                }
+                Ok(extended) => log = Some(extended),
                 Err(err) => tracing::warn!(%err, "ignoring an identity head"),
             }
         }
@@ -198,16 +228,24 @@ impl Client {
         clients(&self.http, &self.relays)
     }
 
-    /// Stores the identity log on every relay in the set, with a head in the
-    /// current mailbox. Returns the relays that refused, with why.
-    pub(super) async fn publish_identity(&self) -> Result<Vec<(String, RelayError)>> {
-        let vault = self.current_vault()?;
-        let head = sign_head(
+    /// This device's own `id` head for the log it holds, in `vault`'s
+    /// mailbox.
+    pub(super) fn identity_head(&self, vault: &VaultKey) -> Result<SignedRecord> {
+        sign_own_head(
             &vault.mailbox(),
-            identity_slot(),
+            &self.device.signing,
+            Role::Identity,
             self.log.state().last_seq(),
             self.log.state().head(),
-        )?;
+        )
+    }
+
+    /// Stores the identity log on every relay in the set, with this
+    /// device's `id` head in the current mailbox. Returns the relays that
+    /// refused, with why.
+    pub(super) async fn publish_identity(&self) -> Result<Vec<(String, RelayError)>> {
+        let vault = self.current_vault()?;
+        let head = self.identity_head(&vault)?;
         let relays = self.relay_clients();
         let results = join_all(relays.iter().map(|relay| self.publish_log_to(relay, &head))).await;
         Ok(relays
@@ -229,11 +267,7 @@ impl Client {
                 .put_bytes(&id, Bytes::copy_from_slice(entry), &key, 0)
                 .await?;
         }
-        match relay.put_head(head).await? {
-            HeadWrite::Stored => Ok(()),
-            // Someone published this log or a longer one already.
-            HeadWrite::Stale(_) => Ok(()),
-        }
+        put_own_head(relay, head, "id").await
     }
 
     /// Deletes this device's copies of `id` wherever it has them; failures

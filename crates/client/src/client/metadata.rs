@@ -26,7 +26,8 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
 use super::sync::{
-    MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_slot,
+    Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error,
+    snapshot_candidates,
 };
 use crate::error::Result;
 use crate::relay::{Claimed, RelayClient};
@@ -166,15 +167,13 @@ impl Client {
 
         // The newest snapshot any relay names, and what it covers.
         let mailbox = self.newest_vault()?.mailbox().verifying_key();
-        let listings =
-            futures_util::future::join_all(relays.iter().map(|r| r.list_heads(&mailbox))).await;
-        let slot = snapshot_slot();
-        let snapshot = listings
-            .into_iter()
-            .filter_map(std::result::Result::ok)
-            .flat_map(|(heads, _)| heads)
-            .filter(|head| head.slot == slot)
-            .max_by_key(|head| head.seq);
+        let listings: Vec<Option<Listing>> =
+            futures_util::future::join_all(relays.iter().map(|r| r.list_heads(&mailbox)))
+                .await
+                .into_iter()
+                .map(|answer| answer.ok().map(|(heads, _)| Listing { heads }))
+                .collect();
+        let snapshot = snapshot_candidates(&listings).first().map(|h| (*h).clone());
         let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
         let snapshot = match snapshot {
             Some(head) => match self.fetch_op(relays, &head.target, &keys).await {

@@ -217,12 +217,7 @@ impl Client {
         let _ = self.refresh_identity().await;
         let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
         let mut warnings = Vec::new();
-        let head = super::mailbox::sign_head(
-            &self.current_vault()?.mailbox(),
-            super::mailbox::identity_slot(),
-            self.log.state().last_seq(),
-            self.log.state().head(),
-        )?;
+        let head = self.identity_head(&self.current_vault()?)?;
         if let Err(err) = self.publish_log_to(&relay, &head).await {
             warnings.push(format!(
                 "could not store the identity log there: {err}; other devices will not find it \

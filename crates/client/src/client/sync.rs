@@ -17,13 +17,13 @@ use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
-use cairn_proto::{BlobId, HeadRecord, Operation, SignedRecord, Slot, Verified, VerifyingKey};
+use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::Client;
-use super::mailbox::{identity_slot, sign_head};
+use super::mailbox::{put_own_head, sign_own_head};
 use crate::error::{Error, Result, io_at};
 use crate::home::write_private;
-use crate::relay::{Claimed, Deleted, HeadWrite, RelayClient, unix_now};
+use crate::relay::{Claimed, Deleted, Head, RelayClient, Role, unix_now};
 use crate::seal;
 use crate::sync::{Change, Position, Snapshot, Table, clock_millis, next_clock};
 
@@ -39,25 +39,18 @@ pub(super) const MAX_WALK: usize = 1 << 20;
 /// Findings kept in the state, newest last.
 const MAX_FINDINGS: usize = 100;
 
-pub(super) fn snapshot_slot() -> Slot {
-    #[allow(clippy::expect_used, reason = "a constant valid slot name")]
-    Slot::new("snapshot").expect("valid slot")
-}
+/// How far ahead of this device's clock an operation's clock may be and
+/// still be merged (or a snapshot's be applied). Beyond it the operation
+/// is held: a writer could otherwise stamp `u64::MAX` and win every
+/// last-writer-wins merge for ever (PROTOCOL.md §10.6, "Bounded clocks").
+pub(super) const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 
-/// The slot of `device`'s log: `d-` and the key's base64url form.
-fn device_slot(device: &VerifyingKey) -> Slot {
-    let text = cairn_proto::encode_base64url(&device.to_bytes());
-    #[allow(
-        clippy::expect_used,
-        reason = "base64url of 32 bytes is 43 valid slot characters"
-    )]
-    Slot::new(format!("d-{text}")).expect("valid slot")
-}
-
-fn slot_device(slot: &Slot) -> Option<VerifyingKey> {
-    let text = slot.as_str().strip_prefix("d-")?;
-    let bytes = cairn_proto::decode_base64url(text, 32).ok()?;
-    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+/// The highest hybrid-logical clock this device accepts now.
+pub(super) fn clock_limit() -> u64 {
+    millis_now()
+        .saturating_add(MAX_CLOCK_SKEW_MS)
+        .saturating_mul(1 << 16)
+        .saturating_add(0xffff)
 }
 
 fn millis_now() -> u64 {
@@ -70,8 +63,11 @@ fn millis_now() -> u64 {
 /// What went wrong with a relay or a device, as a sync reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// `stale_head`, `equivocation`, `bad_operation`, `ignored_device` or
-    /// `unreachable`.
+    /// `stale_head`, `equivocation`, `bad_operation`, `ignored_device`,
+    /// `unreachable`, `future_clock` (an operation held until its clock is
+    /// plausible), `implausible_head` (a device's own head claims a
+    /// position its target does not have: a frozen slot) or
+    /// `forked_identity` (two identity logs that do not extend each other).
     pub kind: String,
     /// The relay concerned, if one is.
     pub relay: Option<String>,
@@ -224,9 +220,16 @@ pub struct SyncReport {
     pub findings: Vec<Finding>,
 }
 
-/// Heads a relay listed, by slot.
-struct Listing {
-    heads: BTreeMap<String, Verified<HeadRecord>>,
+/// Heads a relay listed.
+pub(super) struct Listing {
+    pub(super) heads: Vec<Head>,
+}
+
+impl Listing {
+    /// The heads that serve `role`.
+    fn with_role(&self, role: Role) -> impl Iterator<Item = &Head> {
+        self.heads.iter().filter(move |h| h.role() == role)
+    }
 }
 
 /// Claims sent to relays at once by a sync.
@@ -310,12 +313,7 @@ impl Client {
                             republished: 0,
                             error: None,
                         });
-                        listings.push(Some(Listing {
-                            heads: heads
-                                .into_iter()
-                                .map(|h| (h.slot.as_str().to_owned(), h))
-                                .collect(),
-                        }));
+                        listings.push(Some(Listing { heads }));
                     }
                     Err(err) => {
                         reports.push(RelaySync {
@@ -330,7 +328,7 @@ impl Client {
                 }
             }
             let before = self.newest_vault()?.generation;
-            self.advance_identity(&relays, &listings).await?;
+            self.advance_identity(state, &relays, &listings).await?;
             if self.newest_vault()?.generation == before {
                 break (listings, reports);
             }
@@ -350,11 +348,17 @@ impl Client {
         let generation = self.newest_vault()?.generation;
         let moved = state.generation != generation;
         let mut snapshot_applied = false;
-        if let Some(head) = best_snapshot(&listings)
-            && head.seq > state.snapshot
-        {
-            match self.apply_snapshot(state, &relays, &head).await {
-                Ok(applied) => snapshot_applied = applied,
+        // The newest snapshot that opens, not merely the highest head: a
+        // stolen device can name anything in its own snapshot slot.
+        for head in snapshot_candidates(&listings) {
+            if head.seq <= state.snapshot {
+                break;
+            }
+            match self.apply_snapshot(state, &relays, head).await {
+                Ok(applied) => {
+                    snapshot_applied = applied;
+                    break;
+                }
                 Err(err) => state.note(finding(
                     "bad_operation",
                     None,
@@ -375,7 +379,7 @@ impl Client {
             // Acknowledgements were for heads in the old mailbox.
             state.acked.clear();
             if let Some(mine) = state.position(&self.device_key()) {
-                self.publish_head(&relays, &self.device_key(), mine).await;
+                self.publish_own_head(&relays, mine).await;
             }
         }
 
@@ -420,42 +424,89 @@ impl Client {
         })
     }
 
-    /// Follows the highest `identity` head the listings show.
+    /// Follows the identity heads the listings show to the longest log that
+    /// extends this device's, and reports heads that lie about their
+    /// position or lead to a fork. Returns whether the log grew.
     async fn advance_identity(
         &mut self,
+        state: &mut SyncState,
         relays: &[RelayClient],
         listings: &[Option<Listing>],
     ) -> Result<bool> {
-        let slot = identity_slot();
-        let mut heads: Vec<_> = listings
+        let mut heads: Vec<(usize, &Head)> = listings
             .iter()
-            .flatten()
-            .filter_map(|l| l.heads.get(slot.as_str()))
+            .enumerate()
+            .filter_map(|(i, l)| l.as_ref().map(|l| (i, l)))
+            .flat_map(|(i, l)| l.with_role(Role::Identity).map(move |h| (i, h)))
             .collect();
-        heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
-        let last = self.log.state().last_seq();
-        for head in heads {
-            if head.target == self.log.state().head() || head.seq <= last && head.seq != u64::MAX {
+        heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+        let start = self.log.state().last_seq();
+        let mut tried = BTreeSet::new();
+        let mut grew = false;
+        for (index, head) in heads {
+            if !tried.insert(head.target) {
                 continue;
             }
-            match super::mailbox::extend_log(
-                relays,
-                &self.config.root,
-                Some(&self.log),
-                head.target,
-            )
-            .await
+            let known = self.log.position_of(&head.target);
+            let extended = match known {
+                Some(_) => None,
+                None => match super::mailbox::extend_log(
+                    relays,
+                    &self.config.root,
+                    Some(&self.log),
+                    head.target,
+                )
+                .await
+                {
+                    Ok(log) => Some(log),
+                    Err(err) => {
+                        if head.is_owned() {
+                            state.note(finding(
+                                "forked_identity",
+                                Some(relays[index].url()),
+                                head.writer.map(|w| w.to_string()),
+                                format!(
+                                    "names identity entry {}, which does not extend this \
+                                     device's log: {err}",
+                                    head.target
+                                ),
+                            ));
+                        } else {
+                            tracing::warn!(%err, "ignoring an identity head");
+                        }
+                        continue;
+                    }
+                },
+            };
+            if let Some(log) = extended
+                && log.state().last_seq() > self.log.state().last_seq()
             {
-                Ok(log) if log.state().last_seq() > last => {
-                    self.log = log;
-                    self.save_log()?;
-                    return Ok(true);
-                }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(%err, "ignoring an identity head"),
+                self.log = log;
+                self.save_log()?;
+                grew = true;
             }
         }
-        Ok(false)
+        // Only now, with the longest log, can each head's claim be judged:
+        // an owned head's `seq` must be the position of its target.
+        for listing in listings.iter().flatten() {
+            for head in listing.with_role(Role::Identity).filter(|h| h.is_owned()) {
+                if let Some(position) = self.log.position_of(&head.target)
+                    && position != head.seq
+                {
+                    state.note(finding(
+                        "implausible_head",
+                        None,
+                        head.writer.map(|w| w.to_string()),
+                        format!(
+                            "its identity head claims position {} for entry {}, which is at \
+                             position {position}: a frozen or forged slot (a stolen device?)",
+                            head.seq, head.target
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(grew && self.log.state().last_seq() > start)
     }
 
     /// Whether `device` may have written an operation at `clock`: it is in
@@ -530,12 +581,23 @@ impl Client {
         &self,
         state: &mut SyncState,
         relays: &[RelayClient],
-        head: &Verified<HeadRecord>,
+        head: &Head,
     ) -> Result<bool> {
         let keys = self.vault_secrets()?;
         let op = self.fetch_op(relays, &head.target, &keys).await?;
         if !self.may_write(&op.device, op.clock) {
             return Err(Error::Invalid("written by a device that may not".into()));
+        }
+        if head.writer.is_some_and(|writer| writer != op.device) {
+            return Err(Error::Invalid(
+                "a device's snapshot head names another device's operation".into(),
+            ));
+        }
+        if op.clock > clock_limit() || head.seq != op.clock {
+            return Err(Error::Invalid(format!(
+                "its clock {} is not the head's {} or is too far ahead of this device's",
+                op.clock, head.seq
+            )));
         }
         let Change::Snapshot {
             state: blob,
@@ -564,11 +626,15 @@ impl Client {
             .map_err(|err| Error::Invalid(format!("snapshot does not open: {err}")))?;
         let mut snapshot: Snapshot = serde_json::from_slice(&plain)
             .map_err(|err| Error::Invalid(format!("snapshot does not parse: {err}")))?;
+        // Each entry carries its author and clock: one by a device the log
+        // does not allow, or from the future, is dropped as a device's own
+        // operation would be.
+        let limit = clock_limit();
         snapshot
             .table
-            .retain(|device, clock| self.may_write(device, clock));
+            .retain(|device, clock| clock <= limit && self.may_write(device, clock));
         state.table.merge(&snapshot.table);
-        state.clock = state.clock.max(snapshot.clock);
+        state.clock = state.clock.max(snapshot.clock.min(limit));
         for (device, position) in covers {
             let newer = state
                 .devices
@@ -590,16 +656,23 @@ impl Client {
         listings: &[Option<Listing>],
         reports: &mut [RelaySync],
     ) -> usize {
-        // Every device any relay lists, with the heads each relay has.
-        let mut seen: BTreeMap<VerifyingKey, Vec<(usize, &Verified<HeadRecord>)>> = BTreeMap::new();
+        // Every device any relay lists, with the heads each relay has. A
+        // device's own (owned) head, where it has one, is the only word on
+        // its log: a legacy head for it may come from any holder of the
+        // mailbox key, a stolen device included.
+        let mut owned: BTreeMap<VerifyingKey, Vec<(usize, &Head)>> = BTreeMap::new();
+        let mut legacy: BTreeMap<VerifyingKey, Vec<(usize, &Head)>> = BTreeMap::new();
         for (index, listing) in listings.iter().enumerate() {
             let Some(listing) = listing else { continue };
-            for head in listing.heads.values() {
-                if let Some(device) = slot_device(&head.slot) {
-                    seen.entry(device).or_default().push((index, head));
+            for head in &listing.heads {
+                if let Role::Ops(device) = head.role() {
+                    let into = if head.is_owned() { &mut owned } else { &mut legacy };
+                    into.entry(device).or_default().push((index, head));
                 }
             }
         }
+        let mut seen = legacy;
+        seen.extend(owned);
         for key in state.devices.keys() {
             if let Ok(device) = key.parse::<VerifyingKey>() {
                 seen.entry(device).or_default();
@@ -612,6 +685,17 @@ impl Client {
 
         let mut walks = Vec::new();
         for (device, heads) in &seen {
+            if heads.iter().any(|(_, h)| h.is_owned() && h.seq == u64::MAX) {
+                // No log reaches that position: a frozen slot.
+                state.note(finding(
+                    "implausible_head",
+                    None,
+                    Some(device.to_string()),
+                    "its operations head claims position 2^64-1: a frozen slot (a stolen \
+                     device?)"
+                        .into(),
+                ));
+            }
             let known = state.position(device);
             // Two relays holding different operations at one position: the
             // device signed both (or a relay forged a head, which the
@@ -672,7 +756,25 @@ impl Client {
         for ((device, _, _, _, _), result) in walks.iter().zip(results) {
             match result {
                 Ok(ops) => {
+                    let limit = clock_limit();
                     for (position, op) in ops {
+                        if op.clock > limit {
+                            // Held, not merged: the position stays before
+                            // it, so a later sync takes it up once its time
+                            // has come.
+                            state.note(finding(
+                                "future_clock",
+                                None,
+                                Some(device.to_string()),
+                                format!(
+                                    "operation {} is stamped {} ms ahead of this device's \
+                                     clock; held until then",
+                                    position.seq,
+                                    clock_millis(op.clock).saturating_sub(millis_now())
+                                ),
+                            ));
+                            break;
+                        }
                         if !self.may_write(device, op.clock) {
                             state.note(finding(
                                 "ignored_device",
@@ -756,10 +858,18 @@ impl Client {
                         });
                     }
                 }
-                if self
-                    .republish(&relays[index], device, known, theirs.unwrap_or(0))
-                    .await
-                    .is_ok()
+                // Another device's head can only be passed on as it signed
+                // it; this device's own is signed afresh.
+                let envelope = heads
+                    .iter()
+                    .map(|(_, h)| *h)
+                    .find(|h| h.seq == known.seq && h.target == known.op && h.is_owned())
+                    .map(|h| h.envelope.clone());
+                if (envelope.is_some() || *device == self.device_key())
+                    && self
+                        .republish(&relays[index], known, envelope, theirs.unwrap_or(0))
+                        .await
+                        .is_ok()
                 {
                     reports[index].republished += 1;
                 }
@@ -768,13 +878,14 @@ impl Client {
         merged
     }
 
-    /// Sends `relay` the operations of `device` after `from` (from the
-    /// local cache) and a head at `known`.
+    /// Sends `relay` the operations after `from` that lead to `known` (from
+    /// the local cache), then `head` (a device's own head as it signed it)
+    /// or, without one, this device's own head at `known`.
     async fn republish(
         &self,
         relay: &RelayClient,
-        device: &VerifyingKey,
         known: Position,
+        head: Option<SignedRecord>,
         from: u64,
     ) -> Result<()> {
         let keys = self.vault_secrets()?;
@@ -802,34 +913,40 @@ impl Client {
             next = op.prev;
             seq = seq.saturating_sub(1);
         }
-        self.publish_head(std::slice::from_ref(relay), device, known)
-            .await;
+        match head {
+            Some(head) => {
+                relay
+                    .put_head(&head)
+                    .await
+                    .map_err(|source| relay_error(relay, source))?;
+            }
+            None => {
+                self.publish_own_head(std::slice::from_ref(relay), known)
+                    .await;
+            }
+        }
         Ok(())
     }
 
-    /// Writes `device`'s head at `position` to `relays` in the current
-    /// mailbox. Returns how many took it.
-    async fn publish_head(
-        &self,
-        relays: &[RelayClient],
-        device: &VerifyingKey,
-        position: Position,
-    ) -> usize {
+    /// Writes this device's own operations head at `position` to `relays`
+    /// in the current mailbox. Returns how many took it.
+    async fn publish_own_head(&self, relays: &[RelayClient], position: Position) -> usize {
         let Ok(vault) = self.current_vault() else {
             return 0;
         };
-        let Ok(head) = sign_head(
+        let Ok(head) = sign_own_head(
             &vault.mailbox(),
-            device_slot(device),
+            &self.device.signing,
+            Role::Ops(self.device_key()),
             position.seq,
             position.op,
         ) else {
             return 0;
         };
-        join_all(relays.iter().map(|r| r.put_head(&head)))
+        join_all(relays.iter().map(|r| put_own_head(r, &head, "ops")))
             .await
             .into_iter()
-            .filter(|r| matches!(r, Ok(HeadWrite::Stored)))
+            .filter(Result::is_ok)
             .count()
     }
 
@@ -925,7 +1042,13 @@ impl Client {
             seq: op.seq,
             op: id,
         };
-        let head = sign_head(&vault.mailbox(), device_slot(&me), op.seq, id)?;
+        let head = sign_own_head(
+            &vault.mailbox(),
+            &self.device.signing,
+            Role::Ops(me),
+            op.seq,
+            id,
+        )?;
         let sealed = Bytes::from(sealed);
         let relays = self.relay_clients();
         let results = join_all(relays.iter().map(|relay| {
@@ -934,31 +1057,19 @@ impl Client {
             async move {
                 let uploader = self.device.upload_key(relay.key());
                 relay.put_bytes(&id, sealed, &uploader, 0).await?;
-                relay.put_head(&head).await
+                // A relay already holding this very head (a retry after a
+                // lost answer, or one relay listed under two URLs) stored it.
+                put_own_head(relay, &head, "ops").await
             }
         }))
         .await;
         let mut failures = Vec::new();
         for (relay, result) in relays.iter().zip(results) {
-            // The relay already holding this very head (a retry after a lost
-            // answer, or one relay listed under two URLs) stored it.
-            let result = match result {
-                Ok(HeadWrite::Stale(Some(current)))
-                    if current.seq == op.seq && current.target == id =>
-                {
-                    Ok(HeadWrite::Stored)
-                }
-                other => other,
-            };
             match result {
-                Ok(HeadWrite::Stored) => {
+                Ok(()) => {
                     let acked = state.acked.entry(relay.key().to_string()).or_default();
                     *acked = (*acked).max(op.seq);
                 }
-                Ok(HeadWrite::Stale(_)) => failures.push(format!(
-                    "{}: holds a newer head for this device (run `cairn sync`)",
-                    relay.url()
-                )),
                 Err(err) => failures.push(format!("{}: {err}", relay.url())),
             }
         }
@@ -1020,8 +1131,14 @@ impl Client {
         let Some(position) = state.position(&me) else {
             return Ok(());
         };
-        let head = sign_head(&vault.mailbox(), snapshot_slot(), state.clock, position.op)?;
-        join_all(relays.iter().map(|r| r.put_head(&head))).await;
+        let head = sign_own_head(
+            &vault.mailbox(),
+            &self.device.signing,
+            Role::Snapshot,
+            state.clock,
+            position.op,
+        )?;
+        join_all(relays.iter().map(|r| put_own_head(r, &head, "snap"))).await;
         state.snapshot = state.clock;
         state.since_snapshot = 0;
         if let Some(old) = state.my_snapshot.replace(blob.to_string())
@@ -1248,16 +1365,15 @@ impl Client {
                 join_all(relays.iter().map(|r| r.list_heads(&mailbox)))
                     .await
                     .into_iter()
-                    .map(|answer| {
-                        answer.ok().map(|(heads, _)| Listing {
-                            heads: heads
-                                .into_iter()
-                                .map(|h| (h.slot.as_str().to_owned(), h))
-                                .collect(),
-                        })
-                    })
+                    .map(|answer| answer.ok().map(|(heads, _)| Listing { heads }))
                     .collect();
-            if !self.advance_identity(&relays, &listings).await? {
+            let mut state = self.load_sync()?;
+            let noted = state.noted;
+            let advanced = self.advance_identity(&mut state, &relays, &listings).await?;
+            if state.noted != noted {
+                self.save_sync(&state)?;
+            }
+            if !advanced {
                 return Ok(changed);
             }
             changed = true;
@@ -1310,13 +1426,17 @@ fn reports_all_down(reports: &[RelaySync]) -> bool {
     !reports.is_empty() && reports.iter().all(|r| !r.reachable)
 }
 
-/// The highest snapshot head any relay lists.
-fn best_snapshot(listings: &[Option<Listing>]) -> Option<Verified<HeadRecord>> {
-    let slot = snapshot_slot();
-    listings
+/// Every snapshot head any relay lists whose clock is plausible, newest
+/// first (a writer's claim, tried in turn until one opens).
+pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<&Head> {
+    let limit = clock_limit();
+    let mut heads: Vec<&Head> = listings
         .iter()
         .flatten()
-        .filter_map(|l| l.heads.get(slot.as_str()))
-        .max_by_key(|h| h.seq)
-        .cloned()
+        .flat_map(|l| l.with_role(Role::Snapshot))
+        .filter(|h| h.seq <= limit)
+        .collect();
+    heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
+    heads.dedup_by_key(|h| (h.seq, h.target));
+    heads
 }

@@ -11,13 +11,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{
-    AuthToken, BlobId, HeadRecord, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot,
+    AuthToken, BlobId, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot,
     Timestamp, TokenTarget, Verified, VerifyingKey,
 };
 use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method as HttpMethod, StatusCode};
 
+use super::head::Head;
 use crate::error::RelayError;
 
 /// How long upload and delete tokens stay valid (relays accept up to 600 s).
@@ -123,8 +124,9 @@ pub enum AuditOutcome {
 pub enum HeadWrite {
     /// The relay now holds the head.
     Stored,
-    /// The relay holds a head with a sequence number at least as high.
-    Stale(Option<Box<Verified<HeadRecord>>>),
+    /// The relay holds a head with a sequence number at least as high (or,
+    /// for an owned slot, the writer's own head at least as high).
+    Stale(Option<Box<Head>>),
 }
 
 /// A blob a relay answered for.
@@ -604,7 +606,7 @@ impl RelayClient {
         &self,
         mailbox: &VerifyingKey,
         slot: &Slot,
-    ) -> Result<Option<Verified<HeadRecord>>, RelayError> {
+    ) -> Result<Option<Head>, RelayError> {
         let response = match send(self.http.get(self.head_url(mailbox, slot))).await {
             Ok(response) => response,
             Err(err) if err.code() == Some("not_found") => return Ok(None),
@@ -620,7 +622,7 @@ impl RelayClient {
     pub async fn list_heads(
         &self,
         mailbox: &VerifyingKey,
-    ) -> Result<(Vec<Verified<HeadRecord>>, usize), RelayError> {
+    ) -> Result<(Vec<Head>, usize), RelayError> {
         let response = send(self.http.get(format!("{}/v1/heads/{mailbox}", self.url))).await?;
         let body = bounded_body(response, MAX_HEAD_LISTING).await?;
         let json: serde_json::Value = serde_json::from_slice(&body)
@@ -634,8 +636,7 @@ impl RelayClient {
             let head = text
                 .as_str()
                 .and_then(|t| cairn_proto::decode_base64url(t, MAX_SMALL_BODY).ok())
-                .and_then(|bytes| SignedRecord::from_bytes(&bytes).ok())
-                .and_then(|record| record.verify::<HeadRecord>().ok())
+                .and_then(|bytes| Head::from_bytes(&bytes).ok())
                 .filter(|head| &head.mailbox == mailbox);
             match head {
                 Some(head) => heads.push(head),
@@ -645,10 +646,10 @@ impl RelayClient {
         Ok((heads, bad))
     }
 
-    /// Stores a head record (signed by its mailbox key).
+    /// Stores a head: an owned head signed by its writer, or (for pairing
+    /// rendezvous) a legacy head signed by its mailbox key.
     pub async fn put_head(&self, record: &SignedRecord) -> Result<HeadWrite, RelayError> {
-        let head = record
-            .verify::<HeadRecord>()
+        let head = Head::from_record(record.clone())
             .map_err(|err| RelayError::Protocol(format!("refusing to send a bad head: {err}")))?;
         let url = self.head_url(&head.mailbox, &head.slot);
         let request = self
@@ -681,15 +682,8 @@ fn is_absent(err: &RelayError) -> bool {
     matches!(err, RelayError::Refused { status: 404, .. }) || err.code() == Some("not_found")
 }
 
-fn verify_head(
-    bytes: &[u8],
-    mailbox: &VerifyingKey,
-    slot: &Slot,
-) -> Result<Verified<HeadRecord>, RelayError> {
-    let head = SignedRecord::from_bytes(bytes)
-        .map_err(|err| RelayError::Protocol(format!("head record: {err}")))?
-        .verify::<HeadRecord>()
-        .map_err(|err| RelayError::Protocol(format!("head record: {err}")))?;
+fn verify_head(bytes: &[u8], mailbox: &VerifyingKey, slot: &Slot) -> Result<Head, RelayError> {
+    let head = Head::from_bytes(bytes).map_err(RelayError::Protocol)?;
     if &head.mailbox != mailbox || &head.slot != slot {
         return Err(RelayError::Protocol(
             "served a head from another mailbox or slot".into(),

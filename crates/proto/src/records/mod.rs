@@ -10,6 +10,7 @@ mod device;
 mod head;
 mod identity_log;
 mod operation;
+mod owned_head;
 mod receipt;
 mod relay_info;
 
@@ -21,5 +22,6 @@ pub use identity_log::{
     RelayRef, WrappedKey, WrappedSecret,
 };
 pub use operation::{MAX_OPERATION_BODY, Operation};
+pub use owned_head::{OwnedHead, grant, is_owned_slot, owned_label, owned_slot};
 pub use receipt::TransferReceipt;
 pub use relay_info::{FairShareLimits, MAX_PEERS, RelayInfo};

@@ -11,14 +11,17 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cairn_proto::{HeadRecord, SignedRecord, Slot, Verified, VerifyingKey, encode_base64url};
+use cairn_proto::{
+    HeadRecord, OwnedHead, RecordKind, SignedRecord, Slot, VerifyingKey, encode_base64url,
+    is_owned_slot,
+};
 use serde_json::json;
 
 use super::AppState;
 use super::body::read_bounded;
 use super::error::ApiError;
 use crate::store::index::HeadKey;
-use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX};
+use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, NewHead};
 
 /// Largest head body accepted. A head envelope is at most 248 bytes today;
 /// the margin leaves room for a future record version, not for abuse.
@@ -40,24 +43,43 @@ fn parse_slot(text: &str) -> Result<Slot, ApiError> {
     })
 }
 
-/// Decodes and verifies a head envelope and checks that it is for the slot
-/// the path names. Only what passes reaches the store.
-fn verify_for(body: &[u8], key: &HeadKey) -> Result<Verified<HeadRecord>, ApiError> {
+/// Decodes and verifies a head envelope, an owned head (§4.9) or a legacy
+/// one (§4.4), and checks that it is for the slot the path names. Only what
+/// passes reaches the store.
+fn verify_for(body: &[u8], key: &HeadKey) -> Result<NewHead, ApiError> {
     let envelope = SignedRecord::from_bytes(body)
         .map_err(|e| ApiError::bad_record(format!("the body is not a signed record: {e}")))?;
-    let head = envelope
-        .verify::<HeadRecord>()
-        .map_err(|e| ApiError::bad_record(format!("the body is not a valid head record: {e}")))?;
-    if head.mailbox != key.mailbox {
+    let head: NewHead = match envelope.kind() {
+        RecordKind::OwnedHead => envelope
+            .verify::<OwnedHead>()
+            .map_err(|e| ApiError::bad_record(format!("the body is not a valid owned head: {e}")))?
+            .into(),
+        _ => {
+            let head = envelope.verify::<HeadRecord>().map_err(|e| {
+                ApiError::bad_record(format!("the body is not a valid head record: {e}"))
+            })?;
+            // Owned slots are kept for owned heads: otherwise any holder of
+            // the mailbox key could write a writer's slot by this older form.
+            if is_owned_slot(&head.slot) {
+                return Err(ApiError::bad_record(format!(
+                    "slot {:?} is an owned slot: only an owned head signed by its writer may \
+                     be stored there",
+                    head.slot.as_str()
+                )));
+            }
+            head.into()
+        }
+    };
+    if head.key.mailbox != key.mailbox {
         return Err(ApiError::bad_record(format!(
             "the record is for mailbox {}, the path names {}",
-            head.mailbox, key.mailbox
+            head.key.mailbox, key.mailbox
         )));
     }
-    if head.slot != key.slot {
+    if head.key.slot != key.slot {
         return Err(ApiError::bad_record(format!(
             "the record is for slot {:?}, the path names {:?}",
-            head.slot.as_str(),
+            head.key.slot.as_str(),
             key.slot.as_str()
         )));
     }

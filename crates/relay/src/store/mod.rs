@@ -84,7 +84,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
+use cairn_proto::{BlobId, HeadRecord, OwnedHead, RecordKind, Slot, Verified, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
@@ -212,6 +212,57 @@ pub(crate) enum InsertOutcome {
     RelayFull,
     /// Refused: the owner's quota is exhausted.
     QuotaExceeded,
+}
+
+/// A verified head on its way to the store: what the store needs of a
+/// legacy head (signed by its mailbox key, docs/PROTOCOL.md §4.4) or of an
+/// owned head (signed by the writer whose slot it is, §4.9).
+#[derive(Clone, Debug)]
+pub(crate) struct NewHead {
+    pub(crate) key: HeadKey,
+    pub(crate) seq: u64,
+    pub(crate) envelope: Vec<u8>,
+    owned: bool,
+}
+
+impl From<Verified<HeadRecord>> for NewHead {
+    fn from(head: Verified<HeadRecord>) -> Self {
+        Self {
+            key: HeadKey {
+                mailbox: head.mailbox,
+                slot: head.slot.clone(),
+            },
+            seq: head.seq,
+            envelope: head.envelope().to_bytes(),
+            owned: false,
+        }
+    }
+}
+
+impl From<Verified<OwnedHead>> for NewHead {
+    fn from(head: Verified<OwnedHead>) -> Self {
+        Self {
+            key: HeadKey {
+                mailbox: head.mailbox,
+                slot: head.slot.clone(),
+            },
+            seq: head.seq,
+            envelope: head.envelope().to_bytes(),
+            owned: true,
+        }
+    }
+}
+
+impl NewHead {
+    /// Whether this head replaces the stored one (`seq`, `envelope`): it is
+    /// newer, or it is an owned head and the stored one is not. The second
+    /// case is a legacy head put in an owned slot's name before this relay
+    /// refused that; it proves nothing about the slot's writer, so its
+    /// `seq` must not lock the writer out. The one rule both backends apply.
+    pub(crate) fn replaces(&self, seq: u64, envelope: &[u8]) -> bool {
+        let stored_owned = envelope.get(1) == Some(&RecordKind::OwnedHead.code());
+        self.seq > seq || (self.owned && !stored_owned)
+    }
 }
 
 /// What became of a head handed to the store.
@@ -806,7 +857,7 @@ impl Store {
     /// not the future is polled to completion.
     pub(crate) async fn put_head(
         &self,
-        head: Verified<HeadRecord>,
+        head: NewHead,
         now: u64,
     ) -> Result<HeadOutcome, StoreError> {
         match &self.backend {

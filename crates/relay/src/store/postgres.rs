@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use cairn_proto::{BlobId, HeadRecord, Slot, Verified, VerifyingKey};
+use cairn_proto::{BlobId, Slot, VerifyingKey};
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -35,7 +35,9 @@ pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
-use super::{ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, StoreError};
+use super::{
+    ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, NewHead, StoreError,
+};
 use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
@@ -767,13 +769,13 @@ impl Index {
     /// row lock makes concurrent PUTs of one slot take turns.
     pub(crate) async fn put_head(
         &self,
-        head: &Verified<HeadRecord>,
+        head: &NewHead,
         now: u64,
         max_heads: u64,
     ) -> Result<HeadOutcome, StoreError> {
-        let mailbox = head.mailbox.to_bytes();
-        let slot = head.slot.as_str();
-        let envelope = head.envelope().to_bytes();
+        let mailbox = head.key.mailbox.to_bytes();
+        let slot = head.key.slot.as_str();
+        let envelope = &head.envelope;
         // A new slot is inserted without a lock to wait on; if another
         // process inserted it meanwhile, start over and compare with it.
         for _attempt in 0..3 {
@@ -789,11 +791,12 @@ impl Index {
             .await?;
             if let Some(row) = stored {
                 let seq = seq_from_db(row.get(0));
-                let outcome = if head.seq <= seq {
+                let stored: Vec<u8> = row.get(2);
+                let outcome = if !head.replaces(seq, &stored) {
                     // The refusal shows the stored head: an access.
                     HeadOutcome::Stale {
                         seq,
-                        current: row.get(2),
+                        current: stored,
                     }
                 } else {
                     HeadOutcome::Replaced
@@ -808,7 +811,7 @@ impl Index {
                             &mailbox.as_slice(),
                             &slot,
                             &seq_to_db(head.seq),
-                            &envelope,
+                            envelope,
                             &int(now),
                         ],
                         "write head",
@@ -858,7 +861,7 @@ impl Index {
                     &slot,
                     &seq_to_db(head.seq),
                     &int(now),
-                    &envelope,
+                    envelope,
                 ],
                 "write head",
             )

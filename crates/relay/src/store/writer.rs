@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use cairn_proto::{BlobId, HeadRecord, Verified, VerifyingKey};
+use cairn_proto::{BlobId, VerifyingKey};
 use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,7 +31,7 @@ use super::index::{
 };
 use super::{
     ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_OWNERS,
-    MAX_SLOTS_PER_MAILBOX, Source, SpentToken, Staged, StoreError, StoreStats,
+    MAX_SLOTS_PER_MAILBOX, NewHead, Source, SpentToken, Staged, StoreError, StoreStats,
 };
 
 /// Most operations applied in one transaction.
@@ -104,7 +104,7 @@ pub(crate) enum WriteOp {
     /// and the write happen in one transaction, so of two concurrent PUTs
     /// only one can win.
     PutHead {
-        head: Verified<HeadRecord>,
+        head: NewHead,
         now: u64,
         reply: oneshot::Sender<Result<HeadOutcome, StoreError>>,
     },
@@ -1138,15 +1138,15 @@ impl<'txn> Tables<'txn> {
     /// is above the stored one. Either way the slot was accessed at `now`.
     fn put_head(
         &mut self,
-        head: &Verified<HeadRecord>,
+        head: &NewHead,
         now: u64,
         max_heads: u64,
     ) -> Result<HeadOutcome, StoreError> {
-        let mailbox = head.mailbox.to_bytes();
-        let slot = head.slot.as_str();
+        let mailbox = head.key.mailbox.to_bytes();
+        let slot = head.key.slot.as_str();
         let stored = self.head(mailbox, slot)?;
         let outcome = match &stored {
-            Some(current) if head.seq <= current.seq => {
+            Some(current) if !head.replaces(current.seq, &current.envelope) => {
                 // The refusal shows the client the stored head: a read, and
                 // so an access.
                 if now > current.last_access {
@@ -1176,7 +1176,7 @@ impl<'txn> Tables<'txn> {
         let new = StoredHead {
             seq: head.seq,
             last_access: stored.as_ref().map_or(now, |old| old.last_access.max(now)),
-            envelope: head.envelope().to_bytes(),
+            envelope: head.envelope.clone(),
         };
         self.write_head(mailbox, slot, stored.as_ref(), &new)?;
         Ok(outcome)
@@ -1281,7 +1281,7 @@ struct StoredHead {
 mod tests {
     use std::collections::BTreeMap;
 
-    use cairn_proto::{SignedRecord, SigningKey, Slot, Timestamp};
+    use cairn_proto::{HeadRecord, SignedRecord, SigningKey, Slot, Timestamp};
 
     use super::*;
 
@@ -1303,7 +1303,7 @@ mod tests {
         }
     }
 
-    fn head(key: &SigningKey, slot: &str, seq: u64) -> Verified<HeadRecord> {
+    fn head(key: &SigningKey, slot: &str, seq: u64) -> NewHead {
         let record = HeadRecord {
             mailbox: key.verifying_key(),
             slot: Slot::new(slot).unwrap(),
@@ -1312,7 +1312,7 @@ mod tests {
             timestamp: Timestamp(seq),
         };
         let envelope = SignedRecord::sign(&record, key).unwrap();
-        envelope.verify().unwrap()
+        envelope.verify::<HeadRecord>().unwrap().into()
     }
 
     /// (mailbox, slot) → (seq, last access, envelope): what the tables
@@ -1387,12 +1387,12 @@ mod tests {
                                     }
                                 }
                                 Some(stored) => {
-                                    *stored = (h.seq, stored.1.max(now), h.envelope().to_bytes());
+                                    *stored = (h.seq, stored.1.max(now), h.envelope.clone());
                                     HeadOutcome::Replaced
                                 }
                                 None if count >= max_heads => HeadOutcome::RelayFull,
                                 None => {
-                                    model.insert(row, (h.seq, now, h.envelope().to_bytes()));
+                                    model.insert(row, (h.seq, now, h.envelope.clone()));
                                     HeadOutcome::Created
                                 }
                             };
