@@ -15,6 +15,7 @@ mod faults;
 mod interop;
 mod manuals;
 mod readme;
+mod stolen;
 mod storage;
 mod sync;
 mod transfers;

@@ -269,6 +269,14 @@ impl Client {
         self.device.upload_key(relay)
     }
 
+    /// This device's signing key, as a thief holding the unlocked device
+    /// has it. For tools that must act as this device outside the client's
+    /// rules, such as tests of what a stolen device can do.
+    #[doc(hidden)]
+    pub fn device_signing_key(&self) -> &cairn_proto::SigningKey {
+        &self.device.signing
+    }
+
     /// This device's name.
     pub fn device_name(&self) -> &str {
         &self.config.device_name

@@ -486,27 +486,53 @@ impl Client {
                 grew = true;
             }
         }
-        // Only now, with the longest log, can each head's claim be judged:
-        // an owned head's `seq` must be the position of its target.
-        for listing in listings.iter().flatten() {
-            for head in listing.with_role(Role::Identity).filter(|h| h.is_owned()) {
-                if let Some(position) = self.log.position_of(&head.target)
-                    && position != head.seq
-                {
+        // Only now, with the longest log, can each head's claim be judged.
+        for (index, listing) in listings.iter().enumerate() {
+            let Some(listing) = listing else { continue };
+            for head in &listing.heads {
+                if let Some(detail) = self.implausible(head) {
                     state.note(finding(
                         "implausible_head",
-                        None,
+                        Some(relays[index].url()),
                         head.writer.map(|w| w.to_string()),
-                        format!(
-                            "its identity head claims position {} for entry {}, which is at \
-                             position {position}: a frozen or forged slot (a stolen device?)",
-                            head.seq, head.target
-                        ),
+                        detail,
                     ));
                 }
             }
         }
         Ok(grew && self.log.state().last_seq() > start)
+    }
+
+    /// Why `head`, listed in the mailbox this device reads, cannot be true,
+    /// if it cannot. No log, operation sequence or clock reaches 2^64-1 (the
+    /// previous release wrote that only into a mailbox it left, which is
+    /// never the one read); an owned identity head's `seq` must be the
+    /// position of its target. Either is a frozen or forged slot: written
+    /// by its owner's key, or, for a legacy head, by anyone holding the
+    /// mailbox key.
+    fn implausible(&self, head: &Head) -> Option<String> {
+        let by = match head.writer {
+            Some(_) => "its own",
+            None => "a legacy (mailbox-signed)",
+        };
+        if head.seq == u64::MAX {
+            return Some(format!(
+                "{by} head in slot {} claims position 2^64-1: a frozen slot (a stolen device?)",
+                head.slot
+            ));
+        }
+        if head.is_owned()
+            && head.role() == Role::Identity
+            && let Some(position) = self.log.position_of(&head.target)
+            && position != head.seq
+        {
+            return Some(format!(
+                "{by} identity head claims position {} for entry {}, which is at position \
+                 {position}: a forged slot (a stolen device?)",
+                head.seq, head.target
+            ));
+        }
+        None
     }
 
     /// Whether `device` may have written an operation at `clock`: it is in
@@ -685,17 +711,6 @@ impl Client {
 
         let mut walks = Vec::new();
         for (device, heads) in &seen {
-            if heads.iter().any(|(_, h)| h.is_owned() && h.seq == u64::MAX) {
-                // No log reaches that position: a frozen slot.
-                state.note(finding(
-                    "implausible_head",
-                    None,
-                    Some(device.to_string()),
-                    "its operations head claims position 2^64-1: a frozen slot (a stolen \
-                     device?)"
-                        .into(),
-                ));
-            }
             let known = state.position(device);
             // Two relays holding different operations at one position: the
             // device signed both (or a relay forged a head, which the

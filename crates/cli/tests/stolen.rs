@@ -1,0 +1,303 @@
+//! A stolen device against its own revocation (PROTOCOL.md §4.9, §10.4;
+//! THREAT-MODEL.md, "A stolen device").
+//!
+//! The thief holds everything the phone holds: its device key and the
+//! vault key of the current generation, from which the mailbox key is
+//! derived. Before the laptop revokes the phone, the thief freezes every
+//! head it can write on every relay at `seq = 2^64-1` and tries to write
+//! the heads it cannot. The revocation must still reach the desktop.
+
+use cairn_client::proto::{
+    BlobId, HeadRecord, OwnedHead, RecordKind, Record as _, SignedRecord, SigningKey, Slot,
+    Timestamp, VerifyingKey, head_grant, owned_slot,
+};
+use cairn_client::relay::{Head, HeadWrite, RelayClient};
+use cairn_client::{Client, Home, Passphrase};
+
+use crate::common::{Device, PASSPHRASE, Relay, data_with_marker};
+use crate::devices::pair;
+
+fn open(device: &Device) -> Client {
+    Client::open(Home::at(device.home()), &Passphrase::new(PASSPHRASE)).unwrap()
+}
+
+fn legacy(mailbox: &SigningKey, slot: &str, seq: u64, target: BlobId) -> SignedRecord {
+    let head = HeadRecord {
+        mailbox: mailbox.verifying_key(),
+        slot: Slot::new(slot).unwrap(),
+        seq,
+        target,
+        timestamp: Timestamp(1),
+    };
+    SignedRecord::sign(&head, mailbox).unwrap()
+}
+
+/// An owned head for `slot` signed by `writer`, whatever slot it is: the
+/// payload is signed raw, so the client's own checks do not stop it.
+fn owned_raw(mailbox: &SigningKey, writer: &SigningKey, slot: Slot, seq: u64) -> SignedRecord {
+    let head = OwnedHead {
+        mailbox: mailbox.verifying_key(),
+        slot,
+        seq,
+        target: BlobId::of(b"whatever the thief likes"),
+        timestamp: Timestamp(1),
+        grant: head_grant(mailbox, &writer.verifying_key()),
+    };
+    SignedRecord::sign_raw(RecordKind::OwnedHead, head.to_payload(), writer).unwrap()
+}
+
+fn legacy_device_slot(device: &VerifyingKey) -> String {
+    format!(
+        "d-{}",
+        cairn_client::proto::encode_base64url(&device.to_bytes())
+    )
+}
+
+/// What the thief managed: heads stored, and heads the relays refused.
+#[derive(Default, Debug)]
+struct Freeze {
+    frozen: usize,
+    refused_others: usize,
+    stored_others: usize,
+}
+
+/// Freezes every head the thief can write in `mailbox` on `relay` and tries
+/// to move every other device's own heads.
+async fn freeze(
+    relay: &RelayClient,
+    mailbox: &SigningKey,
+    thief: &SigningKey,
+    devices: &[VerifyingKey],
+    out: &mut Freeze,
+) {
+    let (heads, _) = relay.list_heads(&mailbox.verifying_key()).await.unwrap();
+    let me = thief.verifying_key();
+    for head in &heads {
+        match head.writer {
+            // The thief's own slots: re-signed at the highest seq there is,
+            // keeping their targets, as the attack did.
+            Some(writer) if writer == me => {
+                let label = head.slot.as_str().rsplit('-').next().unwrap();
+                let record = OwnedHead {
+                    mailbox: mailbox.verifying_key(),
+                    slot: owned_slot(&mailbox.verifying_key(), &me, label).unwrap(),
+                    seq: u64::MAX,
+                    target: head.target,
+                    timestamp: Timestamp(1),
+                    grant: head_grant(mailbox, &me),
+                };
+                let signed = SignedRecord::sign(&record, thief).unwrap();
+                assert!(matches!(
+                    relay.put_head(&signed).await.unwrap(),
+                    HeadWrite::Stored
+                ));
+                out.frozen += 1;
+            }
+            // Another device's own slot: as an owned head signed by the
+            // thief, and as a legacy head signed by the mailbox key.
+            Some(_) => {
+                for record in [
+                    owned_raw(mailbox, thief, head.slot.clone(), u64::MAX),
+                    legacy_raw(mailbox, &head.slot),
+                ] {
+                    match put_raw(relay, mailbox, &head.slot, &record).await {
+                        400 => out.refused_others += 1,
+                        _ => out.stored_others += 1,
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    // Every legacy slot the previous release used, frozen with the mailbox
+    // key (relays still take legacy heads outside owned slots).
+    let target = heads.first().map_or(BlobId::of(b"x"), |h| h.target);
+    let mut slots = vec!["identity".to_owned(), "snapshot".to_owned()];
+    slots.extend(devices.iter().map(legacy_device_slot));
+    for slot in slots {
+        let head = legacy(mailbox, &slot, u64::MAX, target);
+        assert!(matches!(
+            relay.put_head(&head).await.unwrap(),
+            HeadWrite::Stored
+        ));
+        out.frozen += 1;
+    }
+}
+
+fn legacy_raw(mailbox: &SigningKey, slot: &Slot) -> SignedRecord {
+    let head = HeadRecord {
+        mailbox: mailbox.verifying_key(),
+        slot: slot.clone(),
+        seq: u64::MAX,
+        target: BlobId::of(b"x"),
+        timestamp: Timestamp(1),
+    };
+    SignedRecord::sign_raw(RecordKind::Head, head.to_payload(), mailbox).unwrap()
+}
+
+/// PUTs envelope bytes as they are; the status.
+async fn put_raw(
+    relay: &RelayClient,
+    mailbox: &SigningKey,
+    slot: &Slot,
+    record: &SignedRecord,
+) -> u16 {
+    reqwest::Client::new()
+        .put(format!(
+            "{}/v1/heads/{}/{}",
+            relay.url(),
+            mailbox.verifying_key(),
+            slot.as_str()
+        ))
+        .body(record.to_bytes())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_device_cannot_stop_its_revocation() {
+    let relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&relays.iter().collect::<Vec<_>>()).await;
+    let (desktop, phone) = (Device::new(), Device::new());
+    for device in [&desktop, &phone] {
+        let (approve, join) = pair(&laptop, device, &relays[0], false, "30").await;
+        approve.json();
+        join.json();
+    }
+    laptop.put_data("before", &data_with_marker(10_000, b"before")).await;
+    phone.put_data("phone's", &data_with_marker(10_000, b"phone's")).await;
+    for device in [&desktop, &phone] {
+        device.run(&["sync"]).await.ok();
+    }
+
+    // The thief, with the phone in hand, freezes everything it can.
+    let stolen = open(&phone);
+    let mailbox = stolen.vault_keys().unwrap().pop().unwrap().mailbox();
+    let thief = stolen.device_signing_key().clone();
+    let devices: Vec<VerifyingKey> = stolen
+        .identity()
+        .state()
+        .devices()
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(devices.len(), 3);
+    let http = reqwest::Client::new();
+    let mut freeze_report = Freeze::default();
+    for relay in &relays {
+        let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
+        freeze(&client, &mailbox, &thief, &devices, &mut freeze_report).await;
+    }
+    // On each relay: the phone's own operations head and five legacy slots.
+    assert!(freeze_report.frozen >= 3 * 6, "{freeze_report:?}");
+    assert!(freeze_report.refused_others > 0, "{freeze_report:?}");
+    assert_eq!(freeze_report.stored_others, 0, "{freeze_report:?}");
+
+    // The laptop revokes the phone: no warning, no failure.
+    // (The pairing helper names every joiner "phone": revoke by key.)
+    let phone_key = stolen.device_key().to_string();
+    let revoke = laptop
+        .run(&["device", "revoke", &phone_key, "--json"])
+        .await;
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    let revoked = revoke.json();
+    assert_eq!(revoked["generation"], 2);
+    assert_eq!(revoked["warnings"].as_array().map_or(0, Vec::len), 0, "{revoked}");
+
+    // The desktop's next sync reports the revocation and the frozen slots.
+    let sync = desktop.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    let report = sync.json();
+    let list = desktop.run(&["device", "list", "--json"]).await.json();
+    let keys: Vec<&str> = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{list}");
+    assert!(!keys.contains(&phone_key.as_str()), "{list}");
+    assert_eq!(list["revoked"].as_array().unwrap().len(), 1, "{list}");
+    let findings = desktop.run(&["status", "--json"]).await.json();
+    let kinds: Vec<String> = findings["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "implausible_head"),
+        "the frozen slots are reported: {report} {findings}"
+    );
+
+    // What the desktop stores next is sealed to generation 2, which the
+    // phone's keys do not open.
+    let id = desktop
+        .put_data("after", &data_with_marker(10_000, b"after the revocation"))
+        .await;
+    let sealed = reqwest::get(format!("{}/v1/blobs/{id}", relays[1].url()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let phone_keys: Vec<_> = stolen.vault_keys().unwrap().into_iter().map(|k| k.secret).collect();
+    assert!(cairn_client::seal::open_bytes(&sealed, &phone_keys).is_err());
+    let desktop_keys: Vec<_> = open(&desktop)
+        .vault_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.secret)
+        .collect();
+    assert!(cairn_client::seal::open_bytes(&sealed, &desktop_keys).is_ok());
+
+    // The phone's later writes reach nobody: in the new mailbox the relays
+    // refuse it (it has no grant there), and what it writes in the old one
+    // no device reads.
+    let new_mailbox = open(&desktop).vault_keys().unwrap().pop().unwrap().mailbox();
+    let forged = OwnedHead {
+        mailbox: new_mailbox.verifying_key(),
+        slot: owned_slot(&new_mailbox.verifying_key(), &thief.verifying_key(), "ops").unwrap(),
+        seq: 1,
+        target: BlobId::of(b"forged"),
+        timestamp: Timestamp(1),
+        grant: head_grant(&mailbox, &thief.verifying_key()),
+    };
+    let forged = SignedRecord::sign_raw(RecordKind::OwnedHead, forged.to_payload(), &thief).unwrap();
+    for relay in &relays {
+        let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
+        let slot = Head::from_record(forged.clone()).map(|h| h.slot);
+        assert!(slot.is_err(), "the forged grant does not verify");
+        let status = put_raw(
+            &client,
+            &new_mailbox,
+            &owned_slot(&new_mailbox.verifying_key(), &thief.verifying_key(), "ops").unwrap(),
+            &forged,
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+    // Refused as revoked, or stored where nobody reads: either way the
+    // desktop does not list it.
+    let src = phone.dir.path().join("from-the-thief");
+    std::fs::write(&src, b"the thief's").unwrap();
+    phone.run(&["put", src.to_str().unwrap()]).await;
+    desktop.run(&["sync"]).await.ok();
+    let ls = desktop.run(&["ls", "--json"]).await.json();
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["name"] != "from-the-thief"),
+        "{ls}"
+    );
+}
