@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use cairn_proto::{
-    BlobId, HeadRecord, Record as _, RecordKind, SignedRecord, SigningKey, Slot, Timestamp,
-    VerifyingKey, decode_base64url,
+    BlobId, HeadRecord, OwnedHead, Record as _, RecordKind, SignedRecord, SigningKey, Slot,
+    Timestamp, VerifyingKey, decode_base64url, head_grant, owned_slot,
 };
 use cairn_testkit::key;
 use futures_util::StreamExt as _;
@@ -26,7 +26,7 @@ fn record(mailbox: &VerifyingKey, slot: &str, seq: u64) -> HeadRecord {
         slot: Slot::new(slot).unwrap(),
         seq,
         target: BlobId::of(format!("{slot}/{seq}").as_bytes()),
-        timestamp: Timestamp(1_790_000_000 + seq),
+        timestamp: Timestamp(1_790_000_000_u64.saturating_add(seq)),
     }
 }
 
@@ -529,4 +529,100 @@ async fn head_routes_are_rate_limited_and_counted_by_route() {
     }
     // No label names a mailbox.
     assert!(!metrics.contains(&mk.to_string()));
+}
+
+/// An owned head (PROTOCOL.md §4.9) of `writer` for `label`, granted by
+/// `grantor` (the mailbox key, unless a test forges it), signed raw so that
+/// a test can send what the client's checks would stop.
+fn owned(
+    mailbox: &VerifyingKey,
+    slot: &Slot,
+    grantor: &SigningKey,
+    writer: &SigningKey,
+    seq: u64,
+) -> Vec<u8> {
+    let record = OwnedHead {
+        mailbox: *mailbox,
+        slot: slot.clone(),
+        seq,
+        target: BlobId::of(format!("{slot:?}/{seq}").as_bytes()),
+        timestamp: Timestamp(1_790_000_000),
+        grant: head_grant(grantor, &writer.verifying_key()),
+    };
+    SignedRecord::sign_raw(RecordKind::OwnedHead, record.to_payload(), writer)
+        .unwrap()
+        .to_bytes()
+}
+
+/// A writer keeps its own slot; every other holder of the mailbox key, a
+/// stolen device included, is refused there, by either head form; a key
+/// the mailbox key never granted is refused everywhere.
+#[tokio::test]
+async fn an_owned_slot_takes_heads_from_its_writer_alone() {
+    let relay = TestRelay::start().await;
+    let mailbox = key("mailbox");
+    let mk = mailbox.verifying_key();
+    let (laptop, thief, stranger) = (key("laptop"), key("stolen phone"), key("stranger"));
+    let slot = owned_slot(&mk, &laptop.verifying_key(), "id").unwrap();
+    let url = relay.head_url(&mk, slot.as_str());
+
+    let first = relay
+        .put_head_at(url.clone(), owned(&mk, &slot, &mailbox, &laptop, 3))
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+
+    // The thief holds the mailbox key, so it can grant itself; the slot is
+    // still not its own.
+    assert_error(
+        relay
+            .put_head_at(url.clone(), owned(&mk, &slot, &mailbox, &thief, u64::MAX))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_record",
+    )
+    .await;
+    // Nor can it use the legacy form, signed by the mailbox key.
+    let legacy = record(&mk, slot.as_str(), u64::MAX);
+    let legacy = SignedRecord::sign_raw(RecordKind::Head, legacy.to_payload(), &mailbox)
+        .unwrap()
+        .to_bytes();
+    assert_error(
+        relay.put_head_at(url.clone(), legacy).await,
+        StatusCode::BAD_REQUEST,
+        "bad_record",
+    )
+    .await;
+    // A key without the mailbox's grant cannot open a slot of its own.
+    let own = owned_slot(&mk, &stranger.verifying_key(), "id").unwrap();
+    assert_error(
+        relay
+            .put_head_at(
+                relay.head_url(&mk, own.as_str()),
+                owned(&mk, &own, &stranger, &stranger, 1),
+            )
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_record",
+    )
+    .await;
+
+    // The writer's head is untouched, and it moves on as before.
+    let got = relay.get_head(&mk, slot.as_str()).await;
+    assert_eq!(
+        got.bytes().await.unwrap().as_ref(),
+        owned(&mk, &slot, &mailbox, &laptop, 3).as_slice()
+    );
+    let newer = relay
+        .put_head_at(url.clone(), owned(&mk, &slot, &mailbox, &laptop, 4))
+        .await;
+    assert_eq!(newer.status(), StatusCode::OK);
+    assert_error(
+        relay
+            .put_head_at(url, owned(&mk, &slot, &mailbox, &laptop, 4))
+            .await,
+        StatusCode::CONFLICT,
+        "stale_head",
+    )
+    .await;
+    assert_eq!(relay.list_heads(&mk).await.len(), 1);
 }

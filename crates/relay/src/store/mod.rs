@@ -1145,3 +1145,55 @@ fn finish_pending_unlinks(db: &redb::Database, files: &BlobFiles) -> Result<usiz
     txn.commit().map_err(redb::Error::from)?;
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::{SignedRecord, SigningKey, Timestamp, head_grant, owned_slot};
+
+    use super::*;
+
+    fn key(byte: u8) -> SigningKey {
+        SigningKey::from_seed(&[byte; 32])
+    }
+
+    /// A legacy head put under an owned slot's name before relays refused
+    /// that (by anyone holding the mailbox key) cannot lock the slot's
+    /// writer out, whatever its `seq`; an owned head at a higher `seq` is
+    /// a stale write as ever.
+    #[test]
+    fn an_owned_head_replaces_a_legacy_one_in_its_slot_whatever_the_seq() {
+        let (mailbox, writer) = (key(1), key(2));
+        let slot = owned_slot(&mailbox.verifying_key(), &writer.verifying_key(), "id").unwrap();
+        let owned = OwnedHead {
+            mailbox: mailbox.verifying_key(),
+            slot: slot.clone(),
+            seq: 5,
+            target: BlobId::of(b"entry"),
+            timestamp: Timestamp(1),
+            grant: head_grant(&mailbox, &writer.verifying_key()),
+        };
+        let new: NewHead = SignedRecord::sign(&owned, &writer)
+            .unwrap()
+            .verify::<OwnedHead>()
+            .unwrap()
+            .into();
+        let planted = SignedRecord::sign(
+            &HeadRecord {
+                mailbox: mailbox.verifying_key(),
+                slot,
+                seq: u64::MAX,
+                target: BlobId::of(b"x"),
+                timestamp: Timestamp(1),
+            },
+            &mailbox,
+        )
+        .unwrap()
+        .to_bytes();
+        assert!(new.replaces(u64::MAX, &planted));
+        let higher = SignedRecord::sign(&OwnedHead { seq: 9, ..owned }, &writer)
+            .unwrap()
+            .to_bytes();
+        assert!(!new.replaces(9, &higher));
+        assert!(new.replaces(4, &higher));
+    }
+}
