@@ -301,3 +301,73 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         "{ls}"
     );
 }
+
+/// An operation stamped far in the future does not win a merge: a device
+/// (here a stolen one, before its revocation) that removes a file at clock
+/// `u64::MAX` would otherwise shadow every later write of that name for
+/// ever. The reader holds it and says so; the laptop's later write stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
+    use cairn_client::proto::Operation;
+    use cairn_client::relay::{Role, sign_owned};
+    use cairn_client::sync::Change;
+
+    let relay = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relay]).await;
+    let phone = Device::new();
+    let (approve, join) = pair(&laptop, &phone, &relay, false, "30").await;
+    approve.json();
+    join.json();
+    phone.put_data("phone's", b"so that it has a log").await;
+
+    // The phone's next operation: a removal of "doc", stamped 2^64-1.
+    let stolen = open(&phone);
+    let me = stolen.device_key();
+    let vault = stolen.vault_keys().unwrap().pop().unwrap();
+    let mailbox = vault.mailbox();
+    let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
+    let (heads, _) = client.list_heads(&mailbox.verifying_key()).await.unwrap();
+    let mine = heads
+        .iter()
+        .find(|h| h.writer == Some(me) && h.role() == Role::Ops(me))
+        .unwrap();
+    let op = Operation {
+        device: me,
+        seq: mine.seq + 1,
+        prev: Some(mine.target),
+        clock: u64::MAX,
+        body: Change::Remove { name: "doc".into() }.to_body(),
+    };
+    let signed = SignedRecord::sign(&op, stolen.device_signing_key()).unwrap();
+    let (id, sealed) =
+        cairn_client::seal::seal_bytes(&signed.to_bytes(), &vault.secret.public()).unwrap();
+    client
+        .put_bytes(&id, sealed.into(), &stolen.upload_key(&relay.handle().key()), 0)
+        .await
+        .unwrap();
+    let head = sign_owned(&mailbox, stolen.device_signing_key(), Role::Ops(me), op.seq, id)
+        .unwrap();
+    assert!(matches!(client.put_head(&head).await.unwrap(), HeadWrite::Stored));
+
+    // The laptop writes "doc" afterwards, at its own (true) clock.
+    laptop.put_data("doc", b"the laptop's document").await;
+    let sync = laptop.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    let report = sync.json();
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "future_clock" && f["device"] == me.to_string()),
+        "{report}"
+    );
+    let ls = laptop.run(&["ls", "--json"]).await.json();
+    assert!(
+        ls.as_array().unwrap().iter().any(|f| f["name"] == "doc"),
+        "the held removal did not win: {ls}"
+    );
+    assert_eq!(laptop.get_data("doc").await, b"the laptop's document");
+}
