@@ -81,6 +81,7 @@ pub(crate) async fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCo
             "the root key is not on this device",
         ));
     }
+    findings.extend(device_findings(client)?);
     let checks = client.check_relays(None).await?;
     findings.extend(relay_findings(client, &checks));
     let failed = findings.iter().any(|f| f.status == Status::Fail);
@@ -109,6 +110,68 @@ fn render(findings: &[Finding]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// What syncs found of devices that signed what no honest device signs: a
+/// frozen or forged head in its own slot, two histories, or an identity
+/// log that forks. A device still enrolled after that is most likely in
+/// someone else's hands.
+fn device_findings(client: &Client) -> anyhow::Result<Vec<Finding>> {
+    const MISBEHAVIOUR: [&str; 3] = ["implausible_head", "forked_identity", "equivocation"];
+    let devices = client.identity().state().devices();
+    let mut suspects: Vec<String> = Vec::new();
+    let mut anonymous = 0;
+    for finding in client.findings()? {
+        if !MISBEHAVIOUR.contains(&finding.kind.as_str()) {
+            continue;
+        }
+        let enrolled = finding
+            .device
+            .as_deref()
+            .and_then(|key| key.parse::<cairn_client::proto::VerifyingKey>().ok())
+            .and_then(|key| devices.get(&key));
+        match (enrolled, &finding.device) {
+            (Some(device), _) => {
+                let name = format!("{} ({})", device.name.as_str(), device.key);
+                if !suspects.contains(&name) {
+                    suspects.push(name);
+                }
+            }
+            // Revoked since: dealt with.
+            (None, Some(_)) => {}
+            (None, None) => anonymous += 1,
+        }
+    }
+    let mut out = Vec::new();
+    if !suspects.is_empty() {
+        out.push(Finding::fail(
+            "devices",
+            format!(
+                "{} signed heads or operations no honest device signs (see `cairn status`)",
+                suspects.join(", ")
+            ),
+            "if one of them was lost or stolen, revoke it from a device holding the root key: \
+             `cairn device revoke NAME`; if it was restored from a backup, let it sync first",
+        ));
+    }
+    if anonymous > 0 {
+        out.push(Finding::warn(
+            "devices",
+            format!(
+                "{anonymous} legacy head(s) in your mailbox were frozen or forged by someone \
+                 holding the mailbox key (see `cairn status`)"
+            ),
+            "if a device was lost or stolen, revoke it: the next vault key moves every \
+             device to a mailbox it cannot write",
+        ));
+    }
+    if out.is_empty() {
+        out.push(Finding::ok(
+            "devices",
+            "no device signed anything suspicious in the syncs so far",
+        ));
+    }
+    Ok(out)
 }
 
 /// The home directory and everything in it must be private to its owner.

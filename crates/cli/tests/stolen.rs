@@ -191,6 +191,9 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         .copied()
         .collect();
     assert_eq!(devices.len(), 3);
+    // (The pairing helper names every joiner "phone": the phone is named by
+    // its key.)
+    let phone_key = stolen.device_key().to_string();
     let http = reqwest::Client::new();
     let mut freeze_report = Freeze::default();
     for relay in &relays {
@@ -202,9 +205,17 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     assert!(freeze_report.refused_others > 0, "{freeze_report:?}");
     assert_eq!(freeze_report.stored_others, 0, "{freeze_report:?}");
 
+    // Before the revocation, a sync sees the frozen heads, and `doctor`
+    // names the phone and fails.
+    desktop.run(&["sync"]).await.ok();
+    let doctor = desktop.run(&["doctor", "--json"]).await;
+    assert_eq!(doctor.code, 1, "{doctor:?}");
+    assert!(
+        doctor.stdout.contains("signed heads or operations") && doctor.stdout.contains(&phone_key),
+        "{doctor:?}"
+    );
+
     // The laptop revokes the phone: no warning, no failure.
-    // (The pairing helper names every joiner "phone": revoke by key.)
-    let phone_key = stolen.device_key().to_string();
     let revoke = laptop
         .run(&["device", "revoke", &phone_key, "--json"])
         .await;
@@ -237,6 +248,12 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     assert!(
         kinds.iter().any(|k| k == "implausible_head"),
         "the frozen slots are reported: {report} {findings}"
+    );
+    // Once the phone is revoked, `doctor` no longer counts it as a suspect.
+    let doctor = desktop.run(&["doctor", "--json"]).await;
+    assert!(
+        !doctor.stdout.contains("signed heads or operations"),
+        "{doctor:?}"
     );
 
     // What the desktop stores next is sealed to generation 2, which the
