@@ -8,7 +8,7 @@
 //! the heads it cannot. The revocation must still reach the desktop.
 
 use cairn_client::proto::{
-    BlobId, HeadRecord, OwnedHead, RecordKind, Record as _, SignedRecord, SigningKey, Slot,
+    BlobId, HeadRecord, OwnedHead, Record as _, RecordKind, SignedRecord, SigningKey, Slot,
     Timestamp, VerifyingKey, head_grant, owned_slot,
 };
 use cairn_client::relay::{Head, HeadWrite, RelayClient};
@@ -173,8 +173,12 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         approve.json();
         join.json();
     }
-    laptop.put_data("before", &data_with_marker(10_000, b"before")).await;
-    phone.put_data("phone's", &data_with_marker(10_000, b"phone's")).await;
+    laptop
+        .put_data("before", &data_with_marker(10_000, b"before"))
+        .await;
+    phone
+        .put_data("phone's", &data_with_marker(10_000, b"phone's"))
+        .await;
     for device in [&desktop, &phone] {
         device.run(&["sync"]).await.ok();
     }
@@ -222,7 +226,11 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     assert_eq!(revoke.code, 0, "{revoke:?}");
     let revoked = revoke.json();
     assert_eq!(revoked["generation"], 2);
-    assert_eq!(revoked["warnings"].as_array().map_or(0, Vec::len), 0, "{revoked}");
+    assert_eq!(
+        revoked["warnings"].as_array().map_or(0, Vec::len),
+        0,
+        "{revoked}"
+    );
 
     // The desktop's next sync reports the revocation and the frozen slots.
     let sync = desktop.run(&["sync", "--json"]).await;
@@ -267,7 +275,12 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         .bytes()
         .await
         .unwrap();
-    let phone_keys: Vec<_> = stolen.vault_keys().unwrap().into_iter().map(|k| k.secret).collect();
+    let phone_keys: Vec<_> = stolen
+        .vault_keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| k.secret)
+        .collect();
     assert!(cairn_client::seal::open_bytes(&sealed, &phone_keys).is_err());
     let desktop_keys: Vec<_> = open(&desktop)
         .vault_keys()
@@ -280,7 +293,12 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     // The phone's later writes reach nobody: in the new mailbox the relays
     // refuse it (it has no grant there), and what it writes in the old one
     // no device reads.
-    let new_mailbox = open(&desktop).vault_keys().unwrap().pop().unwrap().mailbox();
+    let new_mailbox = open(&desktop)
+        .vault_keys()
+        .unwrap()
+        .pop()
+        .unwrap()
+        .mailbox();
     let forged = OwnedHead {
         mailbox: new_mailbox.verifying_key(),
         slot: owned_slot(&new_mailbox.verifying_key(), &thief.verifying_key(), "ops").unwrap(),
@@ -289,7 +307,8 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         timestamp: Timestamp(1),
         grant: head_grant(&mailbox, &thief.verifying_key()),
     };
-    let forged = SignedRecord::sign_raw(RecordKind::OwnedHead, forged.to_payload(), &thief).unwrap();
+    let forged =
+        SignedRecord::sign_raw(RecordKind::OwnedHead, forged.to_payload(), &thief).unwrap();
     for relay in &relays {
         let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
         let slot = Head::from_record(forged.clone()).map(|h| h.slot);
@@ -361,12 +380,26 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
     let (id, sealed) =
         cairn_client::seal::seal_bytes(&signed.to_bytes(), &vault.secret.public()).unwrap();
     client
-        .put_bytes(&id, sealed.into(), &stolen.upload_key(&relay.handle().key()), 0)
+        .put_bytes(
+            &id,
+            sealed.into(),
+            &stolen.upload_key(&relay.handle().key()),
+            0,
+        )
         .await
         .unwrap();
-    let head = sign_owned(&mailbox, stolen.device_signing_key(), Role::Ops(me), op.seq, id)
-        .unwrap();
-    assert!(matches!(client.put_head(&head).await.unwrap(), HeadWrite::Stored));
+    let head = sign_owned(
+        &mailbox,
+        stolen.device_signing_key(),
+        Role::Ops(me),
+        op.seq,
+        id,
+    )
+    .unwrap();
+    assert!(matches!(
+        client.put_head(&head).await.unwrap(),
+        HeadWrite::Stored
+    ));
 
     // The laptop writes "doc" afterwards, at its own (true) clock.
     laptop.put_data("doc", b"the laptop's document").await;

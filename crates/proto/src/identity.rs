@@ -391,9 +391,7 @@ fn open_entry(bytes: &[u8]) -> Result<(IdentityLogEntry, VerifyingKey), LogError
             | VerifyError::SignerMismatch
             | VerifyError::BadGrant
             | VerifyError::NotOwnSlot,
-        ) => {
-            Err(LogErrorKind::BadSignature)
-        }
+        ) => Err(LogErrorKind::BadSignature),
         Err(VerifyError::Payload(DecodeError::UnknownTag {
             field: "identity log action",
             tag,

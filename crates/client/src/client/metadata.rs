@@ -26,8 +26,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
 use super::sync::{
-    Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error,
-    snapshot_candidates,
+    Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_candidates,
 };
 use crate::error::Result;
 use crate::relay::{Claimed, RelayClient};

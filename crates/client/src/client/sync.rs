@@ -368,9 +368,10 @@ impl Client {
             }
         }
 
-        let merged = self
+        let (merged, announced) = self
             .merge_devices(state, &relays, &listings, &mut relay_reports)
             .await;
+        self.follow_announcements(state, &relays, announced).await?;
 
         if moved {
             // Announce this device's log in the new mailbox, then (if this
@@ -673,15 +674,49 @@ impl Client {
         Ok(true)
     }
 
+    /// Follows identity-log entries that merged operations announced
+    /// beyond this device's log: a device learns of a change (a revocation
+    /// above all) from any device it hears from, not only through the
+    /// identity heads. A target that does not extend the log is reported.
+    async fn follow_announcements(
+        &mut self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+        announced: Vec<(VerifyingKey, BlobId)>,
+    ) -> Result<()> {
+        for (device, target) in announced {
+            if self.log.position_of(&target).is_some() {
+                continue;
+            }
+            match super::mailbox::extend_log(relays, &self.config.root, Some(&self.log), target)
+                .await
+            {
+                Ok(log) if log.state().last_seq() > self.log.state().last_seq() => {
+                    self.log = log;
+                    self.save_log()?;
+                }
+                Ok(_) => {}
+                Err(err) => state.note(finding(
+                    "forked_identity",
+                    None,
+                    Some(device.to_string()),
+                    format!("announced identity entry {target}, which does not extend this device's log: {err}"),
+                )),
+            }
+        }
+        Ok(())
+    }
+
     /// Merges every device's new operations; flags and repairs relays that
-    /// are behind. Returns the number of operations merged.
+    /// are behind. Returns the number of operations merged, and the
+    /// identity-log entries they announced beyond this device's log.
     async fn merge_devices(
         &self,
         state: &mut SyncState,
         relays: &[RelayClient],
         listings: &[Option<Listing>],
         reports: &mut [RelaySync],
-    ) -> usize {
+    ) -> (usize, Vec<(VerifyingKey, BlobId)>) {
         // Every device any relay lists, with the heads each relay has. A
         // device's own (owned) head, where it has one, is the only word on
         // its log: a legacy head for it may come from any holder of the
@@ -692,7 +727,11 @@ impl Client {
             let Some(listing) = listing else { continue };
             for head in &listing.heads {
                 if let Role::Ops(device) = head.role() {
-                    let into = if head.is_owned() { &mut owned } else { &mut legacy };
+                    let into = if head.is_owned() {
+                        &mut owned
+                    } else {
+                        &mut legacy
+                    };
                     into.entry(device).or_default().push((index, head));
                 }
             }
@@ -706,7 +745,7 @@ impl Client {
         }
         let keys = match self.vault_secrets() {
             Ok(keys) => keys,
-            Err(_) => return 0,
+            Err(_) => return (0, Vec::new()),
         };
 
         let mut walks = Vec::new();
@@ -768,6 +807,8 @@ impl Client {
         }))
         .await;
         let mut merged = 0;
+        let mut announced = Vec::new();
+        let last_seq = self.log.state().last_seq();
         for ((device, _, _, _, _), result) in walks.iter().zip(results) {
             match result {
                 Ok(ops) => {
@@ -800,7 +841,14 @@ impl Client {
                             break;
                         }
                         match Change::from_body(&op.body) {
-                            Ok(change) => state.table.apply(*device, op.clock, &change),
+                            Ok(change) => {
+                                if let Change::Identity { seq, head } = &change
+                                    && *seq > last_seq
+                                {
+                                    announced.push((*device, *head));
+                                }
+                                state.table.apply(*device, op.clock, &change);
+                            }
                             Err(err) => state.note(finding(
                                 "bad_operation",
                                 None,
@@ -890,7 +938,7 @@ impl Client {
                 }
             }
         }
-        merged
+        (merged, announced)
     }
 
     /// Sends `relay` the operations after `from` that lead to `known` (from
@@ -1384,7 +1432,9 @@ impl Client {
                     .collect();
             let mut state = self.load_sync()?;
             let noted = state.noted;
-            let advanced = self.advance_identity(&mut state, &relays, &listings).await?;
+            let advanced = self
+                .advance_identity(&mut state, &relays, &listings)
+                .await?;
             if state.noted != noted {
                 self.save_sync(&state)?;
             }

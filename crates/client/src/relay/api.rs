@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{
-    AuthToken, BlobId, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot,
-    Timestamp, TokenTarget, Verified, VerifyingKey,
+    AuthToken, BlobId, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot, Timestamp,
+    TokenTarget, Verified, VerifyingKey,
 };
 use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};

@@ -203,9 +203,12 @@ mod tests {
             SignedRecord::sign(&record, &thief),
             Err(VerifyError::NotOwnSlot)
         ));
-        let raw = SignedRecord::sign_raw(RecordKind::OwnedHead, record_payload(&record), &thief)
-            .unwrap();
-        assert!(matches!(raw.verify::<OwnedHead>(), Err(VerifyError::NotOwnSlot)));
+        let raw =
+            SignedRecord::sign_raw(RecordKind::OwnedHead, record_payload(&record), &thief).unwrap();
+        assert!(matches!(
+            raw.verify::<OwnedHead>(),
+            Err(VerifyError::NotOwnSlot)
+        ));
     }
 
     #[test]

@@ -35,9 +35,7 @@ pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
 use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
-use super::{
-    ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, NewHead, StoreError,
-};
+use super::{ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, NewHead, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 
 /// The migrations, in order; each runs once, in its own transaction.
