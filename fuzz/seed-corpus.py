@@ -23,6 +23,7 @@ KIND_TO_TARGET = {
     "auth-token": "auth_token",
     "transfer-receipt": "transfer_receipt",
     "operation": "operation",
+    "owned-head": "owned_head",
 }
 
 

@@ -1,8 +1,8 @@
 //! Decoders of signed records and their envelopes.
 
 use cairn_proto::{
-    AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, Operation, Record, RelayInfo,
-    Revocation, SignedRecord, TransferReceipt, VerifyingKey, verify_identity_log,
+    AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, Operation, OwnedHead, Record,
+    RelayInfo, Revocation, SignedRecord, TransferReceipt, VerifyingKey, verify_identity_log,
 };
 
 /// Whatever decodes as an `R` payload must re-encode to exactly the input:
@@ -36,6 +36,12 @@ pub fn identity_log_entry(data: &[u8]) {
 /// A `HeadRecord` payload.
 pub fn head(data: &[u8]) {
     payload::<HeadRecord>(data);
+}
+
+/// An `OwnedHead` payload; its envelope must verify or be refused cleanly,
+/// whatever its slot and grant.
+pub fn owned_head(data: &[u8]) {
+    payload::<OwnedHead>(data);
 }
 
 /// A `RelayInfo` payload.
@@ -73,6 +79,7 @@ pub fn envelope(data: &[u8]) {
     let _ = envelope.verify::<AuthToken>();
     let _ = envelope.verify::<TransferReceipt>();
     let _ = envelope.verify::<Operation>();
+    let _ = envelope.verify::<OwnedHead>();
 }
 
 /// The base64url header form of an envelope; what parses prints back as

@@ -94,6 +94,19 @@ pub(crate) fn sample_head() -> HeadRecord {
     }
 }
 
+/// The laptop's own `id` head in the mailbox, granted by the mailbox key.
+pub(crate) fn sample_owned_head() -> cairn_proto::OwnedHead {
+    let mailbox = key("mailbox");
+    cairn_proto::OwnedHead {
+        mailbox: mailbox.verifying_key(),
+        slot: cairn_proto::owned_slot(&mailbox.verifying_key(), &vk("laptop"), "id").unwrap(),
+        seq: 7,
+        target: BlobId::of(b"newest identity-log entry"),
+        timestamp: Timestamp(1_790_000_123),
+        grant: cairn_proto::head_grant(&mailbox, &vk("laptop")),
+    }
+}
+
 pub(crate) fn sample_operation() -> cairn_proto::Operation {
     cairn_proto::Operation {
         device: vk("laptop"),
@@ -293,6 +306,29 @@ pub(crate) fn arb_operation() -> impl Strategy<Value = cairn_proto::Operation> {
             prev: (seq > 1).then_some(prev),
             clock,
             body,
+        })
+}
+
+/// Owned heads with any label, seq, target and time; the slot and grant
+/// are made for the signer by the property's adjustment.
+pub(crate) fn arb_owned_head() -> impl Strategy<Value = cairn_proto::OwnedHead> {
+    (
+        "[A-Za-z0-9_-]{1,41}",
+        any::<u64>(),
+        arb_blob_id(),
+        arb_time(),
+    )
+        .prop_map(|(label, seq, target, timestamp)| {
+            let mailbox = key("property mailbox");
+            let writer = vk("property writer");
+            cairn_proto::OwnedHead {
+                mailbox: mailbox.verifying_key(),
+                slot: cairn_proto::owned_slot(&mailbox.verifying_key(), &writer, &label).unwrap(),
+                seq,
+                target,
+                timestamp,
+                grant: cairn_proto::head_grant(&mailbox, &writer),
+            }
         })
 }
 

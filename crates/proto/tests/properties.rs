@@ -140,6 +140,19 @@ record_properties!(head, cairn_proto::HeadRecord, arb_head(), |mut r, key| {
     r
 });
 record_properties!(
+    owned_head,
+    cairn_proto::OwnedHead,
+    arb_owned_head(),
+    |mut r, key| {
+        // The slot and the grant are the signer's own.
+        let mailbox = cairn_testkit::key("property mailbox");
+        let label = r.slot.as_str()[23..].to_owned();
+        r.slot = cairn_proto::owned_slot(&r.mailbox, &key, &label).unwrap();
+        r.grant = cairn_proto::head_grant(&mailbox, &key);
+        r
+    }
+);
+record_properties!(
     relay_info,
     cairn_proto::RelayInfo,
     arb_relay_info(),

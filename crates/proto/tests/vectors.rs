@@ -120,6 +120,19 @@ impl Fields for HeadRecord {
     }
 }
 
+impl Fields for cairn_proto::OwnedHead {
+    fn fields(&self) -> Value {
+        json!({
+            "mailbox": self.mailbox.to_string(),
+            "slot": self.slot.as_str(),
+            "seq": self.seq,
+            "target": self.target.to_string(),
+            "timestamp": self.timestamp.0,
+            "grant_hex": hex(&self.grant.to_bytes()),
+        })
+    }
+}
+
 fn limits_json(l: &FairShareLimits) -> Value {
     json!({
         "key_quota_bytes": l.key_quota_bytes,
@@ -357,6 +370,17 @@ fn all_files() -> Vec<(&'static str, Value)> {
             ),
         ),
         (
+            "owned_head",
+            file(
+                "owned-head",
+                vec![record_vector(
+                    "laptop's own id head",
+                    "laptop",
+                    &sample_owned_head(),
+                )],
+            ),
+        ),
+        (
             "relay_info",
             file(
                 "relay-info",
@@ -493,6 +517,7 @@ fn committed_envelopes_decode_and_verify() {
                 "auth-token" => envelope.verify::<AuthToken>().is_ok(),
                 "transfer-receipt" => envelope.verify::<TransferReceipt>().is_ok(),
                 "operation" => envelope.verify::<cairn_proto::Operation>().is_ok(),
+                "owned-head" => envelope.verify::<cairn_proto::OwnedHead>().is_ok(),
                 other => panic!("unexpected kind {other}"),
             };
             assert!(ok, "vector {} does not verify", v["name"]);
