@@ -19,3 +19,4 @@ mod stolen;
 mod storage;
 mod sync;
 mod transfers;
+mod upgrade;
