@@ -374,7 +374,7 @@ enum DeviceCommand {
         wait: u64,
     },
     /// Approve a device waiting in `cairn device join` (needs the root key).
-    #[command(after_help = "Example:\n  cairn device approve K7QF-9XM2-PT4R")]
+    #[command(after_help = "Example:\n  cairn device approve K7QF-9XM2-PT4R-H3JD")]
     Approve {
         /// The code the new device shows.
         code: String,

@@ -321,7 +321,7 @@ async fn approving_needs_the_root_key() {
     assert!(run.err().contains("--yes"), "{run:?}");
     laptop.run(&["key", "forget-root", "--yes"]).await.ok();
     let run = laptop
-        .run(&["device", "approve", "AAAA-BBBB-CCCC", "--wait", "1"])
+        .run(&["device", "approve", "AAAA-BBBB-CCCC-DDDD", "--wait", "1"])
         .await;
     assert!(run.err().contains("does not hold the root key"), "{run:?}");
     let run = laptop.run(&["key", "phrase"]).await;

@@ -1,25 +1,30 @@
 //! Pairing a new device with a device that holds the root key, through the
 //! user's relays, protected by a short code and a PAKE (SPAKE2).
 //!
-//! The new device ("joiner") shows a code like `K7QF-9XM2-PT4R` (12
-//! characters of Crockford base32, 60 bits). The first 4 characters name a
-//! rendezvous mailbox; the other 8 are the SPAKE2 password. A relay sees the
-//! mailbox key and can find the first part by brute force, which gives it
-//! nothing: the password never leaves the two devices, and an active attacker
-//! gets one online guess at 40 bits per pairing attempt.
+//! The new device ("joiner") shows a code like `K7QF-9XM2-PT4R-H3JD` (16
+//! characters of Crockford base32, 80 bits). The first 8 characters (40
+//! bits) name a rendezvous mailbox; the other 8 are the SPAKE2 password.
+//! Strangers cannot list or write pairing requests, since they would have to
+//! guess the rendezvous among 2^40; the relay, which sees the mailbox, finds
+//! in it only a SPAKE2 message and sealed, padded bytes. The password never
+//! leaves the two devices, and an active attacker gets one online guess at
+//! 40 bits per pairing attempt.
 //!
 //! Four messages, each a blob plus a head in its own slot of the
 //! rendezvous mailbox:
 //!
-//! 1. `pair-hello`   joiner → approver: SPAKE2 message, device keys, name
+//! 1. `pair-hello`   joiner → approver: SPAKE2 message
 //! 2. `pair-reply`   approver → joiner: SPAKE2 message, approver's MAC
-//! 3. `pair-confirm` joiner → approver: joiner's MAC (proves the device keys
-//!    in message 1 came from whoever knows the code)
+//! 3. `pair-confirm` joiner → approver: joiner's MAC, and its device keys
+//!    and name sealed under the PAKE key (which proves they came from
+//!    whoever knows the code, and shows them to nobody else)
 //! 4. `pair-welcome` approver → joiner: root key, identity-log head and relay
-//!    set, sealed with ChaCha20-Poly1305 under the PAKE key
+//!    set, sealed under the PAKE key
 //!
 //! Both MACs cover the transcript (message 1 and the approver's SPAKE2
-//! message), so nothing in it can be swapped unnoticed.
+//! message), so nothing in it can be swapped unnoticed. Sealed parts are
+//! ChaCha20-Poly1305, each under its own key (so the zero nonce is used
+//! once per key), of a Padmé-padded plaintext: their lengths say little.
 
 use chacha20poly1305::aead::{Aead as _, KeyInit as _};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -35,9 +40,11 @@ use crate::keys::DeviceKeys;
 /// Crockford's base32 alphabet: no I, L, O or U to misread.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Characters in a code (without dashes).
-const CODE_LEN: usize = 12;
+const CODE_LEN: usize = 16;
 /// Characters naming the rendezvous mailbox.
-const CHANNEL_LEN: usize = 4;
+const CHANNEL_LEN: usize = 8;
+/// Characters in the codes of the previous release, refused with a hint.
+const OLD_CODE_LEN: usize = 12;
 /// Largest pairing message accepted.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -94,6 +101,13 @@ impl PairingCode {
             }
             out.push(c);
         }
+        if out.len() == OLD_CODE_LEN {
+            return Err(Error::Invalid(
+                "this 12-character code comes from an older cairn, whose pairing this one no \
+                 longer speaks: update cairn on the new device and run `cairn device join` again"
+                    .into(),
+            ));
+        }
         if out.len() != CODE_LEN {
             return Err(bad_code());
         }
@@ -103,7 +117,7 @@ impl PairingCode {
     /// The rendezvous mailbox key.
     pub(crate) fn mailbox(&self) -> SigningKey {
         SigningKey::from_seed(&blake3::derive_key(
-            "cairn/v1 pairing mailbox",
+            "cairn/v1 pairing rendezvous",
             self.0[..CHANNEL_LEN].as_bytes(),
         ))
     }
@@ -115,7 +129,14 @@ impl PairingCode {
 
 impl std::fmt::Display for PairingCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}-{}", &self.0[..4], &self.0[4..8], &self.0[8..])
+        write!(
+            f,
+            "{}-{}-{}-{}",
+            &self.0[..4],
+            &self.0[4..8],
+            &self.0[8..12],
+            &self.0[12..]
+        )
     }
 }
 
@@ -127,8 +148,8 @@ impl std::fmt::Debug for PairingCode {
 
 fn bad_code() -> Error {
     Error::Invalid(format!(
-        "not a pairing code: expected {CODE_LEN} characters like K7QF-9XM2-PT4R, as `cairn device \
-         join` shows"
+        "not a pairing code: expected {CODE_LEN} characters like K7QF-9XM2-PT4R-H3JD, as `cairn \
+         device join` shows"
     ))
 }
 
@@ -137,9 +158,16 @@ fn spake_identity() -> Identity {
 }
 
 /// Message 1.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct Hello {
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hello {
     spake: String,
+}
+
+/// What the joining device asks to be enrolled as, sealed in message 3.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JoinerInfo {
     /// The joining device's signing key.
     #[serde(with = "crate::text_serde")]
     pub(crate) device: VerifyingKey,
@@ -157,8 +185,11 @@ struct Reply {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Confirm {
     confirm: String,
+    /// [`JoinerInfo`], sealed.
+    sealed: String,
 }
 
 /// Sent in place of message 3 when the approver's MAC did not verify, so
@@ -200,6 +231,7 @@ struct SessionKeys {
     approver_mac: Zeroizing<[u8; 32]>,
     joiner_mac: Zeroizing<[u8; 32]>,
     seal: Zeroizing<[u8; 32]>,
+    joiner_seal: Zeroizing<[u8; 32]>,
     transcript: [u8; 32],
 }
 
@@ -220,6 +252,7 @@ impl SessionKeys {
             approver_mac: key("cairn/v1 pairing approver mac"),
             joiner_mac: key("cairn/v1 pairing joiner mac"),
             seal: key("cairn/v1 pairing welcome seal"),
+            joiner_seal: key("cairn/v1 pairing joiner seal"),
             transcript,
         }
     }
@@ -227,6 +260,41 @@ impl SessionKeys {
     fn mac(key: &[u8; 32], transcript: &[u8; 32]) -> blake3::Hash {
         blake3::keyed_hash(key, transcript)
     }
+}
+
+/// Seals `value`'s JSON, Padmé-padded (PROTOCOL.md §10.3's layout: data,
+/// zeros, then the data's length as a u64), under `key`. Each key seals one
+/// message, so the zero nonce is never reused.
+fn seal_json<T: Serialize>(key: &[u8; 32], value: &T) -> Result<String> {
+    let mut plain = Zeroizing::new(to_json(value));
+    let len = plain.len() as u64;
+    let total = crate::seal::padded_len(len);
+    let zeros = usize::try_from(total - len - 8).map_err(|_| protocol("message too large"))?;
+    plain.extend(std::iter::repeat_n(0, zeros));
+    plain.extend_from_slice(&len.to_be_bytes());
+    let sealed = ChaCha20Poly1305::new(Key::from_slice(key))
+        .encrypt(Nonce::from_slice(&[0; 12]), plain.as_slice())
+        .map_err(|_| protocol("cannot seal a message"))?;
+    Ok(b64(&sealed))
+}
+
+/// Opens what [`seal_json`] sealed; `what` names the message in errors.
+fn open_json<T: for<'de> Deserialize<'de>>(key: &[u8; 32], sealed: &str, what: &str) -> Result<T> {
+    let plain = Zeroizing::new(
+        ChaCha20Poly1305::new(Key::from_slice(key))
+            .decrypt(Nonce::from_slice(&[0; 12]), unb64(sealed)?.as_slice())
+            .map_err(|_| protocol(&format!("the {what} message does not authenticate")))?,
+    );
+    let (body, trailer) = plain
+        .split_last_chunk::<8>()
+        .ok_or_else(|| protocol(&format!("the {what} message is too short")))?;
+    let len = u64::from_be_bytes(*trailer);
+    let data = usize::try_from(len)
+        .ok()
+        .and_then(|len| body.get(..len))
+        .filter(|_| crate::seal::padded_len(len) == plain.len() as u64)
+        .ok_or_else(|| protocol(&format!("the {what} message is badly padded")))?;
+    parse(data, what)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -262,6 +330,7 @@ pub(crate) struct Joiner {
     code: PairingCode,
     spake: Spake2<Ed25519Group>,
     hello: Vec<u8>,
+    info: JoinerInfo,
 }
 
 impl Joiner {
@@ -271,15 +340,18 @@ impl Joiner {
             Spake2::<Ed25519Group>::start_symmetric(&code.password(), &spake_identity());
         let hello = to_json(&Hello {
             spake: b64(&message),
+        });
+        let info = JoinerInfo {
             device: device.signing.verifying_key(),
             x25519: device.x25519.public(),
             name: name.to_owned(),
-        });
+        };
         (
             Self {
                 code,
                 spake,
                 hello: hello.clone(),
+                info,
             },
             hello,
         )
@@ -310,6 +382,7 @@ impl Joiner {
         let confirm = SessionKeys::mac(&keys.joiner_mac, &keys.transcript);
         let message = to_json(&Confirm {
             confirm: b64(confirm.as_bytes()),
+            sealed: seal_json(&keys.joiner_seal, &self.info)?,
         });
         Ok((message, WelcomeKey(keys.seal)))
     }
@@ -321,22 +394,13 @@ pub(crate) struct WelcomeKey(Zeroizing<[u8; 32]>);
 impl WelcomeKey {
     pub(crate) fn open(&self, welcome: &[u8]) -> Result<WelcomeBody> {
         let welcome: Welcome = parse(welcome, "welcome")?;
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&*self.0));
-        // One message per key, so a fixed nonce is unique.
-        let plain = cipher
-            .decrypt(
-                Nonce::from_slice(&[0; 12]),
-                unb64(&welcome.sealed)?.as_slice(),
-            )
-            .map_err(|_| protocol("the welcome message does not authenticate"))?;
-        parse(&plain, "welcome")
+        open_json(&self.0, &welcome.sealed, "welcome")
     }
 }
 
 /// The approving device's side, after message 1.
 pub(crate) struct Approver {
     keys: SessionKeys,
-    hello: Hello,
 }
 
 impl Approver {
@@ -357,12 +421,12 @@ impl Approver {
             spake: b64(&message),
             confirm: b64(confirm.as_bytes()),
         });
-        Ok((Self { keys, hello }, reply))
+        Ok((Self { keys }, reply))
     }
 
     /// Takes message 3: succeeds only if the joiner knew the code, which
-    /// proves the device keys in message 1 are its own.
-    pub(crate) fn on_confirm(&self, confirm: &[u8]) -> Result<&Hello> {
+    /// proves the device keys sealed in it are its own; returns them.
+    pub(crate) fn on_confirm(&self, confirm: &[u8]) -> Result<JoinerInfo> {
         if serde_json::from_slice::<Abort>(confirm).is_ok() {
             return Err(protocol(
                 "the new device says the codes differ (or someone interfered); nothing was \
@@ -376,17 +440,13 @@ impl Approver {
                 "the new device used another code (or someone interfered); nothing was enrolled",
             ));
         }
-        Ok(&self.hello)
+        open_json(&self.keys.joiner_seal, &confirm.sealed, "confirm")
     }
 
     /// Message 4.
     pub(crate) fn welcome(&self, body: &WelcomeBody) -> Result<Vec<u8>> {
-        let cipher = ChaCha20Poly1305::new(Key::from_slice(&*self.keys.seal));
-        let sealed = cipher
-            .encrypt(Nonce::from_slice(&[0; 12]), to_json(body).as_slice())
-            .map_err(|_| protocol("cannot seal the welcome"))?;
         Ok(to_json(&Welcome {
-            sealed: b64(&sealed),
+            sealed: seal_json(&self.keys.seal, body)?,
         }))
     }
 }
@@ -395,7 +455,7 @@ impl Approver {
 /// attacker would: as the hello, the reply, the confirm and the welcome.
 /// Nothing may panic, and nothing but the genuine messages may pass.
 pub fn fuzz_messages(data: &[u8]) {
-    let Ok(code) = PairingCode::parse("AAAA-BBBB-CCCC") else {
+    let Ok(code) = PairingCode::parse("AAAA-BBBB-CCCC-DDDD") else {
         return;
     };
     let Ok(device) = DeviceKeys::generate() else {
@@ -435,16 +495,19 @@ mod tests {
     fn codes_parse_forgivingly() {
         let code = PairingCode::generate().unwrap();
         let text = code.to_string();
-        assert_eq!(text.len(), 14);
+        assert_eq!(text.len(), 19);
         assert!(PairingCode::parse(&text.to_lowercase()).unwrap() == code);
-        assert!(PairingCode::parse("k7qf 9xm2 pt4r").is_ok());
+        assert!(PairingCode::parse("k7qf 9xm2 pt4r h3jd").is_ok());
         assert!(
-            PairingCode::parse("O1IL-0000-0000").unwrap()
-                == PairingCode::parse("0111-0000-0000").unwrap()
+            PairingCode::parse("O1IL-0000-0000-0000").unwrap()
+                == PairingCode::parse("0111-0000-0000-0000").unwrap()
         );
-        assert!(PairingCode::parse("K7QF-9XM2-PT4").is_err());
-        assert!(PairingCode::parse("K7QF-9XM2-PT4U").is_err());
-        assert!(PairingCode::parse("K7QF-9XM2-PT4RR").is_err());
+        assert!(PairingCode::parse("K7QF-9XM2-PT4R-H3J").is_err());
+        assert!(PairingCode::parse("K7QF-9XM2-PT4R-H3JU").is_err());
+        assert!(PairingCode::parse("K7QF-9XM2-PT4R-H3JDD").is_err());
+        // A code of the previous release is refused with what to do.
+        let old = PairingCode::parse("K7QF-9XM2-PT4R").unwrap_err();
+        assert!(old.to_string().contains("older cairn"), "{old}");
     }
 
     #[test]
@@ -463,8 +526,8 @@ mod tests {
 
     #[test]
     fn another_code_fails_on_both_sides() {
-        let code = PairingCode::parse("AAAA-BBBB-CCCC").unwrap();
-        let wrong = PairingCode::parse("AAAA-BBBB-CCCD").unwrap();
+        let code = PairingCode::parse("AAAA-BBBB-CCCC-DDDD").unwrap();
+        let wrong = PairingCode::parse("AAAA-BBBB-CCCC-DDDE").unwrap();
         assert_eq!(
             code.mailbox().verifying_key(),
             wrong.mailbox().verifying_key()
@@ -475,19 +538,48 @@ mod tests {
         assert!(joiner.on_reply(&reply).is_err());
     }
 
+    /// What a relay stores of a pairing names neither the device nor its
+    /// keys, and a relay that alters the sealed keys is caught.
     #[test]
-    fn swapped_device_keys_are_caught() {
-        // A relay replaces the device keys in message 1 with its own.
+    fn the_relay_sees_no_device_keys_or_names() {
         let code = PairingCode::generate().unwrap();
         let device = DeviceKeys::generate().unwrap();
-        let (joiner, hello) = Joiner::start(code.clone(), &device, "phone");
-        let mut forged: Hello = serde_json::from_slice(&hello).unwrap();
-        forged.device = DeviceKeys::generate().unwrap().signing.verifying_key();
+        let key = device.signing.verifying_key();
+        let (joiner, hello) = Joiner::start(code.clone(), &device, "grandma's tablet");
+        let (approver, reply) = Approver::on_hello(&code, &hello).unwrap();
+        let (confirm, _) = joiner.on_reply(&reply).unwrap();
+        let welcome = approver.welcome(&body()).unwrap();
+        for message in [&hello, &reply, &confirm, &welcome] {
+            let text = String::from_utf8_lossy(message);
+            assert!(!text.contains("grandma"), "{text}");
+            assert!(!text.contains(&key.to_string()), "{text}");
+            assert!(
+                !text.contains(&cairn_proto::encode_base64url(&key.to_bytes())),
+                "{text}"
+            );
+            let raw = key.to_bytes();
+            assert!(!message.windows(32).any(|w| w == raw));
+        }
+        // A relay swapping in keys of its own cannot reseal them.
+        let mut forged: Confirm = serde_json::from_slice(&confirm).unwrap();
+        let mut sealed = unb64(&forged.sealed).unwrap();
+        sealed[0] ^= 1;
+        forged.sealed = b64(&sealed);
         let forged = serde_json::to_vec(&forged).unwrap();
-        let (approver, reply) = Approver::on_hello(&code, &forged).unwrap();
-        // The joiner sees a transcript it did not send and refuses...
+        assert!(approver.on_confirm(&forged).is_err());
+        assert_eq!(approver.on_confirm(&confirm).unwrap().device, key);
+    }
+
+    /// A hello answered under another transcript (a relay that replaced
+    /// the joiner's SPAKE2 message) fails on both sides.
+    #[test]
+    fn a_replaced_hello_is_caught() {
+        let code = PairingCode::generate().unwrap();
+        let device = DeviceKeys::generate().unwrap();
+        let (joiner, _) = Joiner::start(code.clone(), &device, "phone");
+        let (_, other_hello) = Joiner::start(code.clone(), &device, "phone");
+        let (approver, reply) = Approver::on_hello(&code, &other_hello).unwrap();
         assert!(joiner.on_reply(&reply).is_err());
-        // ...and a confirm computed over the real transcript does not pass.
         let (joiner2, hello2) = Joiner::start(code.clone(), &device, "phone");
         let (approver2, reply2) = Approver::on_hello(&code, &hello2).unwrap();
         let (confirm2, _) = joiner2.on_reply(&reply2).unwrap();
@@ -517,7 +609,7 @@ mod tests {
 
         #[test]
         fn arbitrary_messages_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            let code = PairingCode::parse("AAAA-BBBB-CCCC").unwrap();
+            let code = PairingCode::parse("AAAA-BBBB-CCCC-DDDD").unwrap();
             let _ = Approver::on_hello(&code, &data);
         }
     }

@@ -260,7 +260,7 @@ impl Client {
             deadline,
         )
         .await?;
-        let joiner = approver.on_confirm(&confirm)?.clone();
+        let joiner = approver.on_confirm(&confirm)?;
 
         let vault = self.current_vault()?;
         let name = super::device_name(&joiner.name)?;
