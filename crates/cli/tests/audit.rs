@@ -5,22 +5,9 @@
 use cairn_client::proto::BlobId;
 use cairn_client::{Client, Home, Passphrase};
 
-use crate::common::{Device, PASSPHRASE, Relay, data_with_marker, sorted_strings};
-
-/// Three fresh relays and a device named "laptop" using all of them.
-async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
-    let relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop
-        .add_relays(&[&relays[0], &relays[1], &relays[2]])
-        .await;
-    (relays, laptop)
-}
+use crate::common::{
+    Device, PASSPHRASE, Relay, data_with_marker, laptop_on_three_relays, sorted_strings,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_tells_an_honest_relay_from_one_that_altered_and_one_that_lost_a_copy() {

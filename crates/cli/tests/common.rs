@@ -430,3 +430,36 @@ pub(crate) fn sorted_strings(list: &Value) -> Vec<String> {
     out.sort_unstable();
     out
 }
+
+/// Three fresh relays and a device named "laptop" using all of them.
+pub(crate) async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
+    let relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop
+        .add_relays(&[&relays[0], &relays[1], &relays[2]])
+        .await;
+    (relays, laptop)
+}
+
+/// A head as revision 1 of the protocol wrote it (PROTOCOL.md §4.4):
+/// signed by the mailbox key, in a slot any holder of that key can write.
+pub(crate) fn legacy_head(
+    mailbox: &cairn_client::proto::SigningKey,
+    slot: &str,
+    seq: u64,
+    target: cairn_client::proto::BlobId,
+) -> cairn_client::proto::SignedRecord {
+    let head = cairn_client::proto::HeadRecord {
+        mailbox: mailbox.verifying_key(),
+        slot: cairn_client::proto::Slot::new(slot).unwrap(),
+        seq,
+        target,
+        timestamp: cairn_client::proto::Timestamp(1_790_000_000),
+    };
+    cairn_client::proto::SignedRecord::sign(&head, mailbox).unwrap()
+}

@@ -14,22 +14,13 @@ use cairn_client::proto::{
 use cairn_client::relay::{Head, HeadWrite, RelayClient};
 use cairn_client::{Client, Home, Passphrase};
 
-use crate::common::{Device, PASSPHRASE, Relay, data_with_marker};
+use crate::common::{
+    Device, PASSPHRASE, Relay, data_with_marker, laptop_on_three_relays, legacy_head,
+};
 use crate::devices::pair;
 
 fn open(device: &Device) -> Client {
     Client::open(Home::at(device.home()), &Passphrase::new(PASSPHRASE)).unwrap()
-}
-
-fn legacy(mailbox: &SigningKey, slot: &str, seq: u64, target: BlobId) -> SignedRecord {
-    let head = HeadRecord {
-        mailbox: mailbox.verifying_key(),
-        slot: Slot::new(slot).unwrap(),
-        seq,
-        target,
-        timestamp: Timestamp(1),
-    };
-    SignedRecord::sign(&head, mailbox).unwrap()
 }
 
 /// An owned head for `slot` signed by `writer`, whatever slot it is: the
@@ -115,7 +106,7 @@ async fn freeze(
     let mut slots = vec!["identity".to_owned(), "snapshot".to_owned()];
     slots.extend(devices.iter().map(legacy_device_slot));
     for slot in slots {
-        let head = legacy(mailbox, &slot, u64::MAX, target);
+        let head = legacy_head(mailbox, &slot, u64::MAX, target);
         assert!(matches!(
             relay.put_head(&head).await.unwrap(),
             HeadWrite::Stored
@@ -159,14 +150,7 @@ async fn put_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stolen_device_cannot_stop_its_revocation() {
-    let relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop.add_relays(&relays.iter().collect::<Vec<_>>()).await;
+    let (relays, laptop) = laptop_on_three_relays().await;
     let (desktop, phone) = (Device::new(), Device::new());
     for device in [&desktop, &phone] {
         let (approve, join) = pair(&laptop, device, &relays[0], false, "30").await;

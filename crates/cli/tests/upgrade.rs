@@ -3,26 +3,11 @@
 //! working after an upgrade.
 
 use bytes::Bytes;
-use cairn_client::proto::{
-    BlobId, HeadRecord, Operation, SignedRecord, SigningKey, Slot, Timestamp, encode_base64url,
-};
+use cairn_client::proto::{BlobId, Operation, SignedRecord, encode_base64url};
 use cairn_client::relay::{HeadWrite, RelayClient, Role};
 use cairn_client::{Client, Home, Passphrase};
 
-use crate::common::{Device, PASSPHRASE, Relay, data_with_marker};
-
-/// A head as revision 1 wrote it: signed by the mailbox key, in a slot
-/// any device could write.
-fn legacy_head(mailbox: &SigningKey, slot: &str, seq: u64, target: BlobId) -> SignedRecord {
-    let head = HeadRecord {
-        mailbox: mailbox.verifying_key(),
-        slot: Slot::new(slot).unwrap(),
-        seq,
-        target,
-        timestamp: Timestamp(1_790_000_000),
-    };
-    SignedRecord::sign(&head, mailbox).unwrap()
-}
+use crate::common::{Device, PASSPHRASE, Relay, data_with_marker, legacy_head};
 
 /// The laptop's identity and file, laid out on a fresh relay exactly as the
 /// previous release left them: the same blobs, and legacy `identity` and
@@ -62,7 +47,8 @@ async fn an_identity_of_the_previous_release_upgrades_without_loss() {
     while let Some(id) = next {
         blobs.push(id);
         let sealed = from.fetch_bytes(&id, 1 << 20).await.unwrap();
-        let plain = cairn_client::seal::open_bytes(&sealed, &[vault.secret.clone()]).unwrap();
+        let plain =
+            cairn_client::seal::open_bytes(&sealed, std::slice::from_ref(&vault.secret)).unwrap();
         let op = SignedRecord::from_bytes(&plain)
             .unwrap()
             .verify::<Operation>()

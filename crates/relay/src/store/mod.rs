@@ -225,31 +225,35 @@ pub(crate) struct NewHead {
     owned: bool,
 }
 
-impl From<Verified<HeadRecord>> for NewHead {
-    fn from(head: Verified<HeadRecord>) -> Self {
+impl NewHead {
+    fn new<R: cairn_proto::Record>(
+        head: &Verified<R>,
+        mailbox: VerifyingKey,
+        slot: &Slot,
+        seq: u64,
+        owned: bool,
+    ) -> Self {
         Self {
             key: HeadKey {
-                mailbox: head.mailbox,
-                slot: head.slot.clone(),
+                mailbox,
+                slot: slot.clone(),
             },
-            seq: head.seq,
+            seq,
             envelope: head.envelope().to_bytes(),
-            owned: false,
+            owned,
         }
+    }
+}
+
+impl From<Verified<HeadRecord>> for NewHead {
+    fn from(head: Verified<HeadRecord>) -> Self {
+        Self::new(&head, head.mailbox, &head.slot, head.seq, false)
     }
 }
 
 impl From<Verified<OwnedHead>> for NewHead {
     fn from(head: Verified<OwnedHead>) -> Self {
-        Self {
-            key: HeadKey {
-                mailbox: head.mailbox,
-                slot: head.slot.clone(),
-            },
-            seq: head.seq,
-            envelope: head.envelope().to_bytes(),
-            owned: true,
-        }
+        Self::new(&head, head.mailbox, &head.slot, head.seq, true)
     }
 }
 
