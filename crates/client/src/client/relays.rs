@@ -212,7 +212,9 @@ impl Client {
                 entry.url
             )));
         }
-        self.relays.upsert(entry.clone());
+        // The pin was checked against the old one above (or the user
+        // accepted the new key): replace it.
+        self.relays.replace(entry.clone());
         self.relays.save(&self.home)?;
         let _ = self.refresh_identity().await;
         let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
