@@ -28,6 +28,7 @@ pub(crate) async fn repair_bench(size: usize, count: usize) -> anyhow::Result<()
     let options = InitOptions {
         device_name: "bench".into(),
         cost: KdfCost::new(10)?,
+        transport: cairn_client::relay::Transport::Secure,
     };
     let (mut client, _) = Client::init(Home::at(dir.path().join("home")), &passphrase, &options)?;
     for relay in &relays[..3] {

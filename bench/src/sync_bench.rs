@@ -16,6 +16,7 @@ fn options(name: &str) -> anyhow::Result<InitOptions> {
         device_name: name.into(),
         // Key files are opened once here; their cost is not what is measured.
         cost: KdfCost::new(10)?,
+        transport: cairn_client::relay::Transport::Secure,
     })
 }
 

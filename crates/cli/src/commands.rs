@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use std::time::Duration;
 
+use cairn_client::relay::{Transport, check_transport};
 use cairn_client::{Client, Home, InitOptions, KdfCost, Output, PairingCode, Progress};
 use serde_json::json;
 
@@ -34,12 +35,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return crate::demo::run(!no_wait);
     }
     let home = Home::at(home_dir(args.global.home)?);
+    let transport = if args.global.insecure {
+        Transport::Insecure
+    } else {
+        Transport::Secure
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(dispatch(args.command, home, json))
+    runtime.block_on(dispatch(args.command, Ctx { home, transport }, json))
+}
+
+/// What every command gets besides its own arguments.
+struct Ctx {
+    home: Home,
+    /// Whether plain http may reach relays off this machine (`--insecure`).
+    transport: Transport,
 }
 
 fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -63,7 +76,8 @@ fn kdf_cost() -> anyhow::Result<KdfCost> {
     }
 }
 
-fn open(home: Home) -> anyhow::Result<Client> {
+fn open(ctx: Ctx) -> anyhow::Result<Client> {
+    let Ctx { home, transport } = ctx;
     home.exists()
         .then_some(())
         .ok_or_else(|| cairn_client::Error::NoHome {
@@ -71,12 +85,13 @@ fn open(home: Home) -> anyhow::Result<Client> {
         })?;
     let mut client = Client::open(home, &secrets::passphrase()?)?;
     client.set_kdf_cost(kdf_cost()?);
+    client.set_transport(transport);
     Ok(client)
 }
 
 /// Runs one command. Most report failure as an error; `relay check`
 /// reports its findings either way and exits 1 when a relay failed.
-async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: Command, home: Ctx, json: bool) -> anyhow::Result<ExitCode> {
     if let Command::Relay(command) = command {
         return relay(open(home)?, json, command).await;
     }
@@ -97,7 +112,7 @@ async fn dispatch(command: Command, home: Home, json: bool) -> anyhow::Result<Ex
         .map(|()| ExitCode::SUCCESS)
 }
 
-async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Result<()> {
+async fn dispatch_simple(command: Command, home: Ctx, json: bool) -> anyhow::Result<()> {
     match command {
         Command::Init {
             name,
@@ -188,7 +203,7 @@ async fn dispatch_simple(command: Command, home: Home, json: bool) -> anyhow::Re
 }
 
 /// Refuses to overwrite an identity; the options for a new one.
-fn new_home(home: &Home, device_name: String) -> anyhow::Result<InitOptions> {
+fn new_home(home: &Home, device_name: String, transport: Transport) -> anyhow::Result<InitOptions> {
     if home.exists() {
         bail!(cairn_client::Error::HomeExists {
             path: home.path().to_path_buf()
@@ -197,6 +212,7 @@ fn new_home(home: &Home, device_name: String) -> anyhow::Result<InitOptions> {
     Ok(InitOptions {
         device_name,
         cost: kdf_cost()?,
+        transport,
     })
 }
 
@@ -209,8 +225,11 @@ fn use_root_file(client: &mut Client, path: Option<&Path>) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn join(home: Home, json: bool, relay: &str, name: String, wait: u64) -> anyhow::Result<()> {
-    let options = new_home(&home, name)?;
+async fn join(ctx: Ctx, json: bool, relay: &str, name: String, wait: u64) -> anyhow::Result<()> {
+    let Ctx { home, transport } = ctx;
+    let options = new_home(&home, name, transport)?;
+    // Before the passphrase is asked for and anything is sent.
+    check_transport(relay, transport)?;
     let passphrase = secrets::new_passphrase()?;
     let show = |code: &PairingCode| {
         // Shown at once, while the command goes on waiting.
@@ -248,15 +267,18 @@ async fn join(home: Home, json: bool, relay: &str, name: String, wait: u64) -> a
 }
 
 async fn init(
-    home: Home,
+    ctx: Ctx,
     json: bool,
     name: String,
     recover: bool,
     relay: Option<String>,
 ) -> anyhow::Result<()> {
-    let options = new_home(&home, name)?;
+    let Ctx { home, transport } = ctx;
+    let options = new_home(&home, name, transport)?;
     if recover {
         let relay = relay.context("--recover needs --relay URL")?;
+        // Before the phrase and passphrase are asked for.
+        check_transport(&relay, transport)?;
         let phrase = secrets::recovery_phrase()?;
         let passphrase = secrets::new_passphrase()?;
         let client = Client::recover(home, &passphrase, &options, &phrase, &relay).await?;

@@ -39,6 +39,8 @@ Getting started:
 
 Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
 Every command takes --json for scripts and --home (or CAIRN_HOME).
+Relays are reached over https://, or http:// on this machine only, unless
+--insecure (see its help).
 A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS).
 Progress bars appear only when standard error is a terminal.
 New here? `cairn demo` runs a whole network on this machine; `cairn doctor`
@@ -68,6 +70,15 @@ struct Global {
     /// Print one JSON document instead of text (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// Allow plain http:// to relays on other machines (relay add, init
+    /// --recover, device join, relay rotate, and transfer redirects).
+    /// Without it, http:// is allowed only to loopback (127.0.0.0/8, ::1,
+    /// localhost). Over plain http, upload tokens, keys, pairing messages
+    /// and the identity log cross the network readable and alterable, and
+    /// the relay's key is pinned over a channel that authenticates nothing:
+    /// use it only where the network path itself is trusted.
+    #[arg(long, global = true)]
+    insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]

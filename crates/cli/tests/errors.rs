@@ -253,3 +253,69 @@ async fn doctor_says_what_is_wrong_and_what_to_do() {
     );
     assert!(run.stdout.contains("chmod -R go-rwx"), "{}", run.stdout);
 }
+
+/// Part of issue 1/7: plain http to another machine is refused at once,
+/// before any request, and the refusal says what `--insecure` gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_off_this_machine_is_refused_without_insecure() {
+    let device = Device::new();
+    device.init("laptop").await;
+    let before = device.snapshot();
+    let started = std::time::Instant::now();
+    let run = device.run(&["relay", "add", "http://relay.invalid"]).await;
+    let err = run.err();
+    for needle in [
+        "http://relay.invalid",
+        "--insecure",
+        "readable and alterable",
+        "pinned over a channel that authenticates nothing",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // Refused before any lookup or connection: nothing was tried, so
+    // nothing failed to resolve.
+    assert!(!err.contains("unreachable"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(device.snapshot() == before);
+
+    // The same for the other ways a URL comes in.
+    let run = device
+        .run(&[
+            "relay",
+            "rotate",
+            "http://127.0.0.1:9",
+            "http://relay.invalid",
+        ])
+        .await;
+    assert!(run.err().contains("--insecure"), "{run:?}");
+    let joiner = Device::new();
+    let run = joiner
+        .run(&[
+            "device",
+            "join",
+            "--relay",
+            "http://relay.invalid",
+            "--wait",
+            "1",
+        ])
+        .await;
+    assert!(run.err().contains("--insecure"), "{run:?}");
+    assert!(!joiner.home().exists(), "nothing created");
+
+    // With --insecure the URL passes this check and the relay is tried
+    // (`.invalid` never resolves, so it is then unreachable).
+    let run = device
+        .run(&["--insecure", "relay", "add", "http://relay.invalid"])
+        .await;
+    let err = run.err();
+    assert!(!err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("http://relay.invalid") && err.contains("unreachable"),
+        "{err}"
+    );
+    assert!(device.snapshot() == before);
+
+    // Loopback needs no flag (every other test adds relays that way).
+    let help = device.run(&["--help"]).await;
+    assert!(help.ok().contains("--insecure"), "{help:?}");
+}

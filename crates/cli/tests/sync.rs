@@ -14,6 +14,7 @@ fn options(name: &str) -> InitOptions {
     InitOptions {
         device_name: name.into(),
         cost: KdfCost::new(8).unwrap(),
+        transport: cairn_client::relay::Transport::Secure,
     }
 }
 

@@ -191,8 +191,11 @@ async fn get_follows_a_transfer_and_every_device_sees_where_the_copy_went() {
     approve.json();
     joined.json();
 
-    // The origin hands the blob to the peer (which is in nobody's set).
+    // The origin hands the blob to its peer (which is in nobody's set, but
+    // in the origin's signed peer list, as the peers a relay transfers to
+    // are).
     copy_blob(&id, &a, &peer).await;
+    a.handle().set_peers(&[peer.as_peer()]);
     let peer_key = key_of(&peer).await;
     origin.set(Moved::To {
         id: id.clone(),
@@ -299,8 +302,14 @@ async fn a_redirect_claiming_the_wrong_key_is_not_followed() {
     let id = put["blob"].as_str().unwrap().to_owned();
 
     // The origin names the peer, but with another relay's key: following it
-    // would have the client trust a key the peer does not hold.
+    // would have the client trust a key the peer does not hold. (It lists
+    // the peer so, too, so that the redirect is not refused before the
+    // peer is asked.)
     copy_blob(&id, &a, &peer).await;
+    a.handle().set_peers(&[cairn_client::proto::RelayRef {
+        url: peer.as_peer().url,
+        key: b.handle().key(),
+    }]);
     origin.set(Moved::To {
         id: id.clone(),
         url: peer.url(),
@@ -344,6 +353,7 @@ async fn a_redirect_claiming_the_wrong_key_is_not_followed() {
 
     // Once the redirect is honest, the transfer is recorded whichever copy
     // serves the data.
+    a.handle().set_peers(&[peer.as_peer()]);
     origin.set(Moved::To {
         id: id.clone(),
         url: peer.url(),
@@ -423,5 +433,79 @@ async fn a_real_transfer_between_relays_is_followed_and_recorded() {
         (&transfer["recorded"], &transfer["seen"]),
         (&true.into(), &true.into()),
         "{checks}"
+    );
+}
+
+/// Part of issue 1/7: a relay may send a blob request on only into the
+/// user's relay set or its own signed peer list. A redirect anywhere else
+/// is not followed (the target is not even asked), counts as misbehaviour
+/// of the relay that redirected, and leaves nothing about the target in
+/// the device's home.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_outside_the_set_and_the_peer_list_is_refused_and_leaves_no_trace() {
+    let (a, b, outside) = (
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    );
+    let origin = Origin::start(&a).await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.run(&["relay", "add", &origin.url]).await.ok();
+    laptop.add_relays(&[&b]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(50_000, b"kept where it was put");
+    let src = laptop.dir.path().join("doc");
+    std::fs::write(&src, &data).unwrap();
+    let put = laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let id = put["blob"].as_str().unwrap().to_owned();
+
+    // The outside relay really holds the blob and the key the redirect
+    // claims: only the containment rule stands in the way.
+    copy_blob(&id, &a, &outside).await;
+    let key = key_of(&outside).await;
+    let answered = outside.requests_answered().await;
+    origin.set(Moved::To {
+        id: id.clone(),
+        url: outside.url(),
+        key,
+    });
+    let out = laptop.dir.path().join("out");
+    let got = laptop
+        .run(&["get", "doc", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert!(std::fs::read(&out).unwrap() == data, "wrong bytes");
+    assert_eq!(got["relay"], b.url(), "the other copy served: {got}");
+    assert_eq!(got["moved"], serde_json::json!([]), "{got}");
+    let skipped = got["skipped"].to_string();
+    assert!(
+        skipped.contains(&origin.url) && skipped.contains("neither in your relay set"),
+        "{got}"
+    );
+    // Its own doing: the origin's record shows it.
+    let checks = laptop.run(&["relay", "check", "--json"]).await.json();
+    let record = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["url"] == origin.url.as_str())
+        .unwrap();
+    assert!(
+        record["record"]["misbehaviour"]["bad_redirect"].as_u64() >= Some(1),
+        "{checks}"
+    );
+    assert_eq!(record["flagged"], true, "{checks}");
+    // The outside relay was never asked anything by the device.
+    assert_eq!(outside.requests_answered().await, answered);
+    // Nothing about it is in the home.
+    let host = outside.url().trim_start_matches("http://").to_owned();
+    assert_eq!(
+        crate::common::disk_contains(&laptop.home(), host.as_bytes()),
+        None,
+        "the home names the outside relay"
     );
 }

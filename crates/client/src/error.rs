@@ -79,6 +79,19 @@ pub enum Error {
         /// The key it presented.
         presented: VerifyingKey,
     },
+    /// A relay URL is plain http to a host that is not this machine, and
+    /// the user did not accept that (`--insecure`).
+    #[error(
+        "{url} is plain http to another machine: upload tokens, keys, pairing messages and the \
+         identity log would cross the network readable and alterable by anyone on the path, and \
+         the relay's key would be pinned over a channel that authenticates nothing. Use an \
+         https:// URL, or pass --insecure to accept that (only where the network path itself \
+         is trusted)"
+    )]
+    InsecureRelay {
+        /// The URL given.
+        url: String,
+    },
     /// The URL is not in the relay set.
     #[error("{url} is not in your relay set (see `cairn relay list`)")]
     UnknownRelay {
@@ -180,6 +193,14 @@ pub enum RelayError {
         /// The position sent.
         sent: u64,
     },
+    /// The relay redirected a blob request to a relay the client may not be
+    /// sent to (PROTOCOL.md §7.3): one neither in the user's relay set nor
+    /// in the redirecting relay's signed peer list, or one reached by plain
+    /// http off this machine without `--insecure`. Misbehaviour of the
+    /// relay that redirected; the target is not contacted, and the message
+    /// does not name it, so that nothing about it is kept.
+    #[error("{0}")]
+    RedirectRefused(String),
     /// The relay served bytes that do not hash to the blob id asked for.
     #[error("served bytes that do not match blob {0} (corrupt or lying relay)")]
     WrongBytes(BlobId),

@@ -32,6 +32,10 @@ pub enum Misbehaviour {
     /// Its signed info document contradicts what it does: it refused a
     /// blob for want of room while claiming room for it.
     LyingInfo,
+    /// Redirected a blob request to a relay the client may not be sent to:
+    /// outside the user's set and its own signed peer list, or plain http
+    /// off this machine.
+    BadRedirect,
 }
 
 /// One relay's record.

@@ -25,6 +25,11 @@ pub struct RelayConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The operator states that a TLS-terminating reverse proxy sits in
+    /// front of this relay, so plain HTTP on a non-loopback address never
+    /// reaches clients over the network. Without it (or `tls`), the binary
+    /// refuses to serve plain HTTP off loopback.
+    pub behind_tls_proxy: bool,
     /// Bytes given to blob storage in total.
     pub capacity_bytes: u64,
     /// Largest blob accepted.
@@ -110,12 +115,22 @@ impl RelayConfig {
         pow_bits: 0,
     };
 
+    /// Whether this configuration would serve plain HTTP to other
+    /// machines: no TLS, a listen address off loopback, and no word from
+    /// the operator that a TLS-terminating proxy is in front. Clients'
+    /// tokens and the info document their pins rest on would then cross the
+    /// network readable and alterable.
+    pub fn exposes_plain_http(&self) -> bool {
+        self.tls.is_none() && !self.behind_tls_proxy && !self.listen.ip().is_loopback()
+    }
+
     /// The defaults, with data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             tls: None,
+            behind_tls_proxy: false,
             capacity_bytes: Self::DEFAULT_CAPACITY,
             max_blob_size: Self::DEFAULT_MAX_BLOB_SIZE,
             retention: Self::DEFAULT_RETENTION,

@@ -101,7 +101,15 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "CAIRN_RELAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// TOML file with any of the keys below (data, listen, tls_cert, tls_key, capacity,
+    /// State that a TLS-terminating reverse proxy sits in front of this
+    /// relay. Without TLS files or this flag, the relay refuses to serve
+    /// plain HTTP on an address other than loopback: clients' tokens and
+    /// the signed info document their key pins rest on would cross the
+    /// network readable and alterable.
+    #[arg(long, env = "CAIRN_RELAY_BEHIND_TLS_PROXY")]
+    behind_tls_proxy: bool,
+    /// TOML file with any of the keys below (data, listen, tls_cert, tls_key,
+    /// behind_tls_proxy, capacity,
     /// disk_reserve, max_blob_size, retention, gc_interval, max_uploads, key_quota,
     /// key_rate, addr_rate, pow_bits, pow_bits_under_pressure, max_heads, index_cache,
     /// peers = [{ url = "...", key = "ed25519:..." }], replicas,
@@ -198,6 +206,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    behind_tls_proxy: Option<bool>,
     capacity: Option<String>,
     disk_reserve: Option<String>,
     max_blob_size: Option<String>,
@@ -352,6 +361,7 @@ fn resolve(mut args: ServeArgs) -> anyhow::Result<RelayConfig> {
         (None, None) => None,
         _ => bail!("TLS needs both a certificate (tls_cert) and its key (tls_key)"),
     };
+    config.behind_tls_proxy = args.behind_tls_proxy || file.behind_tls_proxy.unwrap_or(false);
     if let Some(v) = args
         .capacity
         .or(from_file(file.capacity, parse_size, "capacity")?)
@@ -597,6 +607,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => {
             let config = resolve(*args)?;
+            if config.exposes_plain_http() {
+                bail!(
+                    "refusing to serve plain HTTP on {}, which other machines can reach: clients' \
+                     upload tokens and the signed info document their key pins rest on would \
+                     cross the network readable and alterable. Serve HTTPS (--tls-cert and \
+                     --tls-key), listen on loopback (127.0.0.1), or, if a TLS-terminating \
+                     reverse proxy sits in front of this relay, say so with --behind-tls-proxy \
+                     (behind_tls_proxy = true in the config file)",
+                    config.listen
+                );
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -614,3 +614,44 @@ async fn shutdown_does_not_wait_for_a_peer_that_never_answers() {
         .await
         .expect("shutdown waited for a federation round");
 }
+
+/// Part of issue 1/7: clients follow a transfer redirect only to a peer the
+/// redirecting relay announces (or a relay of their own set), so a relay
+/// hands blobs only to its configured peers, never to learned ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_relay_transfers_nothing_to_a_learned_peer() {
+    let c = TestRelay::start().await;
+    // B, the only configured peer, has no room for a blob.
+    let b = TestRelay::start_with(|cfg| cfg.capacity_bytes = 10_000).await;
+    b.handle.set_peers(&[c.as_peer()]);
+    let a = TestRelay::start_with(|cfg| {
+        cfg.capacity_bytes = 1_000_000;
+        cfg.federation.replicas = 0;
+        cfg.federation.high_water_permille = 300;
+        cfg.federation.low_water_permille = 100;
+    })
+    .await;
+    a.handle.set_peers(&[b.as_peer()]);
+    // C would take A's blobs: A is on its list.
+    c.handle.set_peers(&[a.as_peer()]);
+    let http = cairn_testkit::http();
+    eventually(100, "C learned and fetched", || async {
+        a.handle.refresh_peers().await;
+        let (_, body) = info_document(&http, &a.handle.url()).await;
+        body["federation"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["learned"] == true && p["reachable"] == true)
+    })
+    .await;
+    let ids = fill(&a, "not for a learned peer", 10, 40_000).await;
+    let report = a.handle.relieve().await;
+    assert_eq!(report.moved, 0, "{report:?}");
+    // Every blob is still served by A itself, not redirected.
+    let direct = no_redirects();
+    for id in &ids {
+        let answer = direct.get(a.blob_url(id)).send().await.unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{id}");
+    }
+}

@@ -96,3 +96,58 @@ async fn a_bad_certificate_stops_the_start_with_a_clear_error() {
     let chain = format!("{:#}", anyhow::Error::from(err));
     assert!(chain.contains("cert.pem"), "{chain}");
 }
+
+/// Part of issue 1/7: plain HTTP on an address other machines can reach is
+/// refused at start, with the way out named, unless the operator says a
+/// TLS-terminating proxy is in front. Loopback stays allowed (every other
+/// process test listens there).
+#[tokio::test]
+async fn plain_http_off_loopback_needs_behind_tls_proxy() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_cairn-relay"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+        .arg(&data)
+        .env_remove("CAIRN_RELAY_BEHIND_TLS_PROXY")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the relay started on 0.0.0.0 without TLS");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for needle in [
+        "0.0.0.0:0",
+        "--behind-tls-proxy",
+        "--tls-cert",
+        "readable and alterable",
+    ] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+    assert!(!data.exists(), "refused before anything was created");
+
+    // Said so, it starts, and answers.
+    let relay =
+        cairn_testkit::RelayProcess::spawn_at(bin, &data, "0.0.0.0:0", &["--behind-tls-proxy"]);
+    let url = relay.url().replace("0.0.0.0", "127.0.0.1");
+    let health = cairn_testkit::http()
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success(), "{url}/health");
+    assert!(relay.terminate().success());
+}

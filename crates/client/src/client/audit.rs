@@ -110,7 +110,7 @@ impl Client {
         let http = self.http.clone();
         let outcomes: Vec<_> = futures_util::stream::iter(jobs)
             .map(|(name, blob, url, key, request)| {
-                let relay = RelayClient::new(http.clone(), &url, key);
+                let relay = self.contained(RelayClient::new(http.clone(), &url, key));
                 async move {
                     let started = Instant::now();
                     let outcome =
@@ -196,6 +196,10 @@ pub(super) fn score_of(
         }
         Ok(Ok(AuditOutcome::Failed(why))) => {
             Scored::Misbehaved(Misbehaviour::Corrupt, format!("{name}: {why}"))
+        }
+        // The relay sent the request somewhere it may not: its own doing.
+        Ok(Err(err @ crate::RelayError::RedirectRefused(_))) => {
+            Scored::Misbehaved(Misbehaviour::BadRedirect, format!("{name}: {err}"))
         }
         Ok(Err(_)) | Err(_) => Scored::Unavailable,
     }

@@ -20,7 +20,7 @@ use crate::home::Home;
 use crate::keyfile::Passphrase;
 use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
 use crate::pairing::{Approver, Joiner, MAX_MESSAGE, PairingCode, Step, WelcomeBody, slot};
-use crate::relay::{RelayClient, RelaySet, http_client, unix_now};
+use crate::relay::{RelayClient, RelayEntry, RelaySet, http_client, unix_now};
 
 /// How often a waiting side looks for the other's message.
 const POLL_EVERY: Duration = Duration::from_millis(300);
@@ -127,6 +127,24 @@ async fn wait_for(
     }
 }
 
+/// The welcome is authenticated by the pairing code; the key the relay
+/// joined through showed when first asked is not. Where the welcome names
+/// that relay's URL with another key, someone sits between this device and
+/// the relay (or the relay changed its key): refused, naming both.
+fn check_first_use_pin(welcome: &[RelayEntry], first_use: &RelayEntry) -> Result<()> {
+    match welcome
+        .iter()
+        .find(|r| r.url == first_use.url && r.key != first_use.key)
+    {
+        Some(named) => Err(Error::KeyChanged {
+            url: first_use.url.clone(),
+            pinned: named.key,
+            presented: first_use.key,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn ephemeral_key() -> Result<SigningKey> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed)
@@ -153,6 +171,7 @@ impl Client {
             });
         }
         let name = super::device_name(&options.device_name)?;
+        crate::relay::check_transport(relay_url, options.transport)?;
         let http = http_client().map_err(|source| Error::Relay {
             url: relay_url.into(),
             source,
@@ -197,6 +216,7 @@ impl Client {
         )
         .await?;
         let body: WelcomeBody = welcome_key.open(&welcome)?;
+        check_first_use_pin(&body.relays, &entry)?;
 
         let mut set = RelaySet::default();
         for relay in body.relays {
@@ -472,5 +492,32 @@ impl Client {
             )));
         }
         Ok(warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(url: &str, seed: u8) -> RelayEntry {
+        RelayEntry {
+            url: url.into(),
+            key: SigningKey::from_seed(&[seed; 32]).verifying_key(),
+            added_at: 0,
+        }
+    }
+
+    /// The key an authenticated welcome names wins over the one a relay
+    /// showed on first use; another URL, or the same key, is no conflict.
+    #[test]
+    fn a_welcome_pin_overrides_a_first_use_pin() {
+        let welcome = [entry("https://a.example", 1), entry("https://b.example", 2)];
+        let err = check_first_use_pin(&welcome, &entry("https://a.example", 9)).unwrap_err();
+        assert!(
+            matches!(&err, Error::KeyChanged { pinned, .. } if *pinned == welcome[0].key),
+            "{err}"
+        );
+        assert!(check_first_use_pin(&welcome, &entry("https://a.example", 1)).is_ok());
+        assert!(check_first_use_pin(&welcome, &entry("https://c.example", 9)).is_ok());
     }
 }

@@ -61,7 +61,7 @@ impl Client {
     /// Renews every metadata blob on every relay of the set, and restores
     /// those a relay lacks.
     pub(super) async fn keep_metadata(&self, state: &SyncState) -> MetadataReport {
-        let relays = self.relay_clients();
+        let relays = self.blob_clients();
         let mut report = MetadataReport::default();
         let mut failures: BTreeMap<String, (usize, String)> = BTreeMap::new();
         let needed = match self

@@ -33,7 +33,9 @@ use crate::home::{Home, read_required, write_private};
 use crate::identity::IdentityLog;
 use crate::keyfile::{self, KdfCost, Passphrase};
 use crate::keys::{DeviceKeys, VaultKey, X25519Secret};
-use crate::relay::{RelaySet, http_client};
+use crate::relay::{
+    RedirectPolicy, RelayClient, RelaySet, Transport, check_transport, http_client,
+};
 
 /// Default number of relays each blob is stored on.
 pub const DEFAULT_REPLICAS: usize = 3;
@@ -72,6 +74,9 @@ pub struct InitOptions {
     pub device_name: String,
     /// How hard the passphrase protects key files.
     pub cost: KdfCost,
+    /// Whether plain http may reach relays off this machine (the URL
+    /// given to join or recover through, and transfer redirects).
+    pub transport: Transport,
 }
 
 /// One device's client.
@@ -85,6 +90,7 @@ pub struct Client {
     relays: RelaySet,
     http: reqwest::Client,
     cost: KdfCost,
+    transport: Transport,
 }
 
 impl Client {
@@ -124,6 +130,7 @@ impl Client {
                 path: home.path().to_path_buf(),
             });
         }
+        check_transport(relay_url, options.transport)?;
         let root = crate::recovery::root_from_phrase(phrase)?;
         let name = device_name(&options.device_name)?;
         let http = http_client().map_err(|source| Error::Relay {
@@ -198,6 +205,7 @@ impl Client {
                 source,
             })?,
             cost: options.cost,
+            transport: options.transport,
         };
         client.save_device_key(passphrase)?;
         client.save_root_key(passphrase)?;
@@ -239,12 +247,40 @@ impl Client {
             relays,
             http,
             cost: KdfCost::DEFAULT,
+            transport: Transport::Secure,
         })
     }
 
     /// Sets the key-file cost used when this client rewrites key files.
     pub fn set_kdf_cost(&mut self, cost: KdfCost) {
         self.cost = cost;
+    }
+
+    /// Sets whether plain http may reach relays off this machine, for
+    /// relays added and transfer redirects followed from now on.
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.transport = transport;
+    }
+
+    /// Whether plain http may reach relays off this machine.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// `relay`, following transfer redirects only into the relay set or the
+    /// redirecting relay's signed peer list, over what the transport
+    /// allows.
+    pub(super) fn contained(&self, relay: RelayClient) -> RelayClient {
+        relay.with_redirects(RedirectPolicy::new(&self.relays, self.transport))
+    }
+
+    /// The relay set's clients, for blob requests (which may be
+    /// redirected): see [`Client::contained`].
+    pub(super) fn blob_clients(&self) -> Vec<RelayClient> {
+        self.relay_clients()
+            .into_iter()
+            .map(|relay| self.contained(relay))
+            .collect()
     }
 
     /// The home this client lives in.

@@ -11,7 +11,9 @@ use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
 use crate::error::{Error, Result};
-use crate::relay::{Held, RelayClient, RelayEntry, fetch_info, normalize_url, unix_now};
+use crate::relay::{
+    Held, RelayClient, RelayEntry, check_transport, fetch_info, normalize_url, unix_now,
+};
 use crate::scores::RelayScore;
 use crate::sync::Table;
 
@@ -195,9 +197,12 @@ impl Client {
     /// Adds the relay at `url` to the set, pinning the key its signed info
     /// document presents, and stores the identity there. A URL already in
     /// the set whose relay now presents another key is refused unless
-    /// `accept_new_key`.
+    /// `accept_new_key`. Plain http to another machine is refused, before
+    /// any request, unless the client's transport is
+    /// [`Transport::Insecure`](crate::relay::Transport::Insecure).
     pub async fn add_relay(&mut self, url: &str, accept_new_key: bool) -> Result<RelayAdded> {
         let normalized = normalize_url(url)?;
+        check_transport(&normalized, self.transport())?;
         let existing = self.relays.get(&normalized).cloned();
         let (entry, info) = pin(&self.http, &normalized, existing.as_ref(), accept_new_key).await?;
         if self
@@ -212,7 +217,9 @@ impl Client {
                 entry.url
             )));
         }
-        self.relays.upsert(entry.clone());
+        // The pin was checked against the old one above (or the user
+        // accepted the new key): replace it.
+        self.relays.replace(entry.clone());
         self.relays.save(&self.home)?;
         let _ = self.refresh_identity().await;
         let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
@@ -255,7 +262,7 @@ impl Client {
             return Err(Error::UnknownRelay { url: url.clone() });
         }
         let relays: Vec<_> = self
-            .relay_clients()
+            .blob_clients()
             .into_iter()
             .filter(|r| wanted.as_deref().is_none_or(|u| u == r.url()))
             .collect();

@@ -220,7 +220,7 @@ impl Client {
         places: Vec<Place>,
     ) -> Vec<Checked> {
         let audits = places.into_iter().map(|at| {
-            let relay = RelayClient::new(self.http.clone(), &at.url, at.relay);
+            let relay = self.contained(RelayClient::new(self.http.clone(), &at.url, at.relay));
             async move {
                 let started = std::time::Instant::now();
                 let outcome =
@@ -301,7 +301,11 @@ impl Client {
                 source: e,
             })?,
         )));
-        let relay = RelayClient::new(self.http.clone(), &source.url, source.relay);
+        let relay = self.contained(RelayClient::new(
+            self.http.clone(),
+            &source.url,
+            source.relay,
+        ));
         relay
             .fetch_each(&entry.blob, |chunk| {
                 let file = file.clone();

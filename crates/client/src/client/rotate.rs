@@ -46,6 +46,9 @@ impl Client {
     /// and removes it from the set.
     pub async fn rotate_relay(&mut self, from: &str, to: &str) -> Result<RotateReport> {
         self.require_active()?;
+        // Before anything else: an unacceptable URL is the first thing to
+        // hear about.
+        crate::relay::check_transport(&normalize_url(to)?, self.transport())?;
         let old = self
             .relays
             .get(&normalize_url(from)?)

@@ -334,7 +334,7 @@ impl Client {
         &self,
         size: u64,
     ) -> (Vec<(RelayClient, Verified<RelayInfo>)>, Vec<String>) {
-        let relays = self.relay_clients();
+        let relays = self.blob_clients();
         let infos = join_all(relays.iter().map(|relay| async {
             match tokio::time::timeout(INFO_TIMEOUT, relay.info()).await {
                 Ok(answer) => answer,
@@ -631,8 +631,16 @@ impl Client {
                     });
                 }
                 Err(Attempt::Relay(err)) => {
-                    // Wrong bytes are a lie; anything else is being down.
+                    // Wrong bytes and a refused redirect are misbehaviour;
+                    // anything else is being down.
                     self.record_scores(|s| match &err {
+                        RelayError::RedirectRefused(_) => s.misbehaved(
+                            relay.key(),
+                            relay.url(),
+                            Misbehaviour::BadRedirect,
+                            unix_now(),
+                            err.to_string(),
+                        ),
                         RelayError::WrongBytes(_) => s.misbehaved(
                             relay.key(),
                             relay.url(),
@@ -859,10 +867,14 @@ impl Client {
         places: &[Place],
         peers: &[Place],
     ) -> (Vec<Holder>, Vec<String>) {
-        let mut relays = self.relay_clients();
+        let mut relays = self.blob_clients();
         for place in peers {
             if !relays.iter().any(|r| r.key() == &place.relay) {
-                relays.push(RelayClient::new(self.http.clone(), &place.url, place.relay));
+                relays.push(self.contained(RelayClient::new(
+                    self.http.clone(),
+                    &place.url,
+                    place.relay,
+                )));
             }
         }
         let probes = join_all(relays.iter().map(|relay| async move {
@@ -900,7 +912,12 @@ impl Client {
                     }
                 }
                 Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", asked.url())),
-                Ok(Err(err)) => skipped.push(format!("{}: {err}", asked.url())),
+                Ok(Err(err)) => {
+                    if matches!(err, RelayError::RedirectRefused(_)) {
+                        self.record_bad_redirect(&asked, &err);
+                    }
+                    skipped.push(format!("{}: {err}", asked.url()));
+                }
                 Err(_) => skipped.push(format!("{}: no answer within 10 s", asked.url())),
             }
         }
@@ -915,6 +932,23 @@ impl Client {
             holders.into_iter().map(|(_, holder)| holder).collect(),
             skipped,
         )
+    }
+}
+
+impl Client {
+    /// Notes that `relay` redirected a blob request where it may not. The
+    /// error does not name the target, and only it is kept: nothing about
+    /// the target goes into the home.
+    fn record_bad_redirect(&self, relay: &RelayClient, err: &RelayError) {
+        self.record_scores(|s| {
+            s.misbehaved(
+                relay.key(),
+                relay.url(),
+                Misbehaviour::BadRedirect,
+                unix_now(),
+                err.to_string(),
+            );
+        });
     }
 }
 

@@ -5,7 +5,7 @@
 //! A relay that breaks the protocol gets a [`RelayError`] naming how.
 
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,6 +19,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use super::head::Head;
+use super::set::RelaySet;
+use super::transport::Transport;
 use crate::error::RelayError;
 
 /// How long upload and delete tokens stay valid (relays accept up to 600 s).
@@ -140,22 +142,68 @@ pub struct Held {
     pub at: Option<RelayClient>,
 }
 
+/// Where a relay may send a blob request on with a transfer redirect
+/// (PROTOCOL.md §7.3): to a relay of the user's set, or to one the
+/// redirecting relay lists as its peer in its signed info document, with
+/// the same URL and key either way; and over https, or plain http to
+/// loopback, unless the transport is [`Transport::Insecure`].
+///
+/// The default (no set, [`Transport::Secure`]) follows redirects to listed
+/// peers only.
+#[derive(Clone, Debug, Default)]
+pub struct RedirectPolicy {
+    /// The user's relays, as (URL, key).
+    set: Arc<[(String, VerifyingKey)]>,
+    transport: Transport,
+}
+
+impl RedirectPolicy {
+    /// Redirects into `set` or a redirecting relay's peer list, over what
+    /// `transport` allows.
+    pub fn new(set: &RelaySet, transport: Transport) -> Self {
+        Self {
+            set: set
+                .entries()
+                .iter()
+                .map(|e| (e.url.clone(), e.key))
+                .collect(),
+            transport,
+        }
+    }
+
+    fn in_set(&self, url: &str, key: &VerifyingKey) -> bool {
+        self.set.iter().any(|(u, k)| u == url && k == key)
+    }
+}
+
 /// A relay at a known URL with a pinned key.
 #[derive(Clone, Debug)]
 pub struct RelayClient {
     http: reqwest::Client,
     url: String,
     key: VerifyingKey,
+    redirects: RedirectPolicy,
 }
 
 impl RelayClient {
-    /// A client for the relay at `url` whose key is `key`.
+    /// A client for the relay at `url` whose key is `key`. It follows
+    /// transfer redirects to the relay's listed peers only, over https or
+    /// loopback; [`RelayClient::with_redirects`] widens that to the user's
+    /// set.
     pub fn new(http: reqwest::Client, url: &str, key: VerifyingKey) -> Self {
         Self {
             http,
             url: url.trim_end_matches('/').to_owned(),
             key,
+            redirects: RedirectPolicy::default(),
         }
+    }
+
+    /// This client, following transfer redirects as `policy` allows.
+    #[must_use]
+    pub fn with_redirects(mut self, policy: RedirectPolicy) -> Self {
+        self.redirects = policy;
+        self
     }
 
     /// The relay's URL.
@@ -468,9 +516,11 @@ impl RelayClient {
         )))
     }
 
-    /// The relay a `307` for blob `id` points at, once its signed info
-    /// document shows the key the redirect claims: a relay that lies about
-    /// its peer cannot make the client trust a key the peer does not hold.
+    /// The relay a `307` for blob `id` points at, once (1) it is allowed
+    /// ([`RelayClient::allow_redirect`]), checked before it is contacted at
+    /// all, and (2) its signed info document shows the key the redirect
+    /// claims: a relay that lies about its peer cannot make the client
+    /// trust a key the peer does not hold.
     async fn follow(
         &self,
         id: &BlobId,
@@ -503,6 +553,7 @@ impl RelayClient {
                     "the redirect to {base} names no valid `{RELAY_KEY_HEADER}`; not followed"
                 ))
             })?;
+        self.allow_redirect(id, &base, &claimed).await?;
         let info = fetch_info(&self.http, &base).await.map_err(|err| {
             RelayError::Redirect(format!(
                 "transferred to {base}, which cannot be checked: {err}"
@@ -515,7 +566,49 @@ impl RelayClient {
                 info.signer()
             )));
         }
-        Ok(RelayClient::new(self.http.clone(), &base, claimed))
+        Ok(RelayClient::new(self.http.clone(), &base, claimed)
+            .with_redirects(self.redirects.clone()))
+    }
+
+    /// Refuses a redirect to (`base`, `claimed`) unless the policy allows
+    /// it: otherwise any relay could send the client, its address and its
+    /// timing to a host of its choosing (or into the user's own network),
+    /// and have that host recorded as holding the user's copy. The refusal
+    /// does not name the target, so nothing about it is kept.
+    async fn allow_redirect(
+        &self,
+        id: &BlobId,
+        base: &str,
+        claimed: &VerifyingKey,
+    ) -> Result<(), RelayError> {
+        if !self.redirects.transport.allows(base) {
+            return Err(RelayError::RedirectRefused(format!(
+                "redirected blob {id} to a relay reached by plain http off this machine, where \
+                 requests cross the network readable and alterable; not followed (--insecure \
+                 allows it)"
+            )));
+        }
+        if self.redirects.in_set(base, claimed) {
+            return Ok(());
+        }
+        // The redirecting relay's own signed word on who its peers are.
+        let info = self.info().await.map_err(|err| {
+            RelayError::Redirect(format!(
+                "redirected blob {id}, but its info document (for its peer list) cannot be \
+                 checked: {err}"
+            ))
+        })?;
+        let listed = info.peers.iter().any(|peer| {
+            &peer.key == claimed
+                && super::set::normalize_url(peer.url.as_str()).is_ok_and(|url| url == base)
+        });
+        if listed {
+            return Ok(());
+        }
+        Err(RelayError::RedirectRefused(format!(
+            "redirected blob {id} to a relay that is neither in your relay set nor in its own \
+             signed peer list; not followed"
+        )))
     }
 
     /// Names the peer in a failure there, so the error reported against the
@@ -828,14 +921,33 @@ mod tests {
     struct Fake {
         key: Arc<SigningKey>,
         blobs: Arc<Mutex<Blobs>>,
+        peers: Arc<Vec<cairn_proto::RelayRef>>,
     }
 
-    /// A relay on loopback signing with the key from `seed`.
+    /// A relay on loopback signing with the key from `seed`, listing no
+    /// peers.
     async fn fake(seed: u8, blobs: Blobs) -> (String, SigningKey, Arc<Mutex<Blobs>>) {
+        fake_peered(seed, blobs, &[]).await
+    }
+
+    /// [`fake`], listing `peers` (URL, key) in its signed info document.
+    async fn fake_peered(
+        seed: u8,
+        blobs: Blobs,
+        peers: &[(&str, VerifyingKey)],
+    ) -> (String, SigningKey, Arc<Mutex<Blobs>>) {
         let key = SigningKey::from_seed(&[seed; 32]);
+        let peers = peers
+            .iter()
+            .map(|(url, key)| cairn_proto::RelayRef {
+                url: cairn_proto::RelayUrl::new(*url).unwrap(),
+                key: *key,
+            })
+            .collect();
         let state = Fake {
             key: Arc::new(key.clone()),
             blobs: Arc::new(Mutex::new(blobs)),
+            peers: Arc::new(peers),
         };
         let shared = state.blobs.clone();
         let app = axum::Router::new()
@@ -859,7 +971,7 @@ mod tests {
             max_blob_size: 1 << 20,
             retention_secs: 86_400,
             limits: FairShareLimits::default(),
-            peers: Vec::new(),
+            peers: fake.peers.to_vec(),
             load_permille: 0,
             uptime_secs: 1,
         };
@@ -900,15 +1012,16 @@ mod tests {
     const DATA: &[u8] = b"sealed bytes, as far as a relay can tell";
 
     #[tokio::test]
-    async fn a_transfer_is_followed_to_the_peer_holding_the_key_it_claims() {
+    async fn a_transfer_is_followed_to_a_listed_peer_holding_the_key_it_claims() {
         let id = BlobId::of(DATA);
         let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
-        let (url, key, _) = fake(
+        let (url, key, _) = fake_peered(
             2,
             Blobs::Redirect(
                 format!("{peer_url}/v1/blobs/{id}"),
                 Some(peer_key.verifying_key().to_string()),
             ),
+            &[(&peer_url, peer_key.verifying_key())],
         )
         .await;
         let origin = client(&url, &key);
@@ -945,9 +1058,12 @@ mod tests {
         let id = BlobId::of(DATA);
         let (peer_url, _, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
         let liar = SigningKey::from_seed(&[9; 32]).verifying_key();
-        let (url, key, _) = fake(
+        // Listed with the key it does not hold, so that the redirect gets
+        // as far as asking the peer.
+        let (url, key, _) = fake_peered(
             2,
             Blobs::Redirect(format!("{peer_url}/v1/blobs/{id}"), Some(liar.to_string())),
+            &[(&peer_url, liar)],
         )
         .await;
         let origin = client(&url, &key);
@@ -987,11 +1103,13 @@ mod tests {
                 "{location} {claimed:?}: {err}"
             );
         }
-        // A relay redirecting to itself: followed a few times, then refused.
+        // A relay redirecting to itself (in the user's set, so allowed):
+        // followed a few times, then refused.
         *blobs.lock().unwrap() = Blobs::Redirect(
             format!("{url}/v1/blobs/{id}"),
             Some(key.verifying_key().to_string()),
         );
+        let origin = origin.with_redirects(policy(&[(&url, &key)], Transport::Secure));
         let err = origin.probe(&id).await.unwrap_err();
         assert!(err.to_string().contains("more than 3"), "{err}");
     }
@@ -1000,7 +1118,89 @@ mod tests {
     async fn a_peer_that_no_longer_holds_it_reads_as_absent() {
         let id = BlobId::of(DATA);
         let (peer_url, peer_key, _) = fake(1, Blobs::Hold(Vec::new())).await;
+        let (url, key, _) = fake_peered(
+            2,
+            Blobs::Redirect(
+                format!("{peer_url}/v1/blobs/{id}"),
+                Some(peer_key.verifying_key().to_string()),
+            ),
+            &[(&peer_url, peer_key.verifying_key())],
+        )
+        .await;
+        assert!(client(&url, &key).probe(&id).await.unwrap().is_none());
+    }
+
+    /// A policy whose relay set is `set` (URL, key).
+    fn policy(set: &[(&str, &SigningKey)], transport: Transport) -> RedirectPolicy {
+        let mut relays = RelaySet::default();
+        for (url, key) in set {
+            relays.upsert(crate::relay::RelayEntry {
+                url: (*url).to_owned(),
+                key: key.verifying_key(),
+                added_at: 0,
+            });
+        }
+        RedirectPolicy::new(&relays, transport)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_outside_the_set_and_the_peer_list_is_refused_without_contacting_it() {
+        let id = BlobId::of(DATA);
+        // The outside relay holds the blob and its key, and would pass
+        // every other check.
+        let (outside_url, outside_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+        let (listed_url, listed_key, _) = fake(3, Blobs::Hold(DATA.to_vec())).await;
+        let (url, key, _) = fake_peered(
+            2,
+            Blobs::Redirect(
+                format!("{outside_url}/v1/blobs/{id}"),
+                Some(outside_key.verifying_key().to_string()),
+            ),
+            &[(&listed_url, listed_key.verifying_key())],
+        )
+        .await;
+        let origin = client(&url, &key).with_redirects(policy(
+            &[(&url, &key), (&listed_url, &listed_key)],
+            Transport::Secure,
+        ));
+        let err = origin.probe(&id).await.unwrap_err();
+        assert!(matches!(err, RelayError::RedirectRefused(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("neither in your relay set nor"), "{text}");
+        // Nothing in the refusal names the target, so nothing about it is
+        // kept wherever the error goes.
+        assert!(!text.contains(&outside_url), "{text}");
+        let err = origin.fetch_bytes(&id, 1024).await.unwrap_err();
+        assert!(matches!(err, RelayError::RedirectRefused(_)), "{err}");
+        let err = origin
+            .audit(
+                &id,
+                &ChunkRequest::random(DATA.len() as u64, 1, || 0).unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RelayError::RedirectRefused(_)), "{err}");
+
+        // Checked before the target is asked anything: a target where
+        // nothing listens gives the same refusal, not "unreachable".
+        let nowhere = "http://127.0.0.1:9";
         let (url, key, _) = fake(
+            4,
+            Blobs::Redirect(
+                format!("{nowhere}/v1/blobs/{id}"),
+                Some(outside_key.verifying_key().to_string()),
+            ),
+        )
+        .await;
+        let err = client(&url, &key).probe(&id).await.unwrap_err();
+        assert!(matches!(err, RelayError::RedirectRefused(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_into_the_users_set_is_followed_without_a_peer_list() {
+        let id = BlobId::of(DATA);
+        let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+        let (url, key, blobs) = fake(
             2,
             Blobs::Redirect(
                 format!("{peer_url}/v1/blobs/{id}"),
@@ -1008,6 +1208,60 @@ mod tests {
             ),
         )
         .await;
-        assert!(client(&url, &key).probe(&id).await.unwrap().is_none());
+        let origin = client(&url, &key);
+        // Not listed as the relay's peer, and not in the (empty) set.
+        assert!(matches!(
+            origin.probe(&id).await.unwrap_err(),
+            RelayError::RedirectRefused(_)
+        ));
+        let origin = origin.with_redirects(policy(
+            &[(&url, &key), (&peer_url, &peer_key)],
+            Transport::Secure,
+        ));
+        let held = origin.probe(&id).await.unwrap().unwrap();
+        assert_eq!(held.at.unwrap().url(), peer_url);
+        assert_eq!(origin.fetch_bytes(&id, 1024).await.unwrap(), DATA);
+        // The set entry is a URL and a key together: the same key at
+        // another URL is not the relay the user chose.
+        let renamed = peer_url.replace("127.0.0.1", "localhost");
+        *blobs.lock().unwrap() = Blobs::Redirect(
+            format!("{renamed}/v1/blobs/{id}"),
+            Some(peer_key.verifying_key().to_string()),
+        );
+        assert!(matches!(
+            origin.probe(&id).await.unwrap_err(),
+            RelayError::RedirectRefused(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_plain_http_off_this_machine_is_refused_unless_insecure() {
+        let id = BlobId::of(DATA);
+        let peer_key = SigningKey::from_seed(&[1; 32]);
+        // Listed as a peer and in the set: only the transport is wrong.
+        let target = "http://relay.invalid";
+        let (url, key, _) = fake_peered(
+            2,
+            Blobs::Redirect(
+                format!("{target}/v1/blobs/{id}"),
+                Some(peer_key.verifying_key().to_string()),
+            ),
+            &[(target, peer_key.verifying_key())],
+        )
+        .await;
+        let origin = client(&url, &key).with_redirects(policy(
+            &[(&url, &key), (target, &peer_key)],
+            Transport::Secure,
+        ));
+        let err = origin.probe(&id).await.unwrap_err();
+        assert!(matches!(err, RelayError::RedirectRefused(_)), "{err}");
+        assert!(err.to_string().contains("plain http"), "{err}");
+        assert!(!err.to_string().contains("relay.invalid"), "{err}");
+        // With --insecure it passes this check and goes on to the target,
+        // which (`.invalid` never resolves) cannot be checked.
+        let origin = origin.with_redirects(policy(&[(&url, &key)], Transport::Insecure));
+        let err = origin.probe(&id).await.unwrap_err();
+        assert!(matches!(err, RelayError::Redirect(_)), "{err}");
+        assert!(err.to_string().contains("cannot be checked"), "{err}");
     }
 }

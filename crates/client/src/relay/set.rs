@@ -55,8 +55,22 @@ impl RelaySet {
         self.relays.iter().find(|r| r.url == url)
     }
 
-    /// Adds or replaces the entry for its URL.
-    pub(crate) fn upsert(&mut self, entry: RelayEntry) {
+    /// Adds the entry unless its URL is in the set already; returns
+    /// whether it was added. A pin already held wins over a later one: at
+    /// `device join`, the keys the authenticated pairing welcome names are
+    /// stored first, and the key the relay joined through presented on
+    /// first use must not replace one of them. Replacing a pin on purpose
+    /// is [`RelaySet::replace`].
+    pub(crate) fn upsert(&mut self, entry: RelayEntry) -> bool {
+        if self.get(&entry.url).is_some() {
+            return false;
+        }
+        self.relays.push(entry);
+        true
+    }
+
+    /// Adds the entry, or replaces the one for its URL (its pin included).
+    pub(crate) fn replace(&mut self, entry: RelayEntry) {
         match self.relays.iter_mut().find(|r| r.url == entry.url) {
             Some(existing) => *existing = entry,
             None => self.relays.push(entry),
@@ -99,5 +113,29 @@ mod tests {
         assert!(normalize_url("relay.example").is_err());
         assert!(normalize_url("ftp://relay.example").is_err());
         assert!(normalize_url("http://").is_err());
+    }
+
+    fn entry(url: &str, seed: u8) -> RelayEntry {
+        RelayEntry {
+            url: url.into(),
+            key: cairn_proto::SigningKey::from_seed(&[seed; 32]).verifying_key(),
+            added_at: 0,
+        }
+    }
+
+    /// Part of issue 1/7: at `device join` the welcome's relays go in
+    /// first, then the relay joined through; the key it presented on first
+    /// use must not replace the one the authenticated welcome named.
+    #[test]
+    fn a_first_use_pin_does_not_replace_a_pin_already_held() {
+        let mut set = RelaySet::default();
+        let welcome = entry("https://a.example", 1);
+        assert!(set.upsert(welcome.clone()));
+        let impostor = entry("https://a.example", 2);
+        assert!(!set.upsert(impostor.clone()));
+        assert_eq!(set.entries(), [welcome]);
+        // Replacing on purpose (`relay add --accept-new-key`) still works.
+        set.replace(impostor.clone());
+        assert_eq!(set.entries(), [impostor]);
     }
 }

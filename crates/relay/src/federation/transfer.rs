@@ -113,7 +113,16 @@ async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
     if used(app) <= low {
         return Outcome::NotMoved { failed: 0 };
     }
-    let peers = app.federation.peers_with_room(size);
+    // Configured peers only: they are the ones the signed info document
+    // lists, and clients follow a transfer redirect only to a listed peer
+    // (or a relay of their own set), so a blob handed to a learned peer
+    // would be out of their reach and count against this relay.
+    let peers: Vec<_> = app
+        .federation
+        .peers_with_room(size)
+        .into_iter()
+        .filter(|p| !p.learned)
+        .collect();
     if peers.is_empty() {
         return Outcome::NoRoom;
     }
