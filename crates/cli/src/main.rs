@@ -21,8 +21,10 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 /// cairn keeps your files end-to-end encrypted on relays you choose.
 ///
 /// Your devices hold every key; relays store only sealed blobs and cannot
-/// read, link or withhold your data. Each file is stored on several relays,
-/// and any one of them is enough to get it back.
+/// read your data, and one that withholds or alters it is caught and routed
+/// around. Each file is stored on several relays, and any one of them is
+/// enough to get it back. Relays do see metadata (which blobs, how large,
+/// when): docs/THREAT-MODEL.md §3 says what each one learns.
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",
