@@ -784,6 +784,13 @@ fn sync_summary(report: &cairn_client::SyncReport) -> String {
             report.claims_pending
         ));
     }
+    for device in &report.revoked {
+        text.push_str(&format!(
+            "\n  device {} ({}) was revoked: new files are sealed to vault generation {}, \
+             which it cannot open",
+            device.name, device.device, report.vault_generation
+        ));
+    }
     for relay in report.relays.iter().filter(|r| !r.reachable) {
         text.push_str(&format!(
             "\n  unreachable {}: {}",

@@ -220,6 +220,12 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     let sync = desktop.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     let report = sync.json();
+    assert_eq!(
+        report["revoked"][0]["device"],
+        phone_key.as_str(),
+        "{report}"
+    );
+    assert_eq!(report["vault_generation"], 2, "{report}");
     let list = desktop.run(&["device", "list", "--json"]).await.json();
     let keys: Vec<&str> = list["devices"]
         .as_array()

@@ -26,7 +26,7 @@ pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
 pub use rotate::RotateReport;
 pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};
-pub use sync::{DeviceSync, Finding, RelaySync, SyncReport};
+pub use sync::{DeviceSync, Finding, RelaySync, RevokedDevice, SyncReport};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, read_required, write_private};

@@ -196,9 +196,22 @@ pub struct DeviceSync {
     pub this_device: bool,
 }
 
+/// A device this sync learned was revoked.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokedDevice {
+    /// Its key.
+    pub device: String,
+    /// Its name while it was enrolled.
+    pub name: String,
+}
+
 /// What a sync did and found.
 #[derive(Clone, Debug, Serialize)]
 pub struct SyncReport {
+    /// Devices whose revocation this sync learned of.
+    pub revoked: Vec<RevokedDevice>,
+    /// The vault generation new data is sealed to, after this sync.
+    pub vault_generation: u32,
     /// Per relay.
     pub relays: Vec<RelaySync>,
     /// Per device.
@@ -288,6 +301,13 @@ impl Client {
     }
 
     async fn sync_with(&mut self, state: &mut SyncState) -> Result<SyncReport> {
+        let enrolled_before: Vec<(VerifyingKey, String)> = self
+            .log
+            .state()
+            .devices()
+            .values()
+            .map(|d| (d.key, d.name.as_str().to_owned()))
+            .collect();
         let relays = self.relay_clients();
         let first_finding = state.findings.len();
         let (listings, mut relay_reports) = loop {
@@ -412,7 +432,17 @@ impl Client {
                 }
             })
             .collect();
+        let revoked = enrolled_before
+            .into_iter()
+            .filter(|(key, _)| self.log.state().revoked().contains(key))
+            .map(|(key, name)| RevokedDevice {
+                device: key.to_string(),
+                name,
+            })
+            .collect();
         Ok(SyncReport {
+            revoked,
+            vault_generation: self.log.state().vault().map_or(0, |v| v.generation),
             relays: relay_reports,
             devices,
             merged,
