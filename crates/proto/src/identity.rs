@@ -164,6 +164,11 @@ pub enum LogErrorKind {
     /// A rotation does not wrap the new key to exactly the active devices.
     #[error("rotation must wrap the new vault key to exactly the active devices")]
     WrappedKeysMismatch,
+    /// A vault-key rotation signed by a device rather than the root key
+    /// (revision 2): a device could otherwise hand every other device
+    /// wrapped keys that do not open, or a vault key it chose.
+    #[error("a vault-key rotation must be signed by the root key")]
+    RotationNotByRoot,
 }
 
 impl IdentityState {
@@ -243,6 +248,9 @@ impl IdentityState {
             } else {
                 LogErrorKind::UnknownSigner(signer)
             });
+        }
+        if matches!(entry.action, LogAction::RotateVaultKey { .. }) && signer != self.root {
+            return Err(LogErrorKind::RotationNotByRoot);
         }
         let mut next = self.clone();
         next.act(entry.seq, entry.action)?;

@@ -32,11 +32,11 @@ fn keys() -> Keys {
 fn full_log(k: &Keys) -> IdentityBuilder {
     let mut log = IdentityBuilder::new(k.root.clone());
     log.add_device(&k.root, &k.laptop, "laptop")
-        .rotate(&k.laptop, &[&k.laptop])
+        .rotate(&k.root, &[&k.laptop])
         .add_device(&k.root, &k.phone, "phone")
         .set_relays(&k.phone, vec![relay_ref("relay a", "https://a.example")])
         .revoke(&k.laptop, &k.phone)
-        .rotate(&k.laptop, &[&k.laptop]);
+        .rotate(&k.root, &[&k.laptop]);
     log
 }
 
@@ -75,7 +75,7 @@ fn a_revocation_marks_the_vault_for_rotation_until_one_follows() {
     let k = keys();
     let mut log = IdentityBuilder::new(k.root.clone());
     log.add_device(&k.root, &k.laptop, "laptop")
-        .rotate(&k.laptop, &[&k.laptop])
+        .rotate(&k.root, &[&k.laptop])
         .add_device(&k.root, &k.phone, "phone")
         .revoke(&k.root, &k.phone);
     assert!(verify(&log).unwrap().vault_needs_rotation());
@@ -357,9 +357,9 @@ fn vault_generations_must_follow_on() {
     // Rotation that skips generation 2.
     let mut skip = IdentityBuilder::new(k.root.clone());
     skip.add_device(&k.root, &k.laptop, "laptop")
-        .rotate(&k.laptop, &[&k.laptop]);
+        .rotate(&k.root, &[&k.laptop]);
     skip.push(
-        &k.laptop,
+        &k.root,
         LogAction::RotateVaultKey {
             generation: 3,
             recipient: cairn_proto::X25519PublicKey::from_bytes([3; 32]),
@@ -383,8 +383,8 @@ fn vault_generations_must_follow_on() {
     let mut stale = IdentityBuilder::new(k.root.clone());
     stale
         .add_device(&k.root, &k.laptop, "laptop")
-        .rotate(&k.laptop, &[&k.laptop])
-        .rotate(&k.laptop, &[&k.laptop]);
+        .rotate(&k.root, &[&k.laptop])
+        .rotate(&k.root, &[&k.laptop]);
     let certificate = stale.certificate(&k.phone, "phone");
     stale.push(
         &k.root,
@@ -412,7 +412,7 @@ fn enrollment_must_carry_the_vault_key_exactly_when_one_exists() {
     let mut missing = IdentityBuilder::new(k.root.clone());
     missing
         .add_device(&k.root, &k.laptop, "laptop")
-        .rotate(&k.laptop, &[&k.laptop]);
+        .rotate(&k.root, &[&k.laptop]);
     let certificate = missing.certificate(&k.phone, "phone");
     missing.push(
         &k.root,
@@ -448,7 +448,7 @@ fn a_rotation_must_wrap_to_exactly_the_active_devices() {
         .add_device(&k.root, &k.laptop, "laptop")
         .add_device(&k.root, &k.phone, "phone")
         .revoke(&k.root, &k.phone)
-        .rotate(&k.laptop, &[&k.laptop, &k.phone]);
+        .rotate(&k.root, &[&k.laptop, &k.phone]);
     rejected(&leaky, 3, LogErrorKind::WrappedKeysMismatch);
 
     // Forgetting an active device: it would be locked out.
@@ -456,7 +456,7 @@ fn a_rotation_must_wrap_to_exactly_the_active_devices() {
     forgetful
         .add_device(&k.root, &k.laptop, "laptop")
         .add_device(&k.root, &k.phone, "phone")
-        .rotate(&k.laptop, &[&k.laptop]);
+        .rotate(&k.root, &[&k.laptop]);
     rejected(&forgetful, 2, LogErrorKind::WrappedKeysMismatch);
 }
 
@@ -489,9 +489,15 @@ fn a_refused_entry_leaves_the_state_unchanged() {
     let variants: Vec<(Append, LogErrorKind)> = vec![
         (
             Box::new(|b| {
-                b.rotate(&key("laptop"), &[&key("laptop"), &key("server")]);
+                b.rotate(&key("root"), &[&key("laptop"), &key("server")]);
             }),
             LogErrorKind::WrappedKeysMismatch,
+        ),
+        (
+            Box::new(|b| {
+                b.rotate(&key("laptop"), &[&key("laptop")]);
+            }),
+            LogErrorKind::RotationNotByRoot,
         ),
         (
             Box::new(|b| {
@@ -584,8 +590,9 @@ proptest! {
                     stale = log.generation() > 0;
                 }
                 Step::Rotate if !active.is_empty() => {
+                    // Only the root rotates the vault key (revision 2).
                     let refs: Vec<_> = active.iter().collect();
-                    log.rotate(&signer, &refs);
+                    log.rotate(&root, &refs);
                     stale = false;
                 }
                 _ => {
@@ -642,4 +649,17 @@ proptest! {
         dropped.remove(a.index(entries.len() - 1));
         prop_assert!(verify_identity_log(&root.verifying_key(), &dropped).is_err());
     }
+}
+
+/// A device cannot rotate the vault key (revision 2): a stolen one could
+/// otherwise wrap keys that do not open for every other device, or hand
+/// them a vault key it chose.
+#[test]
+fn only_the_root_rotates_the_vault_key() {
+    let k = keys();
+    let mut log = IdentityBuilder::new(k.root.clone());
+    log.add_device(&k.root, &k.laptop, "laptop")
+        .add_device(&k.root, &k.phone, "phone")
+        .rotate(&k.phone, &[&k.laptop, &k.phone]);
+    rejected(&log, 2, LogErrorKind::RotationNotByRoot);
 }

@@ -278,11 +278,11 @@ fn identity_log_vectors() -> Value {
     let (laptop, phone) = (key("laptop"), key("phone"));
     let mut log = IdentityBuilder::new(root.clone());
     log.add_device(&root, &laptop, "laptop")
-        .rotate(&laptop, &[&laptop])
+        .rotate(&root, &[&laptop])
         .add_device(&root, &phone, "phone")
         .set_relays(&phone, vec![relay_ref("relay a", "https://a.example")])
         .revoke(&laptop, &phone)
-        .rotate(&laptop, &[&laptop]);
+        .rotate(&root, &[&laptop]);
     let state = verify_identity_log(&root.verifying_key(), log.entries()).unwrap();
     let mut tampered = log.entries().to_vec();
     tampered.remove(2);
