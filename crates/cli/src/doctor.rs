@@ -117,29 +117,37 @@ fn render(findings: &[Finding]) -> String {
 /// log that forks. A device still enrolled after that is most likely in
 /// someone else's hands.
 fn device_findings(client: &Client) -> anyhow::Result<Vec<Finding>> {
-    const MISBEHAVIOUR: [&str; 3] = ["implausible_head", "forked_identity", "equivocation"];
-    let devices = client.identity().state().devices();
+    const MISBEHAVIOUR: [&str; 4] = [
+        "implausible_head",
+        "forked_identity",
+        "equivocation",
+        "unknown_writer",
+    ];
+    let state = client.identity().state();
+    let devices = state.devices();
     let mut suspects: Vec<String> = Vec::new();
     let mut anonymous = 0;
     for finding in client.findings()? {
         if !MISBEHAVIOUR.contains(&finding.kind.as_str()) {
             continue;
         }
-        let enrolled = finding
+        let key = finding
             .device
             .as_deref()
-            .and_then(|key| key.parse::<cairn_client::proto::VerifyingKey>().ok())
-            .and_then(|key| devices.get(&key));
-        match (enrolled, &finding.device) {
-            (Some(device), _) => {
+            .and_then(|key| key.parse::<cairn_client::proto::VerifyingKey>().ok());
+        match key {
+            Some(key) if devices.contains_key(&key) => {
+                let device = &devices[&key];
                 let name = format!("{} ({})", device.name.as_str(), device.key);
                 if !suspects.contains(&name) {
                     suspects.push(name);
                 }
             }
             // Revoked since: dealt with.
-            (None, Some(_)) => {}
-            (None, None) => anonymous += 1,
+            Some(key) if state.revoked().contains(&key) => {}
+            // Nobody, or a key the identity never enrolled: someone holding
+            // the mailbox key, whoever that is.
+            _ => anonymous += 1,
         }
     }
     let mut out = Vec::new();
@@ -155,11 +163,11 @@ fn device_findings(client: &Client) -> anyhow::Result<Vec<Finding>> {
         ));
     }
     if anonymous > 0 {
-        out.push(Finding::warn(
+        out.push(Finding::fail(
             "devices",
             format!(
-                "{anonymous} legacy head(s) in your mailbox were frozen or forged by someone \
-                 holding the mailbox key (see `cairn status`)"
+                "{anonymous} head(s) in your mailbox were frozen, forged or planted by someone \
+                 holding the mailbox key, under no device's name (see `cairn status`)"
             ),
             "if a device was lost or stolen, revoke it: the next vault key moves every \
              device to a mailbox it cannot write",

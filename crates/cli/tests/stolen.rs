@@ -216,7 +216,14 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         "{revoked}"
     );
 
-    // The desktop's next sync reports the revocation and the frozen slots.
+    // After the revocation, the thief branches the identity log off before
+    // it, longer than the laptop's branch, and names its branch in its own
+    // slot of the old mailbox, where the desktop still reads.
+    let forked = fork_log(&stolen, &relays, &mailbox, 4).await;
+    assert_eq!(forked, 3 * 4, "every relay took the thief's branch");
+
+    // The desktop's next sync reports the revocation and the frozen slots,
+    // and keeps the branch that revokes the phone.
     let sync = desktop.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     let report = sync.json();
@@ -246,6 +253,14 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     assert!(
         kinds.iter().any(|k| k == "implausible_head"),
         "the frozen slots are reported: {report} {findings}"
+    );
+    assert!(
+        findings["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "forked_identity" && f["device"] == phone_key.as_str()),
+        "the thief's branch is reported, naming the phone: {findings}"
     );
     // Once the phone is revoked, `doctor` no longer counts it as a suspect.
     let doctor = desktop.run(&["doctor", "--json"]).await;
@@ -410,4 +425,52 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
         "the held removal did not win: {ls}"
     );
     assert_eq!(laptop.get_data("doc").await, b"the laptop's document");
+}
+
+/// Appends `entries` preferred-relay entries, signed by the thief's device
+/// key, to the log it held before its revocation, stores them on every
+/// relay, and points its own `id` slot of `mailbox` at the last. Returns
+/// how many entries the relays took.
+async fn fork_log(
+    stolen: &Client,
+    relays: &[Relay; 3],
+    mailbox: &SigningKey,
+    entries: usize,
+) -> usize {
+    use cairn_client::proto::{IdentityLogEntry, LogAction};
+    use cairn_client::relay::{Role, sign_owned};
+
+    let thief = stolen.device_signing_key();
+    let mut seq = stolen.identity().state().last_seq();
+    let mut prev = stolen.identity().state().head();
+    let mut blobs = Vec::new();
+    for _ in 0..entries {
+        seq += 1;
+        let entry = IdentityLogEntry {
+            seq,
+            prev: Some(prev),
+            action: LogAction::SetPreferredRelays { relays: Vec::new() },
+        };
+        let bytes = SignedRecord::sign(&entry, thief).unwrap().to_bytes();
+        prev = BlobId::of(&bytes);
+        blobs.push(bytes);
+    }
+    let head = sign_owned(mailbox, thief, Role::Identity, seq, prev).unwrap();
+    let mut stored = 0;
+    for relay in relays {
+        let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
+        let uploader = stolen.upload_key(&relay.handle().key());
+        for bytes in &blobs {
+            client
+                .put_bytes(&BlobId::of(bytes), bytes.clone().into(), &uploader, 0)
+                .await
+                .unwrap();
+            stored += 1;
+        }
+        assert!(matches!(
+            client.put_head(&head).await.unwrap(),
+            HeadWrite::Stored
+        ));
+    }
+    stored
 }

@@ -14,6 +14,7 @@
 mod client;
 mod error;
 mod files;
+mod fork;
 mod home;
 mod identity;
 mod keyfile;

@@ -227,7 +227,7 @@ impl Client {
         if !set.entries().iter().any(|r| r.key == entry.key) {
             set.upsert(entry);
         }
-        let log = extend_log(&clients(&http, &set), &body.root, None, body.head).await?;
+        let log = extend_log(&clients(&http, &set), &body.root, body.head).await?;
         let me = device.signing.verifying_key();
         match log.state().devices().get(&me) {
             Some(enrolled) if enrolled.x25519 == device.x25519.public() => {}
@@ -347,6 +347,22 @@ impl Client {
             ));
         }
         let old_vault = self.current_vault()?;
+        // The rotation is announced in the old mailbox through this device's
+        // own `id` slot. Make sure that slot exists now, while nothing is
+        // committed: a mailbox filled to its slot limit (a stolen device can
+        // do that) takes updates of existing slots but no new ones.
+        let failures = self.publish_identity().await?;
+        if failures.len() == self.relays.entries().len() {
+            return Err(Error::Invalid(format!(
+                "no relay took this device's identity head in the current mailbox, so the \
+                 revocation could not be announced there; nothing was revoked: {}",
+                failures
+                    .iter()
+                    .map(|(url, err)| format!("{url}: {err}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
 
         let revocation = SignedRecord::sign(
             &Revocation {

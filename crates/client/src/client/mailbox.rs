@@ -19,6 +19,7 @@ use cairn_proto::{
 
 use super::Client;
 use crate::error::{Error, RelayError, Result};
+use crate::fork::Choice;
 use crate::identity::IdentityLog;
 use crate::keys::VaultKey;
 use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role, sign_owned, unix_now};
@@ -95,11 +96,20 @@ pub(super) async fn put_own_head(
         {
             Ok(())
         }
-        HeadWrite::Stale(current) => Err(RelayError::OwnSlotAhead {
-            role,
-            stored: current.map_or(sent.seq, |c| c.seq),
-            sent: sent.seq,
-        }),
+        // Only a head that verifies as this device's own proves its key
+        // signed elsewhere; anything else is this relay's word alone.
+        HeadWrite::Stale(Some(current))
+            if current.writer == sent.writer && current.seq >= sent.seq =>
+        {
+            Err(RelayError::OwnSlotAhead {
+                role,
+                stored: current.seq,
+                sent: sent.seq,
+            })
+        }
+        HeadWrite::Stale(_) => Err(RelayError::Protocol(
+            "refused the head as stale without showing a newer one signed by this device".into(),
+        )),
     }
 }
 
@@ -138,44 +148,78 @@ pub(super) async fn fetch_small_noting(
     })
 }
 
-/// Walks back from `target` to the end of `known` (or to the genesis entry)
-/// and returns the log extended by what it found, verified.
-pub(super) async fn extend_log(
+/// Why a log could not be fetched from an identity head.
+#[derive(Debug)]
+pub(super) enum FetchLogError {
+    /// No relay delivered an entry: an outage, proving nothing.
+    Unavailable(Error),
+    /// The entries are there and are not a valid log of this identity.
+    Invalid(String),
+}
+
+impl From<FetchLogError> for Error {
+    fn from(err: FetchLogError) -> Self {
+        match err {
+            FetchLogError::Unavailable(err) => err,
+            FetchLogError::Invalid(why) => Error::IdentityNotFound(why),
+        }
+    }
+}
+
+/// Walks back from `target` to the first entry `known` holds (or to entry
+/// 0) and returns the log that ends at `target`, verified: an extension of
+/// `known`, a part of it, or a fork from it ([`crate::fork::choose`] tells
+/// which). Stops at any entry already held, so a fork costs only its own
+/// entries.
+pub(super) async fn fetch_log(
     relays: &[RelayClient],
     root: &cairn_proto::VerifyingKey,
     known: Option<&IdentityLog>,
     target: BlobId,
-) -> Result<IdentityLog> {
-    let stop = known.map(|log| log.state().head());
+) -> Result<IdentityLog, FetchLogError> {
     let mut fetched = Vec::new();
     let mut next = Some(target);
+    let mut attach = None;
     while let Some(id) = next {
-        if Some(id) == stop {
+        if let Some(position) = known.and_then(|log| log.position_of(&id)) {
+            attach = Some(position);
             break;
         }
         if fetched.len() >= MAX_LOG_WALK {
-            return Err(Error::IdentityNotFound(
+            return Err(FetchLogError::Invalid(
                 "the identity log on the relays is implausibly long".into(),
             ));
         }
-        let bytes = fetch_small(relays, &id, cairn_proto::MAX_ENVELOPE_LEN).await?;
+        let bytes = fetch_small(relays, &id, cairn_proto::MAX_ENVELOPE_LEN)
+            .await
+            .map_err(FetchLogError::Unavailable)?;
         let entry = SignedRecord::from_bytes(&bytes)
             .ok()
             .and_then(|r| r.verify::<IdentityLogEntry>().ok())
-            .ok_or_else(|| Error::IdentityNotFound(format!("log entry {id} is not valid")))?;
+            .ok_or_else(|| FetchLogError::Invalid(format!("log entry {id} is not valid")))?;
         next = entry.prev;
         fetched.push(bytes);
     }
-    if next.is_none() && stop.is_some() {
-        return Err(Error::IdentityNotFound(
-            "the identity log on the relays does not extend this device's (a fork or rollback)"
-                .into(),
-        ));
-    }
     fetched.reverse();
-    let mut entries = known.map(|l| l.entries().to_vec()).unwrap_or_default();
+    let mut entries = match (known, attach) {
+        (Some(log), Some(position)) => {
+            let keep = usize::try_from(position).map_or(0, |p| p.saturating_add(1));
+            log.entries()[..keep.min(log.entries().len())].to_vec()
+        }
+        _ => Vec::new(),
+    };
     entries.extend(fetched);
-    IdentityLog::verify(root, entries)
+    IdentityLog::verify(root, entries).map_err(|err| FetchLogError::Invalid(err.to_string()))
+}
+
+/// The log that ends at `target`, fetched whole and verified (for a device
+/// that holds none yet).
+pub(super) async fn extend_log(
+    relays: &[RelayClient],
+    root: &cairn_proto::VerifyingKey,
+    target: BlobId,
+) -> Result<IdentityLog> {
+    Ok(fetch_log(relays, root, None, target).await?)
 }
 
 /// Finds an identity's log with nothing but its root key: vault generation 1
@@ -193,18 +237,40 @@ pub(super) async fn find_log_with_root(
     loop {
         let mailbox = VaultKey::derive(root, generation).mailbox();
         // Every candidate is tried, not just the highest: a head's `seq` is
-        // its writer's claim, and a device that was stolen can claim any.
+        // its writer's claim, and a stolen device can claim any. Forks are
+        // decided by the root key's authority (`crate::fork`).
         for head in identity_heads(&relays, &mailbox).await {
-            let is_new = log.as_ref().is_none_or(|known| {
-                head.target != known.state().head() && head.seq > known.state().last_seq()
-            });
-            if !is_new {
+            if log
+                .as_ref()
+                .is_some_and(|l| l.position_of(&head.target).is_some())
+            {
                 continue;
             }
-            match extend_log(&relays, &root_key, log.as_ref(), head.target).await {
-                Ok(extended) => log = Some(extended),
-                Err(err) => tracing::warn!(%err, "ignoring an identity head"),
+            let fetched = match fetch_log(&relays, &root_key, log.as_ref(), head.target).await {
+                Ok(fetched) => fetched,
+                Err(err) => {
+                    tracing::warn!(?err, "ignoring an identity head");
+                    continue;
+                }
+            };
+            if head.is_owned() && fetched.state().last_seq() != head.seq {
+                tracing::warn!(
+                    seq = head.seq,
+                    "ignoring an identity head at a wrong position"
+                );
+                continue;
             }
+            log = Some(match log.take() {
+                None => fetched,
+                Some(current) => match crate::fork::choose(&current, fetched) {
+                    Choice::Keep | Choice::Fork { adopt: None, .. } => current,
+                    Choice::Extend(longer)
+                    | Choice::Fork {
+                        adopt: Some(longer),
+                        ..
+                    } => longer,
+                },
+            });
         }
         let Some(found) = log.take() else {
             return Err(Error::IdentityNotFound(

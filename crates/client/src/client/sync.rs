@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::Client;
-use super::mailbox::{put_own_head, sign_own_head};
+use super::mailbox::{FetchLogError, put_own_head, sign_own_head};
 use crate::error::{Error, Result, io_at};
+use crate::fork::Choice;
 use crate::home::write_private;
 use crate::relay::{Claimed, Deleted, Head, RelayClient, Role, unix_now};
 use crate::seal;
@@ -111,6 +112,10 @@ pub(crate) struct SyncState {
     /// lie, not a missed update.
     #[serde(default)]
     acked: BTreeMap<String, u64>,
+    /// Identity-log targets (blob id text) that proved not to be a valid
+    /// log of this identity, newest last: not fetched again.
+    #[serde(default)]
+    refused_targets: Vec<String>,
 }
 
 /// What changes whenever a sync changes the state (the table changes only
@@ -150,6 +155,14 @@ impl SyncState {
 
     fn position(&self, device: &VerifyingKey) -> Option<Position> {
         self.devices.get(&device.to_string()).copied()
+    }
+
+    /// Remembers that `target` leads to no valid log, keeping the newest.
+    fn refuse_target(&mut self, target: BlobId) {
+        const KEPT: usize = 256;
+        self.refused_targets.push(target.to_string());
+        let excess = self.refused_targets.len().saturating_sub(KEPT);
+        self.refused_targets.drain(..excess);
     }
 
     fn note(&mut self, finding: Finding) {
@@ -374,17 +387,29 @@ impl Client {
             if head.seq <= state.snapshot {
                 break;
             }
+            if head.writer.is_some_and(|w| !self.ever_enrolled(&w))
+                || state.refused_targets.contains(&head.target.to_string())
+            {
+                continue;
+            }
             match self.apply_snapshot(state, &relays, head).await {
                 Ok(applied) => {
                     snapshot_applied = applied;
                     break;
                 }
-                Err(err) => state.note(finding(
-                    "bad_operation",
-                    None,
-                    Some(head.target.to_string()),
-                    format!("snapshot refused: {err}"),
-                )),
+                Err(err) => {
+                    // Not fetched again at every sync (unless it was only
+                    // out of reach).
+                    if !matches!(err, Error::Unavailable { .. }) {
+                        state.refuse_target(head.target);
+                    }
+                    state.note(finding(
+                        "bad_operation",
+                        None,
+                        Some(head.target.to_string()),
+                        format!("snapshot refused: {err}"),
+                    ));
+                }
             }
         }
 
@@ -455,9 +480,13 @@ impl Client {
         })
     }
 
-    /// Follows the identity heads the listings show to the longest log that
-    /// extends this device's, and reports heads that lie about their
-    /// position or lead to a fork. Returns whether the log grew.
+    /// Follows the identity heads the listings show: each log they lead to
+    /// that extends this device's is taken up, and a fork is decided by the
+    /// root key's authority (`crate::fork`), naming the devices that signed
+    /// the branch that lost. Heads that lie about their position, lead to
+    /// entries that are not a valid log, or come from a writer the identity
+    /// never enrolled are reported and not fetched again. Returns whether
+    /// the log changed.
     async fn advance_identity(
         &mut self,
         state: &mut SyncState,
@@ -471,53 +500,23 @@ impl Client {
             .flat_map(|(i, l)| l.with_role(Role::Identity).map(move |h| (i, h)))
             .collect();
         heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
-        let start = self.log.state().last_seq();
+        let start = self.log.state().head();
         let mut tried = BTreeSet::new();
-        let mut grew = false;
         for (index, head) in heads {
-            if !tried.insert(head.target) {
+            if !tried.insert(head.target) || self.log.position_of(&head.target).is_some() {
                 continue;
             }
-            let known = self.log.position_of(&head.target);
-            let extended = match known {
-                Some(_) => None,
-                None => match super::mailbox::extend_log(
-                    relays,
-                    &self.config.root,
-                    Some(&self.log),
-                    head.target,
-                )
-                .await
-                {
-                    Ok(log) => Some(log),
-                    Err(err) => {
-                        if head.is_owned() {
-                            state.note(finding(
-                                "forked_identity",
-                                Some(relays[index].url()),
-                                head.writer.map(|w| w.to_string()),
-                                format!(
-                                    "names identity entry {}, which does not extend this \
-                                     device's log: {err}",
-                                    head.target
-                                ),
-                            ));
-                        } else {
-                            tracing::warn!(%err, "ignoring an identity head");
-                        }
-                        continue;
-                    }
-                },
-            };
-            if let Some(log) = extended
-                && log.state().last_seq() > self.log.state().last_seq()
+            if let Some(writer) = head.writer
+                && !self.ever_enrolled(&writer)
             {
-                self.log = log;
-                self.save_log()?;
-                grew = true;
+                state.note(unknown_writer(relays[index].url(), &writer));
+                continue;
             }
+            let claim = head.is_owned().then_some(head.seq);
+            self.consider_log(state, relays, head.target, claim, Some(relays[index].url()))
+                .await?;
         }
-        // Only now, with the longest log, can each head's claim be judged.
+        // Only now, with the log settled, can each head's claim be judged.
         for (index, listing) in listings.iter().enumerate() {
             let Some(listing) = listing else { continue };
             for head in &listing.heads {
@@ -531,7 +530,104 @@ impl Client {
                 }
             }
         }
-        Ok(grew && self.log.state().last_seq() > start)
+        Ok(self.log.state().head() != start)
+    }
+
+    /// Whether `key` is, or was, a device of this identity (or its root).
+    fn ever_enrolled(&self, key: &VerifyingKey) -> bool {
+        *key == self.config.root
+            || self.log.state().devices().contains_key(key)
+            || self.log.state().revoked().contains(key)
+    }
+
+    /// Fetches the log ending at `target` and takes it up if it extends this
+    /// device's or wins a fork against it. `claim` is the position an owned
+    /// head said the target is at; a log of another length is refused. A
+    /// target that proved invalid is remembered, so a no-change sync does
+    /// not fetch it again; an outage proves nothing and is retried.
+    async fn consider_log(
+        &mut self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+        target: BlobId,
+        claim: Option<u64>,
+        relay: Option<&str>,
+    ) -> Result<()> {
+        if state.refused_targets.contains(&target.to_string()) {
+            return Ok(());
+        }
+        let fetched = match super::mailbox::fetch_log(
+            relays,
+            &self.config.root,
+            Some(&self.log),
+            target,
+        )
+        .await
+        {
+            Ok(fetched) => fetched,
+            Err(FetchLogError::Unavailable(err)) => {
+                tracing::debug!(%err, %target, "identity entry unavailable for now");
+                return Ok(());
+            }
+            Err(FetchLogError::Invalid(why)) => {
+                state.refuse_target(target);
+                state.note(finding(
+                    "implausible_head",
+                    relay,
+                    None,
+                    format!("names identity entry {target}, which is not a valid log of this identity: {why}"),
+                ));
+                return Ok(());
+            }
+        };
+        if let Some(seq) = claim
+            && fetched.state().last_seq() != seq
+        {
+            state.refuse_target(target);
+            state.note(finding(
+                "implausible_head",
+                relay,
+                None,
+                format!(
+                    "an identity head claims position {seq} for entry {target}, which is at \
+                     position {}: a frozen or forged slot (a stolen device?)",
+                    fetched.state().last_seq()
+                ),
+            ));
+            return Ok(());
+        }
+        match crate::fork::choose(&self.log, fetched) {
+            Choice::Keep => {}
+            Choice::Extend(log) => {
+                self.log = log;
+                self.save_log()?;
+            }
+            Choice::Fork {
+                adopt,
+                losers,
+                by_authority,
+            } => {
+                let how = if by_authority {
+                    "the other branch revokes its signers"
+                } else {
+                    "neither branch revokes the other's signers; the same branch is kept on \
+                     every device"
+                };
+                for loser in &losers {
+                    state.note(finding(
+                        "forked_identity",
+                        relay,
+                        Some(loser.to_string()),
+                        format!("signed identity entries on a branch that lost ({how})"),
+                    ));
+                }
+                if let Some(log) = adopt {
+                    self.log = log;
+                    self.save_log()?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Why `head`, listed in the mailbox this device reads, cannot be true,
@@ -546,7 +642,10 @@ impl Client {
             Some(_) => "its own",
             None => "a legacy (mailbox-signed)",
         };
-        if head.seq == u64::MAX {
+        // The previous release sealed a mailbox it left with a legacy
+        // `identity` head at 2^64-1, and a device behind reads exactly that
+        // mailbox: no finding.
+        if head.seq == u64::MAX && !(head.role() == Role::Identity && !head.is_owned()) {
             return Some(format!(
                 "{by} head in slot {} claims position 2^64-1: a frozen slot (a stolen device?)",
                 head.slot
@@ -676,6 +775,31 @@ impl Client {
         if !ahead {
             return Ok(false);
         }
+        // Every position the snapshot would move this device to is checked
+        // against the operation it names: a forged `covers` could otherwise
+        // skip a device's real operations for ever. This device's own
+        // position is never taken from a snapshot.
+        let me = self.device_key().to_string();
+        for (device, position) in &covers {
+            let newer = state
+                .devices
+                .get(device)
+                .is_none_or(|known| known.seq < position.seq);
+            if *device == me || !newer {
+                continue;
+            }
+            let key: VerifyingKey = device.parse().map_err(|_| {
+                Error::Invalid(format!("the snapshot covers {device:?}, not a key"))
+            })?;
+            let op = self.fetch_op(relays, &position.op, &keys).await?;
+            if op.device != key || op.seq != position.seq {
+                return Err(Error::Invalid(format!(
+                    "the snapshot says position {} of device {key} is operation {}, which is \
+                     not",
+                    position.seq, position.op
+                )));
+            }
+        }
         let sealed = self
             .fetch_small_scored(relays, &blob, MAX_SNAPSHOT_BLOB)
             .await?;
@@ -697,7 +821,7 @@ impl Client {
                 .devices
                 .get(&device)
                 .is_none_or(|known| known.seq < position.seq);
-            if newer && device.parse::<VerifyingKey>().is_ok() {
+            if newer && device != me && device.parse::<VerifyingKey>().is_ok() {
                 state.devices.insert(device, position);
             }
         }
@@ -707,31 +831,16 @@ impl Client {
     /// Follows identity-log entries that merged operations announced
     /// beyond this device's log: a device learns of a change (a revocation
     /// above all) from any device it hears from, not only through the
-    /// identity heads. A target that does not extend the log is reported.
+    /// identity heads.
     async fn follow_announcements(
         &mut self,
         state: &mut SyncState,
         relays: &[RelayClient],
         announced: Vec<(VerifyingKey, BlobId)>,
     ) -> Result<()> {
-        for (device, target) in announced {
-            if self.log.position_of(&target).is_some() {
-                continue;
-            }
-            match super::mailbox::extend_log(relays, &self.config.root, Some(&self.log), target)
-                .await
-            {
-                Ok(log) if log.state().last_seq() > self.log.state().last_seq() => {
-                    self.log = log;
-                    self.save_log()?;
-                }
-                Ok(_) => {}
-                Err(err) => state.note(finding(
-                    "forked_identity",
-                    None,
-                    Some(device.to_string()),
-                    format!("announced identity entry {target}, which does not extend this device's log: {err}"),
-                )),
+        for (_, target) in announced {
+            if self.log.position_of(&target).is_none() {
+                self.consider_log(state, relays, target, None, None).await?;
             }
         }
         Ok(())
@@ -757,6 +866,10 @@ impl Client {
             let Some(listing) = listing else { continue };
             for head in &listing.heads {
                 if let Role::Ops(device) = head.role() {
+                    if head.is_owned() && !self.ever_enrolled(&device) {
+                        state.note(unknown_writer(relays[index].url(), &device));
+                        continue;
+                    }
                     let into = if head.is_owned() {
                         &mut owned
                     } else {
@@ -781,6 +894,12 @@ impl Client {
         let mut walks = Vec::new();
         for (device, heads) in &seen {
             let known = state.position(device);
+            // Legacy heads that disagree may all come from a holder of the
+            // mailbox key, not from the device: name nobody.
+            let blamed = heads
+                .iter()
+                .any(|(_, h)| h.is_owned())
+                .then(|| device.to_string());
             // Two relays holding different operations at one position: the
             // device signed both (or a relay forged a head, which the
             // operation's signature will tell).
@@ -792,8 +911,11 @@ impl Client {
                 state.note(finding(
                     "equivocation",
                     None,
-                    Some(device.to_string()),
-                    format!("relays hold different operations at position {seq}; not merged"),
+                    blamed.clone(),
+                    format!(
+                        "relays hold different operations of device {device} at position {seq}; \
+                         not merged"
+                    ),
                 ));
                 continue;
             }
@@ -803,7 +925,7 @@ impl Client {
                 state.note(finding(
                     "equivocation",
                     None,
-                    Some(device.to_string()),
+                    blamed.clone(),
                     format!(
                         "operation {} at position {} differs from the one merged ({}); not merged",
                         different
@@ -921,7 +1043,14 @@ impl Client {
                 if listing.is_none() {
                     continue;
                 }
-                let theirs = heads.iter().find(|(i, _)| *i == index).map(|(_, h)| h.seq);
+                // This device's own position counts only from its own
+                // (owned) heads: a legacy head for it, frozen by anyone
+                // holding the mailbox key, must not stop it from writing one.
+                let theirs = heads
+                    .iter()
+                    .filter(|(_, h)| *device != self.device_key() || h.is_owned())
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, h)| h.seq);
                 if theirs.is_some_and(|seq| seq >= known.seq) {
                     continue;
                 }
@@ -1515,6 +1644,19 @@ fn finding(kind: &str, relay: Option<&str>, device: Option<String>, detail: Stri
         detail,
         at: unix_now(),
     }
+}
+
+/// An owned head by a key the identity never enrolled: someone holding the
+/// mailbox key (a device, stolen or not) granted it a slot.
+fn unknown_writer(relay: &str, writer: &VerifyingKey) -> Finding {
+    finding(
+        "unknown_writer",
+        Some(relay),
+        Some(writer.to_string()),
+        "a key this identity never enrolled keeps a head in the mailbox: a device holding \
+         the mailbox key (a stolen one?) granted it a slot; it is ignored"
+            .into(),
+    )
 }
 
 fn reports_all_down(reports: &[RelaySync]) -> bool {
