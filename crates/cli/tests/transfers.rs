@@ -286,20 +286,7 @@ async fn a_redirect_claiming_the_wrong_key_is_not_followed() {
         Relay::start().await,
         Relay::start().await,
     );
-    let origin = Origin::start(&a).await;
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop.run(&["relay", "add", &origin.url]).await.ok();
-    laptop.add_relays(&[&b]).await;
-    laptop.run(&["config", "--replicas", "2"]).await.ok();
-    let data = data_with_marker(50_000, b"not moved after all");
-    let src = laptop.dir.path().join("doc");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
-    let id = put["blob"].as_str().unwrap().to_owned();
+    let (origin, laptop, data, id) = laptop_behind(&a, &b, b"not moved after all").await;
 
     // The origin names the peer, but with another relay's key: following it
     // would have the client trust a key the peer does not hold. (It lists
@@ -448,20 +435,7 @@ async fn a_redirect_outside_the_set_and_the_peer_list_is_refused_and_leaves_no_t
         Relay::start().await,
         Relay::start().await,
     );
-    let origin = Origin::start(&a).await;
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop.run(&["relay", "add", &origin.url]).await.ok();
-    laptop.add_relays(&[&b]).await;
-    laptop.run(&["config", "--replicas", "2"]).await.ok();
-    let data = data_with_marker(50_000, b"kept where it was put");
-    let src = laptop.dir.path().join("doc");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
-    let id = put["blob"].as_str().unwrap().to_owned();
+    let (origin, laptop, data, id) = laptop_behind(&a, &b, b"kept where it was put").await;
 
     // The outside relay really holds the blob and the key the redirect
     // claims: only the containment rule stands in the way.
@@ -508,4 +482,19 @@ async fn a_redirect_outside_the_set_and_the_peer_list_is_refused_and_leaves_no_t
         None,
         "the home names the outside relay"
     );
+}
+
+/// A laptop whose set is relay `a` (through an [`Origin`] in front of it)
+/// and relay `b`, with two copies of a 50,000-byte file "doc" whose data
+/// carries `marker`: the origin, the laptop, the data and its blob id.
+async fn laptop_behind(a: &Relay, b: &Relay, marker: &[u8]) -> (Origin, Device, Vec<u8>, String) {
+    let origin = Origin::start(a).await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.run(&["relay", "add", &origin.url]).await.ok();
+    laptop.add_relays(&[b]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(50_000, marker);
+    let id = laptop.put_data("doc", &data).await;
+    (origin, laptop, data, id)
 }

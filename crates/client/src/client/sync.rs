@@ -503,13 +503,12 @@ impl Client {
         let start = self.log.state().head();
         let mut tried = BTreeSet::new();
         for (index, head) in heads {
+            // A writer this device does not know yet may be a device the
+            // log it points at enrolls (a recovered one enrolls itself): it
+            // is followed like any other, and only a writer still unknown
+            // afterwards is reported (below). A target that proves invalid
+            // is not fetched again.
             if !tried.insert(head.target) || self.log.position_of(&head.target).is_some() {
-                continue;
-            }
-            if let Some(writer) = head.writer
-                && !self.ever_enrolled(&writer)
-            {
-                state.note(unknown_writer(relays[index].url(), &writer));
                 continue;
             }
             let claim = head.is_owned().then_some(head.seq);
@@ -520,6 +519,12 @@ impl Client {
         for (index, listing) in listings.iter().enumerate() {
             let Some(listing) = listing else { continue };
             for head in &listing.heads {
+                if let Some(writer) = head.writer
+                    && !self.ever_enrolled(&writer)
+                {
+                    state.note(unknown_writer(relays[index].url(), &writer));
+                    continue;
+                }
                 if let Some(detail) = self.implausible(head) {
                     state.note(finding(
                         "implausible_head",
@@ -1654,7 +1659,8 @@ fn unknown_writer(relay: &str, writer: &VerifyingKey) -> Finding {
         Some(relay),
         Some(writer.to_string()),
         "a key this identity never enrolled keeps a head in the mailbox: a device holding \
-         the mailbox key (a stolen one?) granted it a slot; it is ignored"
+         the mailbox key (a stolen one?) granted it a slot; its operations and snapshots are \
+         ignored"
             .into(),
     )
 }
