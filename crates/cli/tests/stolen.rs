@@ -188,6 +188,7 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
         let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
         freeze(&client, &mailbox, &thief, &devices, &mut freeze_report).await;
     }
+    eprintln!("thief: {freeze_report:?}");
     // On each relay: the phone's own operations head and five legacy slots.
     assert!(freeze_report.frozen >= 3 * 6, "{freeze_report:?}");
     assert!(freeze_report.refused_others > 0, "{freeze_report:?}");

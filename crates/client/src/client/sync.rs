@@ -650,7 +650,8 @@ impl Client {
         // The previous release sealed a mailbox it left with a legacy
         // `identity` head at 2^64-1, and a device behind reads exactly that
         // mailbox: no finding.
-        if head.seq == u64::MAX && !(head.role() == Role::Identity && !head.is_owned()) {
+        let old_seal = head.role() == Role::Identity && !head.is_owned();
+        if head.seq == u64::MAX && !old_seal {
             return Some(format!(
                 "{by} head in slot {} claims position 2^64-1: a frozen slot (a stolen device?)",
                 head.slot
