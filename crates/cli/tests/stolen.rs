@@ -475,3 +475,74 @@ async fn fork_log(
     }
     stored
 }
+
+/// A stolen device fills the mailbox to its 1,024 slots on the relay
+/// before the revocation. A root holder with no slot there is refused
+/// before anything is committed; the laptop's own `id` slot exists already
+/// (it wrote there when it created the identity), so its revocation, an
+/// update of that slot, gets through, and the desktop learns of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_does_not_stop_the_revocation() {
+    let relay = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relay]).await;
+    let (desktop, phone) = (Device::new(), Device::new());
+    for device in [&desktop, &phone] {
+        let (approve, join) = pair(&laptop, device, &relay, false, "30").await;
+        approve.json();
+        join.json();
+    }
+    desktop.run(&["sync"]).await.ok();
+
+    let stolen = open(&phone);
+    let mailbox = stolen.vault_keys().unwrap().pop().unwrap().mailbox();
+    let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
+    let mut filled = 0;
+    for i in 0.. {
+        let head = legacy_head(&mailbox, &format!("junk-{i}"), 1, BlobId::of(b"junk"));
+        match client.put_head(&head).await {
+            Ok(HeadWrite::Stored) => filled += 1,
+            Err(err) if err.code() == Some("quota_exceeded") => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!("thief filled {filled} slots");
+    let (heads, _) = client.list_heads(&mailbox.verifying_key()).await.unwrap();
+    assert_eq!(heads.len(), 1024);
+
+    // The desktop, given the root key, never wrote a slot in this mailbox:
+    // its revocation could not be announced there, so it is refused before
+    // anything is committed, saying why.
+    let phone_key = stolen.device_key().to_string();
+    let root_file = laptop.dir.path().join("root.key");
+    laptop
+        .run(&["key", "export-root", root_file.to_str().unwrap()])
+        .await
+        .ok();
+    let refused = desktop
+        .run(&[
+            "device",
+            "revoke",
+            &phone_key,
+            "--root-key",
+            root_file.to_str().unwrap(),
+        ])
+        .await;
+    assert!(refused.err().contains("nothing was revoked"), "{refused:?}");
+    let list = desktop.run(&["device", "list", "--json"]).await.json();
+    assert!(list["revoked"].as_array().unwrap().is_empty(), "{list}");
+
+    // The laptop has its slot there (it wrote it creating the identity).
+    let revoke = laptop
+        .run(&["device", "revoke", &phone_key, "--json"])
+        .await;
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    let report = desktop.run(&["sync", "--json"]).await.json();
+    assert_eq!(
+        report["revoked"][0]["device"],
+        phone_key.as_str(),
+        "{report}"
+    );
+    assert_eq!(report["vault_generation"], 2, "{report}");
+}
