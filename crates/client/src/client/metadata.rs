@@ -172,7 +172,14 @@ impl Client {
                 .into_iter()
                 .map(|answer| answer.ok().map(|(heads, _)| Listing { heads }))
                 .collect();
-        let snapshot = snapshot_candidates(&listings).first().map(|h| (*h).clone());
+        // The snapshot sync applied or wrote (its clock is the state's), not
+        // merely the highest head: a stolen device can name anything in its
+        // own snapshot slot, and a forged one would stop the renewal of the
+        // operations it claims to cover.
+        let snapshot = snapshot_candidates(&listings)
+            .into_iter()
+            .find(|h| h.seq == state.snapshot())
+            .cloned();
         let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
         let snapshot = match snapshot {
             Some(head) => match self.fetch_op(relays, &head.target, &keys).await {

@@ -145,6 +145,11 @@ impl SyncState {
         }
     }
 
+    /// The clock of the newest snapshot applied or written.
+    pub(super) fn snapshot(&self) -> u64 {
+        self.snapshot
+    }
+
     /// Every device's newest merged operation.
     pub(super) fn positions(&self) -> Vec<(VerifyingKey, Position)> {
         self.devices
