@@ -2,7 +2,8 @@
 
 use cairn_proto::{
     AuthToken, DeviceCertificate, HeadRecord, IdentityLogEntry, Operation, OwnedHead, Record,
-    RelayInfo, Revocation, SignedRecord, TransferReceipt, VerifyingKey, verify_identity_log,
+    RecordKind, RelayInfo, Revocation, SignedRecord, SigningKey, TransferReceipt, VerifyingKey,
+    owned_label, verify_identity_log,
 };
 
 /// Whatever decodes as an `R` payload must re-encode to exactly the input:
@@ -38,10 +39,22 @@ pub fn head(data: &[u8]) {
     payload::<HeadRecord>(data);
 }
 
-/// An `OwnedHead` payload; its envelope must verify or be refused cleanly,
-/// whatever its slot and grant.
+/// An `OwnedHead` payload, then the same bytes signed by a fixed writer, so
+/// that verification reaches the grant and slot rules (random envelopes
+/// almost never carry a valid signature): whatever passes must be that
+/// writer's own slot.
 pub fn owned_head(data: &[u8]) {
     payload::<OwnedHead>(data);
+    let writer = SigningKey::from_seed(&[7; 32]);
+    let Ok(envelope) = SignedRecord::sign_raw(RecordKind::OwnedHead, data.to_vec(), &writer) else {
+        return;
+    };
+    if let Ok(head) = envelope.verify::<OwnedHead>() {
+        assert!(
+            owned_label(&head.slot, &head.mailbox, &writer.verifying_key()).is_some(),
+            "an owned head verified for a slot that is not its writer's"
+        );
+    }
 }
 
 /// A `RelayInfo` payload.
