@@ -135,16 +135,15 @@ fn device_findings(client: &Client) -> anyhow::Result<Vec<Finding>> {
             .device
             .as_deref()
             .and_then(|key| key.parse::<cairn_client::proto::VerifyingKey>().ok());
-        match key {
-            Some(key) if devices.contains_key(&key) => {
-                let device = &devices[&key];
+        match key.map(|key| (key, devices.get(&key))) {
+            Some((_, Some(device))) => {
                 let name = format!("{} ({})", device.name.as_str(), device.key);
                 if !suspects.contains(&name) {
                     suspects.push(name);
                 }
             }
             // Revoked since: dealt with.
-            Some(key) if state.revoked().contains(&key) => {}
+            Some((key, None)) if state.revoked().contains(&key) => {}
             // Nobody, or a key the identity never enrolled: someone holding
             // the mailbox key, whoever that is.
             _ => anonymous += 1,

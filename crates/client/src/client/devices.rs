@@ -13,7 +13,7 @@ use cairn_proto::{
     Timestamp, VerifyingKey, WrappedKey,
 };
 
-use super::mailbox::{clients, extend_log, fetch_small, put_own_head, sign_head};
+use super::mailbox::{clients, fetch_small, fetch_whole_log, put_own_head, sign_head};
 use super::{Client, InitOptions};
 use crate::error::{Error, RelayError, Result};
 use crate::home::Home;
@@ -227,7 +227,7 @@ impl Client {
         if !set.entries().iter().any(|r| r.key == entry.key) {
             set.upsert(entry);
         }
-        let log = extend_log(&clients(&http, &set), &body.root, body.head).await?;
+        let log = fetch_whole_log(&clients(&http, &set), &body.root, body.head).await?;
         let me = device.signing.verifying_key();
         match log.state().devices().get(&me) {
             Some(enrolled) if enrolled.x25519 == device.x25519.public() => {}

@@ -108,7 +108,9 @@ pub(super) async fn put_own_head(
             })
         }
         HeadWrite::Stale(_) => Err(RelayError::Protocol(
-            "refused the head as stale without showing a newer one signed by this device".into(),
+            "refused the head as stale without showing a newer one signed by this device (a \
+             faulty or lying relay: `cairn relay check` shows its record)"
+                .into(),
         )),
     }
 }
@@ -214,7 +216,7 @@ pub(super) async fn fetch_log(
 
 /// The log that ends at `target`, fetched whole and verified (for a device
 /// that holds none yet).
-pub(super) async fn extend_log(
+pub(super) async fn fetch_whole_log(
     relays: &[RelayClient],
     root: &cairn_proto::VerifyingKey,
     target: BlobId,

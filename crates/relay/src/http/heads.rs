@@ -23,7 +23,7 @@ use super::error::ApiError;
 use crate::store::index::HeadKey;
 use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, NewHead};
 
-/// Largest head body accepted. A head envelope is at most 248 bytes today;
+/// Largest head body accepted. A head envelope is at most 312 bytes today;
 /// the margin leaves room for a future record version, not for abuse.
 pub(crate) const MAX_HEAD_BODY: usize = 4096;
 
