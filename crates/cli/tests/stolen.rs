@@ -2,14 +2,16 @@
 //! THREAT-MODEL.md, "A stolen device").
 //!
 //! The thief holds everything the phone holds: its device key and the
-//! vault key of the current generation, from which the mailbox key is
-//! derived. Before the laptop revokes the phone, the thief freezes every
+//! vault key of the current generation, from which the mailbox key on each
+//! relay is derived, and with it the phone's own (blinded) writer key
+//! there (PROTOCOL.md §4.10). Before the laptop revokes the phone, the thief freezes every
 //! head it can write on every relay at `seq = 2^64-1` and tries to write
 //! the heads it cannot. The revocation must still reach the desktop.
 
+use cairn_client::keys::VaultKey;
 use cairn_client::proto::{
-    BlobId, HeadRecord, OwnedHead, Record as _, RecordKind, SignedRecord, SigningKey, Slot,
-    Timestamp, VerifyingKey, head_grant, owned_slot,
+    BlindedSigningKey, BlobId, HeadRecord, OwnedHead, Record as _, RecordKind, SignedRecord,
+    Signer, SigningKey, Slot, Timestamp, VerifyingKey, head_grant, owned_slot,
 };
 use cairn_client::relay::{Head, HeadWrite, RelayClient};
 use cairn_client::{Client, Home, Passphrase};
@@ -23,9 +25,21 @@ fn open(device: &Device) -> Client {
     Client::open(Home::at(device.home()), &Passphrase::new(PASSPHRASE)).unwrap()
 }
 
+/// `device`'s place on the relay with key `relay` in `vault`'s
+/// generation: the mailbox key there, and the device's writer key.
+fn place(
+    vault: &VaultKey,
+    device: &SigningKey,
+    relay: &VerifyingKey,
+) -> (SigningKey, BlindedSigningKey) {
+    let mailbox = vault.mailbox_at(relay);
+    let factor = vault.writer_factor(&mailbox.verifying_key(), &device.verifying_key());
+    (mailbox, device.blind(&factor))
+}
+
 /// An owned head for `slot` signed by `writer`, whatever slot it is: the
 /// payload is signed raw, so the client's own checks do not stop it.
-fn owned_raw(mailbox: &SigningKey, writer: &SigningKey, slot: Slot, seq: u64) -> SignedRecord {
+fn owned_raw(mailbox: &SigningKey, writer: &impl Signer, slot: Slot, seq: u64) -> SignedRecord {
     let head = OwnedHead {
         mailbox: mailbox.verifying_key(),
         slot,
@@ -52,19 +66,20 @@ struct Freeze {
     stored_others: usize,
 }
 
-/// Freezes every head the thief can write in `mailbox` on `relay` and tries
-/// to move every other device's own heads.
+/// Freezes every head the thief can write in `mailbox` on `relay` (as the
+/// phone's writer key `thief` there) and tries to move every other
+/// device's own heads.
 async fn freeze(
     relay: &RelayClient,
     mailbox: &SigningKey,
-    thief: &SigningKey,
+    thief: &BlindedSigningKey,
     devices: &[VerifyingKey],
     out: &mut Freeze,
 ) {
     let (heads, _) = relay.list_heads(&mailbox.verifying_key()).await.unwrap();
     let me = thief.verifying_key();
     for head in &heads {
-        match head.writer {
+        match head.signer {
             // The thief's own slots: re-signed at the highest seq there is,
             // keeping their targets, as the attack did.
             Some(writer) if writer == me => {
@@ -169,7 +184,7 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
 
     // The thief, with the phone in hand, freezes everything it can.
     let stolen = open(&phone);
-    let mailbox = stolen.vault_keys().unwrap().pop().unwrap().mailbox();
+    let vault = stolen.vault_keys().unwrap().pop().unwrap();
     let thief = stolen.device_signing_key().clone();
     let devices: Vec<VerifyingKey> = stolen
         .identity()
@@ -186,7 +201,8 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     let mut freeze_report = Freeze::default();
     for relay in &relays {
         let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
-        freeze(&client, &mailbox, &thief, &devices, &mut freeze_report).await;
+        let (mailbox, writer) = place(&vault, &thief, &relay.handle().key());
+        freeze(&client, &mailbox, &writer, &devices, &mut freeze_report).await;
     }
     eprintln!("thief: {freeze_report:?}");
     // On each relay: the phone's own operations head and five legacy slots.
@@ -220,8 +236,8 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     // After the revocation, the thief branches the identity log off before
     // it, longer than the laptop's branch, and names its branch in its own
     // slot of the old mailbox, where the desktop still reads.
-    let forked = fork_log(&stolen, &relays, &mailbox, 4).await;
-    assert_eq!(forked, 3 * 4, "every relay took the thief's branch");
+    let forked = fork_log(&stolen, &relays, &vault, 4).await;
+    assert_eq!(forked, 3, "every relay took the thief's branch");
 
     // The desktop's next sync reports the revocation and the frozen slots,
     // and keeps the branch that revokes the phone.
@@ -299,23 +315,20 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
     // The phone's later writes reach nobody: in the new mailbox the relays
     // refuse it (it has no grant there), and what it writes in the old one
     // no device reads.
-    let new_mailbox = open(&desktop)
-        .vault_keys()
-        .unwrap()
-        .pop()
-        .unwrap()
-        .mailbox();
-    let forged = OwnedHead {
-        mailbox: new_mailbox.verifying_key(),
-        slot: owned_slot(&new_mailbox.verifying_key(), &thief.verifying_key(), "ops").unwrap(),
-        seq: 1,
-        target: BlobId::of(b"forged"),
-        timestamp: Timestamp(1),
-        grant: head_grant(&mailbox, &thief.verifying_key()),
-    };
-    let forged =
-        SignedRecord::sign_raw(RecordKind::OwnedHead, forged.to_payload(), &thief).unwrap();
+    let new_vault = open(&desktop).vault_keys().unwrap().pop().unwrap();
     for relay in &relays {
+        let new_mailbox = new_vault.mailbox_at(&relay.handle().key());
+        let (mailbox, _) = place(&vault, &thief, &relay.handle().key());
+        let forged = OwnedHead {
+            mailbox: new_mailbox.verifying_key(),
+            slot: owned_slot(&new_mailbox.verifying_key(), &thief.verifying_key(), "ops").unwrap(),
+            seq: 1,
+            target: BlobId::of(b"forged"),
+            timestamp: Timestamp(1),
+            grant: head_grant(&mailbox, &thief.verifying_key()),
+        };
+        let forged =
+            SignedRecord::sign_raw(RecordKind::OwnedHead, forged.to_payload(), &thief).unwrap();
         let client = RelayClient::new(http.clone(), &relay.url(), relay.handle().key());
         let slot = Head::from_record(forged.clone()).map(|h| h.slot);
         assert!(slot.is_err(), "the forged grant does not verify");
@@ -368,12 +381,12 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
     let stolen = open(&phone);
     let me = stolen.device_key();
     let vault = stolen.vault_keys().unwrap().pop().unwrap();
-    let mailbox = vault.mailbox();
+    let (mailbox, writer) = place(&vault, stolen.device_signing_key(), &relay.handle().key());
     let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
     let (heads, _) = client.list_heads(&mailbox.verifying_key()).await.unwrap();
     let mine = heads
         .iter()
-        .find(|h| h.writer == Some(me) && h.role() == Role::Ops(me))
+        .find(|h| h.signer == Some(writer.verifying_key()))
         .unwrap();
     let op = Operation {
         device: me,
@@ -394,14 +407,7 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
         )
         .await
         .unwrap();
-    let head = sign_owned(
-        &mailbox,
-        stolen.device_signing_key(),
-        Role::Ops(me),
-        op.seq,
-        id,
-    )
-    .unwrap();
+    let head = sign_owned(&mailbox, &me, &writer, Role::Ops(me), op.seq, id).unwrap();
     assert!(matches!(
         client.put_head(&head).await.unwrap(),
         HeadWrite::Stored
@@ -429,22 +435,19 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
 }
 
 /// Appends `entries` preferred-relay entries, signed by the thief's device
-/// key, to the log it held before its revocation, stores them on every
-/// relay, and points its own `id` slot of `mailbox` at the last. Returns
-/// how many entries the relays took.
-async fn fork_log(
-    stolen: &Client,
-    relays: &[Relay; 3],
-    mailbox: &SigningKey,
-    entries: usize,
-) -> usize {
+/// key, to the log it held before its revocation, seals the branch to the
+/// old vault key (`vault`) as a copy for each relay, and points its own
+/// `id` slot of the old mailbox there at it. Returns how many relays took
+/// the branch.
+async fn fork_log(stolen: &Client, relays: &[Relay; 3], vault: &VaultKey, entries: usize) -> usize {
+    use cairn_client::IdentityLog;
     use cairn_client::proto::{IdentityLogEntry, LogAction};
     use cairn_client::relay::{Role, sign_owned};
 
     let thief = stolen.device_signing_key();
     let mut seq = stolen.identity().state().last_seq();
     let mut prev = stolen.identity().state().head();
-    let mut blobs = Vec::new();
+    let mut log = stolen.identity().entries().to_vec();
     for _ in 0..entries {
         seq += 1;
         let entry = IdentityLogEntry {
@@ -454,24 +457,35 @@ async fn fork_log(
         };
         let bytes = SignedRecord::sign(&entry, thief).unwrap().to_bytes();
         prev = BlobId::of(&bytes);
-        blobs.push(bytes);
+        log.push(bytes);
     }
-    let head = sign_owned(mailbox, thief, Role::Identity, seq, prev).unwrap();
+    // The first entry is signed by the root key.
+    let root = *SignedRecord::from_bytes(&log[0]).unwrap().signer();
+    let branch = IdentityLog::verify(&root, log).unwrap();
     let mut stored = 0;
     for relay in relays {
-        let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
-        let uploader = stolen.upload_key(&relay.handle().key());
-        for bytes in &blobs {
-            client
-                .put_bytes(&BlobId::of(bytes), bytes.clone().into(), &uploader, 0)
-                .await
-                .unwrap();
-            stored += 1;
-        }
+        let key = relay.handle().key();
+        let client = RelayClient::new(reqwest::Client::new(), &relay.url(), key);
+        let (id, copy) = stolen.seal_log_copy(&branch, &key).unwrap();
+        client
+            .put_bytes(&id, copy.into(), &vault.owner_at(&key), 0)
+            .await
+            .unwrap();
+        let (mailbox, writer) = place(vault, thief, &key);
+        let head = sign_owned(
+            &mailbox,
+            &thief.verifying_key(),
+            &writer,
+            Role::Identity,
+            seq,
+            id,
+        )
+        .unwrap();
         assert!(matches!(
             client.put_head(&head).await.unwrap(),
             HeadWrite::Stored
         ));
+        stored += 1;
     }
     stored
 }
@@ -496,7 +510,12 @@ async fn a_full_mailbox_does_not_stop_the_revocation() {
     desktop.run(&["sync"]).await.ok();
 
     let stolen = open(&phone);
-    let mailbox = stolen.vault_keys().unwrap().pop().unwrap().mailbox();
+    let mailbox = stolen
+        .vault_keys()
+        .unwrap()
+        .pop()
+        .unwrap()
+        .mailbox_at(&relay.handle().key());
     let client = RelayClient::new(reqwest::Client::new(), &relay.url(), relay.handle().key());
     let mut filled = 0;
     for i in 0.. {

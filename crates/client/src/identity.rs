@@ -15,6 +15,49 @@ use crate::keys::{DeviceKeys, VaultKey};
 /// Longest entry accepted from disk (an envelope's limit).
 const MAX_ENTRY: usize = cairn_proto::MAX_ENVELOPE_LEN;
 
+/// What a sealed identity log starts with, once opened.
+const SEALED_LOG_MAGIC: &[u8] = b"cairn/v3 identity log\0";
+
+/// The largest opened identity log (about 20,000 entries).
+pub(crate) const MAX_SEALED_LOG: usize = 8 << 20;
+
+/// Why a sealed identity log was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SealedLogError {
+    /// None of this device's vault keys opens it.
+    #[error("it does not open with the keys of any vault generation this device holds")]
+    Closed,
+    /// It opens, and is not a list of entries.
+    #[error("it opens, and is not an identity log")]
+    Malformed,
+    /// Its entries are not a valid log of this identity.
+    #[error("its entries are not a valid log of this identity: {0}")]
+    Invalid(String),
+}
+
+fn len_u32(len: usize) -> Result<u32> {
+    u32::try_from(len).map_err(|_| Error::Invalid("identity log too large".into()))
+}
+
+/// The entries of an opened sealed log, or `None` if it is not one.
+fn split_sealed_log(plain: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let rest = plain.strip_prefix(SEALED_LOG_MAGIC)?;
+    let (count, mut rest) = rest.split_first_chunk::<4>()?;
+    let count = u32::from_be_bytes(*count);
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
+        if len > MAX_ENTRY {
+            return None;
+        }
+        let (entry, tail) = tail.split_at_checked(len)?;
+        entries.push(entry.to_vec());
+        rest = tail;
+    }
+    rest.is_empty().then_some(entries)
+}
+
 /// A verified identity log.
 #[derive(Clone, Debug)]
 pub struct IdentityLog {
@@ -81,6 +124,58 @@ impl IdentityLog {
     /// The entries' envelope bytes, in order.
     pub fn entries(&self) -> &[Vec<u8>] {
         &self.entries
+    }
+
+    /// The copy of the whole log the per-relay layout stores on one relay
+    /// (PROTOCOL.md §4.10): padded, and sealed with that relay's
+    /// `copy_key` ([`crate::keys::VaultKey::log_copy_key`]). Sealing is
+    /// deterministic, so the same log makes the same copy on a relay (an
+    /// unchanged log republished is the same blob and head), and every
+    /// relay's copy differs.
+    pub(crate) fn seal_copy(&self, copy_key: &[u8; 32]) -> Result<(BlobId, Vec<u8>)> {
+        let mut plain = Vec::with_capacity(
+            SEALED_LOG_MAGIC.len() + 4 + self.entries.iter().map(|e| e.len() + 4).sum::<usize>(),
+        );
+        plain.extend_from_slice(SEALED_LOG_MAGIC);
+        plain.extend_from_slice(&len_u32(self.entries.len())?.to_be_bytes());
+        for entry in &self.entries {
+            plain.extend_from_slice(&len_u32(entry.len())?.to_be_bytes());
+            plain.extend_from_slice(entry);
+        }
+        if plain.len() > MAX_SEALED_LOG {
+            return Err(Error::Invalid(format!(
+                "the identity log is {} bytes, more than the {MAX_SEALED_LOG} a relay copy may be",
+                plain.len()
+            )));
+        }
+        // One nonce per log (its newest entry names all of it): a key
+        // never seals two different logs under one nonce.
+        let mut hasher = blake3::Hasher::new_keyed(copy_key);
+        hasher.update(b"nonce");
+        hasher.update(self.state.head().as_bytes());
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&hasher.finalize().as_bytes()[..12]);
+        let mut copy = nonce.to_vec();
+        copy.extend_from_slice(&crate::seal::seal_small(copy_key, &nonce, &plain));
+        Ok((BlobId::of(&copy), copy))
+    }
+
+    /// Opens a copy made by [`IdentityLog::seal_copy`] with any of
+    /// `copy_keys` and verifies it against `root`.
+    pub(crate) fn open_copy(
+        root: &VerifyingKey,
+        copy: &[u8],
+        copy_keys: &[zeroize::Zeroizing<[u8; 32]>],
+    ) -> std::result::Result<Self, SealedLogError> {
+        let (nonce, sealed) = copy
+            .split_first_chunk::<12>()
+            .ok_or(SealedLogError::Closed)?;
+        let plain = copy_keys
+            .iter()
+            .find_map(|key| crate::seal::open_small(key, nonce, sealed).ok())
+            .ok_or(SealedLogError::Closed)?;
+        let entries = split_sealed_log(&plain).ok_or(SealedLogError::Malformed)?;
+        Self::verify(root, entries).map_err(|err| SealedLogError::Invalid(err.to_string()))
     }
 
     /// Appends an entry signed by `signer`, refusing (and leaving the log as

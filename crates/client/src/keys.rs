@@ -22,7 +22,7 @@ use std::io::{Read as _, Write as _};
 use std::str::FromStr as _;
 
 use bech32::{FromBase32 as _, ToBase32 as _, Variant};
-use cairn_proto::{SigningKey, VerifyingKey, WrappedSecret, X25519PublicKey};
+use cairn_proto::{BlindingFactor, SigningKey, VerifyingKey, WrappedSecret, X25519PublicKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -177,7 +177,71 @@ impl VaultKey {
         }
     }
 
-    /// The mailbox key of this generation.
+    /// The secret this generation shares with the relay whose key is
+    /// `relay` alone: everything the identity names on that relay is
+    /// derived from it, so no two relays see a common name.
+    fn relay_secret(&self, relay: &VerifyingKey) -> Zeroizing<[u8; 32]> {
+        let mut input = Zeroizing::new([0u8; 64]);
+        input[..32].copy_from_slice(self.secret.as_bytes());
+        input[32..].copy_from_slice(&relay.to_bytes());
+        Zeroizing::new(blake3::derive_key("cairn/v3 relay secret", &*input))
+    }
+
+    /// This generation's mailbox key on the relay with key `relay`
+    /// (per-relay layout, PROTOCOL.md §4.10).
+    pub fn mailbox_at(&self, relay: &VerifyingKey) -> SigningKey {
+        SigningKey::from_seed(&blake3::derive_key(
+            "cairn/v3 mailbox",
+            &*self.relay_secret(relay),
+        ))
+    }
+
+    /// The key the identity log's copy on the relay with key `relay` is
+    /// sealed with (per-relay layout): only holders of this vault key open
+    /// it, and each relay's copy differs.
+    pub fn log_copy_key(&self, relay: &VerifyingKey) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            "cairn/v3 identity log copy",
+            &*self.relay_secret(relay),
+        ))
+    }
+
+    /// The key that owns, on the relay with key `relay`, every copy the
+    /// identity's devices store there in this generation: one pseudonymous
+    /// owner per identity, relay and generation (per-relay layout).
+    pub fn owner_at(&self, relay: &VerifyingKey) -> SigningKey {
+        SigningKey::from_seed(&blake3::derive_key(
+            "cairn/v3 owner",
+            &*self.relay_secret(relay),
+        ))
+    }
+
+    /// The factor that blinds `device`'s key into its writer key in
+    /// `mailbox` (per-relay layout): holders of this vault key can tell
+    /// which device wrote a head; the relay cannot, and only the device
+    /// can sign as that writer.
+    pub fn writer_factor(&self, mailbox: &VerifyingKey, device: &VerifyingKey) -> BlindingFactor {
+        let mut input = Zeroizing::new([0u8; 96]);
+        input[..32].copy_from_slice(self.secret.as_bytes());
+        input[32..64].copy_from_slice(&mailbox.to_bytes());
+        input[64..].copy_from_slice(&device.to_bytes());
+        let mut wide = Zeroizing::new([0u8; 64]);
+        let mut counter = 0u8;
+        loop {
+            let mut hasher = blake3::Hasher::new_derive_key("cairn/v3 head writer");
+            hasher.update(&*input);
+            hasher.update(&[counter]);
+            hasher.finalize_xof().fill(&mut *wide);
+            // Zero has probability 2^-252; the loop is for correctness.
+            if let Some(factor) = BlindingFactor::from_wide(&wide) {
+                return factor;
+            }
+            counter = counter.wrapping_add(1);
+        }
+    }
+
+    /// The mailbox key of this generation shared by every relay (the
+    /// layout before PROTOCOL revision 3).
     pub fn mailbox(&self) -> SigningKey {
         SigningKey::from_seed(&blake3::derive_key(
             "cairn/v1 mailbox",

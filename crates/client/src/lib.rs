@@ -19,6 +19,7 @@ mod home;
 mod identity;
 mod keyfile;
 pub mod keys;
+mod layout;
 mod pairing;
 mod progress;
 pub mod recovery;

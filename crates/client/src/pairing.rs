@@ -26,8 +26,6 @@
 //! ChaCha20-Poly1305, each under its own key (so the zero nonce is used
 //! once per key), of a Padmé-padded plaintext: their lengths say little.
 
-use chacha20poly1305::aead::{Aead as _, KeyInit as _};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 use spake2::{Ed25519Group, Identity, Password, Spake2};
 use zeroize::Zeroizing;
@@ -45,8 +43,9 @@ const CODE_LEN: usize = 16;
 const CHANNEL_LEN: usize = 8;
 /// Characters in the codes of the previous release, refused with a hint.
 const OLD_CODE_LEN: usize = 12;
-/// Largest pairing message accepted.
-pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest pairing message accepted: a welcome carries the whole identity
+/// log (up to `MAX_SEALED_LOG` bytes, base64url inside sealed JSON).
+pub(crate) const MAX_MESSAGE: usize = 16 << 20;
 
 /// The four slots of a rendezvous mailbox.
 pub(crate) fn slot(step: Step) -> Slot {
@@ -224,6 +223,15 @@ pub(crate) struct WelcomeBody {
     pub(crate) head: BlobId,
     /// The relay set, with pinned keys.
     pub(crate) relays: Vec<crate::relay::RelayEntry>,
+    /// The whole identity log, entry by entry (base64url): in the
+    /// per-relay layout the relays hold it sealed to the vault key, which
+    /// the new device only learns from the log. Absent from an approver of
+    /// an earlier release, whose relays hold the entries in plain.
+    #[serde(default)]
+    pub(crate) log: Vec<String>,
+    /// The first vault generation in the per-relay layout, if any.
+    #[serde(default)]
+    pub(crate) per_relay_from: Option<u32>,
 }
 
 /// Keys both sides derive from the PAKE result and the transcript.
@@ -266,35 +274,16 @@ impl SessionKeys {
 /// zeros, then the data's length as a u64), under `key`. Each key seals one
 /// message, so the zero nonce is never reused.
 fn seal_json<T: Serialize>(key: &[u8; 32], value: &T) -> Result<String> {
-    let mut plain = Zeroizing::new(to_json(value));
-    let len = plain.len() as u64;
-    let total = crate::seal::padded_len(len);
-    let zeros = usize::try_from(total - len - 8).map_err(|_| protocol("message too large"))?;
-    plain.extend(std::iter::repeat_n(0, zeros));
-    plain.extend_from_slice(&len.to_be_bytes());
-    let sealed = ChaCha20Poly1305::new(Key::from_slice(key))
-        .encrypt(Nonce::from_slice(&[0; 12]), plain.as_slice())
-        .map_err(|_| protocol("cannot seal a message"))?;
-    Ok(b64(&sealed))
+    let plain = Zeroizing::new(to_json(value));
+    // Each session key seals one message, so the zero nonce is never reused.
+    Ok(b64(&crate::seal::seal_small(key, &[0; 12], &plain)))
 }
 
 /// Opens what [`seal_json`] sealed; `what` names the message in errors.
 fn open_json<T: for<'de> Deserialize<'de>>(key: &[u8; 32], sealed: &str, what: &str) -> Result<T> {
-    let plain = Zeroizing::new(
-        ChaCha20Poly1305::new(Key::from_slice(key))
-            .decrypt(Nonce::from_slice(&[0; 12]), unb64(sealed)?.as_slice())
-            .map_err(|_| protocol(&format!("the {what} message does not authenticate")))?,
-    );
-    let (body, trailer) = plain
-        .split_last_chunk::<8>()
-        .ok_or_else(|| protocol(&format!("the {what} message is too short")))?;
-    let len = u64::from_be_bytes(*trailer);
-    let data = usize::try_from(len)
-        .ok()
-        .and_then(|len| body.get(..len))
-        .filter(|_| crate::seal::padded_len(len) == plain.len() as u64)
-        .ok_or_else(|| protocol(&format!("the {what} message is badly padded")))?;
-    parse(data, what)
+    let plain = crate::seal::open_small(key, &[0; 12], &unb64(sealed)?)
+        .map_err(|err| protocol(&format!("the {what} message {err}")))?;
+    parse(&plain, what)
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -488,6 +477,8 @@ mod tests {
             root: SigningKey::from_seed(&[1; 32]).verifying_key(),
             head: BlobId::of(b"head"),
             relays: Vec::new(),
+            log: vec!["AAAA".into()],
+            per_relay_from: Some(1),
         }
     }
 

@@ -321,6 +321,63 @@ pub fn open_bytes(sealed: &[u8], keys: &[X25519Secret]) -> Result<Vec<u8>, OpenE
     Ok(out)
 }
 
+/// Why a small sealed value did not open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OpenSmallError {
+    /// The key does not open it, or it was altered.
+    #[error("does not authenticate")]
+    Unauthentic,
+    /// It opens, and its padding is not what sealing writes.
+    #[error("is badly padded")]
+    BadPadding,
+}
+
+/// Pads `data` like a sealed blob (Padmé, length last) and encrypts it with
+/// ChaCha20-Poly1305 under `key` and `nonce`: for small values sealed to a
+/// symmetric key (pairing messages, per-relay identity-log copies). A
+/// `(key, nonce)` pair must never seal two different values.
+pub(crate) fn seal_small(key: &[u8; 32], nonce: &[u8; 12], data: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead as _, KeyInit as _};
+    let len = data.len() as u64;
+    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(
+        usize::try_from(padded_len(len)).unwrap_or(data.len()),
+    ));
+    plain.extend_from_slice(data);
+    plain.resize(
+        usize::try_from(padded_len(len) - TRAILER_LEN).unwrap_or(data.len()),
+        0,
+    );
+    plain.extend_from_slice(&len.to_be_bytes());
+    chacha20poly1305::ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key))
+        .encrypt(chacha20poly1305::Nonce::from_slice(nonce), plain.as_slice())
+        // Encryption fails only beyond 2^38 bytes.
+        .unwrap_or_default()
+}
+
+/// Opens what [`seal_small`] sealed.
+pub(crate) fn open_small(
+    key: &[u8; 32],
+    nonce: &[u8; 12],
+    sealed: &[u8],
+) -> Result<zeroize::Zeroizing<Vec<u8>>, OpenSmallError> {
+    use chacha20poly1305::aead::{Aead as _, KeyInit as _};
+    let mut plain = zeroize::Zeroizing::new(
+        chacha20poly1305::ChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key))
+            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), sealed)
+            .map_err(|_| OpenSmallError::Unauthentic)?,
+    );
+    let (body, trailer) = plain
+        .split_last_chunk::<8>()
+        .ok_or(OpenSmallError::BadPadding)?;
+    let len = u64::from_be_bytes(*trailer);
+    let data_len = usize::try_from(len)
+        .ok()
+        .filter(|&n| n <= body.len() && padded_len(len) == plain.len() as u64)
+        .ok_or(OpenSmallError::BadPadding)?;
+    plain.truncate(data_len);
+    Ok(plain)
+}
+
 /// Passes writes through while hashing and counting them.
 struct HashingWriter<W> {
     inner: W,

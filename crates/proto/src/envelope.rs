@@ -14,7 +14,9 @@ use std::marker::PhantomData;
 
 use crate::codec::{Reader, Writer, decode_all};
 use crate::error::{DecodeError, ParseError, VerifyError};
-use crate::keys::{Signature, SigningKey, VerifyingKey};
+#[cfg(test)]
+use crate::keys::SigningKey;
+use crate::keys::{Signature, Signer, VerifyingKey};
 use crate::text::{decode_base64url, encode_base64url};
 
 /// The envelope format version this implementation reads and writes.
@@ -222,7 +224,7 @@ impl SignedRecord {
     /// [`VerifyError::Payload`] if the record's encoding does not decode as a
     /// valid record, [`VerifyError::SignerMismatch`] if the record names a
     /// signer other than `key`.
-    pub fn sign<R: Record>(record: &R, key: &SigningKey) -> Result<Self, VerifyError> {
+    pub fn sign<R: Record, K: Signer>(record: &R, key: &K) -> Result<Self, VerifyError> {
         let payload = record.to_payload();
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(VerifyError::Payload(DecodeError::TooLong {
@@ -237,7 +239,7 @@ impl SignedRecord {
             return Err(VerifyError::SignerMismatch);
         }
         decoded.check_signer(&signer)?;
-        let signature = key.sign(&signing_input(R::KIND, &payload));
+        let signature = key.sign_message(&signing_input(R::KIND, &payload));
         Ok(Self {
             kind: R::KIND,
             signer,
@@ -258,10 +260,10 @@ impl SignedRecord {
     /// # Errors
     ///
     /// [`DecodeError::TooLong`] if the payload exceeds [`MAX_PAYLOAD_LEN`].
-    pub fn sign_raw(
+    pub fn sign_raw<K: Signer>(
         kind: RecordKind,
         payload: Vec<u8>,
-        key: &SigningKey,
+        key: &K,
     ) -> Result<Self, DecodeError> {
         if payload.len() > MAX_PAYLOAD_LEN {
             return Err(DecodeError::TooLong {
@@ -270,7 +272,7 @@ impl SignedRecord {
                 max: MAX_PAYLOAD_LEN,
             });
         }
-        let signature = key.sign(&signing_input(kind, &payload));
+        let signature = key.sign_message(&signing_input(kind, &payload));
         Ok(Self {
             kind,
             signer: key.verifying_key(),

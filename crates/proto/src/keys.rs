@@ -186,6 +186,130 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// Something that signs records: a [`SigningKey`] or a
+/// [`BlindedSigningKey`]. Sealed: the raw signing operation stays inside
+/// this crate, where every signature is domain-separated by record kind.
+pub trait Signer: sealed::Sign {
+    /// The public key its signatures verify under.
+    fn verifying_key(&self) -> VerifyingKey;
+}
+
+pub(crate) mod sealed {
+    /// The raw signature, reachable only from this crate.
+    #[allow(unreachable_pub, reason = "the sealed-trait pattern")]
+    pub trait Sign {
+        fn sign_message(&self, message: &[u8]) -> super::Signature;
+    }
+}
+
+impl Signer for SigningKey {
+    fn verifying_key(&self) -> VerifyingKey {
+        SigningKey::verifying_key(self)
+    }
+}
+
+impl sealed::Sign for SigningKey {
+    fn sign_message(&self, message: &[u8]) -> Signature {
+        self.sign(message)
+    }
+}
+
+/// Key-derivation context of a blinded key's nonce prefix.
+const BLINDED_PREFIX_CONTEXT: &str = "cairn/v1 blinded signing nonce prefix";
+
+/// A nonzero scalar that blinds a key pair (PROTOCOL.md §4.10): the
+/// blinded public key is `factor · A`, the blinded secret `factor · a`.
+///
+/// Whoever knows the factor and a public key can compute the blinded
+/// public key; only the holder of the secret key can sign under it; and
+/// without the factor, blinded keys of one key under different factors
+/// look unrelated (the same construction as Tor's v3 onion-service keys).
+#[derive(Clone)]
+pub struct BlindingFactor(curve25519_dalek::Scalar);
+
+impl BlindingFactor {
+    /// The factor for 64 bytes of key-derivation output, reduced modulo
+    /// the group order. `None` for the (negligibly likely) zero scalar,
+    /// which would blind every key to the identity point.
+    pub fn from_wide(bytes: &[u8; 64]) -> Option<Self> {
+        let scalar = curve25519_dalek::Scalar::from_bytes_mod_order_wide(bytes);
+        (scalar != curve25519_dalek::Scalar::ZERO).then_some(Self(scalar))
+    }
+}
+
+impl fmt::Debug for BlindingFactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BlindingFactor(redacted)")
+    }
+}
+
+impl VerifyingKey {
+    /// This key blinded by `factor`: the public half of
+    /// [`SigningKey::blind`] with the same factor.
+    pub fn blind(&self, factor: &BlindingFactor) -> VerifyingKey {
+        // The bytes were validated as a point when this key was made.
+        let point = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map(|key| key.to_edwards())
+            .unwrap_or_default();
+        // A prime-order point times a nonzero scalar is a prime-order
+        // point, so the result passes every check `from_bytes` makes.
+        VerifyingKey((point * factor.0).compress().to_bytes())
+    }
+}
+
+impl SigningKey {
+    /// This key blinded by `factor`.
+    pub fn blind(&self, factor: &BlindingFactor) -> BlindedSigningKey {
+        let expanded = ed25519_dalek::hazmat::ExpandedSecretKey::from(&self.0.to_bytes());
+        let mut prefix_input = zeroize::Zeroizing::new([0u8; 64]);
+        prefix_input[..32].copy_from_slice(&expanded.hash_prefix);
+        prefix_input[32..].copy_from_slice(factor.0.as_bytes());
+        // A fresh nonce prefix: the blinded key never reuses the original
+        // key's nonces for a different scalar.
+        let secret = ed25519_dalek::hazmat::ExpandedSecretKey {
+            scalar: expanded.scalar * factor.0,
+            hash_prefix: blake3::derive_key(BLINDED_PREFIX_CONTEXT, &*prefix_input),
+        };
+        let public = ed25519_dalek::VerifyingKey::from(&secret);
+        BlindedSigningKey { secret, public }
+    }
+}
+
+/// A [`SigningKey`] blinded by a [`BlindingFactor`]. Signatures under it
+/// are ordinary Ed25519 signatures under [`VerifyingKey::blind`] of the
+/// original public key.
+pub struct BlindedSigningKey {
+    secret: ed25519_dalek::hazmat::ExpandedSecretKey,
+    public: ed25519_dalek::VerifyingKey,
+}
+
+impl Signer for BlindedSigningKey {
+    fn verifying_key(&self) -> VerifyingKey {
+        VerifyingKey(self.public.to_bytes())
+    }
+}
+
+impl sealed::Sign for BlindedSigningKey {
+    fn sign_message(&self, message: &[u8]) -> Signature {
+        let signature = ed25519_dalek::hazmat::raw_sign::<ed25519_dalek::Sha512>(
+            &self.secret,
+            message,
+            &self.public,
+        );
+        Signature(signature.to_bytes())
+    }
+}
+
+impl fmt::Debug for BlindedSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "BlindedSigningKey({}, secret redacted)",
+            Signer::verifying_key(self)
+        )
+    }
+}
+
 /// An Ed25519 signature: 64 bytes, carried as-is. Its validity is only ever
 /// judged together with a key and a message.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -276,6 +400,39 @@ mod tests {
 
     fn key() -> SigningKey {
         SigningKey::from_seed(&[7; 32])
+    }
+
+    fn factor(byte: u8) -> BlindingFactor {
+        BlindingFactor::from_wide(&[byte; 64]).unwrap()
+    }
+
+    #[test]
+    fn a_blinded_key_signs_under_the_blinded_public_key() {
+        use sealed::Sign as _;
+        let blinded = key().blind(&factor(1));
+        let public = key().verifying_key().blind(&factor(1));
+        assert_eq!(Signer::verifying_key(&blinded), public);
+        assert_eq!(VerifyingKey::from_bytes(&public.to_bytes()), Ok(public));
+        let signature = blinded.sign_message(b"message");
+        assert!(public.verify_strict(b"message", &signature));
+        assert!(!public.verify_strict(b"other", &signature));
+        assert!(!key().verifying_key().verify_strict(b"message", &signature));
+        // The same message signs the same way (deterministic nonces), and
+        // not with the original key's signature.
+        assert_eq!(blinded.sign_message(b"message"), signature);
+        assert_ne!(key().sign(b"message"), signature);
+    }
+
+    #[test]
+    fn factors_give_unrelated_keys() {
+        let original = key().verifying_key();
+        let one = original.blind(&factor(1));
+        let two = original.blind(&factor(2));
+        assert_ne!(one, original);
+        assert_ne!(one, two);
+        let other = SigningKey::from_seed(&[8; 32]).verifying_key();
+        assert_ne!(other.blind(&factor(1)), one);
+        assert!(BlindingFactor::from_wide(&[0; 64]).is_none());
     }
 
     #[test]

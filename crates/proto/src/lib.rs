@@ -71,8 +71,8 @@ pub use identity::{
     Device, IdentityState, LogError, LogErrorKind, VaultKeyInfo, verify_identity_log,
 };
 pub use keys::{
-    SIGNING_KEY_PREFIX, Signature, SigningKey, VERIFYING_KEY_PREFIX, VerifyingKey, X25519_PREFIX,
-    X25519PublicKey,
+    BlindedSigningKey, BlindingFactor, SIGNING_KEY_PREFIX, Signature, Signer, SigningKey,
+    VERIFYING_KEY_PREFIX, VerifyingKey, X25519_PREFIX, X25519PublicKey,
 };
 pub use records::{
     AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord, IdentityLogEntry,

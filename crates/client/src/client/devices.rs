@@ -13,12 +13,14 @@ use cairn_proto::{
     Timestamp, VerifyingKey, WrappedKey,
 };
 
-use super::mailbox::{clients, fetch_small, fetch_whole_log, put_own_head, sign_head};
+use super::mailbox::{clients, fetch_log, fetch_small, sign_head};
 use super::{Client, InitOptions};
 use crate::error::{Error, RelayError, Result};
 use crate::home::Home;
+use crate::identity::IdentityLog;
 use crate::keyfile::Passphrase;
 use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
+use crate::layout::{Layout, Layouts};
 use crate::pairing::{Approver, Joiner, MAX_MESSAGE, PairingCode, Step, WelcomeBody, slot};
 use crate::relay::{RelayClient, RelayEntry, RelaySet, http_client, unix_now};
 
@@ -227,7 +229,36 @@ impl Client {
         if !set.entries().iter().any(|r| r.key == entry.key) {
             set.upsert(entry);
         }
-        let log = fetch_whole_log(&clients(&http, &set), &body.root, body.head).await?;
+        let (log, layouts) = if body.log.is_empty() {
+            // An approver of an earlier release: the relays hold the log in
+            // plain entries, in the shared layout.
+            let log = fetch_log(&clients(&http, &set), &body.root, None, body.head, &[])
+                .await
+                .map_err(Error::from)?;
+            let layouts = Layouts {
+                per_relay_from: None,
+                shared_through: log.state().vault().map_or(0, |v| v.generation),
+            };
+            (log, layouts)
+        } else {
+            let entries = body
+                .log
+                .iter()
+                .map(|text| cairn_proto::decode_base64url(text, cairn_proto::MAX_ENVELOPE_LEN))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    Error::Invalid("pairing: the welcome's identity log is not base64url".into())
+                })?;
+            let log = IdentityLog::verify(&body.root, entries)?;
+            let layouts = Layouts {
+                per_relay_from: body.per_relay_from,
+                shared_through: match body.per_relay_from {
+                    Some(first) => first.saturating_sub(1),
+                    None => log.state().vault().map_or(0, |v| v.generation),
+                },
+            };
+            (log, layouts)
+        };
         let me = device.signing.verifying_key();
         match log.state().devices().get(&me) {
             Some(enrolled) if enrolled.x25519 == device.x25519.public() => {}
@@ -238,7 +269,9 @@ impl Client {
             }
         }
         log.vault_keys(&device)?;
-        let mut client = Self::create(home, passphrase, options, body.root, None, device, log)?;
+        let mut client = Self::create(
+            home, passphrase, options, body.root, None, device, log, layouts,
+        )?;
         client.relays = set;
         client.relays.save(&client.home)?;
         Ok(client)
@@ -321,6 +354,13 @@ impl Client {
             root: root.verifying_key(),
             head: self.log.state().head(),
             relays: self.relays.entries().to_vec(),
+            log: self
+                .log
+                .entries()
+                .iter()
+                .map(|entry| cairn_proto::encode_base64url(entry))
+                .collect(),
+            per_relay_from: self.layouts().per_relay_from,
         })?;
         post(&relays, &mailbox, Step::Welcome, welcome, &uploader).await?;
         Ok(Enrolled {
@@ -396,6 +436,9 @@ impl Client {
         )?;
         self.log = log;
         self.save_log()?;
+        // Every rotation moves the identity to the per-relay layout (an
+        // identity of an earlier release moves here).
+        self.learn_layout(generation, Layout::PerRelay)?;
 
         let mut warnings: Vec<String> = self
             .publish_identity()
@@ -480,9 +523,8 @@ impl Client {
     /// one relay took it, or when a relay holds a newer head in this
     /// device's own slot (its key signed elsewhere).
     async fn announce_in_old_mailbox(&self, old: &VaultKey) -> Result<Vec<String>> {
-        let head = self.identity_head(old)?;
         let relays = self.relay_clients();
-        let results = join_all(relays.iter().map(|relay| put_own_head(relay, &head, "id"))).await;
+        let results = join_all(relays.iter().map(|relay| self.publish_log_to(relay, old))).await;
         let mut warnings = Vec::new();
         let mut stored = 0;
         for (relay, result) in relays.iter().zip(results) {

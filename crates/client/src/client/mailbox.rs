@@ -3,26 +3,30 @@
 //! device's operation log and snapshots live in the same mailbox:
 //! `client/sync.rs`.)
 //!
-//! The mailbox key is derived from the current vault key, so it moves to a
+//! The mailbox key is derived from the current vault key (and, in the
+//! per-relay layout, the relay's key: `crate::layout`), so it moves to a
 //! new mailbox when the vault key rotates. Heads are owned (PROTOCOL.md
 //! §4.9): a device writes only its own slots, so no other device, a stolen
-//! one included, can move or freeze them. A rotating device leaves its own
-//! `id` head in the old mailbox pointing at the log that announces the new
-//! generation: devices still reading the old mailbox find their way.
+//! one included, can move or freeze them. In the per-relay layout the log
+//! is one blob sealed to the generation's vault key, sealed afresh for
+//! each relay (§4.10). A rotating device leaves its own `id` head in the
+//! old mailbox pointing at the log that announces the new generation:
+//! devices still reading the old mailbox find their way.
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 
 use cairn_proto::{
-    BlobId, HeadRecord, IdentityLogEntry, SignedRecord, SigningKey, Slot, Timestamp,
+    BlobId, HeadRecord, IdentityLogEntry, SignedRecord, SigningKey, Slot, Timestamp, VerifyingKey,
 };
 
 use super::Client;
 use crate::error::{Error, RelayError, Result};
 use crate::fork::Choice;
-use crate::identity::IdentityLog;
+use crate::identity::{IdentityLog, MAX_SEALED_LOG, SealedLogError};
 use crate::keys::VaultKey;
-use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role, sign_owned, unix_now};
+use crate::layout::{Layout, Layouts, Mailbox};
+use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role, unix_now};
 
 /// Most identity-log entries fetched in one refresh: a lying relay cannot
 /// keep a client walking forever.
@@ -54,29 +58,40 @@ pub(super) fn clients(http: &reqwest::Client, set: &RelaySet) -> Vec<RelayClient
         .collect()
 }
 
-/// Every identity head in `mailbox` on any relay, highest first.
-async fn identity_heads(relays: &[RelayClient], mailbox: &SigningKey) -> Vec<Head> {
-    let key = mailbox.verifying_key();
-    let answers = join_all(relays.iter().map(|r| r.list_heads(&key))).await;
-    let mut heads: Vec<Head> = answers
+/// Every identity head in the mailboxes `mailbox_of` names on `relays`,
+/// with the index of the relay that listed it, highest first.
+async fn identity_heads(
+    relays: &[RelayClient],
+    mailbox_of: impl Fn(&RelayClient) -> VerifyingKey,
+) -> Vec<(usize, Head)> {
+    let answers = join_all(relays.iter().map(|r| {
+        let key = mailbox_of(r);
+        async move { r.list_heads(&key).await }
+    }))
+    .await;
+    let mut heads: Vec<(usize, Head)> = answers
         .into_iter()
-        .filter_map(|a| a.ok())
-        .flat_map(|(heads, _)| heads)
-        .filter(|h| h.role() == Role::Identity)
+        .enumerate()
+        .filter_map(|(i, a)| a.ok().map(|(heads, _)| (i, heads)))
+        .flat_map(|(i, heads)| heads.into_iter().map(move |h| (i, h)))
+        .filter(|(_, h)| h.role() == Role::Identity)
         .collect();
-    heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
+    heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
     heads
 }
 
-/// This device's own head for `role`, signed for `mailbox`.
-pub(super) fn sign_own_head(
-    mailbox: &SigningKey,
-    device: &SigningKey,
-    role: Role,
-    seq: u64,
-    target: BlobId,
-) -> Result<SignedRecord> {
-    sign_owned(mailbox, device, role, seq, target).map_err(Error::Invalid)
+/// `relays` with the one at `first` first: where a per-relay copy is.
+pub(super) fn starting_with(relays: &[RelayClient], first: usize) -> Vec<RelayClient> {
+    let mut ordered = Vec::with_capacity(relays.len());
+    ordered.extend(relays.get(first).cloned());
+    ordered.extend(
+        relays
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, r)| r.clone()),
+    );
+    ordered
 }
 
 /// Sends this device's own `head` to `relay`. A relay that already holds
@@ -168,20 +183,65 @@ impl From<FetchLogError> for Error {
     }
 }
 
-/// Walks back from `target` to the first entry `known` holds (or to entry
-/// 0) and returns the log that ends at `target`, verified: an extension of
-/// `known`, a part of it, or a fork from it ([`crate::fork::choose`] tells
-/// which). Stops at any entry already held, so a fork costs only its own
-/// entries.
+/// The most bytes an identity-log copy may have: the largest log, padded,
+/// with its nonce and tag.
+fn max_log_copy() -> usize {
+    let padded = crate::seal::padded_len(MAX_SEALED_LOG as u64);
+    usize::try_from(padded + 12 + 16).unwrap_or(usize::MAX)
+}
+
+/// The log that `target` leads to, verified against `root`: a copy of
+/// the whole log sealed for the first of `relays` (the one that listed the
+/// head) with one of `vaults`, or an entry of a log stored as plain entries
+/// (the shared layout), walked back to the first entry `known` holds (or
+/// to entry 0). The result extends `known`, is a part of it, or forks from
+/// it ([`crate::fork::choose`] tells which).
 pub(super) async fn fetch_log(
     relays: &[RelayClient],
-    root: &cairn_proto::VerifyingKey,
+    root: &VerifyingKey,
     known: Option<&IdentityLog>,
     target: BlobId,
+    vaults: &[VaultKey],
+) -> Result<IdentityLog, FetchLogError> {
+    let first = fetch_small(relays, &target, max_log_copy())
+        .await
+        .map_err(FetchLogError::Unavailable)?;
+    let copy_keys: Vec<_> = relays
+        .first()
+        .map(|relay| vaults.iter().map(|v| v.log_copy_key(relay.key())).collect())
+        .unwrap_or_default();
+    match entry_of(&first) {
+        Some(entry) => walk_log(relays, root, known, target, first, entry).await,
+        None => IdentityLog::open_copy(root, &first, &copy_keys).map_err(|err| match err {
+            SealedLogError::Closed | SealedLogError::Malformed => FetchLogError::Invalid(format!(
+                "identity head target {target} is neither a log entry nor a log sealed to a                  vault key of this identity ({err})"
+            )),
+            SealedLogError::Invalid(why) => FetchLogError::Invalid(why),
+        }),
+    }
+}
+
+/// `bytes` as a verified identity-log entry, if they are one.
+fn entry_of(bytes: &[u8]) -> Option<cairn_proto::Verified<IdentityLogEntry>> {
+    SignedRecord::from_bytes(bytes)
+        .ok()
+        .and_then(|r| r.verify::<IdentityLogEntry>().ok())
+}
+
+/// Walks a log of plain entries back from `target`, whose bytes and entry
+/// are `first`: stops at any entry `known` already holds.
+async fn walk_log(
+    relays: &[RelayClient],
+    root: &VerifyingKey,
+    known: Option<&IdentityLog>,
+    target: BlobId,
+    first: Vec<u8>,
+    entry: cairn_proto::Verified<IdentityLogEntry>,
 ) -> Result<IdentityLog, FetchLogError> {
     let mut fetched = Vec::new();
     let mut next = Some(target);
     let mut attach = None;
+    let mut pending = Some((first, entry));
     while let Some(id) = next {
         if let Some(position) = known.and_then(|log| log.position_of(&id)) {
             attach = Some(position);
@@ -192,13 +252,18 @@ pub(super) async fn fetch_log(
                 "the identity log on the relays is implausibly long".into(),
             ));
         }
-        let bytes = fetch_small(relays, &id, cairn_proto::MAX_ENVELOPE_LEN)
-            .await
-            .map_err(FetchLogError::Unavailable)?;
-        let entry = SignedRecord::from_bytes(&bytes)
-            .ok()
-            .and_then(|r| r.verify::<IdentityLogEntry>().ok())
-            .ok_or_else(|| FetchLogError::Invalid(format!("log entry {id} is not valid")))?;
+        let (bytes, entry) = match pending.take() {
+            Some(first) => first,
+            None => {
+                let bytes = fetch_small(relays, &id, cairn_proto::MAX_ENVELOPE_LEN)
+                    .await
+                    .map_err(FetchLogError::Unavailable)?;
+                let entry = entry_of(&bytes).ok_or_else(|| {
+                    FetchLogError::Invalid(format!("log entry {id} is not valid"))
+                })?;
+                (bytes, entry)
+            }
+        };
         next = entry.prev;
         fetched.push(bytes);
     }
@@ -214,65 +279,78 @@ pub(super) async fn fetch_log(
     IdentityLog::verify(root, entries).map_err(|err| FetchLogError::Invalid(err.to_string()))
 }
 
-/// The log that ends at `target`, fetched whole and verified (for a device
-/// that holds none yet).
-pub(super) async fn fetch_whole_log(
-    relays: &[RelayClient],
-    root: &cairn_proto::VerifyingKey,
-    target: BlobId,
-) -> Result<IdentityLog> {
-    Ok(fetch_log(relays, root, None, target).await?)
-}
-
 /// Finds an identity's log with nothing but its root key: vault generation 1
 /// is derived from it, its mailbox holds the log, and each rotation leads to
-/// the next mailbox.
+/// the next mailbox. Returns the log and the layout of each generation it
+/// passed through.
 pub(super) async fn find_log_with_root(
     http: &reqwest::Client,
     set: &RelaySet,
     root: &SigningKey,
-) -> Result<IdentityLog> {
+) -> Result<(IdentityLog, Layouts)> {
     let relays = clients(http, set);
     let root_key = root.verifying_key();
     let mut log: Option<IdentityLog> = None;
+    let mut layouts = Layouts::default();
     let mut generation = 1;
     loop {
-        let mailbox = VaultKey::derive(root, generation).mailbox();
-        // Every candidate is tried, not just the highest: a head's `seq` is
-        // its writer's claim, and a stolen device can claim any. Forks are
-        // decided by the root key's authority (`crate::fork`).
-        for head in identity_heads(&relays, &mailbox).await {
-            if log
-                .as_ref()
-                .is_some_and(|l| l.position_of(&head.target).is_some())
-            {
+        let vault = VaultKey::derive(root, generation);
+        let vaults: Vec<VaultKey> = (1..=generation)
+            .map(|g| VaultKey::derive(root, g))
+            .collect();
+        // Once a generation is per relay, every later one is; before, the
+        // per-relay mailboxes are tried first, then the shared one.
+        let candidates: &[Layout] = match layouts.per_relay_from {
+            Some(_) => &[Layout::PerRelay],
+            None => &[Layout::PerRelay, Layout::Shared],
+        };
+        for &layout in candidates {
+            let heads =
+                identity_heads(&relays, |r| Mailbox::new(&vault, r.key(), layout).public()).await;
+            if heads.is_empty() {
                 continue;
             }
-            let fetched = match fetch_log(&relays, &root_key, log.as_ref(), head.target).await {
-                Ok(fetched) => fetched,
-                Err(err) => {
-                    tracing::warn!(?err, "ignoring an identity head");
+            layouts.learn(generation, layout);
+            // Every candidate is tried, not just the highest: a head's
+            // `seq` is its writer's claim, and a stolen device can claim
+            // any. Forks are decided by the root key's authority
+            // (`crate::fork`).
+            for (index, head) in heads {
+                if log
+                    .as_ref()
+                    .is_some_and(|l| l.position_of(&head.target).is_some())
+                {
                     continue;
                 }
-            };
-            if head.is_owned() && fetched.state().last_seq() != head.seq {
-                tracing::warn!(
-                    seq = head.seq,
-                    "ignoring an identity head at a wrong position"
-                );
-                continue;
+                let from = starting_with(&relays, index);
+                let fetched =
+                    match fetch_log(&from, &root_key, log.as_ref(), head.target, &vaults).await {
+                        Ok(fetched) => fetched,
+                        Err(err) => {
+                            tracing::warn!(?err, "ignoring an identity head");
+                            continue;
+                        }
+                    };
+                if head.is_owned() && fetched.state().last_seq() != head.seq {
+                    tracing::warn!(
+                        seq = head.seq,
+                        "ignoring an identity head at a wrong position"
+                    );
+                    continue;
+                }
+                log = Some(match log.take() {
+                    None => fetched,
+                    Some(current) => match crate::fork::choose(&current, fetched) {
+                        Choice::Keep | Choice::Fork { adopt: None, .. } => current,
+                        Choice::Extend(longer)
+                        | Choice::Fork {
+                            adopt: Some(longer),
+                            ..
+                        } => longer,
+                    },
+                });
             }
-            log = Some(match log.take() {
-                None => fetched,
-                Some(current) => match crate::fork::choose(&current, fetched) {
-                    Choice::Keep | Choice::Fork { adopt: None, .. } => current,
-                    Choice::Extend(longer)
-                    | Choice::Fork {
-                        adopt: Some(longer),
-                        ..
-                    } => longer,
-                },
-            });
+            break;
         }
         let Some(found) = log.take() else {
             return Err(Error::IdentityNotFound(
@@ -286,7 +364,7 @@ pub(super) async fn find_log_with_root(
                 generation = current;
                 log = Some(found);
             }
-            _ => return Ok(found),
+            _ => return Ok((found, layouts)),
         }
     }
 }
@@ -296,16 +374,97 @@ impl Client {
         clients(&self.http, &self.relays)
     }
 
-    /// This device's own `id` head for the log it holds, in `vault`'s
-    /// mailbox.
-    pub(super) fn identity_head(&self, vault: &VaultKey) -> Result<SignedRecord> {
-        sign_own_head(
-            &vault.mailbox(),
-            &self.device.signing,
-            Role::Identity,
-            self.log.state().last_seq(),
-            self.log.state().head(),
-        )
+    /// What this device knows of each generation's layout.
+    pub(super) fn layouts(&self) -> Layouts {
+        self.config.layouts
+    }
+
+    /// Records that `generation` uses `layout`, saving the config when
+    /// that is news.
+    pub(super) fn learn_layout(&mut self, generation: u32, layout: Layout) -> Result<()> {
+        let before = self.config.layouts;
+        self.config.layouts.learn(generation, layout);
+        if self.config.layouts != before {
+            self.save_config()?;
+        }
+        Ok(())
+    }
+
+    /// The identity's mailbox of `vault`'s generation on the relay with key
+    /// `relay`. A generation whose layout this device has not learned yet
+    /// is taken to be per relay: that is what every rotation since
+    /// revision 3 makes.
+    pub(super) fn mailbox_on(&self, vault: &VaultKey, relay: &VerifyingKey) -> Mailbox {
+        let layout = self
+            .layouts()
+            .of(vault.generation)
+            .unwrap_or(Layout::PerRelay);
+        Mailbox::new(vault, relay, layout)
+    }
+
+    /// This device's own head for `role` in `vault`'s mailbox on the relay
+    /// with key `relay`.
+    pub(super) fn own_head_on(
+        &self,
+        vault: &VaultKey,
+        relay: &VerifyingKey,
+        role: Role,
+        seq: u64,
+        target: BlobId,
+    ) -> Result<SignedRecord> {
+        self.mailbox_on(vault, relay)
+            .sign_head(&self.device, role, seq, target)
+            .map_err(Error::Invalid)
+    }
+
+    /// Every key that may have written a head of this identity: its
+    /// devices, enrolled or revoked, and its root.
+    fn known_writers(&self) -> Vec<VerifyingKey> {
+        let state = self.log.state();
+        std::iter::once(self.config.root)
+            .chain(state.devices().keys().copied())
+            .chain(state.revoked().iter().copied())
+            .collect()
+    }
+
+    /// Lists `mailbox` on `relay`, naming the device behind each head
+    /// ([`Head::resolve`]). Returns the heads and how many did not verify.
+    pub(super) async fn list_mailbox(
+        &self,
+        relay: &RelayClient,
+        mailbox: &Mailbox,
+    ) -> Result<(Vec<Head>, usize), RelayError> {
+        let (heads, bad) = relay.list_heads(&mailbox.public()).await?;
+        if mailbox.layout() == Layout::Shared {
+            return Ok((heads, bad));
+        }
+        let writers = mailbox.writers(self.known_writers());
+        let heads = heads
+            .into_iter()
+            .map(|head| head.resolve(|signer| writers.get(signer).copied()))
+            .collect();
+        Ok((heads, bad))
+    }
+
+    /// The key that owns this identity's copies on the relay with key
+    /// `relay` now: in the per-relay layout, one key shared by every
+    /// device; before it, this device's own upload key.
+    pub(super) fn owner_key(&self, relay: &VerifyingKey) -> Result<SigningKey> {
+        Ok(self
+            .mailbox_on(&self.current_vault()?, relay)
+            .owner(&self.device))
+    }
+
+    /// Whether a copy recorded as stored by `device` is one this device
+    /// may delete: its own, or, in the per-relay layout, any of the
+    /// identity's (they share one owner key per relay).
+    pub(super) fn owns_copies_of(&self, device: &VerifyingKey) -> bool {
+        *device == self.device_key()
+            || self
+                .current_vault()
+                .ok()
+                .and_then(|vault| self.layouts().of(vault.generation))
+                == Some(Layout::PerRelay)
     }
 
     /// Stores the identity log on every relay in the set, with this
@@ -313,9 +472,13 @@ impl Client {
     /// refused, with why.
     pub(super) async fn publish_identity(&self) -> Result<Vec<(String, RelayError)>> {
         let vault = self.current_vault()?;
-        let head = self.identity_head(&vault)?;
         let relays = self.relay_clients();
-        let results = join_all(relays.iter().map(|relay| self.publish_log_to(relay, &head))).await;
+        let results = join_all(
+            relays
+                .iter()
+                .map(|relay| self.publish_log_to(relay, &vault)),
+        )
+        .await;
         Ok(relays
             .iter()
             .zip(results)
@@ -323,26 +486,54 @@ impl Client {
             .collect())
     }
 
+    /// Stores the identity log on `relay` and points this device's own
+    /// `id` head in `vault`'s mailbox there at it. Once the identity is in
+    /// the per-relay layout, the log is stored as one copy sealed to
+    /// `vault` for this relay alone (in an old shared mailbox too, where it
+    /// announces a rotation); before, as plain entries.
     pub(super) async fn publish_log_to(
         &self,
         relay: &RelayClient,
-        head: &SignedRecord,
+        vault: &VaultKey,
     ) -> Result<(), RelayError> {
-        let key = self.device.upload_key(relay.key());
-        for entry in self.log.entries() {
-            let id = BlobId::of(entry);
-            relay
-                .put_bytes(&id, Bytes::copy_from_slice(entry), &key, 0)
-                .await?;
-        }
-        put_own_head(relay, head, "id").await
+        let mailbox = self.mailbox_on(vault, relay.key());
+        let owner = mailbox.owner(&self.device);
+        let current = self.current_vault().ok().map(|v| v.generation);
+        let sealed = current.and_then(|g| self.layouts().of(g)) != Some(Layout::Shared);
+        let target = if sealed {
+            let (id, copy) = self
+                .log
+                .seal_copy(&vault.log_copy_key(relay.key()))
+                .map_err(|err| RelayError::Protocol(err.to_string()))?;
+            relay.put_bytes(&id, Bytes::from(copy), &owner, 0).await?;
+            id
+        } else {
+            for entry in self.log.entries() {
+                let id = BlobId::of(entry);
+                relay
+                    .put_bytes(&id, Bytes::copy_from_slice(entry), &owner, 0)
+                    .await?;
+            }
+            self.log.state().head()
+        };
+        let head = mailbox
+            .sign_head(
+                &self.device,
+                Role::Identity,
+                self.log.state().last_seq(),
+                target,
+            )
+            .map_err(RelayError::Protocol)?;
+        put_own_head(relay, &head, "id").await
     }
 
-    /// Deletes this device's copies of `id` wherever it has them; failures
-    /// only mean the copy expires by retention instead.
+    /// Deletes this identity's copies of `id` wherever this device may;
+    /// failures only mean the copy expires by retention instead.
     pub(super) async fn delete_own_everywhere(&self, relays: &[RelayClient], id: &BlobId) {
         join_all(relays.iter().map(|relay| async {
-            let key = self.device.upload_key(relay.key());
+            let Ok(key) = self.owner_key(relay.key()) else {
+                return;
+            };
             if let Err(err) = relay.delete(id, &key).await {
                 tracing::debug!(relay = relay.url(), %err, "old copy left to retention");
             }

@@ -29,6 +29,7 @@ use super::sync::{
     Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_candidates,
 };
 use crate::error::Result;
+use crate::layout::Layout;
 use crate::relay::{Claimed, RelayClient};
 use crate::sync::{Change, Position};
 
@@ -77,6 +78,16 @@ impl Client {
             }
         };
         report.blobs = needed.len();
+        match self.publish_identity().await {
+            Ok(refused) => report.failed.extend(
+                refused
+                    .into_iter()
+                    .map(|(url, err)| format!("{url}: the identity log not kept: {err}")),
+            ),
+            Err(err) => report
+                .failed
+                .push(format!("the identity log not kept: {err}")),
+        }
         let relays = &relays;
         let checks = needed.iter().flat_map(|(id, source)| {
             relays.iter().map(move |relay| async move {
@@ -117,8 +128,8 @@ impl Client {
         id: &BlobId,
         source: &Origin,
     ) -> Result<bool> {
-        let key = self.device.upload_key(relay.key());
         let relay_error = |source| relay_error(relay, source);
+        let key = self.owner_key(relay.key())?;
         match relay.claim(id, &key).await.map_err(relay_error)? {
             Claimed::New | Claimed::Already => Ok(false),
             Claimed::Absent => {
@@ -151,27 +162,36 @@ impl Client {
         relays: &[RelayClient],
         problems: &mut Vec<String>,
     ) -> Result<Vec<(BlobId, Origin)>> {
-        let mut needed: Vec<(BlobId, Origin)> = self
-            .log
-            .entries()
-            .iter()
-            .map(|entry| {
-                (
-                    BlobId::of(entry),
-                    Origin::Local(Bytes::copy_from_slice(entry)),
-                )
-            })
-            .collect();
+        let vault = self.newest_vault()?;
+        let layout = self
+            .layouts()
+            .of(vault.generation)
+            .unwrap_or(Layout::PerRelay);
+        // In the per-relay layout the log is a sealed copy per relay, kept
+        // by publishing it again (`keep_metadata`), not entry by entry.
+        let mut needed: Vec<(BlobId, Origin)> = match layout {
+            Layout::Shared => self
+                .log
+                .entries()
+                .iter()
+                .map(|entry| {
+                    (
+                        BlobId::of(entry),
+                        Origin::Local(Bytes::copy_from_slice(entry)),
+                    )
+                })
+                .collect(),
+            Layout::PerRelay => Vec::new(),
+        };
         let keys = self.vault_secrets()?;
 
         // The newest snapshot any relay names, and what it covers.
-        let mailbox = self.newest_vault()?.mailbox().verifying_key();
-        let listings: Vec<Option<Listing>> =
-            futures_util::future::join_all(relays.iter().map(|r| r.list_heads(&mailbox)))
-                .await
-                .into_iter()
-                .map(|answer| answer.ok().map(|(heads, _)| Listing { heads }))
-                .collect();
+        let listings: Vec<Option<Listing>> = self
+            .list_in(relays, &vault, layout)
+            .await
+            .into_iter()
+            .map(|(_, answer)| answer.ok().map(|(heads, _)| Listing { heads }))
+            .collect();
         // The snapshot sync applied or wrote (its clock is the state's), not
         // merely the highest head: a stolen device can name anything in its
         // own snapshot slot, and a forged one would stop the renewal of the

@@ -33,6 +33,7 @@ use crate::home::{Home, read_required, write_private};
 use crate::identity::IdentityLog;
 use crate::keyfile::{self, KdfCost, Passphrase};
 use crate::keys::{DeviceKeys, VaultKey, X25519Secret};
+use crate::layout::Layouts;
 use crate::relay::{
     RedirectPolicy, RelayClient, RelaySet, Transport, check_transport, http_client,
 };
@@ -52,7 +53,13 @@ struct Config {
     device_name: String,
     /// How many relays each blob is stored on.
     replicas: usize,
+    /// Which layout (`crate::layout`) each generation uses.
+    #[serde(flatten)]
+    layouts: Layouts,
 }
+
+/// The home format: 2 records which layout each generation uses.
+const HOME_VERSION: u32 = 2;
 
 /// This device's secret keys, as sealed in `HOME/keys/device.age`.
 #[derive(Serialize, Deserialize)]
@@ -111,7 +118,16 @@ impl Client {
         let name = device_name(&options.device_name)?;
         let log = IdentityLog::genesis(&root, &device, &name)?;
         let root_key = root.verifying_key();
-        let client = Self::create(home, passphrase, options, root_key, Some(root), device, log)?;
+        let client = Self::create(
+            home,
+            passphrase,
+            options,
+            root_key,
+            Some(root),
+            device,
+            log,
+            Layouts::NEW,
+        )?;
         Ok((client, phrase))
     }
 
@@ -140,7 +156,7 @@ impl Client {
         let (entry, _) = relays::pin(&http, relay_url, None, false).await?;
         let mut relays = RelaySet::default();
         relays.upsert(entry);
-        let mut log = mailbox::find_log_with_root(&http, &relays, &root).await?;
+        let (mut log, layouts) = mailbox::find_log_with_root(&http, &relays, &root).await?;
         let device = DeviceKeys::generate()?;
         let generation = log
             .state()
@@ -160,8 +176,16 @@ impl Client {
             },
         )?;
         let root_key = root.verifying_key();
-        let mut client =
-            Self::create(home, passphrase, options, root_key, Some(root), device, log)?;
+        let mut client = Self::create(
+            home,
+            passphrase,
+            options,
+            root_key,
+            Some(root),
+            device,
+            log,
+            layouts,
+        )?;
         client.relays = relays;
         client.relays.save(&client.home)?;
         client.publish_identity().await?;
@@ -180,6 +204,7 @@ impl Client {
         root: Option<SigningKey>,
         device: DeviceKeys,
         log: IdentityLog,
+        layouts: Layouts,
     ) -> Result<Self> {
         if home.exists() {
             return Err(Error::HomeExists {
@@ -188,10 +213,11 @@ impl Client {
         }
         home.create_dirs()?;
         let config = Config {
-            version: 1,
+            version: HOME_VERSION,
             root: root_key,
             device_name: options.device_name.clone(),
             replicas: DEFAULT_REPLICAS,
+            layouts,
         };
         let client = Self {
             home,
@@ -233,12 +259,20 @@ impl Client {
             false => None,
         };
         let log = IdentityLog::load(&home, &config.root)?;
+        let mut config = config;
+        let upgraded = config.version < HOME_VERSION;
+        if upgraded {
+            // A home from before the per-relay layout: every generation it
+            // knows uses the shared one.
+            config.version = HOME_VERSION;
+            config.layouts.shared_through = log.state().vault().map_or(0, |v| v.generation);
+        }
         let relays = RelaySet::load(&home)?;
         let http = http_client().map_err(|source| Error::Relay {
             url: String::new(),
             source,
         })?;
-        Ok(Self {
+        let client = Self {
             home,
             config,
             device,
@@ -248,7 +282,11 @@ impl Client {
             http,
             cost: KdfCost::DEFAULT,
             transport: Transport::Secure,
-        })
+        };
+        if upgraded {
+            client.save_config()?;
+        }
+        Ok(client)
     }
 
     /// Sets the key-file cost used when this client rewrites key files.
@@ -302,7 +340,8 @@ impl Client {
     /// its copies there by. For tools that must act as this device outside
     /// the client's rules, such as tests of what a stolen device can do.
     pub fn upload_key(&self, relay: &VerifyingKey) -> cairn_proto::SigningKey {
-        self.device.upload_key(relay)
+        self.owner_key(relay)
+            .unwrap_or_else(|_| self.device.upload_key(relay))
     }
 
     /// This device's signing key, as a thief holding the unlocked device
@@ -311,6 +350,42 @@ impl Client {
     #[doc(hidden)]
     pub fn device_signing_key(&self) -> &cairn_proto::SigningKey {
         &self.device.signing
+    }
+
+    /// The name (public key) of the identity's current mailbox on the
+    /// relay with key `relay`, as this device knows it. For tools that
+    /// must act as this device outside the client's rules, and for tests
+    /// that look at what a relay holds.
+    #[doc(hidden)]
+    pub fn mailbox_name_on(&self, relay: &VerifyingKey) -> Result<VerifyingKey> {
+        Ok(self.mailbox_on(&self.newest_vault()?, relay).public())
+    }
+
+    /// This device's own head for `role` in the current mailbox on the
+    /// relay with key `relay`, signed as the client would. For tools that
+    /// must act as this device outside the client's rules (a stolen
+    /// device's tests).
+    #[doc(hidden)]
+    pub fn sign_head_on(
+        &self,
+        relay: &VerifyingKey,
+        role: crate::relay::Role,
+        seq: u64,
+        target: cairn_proto::BlobId,
+    ) -> Result<cairn_proto::SignedRecord> {
+        self.own_head_on(&self.newest_vault()?, relay, role, seq, target)
+    }
+
+    /// `log` sealed as the per-relay layout stores a copy of it on the
+    /// relay with key `relay`, with the newest vault key this device holds.
+    /// For tools that must act as this device outside the client's rules.
+    #[doc(hidden)]
+    pub fn seal_log_copy(
+        &self,
+        log: &IdentityLog,
+        relay: &VerifyingKey,
+    ) -> Result<(cairn_proto::BlobId, Vec<u8>)> {
+        log.seal_copy(&self.newest_vault()?.log_copy_key(relay))
     }
 
     /// This device's name.

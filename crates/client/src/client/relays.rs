@@ -224,8 +224,7 @@ impl Client {
         let _ = self.refresh_identity().await;
         let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
         let mut warnings = Vec::new();
-        let head = self.identity_head(&self.current_vault()?)?;
-        if let Err(err) = self.publish_log_to(&relay, &head).await {
+        if let Err(err) = self.publish_log_to(&relay, &self.current_vault()?).await {
             warnings.push(format!(
                 "could not store the identity log there: {err}; other devices will not find it \
                  on this relay until it is"

@@ -337,7 +337,7 @@ impl Client {
             if avoid.contains(relay.key()) || scores.flagged(relay.key(), now) {
                 continue;
             }
-            let key = self.device.upload_key(relay.key());
+            let key = self.owner_key(relay.key())?;
             let put = relay
                 .put_file(
                     &entry.blob,

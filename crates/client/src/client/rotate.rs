@@ -140,14 +140,13 @@ impl Client {
             return Ok(report);
         }
         // Everything is on the new relay: the old one can go.
-        let me = self.device_key();
         let old_relay = RelayClient::new(self.http.clone(), &old.url, old.key);
-        let key = self.device.upload_key(&old.key);
+        let key = self.owner_key(&old.key)?;
         for (_, entry, _) in &files {
             let ours = entry
                 .copies
                 .iter()
-                .any(|c| c.relay == old.key && c.owner == me);
+                .any(|c| c.relay == old.key && self.owns_copies_of(&c.owner));
             if ours && matches!(old_relay.delete(&entry.blob, &key).await, Ok(Deleted::Gone)) {
                 report.deleted += 1;
             }

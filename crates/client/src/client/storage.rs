@@ -392,9 +392,11 @@ impl Client {
             let batch = &candidates[next..(next + wanted - stored.len()).min(candidates.len())];
             next += batch.len();
             let results = join_all(batch.iter().map(|(relay, info)| {
-                let key = self.device.upload_key(relay.key());
+                let key = self.owner_key(relay.key());
                 let progress = progress.clone();
                 async move {
+                    let key =
+                        key.map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
                     relay
                         .put_file(
                             &sealed.id,

@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::Client;
-use super::mailbox::{FetchLogError, put_own_head, sign_own_head};
+use super::mailbox::{FetchLogError, put_own_head, starting_with};
 use crate::error::{Error, Result, io_at};
 use crate::fork::Choice;
 use crate::home::write_private;
+use crate::layout::{Layout, Mailbox};
 use crate::relay::{Claimed, Deleted, Head, RelayClient, Role, unix_now};
 use crate::seal;
 use crate::sync::{Change, Position, Snapshot, Table, clock_millis, next_clock};
@@ -116,6 +117,24 @@ pub(crate) struct SyncState {
     /// log of this identity, newest last: not fetched again.
     #[serde(default)]
     refused_targets: Vec<String>,
+    /// Sealed identity-log copies (blob id text) already read, with the
+    /// position of the log each holds, newest last: a copy is fetched once.
+    #[serde(default)]
+    log_copies: Vec<(String, u64)>,
+    /// Claims of earlier generations' owners to let go of, once the
+    /// current owner has claimed the same copies (a rotation moved the
+    /// owner key: `crate::layout`).
+    #[serde(default)]
+    releasing: Vec<Releasing>,
+}
+
+/// Copies claimed by the owner of an earlier generation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Releasing {
+    /// That generation.
+    generation: u32,
+    /// Blob (id text) → relays (key text) where it claimed them.
+    owned: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What changes whenever a sync changes the state (the table changes only
@@ -160,6 +179,38 @@ impl SyncState {
 
     fn position(&self, device: &VerifyingKey) -> Option<Position> {
         self.devices.get(&device.to_string()).copied()
+    }
+
+    /// Moves to vault generation `generation`: what this device's owner
+    /// key of the previous one claimed is to be claimed again by the new
+    /// owner and then let go of ([`Client::release_old_claims`]).
+    fn enter(&mut self, generation: u32) {
+        if self.generation != 0 && self.generation != generation && !self.owned.is_empty() {
+            self.releasing.push(Releasing {
+                generation: self.generation,
+                owned: std::mem::take(&mut self.owned),
+            });
+        }
+        self.generation = generation;
+    }
+
+    /// The position of the log in the sealed copy `target`, if read before.
+    fn log_copy(&self, target: &BlobId) -> Option<u64> {
+        let text = target.to_string();
+        self.log_copies
+            .iter()
+            .find(|(id, _)| *id == text)
+            .map(|(_, seq)| *seq)
+    }
+
+    /// Remembers that the sealed copy `target` holds a log at `seq`.
+    fn note_log_copy(&mut self, target: BlobId, seq: u64) {
+        const KEPT: usize = 256;
+        if self.log_copy(&target).is_none() {
+            self.log_copies.push((target.to_string(), seq));
+            let excess = self.log_copies.len().saturating_sub(KEPT);
+            self.log_copies.drain(..excess);
+        }
     }
 
     /// Remembers that `target` leads to no valid log, keeping the newest.
@@ -256,6 +307,12 @@ pub(super) struct Listing {
     pub(super) heads: Vec<Head>,
 }
 
+/// What listing the current mailbox on each relay gave.
+type Answers = Vec<(
+    Mailbox,
+    Result<(Vec<Head>, usize), crate::error::RelayError>,
+)>;
+
 impl Listing {
     /// The heads that serve `role`.
     fn with_role(&self, role: Role) -> impl Iterator<Item = &Head> {
@@ -329,11 +386,10 @@ impl Client {
         let relays = self.relay_clients();
         let first_finding = state.findings.len();
         let (listings, mut relay_reports) = loop {
-            let mailbox = self.newest_vault()?.mailbox().verifying_key();
-            let answers = join_all(relays.iter().map(|r| r.list_heads(&mailbox))).await;
+            let answers = self.list_current(&relays).await?;
             let mut listings = Vec::new();
             let mut reports = Vec::new();
-            for (relay, answer) in relays.iter().zip(answers) {
+            for (relay, (_, answer)) in relays.iter().zip(answers) {
                 match answer {
                     Ok((heads, bad)) => {
                         if bad > 0 {
@@ -426,7 +482,7 @@ impl Client {
         if moved {
             // Announce this device's log in the new mailbox, then (if this
             // device rotated) a snapshot there covers everyone's history.
-            state.generation = generation;
+            state.enter(generation);
             // Acknowledgements were for heads in the old mailbox.
             state.acked.clear();
             if let Some(mine) = state.position(&self.device_key()) {
@@ -435,6 +491,7 @@ impl Client {
         }
 
         let (claimed, claims_pending) = self.claim_copies(state, &relays).await;
+        self.release_old_claims(state, &relays).await;
         self.collect_garbage(state, &relays).await;
         let mut snapshot_written = false;
         if state.since_snapshot >= SNAPSHOT_EVERY && self.require_active().is_ok() {
@@ -485,6 +542,54 @@ impl Client {
         })
     }
 
+    /// Lists the current mailbox on every relay (one request each). The
+    /// first time a generation is listed whose layout this device has not
+    /// learned, the per-relay mailboxes are tried first and, when they
+    /// hold no identity head at all, the shared one (a rotation by a
+    /// device of an earlier release).
+    pub(super) async fn list_current(&mut self, relays: &[RelayClient]) -> Result<Answers> {
+        let vault = self.newest_vault()?;
+        let known = self.layouts().of(vault.generation);
+        let answers = self
+            .list_in(relays, &vault, known.unwrap_or(Layout::PerRelay))
+            .await;
+        if known.is_some() {
+            return Ok(answers);
+        }
+        let has_identity = |answers: &Answers| {
+            answers.iter().any(|(_, answer)| {
+                answer
+                    .as_ref()
+                    .is_ok_and(|(heads, _)| heads.iter().any(|h| h.role() == Role::Identity))
+            })
+        };
+        if has_identity(&answers) {
+            self.learn_layout(vault.generation, Layout::PerRelay)?;
+            return Ok(answers);
+        }
+        let shared = self.list_in(relays, &vault, Layout::Shared).await;
+        if has_identity(&shared) {
+            self.learn_layout(vault.generation, Layout::Shared)?;
+            return Ok(shared);
+        }
+        Ok(answers)
+    }
+
+    /// Lists `vault`'s mailbox in `layout` on every relay.
+    pub(super) async fn list_in(
+        &self,
+        relays: &[RelayClient],
+        vault: &crate::keys::VaultKey,
+        layout: Layout,
+    ) -> Answers {
+        join_all(relays.iter().map(|relay| async move {
+            let mailbox = Mailbox::new(vault, relay.key(), layout);
+            let answer = self.list_mailbox(relay, &mailbox).await;
+            (mailbox, answer)
+        }))
+        .await
+    }
+
     /// Follows the identity heads the listings show: each log they lead to
     /// that extends this device's is taken up, and a fork is decided by the
     /// root key's authority (`crate::fork`), naming the devices that signed
@@ -513,11 +618,17 @@ impl Client {
             // is followed like any other, and only a writer still unknown
             // afterwards is reported (below). A target that proves invalid
             // is not fetched again.
-            if !tried.insert(head.target) || self.log.position_of(&head.target).is_some() {
+            // This device's own head points at a log it published, and a
+            // copy already read need not be fetched again.
+            if !tried.insert(head.target)
+                || head.writer == Some(self.device_key())
+                || self.log.position_of(&head.target).is_some()
+                || state.log_copy(&head.target).is_some()
+            {
                 continue;
             }
             let claim = head.is_owned().then_some(head.seq);
-            self.consider_log(state, relays, head.target, claim, Some(relays[index].url()))
+            self.consider_log(state, relays, head.target, claim, Some(index))
                 .await?;
         }
         // Only now, with the log settled, can each head's claim be judged.
@@ -530,7 +641,7 @@ impl Client {
                     state.note(unknown_writer(relays[index].url(), &writer));
                     continue;
                 }
-                if let Some(detail) = self.implausible(head) {
+                if let Some(detail) = self.implausible(state, head) {
                     state.note(finding(
                         "implausible_head",
                         Some(relays[index].url()),
@@ -561,16 +672,19 @@ impl Client {
         relays: &[RelayClient],
         target: BlobId,
         claim: Option<u64>,
-        relay: Option<&str>,
+        index: Option<usize>,
     ) -> Result<()> {
         if state.refused_targets.contains(&target.to_string()) {
             return Ok(());
         }
+        let relay = index.and_then(|i| relays.get(i)).map(RelayClient::url);
+        let vaults = self.vault_keys()?;
         let fetched = match super::mailbox::fetch_log(
-            relays,
+            &starting_with(relays, index.unwrap_or(0)),
             &self.config.root,
             Some(&self.log),
             target,
+            &vaults,
         )
         .await
         {
@@ -605,6 +719,9 @@ impl Client {
                 ),
             ));
             return Ok(());
+        }
+        if self.log.position_of(&target).is_none() {
+            state.note_log_copy(target, fetched.state().last_seq());
         }
         match crate::fork::choose(&self.log, fetched) {
             Choice::Keep => {}
@@ -647,7 +764,7 @@ impl Client {
     /// position of its target. Either is a frozen or forged slot: written
     /// by its owner's key, or, for a legacy head, by anyone holding the
     /// mailbox key.
-    fn implausible(&self, head: &Head) -> Option<String> {
+    fn implausible(&self, state: &SyncState, head: &Head) -> Option<String> {
         let by = match head.writer {
             Some(_) => "its own",
             None => "a legacy (mailbox-signed)",
@@ -664,7 +781,10 @@ impl Client {
         }
         if head.is_owned()
             && head.role() == Role::Identity
-            && let Some(position) = self.log.position_of(&head.target)
+            && let Some(position) = self
+                .log
+                .position_of(&head.target)
+                .or_else(|| state.log_copy(&head.target))
             && position != head.seq
         {
             return Some(format!(
@@ -849,6 +969,13 @@ impl Client {
         relays: &[RelayClient],
         announced: Vec<(VerifyingKey, BlobId)>,
     ) -> Result<()> {
+        // An announcement names an entry, and entries are blobs of their
+        // own only in the shared layout; in the per-relay one the identity
+        // heads lead to the sealed copies.
+        let vault = self.newest_vault()?;
+        if self.layouts().of(vault.generation) != Some(Layout::Shared) {
+            return Ok(());
+        }
         for (_, target) in announced {
             if self.log.position_of(&target).is_none() {
                 self.consider_log(state, relays, target, None, None).await?;
@@ -1045,7 +1172,15 @@ impl Client {
         }
 
         // Relays behind on a device get the newest head (and the operations
-        // they lack, from the cache) again.
+        // they lack, from the cache) again. Another device's head can be
+        // passed on only in the shared layout: in the per-relay one it is
+        // signed for one relay's mailbox, and would name that mailbox to
+        // another relay.
+        let shared = self
+            .newest_vault()
+            .ok()
+            .and_then(|vault| self.layouts().of(vault.generation))
+            == Some(Layout::Shared);
         for (device, heads) in &seen {
             let Some(known) = state.position(device) else {
                 continue;
@@ -1097,6 +1232,7 @@ impl Client {
                     .iter()
                     .map(|(_, h)| *h)
                     .find(|h| h.seq == known.seq && h.target == known.op && h.is_owned())
+                    .filter(|_| shared)
                     .map(|h| h.envelope.clone());
                 if (envelope.is_some() || *device == self.device_key())
                     && self
@@ -1122,7 +1258,7 @@ impl Client {
         from: u64,
     ) -> Result<()> {
         let keys = self.vault_secrets()?;
-        let uploader = self.device.upload_key(relay.key());
+        let uploader = self.owner_key(relay.key())?;
         let pow = relay
             .info()
             .await
@@ -1167,20 +1303,20 @@ impl Client {
         let Ok(vault) = self.current_vault() else {
             return 0;
         };
-        let Ok(head) = sign_own_head(
-            &vault.mailbox(),
-            &self.device.signing,
-            Role::Ops(self.device_key()),
-            position.seq,
-            position.op,
-        ) else {
-            return 0;
-        };
-        join_all(relays.iter().map(|r| put_own_head(r, &head, "ops")))
-            .await
-            .into_iter()
-            .filter(Result::is_ok)
-            .count()
+        let me = self.device_key();
+        join_all(relays.iter().map(|relay| {
+            let vault = &vault;
+            async move {
+                let head = self
+                    .own_head_on(vault, relay.key(), Role::Ops(me), position.seq, position.op)
+                    .map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
+                put_own_head(relay, &head, "ops").await
+            }
+        }))
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count()
     }
 
     /// Walks `device`'s log back from `target` (at `seq`) to `known`.
@@ -1275,21 +1411,19 @@ impl Client {
             seq: op.seq,
             op: id,
         };
-        let head = sign_own_head(
-            &vault.mailbox(),
-            &self.device.signing,
-            Role::Ops(me),
-            op.seq,
-            id,
-        )?;
         let sealed = Bytes::from(sealed);
         let relays = self.relay_clients();
         let results = join_all(relays.iter().map(|relay| {
             let sealed = sealed.clone();
-            let head = head.clone();
+            let vault = &vault;
             async move {
-                let uploader = self.device.upload_key(relay.key());
-                relay.put_bytes(&id, sealed, &uploader, 0).await?;
+                let mailbox = self.mailbox_on(vault, relay.key());
+                let head = mailbox
+                    .sign_head(&self.device, Role::Ops(me), op.seq, id)
+                    .map_err(crate::error::RelayError::Protocol)?;
+                relay
+                    .put_bytes(&id, sealed, &mailbox.owner(&self.device), 0)
+                    .await?;
                 // A relay already holding this very head (a retry after a
                 // lost answer, or one relay listed under two URLs) stored it.
                 put_own_head(relay, &head, "ops").await
@@ -1316,7 +1450,7 @@ impl Client {
         state.clock = clock;
         state.devices.insert(me.to_string(), position);
         state.since_snapshot += 1;
-        state.generation = vault.generation;
+        state.enter(vault.generation);
         Ok(failures)
     }
 
@@ -1338,9 +1472,10 @@ impl Client {
         let sealed = Bytes::from(sealed);
         let stored = join_all(relays.iter().map(|relay| {
             let sealed = sealed.clone();
+            let vault = &vault;
             async move {
-                let uploader = self.device.upload_key(relay.key());
-                relay.put_bytes(&blob, sealed, &uploader, 0).await
+                let owner = self.mailbox_on(vault, relay.key()).owner(&self.device);
+                relay.put_bytes(&blob, sealed, &owner, 0).await
             }
         }))
         .await
@@ -1364,14 +1499,17 @@ impl Client {
         let Some(position) = state.position(&me) else {
             return Ok(());
         };
-        let head = sign_own_head(
-            &vault.mailbox(),
-            &self.device.signing,
-            Role::Snapshot,
-            state.clock,
-            position.op,
-        )?;
-        join_all(relays.iter().map(|r| put_own_head(r, &head, "snap"))).await;
+        let clock = state.clock;
+        join_all(relays.iter().map(|relay| {
+            let vault = &vault;
+            async move {
+                let head = self
+                    .own_head_on(vault, relay.key(), Role::Snapshot, clock, position.op)
+                    .map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
+                put_own_head(relay, &head, "snap").await
+            }
+        }))
+        .await;
         state.snapshot = state.clock;
         state.since_snapshot = 0;
         if let Some(old) = state.my_snapshot.replace(blob.to_string())
@@ -1425,7 +1563,10 @@ impl Client {
                 let Some(relay) = relays.iter().find(|r| *r.key() == relay_key) else {
                     continue;
                 };
-                let key = self.device.upload_key(relay.key());
+                let Ok(key) = self.owner_key(relay.key()) else {
+                    kept.insert(holder);
+                    continue;
+                };
                 match relay.delete(&blob, &key).await {
                     Ok(outcome) => done.push((blob, relay_key, outcome)),
                     // This key has no claim there (a copy that came back
@@ -1482,7 +1623,7 @@ impl Client {
         });
         let claims = wanted.into_iter().filter_map(|(blob, relay_key)| {
             let relay = relays.iter().find(|r| *r.key() == relay_key)?;
-            let key = self.device.upload_key(relay.key());
+            let key = self.owner_key(relay.key()).ok()?;
             Some(async move { (blob, relay, relay.claim(&blob, &key).await) })
         });
         let answers: Vec<_> = futures_util::stream::iter(claims)
@@ -1526,6 +1667,70 @@ impl Client {
             ));
         }
         (claimed, pending)
+    }
+
+    /// Lets go of the claims an earlier generation's owner key holds on
+    /// copies the current owner has claimed since (or that the table no
+    /// longer lists), so that a device revoked by the rotation, which
+    /// knows the old owner key, cannot delete them. Claims whose release
+    /// fails for now are kept for the next sync.
+    async fn release_old_claims(&self, state: &mut SyncState, relays: &[RelayClient]) {
+        if state.releasing.is_empty() || self.require_active().is_err() {
+            return;
+        }
+        let Ok(vaults) = self.vault_keys() else {
+            return;
+        };
+        let listed: BTreeSet<String> = state
+            .table
+            .copy_locations()
+            .into_iter()
+            .map(|(blob, _)| blob.to_string())
+            .collect();
+        for mut releasing in std::mem::take(&mut state.releasing) {
+            let Some(vault) = vaults.iter().find(|v| v.generation == releasing.generation) else {
+                continue;
+            };
+            let layout = self
+                .layouts()
+                .of(vault.generation)
+                .unwrap_or(Layout::Shared);
+            for (id, holders) in std::mem::take(&mut releasing.owned) {
+                let Ok(blob) = id.parse::<BlobId>() else {
+                    continue;
+                };
+                let mut kept = BTreeSet::new();
+                for holder in holders {
+                    let now_ours = state
+                        .owned
+                        .get(&id)
+                        .is_some_and(|relays| relays.contains(&holder));
+                    let relay = relays.iter().find(|r| r.key().to_string() == holder);
+                    let Some(relay) = relay.filter(|_| now_ours || !listed.contains(&id)) else {
+                        // Not claimed again yet (or on a relay left
+                        // behind): released later, or left to retention.
+                        if relays.iter().any(|r| r.key().to_string() == holder) {
+                            kept.insert(holder);
+                        }
+                        continue;
+                    };
+                    let old_owner = Mailbox::new(vault, relay.key(), layout).owner(&self.device);
+                    match relay.delete(&blob, &old_owner).await {
+                        Ok(_) => {}
+                        Err(err) if err.code() == Some("not_owner") => {}
+                        Err(_) => {
+                            kept.insert(holder);
+                        }
+                    }
+                }
+                if !kept.is_empty() {
+                    releasing.owned.insert(id, kept);
+                }
+            }
+            if !releasing.owned.is_empty() {
+                state.releasing.push(releasing);
+            }
+        }
     }
 
     /// Records that this device stored copies of `blob` on `relays`.
@@ -1593,13 +1798,12 @@ impl Client {
         let relays = self.relay_clients();
         let mut changed = false;
         loop {
-            let mailbox = self.newest_vault()?.mailbox().verifying_key();
-            let listings: Vec<Option<Listing>> =
-                join_all(relays.iter().map(|r| r.list_heads(&mailbox)))
-                    .await
-                    .into_iter()
-                    .map(|answer| answer.ok().map(|(heads, _)| Listing { heads }))
-                    .collect();
+            let listings: Vec<Option<Listing>> = self
+                .list_current(&relays)
+                .await?
+                .into_iter()
+                .map(|(_, answer)| answer.ok().map(|(heads, _)| Listing { heads }))
+                .collect();
             let mut state = self.load_sync()?;
             let noted = state.noted;
             let advanced = self

@@ -975,7 +975,7 @@ mod tests {
             load_permille: 0,
             uptime_secs: 1,
         };
-        let record = SignedRecord::sign(&info, &fake.key).unwrap();
+        let record = SignedRecord::sign(&info, &*fake.key).unwrap();
         axum::Json(serde_json::json!({ "record": record.to_base64url() })).into_response()
     }
 

@@ -4,7 +4,7 @@
 //! have written and which is therefore only ever a hint.
 
 use cairn_proto::{
-    BlobId, HeadRecord, OwnedHead, RecordKind, SignedRecord, SigningKey, Slot, Timestamp,
+    BlobId, HeadRecord, OwnedHead, RecordKind, SignedRecord, Signer, SigningKey, Slot, Timestamp,
     VerifyingKey, head_grant, owned_label, owned_slot,
 };
 
@@ -15,7 +15,7 @@ pub enum Role {
     /// `identity`).
     Identity,
     /// A device's newest operation (owned label `ops`, whose writer is the
-    /// device; legacy slot `d-<device>`).
+    /// device or its blinded key; legacy slot `d-<device>`).
     Ops(VerifyingKey),
     /// A snapshot operation (owned label `snap`; legacy slot `snapshot`).
     Snapshot,
@@ -46,8 +46,14 @@ pub struct Head {
     pub seq: u64,
     /// What it points at.
     pub target: BlobId,
-    /// The writer whose own slot this is; `None` for a legacy head.
+    /// The device whose own slot this is, as far as this client can tell
+    /// ([`Head::resolve`]): until resolved, or when no known device's
+    /// blinded key matches, the signer itself. `None` for a legacy head.
     pub writer: Option<VerifyingKey>,
+    /// The key that signed an owned head (a device key, or a device's
+    /// blinded writer key in the per-relay layout); `None` for a legacy
+    /// head.
+    pub signer: Option<VerifyingKey>,
     /// The signed envelope, which anyone may pass on to a relay unchanged.
     pub envelope: SignedRecord,
 }
@@ -69,6 +75,7 @@ impl Head {
                 seq: head.seq,
                 target: head.target,
                 writer: Some(*head.signer()),
+                signer: Some(*head.signer()),
                 envelope: record,
             });
         }
@@ -84,6 +91,7 @@ impl Head {
             seq: head.seq,
             target: head.target,
             writer: None,
+            signer: None,
             envelope: record,
         })
     }
@@ -98,16 +106,25 @@ impl Head {
         Self::from_record(record)
     }
 
+    /// Names the device behind a blinded signer: `device_of` maps a
+    /// signer to the device whose writer key it is, if any.
+    pub fn resolve(mut self, device_of: impl Fn(&VerifyingKey) -> Option<VerifyingKey>) -> Self {
+        if let Some(device) = self.signer.as_ref().and_then(device_of) {
+            self.writer = Some(device);
+        }
+        self
+    }
+
     /// What the head is for.
     pub fn role(&self) -> Role {
-        match &self.writer {
-            Some(writer) => match owned_label(&self.slot, &self.mailbox, writer) {
+        match (&self.signer, &self.writer) {
+            (Some(signer), Some(writer)) => match owned_label(&self.slot, &self.mailbox, signer) {
                 Some("id") => Role::Identity,
                 Some("ops") => Role::Ops(*writer),
                 Some("snap") => Role::Snapshot,
                 _ => Role::Other,
             },
-            None => match self.slot.as_str() {
+            _ => match self.slot.as_str() {
                 "identity" => Role::Identity,
                 "snapshot" => Role::Snapshot,
                 other => other
@@ -126,8 +143,9 @@ impl Head {
     }
 }
 
-/// Signs `writer`'s own head for `role` in `mailbox` (an owned head,
-/// granted by the mailbox key).
+/// Signs the own head of `device` for `role` in `mailbox` with `writer`
+/// (the device's key, or its blinded key there): an owned head, granted
+/// by the mailbox key.
 ///
 /// # Errors
 ///
@@ -135,15 +153,16 @@ impl Head {
 /// device's operations.
 pub fn sign_owned(
     mailbox: &SigningKey,
-    writer: &SigningKey,
+    device: &VerifyingKey,
+    writer: &impl Signer,
     role: Role,
     seq: u64,
     target: BlobId,
 ) -> Result<SignedRecord, String> {
-    let me = writer.verifying_key();
-    if matches!(role, Role::Ops(device) if device != me) {
+    if matches!(role, Role::Ops(ops) if ops != *device) {
         return Err("a device can only write the head of its own operations".into());
     }
+    let me = writer.verifying_key();
     let label = role
         .label()
         .ok_or_else(|| "this kind of head has no owned slot".to_owned())?;
@@ -170,12 +189,22 @@ mod tests {
         let device = SigningKey::from_seed(&[2; 32]);
         let me = device.verifying_key();
         for role in [Role::Identity, Role::Ops(me), Role::Snapshot] {
-            let record = sign_owned(&mailbox, &device, role, 3, BlobId::of(b"x")).unwrap();
+            let record = sign_owned(&mailbox, &me, &device, role, 3, BlobId::of(b"x")).unwrap();
             let head = Head::from_record(record).unwrap();
             assert_eq!(head.role(), role);
             assert_eq!(head.writer, Some(me));
         }
         let other = SigningKey::from_seed(&[3; 32]).verifying_key();
-        assert!(sign_owned(&mailbox, &device, Role::Ops(other), 1, BlobId::of(b"x")).is_err());
+        assert!(
+            sign_owned(
+                &mailbox,
+                &me,
+                &device,
+                Role::Ops(other),
+                1,
+                BlobId::of(b"x")
+            )
+            .is_err()
+        );
     }
 }
