@@ -2,7 +2,7 @@
 //! one that altered a copy, and one that lost it, are told apart from the
 //! honest one, and the exit code says something is wrong.
 
-use cairn_client::proto::BlobId;
+use cairn_client::relay::{RelayClient, Role};
 use cairn_client::{Client, Home, Passphrase};
 
 use crate::common::{
@@ -217,20 +217,28 @@ async fn repair_keeps_what_a_recovery_needs() {
     laptop.put_data("kept", &data).await;
     laptop.put_data("second", b"one more operation").await;
 
-    // A relay that lost a metadata blob (here the identity log's first
-    // entry, deleted by its only owner) gets it back from the next repair.
+    // A relay that lost a metadata blob (here its copy of the identity log,
+    // deleted by its owner) gets it back from the next repair.
     let client = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
-    let genesis = BlobId::of(&client.identity().entries()[0]).to_string();
-    let key = client.upload_key(&other.handle().key());
-    assert_eq!(
-        other.delete_as(&key, &genesis).await,
-        (204, Some("0".into()))
-    );
-    assert_eq!(other.blob_status(&genesis).await, 404);
+    let relay_key = other.handle().key();
+    let listing = RelayClient::new(reqwest::Client::new(), &other.url(), relay_key);
+    let (heads, _) = listing
+        .list_heads(&client.mailbox_name_on(&relay_key).unwrap())
+        .await
+        .unwrap();
+    let copy = heads
+        .iter()
+        .find(|h| h.role() == Role::Identity)
+        .expect("the laptop's identity head")
+        .target
+        .to_string();
+    let key = client.upload_key(&relay_key);
+    assert_eq!(other.delete_as(&key, &copy).await, (204, Some("0".into())));
+    assert_eq!(other.blob_status(&copy).await, 404);
     let report = laptop.run(&["repair", "--json"]).await.json();
     assert_eq!(report["metadata"]["restored"], 1, "{report}");
-    assert_eq!(other.blob_status(&genesis).await, 200);
-    // The identity log's entries, and an operation per file.
+    assert_eq!(other.blob_status(&copy).await, 200);
+    // The identity log's copy, and an operation per file.
     let blobs = report["metadata"]["blobs"].as_u64().unwrap();
     assert!(blobs >= 3, "{report}");
 

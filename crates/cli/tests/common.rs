@@ -239,6 +239,21 @@ impl Device {
         self.dir.path().join("home")
     }
 
+    /// Makes a freshly initialised home look as the release before the
+    /// per-relay layout left it (home format 1, no layout recorded): the
+    /// client then keeps the identity in the shared layout, exactly as
+    /// that release wrote it, until its next rotation. Call it before the
+    /// first relay is added, so nothing was published yet.
+    pub(crate) fn make_previous_release(&self) {
+        let path = self.home().join("config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let fields = config.as_object_mut().unwrap();
+        fields.insert("version".into(), 1.into());
+        fields.remove("per_relay_from");
+        fields.remove("shared_through");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    }
+
     /// Runs `cairn --home HOME ARGS...` off the async runtime.
     pub(crate) async fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, &[]).await

@@ -1,6 +1,7 @@
-//! An identity made by the previous release (PROTOCOL.md revision 1, §9),
-//! whose mailbox holds only legacy heads signed by the mailbox key, keeps
-//! working after an upgrade.
+//! Identities made by earlier releases keep working after an upgrade
+//! (PROTOCOL.md §9): one of revision 1, whose mailbox holds only legacy
+//! heads signed by the mailbox key, and one of revision 2 (the shared
+//! layout), which its next rotation moves to the per-relay layout.
 
 use bytes::Bytes;
 use cairn_client::proto::{BlobId, Operation, SignedRecord, encode_base64url};
@@ -20,6 +21,7 @@ async fn an_identity_of_the_previous_release_upgrades_without_loss() {
     let laptop = Device::new();
     let created = laptop.init("laptop").await;
     let phrase = created["recovery_phrase"].as_str().unwrap().to_owned();
+    laptop.make_previous_release();
     laptop.add_relays(&[&current]).await;
     let data = data_with_marker(30_000, b"stored by the previous release");
     let file = laptop.put_data("kept", &data).await;
@@ -106,4 +108,97 @@ async fn an_identity_of_the_previous_release_upgrades_without_loss() {
     let (after, _) = to.list_heads(&mailbox.verifying_key()).await.unwrap();
     assert!(after.iter().any(|h| h.is_owned()), "{after:?}");
     assert_eq!(after.iter().filter(|h| !h.is_owned()).count(), 2);
+}
+
+/// An identity of revision 2 (the shared layout: one mailbox on every
+/// relay, plain identity-log entries naming its devices) keeps working
+/// after the upgrade, and the next rotation moves it to the per-relay
+/// layout: the new mailboxes differ per relay, and what the relays hold
+/// there names no device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_moves_an_identity_of_the_previous_release_to_per_relay_mailboxes() {
+    let (a, b) = (Relay::start().await, Relay::start().await);
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.make_previous_release();
+    laptop.add_relays(&[&a, &b]).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(20_000, b"kept across the move");
+    laptop.put_data("kept", &data).await;
+    let (desktop, phone) = (Device::new(), Device::new());
+    for device in [&desktop, &phone] {
+        let (approve, join) = crate::devices::pair(&laptop, device, &a, false, "30").await;
+        approve.json();
+        join.json();
+    }
+    desktop.run(&["sync"]).await.ok();
+    assert_eq!(desktop.get_data("kept").await, data);
+
+    // Before the rotation the relays hold the log in plain: the device
+    // name is there for anyone to read, as the previous release left it.
+    let client = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let vault = client.vault_keys().unwrap().pop().unwrap();
+    assert_eq!(
+        client.mailbox_name_on(&a.handle().key()).unwrap(),
+        vault.mailbox().verifying_key(),
+        "still the shared mailbox"
+    );
+    let genesis = BlobId::of(&client.identity().entries()[0]);
+    let plain = a.blob_status(&genesis.to_string()).await;
+    assert_eq!(plain, 200);
+
+    // The rotation.
+    let phone_key = Client::open(Home::at(phone.home()), &Passphrase::new(PASSPHRASE))
+        .unwrap()
+        .device_key()
+        .to_string();
+    let revoke = laptop
+        .run(&["device", "revoke", &phone_key, "--json"])
+        .await;
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    assert_eq!(revoke.json()["generation"], 2);
+
+    // The desktop follows it from the old shared mailbox into mailboxes
+    // of its own on each relay.
+    let sync = desktop.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert_eq!(sync.json()["vault_generation"], 2, "{sync:?}");
+    let desk = Client::open(Home::at(desktop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let (on_a, on_b) = (
+        desk.mailbox_name_on(&a.handle().key()).unwrap(),
+        desk.mailbox_name_on(&b.handle().key()).unwrap(),
+    );
+    assert_ne!(on_a, on_b, "one mailbox per relay");
+    let new_vault = desk.vault_keys().unwrap().pop().unwrap();
+    assert_ne!(on_a, new_vault.mailbox().verifying_key());
+
+    // Data flows both ways in the new layout.
+    assert_eq!(desktop.get_data("kept").await, data);
+    desktop
+        .put_data("after", b"written in the per-relay layout")
+        .await;
+    laptop.run(&["sync"]).await.ok();
+    assert_eq!(
+        laptop.get_data("after").await,
+        b"written in the per-relay layout"
+    );
+
+    // What the new mailbox on a holds names no device: every head there
+    // is signed by a key no device has, and the log's copy is sealed.
+    let relay = RelayClient::new(reqwest::Client::new(), &a.url(), a.handle().key());
+    let (heads, _) = relay.list_heads(&on_a).await.unwrap();
+    assert!(!heads.is_empty());
+    let devices: Vec<_> = desk.identity().state().devices().keys().copied().collect();
+    for head in &heads {
+        assert!(!devices.contains(&head.signer.unwrap()), "{head:?}");
+        let target = relay.fetch_bytes(&head.target, 1 << 20).await.unwrap();
+        assert!(
+            !contains(&target, b"laptop") && !contains(&target, b"phone"),
+            "{head:?}"
+        );
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

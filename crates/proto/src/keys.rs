@@ -214,6 +214,18 @@ impl sealed::Sign for SigningKey {
     }
 }
 
+impl<K: Signer + ?Sized> Signer for std::sync::Arc<K> {
+    fn verifying_key(&self) -> VerifyingKey {
+        (**self).verifying_key()
+    }
+}
+
+impl<K: sealed::Sign + ?Sized> sealed::Sign for std::sync::Arc<K> {
+    fn sign_message(&self, message: &[u8]) -> Signature {
+        (**self).sign_message(message)
+    }
+}
+
 /// Key-derivation context of a blinded key's nonce prefix.
 const BLINDED_PREFIX_CONTEXT: &str = "cairn/v1 blinded signing nonce prefix";
 

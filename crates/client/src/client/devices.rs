@@ -454,6 +454,9 @@ impl Client {
             warnings.push(format!("snapshot in the new mailbox: {err}"));
         }
         warnings.extend(self.announce_identity(&mut state).await);
+        // The revoked device knows the old owner key: the copies move to
+        // the new one now, not at the next sync.
+        self.move_claims(&mut state).await;
         self.store_sync(&state)?;
         warnings.extend(self.announce_in_old_mailbox(&old_vault).await?);
         Ok(Revoked {
@@ -529,7 +532,7 @@ impl Client {
         let mut stored = 0;
         for (relay, result) in relays.iter().zip(results) {
             match result {
-                Ok(()) => stored += 1,
+                Ok(_) => stored += 1,
                 Err(source @ RelayError::OwnSlotAhead { .. }) => {
                     return Err(Error::Relay {
                         url: relay.url().to_owned(),

@@ -467,10 +467,31 @@ impl Client {
                 == Some(Layout::PerRelay)
     }
 
+    /// Whether the identity log is stored as a sealed copy per relay: once
+    /// the current generation is in the per-relay layout, everywhere (an
+    /// old shared mailbox included), so no relay sees plain entries again.
+    pub(super) fn log_is_per_relay(&self) -> bool {
+        let current = self.current_vault().ok().map(|v| v.generation);
+        current.and_then(|g| self.layouts().of(g)) != Some(Layout::Shared)
+    }
+
     /// Stores the identity log on every relay in the set, with this
     /// device's `id` head in the current mailbox. Returns the relays that
     /// refused, with why.
     pub(super) async fn publish_identity(&self) -> Result<Vec<(String, RelayError)>> {
+        Ok(self
+            .publish_identity_counting()
+            .await?
+            .into_iter()
+            .filter_map(|(url, result)| result.err().map(|e| (url, e)))
+            .collect())
+    }
+
+    /// [`Client::publish_identity`], with what each relay answered: whether
+    /// it lacked the log's copy (or an entry of it) and stored it anew.
+    pub(super) async fn publish_identity_counting(
+        &self,
+    ) -> Result<Vec<(String, Result<bool, RelayError>)>> {
         let vault = self.current_vault()?;
         let relays = self.relay_clients();
         let results = join_all(
@@ -481,8 +502,8 @@ impl Client {
         .await;
         Ok(relays
             .iter()
+            .map(|relay| relay.url().to_owned())
             .zip(results)
-            .filter_map(|(relay, result)| result.err().map(|e| (relay.url().to_owned(), e)))
             .collect())
     }
 
@@ -490,27 +511,28 @@ impl Client {
     /// `id` head in `vault`'s mailbox there at it. Once the identity is in
     /// the per-relay layout, the log is stored as one copy sealed to
     /// `vault` for this relay alone (in an old shared mailbox too, where it
-    /// announces a rotation); before, as plain entries.
+    /// announces a rotation); before, as plain entries. Returns whether the
+    /// relay lacked the copy (or an entry) and stored it anew.
     pub(super) async fn publish_log_to(
         &self,
         relay: &RelayClient,
         vault: &VaultKey,
-    ) -> Result<(), RelayError> {
+    ) -> Result<bool, RelayError> {
         let mailbox = self.mailbox_on(vault, relay.key());
         let owner = mailbox.owner(&self.device);
-        let current = self.current_vault().ok().map(|v| v.generation);
-        let sealed = current.and_then(|g| self.layouts().of(g)) != Some(Layout::Shared);
+        let sealed = self.log_is_per_relay();
+        let mut stored_new = false;
         let target = if sealed {
             let (id, copy) = self
                 .log
                 .seal_copy(&vault.log_copy_key(relay.key()))
                 .map_err(|err| RelayError::Protocol(err.to_string()))?;
-            relay.put_bytes(&id, Bytes::from(copy), &owner, 0).await?;
+            stored_new |= relay.put_bytes(&id, Bytes::from(copy), &owner, 0).await?;
             id
         } else {
             for entry in self.log.entries() {
                 let id = BlobId::of(entry);
-                relay
+                stored_new |= relay
                     .put_bytes(&id, Bytes::copy_from_slice(entry), &owner, 0)
                     .await?;
             }
@@ -524,7 +546,8 @@ impl Client {
                 target,
             )
             .map_err(RelayError::Protocol)?;
-        put_own_head(relay, &head, "id").await
+        put_own_head(relay, &head, "id").await?;
+        Ok(stored_new)
     }
 
     /// Deletes this identity's copies of `id` wherever this device may;

@@ -1669,6 +1669,15 @@ impl Client {
         (claimed, pending)
     }
 
+    /// After a rotation: claims the copies under the new generation's
+    /// owner key and lets go of the old one's claims (as far as this
+    /// sync's share of claims reaches; the rest at the next syncs).
+    pub(super) async fn move_claims(&self, state: &mut SyncState) {
+        let relays = self.relay_clients();
+        self.claim_copies(state, &relays).await;
+        self.release_old_claims(state, &relays).await;
+    }
+
     /// Lets go of the claims an earlier generation's owner key holds on
     /// copies the current owner has claimed since (or that the table no
     /// longer lists), so that a device revoked by the rotation, which
