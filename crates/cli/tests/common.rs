@@ -478,3 +478,43 @@ pub(crate) fn legacy_head(
     };
     cairn_client::proto::SignedRecord::sign(&head, mailbox).unwrap()
 }
+
+/// Sends a request a proxy received (its head `parts` and whole `body`) to
+/// the relay at `upstream` unchanged, and answers what the relay answered.
+pub(crate) async fn pass_on(
+    http: &reqwest::Client,
+    upstream: &str,
+    parts: axum::http::request::Parts,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::http::header;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let mut headers = parts.headers.clone();
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    let answer = http
+        .request(parts.method, format!("{upstream}{path}"))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut response = axum::response::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != header::TRANSFER_ENCODING {
+            response = response.header(name, value);
+        }
+    }
+    response
+        .body(axum::body::Body::from(answer.bytes().await.unwrap()))
+        .unwrap()
+}

@@ -21,8 +21,13 @@ impl Joining {
 
     /// Joins through the relay at `url` (any URL that reaches it).
     async fn start_at(device: &Device, url: &str, wait: &str) -> Self {
+        Self::start_named(device, url, "phone", wait).await
+    }
+
+    /// Joins through the relay at `url` as a device named `name`.
+    async fn start_named(device: &Device, url: &str, name: &str, wait: &str) -> Self {
         let mut child = device.spawn(&[
-            "device", "join", "--relay", url, "--name", "phone", "--json", "--wait", wait,
+            "device", "join", "--relay", url, "--name", name, "--json", "--wait", wait,
         ]);
         let stdout = child.stdout.take().unwrap();
         let (line, reader) = tokio::task::spawn_blocking(move || {
@@ -113,6 +118,22 @@ pub(crate) async fn pair(
         .run(&["device", "approve", &code, "--json", "--wait", wait])
         .await;
     (approve, joining.finish().await)
+}
+
+/// Pairs `new`, named `name`, through the relay at `url`; returns both
+/// results and the code the joining device showed.
+pub(crate) async fn pair_named(
+    approver: &Device,
+    new: &Device,
+    url: &str,
+    name: &str,
+) -> (Run, Run, String) {
+    let joining = Joining::start_named(new, url, name, "30").await;
+    let code = joining.code.clone();
+    let approve = approver
+        .run(&["device", "approve", &code, "--json", "--wait", "30"])
+        .await;
+    (approve, joining.finish().await, code)
 }
 
 /// Two relays, and a device named "laptop" storing two copies of each file.

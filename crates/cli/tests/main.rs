@@ -15,6 +15,7 @@ mod faults;
 mod interop;
 mod manuals;
 mod readme;
+mod relay_view;
 mod stolen;
 mod storage;
 mod sync;

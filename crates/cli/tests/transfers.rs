@@ -9,7 +9,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -110,31 +109,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
-    let mut headers = parts.headers.clone();
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
-    }
-    let answer = proxy
-        .http
-        .request(parts.method, format!("{}{path}", proxy.upstream))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let mut response = Response::builder().status(answer.status());
-    for (name, value) in answer.headers() {
-        if name != header::TRANSFER_ENCODING {
-            response = response.header(name, value);
-        }
-    }
-    response
-        .body(Body::from(answer.bytes().await.unwrap()))
-        .unwrap()
+    crate::common::pass_on(&proxy.http, &proxy.upstream, parts, body).await
 }
 
 /// Copies blob `id` from `from` to `to` as some other uploader (a peer

@@ -14,8 +14,6 @@ use std::marker::PhantomData;
 
 use crate::codec::{Reader, Writer, decode_all};
 use crate::error::{DecodeError, ParseError, VerifyError};
-#[cfg(test)]
-use crate::keys::SigningKey;
 use crate::keys::{Signature, Signer, VerifyingKey};
 use crate::text::{decode_base64url, encode_base64url};
 

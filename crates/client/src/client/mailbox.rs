@@ -435,15 +435,20 @@ impl Client {
         mailbox: &Mailbox,
     ) -> Result<(Vec<Head>, usize), RelayError> {
         let (heads, bad) = relay.list_heads(&mailbox.public()).await?;
+        Ok((self.resolve_heads(mailbox, heads), bad))
+    }
+
+    /// Names the device behind each of `heads`, listed in `mailbox`, by
+    /// the devices the identity log knows now.
+    pub(super) fn resolve_heads(&self, mailbox: &Mailbox, heads: Vec<Head>) -> Vec<Head> {
         if mailbox.layout() == Layout::Shared {
-            return Ok((heads, bad));
+            return heads;
         }
         let writers = mailbox.writers(self.known_writers());
-        let heads = heads
+        heads
             .into_iter()
             .map(|head| head.resolve(|signer| writers.get(signer).copied()))
-            .collect();
-        Ok((heads, bad))
+            .collect()
     }
 
     /// The key that owns this identity's copies on the relay with key

@@ -201,7 +201,7 @@ impl Client {
             .list_in(relays, &vault, layout)
             .await
             .into_iter()
-            .map(|(_, answer)| answer.ok().map(|(heads, _)| Listing { heads }))
+            .map(|(mailbox, answer)| answer.ok().map(|(heads, _)| Listing { heads, mailbox }))
             .collect();
         // The snapshot sync applied or wrote (its clock is the state's), not
         // merely the highest head: a stolen device can name anything in its

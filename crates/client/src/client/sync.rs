@@ -302,9 +302,10 @@ pub struct SyncReport {
     pub findings: Vec<Finding>,
 }
 
-/// Heads a relay listed.
+/// Heads a relay listed, and the mailbox they are in.
 pub(super) struct Listing {
     pub(super) heads: Vec<Head>,
+    pub(super) mailbox: Mailbox,
 }
 
 /// What listing the current mailbox on each relay gave.
@@ -389,7 +390,7 @@ impl Client {
             let answers = self.list_current(&relays).await?;
             let mut listings = Vec::new();
             let mut reports = Vec::new();
-            for (relay, (_, answer)) in relays.iter().zip(answers) {
+            for (relay, (mailbox, answer)) in relays.iter().zip(answers) {
                 match answer {
                     Ok((heads, bad)) => {
                         if bad > 0 {
@@ -407,7 +408,7 @@ impl Client {
                             republished: 0,
                             error: None,
                         });
-                        listings.push(Some(Listing { heads }));
+                        listings.push(Some(Listing { heads, mailbox }));
                     }
                     Err(err) => {
                         reports.push(RelaySync {
@@ -422,7 +423,7 @@ impl Client {
                 }
             }
             let before = self.newest_vault()?.generation;
-            self.advance_identity(state, &relays, &listings).await?;
+            self.advance_identity(state, &relays, &mut listings).await?;
             if self.newest_vault()?.generation == before {
                 break (listings, reports);
             }
@@ -601,13 +602,13 @@ impl Client {
         &mut self,
         state: &mut SyncState,
         relays: &[RelayClient],
-        listings: &[Option<Listing>],
+        listings: &mut [Option<Listing>],
     ) -> Result<bool> {
-        let mut heads: Vec<(usize, &Head)> = listings
+        let mut heads: Vec<(usize, Head)> = listings
             .iter()
             .enumerate()
             .filter_map(|(i, l)| l.as_ref().map(|l| (i, l)))
-            .flat_map(|(i, l)| l.with_role(Role::Identity).map(move |h| (i, h)))
+            .flat_map(|(i, l)| l.with_role(Role::Identity).map(move |h| (i, h.clone())))
             .collect();
         heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
         let start = self.log.state().head();
@@ -631,7 +632,14 @@ impl Client {
             self.consider_log(state, relays, head.target, claim, Some(index))
                 .await?;
         }
-        // Only now, with the log settled, can each head's claim be judged.
+        // Only now, with the log settled, can each head's claim be judged,
+        // and a head by a device the log just enrolled be named.
+        if self.log.state().head() != start {
+            for listing in listings.iter_mut().flatten() {
+                let heads = std::mem::take(&mut listing.heads);
+                listing.heads = self.resolve_heads(&listing.mailbox, heads);
+            }
+        }
         for (index, listing) in listings.iter().enumerate() {
             let Some(listing) = listing else { continue };
             for head in &listing.heads {
@@ -1807,16 +1815,16 @@ impl Client {
         let relays = self.relay_clients();
         let mut changed = false;
         loop {
-            let listings: Vec<Option<Listing>> = self
+            let mut listings: Vec<Option<Listing>> = self
                 .list_current(&relays)
                 .await?
                 .into_iter()
-                .map(|(_, answer)| answer.ok().map(|(heads, _)| Listing { heads }))
+                .map(|(mailbox, answer)| answer.ok().map(|(heads, _)| Listing { heads, mailbox }))
                 .collect();
             let mut state = self.load_sync()?;
             let noted = state.noted;
             let advanced = self
-                .advance_identity(&mut state, &relays, &listings)
+                .advance_identity(&mut state, &relays, &mut listings)
                 .await?;
             if state.noted != noted {
                 self.save_sync(&state)?;

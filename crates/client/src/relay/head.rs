@@ -109,9 +109,9 @@ impl Head {
     /// Names the device behind a blinded signer: `device_of` maps a
     /// signer to the device whose writer key it is, if any.
     pub fn resolve(mut self, device_of: impl Fn(&VerifyingKey) -> Option<VerifyingKey>) -> Self {
-        if let Some(device) = self.signer.as_ref().and_then(device_of) {
-            self.writer = Some(device);
-        }
+        self.writer = self
+            .signer
+            .map(|signer| device_of(&signer).unwrap_or(signer));
         self
     }
 
