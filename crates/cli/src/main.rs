@@ -23,8 +23,9 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 /// Your devices hold every key; relays store only sealed blobs and cannot
 /// read your data, and one that withholds or alters it is caught and routed
 /// around. Each file is stored on several relays, and any one of them is
-/// enough to get it back. Relays do see metadata (which blobs, how large,
-/// when): docs/THREAT-MODEL.md §3 says what each one learns.
+/// enough to get it back. Relays see no key or device name of yours, but
+/// they do see metadata (which blobs, how large, when, how many devices
+/// write): docs/THREAT-MODEL.md §3 says what each one learns.
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",

@@ -231,7 +231,7 @@ async fn a_revoked_device_cannot_delete_what_the_others_keep() {
     let phone = Device::new();
     pair(&laptop, &phone, &b, false, "30").await;
     // Every device of the identity owns its copies on a relay under one
-    // key (PROTOCOL.md §4.10): the phone's sync finds the laptop's copies
+    // key (PROTOCOL.md §10.7): the phone's sync finds the laptop's copies
     // already owned, and the relays see one owner, not two devices.
     let synced = phone.run(&["sync", "--json"]).await.json();
     assert_eq!(synced["claimed"], 0, "{synced}");

@@ -1,4 +1,4 @@
-//! What a relay learns of who you are (PROTOCOL.md §4.10; THREAT-MODEL.md
+//! What a relay learns of who you are (PROTOCOL.md §10.7; THREAT-MODEL.md
 //! §3): a whole run-through on four relays, each behind a proxy that
 //! records every request it is sent, after which everything each relay
 //! stored and every request it saw is searched for the root key, every

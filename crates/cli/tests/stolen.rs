@@ -4,7 +4,7 @@
 //! The thief holds everything the phone holds: its device key and the
 //! vault key of the current generation, from which the mailbox key on each
 //! relay is derived, and with it the phone's own (blinded) writer key
-//! there (PROTOCOL.md §4.10). Before the laptop revokes the phone, the thief freezes every
+//! there (PROTOCOL.md §10.7). Before the laptop revokes the phone, the thief freezes every
 //! head it can write on every relay at `seq = 2^64-1` and tries to write
 //! the heads it cannot. The revocation must still reach the desktop.
 

@@ -284,7 +284,7 @@ async fn a_relay_serving_a_stale_head_is_reported_and_repaired() {
     assert!(table(&mut devices.clients[1]).await.contains_key("two"));
 
     // Only d0 can repair c: its head there is signed for c's mailbox alone
-    // (PROTOCOL.md §4.10), so no other device can pass it on. d0's next
+    // (PROTOCOL.md §10.7), so no other device can pass it on. d0's next
     // sync does.
     let own = devices.clients[0].sync().await.unwrap();
     let c_report = own.relays.iter().find(|r| r.url == c.url()).unwrap();

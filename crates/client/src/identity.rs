@@ -127,7 +127,7 @@ impl IdentityLog {
     }
 
     /// The copy of the whole log the per-relay layout stores on one relay
-    /// (PROTOCOL.md §4.10): padded, and sealed with that relay's
+    /// (PROTOCOL.md §10.7): padded, and sealed with that relay's
     /// `copy_key` ([`crate::keys::VaultKey::log_copy_key`]). Sealing is
     /// deterministic, so the same log makes the same copy on a relay (an
     /// unchanged log republished is the same blob and head), and every

@@ -188,7 +188,7 @@ impl VaultKey {
     }
 
     /// This generation's mailbox key on the relay with key `relay`
-    /// (per-relay layout, PROTOCOL.md §4.10).
+    /// (per-relay layout, PROTOCOL.md §10.7).
     pub fn mailbox_at(&self, relay: &VerifyingKey) -> SigningKey {
         SigningKey::from_seed(&blake3::derive_key(
             "cairn/v3 mailbox",

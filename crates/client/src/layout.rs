@@ -1,5 +1,5 @@
 //! Where an identity keeps its heads on each relay, and the keys that
-//! write them and own its copies there (PROTOCOL.md §4.10).
+//! write them and own its copies there (PROTOCOL.md §10.7).
 //!
 //! A vault generation uses one of two layouts:
 //!

@@ -229,7 +229,7 @@ impl<K: sealed::Sign + ?Sized> sealed::Sign for std::sync::Arc<K> {
 /// Key-derivation context of a blinded key's nonce prefix.
 const BLINDED_PREFIX_CONTEXT: &str = "cairn/v1 blinded signing nonce prefix";
 
-/// A nonzero scalar that blinds a key pair (PROTOCOL.md §4.10): the
+/// A nonzero scalar that blinds a key pair (PROTOCOL.md §10.7): the
 /// blinded public key is `factor · A`, the blinded secret `factor · a`.
 ///
 /// Whoever knows the factor and a public key can compute the blinded

@@ -9,7 +9,7 @@
 //! §4.9): a device writes only its own slots, so no other device, a stolen
 //! one included, can move or freeze them. In the per-relay layout the log
 //! is one blob sealed to the generation's vault key, sealed afresh for
-//! each relay (§4.10). A rotating device leaves its own `id` head in the
+//! each relay (§10.7). A rotating device leaves its own `id` head in the
 //! old mailbox pointing at the log that announces the new generation:
 //! devices still reading the old mailbox find their way.
 
