@@ -49,3 +49,9 @@ pub fn pairing_code(data: &[u8]) {
         assert!(again == code);
     }
 }
+
+/// The plaintext inside an identity-log copy (PROTOCOL.md §10.7): no panic
+/// parsing or verifying it, and whatever opens round-trips.
+pub fn log_copy(data: &[u8]) {
+    cairn_client::fuzzing::log_copy(data);
+}

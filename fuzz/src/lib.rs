@@ -35,6 +35,7 @@ pub const TARGETS: &[Target] = &[
     ("identity_log", records::identity_log),
     ("identity_log_entry", records::identity_log_entry),
     ("key_text", text::key_text),
+    ("log_copy", client::log_copy),
     ("operation", records::operation),
     ("owned_head", records::owned_head),
     ("pairing_code", client::pairing_code),

@@ -48,5 +48,6 @@ pub use progress::{Progress, Silent};
 /// untrusted bytes that are otherwise private. Not a stable API.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::identity::fuzz_log_copy as log_copy;
     pub use crate::pairing::fuzz_messages as pairing_messages;
 }

@@ -11,9 +11,9 @@
 use std::path::PathBuf;
 
 use cairn_proto::{
-    AuthToken, BlobId, DeviceCertificate, FairShareLimits, HeadRecord, IdentityLogEntry, LogAction,
-    Record, RelayInfo, RelayRef, Revocation, SignedRecord, SigningKey, TokenTarget,
-    TransferReceipt, encode_base64url, verify_identity_log,
+    AuthToken, BlindingFactor, BlobId, DeviceCertificate, FairShareLimits, HeadRecord,
+    IdentityLogEntry, LogAction, Record, RelayInfo, RelayRef, Revocation, SignedRecord, Signer,
+    SigningKey, TokenTarget, TransferReceipt, encode_base64url, verify_identity_log,
 };
 use cairn_testkit::{IdentityBuilder, key, seed};
 use serde_json::{Value, json};
@@ -266,6 +266,33 @@ fn key_vectors() -> Value {
     })
 }
 
+fn blinded_key_vectors() -> Value {
+    let vectors: Vec<Value> = [("laptop", 1u8), ("laptop", 2), ("desktop", 1)]
+        .iter()
+        .map(|(label, byte)| {
+            let wide = [*byte; 64];
+            let factor = BlindingFactor::from_wide(&wide).unwrap();
+            let device = key(label);
+            let blinded = device.blind(&factor);
+            // The envelope carries the signature over the record's signing
+            // input, so a signed record shows it.
+            let record = sample_certificate();
+            let signed = SignedRecord::sign(&record, &blinded).unwrap();
+            json!({
+                "seed_hex": hex(&seed(label)),
+                "factor_wide_hex": hex(&wide),
+                "blinded_public": Signer::verifying_key(&blinded).to_string(),
+                "blinded_public_from_public": device.verifying_key().blind(&factor).to_string(),
+                "signed_certificate_hex": hex(&signed.to_bytes()),
+            })
+        })
+        .collect();
+    json!({
+        "description": "Blinded Ed25519 keys (PROTOCOL.md §10.1): factor h = the 64 bytes reduced mod l; public h*A, secret scalar h*a, nonce prefix derive(\"cairn/v1 blinded signing nonce prefix\", prefix || h). The signed certificate is an ordinary envelope signed by the blinded key.",
+        "vectors": vectors,
+    })
+}
+
 fn stamped_token() -> (AuthToken, SigningKey) {
     let signer = key("laptop");
     let mut token = sample_token();
@@ -334,6 +361,7 @@ fn all_files() -> Vec<(&'static str, Value)> {
     vec![
         ("blob_id", blob_id_vectors()),
         ("keys", key_vectors()),
+        ("blinded_keys", blinded_key_vectors()),
         (
             "device_certificate",
             file(
