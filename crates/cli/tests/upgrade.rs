@@ -157,6 +157,11 @@ async fn a_rotation_moves_an_identity_of_the_previous_release_to_per_relay_mailb
         .await;
     assert_eq!(revoke.code, 0, "{revoke:?}");
     assert_eq!(revoke.json()["generation"], 2);
+    // The laptop let go of the plain entries it stored: with no other
+    // owner, they are gone.
+    for relay in [&a, &b] {
+        assert_eq!(relay.blob_status(&genesis.to_string()).await, 404);
+    }
 
     // The desktop follows it from the old shared mailbox into mailboxes
     // of its own on each relay.

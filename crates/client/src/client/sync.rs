@@ -483,7 +483,7 @@ impl Client {
         if moved {
             // Announce this device's log in the new mailbox, then (if this
             // device rotated) a snapshot there covers everyone's history.
-            state.enter(generation);
+            self.enter_generation(state, generation);
             // Acknowledgements were for heads in the old mailbox.
             state.acked.clear();
             if let Some(mine) = state.position(&self.device_key()) {
@@ -1458,7 +1458,7 @@ impl Client {
         state.clock = clock;
         state.devices.insert(me.to_string(), position);
         state.since_snapshot += 1;
-        state.enter(vault.generation);
+        self.enter_generation(state, vault.generation);
         Ok(failures)
     }
 
@@ -1675,6 +1675,39 @@ impl Client {
             ));
         }
         (claimed, pending)
+    }
+
+    /// Moves `state` to vault generation `generation` ([`SyncState::enter`]).
+    /// Leaving the shared layout for the per-relay one, this device also
+    /// lets go of the plain identity-log entries it stored on each relay:
+    /// they name every device, and the sealed copies replace them.
+    fn enter_generation(&self, state: &mut SyncState, generation: u32) {
+        let from = state.generation;
+        state.enter(generation);
+        let layouts = self.layouts();
+        if from == 0
+            || from == generation
+            || layouts.of(from) != Some(Layout::Shared)
+            || layouts.of(generation) == Some(Layout::Shared)
+        {
+            return;
+        }
+        let relays: BTreeSet<String> = self
+            .relays
+            .entries()
+            .iter()
+            .map(|r| r.key.to_string())
+            .collect();
+        let mut releasing = Releasing {
+            generation: from,
+            owned: BTreeMap::new(),
+        };
+        for entry in self.log.entries() {
+            releasing
+                .owned
+                .insert(BlobId::of(entry).to_string(), relays.clone());
+        }
+        state.releasing.push(releasing);
     }
 
     /// After a rotation: claims the copies under the new generation's
