@@ -479,6 +479,23 @@ pub(crate) fn legacy_head(
     cairn_client::proto::SignedRecord::sign(&head, mailbox).unwrap()
 }
 
+/// Serves `app` on a fresh loopback port; its base URL.
+pub(crate) async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// The HTTP client a proxy passes requests on with: redirects are the
+/// client's to follow, not the proxy's.
+pub(crate) fn proxy_http() -> reqwest::Client {
+    cairn_testkit::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Sends a request a proxy received (its head `parts` and whole `body`) to
 /// the relay at `upstream` unchanged, and answers what the relay answered.
 pub(crate) async fn pass_on(

@@ -49,16 +49,11 @@ impl Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recording = Recording {
             upstream: relay.url(),
-            http: cairn_testkit::http_builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            http: crate::common::proxy_http(),
             seen: seen.clone(),
         };
         let app = axum::Router::new().fallback(record).with_state(recording);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = crate::common::serve(app).await;
         Self { url, seen }
     }
 

@@ -52,16 +52,11 @@ impl Origin {
         let moved = Arc::new(Mutex::new(Moved::No));
         let proxy = Proxy {
             upstream: upstream.url(),
-            http: cairn_testkit::http_builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
+            http: crate::common::proxy_http(),
             moved: moved.clone(),
         };
-        let app = axum::Router::new().fallback(forward).with_state(proxy);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url =
+            crate::common::serve(axum::Router::new().fallback(forward).with_state(proxy)).await;
         Self { url, moved }
     }
 

@@ -8,14 +8,20 @@
 //!   keys are wrapped to.
 //! - A **vault key** (generation 1, 2, …) is an X25519 age identity shared
 //!   by the active devices; blobs are sealed to the current one.
-//! - A **mailbox key** per vault generation names the mailbox where the
-//!   identity's heads live. Only holders of the vault key can derive it, so
-//!   relays can check head writes without learning whose they are, and a
+//! - A **mailbox key** per vault generation and relay names the mailbox
+//!   where the identity's heads live on that relay. Only holders of the
+//!   vault key can derive it, so relays can check head writes without
+//!   learning whose they are, no two relays see the same mailbox, and a
 //!   revoked device, which never learns the next generation, cannot write
 //!   to the next mailbox.
-//! - An **upload key** per (device, relay) owns what the device stores on
-//!   that relay. Different relays see unrelated keys, so they cannot link
-//!   one user's uploads by key.
+//! - A device signs its heads there with its key **blinded** for that
+//!   mailbox: holders of the vault key can tell which device wrote, the
+//!   relay cannot.
+//! - An **owner key** per vault generation and relay owns everything the
+//!   identity stores on that relay, whichever device stored it.
+//! - Identities of earlier releases (the shared layout, `crate::layout`)
+//!   use one mailbox key per generation on every relay, and an **upload
+//!   key** per (device, relay) as the owner.
 
 use std::fmt;
 use std::io::{Read as _, Write as _};

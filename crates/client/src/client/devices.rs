@@ -270,7 +270,16 @@ impl Client {
         }
         log.vault_keys(&device)?;
         let mut client = Self::create(
-            home, passphrase, options, body.root, None, device, log, layouts,
+            home,
+            passphrase,
+            options,
+            super::Founding {
+                root_key: body.root,
+                root: None,
+                device,
+                log,
+                layouts,
+            },
         )?;
         client.relays = set;
         client.relays.save(&client.home)?;

@@ -74,6 +74,33 @@ struct RootFile {
     root: String,
 }
 
+/// What a new home starts with: the identity as this device knows it.
+struct Founding {
+    /// The identity's root public key.
+    root_key: VerifyingKey,
+    /// The root key itself, on the device that made or recovered it.
+    root: Option<SigningKey>,
+    /// This device's keys.
+    device: DeviceKeys,
+    /// The verified identity log, enrolling this device.
+    log: IdentityLog,
+    /// Which layout each generation uses.
+    layouts: Layouts,
+}
+
+impl Founding {
+    /// A home of the device holding `root`.
+    fn with_root(root: SigningKey, device: DeviceKeys, log: IdentityLog, layouts: Layouts) -> Self {
+        Self {
+            root_key: root.verifying_key(),
+            root: Some(root),
+            device,
+            log,
+            layouts,
+        }
+    }
+}
+
 /// What `init` needs to know.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -117,16 +144,11 @@ impl Client {
         let device = DeviceKeys::generate()?;
         let name = device_name(&options.device_name)?;
         let log = IdentityLog::genesis(&root, &device, &name)?;
-        let root_key = root.verifying_key();
         let client = Self::create(
             home,
             passphrase,
             options,
-            root_key,
-            Some(root),
-            device,
-            log,
-            Layouts::NEW,
+            Founding::with_root(root, device, log, Layouts::NEW),
         )?;
         Ok((client, phrase))
     }
@@ -175,16 +197,11 @@ impl Client {
                 }),
             },
         )?;
-        let root_key = root.verifying_key();
         let mut client = Self::create(
             home,
             passphrase,
             options,
-            root_key,
-            Some(root),
-            device,
-            log,
-            layouts,
+            Founding::with_root(root, device, log, layouts),
         )?;
         client.relays = relays;
         client.relays.save(&client.home)?;
@@ -192,20 +209,19 @@ impl Client {
         Ok(client)
     }
 
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "one private constructor, called three times"
-    )]
     fn create(
         home: Home,
         passphrase: &Passphrase,
         options: &InitOptions,
-        root_key: VerifyingKey,
-        root: Option<SigningKey>,
-        device: DeviceKeys,
-        log: IdentityLog,
-        layouts: Layouts,
+        founding: Founding,
     ) -> Result<Self> {
+        let Founding {
+            root_key,
+            root,
+            device,
+            log,
+            layouts,
+        } = founding;
         if home.exists() {
             return Err(Error::HomeExists {
                 path: home.path().to_path_buf(),
