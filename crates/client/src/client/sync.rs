@@ -1618,6 +1618,21 @@ impl Client {
                 !owned && relays.iter().any(|r| r.key() == relay)
             })
             .collect();
+        // In the per-relay layout, what was uploaded in this generation is
+        // owned by this generation's owner key, which is this device's too:
+        // nothing to ask.
+        if let Ok(vault) = self.current_vault()
+            && self.layouts().of(vault.generation) == Some(Layout::PerRelay)
+        {
+            let owned_already = state.table.copies_stored_in(vault.generation);
+            wanted.retain(|(blob, relay)| {
+                let owned = owned_already.contains(&(*blob, *relay));
+                if owned {
+                    Self::record_owned(state, blob, [*relay]);
+                }
+                !owned
+            });
+        }
         // A few hundred per relay at a time: a new device with a large
         // vault would otherwise spend its whole fair share (§7.6a) at once.
         let mut per_relay: BTreeMap<VerifyingKey, usize> = BTreeMap::new();

@@ -250,6 +250,23 @@ impl Table {
         self.files().map(|(_, e)| e.blob).collect()
     }
 
+    /// The copies stored, and not moved since, by an upload sealed to vault
+    /// generation `generation`: in the per-relay layout, its owner key owns
+    /// them already.
+    pub fn copies_stored_in(
+        &self,
+        generation: u32,
+    ) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
+        self.files()
+            .filter(|(_, entry)| entry.generation == generation)
+            .flat_map(|(_, entry)| {
+                self.located(entry)
+                    .filter(|(_, moved)| moved.is_none())
+                    .map(|(copy, _)| (entry.blob, copy.relay))
+            })
+            .collect()
+    }
+
     /// Every (blob, relay) where a file's copy is now: where it was stored,
     /// or where a transfer or a repair moved it.
     pub fn copy_locations(&self) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
