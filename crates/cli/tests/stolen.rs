@@ -565,3 +565,73 @@ async fn a_full_mailbox_does_not_stop_the_revocation() {
     );
     assert_eq!(report["vault_generation"], 2, "{report}");
 }
+
+/// A stolen device points its own `id` slot at bytes that are no log copy
+/// (it holds the vault key, so it can write there). The desktop reports
+/// the slot, keeps its identity, and does not fetch the bytes again: its
+/// next sync with nothing new is one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_log_copy_is_reported_once_and_not_fetched_again() {
+    use cairn_client::relay::{Role, sign_owned};
+
+    let relay = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relay]).await;
+    let (desktop, phone) = (Device::new(), Device::new());
+    for device in [&desktop, &phone] {
+        let (approve, join) = pair(&laptop, device, &relay, false, "30").await;
+        approve.json();
+        join.json();
+    }
+    desktop.run(&["sync"]).await.ok();
+    desktop.run(&["sync"]).await.ok();
+
+    let stolen = open(&phone);
+    let thief = stolen.device_signing_key();
+    let vault = stolen.vault_keys().unwrap().pop().unwrap();
+    let key = relay.handle().key();
+    let (mailbox, writer) = place(&vault, thief, &key);
+    let junk = data_with_marker(3_000, b"no log copy at all");
+    let id = BlobId::of(&junk);
+    let client = RelayClient::new(reqwest::Client::new(), &relay.url(), key);
+    client
+        .put_bytes(&id, junk.into(), &vault.owner_at(&key), 0)
+        .await
+        .unwrap();
+    let head = sign_owned(
+        &mailbox,
+        &thief.verifying_key(),
+        &writer,
+        Role::Identity,
+        9,
+        id,
+    )
+    .unwrap();
+    assert!(matches!(
+        client.put_head(&head).await.unwrap(),
+        HeadWrite::Stored
+    ));
+
+    let sync = desktop.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    let report = sync.json();
+    assert!(
+        report["findings"].as_array().unwrap().iter().any(|f| {
+            f["kind"] == "implausible_head"
+                && f["detail"].as_str().unwrap().contains(&id.to_string())
+        }),
+        "{report}"
+    );
+    let list = desktop.run(&["device", "list", "--json"]).await.json();
+    assert_eq!(list["devices"].as_array().unwrap().len(), 3, "{list}");
+
+    let before = relay.requests_answered().await;
+    let again = desktop.run(&["sync", "--json"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(
+        relay.requests_answered().await - before,
+        1,
+        "the forged copy is not fetched again"
+    );
+}

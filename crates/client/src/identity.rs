@@ -39,6 +39,21 @@ fn len_u32(len: usize) -> Result<u32> {
     u32::try_from(len).map_err(|_| Error::Invalid("identity log too large".into()))
 }
 
+/// The plaintext of a log copy: the magic, the entry count, and each
+/// entry with its length.
+fn join_sealed_log(entries: &[Vec<u8>]) -> Result<Vec<u8>> {
+    let mut plain = Vec::with_capacity(
+        SEALED_LOG_MAGIC.len() + 4 + entries.iter().map(|e| e.len() + 4).sum::<usize>(),
+    );
+    plain.extend_from_slice(SEALED_LOG_MAGIC);
+    plain.extend_from_slice(&len_u32(entries.len())?.to_be_bytes());
+    for entry in entries {
+        plain.extend_from_slice(&len_u32(entry.len())?.to_be_bytes());
+        plain.extend_from_slice(entry);
+    }
+    Ok(plain)
+}
+
 /// The entries of an opened sealed log, or `None` if it is not one.
 fn split_sealed_log(plain: &[u8]) -> Option<Vec<Vec<u8>>> {
     let rest = plain.strip_prefix(SEALED_LOG_MAGIC)?;
@@ -160,15 +175,7 @@ impl IdentityLog {
     /// unchanged log republished is the same blob and head), and every
     /// relay's copy differs.
     pub(crate) fn seal_copy(&self, copy_key: &[u8; 32]) -> Result<(BlobId, Vec<u8>)> {
-        let mut plain = Vec::with_capacity(
-            SEALED_LOG_MAGIC.len() + 4 + self.entries.iter().map(|e| e.len() + 4).sum::<usize>(),
-        );
-        plain.extend_from_slice(SEALED_LOG_MAGIC);
-        plain.extend_from_slice(&len_u32(self.entries.len())?.to_be_bytes());
-        for entry in &self.entries {
-            plain.extend_from_slice(&len_u32(entry.len())?.to_be_bytes());
-            plain.extend_from_slice(entry);
-        }
+        let plain = join_sealed_log(&self.entries)?;
         if plain.len() > MAX_SEALED_LOG {
             return Err(Error::Invalid(format!(
                 "the identity log is {} bytes, more than the {MAX_SEALED_LOG} a relay copy may be",
@@ -357,4 +364,66 @@ fn decode_entry(bytes: &[u8]) -> Result<IdentityLogEntry> {
         .and_then(|record| record.verify::<IdentityLogEntry>().ok())
         .map(cairn_proto::Verified::into_record)
         .ok_or_else(|| Error::Invalid("identity log entry does not decode".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn genesis() -> (SigningKey, IdentityLog) {
+        let root = SigningKey::from_seed(&[3; 32]);
+        let device = DeviceKeys::generate().unwrap();
+        let name = DeviceName::new("laptop").unwrap();
+        let log = IdentityLog::genesis(&root, &device, &name).unwrap();
+        (root, log)
+    }
+
+    #[test]
+    fn a_copy_opens_with_its_key_alone_and_is_the_same_each_time() {
+        let (root, log) = genesis();
+        let key = zeroize::Zeroizing::new([9u8; 32]);
+        let (id, copy) = log.seal_copy(&key).unwrap();
+        assert_eq!(log.seal_copy(&key).unwrap().0, id, "deterministic per key");
+        assert_ne!(log.seal_copy(&[8; 32]).unwrap().0, id, "differs per key");
+        let opened = IdentityLog::open_copy(&root.verifying_key(), &copy, &[key.clone()]).unwrap();
+        assert_eq!(opened.entries(), log.entries());
+        let wrong = zeroize::Zeroizing::new([8u8; 32]);
+        assert!(matches!(
+            IdentityLog::open_copy(&root.verifying_key(), &copy, &[wrong]),
+            Err(SealedLogError::Closed)
+        ));
+        let mut flipped = copy.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            IdentityLog::open_copy(&root.verifying_key(), &flipped, &[key.clone()]),
+            Err(SealedLogError::Closed)
+        ));
+        let other_root = SigningKey::from_seed(&[4; 32]).verifying_key();
+        assert!(matches!(
+            IdentityLog::open_copy(&other_root, &copy, &[key]),
+            Err(SealedLogError::Invalid(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn the_plaintext_splits_back_into_its_entries(
+            entries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cut in any::<prop::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let plain = join_sealed_log(&entries).unwrap();
+            prop_assert_eq!(split_sealed_log(&plain), Some(entries.clone()));
+            // Every shorter prefix, and anything appended, is refused.
+            let cut = cut.index(plain.len());
+            prop_assert_eq!(split_sealed_log(&plain[..cut]), None);
+            let mut longer = plain.clone();
+            longer.extend_from_slice(&tail);
+            prop_assert_eq!(split_sealed_log(&longer), None);
+        }
+    }
 }
