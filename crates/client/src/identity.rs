@@ -388,7 +388,9 @@ mod tests {
         let (id, copy) = log.seal_copy(&key).unwrap();
         assert_eq!(log.seal_copy(&key).unwrap().0, id, "deterministic per key");
         assert_ne!(log.seal_copy(&[8; 32]).unwrap().0, id, "differs per key");
-        let opened = IdentityLog::open_copy(&root.verifying_key(), &copy, &[key.clone()]).unwrap();
+        let opened =
+            IdentityLog::open_copy(&root.verifying_key(), &copy, std::slice::from_ref(&key))
+                .unwrap();
         assert_eq!(opened.entries(), log.entries());
         let wrong = zeroize::Zeroizing::new([8u8; 32]);
         assert!(matches!(
@@ -399,7 +401,7 @@ mod tests {
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(matches!(
-            IdentityLog::open_copy(&root.verifying_key(), &flipped, &[key.clone()]),
+            IdentityLog::open_copy(&root.verifying_key(), &flipped, std::slice::from_ref(&key)),
             Err(SealedLogError::Closed)
         ));
         let other_root = SigningKey::from_seed(&[4; 32]).verifying_key();
