@@ -445,3 +445,47 @@ async fn a_rate_limited_device_waits_as_asked_and_loses_nothing() {
     }
     assert_eq!(table(client).await.len(), 12);
 }
+
+/// A revocation has the new owner claim more copies than one sync's share
+/// of claims (256 per relay) before it returns: the revoked device,
+/// holding the old owner key, deletes none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_moves_every_copy_to_the_new_owner_before_it_returns() {
+    let relay = Relay::start().await;
+    let mut devices = devices(&[&relay], 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(std::path::PathBuf, String)> = (0..300)
+        .map(|i| {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, format!("file {i}")).unwrap();
+            (path, format!("f{i}"))
+        })
+        .collect();
+    devices.clients[0]
+        .put_many(&files, Arc::new(Silent))
+        .await
+        .unwrap();
+    converge(&mut devices).await;
+
+    let blobs: Vec<String> = table(&mut devices.clients[0]).await.into_values().collect();
+    assert_eq!(blobs.len(), 300);
+    let thief = devices.clients.pop().unwrap();
+    let old_owner = thief.upload_key(&relay.handle().key());
+    // Nothing syncs between the revocation and the thief's deletes.
+    let revoked = devices.clients[0]
+        .revoke(&thief.device_key().to_string())
+        .await
+        .unwrap();
+    assert_eq!(revoked.generation, 2);
+    // Where the old owner's claim is not let go of yet (the relay's
+    // per-key budget ran out), a delete drops that claim alone.
+    let mut gone = Vec::new();
+    for blob in &blobs {
+        let (status, left) = relay.delete_as(&old_owner, blob).await;
+        if status == 204 && left.as_deref() == Some("0") {
+            gone.push(blob.clone());
+        }
+        assert_eq!(relay.blob_status(blob).await, 200, "{blob}");
+    }
+    assert!(gone.is_empty(), "the revoked device deleted {gone:?}");
+}

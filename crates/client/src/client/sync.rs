@@ -1726,11 +1726,22 @@ impl Client {
     }
 
     /// After a rotation: claims the copies under the new generation's
-    /// owner key and lets go of the old one's claims (as far as this
-    /// sync's share of claims reaches; the rest at the next syncs).
+    /// owner key and lets go of the old one's claims.
     pub(super) async fn move_claims(&self, state: &mut SyncState) {
+        // Until a copy is claimed by the new owner, the revoked device can
+        // delete it: claim in rounds while they make progress (a relay's
+        // per-key budget, §7.6a, ends it sooner on a large vault), and
+        // leave the rest to the next syncs.
+        const MOST_ROUNDS: usize = 40;
         let relays = self.relay_clients();
-        self.claim_copies(state, &relays).await;
+        let mut pending_before = usize::MAX;
+        for _ in 0..MOST_ROUNDS {
+            let (_, pending) = self.claim_copies(state, &relays).await;
+            if pending == 0 || pending >= pending_before {
+                break;
+            }
+            pending_before = pending;
+        }
         self.release_old_claims(state, &relays).await;
     }
 
