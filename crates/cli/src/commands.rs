@@ -119,7 +119,7 @@ async fn dispatch_simple(command: Command, home: Ctx, json: bool) -> anyhow::Res
             recover,
             relay,
         } => init(home, json, name, recover, relay).await,
-        Command::Key(command) => key(open(home)?, json, command),
+        Command::Key(command) => key(open(home)?, json, command).await,
         Command::Put { files, name } => put(open(home)?, json, &files, name).await,
         Command::Get { what, output } => get(open(home)?, json, &what, output).await,
         Command::Ls => ls(open(home)?, json).await,
@@ -328,7 +328,7 @@ async fn init(
     Ok(())
 }
 
-fn key(mut client: Client, json: bool, command: KeyCommand) -> anyhow::Result<()> {
+async fn key(mut client: Client, json: bool, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::ExportVault { file } => {
             let generations = client.export_vault(&file)?;
@@ -365,6 +365,21 @@ fn key(mut client: Client, json: bool, command: KeyCommand) -> anyhow::Result<()
             client.forget_root()?;
             emit(json, &json!({ "forgotten": true }), || {
                 "the root key is no longer on this device".into()
+            });
+        }
+        KeyCommand::Rotate { root_key } => {
+            use_root_file(&mut client, root_key.as_deref())?;
+            let rotated = client.rotate_vault_key().await?;
+            for warning in &rotated.warnings {
+                note(json, &format!("warning: {warning}"));
+            }
+            emit(json, &rotated, || {
+                format!(
+                    "new data is sealed to vault key generation {}, and each relay holds the \
+                     identity in a mailbox of its own; your other devices follow at their next \
+                     sync",
+                    rotated.generation
+                )
             });
         }
         KeyCommand::Phrase => {

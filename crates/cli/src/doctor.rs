@@ -81,6 +81,7 @@ pub(crate) async fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCo
             "the root key is not on this device",
         ));
     }
+    findings.push(layout_finding(client));
     findings.extend(device_findings(client)?);
     let checks = client.check_relays(None).await?;
     findings.extend(relay_findings(client, &checks));
@@ -110,6 +111,25 @@ fn render(findings: &[Finding]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Whether relays hold the identity sealed, one mailbox per relay, or in
+/// the shared layout an earlier release left, which every relay can read.
+fn layout_finding(client: &Client) -> Finding {
+    if client.in_shared_layout() {
+        Finding::warn(
+            "identity layout",
+            "relays hold this identity as an earlier release left it: each can read your \
+             device keys and names, and all of them name the same mailbox",
+            "run `cairn key rotate` where the root key is (`--root-key FILE` if exported); \
+             your other devices follow at their next sync",
+        )
+    } else {
+        Finding::ok(
+            "identity layout",
+            "each relay holds the identity sealed, in a mailbox of its own",
+        )
+    }
 }
 
 /// What syncs found of devices that signed what no honest device signs: a

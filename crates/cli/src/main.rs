@@ -322,6 +322,17 @@ enum KeyCommand {
     },
     /// Show the 24-word recovery phrase again (needs the root key here).
     Phrase,
+    /// Rotate the vault key without revoking a device (needs the root key).
+    ///
+    /// New data is sealed to the next generation, and the identity moves to
+    /// new mailboxes, one per relay. An identity made before protocol
+    /// revision 3 leaves the shared layout this way, in which every relay
+    /// can read its device keys and names (`cairn doctor` says when).
+    Rotate {
+        /// The exported root key, when it is not on this device.
+        #[arg(long, value_name = "FILE")]
+        root_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

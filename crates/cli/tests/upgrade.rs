@@ -204,6 +204,69 @@ async fn a_rotation_moves_an_identity_of_the_previous_release_to_per_relay_mailb
     }
 }
 
+/// An identity of the previous release need not wait for a revocation:
+/// `cairn doctor` says the relays can read it, and `cairn key rotate`
+/// moves it to the per-relay layout with every device still enrolled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotate_moves_an_identity_of_the_previous_release_without_revoking() {
+    let relay = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.make_previous_release();
+    laptop.add_relays(&[&relay]).await;
+    laptop.put_data("kept", b"from the shared layout").await;
+    let desktop = Device::new();
+    let (approve, join) = crate::devices::pair(&laptop, &desktop, &relay, false, "30").await;
+    approve.json();
+    join.json();
+    desktop.run(&["sync"]).await.ok();
+
+    let layout = |run: &crate::common::Run| -> serde_json::Value {
+        let findings = serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap();
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["check"] == "identity layout")
+            .cloned()
+            .unwrap_or_else(|| panic!("no layout finding: {run:?}"))
+    };
+    let before = laptop.run(&["doctor", "--json"]).await;
+    let finding = layout(&before);
+    assert_eq!(finding["status"], "warn", "{before:?}");
+    assert!(
+        finding["fix"]
+            .as_str()
+            .unwrap()
+            .contains("cairn key rotate"),
+        "{finding}"
+    );
+    let client = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let genesis = BlobId::of(&client.identity().entries()[0]).to_string();
+    assert_eq!(relay.blob_status(&genesis).await, 200);
+
+    let rotate = laptop.run(&["key", "rotate", "--json"]).await;
+    assert_eq!(rotate.json()["generation"], 2, "{rotate:?}");
+    assert_eq!(
+        layout(&laptop.run(&["doctor", "--json"]).await)["status"],
+        "ok"
+    );
+    assert_eq!(
+        relay.blob_status(&genesis).await,
+        404,
+        "the plain log is let go of"
+    );
+
+    // Both devices stay enrolled, and the desktop follows into the new
+    // mailbox and reads what was stored before.
+    let sync = desktop.run(&["sync", "--json"]).await;
+    assert_eq!(sync.json()["vault_generation"], 2, "{sync:?}");
+    assert_eq!(desktop.get_data("kept").await, b"from the shared layout");
+    let desk = Client::open(Home::at(desktop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    assert_eq!(desk.identity().state().devices().len(), 2);
+    assert!(!desk.in_shared_layout());
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

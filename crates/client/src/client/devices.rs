@@ -39,6 +39,15 @@ pub struct Enrolled {
     pub warnings: Vec<String>,
 }
 
+/// What `rotate_vault_key` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rotated {
+    /// The vault key generation new data is now sealed to.
+    pub generation: u32,
+    /// Relays that did not take the update.
+    pub warnings: Vec<String>,
+}
+
 /// A device removed by `revoke`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Revoked {
@@ -387,7 +396,7 @@ impl Client {
         if self.relays.entries().is_empty() {
             return Err(Error::NoRelays);
         }
-        let mut state = self.synced().await?;
+        let state = self.synced().await?;
         self.require_active()?;
         let target = self.find_device(which)?;
         if target.key == self.device_key() {
@@ -395,24 +404,6 @@ impl Client {
                 "a device cannot revoke itself; revoke it from another device".into(),
             ));
         }
-        let old_vault = self.current_vault()?;
-        // The rotation is announced in the old mailbox through this device's
-        // own `id` slot. Make sure that slot exists now, while nothing is
-        // committed: a mailbox filled to its slot limit (a stolen device can
-        // do that) takes updates of existing slots but no new ones.
-        let failures = self.publish_identity().await?;
-        if failures.len() == self.relays.entries().len() {
-            return Err(Error::Invalid(format!(
-                "no relay took this device's identity head in the current mailbox, so the \
-                 revocation could not be announced there; nothing was revoked: {}",
-                failures
-                    .iter()
-                    .map(|(url, err)| format!("{url}: {err}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
-        }
-
         let revocation = SignedRecord::sign(
             &Revocation {
                 device: target.key,
@@ -422,10 +413,70 @@ impl Client {
             &root,
         )
         .map_err(|err| Error::Invalid(format!("revocation: {err}")))?;
+        let rotated = self
+            .rotate(&root, state, Some(LogAction::RevokeDevice { revocation }))
+            .await?;
+        Ok(Revoked {
+            name: target.name.as_str().to_owned(),
+            device: target.key,
+            generation: rotated.generation,
+            warnings: rotated.warnings,
+        })
+    }
+
+    /// Rotates the vault key without revoking anyone: new data is sealed to
+    /// the next generation, and the mailbox moves, into the per-relay
+    /// layout (an identity of an earlier release leaves the shared one this
+    /// way).
+    pub async fn rotate_vault_key(&mut self) -> Result<Rotated> {
+        let root = self.root.clone().ok_or(Error::NoRootKey)?;
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        let state = self.synced().await?;
+        self.require_active()?;
+        self.rotate(&root, state, None).await
+    }
+
+    /// Appends `first` (a revocation) if any and a vault-key rotation to
+    /// the log, and publishes them: the announcement in the old mailbox,
+    /// the new mailbox with a snapshot, and the copies claimed by the new
+    /// owner.
+    async fn rotate(
+        &mut self,
+        root: &SigningKey,
+        mut state: super::sync::SyncState,
+        first: Option<LogAction>,
+    ) -> Result<Rotated> {
+        let old_vault = self.current_vault()?;
+        // The rotation is announced in the old mailbox through this device's
+        // own `id` slot. Make sure that slot exists now, while nothing is
+        // committed: a mailbox filled to its slot limit (a stolen device can
+        // do that) takes updates of existing slots but no new ones.
+        let failures = self.publish_identity().await?;
+        if failures.len() == self.relays.entries().len() {
+            let what = if first.is_some() {
+                "revoked"
+            } else {
+                "rotated"
+            };
+            return Err(Error::Invalid(format!(
+                "no relay took this device's identity head in the current mailbox, so the \
+                 rotation could not be announced there; nothing was {what}: {}",
+                failures
+                    .iter()
+                    .map(|(url, err)| format!("{url}: {err}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+
         let mut log = self.log.clone();
-        log.append(&root, LogAction::RevokeDevice { revocation })?;
+        if let Some(action) = first {
+            log.append(root, action)?;
+        }
         let generation = old_vault.generation + 1;
-        let vault = VaultKey::derive(&root, generation);
+        let vault = VaultKey::derive(root, generation);
         let mut wrapped = Vec::new();
         for device in log.state().devices().values() {
             wrapped.push(DeviceWrappedKey {
@@ -435,7 +486,7 @@ impl Client {
         }
         wrapped.sort_by_key(|w| w.device);
         log.append(
-            &root,
+            root,
             LogAction::RotateVaultKey {
                 generation,
                 recipient: vault.secret.public(),
@@ -456,21 +507,19 @@ impl Client {
             .map(|(url, err)| format!("{url}: {err}"))
             .collect();
         // The new mailbox starts with a snapshot of everything merged so far
-        // (the revoked device's earlier changes included) and this device's
+        // (a revoked device's earlier changes included) and this device's
         // head; other devices move there when they see the rotation.
         let relays = self.relay_clients();
         if let Err(err) = self.write_snapshot(&mut state, &relays).await {
             warnings.push(format!("snapshot in the new mailbox: {err}"));
         }
         warnings.extend(self.announce_identity(&mut state).await);
-        // The revoked device knows the old owner key: the copies move to
-        // the new one now, not at the next sync.
+        // A revoked device knows the old owner key: the copies move to the
+        // new one now, not at the next sync.
         self.move_claims(&mut state).await;
         self.store_sync(&state)?;
         warnings.extend(self.announce_in_old_mailbox(&old_vault).await?);
-        Ok(Revoked {
-            name: target.name.as_str().to_owned(),
-            device: target.key,
+        Ok(Rotated {
             generation,
             warnings,
         })

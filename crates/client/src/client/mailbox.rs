@@ -476,8 +476,16 @@ impl Client {
     /// the current generation is in the per-relay layout, everywhere (an
     /// old shared mailbox included), so no relay sees plain entries again.
     pub(super) fn log_is_per_relay(&self) -> bool {
+        !self.in_shared_layout()
+    }
+
+    /// Whether the current vault generation still uses the shared layout of
+    /// revision 2, in which every relay can read the identity log (device
+    /// keys and names) and names the same mailbox. A rotation
+    /// (`rotate_vault_key`) leaves it.
+    pub fn in_shared_layout(&self) -> bool {
         let current = self.current_vault().ok().map(|v| v.generation);
-        current.and_then(|g| self.layouts().of(g)) != Some(Layout::Shared)
+        current.and_then(|g| self.layouts().of(g)) == Some(Layout::Shared)
     }
 
     /// Stores the identity log on every relay in the set, with this

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
 pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
-pub use devices::{Enrolled, Revoked};
+pub use devices::{Enrolled, Revoked, Rotated};
 pub use metadata::MetadataReport;
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
