@@ -462,7 +462,8 @@ impl Client {
             };
             return Err(Error::Invalid(format!(
                 "no relay took this device's identity head in the current mailbox, so the \
-                 rotation could not be announced there; nothing was {what}: {}",
+                 rotation could not be announced there; nothing was {what} (see which relays \
+                 fail with `cairn relay check`, then try again): {}",
                 failures
                     .iter()
                     .map(|(url, err)| format!("{url}: {err}"))

@@ -464,28 +464,23 @@ impl Client {
     /// may delete: its own, or, in the per-relay layout, any of the
     /// identity's (they share one owner key per relay).
     pub(super) fn owns_copies_of(&self, device: &VerifyingKey) -> bool {
-        *device == self.device_key()
-            || self
-                .current_vault()
-                .ok()
-                .and_then(|vault| self.layouts().of(vault.generation))
-                == Some(Layout::PerRelay)
+        *device == self.device_key() || self.current_layout() == Some(Layout::PerRelay)
     }
 
-    /// Whether the identity log is stored as a sealed copy per relay: once
-    /// the current generation is in the per-relay layout, everywhere (an
-    /// old shared mailbox included), so no relay sees plain entries again.
-    pub(super) fn log_is_per_relay(&self) -> bool {
-        !self.in_shared_layout()
+    /// The layout of the current vault generation, when it is known.
+    fn current_layout(&self) -> Option<Layout> {
+        let current = self.current_vault().ok()?;
+        self.layouts().of(current.generation)
     }
 
     /// Whether the current vault generation still uses the shared layout of
     /// revision 2, in which every relay can read the identity log (device
     /// keys and names) and names the same mailbox. A rotation
-    /// (`rotate_vault_key`) leaves it.
+    /// (`rotate_vault_key`) leaves it. Once it has, the log is stored as a
+    /// sealed copy on every relay, an old shared mailbox included, so no
+    /// relay sees plain entries again.
     pub fn in_shared_layout(&self) -> bool {
-        let current = self.current_vault().ok().map(|v| v.generation);
-        current.and_then(|g| self.layouts().of(g)) == Some(Layout::Shared)
+        self.current_layout() == Some(Layout::Shared)
     }
 
     /// Stores the identity log on every relay in the set, with this
@@ -533,7 +528,7 @@ impl Client {
     ) -> Result<bool, RelayError> {
         let mailbox = self.mailbox_on(vault, relay.key());
         let owner = mailbox.owner(&self.device);
-        let sealed = self.log_is_per_relay();
+        let sealed = !self.in_shared_layout();
         let mut stored_new = false;
         let target = if sealed {
             let (id, copy) = self

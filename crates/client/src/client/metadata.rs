@@ -78,7 +78,7 @@ impl Client {
             }
         };
         report.blobs = needed.len();
-        if self.log_is_per_relay() {
+        if !self.in_shared_layout() {
             // The log's copy on each relay counts as one blob: published
             // again, which renews it, or restores it where it is missing.
             report.blobs += 1;
