@@ -55,3 +55,9 @@ pub fn pairing_code(data: &[u8]) {
 pub fn log_copy(data: &[u8]) {
     cairn_client::fuzzing::log_copy(data);
 }
+
+/// The plaintext inside a per-relay metadata copy (PROTOCOL.md §10.7): no
+/// panic opening it, and whatever opens round-trips.
+pub fn relay_copy(data: &[u8]) {
+    cairn_client::fuzzing::relay_copy(data);
+}

@@ -41,6 +41,7 @@ pub const TARGETS: &[Target] = &[
     ("pairing_code", client::pairing_code),
     ("pairing_messages", client::pairing_messages),
     ("reconcile_message", reconcile::reconcile_message),
+    ("relay_copy", client::relay_copy),
     ("relay_http", relay_http::relay_http),
     ("relay_info", records::relay_info),
     ("revocation", records::revocation),

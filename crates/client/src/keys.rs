@@ -212,6 +212,16 @@ impl VaultKey {
         ))
     }
 
+    /// The key this generation's metadata copies on the relay with key
+    /// `relay` are sealed with (per-relay layout, `crate::relay_copy`):
+    /// operations and snapshots get another id on every relay.
+    pub fn metadata_copy_key(&self, relay: &VerifyingKey) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            "cairn/v3 metadata copy",
+            &*self.relay_secret(relay),
+        ))
+    }
+
     /// The key that owns, on the relay with key `relay`, every copy the
     /// identity's devices store there in this generation: one pseudonymous
     /// owner per identity, relay and generation (per-relay layout).

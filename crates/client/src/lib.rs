@@ -22,6 +22,7 @@ pub mod keys;
 mod layout;
 mod pairing;
 mod progress;
+mod relay_copy;
 pub mod recovery;
 pub mod relay;
 pub mod scores;
@@ -50,4 +51,5 @@ pub use progress::{Progress, Silent};
 pub mod fuzzing {
     pub use crate::identity::fuzz_log_copy as log_copy;
     pub use crate::pairing::fuzz_messages as pairing_messages;
+    pub use crate::relay_copy::fuzz_relay_copy as relay_copy;
 }

@@ -468,7 +468,7 @@ impl Client {
     }
 
     /// The layout of the current vault generation, when it is known.
-    fn current_layout(&self) -> Option<Layout> {
+    pub(super) fn current_layout(&self) -> Option<Layout> {
         let current = self.current_vault().ok()?;
         self.layouts().of(current.generation)
     }

@@ -28,10 +28,11 @@ use super::Client;
 use super::sync::{
     Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_candidates,
 };
+use crate::error::Error;
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::relay::{Claimed, RelayClient};
-use crate::sync::{Change, Position};
+use crate::sync::Change;
 
 /// Claims sent at once while keeping the metadata.
 const IN_FLIGHT: usize = 16;
@@ -56,6 +57,17 @@ enum Origin {
     Local(Bytes),
     /// Another relay of the set, up to this many bytes.
     Remote(usize),
+    /// Nowhere: a relay's own copy this device never held.
+    Nowhere,
+}
+
+/// A blob a new device or a recovery needs.
+struct Needed {
+    /// The relay (index in the set) whose copy it is, or `None` for a blob
+    /// every relay holds under the same id.
+    on: Option<usize>,
+    id: BlobId,
+    source: Origin,
 }
 
 impl Client {
@@ -100,11 +112,15 @@ impl Client {
             }
         }
         let relays = &relays;
-        let checks = needed.iter().flat_map(|(id, source)| {
-            relays.iter().map(move |relay| async move {
-                let outcome = self.keep_one(relays, relay, id, source).await;
-                (relay, outcome)
-            })
+        let checks = needed.iter().flat_map(|needed| {
+            relays
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| needed.on.is_none_or(|on| on == *index))
+                .map(move |(_, relay)| async move {
+                    let outcome = self.keep_one(relays, relay, &needed.id, &needed.source).await;
+                    (relay, outcome)
+                })
         });
         let outcomes: Vec<_> = futures_util::stream::iter(checks)
             .buffer_unordered(IN_FLIGHT)
@@ -145,6 +161,11 @@ impl Client {
             Claimed::New | Claimed::Already => Ok(false),
             Claimed::Absent => {
                 let bytes = match source {
+                    Origin::Nowhere => {
+                        return Err(Error::Invalid(format!(
+                            "lacks its copy {id}, which no other relay or this device holds"
+                        )));
+                    }
                     Origin::Local(bytes) => bytes.clone(),
                     Origin::Remote(max) => {
                         let others: Vec<RelayClient> = relays
@@ -172,7 +193,7 @@ impl Client {
         state: &SyncState,
         relays: &[RelayClient],
         problems: &mut Vec<String>,
-    ) -> Result<Vec<(BlobId, Origin)>> {
+    ) -> Result<Vec<Needed>> {
         let vault = self.newest_vault()?;
         let layout = self
             .layouts()
@@ -180,103 +201,180 @@ impl Client {
             .unwrap_or(Layout::PerRelay);
         // In the per-relay layout the log is a sealed copy per relay, kept
         // by publishing it again (`keep_metadata`), not entry by entry.
-        let mut needed: Vec<(BlobId, Origin)> = match layout {
+        let mut needed: Vec<Needed> = match layout {
             Layout::Shared => self
                 .log
                 .entries()
                 .iter()
-                .map(|entry| {
-                    (
-                        BlobId::of(entry),
-                        Origin::Local(Bytes::copy_from_slice(entry)),
-                    )
+                .map(|entry| Needed {
+                    on: None,
+                    id: BlobId::of(entry),
+                    source: Origin::Local(Bytes::copy_from_slice(entry)),
                 })
                 .collect(),
             Layout::PerRelay => Vec::new(),
         };
-        let keys = self.vault_secrets()?;
-
-        // The newest snapshot any relay names, and what it covers.
         let listings: Vec<Option<Listing>> = self
             .list_in(relays, &vault, layout)
             .await
             .into_iter()
             .map(|(mailbox, answer)| answer.ok().map(|(heads, _)| Listing { heads, mailbox }))
             .collect();
+        match layout {
+            Layout::Shared => {
+                let order: Vec<usize> = (0..relays.len()).collect();
+                self.chains_needed(state, relays, &listings, &order, None, &mut needed, problems)
+                    .await?;
+            }
+            // Each relay holds its own copies: each relay's chains are
+            // followed on that relay.
+            Layout::PerRelay => {
+                for index in 0..relays.len() {
+                    if listings[index].is_some() {
+                        self.chains_needed(
+                            state,
+                            relays,
+                            &listings,
+                            &[index],
+                            Some(index),
+                            &mut needed,
+                            problems,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        needed.retain(|n| seen.insert((n.on, n.id)));
+        Ok(needed)
+    }
+
+    /// Adds to `needed` the newest snapshot (its operation and table) and
+    /// every device's operations after what it covers, as the relays at
+    /// `from` (indexes in `relays`) list and hold them; `on` is the relay
+    /// they are needed on (`None`: every relay, the same ids).
+    #[allow(clippy::too_many_arguments)]
+    async fn chains_needed(
+        &self,
+        state: &SyncState,
+        relays: &[RelayClient],
+        listings: &[Option<Listing>],
+        from: &[usize],
+        on: Option<usize>,
+        needed: &mut Vec<Needed>,
+        problems: &mut Vec<String>,
+    ) -> Result<()> {
+        let keys = self.vault_secrets()?;
+        let order: Vec<RelayClient> = from.iter().map(|i| relays[*i].clone()).collect();
+        let from_listings: Vec<Option<Listing>> = from
+            .iter()
+            .map(|i| {
+                listings[*i].as_ref().map(|l| Listing {
+                    heads: l.heads.clone(),
+                    mailbox: l.mailbox.clone(),
+                })
+            })
+            .collect();
+        let place = |id: BlobId, bytes: Option<Vec<u8>>, max: usize| Needed {
+            on,
+            id,
+            source: match (bytes, on) {
+                (Some(bytes), _) if BlobId::of(&bytes) == id => Origin::Local(Bytes::from(bytes)),
+                (_, None) => Origin::Remote(max),
+                (_, Some(_)) => Origin::Nowhere,
+            },
+        };
+        let relay_name = on.map_or(String::new(), |i| format!("{}: ", relays[i].url()));
         // The snapshot sync applied or wrote (its clock is the state's), not
         // merely the highest head: a stolen device can name anything in its
         // own snapshot slot, and a forged one would stop the renewal of the
         // operations it claims to cover.
-        let snapshot = snapshot_candidates(&listings)
+        let snapshot = snapshot_candidates(&from_listings)
             .into_iter()
-            .find(|h| h.seq == state.snapshot())
-            .cloned();
+            .find(|(_, h)| h.seq == state.snapshot())
+            .map(|(_, h)| h.target);
         let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
-        let snapshot = match snapshot {
-            Some(head) => match self.fetch_op(relays, &head.target, &keys).await {
-                Ok(op) => Some((head, Change::from_body(&op.body))),
-                Err(err) => {
-                    problems.push(format!("snapshot {}: {err}", head.target));
-                    None
+        if let Some(target) = snapshot {
+            match self.fetch_core(&order, &target, MAX_OP_BLOB).await {
+                Ok(fetched) => {
+                    needed.push(place(target, self.cached_op(&target), MAX_OP_BLOB));
+                    if let Ok(op) = self.open_op(&fetched.core, &keys)
+                        && let Ok(Change::Snapshot {
+                            state: blob,
+                            covers,
+                            ..
+                        }) = Change::from_body(&op.body)
+                    {
+                        let table = fetched.links.as_ref().and_then(|l| l.state);
+                        needed.push(match table {
+                            // A table copy is not kept by this device.
+                            Some(at) => place(at, None, MAX_SNAPSHOT_BLOB),
+                            None => Needed {
+                                on,
+                                id: blob,
+                                source: Origin::Remote(MAX_SNAPSHOT_BLOB),
+                            },
+                        });
+                        covered.extend(covers.into_iter().filter_map(|(device, position)| {
+                            Some((device.parse().ok()?, position.seq))
+                        }));
+                    }
                 }
-            },
-            None => None,
-        };
-        if let Some((
-            head,
-            Ok(Change::Snapshot {
-                state: blob,
-                covers,
-                ..
-            }),
-        )) = snapshot
-        {
-            needed.push((head.target, self.op_bytes(&head.target)?));
-            needed.push((blob, Origin::Remote(MAX_SNAPSHOT_BLOB)));
-            covered.extend(
-                covers
-                    .into_iter()
-                    .filter_map(|(device, position)| Some((device.parse().ok()?, position.seq))),
-            );
+                Err(err) => problems.push(format!("{relay_name}snapshot {target}: {err}")),
+            }
         }
 
-        // Each device's operations after the snapshot's cover, newest first
-        // through `prev`, from the local cache where they are.
+        // Each device's operations after the snapshot's cover, newest first,
+        // from the local cache where they are.
         for (device, position) in state.positions() {
             let floor = covered.get(&device).copied().unwrap_or(0);
-            let mut next = Some(position);
-            while let Some(Position { seq, op: id }) = next {
+            // Where this relay's chain of the device starts: its head, when
+            // it names the merged position (else the core, for the shared
+            // layout and cores stored as they are).
+            let start = match on {
+                Some(index) => state
+                    .link(relays[index].key(), &device)
+                    .filter(|l| l.seq == position.seq && l.op == position.op)
+                    .map_or(position.op, |l| l.at),
+                None => position.op,
+            };
+            let mut next = Some((position.seq, start, position.op));
+            while let Some((seq, at, core_id)) = next {
                 if seq <= floor || needed.len() > MAX_WALK {
                     break;
                 }
-                let op = match self.fetch_op(relays, &id, &keys).await {
-                    Ok(op) => op,
+                let fetched = match self.fetch_core(&order, &at, MAX_OP_BLOB).await {
+                    Ok(fetched) if fetched.core_id == core_id => fetched,
+                    Ok(_) => {
+                        problems.push(format!(
+                            "{relay_name}operation {seq} of device {}: another operation in its \
+                             place",
+                            device.short()
+                        ));
+                        break;
+                    }
                     Err(err) => {
                         problems.push(format!(
-                            "operation {seq} of device {}: {err}",
+                            "{relay_name}operation {seq} of device {}: {err}",
                             device.short()
                         ));
                         break;
                     }
                 };
-                needed.push((id, self.op_bytes(&id)?));
-                next = op.prev.map(|prev| Position {
-                    seq: seq - 1,
-                    op: prev,
-                });
+                needed.push(place(at, self.cached_op(&at), MAX_OP_BLOB));
+                let op = match self.open_op(&fetched.core, &keys) {
+                    Ok(op) => op,
+                    Err(err) => {
+                        problems.push(format!("{relay_name}{err}"));
+                        break;
+                    }
+                };
+                next = op
+                    .prev
+                    .map(|prev| (seq - 1, fetched.prev_at(prev), prev));
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
-        needed.retain(|(id, _)| seen.insert(*id));
-        Ok(needed)
-    }
-
-    /// An operation's sealed bytes, which [`Client::fetch_op`] left in the
-    /// cache.
-    fn op_bytes(&self, id: &BlobId) -> Result<Origin> {
-        Ok(match self.cached_op(id) {
-            Some(bytes) if BlobId::of(&bytes) == *id => Origin::Local(Bytes::from(bytes)),
-            _ => Origin::Remote(MAX_OP_BLOB),
-        })
+        Ok(())
     }
 }

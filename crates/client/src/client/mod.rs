@@ -5,6 +5,7 @@
 //! first bring the log up to date from them.
 
 mod audit;
+mod chains;
 mod devices;
 mod mailbox;
 mod metadata;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::Client;
+use super::chains::{Link, copy_bound};
 use super::mailbox::{FetchLogError, put_own_head, starting_with};
 use crate::error::{Error, Result, io_at};
 use crate::fork::Choice;
@@ -126,6 +127,15 @@ pub(crate) struct SyncState {
     /// owner key: `crate::layout`).
     #[serde(default)]
     releasing: Vec<Releasing>,
+    /// Relay (key text) → device (key text) → where that relay's chain of
+    /// the device's operations ends, as checked (per-relay layout): a head
+    /// seen before is not fetched again.
+    #[serde(default)]
+    chains: BTreeMap<String, BTreeMap<String, Link>>,
+    /// The copies of the snapshot table this device last wrote, per relay
+    /// (key text → id text; per-relay layout), deleted when superseded.
+    #[serde(default)]
+    my_snapshot_at: BTreeMap<String, String>,
 }
 
 /// Copies claimed by the owner of an earlier generation.
@@ -144,6 +154,7 @@ struct Fingerprint {
     devices: BTreeMap<String, Position>,
     owned: BTreeMap<String, BTreeSet<String>>,
     acked: BTreeMap<String, u64>,
+    chains: BTreeMap<String, BTreeMap<String, Link>>,
     scalars: (u32, u64, u64, u64, u64, Option<String>),
 }
 
@@ -153,6 +164,7 @@ impl SyncState {
             devices: self.devices.clone(),
             owned: self.owned.clone(),
             acked: self.acked.clone(),
+            chains: self.chains.clone(),
             scalars: (
                 self.generation,
                 self.clock,
@@ -179,6 +191,31 @@ impl SyncState {
 
     fn position(&self, device: &VerifyingKey) -> Option<Position> {
         self.devices.get(&device.to_string()).copied()
+    }
+
+    /// Where `relay`'s chain of `device`'s operations ends, as checked.
+    pub(super) fn link(&self, relay: &VerifyingKey, device: &VerifyingKey) -> Option<Link> {
+        self.chains
+            .get(&relay.to_string())?
+            .get(&device.to_string())
+            .copied()
+    }
+
+    fn set_link(&mut self, relay: &VerifyingKey, device: &VerifyingKey, link: Link) {
+        self.chains
+            .entry(relay.to_string())
+            .or_default()
+            .insert(device.to_string(), link);
+    }
+
+    /// The operation (core id) `relay`'s head `head` for `device` names,
+    /// when known without fetching it: a core stored as it is names
+    /// itself, a copy is known once checked.
+    fn translate(&self, relay: &VerifyingKey, device: &VerifyingKey, head: &Head) -> Option<BlobId> {
+        match self.link(relay, device) {
+            Some(link) if link.seq == head.seq && link.at == head.target => Some(link.op),
+            _ => None,
+        }
     }
 
     /// Moves to vault generation `generation`: what this device's owner
@@ -349,7 +386,7 @@ impl Client {
         self.home.op_cache().join(id.to_string())
     }
 
-    fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
+    pub(super) fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
         let dir = self.home.op_cache();
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         write_private(&self.cache_path(id), sealed)
@@ -445,7 +482,7 @@ impl Client {
         let mut snapshot_applied = false;
         // The newest snapshot that opens, not merely the highest head: a
         // stolen device can name anything in its own snapshot slot.
-        for head in snapshot_candidates(&listings) {
+        for (index, head) in snapshot_candidates(&listings) {
             if head.seq <= state.snapshot {
                 break;
             }
@@ -454,7 +491,7 @@ impl Client {
             {
                 continue;
             }
-            match self.apply_snapshot(state, &relays, head).await {
+            match self.apply_snapshot(state, &relays, index, head).await {
                 Ok(applied) => {
                     snapshot_applied = applied;
                     break;
@@ -487,7 +524,8 @@ impl Client {
             // Acknowledgements were for heads in the old mailbox.
             state.acked.clear();
             if let Some(mine) = state.position(&self.device_key()) {
-                self.publish_own_head(&relays, mine).await;
+                let targets = self.own_targets(state, &relays, mine);
+                self.publish_own_head(&relays, mine.seq, &targets).await;
             }
         }
 
@@ -870,16 +908,20 @@ impl Client {
         self.open_op(&sealed, keys)
     }
 
-    /// Applies the snapshot `head` names if it covers operations this
-    /// device has not merged. Returns whether it did.
+    /// Applies the snapshot `head` (listed by `relays[index]`) names if it
+    /// covers operations this device has not merged. Returns whether it
+    /// did.
     async fn apply_snapshot(
         &self,
         state: &mut SyncState,
         relays: &[RelayClient],
+        index: usize,
         head: &Head,
     ) -> Result<bool> {
         let keys = self.vault_secrets()?;
-        let op = self.fetch_op(relays, &head.target, &keys).await?;
+        let order = relay_first(relays, index);
+        let fetched = self.fetch_core(&order, &head.target, MAX_OP_BLOB).await?;
+        let op = self.open_op(&fetched.core, &keys)?;
         if !self.may_write(&op.device, op.clock) {
             return Err(Error::Invalid("written by a device that may not".into()));
         }
@@ -917,8 +959,11 @@ impl Client {
         // Every position the snapshot would move this device to is checked
         // against the operation it names: a forged `covers` could otherwise
         // skip a device's real operations for ever. This device's own
-        // position is never taken from a snapshot.
+        // position is never taken from a snapshot. A copy names where each
+        // covered operation is on its relay; one it does not name is not
+        // taken (that device's operations are walked instead).
         let me = self.device_key().to_string();
+        let mut checked = BTreeSet::new();
         for (device, position) in &covers {
             let newer = state
                 .devices
@@ -930,18 +975,34 @@ impl Client {
             let key: VerifyingKey = device.parse().map_err(|_| {
                 Error::Invalid(format!("the snapshot covers {device:?}, not a key"))
             })?;
-            let op = self.fetch_op(relays, &position.op, &keys).await?;
-            if op.device != key || op.seq != position.seq {
+            let covered = match &fetched.links {
+                None => self.fetch_op(relays, &position.op, &keys).await?,
+                Some(links) => {
+                    let Some((_, at)) = links.covers.iter().find(|(d, _)| *d == key) else {
+                        continue;
+                    };
+                    let copy = self.fetch_core(&order[..1], at, MAX_OP_BLOB).await?;
+                    if copy.core_id != position.op {
+                        return Err(Error::Invalid(format!(
+                            "the snapshot's copy links position {} of device {key} to another \
+                             operation",
+                            position.seq
+                        )));
+                    }
+                    self.open_op(&copy.core, &keys)?
+                }
+            };
+            if covered.device != key || covered.seq != position.seq {
                 return Err(Error::Invalid(format!(
                     "the snapshot says position {} of device {key} is operation {}, which is \
                      not",
                     position.seq, position.op
                 )));
             }
+            checked.insert(device.clone());
         }
-        let sealed = self
-            .fetch_small_scored(relays, &blob, MAX_SNAPSHOT_BLOB)
-            .await?;
+        let table_at = fetched.links.as_ref().and_then(|links| links.state);
+        let sealed = self.fetch_table(&order, blob, table_at).await?;
         let plain = seal::open_bytes(&sealed, &keys)
             .map_err(|err| Error::Invalid(format!("snapshot does not open: {err}")))?;
         let mut snapshot: Snapshot = serde_json::from_slice(&plain)
@@ -956,15 +1017,35 @@ impl Client {
         state.table.merge(&snapshot.table);
         state.clock = state.clock.max(snapshot.clock.min(limit));
         for (device, position) in covers {
-            let newer = state
-                .devices
-                .get(&device)
-                .is_none_or(|known| known.seq < position.seq);
-            if newer && device != me && device.parse::<VerifyingKey>().is_ok() {
+            if checked.contains(&device) {
                 state.devices.insert(device, position);
             }
         }
         Ok(true)
+    }
+
+    /// A snapshot's sealed table `blob`: from the relay's copy `at` where
+    /// the snapshot's copy names one, else as it is from any relay.
+    async fn fetch_table(
+        &self,
+        order: &[RelayClient],
+        blob: BlobId,
+        at: Option<BlobId>,
+    ) -> Result<Vec<u8>> {
+        let Some(at) = at else {
+            return self
+                .fetch_small_scored(order, &blob, MAX_SNAPSHOT_BLOB)
+                .await;
+        };
+        let bytes = self
+            .fetch_small_scored(&order[..1], &at, copy_bound(MAX_SNAPSHOT_BLOB))
+            .await?;
+        match crate::relay_copy::open(&self.copy_keys(order[0].key()), &bytes) {
+            crate::relay_copy::Opened::Copy { core, .. } if BlobId::of(&core) == blob => Ok(core),
+            _ => Err(Error::Invalid(format!(
+                "the copy {at} does not hold the snapshot's table {blob}"
+            ))),
+        }
     }
 
     /// Follows identity-log entries that merged operations announced
@@ -1036,6 +1117,21 @@ impl Client {
             Ok(keys) => keys,
             Err(_) => return (0, Vec::new()),
         };
+        // In the shared layout a head names an operation's core, the same
+        // on every relay; in the per-relay one it names that relay's copy,
+        // known once checked.
+        let shared = self
+            .newest_vault()
+            .ok()
+            .and_then(|vault| self.layouts().of(vault.generation))
+            == Some(Layout::Shared);
+        let names = |state: &SyncState, index: usize, device: &VerifyingKey, head: &Head| {
+            if shared {
+                Some(head.target)
+            } else {
+                state.translate(relays[index].key(), device, head)
+            }
+        };
 
         let mut walks = Vec::new();
         for (device, heads) in &seen {
@@ -1050,10 +1146,12 @@ impl Client {
             // device signed both (or a relay forged a head, which the
             // operation's signature will tell).
             let mut by_seq: BTreeMap<u64, BTreeSet<BlobId>> = BTreeMap::new();
-            for (_, head) in heads {
-                by_seq.entry(head.seq).or_default().insert(head.target);
+            for (index, head) in heads {
+                if let Some(op) = names(state, *index, device, head) {
+                    by_seq.entry(head.seq).or_default().insert(op);
+                }
             }
-            if let Some((seq, _)) = by_seq.iter().find(|(_, targets)| targets.len() > 1) {
+            if let Some((seq, _)) = by_seq.iter().find(|(_, ops)| ops.len() > 1) {
                 state.note(finding(
                     "equivocation",
                     None,
@@ -1085,31 +1183,30 @@ impl Client {
                 ));
                 continue;
             }
-            if let Some((index, best)) = heads.iter().max_by_key(|(_, h)| h.seq)
-                && known.is_none_or(|k| best.seq > k.seq)
-            {
-                // Ask the relay that listed it first, then the others.
-                let mut order = vec![relays[*index].clone()];
-                order.extend(
-                    relays
-                        .iter()
-                        .filter(|r| r.url() != relays[*index].url())
-                        .cloned(),
-                );
-                walks.push((*device, best.target, best.seq, known, order));
+            // Every head beyond what was merged, highest first: the first
+            // chain that walks back to it is merged.
+            let mut ahead: Vec<(usize, BlobId, u64)> = heads
+                .iter()
+                .filter(|(_, h)| known.is_none_or(|k| h.seq > k.seq))
+                .map(|(index, h)| (*index, h.target, h.seq))
+                .collect();
+            ahead.sort_by_key(|(_, _, seq)| std::cmp::Reverse(*seq));
+            if !ahead.is_empty() {
+                walks.push((*device, ahead, known));
             }
         }
 
-        let results = join_all(walks.iter().map(|(device, target, seq, known, order)| {
-            self.walk(order, &keys, device, *target, *seq, *known)
+        let results = join_all(walks.iter().map(|(device, ahead, known)| {
+            self.walk(relays, &keys, device, ahead, *known)
         }))
         .await;
         let mut merged = 0;
         let mut announced = Vec::new();
         let last_seq = self.log.state().last_seq();
-        for ((device, _, _, _, _), result) in walks.iter().zip(results) {
+        for ((device, _, _), result) in walks.iter().zip(results) {
             match result {
-                Ok(ops) => {
+                Ok((ops, index, link)) => {
+                    state.set_link(relays[index].key(), device, link);
                     let limit = clock_limit();
                     for (position, op) in ops {
                         if op.clock > limit {
@@ -1178,17 +1275,15 @@ impl Client {
                 }
             }
         }
+        if !shared {
+            self.check_heads(state, relays, &seen).await;
+        }
 
         // Relays behind on a device get the newest head (and the operations
         // they lack, from the cache) again. Another device's head can be
         // passed on only in the shared layout: in the per-relay one it is
         // signed for one relay's mailbox, and would name that mailbox to
         // another relay.
-        let shared = self
-            .newest_vault()
-            .ok()
-            .and_then(|vault| self.layouts().of(vault.generation))
-            == Some(Layout::Shared);
         for (device, heads) in &seen {
             let Some(known) = state.position(device) else {
                 continue;
@@ -1204,18 +1299,18 @@ impl Client {
                     .iter()
                     .filter(|(_, h)| *device != self.device_key() || h.is_owned())
                     .find(|(i, _)| *i == index)
-                    .map(|(_, h)| h.seq);
-                if theirs.is_some_and(|seq| seq >= known.seq) {
+                    .map(|(_, h)| *h);
+                if theirs.is_some_and(|h| h.seq >= known.seq) {
                     continue;
                 }
-                if let Some(seq) = theirs {
+                let relay = &relays[index];
+                if let Some(seq) = theirs.map(|h| h.seq) {
                     state.note(finding(
                         "stale_head",
-                        Some(relays[index].url()),
+                        Some(relay.url()),
                         Some(device.to_string()),
                         format!("served position {seq} of a log merged up to {}", known.seq),
                     ));
-                    let relay = &relays[index];
                     let acked = state.acked.get(&relay.key().to_string()).copied();
                     if *device == self.device_key()
                         && let Some(acked) = acked.filter(|acked| *acked > seq)
@@ -1234,17 +1329,31 @@ impl Client {
                         });
                     }
                 }
+                if !shared {
+                    if *device == self.device_key() {
+                        let base = theirs.map(|h| (h.seq, h.target));
+                        if let Ok(link) = self.republish_copies(relay, base, known).await {
+                            state.set_link(relay.key(), device, link);
+                            reports[index].republished += 1;
+                        }
+                    }
+                    continue;
+                }
                 // Another device's head can only be passed on as it signed
                 // it; this device's own is signed afresh.
                 let envelope = heads
                     .iter()
                     .map(|(_, h)| *h)
                     .find(|h| h.seq == known.seq && h.target == known.op && h.is_owned())
-                    .filter(|_| shared)
                     .map(|h| h.envelope.clone());
                 if (envelope.is_some() || *device == self.device_key())
                     && self
-                        .republish(&relays[index], known, envelope, theirs.unwrap_or(0))
+                        .republish(
+                            relay,
+                            known,
+                            envelope,
+                            theirs.map_or(0, |h| h.seq),
+                        )
                         .await
                         .is_ok()
                 {
@@ -1255,9 +1364,62 @@ impl Client {
         (merged, announced)
     }
 
+    /// Checks, once, that each head a relay lists at a device's merged
+    /// position names the operation merged there (per-relay layout, where
+    /// the head names that relay's copy): a relay holding another one is
+    /// equivocation, as in the shared layout.
+    async fn check_heads(
+        &self,
+        state: &mut SyncState,
+        relays: &[RelayClient],
+        seen: &BTreeMap<VerifyingKey, Vec<(usize, &Head)>>,
+    ) {
+        let mut checks = Vec::new();
+        for (device, heads) in seen {
+            let Some(known) = state.position(device) else {
+                continue;
+            };
+            for (index, head) in heads {
+                if head.seq == known.seq && state.translate(relays[*index].key(), device, head).is_none() {
+                    checks.push((*device, *index, known, head.target, head.is_owned()));
+                }
+            }
+        }
+        let fetched = join_all(checks.iter().map(|(_, index, _, at, _)| {
+            self.fetch_core(std::slice::from_ref(&relays[*index]), at, MAX_OP_BLOB)
+        }))
+        .await;
+        for ((device, index, known, at, owned), fetched) in checks.into_iter().zip(fetched) {
+            let relay = &relays[index];
+            match fetched {
+                Ok(fetched) if fetched.core_id == known.op => state.set_link(
+                    relay.key(),
+                    &device,
+                    Link {
+                        seq: known.seq,
+                        at,
+                        op: known.op,
+                    },
+                ),
+                Ok(fetched) => state.note(finding(
+                    "equivocation",
+                    Some(relay.url()),
+                    owned.then(|| device.to_string()),
+                    format!(
+                        "holds operation {} at position {} of device {device}, not the {} \
+                         merged",
+                        fetched.core_id, known.seq, known.op
+                    ),
+                )),
+                // Not served now: checked again at the next sync.
+                Err(err) => tracing::debug!(relay = relay.url(), %err, "head not checked"),
+            }
+        }
+    }
+
     /// Sends `relay` the operations after `from` that lead to `known` (from
     /// the local cache), then `head` (a device's own head as it signed it)
-    /// or, without one, this device's own head at `known`.
+    /// or, without one, this device's own head at `known` (shared layout).
     async fn republish(
         &self,
         relay: &RelayClient,
@@ -1267,12 +1429,7 @@ impl Client {
     ) -> Result<()> {
         let keys = self.vault_secrets()?;
         let uploader = self.owner_key(relay.key())?;
-        let pow = relay
-            .info()
-            .await
-            .map_err(|source| relay_error(relay, source))?
-            .limits
-            .pow_bits;
+        let pow = self.pow_bits(relay).await?;
         let mut next = Some(known.op);
         let mut seq = known.seq;
         while let Some(id) = next {
@@ -1298,28 +1455,59 @@ impl Client {
                     .map_err(|source| relay_error(relay, source))?;
             }
             None => {
-                self.publish_own_head(std::slice::from_ref(relay), known)
+                let target = [(relay.key().to_owned(), known.op)].into();
+                self.publish_own_head(std::slice::from_ref(relay), known.seq, &target)
                     .await;
             }
         }
         Ok(())
     }
 
-    /// Writes this device's own operations head at `position` to `relays`
-    /// in the current mailbox. Returns how many took it.
-    async fn publish_own_head(&self, relays: &[RelayClient], position: Position) -> usize {
+    /// Sends `relay` this device's operations after `base` (its head
+    /// there) up to `known`, as that relay's copies, and its head.
+    async fn republish_copies(
+        &self,
+        relay: &RelayClient,
+        base: Option<(u64, BlobId)>,
+        known: Position,
+    ) -> Result<Link> {
+        let pow = self.pow_bits(relay).await?;
+        self.place(relay, base, known, crate::relay_copy::Links::default(), pow)
+            .await
+    }
+
+    /// The proof-of-work `relay` asks of uploads now.
+    async fn pow_bits(&self, relay: &RelayClient) -> Result<u8> {
+        Ok(relay
+            .info()
+            .await
+            .map_err(|source| relay_error(relay, source))?
+            .limits
+            .pow_bits)
+    }
+
+    /// Writes this device's own operations head at `seq` to `relays` in
+    /// the current mailbox, naming on each relay the blob `targets` gives
+    /// it. Returns how many took it.
+    async fn publish_own_head(
+        &self,
+        relays: &[RelayClient],
+        seq: u64,
+        targets: &BTreeMap<VerifyingKey, BlobId>,
+    ) -> usize {
         let Ok(vault) = self.current_vault() else {
             return 0;
         };
         let me = self.device_key();
-        join_all(relays.iter().map(|relay| {
+        join_all(relays.iter().filter_map(|relay| {
+            let target = *targets.get(relay.key())?;
             let vault = &vault;
-            async move {
+            Some(async move {
                 let head = self
-                    .own_head_on(vault, relay.key(), Role::Ops(me), position.seq, position.op)
+                    .own_head_on(vault, relay.key(), Role::Ops(me), seq, target)
                     .map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
                 put_own_head(relay, &head, "ops").await
-            }
+            })
         }))
         .await
         .into_iter()
@@ -1327,10 +1515,67 @@ impl Client {
         .count()
     }
 
-    /// Walks `device`'s log back from `target` (at `seq`) to `known`.
+    /// Where this device's operation at `position` is on each of `relays`:
+    /// the copy that relay's chain ends in, where known, else the core.
+    fn own_targets(
+        &self,
+        state: &SyncState,
+        relays: &[RelayClient],
+        position: Position,
+    ) -> BTreeMap<VerifyingKey, BlobId> {
+        let me = self.device_key();
+        relays
+            .iter()
+            .map(|relay| {
+                let at = state
+                    .link(relay.key(), &me)
+                    .filter(|l| l.seq == position.seq && l.op == position.op)
+                    .map_or(position.op, |l| l.at);
+                (relay.key().to_owned(), at)
+            })
+            .collect()
+    }
+
+    /// Walks `device`'s log back to `known` from the first of the heads
+    /// `ahead` (relay index, blob, position; highest first) whose chain
+    /// leads there. Returns the operations, oldest first, and where that
+    /// relay's chain ends.
     async fn walk(
         &self,
         relays: &[RelayClient],
+        keys: &[crate::keys::X25519Secret],
+        device: &VerifyingKey,
+        ahead: &[(usize, BlobId, u64)],
+        known: Option<Position>,
+    ) -> Result<(Vec<(Position, Operation)>, usize, Link), WalkError> {
+        let mut last = None;
+        for (index, target, seq) in ahead {
+            let order = relay_first(relays, *index);
+            match self.walk_on(&order, keys, device, *target, *seq, known).await {
+                Ok(ops) => {
+                    let link = ops.last().map(|(position, _)| Link {
+                        seq: *seq,
+                        at: *target,
+                        op: position.op,
+                    });
+                    if let Some(link) = link {
+                        return Ok((ops, *index, link));
+                    }
+                }
+                Err(WalkError::Equivocation(detail)) => {
+                    return Err(WalkError::Equivocation(detail));
+                }
+                Err(other) => last = Some(other),
+            }
+        }
+        Err(last.unwrap_or_else(|| WalkError::Other(Error::Invalid("no head to walk".into()))))
+    }
+
+    /// Walks one relay's chain of `device`'s log back from `target` (at
+    /// `seq`) to `known`, `order[0]` first for every blob.
+    async fn walk_on(
+        &self,
+        order: &[RelayClient],
         keys: &[crate::keys::X25519Secret],
         device: &VerifyingKey,
         target: BlobId,
@@ -1338,11 +1583,13 @@ impl Client {
         known: Option<Position>,
     ) -> Result<Vec<(Position, Operation)>, WalkError> {
         let mut out = Vec::new();
-        let mut next = Some((target, seq));
-        while let Some((id, expected)) = next {
+        // (blob on the relay, position, core id the next operation signed)
+        let mut next = Some((target, seq, None::<BlobId>));
+        while let Some((at, expected, signed)) = next {
             if let Some(known) = known
                 && expected <= known.seq
             {
+                let id = signed.unwrap_or(at);
                 if expected == known.seq && id != known.op {
                     return Err(WalkError::Equivocation(format!(
                         "its log reached position {expected} through operation {id}, not the \
@@ -1355,20 +1602,32 @@ impl Client {
             if out.len() >= MAX_WALK {
                 return Err(WalkError::Other(Error::Invalid("log too long".into())));
             }
-            let op = self
-                .fetch_op(relays, &id, keys)
+            let fetched = self
+                .fetch_core(order, &at, MAX_OP_BLOB)
                 .await
+                .map_err(WalkError::Other)?;
+            if signed.is_some_and(|signed| signed != fetched.core_id) {
+                return Err(WalkError::Other(Error::Invalid(format!(
+                    "{} links position {expected} of device {device} to another operation",
+                    order[0].url()
+                ))));
+            }
+            let op = self
+                .open_op(&fetched.core, keys)
                 .map_err(WalkError::Other)?;
             if &op.device != device || op.seq != expected {
                 return Err(WalkError::Other(Error::Invalid(format!(
-                    "operation {id} is not position {expected} of device {device}"
+                    "operation {} is not position {expected} of device {device}",
+                    fetched.core_id
                 ))));
             }
-            next = op.prev.map(|prev| (prev, expected - 1));
+            next = op
+                .prev
+                .map(|prev| (fetched.prev_at(prev), expected - 1, Some(prev)));
             out.push((
                 Position {
                     seq: expected,
-                    op: id,
+                    op: fetched.core_id,
                 },
                 op,
             ));
@@ -1398,6 +1657,17 @@ impl Client {
         state: &mut SyncState,
         change: Change,
     ) -> Result<Vec<String>> {
+        self.append_linked(state, change, &BTreeMap::new()).await
+    }
+
+    /// [`Client::append`], with a snapshot's table stored on each relay at
+    /// `tables` (per-relay layout) for the copies to link to.
+    async fn append_linked(
+        &self,
+        state: &mut SyncState,
+        change: Change,
+        tables: &BTreeMap<VerifyingKey, BlobId>,
+    ) -> Result<Vec<String>> {
         self.require_active()?;
         let me = self.device_key();
         let previous = state.position(&me);
@@ -1419,33 +1689,63 @@ impl Client {
             seq: op.seq,
             op: id,
         };
-        let sealed = Bytes::from(sealed);
         let relays = self.relay_clients();
-        let results = join_all(relays.iter().map(|relay| {
+        let copies = self.writes_copies();
+        // Per relay: where its chain of this device's log ends (a relay
+        // never checked holds the cores as they are), and what the new
+        // copy links to besides.
+        let plans: Vec<_> = relays
+            .iter()
+            .map(|relay| {
+                let base = state
+                    .link(relay.key(), &me)
+                    .filter(|link| previous.is_some_and(|p| link.seq <= p.seq))
+                    .map(|link| (link.seq, link.at))
+                    .or(previous.map(|p| (p.seq, p.op)));
+                let top = crate::relay_copy::Links {
+                    prev: None,
+                    state: tables.get(relay.key()).copied(),
+                    covers: covered_copies(state, relay.key(), &change),
+                };
+                (base, top)
+            })
+            .collect();
+        let sealed = Bytes::from(sealed);
+        let results = join_all(relays.iter().zip(plans).map(|(relay, (base, top))| {
             let sealed = sealed.clone();
             let vault = &vault;
             async move {
+                if copies {
+                    return self.place(relay, base, position, top, 0).await.map(Some);
+                }
                 let mailbox = self.mailbox_on(vault, relay.key());
                 let head = mailbox
                     .sign_head(&self.device, Role::Ops(me), op.seq, id)
-                    .map_err(crate::error::RelayError::Protocol)?;
+                    .map_err(Error::Invalid)?;
                 relay
                     .put_bytes(&id, sealed, &mailbox.owner(&self.device), 0)
-                    .await?;
+                    .await
+                    .map_err(|source| relay_error(relay, source))?;
                 // A relay already holding this very head (a retry after a
                 // lost answer, or one relay listed under two URLs) stored it.
-                put_own_head(relay, &head, "ops").await
+                put_own_head(relay, &head, "ops")
+                    .await
+                    .map_err(|source| relay_error(relay, source))?;
+                Ok(None)
             }
         }))
         .await;
         let mut failures = Vec::new();
         for (relay, result) in relays.iter().zip(results) {
             match result {
-                Ok(()) => {
+                Ok(link) => {
                     let acked = state.acked.entry(relay.key().to_string()).or_default();
                     *acked = (*acked).max(op.seq);
+                    if let Some(link) = link {
+                        state.set_link(relay.key(), &me, link);
+                    }
                 }
-                Err(err) => failures.push(format!("{}: {err}", relay.url())),
+                Err(err) => failures.push(err.to_string()),
             }
         }
         if failures.len() == relays.len() {
@@ -1477,30 +1777,46 @@ impl Client {
         let (blob, sealed) = seal::seal_bytes(&json, &vault.secret.public())
             .map_err(|err| Error::Invalid(format!("cannot seal a snapshot: {err}")))?;
         let size = sealed.len() as u64;
-        let sealed = Bytes::from(sealed);
-        let stored = join_all(relays.iter().map(|relay| {
-            let sealed = sealed.clone();
+        let copies = self.writes_copies();
+        // Per relay, the blob that holds the table there: its own copy in
+        // the per-relay layout, else the sealed table itself.
+        let placed: Vec<Option<BlobId>> = join_all(relays.iter().map(|relay| {
+            let sealed = &sealed;
             let vault = &vault;
             async move {
+                let (at, bytes) = if copies {
+                    self.seal_copy(relay.key(), sealed, &crate::relay_copy::Links::default())
+                        .ok()?
+                } else {
+                    (blob, sealed.clone())
+                };
                 let owner = self.mailbox_on(vault, relay.key()).owner(&self.device);
-                relay.put_bytes(&blob, sealed, &owner, 0).await
+                relay
+                    .put_bytes(&at, Bytes::from(bytes), &owner, 0)
+                    .await
+                    .ok()?;
+                Some(at)
             }
         }))
-        .await
-        .into_iter()
-        .filter(Result::is_ok)
-        .count();
-        if stored == 0 {
+        .await;
+        let tables: BTreeMap<VerifyingKey, BlobId> = relays
+            .iter()
+            .zip(&placed)
+            .filter_map(|(relay, at)| Some((relay.key().to_owned(), (*at)?)))
+            .collect();
+        if tables.is_empty() {
             return Err(Error::Invalid("no relay took the snapshot".into()));
         }
         let covers = state.devices.clone();
-        self.append(
+        let links = if copies { tables.clone() } else { BTreeMap::new() };
+        self.append_linked(
             state,
             Change::Snapshot {
                 state: blob,
                 size,
                 covers,
             },
+            &links,
         )
         .await?;
         let me = self.device_key();
@@ -1508,14 +1824,18 @@ impl Client {
             return Ok(());
         };
         let clock = state.clock;
-        join_all(relays.iter().map(|relay| {
+        let targets = self.own_targets(state, relays, position);
+        join_all(relays.iter().filter_map(|relay| {
             let vault = &vault;
-            async move {
+            // A relay that did not take the table is not pointed at it.
+            tables.get(relay.key())?;
+            let target = *targets.get(relay.key())?;
+            Some(async move {
                 let head = self
-                    .own_head_on(vault, relay.key(), Role::Snapshot, clock, position.op)
+                    .own_head_on(vault, relay.key(), Role::Snapshot, clock, target)
                     .map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
                 put_own_head(relay, &head, "snap").await
-            }
+            })
         }))
         .await;
         state.snapshot = state.clock;
@@ -1524,6 +1844,24 @@ impl Client {
             && let Ok(old) = old.parse::<BlobId>()
         {
             self.delete_own_everywhere(relays, &old).await;
+        }
+        let now: BTreeMap<String, String> = if copies {
+            tables
+                .iter()
+                .map(|(relay, at)| (relay.to_string(), at.to_string()))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let before = std::mem::replace(&mut state.my_snapshot_at, now);
+        for relay in relays {
+            if let Some(old) = before
+                .get(&relay.key().to_string())
+                .and_then(|old| old.parse::<BlobId>().ok())
+            {
+                self.delete_own_everywhere(std::slice::from_ref(relay), &old)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -1957,15 +2295,52 @@ fn reports_all_down(reports: &[RelaySync]) -> bool {
 
 /// Every snapshot head any relay lists whose clock is plausible, newest
 /// first (a writer's claim, tried in turn until one opens).
-pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<&Head> {
+/// (Each with the index of a relay that listed it.)
+pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &Head)> {
     let limit = clock_limit();
-    let mut heads: Vec<&Head> = listings
+    let mut heads: Vec<(usize, &Head)> = listings
         .iter()
-        .flatten()
-        .flat_map(|l| l.with_role(Role::Snapshot))
-        .filter(|h| h.seq <= limit)
+        .enumerate()
+        .filter_map(|(index, listing)| Some((index, listing.as_ref()?)))
+        .flat_map(|(index, l)| l.with_role(Role::Snapshot).map(move |h| (index, h)))
+        .filter(|(_, h)| h.seq <= limit)
         .collect();
-    heads.sort_by_key(|h| std::cmp::Reverse(h.seq));
-    heads.dedup_by_key(|h| (h.seq, h.target));
+    heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+    heads.dedup_by_key(|(_, h)| (h.seq, h.target));
     heads
+}
+
+/// `relays` with the one at `index` first: the relay whose chain is being
+/// read is asked first, the others only for cores stored as they are.
+fn relay_first(relays: &[RelayClient], index: usize) -> Vec<RelayClient> {
+    let mut order: Vec<RelayClient> = relays.get(index).cloned().into_iter().collect();
+    order.extend(
+        relays
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i != index && relays.get(index).is_none_or(|f| f.url() != r.url()))
+            .map(|(_, r)| r.clone()),
+    );
+    order
+}
+
+/// A snapshot's covered positions as `relay`'s chains hold them, where
+/// this device has checked them (a reader takes a covered position only
+/// from a copy that names where it is).
+fn covered_copies(
+    state: &SyncState,
+    relay: &VerifyingKey,
+    change: &Change,
+) -> Vec<(VerifyingKey, BlobId)> {
+    let Change::Snapshot { covers, .. } = change else {
+        return Vec::new();
+    };
+    covers
+        .iter()
+        .filter_map(|(device, position)| {
+            let device: VerifyingKey = device.parse().ok()?;
+            let link = state.link(relay, &device)?;
+            (link.seq == position.seq && link.op == position.op).then_some((device, link.at))
+        })
+        .collect()
 }
