@@ -919,8 +919,8 @@ fn repair_summary(report: &cairn_client::RepairReport) -> String {
     }
     let metadata = &report.metadata;
     text.push_str(&format!(
-        "\nmetadata: {} blobs a new device needs (identity log, snapshot, operations): {} \
-         copies renewed, {} restored",
+        "\nmetadata: {} copies a new device needs, across the relays (identity log, snapshot, \
+         operations): {} renewed, {} restored",
         metadata.blobs, metadata.renewed, metadata.restored
     ));
     for failed in &metadata.failed {

@@ -388,16 +388,25 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
         .iter()
         .find(|h| h.signer == Some(writer.verifying_key()))
         .unwrap();
+    // The relay holds its own copy of the phone's newest operation; the
+    // signed link names the operation inside it.
+    let bytes = client.fetch_bytes(&mine.target, 1 << 20).await.unwrap();
+    let (core, _) = stolen
+        .open_metadata_copy(&relay.handle().key(), &bytes)
+        .expect("the relay's copy opens");
     let op = Operation {
         device: me,
         seq: mine.seq + 1,
-        prev: Some(mine.target),
+        prev: Some(BlobId::of(&core)),
         clock: u64::MAX,
         body: Change::Remove { name: "doc".into() }.to_body(),
     };
     let signed = SignedRecord::sign(&op, stolen.device_signing_key()).unwrap();
-    let (id, sealed) =
+    let (_, sealed) =
         cairn_client::seal::seal_bytes(&signed.to_bytes(), &vault.secret.public()).unwrap();
+    let (id, sealed) = stolen
+        .seal_metadata_copy(&relay.handle().key(), &sealed, Some(mine.target))
+        .unwrap();
     client
         .put_bytes(
             &id,

@@ -40,7 +40,9 @@ const IN_FLIGHT: usize = 16;
 /// What keeping the metadata did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MetadataReport {
-    /// Metadata blobs a new device or a recovery needs.
+    /// Copies of metadata a new device or a recovery needs, counted per
+    /// relay that should hold one ((blob, relay) pairs: in the per-relay
+    /// layout each relay holds copies of its own).
     pub blobs: usize,
     /// (blob, relay) pairs found held, and renewed.
     pub renewed: usize,
@@ -89,11 +91,14 @@ impl Client {
                 return report;
             }
         };
-        report.blobs = needed.len();
+        report.blobs = needed
+            .iter()
+            .map(|n| if n.on.is_some() { 1 } else { relays.len() })
+            .sum();
         if !self.in_shared_layout() {
             // The log's copy on each relay counts as one blob: published
             // again, which renews it, or restores it where it is missing.
-            report.blobs += 1;
+            report.blobs += relays.len();
             match self.publish_identity_counting().await {
                 Ok(answers) => {
                     for (url, answer) in answers {

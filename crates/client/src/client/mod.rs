@@ -405,6 +405,40 @@ impl Client {
         log.seal_copy(&self.newest_vault()?.log_copy_key(relay))
     }
 
+    /// The core (a sealed operation or table) inside `bytes`, a metadata
+    /// copy the per-relay layout stores on the relay with key `relay`, and
+    /// the copy that the link to the previous operation names; `None` when
+    /// `bytes` is not such a copy. For tools that must act as this device
+    /// outside the client's rules.
+    #[doc(hidden)]
+    pub fn open_metadata_copy(
+        &self,
+        relay: &VerifyingKey,
+        bytes: &[u8],
+    ) -> Option<(Vec<u8>, Option<cairn_proto::BlobId>)> {
+        match crate::relay_copy::open(&self.copy_keys(relay), bytes) {
+            crate::relay_copy::Opened::Copy { core, links } => Some((core, links.prev)),
+            _ => None,
+        }
+    }
+
+    /// `core` sealed as the per-relay layout's copy of it on the relay with
+    /// key `relay`, linking to the copy `prev` there. For tools that must
+    /// act as this device outside the client's rules.
+    #[doc(hidden)]
+    pub fn seal_metadata_copy(
+        &self,
+        relay: &VerifyingKey,
+        core: &[u8],
+        prev: Option<cairn_proto::BlobId>,
+    ) -> Result<(cairn_proto::BlobId, Vec<u8>)> {
+        let links = crate::relay_copy::Links {
+            prev,
+            ..Default::default()
+        };
+        self.seal_copy(relay, core, &links)
+    }
+
     /// This device's name.
     pub fn device_name(&self) -> &str {
         &self.config.device_name

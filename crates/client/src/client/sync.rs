@@ -1133,6 +1133,10 @@ impl Client {
             }
         };
 
+        if !shared {
+            self.learn_heads(state, relays, &seen).await;
+        }
+
         let mut walks = Vec::new();
         for (device, heads) in &seen {
             let known = state.position(device);
@@ -1275,9 +1279,6 @@ impl Client {
                 }
             }
         }
-        if !shared {
-            self.check_heads(state, relays, &seen).await;
-        }
 
         // Relays behind on a device get the newest head (and the operations
         // they lack, from the cache) again. Another device's head can be
@@ -1364,55 +1365,45 @@ impl Client {
         (merged, announced)
     }
 
-    /// Checks, once, that each head a relay lists at a device's merged
-    /// position names the operation merged there (per-relay layout, where
-    /// the head names that relay's copy): a relay holding another one is
-    /// equivocation, as in the shared layout.
-    async fn check_heads(
+    /// Learns, once, which operation each head a relay lists names, from
+    /// the merged position on (per-relay layout, where a head names that
+    /// relay's copy): so two relays holding different operations at one
+    /// position are equivocation before anything is merged, as in the
+    /// shared layout. A head learnt before costs nothing.
+    async fn learn_heads(
         &self,
         state: &mut SyncState,
         relays: &[RelayClient],
         seen: &BTreeMap<VerifyingKey, Vec<(usize, &Head)>>,
     ) {
-        let mut checks = Vec::new();
-        for (device, heads) in seen {
-            let Some(known) = state.position(device) else {
-                continue;
-            };
-            for (index, head) in heads {
-                if head.seq == known.seq && state.translate(relays[*index].key(), device, head).is_none() {
-                    checks.push((*device, *index, known, head.target, head.is_owned()));
+        let Ok(keys) = self.vault_secrets() else {
+            return;
+        };
+        let mut heads = Vec::new();
+        for (device, listed) in seen {
+            let known = state.position(device);
+            for (index, head) in listed {
+                if known.is_none_or(|k| head.seq >= k.seq)
+                    && state.translate(relays[*index].key(), device, head).is_none()
+                {
+                    heads.push((*device, *index, head.seq, head.target));
                 }
             }
         }
-        let fetched = join_all(checks.iter().map(|(_, index, _, at, _)| {
+        let fetched = join_all(heads.iter().map(|(_, index, _, at)| {
             self.fetch_core(std::slice::from_ref(&relays[*index]), at, MAX_OP_BLOB)
         }))
         .await;
-        for ((device, index, known, at, owned), fetched) in checks.into_iter().zip(fetched) {
+        for ((device, index, seq, at), fetched) in heads.into_iter().zip(fetched) {
             let relay = &relays[index];
-            match fetched {
-                Ok(fetched) if fetched.core_id == known.op => state.set_link(
-                    relay.key(),
-                    &device,
-                    Link {
-                        seq: known.seq,
-                        at,
-                        op: known.op,
-                    },
-                ),
-                Ok(fetched) => state.note(finding(
-                    "equivocation",
-                    Some(relay.url()),
-                    owned.then(|| device.to_string()),
-                    format!(
-                        "holds operation {} at position {} of device {device}, not the {} \
-                         merged",
-                        fetched.core_id, known.seq, known.op
-                    ),
-                )),
-                // Not served now: checked again at the next sync.
-                Err(err) => tracing::debug!(relay = relay.url(), %err, "head not checked"),
+            // What does not open as this device's operation at that
+            // position is left to the walk, which reports it.
+            match fetched.and_then(|f| Ok((f.core_id, self.open_op(&f.core, &keys)?))) {
+                Ok((op, operation)) if operation.device == device && operation.seq == seq => {
+                    state.set_link(relay.key(), &device, Link { seq, at, op });
+                }
+                Ok(_) => {}
+                Err(err) => tracing::debug!(relay = relay.url(), %err, "head not learnt"),
             }
         }
     }
