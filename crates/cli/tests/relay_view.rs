@@ -163,6 +163,8 @@ struct Names {
     writers: BTreeSet<VerifyingKey>,
     log_copies: BTreeSet<BlobId>,
     owners: BTreeSet<VerifyingKey>,
+    /// Every blob a request named.
+    blobs: BTreeSet<BlobId>,
 }
 
 fn names(recorder: &Recorder) -> Names {
@@ -187,6 +189,16 @@ fn names(recorder: &Recorder) -> Names {
                 pairing.insert(record.verify::<HeadRecord>().unwrap().target);
             }
             _ => {}
+        }
+    }
+    for request in seen.iter() {
+        if let Some(id) = request
+            .path
+            .strip_prefix("/v1/blobs/")
+            .and_then(|rest| rest.split(['/', '?']).next())
+            .and_then(|id| id.parse().ok())
+        {
+            names.blobs.insert(id);
         }
     }
     for request in seen.iter() {
@@ -319,8 +331,21 @@ async fn a_relay_learns_nothing_of_who_you_are() {
     }
     assert!(found.is_empty(), "found on the relays: {found:#?}");
 
-    // No name the identity uses on one relay appears on another.
+    // No name the identity uses on one relay appears on another, and no
+    // blob but the files' (which relays replicate to each other): the
+    // operations, snapshots and identity-log copies of each relay are its
+    // own.
     let seen: Vec<Names> = recorders.iter().map(names).collect();
+    let files: BTreeSet<BlobId> = desktop
+        .run(&["ls", "--json"])
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["blob"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2);
     for (i, a) in seen.iter().enumerate() {
         assert!(
             !a.mailboxes.is_empty() && !a.log_copies.is_empty(),
@@ -331,8 +356,20 @@ async fn a_relay_learns_nothing_of_who_you_are() {
             assert!(a.writers.is_disjoint(&b.writers), "{a:?} {b:?}");
             assert!(a.log_copies.is_disjoint(&b.log_copies), "{a:?} {b:?}");
             assert!(a.owners.is_disjoint(&b.owners), "{a:?} {b:?}");
+            let common: BTreeSet<&BlobId> = a.blobs.intersection(&b.blobs).collect();
+            assert!(
+                common.iter().all(|id| files.contains(id)),
+                "metadata blobs named on two relays: {common:?}"
+            );
         }
     }
+    let metadata: Vec<usize> = seen
+        .iter()
+        .map(|n| n.blobs.difference(&files).count())
+        .collect();
+    // Each relay holds the log's copies, operations and snapshots.
+    assert!(metadata.iter().all(|count| *count >= 6), "{metadata:?}");
+    eprintln!("metadata blobs named per relay, none shared: {metadata:?}");
     // One owner key per vault generation: the first three relays served
     // both generations, the fourth only the second.
     let vaults = open(&laptop).vault_keys().unwrap();

@@ -116,9 +116,7 @@ impl Client {
         let bytes = match self.cached_op(at) {
             Some(bytes) if BlobId::of(&bytes) == *at => bytes,
             _ => {
-                let bytes = self
-                    .fetch_small_scored(order, at, copy_bound(max))
-                    .await?;
+                let bytes = self.fetch_small_scored(order, at, copy_bound(max)).await?;
                 self.cache_op(at, &bytes)?;
                 bytes
             }

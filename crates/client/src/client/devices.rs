@@ -105,22 +105,27 @@ async fn post(
 }
 
 /// Waits until any relay holds message `step` posted after `since` (ms),
-/// and returns it.
+/// and returns it with that relay.
 async fn wait_for(
     relays: &[RelayClient],
     mailbox: &VerifyingKey,
     step: Step,
     since: u64,
     deadline: Instant,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, RelayClient)> {
     let slot = slot(step);
     loop {
         let heads = join_all(relays.iter().map(|relay| relay.get_head(mailbox, &slot))).await;
-        for head in heads.into_iter().filter_map(|h| h.ok().flatten()) {
+        for (relay, head) in relays
+            .iter()
+            .zip(heads)
+            .filter_map(|(relay, h)| Some((relay, h.ok().flatten()?)))
+        {
             if head.seq >= since
-                && let Ok(bytes) = fetch_small(relays, &head.target, MAX_MESSAGE).await
+                && let Ok(bytes) =
+                    fetch_small(std::slice::from_ref(relay), &head.target, MAX_MESSAGE).await
             {
-                return Ok(bytes);
+                return Ok((bytes, relay.clone()));
             }
         }
         if Instant::now() >= deadline {
@@ -200,7 +205,7 @@ impl Client {
         post(&relay, &mailbox, Step::Hello, hello, &uploader).await?;
         show_code(joiner.code());
 
-        let reply = wait_for(
+        let (reply, _) = wait_for(
             &relay,
             &mailbox.verifying_key(),
             Step::Reply,
@@ -218,7 +223,7 @@ impl Client {
             }
         };
         post(&relay, &mailbox, Step::Confirm, confirm, &uploader).await?;
-        let welcome = wait_for(
+        let (welcome, _) = wait_for(
             &relay,
             &mailbox.verifying_key(),
             Step::Welcome,
@@ -311,7 +316,7 @@ impl Client {
         // A join request is posted before its code is shown, so anything
         // older than the wait window is a stale attempt.
         let since = millis().saturating_sub(u64::try_from(wait.as_millis()).unwrap_or(0));
-        let hello = wait_for(
+        let (hello, met) = wait_for(
             &relays,
             &mailbox.verifying_key(),
             Step::Hello,
@@ -319,11 +324,15 @@ impl Client {
             deadline,
         )
         .await?;
+        // The rest of the pairing happens on the relay the joining device
+        // used alone: the same messages on several relays would let them
+        // tell that they serve one identity.
+        let relays = [met];
         let (approver, reply) = Approver::on_hello(code, &hello)?;
         let uploader = self.device.upload_key(&mailbox.verifying_key());
         let replied = millis();
         post(&relays, &mailbox, Step::Reply, reply, &uploader).await?;
-        let confirm = wait_for(
+        let (confirm, _) = wait_for(
             &relays,
             &mailbox.verifying_key(),
             Step::Confirm,

@@ -123,7 +123,9 @@ impl Client {
                 .enumerate()
                 .filter(|(index, _)| needed.on.is_none_or(|on| on == *index))
                 .map(move |(_, relay)| async move {
-                    let outcome = self.keep_one(relays, relay, &needed.id, &needed.source).await;
+                    let outcome = self
+                        .keep_one(relays, relay, &needed.id, &needed.source)
+                        .await;
                     (relay, outcome)
                 })
         });
@@ -228,8 +230,16 @@ impl Client {
         match layout {
             Layout::Shared => {
                 let order: Vec<usize> = (0..relays.len()).collect();
-                self.chains_needed(state, relays, &listings, &order, None, &mut needed, problems)
-                    .await?;
+                self.chains_needed(
+                    state,
+                    relays,
+                    &listings,
+                    &order,
+                    None,
+                    &mut needed,
+                    problems,
+                )
+                .await?;
             }
             // Each relay holds its own copies: each relay's chains are
             // followed on that relay.
@@ -375,9 +385,7 @@ impl Client {
                         break;
                     }
                 };
-                next = op
-                    .prev
-                    .map(|prev| (seq - 1, fetched.prev_at(prev), prev));
+                next = op.prev.map(|prev| (seq - 1, fetched.prev_at(prev), prev));
             }
         }
         Ok(())

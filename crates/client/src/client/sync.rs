@@ -211,7 +211,12 @@ impl SyncState {
     /// The operation (core id) `relay`'s head `head` for `device` names,
     /// when known without fetching it: a core stored as it is names
     /// itself, a copy is known once checked.
-    fn translate(&self, relay: &VerifyingKey, device: &VerifyingKey, head: &Head) -> Option<BlobId> {
+    fn translate(
+        &self,
+        relay: &VerifyingKey,
+        device: &VerifyingKey,
+        head: &Head,
+    ) -> Option<BlobId> {
         match self.link(relay, device) {
             Some(link) if link.seq == head.seq && link.at == head.target => Some(link.op),
             _ => None,
@@ -1200,9 +1205,11 @@ impl Client {
             }
         }
 
-        let results = join_all(walks.iter().map(|(device, ahead, known)| {
-            self.walk(relays, &keys, device, ahead, *known)
-        }))
+        let results = join_all(
+            walks
+                .iter()
+                .map(|(device, ahead, known)| self.walk(relays, &keys, device, ahead, *known)),
+        )
         .await;
         let mut merged = 0;
         let mut announced = Vec::new();
@@ -1349,12 +1356,7 @@ impl Client {
                     .map(|h| h.envelope.clone());
                 if (envelope.is_some() || *device == self.device_key())
                     && self
-                        .republish(
-                            relay,
-                            known,
-                            envelope,
-                            theirs.map_or(0, |h| h.seq),
-                        )
+                        .republish(relay, known, envelope, theirs.map_or(0, |h| h.seq))
                         .await
                         .is_ok()
                 {
@@ -1384,7 +1386,9 @@ impl Client {
             let known = state.position(device);
             for (index, head) in listed {
                 if known.is_none_or(|k| head.seq >= k.seq)
-                    && state.translate(relays[*index].key(), device, head).is_none()
+                    && state
+                        .translate(relays[*index].key(), device, head)
+                        .is_none()
                 {
                     heads.push((*device, *index, head.seq, head.target));
                 }
@@ -1542,7 +1546,10 @@ impl Client {
         let mut last = None;
         for (index, target, seq) in ahead {
             let order = relay_first(relays, *index);
-            match self.walk_on(&order, keys, device, *target, *seq, known).await {
+            match self
+                .walk_on(&order, keys, device, *target, *seq, known)
+                .await
+            {
                 Ok(ops) => {
                     let link = ops.last().map(|(position, _)| Link {
                         seq: *seq,
@@ -1799,7 +1806,11 @@ impl Client {
             return Err(Error::Invalid("no relay took the snapshot".into()));
         }
         let covers = state.devices.clone();
-        let links = if copies { tables.clone() } else { BTreeMap::new() };
+        let links = if copies {
+            tables.clone()
+        } else {
+            BTreeMap::new()
+        };
         self.append_linked(
             state,
             Change::Snapshot {
