@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use cairn_client::proto::{BlobId, Operation, SignedRecord, encode_base64url};
-use cairn_client::relay::{HeadWrite, RelayClient, Role};
+use cairn_client::relay::{Head, HeadWrite, RelayClient, Role};
 use cairn_client::{Client, Home, Passphrase};
 
 use crate::common::{Device, PASSPHRASE, Relay, data_with_marker, legacy_head};
@@ -265,6 +265,126 @@ async fn key_rotate_moves_an_identity_of_the_previous_release_without_revoking()
     let desk = Client::open(Home::at(desktop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
     assert_eq!(desk.identity().state().devices().len(), 2);
     assert!(!desk.in_shared_layout());
+}
+
+/// An identity of the release before per-relay copies (revision 3 as it
+/// first shipped: per-relay mailboxes, but operations stored as they are,
+/// one id on every relay) keeps working: a device recovered through a
+/// relay laid out that way merges the file table, and the upgraded laptop's
+/// next operation there is that relay's own copy, linking back to the
+/// plain operation before it, which the recovered device follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_stored_as_they_are_stay_readable_and_are_followed_by_copies() {
+    let current = Relay::start().await;
+    let laptop = Device::new();
+    let created = laptop.init("laptop").await;
+    let phrase = created["recovery_phrase"].as_str().unwrap().to_owned();
+    laptop.add_relays(&[&current]).await;
+    let data = data_with_marker(30_000, b"stored before copies");
+    let file = laptop.put_data("kept", &data).await;
+    let more = laptop.put_data("more", b"a second operation").await;
+
+    // The relay `last` gets what the earlier release stored: the log's
+    // copy, the file, and every operation's core as it is, the laptop's
+    // head naming the newest core.
+    let client = Client::open(Home::at(laptop.home()), &Passphrase::new(PASSPHRASE)).unwrap();
+    let me = client.device_key();
+    let vault = client.vault_keys().unwrap().pop().unwrap();
+    let http = reqwest::Client::new();
+    let (a_key, last) = (current.handle().key(), Relay::start().await);
+    let last_key = last.handle().key();
+    let from = RelayClient::new(http.clone(), &current.url(), a_key);
+    let to = RelayClient::new(http, &last.url(), last_key);
+    let owner = vault.owner_at(&last_key);
+    let (heads, _) = from
+        .list_heads(&client.mailbox_name_on(&a_key).unwrap())
+        .await
+        .unwrap();
+    // The laptop is the only writer there: its slots by their labels.
+    let slot = |heads: &[Head], label: &str| -> Head {
+        heads
+            .iter()
+            .find(|h| h.slot.as_str().ends_with(label))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {label} head in {heads:?}"))
+    };
+    let ops = slot(&heads, "-ops");
+    let id_head = slot(&heads, "-id");
+    let (log_copy, bytes) = client.seal_log_copy(client.identity(), &last_key).unwrap();
+    to.put_bytes(&log_copy, Bytes::from(bytes), &owner, 0)
+        .await
+        .unwrap();
+    for file in [file, more] {
+        let file: BlobId = file.parse().unwrap();
+        let sealed_file = from.fetch_bytes(&file, 1 << 20).await.unwrap();
+        to.put_bytes(&file, Bytes::from(sealed_file), &owner, 0)
+            .await
+            .unwrap();
+    }
+    let mut cores = Vec::new();
+    let mut next = Some(ops.target);
+    while let Some(at) = next {
+        let copy = from.fetch_bytes(&at, 1 << 20).await.unwrap();
+        let (core, prev) = client.open_metadata_copy(&a_key, &copy).expect("a copy");
+        let id = BlobId::of(&core);
+        to.put_bytes(&id, Bytes::from(core), &owner, 0)
+            .await
+            .unwrap();
+        cores.push(id);
+        next = prev;
+    }
+    assert_eq!(cores.len(), 2);
+    for head in [
+        client
+            .sign_head_on(&last_key, Role::Identity, id_head.seq, log_copy)
+            .unwrap(),
+        client
+            .sign_head_on(&last_key, Role::Ops(me), ops.seq, cores[0])
+            .unwrap(),
+    ] {
+        assert!(matches!(
+            to.put_head(&head).await.unwrap(),
+            HeadWrite::Stored
+        ));
+    }
+
+    // A device recovered through that relay alone reads it all.
+    let desk = Device::new();
+    let recover = desk
+        .run_with(
+            &[
+                "init",
+                "--recover",
+                "--relay",
+                &last.url(),
+                "--name",
+                "desk",
+            ],
+            &[("CAIRN_RECOVERY_PHRASE", &phrase)],
+        )
+        .await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+    let sync = desk.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert_eq!(desk.get_data("kept").await, data);
+    assert_eq!(desk.get_data("more").await, b"a second operation");
+
+    // The upgraded laptop writes there: a copy of its own, linking to the
+    // plain core before it.
+    laptop.add_relays(&[&last]).await;
+    laptop.put_data("third", b"written after the upgrade").await;
+    let mailbox = client.mailbox_name_on(&last_key).unwrap();
+    let (after, _) = to.list_heads(&mailbox).await.unwrap();
+    let head = slot(&after, "-ops");
+    assert_eq!(head.seq, 3);
+    let newest = to.fetch_bytes(&head.target, 1 << 20).await.unwrap();
+    let (_, prev) = client
+        .open_metadata_copy(&last_key, &newest)
+        .expect("the new operation is the relay's own copy");
+    assert_eq!(prev, Some(cores[0]));
+    let sync = desk.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    assert_eq!(desk.get_data("third").await, b"written after the upgrade");
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
