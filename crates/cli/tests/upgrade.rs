@@ -84,23 +84,7 @@ async fn an_identity_of_the_previous_release_upgrades_without_loss() {
     }
 
     // A device recovered through that relay alone finds everything.
-    let desk = Device::new();
-    let recover = desk
-        .run_with(
-            &[
-                "init",
-                "--recover",
-                "--relay",
-                &legacy.url(),
-                "--name",
-                "desk",
-            ],
-            &[("CAIRN_RECOVERY_PHRASE", &phrase)],
-        )
-        .await;
-    assert_eq!(recover.code, 0, "{recover:?}");
-    let sync = desk.run(&["sync", "--json"]).await;
-    assert_eq!(sync.code, 0, "{sync:?}");
+    let desk = recovered_through(&legacy.url(), &phrase).await;
     assert_eq!(desk.get_data("kept").await, data);
 
     // Its own writes go to owned slots, beside the legacy ones.
@@ -349,23 +333,7 @@ async fn operations_stored_as_they_are_stay_readable_and_are_followed_by_copies(
     }
 
     // A device recovered through that relay alone reads it all.
-    let desk = Device::new();
-    let recover = desk
-        .run_with(
-            &[
-                "init",
-                "--recover",
-                "--relay",
-                &last.url(),
-                "--name",
-                "desk",
-            ],
-            &[("CAIRN_RECOVERY_PHRASE", &phrase)],
-        )
-        .await;
-    assert_eq!(recover.code, 0, "{recover:?}");
-    let sync = desk.run(&["sync", "--json"]).await;
-    assert_eq!(sync.code, 0, "{sync:?}");
+    let desk = recovered_through(&last.url(), &phrase).await;
     assert_eq!(desk.get_data("kept").await, data);
     assert_eq!(desk.get_data("more").await, b"a second operation");
 
@@ -385,6 +353,22 @@ async fn operations_stored_as_they_are_stay_readable_and_are_followed_by_copies(
     let sync = desk.run(&["sync", "--json"]).await;
     assert_eq!(sync.code, 0, "{sync:?}");
     assert_eq!(desk.get_data("third").await, b"written after the upgrade");
+}
+
+/// A new device "desk" recovered from `phrase` through the relay at `url`
+/// alone, and synced.
+async fn recovered_through(url: &str, phrase: &str) -> Device {
+    let desk = Device::new();
+    let recover = desk
+        .run_with(
+            &["init", "--recover", "--relay", url, "--name", "desk"],
+            &[("CAIRN_RECOVERY_PHRASE", phrase)],
+        )
+        .await;
+    assert_eq!(recover.code, 0, "{recover:?}");
+    let sync = desk.run(&["sync", "--json"]).await;
+    assert_eq!(sync.code, 0, "{sync:?}");
+    desk
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

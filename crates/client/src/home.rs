@@ -152,6 +152,20 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io_at(path))
 }
 
+/// Writes `bytes` to `path` (mode 0600) without waiting for the disk: for
+/// caches, whose readers check what they read (by hash) and can do without
+/// it after a crash.
+pub(crate) fn write_cache(path: &Path, bytes: &[u8]) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(bytes))
+        .map_err(io_at(path))
+}
+
 /// Reads a whole file, mapping "not found" to [`Error::NoHome`] for files
 /// every home must have.
 pub(crate) fn read_required(home: &Home, path: &Path) -> Result<Vec<u8>> {

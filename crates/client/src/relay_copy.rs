@@ -219,6 +219,39 @@ mod tests {
         assert_eq!(open(&[key(2)], &bytes_a), Opened::Plain);
     }
 
+    /// A known answer: the format of PROTOCOL.md §10.7 byte for byte
+    /// (another implementation makes the same copy from the same inputs).
+    #[test]
+    fn a_copy_is_made_as_the_protocol_says() {
+        let key = key(7);
+        let links = Links {
+            prev: Some(BlobId::of(b"prev")),
+            state: None,
+            covers: vec![(device(1), BlobId::of(b"cover"))],
+        };
+        let (id, bytes) = seal(&key, b"core", &links);
+        // The plaintext, rebuilt from the text of the protocol.
+        let mut plain = b"cairn/v3 relay copy\0".to_vec();
+        plain.extend_from_slice(&2u32.to_be_bytes());
+        plain.push(1);
+        plain.extend_from_slice(BlobId::of(b"prev").as_bytes());
+        plain.push(3);
+        plain.extend_from_slice(&device(1).to_bytes());
+        plain.extend_from_slice(BlobId::of(b"cover").as_bytes());
+        plain.extend_from_slice(b"core");
+        let mut nonce_input = b"nonce".to_vec();
+        nonce_input.extend_from_slice(blake3::hash(&plain).as_bytes());
+        let nonce = blake3::keyed_hash(&key, &nonce_input);
+        assert_eq!(&bytes[..12], &nonce.as_bytes()[..12]);
+        let opened =
+            crate::seal::open_small(&key, bytes[..12].try_into().unwrap(), &bytes[12..]).unwrap();
+        assert_eq!(&opened[..], &plain[..]);
+        assert_eq!(
+            id.to_string(),
+            "fe7379277a24939e11ea00fe42dfd94ed414a8fa71df6575664bdced00b9d725"
+        );
+    }
+
     #[test]
     fn a_sealed_value_that_is_not_a_copy_is_malformed() {
         let nonce = [3u8; 12];

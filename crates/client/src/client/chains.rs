@@ -60,6 +60,47 @@ impl Fetched {
     }
 }
 
+/// The relays to read one relay's chains from, that relay first, and its
+/// copy keys (derived once per reader).
+pub(super) struct ChainReader {
+    order: Vec<RelayClient>,
+    keys: Vec<Zeroizing<[u8; 32]>>,
+}
+
+impl ChainReader {
+    /// The relay whose chains these are.
+    pub(super) fn relay(&self) -> Option<&RelayClient> {
+        self.order.first()
+    }
+
+    /// The same relay alone: for its own copies, which no other relay has.
+    pub(super) fn alone(&self) -> Self {
+        Self {
+            order: self.order.iter().take(1).cloned().collect(),
+            keys: self.keys.clone(),
+        }
+    }
+
+    /// The relays to ask, in order.
+    pub(super) fn relays(&self) -> &[RelayClient] {
+        &self.order
+    }
+
+    /// Its copy keys.
+    pub(super) fn keys(&self) -> &[Zeroizing<[u8; 32]>] {
+        &self.keys
+    }
+}
+
+/// What [`Client::fetch_core`] keeps in the cache besides the core.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// The core alone.
+    Core,
+    /// The copy too.
+    Copy,
+}
+
 /// A copy bigger than the core it holds by at most this many bytes plus
 /// its padding (nonce, tag, magic, links of a snapshot's covers).
 pub(super) fn copy_bound(core_max: usize) -> usize {
@@ -100,28 +141,47 @@ impl Client {
         Ok(relay_copy::seal(&key, core, links))
     }
 
-    /// The blob `at`, from the cache or from `order` (the relay whose
-    /// chain it belongs to first), opened down to its core. A copy's core
-    /// is cached under its own id too, so that what was merged can be sent
-    /// again.
+    /// A reader of the chains on `relays[index]`: that relay first, the
+    /// others only for cores stored as they are.
+    pub(super) fn chain_reader(&self, relays: &[RelayClient], index: usize) -> ChainReader {
+        let first = relays.get(index);
+        let order: Vec<RelayClient> = first
+            .into_iter()
+            .chain(
+                relays
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, r)| *i != index && first.is_none_or(|f| f.url() != r.url()))
+                    .map(|(_, r)| r),
+            )
+            .cloned()
+            .collect();
+        let keys = order
+            .first()
+            .map(|relay| self.copy_keys(relay.key()))
+            .unwrap_or_default();
+        ChainReader { order, keys }
+    }
+
+    /// The blob `at`, from the cache or from the reader's relays, opened
+    /// down to its core. The core is cached under its own id, so that what
+    /// was merged can be sent again; the copy itself only when `keep` says
+    /// so (a head, read again by the walk that follows).
     pub(super) async fn fetch_core(
         &self,
-        order: &[RelayClient],
+        reader: &ChainReader,
         at: &BlobId,
         max: usize,
+        keep: Keep,
     ) -> Result<Fetched> {
-        let Some(first) = order.first() else {
-            return Err(Error::Invalid("no relay to fetch from".into()));
-        };
         let bytes = match self.cached_op(at) {
             Some(bytes) if BlobId::of(&bytes) == *at => bytes,
             _ => {
-                let bytes = self.fetch_small_scored(order, at, copy_bound(max)).await?;
-                self.cache_op(at, &bytes)?;
-                bytes
+                self.fetch_small_scored(&reader.order, at, copy_bound(max))
+                    .await?
             }
         };
-        match relay_copy::open(&self.copy_keys(first.key()), &bytes) {
+        match relay_copy::open(&reader.keys, &bytes) {
             Opened::Copy { core, links } => {
                 let core_id = BlobId::of(&core);
                 if core.len() > max {
@@ -131,17 +191,23 @@ impl Client {
                     )));
                 }
                 self.cache_op(&core_id, &core)?;
+                if keep == Keep::Copy {
+                    self.cache_copy(at, &bytes)?;
+                }
                 Ok(Fetched {
                     core_id,
                     core,
                     links: Some(links),
                 })
             }
-            Opened::Plain if bytes.len() <= max => Ok(Fetched {
-                core_id: *at,
-                core: bytes,
-                links: None,
-            }),
+            Opened::Plain if bytes.len() <= max => {
+                self.cache_op(at, &bytes)?;
+                Ok(Fetched {
+                    core_id: *at,
+                    core: bytes,
+                    links: None,
+                })
+            }
             Opened::Plain => Err(Error::Invalid(format!(
                 "the blob {at} is {} bytes, more than {max}",
                 bytes.len()
@@ -212,7 +278,7 @@ impl Client {
                 (_, Some(_), _) => prev_at,
             };
             let (at, copy) = self.seal_copy(relay.key(), &core, &links)?;
-            self.cache_op(&at, &copy)?;
+            self.cache_copy(&at, &copy)?;
             relay
                 .put_bytes(&at, Bytes::from(copy), &owner, pow)
                 .await

@@ -25,6 +25,7 @@ use serde::Serialize;
 use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
+use super::chains::Keep;
 use super::sync::{
     Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_candidates,
 };
@@ -281,7 +282,9 @@ impl Client {
         problems: &mut Vec<String>,
     ) -> Result<()> {
         let keys = self.vault_secrets()?;
-        let order: Vec<RelayClient> = from.iter().map(|i| relays[*i].clone()).collect();
+        // One relay's own chains, or (shared layout) any relay's.
+        let reader = self.chain_reader(relays, from.first().copied().unwrap_or(0));
+        let reader = if on.is_some() { reader.alone() } else { reader };
         let from_listings: Vec<Option<Listing>> = from
             .iter()
             .map(|i| {
@@ -311,7 +314,10 @@ impl Client {
             .map(|(_, h)| h.target);
         let mut covered: BTreeMap<VerifyingKey, u64> = BTreeMap::new();
         if let Some(target) = snapshot {
-            match self.fetch_core(&order, &target, MAX_OP_BLOB).await {
+            match self
+                .fetch_core(&reader, &target, MAX_OP_BLOB, Keep::Core)
+                .await
+            {
                 Ok(fetched) => {
                     needed.push(place(target, self.cached_op(&target), MAX_OP_BLOB));
                     if let Ok(op) = self.open_op(&fetched.core, &keys)
@@ -344,22 +350,22 @@ impl Client {
         // from the local cache where they are.
         for (device, position) in state.positions() {
             let floor = covered.get(&device).copied().unwrap_or(0);
-            // Where this relay's chain of the device starts: its head, when
-            // it names the merged position (else the core, for the shared
-            // layout and cores stored as they are).
+            // Where the chain starts: on one relay, where its head was last
+            // seen (a relay behind keeps what it has; the device sends it
+            // the rest); across relays, the merged position.
             let start = match on {
-                Some(index) => state
-                    .link(relays[index].key(), &device)
-                    .filter(|l| l.seq == position.seq && l.op == position.op)
-                    .map_or(position.op, |l| l.at),
-                None => position.op,
+                Some(index) => match state.link(relays[index].key(), &device) {
+                    Some(link) => (link.seq, link.at, link.op),
+                    None => continue,
+                },
+                None => (position.seq, position.op, position.op),
             };
-            let mut next = Some((position.seq, start, position.op));
+            let mut next = Some(start);
             while let Some((seq, at, core_id)) = next {
                 if seq <= floor || needed.len() > MAX_WALK {
                     break;
                 }
-                let fetched = match self.fetch_core(&order, &at, MAX_OP_BLOB).await {
+                let fetched = match self.fetch_core(&reader, &at, MAX_OP_BLOB, Keep::Core).await {
                     Ok(fetched) if fetched.core_id == core_id => fetched,
                     Ok(_) => {
                         problems.push(format!(

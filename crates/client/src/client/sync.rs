@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::Client;
-use super::chains::{Link, copy_bound};
+use super::chains::{ChainReader, Keep, Link, copy_bound};
 use super::mailbox::{FetchLogError, put_own_head, starting_with};
 use crate::error::{Error, Result, io_at};
 use crate::fork::Choice;
@@ -395,6 +395,14 @@ impl Client {
         let dir = self.home.op_cache();
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         write_private(&self.cache_path(id), sealed)
+    }
+
+    /// Caches a relay's copy of a core (`crate::relay_copy`): the core is
+    /// what matters, so the copy is not waited for on disk.
+    pub(super) fn cache_copy(&self, id: &BlobId, copy: &[u8]) -> Result<()> {
+        let dir = self.home.op_cache();
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        crate::home::write_cache(&self.cache_path(id), copy)
     }
 
     pub(super) fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
@@ -924,8 +932,10 @@ impl Client {
         head: &Head,
     ) -> Result<bool> {
         let keys = self.vault_secrets()?;
-        let order = relay_first(relays, index);
-        let fetched = self.fetch_core(&order, &head.target, MAX_OP_BLOB).await?;
+        let reader = self.chain_reader(relays, index);
+        let fetched = self
+            .fetch_core(&reader, &head.target, MAX_OP_BLOB, Keep::Core)
+            .await?;
         let op = self.open_op(&fetched.core, &keys)?;
         if !self.may_write(&op.device, op.clock) {
             return Err(Error::Invalid("written by a device that may not".into()));
@@ -986,7 +996,9 @@ impl Client {
                     let Some((_, at)) = links.covers.iter().find(|(d, _)| *d == key) else {
                         continue;
                     };
-                    let copy = self.fetch_core(&order[..1], at, MAX_OP_BLOB).await?;
+                    let copy = self
+                        .fetch_core(&reader.alone(), at, MAX_OP_BLOB, Keep::Core)
+                        .await?;
                     if copy.core_id != position.op {
                         return Err(Error::Invalid(format!(
                             "the snapshot's copy links position {} of device {key} to another \
@@ -1007,7 +1019,7 @@ impl Client {
             checked.insert(device.clone());
         }
         let table_at = fetched.links.as_ref().and_then(|links| links.state);
-        let sealed = self.fetch_table(&order, blob, table_at).await?;
+        let sealed = self.fetch_table(&reader, blob, table_at).await?;
         let plain = seal::open_bytes(&sealed, &keys)
             .map_err(|err| Error::Invalid(format!("snapshot does not open: {err}")))?;
         let mut snapshot: Snapshot = serde_json::from_slice(&plain)
@@ -1033,19 +1045,19 @@ impl Client {
     /// the snapshot's copy names one, else as it is from any relay.
     async fn fetch_table(
         &self,
-        order: &[RelayClient],
+        reader: &ChainReader,
         blob: BlobId,
         at: Option<BlobId>,
     ) -> Result<Vec<u8>> {
         let Some(at) = at else {
             return self
-                .fetch_small_scored(order, &blob, MAX_SNAPSHOT_BLOB)
+                .fetch_small_scored(reader.relays(), &blob, MAX_SNAPSHOT_BLOB)
                 .await;
         };
         let bytes = self
-            .fetch_small_scored(&order[..1], &at, copy_bound(MAX_SNAPSHOT_BLOB))
+            .fetch_small_scored(reader.alone().relays(), &at, copy_bound(MAX_SNAPSHOT_BLOB))
             .await?;
-        match crate::relay_copy::open(&self.copy_keys(order[0].key()), &bytes) {
+        match crate::relay_copy::open(reader.keys(), &bytes) {
             crate::relay_copy::Opened::Copy { core, .. } if BlobId::of(&core) == blob => Ok(core),
             _ => Err(Error::Invalid(format!(
                 "the copy {at} does not hold the snapshot's table {blob}"
@@ -1394,8 +1406,13 @@ impl Client {
                 }
             }
         }
+        let readers: BTreeMap<usize, ChainReader> = heads
+            .iter()
+            .map(|(_, index, _, _)| (*index, self.chain_reader(relays, *index).alone()))
+            .collect();
         let fetched = join_all(heads.iter().map(|(_, index, _, at)| {
-            self.fetch_core(std::slice::from_ref(&relays[*index]), at, MAX_OP_BLOB)
+            // The copy is kept: the walk that follows starts there.
+            self.fetch_core(&readers[index], at, MAX_OP_BLOB, Keep::Copy)
         }))
         .await;
         for ((device, index, seq, at), fetched) in heads.into_iter().zip(fetched) {
@@ -1545,9 +1562,9 @@ impl Client {
     ) -> Result<(Vec<(Position, Operation)>, usize, Link), WalkError> {
         let mut last = None;
         for (index, target, seq) in ahead {
-            let order = relay_first(relays, *index);
+            let reader = self.chain_reader(relays, *index);
             match self
-                .walk_on(&order, keys, device, *target, *seq, known)
+                .walk_on(&reader, keys, device, *target, *seq, known)
                 .await
             {
                 Ok(ops) => {
@@ -1570,10 +1587,10 @@ impl Client {
     }
 
     /// Walks one relay's chain of `device`'s log back from `target` (at
-    /// `seq`) to `known`, `order[0]` first for every blob.
+    /// `seq`) to `known`, that relay first for every blob.
     async fn walk_on(
         &self,
-        order: &[RelayClient],
+        reader: &ChainReader,
         keys: &[crate::keys::X25519Secret],
         device: &VerifyingKey,
         target: BlobId,
@@ -1601,13 +1618,13 @@ impl Client {
                 return Err(WalkError::Other(Error::Invalid("log too long".into())));
             }
             let fetched = self
-                .fetch_core(order, &at, MAX_OP_BLOB)
+                .fetch_core(reader, &at, MAX_OP_BLOB, Keep::Core)
                 .await
                 .map_err(WalkError::Other)?;
             if signed.is_some_and(|signed| signed != fetched.core_id) {
                 return Err(WalkError::Other(Error::Invalid(format!(
                     "{} links position {expected} of device {device} to another operation",
-                    order[0].url()
+                    reader.relay().map_or("a relay", |r| r.url())
                 ))));
             }
             let op = self
@@ -2310,20 +2327,6 @@ pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &
     heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
     heads.dedup_by_key(|(_, h)| (h.seq, h.target));
     heads
-}
-
-/// `relays` with the one at `index` first: the relay whose chain is being
-/// read is asked first, the others only for cores stored as they are.
-fn relay_first(relays: &[RelayClient], index: usize) -> Vec<RelayClient> {
-    let mut order: Vec<RelayClient> = relays.get(index).cloned().into_iter().collect();
-    order.extend(
-        relays
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| *i != index && relays.get(index).is_none_or(|f| f.url() != r.url()))
-            .map(|(_, r)| r.clone()),
-    );
-    order
 }
 
 /// A snapshot's covered positions as `relay`'s chains hold them, where
