@@ -400,6 +400,56 @@ async fn a_new_device_syncs_through_a_snapshot() {
     assert_eq!(table(&mut late).await, expected);
 }
 
+/// A snapshot names, on each relay, where the operations it covers are
+/// there, even a device's that relay never got: a new device that reads
+/// that relay alone takes the cover, and then follows that device's next
+/// operation (whose copy there links to one the relay never held) without
+/// walking past the cover. Fails when a snapshot leaves out covers a
+/// relay's chains do not reach: the new device never merges "two".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_links_every_cover_on_every_relay() {
+    let unlimited = |c: &mut cairn_relay::RelayConfig| {
+        c.limits.key_requests_per_min = 0;
+        c.limits.addr_requests_per_min = 0;
+    };
+    let (mut a, mut b) = (
+        Relay::start_with(unlimited).await,
+        Relay::start_with(unlimited).await,
+    );
+    let mut devices = devices(&[&a, &b], 2).await;
+    // d1 writes while b is down, and stays idle: b never gets its chain.
+    b.stop().await;
+    put(&mut devices.clients[1], "one", b"1").await;
+    b.restart().await;
+    let d0 = &mut devices.clients[0];
+    d0.sync().await.unwrap();
+    put(d0, "n-0", b"0").await;
+    for i in 0..500 {
+        d0.rename(&format!("n-{i}"), &format!("n-{}", i + 1))
+            .await
+            .unwrap();
+    }
+    let report = d0.sync().await.unwrap();
+    assert!(report.snapshot_written, "{report:#?}");
+
+    // A new device reads b alone.
+    a.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut late = join(d0, Home::at(dir.path().join("late")), "late", &b).await;
+    let report = late.sync().await.unwrap();
+    assert!(report.snapshot_applied, "{report:#?}");
+    assert!(table(&mut late).await.contains_key("one"));
+
+    // d1 writes again; only b is up.
+    put(&mut devices.clients[1], "two", b"2").await;
+    let report = late.sync().await.unwrap();
+    assert!(
+        table(&mut late).await.contains_key("two"),
+        "{:#?}",
+        report.findings
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_with_nothing_new_is_one_request_per_relay() {
     let (a, b, c) = (

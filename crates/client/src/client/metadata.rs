@@ -294,13 +294,15 @@ impl Client {
                 })
             })
             .collect();
-        let place = |id: BlobId, bytes: Option<Vec<u8>>, max: usize| Needed {
+        // A relay's own copy comes back only from this device's cache; a
+        // core stored as it is (`plain`) from any relay too.
+        let place = |id: BlobId, bytes: Option<Vec<u8>>, max: usize, plain: bool| Needed {
             on,
             id,
-            source: match (bytes, on) {
-                (Some(bytes), _) if BlobId::of(&bytes) == id => Origin::Local(Bytes::from(bytes)),
-                (_, None) => Origin::Remote(max),
-                (_, Some(_)) => Origin::Nowhere,
+            source: match bytes {
+                Some(bytes) if BlobId::of(&bytes) == id => Origin::Local(Bytes::from(bytes)),
+                _ if plain || on.is_none() => Origin::Remote(max),
+                _ => Origin::Nowhere,
             },
         };
         let relay_name = on.map_or(String::new(), |i| format!("{}: ", relays[i].url()));
@@ -319,7 +321,8 @@ impl Client {
                 .await
             {
                 Ok(fetched) => {
-                    needed.push(place(target, self.cached_op(&target), MAX_OP_BLOB));
+                    let plain = fetched.links.is_none();
+                    needed.push(place(target, self.cached_op(&target), MAX_OP_BLOB, plain));
                     if let Ok(op) = self.open_op(&fetched.core, &keys)
                         && let Ok(Change::Snapshot {
                             state: blob,
@@ -330,16 +333,23 @@ impl Client {
                         let table = fetched.links.as_ref().and_then(|l| l.state);
                         needed.push(match table {
                             // A table copy is not kept by this device.
-                            Some(at) => place(at, None, MAX_SNAPSHOT_BLOB),
-                            None => Needed {
-                                on,
-                                id: blob,
-                                source: Origin::Remote(MAX_SNAPSHOT_BLOB),
-                            },
+                            Some(at) => place(at, None, MAX_SNAPSHOT_BLOB, false),
+                            None => place(blob, None, MAX_SNAPSHOT_BLOB, true),
                         });
-                        covered.extend(covers.into_iter().filter_map(|(device, position)| {
-                            Some((device.parse().ok()?, position.seq))
-                        }));
+                        // A copy's covers count where it links them (and the
+                        // linked copies are kept); a reader walks the rest.
+                        let linked = fetched.links.as_ref().map(|l| &l.covers);
+                        for (device, at) in linked.into_iter().flatten() {
+                            needed.push(place(*at, self.cached_op(at), MAX_OP_BLOB, false));
+                            if let Some(position) = covers.get(&device.to_string()) {
+                                covered.insert(*device, position.seq);
+                            }
+                        }
+                        if linked.is_none() {
+                            covered.extend(covers.into_iter().filter_map(|(device, position)| {
+                                Some((device.parse().ok()?, position.seq))
+                            }));
+                        }
                     }
                 }
                 Err(err) => problems.push(format!("{relay_name}snapshot {target}: {err}")),
@@ -383,7 +393,8 @@ impl Client {
                         break;
                     }
                 };
-                needed.push(place(at, self.cached_op(&at), MAX_OP_BLOB));
+                let plain = fetched.links.is_none();
+                needed.push(place(at, self.cached_op(&at), MAX_OP_BLOB, plain));
                 let op = match self.open_op(&fetched.core, &keys) {
                     Ok(op) => op,
                     Err(err) => {

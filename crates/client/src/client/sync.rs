@@ -363,6 +363,8 @@ impl Listing {
     }
 }
 
+/// Heads fetched at once while learning what relays' heads name.
+const HEADS_IN_FLIGHT: usize = 16;
 /// Claims sent to relays at once by a sync.
 const CLAIMS_IN_FLIGHT: usize = 16;
 /// Most claims one sync sends to one relay: well inside a relay's default
@@ -1119,7 +1121,14 @@ impl Client {
                     } else {
                         &mut legacy
                     };
-                    into.entry(device).or_default().push((index, head));
+                    // One head per relay and device, the highest: a relay
+                    // could list every head it ever stored.
+                    let heads = into.entry(device).or_default();
+                    match heads.iter_mut().find(|(i, _)| *i == index) {
+                        Some(kept) if kept.1.seq < head.seq => kept.1 = head,
+                        Some(_) => {}
+                        None => heads.push((index, head)),
+                    }
                 }
             }
         }
@@ -1410,10 +1419,12 @@ impl Client {
             .iter()
             .map(|(_, index, _, _)| (*index, self.chain_reader(relays, *index).alone()))
             .collect();
-        let fetched = join_all(heads.iter().map(|(_, index, _, at)| {
+        let fetched: Vec<_> = futures_util::stream::iter(heads.iter().map(|(_, index, _, at)| {
             // The copy is kept: the walk that follows starts there.
             self.fetch_core(&readers[index], at, MAX_OP_BLOB, Keep::Copy)
         }))
+        .buffered(HEADS_IN_FLIGHT)
+        .collect()
         .await;
         for ((device, index, seq, at), fetched) in heads.into_iter().zip(fetched) {
             let relay = &relays[index];
@@ -1528,7 +1539,10 @@ impl Client {
     }
 
     /// Where this device's operation at `position` is on each of `relays`:
-    /// the copy that relay's chain ends in, where known, else the core.
+    /// the core itself in the shared layout; in the per-relay one the copy
+    /// that relay's chain ends in, and nothing for a relay whose chain does
+    /// not reach it (the next sync sends it what it lacks: naming the core
+    /// there would name one id on several relays).
     fn own_targets(
         &self,
         state: &SyncState,
@@ -1536,14 +1550,19 @@ impl Client {
         position: Position,
     ) -> BTreeMap<VerifyingKey, BlobId> {
         let me = self.device_key();
+        let copies = self.writes_copies();
         relays
             .iter()
-            .map(|relay| {
-                let at = state
+            .filter_map(|relay| {
+                let at = match state
                     .link(relay.key(), &me)
                     .filter(|l| l.seq == position.seq && l.op == position.op)
-                    .map_or(position.op, |l| l.at);
-                (relay.key().to_owned(), at)
+                {
+                    Some(link) => link.at,
+                    None if copies => return None,
+                    None => position.op,
+                };
+                Some((relay.key().to_owned(), at))
             })
             .collect()
     }
@@ -1636,9 +1655,13 @@ impl Client {
                     fetched.core_id
                 ))));
             }
-            next = op
-                .prev
-                .map(|prev| (fetched.prev_at(prev), expected - 1, Some(prev)));
+            next = op.prev.map(|prev| {
+                (
+                    fetched.prev_at(prev),
+                    expected.saturating_sub(1),
+                    Some(prev),
+                )
+            });
             out.push((
                 Position {
                     seq: expected,
@@ -1675,13 +1698,14 @@ impl Client {
         self.append_linked(state, change, &BTreeMap::new()).await
     }
 
-    /// [`Client::append`], with a snapshot's table stored on each relay at
-    /// `tables` (per-relay layout) for the copies to link to.
+    /// [`Client::append`], with the links each relay's copy of the new
+    /// operation carries besides the previous one (per-relay layout: a
+    /// snapshot's table and covers there).
     async fn append_linked(
         &self,
         state: &mut SyncState,
         change: Change,
-        tables: &BTreeMap<VerifyingKey, BlobId>,
+        extra: &BTreeMap<VerifyingKey, crate::relay_copy::Links>,
     ) -> Result<Vec<String>> {
         self.require_active()?;
         let me = self.device_key();
@@ -1717,12 +1741,7 @@ impl Client {
                     .filter(|link| previous.is_some_and(|p| link.seq <= p.seq))
                     .map(|link| (link.seq, link.at))
                     .or(previous.map(|p| (p.seq, p.op)));
-                let top = crate::relay_copy::Links {
-                    prev: None,
-                    state: tables.get(relay.key()).copied(),
-                    covers: covered_copies(state, relay.key(), &change),
-                };
-                (base, top)
+                (base, extra.get(relay.key()).cloned().unwrap_or_default())
             })
             .collect();
         let sealed = Bytes::from(sealed);
@@ -1823,11 +1842,23 @@ impl Client {
             return Err(Error::Invalid("no relay took the snapshot".into()));
         }
         let covers = state.devices.clone();
-        let links = if copies {
-            tables.clone()
-        } else {
-            BTreeMap::new()
-        };
+        let mut links = BTreeMap::new();
+        if copies {
+            for relay in relays {
+                let Some(table) = tables.get(relay.key()) else {
+                    continue;
+                };
+                let covers = self.cover_links(state, relay, &covers).await;
+                links.insert(
+                    relay.key().to_owned(),
+                    crate::relay_copy::Links {
+                        prev: None,
+                        state: Some(*table),
+                        covers,
+                    },
+                );
+            }
+        }
         self.append_linked(
             state,
             Change::Snapshot {
@@ -1859,30 +1890,78 @@ impl Client {
         .await;
         state.snapshot = state.clock;
         state.since_snapshot = 0;
-        if let Some(old) = state.my_snapshot.replace(blob.to_string())
-            && let Ok(old) = old.parse::<BlobId>()
-        {
+        // The table this device wrote before is let go of where a newer
+        // one replaced it: a table stored as it is on every relay (shared
+        // layout), or each relay's own copy.
+        let old_plain = if copies {
+            state.my_snapshot.take()
+        } else {
+            state.my_snapshot.replace(blob.to_string())
+        };
+        if let Some(old) = old_plain.and_then(|old| old.parse::<BlobId>().ok()) {
             self.delete_own_everywhere(relays, &old).await;
         }
-        let now: BTreeMap<String, String> = if copies {
-            tables
-                .iter()
-                .map(|(relay, at)| (relay.to_string(), at.to_string()))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
-        let before = std::mem::replace(&mut state.my_snapshot_at, now);
         for relay in relays {
-            if let Some(old) = before
-                .get(&relay.key().to_string())
-                .and_then(|old| old.parse::<BlobId>().ok())
-            {
+            let Some(at) = tables.get(relay.key()).filter(|_| copies) else {
+                continue;
+            };
+            let old = state
+                .my_snapshot_at
+                .insert(relay.key().to_string(), at.to_string());
+            if let Some(old) = old.and_then(|old| old.parse::<BlobId>().ok()) {
                 self.delete_own_everywhere(std::slice::from_ref(relay), &old)
                     .await;
             }
         }
         Ok(())
+    }
+
+    /// Where each position `covers` names is on `relay`, for a snapshot's
+    /// copy there to link to (a reader takes a covered position only from a
+    /// link): the end of that relay's chain where it is the position, else
+    /// a copy of the covered operation made for the link (from this
+    /// device's cache, which holds what it merged).
+    async fn cover_links(
+        &self,
+        state: &SyncState,
+        relay: &RelayClient,
+        covers: &BTreeMap<String, Position>,
+    ) -> Vec<(VerifyingKey, BlobId)> {
+        let Ok(owner) = self.owner_key(relay.key()) else {
+            return Vec::new();
+        };
+        let mut links = Vec::new();
+        for (device, position) in covers {
+            let Ok(device) = device.parse::<VerifyingKey>() else {
+                continue;
+            };
+            if let Some(link) = state
+                .link(relay.key(), &device)
+                .filter(|l| l.seq == position.seq && l.op == position.op)
+            {
+                links.push((device, link.at));
+                continue;
+            }
+            let Some(core) = self
+                .cached_op(&position.op)
+                .filter(|core| BlobId::of(core) == position.op)
+            else {
+                continue;
+            };
+            let Ok((at, copy)) =
+                self.seal_copy(relay.key(), &core, &crate::relay_copy::Links::default())
+            else {
+                continue;
+            };
+            if relay
+                .put_bytes(&at, Bytes::from(copy), &owner, 0)
+                .await
+                .is_ok()
+            {
+                links.push((device, at));
+            }
+        }
+        links
     }
 
     /// Drops this device's claims on copies the table no longer lists (a
@@ -2327,25 +2406,4 @@ pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &
     heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
     heads.dedup_by_key(|(_, h)| (h.seq, h.target));
     heads
-}
-
-/// A snapshot's covered positions as `relay`'s chains hold them, where
-/// this device has checked them (a reader takes a covered position only
-/// from a copy that names where it is).
-fn covered_copies(
-    state: &SyncState,
-    relay: &VerifyingKey,
-    change: &Change,
-) -> Vec<(VerifyingKey, BlobId)> {
-    let Change::Snapshot { covers, .. } = change else {
-        return Vec::new();
-    };
-    covers
-        .iter()
-        .filter_map(|(device, position)| {
-            let device: VerifyingKey = device.parse().ok()?;
-            let link = state.link(relay, &device)?;
-            (link.seq == position.seq && link.op == position.op).then_some((device, link.at))
-        })
-        .collect()
 }
