@@ -1,0 +1,499 @@
+//! Multi-device sync over the relays: each device's operation log, its head
+//! in the identity's mailbox, and the merged file table.
+//!
+//! A sync lists the mailbox on every relay (one request each), and stops
+//! there when nothing moved. Otherwise it follows the identity log, applies
+//! a newer snapshot if one lets it skip history, walks each device's new
+//! operations back from its highest head (verifying every one), merges
+//! them, and re-publishes what a relay is missing. Relays that serve an old
+//! head and devices that sign two different operations at one position are
+//! reported, never merged silently.
+//!
+//! - `state`: what the device knows (`HOME/sync.json`) and its cache;
+//! - `identity`: following the identity log, and who may write when;
+//! - `pull`: snapshots, walking each device's chain, the merge;
+//! - `publish`: this device's operations and snapshots, and what a relay
+//!   lacks;
+//! - `upkeep`: claims on the copies the table lists, and letting go.
+
+mod identity;
+mod publish;
+mod pull;
+mod state;
+mod upkeep;
+
+pub(crate) use state::SyncState;
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use cairn_proto::{BlobId, VerifyingKey};
+
+use super::Client;
+use crate::error::{Error, Result};
+use crate::layout::{Layout, Mailbox};
+use crate::relay::{Deleted, Head, RelayClient, Role, unix_now};
+
+/// Operations between two snapshots written by one device.
+const SNAPSHOT_EVERY: u64 = 500;
+/// Largest sealed operation accepted (a 64 KiB body plus sealing).
+pub(super) const MAX_OP_BLOB: usize = 256 << 10;
+/// Largest sealed snapshot accepted.
+pub(super) const MAX_SNAPSHOT_BLOB: usize = 512 << 20;
+/// Most operations fetched for one device in one sync: a relay cannot keep
+/// a client walking forever.
+pub(super) const MAX_WALK: usize = 1 << 20;
+/// Findings kept in the state, newest last.
+const MAX_FINDINGS: usize = 100;
+
+/// How far ahead of this device's clock an operation's clock may be and
+/// still be merged (or a snapshot's be applied). Beyond it the operation
+/// is held: a writer could otherwise stamp `u64::MAX` and win every
+/// last-writer-wins merge for ever (PROTOCOL.md §10.6, "Bounded clocks").
+pub(super) const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+
+/// The highest hybrid-logical clock this device accepts now.
+pub(super) fn clock_limit() -> u64 {
+    millis_now()
+        .saturating_add(MAX_CLOCK_SKEW_MS)
+        .saturating_mul(1 << 16)
+        .saturating_add(0xffff)
+}
+
+fn millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What went wrong with a relay or a device, as a sync reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `stale_head`, `equivocation`, `bad_operation`, `ignored_device`,
+    /// `unreachable`, `future_clock` (an operation held until its clock is
+    /// plausible), `implausible_head` (a device's own head claims a
+    /// position its target does not have: a frozen slot) or
+    /// `forked_identity` (two identity logs that do not extend each other).
+    pub kind: String,
+    /// The relay concerned, if one is.
+    pub relay: Option<String>,
+    /// The device concerned, if one is.
+    pub device: Option<String>,
+    /// What happened.
+    pub detail: String,
+    /// When it was seen (Unix seconds).
+    pub at: u64,
+}
+
+/// One relay in a sync report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelaySync {
+    /// Its URL.
+    pub url: String,
+    /// Whether it answered the listing.
+    pub reachable: bool,
+    /// Heads it holds in the mailbox.
+    pub heads: usize,
+    /// Heads it was behind on and was sent again.
+    pub republished: usize,
+    /// Why it did not answer.
+    pub error: Option<String>,
+}
+
+/// One device in a sync report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceSync {
+    /// Its key.
+    pub device: String,
+    /// Its name in the identity log, when it is enrolled.
+    pub name: Option<String>,
+    /// The newest of its operations merged.
+    pub seq: u64,
+    /// Whether it is this device.
+    pub this_device: bool,
+}
+
+/// A device this sync learned was revoked.
+#[derive(Clone, Debug, Serialize)]
+pub struct RevokedDevice {
+    /// Its key.
+    pub device: String,
+    /// Its name while it was enrolled.
+    pub name: String,
+}
+
+/// What a sync did and found.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncReport {
+    /// Devices whose revocation this sync learned of.
+    pub revoked: Vec<RevokedDevice>,
+    /// The vault generation new data is sealed to, after this sync.
+    pub vault_generation: u32,
+    /// Per relay.
+    pub relays: Vec<RelaySync>,
+    /// Per device.
+    pub devices: Vec<DeviceSync>,
+    /// Operations merged by this sync.
+    pub merged: usize,
+    /// Whether a snapshot was applied.
+    pub snapshot_applied: bool,
+    /// Whether this device wrote a snapshot.
+    pub snapshot_written: bool,
+    /// Copies other devices stored that this device claimed, so that they
+    /// stay until this device deletes them too.
+    pub claimed: usize,
+    /// Copies left to claim at the next sync.
+    pub claims_pending: usize,
+    /// Files in the table.
+    pub files: usize,
+    /// Problems found by this sync.
+    pub findings: Vec<Finding>,
+}
+
+/// Heads a relay listed, and the mailbox they are in.
+pub(super) struct Listing {
+    pub(super) heads: Vec<Head>,
+    pub(super) mailbox: Mailbox,
+}
+
+/// What listing the current mailbox on each relay gave.
+type Answers = Vec<(
+    Mailbox,
+    Result<(Vec<Head>, usize), crate::error::RelayError>,
+)>;
+
+impl Listing {
+    /// The heads that serve `role`.
+    fn with_role(&self, role: Role) -> impl Iterator<Item = &Head> {
+        self.heads.iter().filter(move |h| h.role() == role)
+    }
+}
+
+/// Heads fetched at once while learning what relays' heads name.
+const HEADS_IN_FLIGHT: usize = 16;
+/// Claims sent to relays at once by a sync.
+const CLAIMS_IN_FLIGHT: usize = 16;
+/// Most claims one sync sends to one relay: well inside a relay's default
+/// burst of 600 requests per key.
+const CLAIMS_PER_RELAY_PER_SYNC: usize = 256;
+
+impl Client {
+    /// Brings the identity log and the file table up to date from every
+    /// relay, and sends each relay what it is missing.
+    pub async fn sync(&mut self) -> Result<SyncReport> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        let mut state = self.load_sync()?;
+        let before = state.fingerprint();
+        let report = self.sync_with(&mut state).await;
+        // A sync that changed nothing leaves the state file alone: rewriting
+        // a large table is what a no-change sync would otherwise cost.
+        if state.fingerprint() != before {
+            self.save_sync(&state)?;
+        }
+        report
+    }
+    async fn sync_with(&mut self, state: &mut SyncState) -> Result<SyncReport> {
+        let enrolled_before: Vec<(VerifyingKey, String)> = self
+            .log
+            .state()
+            .devices()
+            .values()
+            .map(|d| (d.key, d.name.as_str().to_owned()))
+            .collect();
+        let relays = self.relay_clients();
+        let first_finding = state.findings.len();
+        let (listings, mut relay_reports) = loop {
+            let answers = self.list_current(&relays).await?;
+            let mut listings = Vec::new();
+            let mut reports = Vec::new();
+            for (relay, (mailbox, answer)) in relays.iter().zip(answers) {
+                match answer {
+                    Ok((heads, bad)) => {
+                        if bad > 0 {
+                            state.note(finding(
+                                "bad_head",
+                                Some(relay.url()),
+                                None,
+                                format!("listed {bad} heads that do not verify"),
+                            ));
+                        }
+                        reports.push(RelaySync {
+                            url: relay.url().to_owned(),
+                            reachable: true,
+                            heads: heads.len(),
+                            republished: 0,
+                            error: None,
+                        });
+                        listings.push(Some(Listing { heads, mailbox }));
+                    }
+                    Err(err) => {
+                        reports.push(RelaySync {
+                            url: relay.url().to_owned(),
+                            reachable: false,
+                            heads: 0,
+                            republished: 0,
+                            error: Some(err.to_string()),
+                        });
+                        listings.push(None);
+                    }
+                }
+            }
+            let before = self.newest_vault()?.generation;
+            self.advance_identity(state, &relays, &mut listings).await?;
+            if self.newest_vault()?.generation == before {
+                break (listings, reports);
+            }
+            // A rotation moved the mailbox: list the new one.
+        };
+        if reports_all_down(&relay_reports) {
+            return Err(Error::Invalid(format!(
+                "no relay answered: {}",
+                relay_reports
+                    .iter()
+                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.url)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+
+        let generation = self.newest_vault()?.generation;
+        let moved = state.generation != generation;
+        let mut snapshot_applied = false;
+        // The newest snapshot that opens, not merely the highest head: a
+        // stolen device can name anything in its own snapshot slot.
+        for (index, head) in snapshot_candidates(&listings) {
+            if head.seq <= state.snapshot {
+                break;
+            }
+            if head.writer.is_some_and(|w| !self.ever_enrolled(&w))
+                || state.refused_targets.contains(&head.target.to_string())
+            {
+                continue;
+            }
+            match self.apply_snapshot(state, &relays, index, head).await {
+                Ok(applied) => {
+                    snapshot_applied = applied;
+                    break;
+                }
+                Err(err) => {
+                    // Not fetched again at every sync (unless it was only
+                    // out of reach).
+                    if !matches!(err, Error::Unavailable { .. }) {
+                        state.refuse_target(head.target);
+                    }
+                    state.note(finding(
+                        "bad_operation",
+                        None,
+                        Some(head.target.to_string()),
+                        format!("snapshot refused: {err}"),
+                    ));
+                }
+            }
+        }
+
+        let (merged, announced) = self
+            .merge_devices(state, &relays, &listings, &mut relay_reports)
+            .await;
+        self.follow_announcements(state, &relays, announced).await?;
+
+        if moved {
+            // Announce this device's log in the new mailbox, then (if this
+            // device rotated) a snapshot there covers everyone's history.
+            self.enter_generation(state, generation);
+            // Acknowledgements were for heads in the old mailbox.
+            state.acked.clear();
+            if let Some(mine) = state.position(&self.device_key()) {
+                let targets = self.own_targets(state, &relays, mine);
+                self.publish_own_head(&relays, mine.seq, &targets).await;
+            }
+        }
+
+        let (claimed, claims_pending) = self.claim_copies(state, &relays).await;
+        self.release_old_claims(state, &relays).await;
+        self.collect_garbage(state, &relays).await;
+        let mut snapshot_written = false;
+        if state.since_snapshot >= SNAPSHOT_EVERY && self.require_active().is_ok() {
+            self.write_snapshot(state, &relays).await?;
+            snapshot_written = true;
+        }
+
+        let me = self.device_key();
+        let devices = state
+            .devices
+            .iter()
+            .map(|(key, position)| {
+                let parsed = key.parse::<VerifyingKey>().ok();
+                DeviceSync {
+                    device: key.clone(),
+                    name: parsed.and_then(|k| {
+                        self.log
+                            .state()
+                            .devices()
+                            .get(&k)
+                            .map(|d| d.name.as_str().to_owned())
+                    }),
+                    seq: position.seq,
+                    this_device: parsed == Some(me),
+                }
+            })
+            .collect();
+        let revoked = enrolled_before
+            .into_iter()
+            .filter(|(key, _)| self.log.state().revoked().contains(key))
+            .map(|(key, name)| RevokedDevice {
+                device: key.to_string(),
+                name,
+            })
+            .collect();
+        Ok(SyncReport {
+            revoked,
+            vault_generation: self.log.state().vault().map_or(0, |v| v.generation),
+            relays: relay_reports,
+            devices,
+            merged,
+            snapshot_applied,
+            snapshot_written,
+            claimed,
+            claims_pending,
+            files: state.table.files().count(),
+            findings: state.findings[first_finding.min(state.findings.len())..].to_vec(),
+        })
+    }
+    /// Lists the current mailbox on every relay (one request each). The
+    /// first time a generation is listed whose layout this device has not
+    /// learned, the per-relay mailboxes are tried first and, when they
+    /// hold no identity head at all, the shared one (a rotation by a
+    /// device of an earlier release).
+    pub(super) async fn list_current(&mut self, relays: &[RelayClient]) -> Result<Answers> {
+        let vault = self.newest_vault()?;
+        let known = self.layouts().of(vault.generation);
+        let answers = self
+            .list_in(relays, &vault, known.unwrap_or(Layout::PerRelay))
+            .await;
+        if known.is_some() {
+            return Ok(answers);
+        }
+        let has_identity = |answers: &Answers| {
+            answers.iter().any(|(_, answer)| {
+                answer
+                    .as_ref()
+                    .is_ok_and(|(heads, _)| heads.iter().any(|h| h.role() == Role::Identity))
+            })
+        };
+        if has_identity(&answers) {
+            self.learn_layout(vault.generation, Layout::PerRelay)?;
+            return Ok(answers);
+        }
+        let shared = self.list_in(relays, &vault, Layout::Shared).await;
+        if has_identity(&shared) {
+            self.learn_layout(vault.generation, Layout::Shared)?;
+            return Ok(shared);
+        }
+        Ok(answers)
+    }
+    /// Lists `vault`'s mailbox in `layout` on every relay.
+    pub(super) async fn list_in(
+        &self,
+        relays: &[RelayClient],
+        vault: &crate::keys::VaultKey,
+        layout: Layout,
+    ) -> Answers {
+        join_all(relays.iter().map(|relay| async move {
+            let mailbox = Mailbox::new(vault, relay.key(), layout);
+            let answer = self.list_mailbox(relay, &mailbox).await;
+            (mailbox, answer)
+        }))
+        .await
+    }
+    /// The newest vault key this device holds (the current one unless it
+    /// was revoked): its mailbox is where this device looks.
+    pub(super) fn newest_vault(&self) -> Result<crate::keys::VaultKey> {
+        self.vault_keys()?
+            .pop()
+            .ok_or_else(|| Error::Invalid("this device holds no vault key".into()))
+    }
+    /// Every vault secret this device holds.
+    pub(super) fn vault_secrets(&self) -> Result<Vec<crate::keys::X25519Secret>> {
+        Ok(self.vault_keys()?.into_iter().map(|k| k.secret).collect())
+    }
+    /// Pulls, then gives the table and the state to `f`, which may append.
+    pub(super) async fn synced(&mut self) -> Result<SyncState> {
+        if self.relays.entries().is_empty() {
+            return Err(Error::NoRelays);
+        }
+        let mut state = self.load_sync()?;
+        let before = state.fingerprint();
+        self.sync_with(&mut state).await?;
+        if state.fingerprint() != before {
+            self.save_sync(&state)?;
+        }
+        self.require_active()?;
+        Ok(state)
+    }
+    /// Drops claims on copies no longer listed after a change, then saves.
+    /// Returns what each delete did.
+    pub(super) async fn finish_change(
+        &self,
+        state: &mut SyncState,
+    ) -> Result<Vec<(BlobId, VerifyingKey, Deleted)>> {
+        let relays = self.relay_clients();
+        let deleted = self.collect_garbage(state, &relays).await;
+        self.save_sync(state)?;
+        Ok(deleted)
+    }
+}
+
+pub(super) fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
+    Error::Relay {
+        url: relay.url().to_owned(),
+        source,
+    }
+}
+
+fn finding(kind: &str, relay: Option<&str>, device: Option<String>, detail: String) -> Finding {
+    Finding {
+        kind: kind.to_owned(),
+        relay: relay.map(str::to_owned),
+        device,
+        detail,
+        at: unix_now(),
+    }
+}
+
+/// An owned head by a key the identity never enrolled: someone holding the
+/// mailbox key (a device, stolen or not) granted it a slot.
+fn unknown_writer(relay: &str, writer: &VerifyingKey) -> Finding {
+    finding(
+        "unknown_writer",
+        Some(relay),
+        Some(writer.to_string()),
+        "a key this identity never enrolled keeps a head in the mailbox: a device holding \
+         the mailbox key (a stolen one?) granted it a slot; its operations and snapshots are \
+         ignored"
+            .into(),
+    )
+}
+
+fn reports_all_down(reports: &[RelaySync]) -> bool {
+    !reports.is_empty() && reports.iter().all(|r| !r.reachable)
+}
+
+/// Every snapshot head any relay lists whose clock is plausible, newest
+/// first (a writer's claim, tried in turn until one opens).
+/// (Each with the index of a relay that listed it.)
+pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &Head)> {
+    let limit = clock_limit();
+    let mut heads: Vec<(usize, &Head)> = listings
+        .iter()
+        .enumerate()
+        .filter_map(|(index, listing)| Some((index, listing.as_ref()?)))
+        .flat_map(|(index, l)| l.with_role(Role::Snapshot).map(move |h| (index, h)))
+        .filter(|(_, h)| h.seq <= limit)
+        .collect();
+    heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+    heads.dedup_by_key(|(_, h)| (h.seq, h.target));
+    heads
+}
