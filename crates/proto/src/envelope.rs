@@ -15,102 +15,14 @@ use std::marker::PhantomData;
 use crate::codec::{Reader, Writer, decode_all};
 use crate::error::{DecodeError, ParseError, VerifyError};
 use crate::keys::{Signature, Signer, VerifyingKey};
+use crate::kind::{FORMAT_VERSION, RecordKind};
 use crate::text::{decode_base64url, encode_base64url};
-
-/// The envelope format version this implementation reads and writes.
-pub const FORMAT_VERSION: u8 = 1;
 
 /// The most payload bytes an envelope may carry (128 KiB).
 pub const MAX_PAYLOAD_LEN: usize = 128 * 1024;
 
 /// The most bytes an encoded envelope may have.
 pub const MAX_ENVELOPE_LEN: usize = 1 + 1 + 32 + 4 + MAX_PAYLOAD_LEN + 64;
-
-/// What a signed record is. The kind selects the payload's schema and is
-/// bound into the signature through its domain-separation string.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum RecordKind {
-    /// [`crate::DeviceCertificate`].
-    DeviceCertificate,
-    /// [`crate::Revocation`].
-    Revocation,
-    /// [`crate::IdentityLogEntry`].
-    IdentityLogEntry,
-    /// [`crate::HeadRecord`].
-    Head,
-    /// [`crate::RelayInfo`].
-    RelayInfo,
-    /// [`crate::AuthToken`].
-    AuthToken,
-    /// [`crate::TransferReceipt`].
-    TransferReceipt,
-    /// [`crate::Operation`].
-    Operation,
-    /// [`crate::OwnedHead`].
-    OwnedHead,
-}
-
-impl RecordKind {
-    /// Every kind, in code order.
-    pub const ALL: [RecordKind; 9] = [
-        Self::DeviceCertificate,
-        Self::Revocation,
-        Self::IdentityLogEntry,
-        Self::Head,
-        Self::RelayInfo,
-        Self::AuthToken,
-        Self::TransferReceipt,
-        Self::Operation,
-        Self::OwnedHead,
-    ];
-
-    /// The kind's one-byte code in the envelope.
-    pub const fn code(self) -> u8 {
-        match self {
-            Self::DeviceCertificate => 1,
-            Self::Revocation => 2,
-            Self::IdentityLogEntry => 3,
-            Self::Head => 4,
-            Self::RelayInfo => 5,
-            Self::AuthToken => 6,
-            Self::TransferReceipt => 7,
-            Self::Operation => 8,
-            Self::OwnedHead => 9,
-        }
-    }
-
-    /// The kind's name in its domain-separation string.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::DeviceCertificate => "device-certificate",
-            Self::Revocation => "revocation",
-            Self::IdentityLogEntry => "identity-log-entry",
-            Self::Head => "head",
-            Self::RelayInfo => "relay-info",
-            Self::AuthToken => "auth-token",
-            Self::TransferReceipt => "transfer-receipt",
-            Self::Operation => "operation",
-            Self::OwnedHead => "owned-head",
-        }
-    }
-
-    /// The kind with code `code`, if this version defines one.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.code() == code)
-    }
-
-    /// `cairn/v1/<name>`: what a signature of this kind is bound to.
-    pub fn domain(self) -> String {
-        format!("cairn/v{FORMAT_VERSION}/{}", self.name())
-    }
-}
-
-impl fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 pub(crate) mod sealed {
     pub trait Sealed {}
@@ -174,7 +86,7 @@ macro_rules! impl_record {
     ($ty:ty, $kind:expr, { $($extra:tt)* }) => {
         impl $crate::envelope::sealed::Sealed for $ty {}
         impl $crate::envelope::Record for $ty {
-            const KIND: $crate::envelope::RecordKind = $kind;
+            const KIND: $crate::RecordKind = $kind;
 
             fn to_payload(&self) -> Vec<u8> {
                 let mut w = $crate::codec::Writer::new();

@@ -2,7 +2,7 @@
 //! signatures. Every one of them describes bad *input*; nothing in this crate
 //! fails for any other reason.
 
-use crate::envelope::RecordKind;
+use crate::kind::RecordKind;
 
 /// Bytes that are not the canonical encoding of the expected value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

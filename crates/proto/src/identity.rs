@@ -19,10 +19,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::blob_id::BlobId;
-use crate::envelope::{RecordKind, SignedRecord};
+use crate::envelope::SignedRecord;
 use crate::error::{DecodeError, VerifyError};
 use crate::fields::{DeviceName, Timestamp};
 use crate::keys::{VerifyingKey, X25519PublicKey};
+use crate::kind::RecordKind;
 use crate::records::{
     DeviceCertificate, IdentityLogEntry, LogAction, MAX_ACTIVE_DEVICES, RelayRef, Revocation,
 };

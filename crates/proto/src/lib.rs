@@ -57,14 +57,13 @@ mod error;
 mod fields;
 mod identity;
 mod keys;
+mod kind;
 pub mod reconcile;
 mod records;
 mod text;
 
 pub use blob_id::BlobId;
-pub use envelope::{
-    FORMAT_VERSION, MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, RecordKind, SignedRecord, Verified,
-};
+pub use envelope::{MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, SignedRecord, Verified};
 pub use error::{DecodeError, ParseError, VerifyError};
 pub use fields::{DeviceName, RelayUrl, RequestPath, Slot, SoftwareVersion, Timestamp};
 pub use identity::{
@@ -74,6 +73,7 @@ pub use keys::{
     BlindedSigningKey, BlindingFactor, SIGNING_KEY_PREFIX, Signature, Signer, SigningKey,
     VERIFYING_KEY_PREFIX, VerifyingKey, X25519_PREFIX, X25519PublicKey,
 };
+pub use kind::{FORMAT_VERSION, RecordKind};
 pub use records::{
     AuthToken, DeviceCertificate, DeviceWrappedKey, FairShareLimits, HeadRecord, IdentityLogEntry,
     LogAction, MAX_ACTIVE_DEVICES, MAX_OPERATION_BODY, MAX_PEERS, MAX_PREFERRED_RELAYS, Method,

@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::config::{RelayConfig, StorageConfig};
-use crate::store::export::BlobRecord;
+use crate::store::model::BlobRecord;
 use crate::store::{InsertOutcome, Limits, Staged, Store, StoreError};
 
 /// Records read from the source at a time.

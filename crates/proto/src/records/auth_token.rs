@@ -2,10 +2,11 @@ use std::fmt;
 
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{Record as _, RecordKind, impl_record};
+use crate::envelope::{Record as _, impl_record};
 use crate::error::DecodeError;
 use crate::fields::{RequestPath, Timestamp};
 use crate::keys::VerifyingKey;
+use crate::kind::RecordKind;
 
 /// The HTTP method a token authorizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

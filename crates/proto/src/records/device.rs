@@ -1,8 +1,9 @@
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::DecodeError;
 use crate::fields::{DeviceName, Timestamp};
 use crate::keys::{VerifyingKey, X25519PublicKey};
+use crate::kind::RecordKind;
 
 /// A root key's statement that a device belongs to the identity: its signing
 /// key, the X25519 key that vault keys are wrapped to, its name and when it

@@ -1,9 +1,10 @@
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::DecodeError;
 use crate::fields::{Slot, Timestamp};
 use crate::keys::VerifyingKey;
+use crate::kind::RecordKind;
 
 /// The newest state of one writer, kept by relays in a mailbox.
 ///

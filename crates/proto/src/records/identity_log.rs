@@ -1,9 +1,10 @@
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{MAX_PAYLOAD_LEN, RecordKind, SignedRecord, impl_record};
+use crate::envelope::{MAX_PAYLOAD_LEN, SignedRecord, impl_record};
 use crate::error::DecodeError;
 use crate::fields::RelayUrl;
 use crate::keys::{VerifyingKey, X25519PublicKey};
+use crate::kind::RecordKind;
 
 /// The most devices an identity may have enrolled at once. Bounds the size of
 /// a vault-key rotation, which wraps the new key to every one of them.

@@ -1,8 +1,9 @@
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::DecodeError;
 use crate::keys::VerifyingKey;
+use crate::kind::RecordKind;
 
 /// Largest operation body in bytes.
 pub const MAX_OPERATION_BODY: usize = 64 * 1024;

@@ -1,9 +1,10 @@
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::{DecodeError, VerifyError};
 use crate::fields::{Slot, Timestamp};
 use crate::keys::{Signature, SigningKey, VerifyingKey};
+use crate::kind::RecordKind;
 use crate::text::encode_base64url;
 
 /// Domain of a mailbox key's grant to a writer (docs/PROTOCOL.md §4.9).

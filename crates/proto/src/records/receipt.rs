@@ -1,9 +1,10 @@
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::DecodeError;
 use crate::fields::Timestamp;
 use crate::keys::VerifyingKey;
+use crate::kind::RecordKind;
 
 /// A relay's signed statement that it took over a blob from another relay:
 /// it holds the whole blob, verified, and answers for it from now on. Only

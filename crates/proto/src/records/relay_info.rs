@@ -1,8 +1,9 @@
 use crate::codec::{Reader, Writer};
-use crate::envelope::{RecordKind, impl_record};
+use crate::envelope::impl_record;
 use crate::error::DecodeError;
 use crate::fields::{SoftwareVersion, Timestamp};
 use crate::keys::VerifyingKey;
+use crate::kind::RecordKind;
 
 use super::identity_log::RelayRef;
 

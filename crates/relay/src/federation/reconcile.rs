@@ -16,7 +16,7 @@ use cairn_proto::reconcile::Reconciler;
 use super::replicate::{Candidates, push};
 use super::{FederationError, Peer};
 use crate::http::AppState;
-use crate::store::index::CLIENT_SOURCE;
+use crate::store::model::CLIENT_SOURCE;
 
 /// Rounds after which a reconciliation is abandoned: far more than the
 /// logarithmic number a well-behaved peer needs.

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 
 use super::{FederationError, Peer};
 use crate::http::AppState;
-use crate::store::index::Forward;
+use crate::store::model::Forward;
 
 /// Blobs looked at per batch.
 const BATCH: usize = 64;

@@ -4,38 +4,9 @@
 
 use cairn_proto::BlobId;
 
-use super::index::{BlobMeta, Forward, HeadKey};
+use super::model::{BlobRecord, ForwardRow, HeadKey, HeadRow};
 use super::writer::WriteOp;
 use super::{Backend, InsertOutcome, Staged, Store, StoreError};
-
-/// One blob as the index knows it.
-#[derive(Clone, Debug)]
-pub(crate) struct BlobRecord {
-    pub(crate) id: BlobId,
-    pub(crate) meta: BlobMeta,
-    /// [`super::index::CLIENT_SOURCE`] and the keys of peers that handed
-    /// it over.
-    pub(crate) sources: Vec<[u8; 32]>,
-    /// Its owners besides `meta.owner`.
-    pub(crate) co_owners: Vec<cairn_proto::VerifyingKey>,
-}
-
-/// One mailbox head.
-#[derive(Clone, Debug)]
-pub(crate) struct HeadRow {
-    pub(crate) key: HeadKey,
-    pub(crate) seq: u64,
-    pub(crate) last_access: u64,
-    pub(crate) envelope: Vec<u8>,
-}
-
-/// One forwarding record.
-#[derive(Clone, Debug)]
-pub(crate) struct ForwardRow {
-    pub(crate) id: BlobId,
-    pub(crate) forward: Forward,
-    pub(crate) last_access: u64,
-}
 
 impl Store {
     /// Up to `max` blobs with ids above `after`, in id order.

@@ -9,9 +9,10 @@ use redb::ReadableTable as _;
 
 use super::files::{BlobFiles, fsync_dir, hash_file};
 use super::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, INLINE, OWNERS,
-    PENDING_UNLINK, SOURCES, STAT_BLOBS, STAT_BYTES, STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, INLINE, OWNERS, PENDING_UNLINK, SOURCES, STAT_BLOBS,
+    STAT_BYTES, STATS,
 };
+use super::model::{BlobMeta, CLIENT_SOURCE};
 use super::{StoreError, open_db};
 
 /// What fsck found (and, with repair, fixed).

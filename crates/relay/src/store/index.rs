@@ -9,7 +9,7 @@ use redb::{
 };
 
 use super::StoreError;
-use super::export::{BlobRecord, ForwardRow, HeadRow};
+use super::model::{BlobMeta, BlobRecord, Forward, ForwardRow, HeadKey, HeadRow};
 
 /// Blob id → [`BlobMeta`] in its 56-byte encoding.
 pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinition::new("blobs_v1");
@@ -53,7 +53,7 @@ pub(crate) const HEADS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32], &str), ()>
     TableDefinition::new("heads_by_access_v1");
 
 /// (source, blob id) → (): why the relay holds each blob. The source is
-/// [`CLIENT_SOURCE`] for a blob a client uploaded (the relay's own, which it
+/// [`super::model::CLIENT_SOURCE`] for a blob a client uploaded (the relay's own, which it
 /// replicates) or the key of the peer relay that pushed or transferred it.
 /// Rows sort by source, so each source's ids are one contiguous, sorted
 /// range: exactly the set that reconciliation with that peer compares.
@@ -80,75 +80,9 @@ pub(crate) const FORWARDS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
 pub(crate) const SPENT_TOKENS: TableDefinition<'_, (u64, [u8; 16]), ()> =
     TableDefinition::new("spent_tokens_v1");
 
-/// The source of blobs uploaded by clients: all zeros, which is never a
-/// valid (peer) key.
-pub(crate) const CLIENT_SOURCE: [u8; 32] = [0; 32];
-
-/// Where responsibility for a blob went.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Forward {
-    pub(crate) peer: VerifyingKey,
-    pub(crate) url: String,
-}
-
 pub(crate) const STAT_BYTES: &str = "bytes";
 pub(crate) const STAT_BLOBS: &str = "blobs";
 pub(crate) const STAT_HEADS: &str = "heads";
-
-/// Where a head lives: its mailbox and slot.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct HeadKey {
-    pub(crate) mailbox: VerifyingKey,
-    pub(crate) slot: Slot,
-}
-
-impl HeadKey {
-    /// The mailbox key's bytes, the first part of the table key.
-    pub(crate) fn mailbox_bytes(&self) -> [u8; 32] {
-        self.mailbox.to_bytes()
-    }
-}
-
-/// What the index knows about a blob.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct BlobMeta {
-    pub(crate) size: u64,
-    pub(crate) created: u64,
-    pub(crate) last_access: u64,
-    /// The key that uploaded it first, or `None` for blobs recovered by
-    /// `fsck --repair`, whose owner the files do not record.
-    pub(crate) owner: Option<VerifyingKey>,
-}
-
-impl BlobMeta {
-    pub(crate) fn encode(&self) -> [u8; 56] {
-        let mut out = [0u8; 56];
-        out[0..8].copy_from_slice(&self.size.to_be_bytes());
-        out[8..16].copy_from_slice(&self.created.to_be_bytes());
-        out[16..24].copy_from_slice(&self.last_access.to_be_bytes());
-        if let Some(owner) = &self.owner {
-            out[24..56].copy_from_slice(&owner.to_bytes());
-        }
-        out
-    }
-
-    pub(crate) fn decode(bytes: &[u8; 56]) -> Self {
-        let u64_at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i..i + 8]);
-            u64::from_be_bytes(b)
-        };
-        let mut owner = [0u8; 32];
-        owner.copy_from_slice(&bytes[24..56]);
-        Self {
-            size: u64_at(0),
-            created: u64_at(8),
-            last_access: u64_at(16),
-            // All-zero is not a valid key (small order), so it marks "none".
-            owner: VerifyingKey::from_bytes(&owner).ok(),
-        }
-    }
-}
 
 /// Where an indexed blob's bytes live.
 #[derive(Debug)]
@@ -210,7 +144,7 @@ impl IndexReader {
         Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?, get(STAT_HEADS)?))
     }
 
-    /// The ids held from `source`, sorted ([`CLIENT_SOURCE`] for the
+    /// The ids held from `source`, sorted ([`super::model::CLIENT_SOURCE`] for the
     /// relay's own).
     pub(crate) fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
@@ -226,7 +160,7 @@ impl IndexReader {
         Ok(out)
     }
 
-    /// The sources of `id`: [`CLIENT_SOURCE`] and the keys of peers that
+    /// The sources of `id`: [`super::model::CLIENT_SOURCE`] and the keys of peers that
     /// handed it over.
     pub(crate) fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;

@@ -70,6 +70,7 @@ pub(crate) mod export;
 pub(crate) mod files;
 pub(crate) mod fsck;
 pub(crate) mod index;
+pub(crate) mod model;
 pub(crate) mod objects;
 pub(crate) mod postgres;
 pub(crate) mod scaleout;
@@ -89,10 +90,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::files::BlobFiles;
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, Forward, HEADS,
-    HEADS_BY_ACCESS, HeadKey, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES,
-    SPENT_TOKENS, STATS,
+    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, HEADS,
+    HEADS_BY_ACCESS, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS,
+    STATS,
 };
+use self::model::{Forward, HeadKey};
 use self::scaleout::ScaleOut;
 use crate::config::StorageConfig;
 
@@ -184,7 +186,7 @@ impl Source {
     /// The first part of the blob's row in the sources table.
     pub(crate) fn row_key(self) -> [u8; 32] {
         match self {
-            Self::Client(_) => index::CLIENT_SOURCE,
+            Self::Client(_) => model::CLIENT_SOURCE,
             Self::Peer(key) => key.to_bytes(),
         }
     }
@@ -997,7 +999,7 @@ impl Store {
         }
     }
 
-    /// The ids held from `source`, sorted ([`index::CLIENT_SOURCE`] for the
+    /// The ids held from `source`, sorted ([`model::CLIENT_SOURCE`] for the
     /// relay's own).
     pub(crate) async fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
         match &self.backend {

@@ -33,8 +33,7 @@ use tokio_postgres::types::ToSql;
 /// planning (half the round trips of an unprepared statement).
 pub(crate) type Txn<'a> = deadpool_postgres::Transaction<'a>;
 
-use super::export::{BlobRecord, ForwardRow, HeadRow};
-use super::index::{BlobMeta, CLIENT_SOURCE, Forward, HeadKey};
+use super::model::{BlobMeta, BlobRecord, CLIENT_SOURCE, Forward, ForwardRow, HeadKey, HeadRow};
 use super::{ClaimOutcome, HeadOutcome, MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, NewHead, StoreError};
 use crate::config::{PostgresConfig, redact_password};
 

@@ -34,8 +34,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use cairn_proto::BlobId;
 
-use super::export::BlobRecord;
-use super::index::Forward;
+use super::model::{BlobRecord, Forward};
 use super::objects::Objects;
 use super::postgres::{BlobRow, Index, db_err, exec, int};
 use super::{

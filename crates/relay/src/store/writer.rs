@@ -21,14 +21,13 @@ use redb::ReadableTable as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cache::BlobCache;
-use super::export::{BlobRecord, ForwardRow, HeadRow};
 use super::files::BlobFiles;
 use super::index::{
-    self, BLOB_SOURCES, BLOBS, BY_ACCESS, BlobMeta, CLIENT_SOURCE, CO_OWNERS, FORWARDS,
-    FORWARDS_BY_ACCESS, Forward, ForwardValue, HEADS, HEADS_BY_ACCESS, HeadKey, HeadsKey,
-    HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STAT_BLOBS, STAT_BYTES,
-    STAT_HEADS, STATS, mailbox_range,
+    self, BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, ForwardValue,
+    HEADS, HEADS_BY_ACCESS, HeadsKey, HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES,
+    SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
 };
+use super::model::{BlobMeta, BlobRecord, CLIENT_SOURCE, Forward, ForwardRow, HeadKey, HeadRow};
 use super::{
     ClaimOutcome, DeleteOutcome, HeadOutcome, INLINE_MAX, InsertOutcome, MAX_OWNERS,
     MAX_SLOTS_PER_MAILBOX, NewHead, Source, SpentToken, Staged, StoreError, StoreStats,
