@@ -31,6 +31,7 @@ mod keyfile;
 mod limits;
 mod metrics;
 mod migrate;
+mod node;
 mod server;
 mod store;
 mod tls;

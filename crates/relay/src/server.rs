@@ -25,6 +25,7 @@ use crate::http::{AppState, NonceCache, Shared, router};
 use crate::keyfile::{KeyFileError, load_or_create};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::store::{Store, StoreError};
 
 /// Most blobs one GC transaction deletes; a pass runs as many as it needs.
@@ -160,20 +161,24 @@ pub async fn start_with_clock(
         Ledger::load(&config.data_dir),
     )
     .map_err(|e| StartError::PeerClient(e.to_string()))?;
-    let app = AppState(Arc::new(Shared {
+    let upload_slots = Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1)));
+    let node = Arc::new(Node {
         store,
         federation,
         key: key.clone(),
-        upload_slots: Arc::new(Semaphore::new(config.max_concurrent_uploads.max(1))),
-        proof_slots: Semaphore::new(MAX_CONCURRENT_PROOFS),
         config,
         clock,
         metrics: Metrics::default(),
+        started: Instant::now(),
+    });
+    let app = AppState(Arc::new(Shared {
+        node: node.clone(),
+        upload_slots,
+        proof_slots: Semaphore::new(MAX_CONCURRENT_PROOFS),
         nonces: NonceCache::default(),
         key_limiter,
         addr_limiter,
         uploads_in_flight: AtomicU64::new(0),
-        started: Instant::now(),
         draining: AtomicBool::new(false),
     }));
     let cancel = CancellationToken::new();
@@ -186,9 +191,9 @@ pub async fn start_with_clock(
         tasks.clone(),
     ));
     tasks.spawn(background(app.clone(), cancel.clone()));
-    tasks.spawn(crate::federation::background(app.clone(), cancel.clone()));
+    tasks.spawn(crate::federation::background(node.clone(), cancel.clone()));
     tasks.spawn(crate::federation::run_replication(
-        app.clone(),
+        node,
         replication_queue,
         cancel.clone(),
     ));

@@ -9,7 +9,7 @@ use cairn_proto::{
 };
 use reqwest::StatusCode;
 
-use super::FederationError;
+use super::error::FederationError;
 use super::peers::{PeerInfo, verify_info};
 use crate::store::BlobBody;
 

@@ -15,7 +15,7 @@ use cairn_proto::reconcile::Reconciler;
 
 use super::replicate::{Candidates, push};
 use super::{FederationError, Peer};
-use crate::http::AppState;
+use crate::node::Node;
 use crate::store::model::CLIENT_SOURCE;
 
 /// Rounds after which a reconciliation is abandoned: far more than the
@@ -48,7 +48,7 @@ pub struct ReconcileCounts {
 }
 
 /// Reconciles with every configured peer, one after another.
-pub(crate) async fn reconcile_all(app: &AppState) -> Vec<ReconcileReport> {
+pub(crate) async fn reconcile_all(app: &Node) -> Vec<ReconcileReport> {
     let candidates = Candidates::now(app);
     let mine = match app.store.ids_from(CLIENT_SOURCE).await {
         Ok(ids) => ids,
@@ -79,7 +79,7 @@ pub(crate) async fn reconcile_all(app: &AppState) -> Vec<ReconcileReport> {
 
 /// Runs rounds with `peer` over `set` (sorted), then pushes what it lacks.
 async fn reconcile_with(
-    app: &AppState,
+    app: &Node,
     peer: &Peer,
     set: &[BlobId],
 ) -> Result<ReconcileCounts, FederationError> {

@@ -10,14 +10,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_proto::{BlobId, TransferReceipt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::state::NewBlob;
 use super::{FederationError, Peer};
-use crate::http::AppState;
+use crate::node::Node;
 
 /// Delays before the second, third and fourth attempt at a push.
 const BACKOFF: [Duration; 3] = [
@@ -28,16 +29,9 @@ const BACKOFF: [Duration; 3] = [
 /// Blobs replicated at once.
 const CONCURRENT_PUSHES: usize = 4;
 
-/// A blob a client just stored here.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct NewBlob {
-    pub(crate) id: BlobId,
-    pub(crate) accepted: Instant,
-}
-
 /// The configured peers that should hold a replica of `id`, at most
 /// `replicas` of them.
-pub(crate) fn designated(app: &AppState, id: &BlobId) -> Vec<Peer> {
+pub(crate) fn designated(app: &Node, id: &BlobId) -> Vec<Peer> {
     let candidates = Candidates::now(app);
     candidates
         .for_blob(id)
@@ -53,7 +47,7 @@ pub(crate) struct Candidates {
 }
 
 impl Candidates {
-    pub(crate) fn now(app: &AppState) -> Self {
+    pub(crate) fn now(app: &Node) -> Self {
         let peers = app
             .federation
             .peers
@@ -105,7 +99,7 @@ fn rendezvous_score(id: &BlobId, peer: &cairn_proto::VerifyingKey, weight: f64) 
 /// Pushes blob `id` to `peer` once, updating the ledger; the receipt is
 /// checked. `Ok(None)` if this relay no longer holds the blob.
 pub(crate) async fn push(
-    app: &AppState,
+    app: &Node,
     peer: &Peer,
     id: BlobId,
 ) -> Result<Option<TransferReceipt>, FederationError> {
@@ -128,7 +122,7 @@ pub(crate) async fn push(
 /// Pushes with retries and backoff; gives up (leaving it to
 /// reconciliation) after the last attempt.
 async fn push_with_retries(
-    app: &AppState,
+    app: &Node,
     peer: &Peer,
     id: BlobId,
     cancel: &CancellationToken,
@@ -169,7 +163,7 @@ async fn push_with_retries(
 
 /// Replicates queued blobs until `cancel`.
 pub(crate) async fn run_replication(
-    app: AppState,
+    app: Arc<Node>,
     mut rx: mpsc::Receiver<NewBlob>,
     cancel: CancellationToken,
 ) {

@@ -18,7 +18,7 @@ use cairn_proto::BlobId;
 use futures_util::StreamExt as _;
 
 use super::{FederationError, Peer};
-use crate::http::AppState;
+use crate::node::Node;
 use crate::store::model::Forward;
 
 /// Blobs looked at per batch.
@@ -43,7 +43,7 @@ pub struct TransferReport {
 
 /// Moves blobs to peers while usage is above the high-water mark, down to
 /// the low-water mark. Does nothing below the high-water mark.
-pub(crate) async fn relieve(app: &AppState) -> TransferReport {
+pub(crate) async fn relieve(app: &Node) -> TransferReport {
     let _one_at_a_time = app.federation.relieving.lock().await;
     let mut report = TransferReport::default();
     let capacity = app.store.capacity();
@@ -109,7 +109,7 @@ enum Outcome {
 }
 
 /// Offers one blob to the peers with room, best first, until one takes it.
-async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
+async fn move_one(app: &Node, id: BlobId, size: u64, low: u64) -> Outcome {
     if used(app) <= low {
         return Outcome::NotMoved { failed: 0 };
     }
@@ -154,18 +154,13 @@ async fn move_one(app: &AppState, id: BlobId, size: u64, low: u64) -> Outcome {
     Outcome::NotMoved { failed }
 }
 
-fn used(app: &AppState) -> u64 {
+fn used(app: &Node) -> u64 {
     app.store.usage().0
 }
 
 /// Transfers one blob to `peer`. `Ok(false)` if the blob went away
 /// meanwhile.
-async fn transfer(
-    app: &AppState,
-    peer: &Peer,
-    id: BlobId,
-    size: u64,
-) -> Result<bool, FederationError> {
+async fn transfer(app: &Node, peer: &Peer, id: BlobId, size: u64) -> Result<bool, FederationError> {
     let metrics = &app.federation.metrics;
     if super::replicate::push(app, peer, id).await?.is_none() {
         return Ok(false);
@@ -200,7 +195,7 @@ async fn transfer(
 
 /// Reads random slices of `id` from `peer` and compares them with the
 /// local copy.
-async fn check(app: &AppState, peer: &Peer, id: BlobId, size: u64) -> Result<(), FederationError> {
+async fn check(app: &Node, peer: &Peer, id: BlobId, size: u64) -> Result<(), FederationError> {
     let slice = SLICE_LEN.min(size.max(1));
     for _ in 0..CHECK_SLICES {
         let mut random = [0u8; 8];
@@ -227,7 +222,7 @@ async fn check(app: &AppState, peer: &Peer, id: BlobId, size: u64) -> Result<(),
 
 /// Reads `len` bytes of the local blob `id` from `start`.
 async fn read_local(
-    app: &AppState,
+    app: &Node,
     id: &BlobId,
     start: u64,
     len: u64,
@@ -259,7 +254,7 @@ const AUDIT_FULL_READ: u64 = 64 << 20;
 /// Asks peers for up to `max` blobs they took over from this relay (a
 /// random sample of forwarding records) and checks each by hash. A peer
 /// that lost or altered one loses standing: receipts bind.
-pub(crate) async fn audit_transfers(app: &AppState, max: usize) -> AuditReport {
+pub(crate) async fn audit_transfers(app: &Node, max: usize) -> AuditReport {
     let mut report = AuditReport::default();
     let mut start = [0u8; 32];
     if getrandom::fill(&mut start).is_err() {

@@ -23,30 +23,23 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{MethodRouter, get, post};
-use cairn_proto::{SigningKey, VerifyingKey};
+use cairn_proto::VerifyingKey;
 use tokio::sync::Semaphore;
 
 pub(crate) use self::auth::NonceCache;
 use self::error::ApiError;
-use crate::clock::Clock;
-use crate::config::RelayConfig;
-use crate::federation::Federation;
 use crate::limits::{RateLimiter, address_range};
-use crate::metrics::{Gauges, Metrics};
-use crate::store::Store;
+use crate::metrics::Gauges;
+use crate::node::Node;
 
 /// Everything handlers share. Cloning is cheap (one `Arc`).
 #[derive(Clone, Debug)]
 pub(crate) struct AppState(pub(crate) Arc<Shared>);
 
+/// What only the HTTP edge needs, beside the [`Node`] it serves.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) key: SigningKey,
-    pub(crate) config: RelayConfig,
-    pub(crate) clock: Clock,
-    pub(crate) metrics: Metrics,
-    pub(crate) federation: Federation,
+    pub(crate) node: Arc<Node>,
     pub(crate) nonces: NonceCache,
     pub(crate) key_limiter: RateLimiter<VerifyingKey>,
     pub(crate) addr_limiter: RateLimiter<IpAddr>,
@@ -54,8 +47,16 @@ pub(crate) struct Shared {
     /// Audit proofs being computed (each hashes a whole blob).
     pub(crate) proof_slots: Semaphore,
     pub(crate) uploads_in_flight: AtomicU64,
-    pub(crate) started: Instant,
     pub(crate) draining: AtomicBool,
+}
+
+/// Handlers read the node's state (`app.store`, `app.config`) as their own.
+impl std::ops::Deref for Shared {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -67,10 +68,6 @@ impl std::ops::Deref for AppState {
 }
 
 impl Shared {
-    pub(crate) fn now(&self) -> u64 {
-        self.clock.now().0
-    }
-
     /// Proof-of-work bits upload tokens need right now: raised while the
     /// relay is under pressure, and disclosed in the info document.
     pub(crate) fn pow_bits(&self) -> u8 {
@@ -84,30 +81,6 @@ impl Shared {
         } else {
             base
         }
-    }
-
-    /// Peers whose latest info documents show room, as the JSON list
-    /// `relay_full` bodies carry: where a refused client can go instead.
-    pub(crate) fn peers_json(&self) -> serde_json::Value {
-        self.federation
-            .peers_with_room(1)
-            .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "url": p.relay.url.as_str(),
-                    "key": p.relay.key.to_string(),
-                    "capacity_free": p.free(crate::federation::INFO_MAX_AGE_SECS),
-                })
-            })
-            .collect()
-    }
-
-    /// Whether usage is above the high-water mark, where blobs start moving
-    /// to peers.
-    pub(crate) fn above_high_water(&self) -> bool {
-        let high =
-            self.store.capacity() / 1000 * u64::from(self.config.federation.high_water_permille);
-        self.store.usage().0 > high
     }
 
     pub(crate) fn gauges(&self) -> Gauges {
