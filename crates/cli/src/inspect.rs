@@ -36,10 +36,7 @@ pub(crate) fn inspect(source: &str, json: bool) -> anyhow::Result<ExitCode> {
             record.payload().len()
         )
     };
-    #[allow(clippy::print_stdout, reason = "this is the command's output")]
-    {
-        println!("{out}");
-    }
+    crate::output::out_line(&out);
     Ok(if outcome.is_ok() {
         ExitCode::SUCCESS
     } else {

@@ -6,19 +6,33 @@
     reason = "this module is the output"
 )]
 
+use std::io::Write as _;
+
 use serde::Serialize;
+
+/// Writes `text` and a newline to standard output. A reader that went away
+/// (`cairn ls --json | head -1`) ends the program quietly, as a closed pipe
+/// should, where `println!` would panic; any other failure to write says
+/// so and exits with 2 (not done).
+pub(crate) fn out_line(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("cairn: cannot write the output: {err}");
+        std::process::exit(2);
+    }
+}
 
 /// Prints `value` as JSON, or `text()` for people.
 pub(crate) fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into())
-        );
+        out_line(&serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".into()));
     } else {
         let text = text();
         if !text.is_empty() {
-            println!("{text}");
+            out_line(&text);
         }
     }
 }
@@ -27,12 +41,9 @@ pub(crate) fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> S
 /// command shows before it goes on (scripts read it line by line).
 pub(crate) fn emit_line<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(value).unwrap_or_else(|_| "null".into())
-        );
+        out_line(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
     } else {
-        println!("{}", text());
+        out_line(&text());
     }
 }
 
@@ -47,7 +58,7 @@ pub(crate) fn note(json: bool, text: &str) {
 /// `cairn: …` on standard error otherwise.
 pub(crate) fn report_error(err: &anyhow::Error, json: bool) {
     if json {
-        println!("{}", serde_json::json!({ "error": format!("{err:#}") }));
+        out_line(&serde_json::json!({ "error": format!("{err:#}") }).to_string());
     } else {
         eprintln!("cairn: {err:#}");
     }

@@ -290,6 +290,25 @@ impl Device {
         }
     }
 
+    /// Runs `cairn --home HOME ARGS...` with standard output a pipe whose
+    /// reading end is closed already: `cairn ls | head -1` once `head` is
+    /// gone.
+    pub(crate) async fn run_into_closed_pipe(&self, args: &[&str]) -> Run {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = self.command(args);
+        command.stdout(writer);
+        let out = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Starts `cairn --home HOME ARGS...` without waiting for it.
     pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(args)

@@ -319,3 +319,18 @@ async fn plain_http_off_this_machine_is_refused_without_insecure() {
     let help = device.run(&["--help"]).await;
     assert!(help.ok().contains("--insecure"), "{help:?}");
 }
+
+/// Output into a closed pipe (`cairn ls --json | head -1`, once `head` has
+/// gone) ends the command quietly with 0, as other Unix tools do, instead
+/// of a panic. Fails with `println!` (exit 101, "failed printing to
+/// stdout").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    for args in [&["ls", "--json"][..], &["relay", "list", "--json"]] {
+        let run = laptop.run_into_closed_pipe(args).await;
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
+    }
+}

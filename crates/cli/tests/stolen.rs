@@ -9,6 +9,7 @@
 //! the heads it cannot. The revocation must still reach the desktop.
 
 use cairn_client::keys::VaultKey;
+use cairn_client::proto::ErrorCode;
 use cairn_client::proto::{
     BlindedSigningKey, BlobId, HeadRecord, OwnedHead, Record as _, RecordKind, SignedRecord,
     Signer, SigningKey, Slot, Timestamp, VerifyingKey, head_grant, owned_slot,
@@ -531,7 +532,7 @@ async fn a_full_mailbox_does_not_stop_the_revocation() {
         let head = legacy_head(&mailbox, &format!("junk-{i}"), 1, BlobId::of(b"junk"));
         match client.put_head(&head).await {
             Ok(HeadWrite::Stored) => filled += 1,
-            Err(err) if err.code() == Some("quota_exceeded") => break,
+            Err(err) if err.code() == Some(ErrorCode::QuotaExceeded) => break,
             other => panic!("{other:?}"),
         }
     }

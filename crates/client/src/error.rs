@@ -210,10 +210,11 @@ pub enum RelayError {
 }
 
 impl RelayError {
-    /// The relay's machine-readable refusal code, if it refused.
-    pub fn code(&self) -> Option<&str> {
+    /// The relay's machine-readable refusal code, if it refused with one
+    /// this version knows.
+    pub fn code(&self) -> Option<cairn_proto::ErrorCode> {
         match self {
-            Self::Refused { code, .. } => Some(code),
+            Self::Refused { code, .. } => code.parse().ok(),
             _ => None,
         }
     }

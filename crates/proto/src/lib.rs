@@ -54,6 +54,7 @@ mod blob_id;
 mod codec;
 mod envelope;
 mod error;
+mod error_code;
 mod fields;
 mod identity;
 mod keys;
@@ -65,6 +66,7 @@ mod text;
 pub use blob_id::BlobId;
 pub use envelope::{MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, SignedRecord, Verified};
 pub use error::{DecodeError, ParseError, VerifyError};
+pub use error_code::{ErrorCode, UnknownErrorCode};
 pub use fields::{DeviceName, RelayUrl, RequestPath, Slot, SoftwareVersion, Timestamp};
 pub use identity::{
     Device, IdentityState, LogError, LogErrorKind, VaultKeyInfo, verify_identity_log,

@@ -408,7 +408,7 @@ fn not_found(id: &BlobId) -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(serde_json::json!({
-            "error": {"code": "not_found", "message": format!("blob {id} is not stored here")}
+            "error": {"code": cairn_proto::ErrorCode::NotFound.as_str(), "message": format!("blob {id} is not stored here")}
         })),
     )
         .into_response()

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
-use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
+use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
 use crate::error::{Error, RelayError, Result, io_at};
@@ -429,7 +429,7 @@ impl Client {
     /// before the upload could have been overtaken by other uploads; one
     /// fetched after the refusal cannot.)
     pub(super) async fn check_refusal(&self, relay: &RelayClient, err: &RelayError, size: u64) {
-        if err.code() != Some("relay_full") {
+        if err.code() != Some(ErrorCode::RelayFull) {
             return;
         }
         let Ok(Ok(info)) = tokio::time::timeout(INFO_TIMEOUT, relay.info()).await else {

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{
-    AuthToken, BlobId, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot, Timestamp,
-    TokenTarget, Verified, VerifyingKey,
+    AuthToken, BlobId, ErrorCode, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Slot,
+    Timestamp, TokenTarget, Verified, VerifyingKey,
 };
 use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -340,7 +340,7 @@ impl RelayClient {
                 }
                 // The relay raised its proof of work (it may, under
                 // pressure): read what it asks now and try once more.
-                Err(err) if err.code() == Some("pow_required") && !pow_checked => {
+                Err(err) if err.code() == Some(ErrorCode::PowRequired) && !pow_checked => {
                     pow_checked = true;
                     pow_bits = self.info().await?.limits.pow_bits;
                 }
@@ -654,7 +654,7 @@ impl RelayClient {
                     Deleted::KeptByOthers(left)
                 })
             }
-            Err(err) if err.code() == Some("not_found") => Ok(Deleted::Absent),
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => Ok(Deleted::Absent),
             Err(err) => Err(err),
         }
     }
@@ -685,7 +685,7 @@ impl RelayClient {
                     Claimed::Already
                 })
             }
-            Err(err) if err.code() == Some("not_found") => Ok(Claimed::Absent),
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => Ok(Claimed::Absent),
             Err(err) => Err(err),
         }
     }
@@ -702,7 +702,7 @@ impl RelayClient {
     ) -> Result<Option<Head>, RelayError> {
         let response = match send(self.http.get(self.head_url(mailbox, slot))).await {
             Ok(response) => response,
-            Err(err) if err.code() == Some("not_found") => return Ok(None),
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => return Ok(None),
             Err(err) => return Err(err),
         };
         let bytes = small_body(response).await?;
@@ -772,7 +772,8 @@ impl RelayClient {
 /// Whether a relay answered that it does not hold what was asked (a HEAD
 /// answer has no body to carry the `not_found` code).
 fn is_absent(err: &RelayError) -> bool {
-    matches!(err, RelayError::Refused { status: 404, .. }) || err.code() == Some("not_found")
+    matches!(err, RelayError::Refused { status: 404, .. })
+        || err.code() == Some(ErrorCode::NotFound)
 }
 
 fn verify_head(bytes: &[u8], mailbox: &VerifyingKey, slot: &Slot) -> Result<Head, RelayError> {
@@ -990,7 +991,7 @@ mod tests {
             Blobs::Hold(_) => (
                 AxumStatus::NOT_FOUND,
                 axum::Json(serde_json::json!({
-                    "error": { "code": "not_found", "message": "no such blob" }
+                    "error": { "code": cairn_proto::ErrorCode::NotFound.as_str(), "message": "no such blob" }
                 })),
             )
                 .into_response(),

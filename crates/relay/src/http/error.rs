@@ -4,6 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_proto::ErrorCode;
 use serde_json::{Value, json};
 
 use crate::store::StoreError;
@@ -17,7 +18,7 @@ pub(crate) struct ApiError(Box<Inner>);
 #[derive(Debug)]
 struct Inner {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     extra: Option<(&'static str, Value)>,
     retry_after: Option<u64>,
@@ -26,7 +27,7 @@ struct Inner {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self(Box::new(Inner {
             status,
             code,
@@ -43,57 +44,57 @@ impl ApiError {
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
     pub(crate) fn bad_blob_id(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_blob_id", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadBlobId, message)
     }
     pub(crate) fn bad_record(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_record", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRecord, message)
     }
     pub(crate) fn bad_token(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "bad_token", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::BadToken, message)
     }
     pub(crate) fn token_expired(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "token_expired", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired, message)
     }
     pub(crate) fn token_lifetime(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "token_lifetime", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::TokenLifetime, message)
     }
     pub(crate) fn token_replayed() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "token_replayed",
+            ErrorCode::TokenReplayed,
             "this token's nonce was already used; sign a fresh token",
         )
     }
     pub(crate) fn wrong_audience() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "wrong_audience",
+            ErrorCode::WrongAudience,
             "the token is for another relay",
         )
     }
     pub(crate) fn wrong_method(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "wrong_method", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::WrongMethod, message)
     }
     pub(crate) fn wrong_target(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "wrong_target", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::WrongTarget, message)
     }
     pub(crate) fn pow_required(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "pow_required", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::PowRequired, message)
     }
     pub(crate) fn not_owner() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "not_owner",
+            ErrorCode::NotOwner,
             "only the blob's owners (keys that uploaded or claimed it) may delete it",
         )
     }
     pub(crate) fn too_many_owners() -> Self {
         Self::new(
             StatusCode::CONFLICT,
-            "too_many_owners",
+            ErrorCode::TooManyOwners,
             format!(
                 "this blob has {} owners already, the most a blob may have",
                 crate::store::MAX_OWNERS
@@ -103,29 +104,29 @@ impl ApiError {
     pub(crate) fn not_a_peer(key: &cairn_proto::VerifyingKey) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "not_a_peer",
+            ErrorCode::NotAPeer,
             format!(
                 "{key} is not on this relay's peer list; federation requests come from peers only"
             ),
         )
     }
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
     pub(crate) fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "method not supported on this path",
         )
     }
     pub(crate) fn timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+        Self::new(StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout, message)
     }
     pub(crate) fn head_too_large(max: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("a head record's envelope is at most {max} bytes"),
         )
     }
@@ -133,7 +134,7 @@ impl ApiError {
     pub(crate) fn stale_head(seq: u64, current: String) -> Self {
         Self::new(
             StatusCode::CONFLICT,
-            "stale_head",
+            ErrorCode::StaleHead,
             format!(
                 "the stored head has seq {seq}; a new head needs a higher one (the stored record is in `current`)"
             ),
@@ -143,29 +144,41 @@ impl ApiError {
     pub(crate) fn too_large(max: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("blob exceeds this relay's max_blob_size of {max} bytes"),
         )
     }
     pub(crate) fn bad_range(size: u64) -> Self {
         let mut e = Self::new(
             StatusCode::RANGE_NOT_SATISFIABLE,
-            "bad_range",
+            ErrorCode::BadRange,
             format!("range not satisfiable for a blob of {size} bytes (one range only)"),
         );
         e.0.unsatisfied_size = Some(size);
         e
     }
     pub(crate) fn hash_mismatch(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::HashMismatch,
+            message,
+        )
     }
     pub(crate) fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            message,
+        );
         e.0.retry_after = Some(retry_after_secs);
         e
     }
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        )
     }
 
     pub(crate) fn retry_after(mut self, secs: u64) -> Self {
@@ -175,7 +188,7 @@ impl ApiError {
     pub(crate) fn relay_full(peers: Value) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "relay_full",
+            ErrorCode::RelayFull,
             "this relay has no room for the blob; try a peer listed in `peers`",
         )
         .with("peers", peers)
@@ -185,7 +198,7 @@ impl ApiError {
     pub(crate) fn heads_full(peers: Value, max: u64) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "relay_full",
+            ErrorCode::RelayFull,
             format!(
                 "this relay keeps at most {max} heads and has no room for a new slot; try a peer listed in `peers`"
             ),
@@ -195,21 +208,21 @@ impl ApiError {
     pub(crate) fn mailbox_full(max: usize) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "quota_exceeded",
+            ErrorCode::QuotaExceeded,
             format!("this mailbox already has {max} slots, the most a relay keeps per mailbox"),
         )
     }
     pub(crate) fn quota_exceeded(quota: u64) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
-            "quota_exceeded",
+            ErrorCode::QuotaExceeded,
             format!("this key's storage quota of {quota} bytes (key_quota_bytes) is used up"),
         )
     }
     pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "the relay hit an internal error; its operator's log has the details",
         )
     }
@@ -224,7 +237,7 @@ impl From<StoreError> for ApiError {
             // and the same request succeeds once it is back.
             StoreError::Unavailable { backend, .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "backend_unavailable",
+                ErrorCode::BackendUnavailable,
                 format!(
                     "this relay's storage ({backend}) cannot be reached right now; nothing was \
                      changed; retry shortly or use another relay"
@@ -239,7 +252,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;
-        let mut body = json!({ "error": { "code": this.code, "message": this.message } });
+        let mut body = json!({ "error": { "code": this.code.as_str(), "message": this.message } });
         if let Some((key, value)) = this.extra {
             body[key] = value;
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::StreamExt as _;
 
-use cairn_proto::{BlobId, VerifyingKey};
+use cairn_proto::{BlobId, ErrorCode, VerifyingKey};
 
 use super::state::{Releasing, SyncState};
 use super::{CLAIMS_IN_FLIGHT, CLAIMS_PER_RELAY_PER_SYNC, finding};
@@ -65,7 +65,7 @@ impl Client {
                     Ok(outcome) => done.push((blob, relay_key, outcome)),
                     // This key has no claim there (a copy that came back
                     // through a peer, or a claim refused): nothing to drop.
-                    Err(err) if err.code() == Some("not_owner") => {
+                    Err(err) if err.code() == Some(ErrorCode::NotOwner) => {
                         done.push((blob, relay_key, Deleted::Absent));
                     }
                     Err(_) => {
@@ -279,7 +279,7 @@ impl Client {
                     let old_owner = Mailbox::new(vault, relay.key(), layout).owner(&self.device);
                     match relay.delete(&blob, &old_owner).await {
                         Ok(_) => {}
-                        Err(err) if err.code() == Some("not_owner") => {}
+                        Err(err) if err.code() == Some(ErrorCode::NotOwner) => {}
                         Err(_) => {
                             kept.insert(holder);
                         }
