@@ -2,9 +2,9 @@
 //! records, pairing messages and codes.
 
 use cairn_client::PairingCode;
+use cairn_client::crdt::{Change, Snapshot};
 use cairn_client::keys::X25519Secret;
 use cairn_client::seal::{open_bytes, seal_bytes};
-use cairn_client::sync::{Change, Snapshot};
 
 /// A sealed blob as a relay might serve it (age, padding, length trailer):
 /// no panic, and nothing opens without the right key. The same bytes,

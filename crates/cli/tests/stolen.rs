@@ -364,9 +364,9 @@ async fn a_stolen_device_cannot_stop_its_revocation() {
 /// ever. The reader holds it and says so; the laptop's later write stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
+    use cairn_client::crdt::Change;
     use cairn_client::proto::Operation;
     use cairn_client::relay::{Role, sign_owned};
-    use cairn_client::sync::Change;
 
     let relay = Relay::start().await;
     let laptop = Device::new();

@@ -1,5 +1,5 @@
 //! What a stored name holds: the blob, its size, and where its copies are.
-//! The table of names is built by sync (`crate::sync`) from every
+//! The table of names is built by sync (`crate::crdt`) from every
 //! device's operations.
 
 use serde::{Deserialize, Serialize};

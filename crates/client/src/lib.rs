@@ -12,6 +12,7 @@
 //! - [`keys`]: how device, vault, mailbox and upload keys relate.
 
 mod client;
+pub mod crdt;
 mod error;
 mod files;
 mod fork;
@@ -27,7 +28,6 @@ pub mod relay;
 mod relay_copy;
 pub mod scores;
 pub mod seal;
-pub mod sync;
 mod text_serde;
 
 pub use cairn_proto as proto;

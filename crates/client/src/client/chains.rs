@@ -22,11 +22,11 @@ use cairn_proto::{BlobId, VerifyingKey};
 use super::Client;
 use super::mailbox::put_own_head;
 use super::sync::relay_error;
+use crate::crdt::Position;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::relay::{RelayClient, Role};
 use crate::relay_copy::{self, Links, Opened};
-use crate::sync::Position;
 
 /// Where one relay's chain of one device's operations ends: the copy the
 /// device's head there names, and the operation in it.

@@ -29,11 +29,11 @@ use super::chains::Keep;
 use super::sync::{
     Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, SyncState, relay_error, snapshot_candidates,
 };
+use crate::crdt::Change;
 use crate::error::Error;
 use crate::error::Result;
 use crate::layout::Layout;
 use crate::relay::{Claimed, RelayClient};
-use crate::sync::Change;
 
 /// Claims sent at once while keeping the metadata.
 const IN_FLIGHT: usize = 16;

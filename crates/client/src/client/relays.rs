@@ -10,12 +10,12 @@ use serde::Serialize;
 use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
+use crate::crdt::Table;
 use crate::error::{Error, Result};
 use crate::relay::{
     Held, RelayClient, RelayEntry, check_transport, fetch_info, normalize_url, unix_now,
 };
 use crate::scores::RelayScore;
-use crate::sync::Table;
 
 /// Copies `relay check` asks each relay about: the newest ones, so a large
 /// file table costs a bounded number of requests.

@@ -24,10 +24,10 @@ use cairn_proto::audit::ChunkRequest;
 use super::Client;
 use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, random_u64, record, score_of};
 use super::metadata::MetadataReport;
+use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::files::Place;
 use crate::relay::{AuditOutcome, RelayClient};
-use crate::sync::Change;
 
 /// What a repair run did.
 #[derive(Clone, Debug, Default, Serialize)]

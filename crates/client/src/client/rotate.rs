@@ -12,10 +12,10 @@ use cairn_proto::VerifyingKey;
 
 use super::Client;
 use super::relays::RelayAdded;
+use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::files::Place;
 use crate::relay::{Deleted, RelayClient, normalize_url};
-use crate::sync::Change;
 
 /// What a rotation did.
 #[derive(Clone, Debug, Serialize)]

@@ -13,14 +13,14 @@ use serde::Serialize;
 use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
+use crate::crdt::Change;
+use crate::crdt::Table;
 use crate::error::{Error, RelayError, Result, io_at};
 use crate::files::{Copy, FileEntry, Place, check_name};
 use crate::progress::Progress;
 use crate::relay::{Deleted, RelayClient, unix_now};
 use crate::scores::Misbehaviour;
 use crate::seal;
-use crate::sync::Change;
-use crate::sync::Table;
 
 /// Where `get` writes the data.
 #[derive(Clone, Debug)]

@@ -9,11 +9,11 @@ use super::state::SyncState;
 use super::{Listing, finding, unknown_writer};
 use crate::client::Client;
 use crate::client::mailbox::{FetchLogError, starting_with};
+use crate::crdt::{Change, clock_millis};
 use crate::error::Result;
 use crate::fork::Choice;
 use crate::layout::Layout;
 use crate::relay::{Head, RelayClient, Role};
-use crate::sync::{Change, clock_millis};
 
 impl Client {
     /// Follows the identity heads the listings show: each log they lead to

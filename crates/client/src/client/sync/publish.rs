@@ -13,10 +13,10 @@ use super::{millis_now, relay_error};
 use crate::client::Client;
 use crate::client::chains::Link;
 use crate::client::mailbox::put_own_head;
+use crate::crdt::{Change, Position, Snapshot, next_clock};
 use crate::error::{Error, Result};
 use crate::relay::{RelayClient, Role};
 use crate::seal;
-use crate::sync::{Change, Position, Snapshot, next_clock};
 
 impl Client {
     /// Sends `relay` the operations after `from` that lead to `known` (from

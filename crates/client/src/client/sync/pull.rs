@@ -15,11 +15,11 @@ use super::{
 };
 use crate::client::Client;
 use crate::client::chains::{ChainReader, Keep, Link, copy_bound};
+use crate::crdt::{Change, Position, Snapshot, clock_millis};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::relay::{Head, RelayClient, Role, unix_now};
 use crate::seal;
-use crate::sync::{Change, Position, Snapshot, clock_millis};
 
 pub(super) enum WalkError {
     Equivocation(String),

@@ -11,10 +11,10 @@ use cairn_proto::{BlobId, VerifyingKey};
 use super::{Finding, MAX_FINDINGS};
 use crate::client::Client;
 use crate::client::chains::Link;
+use crate::crdt::{Position, Table};
 use crate::error::{Error, Result, io_at};
 use crate::home::write_private;
 use crate::relay::Head;
-use crate::sync::{Position, Table};
 
 /// This device's knowledge, kept in `HOME/sync.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
