@@ -1,0 +1,474 @@
+//! Fetching files: the fastest holder, every byte verified, fallback to
+//! the next, transfers followed and recorded.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+
+use cairn_proto::BlobId;
+
+use super::{GetReport, INFO_TIMEOUT, Output, Transfer};
+
+use crate::client::Client;
+use crate::crdt::Change;
+use crate::crdt::Table;
+use crate::error::{Error, RelayError, Result, io_at};
+use crate::files::{FileEntry, Place};
+use crate::progress::Progress;
+use crate::relay::{RelayClient, unix_now};
+use crate::scores::Misbehaviour;
+use crate::seal;
+
+impl Client {
+    /// Fetches `what` (a stored name, or a blob id) from the fastest relay
+    /// that has it, verifies every byte, falls back to the next relay on any
+    /// failure, then opens it into `output`.
+    pub async fn get(
+        &mut self,
+        what: &str,
+        output: Output,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        let mut state = self.synced().await?;
+        let table = Self::table_of(&state);
+        let (id, entry) = match table.get(what) {
+            Some(entry) => (entry.blob, Some(entry.clone())),
+            None => match what.parse::<BlobId>() {
+                Ok(id) => (id, None),
+                Err(_) => return Err(Error::NoSuchName(what.to_owned())),
+            },
+        };
+        // Where the listed copies are now, transfers recorded by any device
+        // applied.
+        let places = entry
+            .as_ref()
+            .map(|entry| table.places(entry))
+            .unwrap_or_default();
+        // Peers that recorded transfers lead to are asked too, in the set or
+        // not: the bytes are verified whoever serves them.
+        let peers: Vec<Place> = entry
+            .as_ref()
+            .map(|entry| recorded_transfers(table, entry))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| Place {
+                url: t.to,
+                relay: t.to_key,
+            })
+            .collect();
+
+        let (order, mut skipped) = self.fastest_holders(&id, &places, &peers).await;
+        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
+        for holder in &order {
+            let relay = &holder.relay;
+            progress.begin("downloading", holder.size);
+            let started = Instant::now();
+            let attempt = match &output {
+                Output::File(path) => self.fetch_to_file(relay, &id, &keys, path, &progress).await,
+                Output::Stdout => self.fetch_to_stdout(relay, &id, &keys, &progress).await,
+            };
+            progress.end();
+            match attempt {
+                Ok(size) => {
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.record_scores(|s| s.success(relay.key(), relay.url(), took));
+                    let (moved, warnings) = self
+                        .record_transfers(&mut state, &id, &places, &order)
+                        .await;
+                    return Ok(GetReport {
+                        blob: id,
+                        size,
+                        relay: relay.url().to_owned(),
+                        skipped,
+                        moved,
+                        warnings,
+                    });
+                }
+                Err(Attempt::Relay(err)) => {
+                    // Wrong bytes and a refused redirect are misbehaviour;
+                    // anything else is being down.
+                    self.record_scores(|s| match &err {
+                        RelayError::RedirectRefused(_) => s.misbehaved(
+                            relay.key(),
+                            relay.url(),
+                            Misbehaviour::BadRedirect,
+                            unix_now(),
+                            err.to_string(),
+                        ),
+                        RelayError::WrongBytes(_) => s.misbehaved(
+                            relay.key(),
+                            relay.url(),
+                            Misbehaviour::Corrupt,
+                            unix_now(),
+                            format!("served blob {id} with wrong bytes"),
+                        ),
+                        _ => s.unavailable(relay.key(), relay.url()),
+                    });
+                    skipped.push(format!("{}: {err}", relay.url()));
+                }
+                // The bytes were the right ones: no other relay can do better.
+                Err(Attempt::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(Error::Unavailable {
+            id,
+            failures: if skipped.is_empty() {
+                "no relay in your set holds it".into()
+            } else {
+                skipped.join("; ")
+            },
+        })
+    }
+
+    /// Reports the transfers the probes found and records, in the file
+    /// table, those of copies the table places on the relay that redirected
+    /// (so other devices and later gets go straight to the copy). Each peer
+    /// proved its key by its signed info document and said it holds the
+    /// blob, which is what a placement rests on when a copy is first stored.
+    /// A failure to record leaves the download good: it is a warning.
+    async fn record_transfers(
+        &self,
+        state: &mut crate::client::sync::SyncState,
+        id: &BlobId,
+        places: &[Place],
+        holders: &[Holder],
+    ) -> (Vec<Transfer>, Vec<String>) {
+        let mut moved = Vec::new();
+        let mut warnings = Vec::new();
+        let mut changed = false;
+        let found = holders
+            .iter()
+            .flat_map(|holder| holder.via.iter().map(move |from| (from, holder)));
+        for (from, holder) in found {
+            let mut transfer = Transfer {
+                from: from.url().to_owned(),
+                from_key: *from.key(),
+                to: holder.relay.url().to_owned(),
+                to_key: *holder.relay.key(),
+                recorded: false,
+            };
+            let already = Self::table_of(state)
+                .moved_to(id, from.key())
+                .is_some_and(|to| &to.relay == holder.relay.key());
+            // Recorded only for a copy the table places on the relay that
+            // redirected (not for a relay that holds the blob for another
+            // reason, nor for a blob fetched by id).
+            let listed = places.iter().any(|p| &p.relay == from.key());
+            if already {
+                transfer.recorded = true;
+            } else if listed {
+                let change = Change::Moved {
+                    blob: *id,
+                    from: *from.key(),
+                    to: Place {
+                        url: holder.relay.url().to_owned(),
+                        relay: *holder.relay.key(),
+                    },
+                };
+                match self.append(state, change).await {
+                    Ok(failures) => {
+                        transfer.recorded = true;
+                        changed = true;
+                        warnings.extend(
+                            failures
+                                .into_iter()
+                                .map(|f| format!("file list not updated on {f}")),
+                        );
+                    }
+                    Err(err) => warnings.push(format!(
+                        "the transfer from {} to {} was not recorded: {err}",
+                        from.url(),
+                        holder.relay.url()
+                    )),
+                }
+            }
+            moved.push(transfer);
+        }
+        if changed && let Err(err) = self.store_sync(state) {
+            // The change is on the relays: the next sync merges it back.
+            warnings.push(format!("the local file list was not saved: {err}"));
+        }
+        (moved, warnings)
+    }
+
+    /// Downloads and opens at once: the bytes go to the hash and to the
+    /// decryption as they arrive, and the data to a temp file beside `path`
+    /// that is renamed into place only once the hash matched.
+    async fn fetch_to_file(
+        &self,
+        relay: &RelayClient,
+        id: &BlobId,
+        keys: &[crate::keys::X25519Secret],
+        path: &Path,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<u64, Attempt> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let temp = tempfile::Builder::new()
+            .prefix(".cairn-get-")
+            .tempfile_in(dir)
+            .map_err(|err| Attempt::Fatal(io_at(dir)(err)))?;
+        let out = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+        let opener_keys = keys.to_vec();
+        let opener = tokio::task::spawn_blocking(move || {
+            seal::open_to_file(ChannelReader::new(rx), &opener_keys, &out)
+        });
+        // If decryption stops early (the bytes do not authenticate), the
+        // download still runs to the end: only the hash can say whether the
+        // relay sent wrong bytes (try the next one) or the blob itself does
+        // not open (no relay can help).
+        let fetched = relay
+            .fetch_each(id, |chunk| {
+                progress.advance(chunk.len() as u64);
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(chunk).await;
+                    Ok(())
+                }
+            })
+            .await;
+        drop(tx);
+        let opened = opener
+            .await
+            .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?;
+        // A relay's failure (wrong bytes, cut off) explains a failed opening.
+        fetched.map_err(Attempt::Relay)?;
+        let size = opened.map_err(|err| {
+            Attempt::Fatal(Error::Unsealable {
+                id: *id,
+                reason: err.to_string(),
+            })
+        })?;
+        temp.as_file()
+            .sync_all()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        temp.persist(path).map_err(|err| {
+            Attempt::Fatal(Error::Io {
+                path: path.to_path_buf(),
+                source: err.error,
+            })
+        })?;
+        Ok(size)
+    }
+
+    /// Downloads to a private temp file, then (bytes verified) opens it
+    /// onto standard output: nothing unverified is ever written there.
+    async fn fetch_to_stdout(
+        &self,
+        relay: &RelayClient,
+        id: &BlobId,
+        keys: &[crate::keys::X25519Secret],
+        progress: &Arc<dyn Progress>,
+    ) -> Result<u64, Attempt> {
+        let temp = self.home.temp_file().map_err(Attempt::Fatal)?;
+        let file = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let file = std::sync::Arc::new(tokio::sync::Mutex::new(
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file)),
+        ));
+        relay
+            .fetch_each(id, |chunk| {
+                progress.advance(chunk.len() as u64);
+                let file = file.clone();
+                async move {
+                    use tokio::io::AsyncWriteExt as _;
+                    file.lock().await.write_all(&chunk).await
+                }
+            })
+            .await
+            .map_err(Attempt::Relay)?;
+        {
+            use tokio::io::AsyncWriteExt as _;
+            file.lock()
+                .await
+                .flush()
+                .await
+                .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        }
+        let input = temp
+            .reopen()
+            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+        let keys = keys.to_vec();
+        let id = *id;
+        tokio::task::spawn_blocking(move || {
+            let stdout = std::io::stdout().lock();
+            seal::open_stream(input, &keys, std::io::BufWriter::new(stdout)).map_err(|err| {
+                Error::Unsealable {
+                    id,
+                    reason: err.to_string(),
+                }
+            })
+        })
+        .await
+        .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?
+        .map_err(Attempt::Fatal)
+    }
+
+    /// Relays holding `id`, fastest to answer first (relays among `places`,
+    /// where the file table puts the copies, before others that answer as
+    /// fast), with the ones that do not hold it or fail noted. The relays in
+    /// the set are asked, and `peers` outside it; a relay that redirects to
+    /// a peer makes the peer a holder.
+    async fn fastest_holders(
+        &self,
+        id: &BlobId,
+        places: &[Place],
+        peers: &[Place],
+    ) -> (Vec<Holder>, Vec<String>) {
+        let mut relays = self.blob_clients();
+        for place in peers {
+            if !relays.iter().any(|r| r.key() == &place.relay) {
+                relays.push(self.contained(RelayClient::new(
+                    self.http.clone(),
+                    &place.url,
+                    place.relay,
+                )));
+            }
+        }
+        let probes = join_all(relays.iter().map(|relay| async move {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(INFO_TIMEOUT, relay.probe(id)).await;
+            (answer, started.elapsed())
+        }))
+        .await;
+        let mut holders: Vec<(Duration, Holder)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (asked, (answer, elapsed)) in relays.into_iter().zip(probes) {
+            match answer {
+                Ok(Ok(Some(held))) => {
+                    let (relay, via) = match held.at {
+                        Some(peer) => (peer, Some(asked)),
+                        None => (asked, None),
+                    };
+                    // One holder reached from several relays is one holder.
+                    match holders
+                        .iter_mut()
+                        .find(|(_, h)| h.relay.key() == relay.key())
+                    {
+                        Some((fastest, holder)) => {
+                            *fastest = (*fastest).min(elapsed);
+                            holder.via.extend(via);
+                        }
+                        None => holders.push((
+                            elapsed,
+                            Holder {
+                                relay,
+                                size: held.size,
+                                via: via.into_iter().collect(),
+                            },
+                        )),
+                    }
+                }
+                Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", asked.url())),
+                Ok(Err(err)) => {
+                    if matches!(err, RelayError::RedirectRefused(_)) {
+                        self.record_bad_redirect(&asked, &err);
+                    }
+                    skipped.push(format!("{}: {err}", asked.url()));
+                }
+                Err(_) => skipped.push(format!("{}: no answer within 10 s", asked.url())),
+            }
+        }
+        // A copy the table places on a relay that handed it on is still
+        // the file's copy: its peer counts as listed.
+        let listed = |relay: &RelayClient| places.iter().any(|p| &p.relay == relay.key());
+        holders.sort_by_key(|(elapsed, holder)| {
+            let unlisted = !listed(&holder.relay) && !holder.via.iter().any(listed);
+            (unlisted, *elapsed)
+        });
+        (
+            holders.into_iter().map(|(_, holder)| holder).collect(),
+            skipped,
+        )
+    }
+}
+
+impl Client {
+    /// Notes that `relay` redirected a blob request where it may not. The
+    /// error does not name the target, and only it is kept: nothing about
+    /// the target goes into the home.
+    fn record_bad_redirect(&self, relay: &RelayClient, err: &RelayError) {
+        self.record_scores(|s| {
+            s.misbehaved(
+                relay.key(),
+                relay.url(),
+                Misbehaviour::BadRedirect,
+                unix_now(),
+                err.to_string(),
+            );
+        });
+    }
+}
+
+/// A relay that holds a blob, as a probe found it.
+struct Holder {
+    /// The relay holding it.
+    relay: RelayClient,
+    /// Its size, as the relay says.
+    size: u64,
+    /// Relays that redirected to it, having transferred their copy.
+    via: Vec<RelayClient>,
+}
+
+/// `entry`'s copies the table records as transferred.
+pub(super) fn recorded_transfers(table: &Table, entry: &FileEntry) -> Vec<Transfer> {
+    table
+        .located(entry)
+        .filter_map(|(copy, moved)| {
+            moved.map(|to| Transfer {
+                from: copy.url.clone(),
+                from_key: copy.relay,
+                to: to.url.clone(),
+                to_key: to.relay,
+                recorded: true,
+            })
+        })
+        .collect()
+}
+
+/// How one relay's attempt at a download ended.
+enum Attempt {
+    /// The relay failed; the next one may do better.
+    Relay(RelayError),
+    /// Nothing another relay could fix.
+    Fatal(Error),
+}
+
+/// Reads the pieces a download hands over a channel, for the blocking
+/// decryption; the end of the channel is the end of the input.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
