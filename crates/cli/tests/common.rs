@@ -279,15 +279,7 @@ impl Device {
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        let out = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .unwrap()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finished(command).await
     }
 
     /// Runs `cairn --home HOME ARGS...` with standard output a pipe whose
@@ -298,15 +290,7 @@ impl Device {
         drop(reader);
         let mut command = self.command(args);
         command.stdout(writer);
-        let out = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .unwrap()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::new(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finished(command).await
     }
 
     /// Starts `cairn --home HOME ARGS...` without waiting for it.
@@ -553,4 +537,18 @@ pub(crate) async fn pass_on(
     response
         .body(axum::body::Body::from(answer.bytes().await.unwrap()))
         .unwrap()
+}
+
+/// Runs `command` to its end off the async runtime, with what it printed
+/// (standard output is empty when it went elsewhere).
+async fn finished(mut command: Command) -> Run {
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }

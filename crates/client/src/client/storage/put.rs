@@ -95,7 +95,7 @@ impl Client {
 
     /// Seals, places and uploads one file and appends its `put` operation
     /// to `state` (not saved).
-    pub(super) async fn store_one(
+    async fn store_one(
         &mut self,
         state: &mut crate::client::sync::SyncState,
         input: Box<dyn std::io::Read + Send>,
@@ -264,7 +264,7 @@ impl Client {
     /// failure with the next candidate. Returns the relays that
     /// acknowledged (with whether the upload stored new bytes) and what the
     /// failing ones said.
-    pub(super) async fn upload_copies(
+    async fn upload_copies(
         &self,
         candidates: &[(RelayClient, Verified<RelayInfo>)],
         wanted: usize,

@@ -97,7 +97,7 @@ impl Client {
     /// head said the target is at; a log of another length is refused. A
     /// target that proved invalid is remembered, so a no-change sync does
     /// not fetch it again; an outage proves nothing and is retried.
-    pub(super) async fn consider_log(
+    async fn consider_log(
         &mut self,
         state: &mut SyncState,
         relays: &[RelayClient],
@@ -194,7 +194,7 @@ impl Client {
     /// position of its target. Either is a frozen or forged slot: written
     /// by its owner's key, or, for a legacy head, by anyone holding the
     /// mailbox key.
-    pub(super) fn implausible(&self, state: &SyncState, head: &Head) -> Option<String> {
+    fn implausible(&self, state: &SyncState, head: &Head) -> Option<String> {
         let by = match head.writer {
             Some(_) => "its own",
             None => "a legacy (mailbox-signed)",

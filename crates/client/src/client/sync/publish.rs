@@ -154,7 +154,7 @@ impl Client {
     /// [`Client::append`], with the links each relay's copy of the new
     /// operation carries besides the previous one (per-relay layout: a
     /// snapshot's table and covers there).
-    pub(super) async fn append_linked(
+    async fn append_linked(
         &self,
         state: &mut SyncState,
         change: Change,
@@ -372,7 +372,7 @@ impl Client {
     /// link): the end of that relay's chain where it is the position, else
     /// a copy of the covered operation made for the link (from this
     /// device's cache, which holds what it merged).
-    pub(super) async fn cover_links(
+    async fn cover_links(
         &self,
         state: &SyncState,
         relay: &RelayClient,

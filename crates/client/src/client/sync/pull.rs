@@ -199,7 +199,7 @@ impl Client {
     }
     /// A snapshot's sealed table `blob`: from the relay's copy `at` where
     /// the snapshot's copy names one, else as it is from any relay.
-    pub(super) async fn fetch_table(
+    async fn fetch_table(
         &self,
         reader: &ChainReader,
         blob: BlobId,
@@ -520,7 +520,7 @@ impl Client {
     /// relay's copy): so two relays holding different operations at one
     /// position are equivocation before anything is merged, as in the
     /// shared layout. A head learnt before costs nothing.
-    pub(super) async fn learn_heads(
+    async fn learn_heads(
         &self,
         state: &mut SyncState,
         relays: &[RelayClient],
@@ -605,7 +605,7 @@ impl Client {
     }
     /// Walks one relay's chain of `device`'s log back from `target` (at
     /// `seq`) to `known`, that relay first for every blob.
-    pub(super) async fn walk_on(
+    async fn walk_on(
         &self,
         reader: &ChainReader,
         keys: &[crate::keys::X25519Secret],

@@ -233,7 +233,7 @@ impl Client {
         let json = serde_json::to_vec(state).map_err(|err| Error::Invalid(err.to_string()))?;
         write_private(&self.home.sync_state(), &json)
     }
-    pub(super) fn cache_path(&self, id: &BlobId) -> PathBuf {
+    fn cache_path(&self, id: &BlobId) -> PathBuf {
         self.home.op_cache().join(id.to_string())
     }
     pub(in crate::client) fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
