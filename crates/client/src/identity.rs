@@ -182,15 +182,8 @@ impl IdentityLog {
                 plain.len()
             )));
         }
-        // One nonce per log (its newest entry names all of it): a key
-        // never seals two different logs under one nonce.
-        let mut hasher = blake3::Hasher::new_keyed(copy_key);
-        hasher.update(b"nonce");
-        hasher.update(self.state.head().as_bytes());
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&hasher.finalize().as_bytes()[..12]);
-        let mut copy = nonce.to_vec();
-        copy.extend_from_slice(&crate::seal::seal_small(copy_key, &nonce, &plain));
+        // The newest entry names the whole log.
+        let copy = crate::seal::seal_named(copy_key, self.state.head().as_bytes(), &plain);
         Ok((BlobId::of(&copy), copy))
     }
 
@@ -201,13 +194,7 @@ impl IdentityLog {
         copy: &[u8],
         copy_keys: &[zeroize::Zeroizing<[u8; 32]>],
     ) -> std::result::Result<Self, SealedLogError> {
-        let (nonce, sealed) = copy
-            .split_first_chunk::<12>()
-            .ok_or(SealedLogError::Closed)?;
-        let plain = copy_keys
-            .iter()
-            .find_map(|key| crate::seal::open_small(key, nonce, sealed).ok())
-            .ok_or(SealedLogError::Closed)?;
+        let plain = crate::seal::open_named(copy_keys, copy).ok_or(SealedLogError::Closed)?;
         let entries = split_sealed_log(&plain).ok_or(SealedLogError::Malformed)?;
         Self::verify(root, entries).map_err(|err| SealedLogError::Invalid(err.to_string()))
     }

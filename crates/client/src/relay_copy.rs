@@ -110,15 +110,7 @@ pub(crate) fn seal(key: &[u8; 32], core: &[u8], links: &Links) -> (BlobId, Vec<u
     plain.extend_from_slice(MAGIC);
     links.encode(&mut plain);
     plain.extend_from_slice(core);
-    // The nonce names the plaintext, so one key never seals two different
-    // plaintexts under one nonce, and the same copy is made again exactly.
-    let mut hasher = blake3::Hasher::new_keyed(key);
-    hasher.update(b"nonce");
-    hasher.update(blake3::hash(&plain).as_bytes());
-    let mut nonce = [0u8; 12];
-    nonce.copy_from_slice(&hasher.finalize().as_bytes()[..12]);
-    let mut copy = nonce.to_vec();
-    copy.extend_from_slice(&crate::seal::seal_small(key, &nonce, &plain));
+    let copy = crate::seal::seal_named(key, blake3::hash(&plain).as_bytes(), &plain);
     (BlobId::of(&copy), copy)
 }
 
@@ -138,13 +130,7 @@ pub(crate) enum Opened {
 
 /// Opens `bytes` with whichever of `keys` seals it.
 pub(crate) fn open(keys: &[Zeroizing<[u8; 32]>], bytes: &[u8]) -> Opened {
-    let Some((nonce, sealed)) = bytes.split_first_chunk::<12>() else {
-        return Opened::Plain;
-    };
-    let Some(plain) = keys
-        .iter()
-        .find_map(|key| crate::seal::open_small(key, nonce, sealed).ok())
-    else {
+    let Some(plain) = crate::seal::open_named(keys, bytes) else {
         return Opened::Plain;
     };
     match plain

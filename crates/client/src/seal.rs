@@ -354,6 +354,34 @@ pub(crate) fn seal_small(key: &[u8; 32], nonce: &[u8; 12], data: &[u8]) -> Vec<u
         .unwrap_or_default()
 }
 
+/// A value sealed with [`seal_small`] under a nonce of its own:
+/// `nonce[12] ‖ sealed`, the nonce being the first 12 bytes of
+/// `keyed_blake3(key, "nonce" ‖ names)`. `names` must name the value (a
+/// hash of it, or of what it is made of), so that one key never seals two
+/// values under one nonce and the same value seals to the same bytes: the
+/// per-relay copies of PROTOCOL.md §10.7.
+pub(crate) fn seal_named(key: &[u8; 32], names: &[u8; 32], data: &[u8]) -> Vec<u8> {
+    let mut hasher = blake3::Hasher::new_keyed(key);
+    hasher.update(b"nonce");
+    hasher.update(names);
+    let mut nonce = [0u8; 12];
+    nonce.copy_from_slice(&hasher.finalize().as_bytes()[..12]);
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&seal_small(key, &nonce, data));
+    sealed
+}
+
+/// Opens what [`seal_named`] sealed with whichever of `keys` it was
+/// sealed with; `None` when none opens it.
+pub(crate) fn open_named(
+    keys: &[zeroize::Zeroizing<[u8; 32]>],
+    sealed: &[u8],
+) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    let (nonce, sealed) = sealed.split_first_chunk::<12>()?;
+    keys.iter()
+        .find_map(|key| open_small(key, nonce, sealed).ok())
+}
+
 /// Opens what [`seal_small`] sealed.
 pub(crate) fn open_small(
     key: &[u8; 32],
