@@ -230,17 +230,8 @@ impl Client {
             .collect();
         match layout {
             Layout::Shared => {
-                let order: Vec<usize> = (0..relays.len()).collect();
-                self.chains_needed(
-                    state,
-                    relays,
-                    &listings,
-                    &order,
-                    None,
-                    &mut needed,
-                    problems,
-                )
-                .await?;
+                self.chains_needed(state, relays, &listings, None, &mut needed, problems)
+                    .await?;
             }
             // Each relay holds its own copies: each relay's chains are
             // followed on that relay.
@@ -251,7 +242,6 @@ impl Client {
                             state,
                             relays,
                             &listings,
-                            &[index],
                             Some(index),
                             &mut needed,
                             problems,
@@ -267,33 +257,27 @@ impl Client {
     }
 
     /// Adds to `needed` the newest snapshot (its operation and table) and
-    /// every device's operations after what it covers, as the relays at
-    /// `from` (indexes in `relays`) list and hold them; `on` is the relay
-    /// they are needed on (`None`: every relay, the same ids).
-    #[allow(clippy::too_many_arguments)]
+    /// every device's operations after what it covers, as the relay `on`
+    /// (an index in `relays`) lists and holds them, for that relay; with
+    /// `None`, as any relay does, for every relay (the same ids).
     async fn chains_needed(
         &self,
         state: &SyncState,
         relays: &[RelayClient],
         listings: &[Option<Listing>],
-        from: &[usize],
         on: Option<usize>,
         needed: &mut Vec<Needed>,
         problems: &mut Vec<String>,
     ) -> Result<()> {
         let keys = self.vault_secrets()?;
         // One relay's own chains, or (shared layout) any relay's.
-        let reader = self.chain_reader(relays, from.first().copied().unwrap_or(0));
-        let reader = if on.is_some() { reader.alone() } else { reader };
-        let from_listings: Vec<Option<Listing>> = from
-            .iter()
-            .map(|i| {
-                listings[*i].as_ref().map(|l| Listing {
-                    heads: l.heads.clone(),
-                    mailbox: l.mailbox.clone(),
-                })
-            })
-            .collect();
+        let (reader, listings) = match on {
+            Some(index) => (
+                self.chain_reader(relays, index).alone(),
+                &listings[index..=index],
+            ),
+            None => (self.chain_reader(relays, 0), listings),
+        };
         // A relay's own copy comes back only from this device's cache; a
         // core stored as it is (`plain`) from any relay too.
         let place = |id: BlobId, bytes: Option<Vec<u8>>, max: usize, plain: bool| Needed {
@@ -310,7 +294,7 @@ impl Client {
         // merely the highest head: a stolen device can name anything in its
         // own snapshot slot, and a forged one would stop the renewal of the
         // operations it claims to cover.
-        let snapshot = snapshot_candidates(&from_listings)
+        let snapshot = snapshot_candidates(listings)
             .into_iter()
             .find(|(_, h)| h.seq == state.snapshot())
             .map(|(_, h)| h.target);
