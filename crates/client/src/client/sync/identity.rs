@@ -86,12 +86,14 @@ impl Client {
         }
         Ok(self.log.state().head() != start)
     }
+
     /// Whether `key` is, or was, a device of this identity (or its root).
     pub(super) fn ever_enrolled(&self, key: &VerifyingKey) -> bool {
         *key == self.config.root
             || self.log.state().devices().contains_key(key)
             || self.log.state().revoked().contains(key)
     }
+
     /// Fetches the log ending at `target` and takes it up if it extends this
     /// device's or wins a fork against it. `claim` is the position an owned
     /// head said the target is at; a log of another length is refused. A
@@ -187,6 +189,7 @@ impl Client {
         }
         Ok(())
     }
+
     /// Why `head`, listed in the mailbox this device reads, cannot be true,
     /// if it cannot. No log, operation sequence or clock reaches 2^64-1 (the
     /// previous release wrote that only into a mailbox it left, which is
@@ -225,6 +228,7 @@ impl Client {
         }
         None
     }
+
     /// Whether `device` may have written an operation at `clock`: it is in
     /// the identity log, and if revoked, wrote before its revocation.
     pub(super) fn may_write(&self, device: &VerifyingKey, clock: u64) -> bool {
@@ -236,6 +240,7 @@ impl Client {
             None => false,
         }
     }
+
     /// Follows identity-log entries that merged operations announced
     /// beyond this device's log: a device learns of a change (a revocation
     /// above all) from any device it hears from, not only through the
@@ -260,6 +265,7 @@ impl Client {
         }
         Ok(())
     }
+
     /// Brings the identity log up to date from the relays (one listing per
     /// relay), following rotations into the next mailbox.
     pub async fn refresh_identity(&mut self) -> Result<bool> {
@@ -286,6 +292,7 @@ impl Client {
             changed = true;
         }
     }
+
     /// Appends an `identity` operation naming the log's newest entry, so
     /// other devices see the change in this device's log too. Returns
     /// warnings.

@@ -195,6 +195,7 @@ impl Client {
         }
         report
     }
+
     async fn sync_with(&mut self, state: &mut SyncState) -> Result<SyncReport> {
         let enrolled_before: Vec<(VerifyingKey, String)> = self
             .log
@@ -362,6 +363,7 @@ impl Client {
             findings: state.findings[first_finding.min(state.findings.len())..].to_vec(),
         })
     }
+
     /// Lists the current mailbox on every relay (one request each). The
     /// first time a generation is listed whose layout this device has not
     /// learned, the per-relay mailboxes are tried first and, when they
@@ -394,6 +396,7 @@ impl Client {
         }
         Ok(answers)
     }
+
     /// Lists `vault`'s mailbox in `layout` on every relay.
     pub(super) async fn list_in(
         &self,
@@ -408,6 +411,7 @@ impl Client {
         }))
         .await
     }
+
     /// The newest vault key this device holds (the current one unless it
     /// was revoked): its mailbox is where this device looks.
     pub(super) fn newest_vault(&self) -> Result<crate::keys::VaultKey> {
@@ -415,10 +419,12 @@ impl Client {
             .pop()
             .ok_or_else(|| Error::Invalid("this device holds no vault key".into()))
     }
+
     /// Every vault secret this device holds.
     pub(super) fn vault_secrets(&self) -> Result<Vec<crate::keys::X25519Secret>> {
         Ok(self.vault_keys()?.into_iter().map(|k| k.secret).collect())
     }
+
     /// Pulls, then gives the table and the state to `f`, which may append.
     pub(super) async fn synced(&mut self) -> Result<SyncState> {
         if self.relays.entries().is_empty() {
@@ -433,6 +439,7 @@ impl Client {
         self.require_active()?;
         Ok(state)
     }
+
     /// Drops claims on copies no longer listed after a change, then saves.
     /// Returns what each delete did.
     pub(super) async fn finish_change(

@@ -64,6 +64,7 @@ impl Client {
         }
         Ok(())
     }
+
     /// Sends `relay` this device's operations after `base` (its head
     /// there) up to `known`, as that relay's copies, and its head.
     pub(super) async fn republish_copies(
@@ -76,6 +77,7 @@ impl Client {
         self.place(relay, base, known, crate::relay_copy::Links::default(), pow)
             .await
     }
+
     /// The proof-of-work `relay` asks of uploads now.
     pub(super) async fn pow_bits(&self, relay: &RelayClient) -> Result<u8> {
         Ok(relay
@@ -85,6 +87,7 @@ impl Client {
             .limits
             .pow_bits)
     }
+
     /// Writes this device's own operations head at `seq` to `relays` in
     /// the current mailbox, naming on each relay the blob `targets` gives
     /// it. Returns how many took it.
@@ -113,6 +116,7 @@ impl Client {
         .filter(Result::is_ok)
         .count()
     }
+
     /// Where this device's operation at `position` is on each of `relays`:
     /// the core itself in the shared layout; in the per-relay one the copy
     /// that relay's chain ends in, and nothing for a relay whose chain does
@@ -141,6 +145,7 @@ impl Client {
             })
             .collect()
     }
+
     /// Appends `change` to this device's log: signs, seals, stores on every
     /// relay, points this device's head at it, and merges it locally.
     /// Returns the relays that did not take it.
@@ -151,6 +156,7 @@ impl Client {
     ) -> Result<Vec<String>> {
         self.append_linked(state, change, &BTreeMap::new()).await
     }
+
     /// [`Client::append`], with the links each relay's copy of the new
     /// operation carries besides the previous one (per-relay layout: a
     /// snapshot's table and covers there).
@@ -248,6 +254,7 @@ impl Client {
         self.enter_generation(state, vault.generation);
         Ok(failures)
     }
+
     /// Writes a snapshot of the table and names it in the `snapshot` slot.
     pub(in crate::client) async fn write_snapshot(
         &self,
@@ -367,6 +374,7 @@ impl Client {
         }
         Ok(())
     }
+
     /// Where each position `covers` names is on `relay`, for a snapshot's
     /// copy there to link to (a reader takes a covered position only from a
     /// link): the end of that relay's chain where it is the position, else

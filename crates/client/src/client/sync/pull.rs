@@ -41,6 +41,7 @@ impl Client {
             .map(Verified::into_record)
             .map_err(|err| Error::Invalid(format!("operation: {err}")))
     }
+
     /// [`crate::client::mailbox::fetch_small`], noting in the relays' records any
     /// that served wrong bytes (a lie, not an outage).
     pub(in crate::client) async fn fetch_small_scored(
@@ -62,22 +63,7 @@ impl Client {
         })
         .await
     }
-    pub(in crate::client) async fn fetch_op(
-        &self,
-        relays: &[RelayClient],
-        id: &BlobId,
-        keys: &[crate::keys::X25519Secret],
-    ) -> Result<Operation> {
-        let sealed = match self.cached_op(id) {
-            Some(bytes) if BlobId::of(&bytes) == *id => bytes,
-            _ => {
-                let bytes = self.fetch_small_scored(relays, id, MAX_OP_BLOB).await?;
-                self.cache_op(id, &bytes)?;
-                bytes
-            }
-        };
-        self.open_op(&sealed, keys)
-    }
+
     /// Applies the snapshot `head` (listed by `relays[index]`) names if it
     /// covers operations this device has not merged. Returns whether it
     /// did.
@@ -93,6 +79,7 @@ impl Client {
         let fetched = self
             .fetch_core(&reader, &head.target, MAX_OP_BLOB, Keep::Core)
             .await?;
+        let alone = reader.alone();
         let op = self.open_op(&fetched.core, &keys)?;
         if !self.may_write(&op.device, op.clock) {
             return Err(Error::Invalid("written by a device that may not".into()));
@@ -147,25 +134,23 @@ impl Client {
             let key: VerifyingKey = device.parse().map_err(|_| {
                 Error::Invalid(format!("the snapshot covers {device:?}, not a key"))
             })?;
-            let covered = match &fetched.links {
-                None => self.fetch_op(relays, &position.op, &keys).await?,
-                Some(links) => {
-                    let Some((_, at)) = links.covers.iter().find(|(d, _)| *d == key) else {
-                        continue;
-                    };
-                    let copy = self
-                        .fetch_core(&reader.alone(), at, MAX_OP_BLOB, Keep::Core)
-                        .await?;
-                    if copy.core_id != position.op {
-                        return Err(Error::Invalid(format!(
-                            "the snapshot's copy links position {} of device {key} to another \
-                             operation",
-                            position.seq
-                        )));
-                    }
-                    self.open_op(&copy.core, &keys)?
-                }
+            // Where the covered operation is: a core stored as it is names
+            // itself on any relay; a copy names this relay's copy of it.
+            let (at, from) = match &fetched.links {
+                None => (position.op, &reader),
+                Some(links) => match links.covers.iter().find(|(d, _)| *d == key) {
+                    Some((_, at)) => (*at, &alone),
+                    None => continue,
+                },
             };
+            let copy = self.fetch_core(from, &at, MAX_OP_BLOB, Keep::Core).await?;
+            if copy.core_id != position.op {
+                return Err(Error::Invalid(format!(
+                    "the snapshot's copy links position {} of device {key} to another operation",
+                    position.seq
+                )));
+            }
+            let covered = self.open_op(&copy.core, &keys)?;
             if covered.device != key || covered.seq != position.seq {
                 return Err(Error::Invalid(format!(
                     "the snapshot says position {} of device {key} is operation {}, which is \
@@ -197,6 +182,7 @@ impl Client {
         }
         Ok(true)
     }
+
     /// A snapshot's sealed table `blob`: from the relay's copy `at` where
     /// the snapshot's copy names one, else as it is from any relay.
     async fn fetch_table(
@@ -220,6 +206,7 @@ impl Client {
             ))),
         }
     }
+
     /// Merges every device's new operations; flags and repairs relays that
     /// are behind. Returns the number of operations merged, and the
     /// identity-log entries they announced beyond this device's log.
@@ -515,6 +502,7 @@ impl Client {
         }
         (merged, announced)
     }
+
     /// Learns, once, which operation each head a relay lists names, from
     /// the merged position on (per-relay layout, where a head names that
     /// relay's copy): so two relays holding different operations at one
@@ -566,6 +554,7 @@ impl Client {
             }
         }
     }
+
     /// Walks `device`'s log back to `known` from the first of the heads
     /// `ahead` (relay index, blob, position; highest first) whose chain
     /// leads there. Returns the operations, oldest first, and where that
@@ -603,6 +592,7 @@ impl Client {
         }
         Err(last.unwrap_or_else(|| WalkError::Other(Error::Invalid("no head to walk".into()))))
     }
+
     /// Walks one relay's chain of `device`'s log back from `target` (at
     /// `seq`) to `known`, that relay first for every blob.
     async fn walk_on(

@@ -229,18 +229,22 @@ impl Client {
             Err(source) => Err(Error::Io { path, source }),
         }
     }
+
     pub(super) fn save_sync(&self, state: &SyncState) -> Result<()> {
         let json = serde_json::to_vec(state).map_err(|err| Error::Invalid(err.to_string()))?;
         write_private(&self.home.sync_state(), &json)
     }
+
     fn cache_path(&self, id: &BlobId) -> PathBuf {
         self.home.op_cache().join(id.to_string())
     }
+
     pub(in crate::client) fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
         let dir = self.home.op_cache();
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         write_private(&self.cache_path(id), sealed)
     }
+
     /// Caches a relay's copy of a core (`crate::relay_copy`): the core is
     /// what matters, so the copy is not waited for on disk.
     pub(in crate::client) fn cache_copy(&self, id: &BlobId, copy: &[u8]) -> Result<()> {
@@ -248,16 +252,20 @@ impl Client {
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         crate::home::write_cache(&self.cache_path(id), copy)
     }
+
     pub(in crate::client) fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
         std::fs::read(self.cache_path(id)).ok()
     }
+
     pub(in crate::client) fn store_sync(&self, state: &SyncState) -> Result<()> {
         self.save_sync(state)
     }
+
     /// The table as of the last sync (no network).
     pub(in crate::client) fn table_of(state: &SyncState) -> &Table {
         &state.table
     }
+
     /// Relays holding a copy of `blob` this device made and has not
     /// deleted.
     pub(in crate::client) fn owned_relays(
@@ -270,6 +278,7 @@ impl Client {
             .map(|keys| keys.iter().filter_map(|k| k.parse().ok()).collect())
             .unwrap_or_default()
     }
+
     /// The findings recorded so far (no network).
     pub fn findings(&self) -> Result<Vec<Finding>> {
         Ok(self.load_sync()?.findings)

@@ -79,6 +79,7 @@ impl Client {
         }
         done
     }
+
     /// Claims, on the relays of this device's set, every copy the table
     /// lists that this device does not own yet (PROTOCOL.md §7.3), so that
     /// no other device, stolen or revoked, can delete it alone. Copies that
@@ -180,6 +181,7 @@ impl Client {
         }
         (claimed, pending)
     }
+
     /// Moves `state` to vault generation `generation` ([`SyncState::enter`]).
     /// Leaving the shared layout for the per-relay one, this device also
     /// lets go of the plain identity-log entries it stored on each relay:
@@ -212,6 +214,7 @@ impl Client {
         }
         state.releasing.push(releasing);
     }
+
     /// After a rotation: claims the copies under the new generation's
     /// owner key and lets go of the old one's claims.
     pub(in crate::client) async fn move_claims(&self, state: &mut SyncState) {
@@ -231,6 +234,7 @@ impl Client {
         }
         self.release_old_claims(state, &relays).await;
     }
+
     /// Lets go of the claims an earlier generation's owner key holds on
     /// copies the current owner has claimed since (or that the table no
     /// longer lists), so that a device revoked by the rotation, which
@@ -294,6 +298,7 @@ impl Client {
             }
         }
     }
+
     /// Records that this device stored copies of `blob` on `relays`.
     pub(in crate::client) fn record_owned(
         state: &mut SyncState,
