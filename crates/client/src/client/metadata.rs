@@ -171,7 +171,8 @@ impl Client {
                 let bytes = match source {
                     Origin::Nowhere => {
                         return Err(Error::Invalid(format!(
-                            "lacks its copy {id}, which no other relay or this device holds"
+                            "lacks its copy {id}, which no other relay or this device holds; \
+                             the device that wrote it gives it back at its next `cairn repair`"
                         )));
                     }
                     Origin::Local(bytes) => bytes.clone(),

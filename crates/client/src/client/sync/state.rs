@@ -239,18 +239,21 @@ impl Client {
         self.home.op_cache().join(id.to_string())
     }
 
-    pub(in crate::client) fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
+    /// Where `id` is cached, with the cache directory made.
+    fn cache_file(&self, id: &BlobId) -> Result<PathBuf> {
         let dir = self.home.op_cache();
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        write_private(&self.cache_path(id), sealed)
+        Ok(self.cache_path(id))
+    }
+
+    pub(in crate::client) fn cache_op(&self, id: &BlobId, sealed: &[u8]) -> Result<()> {
+        write_private(&self.cache_file(id)?, sealed)
     }
 
     /// Caches a relay's copy of a core (`crate::relay_copy`): the core is
     /// what matters, so the copy is not waited for on disk.
     pub(in crate::client) fn cache_copy(&self, id: &BlobId, copy: &[u8]) -> Result<()> {
-        let dir = self.home.op_cache();
-        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        crate::home::write_cache(&self.cache_path(id), copy)
+        crate::home::write_cache(&self.cache_file(id)?, copy)
     }
 
     pub(in crate::client) fn cached_op(&self, id: &BlobId) -> Option<Vec<u8>> {
