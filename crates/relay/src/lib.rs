@@ -47,7 +47,7 @@ pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
 pub use store::StoreError;
-pub use store::fsck::{FsckReport, fsck};
+pub use store::{FsckReport, fsck};
 
 /// The software name and version a relay reports in its info document.
 pub const SOFTWARE: &str = concat!("cairn-relay ", env!("CARGO_PKG_VERSION"));

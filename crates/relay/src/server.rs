@@ -490,36 +490,7 @@ impl RelayHandle {
             crate::store::Source::Client(owner),
             crate::store::Source::Peer,
         );
-        let now = self.app.now();
-        if let Some(backend) = self.app.store.scale_out()
-            && blobs.iter().all(|b| b.len() <= crate::store::INLINE_MAX)
-        {
-            let blobs: Vec<_> = blobs
-                .into_iter()
-                .map(|data| (cairn_proto::BlobId::of(&data), bytes::Bytes::from(data)))
-                .collect();
-            return backend.seed_small(&blobs, source, now).await;
-        }
-        let inserts = blobs.into_iter().map(|data| {
-            let id = cairn_proto::BlobId::of(&data);
-            let size = data.len() as u64;
-            self.app.store.insert(
-                crate::store::Staged::Bytes(data.into()),
-                id,
-                size,
-                source,
-                now,
-            )
-        });
-        // Many at once, so the writer commits them in large batches.
-        let outcomes = futures_util::future::join_all(inserts).await;
-        let mut stored = 0;
-        for outcome in outcomes {
-            if outcome? == crate::store::InsertOutcome::Stored {
-                stored += 1;
-            }
-        }
-        Ok(stored)
+        self.app.store.seed(blobs, source, self.app.now()).await
     }
 
     /// Writes pending access times to the index now.

@@ -16,7 +16,7 @@ use cairn_proto::reconcile::Reconciler;
 use super::replicate::{Candidates, push};
 use super::{FederationError, Peer};
 use crate::node::Node;
-use crate::store::model::CLIENT_SOURCE;
+use crate::store::SourceKey;
 
 /// Rounds after which a reconciliation is abandoned: far more than the
 /// logarithmic number a well-behaved peer needs.
@@ -50,7 +50,7 @@ pub struct ReconcileCounts {
 /// Reconciles with every configured peer, one after another.
 pub(crate) async fn reconcile_all(app: &Node) -> Vec<ReconcileReport> {
     let candidates = Candidates::now(app);
-    let mine = match app.store.ids_from(CLIENT_SOURCE).await {
+    let mine = match app.store.ids_from(SourceKey::Clients).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::error!(error = %e, "listing blobs for reconciliation failed");

@@ -19,7 +19,7 @@ use futures_util::StreamExt as _;
 
 use super::{FederationError, Peer};
 use crate::node::Node;
-use crate::store::model::Forward;
+use crate::store::{Forward, SourceKey};
 
 /// Blobs looked at per batch.
 const BATCH: usize = 64;
@@ -134,7 +134,7 @@ async fn move_one(app: &Node, id: BlobId, size: u64, low: u64) -> Outcome {
     };
     let peers = peers
         .into_iter()
-        .filter(|p| !sources.contains(&p.relay.key.to_bytes()));
+        .filter(|p| !sources.contains(&SourceKey::peer(&p.relay.key)));
     let mut failed = 0;
     for peer in peers {
         match transfer(app, &peer, id, size).await {

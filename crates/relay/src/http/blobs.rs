@@ -1,6 +1,5 @@
 //! `/v1/blobs/{id}`: upload, download, delete (docs/PROTOCOL.md §7.3).
 
-use std::io::{Read as _, Seek as _};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -20,15 +19,10 @@ use super::body::BodyChunks;
 use super::error::ApiError;
 use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
-use crate::store::index::{IndexReader, Location};
 use crate::store::{
-    BlobBody, BodyStream, ClaimOutcome, DeleteOutcome, InsertOutcome, Source, Staged, StoreError,
-    clamped_slice,
+    ClaimOutcome, DeleteOutcome, InsertOutcome, ReadBody, Source, Staged, StoreError, Want,
 };
 
-/// Bodies up to this size are read in one blocking call and sent from
-/// memory; larger ones stream from the file.
-const SMALL_BLOB: u64 = 64 * 1024;
 /// Uploads that declare at most this length are received in memory.
 const SMALL_UPLOAD: u64 = 256 * 1024;
 /// Uploads larger than this flush their own data before the batch commit.
@@ -94,17 +88,6 @@ fn etag(id: &BlobId) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{id}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
-/// What opening a blob for a read produced.
-enum Opened {
-    Small(Vec<u8>, u64),
-    Large(std::fs::File, u64),
-    Stream(BodyStream, u64),
-}
-
-/// An opened blob, the range to send, and whether that range is
-/// satisfiable; `None` if the index does not name the blob.
-type OpenedRead = Option<(Opened, Option<ByteRange>, bool)>;
-
 /// `GET` and `HEAD`.
 pub(crate) async fn get_blob(
     State(app): State<AppState>,
@@ -143,134 +126,38 @@ pub(crate) async fn get_blob(
     }
 
     let generation = app.store.cache.generation();
-    let opened = match app.store.embedded_reader(&id) {
-        // One trip to the blocking pool: open, size, and for small blobs
-        // read.
-        Some((reader, path)) => tokio::task::spawn_blocking(move || {
-            open_embedded(&reader, &path, &id, range_header.as_deref(), head)
-        })
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|e| ApiError::from(StoreError::io("read blob", e)))?,
-        None => open_shared(&app, &id, range_header.as_deref(), head).await?,
+    // What to read is decided once the size is known, from the range asked
+    // for; the same parse below then builds the answer.
+    let header = range_header.clone();
+    let want = move |size| match range::parse(header.as_deref(), size) {
+        Ok(_) if head => Want::Size,
+        Ok(Some(r)) => Want::Bytes {
+            start: r.start,
+            len: r.len(),
+        },
+        Ok(None) => Want::Bytes {
+            start: 0,
+            len: size,
+        },
+        Err(()) => Want::Size,
     };
-
-    let Some((opened, range, satisfiable)) = opened else {
+    let Some(read) = app.store.read(id, want).await? else {
         return forwarded(&app, id, "").await;
     };
-    let size = match &opened {
-        Opened::Small(_, size) | Opened::Large(_, size) | Opened::Stream(_, size) => *size,
-    };
-    if !satisfiable {
-        return Err(ApiError::bad_range(size));
-    }
-    let len = range.map_or(size, |r| r.len());
-    let body = if head {
-        Body::empty()
-    } else {
-        match opened {
-            Opened::Small(bytes, _) => {
-                let bytes = Bytes::from(bytes);
-                if range.is_none() {
-                    app.store.cache.insert(id, generation, bytes.clone());
-                }
-                Body::from(bytes)
+    let size = read.size;
+    let range =
+        range::parse(range_header.as_deref(), size).map_err(|()| ApiError::bad_range(size))?;
+    let body = match read.body {
+        ReadBody::Nothing => Body::empty(),
+        ReadBody::Bytes(bytes) => {
+            if range.is_none() {
+                app.store.cache.insert(id, generation, bytes.clone());
             }
-            Opened::Large(file, _) => {
-                use tokio::io::AsyncReadExt as _;
-                let file = tokio::fs::File::from_std(file).take(len);
-                Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-                    file,
-                    256 * 1024,
-                ))
-            }
-            Opened::Stream(stream, _) => Body::from_stream(stream),
+            Body::from(bytes)
         }
+        ReadBody::Stream(stream) => Body::from_stream(stream),
     };
     Ok(blob_response(&app, id, size, range, head, started, body))
-}
-
-/// Opens a blob of the embedded store, on the blocking pool.
-fn open_embedded(
-    reader: &IndexReader,
-    path: &std::path::Path,
-    id: &BlobId,
-    range_header: Option<&str>,
-    head: bool,
-) -> std::io::Result<OpenedRead> {
-    // Only indexed blobs are served: a file renamed into place but not yet
-    // committed (or left so by a crash) is not acknowledged. Small blobs
-    // live in the index; everything else in a file.
-    let location = match reader.locate(id).map_err(std::io::Error::other)? {
-        None => return Ok(None),
-        Some(location) => location,
-    };
-    if let Location::Inline(body) = location {
-        let size = body.len() as u64;
-        let Ok(range) = range::parse(range_header, size) else {
-            return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
-        };
-        let body = match range {
-            _ if head => Vec::new(),
-            // In bounds: the parser checked against `size`.
-            Some(r) => body
-                .get(usize::try_from(r.start).unwrap_or(0)..=usize::try_from(r.end).unwrap_or(0))
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
-            None => body,
-        };
-        return Ok(Some((Opened::Small(body, size), range, true)));
-    }
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let size = file.metadata()?.len();
-    let Ok(range) = range::parse(range_header, size) else {
-        return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
-    };
-    let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
-    if head {
-        return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
-    }
-    file.seek(std::io::SeekFrom::Start(start))?;
-    if len <= SMALL_BLOB {
-        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        file.take(len).read_to_end(&mut buf)?;
-        Ok(Some((Opened::Small(buf, size), range, true)))
-    } else {
-        Ok(Some((Opened::Large(file, size), range, true)))
-    }
-}
-
-/// Opens a blob of the scale-out store: small bodies come with the index
-/// row, large ones stream from the object store.
-async fn open_shared(
-    app: &AppState,
-    id: &BlobId,
-    range_header: Option<&str>,
-    head: bool,
-) -> Result<OpenedRead, ApiError> {
-    let Some(body) = app.store.open_body(id).await? else {
-        return Ok(None);
-    };
-    let size = body.size();
-    let Ok(range) = range::parse(range_header, size) else {
-        return Ok(Some((Opened::Small(Vec::new(), size), None, false)));
-    };
-    if head {
-        return Ok(Some((Opened::Small(Vec::new(), size), range, true)));
-    }
-    let (start, len) = range.map_or((0, size), |r| (r.start, r.len()));
-    let opened = match body {
-        BlobBody::Inline(bytes) => {
-            let piece = clamped_slice(&bytes, start, len);
-            Opened::Small(piece.to_vec(), size)
-        }
-        other => Opened::Stream(other.into_stream(start, len).await?, size),
-    };
-    Ok(Some((opened, range, true)))
 }
 
 /// The answer for a blob this relay does not hold: a redirect to the peer

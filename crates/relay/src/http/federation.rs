@@ -59,7 +59,10 @@ pub(crate) async fn reconcile(
     metrics
         .reconcile_bytes_received
         .fetch_add(message.len() as u64, Ordering::Relaxed);
-    let held = app.store.ids_from(peer.to_bytes()).await?;
+    let held = app
+        .store
+        .ids_from(crate::store::SourceKey::peer(&peer))
+        .await?;
     let answer = tokio::task::spawn_blocking(move || {
         let reconciler = Reconciler::new(&held).map_err(|e| {
             crate::store::StoreError::Failed(format!("the index's source rows are unsorted: {e}"))

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::AppState;
 use super::body::read_bounded;
 use super::error::ApiError;
-use crate::store::model::HeadKey;
+use crate::store::HeadKey;
 use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, NewHead};
 
 /// Largest head body accepted. A head envelope is at most 312 bytes today;

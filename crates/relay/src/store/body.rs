@@ -8,14 +8,64 @@ use bytes::Bytes;
 use cairn_proto::BlobId;
 use futures_util::{Stream, StreamExt as _};
 
-use super::StoreError;
-use super::objects::Objects;
+use super::error::StoreError;
+use super::scaleout::objects::Objects;
 
 /// Bytes on their way out, piece by piece.
 pub(crate) type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// Pieces read from a local file at a time.
 const FILE_PIECE: usize = 256 * 1024;
+
+/// Reads of at most this many bytes are done in one blocking call and
+/// sent from memory; longer ones stream.
+pub(crate) const SMALL_READ: u64 = 64 * 1024;
+
+/// What a reader wants of a blob, decided once its size is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// Only the size (a `HEAD`, or a range the blob cannot satisfy).
+    Size,
+    /// `len` bytes from `start`, within the blob.
+    Bytes { start: u64, len: u64 },
+}
+
+/// A blob opened for one read: its size and what was asked of it.
+pub(crate) struct BlobRead {
+    pub(crate) size: u64,
+    pub(crate) body: ReadBody,
+}
+
+/// The bytes a [`Want`] asked for.
+pub(crate) enum ReadBody {
+    /// Nothing was asked ([`Want::Size`]).
+    Nothing,
+    /// A short read, in memory.
+    Bytes(Bytes),
+    /// A longer read, streamed.
+    Stream(BodyStream),
+}
+
+impl BlobRead {
+    /// Reads what `want` asks of an opened body (the path of backends that
+    /// cannot do better than open, then read).
+    pub(crate) async fn from_body(
+        body: BlobBody,
+        want: impl FnOnce(u64) -> Want,
+    ) -> Result<Self, StoreError> {
+        let size = body.size();
+        let body = match (want(size), body) {
+            (Want::Size, _) => ReadBody::Nothing,
+            (Want::Bytes { start, len }, BlobBody::Inline(bytes)) => {
+                ReadBody::Bytes(clamped_slice(&bytes, start, len))
+            }
+            (Want::Bytes { start, len }, body) => {
+                ReadBody::Stream(body.into_stream(start, len).await?)
+            }
+        };
+        Ok(Self { size, body })
+    }
+}
 
 /// An open blob body.
 #[derive(Debug)]

@@ -8,8 +8,8 @@ use redb::{
     ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
 };
 
-use super::StoreError;
-use super::model::{BlobMeta, BlobRecord, Forward, ForwardRow, HeadKey, HeadRow};
+use crate::store::error::StoreError;
+use crate::store::model::{BlobMeta, BlobRecord, Forward, ForwardRow, HeadKey, HeadRow, SourceKey};
 
 /// Blob id → [`BlobMeta`] in its 56-byte encoding.
 pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinition::new("blobs_v1");
@@ -30,7 +30,7 @@ pub(crate) const OWNERS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::n
 /// because the relay stopped between commit and unlink. Finished at start.
 pub(crate) const PENDING_UNLINK: TableDefinition<'_, [u8; 32], ()> =
     TableDefinition::new("pending_unlink_v1");
-/// Blob id → body, for blobs of at most [`super::INLINE_MAX`] bytes. Small
+/// Blob id → body, for blobs of at most [`crate::store::model::INLINE_MAX`] bytes. Small
 /// blobs live in the index itself: one transaction makes them durable, with
 /// no file to create, rename and sync.
 pub(crate) const INLINE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("inline_v1");
@@ -53,7 +53,7 @@ pub(crate) const HEADS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32], &str), ()>
     TableDefinition::new("heads_by_access_v1");
 
 /// (source, blob id) → (): why the relay holds each blob. The source is
-/// [`super::model::CLIENT_SOURCE`] for a blob a client uploaded (the relay's own, which it
+/// [`SourceKey::Clients`] for a blob a client uploaded (the relay's own, which it
 /// replicates) or the key of the peer relay that pushed or transferred it.
 /// Rows sort by source, so each source's ids are one contiguous, sorted
 /// range: exactly the set that reconciliation with that peer compares.
@@ -144,9 +144,9 @@ impl IndexReader {
         Ok((get(STAT_BYTES)?, get(STAT_BLOBS)?, get(STAT_HEADS)?))
     }
 
-    /// The ids held from `source`, sorted ([`super::model::CLIENT_SOURCE`] for the
-    /// relay's own).
-    pub(crate) fn ids_from(&self, source: [u8; 32]) -> Result<Vec<BlobId>, StoreError> {
+    /// The ids held from `source`, sorted.
+    pub(crate) fn ids_from(&self, source: SourceKey) -> Result<Vec<BlobId>, StoreError> {
+        let source = source.to_row();
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(SOURCES).map_err(redb::Error::from)?;
         let mut out = Vec::new();
@@ -160,9 +160,8 @@ impl IndexReader {
         Ok(out)
     }
 
-    /// The sources of `id`: [`super::model::CLIENT_SOURCE`] and the keys of peers that
-    /// handed it over.
-    pub(crate) fn sources_of(&self, id: &BlobId) -> Result<Vec<[u8; 32]>, StoreError> {
+    /// Whom the relay holds `id` from.
+    pub(crate) fn sources_of(&self, id: &BlobId) -> Result<Vec<SourceKey>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let table = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
         let id = *id.as_bytes();
@@ -171,7 +170,9 @@ impl IndexReader {
             .range((id, [0u8; 32])..=(id, [0xff; 32]))
             .map_err(redb::Error::from)?
         {
-            out.push(row.map_err(redb::Error::from)?.0.value().1);
+            out.push(SourceKey::from_row(
+                row.map_err(redb::Error::from)?.0.value().1,
+            ));
         }
         Ok(out)
     }
@@ -316,7 +317,10 @@ impl IndexReader {
             if after.is_some_and(|a| *a.as_bytes() == raw) {
                 continue;
             }
-            let sources = keys_of(&blob_sources, raw)?;
+            let sources = keys_of(&blob_sources, raw)?
+                .into_iter()
+                .map(SourceKey::from_row)
+                .collect();
             let co_owners = keys_of(&co_owners, raw)?
                 .into_iter()
                 .filter_map(|key| VerifyingKey::from_bytes(&key).ok())

@@ -1,121 +1,24 @@
-//! The scale-out store: the index in PostgreSQL ([`super::postgres`]) and
-//! bodies in an S3-compatible bucket ([`super::objects`]), shared by any
-//! number of relay processes.
-//!
-//! # Commit protocol (an upload)
-//!
-//! 1. The HTTP layer streams the body to a local temp file, hashing it, and
-//!    refuses it on a mismatch (as for the embedded store); the temp file
-//!    needs no fsync, since the object store is what makes it durable.
-//! 2. One transaction takes the blob id's advisory lock. If the index holds
-//!    the id already, the upload is an access ("already held").
-//! 3. Otherwise capacity and quota are checked, the body goes to the bucket
-//!    (multipart above 8 MiB) under the lock, then the row, source, totals
-//!    and owner usage are written and the transaction commits.
-//! 4. Only then is the upload acknowledged: the object was complete before
-//!    the commit, and the commit is durable.
-//!
-//! # Deleting (client delete, GC, transfer)
-//!
-//! One transaction removes the row and queues the id in `pending_unlink`;
-//! after the commit, a second transaction takes the id's lock, deletes the
-//! object unless the id was stored again meanwhile, and drops the queue
-//! entry. A crash between the two leaves a queue entry that any process
-//! finishes at its next start or GC pass; the object is never served in
-//! between, since no row names it.
-//!
-//! The id lock is what keeps "indexed but no object" impossible: an upload
-//! writes the object and the row under it, and a deletion checks for the
-//! row and deletes the object under it.
-
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+//! The scale-out backend's writes of blobs: each one transaction under the
+//! blob id's advisory lock, deciding by [`crate::store::rules`] (see the
+//! commit protocol in [`super`]).
 
 use bytes::Bytes;
 use cairn_proto::BlobId;
 
-use super::model::{BlobRecord, Forward};
-use super::objects::Objects;
-use super::postgres::{BlobRow, Index, db_err, exec, int};
-use super::{
-    ClaimOutcome, DeleteOutcome, INLINE_MAX, InsertOutcome, OpenReport, Source, SpentToken, Staged,
-    StoreError, StoreStats,
+use super::ScaleOut;
+use super::postgres::{self, BlobRow, Index, db_err, exec, int};
+use crate::store::error::StoreError;
+use crate::store::model::{
+    BlobRecord, ClaimOutcome, DeleteOutcome, Forward, INLINE_MAX, InsertOutcome, Source,
+    SpentToken, Staged,
 };
-use crate::config::ScaleOutConfig;
+use crate::store::rules::{Limit, Rules};
 
 /// Pending object removals finished per pass.
 const UNLINK_BATCH: usize = 1024;
 
-/// The shared backends and the limits that apply across processes.
-#[derive(Debug)]
-pub(crate) struct ScaleOut {
-    pub(crate) index: Index,
-    pub(crate) objects: Objects,
-    stats: Arc<StoreStats>,
-    capacity: u64,
-    key_quota: u64,
-    pub(crate) max_heads: u64,
-    /// Names this process in leases.
-    pub(crate) holder: String,
-}
-
 impl ScaleOut {
-    /// Connects to both backends, migrates the index and finishes object
-    /// removals a stopped process left behind.
-    pub(crate) async fn open(
-        config: &ScaleOutConfig,
-        http: reqwest::Client,
-        stats: Arc<StoreStats>,
-        capacity: u64,
-        key_quota: u64,
-        max_heads: u64,
-    ) -> Result<(Self, OpenReport), StoreError> {
-        let index = Index::open(&config.postgres).await?;
-        let objects = Objects::open(&config.s3, http)?;
-        objects.check().await?;
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).map_err(|e| StoreError::Failed(e.to_string()))?;
-        let holder: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-        let store = Self {
-            index,
-            objects,
-            stats,
-            capacity,
-            key_quota,
-            max_heads,
-            holder,
-        };
-        store.refresh_stats().await?;
-        let pending_unlinks_finished = store.finish_unlinks().await?;
-        Ok((
-            store,
-            OpenReport {
-                temp_files_removed: 0,
-                pending_unlinks_finished,
-            },
-        ))
-    }
-
-    /// Reloads the totals from the index (other processes change them too).
-    pub(crate) async fn refresh_stats(&self) -> Result<(), StoreError> {
-        let (bytes, blobs, heads) = self.index.stats().await?;
-        self.stats.bytes.store(bytes, Ordering::SeqCst);
-        self.stats.blobs.store(blobs, Ordering::SeqCst);
-        self.stats.heads.store(heads, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn added(&self, bytes: i64, blobs: i64) {
-        let apply = |counter: &std::sync::atomic::AtomicU64, delta: i64| {
-            let _ = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
-                Some(v.saturating_add_signed(delta))
-            });
-        };
-        apply(&self.stats.bytes, bytes);
-        apply(&self.stats.blobs, blobs);
-    }
-
-    pub(crate) async fn insert(
+    pub(super) async fn insert_blob(
         &self,
         staged: Staged,
         id: BlobId,
@@ -139,8 +42,6 @@ impl ScaleOut {
         now: u64,
     ) -> Result<InsertOutcome, StoreError> {
         let owner = source.owner();
-        let quota =
-            (self.key_quota > 0 && matches!(source, Source::Client(_))).then_some(self.key_quota);
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
@@ -156,20 +57,18 @@ impl ScaleOut {
         // Checked before the body travels, against the shared sums (see
         // `postgres` on how far concurrent commits can overshoot them).
         let (bytes, _, _) = Index::stats_in(&txn).await?;
-        if bytes.saturating_add(size) > self.capacity {
-            return Ok(InsertOutcome::RelayFull);
-        }
-        if let Some(quota) = quota
-            && Index::owner_usage_in(&txn, &owner)
-                .await?
-                .saturating_add(size)
-                > quota
-        {
-            return Ok(InsertOutcome::QuotaExceeded);
+        let quota = self.rules.quota_for(source);
+        let usage = if quota.is_set() {
+            Index::owner_usage_in(&txn, &owner).await?
+        } else {
+            0
+        };
+        if let Err(refused) = self.rules.admit(bytes, size, quota, usage) {
+            return Ok(refused);
         }
         let body = self.place_body(staged, &id, size).await?;
         Index::insert_blob(&txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
-        Index::add_source(&txn, &id, source.row_key()).await?;
+        Index::add_source(&txn, &id, source.key()).await?;
         Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
         Index::add_owner_usage(&txn, &owner, id.as_bytes()[0], int(size)).await?;
         txn.commit().await.map_err(db_err("commit upload"))?;
@@ -178,7 +77,7 @@ impl ScaleOut {
     }
 
     /// Stores verified bytes with `record`'s index facts (a migration).
-    pub(crate) async fn import(
+    pub(super) async fn import_record(
         &self,
         staged: Staged,
         record: &BlobRecord,
@@ -203,8 +102,8 @@ impl ScaleOut {
             return Ok(InsertOutcome::AlreadyHeld);
         }
         let (bytes, _, _) = Index::stats_in(&txn).await?;
-        if bytes.saturating_add(meta.size) > self.capacity {
-            return Ok(InsertOutcome::RelayFull);
+        if let Err(refused) = self.rules.admit(bytes, meta.size, Limit::NONE, 0) {
+            return Ok(refused);
         }
         let body = self.place_body(staged, &id, meta.size).await?;
         Index::insert_blob(
@@ -230,7 +129,7 @@ impl ScaleOut {
             external: body.is_none(),
         };
         for owner in &record.co_owners {
-            Index::add_owner(&txn, &id, &row, owner, None).await?;
+            Index::add_co_owner(&txn, &id, &row, owner).await?;
         }
         txn.commit().await.map_err(db_err("commit import"))?;
         self.added(int(meta.size), 1);
@@ -265,8 +164,8 @@ impl ScaleOut {
         })
     }
 
-    /// See [`super::Store::acknowledge_held`].
-    pub(crate) async fn acknowledge_held(
+    /// See [`Backend::acknowledge_held`].
+    pub(super) async fn acknowledge(
         &self,
         id: BlobId,
         source: Source,
@@ -285,6 +184,32 @@ impl ScaleOut {
         Ok(Some((row.size, claim)))
     }
 
+    /// A claim of ownership by `owner` on the held, locked blob `row`, as
+    /// the rules decide it; the caller commits.
+    async fn claim_row(
+        &self,
+        txn: &postgres::Txn<'_>,
+        id: &BlobId,
+        row: &BlobRow,
+        owner: &cairn_proto::VerifyingKey,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let (owns, owners) = Index::ownership(txn, id, row, owner).await?;
+        if let Err(decided) = Rules::claim(owns, owners) {
+            return Ok(decided);
+        }
+        let quota = self.rules.key_quota();
+        let usage = if quota.is_set() {
+            Index::owner_usage_in(txn, owner).await?
+        } else {
+            0
+        };
+        let outcome = self.rules.charge(usage, row.size);
+        if outcome == ClaimOutcome::Claimed {
+            Index::add_co_owner(txn, id, row, owner).await?;
+        }
+        Ok(outcome)
+    }
+
     /// Records an upload of the held, locked blob `row` by `source`: an
     /// access, the source and, for a client, a claim of ownership within
     /// the quota. A claim over quota is refused and nothing is recorded;
@@ -298,34 +223,30 @@ impl ScaleOut {
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
         let claim = match source {
-            Source::Client(key) => {
-                let quota = (self.key_quota > 0).then_some(self.key_quota);
-                Index::add_owner(txn, id, row, &key, quota).await?
-            }
+            Source::Client(key) => self.claim_row(txn, id, row, &key).await?,
             Source::Peer(_) => ClaimOutcome::AlreadyOwner,
         };
         if claim != ClaimOutcome::QuotaExceeded {
             Index::touch(txn, id, now).await?;
-            Index::add_source(txn, id, source.row_key()).await?;
+            Index::add_source(txn, id, source.key()).await?;
         }
         Ok(claim)
     }
 
     /// Makes `owner` an owner of blob `id`, charging its quota.
-    pub(crate) async fn add_owner(
+    pub(super) async fn claim(
         &self,
         id: BlobId,
         owner: cairn_proto::VerifyingKey,
         now: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let quota = (self.key_quota > 0).then_some(self.key_quota);
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
         let Some(row) = Index::blob_for_update(&txn, &id).await? else {
             return Ok(ClaimOutcome::NotFound);
         };
-        let outcome = Index::add_owner(&txn, &id, &row, &owner, quota).await?;
+        let outcome = self.claim_row(&txn, &id, &row, &owner).await?;
         if outcome != ClaimOutcome::QuotaExceeded {
             Index::touch(&txn, &id, now).await?;
             txn.commit().await.map_err(db_err("commit claim"))?;
@@ -333,7 +254,7 @@ impl ScaleOut {
         Ok(outcome)
     }
 
-    pub(crate) async fn delete(
+    pub(super) async fn release(
         &self,
         id: BlobId,
         owner: cairn_proto::VerifyingKey,
@@ -364,22 +285,25 @@ impl ScaleOut {
         let outcome = match Index::blob_for_update(&txn, &id).await? {
             None => DeleteOutcome::NotFound,
             // Decided before anything changes: the last claim goes with
-            // the blob, whose removal updates the totals before the owners'
-            // usage, in the order every transaction takes those rows.
-            Some(row) => match Index::ownership(&txn, &id, &row, &owner).await? {
-                (false, _) => DeleteOutcome::NotOwner,
-                (true, owners) if owners <= 1 => {
-                    Index::remove_blob(&txn, &id, &row, false).await?;
-                    removed = Some(row);
-                    DeleteOutcome::Deleted
-                }
-                (true, owners) => {
-                    Index::release(&txn, &id, &row, &owner).await?;
-                    DeleteOutcome::Released {
-                        owners_left: owners - 1,
+            // the blob.
+            Some(row) => {
+                let (owns, owners) = Index::ownership(&txn, &id, &row, &owner).await?;
+                let outcome = Rules::release(owns, owners);
+                match outcome {
+                    // The blob's removal updates the totals before the
+                    // owners' usage, in the order every transaction takes
+                    // those rows.
+                    DeleteOutcome::Deleted => {
+                        Index::remove_blob(&txn, &id, &row, false).await?;
+                        removed = Some(row);
                     }
+                    DeleteOutcome::Released { .. } => {
+                        Index::release(&txn, &id, &row, &owner).await?;
+                    }
+                    _ => {}
                 }
-            },
+                outcome
+            }
         };
         // The token is spent whatever became of the blob.
         txn.commit().await.map_err(db_err("commit delete"))?;
@@ -394,7 +318,7 @@ impl ScaleOut {
         Ok(outcome)
     }
 
-    pub(crate) async fn forward(
+    pub(super) async fn forward_blob(
         &self,
         id: BlobId,
         size: u64,
@@ -425,7 +349,7 @@ impl ScaleOut {
     /// Deletes up to `max` blobs last accessed before `cutoff`. Rows other
     /// processes are deleting are skipped, so concurrent passes never
     /// delete a blob twice.
-    pub(crate) async fn collect(
+    pub(super) async fn collect_expired(
         &self,
         cutoff: u64,
         max: usize,
@@ -455,14 +379,14 @@ impl ScaleOut {
                 *owners.entry((owner.to_bytes(), first)).or_default() += int(row.size);
             }
         }
-        super::postgres::exec(
+        postgres::exec(
             &txn,
             "DELETE FROM blobs WHERE id = ANY($1)",
             &[&ids],
             "collect blobs",
         )
         .await?;
-        super::postgres::exec(
+        postgres::exec(
             &txn,
             "DELETE FROM sources WHERE id = ANY($1)",
             &[&ids],
@@ -477,7 +401,7 @@ impl ScaleOut {
                 .entry((owner.to_bytes(), id.as_bytes()[0]))
                 .or_default() += int(size);
         }
-        super::postgres::exec(
+        postgres::exec(
             &txn,
             "INSERT INTO pending_unlink (id) SELECT unnest($1::bytea[]) ON CONFLICT DO NOTHING",
             &[&external],
@@ -510,7 +434,7 @@ impl ScaleOut {
 
     /// Stores many small blobs in a few transactions (a test hook for
     /// building large indexes quickly); how many were new.
-    pub(crate) async fn seed_small(
+    pub(super) async fn seed_small(
         &self,
         blobs: &[(BlobId, Bytes)],
         source: Source,
@@ -527,7 +451,7 @@ impl ScaleOut {
                 .collect();
             let sizes: Vec<i64> = chunk.iter().map(|(_, b)| int(b.len() as u64)).collect();
             let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_ref()).collect();
-            let rows = super::postgres::query(
+            let rows = postgres::query(
                 &txn,
                 "INSERT INTO blobs (id, size, created, last_access, owner, body)
                      SELECT id, size, $3, $3, $4, body
@@ -537,11 +461,11 @@ impl ScaleOut {
                 "seed blobs",
             )
             .await?;
-            super::postgres::exec(
+            postgres::exec(
                 &txn,
                 "INSERT INTO sources (source, id) SELECT $1, unnest($2::bytea[])
                  ON CONFLICT DO NOTHING",
-                &[&source.row_key().as_slice(), &ids],
+                &[&source.key().to_row().as_slice(), &ids],
                 "seed blobs",
             )
             .await?;
@@ -585,7 +509,7 @@ impl ScaleOut {
         if Index::blob_for_update(&txn, id).await?.is_none() {
             self.objects.delete(id).await?;
         }
-        super::postgres::exec(
+        postgres::exec(
             &txn,
             "DELETE FROM pending_unlink WHERE id = $1",
             &[&id.as_bytes().as_slice()],
@@ -599,7 +523,7 @@ impl ScaleOut {
     }
 
     /// Finishes object removals left by any process; how many.
-    pub(crate) async fn finish_unlinks(&self) -> Result<usize, StoreError> {
+    pub(super) async fn finish_unlinks(&self) -> Result<usize, StoreError> {
         let mut done = 0;
         loop {
             let ids = self.index.pending_unlinks(UNLINK_BATCH).await?;

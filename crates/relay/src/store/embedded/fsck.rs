@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use cairn_proto::BlobId;
 use redb::ReadableTable as _;
 
-use super::files::{BlobFiles, fsync_dir, hash_file};
 use super::index::{
     BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, INLINE, OWNERS, PENDING_UNLINK, SOURCES, STAT_BLOBS,
     STAT_BYTES, STATS,
 };
-use super::model::{BlobMeta, CLIENT_SOURCE};
-use super::{StoreError, open_db};
+use super::open_db;
+use crate::store::error::StoreError;
+use crate::store::files::{BlobFiles, fsync_dir, hash_file};
+use crate::store::model::{BlobMeta, SourceKey};
 
 /// What fsck found (and, with repair, fixed).
 #[derive(Debug, Default, serde::Serialize)]
@@ -219,10 +220,10 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                     // Who gave it is lost; counted as the relay's own, so
                     // it is replicated like any client upload.
                     sources
-                        .insert((CLIENT_SOURCE, *id.as_bytes()), ())
+                        .insert((SourceKey::Clients.to_row(), *id.as_bytes()), ())
                         .map_err(redb::Error::from)?;
                     blob_sources
-                        .insert((*id.as_bytes(), CLIENT_SOURCE), ())
+                        .insert((*id.as_bytes(), SourceKey::Clients.to_row()), ())
                         .map_err(redb::Error::from)?;
                     by_access
                         .insert((now, *id.as_bytes()), ())

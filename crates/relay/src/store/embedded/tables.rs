@@ -1,0 +1,816 @@
+//! The index's tables inside one write transaction, and the operations the
+//! writer ([`super::writer`]) applies to them. Each keeps the tables'
+//! invariants (every blob row has its last-access row, owner usage sums
+//! the sizes each owner pays for, the totals match the rows); what is
+//! allowed is for [`crate::store::rules`] to say.
+
+use cairn_proto::{BlobId, VerifyingKey};
+use redb::ReadableTable as _;
+
+use super::index::{
+    self, BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, ForwardValue,
+    HEADS, HEADS_BY_ACCESS, HeadsKey, HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES,
+    SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
+};
+use crate::store::error::StoreError;
+use crate::store::model::{
+    BlobMeta, Forward, HeadKey, HeadOutcome, HeadRow, MAX_SLOTS_PER_MAILBOX, NewHead, Source,
+    SourceKey, SpentToken,
+};
+use crate::store::rules::{HeadStep, Rules};
+
+/// The first `max` rows of a last-access-ordered table that are older than
+/// `cutoff`: what a GC pass deletes.
+pub(super) fn expired_prefix(
+    table: &redb::Table<'_, (u64, [u8; 32]), ()>,
+    cutoff: u64,
+    max: usize,
+) -> Result<Vec<(u64, [u8; 32])>, StoreError> {
+    table
+        .range(..(cutoff, [0u8; 32]))
+        .map_err(redb::Error::from)?
+        .take(max)
+        .map(|row| row.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| redb::Error::from(e).into())
+}
+
+/// The index tables inside one write transaction, with running totals.
+pub(super) struct Tables<'txn> {
+    pub(super) blobs: redb::Table<'txn, [u8; 32], [u8; 56]>,
+    pub(super) by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    pub(super) owners: redb::Table<'txn, [u8; 32], u64>,
+    pub(super) co_owners: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    pub(super) pending: redb::Table<'txn, [u8; 32], ()>,
+    pub(super) inline: redb::Table<'txn, [u8; 32], &'static [u8]>,
+    pub(super) stats: redb::Table<'txn, &'static str, u64>,
+    pub(super) heads: redb::Table<'txn, HeadsKey, HeadsValue>,
+    pub(super) heads_by_access: redb::Table<'txn, (u64, [u8; 32], &'static str), ()>,
+    pub(super) sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    pub(super) blob_sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    pub(super) forwards: redb::Table<'txn, [u8; 32], ForwardValue>,
+    pub(super) forwards_by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
+    pub(super) spent: redb::Table<'txn, (u64, [u8; 16]), ()>,
+    pub(super) bytes: u64,
+    pub(super) count: u64,
+    pub(super) head_count: u64,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(super) fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StoreError> {
+        let stats = txn.open_table(STATS).map_err(redb::Error::from)?;
+        let stat = |k| -> Result<u64, StoreError> {
+            Ok(stats
+                .get(k)
+                .map_err(redb::Error::from)?
+                .map_or(0, |v| v.value()))
+        };
+        let (bytes, count, head_count) = (stat(STAT_BYTES)?, stat(STAT_BLOBS)?, stat(STAT_HEADS)?);
+        Ok(Self {
+            blobs: txn.open_table(BLOBS).map_err(redb::Error::from)?,
+            by_access: txn.open_table(BY_ACCESS).map_err(redb::Error::from)?,
+            owners: txn.open_table(OWNERS).map_err(redb::Error::from)?,
+            co_owners: txn.open_table(CO_OWNERS).map_err(redb::Error::from)?,
+            pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
+            inline: txn.open_table(INLINE).map_err(redb::Error::from)?,
+            stats,
+            heads: txn.open_table(HEADS).map_err(redb::Error::from)?,
+            heads_by_access: txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?,
+            sources: txn.open_table(SOURCES).map_err(redb::Error::from)?,
+            blob_sources: txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?,
+            forwards: txn.open_table(FORWARDS).map_err(redb::Error::from)?,
+            forwards_by_access: txn
+                .open_table(FORWARDS_BY_ACCESS)
+                .map_err(redb::Error::from)?,
+            spent: txn.open_table(SPENT_TOKENS).map_err(redb::Error::from)?,
+            bytes,
+            count,
+            head_count,
+        })
+    }
+
+    /// Writes the running totals back to the stats table.
+    pub(super) fn save_totals(&mut self) -> Result<(), StoreError> {
+        for (key, value) in [
+            (STAT_BYTES, self.bytes),
+            (STAT_BLOBS, self.count),
+            (STAT_HEADS, self.head_count),
+        ] {
+            self.stats.insert(key, value).map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        Ok(self
+            .blobs
+            .get(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|m| BlobMeta::decode(&m.value())))
+    }
+
+    pub(super) fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
+        Ok(self
+            .owners
+            .get(owner.to_bytes())
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value()))
+    }
+
+    pub(super) fn insert(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
+        self.blobs
+            .insert(id.as_bytes(), meta.encode())
+            .map_err(redb::Error::from)?;
+        self.by_access
+            .insert((meta.last_access, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        if let Some(owner) = &meta.owner {
+            self.charge(owner, meta.size)?;
+        }
+        self.bytes += meta.size;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Adds `size` to `owner`'s usage.
+    pub(super) fn charge(&mut self, owner: &VerifyingKey, size: u64) -> Result<(), StoreError> {
+        let used = self.owner_usage(owner)?;
+        self.owners
+            .insert(owner.to_bytes(), used.saturating_add(size))
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Takes `size` off `owner`'s usage, dropping its row at zero.
+    pub(super) fn refund(&mut self, owner: &VerifyingKey, size: u64) -> Result<(), StoreError> {
+        let left = self.owner_usage(owner)?.saturating_sub(size);
+        if left == 0 {
+            self.owners
+                .remove(owner.to_bytes())
+                .map_err(redb::Error::from)?;
+        } else {
+            self.owners
+                .insert(owner.to_bytes(), left)
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn is_co_owner(&self, id: &BlobId, key: &VerifyingKey) -> Result<bool, StoreError> {
+        Ok(self
+            .co_owners
+            .get((*id.as_bytes(), key.to_bytes()))
+            .map_err(redb::Error::from)?
+            .is_some())
+    }
+
+    /// Makes `owner` a co-owner of the held blob `id`, charging its usage.
+    /// Whether it may is for [`Rules::claim`] to say.
+    pub(super) fn add_co_owner(
+        &mut self,
+        id: &BlobId,
+        meta: &BlobMeta,
+        owner: &VerifyingKey,
+    ) -> Result<(), StoreError> {
+        self.co_owners
+            .insert((*id.as_bytes(), owner.to_bytes()), ())
+            .map_err(redb::Error::from)?;
+        self.charge(owner, meta.size)
+    }
+
+    /// Drops the claim of `owner`, one of several owners of the held blob
+    /// `id`, and refunds its usage. (The last owner's claim goes with the
+    /// blob: [`Tables::remove`].)
+    pub(super) fn release(
+        &mut self,
+        id: &BlobId,
+        meta: &mut BlobMeta,
+        owner: &VerifyingKey,
+    ) -> Result<(), StoreError> {
+        if meta.owner.as_ref() == Some(owner) {
+            meta.owner = None;
+            self.blobs
+                .insert(id.as_bytes(), meta.encode())
+                .map_err(redb::Error::from)?;
+        } else {
+            self.co_owners
+                .remove((*id.as_bytes(), owner.to_bytes()))
+                .map_err(redb::Error::from)?;
+        }
+        self.refund(owner, meta.size)
+    }
+
+    /// How many owners the held blob `id` has.
+    pub(super) fn owner_count(&self, id: &BlobId, meta: &BlobMeta) -> Result<u64, StoreError> {
+        let id = *id.as_bytes();
+        let co_owners = self
+            .co_owners
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+            .count() as u64;
+        Ok(co_owners + u64::from(meta.owner.is_some()))
+    }
+
+    /// Records an access at `at`, moving the blob in the last-access order.
+    pub(super) fn touch(
+        &mut self,
+        id: &BlobId,
+        meta: &mut BlobMeta,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        if at <= meta.last_access {
+            return Ok(());
+        }
+        self.by_access
+            .remove((meta.last_access, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        meta.last_access = at;
+        self.by_access
+            .insert((at, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        self.blobs
+            .insert(id.as_bytes(), meta.encode())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Drops a blob from the index. Returns true when it has a file to
+    /// unlink (after the commit), false when it was stored inline.
+    pub(super) fn remove(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<bool, StoreError> {
+        self.blobs
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?;
+        self.by_access
+            .remove((meta.last_access, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        if let Some(owner) = &meta.owner {
+            self.refund(owner, meta.size)?;
+        }
+        for owner in index::keys_of(&self.co_owners, *id.as_bytes())? {
+            self.co_owners
+                .remove((*id.as_bytes(), owner))
+                .map_err(redb::Error::from)?;
+            if let Ok(owner) = VerifyingKey::from_bytes(&owner) {
+                self.refund(&owner, meta.size)?;
+            }
+        }
+        self.bytes = self.bytes.saturating_sub(meta.size);
+        self.count = self.count.saturating_sub(1);
+        self.drop_sources(id)?;
+        if self
+            .inline
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        self.pending
+            .insert(id.as_bytes(), ())
+            .map_err(redb::Error::from)?;
+        Ok(true)
+    }
+
+    /// Notes that `source` handed the relay `id` (a no-op if it had).
+    pub(super) fn add_source(&mut self, id: &BlobId, source: Source) -> Result<(), StoreError> {
+        self.add_source_row(id, source.key())
+    }
+
+    /// The peers (not clients) that handed the relay `id`.
+    pub(super) fn peer_sources(&self, id: &BlobId) -> Result<Vec<SourceKey>, StoreError> {
+        let id = *id.as_bytes();
+        let mut peers = Vec::new();
+        for row in self
+            .blob_sources
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+        {
+            let source = SourceKey::from_row(row.map_err(redb::Error::from)?.0.value().1);
+            if source != SourceKey::Clients {
+                peers.push(source);
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Adds the source row (`source`, `id`) in both orders.
+    pub(super) fn add_source_row(
+        &mut self,
+        id: &BlobId,
+        source: SourceKey,
+    ) -> Result<(), StoreError> {
+        let (id, source) = (*id.as_bytes(), source.to_row());
+        self.sources
+            .insert((source, id), ())
+            .map_err(redb::Error::from)?;
+        self.blob_sources
+            .insert((id, source), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Forgets every source of `id`.
+    pub(super) fn drop_sources(&mut self, id: &BlobId) -> Result<(), StoreError> {
+        let id = *id.as_bytes();
+        let sources: Vec<[u8; 32]> = self
+            .blob_sources
+            .range((id, [0u8; 32])..=(id, [0xff; 32]))
+            .map_err(redb::Error::from)?
+            .map(|row| row.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for source in sources {
+            self.blob_sources
+                .remove((id, source))
+                .map_err(redb::Error::from)?;
+            self.sources
+                .remove((source, id))
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Records that `forward` answers for `id` from `now` on.
+    pub(super) fn put_forward(
+        &mut self,
+        id: &BlobId,
+        forward: &Forward,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.drop_forward(id)?;
+        self.forwards
+            .insert(
+                id.as_bytes(),
+                (forward.peer.to_bytes(), now, forward.url.as_str()),
+            )
+            .map_err(redb::Error::from)?;
+        self.forwards_by_access
+            .insert((now, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Removes the forwarding record of `id`, if any (the relay holds the
+    /// blob again, or the record expired).
+    pub(super) fn drop_forward(&mut self, id: &BlobId) -> Result<(), StoreError> {
+        let old = self
+            .forwards
+            .remove(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|row| row.value().1);
+        if let Some(at) = old {
+            self.forwards_by_access
+                .remove((at, *id.as_bytes()))
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the forwarding record of `id` (if any) to last access `at`.
+    pub(super) fn touch_forward(&mut self, id: &BlobId, at: u64) -> Result<(), StoreError> {
+        let old = self
+            .forwards
+            .get(id.as_bytes())
+            .map_err(redb::Error::from)?
+            .map(|row| {
+                let (peer, last, url) = row.value();
+                (peer, last, url.to_owned())
+            });
+        let Some((peer, last, url)) = old else {
+            return Ok(());
+        };
+        if at <= last {
+            return Ok(());
+        }
+        self.forwards_by_access
+            .remove((last, *id.as_bytes()))
+            .map_err(redb::Error::from)?;
+        self.forwards
+            .insert(id.as_bytes(), (peer, at, url.as_str()))
+            .map_err(redb::Error::from)?;
+        self.forwards_by_access
+            .insert((at, *id.as_bytes()), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Deletes up to `max` forwarding records last used before `cutoff`.
+    pub(super) fn collect_forwards(
+        &mut self,
+        cutoff: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        let expired = expired_prefix(&self.forwards_by_access, cutoff, max)?;
+        for (at, id) in &expired {
+            self.forwards_by_access
+                .remove((*at, *id))
+                .map_err(redb::Error::from)?;
+            self.forwards.remove(id).map_err(redb::Error::from)?;
+            // No longer answered for: peers' reconciliation may see it go.
+            self.drop_sources(&BlobId::from_bytes(*id))?;
+        }
+        Ok(expired.len())
+    }
+
+    /// (seq, last access, envelope) of the head in a slot.
+    pub(super) fn head(
+        &self,
+        mailbox: [u8; 32],
+        slot: &str,
+    ) -> Result<Option<StoredHead>, StoreError> {
+        Ok(self
+            .heads
+            .get((mailbox, slot))
+            .map_err(redb::Error::from)?
+            .map(|row| {
+                let (seq, last_access, envelope) = row.value();
+                StoredHead {
+                    seq,
+                    last_access,
+                    envelope: envelope.to_vec(),
+                }
+            }))
+    }
+
+    /// Writes a head row and its place in the last-access order, replacing
+    /// `old` (the row's previous state) if there was one.
+    pub(super) fn write_head(
+        &mut self,
+        mailbox: [u8; 32],
+        slot: &str,
+        old: Option<&StoredHead>,
+        new: &StoredHead,
+    ) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            self.heads_by_access
+                .remove((old.last_access, mailbox, slot))
+                .map_err(redb::Error::from)?;
+        }
+        self.heads
+            .insert(
+                (mailbox, slot),
+                (new.seq, new.last_access, new.envelope.as_slice()),
+            )
+            .map_err(redb::Error::from)?;
+        self.heads_by_access
+            .insert((new.last_access, mailbox, slot), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// The compare-and-set of a head PUT, as [`Rules::head_step`] decides
+    /// it. Either way the slot was accessed at `now`.
+    pub(super) fn put_head(
+        &mut self,
+        head: &NewHead,
+        now: u64,
+        rules: &Rules,
+    ) -> Result<HeadOutcome, StoreError> {
+        let mailbox = head.key.mailbox.to_bytes();
+        let slot = head.key.slot.as_str();
+        let stored = self.head(mailbox, slot)?;
+        let step = Rules::head_step(
+            head,
+            stored.as_ref().map(|s| (s.seq, s.envelope.as_slice())),
+        );
+        let outcome = match (step, &stored) {
+            (HeadStep::Stale, Some(current)) => {
+                // The refusal shows the client the stored head: a read, and
+                // so an access.
+                if now > current.last_access {
+                    let touched = StoredHead {
+                        last_access: now,
+                        ..current.clone()
+                    };
+                    self.write_head(mailbox, slot, Some(current), &touched)?;
+                }
+                return Ok(HeadOutcome::Stale {
+                    seq: current.seq,
+                    current: current.envelope.clone(),
+                });
+            }
+            (HeadStep::Create, _) => {
+                if let Err(refused) = rules.room_for_head(self.head_count, self.slots_in(mailbox)?)
+                {
+                    return Ok(refused);
+                }
+                self.head_count += 1;
+                HeadOutcome::Created
+            }
+            _ => HeadOutcome::Replaced,
+        };
+        let new = StoredHead {
+            seq: head.seq,
+            last_access: stored.as_ref().map_or(now, |old| old.last_access.max(now)),
+            envelope: head.envelope.clone(),
+        };
+        self.write_head(mailbox, slot, stored.as_ref(), &new)?;
+        Ok(outcome)
+    }
+
+    /// A head copied from another store, kept unless the slot holds one at
+    /// least as new; true if it was.
+    pub(super) fn import_head(&mut self, row: HeadRow) -> Result<bool, StoreError> {
+        let (mailbox, slot) = (row.key.mailbox_bytes(), row.key.slot.as_str());
+        let stored = self.head(mailbox, slot)?;
+        let newer = Rules::imports_head(stored.as_ref().map(|s| s.seq), row.seq);
+        if newer {
+            if stored.is_none() {
+                self.head_count += 1;
+            }
+            let new = StoredHead {
+                seq: row.seq,
+                last_access: row.last_access,
+                envelope: row.envelope,
+            };
+            self.write_head(mailbox, slot, stored.as_ref(), &new)?;
+        }
+        Ok(newer)
+    }
+
+    /// Records `token` as used; false if it already was.
+    pub(super) fn spend(&mut self, token: SpentToken) -> Result<bool, StoreError> {
+        let fresh = self
+            .spent
+            .insert((token.expires_at, token.nonce), ())
+            .map_err(redb::Error::from)?
+            .is_none();
+        Ok(fresh)
+    }
+
+    /// Forgets up to a few hundred tokens that expired before `before`:
+    /// enough to keep pace with the deletions that record them.
+    pub(super) fn forget_spent_tokens(&mut self, before: u64) -> Result<(), StoreError> {
+        let expired: Vec<(u64, [u8; 16])> = self
+            .spent
+            .range(..(before, [0u8; 16]))
+            .map_err(redb::Error::from)?
+            .take(256)
+            .map(|row| row.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        for key in expired {
+            self.spent.remove(key).map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// How many slots `mailbox` has, counting up to the per-mailbox limit.
+    pub(super) fn slots_in(&self, mailbox: [u8; 32]) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for row in mailbox_range(&self.heads, mailbox)?.take(MAX_SLOTS_PER_MAILBOX) {
+            row.map_err(redb::Error::from)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Records an access to a head at `at`; false if there is no such head.
+    pub(super) fn touch_head(&mut self, key: &HeadKey, at: u64) -> Result<bool, StoreError> {
+        let (mailbox, slot) = (key.mailbox_bytes(), key.slot.as_str());
+        let Some(current) = self.head(mailbox, slot)? else {
+            return Ok(false);
+        };
+        if at > current.last_access {
+            let touched = StoredHead {
+                last_access: at,
+                ..current.clone()
+            };
+            self.write_head(mailbox, slot, Some(&current), &touched)?;
+        }
+        Ok(true)
+    }
+
+    /// Deletes up to `max` heads last accessed before `cutoff`.
+    pub(super) fn collect_heads(&mut self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let expired: Vec<(u64, [u8; 32], String)> = self
+            .heads_by_access
+            .range(..(cutoff, [0u8; 32], ""))
+            .map_err(redb::Error::from)?
+            .take(max)
+            .map(|row| {
+                row.map(|(k, _)| {
+                    let (at, mailbox, slot) = k.value();
+                    (at, mailbox, slot.to_owned())
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map_err(redb::Error::from)?;
+        let mut deleted = 0;
+        for (at, mailbox, slot) in expired {
+            self.heads_by_access
+                .remove((at, mailbox, slot.as_str()))
+                .map_err(redb::Error::from)?;
+            if self
+                .heads
+                .remove((mailbox, slot.as_str()))
+                .map_err(redb::Error::from)?
+                .is_some()
+            {
+                self.head_count = self.head_count.saturating_sub(1);
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// One row of the heads table.
+#[derive(Clone, Debug)]
+pub(super) struct StoredHead {
+    seq: u64,
+    last_access: u64,
+    envelope: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use cairn_proto::{HeadRecord, SignedRecord, SigningKey, Slot, Timestamp};
+
+    use super::*;
+
+    /// splitmix64: a small deterministic generator, so a failure replays.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+
+        /// An index below `n`.
+        fn pick(&mut self, n: usize) -> usize {
+            usize::try_from(self.below(u64::try_from(n).unwrap())).unwrap()
+        }
+    }
+
+    fn head(key: &SigningKey, slot: &str, seq: u64) -> NewHead {
+        let record = HeadRecord {
+            mailbox: key.verifying_key(),
+            slot: Slot::new(slot).unwrap(),
+            seq,
+            target: BlobId::of(slot.as_bytes()),
+            timestamp: Timestamp(seq),
+        };
+        let envelope = SignedRecord::sign(&record, key).unwrap();
+        envelope.verify::<HeadRecord>().unwrap().into()
+    }
+
+    /// (mailbox, slot) → (seq, last access, envelope): what the tables
+    /// should hold.
+    type Model = BTreeMap<([u8; 32], String), (u64, u64, Vec<u8>)>;
+
+    fn assert_tables_match(t: &Tables<'_>, model: &Model) {
+        let rows: Model = t
+            .heads
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, v) = row.unwrap();
+                let ((mailbox, slot), (seq, at, envelope)) = (k.value(), v.value());
+                ((mailbox, slot.to_owned()), (seq, at, envelope.to_vec()))
+            })
+            .collect();
+        assert_eq!(&rows, model);
+        let order: Vec<(u64, [u8; 32], String)> = t
+            .heads_by_access
+            .iter()
+            .unwrap()
+            .map(|row| {
+                let (k, _) = row.unwrap();
+                let (at, mailbox, slot) = k.value();
+                (at, mailbox, slot.to_owned())
+            })
+            .collect();
+        let mut expected: Vec<_> = model
+            .iter()
+            .map(|((mailbox, slot), (_, at, _))| (*at, *mailbox, slot.clone()))
+            .collect();
+        expected.sort();
+        assert_eq!(order, expected);
+        assert_eq!(t.head_count, model.len() as u64);
+    }
+
+    /// Random puts, touches, listings and collections against a plain map:
+    /// the compare-and-set, the access order and the count always agree
+    /// with it, across many committed transactions.
+    #[test]
+    fn heads_match_a_plain_map_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(dir.path(), 1 << 20).unwrap();
+        let keys: Vec<SigningKey> = (0..3u8).map(|i| SigningKey::from_seed(&[i; 32])).collect();
+        let slots = ["a", "A", "0", "_", "-", "zz", "a-"];
+        let max_heads = 12;
+        let rules = Rules::new(&crate::store::model::Limits {
+            capacity: 0,
+            key_quota: 0,
+            max_heads,
+            cache_bytes: 0,
+            index_cache_bytes: 0,
+            disk_reserve: 0,
+        });
+        let mut model = Model::new();
+        let mut rng = Rng(7);
+        let mut now = 1_000;
+        let mut seen = std::collections::BTreeSet::new();
+        for _round in 0..150 {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = Tables::open(&txn).unwrap();
+                for _ in 0..=rng.below(8) {
+                    now += rng.below(3);
+                    let key = &keys[rng.pick(keys.len())];
+                    let mailbox = key.verifying_key().to_bytes();
+                    let slot = slots[rng.pick(slots.len())];
+                    let row = (mailbox, slot.to_owned());
+                    match rng.below(10) {
+                        0..=5 => {
+                            let h = head(key, slot, rng.below(6));
+                            let count = model.len() as u64;
+                            let expected = match model.get_mut(&row) {
+                                Some(stored) if h.seq <= stored.0 => {
+                                    stored.1 = stored.1.max(now);
+                                    HeadOutcome::Stale {
+                                        seq: stored.0,
+                                        current: stored.2.clone(),
+                                    }
+                                }
+                                Some(stored) => {
+                                    *stored = (h.seq, stored.1.max(now), h.envelope.clone());
+                                    HeadOutcome::Replaced
+                                }
+                                None if count >= max_heads => HeadOutcome::RelayFull,
+                                None => {
+                                    model.insert(row, (h.seq, now, h.envelope.clone()));
+                                    HeadOutcome::Created
+                                }
+                            };
+                            seen.insert(match &expected {
+                                HeadOutcome::Created => "created",
+                                HeadOutcome::Replaced => "replaced",
+                                HeadOutcome::Stale { .. } => "stale",
+                                HeadOutcome::RelayFull => "full",
+                                HeadOutcome::MailboxFull => "mailbox full",
+                            });
+                            assert_eq!(t.put_head(&h, now, &rules).unwrap(), expected);
+                        }
+                        6 | 7 => {
+                            let at = now - rng.below(5);
+                            let held = model.get_mut(&row).map(|stored| {
+                                stored.1 = stored.1.max(at);
+                            });
+                            let key = HeadKey {
+                                mailbox: key.verifying_key(),
+                                slot: Slot::new(slot).unwrap(),
+                            };
+                            assert_eq!(t.touch_head(&key, at).unwrap(), held.is_some());
+                        }
+                        8 => {
+                            let cutoff = now - rng.below(20);
+                            let max = rng.pick(4);
+                            let mut due: Vec<_> = model
+                                .iter()
+                                .filter(|(_, (_, at, _))| *at < cutoff)
+                                .map(|((mailbox, slot), (_, at, _))| (*at, *mailbox, slot.clone()))
+                                .collect();
+                            due.sort();
+                            due.truncate(max);
+                            for (_, mailbox, slot) in &due {
+                                model.remove(&(*mailbox, slot.clone()));
+                            }
+                            if !due.is_empty() {
+                                seen.insert("collected");
+                            }
+                            assert_eq!(t.collect_heads(cutoff, max).unwrap(), due.len());
+                        }
+                        _ => {
+                            // One mailbox's range holds its rows and no other's.
+                            let listed: Vec<String> = mailbox_range(&t.heads, mailbox)
+                                .unwrap()
+                                .map(|row| row.unwrap().0.value().1.to_owned())
+                                .collect();
+                            let expected: Vec<String> = model
+                                .keys()
+                                .filter(|(m, _)| *m == mailbox)
+                                .map(|(_, slot)| slot.clone())
+                                .collect();
+                            assert_eq!(listed, expected);
+                            assert_eq!(t.slots_in(mailbox).unwrap(), expected.len());
+                        }
+                    }
+                }
+                assert_tables_match(&t, &model);
+                t.save_totals().unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        // Every outcome but a full mailbox (1024 slots) was exercised.
+        let seen: Vec<_> = seen.into_iter().collect();
+        assert_eq!(seen, ["collected", "created", "full", "replaced", "stale"]);
+    }
+}
