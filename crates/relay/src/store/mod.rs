@@ -536,3 +536,6 @@ impl Store {
         on_backend!(self, b => b.import_forward(row).await)
     }
 }
+
+#[cfg(test)]
+mod tests;
