@@ -62,6 +62,7 @@ mod kind;
 pub mod reconcile;
 mod records;
 mod text;
+pub mod wire;
 
 pub use blob_id::BlobId;
 pub use envelope::{MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, SignedRecord, Verified};
