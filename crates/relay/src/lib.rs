@@ -8,6 +8,8 @@
 //! - [`start`] runs a relay from a [`RelayConfig`] and returns a
 //!   [`RelayHandle`] (bound address, identity key, GC trigger, graceful
 //!   shutdown).
+//! - [`RelayConfig::validate`] says whether a configuration can run;
+//!   [`start`] refuses one that cannot with [`StartError::Config`].
 //! - [`fsck`] checks a stopped relay's store and can repair its index.
 //!
 //! The store's commit protocol and crash behaviour are documented in the
@@ -38,8 +40,8 @@ mod tls;
 
 pub use clock::Clock;
 pub use config::{
-    FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig,
-    TlsFiles,
+    ConfigError, FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig,
+    StorageConfig, TlsFiles,
 };
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use http::route_paths;
