@@ -16,8 +16,8 @@ pub struct TlsFiles {
 }
 
 /// The relay's configuration. Built by the binary from flags, environment and
-/// config file (in that order of precedence), or directly by tests and
-/// embedders;
+/// config file (in that order of precedence, see
+/// [`Settings`](crate::Settings)), or directly by tests and embedders;
 /// [`RelayConfig::validate`] says whether it can run.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
