@@ -16,7 +16,9 @@ pub struct TlsFiles {
 }
 
 /// The relay's configuration. Built by the binary from flags, environment and
-/// config file (in that order of precedence), or directly by tests.
+/// config file (in that order of precedence, see
+/// [`Settings`](crate::Settings)), or directly by tests and embedders;
+/// [`RelayConfig::validate`] says whether it can run.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// Directory holding the identity key, the index and the blobs.
@@ -27,7 +29,7 @@ pub struct RelayConfig {
     pub tls: Option<TlsFiles>,
     /// The operator states that a TLS-terminating reverse proxy sits in
     /// front of this relay, so plain HTTP on a non-loopback address never
-    /// reaches clients over the network. Without it (or `tls`), the binary
+    /// reaches clients over the network. Without it (or `tls`), the relay
     /// refuses to serve plain HTTP off loopback.
     pub behind_tls_proxy: bool,
     /// Bytes given to blob storage in total.
@@ -124,6 +126,83 @@ impl RelayConfig {
         self.tls.is_none() && !self.behind_tls_proxy && !self.listen.ip().is_loopback()
     }
 
+    /// Checks the rules a relay needs to run as configured, in the order
+    /// below, and returns the first one broken. [`start`](crate::start)
+    /// calls it before anything else, so a bad value is refused up front
+    /// instead of panicking or misbehaving in a background task later.
+    ///
+    /// 1. `gc_interval` and `federation.reconcile_interval` (the two an
+    ///    operator sets), then `access_flush_interval`,
+    ///    `federation.peer_refresh_interval`, `header_timeout` and
+    ///    `body_idle_timeout` are above zero.
+    /// 2. `limits.pow_bits`, then `pow_bits_under_pressure`, are at most 64.
+    /// 3. At most [`cairn_proto::MAX_PEERS`] peers.
+    /// 4. `federation.high_water_permille` is within 1–1000 and above
+    ///    `federation.low_water_permille`.
+    /// 5. Scale-out storage names its S3 endpoint, bucket, access key and
+    ///    secret key.
+    /// 6. Plain HTTP is not served off loopback
+    ///    ([`exposes_plain_http`](Self::exposes_plain_http)). This rule
+    ///    concerns serving only and comes last, so a command that serves
+    ///    nothing (such as a migration) may pass over it.
+    ///
+    /// # Errors
+    ///
+    /// The [`ConfigError`] of the first rule broken.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fed = &self.federation;
+        for (setting, value) in [
+            ("gc_interval", self.gc_interval),
+            ("reconcile_interval", fed.reconcile_interval),
+            ("access_flush_interval", self.access_flush_interval),
+            ("peer_refresh_interval", fed.peer_refresh_interval),
+            ("header_timeout", self.header_timeout),
+            ("body_idle_timeout", self.body_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero { setting });
+            }
+        }
+        for (setting, bits) in [
+            ("pow_bits", self.limits.pow_bits),
+            ("pow_bits_under_pressure", self.pow_bits_under_pressure),
+        ] {
+            if bits > 64 {
+                return Err(ConfigError::PowBits { setting });
+            }
+        }
+        if self.peers.len() > cairn_proto::MAX_PEERS {
+            return Err(ConfigError::TooManyPeers {
+                count: self.peers.len(),
+            });
+        }
+        let (high, low) = (fed.high_water_permille, fed.low_water_permille);
+        if !(1..=1000).contains(&high) || low >= high {
+            return Err(ConfigError::WaterMarks {
+                high_permille: high,
+                low_permille: low,
+            });
+        }
+        if let StorageConfig::ScaleOut(ScaleOutConfig { s3, .. }) = &self.storage {
+            for (missing, value) in [
+                ("--s3-endpoint", &s3.endpoint),
+                ("--s3-bucket", &s3.bucket),
+                ("--s3-access-key", &s3.access_key_id),
+                ("--s3-secret-key", &s3.secret_access_key),
+            ] {
+                if value.is_empty() {
+                    return Err(ConfigError::ScaleOutIncomplete { missing });
+                }
+            }
+        }
+        if self.exposes_plain_http() {
+            return Err(ConfigError::PlainHttpExposed {
+                listen: self.listen,
+            });
+        }
+        Ok(())
+    }
+
     /// The defaults, with data in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -150,6 +229,79 @@ impl RelayConfig {
             cache_bytes: 32 << 20,
             index_cache_bytes: 64 << 20,
             storage: StorageConfig::Embedded,
+        }
+    }
+}
+
+/// Why a [`RelayConfig`] cannot run a relay: the rule
+/// [`RelayConfig::validate`] found broken. Each message names the setting
+/// as its flag or config-file key, which is also the field's name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An interval or timeout is zero: a timer with no period panics, and a
+    /// zero timeout would refuse every request.
+    #[error("{setting} must be above zero")]
+    Zero {
+        /// The setting, such as `gc_interval`.
+        setting: &'static str,
+    },
+    /// More proof-of-work bits than an upload token can carry.
+    #[error("{setting} must be at most 64")]
+    PowBits {
+        /// `pow_bits` or `pow_bits_under_pressure`.
+        setting: &'static str,
+    },
+    /// More peers than the info document can announce.
+    #[error("at most {max} peers can be announced", max = cairn_proto::MAX_PEERS)]
+    TooManyPeers {
+        /// The peers configured.
+        count: usize,
+    },
+    /// The high-water mark is out of range or not above the low-water
+    /// mark, so transfers to peers would never start or never stop.
+    #[error(
+        "high_water ({}%) must be within 1–100 and above low_water ({}%): \
+         transfers start above the first and stop at the second",
+        Percent(*high_permille),
+        Percent(*low_permille)
+    )]
+    WaterMarks {
+        /// `federation.high_water_permille`.
+        high_permille: u16,
+        /// `federation.low_water_permille`.
+        low_permille: u16,
+    },
+    /// Scale-out storage without one of its S3 settings.
+    #[error("scale-out storage needs {missing}")]
+    ScaleOutIncomplete {
+        /// The missing setting's flag, such as `--s3-bucket`.
+        missing: &'static str,
+    },
+    /// Plain HTTP on an address other machines can reach, with no TLS and
+    /// no word that a TLS-terminating proxy is in front
+    /// ([`RelayConfig::exposes_plain_http`]).
+    #[error(
+        "refusing to serve plain HTTP on {listen}, which other machines can reach: clients' \
+         upload tokens and the signed info document their key pins rest on would cross the \
+         network readable and alterable. Serve HTTPS (--tls-cert and --tls-key), listen on \
+         loopback (127.0.0.1), or, if a TLS-terminating reverse proxy sits in front of this \
+         relay, say so with --behind-tls-proxy (behind_tls_proxy = true in the config file)"
+    )]
+    PlainHttpExposed {
+        /// The listen address.
+        listen: SocketAddr,
+    },
+}
+
+/// Thousandths shown as a percentage: `900` as `90`, `905` as `90.5`.
+struct Percent(u16);
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 % 10 {
+            0 => write!(f, "{}", self.0 / 10),
+            tenths => write!(f, "{}.{tenths}", self.0 / 10),
         }
     }
 }
@@ -258,6 +410,11 @@ pub struct S3Config {
     pub secret_access_key: String,
 }
 
+impl S3Config {
+    /// Default signing region.
+    pub const DEFAULT_REGION: &str = "us-east-1";
+}
+
 impl std::fmt::Debug for S3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Config")
@@ -282,5 +439,148 @@ pub(crate) fn redact_password(url: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RelayConfig {
+        RelayConfig::new("unused")
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused() {
+        type Set = fn(&mut RelayConfig);
+        let cases: [(&str, Set); 6] = [
+            ("gc_interval", |c| c.gc_interval = Duration::ZERO),
+            ("reconcile_interval", |c| {
+                c.federation.reconcile_interval = Duration::ZERO;
+            }),
+            ("access_flush_interval", |c| {
+                c.access_flush_interval = Duration::ZERO;
+            }),
+            ("peer_refresh_interval", |c| {
+                c.federation.peer_refresh_interval = Duration::ZERO;
+            }),
+            ("header_timeout", |c| c.header_timeout = Duration::ZERO),
+            ("body_idle_timeout", |c| {
+                c.body_idle_timeout = Duration::ZERO
+            }),
+        ];
+        for (setting, set) in cases {
+            let mut c = config();
+            set(&mut c);
+            let err = c.validate().unwrap_err();
+            assert_eq!(err, ConfigError::Zero { setting });
+            assert_eq!(err.to_string(), format!("{setting} must be above zero"));
+        }
+    }
+
+    #[test]
+    fn proof_of_work_is_at_most_64_bits() {
+        let mut c = config();
+        c.limits.pow_bits = 64;
+        c.pow_bits_under_pressure = 64;
+        assert_eq!(c.validate(), Ok(()));
+        c.pow_bits_under_pressure = 65;
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pow_bits_under_pressure must be at most 64"
+        );
+        c.limits.pow_bits = 65;
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.to_string(), "pow_bits must be at most 64");
+    }
+
+    #[test]
+    fn too_many_peers_are_refused() {
+        let key = cairn_proto::SigningKey::from_seed(&[1; 32]).verifying_key();
+        let peer = RelayRef {
+            url: cairn_proto::RelayUrl::new("https://b.example").unwrap(),
+            key,
+        };
+        let mut c = config();
+        c.peers = vec![peer; cairn_proto::MAX_PEERS + 1];
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::TooManyPeers {
+                count: cairn_proto::MAX_PEERS + 1
+            })
+        );
+    }
+
+    #[test]
+    fn high_water_must_be_above_low_water() {
+        let mut c = config();
+        c.federation.high_water_permille = 500;
+        c.federation.low_water_permille = 805;
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("high_water (50%) must be within 1–100 and above low_water (80.5%)"),
+            "{err}"
+        );
+        c.federation.low_water_permille = 500;
+        assert!(c.validate().is_err(), "equal marks never stop transfers");
+        c.federation.low_water_permille = 0;
+        c.federation.high_water_permille = 1001;
+        assert!(c.validate().is_err());
+        c.federation.high_water_permille = 0;
+        assert!(c.validate().is_err());
+        c.federation.high_water_permille = 1;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn scale_out_needs_every_s3_setting() {
+        let mut s3 = S3Config {
+            endpoint: "http://127.0.0.1:9000".into(),
+            bucket: "cairn".into(),
+            region: S3Config::DEFAULT_REGION.into(),
+            prefix: String::new(),
+            access_key_id: "id".into(),
+            secret_access_key: String::new(),
+        };
+        let postgres = PostgresConfig {
+            url: "postgres://localhost/cairn".into(),
+            schema: None,
+            pool_size: PostgresConfig::DEFAULT_POOL_SIZE,
+        };
+        let mut c = config();
+        c.storage = StorageConfig::ScaleOut(ScaleOutConfig {
+            postgres: postgres.clone(),
+            s3: s3.clone(),
+        });
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.to_string(), "scale-out storage needs --s3-secret-key");
+        s3.secret_access_key = "secret".into();
+        c.storage = StorageConfig::ScaleOut(ScaleOutConfig { postgres, s3 });
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn plain_http_off_loopback_is_refused_last() {
+        let mut c = config();
+        c.listen = SocketAddr::from(([0, 0, 0, 0], 7070));
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("--behind-tls-proxy"), "{err}");
+        c.gc_interval = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                setting: "gc_interval"
+            })
+        );
+        c.gc_interval = RelayConfig::DEFAULT_GC_INTERVAL;
+        c.behind_tls_proxy = true;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -8,6 +8,11 @@
 //! - [`start`] runs a relay from a [`RelayConfig`] and returns a
 //!   [`RelayHandle`] (bound address, identity key, GC trigger, graceful
 //!   shutdown).
+//! - [`RelayConfig::validate`] says whether a configuration can run;
+//!   [`start`] refuses one that cannot with [`StartError::Config`].
+//! - [`Settings`] declares each setting of `cairn-relay serve` once (flag,
+//!   environment variable, config-file key, parser, help) and resolves flags
+//!   over the config file over the defaults into a [`RelayConfig`].
 //! - [`fsck`] checks a stopped relay's store and can repair its index.
 //!
 //! The store's commit protocol and crash behaviour are documented in the
@@ -33,19 +38,21 @@ mod metrics;
 mod migrate;
 mod node;
 mod server;
+mod settings;
 mod store;
 mod tls;
 
 pub use clock::Clock;
 pub use config::{
-    FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig, StorageConfig,
-    TlsFiles,
+    ConfigError, FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig,
+    StorageConfig, TlsFiles,
 };
 pub use federation::{AuditReport, ReconcileCounts, TransferReport};
 pub use http::route_paths;
 pub use keyfile::{KeyFileError, load_or_create as load_or_create_key};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use server::{GcReport, RelayHandle, StartError, start, start_with_clock};
+pub use settings::{FileError, Secret, Settings, SettingsError};
 pub use store::StoreError;
 pub use store::{FsckReport, fsck};
 

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::RelayConfig;
+use crate::config::{ConfigError, RelayConfig};
 use crate::federation::{Federation, Ledger, ReconcileCounts, TransferReport};
 use crate::http::{AppState, NonceCache, Shared, router};
 use crate::keyfile::{KeyFileError, load_or_create};
@@ -39,6 +39,9 @@ const MAX_CONNECTIONS: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    /// The configuration breaks a rule of [`RelayConfig::validate`].
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The identity key could not be loaded or created.
     #[error(transparent)]
     Key(#[from] KeyFileError),
@@ -95,7 +98,7 @@ pub struct RelayHandle {
 ///
 /// # Errors
 ///
-/// [`StartError`] if the key, the store or the listen address is unusable.
+/// As [`start_with_clock`].
 pub async fn start(config: RelayConfig) -> Result<RelayHandle, StartError> {
     start_with_clock(config, Clock::system()).await
 }
@@ -105,11 +108,14 @@ pub async fn start(config: RelayConfig) -> Result<RelayHandle, StartError> {
 ///
 /// # Errors
 ///
-/// [`StartError`] if the key, the store or the listen address is unusable.
+/// [`StartError`] if the configuration is invalid
+/// ([`RelayConfig::validate`], checked before anything is created), or the
+/// key, the store or the listen address is unusable.
 pub async fn start_with_clock(
     config: RelayConfig,
     clock: Clock,
 ) -> Result<RelayHandle, StartError> {
+    config.validate()?;
     let store_err = |source| StartError::Store {
         dir: config.data_dir.display().to_string(),
         source,

@@ -6,6 +6,7 @@
 
 mod api;
 mod common;
+mod config;
 mod crash;
 mod federation;
 mod full_disk;
