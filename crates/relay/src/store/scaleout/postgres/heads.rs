@@ -8,7 +8,7 @@ use crate::store::model::{HeadKey, HeadOutcome, HeadRow, NewHead};
 use crate::store::rules::{HeadStep, Rules};
 
 impl Index {
-    /// The compare-and-set of a head PUT (see the embedded writer's): the
+    /// The compare-and-set of a head PUT, as [`Rules::head_step`] decides: the
     /// row lock makes concurrent PUTs of one slot take turns.
     pub(crate) async fn put_head(
         &self,
