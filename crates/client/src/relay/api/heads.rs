@@ -7,7 +7,7 @@ use reqwest::header::CONTENT_TYPE;
 use super::RelayClient;
 use super::answer::{MAX_SMALL_BODY, bounded_body, check_status, describe, send, small_body};
 use crate::error::RelayError;
-use crate::relay::Head;
+use crate::relay::head::Head;
 
 /// Largest head listing accepted (1024 slots of a few hundred bytes).
 const MAX_HEAD_LISTING: usize = 2 << 20;

@@ -11,7 +11,8 @@ use reqwest::{Method as HttpMethod, StatusCode};
 use super::answer::{check_status, describe, is_absent};
 use super::{RelayClient, fetch_info};
 use crate::error::RelayError;
-use crate::relay::{RelaySet, Transport};
+use crate::relay::set::RelaySet;
+use crate::relay::transport::Transport;
 
 /// Most transfer redirects followed for one blob: a relay hands a blob on
 /// once, and a chain longer than this is a loop or a stalling relay.
@@ -111,7 +112,7 @@ impl RelayClient {
         })?;
         let base = location
             .strip_suffix(&format!("/v1/blobs/{id}"))
-            .and_then(|base| crate::relay::normalize_url(base).ok())
+            .and_then(|base| crate::relay::set::normalize_url(base).ok())
             .filter(|base| !base.contains(['?', '#']))
             .ok_or_else(|| {
                 RelayError::Redirect(format!(
@@ -173,7 +174,7 @@ impl RelayClient {
         })?;
         let listed = info.peers.iter().any(|peer| {
             &peer.key == claimed
-                && crate::relay::normalize_url(peer.url.as_str()).is_ok_and(|url| url == base)
+                && crate::relay::set::normalize_url(peer.url.as_str()).is_ok_and(|url| url == base)
         });
         if listed {
             return Ok(());

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{FairShareLimits, SoftwareVersion};
 
-use crate::relay::{RelaySet, Transport};
+use crate::relay::set::RelaySet;
+use crate::relay::transport::Transport;
 
 /// What a fake relay answers for blob requests.
 #[derive(Clone)]
