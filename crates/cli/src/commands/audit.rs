@@ -1,0 +1,111 @@
+//! Checking copies and replacing bad ones: `audit`, `repair`.
+
+use std::process::ExitCode;
+
+use cairn_client::Client;
+
+use crate::output::{bytes, emit};
+
+/// `cairn repair`: the report either way; exit 1 when a file is left short
+/// of good copies.
+pub(super) async fn repair(
+    mut client: Client,
+    json: bool,
+    replace_unreachable: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = client.repair(replace_unreachable).await?;
+    emit(json, &report, || repair_summary(&report));
+    Ok(if report.short.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `cairn audit`: the report either way; exit 1 when a relay failed to
+/// produce a copy, so scripts can act.
+pub(super) async fn audit(
+    mut client: Client,
+    json: bool,
+    sample: Option<usize>,
+    chunks: usize,
+) -> anyhow::Result<ExitCode> {
+    let report = client.audit(sample, chunks).await?;
+    emit(json, &report, || {
+        if report.copies == 0 {
+            return "nothing stored yet: nothing to audit".into();
+        }
+        let mut text = format!(
+            "audited {} copies of {} files ({} of proofs, {:.1} s)",
+            report.copies,
+            report.files,
+            bytes(report.proof_bytes),
+            report.elapsed_ms as f64 / 1000.0
+        );
+        for relay in &report.relays {
+            let verdict = if relay.missing + relay.failed > 0 {
+                "MISBEHAVING"
+            } else if relay.unreachable > 0 {
+                "unreachable"
+            } else {
+                "ok"
+            };
+            text.push_str(&format!(
+                "
+  {verdict:<11} {}: {} passed, {} missing, {} failed the proof, {} unreachable",
+                relay.url, relay.passed, relay.missing, relay.failed, relay.unreachable
+            ));
+            for problem in relay.problems.iter().take(10) {
+                text.push_str(&format!(
+                    "
+      {problem}"
+                ));
+            }
+        }
+        text
+    });
+    Ok(if report.found_misbehaviour() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(super) fn repair_summary(report: &cairn_client::RepairReport) -> String {
+    let mut text = format!(
+        "repair: checked {} copies of {} files: {} healthy, {} copies replaced ({:.1} s)",
+        report.copies_checked,
+        report.files,
+        report.healthy,
+        report.restored.len(),
+        report.elapsed_ms as f64 / 1000.0
+    );
+    for r in &report.restored {
+        text.push_str(&format!(
+            "\n  {}: copy on {} ({}) replaced by one on {}",
+            r.name, r.from, r.why, r.to
+        ));
+    }
+    let metadata = &report.metadata;
+    text.push_str(&format!(
+        "\nmetadata: {} copies a new device needs, across the relays (identity log, snapshot, \
+         operations): {} renewed, {} restored",
+        metadata.blobs, metadata.renewed, metadata.restored
+    ));
+    for failed in &metadata.failed {
+        text.push_str(&format!("\n  NOT KEPT {failed}"));
+    }
+    for short in &report.short {
+        text.push_str(&format!("\n  SHORT {short}"));
+    }
+    for u in &report.unreachable {
+        text.push_str(&format!("\n  unreachable: {u}"));
+    }
+    if !report.unreachable.is_empty() && !report.short.is_empty() {
+        text.push_str(
+            "\n  (copies on relays that do not answer are kept, in case they come back; if one \
+             is gone for good, `cairn repair --replace-unreachable` makes new copies elsewhere)",
+        );
+    }
+    text
+}

@@ -1,0 +1,216 @@
+//! Stored files: `put`, `get`, `ls`, `mv`, `rm`, and `config` (how many
+//! copies each gets).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use cairn_client::{Client, Output, Progress};
+use serde_json::json;
+
+use crate::output::{bytes, emit, note};
+use crate::progress::Bars;
+
+pub(super) async fn put(
+    mut client: Client,
+    json: bool,
+    files: Vec<PathBuf>,
+    name: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
+    let reports = match files.as_slice() {
+        [file] if file == Path::new("-") => {
+            let name = name.context("storing standard input needs --name NAME")?;
+            vec![
+                client
+                    .put_reader(Box::new(std::io::stdin()), 0, &name, progress)
+                    .await?,
+            ]
+        }
+        [file] => {
+            let name = match name {
+                Some(name) => name,
+                None => file_name(file)?,
+            };
+            vec![client.put(file, &name, progress).await?]
+        }
+        _ => {
+            if name.is_some() {
+                bail!("--name needs exactly one file");
+            }
+            let mut named = Vec::with_capacity(files.len());
+            for file in &files {
+                if file == Path::new("-") {
+                    bail!("`-` (standard input) cannot be stored with other files");
+                }
+                named.push((file.clone(), file_name(file)?));
+            }
+            client.put_many(&named, progress).await?
+        }
+    };
+    for report in &reports {
+        for warning in &report.warnings {
+            note(json, &format!("warning: {}: {warning}", report.name));
+        }
+    }
+    let text = || {
+        reports
+            .iter()
+            .map(|report| {
+                format!(
+                    "stored {} ({}) as {} on {} relay(s):\n  {}",
+                    report.name,
+                    bytes(report.size),
+                    report.blob,
+                    report.copies.len(),
+                    report.copies.join("\n  ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // One report for one file (as before), a list for several.
+    match reports.as_slice() {
+        [one] => emit(json, one, text),
+        many => emit(json, &many, text),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn file_name(file: &Path) -> anyhow::Result<String> {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} has no file name; pass --name NAME", file.display()))
+}
+
+pub(super) async fn get(
+    mut client: Client,
+    json: bool,
+    what: String,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if json && output.is_none() {
+        bail!("--json needs -o FILE: standard output is for the JSON report");
+    }
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
+    let target = match &output {
+        Some(path) => Output::File(path.clone()),
+        None => Output::Stdout,
+    };
+    let report = client.get(&what, target, progress).await?;
+    for skipped in &report.skipped {
+        note(json, &format!("skipped {skipped}"));
+    }
+    for warning in &report.warnings {
+        note(json, &format!("warning: {warning}"));
+    }
+    let transfers: Vec<_> = report
+        .moved
+        .iter()
+        .map(|t| {
+            format!(
+                "{} transferred its copy to {}{}",
+                t.from,
+                t.to,
+                if t.recorded {
+                    "; the file list records it"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    if output.is_some() || json {
+        emit(json, &report, || {
+            let mut text = format!(
+                "got {} ({}) from {}",
+                report.blob,
+                bytes(report.size),
+                report.relay
+            );
+            for transfer in &transfers {
+                text.push_str(&format!("\n  {transfer}"));
+            }
+            text
+        });
+    } else {
+        // The data went to standard output: the rest goes beside it.
+        for transfer in &transfers {
+            note(json, transfer);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
+    let files = client.list().await?;
+    emit(json, &files, || {
+        if files.is_empty() {
+            return "nothing stored yet: `cairn put FILE`".into();
+        }
+        files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{:>10}  {} copies  {}{}",
+                    bytes(f.size),
+                    f.copies.len(),
+                    f.name,
+                    if f.transferred.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  ({} moved since stored: transferred or repaired)",
+                            f.transferred.len()
+                        )
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn mv(
+    mut client: Client,
+    json: bool,
+    from: String,
+    to: String,
+) -> anyhow::Result<ExitCode> {
+    client.rename(&from, &to).await?;
+    emit(json, &json!({ "from": from, "to": to }), || {
+        format!("renamed {from} to {to}")
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn rm(mut client: Client, json: bool, name: String) -> anyhow::Result<ExitCode> {
+    let report = client.remove(&name).await?;
+    emit(json, &report, || {
+        let mut text = format!("removed {}", report.name);
+        for url in &report.deleted {
+            text.push_str(&format!("\n  deleted copy on {url}"));
+        }
+        for why in &report.left {
+            text.push_str(&format!("\n  left copy on {why}"));
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cairn config`: shows the settings, after changing those given.
+pub(super) async fn config(
+    mut client: Client,
+    json: bool,
+    replicas: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(replicas) = replicas {
+        client.set_replicas(replicas)?;
+    }
+    let value = json!({ "replicas": client.replicas(), "home": client.home().path() });
+    emit(json, &value, || format!("replicas: {}", client.replicas()));
+    Ok(ExitCode::SUCCESS)
+}

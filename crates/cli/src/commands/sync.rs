@@ -1,0 +1,193 @@
+//! Keeping up with the other devices: `sync` (and `sync --watch`), `status`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_client::Client;
+use serde_json::json;
+
+use super::audit::repair_summary;
+use crate::output::{emit, emit_line, note};
+
+pub(super) async fn sync(
+    mut client: Client,
+    json: bool,
+    watch: bool,
+    rounds: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    if !watch {
+        let report = client.sync().await?;
+        emit(json, &report, || sync_summary(&report));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Poll with backoff: quick after a change, up to a minute when idle.
+    let mut wait = Duration::from_secs(2);
+    let mut round = 0;
+    // Repair on the first round, then well within the shortest retention.
+    let mut next_repair = std::time::Instant::now();
+    loop {
+        round += 1;
+        if std::time::Instant::now() >= next_repair {
+            watch_repair(&mut client, json).await;
+            next_repair = std::time::Instant::now() + repair_interval(&client).await;
+        }
+        match client.sync().await {
+            Ok(report) => {
+                let changed = report.merged > 0 || !report.findings.is_empty();
+                if changed || round == 1 {
+                    emit_line(json, &report, || sync_summary(&report));
+                }
+                wait = if changed {
+                    Duration::from_secs(2)
+                } else {
+                    (wait * 2).min(Duration::from_secs(60))
+                };
+            }
+            Err(err) => {
+                note(
+                    json,
+                    &format!("sync failed: {err}; retrying in {} s", wait.as_secs()),
+                );
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+        if rounds.is_some_and(|n| round >= n) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// One repair pass inside `sync --watch`: reported when it did or found
+/// something, noted when it failed.
+async fn watch_repair(client: &mut Client, json: bool) {
+    match client.repair(false).await {
+        Ok(report) if !report.restored.is_empty() || !report.short.is_empty() => {
+            emit_line(json, &json!({ "repair": &report }), || {
+                repair_summary(&report)
+            });
+        }
+        Ok(_) => {}
+        Err(err) => note(json, &format!("repair failed: {err}; tried again later")),
+    }
+}
+
+/// How long until the next repair: a quarter of the shortest retention the
+/// relays disclose (so every copy's retention is renewed three times over),
+/// between a minute and six hours.
+async fn repair_interval(client: &Client) -> Duration {
+    let quarter = client
+        .shortest_retention()
+        .await
+        .map_or(6 * 3600, |r| r / 4);
+    Duration::from_secs(quarter.clamp(60, 6 * 3600))
+}
+
+fn sync_summary(report: &cairn_client::SyncReport) -> String {
+    let reachable = report.relays.iter().filter(|r| r.reachable).count();
+    let mut text = format!(
+        "synced: {} operation(s) merged, {} file(s), {} of {} relay(s) answered",
+        report.merged,
+        report.files,
+        reachable,
+        report.relays.len()
+    );
+    if report.claimed > 0 {
+        text.push_str(&format!(
+            "\n  claimed {} copies your other devices stored: they stay until this device \
+             deletes them too",
+            report.claimed
+        ));
+    }
+    if report.claims_pending > 0 {
+        text.push_str(&format!(
+            "\n  {} more to claim at the next sync",
+            report.claims_pending
+        ));
+    }
+    for device in &report.revoked {
+        text.push_str(&format!(
+            "\n  device {} ({}) was revoked: new files are sealed to vault generation {}, \
+             which it cannot open",
+            device.name, device.device, report.vault_generation
+        ));
+    }
+    for relay in report.relays.iter().filter(|r| !r.reachable) {
+        text.push_str(&format!(
+            "\n  unreachable {}: {}",
+            relay.url,
+            relay.error.as_deref().unwrap_or("")
+        ));
+    }
+    for finding in &report.findings {
+        text.push_str(&format!(
+            "\n  WARNING {}: {}",
+            finding.kind,
+            finding_text(finding)
+        ));
+    }
+    text
+}
+
+fn finding_text(finding: &cairn_client::Finding) -> String {
+    let mut parts = Vec::new();
+    if let Some(relay) = &finding.relay {
+        parts.push(format!("relay {relay}"));
+    }
+    if let Some(device) = &finding.device {
+        parts.push(format!("device {device}"));
+    }
+    parts.push(finding.detail.clone());
+    parts.join(", ")
+}
+
+pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
+    let report = client.sync().await?;
+    let findings = client.findings()?;
+    let value = json!({ "sync": report, "findings": findings });
+    emit(json, &value, || {
+        let mut text = String::from("relays:\n");
+        for relay in &report.relays {
+            text.push_str(&format!(
+                "  {} {}  {} head(s){}{}\n",
+                if relay.reachable { "ok  " } else { "DOWN" },
+                relay.url,
+                relay.heads,
+                if relay.republished > 0 {
+                    format!(", {} re-sent", relay.republished)
+                } else {
+                    String::new()
+                },
+                relay
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        text.push_str("devices:\n");
+        for device in &report.devices {
+            text.push_str(&format!(
+                "  {} {:<16} up to operation {}  {}\n",
+                if device.this_device { "*" } else { " " },
+                device.name.as_deref().unwrap_or("(not enrolled)"),
+                device.seq,
+                device.device
+            ));
+        }
+        text.push_str(&format!("files: {}\n", report.files));
+        if findings.is_empty() {
+            text.push_str("no problems found");
+        } else {
+            text.push_str("findings (newest last):");
+            for finding in &findings {
+                text.push_str(&format!("\n  {}: {}", finding.kind, finding_text(finding)));
+            }
+        }
+        text
+    });
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,359 @@
+//! Blob calls (PROTOCOL.md §7.3): upload, download, probe, audit, delete
+//! and claim, each following a transfer where the relay answers with one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_proto::audit::ChunkRequest;
+use cairn_proto::{BlobId, ErrorCode, Method, SigningKey};
+use futures_util::StreamExt as _;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method as HttpMethod, StatusCode};
+
+use super::RelayClient;
+use super::answer::{bounded_body, describe, is_absent, send, small_body};
+use crate::error::RelayError;
+
+/// Times an upload is tried again after `429 rate_limited`.
+const RATE_LIMIT_RETRIES: u32 = 3;
+/// Longest wait a relay's `Retry-After` may ask for before giving up.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// What an audit of one copy found.
+#[derive(Debug)]
+pub enum AuditOutcome {
+    /// The relay proved it holds the requested chunks.
+    Passed {
+        /// Bytes of proof received.
+        proof_bytes: u64,
+        /// The relay that answered, when the blob was transferred there.
+        at: Option<RelayClient>,
+    },
+    /// The relay (or the peer it transferred the blob to) does not have it.
+    Missing,
+    /// The relay answered with a proof that does not lead to the blob id:
+    /// it does not hold these bytes (or holds other ones).
+    Failed(String),
+}
+
+/// A blob a relay answered for.
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// Its size in bytes.
+    pub size: u64,
+    /// The relay holding it, when that is not the relay asked: the one asked
+    /// transferred it to a peer (PROTOCOL.md §7.3). Its key is the one the
+    /// redirect claimed, checked against the peer's signed info document.
+    pub at: Option<RelayClient>,
+}
+
+/// The response header in which a relay says how many owners still keep a
+/// blob after a delete.
+const OWNERS_LEFT_HEADER: &str = "cairn-owners-left";
+
+/// What a delete did at one relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// The blob is gone.
+    Gone,
+    /// This key's claim is dropped; that many other owners keep the blob.
+    KeptByOthers(u64),
+    /// The relay did not hold it.
+    Absent,
+}
+
+/// What a claim did at one relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    /// The key owns the copy now.
+    New,
+    /// The key owned it already.
+    Already,
+    /// The relay does not hold the blob.
+    Absent,
+}
+
+/// Longest answer to a claim read: `{"id": "<64 hex>", "claimed": false}`
+/// with room to spare.
+const MAX_CLAIM_ANSWER: usize = 1024;
+
+impl RelayClient {
+    /// Uploads the file at `path` (`size` bytes, sealed, hashing to `id`),
+    /// owned by `key`. Returns whether this upload stored the bytes (false:
+    /// the relay already held them). `progress` gets byte counts as they go.
+    pub async fn put_file(
+        &self,
+        id: &BlobId,
+        path: &Path,
+        size: u64,
+        key: &SigningKey,
+        pow_bits: u8,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<bool, RelayError> {
+        let progress = std::sync::Arc::new(progress);
+        let body = || -> std::io::Result<reqwest::Body> {
+            let file = tokio::fs::File::from_std(std::fs::File::open(path)?);
+            let progress = progress.clone();
+            let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map(
+                move |chunk: std::io::Result<Bytes>| {
+                    if let Ok(bytes) = &chunk {
+                        progress(bytes.len() as u64);
+                    }
+                    chunk
+                },
+            );
+            Ok(reqwest::Body::wrap_stream(stream))
+        };
+        self.put(id, body, size, key, pow_bits).await
+    }
+
+    /// Uploads a small blob held in memory.
+    pub async fn put_bytes(
+        &self,
+        id: &BlobId,
+        bytes: Bytes,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<bool, RelayError> {
+        let size = bytes.len() as u64;
+        let body = || Ok(reqwest::Body::from(bytes.clone()));
+        self.put(id, body, size, key, pow_bits).await
+    }
+
+    /// Uploads the body `body` makes, waiting as the relay asks when it
+    /// answers `429 rate_limited` (a fair-share limit, PROTOCOL.md §7.6a)
+    /// and trying again, a few times. `pow_bits` is the work the caller
+    /// expects the relay to require (0 when it has no info document at
+    /// hand); a `pow_required` refusal reads the current figure and retries.
+    async fn put(
+        &self,
+        id: &BlobId,
+        body: impl Fn() -> std::io::Result<reqwest::Body>,
+        size: u64,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<bool, RelayError> {
+        let mut attempt = 0;
+        let mut pow_bits = pow_bits;
+        let mut pow_checked = false;
+        loop {
+            attempt += 1;
+            match self.put_once(id, body()?, size, key, pow_bits).await {
+                Err(RelayError::Refused {
+                    status: 429,
+                    retry_after: Some(wait),
+                    ..
+                }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
+                    tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
+                    tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+                }
+                // The relay raised its proof of work (it may, under
+                // pressure): read what it asks now and try once more.
+                Err(err) if err.code() == Some(ErrorCode::PowRequired) && !pow_checked => {
+                    pow_checked = true;
+                    pow_bits = self.info().await?.limits.pow_bits;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn put_once(
+        &self,
+        id: &BlobId,
+        body: reqwest::Body,
+        size: u64,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<bool, RelayError> {
+        let token = self.token(Method::Put, id, key, pow_bits).await?;
+        let response = send(
+            self.http
+                .put(self.blob_url(id))
+                .header(AUTHORIZATION, token)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body),
+        )
+        .await?;
+        let status = response.status();
+        let body = small_body(response).await?;
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|err| RelayError::Protocol(format!("upload answer is not JSON: {err}")))?;
+        if json["id"].as_str() != Some(&id.to_string()) {
+            return Err(RelayError::Protocol(format!(
+                "upload of {id} answered for another blob: {json}"
+            )));
+        }
+        match status {
+            StatusCode::CREATED => Ok(true),
+            _ => Ok(json["stored"].as_bool().unwrap_or(false)),
+        }
+    }
+
+    /// Downloads blob `id`, handing each piece to `each` as it arrives, and
+    /// fails with [`RelayError::WrongBytes`] at the end unless every byte
+    /// hashed to the id: whatever `each` did with the pieces must be
+    /// discarded then. A transferred blob is fetched from the peer holding
+    /// it (see [`RelayClient::probe`]).
+    pub async fn fetch_each<F, Fut>(&self, id: &BlobId, mut each: F) -> Result<u64, RelayError>
+    where
+        F: FnMut(Bytes) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<()>>,
+    {
+        let (_, response) = self.open_blob(HttpMethod::GET, id).await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|err| RelayError::Unreachable(describe(&err)))?;
+            hasher.update(&chunk);
+            received += chunk.len() as u64;
+            each(chunk).await?;
+        }
+        if hasher.finalize().as_bytes() != id.as_bytes() {
+            return Err(RelayError::WrongBytes(*id));
+        }
+        Ok(received)
+    }
+
+    /// Downloads a small blob (at most `max` bytes) into memory, verified,
+    /// following a transfer like [`RelayClient::fetch_each`].
+    pub async fn fetch_bytes(&self, id: &BlobId, max: usize) -> Result<Vec<u8>, RelayError> {
+        let (_, response) = self.open_blob(HttpMethod::GET, id).await?;
+        let bytes = bounded_body(response, max).await?;
+        if BlobId::of(&bytes) != *id {
+            return Err(RelayError::WrongBytes(*id));
+        }
+        Ok(bytes)
+    }
+
+    /// Asks whether the relay holds `id` (a HEAD, which also counts as an
+    /// access). Returns its size and, when the relay transferred it to a
+    /// peer, the peer: redirects are followed (at most three), each only
+    /// after the relay it points at proved, by its signed info document, to
+    /// hold the key the redirect claims.
+    pub async fn probe(&self, id: &BlobId) -> Result<Option<Held>, RelayError> {
+        match self.open_blob(HttpMethod::HEAD, id).await {
+            Ok((at, response)) => {
+                // The header, not the body's length: a HEAD answer has none.
+                let size = response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .or_else(|| response.content_length());
+                Ok(size.map(|size| Held { size, at }))
+            }
+            Err(err) if is_absent(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Audits blob `id` (`size` bytes, as the manifest records): asks the
+    /// relay holding it (following a transfer) for the chunks in `request`
+    /// with a slice proof, and checks the proof against the id. The answer
+    /// says whether the relay holds those bytes; it costs the proof's
+    /// length, a few hundred bytes per chunk, not the blob's.
+    pub async fn audit(
+        &self,
+        id: &BlobId,
+        request: &ChunkRequest,
+    ) -> Result<AuditOutcome, RelayError> {
+        let Some(held) = self.probe(id).await? else {
+            return Ok(AuditOutcome::Missing);
+        };
+        let relay = held.at.as_ref().unwrap_or(self);
+        let url = format!("{}/proof?chunks={}", relay.blob_url(id), request.to_query());
+        let response = match send(self.http.get(url)).await {
+            Ok(response) => response,
+            Err(err) if is_absent(&err) => return Ok(AuditOutcome::Missing),
+            Err(err) => return Err(relay.after_transfer(self, err)),
+        };
+        let expected = cairn_proto::audit::proof_len(request);
+        let max = usize::try_from(expected).unwrap_or(usize::MAX);
+        let proof = match bounded_body(response, max).await {
+            Ok(proof) => proof,
+            Err(RelayError::Protocol(reason)) => {
+                return Ok(AuditOutcome::Failed(format!(
+                    "the proof is too long: {reason}"
+                )));
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(match cairn_proto::audit::verify(id, request, &proof) {
+            Ok(_) => AuditOutcome::Passed {
+                proof_bytes: proof.len() as u64,
+                at: held.at,
+            },
+            Err(err) => AuditOutcome::Failed(err.to_string()),
+        })
+    }
+
+    /// Drops `key`'s claim on blob `id`; the relay deletes the blob when no
+    /// other owner is left (PROTOCOL.md §7.3).
+    pub async fn delete(&self, id: &BlobId, key: &SigningKey) -> Result<Deleted, RelayError> {
+        let token = self.token(Method::Delete, id, key, 0).await?;
+        match send(
+            self.http
+                .delete(self.blob_url(id))
+                .header(AUTHORIZATION, token),
+        )
+        .await
+        {
+            Ok(response) => {
+                // A relay from before owner sets sends no count: its
+                // delete removed the blob.
+                let left = match response.headers().get(OWNERS_LEFT_HEADER) {
+                    None => 0,
+                    Some(value) => value
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            RelayError::Protocol(format!("`{OWNERS_LEFT_HEADER}` is not a number"))
+                        })?,
+                };
+                Ok(if left == 0 {
+                    Deleted::Gone
+                } else {
+                    Deleted::KeptByOthers(left)
+                })
+            }
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => Ok(Deleted::Absent),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Makes `key` one of blob `id`'s owners, so that the copy stays until
+    /// `key` deletes it too, whoever else does (PROTOCOL.md §7.3).
+    pub async fn claim(&self, id: &BlobId, key: &SigningKey) -> Result<Claimed, RelayError> {
+        let token = self.token(Method::Post, id, key, 0).await?;
+        match send(
+            self.http
+                .post(self.blob_url(id))
+                .header(AUTHORIZATION, token),
+        )
+        .await
+        {
+            Ok(response) => {
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    claimed: bool,
+                }
+                let body = bounded_body(response, MAX_CLAIM_ANSWER).await?;
+                let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
+                    RelayError::Protocol(format!("the answer to a claim does not parse: {err}"))
+                })?;
+                Ok(if answer.claimed {
+                    Claimed::New
+                } else {
+                    Claimed::Already
+                })
+            }
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => Ok(Claimed::Absent),
+            Err(err) => Err(err),
+        }
+    }
+}

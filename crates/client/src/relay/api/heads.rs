@@ -1,0 +1,113 @@
+//! Mailbox heads (PROTOCOL.md §7.7): read one, list a mailbox, store one.
+
+use cairn_proto::{ErrorCode, SignedRecord, Slot, VerifyingKey};
+use reqwest::StatusCode;
+use reqwest::header::CONTENT_TYPE;
+
+use super::RelayClient;
+use super::answer::{MAX_SMALL_BODY, bounded_body, check_status, describe, send, small_body};
+use crate::error::RelayError;
+use crate::relay::head::Head;
+
+/// Largest head listing accepted (1024 slots of a few hundred bytes).
+const MAX_HEAD_LISTING: usize = 2 << 20;
+
+/// What a head write came to.
+#[derive(Debug)]
+pub enum HeadWrite {
+    /// The relay now holds the head.
+    Stored,
+    /// The relay holds a head with a sequence number at least as high (or,
+    /// for an owned slot, the writer's own head at least as high).
+    Stale(Option<Box<Head>>),
+}
+
+impl RelayClient {
+    fn head_url(&self, mailbox: &VerifyingKey, slot: &Slot) -> String {
+        format!("{}/v1/heads/{mailbox}/{}", self.url, slot.as_str())
+    }
+
+    /// The head in `slot` of `mailbox`, verified; `None` if there is none.
+    pub async fn get_head(
+        &self,
+        mailbox: &VerifyingKey,
+        slot: &Slot,
+    ) -> Result<Option<Head>, RelayError> {
+        let response = match send(self.http.get(self.head_url(mailbox, slot))).await {
+            Ok(response) => response,
+            Err(err) if err.code() == Some(ErrorCode::NotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let bytes = small_body(response).await?;
+        let head = verify_head(&bytes, mailbox, slot)?;
+        Ok(Some(head))
+    }
+
+    /// Every head in `mailbox`, each verified (one request, whatever the
+    /// number of slots). Heads that do not verify are dropped and counted.
+    pub async fn list_heads(
+        &self,
+        mailbox: &VerifyingKey,
+    ) -> Result<(Vec<Head>, usize), RelayError> {
+        let response = send(self.http.get(format!("{}/v1/heads/{mailbox}", self.url))).await?;
+        let body = bounded_body(response, MAX_HEAD_LISTING).await?;
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|err| RelayError::Protocol(format!("head listing is not JSON: {err}")))?;
+        let texts = json["heads"]
+            .as_array()
+            .ok_or_else(|| RelayError::Protocol("head listing has no `heads`".into()))?;
+        let mut heads = Vec::with_capacity(texts.len());
+        let mut bad = 0;
+        for text in texts {
+            let head = text
+                .as_str()
+                .and_then(|t| cairn_proto::decode_base64url(t, MAX_SMALL_BODY).ok())
+                .and_then(|bytes| Head::from_bytes(&bytes).ok())
+                .filter(|head| &head.mailbox == mailbox);
+            match head {
+                Some(head) => heads.push(head),
+                None => bad += 1,
+            }
+        }
+        Ok((heads, bad))
+    }
+
+    /// Stores a head: an owned head signed by its writer, or (for pairing
+    /// rendezvous) a legacy head signed by its mailbox key.
+    pub async fn put_head(&self, record: &SignedRecord) -> Result<HeadWrite, RelayError> {
+        let head = Head::from_record(record.clone())
+            .map_err(|err| RelayError::Protocol(format!("refusing to send a bad head: {err}")))?;
+        let url = self.head_url(&head.mailbox, &head.slot);
+        let request = self
+            .http
+            .put(url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(record.to_bytes());
+        let response = request
+            .send()
+            .await
+            .map_err(|err| RelayError::Unreachable(describe(&err)))?;
+        if response.status() == StatusCode::CONFLICT {
+            let body = small_body(response).await?;
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let current = json["current"]
+                .as_str()
+                .and_then(|text| cairn_proto::decode_base64url(text, MAX_SMALL_BODY).ok())
+                .and_then(|bytes| verify_head(&bytes, &head.mailbox, &head.slot).ok())
+                .map(Box::new);
+            return Ok(HeadWrite::Stale(current));
+        }
+        check_status(response).await?;
+        Ok(HeadWrite::Stored)
+    }
+}
+
+fn verify_head(bytes: &[u8], mailbox: &VerifyingKey, slot: &Slot) -> Result<Head, RelayError> {
+    let head = Head::from_bytes(bytes).map_err(RelayError::Protocol)?;
+    if &head.mailbox != mailbox || &head.slot != slot {
+        return Err(RelayError::Protocol(
+            "served a head from another mailbox or slot".into(),
+        ));
+    }
+    Ok(head)
+}
