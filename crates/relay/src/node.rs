@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use cairn_proto::SigningKey;
+use cairn_proto::wire::PeerWithRoom;
 
 use crate::clock::Clock;
 use crate::config::RelayConfig;
@@ -31,18 +32,16 @@ impl Node {
         self.clock.now().0
     }
 
-    /// Peers whose latest info documents show room, as the JSON list
-    /// `relay_full` bodies carry: where a refused client can go instead.
-    pub(crate) fn peers_json(&self) -> serde_json::Value {
+    /// Peers whose latest info documents show room, as `relay_full`
+    /// refusals list them: where a refused client can go instead.
+    pub(crate) fn peers_with_room(&self) -> Vec<PeerWithRoom> {
         self.federation
             .peers_with_room(1)
             .iter()
-            .map(|p| {
-                serde_json::json!({
-                    "url": p.relay.url.as_str(),
-                    "key": p.relay.key.to_string(),
-                    "capacity_free": p.free(INFO_MAX_AGE_SECS),
-                })
+            .map(|p| PeerWithRoom {
+                url: p.relay.url.as_str().to_owned(),
+                key: p.relay.key,
+                capacity_free: p.free(INFO_MAX_AGE_SECS),
             })
             .collect()
     }

@@ -25,8 +25,9 @@ use cairn_proto::{
 };
 
 use crate::error::RelayError;
-use answer::{send, small_body};
+use answer::{MAX_SMALL_BODY, json_answer, send};
 pub use blobs::{AuditOutcome, Claimed, Deleted, Held};
+use cairn_proto::wire::{self, InfoDocument};
 pub use heads::HeadWrite;
 pub use redirect::RedirectPolicy;
 
@@ -75,13 +76,9 @@ pub async fn fetch_info(
     http: &reqwest::Client,
     url: &str,
 ) -> Result<Verified<RelayInfo>, RelayError> {
-    let response = send(http.get(format!("{url}/.well-known/cairn-relay"))).await?;
-    let body = small_body(response).await?;
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|err| RelayError::Protocol(format!("info document is not JSON: {err}")))?;
-    let text = json["record"]
-        .as_str()
-        .ok_or_else(|| RelayError::Protocol("info document has no `record`".into()))?;
+    let response = send(http.get(format!("{url}{}", wire::route::INFO))).await?;
+    let document: InfoDocument = json_answer(response, MAX_SMALL_BODY, "info document").await?;
+    let text = &document.record;
     let record = SignedRecord::from_base64url(text)
         .map_err(|err| RelayError::Protocol(format!("info record: {err}")))?;
     let info = record
@@ -151,7 +148,7 @@ impl RelayClient {
     }
 
     fn blob_url(&self, id: &BlobId) -> String {
-        format!("{}/v1/blobs/{id}", self.url)
+        format!("{}{}", self.url, wire::blob_path(id))
     }
 
     async fn token(

@@ -3,11 +3,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_api::CallError;
+use cairn_proto::wire::{self, BlobStored, InfoDocument};
 use cairn_proto::{
     AuthToken, BlobId, Method, Nonce, RelayRef, RequestPath, SignedRecord, SigningKey, Timestamp,
     TokenTarget, TransferReceipt, VerifyingKey,
 };
 use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
 
 use super::error::FederationError;
 use super::peers::{PeerInfo, verify_info};
@@ -18,8 +21,8 @@ const TOKEN_LIFETIME_SECS: u64 = 300;
 /// Longest answer accepted for an info document.
 const MAX_INFO_BYTES: usize = 64 * 1024;
 
-/// The path of the reconciliation endpoint.
-pub(crate) const RECONCILE_PATH: &str = "/v1/federation/reconcile";
+/// Longest JSON answer to an upload: an id and a receipt.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
 
 /// An HTTP client for peers: never follows redirects (a peer answers for
 /// itself), times out idle connections.
@@ -66,30 +69,21 @@ impl PeerClient {
 
     /// Fetches and verifies `peer`'s info document.
     pub(crate) async fn info(&self, peer: &RelayRef) -> Result<PeerInfo, String> {
-        let url = format!("{}/.well-known/cairn-relay", peer.url.as_str());
-        let response = self
+        let request = self
             .http
-            .get(&url)
-            .timeout(Duration::from_secs(15))
-            .send()
-            .await
-            .map_err(|e| format!("unreachable: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("info document answered {}", response.status()));
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("info document cut off: {e}"))?;
-        if body.len() > MAX_INFO_BYTES {
-            return Err("info document too large".into());
-        }
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| format!("info document is not JSON: {e}"))?;
-        let record = json
-            .get("record")
-            .and_then(serde_json::Value::as_str)
-            .ok_or("info document has no record")?;
+            .get(peer_url(peer, wire::route::INFO))
+            .timeout(Duration::from_secs(15));
+        let describe = |e: CallError| match e {
+            CallError::Unreachable(detail) => format!("unreachable: {detail}"),
+            CallError::Refused(refusal) => format!("info document answered {}", refusal.status),
+            other => format!("info document: {other}"),
+        };
+        let response = cairn_api::send(request).await.map_err(describe)?;
+        let document: InfoDocument =
+            cairn_api::read_json(response, MAX_INFO_BYTES, "info document")
+                .await
+                .map_err(describe)?;
+        let record = &document.record;
         verify_info(&peer.key, record)
     }
 
@@ -110,24 +104,19 @@ impl PeerClient {
             BlobBody::Inline(bytes) => reqwest::Body::from(bytes),
             other => reqwest::Body::wrap_stream(other.into_stream(0, size).await?),
         };
-        let response = self
+        let request = self
             .http
-            .put(format!("{}/v1/blobs/{id}", peer.url.as_str()))
-            .header("authorization", auth)
-            .header("content-length", size)
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let json: serde_json::Value = response.json().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(refused(status, &json));
-        }
-        let record = json
-            .get("receipt")
-            .and_then(serde_json::Value::as_str)
+            .put(peer_url(peer, &wire::blob_path(&id)))
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        let response = cairn_api::send(request).await?;
+        let answer: BlobStored =
+            cairn_api::read_json(response, MAX_ANSWER_BYTES, "upload answer").await?;
+        let record = answer
+            .receipt
             .ok_or_else(|| FederationError::BadReceipt("the answer carries no receipt".into()))?;
-        check_receipt(record, &peer.key, &key.verifying_key(), id, size)
+        check_receipt(&record, &peer.key, &key.verifying_key(), id, size)
     }
 
     /// Reads `start..start+len` of blob `id` from `peer`, without following
@@ -142,29 +131,32 @@ impl PeerClient {
         let end = start + len.max(1) - 1;
         let response = self
             .http
-            .get(format!("{}/v1/blobs/{id}", peer.url.as_str()))
-            .header("range", format!("bytes={start}-{end}"))
+            .get(peer_url(peer, &wire::blob_path(&id)))
+            .header(RANGE, format!("bytes={start}-{end}"))
             .send()
-            .await?;
+            .await
+            .map_err(unreachable)?;
         let status = response.status();
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
             return Err(FederationError::CheckFailed(format!(
                 "asked for bytes {start}-{end}, the peer answered {status}"
             )));
         }
-        let bytes = response.bytes().await?;
+        let to = usize::try_from(end + 1).unwrap_or(usize::MAX);
         if status == StatusCode::OK {
-            // A peer that ignores Range sends everything: slice it here.
+            // A peer that ignores Range sends everything: only what is up
+            // to the range's end is read, and sliced here.
             let from = usize::try_from(start).unwrap_or(usize::MAX);
-            let to = usize::try_from(end + 1).unwrap_or(usize::MAX);
+            let bytes = cairn_api::read_prefix(response, to).await?;
             return bytes
-                .get(from..to.min(bytes.len()))
+                .get(from..)
                 .map(Bytes::copy_from_slice)
                 .ok_or_else(|| {
                     FederationError::CheckFailed("the peer's copy is shorter than receipted".into())
                 });
         }
-        Ok(bytes)
+        let len = usize::try_from(len.max(1)).unwrap_or(usize::MAX);
+        Ok(cairn_api::read_bounded(response, len).await?)
     }
 
     /// Checks that `peer` holds blob `id`: downloads it and verifies the
@@ -177,8 +169,8 @@ impl PeerClient {
         id: BlobId,
         full_read: u64,
     ) -> Result<(), FederationError> {
-        let url = format!("{}/v1/blobs/{id}", peer.url.as_str());
-        let head = self.http.head(&url).send().await?;
+        let url = peer_url(peer, &wire::blob_path(&id));
+        let head = self.http.head(&url).send().await.map_err(unreachable)?;
         let status = head.status();
         if status == StatusCode::TEMPORARY_REDIRECT {
             return Ok(());
@@ -197,9 +189,16 @@ impl PeerClient {
         if size > full_read {
             return Ok(());
         }
-        let mut response = self.http.get(&url).send().await?;
+        let mut response = self.http.get(&url).send().await.map_err(unreachable)?;
         let mut hasher = blake3::Hasher::new();
-        while let Some(chunk) = response.chunk().await? {
+        let mut read: u64 = 0;
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            // Only the size it announced is read: the hash of more cannot
+            // match anyway.
+            read += chunk.len() as u64;
+            if read > size {
+                break;
+            }
             hasher.update(&chunk);
         }
         if BlobId::from(hasher.finalize()) != id {
@@ -218,44 +217,35 @@ impl PeerClient {
         message: Vec<u8>,
         now: u64,
     ) -> Result<Bytes, FederationError> {
-        let path =
-            RequestPath::new(RECONCILE_PATH).map_err(|e| FederationError::Local(e.to_string()))?;
+        let path = RequestPath::new(wire::route::RECONCILE)
+            .map_err(|e| FederationError::Local(e.to_string()))?;
         let auth = Self::token(key, peer.key, Method::Post, TokenTarget::Path(path), now)?;
-        let response = self
+        let request = self
             .http
-            .post(format!("{}{RECONCILE_PATH}", peer.url.as_str()))
-            .header("authorization", auth)
-            .header("content-type", "application/octet-stream")
-            .body(message)
-            .send()
-            .await?;
-        let status = response.status();
-        if !status.is_success() {
-            let json: serde_json::Value = response.json().await.unwrap_or_default();
-            return Err(refused(status, &json));
-        }
-        let bytes = response.bytes().await?;
-        if bytes.len() > cairn_proto::reconcile::MAX_MESSAGE_LEN {
-            return Err(FederationError::Reconcile(
-                "the peer's message is too long".into(),
-            ));
-        }
+            .post(peer_url(peer, wire::route::RECONCILE))
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(message);
+        let response = cairn_api::send(request).await?;
+        let bytes = cairn_api::read_bounded(response, cairn_proto::reconcile::MAX_MESSAGE_LEN)
+            .await
+            .map_err(|e| match e {
+                CallError::TooLarge { .. } => {
+                    FederationError::Reconcile("the peer's message is too long".into())
+                }
+                other => other.into(),
+            })?;
         Ok(bytes)
     }
 }
 
-fn refused(status: StatusCode, json: &serde_json::Value) -> FederationError {
-    let field = |name: &str| {
-        json.pointer(&format!("/error/{name}"))
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    FederationError::Refused {
-        status: status.as_u16(),
-        code: field("code"),
-        message: field("message"),
-    }
+/// The URL of `path` at `peer`.
+fn peer_url(peer: &RelayRef, path: &str) -> String {
+    format!("{}{path}", peer.url.as_str().trim_end_matches('/'))
+}
+
+fn unreachable(err: reqwest::Error) -> FederationError {
+    FederationError::Call(CallError::Unreachable(cairn_api::describe(&err)))
 }
 
 /// Decodes and checks a receipt from `peer` for blob `id` of `size` bytes

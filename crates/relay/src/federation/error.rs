@@ -4,13 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FederationError {
     #[error("request to the peer failed: {0}")]
-    Http(#[from] reqwest::Error),
-    #[error("the peer refused ({status}, {code}): {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Call(#[from] cairn_api::CallError),
     #[error("the peer's receipt is unacceptable: {0}")]
     BadReceipt(String),
     #[error("the peer could not produce what it receipted: {0}")]

@@ -17,7 +17,6 @@ mod replicate;
 pub(crate) mod state;
 mod transfer;
 
-pub(crate) use self::client::RECONCILE_PATH;
 pub(crate) use self::error::FederationError;
 pub(crate) use self::ledger::Ledger;
 pub(crate) use self::peers::Peer;

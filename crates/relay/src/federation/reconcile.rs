@@ -8,6 +8,7 @@
 //! step costs a few hundred bytes. The peer's side is the HTTP handler in
 //! `http::federation`; it keeps no state between messages.
 
+use cairn_api::CallError;
 use std::sync::atomic::Ordering;
 
 use cairn_proto::BlobId;
@@ -130,7 +131,7 @@ async fn reconcile_with(
             Err(e) => {
                 tracing::debug!(peer = %peer.relay.key, blob = %id, error = %e, "push after reconciliation failed");
                 // A full or refusing peer refuses the rest too.
-                if matches!(e, FederationError::Refused { .. }) {
+                if matches!(e, FederationError::Call(CallError::Refused(_))) {
                     break;
                 }
             }

@@ -8,6 +8,7 @@
 //! by the next reconciliation round, so the queue may drop work under
 //! pressure without losing any.
 
+use cairn_api::CallError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -144,7 +145,7 @@ async fn push_with_retries(
                 tracing::debug!(peer = %peer.relay.key, blob = %id, attempt, error = %e, "replication push failed");
                 // A refusal by policy (full, not a peer) will not change
                 // in seconds; reconciliation tries again later.
-                if matches!(&e, FederationError::Refused { status, .. } if *status != 429 && *status != 503)
+                if matches!(&e, FederationError::Call(CallError::Refused(r)) if r.status != 429 && r.status != 503)
                 {
                     return false;
                 }

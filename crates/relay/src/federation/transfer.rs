@@ -10,6 +10,7 @@
 //! produce it loses standing and is not trusted with that blob; the local
 //! copy stays.
 
+use cairn_api::CallError;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
@@ -275,7 +276,7 @@ pub(crate) async fn audit_transfers(app: &Node, max: usize) -> AuditReport {
             .await
         {
             Ok(()) => {}
-            Err(FederationError::Http(e)) => {
+            Err(FederationError::Call(e @ CallError::Unreachable(_))) => {
                 tracing::debug!(peer = %forward.peer, error = %e, "audit: peer unreachable");
                 report.unreachable += 1;
             }

@@ -9,8 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use cairn_proto::wire::{self, BlobClaimed, BlobStored, BlobTransferred, PeerRef};
 use cairn_proto::{BlobId, Method, SignedRecord, Timestamp, TokenTarget, TransferReceipt};
-use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use super::AppState;
@@ -180,17 +180,18 @@ pub(super) async fn forwarded(
         forward.url.trim_end_matches('/')
     );
     let location = HeaderValue::from_str(&location).map_err(|_| ApiError::internal())?;
-    let mut response = (
-        StatusCode::TEMPORARY_REDIRECT,
-        axum::Json(json!({
-            "id": id.to_string(),
-            "transferred_to": {"url": forward.url, "key": forward.peer.to_string()},
-        })),
-    )
-        .into_response();
+    let key = forward.peer;
+    let body = BlobTransferred {
+        id,
+        transferred_to: PeerRef {
+            url: forward.url,
+            key,
+        },
+    };
+    let mut response = (StatusCode::TEMPORARY_REDIRECT, axum::Json(body)).into_response();
     response.headers_mut().insert(header::LOCATION, location);
-    if let Ok(key) = HeaderValue::from_str(&forward.peer.to_string()) {
-        response.headers_mut().insert("cairn-relay-key", key);
+    if let Ok(key) = HeaderValue::from_str(&key.to_string()) {
+        response.headers_mut().insert(wire::header::RELAY_KEY, key);
     }
     Ok(response)
 }
@@ -283,7 +284,7 @@ impl Drop for Reservation<'_> {
 }
 
 fn relay_full(app: &AppState) -> ApiError {
-    ApiError::relay_full(app.peers_json())
+    ApiError::relay_full(app.peers_with_room())
 }
 
 /// Counts an upload in flight for the info document's load figure.
@@ -455,7 +456,11 @@ fn stored_response(
     } else {
         StatusCode::OK
     };
-    let mut body = json!({"id": id.to_string(), "stored": stored});
+    let mut body = BlobStored {
+        id,
+        stored,
+        receipt: None,
+    };
     if let Source::Peer(sender) = source {
         let receipt = TransferReceipt {
             receiver: app.key.verifying_key(),
@@ -468,7 +473,7 @@ fn stored_response(
             tracing::error!(error = %e, "a transfer receipt does not encode");
             ApiError::internal()
         })?;
-        body["receipt"] = json!(envelope.to_base64url());
+        body.receipt = Some(envelope.to_base64url());
     }
     Ok((status, axum::Json(body)).into_response())
 }
@@ -649,7 +654,7 @@ pub(crate) async fn claim_blob(
         }
         ClaimOutcome::TooManyOwners => return Err(ApiError::too_many_owners()),
     };
-    Ok(axum::Json(json!({"id": id.to_string(), "claimed": claimed})).into_response())
+    Ok(axum::Json(BlobClaimed { id, claimed }).into_response())
 }
 
 /// The answer to a delete: 204, with how many other owners still keep the
@@ -658,12 +663,9 @@ fn owners_left(n: u64) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(OWNERS_LEFT, HeaderValue::from(n));
+        .insert(wire::header::OWNERS_LEFT, HeaderValue::from(n));
     response
 }
-
-/// The response header that tells a deleter how many owners keep the blob.
-pub(crate) const OWNERS_LEFT: &str = "cairn-owners-left";
 
 /// `DELETE`: drops the signer's claim, which only an owner has; the blob goes
 /// with the last claim.

@@ -5,22 +5,20 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_proto::ErrorCode;
-use serde_json::{Value, json};
+use cairn_proto::wire::{ErrorAnswer, PeerWithRoom};
 
 use crate::store::StoreError;
 
-/// An API error: status, stable code, message for people, and optional
-/// extra top-level fields (`peers` for `relay_full`, `current` for
-/// `stale_head`).
+/// An API error: status, stable code, message for people, and the extra
+/// fields of the refusal's [`ErrorAnswer`] (`peers` for `relay_full`,
+/// `current` for `stale_head`).
 #[derive(Debug)]
 pub(crate) struct ApiError(Box<Inner>);
 
 #[derive(Debug)]
 struct Inner {
     status: StatusCode,
-    code: ErrorCode,
-    message: String,
-    extra: Option<(&'static str, Value)>,
+    answer: ErrorAnswer,
     retry_after: Option<u64>,
     /// For 416: the blob's size, sent as `Content-Range: bytes */size`.
     unsatisfied_size: Option<u64>,
@@ -30,16 +28,14 @@ impl ApiError {
     fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self(Box::new(Inner {
             status,
-            code,
-            message: message.into(),
-            extra: None,
+            answer: ErrorAnswer::new(code, message),
             retry_after: None,
             unsatisfied_size: None,
         }))
     }
 
-    pub(crate) fn with(mut self, key: &'static str, value: Value) -> Self {
-        self.0.extra = Some((key, value));
+    fn with_answer(mut self, fill: impl FnOnce(&mut ErrorAnswer)) -> Self {
+        fill(&mut self.0.answer);
         self
     }
 
@@ -139,7 +135,7 @@ impl ApiError {
                 "the stored head has seq {seq}; a new head needs a higher one (the stored record is in `current`)"
             ),
         )
-        .with("current", Value::String(current))
+        .with_answer(|answer| answer.current = Some(current))
     }
     pub(crate) fn too_large(max: u64) -> Self {
         Self::new(
@@ -185,17 +181,17 @@ impl ApiError {
         self.0.retry_after = Some(secs);
         self
     }
-    pub(crate) fn relay_full(peers: Value) -> Self {
+    pub(crate) fn relay_full(peers: Vec<PeerWithRoom>) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::RelayFull,
             "this relay has no room for the blob; try a peer listed in `peers`",
         )
-        .with("peers", peers)
+        .with_answer(|answer| answer.peers = Some(peers))
     }
     /// No room for a head in a new slot; heads of existing slots can
     /// always be updated.
-    pub(crate) fn heads_full(peers: Value, max: u64) -> Self {
+    pub(crate) fn heads_full(peers: Vec<PeerWithRoom>, max: u64) -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::RelayFull,
@@ -203,7 +199,7 @@ impl ApiError {
                 "this relay keeps at most {max} heads and has no room for a new slot; try a peer listed in `peers`"
             ),
         )
-        .with("peers", peers)
+        .with_answer(|answer| answer.peers = Some(peers))
     }
     pub(crate) fn mailbox_full(max: usize) -> Self {
         Self::new(
@@ -252,11 +248,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;
-        let mut body = json!({ "error": { "code": this.code.as_str(), "message": this.message } });
-        if let Some((key, value)) = this.extra {
-            body[key] = value;
-        }
-        let mut response = (this.status, axum::Json(body)).into_response();
+        let mut response = (this.status, axum::Json(this.answer)).into_response();
         if let Some(secs) = this.retry_after {
             response
                 .headers_mut()

@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::{Required, authorize};
 use super::body::read_bounded;
 use super::error::ApiError;
-use crate::federation::RECONCILE_PATH;
+use cairn_proto::wire;
 
 /// Checks that the request is signed by a peer for `path`, and returns the
 /// peer's key.
@@ -48,7 +48,7 @@ pub(crate) async fn reconcile(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let peer = authorize_peer(&app, &headers, Method::Post, RECONCILE_PATH)?;
+    let peer = authorize_peer(&app, &headers, Method::Post, wire::route::RECONCILE)?;
     let message = read_bounded(&app, &headers, body, MAX_MESSAGE_LEN, || {
         ApiError::bad_request(format!(
             "reconciliation messages are at most {MAX_MESSAGE_LEN} bytes"

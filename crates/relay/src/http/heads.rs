@@ -11,11 +11,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_proto::wire::{HeadListing, HeadStored};
 use cairn_proto::{
     HeadRecord, OwnedHead, RecordKind, SignedRecord, Slot, VerifyingKey, encode_base64url,
     is_owned_slot,
 };
-use serde_json::json;
 
 use super::AppState;
 use super::body::read_bounded;
@@ -117,14 +117,17 @@ pub(crate) async fn put_head(
         }
         HeadOutcome::MailboxFull => return Err(ApiError::mailbox_full(MAX_SLOTS_PER_MAILBOX)),
         HeadOutcome::RelayFull => {
-            return Err(ApiError::heads_full(app.peers_json(), app.config.max_heads));
+            return Err(ApiError::heads_full(
+                app.peers_with_room(),
+                app.config.max_heads,
+            ));
         }
     };
-    let body = json!({
-        "mailbox": key.mailbox.to_string(),
-        "slot": key.slot.as_str(),
-        "seq": seq,
-    });
+    let body = HeadStored {
+        mailbox: key.mailbox,
+        slot: key.slot,
+        seq,
+    };
     Ok((status, axum::Json(body)).into_response())
 }
 
@@ -181,7 +184,7 @@ pub(crate) async fn list_heads(
         heads.push(encode_base64url(&envelope));
         app.store.record_head_access(HeadKey { mailbox, slot }, now);
     }
-    let body = json!({ "heads": heads }).to_string();
+    let body = serde_json::to_string(&HeadListing { heads }).map_err(|_| ApiError::internal())?;
     app.metrics
         .head_bytes_sent
         .fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -24,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{MethodRouter, get, post};
 use cairn_proto::VerifyingKey;
+use cairn_proto::wire::route;
 use tokio::sync::Semaphore;
 
 pub(crate) use self::auth::NonceCache;
@@ -99,12 +100,12 @@ impl Shared {
 /// The route label for metrics: the matched route pattern, from a fixed set.
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(MatchedPath::as_str) {
-        Some("/v1/blobs/{id}") => "/v1/blobs/{id}",
-        Some("/v1/blobs/{id}/proof") => "/v1/blobs/{id}/proof",
-        Some("/v1/heads/{mailbox}/{slot}") => "/v1/heads/{mailbox}/{slot}",
-        Some("/v1/heads/{mailbox}") => "/v1/heads/{mailbox}",
-        Some("/v1/federation/reconcile") => "/v1/federation/reconcile",
-        Some("/.well-known/cairn-relay") => "/.well-known/cairn-relay",
+        Some(route::BLOB) => route::BLOB,
+        Some(route::BLOB_PROOF) => route::BLOB_PROOF,
+        Some(route::HEAD) => route::HEAD,
+        Some(route::HEADS) => route::HEADS,
+        Some(route::RECONCILE) => route::RECONCILE,
+        Some(route::INFO) => route::INFO,
         Some("/metrics") => "/metrics",
         Some("/health") => "/health",
         Some("/") => "/",
@@ -155,21 +156,18 @@ async fn fallback() -> ApiError {
 fn routes() -> [(&'static str, MethodRouter<AppState>); 9] {
     [
         (
-            "/v1/blobs/{id}",
+            route::BLOB,
             get(blobs::get_blob)
                 .head(blobs::get_blob)
                 .put(blobs::put_blob)
                 .post(blobs::claim_blob)
                 .delete(blobs::delete_blob),
         ),
-        ("/v1/blobs/{id}/proof", get(proof::get_proof)),
-        (
-            "/v1/heads/{mailbox}/{slot}",
-            get(heads::get_head).put(heads::put_head),
-        ),
-        ("/v1/heads/{mailbox}", get(heads::list_heads)),
-        ("/v1/federation/reconcile", post(federation::reconcile)),
-        ("/.well-known/cairn-relay", get(info::well_known)),
+        (route::BLOB_PROOF, get(proof::get_proof)),
+        (route::HEAD, get(heads::get_head).put(heads::put_head)),
+        (route::HEADS, get(heads::list_heads)),
+        (route::RECONCILE, post(federation::reconcile)),
+        (route::INFO, get(info::well_known)),
         ("/metrics", get(ops::metrics)),
         ("/health", get(ops::health)),
         ("/", get(status::status_page)),

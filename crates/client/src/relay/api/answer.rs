@@ -1,56 +1,56 @@
-//! Reading a relay's answers: statuses become errors, bodies are read
-//! within a bound, and transport errors keep their causes.
+//! Reading a relay's answers through [`cairn_api`]: statuses become
+//! [`RelayError::Refused`], bodies are read within a bound, and answers
+//! are the typed [`cairn_proto::wire`] forms.
 
+use cairn_api::CallError;
 use cairn_proto::ErrorCode;
-use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
 
 use crate::error::RelayError;
 
 /// Largest head record or info document accepted.
 pub(super) const MAX_SMALL_BODY: usize = 256 * 1024;
 
+impl From<CallError> for RelayError {
+    fn from(err: CallError) -> Self {
+        match err {
+            CallError::Unreachable(detail) => Self::Unreachable(detail),
+            CallError::Refused(refusal) => {
+                let cairn_api::Refusal {
+                    status,
+                    code,
+                    message,
+                    retry_after,
+                    ..
+                } = *refusal;
+                Self::Refused {
+                    status,
+                    code,
+                    message,
+                    retry_after,
+                }
+            }
+            err @ (CallError::TooLarge { .. } | CallError::Malformed { .. }) => {
+                Self::Protocol(err.to_string())
+            }
+        }
+    }
+}
+
 /// Sends a request; non-success statuses become [`RelayError::Refused`].
 pub(super) async fn send(
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, RelayError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|err| RelayError::Unreachable(describe(&err)))?;
-    check_status(response).await
+    Ok(cairn_api::send(request).await?)
 }
 
 pub(super) async fn check_status(
     response: reqwest::Response,
 ) -> Result<reqwest::Response, RelayError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = small_body(response).await.unwrap_or_default();
-    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let code = json["error"]["code"]
-        .as_str()
-        .unwrap_or("unexpected_status")
-        .to_owned();
-    let message = json["error"]["message"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-    Err(RelayError::Refused {
-        status: status.as_u16(),
-        code,
-        message,
-        retry_after,
-    })
+    Ok(cairn_api::check_status(response).await?)
 }
 
-pub(super) async fn small_body(response: reqwest::Response) -> Result<Vec<u8>, RelayError> {
+pub(super) async fn small_body(response: reqwest::Response) -> Result<bytes::Bytes, RelayError> {
     bounded_body(response, MAX_SMALL_BODY).await
 }
 
@@ -58,37 +58,20 @@ pub(super) async fn small_body(response: reqwest::Response) -> Result<Vec<u8>, R
 pub(super) async fn bounded_body(
     response: reqwest::Response,
     max: usize,
-) -> Result<Vec<u8>, RelayError> {
-    if response.content_length().is_some_and(|n| n > max as u64) {
-        return Err(RelayError::Protocol(format!(
-            "answer is larger than the {max} bytes expected"
-        )));
-    }
-    let mut out = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|err| RelayError::Unreachable(describe(&err)))?;
-        if out.len() + chunk.len() > max {
-            return Err(RelayError::Protocol(format!(
-                "answer is larger than the {max} bytes expected"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
+) -> Result<bytes::Bytes, RelayError> {
+    Ok(cairn_api::read_bounded(response, max).await?)
 }
 
-/// A reqwest error with its causes, which reqwest's Display leaves out.
-pub(super) fn describe(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// Reads a JSON answer within `max` bytes.
+pub(super) async fn json_answer<T: DeserializeOwned>(
+    response: reqwest::Response,
+    max: usize,
+    what: &'static str,
+) -> Result<T, RelayError> {
+    Ok(cairn_api::read_json(response, max, what).await?)
 }
+
+pub(super) use cairn_api::describe;
 
 /// Whether a relay answered that it does not hold what was asked (a HEAD
 /// answer has no body to carry the `not_found` code).

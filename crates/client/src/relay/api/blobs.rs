@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
+use cairn_proto::wire::{BlobClaimed, BlobStored, header};
 use cairn_proto::{BlobId, ErrorCode, Method, SigningKey};
 use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use super::RelayClient;
-use super::answer::{bounded_body, describe, is_absent, send, small_body};
+use super::answer::{MAX_SMALL_BODY, bounded_body, describe, is_absent, json_answer, send};
 use crate::error::RelayError;
 
 /// Times an upload is tried again after `429 rate_limited`.
@@ -47,10 +48,6 @@ pub struct Held {
     /// redirect claimed, checked against the peer's signed info document.
     pub at: Option<RelayClient>,
 }
-
-/// The response header in which a relay says how many owners still keep a
-/// blob after a delete.
-const OWNERS_LEFT_HEADER: &str = "cairn-owners-left";
 
 /// What a delete did at one relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,18 +175,14 @@ impl RelayClient {
         )
         .await?;
         let status = response.status();
-        let body = small_body(response).await?;
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|err| RelayError::Protocol(format!("upload answer is not JSON: {err}")))?;
-        if json["id"].as_str() != Some(&id.to_string()) {
+        let answer: BlobStored = json_answer(response, MAX_SMALL_BODY, "upload answer").await?;
+        if answer.id != *id {
             return Err(RelayError::Protocol(format!(
-                "upload of {id} answered for another blob: {json}"
+                "upload of {id} answered for blob {}",
+                answer.id
             )));
         }
-        match status {
-            StatusCode::CREATED => Ok(true),
-            _ => Ok(json["stored"].as_bool().unwrap_or(false)),
-        }
+        Ok(status == StatusCode::CREATED || answer.stored)
     }
 
     /// Downloads blob `id`, handing each piece to `each` as it arrives, and
@@ -226,7 +219,7 @@ impl RelayClient {
         if BlobId::of(&bytes) != *id {
             return Err(RelayError::WrongBytes(*id));
         }
-        Ok(bytes)
+        Ok(bytes.into())
     }
 
     /// Asks whether the relay holds `id` (a HEAD, which also counts as an
@@ -305,14 +298,17 @@ impl RelayClient {
             Ok(response) => {
                 // A relay from before owner sets sends no count: its
                 // delete removed the blob.
-                let left = match response.headers().get(OWNERS_LEFT_HEADER) {
+                let left = match response.headers().get(header::OWNERS_LEFT) {
                     None => 0,
                     Some(value) => value
                         .to_str()
                         .ok()
                         .and_then(|v| v.parse::<u64>().ok())
                         .ok_or_else(|| {
-                            RelayError::Protocol(format!("`{OWNERS_LEFT_HEADER}` is not a number"))
+                            RelayError::Protocol(format!(
+                                "`{}` is not a number",
+                                header::OWNERS_LEFT
+                            ))
                         })?,
                 };
                 Ok(if left == 0 {
@@ -338,14 +334,8 @@ impl RelayClient {
         .await
         {
             Ok(response) => {
-                #[derive(serde::Deserialize)]
-                struct Answer {
-                    claimed: bool,
-                }
-                let body = bounded_body(response, MAX_CLAIM_ANSWER).await?;
-                let answer: Answer = serde_json::from_slice(&body).map_err(|err| {
-                    RelayError::Protocol(format!("the answer to a claim does not parse: {err}"))
-                })?;
+                let answer: BlobClaimed =
+                    json_answer(response, MAX_CLAIM_ANSWER, "claim answer").await?;
                 Ok(if answer.claimed {
                     Claimed::New
                 } else {

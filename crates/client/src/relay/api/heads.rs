@@ -1,11 +1,13 @@
 //! Mailbox heads (PROTOCOL.md §7.7): read one, list a mailbox, store one.
 
+use cairn_api::CallError;
+use cairn_proto::wire::{self, HeadListing};
 use cairn_proto::{ErrorCode, SignedRecord, Slot, VerifyingKey};
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 
 use super::RelayClient;
-use super::answer::{MAX_SMALL_BODY, bounded_body, check_status, describe, send, small_body};
+use super::answer::{MAX_SMALL_BODY, json_answer, send, small_body};
 use crate::error::RelayError;
 use crate::relay::head::Head;
 
@@ -24,7 +26,7 @@ pub enum HeadWrite {
 
 impl RelayClient {
     fn head_url(&self, mailbox: &VerifyingKey, slot: &Slot) -> String {
-        format!("{}/v1/heads/{mailbox}/{}", self.url, slot.as_str())
+        format!("{}{}", self.url, wire::head_path(mailbox, slot))
     }
 
     /// The head in `slot` of `mailbox`, verified; `None` if there is none.
@@ -49,19 +51,14 @@ impl RelayClient {
         &self,
         mailbox: &VerifyingKey,
     ) -> Result<(Vec<Head>, usize), RelayError> {
-        let response = send(self.http.get(format!("{}/v1/heads/{mailbox}", self.url))).await?;
-        let body = bounded_body(response, MAX_HEAD_LISTING).await?;
-        let json: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|err| RelayError::Protocol(format!("head listing is not JSON: {err}")))?;
-        let texts = json["heads"]
-            .as_array()
-            .ok_or_else(|| RelayError::Protocol("head listing has no `heads`".into()))?;
-        let mut heads = Vec::with_capacity(texts.len());
+        let url = format!("{}{}", self.url, wire::heads_path(mailbox));
+        let response = send(self.http.get(url)).await?;
+        let listing: HeadListing = json_answer(response, MAX_HEAD_LISTING, "head listing").await?;
+        let mut heads = Vec::with_capacity(listing.heads.len());
         let mut bad = 0;
-        for text in texts {
-            let head = text
-                .as_str()
-                .and_then(|t| cairn_proto::decode_base64url(t, MAX_SMALL_BODY).ok())
+        for text in &listing.heads {
+            let head = cairn_proto::decode_base64url(text, MAX_SMALL_BODY)
+                .ok()
                 .and_then(|bytes| Head::from_bytes(&bytes).ok())
                 .filter(|head| &head.mailbox == mailbox);
             match head {
@@ -83,22 +80,19 @@ impl RelayClient {
             .put(url)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(record.to_bytes());
-        let response = request
-            .send()
-            .await
-            .map_err(|err| RelayError::Unreachable(describe(&err)))?;
-        if response.status() == StatusCode::CONFLICT {
-            let body = small_body(response).await?;
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let current = json["current"]
-                .as_str()
-                .and_then(|text| cairn_proto::decode_base64url(text, MAX_SMALL_BODY).ok())
-                .and_then(|bytes| verify_head(&bytes, &head.mailbox, &head.slot).ok())
-                .map(Box::new);
-            return Ok(HeadWrite::Stale(current));
+        match cairn_api::send(request).await {
+            Ok(_) => Ok(HeadWrite::Stored),
+            Err(CallError::Refused(refusal)) if refusal.status == StatusCode::CONFLICT => {
+                let current = refusal
+                    .answer
+                    .and_then(|answer| answer.current)
+                    .and_then(|text| cairn_proto::decode_base64url(&text, MAX_SMALL_BODY).ok())
+                    .and_then(|bytes| verify_head(&bytes, &head.mailbox, &head.slot).ok())
+                    .map(Box::new);
+                Ok(HeadWrite::Stale(current))
+            }
+            Err(err) => Err(err.into()),
         }
-        check_status(response).await?;
-        Ok(HeadWrite::Stored)
     }
 }
 

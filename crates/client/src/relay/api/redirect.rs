@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use cairn_proto::wire;
 use cairn_proto::{BlobId, VerifyingKey};
 use reqwest::header::LOCATION;
 use reqwest::{Method as HttpMethod, StatusCode};
@@ -17,8 +18,6 @@ use crate::relay::transport::Transport;
 /// Most transfer redirects followed for one blob: a relay hands a blob on
 /// once, and a chain longer than this is a loop or a stalling relay.
 const MAX_REDIRECTS: usize = 3;
-/// The header naming the key of the relay a redirect points at.
-const RELAY_KEY_HEADER: &str = "cairn-relay-key";
 
 /// Where a relay may send a blob request on with a transfer redirect
 /// (PROTOCOL.md §7.3): to a relay of the user's set, or to one the
@@ -111,7 +110,7 @@ impl RelayClient {
             RelayError::Redirect("a redirect without `Location`, not followed".into())
         })?;
         let base = location
-            .strip_suffix(&format!("/v1/blobs/{id}"))
+            .strip_suffix(&wire::blob_path(id))
             .and_then(|base| crate::relay::set::normalize_url(base).ok())
             .filter(|base| !base.contains(['?', '#']))
             .ok_or_else(|| {
@@ -120,11 +119,12 @@ impl RelayClient {
                      followed"
                 ))
             })?;
-        let claimed: VerifyingKey = header(RELAY_KEY_HEADER)
+        let claimed: VerifyingKey = header(wire::header::RELAY_KEY)
             .and_then(|text| text.parse().ok())
             .ok_or_else(|| {
                 RelayError::Redirect(format!(
-                    "the redirect to {base} names no valid `{RELAY_KEY_HEADER}`; not followed"
+                    "the redirect to {base} names no valid `{}`; not followed",
+                    wire::header::RELAY_KEY
                 ))
             })?;
         self.allow_redirect(id, &base, &claimed).await?;
