@@ -1,6 +1,5 @@
 //! `/v1/blobs/{id}`: upload, download, delete (docs/PROTOCOL.md §7.3).
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -10,78 +9,24 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_proto::wire::{self, BlobClaimed, BlobStored, BlobTransferred, PeerRef};
-use cairn_proto::{BlobId, Method, SignedRecord, Timestamp, TokenTarget, TransferReceipt};
-use tokio::io::AsyncWriteExt as _;
+use cairn_proto::{BlobId, SignedRecord, Timestamp, TransferReceipt};
 
 use super::AppState;
-use super::auth::{Authorized, CLOCK_SKEW_SECS, Required, authorize};
+use super::auth::CLOCK_SKEW_SECS;
 use super::body::BodyChunks;
 use super::error::ApiError;
+use super::extract::{Accepting, BlobCaller, parse_id};
 use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
 use crate::store::{
-    ClaimOutcome, DeleteOutcome, InsertOutcome, ReadBody, Source, Staged, StoreError, Want,
+    ClaimOutcome, DeleteOutcome, InsertOutcome, ReadBody, Received, Source, Staged, StoreError,
+    Want,
 };
 
 /// Uploads that declare at most this length are received in memory.
 const SMALL_UPLOAD: u64 = 256 * 1024;
-/// Uploads larger than this flush their own data before the batch commit.
-const SYNC_IN_UPLOAD: u64 = 1 << 20;
-/// Large uploads reach their temp file in writes of this size. tokio's
-/// `File` copies each write into a buffer of its own, so an upload in
-/// flight holds about twice this: small enough that many uploads at once
-/// stay within the relay's memory budget, large enough that each write
-/// is one efficient syscall.
-const WRITE_BUFFER: usize = 256 * 1024;
 /// Capacity is reserved for uploads of unknown length in steps this big.
 const RESERVE_STEP: u64 = 8 << 20;
-
-pub(super) fn parse_id(text: &str) -> Result<BlobId, ApiError> {
-    text.parse()
-        .map_err(|e| ApiError::bad_blob_id(format!("{text:?} is not a blob id: {e}")))
-}
-
-fn authorize_for(
-    app: &AppState,
-    headers: &HeaderMap,
-    method: Method,
-    id: BlobId,
-) -> Result<Authorized, ApiError> {
-    let relay = app.key.verifying_key();
-    let required = Required {
-        relay: &relay,
-        method,
-        target: TokenTarget::Blob(id),
-        now: app.now(),
-        // Work is asked of uploads only: they are what costs the operator.
-        // A claim adds no bytes, and a new device claims every copy it
-        // learns of, so it is left free.
-        pow_bits: if method == Method::Put {
-            app.pow_bits()
-        } else {
-            0
-        },
-        pow_exempt: &|key| app.federation.peers.contains(key),
-    };
-    let authorized = authorize(headers, &required, &app.nonces)?;
-    let signer = authorized.signer;
-    if app.federation.peers.contains(&signer) {
-        // Peers are the operator's choice; their pace is replication's.
-        return Ok(authorized);
-    }
-    app.key_limiter
-        .check(signer, std::time::Instant::now())
-        .map_err(|wait| {
-            ApiError::rate_limited(
-                format!(
-                    "this key exceeded {} requests a minute (key_requests_per_min)",
-                    app.config.limits.key_requests_per_min
-                ),
-                wait,
-            )
-        })?;
-    Ok(authorized)
-}
 
 fn etag(id: &BlobId) -> HeaderValue {
     // A blob id is hex, always a valid header value.
@@ -233,26 +178,6 @@ fn blob_response(
     response
 }
 
-/// Removes an upload's temp file unless the upload reached the store.
-struct TempFile {
-    path: Option<PathBuf>,
-}
-
-impl TempFile {
-    fn disarm(mut self) -> PathBuf {
-        self.path.take().unwrap_or_default()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            // Best effort; leftovers are removed at the next start.
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// Capacity held for an upload in progress, returned on drop.
 struct Reservation<'a> {
     app: &'a AppState,
@@ -307,23 +232,18 @@ impl Drop for InFlight<'_> {
 /// verified, fsynced blob; answers only once it is durable.
 pub(crate) async fn put_blob(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    BlobCaller { id, authorized }: BlobCaller,
+    _: Accepting,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let id = parse_id(&id)?;
-    let signer = authorize_for(&app, &headers, Method::Put, id)?.signer;
+    let signer = authorized.signer;
     let source = if app.federation.peers.contains(&signer) {
         Source::Peer(signer)
     } else {
         Source::Client(signer)
     };
-    if app.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable(
-            "relay is shutting down; retry elsewhere or later",
-        ));
-    }
     let max = app.config.max_blob_size;
     let declared = match headers.get(header::CONTENT_LENGTH) {
         None => None,
@@ -374,19 +294,20 @@ pub(crate) async fn put_blob(
             if let Some(held) = app.store.acknowledge_held(id, source, app.now()).await? {
                 return held_response(&app, id, held, source);
             }
-            if quota > 0
-                && let Source::Client(owner) = source
+            // Refused before the bytes travel; the store checks again as
+            // it commits.
+            if !app
+                .store
+                .quota_allows(source, declared.unwrap_or(0))
+                .await?
             {
-                let used = app.store.owner_usage(&owner).await?;
-                if used.saturating_add(declared.unwrap_or(0)) > quota {
-                    return Err(ApiError::quota_exceeded(quota));
-                }
+                return Err(ApiError::quota_exceeded(quota));
             }
             reservation.grow_to(declared.unwrap_or(0))?;
-            let (temp, size) = receive(&app, body, id, max, &mut reservation).await?;
+            let (staged, size) = receive(&app, body, id, max, &mut reservation).await?;
             let outcome = app
                 .store
-                .insert(Staged::File(temp), id, size, source, app.now())
+                .insert(staged, id, size, source, app.now())
                 .await?;
             (outcome, size)
         }
@@ -510,117 +431,40 @@ async fn receive_small(
     Ok(data)
 }
 
-/// Receives the body into a temp file: hashed, size-checked, fsynced.
+/// Receives the body into a staged upload: hashed, size-checked, and as
+/// durable as the store needs.
 async fn receive(
     app: &AppState,
     body: Body,
     id: BlobId,
     max: u64,
     reservation: &mut Reservation<'_>,
-) -> Result<(PathBuf, u64), ApiError> {
-    let path = app.store.temp_path()?;
-    let temp = TempFile {
-        path: Some(path.clone()),
-    };
-    let write_err = |e: std::io::Error| {
-        let err = StoreError::io("write upload", e);
+) -> Result<(Staged, u64), ApiError> {
+    let write_err = |err: StoreError| {
         if err.is_disk_full() {
             relay_full(app)
         } else {
             ApiError::from(err)
         }
     };
-    let durable = app.store.keeps_staged_files();
-    let file = tokio::fs::File::create(&path).await.map_err(write_err)?;
-    let mut early = EarlySync::new(file.try_clone().await.map_err(write_err)?.into_std().await);
-    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-    let mut hasher = blake3::Hasher::new();
-    let mut size: u64 = 0;
+    let mut upload = app.store.stage_upload().await.map_err(write_err)?;
     let mut chunks = BodyChunks::new(app, body);
     while let Some(chunk) = chunks.next().await? {
-        size += chunk.len() as u64;
+        let size = upload.size() + chunk.len() as u64;
         if size > max {
             return Err(ApiError::too_large(max));
         }
         reservation.grow_to(size)?;
-        hasher.update(&chunk);
-        writer.write_all(&chunk).await.map_err(write_err)?;
-        if durable && early.due(size) {
-            writer.flush().await.map_err(write_err)?;
-            early.start(size).await.map_err(write_err)?;
-        }
+        upload.write(&chunk).await.map_err(write_err)?;
     }
     app.metrics
         .bytes_received
-        .fetch_add(size, Ordering::Relaxed);
-    let actual = BlobId::from(hasher.finalize());
-    if actual != id {
-        return Err(ApiError::hash_mismatch(format!(
+        .fetch_add(upload.size(), Ordering::Relaxed);
+    match upload.finish(id).await.map_err(write_err)? {
+        Received::Verified { staged, size } => Ok((staged, size)),
+        Received::Mismatch { actual, size } => Err(ApiError::hash_mismatch(format!(
             "the {size} bytes received hash to {actual}, not {id}"
-        )));
-    }
-    writer.flush().await.map_err(write_err)?;
-    let file = writer.into_inner();
-    early.finish().await.map_err(write_err)?;
-    if size > SYNC_IN_UPLOAD && durable {
-        // Big blobs flush here, in parallel; small ones ride the writer's
-        // one filesystem sync per batch. (A scale-out store copies the
-        // file to the object store, which makes it durable.)
-        file.sync_data().await.map_err(write_err)?;
-    }
-    drop(file);
-    Ok((temp.disarm(), size))
-}
-
-/// Flushes a large upload's temp file to disk while the rest of it is
-/// still arriving, so the final sync before the acknowledgement only has
-/// the last few megabytes left to write (instead of the whole blob, which
-/// would leave the disk idle while receiving and the network idle while
-/// syncing). One flush at a time, on a blocking thread.
-struct EarlySync {
-    file: std::fs::File,
-    started_at: u64,
-    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl EarlySync {
-    /// Bytes received between the starts of two flushes.
-    const EVERY: u64 = 16 << 20;
-
-    /// `file`: a handle of the temp file being written.
-    fn new(file: std::fs::File) -> Self {
-        Self {
-            file,
-            started_at: 0,
-            running: None,
-        }
-    }
-
-    /// True when `size` bytes are in and the last flush is done.
-    fn due(&self, size: u64) -> bool {
-        size - self.started_at >= Self::EVERY
-            && self
-                .running
-                .as_ref()
-                .is_none_or(tokio::task::JoinHandle::is_finished)
-    }
-
-    /// Collects the last flush's outcome and starts one of everything
-    /// written so far.
-    async fn start(&mut self, size: u64) -> std::io::Result<()> {
-        self.finish().await?;
-        let file = self.file.try_clone()?;
-        self.running = Some(tokio::task::spawn_blocking(move || file.sync_data()));
-        self.started_at = size;
-        Ok(())
-    }
-
-    /// Waits for the flush in progress, if any.
-    async fn finish(&mut self) -> std::io::Result<()> {
-        match self.running.take() {
-            None => Ok(()),
-            Some(flush) => flush.await.map_err(std::io::Error::other)?,
-        }
+        ))),
     }
 }
 
@@ -631,16 +475,10 @@ impl EarlySync {
 /// stolen or revoked, can delete what the others keep.
 pub(crate) async fn claim_blob(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    BlobCaller { id, authorized }: BlobCaller,
+    _: Accepting,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let signer = authorize_for(&app, &headers, Method::Post, id)?.signer;
-    if app.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable(
-            "relay is shutting down; retry elsewhere or later",
-        ));
-    }
+    let signer = authorized.signer;
     let claimed = match app.store.add_owner(id, signer, app.now()).await? {
         ClaimOutcome::Claimed => true,
         ClaimOutcome::AlreadyOwner => false,
@@ -671,11 +509,8 @@ fn owners_left(n: u64) -> Response {
 /// with the last claim.
 pub(crate) async fn delete_blob(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
+    BlobCaller { id, authorized }: BlobCaller,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    let authorized = authorize_for(&app, &headers, Method::Delete, id)?;
     let forget_before = app.now().saturating_sub(CLOCK_SKEW_SECS);
     match app
         .store

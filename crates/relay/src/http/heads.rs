@@ -5,8 +5,6 @@
 //! valid head with the highest `seq`; the store compares and writes in one
 //! transaction.
 
-use std::sync::atomic::Ordering;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -20,6 +18,7 @@ use cairn_proto::{
 use super::AppState;
 use super::body::read_bounded;
 use super::error::ApiError;
+use super::extract::Accepting;
 use crate::store::HeadKey;
 use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, NewHead};
 
@@ -91,6 +90,7 @@ fn verify_for(body: &[u8], key: &HeadKey) -> Result<NewHead, ApiError> {
 pub(crate) async fn put_head(
     State(app): State<AppState>,
     Path((mailbox, slot)): Path<(String, String)>,
+    _: Accepting,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -98,11 +98,6 @@ pub(crate) async fn put_head(
         mailbox: parse_mailbox(&mailbox)?,
         slot: parse_slot(&slot)?,
     };
-    if app.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::unavailable(
-            "relay is shutting down; retry elsewhere or later",
-        ));
-    }
     let body = read_bounded(&app, &headers, body, MAX_HEAD_BODY, || {
         ApiError::head_too_large(MAX_HEAD_BODY)
     })

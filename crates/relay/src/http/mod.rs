@@ -5,6 +5,7 @@ mod auth;
 mod blobs;
 mod body;
 pub(crate) mod error;
+mod extract;
 mod federation;
 mod heads;
 mod info;

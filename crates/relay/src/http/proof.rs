@@ -11,8 +11,9 @@ use cairn_proto::BlobId;
 use cairn_proto::audit::{ChunkRequest, prove};
 
 use super::AppState;
-use super::blobs::{forwarded, parse_id};
+use super::blobs::forwarded;
 use super::error::ApiError;
+use super::extract::parse_id;
 use crate::store::BlobBody;
 
 /// The chunk list from `chunks=…` in the query.

@@ -21,6 +21,7 @@ pub(crate) mod files;
 pub(crate) mod model;
 mod rules;
 mod scaleout;
+mod staging;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,9 @@ pub(crate) use self::model::{
     ClaimOutcome, DeleteOutcome, Forward, HeadKey, HeadOutcome, InsertOutcome, Limits, MAX_OWNERS,
     MAX_SLOTS_PER_MAILBOX, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
 };
+use self::rules::Rules;
 use self::scaleout::ScaleOut;
+pub(crate) use self::staging::Received;
 use crate::config::StorageConfig;
 
 /// Live totals, updated after each commit.
@@ -61,6 +64,9 @@ pub(crate) struct Store {
     backend: Backends,
     stats: Arc<StoreStats>,
     capacity: u64,
+    /// For checks before an upload's bytes travel (the backend applies
+    /// the same rules again as it commits).
+    rules: Rules,
     /// Uploads in progress are staged here.
     files: BlobFiles,
     /// Access times not yet written to the index, coalesced per blob.
@@ -172,6 +178,7 @@ impl Store {
             backend,
             stats,
             capacity: limits.capacity,
+            rules: Rules::new(&limits),
             files,
             accesses: Mutex::new(HashMap::new()),
             head_accesses: Mutex::new(HashMap::new()),
@@ -426,6 +433,17 @@ impl Store {
         want: impl FnOnce(u64) -> Want + Send + 'static,
     ) -> Result<Option<BlobRead>, StoreError> {
         on_backend!(self, b => b.read(id, want).await)
+    }
+
+    /// Whether the quota that pays for what `source` hands over can pay
+    /// for `size` more bytes: checked before an upload's bytes travel.
+    pub(crate) async fn quota_allows(&self, source: Source, size: u64) -> Result<bool, StoreError> {
+        let quota = self.rules.quota_for(source);
+        if !quota.is_set() {
+            return Ok(true);
+        }
+        let usage = self.owner_usage(&source.owner()).await?;
+        Ok(quota.allows(usage, size))
     }
 
     /// See [`Backend::owner_usage`].
