@@ -10,13 +10,14 @@
 
 use bytes::{Bytes, BytesMut};
 use cairn_proto::ErrorCode;
-use cairn_proto::wire::ErrorAnswer;
+use cairn_proto::wire::{ErrorAnswer, ErrorDetail};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 
 /// The most of a refusal's body that is read: enough for any message a
-/// relay writes, and for its `peers` list.
-pub const MAX_REFUSAL: usize = 64 * 1024;
+/// relay writes, a stale head's `current` and its `peers` list. A longer
+/// body is cut here, and its code read from what is left if it can be.
+pub const MAX_REFUSAL: usize = 256 * 1024;
 
 /// Why a call to a relay did not produce an answer.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,12 @@ impl Refusal {
     }
 }
 
+/// A refusal's body read for its code and message alone.
+#[derive(serde::Deserialize)]
+struct CodeOnly {
+    error: ErrorDetail,
+}
+
 /// Sends `request`; a non-success status becomes [`CallError::Refused`].
 ///
 /// # Errors
@@ -101,12 +108,20 @@ pub async fn refusal(response: reqwest::Response) -> Refusal {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = read_bounded(response, MAX_REFUSAL)
+    let body = read_slice(response, 0, MAX_REFUSAL)
         .await
         .unwrap_or_default();
     let answer = serde_json::from_slice::<ErrorAnswer>(&body).ok();
-    let (code, message) = match &answer {
-        Some(answer) => (answer.error.code.clone(), answer.error.message.clone()),
+    // The code and message stand on their own: an extra field this build
+    // cannot read does not hide them.
+    let detail = match &answer {
+        Some(answer) => Some(answer.error.clone()),
+        None => serde_json::from_slice::<CodeOnly>(&body)
+            .ok()
+            .map(|only| only.error),
+    };
+    let (code, message) = match detail {
+        Some(detail) => (detail.code, detail.message),
         None => (
             "unexpected_status".to_owned(),
             String::from_utf8_lossy(&body).chars().take(200).collect(),
@@ -144,20 +159,28 @@ pub async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Byt
     Ok(out.freeze())
 }
 
-/// Reads the first `n` bytes of a body (all of it if it is shorter) and
-/// drops the rest unread.
+/// Reads `n` bytes of a body from offset `skip` (fewer if it ends first),
+/// keeping nothing before `skip` and reading nothing after the slice.
 ///
 /// # Errors
 ///
 /// [`CallError::Unreachable`] if the connection fails midway.
-pub async fn read_prefix(response: reqwest::Response, n: usize) -> Result<Bytes, CallError> {
+pub async fn read_slice(
+    response: reqwest::Response,
+    skip: usize,
+    n: usize,
+) -> Result<Bytes, CallError> {
     let mut out = BytesMut::new();
+    let mut to_skip = skip;
     let mut stream = response.bytes_stream();
     while out.len() < n {
         let Some(chunk) = stream.next().await else {
             break;
         };
         let chunk = chunk.map_err(|err| CallError::Unreachable(describe(&err)))?;
+        let skipped = chunk.len().min(to_skip);
+        to_skip -= skipped;
+        let chunk = &chunk[skipped..];
         let room = n - out.len();
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
@@ -239,6 +262,24 @@ mod tests {
         assert_eq!(refusal.retry_after, Some(7));
     }
 
+    /// A field this build cannot read (a peer key that does not parse)
+    /// does not hide the code and message beside it.
+    #[tokio::test]
+    async fn a_refusal_keeps_its_code_when_an_extra_field_is_unreadable() {
+        let url = relay(|| {
+            let body = r#"{"error":{"code":"relay_full","message":"full"},"peers":[{"url":"x","key":"nope","capacity_free":1}]}"#;
+            (StatusCode::INSUFFICIENT_STORAGE, body).into_response()
+        })
+        .await;
+        let err = send(http().get(&url)).await.unwrap_err();
+        let CallError::Refused(refusal) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(refusal.code(), Some(ErrorCode::RelayFull));
+        assert_eq!(refusal.message, "full");
+        assert!(refusal.answer.is_none());
+    }
+
     #[tokio::test]
     async fn a_refusal_without_a_json_body_is_still_a_refusal() {
         let url = relay(|| (StatusCode::BAD_GATEWAY, "upstream fell over").into_response()).await;
@@ -272,9 +313,15 @@ mod tests {
         let response = send(http().get(&streamed)).await.unwrap();
         assert_eq!(read_bounded(response, 10_000).await.unwrap().len(), 10_000);
         let response = send(http().get(&streamed)).await.unwrap();
-        assert_eq!(read_prefix(response, 2_500).await.unwrap().len(), 2_500);
+        assert_eq!(read_slice(response, 0, 2_500).await.unwrap().len(), 2_500);
         let response = send(http().get(&declared)).await.unwrap();
-        assert_eq!(read_prefix(response, 20_000).await.unwrap().len(), 10_000);
+        assert_eq!(read_slice(response, 0, 20_000).await.unwrap().len(), 10_000);
+        // A slice across the stream's pieces: bytes 2,500..4,000.
+        let response = send(http().get(&streamed)).await.unwrap();
+        let slice = read_slice(response, 2_500, 1_500).await.unwrap();
+        assert_eq!(slice.len(), 1_500);
+        let response = send(http().get(&declared)).await.unwrap();
+        assert!(read_slice(response, 20_000, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -144,16 +144,17 @@ impl PeerClient {
         }
         let to = usize::try_from(end + 1).unwrap_or(usize::MAX);
         if status == StatusCode::OK {
-            // A peer that ignores Range sends everything: only what is up
-            // to the range's end is read, and sliced here.
+            // A peer that ignores Range sends everything: the bytes before
+            // the range are passed over, and nothing after it is read. (A
+            // short slice is for the caller's comparison to catch.)
             let from = usize::try_from(start).unwrap_or(usize::MAX);
-            let bytes = cairn_api::read_prefix(response, to).await?;
-            return bytes
-                .get(from..)
-                .map(Bytes::copy_from_slice)
-                .ok_or_else(|| {
-                    FederationError::CheckFailed("the peer's copy is shorter than receipted".into())
-                });
+            let bytes = cairn_api::read_slice(response, from, to - from).await?;
+            if bytes.is_empty() {
+                return Err(FederationError::CheckFailed(
+                    "the peer's copy is shorter than receipted".into(),
+                ));
+            }
+            return Ok(bytes);
         }
         let len = usize::try_from(len.max(1)).unwrap_or(usize::MAX);
         Ok(cairn_api::read_bounded(response, len).await?)

@@ -4,12 +4,13 @@
 use axum::extract::{FromRequestParts, Path};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use cairn_proto::{BlobId, Method, TokenTarget};
+use cairn_proto::{BlobId, Method, Slot, TokenTarget, VerifyingKey};
 use std::sync::atomic::Ordering;
 
 use super::AppState;
 use super::auth::{Authorized, Required, authorize};
 use super::error::ApiError;
+use crate::store::HeadKey;
 
 /// The blob a request names and the key whose token authorizes this
 /// method on it: the token checked (signature, audience, expiry, nonce,
@@ -40,6 +41,23 @@ impl FromRequestParts<AppState> for BlobCaller {
         };
         let authorized = authorize_for(app, &parts.headers, method, id)?;
         Ok(Self { id, authorized })
+    }
+}
+
+/// The mailbox slot a head request names, parsed.
+pub(crate) struct HeadSlot(pub(crate) HeadKey);
+
+impl FromRequestParts<AppState> for HeadSlot {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Path((mailbox, slot)) = Path::<(String, String)>::from_request_parts(parts, app)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        Ok(Self(HeadKey {
+            mailbox: parse_mailbox(&mailbox)?,
+            slot: parse_slot(&slot)?,
+        }))
     }
 }
 
@@ -105,4 +123,20 @@ fn authorize_for(
             )
         })?;
     Ok(authorized)
+}
+
+pub(crate) fn parse_mailbox(text: &str) -> Result<VerifyingKey, ApiError> {
+    text.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "{text:?} is not a mailbox: expected an Ed25519 key as `ed25519:<base64url>` ({e})"
+        ))
+    })
+}
+
+fn parse_slot(text: &str) -> Result<Slot, ApiError> {
+    Slot::new(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{text:?} is not a slot: expected 1-64 characters from A-Z a-z 0-9 _ - ({e})"
+        ))
+    })
 }

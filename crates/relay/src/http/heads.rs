@@ -11,36 +11,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_proto::wire::{HeadListing, HeadStored};
 use cairn_proto::{
-    HeadRecord, OwnedHead, RecordKind, SignedRecord, Slot, VerifyingKey, encode_base64url,
-    is_owned_slot,
+    HeadRecord, OwnedHead, RecordKind, SignedRecord, encode_base64url, is_owned_slot,
 };
 
 use super::AppState;
 use super::body::read_bounded;
 use super::error::ApiError;
-use super::extract::Accepting;
+use super::extract::{Accepting, HeadSlot, parse_mailbox};
 use crate::store::HeadKey;
 use crate::store::{HeadOutcome, MAX_SLOTS_PER_MAILBOX, NewHead};
 
 /// Largest head body accepted. A head envelope is at most 312 bytes today;
 /// the margin leaves room for a future record version, not for abuse.
 pub(crate) const MAX_HEAD_BODY: usize = 4096;
-
-fn parse_mailbox(text: &str) -> Result<VerifyingKey, ApiError> {
-    text.parse().map_err(|e| {
-        ApiError::bad_request(format!(
-            "{text:?} is not a mailbox: expected an Ed25519 key as `ed25519:<base64url>` ({e})"
-        ))
-    })
-}
-
-fn parse_slot(text: &str) -> Result<Slot, ApiError> {
-    Slot::new(text).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{text:?} is not a slot: expected 1-64 characters from A-Z a-z 0-9 _ - ({e})"
-        ))
-    })
-}
 
 /// Decodes and verifies a head envelope, an owned head (§4.9) or a legacy
 /// one (§4.4), and checks that it is for the slot the path names. Only what
@@ -89,15 +72,11 @@ fn verify_for(body: &[u8], key: &HeadKey) -> Result<NewHead, ApiError> {
 /// is durable.
 pub(crate) async fn put_head(
     State(app): State<AppState>,
-    Path((mailbox, slot)): Path<(String, String)>,
+    HeadSlot(key): HeadSlot,
     _: Accepting,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = HeadKey {
-        mailbox: parse_mailbox(&mailbox)?,
-        slot: parse_slot(&slot)?,
-    };
     let body = read_bounded(&app, &headers, body, MAX_HEAD_BODY, || {
         ApiError::head_too_large(MAX_HEAD_BODY)
     })
@@ -137,12 +116,8 @@ fn no_store(mut response: Response) -> Response {
 /// `GET /v1/heads/{mailbox}/{slot}`: the stored envelope bytes.
 pub(crate) async fn get_head(
     State(app): State<AppState>,
-    Path((mailbox, slot)): Path<(String, String)>,
+    HeadSlot(key): HeadSlot,
 ) -> Result<Response, ApiError> {
-    let key = HeadKey {
-        mailbox: parse_mailbox(&mailbox)?,
-        slot: parse_slot(&slot)?,
-    };
     let Some(envelope) = app.store.head(&key).await? else {
         return Err(ApiError::not_found(format!(
             "this relay holds no head for slot {:?} of mailbox {}",

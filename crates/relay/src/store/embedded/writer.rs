@@ -593,8 +593,14 @@ impl Writer {
         for source in sources {
             t.add_source_row(&id, source)?;
         }
+        // Held to the rules of a claim: an export from either backend
+        // never lists the main owner, a key twice or too many, but a
+        // record that does must not charge a key twice.
         for owner in co_owners {
-            t.add_co_owner(&id, &meta, &owner)?;
+            let owns = meta.owner.as_ref() == Some(&owner) || t.is_co_owner(&id, &owner)?;
+            if Rules::claim(owns, t.owner_count(&id, &meta)?).is_ok() {
+                t.add_co_owner(&id, &meta, &owner)?;
+            }
         }
         t.drop_forward(&id)?;
         Ok(InsertOutcome::Stored)

@@ -128,8 +128,12 @@ impl ScaleOut {
             owner: meta.owner,
             external: body.is_none(),
         };
+        // Held to the rules of a claim, as in the embedded store.
         for owner in &record.co_owners {
-            Index::add_co_owner(&txn, &id, &row, owner).await?;
+            let (owns, owners) = Index::ownership(&txn, &id, &row, owner).await?;
+            if Rules::claim(owns, owners).is_ok() {
+                Index::add_co_owner(&txn, &id, &row, owner).await?;
+            }
         }
         txn.commit().await.map_err(db_err("commit import"))?;
         self.added(int(meta.size), 1);
