@@ -56,6 +56,21 @@ pub fn log_copy(data: &[u8]) {
     cairn_client::fuzzing::log_copy(data);
 }
 
+/// A chunked file's manifest plaintext (PROTOCOL.md §10.8): no panic, and
+/// whatever decodes re-encodes to exactly the input and covers its size.
+pub fn manifest(data: &[u8]) {
+    use cairn_client::manifest::Manifest;
+    if let Ok(manifest) = Manifest::decode(data) {
+        assert_eq!(manifest.encode(), data);
+        let sum: u64 = manifest.chunks().iter().map(|c| u64::from(c.len)).sum();
+        assert_eq!(sum, manifest.size());
+        assert_eq!(
+            manifest.covering(0, manifest.size()).count(),
+            manifest.chunks().len()
+        );
+    }
+}
+
 /// The plaintext inside a per-relay metadata copy (PROTOCOL.md §10.7): no
 /// panic opening it, and whatever opens round-trips.
 pub fn relay_copy(data: &[u8]) {

@@ -36,6 +36,7 @@ pub const TARGETS: &[Target] = &[
     ("identity_log_entry", records::identity_log_entry),
     ("key_text", text::key_text),
     ("log_copy", client::log_copy),
+    ("manifest", client::manifest),
     ("operation", records::operation),
     ("owned_head", records::owned_head),
     ("pairing_code", client::pairing_code),

@@ -222,6 +222,26 @@ impl VaultKey {
         ))
     }
 
+    /// The key of this generation's chunker (`crate::chunking`): the same
+    /// on every device, so a file chunked anywhere is cut the same way,
+    /// and unknown outside the identity, so chunk sizes fingerprint
+    /// nothing (PROTOCOL.md §10.8).
+    pub fn chunking_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            "cairn/v1 chunking",
+            self.secret.as_bytes(),
+        ))
+    }
+
+    /// The key of this generation's keyed chunk hashes
+    /// (`crate::manifest::chunk_key_hash`), which deduplication compares.
+    pub fn chunk_id_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            "cairn/v1 chunk id",
+            self.secret.as_bytes(),
+        ))
+    }
+
     /// The key that owns, on the relay with key `relay`, every copy the
     /// identity's devices store there in this generation: one pseudonymous
     /// owner per identity, relay and generation (per-relay layout).

@@ -11,6 +11,7 @@
 //! - [`relay::RelayClient`]: one relay's HTTP API, every answer verified.
 //! - [`keys`]: how device, vault, mailbox and upload keys relate.
 
+pub mod chunking;
 mod client;
 pub mod crdt;
 mod error;
@@ -21,6 +22,7 @@ mod identity;
 mod keyfile;
 pub mod keys;
 mod layout;
+pub mod manifest;
 mod pairing;
 mod progress;
 pub mod recovery;
