@@ -7,9 +7,11 @@
 //!
 //! Sections (`--only` picks some): GET and PUT against nginx, large PUTs
 //! against `dd conv=fsync` and BLAKE3 ([`Servers`]); `cairn put`/`get`
-//! against age ([`client`]); relay memory while streaming ([`stream`]); GC,
+//! against age ([`client`]); the chunker of the chunked-file format
+//! ([`chunking`]); relay memory while streaming ([`stream`]); GC,
 //! reconciliation, sync and idle memory against their goals ([`costs`]).
 
+mod chunking;
 mod client;
 mod costs;
 mod servers;
@@ -171,6 +173,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "get",
     "put",
     "client",
+    "chunking",
     "stream",
     "gc",
     "reconcile",
@@ -217,6 +220,9 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
     }
     if wanted("client") {
         report(client::put_get(&plan, work.path())?);
+    }
+    if wanted("chunking") {
+        report(chunking::chunking(&plan)?);
     }
     if wanted("stream") {
         report(vec![stream::upload_rss(&plan, work.path())?]);
