@@ -151,6 +151,23 @@ Examples:
     },
     /// List stored files.
     Ls,
+    /// Write every stored file, verified and decrypted, into a directory.
+    ///
+    /// The way out: afterwards the files are ordinary plain files that need
+    /// nothing of cairn. DIR must not exist or be empty, so nothing is
+    /// replaced. Stored names become paths under DIR; a name that is not a
+    /// safe relative path (`..`, an absolute path, an empty part) is
+    /// written at the top under an escaped form and reported. The files
+    /// are plaintext: keep DIR somewhere only you can read. Exits 1 when a
+    /// file could not be fetched from any relay (the others are written).
+    #[command(after_help = "\
+Examples:
+  cairn export ~/cairn-export
+  cairn export ~/cairn-export --json | jq '.failed'")]
+    Export {
+        /// The directory to write into (made if missing).
+        dir: PathBuf,
+    },
     /// Rename a stored file.
     Mv {
         /// Its current name.

@@ -272,3 +272,82 @@ async fn several_files_in_one_put() {
         "{run:?}"
     );
 }
+
+/// `cairn export` writes every file, verified and decrypted, into a new
+/// directory; a stored name is never trusted as a path (a name from any
+/// device of the identity could try to climb out); a file no relay can
+/// serve is reported and the rest are written; a directory with anything
+/// in it is refused untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_every_file_and_no_name_leaves_the_directory() {
+    let relay = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&relay]).await;
+    let names = [
+        "a.txt",
+        "notes/2026/june.txt",
+        "../climb-out",
+        "/etc/cairn-export-test",
+        "a.txt/inside-a-file",
+        "gone",
+    ];
+    let mut blobs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let put = round_trip_one(&device, name, &data_with_marker(20_000 + i, MARKER)).await;
+        blobs.push(put["blob"].as_str().unwrap().to_owned());
+    }
+    // One file's only copy is lost.
+    std::fs::remove_file(relay.blob_file(&blobs[5]).unwrap()).unwrap();
+
+    let parent = tempfile::tempdir().unwrap();
+    let out = parent.path().join("export");
+    let run = device
+        .run(&["export", out.to_str().unwrap(), "--json"])
+        .await;
+    assert_eq!(run.code, 1, "a lost file makes the export fail: {run:#?}");
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report}");
+    assert_eq!(failed[0]["name"], "gone");
+    let expected = [
+        ("a.txt", "a.txt", false),
+        ("notes/2026/june.txt", "notes/2026/june.txt", false),
+        ("../climb-out", "%2E.%2Fclimb-out", true),
+        ("/etc/cairn-export-test", "%2Fetc%2Fcairn-export-test", true),
+        ("a.txt/inside-a-file", "a.txt%2Finside-a-file", true),
+    ];
+    for (name, path, escaped) in expected {
+        let i = names.iter().position(|n| *n == name).unwrap();
+        let written = std::fs::read(out.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(written == data_with_marker(20_000 + i, MARKER), "{name}");
+        let entry = report["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap();
+        assert_eq!(entry["escaped"], escaped, "{entry}");
+    }
+    // Nothing was written beside the export directory, nor a trace of the
+    // lost file.
+    let beside: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+    assert_eq!(beside.len(), 1);
+    assert!(!out.join("gone").exists());
+
+    // Into a directory that holds anything: refused, nothing changed.
+    let before = std::fs::read(out.join("a.txt")).unwrap();
+    let err = device.run(&["export", out.to_str().unwrap()]).await;
+    assert!(err.err().contains("is not empty"), "{err:#?}");
+    assert_eq!(std::fs::read(out.join("a.txt")).unwrap(), before);
+}
+
+/// Stores `data` as `name` on the device's one relay.
+async fn round_trip_one(device: &Device, name: &str, data: &[u8]) -> serde_json::Value {
+    let src = device.dir.path().join("src");
+    std::fs::write(&src, data).unwrap();
+    device
+        .run(&["put", src.to_str().unwrap(), "--name", name, "--json"])
+        .await
+        .json()
+}

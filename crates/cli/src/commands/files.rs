@@ -1,5 +1,5 @@
-//! Stored files: `put`, `get`, `ls`, `mv`, `rm`, and `config` (how many
-//! copies each gets).
+//! Stored files: `put`, `get`, `ls`, `export`, `mv`, `rm`, and `config`
+//! (how many copies each gets).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -171,6 +171,47 @@ pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCod
             .join("\n")
     });
     Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn export(
+    mut client: Client,
+    json: bool,
+    dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let progress: Arc<dyn Progress> = Arc::new(Bars::new(!json));
+    let report = client.export(&dir, progress).await?;
+    emit(json, &report, || {
+        let mut text = format!(
+            "exported {} {} ({}) into {}",
+            report.files.len(),
+            if report.files.len() == 1 {
+                "file"
+            } else {
+                "files"
+            },
+            bytes(report.bytes),
+            report.dir.display()
+        );
+        for file in report.files.iter().filter(|f| f.escaped) {
+            text.push_str(&format!(
+                "\n  {:?} is not a safe path: written as {}",
+                file.name,
+                file.path.display()
+            ));
+        }
+        for failure in &report.failed {
+            text.push_str(&format!(
+                "\n  not exported: {}: {}",
+                failure.name, failure.error
+            ));
+        }
+        text
+    });
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub(super) async fn mv(

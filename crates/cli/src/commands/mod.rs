@@ -77,6 +77,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             with_client(global, |client| files::get(client, json, what, output))
         }
         Command::Ls => with_client(global, |client| files::ls(client, json)),
+        Command::Export { dir } => with_client(global, |client| files::export(client, json, dir)),
         Command::Mv { from, to } => with_client(global, |client| files::mv(client, json, from, to)),
         Command::Rm { name } => with_client(global, |client| files::rm(client, json, name)),
         Command::Config { replicas } => {

@@ -26,7 +26,10 @@ pub use metadata::MetadataReport;
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
 pub use rotate::RotateReport;
-pub use storage::{FileInfo, GetReport, Output, PutReport, RemoveReport, Transfer};
+pub use storage::{
+    ExportFailure, ExportReport, Exported, FileInfo, GetReport, Output, PutReport, RemoveReport,
+    Transfer,
+};
 pub use sync::{DeviceSync, Finding, RelaySync, RevokedDevice, SyncReport};
 
 use crate::error::{Error, Result};

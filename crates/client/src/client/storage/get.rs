@@ -33,24 +33,34 @@ impl Client {
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
         let mut state = self.synced().await?;
-        let table = Self::table_of(&state);
-        let (id, entry) = match table.get(what) {
+        let (id, entry) = match Self::table_of(&state).get(what) {
             Some(entry) => (entry.blob, Some(entry.clone())),
             None => match what.parse::<BlobId>() {
                 Ok(id) => (id, None),
                 Err(_) => return Err(Error::NoSuchName(what.to_owned())),
             },
         };
+        self.fetch_resolved(&mut state, id, entry.as_ref(), output, progress)
+            .await
+    }
+
+    /// [`Client::get`] of blob `id`, the blob of `entry` when it is a
+    /// stored file, with the file table of `state`.
+    pub(super) async fn fetch_resolved(
+        &mut self,
+        state: &mut crate::client::sync::SyncState,
+        id: BlobId,
+        entry: Option<&FileEntry>,
+        output: Output,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        let table = Self::table_of(state);
         // Where the listed copies are now, transfers recorded by any device
         // applied.
-        let places = entry
-            .as_ref()
-            .map(|entry| table.places(entry))
-            .unwrap_or_default();
+        let places = entry.map(|entry| table.places(entry)).unwrap_or_default();
         // Peers that recorded transfers lead to are asked too, in the set or
         // not: the bytes are verified whoever serves them.
         let peers: Vec<Place> = entry
-            .as_ref()
             .map(|entry| recorded_transfers(table, entry))
             .unwrap_or_default()
             .into_iter()
@@ -75,9 +85,8 @@ impl Client {
                 Ok(size) => {
                     let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     self.record_scores(|s| s.success(relay.key(), relay.url(), took));
-                    let (moved, warnings) = self
-                        .record_transfers(&mut state, &id, &places, &order)
-                        .await;
+                    let (moved, warnings) =
+                        self.record_transfers(state, &id, &places, &order).await;
                     return Ok(GetReport {
                         blob: id,
                         size,

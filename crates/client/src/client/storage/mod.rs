@@ -1,6 +1,7 @@
-//! Storing and fetching files: `put` (`put`), `get` (`get`), and here
-//! `ls`, `rm` and `mv`.
+//! Storing and fetching files: `put` (`put`), `get` (`get`), `export`
+//! (`export`), and here `ls`, `rm` and `mv`.
 
+mod export;
 mod get;
 mod put;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use cairn_proto::{BlobId, VerifyingKey};
 
+pub use self::export::{ExportFailure, ExportReport, Exported};
 use super::Client;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
