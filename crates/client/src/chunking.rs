@@ -83,16 +83,20 @@ impl Chunker {
         for &byte in &data[MIN_CHUNK - 64..MIN_CHUNK] {
             hash = (hash << 1).wrapping_add(self.gear[usize::from(byte)]);
         }
-        for (i, &byte) in data.iter().enumerate().take(normal).skip(MIN_CHUNK) {
-            hash = (hash << 1).wrapping_add(self.gear[usize::from(byte)]);
+        let gear = &*self.gear;
+        let mut at = MIN_CHUNK;
+        for &byte in &data[MIN_CHUNK..normal] {
+            hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
+            at += 1;
             if hash & MASK_SMALL == 0 {
-                return Some(i + 1);
+                return Some(at);
             }
         }
-        for (i, &byte) in data.iter().enumerate().take(len).skip(normal) {
-            hash = (hash << 1).wrapping_add(self.gear[usize::from(byte)]);
+        for &byte in &data[normal..len] {
+            hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
+            at += 1;
             if hash & MASK_LARGE == 0 {
-                return Some(i + 1);
+                return Some(at);
             }
         }
         Some(len)
