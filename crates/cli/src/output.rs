@@ -57,11 +57,30 @@ pub(crate) fn note(json: bool, text: &str) {
 /// Reports a failure: `{"error": …}` on standard output with --json,
 /// `cairn: …` on standard error otherwise.
 pub(crate) fn report_error(err: &anyhow::Error, json: bool) {
+    let text = chain_text(err);
     if json {
-        out_line(&serde_json::json!({ "error": format!("{err:#}") }).to_string());
+        out_line(&serde_json::json!({ "error": text }).to_string());
     } else {
-        eprintln!("cairn: {err:#}");
+        eprintln!("cairn: {text}");
     }
+}
+
+/// An error and its causes, joined by `: `, each said once: many errors
+/// already end with their cause's message (`/x: No such file or
+/// directory`), which a plain chain would then repeat.
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Bytes for people: `1.5 MiB`.
@@ -80,11 +99,62 @@ pub(crate) fn bytes(n: u64) -> String {
     }
 }
 
+/// A count for people, with its noun agreeing: `1 copy`, `3 copies`.
+pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    match n.into() {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
 /// Seconds for people: `30 days`.
 pub(crate) fn duration(secs: u64) -> String {
     match secs {
         s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
         s if s >= 3600 => format!("{:.1} hours", s as f64 / 3600.0),
         s => format!("{s} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose message ends with its cause's, as thiserror's
+    /// `"{path}: {source}"` makes.
+    #[derive(Debug)]
+    struct AtPath(std::io::Error);
+
+    impl std::fmt::Display for AtPath {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "/nonexistent: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for AtPath {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cause = io.to_string();
+        let err = anyhow::Error::new(AtPath(io)).context("cannot store the file");
+        assert_eq!(
+            chain_text(&err),
+            format!("cannot store the file: /nonexistent: {cause}")
+        );
+        // Causes that add something are all kept.
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(chain_text(&err), "outer: middle: inner");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(0u64, "copy", "copies"), "0 copies");
+        assert_eq!(count(1u64, "copy", "copies"), "1 copy");
+        assert_eq!(count(2u64, "file", "files"), "2 files");
     }
 }

@@ -18,7 +18,7 @@ const STEPS: [&str; 9] = [
     "== Relay B fails",
     "phone$ cairn get hello.txt -o after-b-failed.txt",
     "laptop$ cairn repair --replace-unreachable",
-    "1 copies replaced",
+    "1 copy replaced",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,3 +334,23 @@ async fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
     }
 }
+
+/// An error is said once: a missing file is not reported as "…: No such
+/// file or directory (os error 2): No such file or directory (os error 2)",
+/// in text or in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_file_is_reported_once() {
+    let device = Device::new();
+    device.init("laptop").await;
+    let missing = device.dir.path().join("no-such-file");
+    let missing = missing.to_str().unwrap();
+    let run = device.run(&["put", missing]).await;
+    let err = run.err();
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert!(err.contains(missing), "{err}");
+    let run = device.run(&["put", missing, "--json"]).await;
+    assert_ne!(run.code, 0);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let text = report["error"].as_str().unwrap();
+    assert_eq!(text.matches("os error 2").count(), 1, "{text}");
+}

@@ -608,6 +608,24 @@ async fn health_and_status_page() {
     assert!(page.contains(&relay.key().to_string()));
 }
 
+/// A peer that cannot be reached is shown once as such on the status page,
+/// not as "unreachable: unreachable: …".
+#[tokio::test]
+async fn the_status_page_says_once_why_a_peer_is_unreachable() {
+    let relay = TestRelay::start_with(|c| {
+        c.federation.replicas = 0;
+        c.peers = vec![cairn_proto::RelayRef {
+            url: cairn_proto::RelayUrl::new("http://127.0.0.1:9").unwrap(),
+            key: key("gone").verifying_key(),
+        }];
+    })
+    .await;
+    relay.handle.refresh_peers().await;
+    let page = relay.get_text("/").await;
+    assert_eq!(page.matches("unreachable:").count(), 1, "{page}");
+    assert!(!page.contains("unreachable: unreachable"), "{page}");
+}
+
 #[tokio::test]
 async fn per_key_rate_limit_refuses_with_retry_after_and_is_disclosed() {
     let relay = TestRelay::start_with(|c| c.limits.key_requests_per_min = 3).await;

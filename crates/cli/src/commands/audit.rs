@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use cairn_client::Client;
 
-use crate::output::{bytes, emit};
+use crate::output::{bytes, count, emit};
 
 /// `cairn repair`: the report either way; exit 1 when a file is left short
 /// of good copies.
@@ -36,9 +36,9 @@ pub(super) async fn audit(
             return "nothing stored yet: nothing to audit".into();
         }
         let mut text = format!(
-            "audited {} copies of {} files ({} of proofs, {:.1} s)",
-            report.copies,
-            report.files,
+            "audited {} of {} ({} of proofs, {:.1} s)",
+            count(report.copies as u64, "copy", "copies"),
+            count(report.files as u64, "file", "files"),
             bytes(report.proof_bytes),
             report.elapsed_ms as f64 / 1000.0
         );
@@ -73,11 +73,11 @@ pub(super) async fn audit(
 
 pub(super) fn repair_summary(report: &cairn_client::RepairReport) -> String {
     let mut text = format!(
-        "repair: checked {} copies of {} files: {} healthy, {} copies replaced ({:.1} s)",
-        report.copies_checked,
-        report.files,
+        "repair: checked {} of {}: {} healthy, {} replaced ({:.1} s)",
+        count(report.copies_checked as u64, "copy", "copies"),
+        count(report.files as u64, "file", "files"),
         report.healthy,
-        report.restored.len(),
+        count(report.restored.len() as u64, "copy", "copies"),
         report.elapsed_ms as f64 / 1000.0
     );
     for r in &report.restored {
@@ -88,9 +88,11 @@ pub(super) fn repair_summary(report: &cairn_client::RepairReport) -> String {
     }
     let metadata = &report.metadata;
     text.push_str(&format!(
-        "\nmetadata: {} copies a new device needs, across the relays (identity log, snapshot, \
+        "\nmetadata: {} a new device needs, across the relays (identity log, snapshot, \
          operations): {} renewed, {} restored",
-        metadata.blobs, metadata.renewed, metadata.restored
+        count(metadata.blobs as u64, "copy", "copies"),
+        metadata.renewed,
+        metadata.restored
     ));
     for failed in &metadata.failed {
         text.push_str(&format!("\n  NOT KEPT {failed}"));

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use cairn_client::{Client, Output, Progress};
 use serde_json::json;
 
-use crate::output::{bytes, emit, note};
+use crate::output::{bytes, count, emit, note};
 use crate::progress::Bars;
 
 pub(super) async fn put(
@@ -153,9 +153,9 @@ pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCod
             .iter()
             .map(|f| {
                 format!(
-                    "{:>10}  {} copies  {}{}",
+                    "{:>10}  {:>8}  {}{}",
                     bytes(f.size),
-                    f.copies.len(),
+                    count(f.copies.len() as u64, "copy", "copies"),
                     f.name,
                     if f.transferred.is_empty() {
                         String::new()

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use cairn_client::Client;
 
 use crate::RelayCommand;
-use crate::output::{bytes, duration, emit, note};
+use crate::output::{bytes, count, duration, emit, note};
 
 pub(super) async fn relay(
     mut client: Client,
@@ -76,8 +76,9 @@ pub(super) async fn relay(
                 }
                 if report.removed {
                     text.push_str(&format!(
-                        "\n  deleted {} copies there; {} left your relay set",
-                        report.deleted, report.from
+                        "\n  deleted {} there; {} left your relay set",
+                        count(report.deleted as u64, "copy", "copies"),
+                        report.from
                     ));
                 } else {
                     text.push_str(&format!(

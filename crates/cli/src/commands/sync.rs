@@ -7,7 +7,7 @@ use cairn_client::Client;
 use serde_json::json;
 
 use super::audit::repair_summary;
-use crate::output::{emit, emit_line, note};
+use crate::output::{count, emit, emit_line, note};
 
 pub(super) async fn sync(
     mut client: Client,
@@ -97,9 +97,9 @@ fn sync_summary(report: &cairn_client::SyncReport) -> String {
     );
     if report.claimed > 0 {
         text.push_str(&format!(
-            "\n  claimed {} copies your other devices stored: they stay until this device \
+            "\n  claimed {} your other devices stored: they stay until this device \
              deletes them too",
-            report.claimed
+            count(report.claimed as u64, "copy", "copies")
         ));
     }
     if report.claims_pending > 0 {

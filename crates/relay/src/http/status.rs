@@ -101,7 +101,9 @@ fn render(app: &AppState, info: &RelayInfo, forwards: u64) -> String {
     for peer in app.federation.peers.snapshot() {
         let (health, class) = match (&peer.info, &peer.last_error) {
             (Some(_), None) => ("reachable".to_owned(), "ok"),
-            (_, Some(error)) => (format!("unreachable: {}", escape(error)), "bad"),
+            // The error says what went wrong ("unreachable: …", "info
+            // document answered 503", …); a prefix would repeat or misname it.
+            (_, Some(error)) => (escape(error), "bad"),
             (None, None) => ("not yet asked".to_owned(), "wait"),
         };
         let free = peer
