@@ -241,9 +241,7 @@ fn home_permissions(home: &Path) -> Vec<Finding> {
 fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
     let mut findings = Vec::new();
     let wanted = client.replicas();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::output::unix_now();
     match checks.len() {
         0 => findings.push(Finding::fail(
             "relays",

@@ -54,6 +54,13 @@ pub(crate) fn note(json: bool, text: &str) {
     }
 }
 
+/// A warning on standard error, with or without --json: what it says
+/// (data that may be out of date) matters to scripts too, and standard
+/// error is never mixed into the JSON.
+pub(crate) fn warn(text: &str) {
+    eprintln!("warning: {text}");
+}
+
 /// Reports a failure: `{"error": …}` on standard output with --json,
 /// `cairn: …` on standard error otherwise.
 pub(crate) fn report_error(err: &anyhow::Error, json: bool) {
@@ -105,6 +112,13 @@ pub(crate) fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
         1 => format!("1 {one}"),
         n => format!("{n} {many}"),
     }
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Seconds for people: `30 days`.

@@ -354,3 +354,40 @@ async fn a_missing_file_is_reported_once() {
     let text = report["error"].as_str().unwrap();
     assert_eq!(text.matches("os error 2").count(), 1, "{text}");
 }
+
+/// With every relay down, `ls` answers from this device's own list and
+/// says how old it is; `get` of a name never stored says so rather than
+/// blaming the relays; `get` of a stored one says no relay answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_ls_shows_the_last_known_list_and_says_so() {
+    let mut relay = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&relay]).await;
+    let src = device.dir.path().join("doc");
+    std::fs::write(&src, b"kept").unwrap();
+    device.run(&["put", src.to_str().unwrap()]).await.ok();
+    relay.stop().await;
+
+    let run = device.run(&["ls", "--json"]).await;
+    let files = run.json();
+    assert_eq!(files[0]["name"], "doc", "{files}");
+    assert!(run.stderr.contains("no relay answered"), "{run:#?}");
+    assert!(run.stderr.contains("as of"), "{run:#?}");
+    let run = device.run(&["ls"]).await;
+    assert!(run.ok().contains("doc"), "{run:#?}");
+    assert!(run.stderr.contains("this device's file list"), "{run:#?}");
+
+    let run = device.run(&["get", "never-stored"]).await;
+    assert!(
+        run.err()
+            .contains("nothing named \"never-stored\" is stored"),
+        "{run:#?}"
+    );
+    let out = device.dir.path().join("out");
+    let run = device
+        .run(&["get", "doc", "-o", out.to_str().unwrap()])
+        .await;
+    assert!(run.err().contains("no relay answered"), "{run:#?}");
+    assert!(!out.exists());
+}

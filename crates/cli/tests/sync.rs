@@ -87,6 +87,7 @@ async fn table(client: &mut Client) -> BTreeMap<String, String> {
         .list()
         .await
         .unwrap()
+        .files
         .into_iter()
         .map(|f| (f.name, f.blob.to_string()))
         .collect()

@@ -121,6 +121,9 @@ pub enum Error {
         /// What each relay did.
         failures: String,
     },
+    /// No relay of the set answered (each one's failure, joined).
+    #[error("no relay answered: {0}")]
+    Offline(String),
     /// Nothing by that name is stored.
     #[error("nothing named {0:?} is stored (`cairn ls` lists what is)")]
     NoSuchName(String),

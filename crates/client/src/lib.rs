@@ -35,10 +35,10 @@ mod text_serde;
 pub use cairn_proto as proto;
 pub use client::{
     AuditReport, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS, DeviceSync, Enrolled,
-    ExportFailure, ExportReport, Exported, FileInfo, Finding, GetReport, InitOptions,
-    MetadataReport, Output, PutReport, RelayAdded, RelayAudit, RelayCheck, RelaySync, RemoveReport,
-    RepairReport, Restored, Revoked, RevokedDevice, RotateReport, Rotated, SyncReport, Transfer,
-    TransferCheck,
+    ExportFailure, ExportReport, Exported, FileInfo, Finding, GetReport, InitOptions, Listing,
+    MetadataReport, Offline, Output, PutReport, RelayAdded, RelayAudit, RelayCheck, RelaySync,
+    RemoveReport, RepairReport, Restored, Revoked, RevokedDevice, RotateReport, Rotated,
+    SyncReport, Transfer, TransferCheck,
 };
 pub use error::{Error, RelayError, Result};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use cairn_client::{Client, Output, Progress};
 use serde_json::json;
 
-use crate::output::{bytes, count, emit, note};
+use crate::output::{bytes, count, duration, emit, note, unix_now, warn};
 use crate::progress::Bars;
 
 pub(super) async fn put(
@@ -144,8 +144,19 @@ pub(super) async fn get(
 }
 
 pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
-    let files = client.list().await?;
-    emit(json, &files, || {
+    let listing = client.list().await?;
+    if let Some(offline) = &listing.offline {
+        let age = match offline.synced_at {
+            Some(at) => format!("as of {} ago", duration(unix_now().saturating_sub(at))),
+            None => "never synced".into(),
+        };
+        warn(&format!(
+            "no relay answered; this is this device's file list ({age}): {}",
+            offline.why
+        ));
+    }
+    let files = &listing.files;
+    emit(json, files, || {
         if files.is_empty() {
             return "nothing stored yet: `cairn put FILE`".into();
         }

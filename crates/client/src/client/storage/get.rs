@@ -32,7 +32,19 @@ impl Client {
         output: Output,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
-        let mut state = self.synced().await?;
+        let mut state = match self.synced().await {
+            Ok(state) => state,
+            // Nothing to fetch from; but a name this device never knew is
+            // simply not stored, whatever the relays' state.
+            Err(Error::Offline(why)) => {
+                let known = Self::table_of(&self.load_sync()?).get(what).is_some();
+                if !known && what.parse::<BlobId>().is_err() {
+                    return Err(Error::NoSuchName(what.to_owned()));
+                }
+                return Err(Error::Offline(why));
+            }
+            Err(err) => return Err(err),
+        };
         let (id, entry) = match Self::table_of(&state).get(what) {
             Some(entry) => (entry.blob, Some(entry.clone())),
             None => match what.parse::<BlobId>() {

@@ -130,12 +130,41 @@ pub struct RemoveReport {
 /// store.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The stored files, and how current the list is.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listing {
+    /// The files, by name.
+    pub files: Vec<FileInfo>,
+    /// Set when no relay answered: the list is this device's own, as of
+    /// its last sync.
+    pub offline: Option<Offline>,
+}
+
+/// A list read from this device alone, because no relay answered.
+#[derive(Clone, Debug, Serialize)]
+pub struct Offline {
+    /// When a relay last answered a sync (Unix seconds), if one ever did.
+    pub synced_at: Option<u64>,
+    /// What each relay's failure was.
+    pub why: String,
+}
+
 impl Client {
-    /// The stored files, by name.
-    pub async fn list(&mut self) -> Result<Vec<FileInfo>> {
-        let state = self.synced().await?;
+    /// The stored files, by name: as the relays have them, or, when none
+    /// answers, as this device last knew them (saying so).
+    pub async fn list(&mut self) -> Result<Listing> {
+        let (state, offline) = match self.synced().await {
+            Ok(state) => (state, None),
+            Err(Error::Offline(why)) => {
+                self.require_active()?;
+                let state = self.load_sync()?;
+                let synced_at = (state.synced_at > 0).then_some(state.synced_at);
+                (state, Some(Offline { synced_at, why }))
+            }
+            Err(err) => return Err(err),
+        };
         let table = Self::table_of(&state);
-        Ok(table
+        let files = table
             .files()
             .map(|(name, entry)| FileInfo {
                 name: name.to_owned(),
@@ -145,7 +174,8 @@ impl Client {
                 copies: table.places(entry).into_iter().map(|p| p.url).collect(),
                 transferred: get::recorded_transfers(table, entry),
             })
-            .collect())
+            .collect();
+        Ok(Listing { files, offline })
     }
 
     /// Removes `name` from the file table and drops this device's claims

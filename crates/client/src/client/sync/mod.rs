@@ -250,14 +250,13 @@ impl Client {
             // A rotation moved the mailbox: list the new one.
         };
         if reports_all_down(&relay_reports) {
-            return Err(Error::Invalid(format!(
-                "no relay answered: {}",
+            return Err(Error::Offline(
                 relay_reports
                     .iter()
                     .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.url)))
                     .collect::<Vec<_>>()
-                    .join("; ")
-            )));
+                    .join("; "),
+            ));
         }
 
         let generation = self.newest_vault()?.generation;
@@ -433,7 +432,12 @@ impl Client {
         let mut state = self.load_sync()?;
         let before = state.fingerprint();
         self.sync_with(&mut state).await?;
-        if state.fingerprint() != before {
+        // Saved with what changed, or once an hour: enough to say how old
+        // the table is when no relay answers, without a write per command.
+        let now = crate::relay::unix_now();
+        let stale = now.saturating_sub(state.synced_at) >= 3600;
+        state.synced_at = now;
+        if state.fingerprint() != before || stale {
             self.save_sync(&state)?;
         }
         self.require_active()?;

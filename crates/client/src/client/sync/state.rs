@@ -70,6 +70,10 @@ pub(crate) struct SyncState {
     /// (key text → id text; per-relay layout), deleted when superseded.
     #[serde(default)]
     pub(in crate::client) my_snapshot_at: BTreeMap<String, String>,
+    /// When a relay last answered a sync (Unix seconds; 0: never): how old
+    /// the table is when no relay answers.
+    #[serde(default)]
+    pub(in crate::client) synced_at: u64,
 }
 
 /// Copies claimed by the owner of an earlier generation.
