@@ -190,7 +190,8 @@ impl Client {
         let report = self.sync_with(&mut state).await;
         // A sync that changed nothing leaves the state file alone: rewriting
         // a large table is what a no-change sync would otherwise cost.
-        if state.fingerprint() != before {
+        let stale = report.is_ok() && note_answered(&mut state);
+        if state.fingerprint() != before || stale {
             self.save_sync(&state)?;
         }
         report
@@ -432,11 +433,7 @@ impl Client {
         let mut state = self.load_sync()?;
         let before = state.fingerprint();
         self.sync_with(&mut state).await?;
-        // Saved with what changed, or once an hour: enough to say how old
-        // the table is when no relay answers, without a write per command.
-        let now = crate::relay::unix_now();
-        let stale = now.saturating_sub(state.synced_at) >= 3600;
-        state.synced_at = now;
+        let stale = note_answered(&mut state);
         if state.fingerprint() != before || stale {
             self.save_sync(&state)?;
         }
@@ -455,6 +452,17 @@ impl Client {
         self.save_sync(state)?;
         Ok(deleted)
     }
+}
+
+/// Notes that a relay answered a sync just now; true when the time saved
+/// is over an hour old, so that the state is saved for it. Saved with what
+/// changed, or once an hour: enough to say how old the table is when no
+/// relay answers, without a write per command.
+fn note_answered(state: &mut SyncState) -> bool {
+    let now = crate::relay::unix_now();
+    let stale = now.saturating_sub(state.synced_at) >= 3600;
+    state.synced_at = now;
+    stale
 }
 
 pub(super) fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
@@ -507,4 +515,23 @@ pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &
     heads.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
     heads.dedup_by_key(|(_, h)| (h.seq, h.target));
     heads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time a relay last answered is kept current, and the state is
+    /// saved for it only when the saved time is an hour old.
+    #[test]
+    fn an_answer_is_noted_and_saved_hourly() {
+        let mut state = SyncState::default();
+        assert!(note_answered(&mut state), "never noted: save");
+        let first = state.synced_at;
+        assert!(first > 0);
+        assert!(!note_answered(&mut state), "noted just now: no save");
+        state.synced_at -= 3600;
+        assert!(note_answered(&mut state), "an hour old: save");
+        assert!(state.synced_at >= first);
+    }
 }
