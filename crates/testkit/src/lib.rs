@@ -6,16 +6,19 @@
 //!   produces, invalid ones) without going through a client.
 //! - [`auth_header`]: a signed `Authorization` header for a relay request.
 //! - [`RelayProcess`]: a relay as a child process, to kill with SIGKILL.
+//! - [`Rng`]: a deterministic generator for randomized tests.
 //! - [`faulty::FaultyRelay`]: a proxy in front of a real relay that
 //!   corrupts, drops, forgets, delays, serves stale heads or lies, on demand.
 
 pub mod faulty;
 mod process;
+mod rng;
 mod small_disk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use process::{RelayProcess, arg, rss_bytes, run};
+pub use rng::Rng;
 pub use small_disk::SmallDisk;
 
 use cairn_proto::{

@@ -9,25 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_proto::{HeadRecord, SignedRecord, SigningKey, Timestamp};
 
+use cairn_testkit::Rng;
+
 use super::*;
 use crate::config::{PostgresConfig, S3Config, ScaleOutConfig};
-
-/// splitmix64: a small deterministic generator, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[usize::try_from(self.below(items.len() as u64)).unwrap()]
-    }
-}
 
 const CAPACITY: u64 = 96 * 1024;
 const KEY_QUOTA: u64 = 40 * 1024;
@@ -175,7 +160,8 @@ impl Model {
     }
 }
 
-fn new_head(key: &SigningKey, slot: &str, seq: u64) -> NewHead {
+/// A legacy head of `key`'s mailbox in `slot` at `seq`, verified.
+pub(in crate::store) fn new_head(key: &SigningKey, slot: &str, seq: u64) -> NewHead {
     let record = HeadRecord {
         mailbox: key.verifying_key(),
         slot: Slot::new(slot).unwrap(),

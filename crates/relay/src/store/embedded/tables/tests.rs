@@ -1,39 +1,11 @@
 //! The head tables against a plain map.
 use std::collections::BTreeMap;
 
-use cairn_proto::{HeadRecord, SignedRecord, SigningKey, Slot, Timestamp};
+use cairn_proto::{SigningKey, Slot};
+use cairn_testkit::Rng;
 
 use super::*;
-
-/// splitmix64: a small deterministic generator, so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-
-    /// An index below `n`.
-    fn pick(&mut self, n: usize) -> usize {
-        usize::try_from(self.below(u64::try_from(n).unwrap())).unwrap()
-    }
-}
-
-fn head(key: &SigningKey, slot: &str, seq: u64) -> NewHead {
-    let record = HeadRecord {
-        mailbox: key.verifying_key(),
-        slot: Slot::new(slot).unwrap(),
-        seq,
-        target: BlobId::of(slot.as_bytes()),
-        timestamp: Timestamp(seq),
-    };
-    let envelope = SignedRecord::sign(&record, key).unwrap();
-    envelope.verify::<HeadRecord>().unwrap().into()
-}
+use crate::store::tests::new_head as head;
 
 /// (mailbox, slot) → (seq, last access, envelope): what the tables
 /// should hold.
@@ -98,9 +70,9 @@ fn heads_match_a_plain_map_model() {
             let mut t = Tables::open(&txn).unwrap();
             for _ in 0..=rng.below(8) {
                 now += rng.below(3);
-                let key = &keys[rng.pick(keys.len())];
+                let key = &keys[rng.index(keys.len())];
                 let mailbox = key.verifying_key().to_bytes();
-                let slot = slots[rng.pick(slots.len())];
+                let slot = slots[rng.index(slots.len())];
                 let row = (mailbox, slot.to_owned());
                 match rng.below(10) {
                     0..=5 => {
@@ -146,7 +118,7 @@ fn heads_match_a_plain_map_model() {
                     }
                     8 => {
                         let cutoff = now - rng.below(20);
-                        let max = rng.pick(4);
+                        let max = rng.index(4);
                         let mut due: Vec<_> = model
                             .iter()
                             .filter(|(_, (_, at, _))| *at < cutoff)
