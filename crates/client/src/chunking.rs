@@ -68,38 +68,41 @@ impl Chunker {
     /// file, if `last`). Returns `None` when more bytes are needed to
     /// decide; never when `last` or when `data` holds `MAX_CHUNK` bytes.
     pub fn cut(&self, data: &[u8], last: bool) -> Option<usize> {
-        if data.len() < MAX_CHUNK && !last {
-            return None;
-        }
+        (last || data.len() >= MAX_CHUNK).then(|| self.first_chunk(data))
+    }
+
+    /// The length of the first chunk of `data`, which holds all the bytes
+    /// the decision needs.
+    fn first_chunk(&self, data: &[u8]) -> usize {
         let len = data.len().min(MAX_CHUNK);
         if len <= MIN_CHUNK {
-            return Some(len);
+            return len;
         }
         let normal = len.min(AVERAGE_CHUNK);
         let mut hash = 0u64;
         // The hash at position i only depends on the 64 bytes before it,
         // so rolling from MIN_CHUNK - 64 makes a cut independent of where
         // the scan started.
-        for &byte in &data[MIN_CHUNK - 64..MIN_CHUNK] {
-            hash = (hash << 1).wrapping_add(self.gear[usize::from(byte)]);
-        }
         let gear = &*self.gear;
+        for &byte in &data[MIN_CHUNK - 64..MIN_CHUNK] {
+            hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
+        }
         let mut at = MIN_CHUNK;
         for &byte in &data[MIN_CHUNK..normal] {
             hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
             at += 1;
             if hash & MASK_SMALL == 0 {
-                return Some(at);
+                return at;
             }
         }
         for &byte in &data[normal..len] {
             hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
             at += 1;
             if hash & MASK_LARGE == 0 {
-                return Some(at);
+                return at;
             }
         }
-        Some(len)
+        len
     }
 
     /// Every chunk length of `data`, a whole file in memory (for tests,
@@ -108,10 +111,7 @@ impl Chunker {
         let mut out = Vec::new();
         let mut rest = data;
         while !rest.is_empty() {
-            let n = self
-                .cut(rest, true)
-                .unwrap_or(rest.len().min(MAX_CHUNK))
-                .max(1);
+            let n = self.first_chunk(rest);
             out.push(n);
             rest = &rest[n..];
         }
