@@ -122,7 +122,10 @@ pub enum Error {
         failures: String,
     },
     /// No relay of the set answered (each one's failure, joined).
-    #[error("no relay answered: {0}")]
+    #[error(
+        "no relay answered: {0}; check this machine's network, then `cairn relay check` \
+         to see each relay"
+    )]
     Offline(String),
     /// Nothing by that name is stored.
     #[error("nothing named {0:?} is stored (`cairn ls` lists what is)")]
