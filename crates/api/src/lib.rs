@@ -147,7 +147,13 @@ pub async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Byt
     if response.content_length().is_some_and(|n| n > max as u64) {
         return Err(CallError::TooLarge { max });
     }
-    let mut out = BytesMut::new();
+    // Sized once from the announced length (within `max`, checked above):
+    // a large body is then never copied into a doubled buffer.
+    let announced = response
+        .content_length()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0);
+    let mut out = BytesMut::with_capacity(announced);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|err| CallError::Unreachable(describe(&err)))?;

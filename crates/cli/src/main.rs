@@ -141,13 +141,19 @@ Examples:
 Examples:
   cairn get photo.jpg -o photo.jpg
   cairn get work/report-2026.pdf > report.pdf
-  cairn get 3f1c…(64 hex digits) -o blob.bin")]
+  cairn get 3f1c…(64 hex digits) -o blob.bin
+  cairn get video.mkv --range 1048576-2097151 -o part.bin")]
     Get {
         /// A stored name, or a blob id.
         what: String,
         /// Write here (atomically) instead of to standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Only bytes START to END of the file (both included; `START-` for
+        /// the rest of it). A file stored as chunks fetches only the chunks
+        /// the range meets.
+        #[arg(long, value_name = "START-END")]
+        range: Option<cairn_client::RangeSpec>,
     },
     /// List stored files.
     Ls,

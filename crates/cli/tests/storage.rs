@@ -85,8 +85,8 @@ async fn large_file_streams_through_in_bounded_memory() {
     let src = device.dir.path().join("big");
     std::fs::write(&src, &data).unwrap();
 
-    // The whole file never sits in the client's memory: sealing streams to
-    // a temp file, uploads and downloads stream, opening streams.
+    // The whole file never sits in the client's memory: it goes as chunks,
+    // a few at a time, each way.
     const BOUND: u64 = 64 << 20;
     let (put, peak) = device
         .run_sampling_memory(&["put", src.to_str().unwrap(), "--json"])

@@ -63,20 +63,29 @@ impl Chunker {
         Self { gear }
     }
 
-    /// The length of the first chunk of `data`, given that `data` holds
-    /// everything up to [`MAX_CHUNK`] bytes ahead (or the rest of the
-    /// file, if `last`). Returns `None` when more bytes are needed to
-    /// decide; never when `last` or when `data` holds `MAX_CHUNK` bytes.
+    /// The length of the first chunk of `data`, or `None` when more bytes
+    /// are needed to decide. `last` says that `data` runs to the end of
+    /// the file. A cut found in `data` is final: it depends only on the
+    /// bytes before it, so a stream can offer bytes as they come. `None`
+    /// never comes when `last`, nor when `data` holds [`MAX_CHUNK`] bytes.
     pub fn cut(&self, data: &[u8], last: bool) -> Option<usize> {
-        (last || data.len() >= MAX_CHUNK).then(|| self.first_chunk(data))
+        self.boundary(data)
+            .or_else(|| (last || data.len() >= MAX_CHUNK).then(|| data.len().min(MAX_CHUNK)))
     }
 
     /// The length of the first chunk of `data`, which holds all the bytes
     /// the decision needs.
     fn first_chunk(&self, data: &[u8]) -> usize {
+        self.boundary(data)
+            .unwrap_or_else(|| data.len().min(MAX_CHUNK))
+    }
+
+    /// The first content-defined cut within `data`, if there is one before
+    /// its end (or before [`MAX_CHUNK`]).
+    fn boundary(&self, data: &[u8]) -> Option<usize> {
         let len = data.len().min(MAX_CHUNK);
         if len <= MIN_CHUNK {
-            return len;
+            return None;
         }
         let normal = len.min(AVERAGE_CHUNK);
         let mut hash = 0u64;
@@ -92,17 +101,17 @@ impl Chunker {
             hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
             at += 1;
             if hash & MASK_SMALL == 0 {
-                return at;
+                return Some(at);
             }
         }
         for &byte in &data[normal..len] {
             hash = (hash << 1).wrapping_add(gear[usize::from(byte)]);
             at += 1;
             if hash & MASK_LARGE == 0 {
-                return at;
+                return Some(at);
             }
         }
-        len
+        None
     }
 
     /// Every chunk length of `data`, a whole file in memory (for tests,
@@ -191,11 +200,20 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_waits_for_enough_bytes_unless_the_file_ends() {
+    fn a_cut_is_final_and_waits_for_bytes_unless_the_file_ends() {
         let chunker = chunker(7);
         let data = noise(8, MAX_CHUNK);
-        assert_eq!(chunker.cut(&data[..MAX_CHUNK - 1], false), None);
-        assert!(chunker.cut(&data, false).is_some());
+        // A cut found in the bytes offered is final: the same with fewer.
+        let n = chunker.cut(&data, false).unwrap();
+        assert_eq!(chunker.cut(&data[..n], false), Some(n));
+        assert_eq!(chunker.cut(&data[..n - 1], false), None);
+        // Bytes with no cut in them wait for more, unless the file ends.
+        let flat = vec![0u8; MAX_CHUNK];
+        assert_eq!(chunker.cut(&flat[..MAX_CHUNK - 1], false), None);
+        assert_eq!(
+            chunker.cut(&flat[..MAX_CHUNK - 1], true),
+            Some(MAX_CHUNK - 1)
+        );
         assert_eq!(chunker.cut(&data[..10], true), Some(10));
         assert_eq!(chunker.cut(&[], true), Some(0));
         // Bytes that never hit a cut are cut at the maximum.

@@ -113,6 +113,20 @@ pub enum Error {
         /// What each failing relay said.
         failures: String,
     },
+    /// A put of a chunked file stopped part-way. The chunks the relays
+    /// acknowledged stay, so the same put run again sends only the rest.
+    #[error(
+        "stored {chunks} chunk(s) ({bytes} bytes) before stopping; nothing was recorded. Run \
+         the same `cairn put` again to send only the rest. Why it stopped: {why}"
+    )]
+    Interrupted {
+        /// Chunks acknowledged by every relay still taking the file.
+        chunks: usize,
+        /// Bytes of data they hold.
+        bytes: u64,
+        /// What stopped it.
+        why: Box<Error>,
+    },
     /// No relay could deliver a blob with the right bytes.
     #[error("no relay delivered blob {id}: {failures}")]
     Unavailable {

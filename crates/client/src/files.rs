@@ -1,6 +1,7 @@
-//! What a stored name holds: the blob, its size, and where its copies are.
-//! The table of names is built by sync (`crate::crdt`) from every
-//! device's operations.
+//! What a stored name holds: the blob (or, for a chunked file, its
+//! manifest and chunk blobs), its size, and where its copies are. The
+//! table of names is built by sync (`crate::crdt`) from every device's
+//! operations.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,14 +13,24 @@ use crate::error::{Error, Result};
 pub const MAX_NAME_LEN: usize = 1024;
 
 /// One stored file.
+///
+/// A file is stored as one sealed blob, or, when it is larger than one
+/// chunk, as chunks (PROTOCOL.md §10.8): then `blob` is its sealed manifest
+/// and `chunks` the distinct blobs the manifest lists. Every copy holds
+/// all of a file's blobs: a file has a copy on a relay when that relay
+/// holds its manifest and every chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "wire::Entry", into = "wire::Entry")]
 pub struct FileEntry {
-    /// The sealed blob.
-    #[serde(with = "crate::text_serde")]
+    /// The sealed blob, or a chunked file's sealed manifest.
     pub blob: BlobId,
+    /// A chunked file's chunk blobs, each once, in the order the manifest
+    /// first lists them; empty for a file stored as one blob.
+    pub chunks: Vec<BlobId>,
     /// Bytes of data (before sealing).
     pub size: u64,
-    /// Bytes of the sealed blob.
+    /// Bytes stored per copy: the sealed blob, or the manifest and every
+    /// chunk.
     pub sealed_size: u64,
     /// The vault key generation it is sealed to.
     pub generation: u32,
@@ -27,6 +38,152 @@ pub struct FileEntry {
     pub stored_at: u64,
     /// Where copies were acknowledged.
     pub copies: Vec<Copy>,
+}
+
+impl FileEntry {
+    /// Whether the file is stored as chunks.
+    pub fn is_chunked(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+
+    /// Every blob a copy of the file holds: the blob or manifest first,
+    /// then the chunks.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobId> {
+        std::iter::once(&self.blob).chain(&self.chunks)
+    }
+}
+
+/// The JSON form of an entry (PROTOCOL.md §10.6). A chunked file names its
+/// manifest `manifest`, not `blob`: a device older than chunked files then
+/// refuses the entry (it has no `blob`) rather than taking the manifest
+/// for the file's data.
+mod wire {
+    use serde::{Deserialize, Serialize};
+
+    use cairn_proto::BlobId;
+
+    use super::{Copy, FileEntry};
+
+    /// Most chunk blobs one entry lists (a manifest's own bound).
+    const MAX_CHUNKS: usize = crate::manifest::MAX_CHUNKS;
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Entry {
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_id")]
+        blob: Option<BlobId>,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_id")]
+        manifest: Option<BlobId>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty", with = "id_list")]
+        chunks: Vec<BlobId>,
+        size: u64,
+        sealed_size: u64,
+        generation: u32,
+        stored_at: u64,
+        copies: Vec<Copy>,
+    }
+
+    impl From<FileEntry> for Entry {
+        fn from(entry: FileEntry) -> Self {
+            let chunked = entry.is_chunked();
+            Self {
+                blob: (!chunked).then_some(entry.blob),
+                manifest: chunked.then_some(entry.blob),
+                chunks: entry.chunks,
+                size: entry.size,
+                sealed_size: entry.sealed_size,
+                generation: entry.generation,
+                stored_at: entry.stored_at,
+                copies: entry.copies,
+            }
+        }
+    }
+
+    impl TryFrom<Entry> for FileEntry {
+        type Error = String;
+
+        fn try_from(entry: Entry) -> Result<Self, String> {
+            let blob = match (entry.blob, entry.manifest, entry.chunks.is_empty()) {
+                (Some(blob), None, true) => blob,
+                (None, Some(manifest), false) => manifest,
+                (Some(_), _, false) | (None, Some(_), true) => {
+                    return Err("an entry has `manifest` and `chunks` together, or neither".into());
+                }
+                (Some(_), Some(_), true) | (None, None, _) => {
+                    return Err("an entry names exactly one of `blob` and `manifest`".into());
+                }
+            };
+            if entry.chunks.len() > MAX_CHUNKS {
+                return Err(format!(
+                    "an entry lists {} chunks, more than {MAX_CHUNKS}",
+                    entry.chunks.len()
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if !entry
+                .chunks
+                .iter()
+                .all(|id| *id != blob && seen.insert(*id))
+            {
+                return Err("an entry lists a blob twice".into());
+            }
+            Ok(Self {
+                blob,
+                chunks: entry.chunks,
+                size: entry.size,
+                sealed_size: entry.sealed_size,
+                generation: entry.generation,
+                stored_at: entry.stored_at,
+                copies: entry.copies,
+            })
+        }
+    }
+
+    mod optional_id {
+        use cairn_proto::BlobId;
+        use serde::{Deserialize as _, Deserializer, Serializer};
+
+        #[allow(clippy::ref_option)] // serde's `with` passes a reference
+        pub(super) fn serialize<S: Serializer>(
+            id: &Option<BlobId>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match id {
+                Some(id) => s.collect_str(id),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<BlobId>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| text.parse().map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+
+    mod id_list {
+        use cairn_proto::BlobId;
+        use serde::ser::SerializeSeq as _;
+        use serde::{Deserialize as _, Deserializer, Serializer};
+
+        pub(super) fn serialize<S: Serializer>(ids: &[BlobId], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(ids.len()))?;
+            for id in ids {
+                seq.serialize_element(&id.to_string())?;
+            }
+            seq.end()
+        }
+
+        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<BlobId>, D::Error> {
+            Vec::<String>::deserialize(d)?
+                .iter()
+                .map(|text| text.parse().map_err(serde::de::Error::custom))
+                .collect()
+        }
+    }
 }
 
 /// One acknowledged copy of a blob.

@@ -75,6 +75,11 @@ impl Home {
         self.root.join("ops")
     }
 
+    /// Where the chunk index (`crate::chunk_index`) lives.
+    pub(crate) fn chunk_index(&self) -> PathBuf {
+        self.root.join("chunks")
+    }
+
     pub(crate) fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }

@@ -11,6 +11,7 @@
 //! - [`relay::RelayClient`]: one relay's HTTP API, every answer verified.
 //! - [`keys`]: how device, vault, mailbox and upload keys relate.
 
+mod chunk_index;
 pub mod chunking;
 mod client;
 pub mod crdt;
@@ -34,11 +35,11 @@ mod text_serde;
 
 pub use cairn_proto as proto;
 pub use client::{
-    AuditReport, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS, DeviceSync, Enrolled,
-    ExportFailure, ExportReport, Exported, FileInfo, Finding, GetReport, InitOptions, Listing,
-    MetadataReport, Offline, Output, PutReport, RelayAdded, RelayAudit, RelayCheck, RelaySync,
-    RemoveReport, RepairReport, Restored, Revoked, RevokedDevice, RotateReport, Rotated,
-    SyncReport, Transfer, TransferCheck,
+    AuditReport, ByteRange, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS,
+    DeviceSync, Enrolled, ExportFailure, ExportReport, Exported, FileInfo, Finding, GetReport,
+    InitOptions, Listing, MetadataReport, Offline, Output, PutReport, RangeSpec, RelayAdded,
+    RelayAudit, RelayCheck, RelaySync, RemoveReport, RepairReport, Restored, Revoked,
+    RevokedDevice, RotateReport, Rotated, SyncReport, Transfer, TransferCheck,
 };
 pub use error::{Error, RelayError, Result};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};

@@ -68,6 +68,9 @@ pub enum OpenError {
     /// Reading or writing failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The caller refused the data's length (a range outside it).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Seals all of `input` to `recipient`, writing the sealed bytes to `out`.
@@ -259,6 +262,19 @@ fn data_len(
 pub fn open_stream(
     input: impl Read + Seek,
     keys: &[X25519Secret],
+    out: impl Write,
+) -> Result<u64, OpenError> {
+    open_part(input, keys, |len| Ok((0, len)), out)
+}
+
+/// Opens part of a sealed blob read from `input`: `pick`, given the data's
+/// length, names bytes `start..end` of it (or refuses, with why), and only
+/// those are decrypted (age's chunks before `start` are skipped, not read)
+/// and written to `out`. Returns the data's length.
+pub fn open_part(
+    input: impl Read + Seek,
+    keys: &[X25519Secret],
+    pick: impl FnOnce(u64) -> Result<(u64, u64), String>,
     mut out: impl Write,
 ) -> Result<u64, OpenError> {
     let mut reader = decrypting(input, keys)?;
@@ -270,9 +286,12 @@ pub fn open_stream(
         reader.seek(SeekFrom::Start(at))?;
         reader.read_exact(trailer)
     })?;
-    reader.seek(SeekFrom::Start(0)).map_err(malformed)?;
-    let copied = io::copy(&mut reader.take(data_len), &mut out)?;
-    if copied != data_len {
+    let (start, end) = pick(data_len).map_err(OpenError::Refused)?;
+    let end = end.min(data_len);
+    let start = start.min(end);
+    reader.seek(SeekFrom::Start(start)).map_err(malformed)?;
+    let copied = io::copy(&mut reader.take(end - start), &mut out)?;
+    if copied != end - start {
         return Err(OpenError::Malformed("ended early".into()));
     }
     out.flush()?;
@@ -309,14 +328,18 @@ pub fn open_to_file(
 /// [`seal_stream`] for small in-memory values (operations, snapshots), on
 /// the calling thread.
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
-    let out = Vec::with_capacity(data.len() + 256);
+    // The padded plaintext, age's 16-byte tag per 64 KiB and its header:
+    // sized once, so that a chunk is never copied into a doubled buffer.
+    let padded = usize::try_from(padded_len(data.len() as u64)).unwrap_or(usize::MAX);
+    let out = Vec::with_capacity(padded.saturating_add(padded / 4096 + 1024));
     let (_, out) = seal_into(data, recipient, out, &mut |_| {})?;
     Ok((BlobId::of(&out), out))
 }
 
 /// [`open_stream`] for small in-memory values.
 pub fn open_bytes(sealed: &[u8], keys: &[X25519Secret]) -> Result<Vec<u8>, OpenError> {
-    let mut out = Vec::new();
+    // The data is shorter than what seals it: one allocation holds it.
+    let mut out = Vec::with_capacity(sealed.len());
     open_stream(io::Cursor::new(sealed), keys, &mut out)?;
     Ok(out)
 }

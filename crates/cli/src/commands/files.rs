@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use cairn_client::{Client, Output, Progress};
+use cairn_client::{Client, Output, Progress, RangeSpec};
 use serde_json::json;
 
 use crate::output::{bytes, count, duration, emit, note, unix_now, warn};
@@ -58,12 +58,22 @@ pub(super) async fn put(
         reports
             .iter()
             .map(|report| {
+                let chunks = match (report.chunks, report.reused) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(" in {}", count(n as u64, "chunk", "chunks")),
+                    (n, reused) => format!(
+                        " in {}, {} of them already stored ({} sent in all)",
+                        count(n as u64, "chunk", "chunks"),
+                        reused,
+                        bytes(report.sent)
+                    ),
+                };
                 format!(
-                    "stored {} ({}) as {} on {} relay(s):\n  {}",
+                    "stored {} ({}){chunks} as {} on {}:\n  {}",
                     report.name,
                     bytes(report.size),
                     report.blob,
-                    report.copies.len(),
+                    count(report.copies.len() as u64, "relay", "relays"),
                     report.copies.join("\n  ")
                 )
             })
@@ -89,6 +99,7 @@ pub(super) async fn get(
     json: bool,
     what: String,
     output: Option<PathBuf>,
+    range: Option<RangeSpec>,
 ) -> anyhow::Result<ExitCode> {
     if json && output.is_none() {
         bail!("--json needs -o FILE: standard output is for the JSON report");
@@ -98,7 +109,7 @@ pub(super) async fn get(
         Some(path) => Output::File(path.clone()),
         None => Output::Stdout,
     };
-    let report = client.get(&what, target, progress).await?;
+    let report = client.get_range(&what, target, range, progress).await?;
     for skipped in &report.skipped {
         note(json, &format!("skipped {skipped}"));
     }

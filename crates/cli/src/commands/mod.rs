@@ -73,9 +73,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Put { files: paths, name } => {
             with_client(global, |client| files::put(client, json, paths, name))
         }
-        Command::Get { what, output } => {
-            with_client(global, |client| files::get(client, json, what, output))
-        }
+        Command::Get {
+            what,
+            output,
+            range,
+        } => with_client(global, |client| {
+            files::get(client, json, what, output, range)
+        }),
         Command::Ls => with_client(global, |client| files::ls(client, json)),
         Command::Export { dir } => with_client(global, |client| files::export(client, json, dir)),
         Command::Mv { from, to } => with_client(global, |client| files::mv(client, json, from, to)),

@@ -27,8 +27,8 @@ pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};
 pub use rotate::RotateReport;
 pub use storage::{
-    ExportFailure, ExportReport, Exported, FileInfo, GetReport, Listing, Offline, Output,
-    PutReport, RemoveReport, Transfer,
+    ByteRange, ExportFailure, ExportReport, Exported, FileInfo, GetReport, Listing, Offline,
+    Output, PutReport, RangeSpec, RemoveReport, Transfer,
 };
 pub use sync::{DeviceSync, Finding, RelaySync, RevokedDevice, SyncReport};
 

@@ -189,19 +189,37 @@ impl Table {
         &'a self,
         entry: &'a FileEntry,
     ) -> impl Iterator<Item = (&'a Copy, Option<&'a Place>)> + 'a {
+        self.located_blob(entry, &entry.blob)
+    }
+
+    /// The copies of `blob`, one of `entry`'s blobs, each with where it
+    /// went when it was transferred. Relays transfer blobs one by one, so
+    /// a chunk of a file can have moved where its manifest did not.
+    pub fn located_blob<'a>(
+        &'a self,
+        entry: &'a FileEntry,
+        blob: &'a BlobId,
+    ) -> impl Iterator<Item = (&'a Copy, Option<&'a Place>)> + 'a {
         entry
             .copies
             .iter()
-            .map(|copy| (copy, self.moved_to(&entry.blob, &copy.relay)))
+            .map(move |copy| (copy, self.moved_to(blob, &copy.relay)))
     }
 
     /// Where `entry`'s copies are now, each relay once: where each was
     /// stored, or where a transfer or a repair moved it. Two copies can end
     /// on one relay (a peer transfers its copy to a relay that had one; a
     /// rotation leaves for a relay that had one), which holds the blob once.
+    /// For a chunked file these are the places of its manifest.
     pub fn places(&self, entry: &FileEntry) -> Vec<Place> {
+        self.places_of(entry, &entry.blob)
+    }
+
+    /// Where the copies of `blob`, one of `entry`'s blobs, are now, each
+    /// relay once.
+    pub fn places_of(&self, entry: &FileEntry, blob: &BlobId) -> Vec<Place> {
         let mut places: Vec<Place> = Vec::with_capacity(entry.copies.len());
-        for (copy, moved) in self.located(entry) {
+        for (copy, moved) in self.located_blob(entry, blob) {
             let place = moved.cloned().unwrap_or_else(|| Place {
                 url: copy.url.clone(),
                 relay: copy.relay,
@@ -247,7 +265,7 @@ impl Table {
 
     /// Blob ids the table references.
     pub fn referenced(&self) -> std::collections::BTreeSet<BlobId> {
-        self.files().map(|(_, e)| e.blob).collect()
+        self.files().flat_map(|(_, e)| e.blobs().copied()).collect()
     }
 
     /// The copies stored, and not moved since, by an upload sealed to vault
@@ -260,9 +278,11 @@ impl Table {
         self.files()
             .filter(|(_, entry)| entry.generation == generation)
             .flat_map(|(_, entry)| {
-                self.located(entry)
-                    .filter(|(_, moved)| moved.is_none())
-                    .map(|(copy, _)| (entry.blob, copy.relay))
+                entry.blobs().flat_map(move |blob| {
+                    self.located_blob(entry, blob)
+                        .filter(|(_, moved)| moved.is_none())
+                        .map(move |(copy, _)| (*blob, copy.relay))
+                })
             })
             .collect()
     }
@@ -272,8 +292,10 @@ impl Table {
     pub fn copy_locations(&self) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
         self.files()
             .flat_map(|(_, entry)| {
-                self.located(entry).map(|(copy, moved)| {
-                    (entry.blob, moved.map_or(copy.relay, |place| place.relay))
+                entry.blobs().flat_map(move |blob| {
+                    self.located_blob(entry, blob).map(move |(copy, moved)| {
+                        (*blob, moved.map_or(copy.relay, |place| place.relay))
+                    })
                 })
             })
             .collect()
@@ -370,6 +392,7 @@ mod tests {
         let key = SigningKey::from_seed(&[tag; 32]).verifying_key();
         FileEntry {
             blob: BlobId::of(&[tag]),
+            chunks: Vec::new(),
             size: u64::from(tag),
             sealed_size: 200,
             generation: 1,

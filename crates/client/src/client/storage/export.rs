@@ -95,6 +95,7 @@ impl Client {
                     entry.blob,
                     Some(&entry),
                     target,
+                    None,
                     progress.clone(),
                 )
                 .await

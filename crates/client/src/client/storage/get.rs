@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 
 use cairn_proto::BlobId;
 
-use super::{GetReport, INFO_TIMEOUT, Output, Transfer};
+use super::{ByteRange, GetReport, INFO_TIMEOUT, Output, RangeSpec, Transfer};
 
 use crate::client::Client;
 use crate::crdt::Change;
@@ -30,6 +30,19 @@ impl Client {
         &mut self,
         what: &str,
         output: Output,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GetReport> {
+        self.get_range(what, output, None, progress).await
+    }
+
+    /// [`Client::get`] of only the bytes `range` asks for (all of them
+    /// when `None`). A chunked file's range costs only the chunks it
+    /// meets.
+    pub async fn get_range(
+        &mut self,
+        what: &str,
+        output: Output,
+        range: Option<RangeSpec>,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
         let mut state = match self.synced().await {
@@ -52,7 +65,7 @@ impl Client {
                 Err(_) => return Err(Error::NoSuchName(what.to_owned())),
             },
         };
-        self.fetch_resolved(&mut state, id, entry.as_ref(), output, progress)
+        self.fetch_resolved(&mut state, id, entry.as_ref(), output, range, progress)
             .await
     }
 
@@ -64,6 +77,7 @@ impl Client {
         id: BlobId,
         entry: Option<&FileEntry>,
         output: Output,
+        range: Option<RangeSpec>,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
         let table = Self::table_of(state);
@@ -84,50 +98,71 @@ impl Client {
 
         let (order, mut skipped) = self.fastest_holders(&id, &places, &peers).await;
         let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
+        if let Some(entry) = entry.filter(|e| e.is_chunked()) {
+            let relays: Vec<RelayClient> = order.iter().map(|h| h.relay.clone()).collect();
+            let opened = self
+                .open_manifest(entry, &relays, &keys, &mut skipped)
+                .await?;
+            let whole = ByteRange::whole(opened.manifest.size());
+            let bytes = match range {
+                Some(spec) => spec.within(whole.end)?,
+                None => whole,
+            };
+            progress.begin("downloading", bytes.len());
+            let started = Instant::now();
+            let assembled = self
+                .assemble(&opened.manifest, bytes, &relays, &keys, &output, &progress)
+                .await;
+            progress.end();
+            let (size, chunks) = assembled?;
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let relay = &opened.relay;
+            self.record_scores(|s| s.success(relay.key(), relay.url(), took));
+            let (moved, warnings) = self.record_transfers(state, &id, &places, &order).await;
+            return Ok(GetReport {
+                blob: id,
+                size,
+                relay: relay.url().to_owned(),
+                skipped,
+                moved,
+                warnings,
+                chunks,
+                range: range.map(|_| bytes),
+            });
+        }
         for holder in &order {
             let relay = &holder.relay;
             progress.begin("downloading", holder.size);
             let started = Instant::now();
-            let attempt = match &output {
-                Output::File(path) => self.fetch_to_file(relay, &id, &keys, path, &progress).await,
-                Output::Stdout => self.fetch_to_stdout(relay, &id, &keys, &progress).await,
+            let attempt = match (&output, range) {
+                (Output::File(path), None) => {
+                    self.fetch_to_file(relay, &id, &keys, path, &progress).await
+                }
+                (output, range) => {
+                    self.fetch_then_open(relay, &id, &keys, output, range, &progress)
+                        .await
+                }
             };
             progress.end();
             match attempt {
-                Ok(size) => {
+                Ok((size, written)) => {
                     let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                     self.record_scores(|s| s.success(relay.key(), relay.url(), took));
                     let (moved, warnings) =
                         self.record_transfers(state, &id, &places, &order).await;
                     return Ok(GetReport {
                         blob: id,
-                        size,
+                        size: written.map_or(size, |w| w.len()),
                         relay: relay.url().to_owned(),
                         skipped,
                         moved,
                         warnings,
+                        chunks: 0,
+                        range: written,
                     });
                 }
                 Err(Attempt::Relay(err)) => {
-                    // Wrong bytes and a refused redirect are misbehaviour;
-                    // anything else is being down.
-                    self.record_scores(|s| match &err {
-                        RelayError::RedirectRefused(_) => s.misbehaved(
-                            relay.key(),
-                            relay.url(),
-                            Misbehaviour::BadRedirect,
-                            unix_now(),
-                            err.to_string(),
-                        ),
-                        RelayError::WrongBytes(_) => s.misbehaved(
-                            relay.key(),
-                            relay.url(),
-                            Misbehaviour::Corrupt,
-                            unix_now(),
-                            format!("served blob {id} with wrong bytes"),
-                        ),
-                        _ => s.unavailable(relay.key(), relay.url()),
-                    });
+                    self.note_failed_fetch(relay, &id, &err);
                     skipped.push(format!("{}: {err}", relay.url()));
                 }
                 // The bytes were the right ones: no other relay can do better.
@@ -225,7 +260,7 @@ impl Client {
         keys: &[crate::keys::X25519Secret],
         path: &Path,
         progress: &Arc<dyn Progress>,
-    ) -> Result<u64, Attempt> {
+    ) -> Result<(u64, Option<ByteRange>), Attempt> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
             _ => Path::new("."),
@@ -277,18 +312,22 @@ impl Client {
                 source: err.error,
             })
         })?;
-        Ok(size)
+        Ok((size, None))
     }
 
     /// Downloads to a private temp file, then (bytes verified) opens it
-    /// onto standard output: nothing unverified is ever written there.
-    async fn fetch_to_stdout(
+    /// onto `output`: nothing unverified is ever written there. With a
+    /// range, only its bytes are written. Returns the file's size and the
+    /// bytes written, when a range was asked for.
+    async fn fetch_then_open(
         &self,
         relay: &RelayClient,
         id: &BlobId,
         keys: &[crate::keys::X25519Secret],
+        output: &Output,
+        range: Option<RangeSpec>,
         progress: &Arc<dyn Progress>,
-    ) -> Result<u64, Attempt> {
+    ) -> Result<(u64, Option<ByteRange>), Attempt> {
         let temp = self.home.temp_file().map_err(Attempt::Fatal)?;
         let file = temp
             .reopen()
@@ -320,18 +359,55 @@ impl Client {
             .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
         let keys = keys.to_vec();
         let id = *id;
-        tokio::task::spawn_blocking(move || {
-            let stdout = std::io::stdout().lock();
-            seal::open_stream(input, &keys, std::io::BufWriter::new(stdout)).map_err(|err| {
-                Error::Unsealable {
+        let destination = match output {
+            Output::File(path) => Some(super::assemble::temp_beside(path).map_err(Attempt::Fatal)?),
+            Output::Stdout => None,
+        };
+        let (size, written, destination) = tokio::task::spawn_blocking(move || {
+            let mut window = None;
+            let pick = |size: u64| {
+                let chosen = match range {
+                    Some(spec) => spec.within(size).map_err(|err| err.to_string())?,
+                    None => ByteRange::whole(size),
+                };
+                window = Some(chosen);
+                Ok((chosen.start, chosen.end))
+            };
+            let opened = match &destination {
+                Some(temp) => {
+                    seal::open_part(input, &keys, pick, std::io::BufWriter::new(temp.as_file()))
+                }
+                None => seal::open_part(
+                    input,
+                    &keys,
+                    pick,
+                    std::io::BufWriter::new(std::io::stdout().lock()),
+                ),
+            };
+            let size = opened.map_err(|err| match err {
+                seal::OpenError::Refused(why) => Error::Invalid(why),
+                err => Error::Unsealable {
                     id,
                     reason: err.to_string(),
-                }
-            })
+                },
+            })?;
+            Ok::<_, Error>((size, range.and(window), destination))
         })
         .await
         .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?
-        .map_err(Attempt::Fatal)
+        .map_err(Attempt::Fatal)?;
+        if let (Some(temp), Output::File(path)) = (destination, output) {
+            temp.as_file()
+                .sync_all()
+                .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
+            temp.persist(path).map_err(|err| {
+                Attempt::Fatal(Error::Io {
+                    path: path.clone(),
+                    source: err.error,
+                })
+            })?;
+        }
+        Ok((size, written))
     }
 
     /// Relays holding `id`, fastest to answer first (relays among `places`,

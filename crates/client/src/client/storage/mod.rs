@@ -1,9 +1,13 @@
 //! Storing and fetching files: `put` (`put`), `get` (`get`), `export`
 //! (`export`), and here `ls`, `rm` and `mv`.
 
+mod assemble;
+mod chunked;
 mod export;
 mod get;
+mod pieces;
 mod put;
+mod range;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use serde::Serialize;
 use cairn_proto::{BlobId, VerifyingKey};
 
 pub use self::export::{ExportFailure, ExportReport, Exported};
+pub use self::range::{ByteRange, RangeSpec};
 use super::Client;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
@@ -41,6 +46,13 @@ pub struct PutReport {
     pub size: u64,
     /// Bytes stored per copy.
     pub sealed_size: u64,
+    /// Chunks the file was stored as (0: one blob; PROTOCOL.md §10.8).
+    pub chunks: usize,
+    /// Chunks already stored (by an earlier put, this one interrupted, or
+    /// another file) and claimed rather than sent again.
+    pub reused: usize,
+    /// Bytes sent to relays, all of them together.
+    pub sent: u64,
     /// Relays holding an acknowledged copy.
     pub copies: Vec<String>,
     /// The blob the name pointed at before, if it was replaced.
@@ -70,6 +82,11 @@ pub struct GetReport {
     /// Problems that did not stop the download (a new placement that could
     /// not be recorded).
     pub warnings: Vec<String>,
+    /// Chunks fetched (0 for a file stored as one blob).
+    pub chunks: usize,
+    /// The bytes written, when only part of the file was asked for: the
+    /// first, and the one after the last.
+    pub range: Option<ByteRange>,
 }
 
 /// A copy one relay transferred to another (PROTOCOL.md §7.3): the

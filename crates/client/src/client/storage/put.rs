@@ -4,12 +4,17 @@ use std::cmp::Reverse;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::join_all;
 
-use cairn_proto::{ErrorCode, RelayInfo, Verified};
+use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified};
 
+use super::chunked::{Target, copy_blobs, seal_on_worker};
+use super::pieces::{self, Piece};
 use super::{INFO_TIMEOUT, PutReport};
 
+use crate::chunk_index::ChunkIndex;
+use crate::chunking::Chunker;
 use crate::client::Client;
 use crate::crdt::Change;
 use crate::error::{Error, RelayError, Result, io_at};
@@ -17,7 +22,30 @@ use crate::files::{Copy, FileEntry, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
 use crate::scores::Misbehaviour;
-use crate::seal;
+
+/// Pieces read ahead of sealing: with [`super::chunked`]'s chunks in flight,
+/// what bounds the memory a put holds.
+const READ_AHEAD: usize = 1;
+
+/// A file's blobs, stored.
+struct Stored {
+    /// The sealed blob, or the sealed manifest.
+    blob: BlobId,
+    /// A chunked file's chunk blobs, each once.
+    chunks: Vec<BlobId>,
+    /// Chunks the manifest lists (0 for a one-blob file).
+    count: usize,
+    size: u64,
+    sealed_size: u64,
+    /// Bytes sent to relays, all together.
+    sent: u64,
+    /// Chunks claimed rather than sent.
+    reused: usize,
+    /// Relays holding every blob.
+    holders: Vec<RelayClient>,
+    /// Relays that failed, with what they said.
+    failures: Vec<String>,
+}
 
 impl Client {
     /// Seals the file at `source` and stores it under `name` on
@@ -105,32 +133,22 @@ impl Client {
     ) -> Result<PutReport> {
         self.require_active()?;
         let vault = self.current_vault()?;
-
-        let temp = self.home.temp_file()?;
-        let sealed = {
-            let out = temp.reopen().map_err(io_at(temp.path()))?;
-            let recipient = vault.secret.public();
-            let progress = progress.clone();
-            progress.begin("sealing", size_hint);
-            let path = temp.path().to_path_buf();
-            let sealed = tokio::task::spawn_blocking(move || {
-                let mut done = 0;
-                let result = seal::seal_stream(input, &recipient, out, &mut |n| {
-                    progress.advance(n - done);
-                    done = n;
-                });
-                progress.end();
-                result.map_err(io_at(path))
-            })
+        let mut pieces = pieces::read(
+            input,
+            Chunker::new(&vault.chunking_key()),
+            vault.chunk_id_key(),
+            READ_AHEAD,
+        );
+        let first = pieces
+            .recv()
             .await
-            .map_err(|err| Error::Invalid(format!("sealing stopped: {err}")))??;
-            // No fsync: the temp file only stages the upload, and the relays
-            // make their copies durable before acknowledging them.
-            sealed
-        };
+            .ok_or_else(|| Error::Invalid("reading stopped before the first byte".into()))?
+            .map_err(|err| Error::Invalid(format!("reading failed: {err}")))?;
 
-        let (candidates, mut warnings) = self.candidates(sealed.size).await;
         let wanted = self.replicas().min(self.relays.entries().len());
+        let (candidates, mut warnings) = self
+            .candidates(size_hint.max(first.plain.len() as u64))
+            .await;
         if wanted < self.replicas() {
             warnings.push(format!(
                 "your relay set has {} relay(s), fewer than the {} copies wanted: redundancy is \
@@ -139,47 +157,64 @@ impl Client {
                 self.replicas()
             ));
         }
-        progress.begin("uploading", sealed.size * wanted as u64);
-        let (stored, failures) = self
-            .upload_copies(&candidates, wanted, &sealed, temp.path(), &progress)
-            .await;
-        progress.end();
-        if stored.len() < wanted {
-            // Leave no orphans: remove the copies this upload created.
-            let ours: Vec<_> = stored
-                .iter()
-                .filter(|(_, new)| *new)
-                .map(|(r, _)| r.clone())
-                .collect();
-            self.delete_own_everywhere(&ours, &sealed.id).await;
-            let mut all = warnings;
-            all.extend(failures);
-            return Err(Error::NotEnoughCopies {
-                stored: stored.len(),
+        let stored = if first.whole {
+            self.store_whole(first, &candidates, wanted, &progress)
+                .await
+        } else {
+            self.store_chunks(
+                state,
+                first,
+                pieces,
+                &candidates,
                 wanted,
-                failures: if all.is_empty() {
-                    "not enough relays have room for it".into()
-                } else {
-                    all.join("; ")
-                },
-            });
-        }
+                size_hint,
+                &progress,
+            )
+            .await
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(err) => {
+                return Err(match (err, warnings.is_empty()) {
+                    (
+                        Error::NotEnoughCopies {
+                            stored,
+                            wanted,
+                            failures,
+                        },
+                        false,
+                    ) => {
+                        let mut all = warnings;
+                        all.push(failures);
+                        Error::NotEnoughCopies {
+                            stored,
+                            wanted,
+                            failures: all.join("; "),
+                        }
+                    }
+                    (err, _) => err,
+                });
+            }
+        };
         warnings.extend(
-            failures
-                .into_iter()
+            stored
+                .failures
+                .iter()
                 .map(|f| format!("replaced a failing relay: {f}")),
         );
 
         let me = self.device_key();
         let entry = FileEntry {
-            blob: sealed.id,
-            size: sealed.data_len,
-            sealed_size: sealed.size,
+            blob: stored.blob,
+            chunks: stored.chunks.clone(),
+            size: stored.size,
+            sealed_size: stored.sealed_size,
             generation: vault.generation,
             stored_at: unix_now(),
             copies: stored
+                .holders
                 .iter()
-                .map(|(relay, _)| Copy {
+                .map(|relay| Copy {
                     url: relay.url().to_owned(),
                     relay: *relay.key(),
                     owner: me,
@@ -187,7 +222,9 @@ impl Client {
                 .collect(),
         };
         let replaced = Self::table_of(state).get(name).cloned();
-        Self::record_owned(state, &sealed.id, stored.iter().map(|(r, _)| *r.key()));
+        for blob in entry.blobs() {
+            Self::record_owned(state, blob, stored.holders.iter().map(|r| *r.key()));
+        }
         let change = Change::Put {
             name: name.to_owned(),
             entry: entry.clone(),
@@ -199,19 +236,176 @@ impl Client {
                     .map(|f| format!("file list not updated on {f}")),
             ),
             Err(err) => {
-                let relays: Vec<_> = stored.iter().map(|(r, _)| r.clone()).collect();
-                self.delete_own_everywhere(&relays, &sealed.id).await;
+                // A one-blob file's copies go; a chunked file's chunks stay
+                // for the put run again (only its manifest goes).
+                self.delete_own_everywhere(&stored.holders, &stored.blob)
+                    .await;
                 return Err(err);
             }
         }
         Ok(PutReport {
             name: name.to_owned(),
-            blob: sealed.id,
-            size: sealed.data_len,
-            sealed_size: sealed.size,
+            blob: stored.blob,
+            size: stored.size,
+            sealed_size: stored.sealed_size,
+            chunks: stored.count,
+            reused: stored.reused,
+            sent: stored.sent,
             copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
             replaced: replaced.map(|old| old.blob.to_string()),
             warnings,
+        })
+    }
+
+    /// Stores a file that is one piece as one sealed blob on `wanted` of
+    /// `candidates`, replacing each failing relay with the next.
+    async fn store_whole(
+        &self,
+        piece: Piece,
+        candidates: &[(RelayClient, Verified<RelayInfo>)],
+        wanted: usize,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<Stored> {
+        let size = piece.plain.len() as u64;
+        let (id, sealed) =
+            seal_on_worker(piece.plain, self.current_vault()?.secret.public()).await?;
+        progress.begin("uploading", sealed.len() as u64 * wanted as u64);
+        let (stored, failures) = self
+            .upload_copies(candidates, wanted, &id, &sealed, progress)
+            .await;
+        progress.end();
+        if stored.len() < wanted {
+            // Leave no orphans: remove the copies this upload created.
+            let ours: Vec<_> = stored
+                .iter()
+                .filter(|(_, new)| *new)
+                .map(|(r, _)| r.clone())
+                .collect();
+            self.delete_own_everywhere(&ours, &id).await;
+            return Err(Error::NotEnoughCopies {
+                stored: stored.len(),
+                wanted,
+                failures: if failures.is_empty() {
+                    "not enough relays have room for it".into()
+                } else {
+                    failures.join("; ")
+                },
+            });
+        }
+        Ok(Stored {
+            blob: id,
+            chunks: Vec::new(),
+            count: 0,
+            size,
+            sealed_size: sealed.len() as u64,
+            sent: sealed.len() as u64 * stored.len() as u64,
+            reused: 0,
+            holders: stored.into_iter().map(|(relay, _)| relay).collect(),
+            failures,
+        })
+    }
+
+    /// Stores a file of several pieces as chunks and a manifest on the
+    /// first `wanted` of `candidates`; a relay that fails part-way is
+    /// replaced by the next candidate, which gets copies of the blobs from
+    /// one that holds them all.
+    #[allow(clippy::too_many_arguments)] // one call site, each argument distinct
+    async fn store_chunks(
+        &self,
+        state: &crate::client::sync::SyncState,
+        first: Piece,
+        rest: tokio::sync::mpsc::Receiver<std::io::Result<Piece>>,
+        candidates: &[(RelayClient, Verified<RelayInfo>)],
+        wanted: usize,
+        size_hint: u64,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<Stored> {
+        let vault = self.current_vault()?;
+        let target = |(relay, info): &(RelayClient, Verified<RelayInfo>)| -> Result<Target> {
+            Ok(Target {
+                relay: relay.clone(),
+                key: self.owner_key(relay.key())?,
+                pow_bits: info.limits.pow_bits,
+            })
+        };
+        let split = wanted.min(candidates.len());
+        let targets = candidates[..split]
+            .iter()
+            .map(target)
+            .collect::<Result<Vec<_>>>()?;
+        if targets.is_empty() {
+            return Err(Error::NotEnoughCopies {
+                stored: 0,
+                wanted,
+                failures: "not enough relays have room for it".into(),
+            });
+        }
+        let mut index = ChunkIndex::open(&self.home.chunk_index(), vault.generation)?;
+        self.learn_manifests(Self::table_of(state), &vault, &mut index)
+            .await;
+        let index = std::sync::Mutex::new(index);
+
+        progress.begin("storing", size_hint);
+        let upload = self
+            .upload_chunked(
+                first,
+                rest,
+                &targets,
+                &index,
+                vault.secret.public(),
+                progress,
+            )
+            .await;
+        progress.end();
+        let mut upload = upload?;
+
+        let mut holders: Vec<RelayClient> = upload
+            .holders
+            .iter()
+            .map(|&t| targets[t].relay.clone())
+            .collect();
+        let blobs: Vec<BlobId> = std::iter::once(upload.manifest)
+            .chain(upload.chunks.iter().copied())
+            .collect();
+        for spare in &candidates[split..] {
+            if holders.len() >= wanted {
+                break;
+            }
+            let Some(source) = holders.first().cloned() else {
+                break;
+            };
+            let spare = target(spare)?;
+            match copy_blobs(&source, &spare, &blobs).await {
+                Ok(sent) => {
+                    upload.sent += sent;
+                    holders.push(spare.relay);
+                }
+                Err(err) => upload
+                    .failures
+                    .push(format!("{}: {err}", spare.relay.url())),
+            }
+        }
+        if holders.len() < wanted {
+            return Err(Error::Interrupted {
+                chunks: upload.count,
+                bytes: upload.size,
+                why: Box::new(Error::NotEnoughCopies {
+                    stored: holders.len(),
+                    wanted,
+                    failures: upload.failures.join("; "),
+                }),
+            });
+        }
+        Ok(Stored {
+            blob: upload.manifest,
+            chunks: upload.chunks,
+            count: upload.count,
+            size: upload.size,
+            sealed_size: upload.sealed_size,
+            sent: upload.sent,
+            reused: upload.reused,
+            holders,
+            failures: upload.failures,
         })
     }
 
@@ -268,8 +462,8 @@ impl Client {
         &self,
         candidates: &[(RelayClient, Verified<RelayInfo>)],
         wanted: usize,
-        sealed: &seal::Sealed,
-        path: &Path,
+        id: &BlobId,
+        sealed: &Bytes,
         progress: &Arc<dyn Progress>,
     ) -> (Vec<(RelayClient, bool)>, Vec<String>) {
         let mut stored = Vec::new();
@@ -284,16 +478,11 @@ impl Client {
                 async move {
                     let key =
                         key.map_err(|err| crate::error::RelayError::Protocol(err.to_string()))?;
-                    relay
-                        .put_file(
-                            &sealed.id,
-                            path,
-                            sealed.size,
-                            &key,
-                            info.limits.pow_bits,
-                            move |n| progress.advance(n),
-                        )
-                        .await
+                    let stored = relay
+                        .put_bytes(id, sealed.clone(), &key, info.limits.pow_bits)
+                        .await;
+                    progress.advance(sealed.len() as u64);
+                    stored
                 }
             }))
             .await;
@@ -301,7 +490,7 @@ impl Client {
                 match result {
                     Ok(new) => stored.push((relay.clone(), new)),
                     Err(err) => {
-                        self.check_refusal(relay, &err, sealed.size).await;
+                        self.check_refusal(relay, &err, sealed.len() as u64).await;
                         failures.push(format!("{}: {err}", relay.url()));
                     }
                 }
