@@ -260,7 +260,7 @@ impl Device {
     }
 
     /// `cairn --home HOME ARGS...` with this device's environment.
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("--home")

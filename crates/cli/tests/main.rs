@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod audit;
+mod chunks;
 mod common;
 mod demo;
 mod devices;

@@ -46,6 +46,13 @@ impl FileEntry {
         !self.chunks.is_empty()
     }
 
+    /// The sealed size of `blob`, one of the entry's blobs, when the entry
+    /// records it: a one-blob file's (a chunked file records only the
+    /// total of its blobs).
+    pub fn sealed_size_of(&self, blob: &BlobId) -> Option<u64> {
+        (!self.is_chunked() && *blob == self.blob).then_some(self.sealed_size)
+    }
+
     /// Every blob a copy of the file holds: the blob or manifest first,
     /// then the chunks.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobId> {

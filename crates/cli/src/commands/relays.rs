@@ -152,7 +152,10 @@ fn copies_text(copies: &cairn_client::CopiesCheck) -> String {
     if copies.listed == 0 {
         return String::new();
     }
-    let mut text = format!("\n      copies of {} file(s) made here", copies.listed);
+    let mut text = format!(
+        "\n      {} made here",
+        count(copies.listed as u64, "blob copy", "blob copies")
+    );
     if copies.probed > 0 {
         text.push_str(&format!(
             "; {} newest asked about: {} held, {} transferred, {} missing",

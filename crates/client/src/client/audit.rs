@@ -14,6 +14,7 @@ use cairn_proto::audit::ChunkRequest;
 
 use super::Client;
 use crate::error::{Error, Result};
+use crate::files::FileEntry;
 use crate::relay::{AuditOutcome, RelayClient};
 use crate::scores::{Misbehaviour, Scores};
 
@@ -65,12 +66,14 @@ pub struct RelayAudit {
     pub problems: Vec<String>,
 }
 
-/// A file whose copies are audited.
+/// A blob of a file whose copies are audited.
 struct Audited {
+    /// The file, and for a chunked file which of its blobs.
     name: String,
     blob: BlobId,
-    /// The sealed blob's size, as the file table records it.
-    size: u64,
+    /// The sealed blob's size, when the file table records it (a one-blob
+    /// file); otherwise each relay's HEAD answer gives it.
+    size: Option<u64>,
     /// (URL, key) of each relay holding a copy now.
     copies: Vec<(String, cairn_proto::VerifyingKey)>,
 }
@@ -82,39 +85,49 @@ impl Client {
         let started = Instant::now();
         let state = self.synced().await?;
         let table = Self::table_of(&state);
-        let mut files: Vec<Audited> = table
-            .files()
-            .map(|(name, entry)| Audited {
-                name: name.to_owned(),
-                blob: entry.blob,
-                size: entry.sealed_size,
-                copies: table
-                    .places(entry)
-                    .into_iter()
-                    .map(|p| (p.url, p.relay))
-                    .collect(),
-            })
-            .collect();
+        let mut files: Vec<(&str, &FileEntry)> = table.files().collect();
         if let Some(sample) = sample {
             shuffle(&mut files)?;
             files.truncate(sample);
         }
+        // Every blob of a file is audited: a chunked file's manifest and
+        // each chunk, where each is now.
+        let audited: Vec<Audited> = files
+            .iter()
+            .flat_map(|(name, entry)| {
+                entry.blobs().enumerate().map(move |(i, blob)| Audited {
+                    name: match i {
+                        0 if entry.is_chunked() => format!("{name} (manifest)"),
+                        0 => (*name).to_owned(),
+                        i => format!("{name} (chunk blob {i} of {})", entry.chunks.len()),
+                    },
+                    blob: *blob,
+                    size: entry.sealed_size_of(blob),
+                    copies: table
+                        .places_of(entry, blob)
+                        .into_iter()
+                        .map(|p| (p.url, p.relay))
+                        .collect(),
+                })
+            })
+            .collect();
         let mut jobs = Vec::new();
-        for file in &files {
+        for file in &audited {
             for (url, key) in &file.copies {
-                let request = ChunkRequest::random(file.size, chunks, random_u64)
-                    .map_err(|e| Error::Invalid(format!("{}: {e}", file.name)))?;
-                jobs.push((file.name.clone(), file.blob, url.clone(), *key, request));
+                jobs.push((file.name.clone(), file.blob, file.size, url.clone(), *key));
             }
         }
         let http = self.http.clone();
         let outcomes: Vec<_> = futures_util::stream::iter(jobs)
-            .map(|(name, blob, url, key, request)| {
+            .map(|(name, blob, size, url, key)| {
                 let relay = self.contained(RelayClient::new(http.clone(), &url, key));
                 async move {
                     let started = Instant::now();
-                    let outcome =
-                        tokio::time::timeout(AUDIT_TIMEOUT, relay.audit(&blob, &request)).await;
+                    let outcome = tokio::time::timeout(
+                        AUDIT_TIMEOUT,
+                        audit_copy(&relay, &blob, size, chunks),
+                    )
+                    .await;
                     (name, url, key, started.elapsed(), outcome)
                 }
             })
@@ -172,6 +185,27 @@ impl Client {
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
     }
+}
+
+/// Audits one copy of `blob` for `chunks` random chunks, learning its size
+/// from the relay's HEAD answer first when it is not known.
+pub(super) async fn audit_copy(
+    relay: &RelayClient,
+    blob: &BlobId,
+    size: Option<u64>,
+    chunks: usize,
+) -> std::result::Result<AuditOutcome, crate::RelayError> {
+    let size = match size {
+        Some(size) => size,
+        None => match relay.probe(blob).await? {
+            Some(held) => held.size,
+            None => return Ok(AuditOutcome::Missing),
+        },
+    };
+    Ok(match ChunkRequest::random(size, chunks, random_u64) {
+        Ok(request) => relay.audit(blob, &request).await?,
+        Err(err) => AuditOutcome::Failed(format!("cannot audit: {err}")),
+    })
 }
 
 /// What an audit outcome means for a relay's record.

@@ -73,7 +73,8 @@ pub struct RelayCheck {
 /// relay, and what became of them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CopiesCheck {
-    /// Blobs with a copy made on the relay.
+    /// Blobs with a copy made on the relay (a chunked file's manifest and
+    /// each of its chunks count one each).
     pub listed: usize,
     /// How many of them the relay was asked about (the newest, at most 32;
     /// none when the relay failed the check).
@@ -291,9 +292,12 @@ async fn check_copies(relay: &RelayClient, table: &Table, probe: bool) -> Copies
     let mut listed: BTreeMap<BlobId, (Vec<String>, u64)> = BTreeMap::new();
     for (name, entry) in table.files() {
         if entry.copies.iter().any(|c| &c.relay == relay.key()) {
-            let (names, stored) = listed.entry(entry.blob).or_default();
-            names.push(name.to_owned());
-            *stored = (*stored).max(entry.stored_at);
+            // Every blob of a chunked file has a copy there.
+            for blob in entry.blobs() {
+                let (names, stored) = listed.entry(*blob).or_default();
+                names.push(name.to_owned());
+                *stored = (*stored).max(entry.stored_at);
+            }
         }
     }
     let mut check = CopiesCheck {

@@ -18,15 +18,15 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use cairn_proto::VerifyingKey;
 use cairn_proto::audit::ChunkRequest;
+use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
-use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, random_u64, record, score_of};
+use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, audit_copy, random_u64, record, score_of};
 use super::metadata::MetadataReport;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
-use crate::files::Place;
+use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
 
 /// What a repair run did.
@@ -72,6 +72,17 @@ struct Checked {
     verdict: Verdict,
 }
 
+/// What repairing one blob of a file did.
+#[derive(Default)]
+struct BlobRepair {
+    checked: usize,
+    healthy: bool,
+    restored: Vec<Restored>,
+    short: Vec<String>,
+    unreachable: Vec<String>,
+    changes: Vec<Change>,
+}
+
 enum Verdict {
     Good,
     Bad(String),
@@ -101,105 +112,33 @@ impl Client {
         self.require_active()?;
         let mut state = self.synced().await?;
         let wanted = self.replicas().min(self.relays.entries().len());
-        let files: Vec<(String, crate::files::FileEntry, Vec<Place>)> = {
-            let table = Self::table_of(&state);
-            table
-                .files()
-                .map(|(name, entry)| (name.to_owned(), entry.clone(), table.places(entry)))
-                .collect()
-        };
+        let files: Vec<(String, FileEntry)> = Self::table_of(&state)
+            .files()
+            .map(|(name, entry)| (name.to_owned(), entry.clone()))
+            .collect();
         let mut report = RepairReport {
             files: files.len(),
             ..RepairReport::default()
         };
         let mut changes = Vec::new();
-        for (name, entry, places) in files {
-            let checked = self.check_copies(&entry, places).await;
-            report.copies_checked += checked.len();
-            // Copies on relays flagged for misbehaviour move off them too,
-            // even when they pass: those relays are not trusted to keep
-            // them. They remain sources of last resort (bytes are verified
-            // by hash on the way).
-            let (scores, now) = (self.scores(), crate::relay::unix_now());
-            let flag = |place: &Place| {
-                scores
-                    .get(&place.relay)
-                    .filter(|s| s.flagged(now))
-                    .and_then(|s| s.last_misbehaviour.as_ref())
-                    .map(|(kind, _, _)| format!("{kind:?}").to_lowercase())
-            };
-            let good: Vec<&Place> = checked
-                .iter()
-                .filter(|c| matches!(c.verdict, Verdict::Good) && flag(&c.at).is_none())
-                .map(|c| &c.at)
-                .collect();
-            let mut sources = good.clone();
-            let mut bad: Vec<(&Place, String)> = Vec::new();
-            for c in &checked {
-                match &c.verdict {
-                    Verdict::Bad(why) => bad.push((&c.at, why.clone())),
-                    Verdict::Good => {
-                        if let Some(kind) = flag(&c.at) {
-                            sources.push(&c.at);
-                            bad.push((&c.at, format!("on a relay flagged for {kind}")));
-                        }
-                    }
-                    Verdict::Unreachable(why) => {
-                        report
-                            .unreachable
-                            .push(format!("{name} on {}: {why}", c.at.url));
-                        if replace_unreachable {
-                            bad.push((&c.at, why.clone()));
-                        }
-                    }
-                }
+        for (name, entry) in files {
+            // Each blob of the file (a chunked file's manifest and every
+            // chunk) keeps its own copies: relays transfer blobs one by
+            // one, and a lost chunk is replaced alone.
+            let mut healthy = true;
+            for blob in entry.blobs() {
+                let places = Self::table_of(&state).places_of(&entry, blob);
+                let outcome = self
+                    .repair_blob(&name, &entry, blob, places, wanted, replace_unreachable)
+                    .await;
+                report.copies_checked += outcome.checked;
+                healthy &= outcome.healthy;
+                report.restored.extend(outcome.restored);
+                report.short.extend(outcome.short);
+                report.unreachable.extend(outcome.unreachable);
+                changes.extend(outcome.changes);
             }
-            if bad.is_empty() {
-                if good.len() >= wanted {
-                    report.healthy += 1;
-                } else {
-                    report.short.push(format!(
-                        "{name}: {} good copies of {wanted} wanted",
-                        good.len()
-                    ));
-                }
-                continue;
-            }
-            if sources.is_empty() {
-                report.short.push(format!(
-                    "{name}: no good copy left to repair from ({} bad)",
-                    bad.len()
-                ));
-                continue;
-            }
-            // Replace only what is needed to reach the wanted number.
-            let needed = wanted.saturating_sub(good.len()).min(bad.len());
-            let avoid: BTreeSet<VerifyingKey> = checked.iter().map(|c| c.at.relay).collect();
-            match self.copy_from_any(&entry, &sources, needed, &avoid).await {
-                Ok(new) => {
-                    for ((lost, why), to) in bad.iter().zip(&new) {
-                        changes.push(Change::Moved {
-                            blob: entry.blob,
-                            from: lost.relay,
-                            to: to.clone(),
-                        });
-                        report.restored.push(Restored {
-                            name: name.clone(),
-                            from: lost.url.clone(),
-                            why: why.clone(),
-                            to: to.url.clone(),
-                        });
-                    }
-                    if good.len() + new.len() < wanted {
-                        report.short.push(format!(
-                            "{name}: {} good copies of {wanted} wanted; no further relay of the \
-                             set could take one (add relays with `cairn relay add URL`)",
-                            good.len() + new.len()
-                        ));
-                    }
-                }
-                Err(err) => report.short.push(format!("{name}: {err}")),
-            }
+            report.healthy += usize::from(healthy);
         }
         if !changes.is_empty() {
             for change in changes {
@@ -212,25 +151,137 @@ impl Client {
         Ok(report)
     }
 
-    /// Audits each of `entry`'s copies at `places`, noting each relay's
-    /// behaviour in its record.
+    /// Audits the copies of `blob`, one of `entry`'s blobs, at `places`
+    /// and replaces the bad ones (as many as bring it to `wanted` good
+    /// copies).
+    async fn repair_blob(
+        &self,
+        name: &str,
+        entry: &FileEntry,
+        blob: &BlobId,
+        places: Vec<Place>,
+        wanted: usize,
+        replace_unreachable: bool,
+    ) -> BlobRepair {
+        // A chunk is named by its file and its place among the file's
+        // blobs; a one-blob file by its name alone.
+        let label = match entry.chunks.iter().position(|c| c == blob) {
+            Some(i) => format!("{name} (chunk blob {} of {})", i + 1, entry.chunks.len()),
+            None if entry.is_chunked() => format!("{name} (manifest)"),
+            None => name.to_owned(),
+        };
+        let mut out = BlobRepair::default();
+        // A one-blob file's size is in its entry; a chunked file's blobs'
+        // sizes are learned from the relays.
+        let size = entry.sealed_size_of(blob);
+        let checked = self.check_copies(blob, size, places).await;
+        out.checked = checked.len();
+        // Copies on relays flagged for misbehaviour move off them too,
+        // even when they pass: those relays are not trusted to keep
+        // them. They remain sources of last resort (bytes are verified
+        // by hash on the way).
+        let (scores, now) = (self.scores(), crate::relay::unix_now());
+        let flag = |place: &Place| {
+            scores
+                .get(&place.relay)
+                .filter(|s| s.flagged(now))
+                .and_then(|s| s.last_misbehaviour.as_ref())
+                .map(|(kind, _, _)| format!("{kind:?}").to_lowercase())
+        };
+        let good: Vec<&Place> = checked
+            .iter()
+            .filter(|c| matches!(c.verdict, Verdict::Good) && flag(&c.at).is_none())
+            .map(|c| &c.at)
+            .collect();
+        let mut sources = good.clone();
+        let mut bad: Vec<(&Place, String)> = Vec::new();
+        for c in &checked {
+            match &c.verdict {
+                Verdict::Bad(why) => bad.push((&c.at, why.clone())),
+                Verdict::Good => {
+                    if let Some(kind) = flag(&c.at) {
+                        sources.push(&c.at);
+                        bad.push((&c.at, format!("on a relay flagged for {kind}")));
+                    }
+                }
+                Verdict::Unreachable(why) => {
+                    out.unreachable
+                        .push(format!("{label} on {}: {why}", c.at.url));
+                    if replace_unreachable {
+                        bad.push((&c.at, why.clone()));
+                    }
+                }
+            }
+        }
+        if bad.is_empty() {
+            if good.len() >= wanted {
+                out.healthy = true;
+            } else {
+                out.short.push(format!(
+                    "{label}: {} good copies of {wanted} wanted",
+                    good.len()
+                ));
+            }
+            return out;
+        }
+        if sources.is_empty() {
+            out.short.push(format!(
+                "{label}: no good copy left to repair from ({} bad)",
+                bad.len()
+            ));
+            return out;
+        }
+        // Replace only what is needed to reach the wanted number.
+        let needed = wanted.saturating_sub(good.len()).min(bad.len());
+        let avoid: BTreeSet<VerifyingKey> = checked.iter().map(|c| c.at.relay).collect();
+        match self
+            .copy_from_any(blob, size, &sources, needed, &avoid)
+            .await
+        {
+            Ok(new) => {
+                for ((lost, why), to) in bad.iter().zip(&new) {
+                    out.changes.push(Change::Moved {
+                        blob: *blob,
+                        from: lost.relay,
+                        to: to.clone(),
+                    });
+                    out.restored.push(Restored {
+                        name: label.clone(),
+                        from: lost.url.clone(),
+                        why: why.clone(),
+                        to: to.url.clone(),
+                    });
+                }
+                if good.len() + new.len() < wanted {
+                    out.short.push(format!(
+                        "{label}: {} good copies of {wanted} wanted; no further relay of the \
+                         set could take one (add relays with `cairn relay add URL`)",
+                        good.len() + new.len()
+                    ));
+                }
+            }
+            Err(err) => out.short.push(format!("{label}: {err}")),
+        }
+        out
+    }
+
+    /// Audits the copies of `blob` (`size` bytes, when known) at `places`,
+    /// noting each relay's behaviour in its record.
     async fn check_copies(
         &self,
-        entry: &crate::files::FileEntry,
+        blob: &BlobId,
+        size: Option<u64>,
         places: Vec<Place>,
     ) -> Vec<Checked> {
         let audits = places.into_iter().map(|at| {
             let relay = self.contained(RelayClient::new(self.http.clone(), &at.url, at.relay));
             async move {
                 let started = std::time::Instant::now();
-                let outcome =
-                    match ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64) {
-                        Ok(request) => {
-                            tokio::time::timeout(AUDIT_TIMEOUT, relay.audit(&entry.blob, &request))
-                                .await
-                        }
-                        Err(err) => Ok(Ok(AuditOutcome::Failed(format!("cannot audit: {err}")))),
-                    };
+                let outcome = tokio::time::timeout(
+                    AUDIT_TIMEOUT,
+                    audit_copy(&relay, blob, size, DEFAULT_CHUNKS),
+                )
+                .await;
                 (at, started.elapsed(), outcome)
             }
         });
@@ -264,14 +315,18 @@ impl Client {
     /// delivers the ciphertext intact.
     pub(super) async fn copy_from_any(
         &self,
-        entry: &crate::files::FileEntry,
+        blob: &BlobId,
+        size: Option<u64>,
         sources: &[&Place],
         count: usize,
         avoid: &BTreeSet<VerifyingKey>,
     ) -> Result<Vec<Place>> {
         let mut last = Error::Invalid("no copy to repair from".into());
         for source in sources {
-            match self.copy_to_new_relays(entry, source, count, avoid).await {
+            match self
+                .copy_to_new_relays(blob, size, source, count, avoid)
+                .await
+            {
                 Ok(placed) => return Ok(placed),
                 Err(err) => last = err,
             }
@@ -279,13 +334,14 @@ impl Client {
         Err(last)
     }
 
-    /// Downloads `entry`'s ciphertext from `source` (verified) and uploads
+    /// Downloads `blob`'s ciphertext from `source` (verified) and uploads
     /// it to `count` relays of the set outside `avoid`, each new copy
     /// checked with an audit (a relay that acknowledges and drops fails it).
     /// Returns where it was stored.
     pub(super) async fn copy_to_new_relays(
         &self,
-        entry: &crate::files::FileEntry,
+        blob: &BlobId,
+        size: Option<u64>,
         source: &Place,
         count: usize,
         avoid: &BTreeSet<VerifyingKey>,
@@ -306,8 +362,8 @@ impl Client {
             &source.url,
             source.relay,
         ));
-        relay
-            .fetch_each(&entry.blob, |chunk| {
+        let fetched = relay
+            .fetch_each(blob, |chunk| {
                 let file = file.clone();
                 async move {
                     use tokio::io::AsyncWriteExt as _;
@@ -319,6 +375,7 @@ impl Client {
                 url: relay.url().to_owned(),
                 source,
             })?;
+        let size = size.unwrap_or(fetched);
         {
             use tokio::io::AsyncWriteExt as _;
             file.lock().await.flush().await.map_err(|e| Error::Io {
@@ -326,7 +383,7 @@ impl Client {
                 source: e,
             })?;
         }
-        let (candidates, _) = self.candidates(entry.sealed_size).await;
+        let (candidates, _) = self.candidates(size).await;
         // Never repair onto a relay that recently lied.
         let (scores, now) = (self.scores(), crate::relay::unix_now());
         let mut stored = Vec::new();
@@ -339,22 +396,14 @@ impl Client {
             }
             let key = self.owner_key(relay.key())?;
             let put = relay
-                .put_file(
-                    &entry.blob,
-                    &path,
-                    entry.sealed_size,
-                    &key,
-                    info.limits.pow_bits,
-                    |_| {},
-                )
+                .put_file(blob, &path, size, &key, info.limits.pow_bits, |_| {})
                 .await;
             if let Err(err) = put {
-                self.check_refusal(&relay, &err, entry.sealed_size).await;
+                self.check_refusal(&relay, &err, size).await;
                 continue;
             }
-            let audited = match ChunkRequest::random(entry.sealed_size, DEFAULT_CHUNKS, random_u64)
-            {
-                Ok(request) => relay.audit(&entry.blob, &request).await,
+            let audited = match ChunkRequest::random(size, DEFAULT_CHUNKS, random_u64) {
+                Ok(request) => relay.audit(blob, &request).await,
                 Err(_) => continue,
             };
             if matches!(audited, Ok(AuditOutcome::Passed { .. })) {

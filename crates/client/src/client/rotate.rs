@@ -8,13 +8,13 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use cairn_proto::VerifyingKey;
+use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
 use super::relays::RelayAdded;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
-use crate::files::Place;
+use crate::files::{FileEntry, Place};
 use crate::relay::{Deleted, RelayClient, normalize_url};
 
 /// What a rotation did.
@@ -72,12 +72,18 @@ impl Client {
             .map(|r| r.key)
             .filter(|k| *k != new.key)
             .collect();
-        let files: Vec<(String, crate::files::FileEntry, Vec<Place>)> = {
+        let on_old = |table: &crate::crdt::Table, entry: &FileEntry, blob: &BlobId| {
+            table
+                .places_of(entry, blob)
+                .into_iter()
+                .any(|p| p.relay == old.key)
+        };
+        let files: Vec<(String, FileEntry)> = {
             let table = Self::table_of(&state);
             table
                 .files()
-                .map(|(name, entry)| (name.to_owned(), entry.clone(), table.places(entry)))
-                .filter(|(_, _, places)| places.iter().any(|p| p.relay == old.key))
+                .filter(|(_, entry)| entry.blobs().any(|blob| on_old(table, entry, blob)))
+                .map(|(name, entry)| (name.to_owned(), entry.clone()))
                 .collect()
         };
         let mut report = RotateReport {
@@ -91,39 +97,53 @@ impl Client {
             warnings: Vec::new(),
         };
         let mut changes = Vec::new();
-        for (name, entry, places) in &files {
-            if let Some(there) = places.iter().find(|p| p.relay == new.key) {
-                // Already a copy there: the old one is recorded as moved onto
-                // it, so no device keeps listing (and claiming, and
-                // repairing) a copy on the relay being left.
-                changes.push(Change::Moved {
-                    blob: entry.blob,
-                    from: old.key,
-                    to: there.clone(),
-                });
-                report.moved.push(name.clone());
-                continue;
-            }
-            // Other relays' copies first: the old relay may be leaving
-            // because it misbehaves.
-            let mut sources: Vec<&Place> = places.iter().filter(|p| p.relay != old.key).collect();
-            sources.extend(places.iter().filter(|p| p.relay == old.key));
-            let placed = match self.copy_from_any(entry, &sources, 1, &avoid).await {
-                Ok(mut placed) => placed
-                    .pop()
-                    .ok_or_else(|| format!("{} refused the copy", new.url)),
-                Err(err) => Err(err.to_string()),
-            };
-            match placed {
-                Ok(place) => {
+        for (name, entry) in &files {
+            // Each blob of the file moves on its own (a chunked file's
+            // manifest and chunks); the file has moved once all have.
+            let mut failure = None;
+            for blob in entry.blobs() {
+                let places = Self::table_of(&state).places_of(entry, blob);
+                if !places.iter().any(|p| p.relay == old.key) {
+                    continue;
+                }
+                if let Some(there) = places.iter().find(|p| p.relay == new.key) {
+                    // Already a copy there: the old one is recorded as moved
+                    // onto it, so no device keeps listing (and claiming, and
+                    // repairing) a copy on the relay being left.
                     changes.push(Change::Moved {
-                        blob: entry.blob,
+                        blob: *blob,
+                        from: old.key,
+                        to: there.clone(),
+                    });
+                    continue;
+                }
+                // Other relays' copies first: the old relay may be leaving
+                // because it misbehaves.
+                let mut sources: Vec<&Place> =
+                    places.iter().filter(|p| p.relay != old.key).collect();
+                sources.extend(places.iter().filter(|p| p.relay == old.key));
+                let size = entry.sealed_size_of(blob);
+                let placed = match self.copy_from_any(blob, size, &sources, 1, &avoid).await {
+                    Ok(mut placed) => placed
+                        .pop()
+                        .ok_or_else(|| format!("{} refused the copy", new.url)),
+                    Err(err) => Err(err.to_string()),
+                };
+                match placed {
+                    Ok(place) => changes.push(Change::Moved {
+                        blob: *blob,
                         from: old.key,
                         to: place,
-                    });
-                    report.moved.push(name.clone());
+                    }),
+                    Err(why) => {
+                        failure = Some(why);
+                        break;
+                    }
                 }
-                Err(why) => report.failed.push(format!("{name}: {why}")),
+            }
+            match failure {
+                None => report.moved.push(name.clone()),
+                Some(why) => report.failed.push(format!("{name}: {why}")),
             }
         }
         for change in changes {
@@ -142,13 +162,18 @@ impl Client {
         // Everything is on the new relay: the old one can go.
         let old_relay = RelayClient::new(self.http.clone(), &old.url, old.key);
         let key = self.owner_key(&old.key)?;
-        for (_, entry, _) in &files {
+        for (_, entry) in &files {
             let ours = entry
                 .copies
                 .iter()
                 .any(|c| c.relay == old.key && self.owns_copies_of(&c.owner));
-            if ours && matches!(old_relay.delete(&entry.blob, &key).await, Ok(Deleted::Gone)) {
-                report.deleted += 1;
+            if !ours {
+                continue;
+            }
+            for blob in entry.blobs() {
+                if matches!(old_relay.delete(blob, &key).await, Ok(Deleted::Gone)) {
+                    report.deleted += 1;
+                }
             }
         }
         self.remove_relay(&old.url)?;

@@ -87,8 +87,8 @@ impl Client {
 
     /// Writes bytes `range` of the file `manifest` describes to `output`,
     /// fetching each chunk needed from `order` (chunk *i* first from relay
-    /// *i* mod *n*, then the others). Returns the bytes written and the
-    /// chunks fetched.
+    /// *i* mod *n*, then the others). Returns the bytes written, the
+    /// chunks fetched, and the relays that failed a chunk, with why.
     pub(super) async fn assemble(
         &self,
         manifest: &Manifest,
@@ -97,7 +97,7 @@ impl Client {
         keys: &[X25519Secret],
         output: &Output,
         progress: &Arc<dyn Progress>,
-    ) -> Result<(u64, usize)> {
+    ) -> Result<(u64, usize, Vec<String>)> {
         let (start, end) = (range.start, range.end);
         let needed: Vec<(u64, ChunkRef)> = manifest
             .covering(start, end)
@@ -106,12 +106,12 @@ impl Client {
         let count = needed.len();
         let fetched = futures_util::stream::iter(needed.into_iter().enumerate())
             .map(|(i, (at, chunk))| async move {
-                let plain = self.fetch_chunk(&chunk, i, order, keys).await?;
+                let (plain, failures) = self.fetch_chunk(&chunk, i, order, keys).await?;
                 // The part of this chunk inside the range.
                 let from = usize::try_from(start.saturating_sub(at)).unwrap_or(usize::MAX);
                 let to =
                     usize::try_from((end - at).min(u64::from(chunk.len))).unwrap_or(usize::MAX);
-                Ok::<Bytes, Error>(plain.slice(from.min(to)..to))
+                Ok::<_, Error>((plain.slice(from.min(to)..to), failures))
             })
             .buffered(PARALLEL);
         let mut fetched = std::pin::pin!(fetched);
@@ -124,8 +124,10 @@ impl Client {
             None => None,
         };
         let mut written = 0u64;
+        let mut skipped = Vec::new();
         while let Some(part) = fetched.next().await {
-            let part = part?;
+            let (part, failures) = part?;
+            skipped.extend(failures);
             let len = part.len() as u64;
             // Blocking writes on a worker: a slow disk or reader holds
             // back only this loop, and the chunk is written from where
@@ -158,18 +160,19 @@ impl Client {
                 source: err.error,
             })?;
         }
-        Ok((written, count))
+        Ok((written, count, skipped))
     }
 
     /// One chunk's plaintext, from the first relay that serves it intact,
-    /// starting at relay `i` mod the number of relays.
+    /// starting at relay `i` mod the number of relays, and the relays that
+    /// failed it first.
     async fn fetch_chunk(
         &self,
         chunk: &ChunkRef,
         i: usize,
         order: &[RelayClient],
         keys: &[X25519Secret],
-    ) -> Result<Bytes> {
+    ) -> Result<(Bytes, Vec<String>)> {
         let mut failures = Vec::new();
         let n = order.len().max(1);
         for relay in order.iter().cycle().skip(i % n).take(order.len()) {
@@ -177,7 +180,7 @@ impl Client {
                 Ok(sealed) => sealed,
                 Err(err) => {
                     self.note_failed_fetch(relay, &chunk.blob, &err);
-                    failures.push(format!("{}: {err}", relay.url()));
+                    failures.push(format!("{}: chunk {}: {err}", relay.url(), chunk.blob));
                     continue;
                 }
             };
@@ -201,7 +204,7 @@ impl Client {
                     ),
                 });
             }
-            return Ok(Bytes::from(plain));
+            return Ok((Bytes::from(plain), failures));
         }
         Err(Error::Unavailable {
             id: chunk.blob,

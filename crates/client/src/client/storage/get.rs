@@ -114,7 +114,8 @@ impl Client {
                 .assemble(&opened.manifest, bytes, &relays, &keys, &output, &progress)
                 .await;
             progress.end();
-            let (size, chunks) = assembled?;
+            let (size, chunks, failures) = assembled?;
+            skipped.extend(failures);
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let relay = &opened.relay;
             self.record_scores(|s| s.success(relay.key(), relay.url(), took));

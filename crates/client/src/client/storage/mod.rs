@@ -119,6 +119,9 @@ pub struct FileInfo {
     pub blob: BlobId,
     /// Bytes of data.
     pub size: u64,
+    /// Chunk blobs it is stored as (0: one blob; then `blob` is its
+    /// manifest, PROTOCOL.md §10.8).
+    pub chunks: usize,
     /// When it was stored (Unix seconds).
     pub stored_at: u64,
     /// Relays holding copies (where transferred copies went, not where they
@@ -187,6 +190,7 @@ impl Client {
                 name: name.to_owned(),
                 blob: entry.blob,
                 size: entry.size,
+                chunks: entry.chunks.len(),
                 stored_at: entry.stored_at,
                 copies: table.places(entry).into_iter().map(|p| p.url).collect(),
                 transferred: get::recorded_transfers(table, entry),

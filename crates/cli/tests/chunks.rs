@@ -1,0 +1,308 @@
+//! Large files as chunks (PROTOCOL.md §10.8): an edit re-sends only the
+//! chunks around it, a second copy of a file sends nothing, an interrupted
+//! put resumes, a range costs only its chunks, and a chunk a relay lost or
+//! altered is routed around and repaired.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use crate::common::{Device, Relay, data_with_marker, disk_contains, laptop_on_three_relays, walk};
+
+const MARKER: &[u8] = b"chunked plaintext marker";
+
+/// Bytes a put sent to relays, as its report says.
+fn sent(put: &serde_json::Value) -> u64 {
+    put["sent"].as_u64().unwrap()
+}
+
+async fn put(device: &Device, data: &[u8], name: &str) -> serde_json::Value {
+    let src = device.dir.path().join(format!("src-{name}"));
+    std::fs::write(&src, data).unwrap();
+    device
+        .run(&["put", src.to_str().unwrap(), "--name", name, "--json"])
+        .await
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_resends_only_its_chunks_and_a_copy_sends_none() {
+    let (a, b) = (Relay::start().await, Relay::start().await);
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b]).await;
+    let mut data = data_with_marker(24 << 20, MARKER);
+
+    let first = put(&device, &data, "big").await;
+    let chunks = first["chunks"].as_u64().unwrap();
+    assert!(chunks >= 4, "24 MiB in {chunks} chunks: {first}");
+    assert_eq!(first["reused"], 0);
+    // Every chunk went to both relays, once.
+    let full = sent(&first);
+    assert!(full > 2 * data.len() as u64, "{first}");
+    assert_eq!(device.get_data("big").await, data);
+
+    // The same bytes under another name: every chunk is claimed, none sent.
+    let copy = put(&device, &data, "copy").await;
+    assert_eq!(copy["reused"].as_u64().unwrap(), chunks, "{copy}");
+    assert!(sent(&copy) < 64 << 10, "a copy sent {} bytes", sent(&copy));
+
+    // One byte changed in the middle: only the chunks around it travel.
+    let middle = data.len() / 2;
+    data[middle] ^= 0xff;
+    let edited = put(&device, &data, "big").await;
+    let resent = sent(&edited);
+    eprintln!(
+        "1-byte edit of 24 MiB: {resent} bytes sent to 2 relays ({} of {chunks} chunks reused)",
+        edited["reused"]
+    );
+    assert!(edited["reused"].as_u64().unwrap() >= chunks - 2, "{edited}");
+    assert!(
+        resent * 4 < full,
+        "an edit re-sent {resent} of {full} bytes"
+    );
+    assert_eq!(device.get_data("big").await, data);
+    assert_ne!(device.get_data("copy").await, data);
+
+    // `ls` still speaks in files.
+    let list = device.run(&["ls", "--json"]).await.json();
+    let big = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "big")
+        .unwrap();
+    assert_eq!(big["size"].as_u64().unwrap(), data.len() as u64);
+    assert!(big["chunks"].as_u64().unwrap() >= 4);
+    for relay in [&a, &b] {
+        assert_eq!(
+            disk_contains(&relay.data(), MARKER),
+            None,
+            "plaintext on disk"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_fetches_only_the_chunks_it_meets() {
+    let a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let data = data_with_marker(20 << 20, MARKER);
+    let stored = put(&device, &data, "big").await;
+    let chunks = stored["chunks"].as_u64().unwrap();
+
+    let out = device.dir.path().join("part");
+    let (start, last) = (9_000_000usize, 9_100_000usize);
+    let got = device
+        .run(&[
+            "get",
+            "big",
+            "--range",
+            &format!("{start}-{last}"),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ])
+        .await
+        .json();
+    assert_eq!(std::fs::read(&out).unwrap(), &data[start..=last]);
+    let fetched = got["chunks"].as_u64().unwrap();
+    assert!(
+        (1..=2).contains(&fetched),
+        "{fetched} of {chunks} chunks for 100 kB"
+    );
+    assert_eq!(got["range"]["start"], start);
+    assert_eq!(got["range"]["end"], last + 1);
+
+    // To standard output (a stretch that is text, to compare as text).
+    let at = data
+        .windows(MARKER.len())
+        .rposition(|w| w == MARKER)
+        .unwrap();
+    let tail = device
+        .run(&[
+            "get",
+            "big",
+            "--range",
+            &format!("{at}-{}", at + MARKER.len() - 1),
+        ])
+        .await;
+    assert_eq!(tail.code, 0, "{}", tail.stderr);
+    assert_eq!(tail.stdout.as_bytes(), MARKER);
+
+    // A one-blob file takes ranges too, to the end of the file.
+    let small = b"0123456789".repeat(500);
+    put(&device, &small, "small").await;
+    let part = device.run(&["get", "small", "--range", "4990-"]).await;
+    assert_eq!(part.stdout.as_bytes(), &small[4990..]);
+
+    // Ranges that cannot be served say why and write nothing.
+    let nothing = device.dir.path().join("nothing");
+    for (range, why) in [("30-20", "ends before it starts"), ("x-1", "not a range")] {
+        let run = device
+            .run(&[
+                "get",
+                "big",
+                "--range",
+                range,
+                "-o",
+                nothing.to_str().unwrap(),
+            ])
+            .await;
+        assert!(run.err().contains(why), "{range}: {}", run.stderr);
+    }
+    let past = format!("{}-", data.len());
+    for name in ["big", "small"] {
+        let run = device
+            .run(&[
+                "get",
+                name,
+                "--range",
+                &past,
+                "-o",
+                nothing.to_str().unwrap(),
+            ])
+            .await;
+        assert!(
+            run.err().contains("the range starts at byte"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!nothing.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_put_run_again_sends_only_what_is_missing() {
+    let (a, b) = (Relay::start().await, Relay::start().await);
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b]).await;
+    let data = data_with_marker(40 << 20, MARKER);
+
+    // The put reads standard input; it gets the first half, and is killed
+    // once the relays acknowledged chunks of it (the chunk index records
+    // each as both relays acknowledge it).
+    let mut child = device
+        .command(&["put", "-", "--name", "big", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..data.len() / 2]).unwrap();
+    let index = device.home().join("chunks");
+    let recorded = || {
+        std::fs::read_dir(&index)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".chunks"))
+            .map(|e| e.metadata().unwrap().len() / 72)
+            .sum::<u64>()
+    };
+    let mut waited = 0;
+    while recorded() < 4 {
+        assert!(waited < 3000, "no chunk acknowledged in 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let done_before = recorded();
+    assert_eq!(
+        device.run(&["ls", "--json"]).await.json(),
+        serde_json::json!([])
+    );
+
+    let again = put(&device, &data, "big").await;
+    let reused = again["reused"].as_u64().unwrap();
+    let chunks = again["chunks"].as_u64().unwrap();
+    eprintln!(
+        "resumed: {reused} of {chunks} chunks reused, {} bytes sent",
+        sent(&again)
+    );
+    assert!(
+        reused >= done_before,
+        "{done_before} chunks were acknowledged: {again}"
+    );
+    let full = 2 * data.len() as u64;
+    assert!(
+        sent(&again) < full - done_before * (512 << 10) * 2,
+        "the resumed put sent {} bytes",
+        sent(&again)
+    );
+    assert_eq!(device.get_data("big").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_chunks_are_routed_around_and_repaired_one_by_one() {
+    let ([a, b, c], device) = laptop_on_three_relays().await;
+    let data = data_with_marker(12 << 20, MARKER);
+    let stored = put(&device, &data, "big").await;
+    let chunks = stored["chunks"].as_u64().unwrap();
+    assert!(chunks >= 3, "{stored}");
+    let blobs = device.run(&["ls", "--json"]).await.json()[0]["chunks"]
+        .as_u64()
+        .unwrap()
+        + 1;
+
+    // Relays a and b serve every chunk with a flipped bit.
+    for relay in [&a, &b] {
+        let mut files = Vec::new();
+        walk(&relay.data().join("blobs"), &mut files);
+        let mut altered = 0;
+        for path in files {
+            if path.file_name().unwrap().len() == 64
+                && std::fs::metadata(&path).unwrap().len() > 400 << 10
+            {
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[777] ^= 0x01;
+                std::fs::write(&path, bytes).unwrap();
+                altered += 1;
+            }
+        }
+        assert!(altered >= 3, "{altered} chunk files on {}", relay.url());
+    }
+
+    // Every chunk still arrives intact: each one that came wrong was
+    // fetched again from another relay.
+    let out = device.dir.path().join("out");
+    let got = device
+        .run(&["get", "big", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert!(std::fs::read(&out).unwrap() == data);
+    let skipped = got["skipped"].as_array().unwrap();
+    assert!(!skipped.is_empty(), "{got}");
+    for why in skipped {
+        assert!(why.as_str().unwrap().contains("do not match"), "{why}");
+    }
+
+    // Repair audits every blob's copies and replaces the altered ones (and
+    // every other copy on the two relays now flagged) from c's, onto two
+    // new relays.
+    let (d, e) = (Relay::start().await, Relay::start().await);
+    for relay in [&d, &e] {
+        device.run(&["relay", "add", &relay.url()]).await.ok();
+    }
+    let repaired = device.run(&["repair", "--json"]).await.json();
+    let restored = repaired["restored"].as_array().unwrap();
+    assert_eq!(restored.len() as u64, 2 * blobs, "{repaired}");
+    assert!(
+        restored
+            .iter()
+            .any(|r| r["name"].as_str().unwrap().starts_with("big (chunk blob")),
+        "{repaired}"
+    );
+    // The next repair finds the file whole, and it reads from the new
+    // copies alone.
+    let again = device.run(&["repair", "--json"]).await.json();
+    assert_eq!(again["restored"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["healthy"], 1, "{again}");
+    drop(c);
+    assert_eq!(device.get_data("big").await, data);
+}
