@@ -118,3 +118,68 @@ async fn recovery_phrase_restores_identity_and_data() {
     let devices = first.run(&["device", "list", "--json"]).await.json();
     assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
 }
+
+/// The README's "Leaving without cairn" function, as written there.
+fn readme_rebuild_function() -> String {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    let section = &readme[readme.find("### Leaving without cairn").unwrap()..];
+    let block = &section[section.find("```bash\n").unwrap() + "```bash\n".len()..];
+    block[..block.find("```").unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rebuilds_a_chunked_file_with_age_and_curl() {
+    for tool in ["age", "curl", "od"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "CI must provide `{tool}`");
+            eprintln!("SKIP the_readme_rebuilds_a_chunked_file_with_age_and_curl: no `{tool}`");
+            return;
+        }
+    }
+    let a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let data = data_with_marker(9 << 20, b"leave with age");
+    let src = device.dir.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let put = device
+        .run(&["put", src.to_str().unwrap(), "--name", "big", "--json"])
+        .await
+        .json();
+    assert!(put["chunks"].as_u64().unwrap() >= 2, "{put}");
+    let listed = device.run(&["ls", "--json"]).await.json();
+    let manifest = listed[0]["blob"].as_str().unwrap().to_owned();
+    let keyfile = device.dir.path().join("vault.key");
+    device
+        .run(&["key", "export-vault", keyfile.to_str().unwrap()])
+        .await
+        .ok();
+
+    let out = device.dir.path().join("rebuilt");
+    let script = format!(
+        "{}\nrebuild '{}' '{}' {manifest} > '{}'\n",
+        readme_rebuild_function(),
+        keyfile.display(),
+        a.url(),
+        out.display()
+    );
+    let run = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(std::fs::read(&out).unwrap() == data, "the rebuilt file differs");
+
+    // A relay that does not hold the manifest makes it fail, not write a
+    // partial file silently.
+    let b = Relay::start().await;
+    let script = format!(
+        "{}\nrebuild '{}' '{}' {manifest} > /dev/null\n",
+        readme_rebuild_function(),
+        keyfile.display(),
+        b.url(),
+    );
+    let run = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    assert!(!run.status.success(), "{run:?}");
+}
