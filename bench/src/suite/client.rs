@@ -3,11 +3,14 @@
 //! to the same key (the age format is what cairn seals with).
 //!
 //! What each side does, so the ratios are read right:
-//! - `cairn put` seals the file into a temp file in its home, fsyncs it,
-//!   uploads it to every relay at once (each acknowledges only once its
-//!   copy is on stable storage) and signs the updated file list.
-//! - `cairn get` downloads from the fastest relay, verifying the hash as it
-//!   comes, decrypts next to the output, fsyncs and renames it.
+//! - `cairn put` cuts the file into chunks (PROTOCOL.md §10.8), seals each
+//!   and sends it to every relay at once while the next is read (each relay
+//!   acknowledges only once its copy is on stable storage), then the
+//!   manifest, and signs the updated file list. Each put starts with an
+//!   empty chunk index, so it is a first put: nothing is deduplicated.
+//! - `cairn get` fetches the manifest, then the chunks a few at a time from
+//!   the relays, verifying and opening each, writes them next to the
+//!   output, fsyncs and renames it.
 //! - `age -e` / `age -d` read the file and write the output, without fsync.
 //!
 //! Key files use a cheap scrypt cost (`CAIRN_INSECURE_KDF_COST=10`), so
@@ -26,13 +29,13 @@ use super::servers::{self, sibling};
 use super::stats::Row;
 
 /// A client home with its own relays, driven through the `cairn` binary.
-struct Home {
+pub(super) struct Home {
     bin: PathBuf,
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 impl Home {
-    fn new(bin: &Path, dir: PathBuf, relays: &[String]) -> anyhow::Result<Self> {
+    pub(super) fn new(bin: &Path, dir: PathBuf, relays: &[String]) -> anyhow::Result<Self> {
         let home = Self {
             bin: bin.to_path_buf(),
             dir,
@@ -45,17 +48,22 @@ impl Home {
         Ok(home)
     }
 
-    /// Runs `cairn --home DIR --json ARGS`: its JSON output.
-    fn run(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(&self.bin)
+    /// `cairn --home DIR --json ARGS`, to run.
+    pub(super) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .arg("--home")
             .arg(&self.dir)
             .arg("--json")
             .args(args)
             .env("CAIRN_PASSPHRASE", "bench-passphrase")
-            .env("CAIRN_INSECURE_KDF_COST", "10")
-            .output()
-            .context("running cairn")?;
+            .env("CAIRN_INSECURE_KDF_COST", "10");
+        command
+    }
+
+    /// Runs `cairn --home DIR --json ARGS`: its JSON output.
+    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = self.command(args).output().context("running cairn")?;
         if !out.status.success() {
             bail!(
                 "cairn {} failed: {}",
@@ -67,8 +75,16 @@ impl Home {
             .with_context(|| format!("cairn {} printed no JSON document", args.join(" ")))
     }
 
+    /// Forgets which chunks are stored, so the next put sends every one.
+    fn forget_chunks(&self) -> anyhow::Result<()> {
+        match std::fs::remove_dir_all(self.dir.join("chunks")) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// `cairn put`, checking that it stored `copies` copies: seconds.
-    fn put(&self, input: &Path, name: &str, copies: usize) -> anyhow::Result<f64> {
+    pub(super) fn put(&self, input: &Path, name: &str, copies: usize) -> anyhow::Result<f64> {
         let started = Instant::now();
         let out = self.run(&["put", &cairn_testkit::arg(input), "--name", name])?;
         let secs = started.elapsed().as_secs_f64();
@@ -119,20 +135,27 @@ fn age(args: &[&str]) -> anyhow::Result<f64> {
 }
 
 /// Writes `size` bytes of incompressible data to `path` and syncs it, so
-/// its writeback does not land in the first measurement.
-fn write_input(path: &Path, size: usize) -> anyhow::Result<()> {
+/// its writeback does not land in the first measurement. The bytes are one
+/// BLAKE3 output stream: no block repeats, so nothing in the file
+/// deduplicates against the rest of it (as a photo or a video would not).
+pub(super) fn write_input(path: &Path, size: usize) -> anyhow::Result<()> {
     const BLOCK: usize = 1 << 20;
     let mut file = std::fs::File::create(path)?;
+    let mut stream = blake3::Hasher::new()
+        .update(b"cairn-bench client input")
+        .finalize_xof();
+    let mut block = vec![0u8; BLOCK];
     for i in 0..size.div_ceil(BLOCK) {
         let len = BLOCK.min(size - i * BLOCK);
-        file.write_all(&crate::blob("client-input", i, len))?;
+        stream.fill(&mut block[..len]);
+        file.write_all(&block[..len])?;
     }
     file.sync_all()?;
     Ok(())
 }
 
 /// The age recipient in the header of an exported vault identity file.
-fn recipient(identity: &Path) -> anyhow::Result<String> {
+pub(super) fn recipient(identity: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(identity)?
         .lines()
         .filter_map(|l| l.split_once("recipient ").map(|(_, r)| r.trim()))
@@ -171,7 +194,9 @@ pub(crate) fn put_get(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         age_e.push(mbps(age(&[
             "-e", "-r", &recipient, "-o", &sealed_s, &input_s,
         ])?));
+        one.forget_chunks()?;
         put1.push(mbps(one.put(&input, &name, 1)?));
+        three.forget_chunks()?;
         put3.push(mbps(three.put(&input, &name, 3)?));
         age_d.push(mbps(age(&[
             "-d",

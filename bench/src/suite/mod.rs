@@ -7,11 +7,13 @@
 //!
 //! Sections (`--only` picks some): GET and PUT against nginx, large PUTs
 //! against `dd conv=fsync` and BLAKE3 ([`Servers`]); `cairn put`/`get`
-//! against age ([`client`]); the chunker of the chunked-file format
+//! against age ([`client`]); what chunked files buy against restic and
+//! age: edits, resumes, memory ([`chunks`]); the chunker of the chunked-file format
 //! ([`chunking`]); relay memory while streaming ([`stream`]); GC,
 //! reconciliation, sync and idle memory against their goals ([`costs`]).
 
 mod chunking;
+mod chunks;
 mod client;
 mod costs;
 mod servers;
@@ -173,6 +175,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "get",
     "put",
     "client",
+    "chunks",
     "chunking",
     "stream",
     "gc",
@@ -220,6 +223,9 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
     }
     if wanted("client") {
         report(client::put_get(&plan, work.path())?);
+    }
+    if wanted("chunks") {
+        report(chunks::chunks(&plan, work.path())?);
     }
     if wanted("chunking") {
         report(chunking::chunking(&plan)?);

@@ -243,6 +243,60 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn entry_json(extra: &str) -> String {
+        let key = cairn_proto::SigningKey::from_seed(&[1; 32]).verifying_key();
+        format!(
+            r#"{{{extra}"size":5,"sealed_size":300,"generation":1,"stored_at":7,"copies":[{{"url":"http://r","relay":"{key}","owner":"{key}"}}]}}"#
+        )
+    }
+
+    #[test]
+    fn an_entry_of_the_previous_release_reads_as_one_blob_and_keeps_its_form() {
+        let blob = BlobId::of(b"data");
+        let old = entry_json(&format!(r#""blob":"{blob}","#));
+        let entry: FileEntry = serde_json::from_str(&old).unwrap();
+        assert_eq!(entry.blob, blob);
+        assert!(!entry.is_chunked());
+        assert_eq!(entry.sealed_size_of(&blob), Some(300));
+        assert_eq!(serde_json::to_string(&entry).unwrap(), old);
+    }
+
+    #[test]
+    fn a_chunked_entry_names_its_manifest_and_chunks() {
+        let (manifest, one, two) = (BlobId::of(b"m"), BlobId::of(b"1"), BlobId::of(b"2"));
+        let text = entry_json(&format!(r#""manifest":"{manifest}","chunks":["{one}","{two}"],"#));
+        let entry: FileEntry = serde_json::from_str(&text).unwrap();
+        assert_eq!(entry.blob, manifest);
+        assert_eq!(entry.blobs().copied().collect::<Vec<_>>(), [manifest, one, two]);
+        assert_eq!(entry.sealed_size_of(&one), None);
+        assert_eq!(serde_json::to_string(&entry).unwrap(), text);
+        // A reader that knows only `blob` finds none, and refuses it.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Previous {
+            blob: String,
+        }
+        assert!(serde_json::from_str::<Previous>(&text).is_err());
+    }
+
+    #[test]
+    fn malformed_entries_are_refused() {
+        let (a, b) = (BlobId::of(b"a"), BlobId::of(b"b"));
+        for extra in [
+            String::new(),
+            format!(r#""blob":"{a}","manifest":"{b}","#),
+            format!(r#""blob":"{a}","chunks":["{b}"],"#),
+            format!(r#""manifest":"{a}","#),
+            format!(r#""manifest":"{a}","chunks":[],"#),
+            format!(r#""manifest":"{a}","chunks":["{b}","{b}"],"#),
+            format!(r#""manifest":"{a}","chunks":["{a}"],"#),
+            format!(r#""manifest":"{a}","chunks":["nothex"],"#),
+        ] {
+            let text = entry_json(&extra);
+            assert!(serde_json::from_str::<FileEntry>(&text).is_err(), "{text}");
+        }
+    }
+
     #[test]
     fn names() {
         assert!(check_name("a/b c.txt").is_ok());
