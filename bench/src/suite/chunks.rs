@@ -11,8 +11,8 @@
 //!   `age -e` and `age -d` of the same file.
 //!
 //! Bytes sent are read from the relay's own counter
-//! (`cairn_bytes_received_total` on `/metrics`), so they include every
-//! request of the put (chunks, manifest, the signed file list), not only
+//! (`cairn_bytes_received_total` on `/metrics`), so they count every blob
+//! the put uploaded (chunks, the manifest, the sealed operation), not only
 //! what the client reports.
 
 use std::path::{Path, PathBuf};
@@ -35,8 +35,7 @@ fn received(url: &str) -> anyhow::Result<u64> {
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|line| line.strip_prefix("cairn_bytes_received_total "))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .map(|n| n as u64)
+        .and_then(|n| n.trim().parse::<u64>().ok())
         .context("the relay's /metrics has no cairn_bytes_received_total")
 }
 
@@ -131,7 +130,11 @@ pub(crate) fn chunks(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         Default::default();
     for round in 0..plan.pairs {
         // A new home and a new repository each round: both start empty.
-        let home = Home::new(&bin, dir.join(format!("home-{round}")), &[url.clone()])?;
+        let home = Home::new(
+            &bin,
+            dir.join(format!("home-{round}")),
+            std::slice::from_ref(&url),
+        )?;
         let repo = dir.join(format!("restic-{round}"));
         restic(&repo, &["init"])?;
 
@@ -151,7 +154,11 @@ pub(crate) fn chunks(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         added_edit.push((du(&repo)? - repo_before) as f64 / 1e6);
 
         // Killed once the relay has about half the file, then run again.
-        let killed = Home::new(&bin, dir.join(format!("killed-{round}")), &[url.clone()])?;
+        let killed = Home::new(
+            &bin,
+            dir.join(format!("killed-{round}")),
+            std::slice::from_ref(&url),
+        )?;
         let before = received(&url)?;
         let mut child = killed
             .command(&["put", &cairn_testkit::arg(&input), "--name", "big"])
@@ -170,7 +177,11 @@ pub(crate) fn chunks(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         resumed.push((received(&url)? - before) as f64 / 1e6);
 
         // Memory: a put and a get of the file, and age of the same file.
-        let memory = Home::new(&bin, dir.join(format!("rss-{round}")), &[url.clone()])?;
+        let memory = Home::new(
+            &bin,
+            dir.join(format!("rss-{round}")),
+            std::slice::from_ref(&url),
+        )?;
         put_rss.push(peak_rss(
             memory
                 .command(&["put", &cairn_testkit::arg(&input), "--name", "big"])

@@ -167,9 +167,16 @@ async fn the_readme_rebuilds_a_chunked_file_with_age_and_curl() {
         a.url(),
         out.display()
     );
-    let run = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let run = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     assert!(run.status.success(), "{run:?}");
-    assert!(std::fs::read(&out).unwrap() == data, "the rebuilt file differs");
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the rebuilt file differs"
+    );
 
     // A relay that does not hold the manifest makes it fail, not write a
     // partial file silently.
@@ -180,6 +187,10 @@ async fn the_readme_rebuilds_a_chunked_file_with_age_and_curl() {
         keyfile.display(),
         b.url(),
     );
-    let run = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let run = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
     assert!(!run.status.success(), "{run:?}");
 }

@@ -264,10 +264,15 @@ mod tests {
     #[test]
     fn a_chunked_entry_names_its_manifest_and_chunks() {
         let (manifest, one, two) = (BlobId::of(b"m"), BlobId::of(b"1"), BlobId::of(b"2"));
-        let text = entry_json(&format!(r#""manifest":"{manifest}","chunks":["{one}","{two}"],"#));
+        let text = entry_json(&format!(
+            r#""manifest":"{manifest}","chunks":["{one}","{two}"],"#
+        ));
         let entry: FileEntry = serde_json::from_str(&text).unwrap();
         assert_eq!(entry.blob, manifest);
-        assert_eq!(entry.blobs().copied().collect::<Vec<_>>(), [manifest, one, two]);
+        assert_eq!(
+            entry.blobs().copied().collect::<Vec<_>>(),
+            [manifest, one, two]
+        );
         assert_eq!(entry.sealed_size_of(&one), None);
         assert_eq!(serde_json::to_string(&entry).unwrap(), text);
         // A reader that knows only `blob` finds none, and refuses it.

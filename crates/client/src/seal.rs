@@ -145,11 +145,7 @@ fn seal_into<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<(u64, W)> {
-    let recipient = age_recipient(recipient);
-    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as _))
-        .map_err(io::Error::other)?;
-    let mut writer = encryptor.wrap_output(out)?;
-
+    let mut writer = encrypting(recipient, out)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut data_len = 0u64;
     loop {
@@ -163,11 +159,31 @@ fn seal_into<W: Write>(
         data_len += n as u64;
         progress(data_len);
     }
+    finish(writer, data_len)
+}
+
+/// An age writer to `recipient` over `out`.
+fn encrypting<W: Write>(
+    recipient: &X25519PublicKey,
+    out: W,
+) -> io::Result<age::stream::StreamWriter<W>> {
+    let recipient = age_recipient(recipient);
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(&recipient as _))
+        .map_err(io::Error::other)?;
+    encryptor.wrap_output(out)
+}
+
+/// Writes the padding and the length trailer after `data_len` bytes of
+/// data, and ends the age stream: the data length and `out` back.
+fn finish<W: Write>(
+    mut writer: age::stream::StreamWriter<W>,
+    data_len: u64,
+) -> io::Result<(u64, W)> {
+    let zeros = [0u8; 64 * 1024];
     let mut padding = padded_len(data_len) - data_len - TRAILER_LEN;
-    buf.fill(0);
     while padding > 0 {
-        let n = usize::try_from(padding.min(buf.len() as u64)).unwrap_or(buf.len());
-        writer.write_all(&buf[..n])?;
+        let n = usize::try_from(padding.min(zeros.len() as u64)).unwrap_or(zeros.len());
+        writer.write_all(&zeros[..n])?;
         padding -= n as u64;
     }
     writer.write_all(&data_len.to_be_bytes())?;
@@ -332,7 +348,10 @@ pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobI
     // sized once, so that a chunk is never copied into a doubled buffer.
     let padded = usize::try_from(padded_len(data.len() as u64)).unwrap_or(usize::MAX);
     let out = Vec::with_capacity(padded.saturating_add(padded / 4096 + 1024));
-    let (_, out) = seal_into(data, recipient, out, &mut |_| {})?;
+    // Written straight from the slice: no copy through a read buffer.
+    let mut writer = encrypting(recipient, out)?;
+    writer.write_all(data)?;
+    let (_, out) = finish(writer, data.len() as u64)?;
     Ok((BlobId::of(&out), out))
 }
 
