@@ -117,7 +117,12 @@ Examples:
     /// Seal a file and store it on several relays.
     ///
     /// Succeeds only when the configured number of relays (default 3, or
-    /// every relay when there are fewer) acknowledged a durable copy.
+    /// every relay when there are fewer) acknowledged a durable copy. A file
+    /// larger than one chunk (2 MiB on average) goes as chunks, each sent to
+    /// every relay while the next is read; chunks your identity already
+    /// stored are claimed rather than sent again, so an edit sends only the
+    /// chunks around it, and a put that stopped part-way, run again, sends
+    /// only what no relay acknowledged.
     #[command(after_help = "\
 Examples:
   cairn put photo.jpg

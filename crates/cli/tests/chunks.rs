@@ -306,3 +306,92 @@ async fn altered_chunks_are_routed_around_and_repaired_one_by_one() {
     drop(c);
     assert_eq!(device.get_data("big").await, data);
 }
+
+/// Every blob of a chunked file on the relay at `url`'s data directory.
+fn blob_files(relay: &Relay) -> Vec<String> {
+    let mut files = Vec::new();
+    walk(&relay.data().join("blobs"), &mut files);
+    files
+        .into_iter()
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+        .filter(|n| n.len() == 64)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_relay_out_moves_every_chunk_and_audits_count_them() {
+    let ([a, mut b, c], device) = laptop_on_three_relays().await;
+    let data = data_with_marker(10 << 20, MARKER);
+    put(&device, &data, "big").await;
+    let listed = device.run(&["ls", "--json"]).await.json();
+    let blobs = listed[0]["chunks"].as_u64().unwrap() + 1;
+    let on_b = blob_files(&b);
+
+    let new = Relay::start().await;
+    let report = device
+        .run(&["relay", "rotate", &b.url(), &new.url(), "--json"])
+        .await
+        .json();
+    assert_eq!(report["moved"], serde_json::json!(["big"]), "{report}");
+    assert_eq!(report["removed"], true, "{report}");
+    // Every chunk went, and every one was deleted where it was.
+    for id in &on_b {
+        assert!(new.blob_file(id).is_some(), "{id} is not on the new relay");
+        assert!(b.blob_file(id).is_none(), "{id} is still on the old relay");
+    }
+    b.stop().await;
+    let audit = device.run(&["audit", "--json"]).await.json();
+    assert_eq!(audit["copies"].as_u64().unwrap(), 3 * blobs, "{audit}");
+    for relay in audit["relays"].as_array().unwrap() {
+        assert_eq!(relay["passed"].as_u64().unwrap(), blobs, "{audit}");
+    }
+    assert_eq!(device.get_data("big").await, data);
+    drop((a, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_device_claims_every_chunk_and_a_removal_frees_them_all() {
+    let a = Relay::start().await;
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&a]).await;
+    let data = data_with_marker(10 << 20, MARKER);
+    put(&laptop, &data, "big").await;
+    let stored = blob_files(&a);
+
+    // A second device syncs, reads the file, and stores the same bytes
+    // under another name: it reads the laptop's manifest and sends no chunk.
+    let desk = Device::new();
+    let (approved, joined) = crate::devices::pair(&laptop, &desk, &a, false, "30").await;
+    approved.ok();
+    joined.ok();
+    desk.run(&["sync"]).await.ok();
+    assert_eq!(desk.get_data("big").await, data);
+    let copy = put(&desk, &data, "copy").await;
+    assert_eq!(copy["reused"], copy["chunks"], "{copy}");
+
+    // `cairn export` writes both, whole.
+    let out = desk.dir.path().join("export");
+    desk.run(&["export", out.to_str().unwrap()]).await.ok();
+    assert!(std::fs::read(out.join("big")).unwrap() == data);
+    assert!(std::fs::read(out.join("copy")).unwrap() == data);
+
+    // Removing one name keeps the chunks the other still names; removing
+    // both frees every blob once both devices synced.
+    laptop.run(&["rm", "big"]).await.ok();
+    desk.run(&["sync"]).await.ok();
+    assert_eq!(desk.get_data("copy").await, data);
+    desk.run(&["rm", "copy"]).await.ok();
+    laptop.run(&["sync"]).await.ok();
+    desk.run(&["sync"]).await.ok();
+    let left: Vec<_> = stored
+        .iter()
+        .filter(|id| a.blob_file(id).is_some())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "{} of {} blobs left: {left:?}",
+        left.len(),
+        stored.len()
+    );
+}

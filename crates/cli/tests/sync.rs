@@ -366,7 +366,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_syncs_through_a_snapshot() {
     // 1,000 operations in seconds: more than the default fair share of a
-    // key (600 a minute) and of an address range (3,000), which a client
+    // key and of an address range (3,000 a minute each), which a client
     // would wait out (see below) but a test should not.
     let unlimited = |c: &mut cairn_relay::RelayConfig| {
         c.limits.key_requests_per_min = 0;

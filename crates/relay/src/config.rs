@@ -108,11 +108,13 @@ impl RelayConfig {
     /// Default most heads: one million (a few hundred MB of index at most).
     pub const DEFAULT_MAX_HEADS: u64 = 1_000_000;
     /// Default fair-share limits, sized for a small community relay: 4 GiB
-    /// per upload key, 600 requests a minute per key, 3000 a minute per
-    /// address range, no proof of work.
+    /// per upload key, 3000 requests a minute per key and per address
+    /// range, no proof of work. A client sends a large file as one request
+    /// per chunk (2 MiB on average): 3000 a minute is a 4 GiB quota's worth
+    /// in one burst, then about 100 MiB/s.
     pub const DEFAULT_LIMITS: FairShareLimits = FairShareLimits {
         key_quota_bytes: 4 << 30,
-        key_requests_per_min: 600,
+        key_requests_per_min: 3000,
         addr_requests_per_min: 3000,
         pow_bits: 0,
     };

@@ -94,7 +94,7 @@ pub struct Settings {
     #[serde(default, deserialize_with = "size")]
     pub key_quota: Option<u64>,
     /// Requests a minute per upload key (bursts up to the same number);
-    /// 0 for no limit [default: 600].
+    /// 0 for no limit [default: 3000].
     #[arg(long, env = "CAIRN_RELAY_KEY_RATE")]
     pub key_rate: Option<u32>,
     /// Requests a minute per source address range (IPv4 /24, IPv6 /48);

@@ -175,7 +175,7 @@ const HEADS_IN_FLIGHT: usize = 16;
 /// Claims sent to relays at once by a sync.
 const CLAIMS_IN_FLIGHT: usize = 16;
 /// Most claims one sync sends to one relay: well inside a relay's default
-/// burst of 600 requests per key.
+/// burst of 3000 requests per key (and inside the 600 of earlier relays).
 const CLAIMS_PER_RELAY_PER_SYNC: usize = 256;
 
 impl Client {

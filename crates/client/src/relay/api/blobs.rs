@@ -16,8 +16,11 @@ use super::RelayClient;
 use super::answer::{MAX_SMALL_BODY, bounded_body, describe, is_absent, json_answer, send};
 use crate::error::RelayError;
 
-/// Times an upload is tried again after `429 rate_limited`.
-const RATE_LIMIT_RETRIES: u32 = 3;
+/// Times an upload is tried again after `429 rate_limited`: a large file
+/// is one upload per chunk, and a relay's per-key rate paces them (a
+/// refill takes about a second), so a put waits many times rather than
+/// fail part-way.
+const RATE_LIMIT_RETRIES: u32 = 30;
 /// Longest wait a relay's `Retry-After` may ask for before giving up.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
