@@ -395,3 +395,62 @@ async fn another_device_claims_every_chunk_and_a_removal_frees_them_all() {
         stored.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_cut_off_by_its_relay_says_to_run_it_again_and_then_resumes() {
+    let mut a = Relay::start().await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a]).await;
+    let data = data_with_marker(40 << 20, MARKER);
+
+    let mut child = device
+        .command(&["put", "-", "--name", "big"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..data.len() / 2]).unwrap();
+    let index = device.home().join("chunks");
+    let recorded = || {
+        std::fs::read_dir(&index)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".chunks"))
+            .map(|e| e.metadata().unwrap().len() / 72)
+            .sum::<u64>()
+    };
+    for _ in 0..3000 {
+        if recorded() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(recorded() >= 3, "no chunk acknowledged in 30 s");
+    // The relay goes away mid-file; the rest of the input follows.
+    a.stop().await;
+    let rest = data[data.len() / 2..].to_vec();
+    let writer = std::thread::spawn(move || {
+        // The put may stop reading once it fails.
+        let _ = stdin.write_all(&rest);
+    });
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    writer.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("before stopping; nothing was recorded"),
+        "{err}"
+    );
+    assert!(err.contains("Run the same `cairn put` again"), "{err}");
+
+    a.restart().await;
+    let again = put(&device, &data, "big").await;
+    assert!(again["reused"].as_u64().unwrap() >= 3, "{again}");
+    assert_eq!(device.get_data("big").await, data);
+}

@@ -116,8 +116,9 @@ pub enum Error {
     /// A put of a chunked file stopped part-way. The chunks the relays
     /// acknowledged stay, so the same put run again sends only the rest.
     #[error(
-        "stored {chunks} chunk(s) ({bytes} bytes) before stopping; nothing was recorded. Run \
-         the same `cairn put` again to send only the rest. Why it stopped: {why}"
+        "stored {chunks} chunk{} ({bytes} bytes) before stopping; nothing was recorded. Run \
+         the same `cairn put` again to send only the rest. Why it stopped: {why}",
+        if *.chunks == 1 { "" } else { "s" }
     )]
     Interrupted {
         /// Chunks acknowledged by every relay still taking the file.
