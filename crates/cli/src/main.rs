@@ -45,6 +45,8 @@ Every command takes --json for scripts and --home (or CAIRN_HOME).
 Relays are reached over https://, or http:// on this machine only, unless
 --insecure (see its help).
 A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS).
+Chunks of removed files are kept a day before they are let go of, in case
+another device is storing a file that reuses them (CAIRN_CHUNK_HOLD_SECS).
 Progress bars appear only when standard error is a terminal.
 New here? `cairn demo` runs a whole network on this machine; `cairn doctor`
 checks your setup.

@@ -350,7 +350,7 @@ async fn rotating_a_relay_out_moves_every_chunk_and_audits_count_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_device_claims_every_chunk_and_a_removal_frees_them_all() {
+async fn another_device_reuses_every_chunk_and_removals_free_them_after_a_hold() {
     let a = Relay::start().await;
     let laptop = Device::new();
     laptop.init("laptop").await;
@@ -376,14 +376,27 @@ async fn another_device_claims_every_chunk_and_a_removal_frees_them_all() {
     assert!(std::fs::read(out.join("big")).unwrap() == data);
     assert!(std::fs::read(out.join("copy")).unwrap() == data);
 
-    // Removing one name keeps the chunks the other still names; removing
-    // both frees every blob once both devices synced.
+    // Removing one name keeps the chunks the other still names.
     laptop.run(&["rm", "big"]).await.ok();
     desk.run(&["sync"]).await.ok();
     assert_eq!(desk.get_data("copy").await, data);
+
+    // Removing both holds the chunks (another device may be storing a file
+    // that reuses them, and this one would not know yet): a put of the
+    // same bytes now still finds and claims every one.
     desk.run(&["rm", "copy"]).await.ok();
     laptop.run(&["sync"]).await.ok();
     desk.run(&["sync"]).await.ok();
+    let held = stored.iter().filter(|id| a.blob_file(id).is_some()).count();
+    assert_eq!(held, stored.len(), "chunks were let go of at once");
+    let again = put(&desk, &data, "again").await;
+    assert_eq!(again["reused"], again["chunks"], "{again}");
+
+    // Once the hold is over, every blob goes when both devices synced.
+    let at_once = [("CAIRN_CHUNK_HOLD_SECS", "0")];
+    desk.run_with(&["rm", "again"], &at_once).await.ok();
+    laptop.run_with(&["sync"], &at_once).await.ok();
+    desk.run_with(&["sync"], &at_once).await.ok();
     let left: Vec<_> = stored
         .iter()
         .filter(|id| a.blob_file(id).is_some())

@@ -74,6 +74,16 @@ pub(crate) struct SyncState {
     /// the table is when no relay answers.
     #[serde(default)]
     pub(in crate::client) synced_at: u64,
+    /// Chunk blobs (id text) of chunked files this device has seen listed
+    /// and still owns: released only after being unlisted for a while
+    /// (`upkeep::chunk_hold`), because another device's put may be reusing
+    /// them.
+    #[serde(default)]
+    pub(in crate::client) chunks: BTreeSet<String>,
+    /// Chunk blob (id text) → when this device first found it listed by no
+    /// file (Unix seconds).
+    #[serde(default)]
+    pub(in crate::client) unlisted_since: BTreeMap<String, u64>,
 }
 
 /// Copies claimed by the owner of an earlier generation.
@@ -93,6 +103,13 @@ pub(super) struct Fingerprint {
     pub(in crate::client) owned: BTreeMap<String, BTreeSet<String>>,
     pub(in crate::client) acked: BTreeMap<String, u64>,
     pub(in crate::client) chains: BTreeMap<String, BTreeMap<String, Link>>,
+    /// When held chunks were found unlisted: a hold that starts must be
+    /// saved, or it would start again at every sync and never end.
+    pub(in crate::client) unlisted_since: BTreeMap<String, u64>,
+    /// How many chunks are remembered (the set follows `owned` and the
+    /// table, which the rest of the fingerprint covers, but not always in
+    /// step).
+    pub(in crate::client) chunks: usize,
     pub(in crate::client) scalars: (u32, u64, u64, u64, u64, Option<String>),
 }
 
@@ -103,6 +120,8 @@ impl SyncState {
             owned: self.owned.clone(),
             acked: self.acked.clone(),
             chains: self.chains.clone(),
+            unlisted_since: self.unlisted_since.clone(),
+            chunks: self.chunks.len(),
             scalars: (
                 self.generation,
                 self.clock,

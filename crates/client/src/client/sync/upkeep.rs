@@ -13,6 +13,16 @@ use crate::client::Client;
 use crate::layout::{Layout, Mailbox};
 use crate::relay::{Claimed, Deleted, RelayClient};
 
+/// How long a chunk listed by no file is held before this device lets go of
+/// it: a day, or `CAIRN_CHUNK_HOLD_SECS` (0 lets go at once; tests, or a
+/// device that stores alone).
+fn chunk_hold() -> u64 {
+    std::env::var("CAIRN_CHUNK_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(86_400)
+}
+
 impl Client {
     /// Drops this device's claims on copies the table no longer lists (a
     /// removed or replaced file, a copy repaired elsewhere). A relay
@@ -34,9 +44,33 @@ impl Client {
                 .or_default()
                 .insert(relay.to_string());
         }
+        // Chunks are the blobs two files can share (PROTOCOL.md §10.8):
+        // remembered as such while listed, so that once unlisted they are
+        // held before being let go of.
+        for (_, entry) in state.table.files() {
+            state
+                .chunks
+                .extend(entry.chunks.iter().map(ToString::to_string));
+        }
+        let (now, hold) = (crate::relay::unix_now(), chunk_hold());
         let mut done = Vec::new();
         for (id, holders) in std::mem::take(&mut state.owned) {
             let here = listed.get(&id);
+            if here.is_some() {
+                state.unlisted_since.remove(&id);
+            } else if state.chunks.contains(&id) {
+                // Another device may have claimed this chunk for a file it
+                // is storing now, whose operation this device has not seen:
+                // letting go at once would delete the chunk under it. Held
+                // until unlisted for longer than any put takes, by then its
+                // operation is merged (and lists the chunk again) or there
+                // is none.
+                let since = *state.unlisted_since.entry(id.clone()).or_insert(now);
+                if now.saturating_sub(since) < hold {
+                    state.owned.insert(id, holders);
+                    continue;
+                }
+            }
             let (mut kept, gone): (BTreeSet<String>, BTreeSet<String>) = holders
                 .into_iter()
                 .partition(|holder| here.is_some_and(|relays| relays.contains(holder)));
@@ -73,10 +107,17 @@ impl Client {
                     }
                 }
             }
-            if !kept.is_empty() {
+            if kept.is_empty() {
+                state.chunks.remove(&id);
+                state.unlisted_since.remove(&id);
+            } else {
                 state.owned.insert(id, kept);
             }
         }
+        // What is neither owned nor listed is nothing to hold.
+        let owned = &state.owned;
+        state.chunks.retain(|id| owned.contains_key(id));
+        state.unlisted_since.retain(|id, _| owned.contains_key(id));
         done
     }
 
