@@ -153,7 +153,9 @@ Examples:
     Get {
         /// A stored name, or a blob id.
         what: String,
-        /// Write here (atomically) instead of to standard output.
+        /// Write here (atomically) instead of to standard output (`-`: to
+        /// standard output, which a file stored as chunks starts getting
+        /// as soon as its first chunk is verified).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// Only bytes START to END of the file (both included; `START-` for

@@ -115,6 +115,15 @@ async fn a_range_fetches_only_the_chunks_it_meets() {
     assert_eq!(got["range"]["start"], start);
     assert_eq!(got["range"]["end"], last + 1);
 
+    // `-o -` is standard output.
+    let first = format!("0-{}", MARKER.len() - 1);
+    let dash = device
+        .run(&["get", "big", "--range", &first, "-o", "-"])
+        .await;
+    assert_eq!(dash.code, 0, "{}", dash.stderr);
+    assert_eq!(dash.stdout.as_bytes(), MARKER);
+    assert!(!std::path::Path::new("-").exists(), "a file named `-`");
+
     // To standard output (a stretch that is text, to compare as text).
     let at = data
         .windows(MARKER.len())

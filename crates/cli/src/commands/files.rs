@@ -101,6 +101,8 @@ pub(super) async fn get(
     output: Option<PathBuf>,
     range: Option<RangeSpec>,
 ) -> anyhow::Result<ExitCode> {
+    // `-o -` is standard output, as for most tools.
+    let output = output.filter(|path| path != Path::new("-"));
     if json && output.is_none() {
         bail!("--json needs -o FILE: standard output is for the JSON report");
     }
