@@ -476,3 +476,49 @@ async fn a_put_cut_off_by_its_relay_says_to_run_it_again_and_then_resumes() {
     assert!(again["reused"].as_u64().unwrap() >= 3, "{again}");
     assert_eq!(device.get_data("big").await, data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_held_only_by_a_relay_without_the_manifest_is_still_read() {
+    let (a, b, c) = (
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    );
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c]).await;
+    device.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(10 << 20, MARKER);
+    put(&device, &data, "big").await;
+
+    // One chunk leaves the file's two relays and is found on the third
+    // alone (as a transfer or a repair can leave it).
+    let relays = [&a, &b, &c];
+    let holders: Vec<&Relay> = relays
+        .iter()
+        .copied()
+        .filter(|r| !blob_files(r).is_empty())
+        .collect();
+    assert_eq!(holders.len(), 2);
+    let other = relays
+        .iter()
+        .copied()
+        .find(|r| blob_files(r).is_empty())
+        .unwrap();
+    let chunk = blob_files(holders[0])[0].clone();
+    let bytes = std::fs::read(holders[0].blob_file(&chunk).unwrap()).unwrap();
+    assert_eq!(
+        other.upload_as(&cairn_testkit::key("someone"), bytes).await,
+        201
+    );
+    for relay in &holders {
+        std::fs::remove_file(relay.blob_file(&chunk).unwrap()).unwrap();
+    }
+    let out = device.dir.path().join("out");
+    let got = device
+        .run(&["get", "big", "-o", out.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(got["skipped"].to_string().contains(&chunk), "{got}");
+}

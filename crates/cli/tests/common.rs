@@ -136,6 +136,31 @@ impl Relay {
             .as_u16()
     }
 
+    /// A raw `PUT` of `bytes` signed by `signer` (a stranger's upload, or a
+    /// copy made outside the client): the status.
+    pub(crate) async fn upload_as(
+        &self,
+        signer: &cairn_client::proto::SigningKey,
+        bytes: Vec<u8>,
+    ) -> u16 {
+        let blob = cairn_client::proto::BlobId::of(&bytes);
+        let token = cairn_testkit::token(
+            &self.handle().key(),
+            cairn_client::proto::Method::Put,
+            cairn_client::proto::TokenTarget::Blob(blob),
+            cairn_testkit::unix_now() + 300,
+        );
+        cairn_testkit::http()
+            .put(format!("{}/v1/blobs/{blob}", self.url()))
+            .header("authorization", cairn_testkit::auth_header(&token, signer))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     /// A raw `DELETE` of blob `id` signed by `signer`, as a device acting
     /// outside the client's rules would send it: the status, and how many
     /// owners keep the blob.

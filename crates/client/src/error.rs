@@ -239,6 +239,13 @@ impl RelayError {
             _ => None,
         }
     }
+
+    /// Whether the relay answered that it does not hold what was asked (a
+    /// HEAD answer has no body to carry the `not_found` code).
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Self::Refused { status: 404, .. })
+            || self.code() == Some(cairn_proto::ErrorCode::NotFound)
+    }
 }
 
 /// The client's result type.

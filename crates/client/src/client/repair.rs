@@ -383,7 +383,7 @@ impl Client {
                 source: e,
             })?;
         }
-        let (candidates, _) = self.candidates(size).await;
+        let (candidates, _) = self.candidates(size, size).await;
         // Never repair onto a relay that recently lied.
         let (scores, now) = (self.scores(), crate::relay::unix_now());
         let mut stored = Vec::new();

@@ -19,13 +19,32 @@ use crate::client::Client;
 use crate::error::{Error, RelayError, Result, io_at};
 use crate::files::FileEntry;
 use crate::keys::X25519Secret;
-use crate::manifest::{ChunkRef, Manifest};
+use crate::manifest::{ChunkRef, Manifest, chunk_key_hash};
 use crate::progress::Progress;
 use crate::relay::RelayClient;
 use crate::seal;
 
 /// Chunks fetched at once.
 const PARALLEL: usize = 2;
+
+/// What opening a chunked file's chunks takes: the vault keys, and the
+/// chunk id key of the file's generation, which checks that each chunk is
+/// the one the manifest means (its keyed hash; §10.8), not merely a blob
+/// of this identity of the same length.
+#[derive(Clone)]
+pub(super) struct ChunkKeys {
+    pub keys: Vec<X25519Secret>,
+    pub id_key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+/// Where a chunked file's chunks are asked for: `relays`, of which the
+/// first `spread` hold the file (its manifest), so chunks are spread over
+/// those first; the others are asked when they fail (a chunk can have moved
+/// on its own).
+pub(super) struct ChunkSources {
+    pub relays: Vec<RelayClient>,
+    pub spread: usize,
+}
 
 /// A chunked file's manifest, read and checked against its entry.
 pub(super) struct Opened {
@@ -86,15 +105,16 @@ impl Client {
     }
 
     /// Writes bytes `range` of the file `manifest` describes to `output`,
-    /// fetching each chunk needed from `order` (chunk *i* first from relay
-    /// *i* mod *n*, then the others). Returns the bytes written, the
-    /// chunks fetched, and the relays that failed a chunk, with why.
+    /// fetching each chunk needed from `sources`: chunk *i* first from
+    /// relay *i* mod `spread`, then from the others in order. Returns the
+    /// bytes written, the chunks fetched, and the relays that failed a
+    /// chunk, with why.
     pub(super) async fn assemble(
         &self,
         manifest: &Manifest,
         range: ByteRange,
-        order: &[RelayClient],
-        keys: &[X25519Secret],
+        sources: &ChunkSources,
+        keys: &ChunkKeys,
         output: &Output,
         progress: &Arc<dyn Progress>,
     ) -> Result<(u64, usize, Vec<String>)> {
@@ -106,7 +126,9 @@ impl Client {
         let count = needed.len();
         let fetched = futures_util::stream::iter(needed.into_iter().enumerate())
             .map(|(i, (at, chunk))| async move {
-                let (plain, failures) = self.fetch_chunk(&chunk, i, order, keys).await?;
+                let order = &sources.relays;
+                let first = i % sources.spread.clamp(1, order.len().max(1));
+                let (plain, failures) = self.fetch_chunk(&chunk, first, order, keys).await?;
                 // The part of this chunk inside the range.
                 let from = usize::try_from(start.saturating_sub(at)).unwrap_or(usize::MAX);
                 let to =
@@ -164,20 +186,36 @@ impl Client {
     }
 
     /// One chunk's plaintext, from the first relay that serves it intact,
-    /// starting at relay `i` mod the number of relays, and the relays that
-    /// failed it first.
+    /// starting at relay `first` of `order`, then the others in order, and
+    /// the relays that failed it first.
     async fn fetch_chunk(
         &self,
         chunk: &ChunkRef,
-        i: usize,
+        first: usize,
         order: &[RelayClient],
-        keys: &[X25519Secret],
+        keys: &ChunkKeys,
     ) -> Result<(Bytes, Vec<String>)> {
         let mut failures = Vec::new();
-        let n = order.len().max(1);
-        for relay in order.iter().cycle().skip(i % n).take(order.len()) {
+        let tried = order.get(first).into_iter().chain(
+            order
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != first)
+                .map(|(_, r)| r),
+        );
+        for relay in tried {
             let sealed = match relay.fetch_bytes(&chunk.blob, MAX_SEALED_CHUNK).await {
                 Ok(sealed) => sealed,
+                // Not holding it is no misbehaviour here: relays beyond the
+                // file's holders are asked too, and audits tell a lost copy.
+                Err(err) if err.is_absent() => {
+                    failures.push(format!(
+                        "{}: does not hold chunk {}",
+                        relay.url(),
+                        chunk.blob
+                    ));
+                    continue;
+                }
                 Err(err) => {
                     self.note_failed_fetch(relay, &chunk.blob, &err);
                     failures.push(format!("{}: chunk {}: {err}", relay.url(), chunk.blob));
@@ -186,24 +224,14 @@ impl Client {
             };
             // The bytes hash to the id the manifest names: if they do not
             // open to the chunk, no other relay holds better ones.
-            let keys = keys.to_vec();
-            let plain = tokio::task::spawn_blocking(move || seal::open_bytes(&sealed, &keys))
+            let (keys, expected) = (keys.clone(), *chunk);
+            let plain = tokio::task::spawn_blocking(move || open_chunk(&sealed, &keys, &expected))
                 .await
                 .map_err(|err| Error::Invalid(format!("opening stopped: {err}")))?
-                .map_err(|err| Error::Unsealable {
+                .map_err(|reason| Error::Unsealable {
                     id: chunk.blob,
-                    reason: err.to_string(),
+                    reason,
                 })?;
-            if plain.len() != chunk.len as usize {
-                return Err(Error::Unsealable {
-                    id: chunk.blob,
-                    reason: format!(
-                        "holds {} bytes where the manifest says {}",
-                        plain.len(),
-                        chunk.len
-                    ),
-                });
-            }
             return Ok((Bytes::from(plain), failures));
         }
         Err(Error::Unavailable {
@@ -239,6 +267,28 @@ impl Client {
     }
 }
 
+/// Opens a sealed chunk and checks it is the one `expected` names: its
+/// length, and its keyed hash (a blob of this identity that merely opens
+/// is not enough: any device can seal to the vault's public key).
+fn open_chunk(
+    sealed: &[u8],
+    keys: &ChunkKeys,
+    expected: &ChunkRef,
+) -> std::result::Result<Vec<u8>, String> {
+    let plain = seal::open_bytes(sealed, &keys.keys).map_err(|err| err.to_string())?;
+    if plain.len() != expected.len as usize {
+        return Err(format!(
+            "holds {} bytes where the manifest says {}",
+            plain.len(),
+            expected.len
+        ));
+    }
+    if chunk_key_hash(&keys.id_key, &plain) != expected.key_hash {
+        return Err("is not the chunk the manifest names (its keyed hash differs)".to_owned());
+    }
+    Ok(plain)
+}
+
 /// A private temporary file beside `path`, renamed onto it once complete.
 pub(super) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
@@ -249,4 +299,40 @@ pub(super) fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
         .prefix(".cairn-get-")
         .tempfile_in(dir)
         .map_err(io_at(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_accepted_only_as_the_one_the_manifest_names() {
+        let secret = X25519Secret::from_bytes([7; 32]);
+        let keys = ChunkKeys {
+            keys: vec![secret.clone()],
+            id_key: zeroize::Zeroizing::new([9; 32]),
+        };
+        let (meant, other) = (vec![1u8; 1000], vec![2u8; 1000]);
+        let expected = ChunkRef {
+            blob: BlobId::of(b"unused here"),
+            len: 1000,
+            key_hash: chunk_key_hash(&keys.id_key, &meant),
+        };
+        let (_, sealed) = seal::seal_bytes(&meant, &secret.public()).unwrap();
+        assert_eq!(open_chunk(&sealed, &keys, &expected).unwrap(), meant);
+        // Another chunk of the same length, sealed to the same key, as a
+        // device could name it in a manifest of its own: refused.
+        let (_, swapped) = seal::seal_bytes(&other, &secret.public()).unwrap();
+        let err = open_chunk(&swapped, &keys, &expected).unwrap_err();
+        assert!(err.contains("keyed hash"), "{err}");
+        // A shorter one: refused for its length.
+        let (_, short) = seal::seal_bytes(&meant[..999], &secret.public()).unwrap();
+        assert!(
+            open_chunk(&short, &keys, &expected)
+                .unwrap_err()
+                .contains("999")
+        );
+    }
 }

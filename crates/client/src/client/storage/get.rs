@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 
 use cairn_proto::BlobId;
 
+use super::assemble::{ChunkKeys, ChunkSources};
 use super::{ByteRange, GetReport, INFO_TIMEOUT, Output, RangeSpec, Transfer};
 
 use crate::client::Client;
@@ -100,6 +101,18 @@ impl Client {
         let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
         if let Some(entry) = entry.filter(|e| e.is_chunked()) {
             let relays: Vec<RelayClient> = order.iter().map(|h| h.relay.clone()).collect();
+            let id_key = self
+                .vault_keys()?
+                .into_iter()
+                .find(|k| k.generation == entry.generation)
+                .map(|k| k.chunk_id_key())
+                .ok_or_else(|| Error::Unsealable {
+                    id,
+                    reason: format!(
+                        "this device holds no vault key of generation {}",
+                        entry.generation
+                    ),
+                })?;
             let opened = self
                 .open_manifest(entry, &relays, &keys, &mut skipped)
                 .await?;
@@ -110,8 +123,36 @@ impl Client {
             };
             progress.begin("downloading", bytes.len());
             let started = Instant::now();
+            let chunk_keys = ChunkKeys {
+                keys: keys.clone(),
+                id_key,
+            };
+            // Chunks move one by one (transfers, repairs, rotations): after
+            // the manifest's holders, every relay of the set and every
+            // place the table records for a chunk is asked.
+            let mut chunk_relays = relays.clone();
+            let recorded = entry
+                .chunks
+                .iter()
+                .flat_map(|chunk| Self::table_of(state).places_of(entry, chunk))
+                .map(|p| self.contained(RelayClient::new(self.http.clone(), &p.url, p.relay)));
+            for relay in self.blob_clients().into_iter().chain(recorded) {
+                if !chunk_relays.iter().any(|r| r.key() == relay.key()) {
+                    chunk_relays.push(relay);
+                }
+            }
             let assembled = self
-                .assemble(&opened.manifest, bytes, &relays, &keys, &output, &progress)
+                .assemble(
+                    &opened.manifest,
+                    bytes,
+                    &ChunkSources {
+                        relays: chunk_relays,
+                        spread: relays.len(),
+                    },
+                    &chunk_keys,
+                    &output,
+                    &progress,
+                )
                 .await;
             progress.end();
             let (size, chunks, failures) = assembled?;

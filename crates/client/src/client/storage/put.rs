@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 
 use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified};
 
-use super::chunked::{Target, copy_blobs, seal_on_worker};
+use super::chunked::{MAX_SEALED_CHUNK, Target, copy_blobs, seal_on_worker};
 use super::pieces::{self, Piece};
 use super::{INFO_TIMEOUT, PutReport};
 
@@ -146,9 +146,15 @@ impl Client {
             .map_err(|err| Error::Invalid(format!("reading failed: {err}")))?;
 
         let wanted = self.replicas().min(self.relays.entries().len());
-        let (candidates, mut warnings) = self
-            .candidates(size_hint.max(first.plain.len() as u64))
-            .await;
+        // A chunked file's largest blob is a chunk (or, for a file of more
+        // than a few GiB, its manifest), whatever the file's size.
+        let total = size_hint.max(first.plain.len() as u64);
+        let largest = if first.whole {
+            total
+        } else {
+            total.min(MAX_SEALED_CHUNK as u64)
+        };
+        let (candidates, mut warnings) = self.candidates(total, largest).await;
         if wanted < self.replicas() {
             warnings.push(format!(
                 "your relay set has {} relay(s), fewer than the {} copies wanted: redundancy is \
@@ -222,19 +228,24 @@ impl Client {
                 .collect(),
         };
         let replaced = Self::table_of(state).get(name).cloned();
-        for blob in entry.blobs() {
-            Self::record_owned(state, blob, stored.holders.iter().map(|r| *r.key()));
-        }
         let change = Change::Put {
             name: name.to_owned(),
             entry: entry.clone(),
         };
         match self.append(state, change).await {
-            Ok(failures) => warnings.extend(
-                failures
-                    .into_iter()
-                    .map(|f| format!("file list not updated on {f}")),
-            ),
+            Ok(failures) => {
+                // Owned only once listed: a copy owned and not listed is
+                // let go of, and the chunks of a put that failed here are
+                // to stay for the put run again.
+                for blob in entry.blobs() {
+                    Self::record_owned(state, blob, stored.holders.iter().map(|r| *r.key()));
+                }
+                warnings.extend(
+                    failures
+                        .into_iter()
+                        .map(|f| format!("file list not updated on {f}")),
+                );
+            }
             Err(err) => {
                 // A one-blob file's copies go; a chunked file's chunks stay
                 // for the put run again (only its manifest goes).
@@ -328,7 +339,18 @@ impl Client {
                 pow_bits: info.limits.pow_bits,
             })
         };
-        let split = wanted.min(candidates.len());
+        if candidates.len() < wanted {
+            // Better now than after sending the file to the others.
+            return Err(Error::NotEnoughCopies {
+                stored: 0,
+                wanted,
+                failures: format!(
+                    "only {} of the set's relays can take it now",
+                    candidates.len()
+                ),
+            });
+        }
+        let split = wanted;
         let targets = candidates[..split]
             .iter()
             .map(target)
@@ -409,11 +431,13 @@ impl Client {
         })
     }
 
-    /// Relays that can take a blob of `size` bytes, best first: longest
-    /// retention, then least loaded, then most free space.
+    /// Relays with room for `size` bytes whose largest blob is `largest`
+    /// bytes, best first: longest retention, then least loaded, then most
+    /// free space.
     pub(in crate::client) async fn candidates(
         &self,
         size: u64,
+        largest: u64,
     ) -> (Vec<(RelayClient, Verified<RelayInfo>)>, Vec<String>) {
         let relays = self.blob_clients();
         let infos = join_all(relays.iter().map(|relay| async {
@@ -432,7 +456,7 @@ impl Client {
                     relay.url(),
                     info.capacity_free
                 )),
-                Ok(info) if info.max_blob_size < size => problems.push(format!(
+                Ok(info) if info.max_blob_size < largest => problems.push(format!(
                     "{}: takes blobs up to {} bytes",
                     relay.url(),
                     info.max_blob_size

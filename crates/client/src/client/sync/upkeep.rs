@@ -56,15 +56,18 @@ impl Client {
         let mut done = Vec::new();
         for (id, holders) in std::mem::take(&mut state.owned) {
             let here = listed.get(&id);
-            if here.is_some() {
+            let unlisted_somewhere = holders
+                .iter()
+                .any(|holder| !here.is_some_and(|relays| relays.contains(holder)));
+            if !unlisted_somewhere {
                 state.unlisted_since.remove(&id);
             } else if state.chunks.contains(&id) {
-                // Another device may have claimed this chunk for a file it
-                // is storing now, whose operation this device has not seen:
-                // letting go at once would delete the chunk under it. Held
-                // until unlisted for longer than any put takes, by then its
-                // operation is merged (and lists the chunk again) or there
-                // is none.
+                // Another device may have claimed this chunk, on this
+                // relay, for a file it is storing now, whose operation this
+                // device has not seen: letting go at once would delete the
+                // chunk under it. Held until unlisted for longer than any
+                // put takes; by then its operation is merged (and lists the
+                // chunk there again) or there is none.
                 let since = *state.unlisted_since.entry(id.clone()).or_insert(now);
                 if now.saturating_sub(since) < hold {
                     state.owned.insert(id, holders);

@@ -3,7 +3,6 @@
 //! are the typed [`cairn_proto::wire`] forms.
 
 use cairn_api::CallError;
-use cairn_proto::ErrorCode;
 use serde::de::DeserializeOwned;
 
 use crate::error::RelayError;
@@ -72,10 +71,3 @@ pub(super) async fn json_answer<T: DeserializeOwned>(
 }
 
 pub(super) use cairn_api::describe;
-
-/// Whether a relay answered that it does not hold what was asked (a HEAD
-/// answer has no body to carry the `not_found` code).
-pub(super) fn is_absent(err: &RelayError) -> bool {
-    matches!(err, RelayError::Refused { status: 404, .. })
-        || err.code() == Some(ErrorCode::NotFound)
-}

@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use super::RelayClient;
-use super::answer::{MAX_SMALL_BODY, bounded_body, describe, is_absent, json_answer, send};
+use super::answer::{MAX_SMALL_BODY, bounded_body, describe, json_answer, send};
 use crate::error::RelayError;
 
 /// Times an upload is tried again after `429 rate_limited`: a large file
@@ -242,7 +242,7 @@ impl RelayClient {
                     .or_else(|| response.content_length());
                 Ok(size.map(|size| Held { size, at }))
             }
-            Err(err) if is_absent(&err) => Ok(None),
+            Err(err) if err.is_absent() => Ok(None),
             Err(err) => Err(err),
         }
     }
@@ -264,7 +264,7 @@ impl RelayClient {
         let url = format!("{}/proof?chunks={}", relay.blob_url(id), request.to_query());
         let response = match send(self.http.get(url)).await {
             Ok(response) => response,
-            Err(err) if is_absent(&err) => return Ok(AuditOutcome::Missing),
+            Err(err) if err.is_absent() => return Ok(AuditOutcome::Missing),
             Err(err) => return Err(relay.after_transfer(self, err)),
         };
         let expected = cairn_proto::audit::proof_len(request);
@@ -326,8 +326,28 @@ impl RelayClient {
     }
 
     /// Makes `key` one of blob `id`'s owners, so that the copy stays until
-    /// `key` deletes it too, whoever else does (PROTOCOL.md §7.3).
+    /// `key` deletes it too, whoever else does (PROTOCOL.md §7.3). Waits
+    /// out `429 rate_limited` as uploads do: a put that reuses many chunks
+    /// claims each one.
     pub async fn claim(&self, id: &BlobId, key: &SigningKey) -> Result<Claimed, RelayError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.claim_once(id, key).await {
+                Err(RelayError::Refused {
+                    status: 429,
+                    retry_after: Some(wait),
+                    ..
+                }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
+                    tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
+                    tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn claim_once(&self, id: &BlobId, key: &SigningKey) -> Result<Claimed, RelayError> {
         let token = self.token(Method::Post, id, key, 0).await?;
         match send(
             self.http

@@ -9,7 +9,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 use reqwest::header::LOCATION;
 use reqwest::{Method as HttpMethod, StatusCode};
 
-use super::answer::{check_status, describe, is_absent};
+use super::answer::{check_status, describe};
 use super::{RelayClient, fetch_info};
 use crate::error::RelayError;
 use crate::relay::set::RelaySet;
@@ -191,7 +191,7 @@ impl RelayClient {
         if self.url == asked.url && self.key == asked.key {
             return err;
         }
-        if is_absent(&err) {
+        if err.is_absent() {
             // Kept as is: the peer no longer holds it, an absent blob.
             return err;
         }
