@@ -344,10 +344,29 @@ pub fn open_to_file(
 /// [`seal_stream`] for small in-memory values (operations, snapshots), on
 /// the calling thread.
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
-    // The padded plaintext, age's 16-byte tag per 64 KiB and its header:
-    // sized once, so that a chunk is never copied into a doubled buffer.
-    let padded = usize::try_from(padded_len(data.len() as u64)).unwrap_or(usize::MAX);
-    let out = Vec::with_capacity(padded.saturating_add(padded / 4096 + 1024));
+    seal_bytes_into(
+        data,
+        recipient,
+        Vec::with_capacity(sealed_capacity(data.len())),
+    )
+}
+
+/// Room for the sealed form of `len` bytes of data: the padded plaintext,
+/// age's 16-byte tag per 64 KiB and its header, so that sealing never
+/// copies into a doubled buffer.
+pub fn sealed_capacity(len: usize) -> usize {
+    let padded = usize::try_from(padded_len(len as u64)).unwrap_or(usize::MAX);
+    padded.saturating_add(padded / 4096 + 1024)
+}
+
+/// [`seal_bytes`] into `out` (cleared first), for a caller that chooses
+/// where the buffer is allocated.
+pub fn seal_bytes_into(
+    data: &[u8],
+    recipient: &X25519PublicKey,
+    mut out: Vec<u8>,
+) -> io::Result<(BlobId, Vec<u8>)> {
+    out.clear();
     // Written straight from the slice: no copy through a read buffer.
     let mut writer = encrypting(recipient, out)?;
     writer.write_all(data)?;
@@ -358,7 +377,17 @@ pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobI
 /// [`open_stream`] for small in-memory values.
 pub fn open_bytes(sealed: &[u8], keys: &[X25519Secret]) -> Result<Vec<u8>, OpenError> {
     // The data is shorter than what seals it: one allocation holds it.
-    let mut out = Vec::with_capacity(sealed.len());
+    open_bytes_into(sealed, keys, Vec::with_capacity(sealed.len()))
+}
+
+/// [`open_bytes`] into `out` (cleared first), for a caller that chooses
+/// where the buffer is allocated.
+pub fn open_bytes_into(
+    sealed: &[u8],
+    keys: &[X25519Secret],
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, OpenError> {
+    out.clear();
     open_stream(io::Cursor::new(sealed), keys, &mut out)?;
     Ok(out)
 }

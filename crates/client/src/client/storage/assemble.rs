@@ -225,13 +225,18 @@ impl Client {
             // The bytes hash to the id the manifest names: if they do not
             // open to the chunk, no other relay holds better ones.
             let (keys, expected) = (keys.clone(), *chunk);
-            let plain = tokio::task::spawn_blocking(move || open_chunk(&sealed, &keys, &expected))
-                .await
-                .map_err(|err| Error::Invalid(format!("opening stopped: {err}")))?
-                .map_err(|reason| Error::Unsealable {
-                    id: chunk.blob,
-                    reason,
-                })?;
+            // Allocated here, on a runtime thread, like the sealed bytes:
+            // chunk buffers then come from few malloc arenas, which keeps
+            // what freed ones hold resident small.
+            let out = Vec::with_capacity(sealed.len());
+            let plain =
+                tokio::task::spawn_blocking(move || open_chunk(&sealed, &keys, &expected, out))
+                    .await
+                    .map_err(|err| Error::Invalid(format!("opening stopped: {err}")))?
+                    .map_err(|reason| Error::Unsealable {
+                        id: chunk.blob,
+                        reason,
+                    })?;
             return Ok((Bytes::from(plain), failures));
         }
         Err(Error::Unavailable {
@@ -274,8 +279,9 @@ fn open_chunk(
     sealed: &[u8],
     keys: &ChunkKeys,
     expected: &ChunkRef,
+    out: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let plain = seal::open_bytes(sealed, &keys.keys).map_err(|err| err.to_string())?;
+    let plain = seal::open_bytes_into(sealed, &keys.keys, out).map_err(|err| err.to_string())?;
     if plain.len() != expected.len as usize {
         return Err(format!(
             "holds {} bytes where the manifest says {}",
@@ -321,11 +327,14 @@ mod tests {
             key_hash: chunk_key_hash(&keys.id_key, &meant),
         };
         let (_, sealed) = seal::seal_bytes(&meant, &secret.public()).unwrap();
-        assert_eq!(open_chunk(&sealed, &keys, &expected).unwrap(), meant);
+        assert_eq!(
+            open_chunk(&sealed, &keys, &expected, Vec::new()).unwrap(),
+            meant
+        );
         // Another chunk of the same length, sealed to the same key, as a
         // device could name it in a manifest of its own: refused.
         let (_, swapped) = seal::seal_bytes(&other, &secret.public()).unwrap();
-        let err = open_chunk(&swapped, &keys, &expected).unwrap_err();
+        let err = open_chunk(&swapped, &keys, &expected, Vec::new()).unwrap_err();
         assert!(err.contains("keyed hash"), "{err}");
         // A shorter one: refused for its length.
         let (_, short) = seal::seal_bytes(&meant[..999], &secret.public()).unwrap();

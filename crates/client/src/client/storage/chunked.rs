@@ -425,7 +425,10 @@ pub(super) async fn seal_on_worker(
     plain: Bytes,
     recipient: X25519PublicKey,
 ) -> Result<(BlobId, Bytes)> {
-    tokio::task::spawn_blocking(move || seal::seal_bytes(&plain, &recipient))
+    // Allocated here, on a runtime thread: chunk buffers then come from few
+    // malloc arenas, which keeps what freed ones hold resident small.
+    let out = Vec::with_capacity(seal::sealed_capacity(plain.len()));
+    tokio::task::spawn_blocking(move || seal::seal_bytes_into(&plain, &recipient, out))
         .await
         .map_err(|err| Error::Invalid(format!("sealing stopped: {err}")))?
         .map(|(id, bytes)| (id, Bytes::from(bytes)))
