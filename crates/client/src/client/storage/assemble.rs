@@ -339,7 +339,7 @@ mod tests {
         // A shorter one: refused for its length.
         let (_, short) = seal::seal_bytes(&meant[..999], &secret.public()).unwrap();
         assert!(
-            open_chunk(&short, &keys, &expected)
+            open_chunk(&short, &keys, &expected, Vec::new())
                 .unwrap_err()
                 .contains("999")
         );
