@@ -140,14 +140,7 @@ impl RelayClient {
         loop {
             attempt += 1;
             match self.put_once(id, body()?, size, key, pow_bits).await {
-                Err(RelayError::Refused {
-                    status: 429,
-                    retry_after: Some(wait),
-                    ..
-                }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
-                    tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
-                    tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
-                }
+                Err(err) if self.waited_out(&err, attempt).await => {}
                 // The relay raised its proof of work (it may, under
                 // pressure): read what it asks now and try once more.
                 Err(err) if err.code() == Some(ErrorCode::PowRequired) && !pow_checked => {
@@ -334,17 +327,30 @@ impl RelayClient {
         loop {
             attempt += 1;
             match self.claim_once(id, key).await {
-                Err(RelayError::Refused {
-                    status: 429,
-                    retry_after: Some(wait),
-                    ..
-                }) if attempt <= RATE_LIMIT_RETRIES && wait <= MAX_RATE_LIMIT_WAIT.as_secs() => {
-                    tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
-                    tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
-                }
+                Err(err) if self.waited_out(&err, attempt).await => {}
                 other => return other,
             }
         }
+    }
+
+    /// Waits as the relay asked when `err` is a `429 rate_limited` with a
+    /// reasonable `Retry-After` and `attempt` is within the retries: true
+    /// when the request is to be sent again.
+    async fn waited_out(&self, err: &RelayError, attempt: u32) -> bool {
+        let RelayError::Refused {
+            status: 429,
+            retry_after: Some(wait),
+            ..
+        } = *err
+        else {
+            return false;
+        };
+        if attempt > RATE_LIMIT_RETRIES || wait > MAX_RATE_LIMIT_WAIT.as_secs() {
+            return false;
+        }
+        tracing::info!(relay = %self.url, wait, "rate limited; waiting as asked");
+        tokio::time::sleep(Duration::from_secs(wait.max(1))).await;
+        true
     }
 
     async fn claim_once(&self, id: &BlobId, key: &SigningKey) -> Result<Claimed, RelayError> {
