@@ -10,6 +10,46 @@ use crate::common::{Device, Relay, data_with_marker, disk_contains, laptop_on_th
 
 const MARKER: &[u8] = b"chunked plaintext marker";
 
+/// Chunks the device's chunk index records (72 bytes each) as acknowledged
+/// by every relay of a put.
+fn recorded_chunks(device: &Device) -> u64 {
+    std::fs::read_dir(device.home().join("chunks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".chunks"))
+        .map(|e| e.metadata().unwrap().len() / 72)
+        .sum()
+}
+
+/// Starts `cairn put - --name big` with the first half of `data` on its
+/// standard input, and returns once the index records `at_least` chunks:
+/// the running put (its output piped) and its standard input.
+async fn put_half_of(
+    device: &Device,
+    data: &[u8],
+    at_least: u64,
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = device
+        .command(&["put", "-", "--name", "big"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..data.len() / 2]).unwrap();
+    for _ in 0..3000 {
+        if recorded_chunks(device) >= at_least {
+            return (child, stdin);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no {at_least} chunks acknowledged in 30 s");
+}
+
 /// Bytes a put sent to relays, as its report says.
 fn sent(put: &serde_json::Value) -> u64 {
     put["sent"].as_u64().unwrap()
@@ -191,37 +231,12 @@ async fn a_killed_put_run_again_sends_only_what_is_missing() {
     let data = data_with_marker(40 << 20, MARKER);
 
     // The put reads standard input; it gets the first half, and is killed
-    // once the relays acknowledged chunks of it (the chunk index records
-    // each as both relays acknowledge it).
-    let mut child = device
-        .command(&["put", "-", "--name", "big", "--json"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&data[..data.len() / 2]).unwrap();
-    let index = device.home().join("chunks");
-    let recorded = || {
-        std::fs::read_dir(&index)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".chunks"))
-            .map(|e| e.metadata().unwrap().len() / 72)
-            .sum::<u64>()
-    };
-    let mut waited = 0;
-    while recorded() < 4 {
-        assert!(waited < 3000, "no chunk acknowledged in 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    // once the relays acknowledged chunks of it.
+    let (mut child, stdin) = put_half_of(&device, &data, 4).await;
     child.kill().unwrap();
     child.wait().unwrap();
     drop(stdin);
-    let done_before = recorded();
+    let done_before = recorded_chunks(&device);
     assert_eq!(
         device.run(&["ls", "--json"]).await.json(),
         serde_json::json!([])
@@ -426,32 +441,7 @@ async fn a_put_cut_off_by_its_relay_says_to_run_it_again_and_then_resumes() {
     device.add_relays(&[&a]).await;
     let data = data_with_marker(40 << 20, MARKER);
 
-    let mut child = device
-        .command(&["put", "-", "--name", "big"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&data[..data.len() / 2]).unwrap();
-    let index = device.home().join("chunks");
-    let recorded = || {
-        std::fs::read_dir(&index)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".chunks"))
-            .map(|e| e.metadata().unwrap().len() / 72)
-            .sum::<u64>()
-    };
-    for _ in 0..3000 {
-        if recorded() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(recorded() >= 3, "no chunk acknowledged in 30 s");
+    let (child, mut stdin) = put_half_of(&device, &data, 3).await;
     // The relay goes away mid-file; the rest of the input follows.
     a.stop().await;
     let rest = data[data.len() / 2..].to_vec();
