@@ -176,11 +176,7 @@ impl Client {
             progress.advance(len);
         }
         if let (Some(temp), Output::File(path)) = (temp, output) {
-            temp.as_file().sync_all().map_err(io_at(temp.path()))?;
-            temp.persist(path).map_err(|err| Error::Io {
-                path: path.clone(),
-                source: err.error,
-            })?;
+            put_in_place(temp, path)?;
         }
         Ok((written, count, skipped))
     }
@@ -293,6 +289,17 @@ fn open_chunk(
         return Err("is not the chunk the manifest names (its keyed hash differs)".to_owned());
     }
     Ok(plain)
+}
+
+/// Makes `temp` durable and renames it onto `path`: a get's output
+/// appears whole or not at all.
+pub(super) fn put_in_place(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    temp.as_file().sync_all().map_err(io_at(temp.path()))?;
+    temp.persist(path).map_err(|err| Error::Io {
+        path: path.to_path_buf(),
+        source: err.error,
+    })?;
+    Ok(())
 }
 
 /// A private temporary file beside `path`, renamed onto it once complete.

@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 
 use cairn_proto::BlobId;
 
-use super::assemble::{ChunkKeys, ChunkSources};
+use super::assemble::{ChunkKeys, ChunkSources, put_in_place, temp_beside};
 use super::{ByteRange, GetReport, INFO_TIMEOUT, Output, RangeSpec, Transfer};
 
 use crate::client::Client;
@@ -303,14 +303,7 @@ impl Client {
         path: &Path,
         progress: &Arc<dyn Progress>,
     ) -> Result<(u64, Option<ByteRange>), Attempt> {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let temp = tempfile::Builder::new()
-            .prefix(".cairn-get-")
-            .tempfile_in(dir)
-            .map_err(|err| Attempt::Fatal(io_at(dir)(err)))?;
+        let temp = temp_beside(path).map_err(Attempt::Fatal)?;
         let out = temp
             .reopen()
             .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
@@ -345,15 +338,7 @@ impl Client {
                 reason: err.to_string(),
             })
         })?;
-        temp.as_file()
-            .sync_all()
-            .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
-        temp.persist(path).map_err(|err| {
-            Attempt::Fatal(Error::Io {
-                path: path.to_path_buf(),
-                source: err.error,
-            })
-        })?;
+        put_in_place(temp, path).map_err(Attempt::Fatal)?;
         Ok((size, None))
     }
 
@@ -402,7 +387,7 @@ impl Client {
         let keys = keys.to_vec();
         let id = *id;
         let destination = match output {
-            Output::File(path) => Some(super::assemble::temp_beside(path).map_err(Attempt::Fatal)?),
+            Output::File(path) => Some(temp_beside(path).map_err(Attempt::Fatal)?),
             Output::Stdout => None,
         };
         let (size, written, destination) = tokio::task::spawn_blocking(move || {
@@ -439,15 +424,7 @@ impl Client {
         .map_err(|err| Attempt::Fatal(Error::Invalid(format!("opening stopped: {err}"))))?
         .map_err(Attempt::Fatal)?;
         if let (Some(temp), Output::File(path)) = (destination, output) {
-            temp.as_file()
-                .sync_all()
-                .map_err(|err| Attempt::Fatal(io_at(temp.path())(err)))?;
-            temp.persist(path).map_err(|err| {
-                Attempt::Fatal(Error::Io {
-                    path: path.clone(),
-                    source: err.error,
-                })
-            })?;
+            put_in_place(temp, path).map_err(Attempt::Fatal)?;
         }
         Ok((size, written))
     }
