@@ -1,4 +1,4 @@
-//! Sealing: padding plus age encryption, streamed.
+//! Sealing: padding plus age encryption (in memory, a chunk at most), and opening (streamed).
 //!
 //! A sealed blob is an ordinary age file (X25519 recipient: the vault key)
 //! whose plaintext is
@@ -44,17 +44,6 @@ pub fn padded_len(data_len: u64) -> u64 {
     padme(data_len.saturating_add(TRAILER_LEN))
 }
 
-/// What sealing produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sealed {
-    /// The blob id (BLAKE3 of the sealed bytes).
-    pub id: BlobId,
-    /// Sealed bytes written.
-    pub size: u64,
-    /// Bytes of data sealed.
-    pub data_len: u64,
-}
-
 /// Why a blob did not open.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -71,95 +60,6 @@ pub enum OpenError {
     /// The caller refused the data's length (a range outside it).
     #[error("{0}")]
     Refused(String),
-}
-
-/// Seals all of `input` to `recipient`, writing the sealed bytes to `out`.
-/// `progress` is told the running count of data bytes consumed.
-///
-/// Encryption runs on the calling thread while a second thread hashes the
-/// sealed bytes and writes them to `out`: on two or more cores sealing
-/// then goes about as fast as encryption alone. [`seal_bytes`] seals small
-/// values on one thread.
-pub fn seal_stream(
-    input: impl Read,
-    recipient: &X25519PublicKey,
-    out: impl Write + Send,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<Sealed> {
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BLOCKS);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    for _ in 0..PIPE_BLOCKS {
-        // Cannot fail: the receiver is alive.
-        let _ = empty_tx.send(Vec::with_capacity(IO_BUFFER));
-    }
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(move || {
-            let mut hashing = HashingWriter {
-                inner: out,
-                hasher: blake3::Hasher::new(),
-                written: 0,
-            };
-            for mut block in full_rx {
-                hashing.write_all(&block)?;
-                block.clear();
-                // The sealing side may be gone (it failed): nothing to do.
-                let _ = empty_tx.send(block);
-            }
-            hashing.flush()?;
-            Ok::<_, io::Error>(hashing)
-        });
-        let pipe = Pipe {
-            full: full_tx,
-            empty: empty_rx,
-            block: Vec::new(),
-        };
-        // Dropping the pipe closes it, so the writer thread ends; its error
-        // explains a broken pipe best.
-        let sealed = seal_into(input, recipient, pipe, progress).map(|(data_len, pipe)| {
-            drop(pipe);
-            data_len
-        });
-        let written = writer
-            .join()
-            .map_err(|_| io::Error::other("the thread writing sealed bytes panicked"))?;
-        let (data_len, hashing) = match (sealed, written) {
-            (Ok(data_len), Ok(hashing)) => (data_len, hashing),
-            (_, Err(err)) | (Err(err), Ok(_)) => return Err(err),
-        };
-        Ok(Sealed {
-            id: BlobId::from_bytes(*hashing.hasher.finalize().as_bytes()),
-            size: hashing.written,
-            data_len,
-        })
-    })
-}
-
-/// Blocks of sealed bytes in flight between the two sealing threads.
-const PIPE_BLOCKS: usize = 4;
-
-/// Pads and encrypts `input` into `out`, on this thread: the data length
-/// and `out` back.
-fn seal_into<W: Write>(
-    mut input: impl Read,
-    recipient: &X25519PublicKey,
-    out: W,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<(u64, W)> {
-    let mut writer = encrypting(recipient, out)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut data_len = 0u64;
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        writer.write_all(&buf[..n])?;
-        data_len += n as u64;
-        progress(data_len);
-    }
-    finish(writer, data_len)
 }
 
 /// An age writer to `recipient` over `out`.
@@ -190,48 +90,6 @@ fn finish<W: Write>(
     let mut out = writer.finish()?;
     out.flush()?;
     Ok((data_len, out))
-}
-
-/// The sealing side of [`seal_stream`]'s pipe: gathers writes into blocks
-/// of [`IO_BUFFER`] bytes and hands them to the writer thread, reusing the
-/// blocks it hands back.
-struct Pipe {
-    full: std::sync::mpsc::SyncSender<Vec<u8>>,
-    empty: std::sync::mpsc::Receiver<Vec<u8>>,
-    block: Vec<u8>,
-}
-
-impl Pipe {
-    fn closed() -> io::Error {
-        io::Error::new(io::ErrorKind::BrokenPipe, "the sealed-bytes writer stopped")
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.block.is_empty() {
-            return Ok(());
-        }
-        let next = self.empty.recv().map_err(|_| Self::closed())?;
-        let full = std::mem::replace(&mut self.block, next);
-        self.full.send(full).map_err(|_| Self::closed())
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.block.capacity() == 0 {
-            self.block = self.empty.recv().map_err(|_| Self::closed())?;
-        }
-        let n = data.len().min(IO_BUFFER - self.block.len());
-        self.block.extend_from_slice(&data[..n]);
-        if self.block.len() == IO_BUFFER {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
 }
 
 /// Starts decrypting `input` with whichever of `keys` opens it.
@@ -341,7 +199,7 @@ pub fn open_to_file(
     Ok(data_len)
 }
 
-/// [`seal_stream`] for small in-memory values (operations, snapshots), on
+/// Seals `data` in memory (chunks, operations, snapshots), on
 /// the calling thread.
 pub fn seal_bytes(data: &[u8], recipient: &X25519PublicKey) -> io::Result<(BlobId, Vec<u8>)> {
     seal_bytes_into(
@@ -477,26 +335,6 @@ pub(crate) fn open_small(
     Ok(plain)
 }
 
-/// Passes writes through while hashing and counting them.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -593,55 +431,6 @@ mod tests {
             let cut = tempfile::tempfile().unwrap();
             let key = std::slice::from_ref(&key);
             assert!(open_to_file(&sealed[..sealed.len() - 1], key, &cut).is_err());
-        }
-    }
-
-    #[test]
-    fn streamed_sealing_hashes_counts_and_opens() {
-        let key = X25519Secret::from_bytes([5; 32]);
-        // Sizes around the pipe's block size and its number of blocks.
-        for len in [0usize, 1, IO_BUFFER - 1, IO_BUFFER, 5 * IO_BUFFER + 17] {
-            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 253).unwrap()).collect();
-            let mut out = Vec::new();
-            let mut seen = 0;
-            let sealed =
-                seal_stream(&data[..], &key.public(), &mut out, &mut |n| seen = n).unwrap();
-            assert_eq!(sealed.id, BlobId::of(&out));
-            assert_eq!(sealed.size, out.len() as u64);
-            assert_eq!(sealed.data_len, len as u64);
-            assert_eq!(seen, len as u64);
-            assert_eq!(open_bytes(&out, std::slice::from_ref(&key)).unwrap(), data);
-        }
-    }
-
-    /// Fails every write after `left` bytes, like a disk that fills up.
-    struct FillsUp {
-        left: usize,
-    }
-
-    impl Write for FillsUp {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if self.left == 0 {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"));
-            }
-            let n = buf.len().min(self.left);
-            self.left -= n;
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_failing_output_fails_sealing_with_its_error() {
-        let key = X25519Secret::from_bytes([6; 32]);
-        let data = vec![7u8; 8 * IO_BUFFER];
-        for left in [0, 1000, 3 * IO_BUFFER] {
-            let err =
-                seal_stream(&data[..], &key.public(), FillsUp { left }, &mut |_| {}).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
         }
     }
 

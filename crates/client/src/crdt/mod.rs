@@ -263,11 +263,6 @@ impl Table {
         self.moves.retain(|_, r| keep(&r.device, r.clock));
     }
 
-    /// Blob ids the table references.
-    pub fn referenced(&self) -> std::collections::BTreeSet<BlobId> {
-        self.files().flat_map(|(_, e)| e.blobs().copied()).collect()
-    }
-
     /// The copies stored, and not moved since, by an upload sealed to vault
     /// generation `generation`: in the per-relay layout, its owner key owns
     /// them already.
