@@ -222,7 +222,7 @@ pub(crate) fn chunks(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         for file in [&sealed, &got, &identity] {
             std::fs::remove_file(file)?;
         }
-        for done in [home.dir(), killed.dir(), memory.dir(), &repo] {
+        for done in [&home.dir, &killed.dir, &memory.dir, &repo] {
             std::fs::remove_dir_all(done)?;
         }
     }
@@ -278,11 +278,4 @@ pub(crate) fn chunks(plan: &Plan, work: &Path) -> anyhow::Result<Vec<Row>> {
         age_d_rss,
     ));
     Ok(rows)
-}
-
-impl Home {
-    /// The home directory.
-    fn dir(&self) -> &PathBuf {
-        &self.dir
-    }
 }

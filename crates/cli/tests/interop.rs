@@ -5,12 +5,22 @@ use std::process::Command;
 
 use crate::common::{Device, Relay, data_with_marker};
 
+/// Whether every one of `tools` runs; if not, `test` says it skips and why.
+/// CI installs them (.ci/run), so there a missing one is a failure.
+fn tools_present(test: &str, tools: &[&str]) -> bool {
+    for tool in tools {
+        if Command::new(tool).arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "CI must provide `{tool}`");
+            eprintln!("SKIP {test}: no `{tool}` on PATH (apt-get install {tool})");
+            return false;
+        }
+    }
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debian_age_decrypts_a_stored_blob() {
-    if Command::new("age").arg("--version").output().is_err() {
-        // CI installs it (.ci/run), so there a missing `age` is a failure.
-        assert!(std::env::var_os("CI").is_none(), "CI must provide `age`");
-        eprintln!("SKIP debian_age_decrypts_a_stored_blob: no `age` on PATH (apt-get install age)");
+    if !tools_present("debian_age_decrypts_a_stored_blob", &["age"]) {
         return;
     }
     let a = Relay::start().await;
@@ -132,12 +142,11 @@ fn readme_rebuild_function() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_rebuilds_a_chunked_file_with_age_and_curl() {
-    for tool in ["age", "curl", "od"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            assert!(std::env::var_os("CI").is_none(), "CI must provide `{tool}`");
-            eprintln!("SKIP the_readme_rebuilds_a_chunked_file_with_age_and_curl: no `{tool}`");
-            return;
-        }
+    if !tools_present(
+        "the_readme_rebuilds_a_chunked_file_with_age_and_curl",
+        &["age", "curl", "od"],
+    ) {
+        return;
     }
     let a = Relay::start().await;
     let device = Device::new();
