@@ -15,7 +15,7 @@
 //! the put uploaded (chunks, the manifest, the sealed operation), not only
 //! what the client reports.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
