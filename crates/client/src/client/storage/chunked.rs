@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use cairn_proto::{BlobId, SigningKey, X25519PublicKey};
 
 use super::pieces::Piece;
+use super::put::Stored;
 use crate::chunk_index::{ChunkIndex, Known};
 use crate::client::Client;
 use crate::crdt::Table;
@@ -50,29 +51,6 @@ pub(super) struct Target {
     pub relay: RelayClient,
     pub key: SigningKey,
     pub pow_bits: u8,
-}
-
-/// What storing a file's chunks did.
-pub(super) struct ChunkedUpload {
-    /// The sealed manifest.
-    pub manifest: BlobId,
-    /// The chunk blobs, each once, in the order the manifest first names
-    /// them.
-    pub chunks: Vec<BlobId>,
-    /// Chunks the manifest lists.
-    pub count: usize,
-    /// Bytes of data.
-    pub size: u64,
-    /// Bytes of the sealed manifest and every chunk blob.
-    pub sealed_size: u64,
-    /// Targets (by index) holding every blob of the file.
-    pub holders: Vec<usize>,
-    /// Targets that failed, with what they said.
-    pub failures: Vec<String>,
-    /// Bytes sent to relays, all of them together.
-    pub sent: u64,
-    /// Chunks claimed rather than sent.
-    pub reused: usize,
 }
 
 /// One chunk, stored.
@@ -134,7 +112,7 @@ impl Client {
         index: &Mutex<ChunkIndex>,
         recipient: X25519PublicKey,
         progress: &Arc<dyn Progress>,
-    ) -> Result<ChunkedUpload> {
+    ) -> Result<Stored> {
         let failed = Failed::default();
         let context = Context {
             targets,
@@ -186,20 +164,27 @@ impl Client {
             seal_on_worker(Bytes::from(manifest.encode()), recipient).await?;
         sent += self.send_sealed(&manifest_id, &sealed, context).await?;
 
-        let mut blobs = Vec::with_capacity(sizes.len());
-        for chunk in manifest.chunks() {
-            if !blobs.contains(&chunk.blob) {
-                blobs.push(chunk.blob);
-            }
-        }
+        // Each blob once, in the order the manifest first names it (a set
+        // to look up: a manifest may list a million chunks).
+        let mut seen = std::collections::HashSet::with_capacity(sizes.len());
+        let blobs: Vec<BlobId> = manifest
+            .chunks()
+            .iter()
+            .map(|chunk| chunk.blob)
+            .filter(|blob| seen.insert(*blob))
+            .collect();
         let sealed_size = sealed.len() as u64 + sizes.values().sum::<u64>();
-        Ok(ChunkedUpload {
-            manifest: manifest_id,
+        Ok(Stored {
+            blob: manifest_id,
             chunks: blobs,
             count: manifest.chunks().len(),
             size: manifest.size(),
             sealed_size,
-            holders: failed.live(targets.len()),
+            holders: failed
+                .live(targets.len())
+                .into_iter()
+                .map(|t| targets[t].relay.clone())
+                .collect(),
             failures: failed.messages(),
             sent,
             reused,

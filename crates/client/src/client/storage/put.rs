@@ -28,23 +28,26 @@ use crate::scores::Misbehaviour;
 const READ_AHEAD: usize = 1;
 
 /// A file's blobs, stored.
-struct Stored {
+pub(super) struct Stored {
     /// The sealed blob, or the sealed manifest.
-    blob: BlobId,
-    /// A chunked file's chunk blobs, each once.
-    chunks: Vec<BlobId>,
+    pub blob: BlobId,
+    /// A chunked file's chunk blobs, each once, in the order the manifest
+    /// first names them.
+    pub chunks: Vec<BlobId>,
     /// Chunks the manifest lists (0 for a one-blob file).
-    count: usize,
-    size: u64,
-    sealed_size: u64,
+    pub count: usize,
+    /// Bytes of data.
+    pub size: u64,
+    /// Bytes of the sealed blob, or of the manifest and every chunk blob.
+    pub sealed_size: u64,
     /// Bytes sent to relays, all together.
-    sent: u64,
+    pub sent: u64,
     /// Chunks claimed rather than sent.
-    reused: usize,
+    pub reused: usize,
     /// Relays holding every blob.
-    holders: Vec<RelayClient>,
+    pub holders: Vec<RelayClient>,
     /// Relays that failed, with what they said.
-    failures: Vec<String>,
+    pub failures: Vec<String>,
 }
 
 impl Client {
@@ -381,54 +384,39 @@ impl Client {
         progress.end();
         let mut upload = upload?;
 
-        let mut holders: Vec<RelayClient> = upload
-            .holders
-            .iter()
-            .map(|&t| targets[t].relay.clone())
-            .collect();
-        let blobs: Vec<BlobId> = std::iter::once(upload.manifest)
+        let blobs: Vec<BlobId> = std::iter::once(upload.blob)
             .chain(upload.chunks.iter().copied())
             .collect();
         for spare in &candidates[split..] {
-            if holders.len() >= wanted {
+            if upload.holders.len() >= wanted {
                 break;
             }
-            let Some(source) = holders.first().cloned() else {
+            let Some(source) = upload.holders.first().cloned() else {
                 break;
             };
             let spare = target(spare)?;
             match copy_blobs(&source, &spare, &blobs).await {
                 Ok(sent) => {
                     upload.sent += sent;
-                    holders.push(spare.relay);
+                    upload.holders.push(spare.relay);
                 }
                 Err(err) => upload
                     .failures
                     .push(format!("{}: {err}", spare.relay.url())),
             }
         }
-        if holders.len() < wanted {
+        if upload.holders.len() < wanted {
             return Err(Error::Interrupted {
                 chunks: upload.count,
                 bytes: upload.size,
                 why: Box::new(Error::NotEnoughCopies {
-                    stored: holders.len(),
+                    stored: upload.holders.len(),
                     wanted,
                     failures: upload.failures.join("; "),
                 }),
             });
         }
-        Ok(Stored {
-            blob: upload.manifest,
-            chunks: upload.chunks,
-            count: upload.count,
-            size: upload.size,
-            sealed_size: upload.sealed_size,
-            sent: upload.sent,
-            reused: upload.reused,
-            holders,
-            failures: upload.failures,
-        })
+        Ok(upload)
     }
 
     /// Relays with room for `size` bytes whose largest blob is `largest`
