@@ -53,6 +53,16 @@ impl FileEntry {
         (!self.is_chunked() && *blob == self.blob).then_some(self.sealed_size)
     }
 
+    /// How reports name blob `index` of [`FileEntry::blobs`] of the file
+    /// `name`: the file itself, its manifest, or one of its chunk blobs.
+    pub fn blob_label(&self, name: &str, index: usize) -> String {
+        match index {
+            0 if self.is_chunked() => format!("{name} (manifest)"),
+            0 => name.to_owned(),
+            i => format!("{name} (chunk blob {i} of {})", self.chunks.len()),
+        }
+    }
+
     /// Every blob a copy of the file holds: the blob or manifest first,
     /// then the chunks.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobId> {

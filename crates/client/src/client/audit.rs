@@ -96,11 +96,7 @@ impl Client {
             .iter()
             .flat_map(|(name, entry)| {
                 entry.blobs().enumerate().map(move |(i, blob)| Audited {
-                    name: match i {
-                        0 if entry.is_chunked() => format!("{name} (manifest)"),
-                        0 => (*name).to_owned(),
-                        i => format!("{name} (chunk blob {i} of {})", entry.chunks.len()),
-                    },
+                    name: entry.blob_label(name, i),
                     blob: *blob,
                     size: entry.sealed_size_of(blob),
                     copies: table

@@ -126,10 +126,11 @@ impl Client {
             // chunk) keeps its own copies: relays transfer blobs one by
             // one, and a lost chunk is replaced alone.
             let mut healthy = true;
-            for blob in entry.blobs() {
+            for (i, blob) in entry.blobs().enumerate() {
                 let places = Self::table_of(&state).places_of(&entry, blob);
+                let label = entry.blob_label(&name, i);
                 let outcome = self
-                    .repair_blob(&name, &entry, blob, places, wanted, replace_unreachable)
+                    .repair_blob(&label, &entry, blob, places, wanted, replace_unreachable)
                     .await;
                 report.copies_checked += outcome.checked;
                 healthy &= outcome.healthy;
@@ -156,20 +157,13 @@ impl Client {
     /// copies).
     async fn repair_blob(
         &self,
-        name: &str,
+        label: &str,
         entry: &FileEntry,
         blob: &BlobId,
         places: Vec<Place>,
         wanted: usize,
         replace_unreachable: bool,
     ) -> BlobRepair {
-        // A chunk is named by its file and its place among the file's
-        // blobs; a one-blob file by its name alone.
-        let label = match entry.chunks.iter().position(|c| c == blob) {
-            Some(i) => format!("{name} (chunk blob {} of {})", i + 1, entry.chunks.len()),
-            None if entry.is_chunked() => format!("{name} (manifest)"),
-            None => name.to_owned(),
-        };
         let mut out = BlobRepair::default();
         // A one-blob file's size is in its entry; a chunked file's blobs'
         // sizes are learned from the relays.
@@ -246,7 +240,7 @@ impl Client {
                         to: to.clone(),
                     });
                     out.restored.push(Restored {
-                        name: label.clone(),
+                        name: label.to_owned(),
                         from: lost.url.clone(),
                         why: why.clone(),
                         to: to.url.clone(),
