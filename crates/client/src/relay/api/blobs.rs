@@ -255,10 +255,17 @@ impl RelayClient {
         };
         let relay = held.at.as_ref().unwrap_or(self);
         let url = format!("{}/proof?chunks={}", relay.blob_url(id), request.to_query());
-        let response = match send(self.http.get(url)).await {
-            Ok(response) => response,
-            Err(err) if err.is_absent() => return Ok(AuditOutcome::Missing),
-            Err(err) => return Err(relay.after_transfer(self, err)),
+        // A relay proves a few blobs at a time and asks the rest to come
+        // back shortly: auditing a chunked file asks for many at once.
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            match send(self.http.get(&url)).await {
+                Ok(response) => break response,
+                Err(err) if err.is_absent() => return Ok(AuditOutcome::Missing),
+                Err(err) if relay.waited_out(&err, attempt).await => {}
+                Err(err) => return Err(relay.after_transfer(self, err)),
+            }
         };
         let expected = cairn_proto::audit::proof_len(request);
         let max = usize::try_from(expected).unwrap_or(usize::MAX);
@@ -333,12 +340,13 @@ impl RelayClient {
         }
     }
 
-    /// Waits as the relay asked when `err` is a `429 rate_limited` with a
-    /// reasonable `Retry-After` and `attempt` is within the retries: true
-    /// when the request is to be sent again.
+    /// Waits as the relay asked when `err` is a `429 rate_limited` or a
+    /// `503` (busy: too many uploads or audits at once) with a reasonable
+    /// `Retry-After` and `attempt` is within the retries: true when the
+    /// request is to be sent again.
     async fn waited_out(&self, err: &RelayError, attempt: u32) -> bool {
         let RelayError::Refused {
-            status: 429,
+            status: 429 | 503,
             retry_after: Some(wait),
             ..
         } = *err
