@@ -85,7 +85,7 @@ impl Client {
         let started = Instant::now();
         let state = self.synced().await?;
         let table = Self::table_of(&state);
-        let mut files: Vec<(&str, &FileEntry)> = table.files().collect();
+        let mut files: Vec<(String, &FileEntry)> = table.stored().collect();
         if let Some(sample) = sample {
             shuffle(&mut files)?;
             files.truncate(sample);

@@ -290,12 +290,12 @@ impl Client {
 async fn check_copies(relay: &RelayClient, table: &Table, probe: bool) -> CopiesCheck {
     // Blob → (names, newest store time).
     let mut listed: BTreeMap<BlobId, (Vec<String>, u64)> = BTreeMap::new();
-    for (name, entry) in table.files() {
+    for (name, entry) in table.stored() {
         if entry.copies.iter().any(|c| &c.relay == relay.key()) {
             // Every blob of a chunked file has a copy there.
             for blob in entry.blobs() {
                 let (names, stored) = listed.entry(*blob).or_default();
-                names.push(name.to_owned());
+                names.push(name.clone());
                 *stored = (*stored).max(entry.stored_at);
             }
         }

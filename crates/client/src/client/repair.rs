@@ -113,8 +113,8 @@ impl Client {
         let mut state = self.synced().await?;
         let wanted = self.replicas().min(self.relays.entries().len());
         let files: Vec<(String, FileEntry)> = Self::table_of(&state)
-            .files()
-            .map(|(name, entry)| (name.to_owned(), entry.clone()))
+            .stored()
+            .map(|(name, entry)| (name, entry.clone()))
             .collect();
         let mut report = RepairReport {
             files: files.len(),

@@ -81,9 +81,9 @@ impl Client {
         let files: Vec<(String, FileEntry)> = {
             let table = Self::table_of(&state);
             table
-                .files()
+                .stored()
                 .filter(|(_, entry)| entry.blobs().any(|blob| on_old(table, entry, blob)))
-                .map(|(name, entry)| (name.to_owned(), entry.clone()))
+                .map(|(name, entry)| (name, entry.clone()))
                 .collect()
         };
         let mut report = RotateReport {

@@ -48,6 +48,15 @@ pub enum Change {
         /// Where it is now.
         to: Place,
     },
+    /// Writes to paths of the synced folder `folder`, all at this
+    /// operation's clock (PROTOCOL.md §10.9). A device older than folders
+    /// refuses the operation as one it does not know.
+    Folder {
+        /// The folder's name.
+        folder: String,
+        /// The writes, each to a distinct path.
+        writes: Vec<super::folder::Write>,
+    },
     /// The device appended to the identity log, up to `seq` (entry `head`).
     Identity {
         /// The log's last sequence number.

@@ -12,6 +12,7 @@
 //! publishing, detecting lying relays) is in `client/sync.rs`.
 
 mod change;
+pub mod folder;
 
 use std::collections::BTreeMap;
 
@@ -102,6 +103,10 @@ pub struct Table {
         with = "move_list"
     )]
     moves: BTreeMap<(BlobId, VerifyingKey), MoveRegister>,
+    /// Synced folders, by name (PROTOCOL.md §10.9). Left out when empty,
+    /// so tables without folders keep their exact form.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    folders: BTreeMap<String, folder::Tree>,
 }
 
 impl Table {
@@ -138,6 +143,15 @@ impl Table {
                     to: to.clone(),
                 },
             ),
+            Change::Folder { folder, writes } => {
+                if folder::check_folder_name(folder).is_err() {
+                    return;
+                }
+                let tree = self.folders.entry(folder.clone()).or_default();
+                for write in writes {
+                    tree.apply(device, clock, write);
+                }
+            }
             Change::Identity { .. } | Change::Snapshot { .. } => {}
         }
     }
@@ -160,6 +174,9 @@ impl Table {
         }
         for ((blob, from), record) in &other.moves {
             self.record_move(*blob, *from, record.clone());
+        }
+        for (name, tree) in &other.folders {
+            self.folders.entry(name.clone()).or_default().merge(tree);
         }
     }
 
@@ -245,6 +262,45 @@ impl Table {
             .filter_map(|(name, r)| r.entry.as_ref().map(|e| (name.as_str(), e)))
     }
 
+    /// The synced folders, by name.
+    pub fn folders(&self) -> &BTreeMap<String, folder::Tree> {
+        &self.folders
+    }
+
+    /// The folder `name`.
+    pub fn folder(&self, name: &str) -> Option<&folder::Tree> {
+        self.folders.get(name)
+    }
+
+    /// Drops the versions of folder files replaced before `clock`.
+    pub fn prune_versions(&mut self, clock: u64) {
+        for tree in self.folders.values_mut() {
+            tree.prune(clock);
+        }
+    }
+
+    /// Every stored file whose copies are kept: the named files, and each
+    /// folder's files and their versions.
+    pub fn stored_entries(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files().map(|(_, entry)| entry).chain(
+            self.folders
+                .values()
+                .flat_map(|tree| tree.stored().map(|(_, file)| &file.entry)),
+        )
+    }
+
+    /// [`Table::stored_entries`], each with how reports name it: its name,
+    /// or `FOLDER:PATH` for a folder's file (a version is named as the file
+    /// it was).
+    pub fn stored(&self) -> impl Iterator<Item = (String, &FileEntry)> {
+        self.files()
+            .map(|(name, entry)| (name.to_owned(), entry))
+            .chain(self.folders.iter().flat_map(|(folder, tree)| {
+                tree.stored()
+                    .map(move |(path, file)| (format!("{folder}:{path}"), &file.entry))
+            }))
+    }
+
     /// What `name` holds.
     pub fn get(&self, name: &str) -> Option<&FileEntry> {
         self.registers.get(name).and_then(|r| r.entry.as_ref())
@@ -261,6 +317,9 @@ impl Table {
     pub fn retain(&mut self, mut keep: impl FnMut(&VerifyingKey, u64) -> bool) {
         self.registers.retain(|_, r| keep(&r.device, r.clock));
         self.moves.retain(|_, r| keep(&r.device, r.clock));
+        for tree in self.folders.values_mut() {
+            tree.retain(&mut keep);
+        }
     }
 
     /// The copies stored, and not moved since, by an upload sealed to vault
@@ -270,9 +329,9 @@ impl Table {
         &self,
         generation: u32,
     ) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
-        self.files()
-            .filter(|(_, entry)| entry.generation == generation)
-            .flat_map(|(_, entry)| {
+        self.stored_entries()
+            .filter(|entry| entry.generation == generation)
+            .flat_map(|entry| {
                 entry.blobs().flat_map(move |blob| {
                     self.located_blob(entry, blob)
                         .filter(|(_, moved)| moved.is_none())
@@ -285,8 +344,8 @@ impl Table {
     /// Every (blob, relay) where a file's copy is now: where it was stored,
     /// or where a transfer or a repair moved it.
     pub fn copy_locations(&self) -> std::collections::BTreeSet<(BlobId, VerifyingKey)> {
-        self.files()
-            .flat_map(|(_, entry)| {
+        self.stored_entries()
+            .flat_map(|entry| {
                 entry.blobs().flat_map(move |blob| {
                     self.located_blob(entry, blob).map(move |(copy, moved)| {
                         (*blob, moved.map_or(copy.relay, |place| place.relay))

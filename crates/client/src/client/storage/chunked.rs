@@ -202,14 +202,16 @@ impl Client {
         vault: &VaultKey,
         index: &mut ChunkIndex,
     ) {
-        let unread: Vec<(BlobId, Vec<Place>)> = table
-            .files()
-            .filter(|(_, entry)| {
+        // A map: a manifest can be named by several entries (a folder's
+        // renamed file, or its versions).
+        let unread: BTreeMap<BlobId, Vec<Place>> = table
+            .stored_entries()
+            .filter(|entry| {
                 entry.is_chunked()
                     && entry.generation == vault.generation
                     && !index.has_manifest(&entry.blob)
             })
-            .map(|(_, entry)| (entry.blob, table.places(entry)))
+            .map(|entry| (entry.blob, table.places(entry)))
             .collect();
         for (manifest, places) in unread {
             for place in places {

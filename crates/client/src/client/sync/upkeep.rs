@@ -47,7 +47,7 @@ impl Client {
         // Chunks are the blobs two files can share (PROTOCOL.md §10.8):
         // remembered as such while listed, so that once unlisted they are
         // held before being let go of.
-        for (_, entry) in state.table.files() {
+        for entry in state.table.stored_entries() {
             state
                 .chunks
                 .extend(entry.chunks.iter().map(ToString::to_string));
