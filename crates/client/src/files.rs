@@ -86,9 +86,9 @@ mod wire {
 
     #[derive(Serialize, Deserialize)]
     pub(super) struct Entry {
-        #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_id")]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text_serde::optional")]
         blob: Option<BlobId>,
-        #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_id")]
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text_serde::optional")]
         manifest: Option<BlobId>,
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "id_list")]
         chunks: Vec<BlobId>,
@@ -152,30 +152,6 @@ mod wire {
                 stored_at: entry.stored_at,
                 copies: entry.copies,
             })
-        }
-    }
-
-    mod optional_id {
-        use cairn_proto::BlobId;
-        use serde::{Deserialize as _, Deserializer, Serializer};
-
-        #[allow(clippy::ref_option)] // serde's `with` passes a reference
-        pub(super) fn serialize<S: Serializer>(
-            id: &Option<BlobId>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match id {
-                Some(id) => s.collect_str(id),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<BlobId>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| text.parse().map_err(serde::de::Error::custom))
-                .transpose()
         }
     }
 

@@ -80,6 +80,11 @@ impl Home {
         self.root.join("chunks")
     }
 
+    /// Where each attached folder's index lives (`crate::folder::index`).
+    pub(crate) fn folders(&self) -> PathBuf {
+        self.root.join("folders")
+    }
+
     pub(crate) fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }

@@ -17,6 +17,7 @@ mod client;
 pub mod crdt;
 mod error;
 mod files;
+pub mod folder;
 mod fork;
 mod home;
 mod identity;

@@ -319,7 +319,7 @@ pub fn check_folder_name(name: &str) -> Result<(), String> {
             "a folder name must be 1–{MAX_FOLDER_NAME_LEN} bytes long"
         ));
     }
-    if name.chars().any(|c| c.is_control() || c == '/') {
+    if name == "." || name == ".." || name.chars().any(|c| c.is_control() || c == '/') {
         return Err("a folder name must not contain `/` or control characters".into());
     }
     Ok(())
@@ -433,6 +433,7 @@ mod tests {
         assert!(check_folder_name("photos").is_ok());
         assert!(check_folder_name("a/b").is_err());
         assert!(check_folder_name("").is_err());
+        assert!(check_folder_name("..").is_err());
     }
 
     #[test]

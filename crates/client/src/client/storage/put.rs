@@ -27,8 +27,21 @@ use crate::scores::Misbehaviour;
 /// what bounds the memory a put holds.
 const READ_AHEAD: usize = 1;
 
+/// Relays that can take a put, best first, with their signed info.
+pub(in crate::client) type Candidates = Vec<(RelayClient, Verified<RelayInfo>)>;
+
+/// A file's data, stored and not yet listed.
+pub(in crate::client) struct Content {
+    /// The entry that lists it.
+    pub entry: FileEntry,
+    /// What storing it did.
+    pub stored: Stored,
+    /// What the caller should tell the person.
+    pub warnings: Vec<String>,
+}
+
 /// A file's blobs, stored.
-pub(super) struct Stored {
+pub(in crate::client) struct Stored {
     /// The sealed blob, or the sealed manifest.
     pub blob: BlobId,
     /// A chunked file's chunk blobs, each once, in the order the manifest
@@ -135,6 +148,80 @@ impl Client {
         progress: Arc<dyn Progress>,
     ) -> Result<PutReport> {
         self.require_active()?;
+        let Content {
+            entry,
+            stored,
+            mut warnings,
+        } = self
+            .store_content(state, input, size_hint, None, progress)
+            .await?;
+        let replaced = Self::table_of(state).get(name).cloned();
+        let change = Change::Put {
+            name: name.to_owned(),
+            entry: entry.clone(),
+        };
+        match self.append(state, change).await {
+            Ok(failures) => {
+                // Owned only once listed: a copy owned and not listed is
+                // let go of, and the chunks of a put that failed here are
+                // to stay for the put run again.
+                Self::record_stored(state, &entry, &stored.holders);
+                warnings.extend(
+                    failures
+                        .into_iter()
+                        .map(|f| format!("file list not updated on {f}")),
+                );
+            }
+            Err(err) => {
+                self.forget_stored(&entry, &stored.holders).await;
+                return Err(err);
+            }
+        }
+        Ok(PutReport {
+            name: name.to_owned(),
+            blob: stored.blob,
+            size: stored.size,
+            sealed_size: stored.sealed_size,
+            chunks: stored.count,
+            reused: stored.reused,
+            sent: stored.sent,
+            copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
+            replaced: replaced.map(|old| old.blob.to_string()),
+            warnings,
+        })
+    }
+
+    /// Records this device's copies of `entry`'s blobs, now that an
+    /// operation lists them.
+    pub(in crate::client) fn record_stored(
+        state: &mut crate::client::sync::SyncState,
+        entry: &FileEntry,
+        holders: &[RelayClient],
+    ) {
+        for blob in entry.blobs() {
+            Self::record_owned(state, blob, holders.iter().map(|r| *r.key()));
+        }
+    }
+
+    /// Undoes what [`Client::store_content`] stored when no operation came
+    /// to list it: a one-blob file's copies go; a chunked file's chunks
+    /// stay for the put run again (only its manifest goes).
+    pub(in crate::client) async fn forget_stored(&self, entry: &FileEntry, holders: &[RelayClient]) {
+        self.delete_own_everywhere(holders, &entry.blob).await;
+    }
+
+    /// Seals and uploads the data `input` gives on `replicas()` relays,
+    /// chosen among `candidates` (asked of the relays now when `None`),
+    /// and returns the entry that lists them; nothing is recorded.
+    /// `&self`: a folder pass stores several files at once.
+    pub(in crate::client) async fn store_content(
+        &self,
+        state: &crate::client::sync::SyncState,
+        input: Box<dyn std::io::Read + Send>,
+        size_hint: u64,
+        candidates: Option<&Candidates>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Content> {
         let vault = self.current_vault()?;
         let mut pieces = pieces::read(
             input,
@@ -157,7 +244,14 @@ impl Client {
         } else {
             total.min(MAX_SEALED_CHUNK as u64)
         };
-        let (candidates, mut warnings) = self.candidates(total, largest).await;
+        let asked;
+        let (candidates, mut warnings) = match candidates {
+            Some(given) => (given.as_slice(), Vec::new()),
+            None => {
+                asked = self.candidates(total, largest).await;
+                (asked.0.as_slice(), asked.1)
+            }
+        };
         if wanted < self.replicas() {
             warnings.push(format!(
                 "your relay set has {} relay(s), fewer than the {} copies wanted: redundancy is \
@@ -167,14 +261,14 @@ impl Client {
             ));
         }
         let stored = if first.whole {
-            self.store_whole(first, &candidates, wanted, &progress)
+            self.store_whole(first, candidates, wanted, &progress)
                 .await
         } else {
             self.store_chunks(
                 state,
                 first,
                 pieces,
-                &candidates,
+                candidates,
                 wanted,
                 size_hint,
                 &progress,
@@ -230,43 +324,9 @@ impl Client {
                 })
                 .collect(),
         };
-        let replaced = Self::table_of(state).get(name).cloned();
-        let change = Change::Put {
-            name: name.to_owned(),
-            entry: entry.clone(),
-        };
-        match self.append(state, change).await {
-            Ok(failures) => {
-                // Owned only once listed: a copy owned and not listed is
-                // let go of, and the chunks of a put that failed here are
-                // to stay for the put run again.
-                for blob in entry.blobs() {
-                    Self::record_owned(state, blob, stored.holders.iter().map(|r| *r.key()));
-                }
-                warnings.extend(
-                    failures
-                        .into_iter()
-                        .map(|f| format!("file list not updated on {f}")),
-                );
-            }
-            Err(err) => {
-                // A one-blob file's copies go; a chunked file's chunks stay
-                // for the put run again (only its manifest goes).
-                self.delete_own_everywhere(&stored.holders, &stored.blob)
-                    .await;
-                return Err(err);
-            }
-        }
-        Ok(PutReport {
-            name: name.to_owned(),
-            blob: stored.blob,
-            size: stored.size,
-            sealed_size: stored.sealed_size,
-            chunks: stored.count,
-            reused: stored.reused,
-            sent: stored.sent,
-            copies: entry.copies.iter().map(|c| c.url.clone()).collect(),
-            replaced: replaced.map(|old| old.blob.to_string()),
+        Ok(Content {
+            entry,
+            stored,
             warnings,
         })
     }
@@ -426,7 +486,7 @@ impl Client {
         &self,
         size: u64,
         largest: u64,
-    ) -> (Vec<(RelayClient, Verified<RelayInfo>)>, Vec<String>) {
+    ) -> (Candidates, Vec<String>) {
         let relays = self.blob_clients();
         let infos = join_all(relays.iter().map(|relay| async {
             match tokio::time::timeout(INFO_TIMEOUT, relay.info()).await {

@@ -154,43 +154,71 @@ impl Client {
         state: &mut SyncState,
         change: Change,
     ) -> Result<Vec<String>> {
-        self.append_linked(state, change, &BTreeMap::new()).await
+        self.append_linked(state, vec![change], &BTreeMap::new())
+            .await
     }
 
-    /// [`Client::append`], with the links each relay's copy of the new
+    /// Appends `changes` to this device's log as consecutive operations,
+    /// as [`Client::append`] does one, but pointing each relay's head only
+    /// at the last: a folder pass of thousands of writes costs one head
+    /// write per relay.
+    pub(in crate::client) async fn append_all(
+        &self,
+        state: &mut SyncState,
+        changes: Vec<Change>,
+    ) -> Result<Vec<String>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.append_linked(state, changes, &BTreeMap::new()).await
+    }
+
+    /// [`Client::append_all`], with the links each relay's copy of the last
     /// operation carries besides the previous one (per-relay layout: a
     /// snapshot's table and covers there).
     async fn append_linked(
         &self,
         state: &mut SyncState,
-        change: Change,
+        changes: Vec<Change>,
         extra: &BTreeMap<VerifyingKey, crate::relay_copy::Links>,
     ) -> Result<Vec<String>> {
         self.require_active()?;
         let me = self.device_key();
         let previous = state.position(&me);
-        let clock = next_clock(state.clock, millis_now());
-        let op = Operation {
-            device: me,
-            seq: previous.map_or(1, |p| p.seq + 1),
-            prev: previous.map(|p| p.op),
-            clock,
-            body: change.to_body(),
-        };
-        let envelope = SignedRecord::sign(&op, &self.device.signing)
-            .map_err(|err| Error::Invalid(format!("operation: {err}")))?;
         let vault = self.current_vault()?;
-        let (id, sealed) = seal::seal_bytes(&envelope.to_bytes(), &vault.secret.public())
-            .map_err(|err| Error::Invalid(format!("cannot seal an operation: {err}")))?;
-        self.cache_op(&id, &sealed)?;
-        let position = Position {
-            seq: op.seq,
-            op: id,
+        // Signed, sealed and cached first: the cache is where the chains to
+        // each relay are built from.
+        let mut written = Vec::with_capacity(changes.len());
+        let mut clock = state.clock;
+        let mut last = previous;
+        for change in changes {
+            clock = next_clock(clock, millis_now());
+            let op = Operation {
+                device: me,
+                seq: last.map_or(1, |p| p.seq + 1),
+                prev: last.map(|p| p.op),
+                clock,
+                body: change.to_body(),
+            };
+            let envelope = SignedRecord::sign(&op, &self.device.signing)
+                .map_err(|err| Error::Invalid(format!("operation: {err}")))?;
+            let (id, sealed) = seal::seal_bytes(&envelope.to_bytes(), &vault.secret.public())
+                .map_err(|err| Error::Invalid(format!("cannot seal an operation: {err}")))?;
+            self.cache_op(&id, &sealed)?;
+            let position = Position {
+                seq: op.seq,
+                op: id,
+            };
+            last = Some(position);
+            written.push((position, clock, change, Bytes::from(sealed)));
+        }
+        let Some(&(position, ..)) = written.last() else {
+            return Ok(Vec::new());
         };
         let relays = self.relay_clients();
         let copies = self.writes_copies();
         // Per relay: where its chain of this device's log ends (a relay
-        // never checked holds the cores as they are), and what the new
+        // never checked holds the cores as they are), and what the newest
         // copy links to besides.
         let plans: Vec<_> = relays
             .iter()
@@ -203,22 +231,24 @@ impl Client {
                 (base, extra.get(relay.key()).cloned().unwrap_or_default())
             })
             .collect();
-        let sealed = Bytes::from(sealed);
+        let written = &written;
         let results = join_all(relays.iter().zip(plans).map(|(relay, (base, top))| {
-            let sealed = sealed.clone();
             let vault = &vault;
             async move {
                 if copies {
                     return self.place(relay, base, position, top, 0).await.map(Some);
                 }
                 let mailbox = self.mailbox_on(vault, relay.key());
+                let owner = mailbox.owner(&self.device);
+                for (at, _, _, sealed) in written {
+                    relay
+                        .put_bytes(&at.op, sealed.clone(), &owner, 0)
+                        .await
+                        .map_err(|source| relay_error(relay, source))?;
+                }
                 let head = mailbox
-                    .sign_head(&self.device, Role::Ops(me), op.seq, id)
+                    .sign_head(&self.device, Role::Ops(me), position.seq, position.op)
                     .map_err(Error::Invalid)?;
-                relay
-                    .put_bytes(&id, sealed, &mailbox.owner(&self.device), 0)
-                    .await
-                    .map_err(|source| relay_error(relay, source))?;
                 // A relay already holding this very head (a retry after a
                 // lost answer, or one relay listed under two URLs) stored it.
                 put_own_head(relay, &head, "ops")
@@ -233,7 +263,7 @@ impl Client {
             match result {
                 Ok(link) => {
                     let acked = state.acked.entry(relay.key().to_string()).or_default();
-                    *acked = (*acked).max(op.seq);
+                    *acked = (*acked).max(position.seq);
                     if let Some(link) = link {
                         state.set_link(relay.key(), &me, link);
                     }
@@ -247,10 +277,12 @@ impl Client {
                 failures.join("; ")
             )));
         }
-        state.table.apply(me, clock, &change);
+        for (_, clock, change, _) in written {
+            state.table.apply(me, *clock, change);
+        }
         state.clock = clock;
         state.devices.insert(me.to_string(), position);
-        state.since_snapshot += 1;
+        state.since_snapshot += written.len() as u64;
         self.enter_generation(state, vault.generation);
         Ok(failures)
     }
@@ -320,11 +352,11 @@ impl Client {
         }
         self.append_linked(
             state,
-            Change::Snapshot {
+            vec![Change::Snapshot {
                 state: blob,
                 size,
                 covers,
-            },
+            }],
             &links,
         )
         .await?;
