@@ -145,6 +145,24 @@ pub enum Error {
     /// Nothing by that name is stored.
     #[error("nothing named {0:?} is stored (`cairn ls` lists what is)")]
     NoSuchName(String),
+    /// No synced folder of that name exists in the vault or here.
+    #[error("no synced folder named {0:?} (`cairn folder ls` lists them)")]
+    NoSuchFolder(String),
+    /// A folder's root is not there as it was attached: not synced, so
+    /// that an unmounted disk does not read as every file deleted.
+    #[error(
+        "folder {name:?} is paused: {why}. Nothing was synced. Mount the disk or put the \
+         directory back; to sync this directory as the folder anyway, attach it again with \
+         `cairn folder add {root:?} --name {name:?}` (that deletes nothing)"
+    )]
+    FolderPaused {
+        /// The folder.
+        name: String,
+        /// Its root.
+        root: PathBuf,
+        /// What is wrong with the root.
+        why: String,
+    },
     /// A blob's content did not decrypt or is not what cairn stores.
     #[error("blob {id} does not open: {reason}")]
     Unsealable {

@@ -37,7 +37,8 @@ mod text_serde;
 pub use cairn_proto as proto;
 pub use client::{
     AuditReport, ByteRange, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS,
-    DeviceSync, Enrolled, ExportFailure, ExportReport, Exported, FileInfo, Finding, GetReport,
+    DeviceSync, Enrolled, ExportFailure, ExportReport, Exported, FileInfo, Finding, FolderInfo,
+    FolderPass, FolderRestored, FolderStatus, FolderVersion, GetReport,
     InitOptions, Listing, MetadataReport, Offline, Output, PutReport, RangeSpec, RelayAdded,
     RelayAudit, RelayCheck, RelaySync, RemoveReport, RepairReport, Restored, Revoked,
     RevokedDevice, RotateReport, Rotated, SyncReport, Transfer, TransferCheck,

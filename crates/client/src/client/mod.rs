@@ -7,6 +7,7 @@
 mod audit;
 mod chains;
 mod devices;
+mod folders;
 mod mailbox;
 mod metadata;
 mod relays;
@@ -22,6 +23,7 @@ use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
 pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
 pub use devices::{Enrolled, Revoked, Rotated};
+pub use folders::{FolderInfo, FolderPass, FolderRestored, FolderStatus, FolderVersion};
 pub use metadata::MetadataReport;
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
 pub use repair::{RepairReport, Restored};

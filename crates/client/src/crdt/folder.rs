@@ -204,6 +204,19 @@ impl Slot {
         })
     }
 
+    /// The file the write `stamp` stored here, whether the path still
+    /// holds it or keeps it as a version.
+    pub fn file_by(&self, stamp: &Stamp) -> Option<&FileItem> {
+        if self.stamp == *stamp {
+            return self.item.as_ref().and_then(Item::file);
+        }
+        self.earlier
+            .iter()
+            .rev()
+            .find(|v| v.stamp == *stamp)
+            .map(|v| &v.file)
+    }
+
     /// Drops the versions replaced before `clock`.
     fn prune(&mut self, clock: u64) {
         let ends: Vec<u64> = self.versions().map(|(_, until)| until).collect();

@@ -41,7 +41,7 @@ use crate::seal;
 const IN_FLIGHT: usize = 2;
 /// Largest sealed chunk: 8 MiB of data padded (§10.3) and sealed with age's
 /// per-64 KiB tags and header, with room to spare.
-pub(super) const MAX_SEALED_CHUNK: usize = 9 << 20;
+pub(in crate::client) const MAX_SEALED_CHUNK: usize = 9 << 20;
 /// Largest sealed manifest read back (2^20 chunks of 68 bytes, padded and
 /// sealed).
 pub(super) const MAX_SEALED_MANIFEST: usize = 80 << 20;

@@ -72,7 +72,7 @@ impl Client {
 
     /// [`Client::get`] of blob `id`, the blob of `entry` when it is a
     /// stored file, with the file table of `state`.
-    pub(super) async fn fetch_resolved(
+    pub(in crate::client) async fn fetch_resolved(
         &mut self,
         state: &mut crate::client::sync::SyncState,
         id: BlobId,

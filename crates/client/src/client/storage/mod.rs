@@ -19,6 +19,8 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 pub use self::export::{ExportFailure, ExportReport, Exported};
 pub use self::range::{ByteRange, RangeSpec};
+pub(in crate::client) use chunked::MAX_SEALED_CHUNK;
+pub(in crate::client) use put::Candidates;
 use super::Client;
 use crate::crdt::Change;
 use crate::error::{Error, Result};

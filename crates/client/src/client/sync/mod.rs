@@ -60,6 +60,15 @@ pub(super) fn clock_limit() -> u64 {
         .saturating_add(0xffff)
 }
 
+/// How long a synced folder keeps a replaced or deleted file: 30 days, or
+/// `CAIRN_VERSION_WINDOW_SECS`.
+pub(super) fn version_window_secs() -> u64 {
+    std::env::var("CAIRN_VERSION_WINDOW_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(30 * 86_400)
+}
+
 fn millis_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -312,6 +321,10 @@ impl Client {
             }
         }
 
+        // Folder files replaced longer ago than the version window are let
+        // go of (by the garbage collection below, like a removed file).
+        let cutoff = millis_now().saturating_sub(version_window_secs().saturating_mul(1000));
+        state.table.prune_versions(cutoff << 16);
         let (claimed, claims_pending) = self.claim_copies(state, &relays).await;
         self.release_old_claims(state, &relays).await;
         self.collect_garbage(state, &relays).await;
