@@ -215,6 +215,20 @@ Examples:
     },
     /// Show per-relay and per-device sync state, and recent findings.
     Status,
+    /// Keep a directory the same on every device: synced folders.
+    ///
+    /// A folder carries files (as chunks: an edit sends little), empty
+    /// directories, symbolic links (never followed), modification times
+    /// and the execute bit; deletions and renames carry over, a rename
+    /// without an upload. Conflicting edits keep both files: the one that
+    /// reached the relays first keeps the name, the other becomes
+    /// NAME.conflict-DEVICE-DATE.EXT on every device. An edit always wins
+    /// over a deletion. Replaced and deleted files are kept as versions
+    /// for 30 days. A `.cairnignore` at the folder's root (gitignore
+    /// syntax) leaves paths out; editor swap files and .DS_Store are left
+    /// out anyway.
+    #[command(subcommand)]
+    Folder(FolderCommand),
     /// Keep every file at its wanted number of good copies.
     ///
     /// Audits every copy (which also renews its retention on the relay),
@@ -325,6 +339,99 @@ Examples:
         /// The record: unpadded base64url text, `@PATH` for a file holding
         /// raw envelope bytes or base64url text, or `-` for standard input.
         record: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FolderCommand {
+    /// Share a directory as a folder, or attach a folder another device
+    /// shared.
+    ///
+    /// A folder of that name in the vault is attached here (its files are
+    /// fetched; files already here that match by size and modification
+    /// time are kept as they are, others become conflict copies); else a
+    /// new folder is made from the directory. A `.cairn-folder` marker is
+    /// written at the root: a root without it (a disk not mounted) pauses
+    /// the folder instead of reading as everything deleted.
+    #[command(after_help = "\
+Examples:
+  cairn folder add ~/Documents                   (shares it as \"Documents\")
+  cairn folder add ~/docs --name Documents       (on another device)")]
+    Add {
+        /// The directory (made if missing).
+        dir: PathBuf,
+        /// The folder's name in the vault (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the vault's folders and where each is attached here.
+    Ls,
+    /// One two-way pass over every attached folder, or one.
+    ///
+    /// Sends what changed here, fetches what changed elsewhere. Reading
+    /// the disk costs only metadata: a file is read only when its size or
+    /// modification time changed. When more than 10 files, and more than a
+    /// quarter of the folder, were deleted here since the last pass, the
+    /// deletions are held back (reported, nothing else is held) until a
+    /// pass with --allow-deletes.
+    Sync {
+        /// Only this folder.
+        name: Option<String>,
+        /// Apply a mass deletion made here.
+        #[arg(long)]
+        allow_deletes: bool,
+    },
+    /// Where each attached folder stands: changes pending here and there,
+    /// held deletions, conflicts, when it last converged. Reads the disk
+    /// and this device's last sync; asks no relay.
+    Status {
+        /// Only this folder.
+        name: Option<String>,
+    },
+    /// List the versions the vault keeps of a file in a folder (deleted
+    /// files too).
+    #[command(after_help = "\
+Examples:
+  cairn folder versions ~/Documents/report.odt
+  cairn folder versions --folder Documents report.odt")]
+    Versions {
+        /// The file: a path on disk inside an attached folder, or with
+        /// --folder, its path inside the folder.
+        path: PathBuf,
+        /// The folder PATH is in (then PATH is relative to its root).
+        #[arg(long, value_name = "NAME")]
+        folder: Option<String>,
+    },
+    /// Bring back a version of a file in a folder.
+    ///
+    /// Without -o, the version becomes the file's content again on every
+    /// device (a change here not yet synced is kept as a conflict copy).
+    /// With -o, it is only written to that file.
+    #[command(after_help = "\
+Examples:
+  cairn folder restore ~/Documents/report.odt              (the version before the current one)
+  cairn folder restore ~/Documents/gone.txt                (a deleted file)
+  cairn folder restore ~/Documents/a.txt --at 2026-12-01T09:00:00 -o /tmp/a.txt")]
+    Restore {
+        /// The file, as for `versions`.
+        path: PathBuf,
+        /// The folder PATH is in (then PATH is relative to its root).
+        #[arg(long, value_name = "NAME")]
+        folder: Option<String>,
+        /// The version the file held at this time: Unix seconds, or
+        /// YYYY-MM-DD[THH:MM[:SS]] in UTC. Default: the newest version that
+        /// is not its content now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Write the version to this file instead.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Stop syncing a folder on this device; its files stay here and in
+    /// the vault.
+    Detach {
+        /// The folder.
+        name: String,
     },
 }
 

@@ -13,6 +13,7 @@ mod demo;
 mod devices;
 mod errors;
 mod faults;
+mod folders;
 mod interop;
 mod manuals;
 mod readme;

@@ -4,6 +4,7 @@
 
 mod audit;
 mod files;
+mod folders;
 mod identity;
 mod relays;
 mod sync;
@@ -91,6 +92,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             with_client(global, |client| sync::sync(client, json, watch, rounds))
         }
         Command::Status => with_client(global, |client| sync::status(client, json)),
+        Command::Folder(command) => {
+            with_client(global, |client| folders::folder(client, json, command))
+        }
         Command::Audit { sample, chunks } => with_client(global, |client| {
             audit::audit(client, json, sample, usize::from(chunks))
         }),

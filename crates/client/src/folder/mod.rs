@@ -4,6 +4,7 @@
 //! `crate::crdt::folder`; running a pass against the relays is in
 //! `crate::client::folders`.
 
+pub mod civil;
 pub mod disk;
 pub mod index;
 pub mod plan;
@@ -49,24 +50,8 @@ pub fn conflict_name(
 
 /// `YYYYMMDD-HHMMSS` in UTC for Unix seconds `secs`.
 fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rest = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    let ((year, month, day), (h, m, s)) = civil::split(secs);
+    format!("{year:04}{month:02}{day:02}-{h:02}{m:02}{s:02}")
 }
 
 #[cfg(test)]

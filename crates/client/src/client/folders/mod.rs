@@ -231,6 +231,43 @@ impl Client {
         Ok(out)
     }
 
+    /// Which attached folder `path` (a path on disk, that may no longer
+    /// exist) is in, and its path there.
+    pub fn folder_locate(&self, path: &Path) -> Result<(String, String)> {
+        let absolute = std::path::absolute(path).map_err(io_at(path))?;
+        // The nearest ancestor that exists, resolved; the rest as given (a
+        // deleted file's versions are what one asks for).
+        let mut existing = absolute.as_path();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            match std::fs::canonicalize(existing) {
+                Ok(resolved) => break resolved,
+                Err(_) => {
+                    let (Some(parent), Some(name)) = (existing.parent(), existing.file_name())
+                    else {
+                        return Err(Error::Invalid(format!("{} cannot be resolved", path.display())));
+                    };
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+            }
+        };
+        let full = rest.iter().rev().fold(resolved, |at, name| at.join(name));
+        for index in FolderIndex::all(&self.home)? {
+            if let Ok(inside) = full.strip_prefix(&index.root) {
+                let rel = inside
+                    .to_str()
+                    .ok_or_else(|| Error::Invalid(format!("{} is not UTF-8", full.display())))?;
+                return Ok((index.name, rel.to_owned()));
+            }
+        }
+        Err(Error::Invalid(format!(
+            "{} is in no folder attached here (`cairn folder ls`); name one with --folder NAME \
+             and give the path inside it",
+            path.display()
+        )))
+    }
+
     /// Where each attached folder stands (or only `name`), without asking
     /// the relays: changes here are found by reading the disk's metadata,
     /// changes elsewhere as of this device's last sync.
