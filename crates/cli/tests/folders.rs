@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::common::{Device, Relay, disk_contains};
+use crate::common::{Device, Relay, data_with_marker, disk_contains};
 use crate::devices::pair;
 
 /// What a folder holds, as a person would compare two copies: each path's
@@ -54,7 +54,12 @@ pub(crate) fn tree(root: &Path) -> BTreeMap<String, (String, String, i64, bool)>
                 let exec = meta.permissions().mode() & 0o111 != 0;
                 let data = std::fs::read(&path).unwrap();
                 let digest = blake3::hash(&data).to_hex()[..16].to_owned();
-                ("file".into(), format!("{} bytes {digest}", data.len()), mtime, exec)
+                (
+                    "file".into(),
+                    format!("{} bytes {digest}", data.len()),
+                    mtime,
+                    exec,
+                )
             };
             out.insert(rel, value);
         }
@@ -142,8 +147,7 @@ async fn a_folder_carries_files_dirs_links_renames_and_deletions() {
     let (a, b, laptop, phone) = laptop_and_phone().await;
     let root = folder_dir(&laptop);
     let secret = b"folder plaintext marker, never on a relay";
-    let mut big = secret.repeat(1);
-    big.extend((0..(12u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let big = data_with_marker(12 << 20, secret);
     write(&root.join("notes/today.txt"), secret);
     write(&root.join("notes/big.bin"), &big);
     write(&root.join("photos/2026/a.jpg"), b"jpeg bytes");
@@ -167,7 +171,11 @@ async fn a_folder_carries_files_dirs_links_renames_and_deletions() {
         "a link is stored as a link, never followed"
     );
     for relay in [&a, &b] {
-        assert_eq!(disk_contains(&relay.data(), secret), None, "plaintext on a relay");
+        assert_eq!(
+            disk_contains(&relay.data(), secret),
+            None,
+            "plaintext on a relay"
+        );
     }
 
     // A rename of a directory, an edit, a deletion, a new empty directory.
@@ -195,7 +203,10 @@ async fn a_folder_carries_files_dirs_links_renames_and_deletions() {
 
     // A pass with nothing to do does nothing.
     let pass = sync(&laptop, &[]).await;
-    assert_eq!((pass["sent"].as_u64(), pass["fetched"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (pass["sent"].as_u64(), pass["fetched"].as_u64()),
+        (Some(0), Some(0))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +217,10 @@ async fn concurrent_edits_keep_both_files_on_every_device() {
 
     // Both edit before either syncs; the laptop's reaches the relays first.
     write(&folder_dir(&laptop).join("plan.txt"), b"the laptop's edit");
-    write(&folder_dir(&phone).join("plan.txt"), b"the phone's edit, longer");
+    write(
+        &folder_dir(&phone).join("plan.txt"),
+        b"the phone's edit, longer",
+    );
     sync(&laptop, &[]).await;
     let pass = sync(&phone, &[]).await;
     let conflicts = pass["conflicts"].as_array().unwrap();
@@ -219,7 +233,10 @@ async fn concurrent_edits_keep_both_files_on_every_device() {
     sync(&laptop, &[]).await;
     for device in [&laptop, &phone] {
         let root = folder_dir(device);
-        assert_eq!(std::fs::read(root.join("plan.txt")).unwrap(), b"the laptop's edit");
+        assert_eq!(
+            std::fs::read(root.join("plan.txt")).unwrap(),
+            b"the laptop's edit"
+        );
         assert_eq!(
             std::fs::read(root.join(copy)).unwrap(),
             b"the phone's edit, longer"
@@ -237,15 +254,24 @@ async fn an_edit_wins_over_a_deletion_either_way() {
 
     // Laptop deletes one and edits the other; the phone does the reverse.
     std::fs::remove_file(folder_dir(&laptop).join("kept-here.txt")).unwrap();
-    write(&folder_dir(&laptop).join("kept-there.txt"), b"edited on the laptop");
-    write(&folder_dir(&phone).join("kept-here.txt"), b"edited on the phone");
+    write(
+        &folder_dir(&laptop).join("kept-there.txt"),
+        b"edited on the laptop",
+    );
+    write(
+        &folder_dir(&phone).join("kept-here.txt"),
+        b"edited on the phone",
+    );
     std::fs::remove_file(folder_dir(&phone).join("kept-there.txt")).unwrap();
     sync(&laptop, &[]).await;
     sync(&phone, &[]).await;
     sync(&laptop, &[]).await;
     for device in [&laptop, &phone] {
         let root = folder_dir(device);
-        assert_eq!(std::fs::read(root.join("kept-here.txt")).unwrap(), b"edited on the phone");
+        assert_eq!(
+            std::fs::read(root.join("kept-here.txt")).unwrap(),
+            b"edited on the phone"
+        );
         assert_eq!(
             std::fs::read(root.join("kept-there.txt")).unwrap(),
             b"edited on the laptop"
@@ -279,7 +305,13 @@ async fn a_vanished_root_pauses_the_folder_and_deletes_nothing() {
 
     // Attached again: the files come back, and still nothing is deleted.
     laptop
-        .run(&["folder", "add", root.to_str().unwrap(), "--name", "Documents"])
+        .run(&[
+            "folder",
+            "add",
+            root.to_str().unwrap(),
+            "--name",
+            "Documents",
+        ])
         .await
         .ok();
     assert_eq!(tree(&root), tree(&folder_dir(&phone)));
@@ -300,7 +332,11 @@ async fn a_mass_deletion_is_held_until_allowed() {
     assert_eq!(pass["held_deletes"], 15, "{pass}");
     assert_eq!(pass["converged"], false);
     sync(&phone, &[]).await;
-    assert_eq!(tree(&folder_dir(&phone)).len(), 21, "held, and the rest sent");
+    assert_eq!(
+        tree(&folder_dir(&phone)).len(),
+        21,
+        "held, and the rest sent"
+    );
 
     let pass = sync(&laptop, &["--allow-deletes"]).await;
     assert_eq!(pass["held_deletes"], 0, "{pass}");
@@ -334,7 +370,14 @@ async fn versions_bring_back_overwritten_and_deleted_files() {
     let at = versions[0]["written_at"].as_u64().unwrap().to_string();
     laptop
         .run(&[
-            "folder", "restore", "--folder", "Documents", "essay.txt", "--at", &at, "-o",
+            "folder",
+            "restore",
+            "--folder",
+            "Documents",
+            "essay.txt",
+            "--at",
+            &at,
+            "-o",
             out.to_str().unwrap(),
         ])
         .await

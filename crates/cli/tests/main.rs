@@ -14,6 +14,7 @@ mod devices;
 mod errors;
 mod faults;
 mod folders;
+mod folders_random;
 mod interop;
 mod manuals;
 mod readme;

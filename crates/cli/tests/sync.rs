@@ -19,14 +19,14 @@ fn options(name: &str) -> InitOptions {
 }
 
 /// Homes live here; the clients keep paths into it.
-struct Devices {
+pub(crate) struct Devices {
     _dir: tempfile::TempDir,
-    clients: Vec<Client>,
+    pub(crate) clients: Vec<Client>,
 }
 
 /// An identity on `count` devices sharing `relays`, storing one copy per
 /// file (so puts succeed while some relays are down).
-async fn devices(relays: &[&Relay], count: usize) -> Devices {
+pub(crate) async fn devices(relays: &[&Relay], count: usize) -> Devices {
     let dir = tempfile::tempdir().unwrap();
     let passphrase = Passphrase::new(PASSPHRASE);
     let (mut first, _) =

@@ -86,9 +86,17 @@ mod wire {
 
     #[derive(Serialize, Deserialize)]
     pub(super) struct Entry {
-        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text_serde::optional")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::text_serde::optional"
+        )]
         blob: Option<BlobId>,
-        #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text_serde::optional")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "crate::text_serde::optional"
+        )]
         manifest: Option<BlobId>,
         #[serde(default, skip_serializing_if = "Vec::is_empty", with = "id_list")]
         chunks: Vec<BlobId>,

@@ -38,10 +38,10 @@ pub use cairn_proto as proto;
 pub use client::{
     AuditReport, ByteRange, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS,
     DeviceSync, Enrolled, ExportFailure, ExportReport, Exported, FileInfo, Finding, FolderInfo,
-    FolderPass, FolderRestored, FolderStatus, FolderVersion, GetReport,
-    InitOptions, Listing, MetadataReport, Offline, Output, PutReport, RangeSpec, RelayAdded,
-    RelayAudit, RelayCheck, RelaySync, RemoveReport, RepairReport, Restored, Revoked,
-    RevokedDevice, RotateReport, Rotated, SyncReport, Transfer, TransferCheck,
+    FolderPass, FolderRestored, FolderStatus, FolderVersion, GetReport, InitOptions, Listing,
+    MetadataReport, Offline, Output, PutReport, RangeSpec, RelayAdded, RelayAudit, RelayCheck,
+    RelaySync, RemoveReport, RepairReport, Restored, Revoked, RevokedDevice, RotateReport, Rotated,
+    SyncReport, Transfer, TransferCheck,
 };
 pub use error::{Error, RelayError, Result};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};

@@ -27,9 +27,7 @@ pub(super) async fn folder(
                 format!(
                     "folder {:?} attached at {}\n{}",
                     pass.name,
-                    std::fs::canonicalize(&dir)
-                        .unwrap_or(dir.clone())
-                        .display(),
+                    std::fs::canonicalize(&dir).unwrap_or(dir.clone()).display(),
                     pass_summary(&pass)
                 )
             });
@@ -139,10 +137,7 @@ pub(super) async fn folder(
                     .join("\n")
             });
             Ok(
-                if all
-                    .iter()
-                    .any(|s| s.paused.is_some() || s.held_deletes > 0)
-                {
+                if all.iter().any(|s| s.paused.is_some() || s.held_deletes > 0) {
                     ExitCode::from(1)
                 } else {
                     ExitCode::SUCCESS

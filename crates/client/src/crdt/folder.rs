@@ -55,6 +55,12 @@ pub struct FileItem {
     /// Whether the file is executable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exec: bool,
+    /// BLAKE3 of the content (hex): how a device that finds a file of the
+    /// same size at the path tells whether it already holds this content
+    /// (metadata alone can agree by chance). Seen only by devices: it
+    /// travels inside sealed operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 impl Item {
@@ -183,7 +189,8 @@ impl Slot {
             other
         };
         if let Some(Item::File(file)) = loser.item
-            && !(loser.stamp == self.stamp && self.item.as_ref().and_then(Item::file) == Some(&file))
+            && !(loser.stamp == self.stamp
+                && self.item.as_ref().and_then(Item::file) == Some(&file))
         {
             self.keep(Version {
                 stamp: loser.stamp,
@@ -390,7 +397,8 @@ mod tests {
                 }],
             },
             mtime: i64::from(tag),
-            exec: tag % 2 == 0,
+            exec: tag.is_multiple_of(2),
+            hash: None,
         })
     }
 
@@ -413,11 +421,23 @@ mod tests {
         tree.apply(device(0), 30, &write("a", None, &[(0, 10), (1, 20)]));
         let slot = tree.slot("a").unwrap();
         assert_eq!(slot.item, None);
-        let versions: Vec<_> = slot.versions().map(|(v, until)| (v.stamp.clock, until)).collect();
+        let versions: Vec<_> = slot
+            .versions()
+            .map(|(v, until)| (v.stamp.clock, until))
+            .collect();
         assert_eq!(versions, [(10, 20), (20, 30)]);
         tree.prune(25);
-        let versions: Vec<_> = tree.slot("a").unwrap().versions().map(|(v, _)| v.stamp.clock).collect();
-        assert_eq!(versions, [20], "the version replaced at 20 is older than the cut");
+        let versions: Vec<_> = tree
+            .slot("a")
+            .unwrap()
+            .versions()
+            .map(|(v, _)| v.stamp.clock)
+            .collect();
+        assert_eq!(
+            versions,
+            [20],
+            "the version replaced at 20 is older than the cut"
+        );
     }
 
     #[test]
@@ -426,18 +446,38 @@ mod tests {
         tree.apply(device(0), 10, &write("a", Some(file(1)), &[]));
         // Device 1 edits having seen device 0's write; device 2 did not.
         tree.apply(device(1), 20, &write("a", Some(file(2)), &[(0, 10)]));
-        let mine = Stamp { clock: 10, device: device(0) };
+        let mine = Stamp {
+            clock: 10,
+            device: device(0),
+        };
         assert!(mine.seen_by(&tree.slot("a").unwrap().seen));
         tree.apply(device(2), 30, &write("a", Some(file(3)), &[]));
         let slot = tree.slot("a").unwrap();
-        assert!(!mine.seen_by(&slot.seen), "device 2's write did not know device 0's");
-        assert!(Stamp { clock: 30, device: device(2) }.seen_by(&slot.seen));
+        assert!(
+            !mine.seen_by(&slot.seen),
+            "device 2's write did not know device 0's"
+        );
+        assert!(
+            Stamp {
+                clock: 30,
+                device: device(2)
+            }
+            .seen_by(&slot.seen)
+        );
     }
 
     #[test]
     fn paths_that_could_leave_the_folder_are_ignored() {
         let mut tree = Tree::default();
-        for path in ["../x", "/etc/passwd", "a//b", "a/./b", "a/..", "a\0b", "a\nb"] {
+        for path in [
+            "../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a/..",
+            "a\0b",
+            "a\nb",
+        ] {
             tree.apply(device(0), 1, &write(path, Some(file(1)), &[]));
             assert!(check_path(path).is_err(), "{path:?}");
         }
@@ -466,10 +506,18 @@ mod tests {
         let item = prop_oneof![
             (0u8..4).prop_map(|t| Some(file(t))),
             Just(Some(Item::Dir)),
-            Just(Some(Item::Link { target: "../x".into() })),
+            Just(Some(Item::Link {
+                target: "../x".into()
+            })),
             Just(None),
         ];
-        (0u8..3, 1u64..6, path, item, proptest::collection::vec((0u8..3, 1u64..6), 0..3))
+        (
+            0u8..3,
+            1u64..6,
+            path,
+            item,
+            proptest::collection::vec((0u8..3, 1u64..6), 0..3),
+        )
             .prop_map(|(d, clock, path, item, seen)| (d, clock, write(path, item, &seen)))
     }
 

@@ -158,10 +158,9 @@ impl Root {
         if !still(&path, expected)? || expected.is_some_and(Meta::is_dir) {
             return Ok(Placed::Changed);
         }
-        let staged = self.staging()?.join(format!(
-            "link-{}",
-            u64::from_le_bytes(rand_bytes())
-        ));
+        let staged = self
+            .staging()?
+            .join(format!("link-{}", u64::from_le_bytes(rand_bytes())));
         std::os::unix::fs::symlink(link, &staged)?;
         let placed = if expected.is_some() {
             std::fs::rename(&staged, &path).map(|()| Placed::Done)
@@ -285,9 +284,15 @@ mod tests {
         // Planned as what it held; edited since.
         let read = file_meta(&dir.path().join("a"));
         std::fs::write(dir.path().join("a"), b"local, longer").unwrap();
-        assert_eq!(root.place(&staged, "a", Some(&read)).unwrap(), Placed::Changed);
+        assert_eq!(
+            root.place(&staged, "a", Some(&read)).unwrap(),
+            Placed::Changed
+        );
         assert_eq!(root.remove("a", &read).unwrap(), Placed::Changed);
-        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"local, longer");
+        assert_eq!(
+            std::fs::read(dir.path().join("a")).unwrap(),
+            b"local, longer"
+        );
         // Unchanged: replaced.
         let read = file_meta(&dir.path().join("a"));
         assert_eq!(root.place(&staged, "a", Some(&read)).unwrap(), Placed::Done);

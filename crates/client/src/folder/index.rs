@@ -26,8 +26,18 @@ pub struct Known {
     pub stamp: Stamp,
     /// A file's stored content (its blob or manifest): what a download
     /// elsewhere in the folder can take from here instead of the relays.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::text_serde::optional")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::text_serde::optional"
+    )]
     pub blob: Option<BlobId>,
+    /// For a file changed shortly before it was read (`scan::is_racy`):
+    /// the hash of the content synced, which the next pass compares,
+    /// since a second write in the same clock tick leaves size and
+    /// modification time as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One attached folder, as this device last synced it.

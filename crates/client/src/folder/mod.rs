@@ -13,12 +13,7 @@ pub mod scan;
 /// The name a conflict copy of `path` takes: `NAME.conflict-DEVICE-DATE.EXT`
 /// beside it (`DATE` in UTC, from `mtime`, nanoseconds since the epoch),
 /// with `-2`, `-3`… added while `taken` says the name is in use.
-pub fn conflict_name(
-    path: &str,
-    device: &str,
-    mtime: i64,
-    taken: &dyn Fn(&str) -> bool,
-) -> String {
+pub fn conflict_name(path: &str, device: &str, mtime: i64, taken: &dyn Fn(&str) -> bool) -> String {
     let (dir, file) = match path.rsplit_once('/') {
         Some((dir, file)) => (Some(dir), file),
         None => (None, path),
@@ -30,12 +25,22 @@ pub fn conflict_name(
     };
     let device: String = device
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let date = format_utc(mtime.div_euclid(1_000_000_000));
     let mut n = 1;
     loop {
-        let suffix = if n == 1 { String::new() } else { format!("-{n}") };
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
         let name = format!("{stem}.conflict-{device}-{date}{suffix}{ext}");
         let candidate = match dir {
             Some(dir) => format!("{dir}/{name}"),

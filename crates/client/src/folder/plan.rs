@@ -109,17 +109,28 @@ impl Plan {
 /// - `known`: the index, each path as last synced;
 /// - `disk`: what a scan found;
 /// - `ignored`: whether a path (and whether it is a directory) is left out;
+/// - `same_content`: whether the file on disk at a path has the content of
+///   the file the register holds there (hashed by the caller, for the
+///   paths [`to_compare`] names);
 /// - `allow_deletes`: apply a mass deletion rather than hold it.
 pub fn plan(
     tree: Option<&Tree>,
     known: &BTreeMap<String, Known>,
     disk: &BTreeMap<String, Meta>,
     ignored: &dyn Fn(&str, bool) -> bool,
+    same_content: &dyn Fn(&str) -> bool,
     allow_deletes: bool,
 ) -> Plan {
     let mut out = Plan::default();
+    let agrees = |path: &str, now: &Meta, item: &Item| {
+        now.matches(item) && (!matches!(item, Item::File(_)) || same_content(path))
+    };
     let remote_paths = tree.into_iter().flat_map(|t| t.slots().keys());
-    let paths: BTreeSet<&String> = disk.keys().chain(known.keys()).chain(remote_paths).collect();
+    let paths: BTreeSet<&String> = disk
+        .keys()
+        .chain(known.keys())
+        .chain(remote_paths)
+        .collect();
     for path in paths {
         if path.is_empty() {
             continue;
@@ -128,7 +139,10 @@ pub fn plan(
         let was = known.get(path);
         let slot = tree.and_then(|t| t.slot(path));
         let is_dir = local.map_or_else(
-            || slot.and_then(|s| s.item.as_ref()).is_some_and(|i| *i == Item::Dir),
+            || {
+                slot.and_then(|s| s.item.as_ref())
+                    .is_some_and(|i| *i == Item::Dir)
+            },
             Meta::is_dir,
         );
         if ignored(path, is_dir) {
@@ -167,7 +181,7 @@ pub fn plan(
                 // it (when it had one): a concurrent change.
                 let lost = was.is_some_and(|was| !was.stamp.seen_by(&slot.seen));
                 match (local, &slot.item) {
-                    (Some(now), Some(item)) if now.matches(item) => {
+                    (Some(now), Some(item)) if agrees(path, now, item) => {
                         out.adopt.push(path.clone());
                     }
                     (Some(now @ Meta::File { .. }), Some(Item::File(_))) if lost => {
@@ -184,7 +198,7 @@ pub fn plan(
                 }
             }
             (true, true, Some(slot)) => match (local, &slot.item) {
-                (Some(now), Some(item)) if now.matches(item) => out.adopt.push(path.clone()),
+                (Some(now), Some(item)) if agrees(path, now, item) => out.adopt.push(path.clone()),
                 // Deleted here, changed there: the change stays. (Removed
                 // on both sides: nothing left to do but record it.)
                 (None, _) => out.fetch.push(path.clone()),
@@ -216,6 +230,26 @@ pub fn plan(
         out.publish = kept;
     }
     out
+}
+
+/// The files on disk whose content a pass compares with the register's
+/// before planning (path, and the hash the register's file was stored
+/// with): where the register holds a file of the same size that this
+/// device has not synced there.
+pub fn to_compare<'a>(
+    tree: Option<&'a Tree>,
+    known: &'a BTreeMap<String, Known>,
+    disk: &'a BTreeMap<String, Meta>,
+) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    disk.iter().filter_map(move |(path, now)| {
+        let slot = tree?.slot(path)?;
+        let item = slot.item.as_ref()?;
+        let Item::File(file) = item else {
+            return None;
+        };
+        let synced = known.get(path).is_some_and(|k| k.stamp == slot.stamp);
+        (!synced && now.matches(item)).then_some((path.as_str(), file.hash.as_deref()?))
+    })
 }
 
 /// Pairs each new file with a file deleted here that had its inode, size
@@ -291,6 +325,7 @@ mod tests {
             },
             mtime: i64::from(tag),
             exec: false,
+            hash: None,
         })
     }
 
@@ -315,6 +350,7 @@ mod tests {
             meta: meta(tag, u64::from(tag) + 1000),
             stamp: stamp(clock, d),
             blob: None,
+            digest: None,
         }
     }
 
@@ -340,7 +376,10 @@ mod tests {
             clock,
             &Write {
                 path: "f".into(),
-                seen: seen.iter().map(|(d, c)| (device(*d).to_string(), *c)).collect(),
+                seen: seen
+                    .iter()
+                    .map(|(d, c)| (device(*d).to_string(), *c))
+                    .collect(),
                 item,
             },
         );
@@ -352,13 +391,13 @@ mod tests {
         let tree = tree_after(0, 10, Some(file(1)), &[]);
         let index = BTreeMap::from([("f".to_owned(), known(1, 10, 0))]);
         let edited = BTreeMap::from([("f".to_owned(), meta(2, 1001))]);
-        let p = plan(Some(&tree), &index, &edited, &never, false);
+        let p = plan(Some(&tree), &index, &edited, &never, &|_| false, false);
         assert_eq!(p.publish.len(), 1);
         assert!(p.fetch.is_empty() && p.conflicts.is_empty());
 
         let tree = tree_after(1, 20, Some(file(2)), &[(0, 10)]);
         let same = BTreeMap::from([("f".to_owned(), meta(1, 1001))]);
-        let p = plan(Some(&tree), &index, &same, &never, false);
+        let p = plan(Some(&tree), &index, &same, &never, &|_| false, false);
         assert_eq!(p.fetch, ["f"]);
         assert!(p.publish.is_empty() && p.conflicts.is_empty());
     }
@@ -369,7 +408,7 @@ mod tests {
         let tree = tree_after(1, 20, Some(file(2)), &[(0, 10)]);
         let index = BTreeMap::from([("f".to_owned(), known(1, 10, 0))]);
         let edited = BTreeMap::from([("f".to_owned(), meta(3, 1001))]);
-        let p = plan(Some(&tree), &index, &edited, &never, false);
+        let p = plan(Some(&tree), &index, &edited, &never, &|_| false, false);
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(p.conflicts[0].synced, None, "the local edit is uploaded");
 
@@ -387,7 +426,7 @@ mod tests {
         );
         let index = BTreeMap::from([("f".to_owned(), known(3, 15, 2))]);
         let unchanged = BTreeMap::from([("f".to_owned(), meta(3, 1003))]);
-        let p = plan(Some(&tree), &index, &unchanged, &never, false);
+        let p = plan(Some(&tree), &index, &unchanged, &never, &|_| false, false);
         assert_eq!(p.conflicts.len(), 1);
         assert_eq!(
             p.conflicts[0].synced,
@@ -405,13 +444,13 @@ mod tests {
         let tree = tree_after(1, 20, None, &[(0, 10)]);
         let index = BTreeMap::from([("f".to_owned(), known(1, 10, 0))]);
         let edited = BTreeMap::from([("f".to_owned(), meta(2, 1001))]);
-        let p = plan(Some(&tree), &index, &edited, &never, false);
+        let p = plan(Some(&tree), &index, &edited, &never, &|_| false, false);
         assert_eq!(p.publish.len(), 1);
         assert!(p.publish[0].local.is_some());
 
         // Deleted here, edited elsewhere: the edit is fetched.
         let tree = tree_after(1, 20, Some(file(2)), &[(0, 10)]);
-        let p = plan(Some(&tree), &index, &BTreeMap::new(), &never, false);
+        let p = plan(Some(&tree), &index, &BTreeMap::new(), &never, &|_| false, false);
         assert_eq!(p.fetch, ["f"]);
         assert!(p.publish.is_empty());
 
@@ -430,7 +469,7 @@ mod tests {
         );
         let index = BTreeMap::from([("f".to_owned(), known(3, 15, 2))]);
         let unchanged = BTreeMap::from([("f".to_owned(), meta(3, 1003))]);
-        let p = plan(Some(&tree), &index, &unchanged, &never, false);
+        let p = plan(Some(&tree), &index, &unchanged, &never, &|_| false, false);
         assert_eq!(p.publish.len(), 1);
         assert_eq!(p.publish[0].reuse.as_ref().unwrap().stamp, stamp(15, 2));
     }
@@ -440,7 +479,7 @@ mod tests {
         let tree = tree_after(0, 10, Some(file(1)), &[]);
         let index = BTreeMap::from([("f".to_owned(), known(1, 10, 0))]);
         let moved = BTreeMap::from([("g".to_owned(), meta(1, 1001))]);
-        let p = plan(Some(&tree), &index, &moved, &never, false);
+        let p = plan(Some(&tree), &index, &moved, &never, &|_| false, false);
         let new = p.publish.iter().find(|p| p.path == "g").unwrap();
         assert_eq!(new.reuse.as_ref().unwrap().path, "f");
         let old = p.publish.iter().find(|p| p.path == "f").unwrap();
@@ -453,19 +492,17 @@ mod tests {
         let index: BTreeMap<String, Known> = (0..40)
             .map(|i| (format!("f{i}"), known(1, 10, 0)))
             .collect();
-        let kept: BTreeMap<String, Meta> = (0..20)
-            .map(|i| (format!("f{i}"), meta(1, 1001)))
-            .collect();
-        let p = plan(None, &index, &kept, &never, false);
+        let kept: BTreeMap<String, Meta> =
+            (0..20).map(|i| (format!("f{i}"), meta(1, 1001))).collect();
+        let p = plan(None, &index, &kept, &never, &|_| false, false);
         assert_eq!(p.held.len(), 20);
         assert!(p.publish.is_empty());
-        let p = plan(None, &index, &kept, &never, true);
+        let p = plan(None, &index, &kept, &never, &|_| false, true);
         assert_eq!(p.publish.len(), 20);
         // A few deletions are not a mass deletion.
-        let most: BTreeMap<String, Meta> = (0..35)
-            .map(|i| (format!("f{i}"), meta(1, 1001)))
-            .collect();
-        let p = plan(None, &index, &most, &never, false);
+        let most: BTreeMap<String, Meta> =
+            (0..35).map(|i| (format!("f{i}"), meta(1, 1001))).collect();
+        let p = plan(None, &index, &most, &never, &|_| false, false);
         assert!(p.held.is_empty());
         assert_eq!(p.deletions(), 5);
     }

@@ -36,6 +36,26 @@ const DEFAULT_IGNORES: &[&str] = &[
     "desktop.ini",
 ];
 
+/// How close to when a pass read a file its modification time may be and
+/// a later write still go unseen: file systems keep modification times in
+/// clock ticks (a few milliseconds on Linux, two seconds on FAT), and a
+/// second write within the tick of the first leaves the time as it was.
+pub const RACY_NANOS: i64 = 2_000_000_000;
+
+/// Whether `meta`, read at `read_at` (nanoseconds since the epoch), is a
+/// file modified so recently that its metadata alone cannot vouch for its
+/// content later.
+pub fn is_racy(meta: &Meta, read_at: i64) -> bool {
+    matches!(meta, Meta::File { mtime, .. } if *mtime >= read_at.saturating_sub(RACY_NANOS))
+}
+
+/// The hash a pass keeps of a racy file's content (hex).
+pub fn digest_file(path: &Path) -> std::io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
 /// What a path is on disk, as far as a pass compares it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -86,13 +106,13 @@ impl Meta {
         }
     }
 
-    /// Whether the path holds what `item` says, by metadata: a file of the
-    /// same size, modification time and execute bit, the same link, or a
-    /// directory.
+    /// Whether the path may hold what `item` says: a file of the same size
+    /// and execute bit (its content is for the caller to compare), the
+    /// same link, or a directory.
     pub fn matches(&self, item: &Item) -> bool {
         match (self, item) {
-            (Meta::File { size, mtime, exec, .. }, Item::File(file)) => {
-                *size == file.entry.size && *mtime == file.mtime && *exec == file.exec
+            (Meta::File { size, exec, .. }, Item::File(file)) => {
+                *size == file.entry.size && *exec == file.exec
             }
             (Meta::Dir, Item::Dir) => true,
             (Meta::Link { target }, Item::Link { target: t }) => target == t,
@@ -128,11 +148,9 @@ impl Meta {
             Some(Meta::Dir)
         } else if kind.is_symlink() {
             let target = std::fs::read_link(path)?;
-            target
-                .to_str()
-                .map(|target| Meta::Link {
-                    target: target.to_owned(),
-                })
+            target.to_str().map(|target| Meta::Link {
+                target: target.to_owned(),
+            })
         } else {
             None
         })
@@ -207,10 +225,8 @@ pub fn scan(root: &Path, ignores: &Ignores) -> std::io::Result<Scan> {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                out.skipped.push(format!(
-                    "{}: the name is not UTF-8",
-                    entry.path().display()
-                ));
+                out.skipped
+                    .push(format!("{}: the name is not UTF-8", entry.path().display()));
                 continue;
             };
             let path = if rel.is_empty() {
@@ -219,7 +235,8 @@ pub fn scan(root: &Path, ignores: &Ignores) -> std::io::Result<Scan> {
                 format!("{rel}/{name}")
             };
             if crate::crdt::folder::check_path(&path).is_err() {
-                out.skipped.push(format!("{path:?}: not a name a folder carries"));
+                out.skipped
+                    .push(format!("{path:?}: not a name a folder carries"));
                 continue;
             }
             let meta = match Meta::read(&entry.path()) {
@@ -282,7 +299,11 @@ mod tests {
         );
         assert!(matches!(
             found.items["a/one.txt"],
-            Meta::File { size: 1, exec: true, .. }
+            Meta::File {
+                size: 1,
+                exec: true,
+                ..
+            }
         ));
         assert_eq!(
             found.items["a/outside"],

@@ -205,8 +205,7 @@ impl Client {
                     .slots()
                     .values()
                     .filter_map(|s| s.item.as_ref().and_then(Item::file));
-                let (count, bytes) =
-                    files.fold((0, 0), |(n, b), f| (n + 1, b + f.entry.size));
+                let (count, bytes) = files.fold((0, 0), |(n, b), f| (n + 1, b + f.entry.size));
                 FolderInfo {
                     name: name.clone(),
                     files: count,
@@ -245,7 +244,10 @@ impl Client {
                 Err(_) => {
                     let (Some(parent), Some(name)) = (existing.parent(), existing.file_name())
                     else {
-                        return Err(Error::Invalid(format!("{} cannot be resolved", path.display())));
+                        return Err(Error::Invalid(format!(
+                            "{} cannot be resolved",
+                            path.display()
+                        )));
                     };
                     rest.push(name.to_owned());
                     existing = parent;
@@ -284,16 +286,15 @@ impl Client {
             .into_iter()
             .map(|index| {
                 let tree = Self::table_of(&state).folder(&index.name);
-                let (paused, pending_here, pending_there) =
-                    match pass::look(&index, tree) {
-                        Ok(plan) => (
-                            None,
-                            plan.publish.len() + plan.conflicts.len(),
-                            plan.fetch.len() + plan.conflicts.len(),
-                        ),
-                        Err(Error::FolderPaused { why, .. }) => (Some(why), 0, 0),
-                        Err(err) => return Err(err),
-                    };
+                let (paused, pending_here, pending_there) = match pass::look(&index, tree) {
+                    Ok(plan) => (
+                        None,
+                        plan.publish.len() + plan.conflicts.len(),
+                        plan.fetch.len() + plan.conflicts.len(),
+                    ),
+                    Err(Error::FolderPaused { why, .. }) => (Some(why), 0, 0),
+                    Err(err) => return Err(err),
+                };
                 Ok(FolderStatus {
                     name: index.name.clone(),
                     root: index.root.clone(),

@@ -8,6 +8,7 @@
 //! register agree is taken as synced (`adopt`), whichever step wrote it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
@@ -22,11 +23,11 @@ use crate::crdt::Change;
 use crate::crdt::folder::{FileItem, Item, Tree, Write};
 use crate::error::{Error, Result};
 use crate::files::FileEntry;
-use crate::folder::disk::{Placed, Root, finish_file};
-use crate::folder::index::{FolderIndex, Known};
-use crate::folder::plan::{Conflict, Plan, Publish, Synced, plan};
-use crate::folder::scan::{Ignores, MARKER, Meta, Scan, scan};
 use crate::folder::conflict_name;
+use crate::folder::disk::{Placed, Root, finish_file, now_nanos};
+use crate::folder::index::{FolderIndex, Known};
+use crate::folder::plan::{Conflict, Plan, Publish, Synced, plan, to_compare};
+use crate::folder::scan::{Ignores, MARKER, Meta, Scan, digest_file, is_racy, scan};
 use crate::progress::{Progress, Silent};
 use crate::relay::{RelayClient, unix_now};
 
@@ -86,7 +87,12 @@ pub(super) fn check_root(index: &FolderIndex) -> Result<()> {
     };
     match std::fs::symlink_metadata(&index.root) {
         Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(paused(format!("{} is not a directory", index.root.display()))),
+        Ok(_) => {
+            return Err(paused(format!(
+                "{} is not a directory",
+                index.root.display()
+            )));
+        }
         Err(err) => return Err(paused(format!("{}: {err}", index.root.display()))),
     }
     if !index.root.join(MARKER).is_file() {
@@ -108,6 +114,9 @@ pub(super) fn look(index: &FolderIndex, tree: Option<&Tree>) -> Result<Plan> {
         &index.paths,
         &found.items,
         &|path, dir| ignores.ignored(path, dir),
+        // Contents are not compared here: a path whose size agrees with
+        // the register's counts as pending until a pass hashes it.
+        &|_| false,
         false,
     ))
 }
@@ -124,6 +133,27 @@ struct Uploaded {
     meta: Meta,
     entry: FileEntry,
     holders: Vec<RelayClient>,
+    /// The hash of the content uploaded.
+    hash: String,
+    /// Whether the file was modified shortly before it was read
+    /// (`scan::is_racy`).
+    racy: bool,
+}
+
+/// Hashes what passes through it: the hash of exactly the bytes uploaded.
+struct Hashing {
+    inner: std::fs::File,
+    hasher: Arc<std::sync::Mutex<blake3::Hasher>>,
+}
+
+impl std::io::Read for Hashing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut hasher) = self.hasher.lock() {
+            hasher.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 impl Client {
@@ -138,27 +168,68 @@ impl Client {
     ) -> Result<FolderPass> {
         check_root(index)?;
         let root = Root::new(&index.root);
-        let (found, ignores) = {
+        let racy: Vec<(String, Meta, String)> = index
+            .paths
+            .iter()
+            .filter_map(|(path, known)| {
+                Some((path.clone(), known.meta.clone(), known.digest.clone()?))
+            })
+            .collect();
+        let (found, ignores, rewritten) = {
             let at = index.root.clone();
-            tokio::task::spawn_blocking(move || -> Result<(Scan, Ignores)> {
+            tokio::task::spawn_blocking(move || -> Result<(Scan, Ignores, Vec<String>)> {
                 let ignores = Ignores::load(&at).map_err(Error::Invalid)?;
                 let found = scan(&at, &ignores).map_err(crate::error::io_at(&at))?;
-                Ok((found, ignores))
+                let rewritten = rewritten_in_a_tick(&at, &found, racy);
+                Ok((found, ignores, rewritten))
             })
             .await
             .map_err(|err| Error::Invalid(format!("reading the folder stopped: {err}")))??
         };
+        for path in rewritten {
+            // Written again within the clock tick of the content synced:
+            // planned as the change it is.
+            if let Some(known) = index.paths.get_mut(&path) {
+                known.meta = Meta::File {
+                    size: u64::MAX,
+                    mtime: i64::MIN,
+                    exec: false,
+                    ino: 0,
+                };
+                known.digest = None;
+            }
+        }
         let name = index.name.clone();
         let mut report = FolderPass {
             name: name.clone(),
             skipped: found.skipped.clone(),
             ..FolderPass::default()
         };
+        // Files that may already hold the register's content (a folder
+        // attached where a copy of it was, or the same change made on two
+        // devices) are compared by hash: metadata can agree by chance.
+        let compare: Vec<(String, String)> =
+            to_compare(Self::table_of(state).folder(&name), &index.paths, &found.items)
+                .map(|(path, hash)| (path.to_owned(), hash.to_owned()))
+                .collect();
+        let same: BTreeSet<String> = {
+            let at = index.root.clone();
+            tokio::task::spawn_blocking(move || {
+                compare
+                    .into_iter()
+                    .filter(|(path, hash)| digest_file(&at.join(path)).is_ok_and(|h| h == *hash))
+                    .map(|(path, _)| path)
+                    .collect()
+            })
+            .await
+            .map_err(|err| Error::Invalid(format!("reading the folder stopped: {err}")))?
+        };
         let planned = plan(
             Self::table_of(state).folder(&name),
             &index.paths,
             &found.items,
             &|path, dir| ignores.ignored(path, dir),
+            &|path| same.contains(path),
             allow_deletes,
         );
         let disk = &found.items;
@@ -200,7 +271,7 @@ impl Client {
         // in as few operations as fit.
         let tree = Self::table_of(state).folder(&name);
         let mut writes: Vec<Write> = Vec::new();
-        let mut listed: Vec<(String, Option<Meta>, Option<FileEntry>)> = Vec::new();
+        let mut listed: Vec<(String, Option<Meta>, Option<FileEntry>, Option<String>)> = Vec::new();
         let mut uploads = Vec::new();
         if tree.is_none() {
             // A new folder: its root, so that it exists even while empty.
@@ -231,6 +302,7 @@ impl Client {
                             entry: file.entry.clone(),
                             mtime: *mtime,
                             exec: *exec,
+                            hash: file.hash.clone(),
                         })),
                         None => {
                             uploads.push((
@@ -248,14 +320,19 @@ impl Client {
             match &item {
                 Some(Item::File(file)) => {
                     report.relisted += 1;
-                    listed.push((p.path.clone(), p.local.clone(), Some(file.entry.clone())));
+                    listed.push((
+                        p.path.clone(),
+                        p.local.clone(),
+                        Some(file.entry.clone()),
+                        file.hash.clone(),
+                    ));
                 }
                 _ => {
                     report.published += 1;
                     if item.is_none() && p.moved_to.is_none() {
                         report.deleted_elsewhere += 1;
                     }
-                    listed.push((p.path.clone(), p.local.clone(), None));
+                    listed.push((p.path.clone(), p.local.clone(), None, None));
                 }
             }
             writes.push(Write {
@@ -278,6 +355,7 @@ impl Client {
                     entry: done.entry.clone(),
                     mtime,
                     exec,
+                    hash: Some(done.hash.clone()),
                 })),
             });
         }
@@ -304,10 +382,18 @@ impl Client {
         }
         let tree = Self::table_of(state).folder(&name);
         let stamp_of = |path: &str| tree.and_then(|t| t.slot(path)).map(|s| s.stamp);
-        for (path, meta, entry) in listed
-            .into_iter()
-            .chain(uploaded.into_iter().map(|(u, _)| (u.path, Some(u.meta), Some(u.entry))))
-        {
+        let read_at = now_nanos();
+        let relisted = listed.into_iter().map(|(path, meta, entry, hash)| {
+            // The content synced, kept for a file whose time cannot vouch
+            // for it later.
+            let digest = hash.filter(|_| meta.as_ref().is_some_and(|m| is_racy(m, read_at)));
+            (path, meta, entry, digest)
+        });
+        let sent = uploaded.into_iter().map(|(u, _)| {
+            let digest = Some(u.hash).filter(|_| u.racy);
+            (u.path, Some(u.meta), Some(u.entry), digest)
+        });
+        for (path, meta, entry, digest) in relisted.chain(sent) {
             match (meta, stamp_of(&path)) {
                 (Some(meta), Some(stamp)) => {
                     index.paths.insert(
@@ -316,6 +402,7 @@ impl Client {
                             meta,
                             stamp,
                             blob: entry.map(|e| e.blob),
+                            digest,
                         },
                     );
                 }
@@ -327,12 +414,14 @@ impl Client {
 
         // Fetch: what changed elsewhere, parents before children, and
         // removals after, children before parents.
-        let tree = Self::table_of(state).folder(&name).cloned().unwrap_or_default();
+        let tree = Self::table_of(state)
+            .folder(&name)
+            .cloned()
+            .unwrap_or_default();
         fetch.sort();
         fetch.dedup();
-        let (removals, writes_here): (Vec<String>, Vec<String>) = fetch
-            .into_iter()
-            .partition(|path| tree.get(path).is_none());
+        let (removals, writes_here): (Vec<String>, Vec<String>) =
+            fetch.into_iter().partition(|path| tree.get(path).is_none());
         let removing: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
         let mut taken: BTreeSet<String> = BTreeSet::new();
         for path in &writes_here {
@@ -341,7 +430,10 @@ impl Client {
             } else {
                 disk.get(path)
             };
-            let Some(slot) = tree.slot(path) else { continue };
+            let Some(slot) = tree.slot(path) else {
+                continue;
+            };
+            let mut digest = None;
             let outcome = match &slot.item {
                 Some(Item::File(file)) => {
                     self.fetch_file(
@@ -357,6 +449,10 @@ impl Client {
                         &mut report,
                     )
                     .await
+                    .map(|(placed, hashed)| {
+                        digest = hashed;
+                        placed
+                    })
                 }
                 Some(Item::Dir) => root.make_dir(path, expected).map_err(|e| e.to_string()),
                 Some(Item::Link { target }) => root
@@ -376,7 +472,12 @@ impl Client {
                                 Known {
                                     meta,
                                     stamp: slot.stamp,
-                                    blob: slot.item.as_ref().and_then(Item::file).map(|f| f.entry.blob),
+                                    blob: slot
+                                        .item
+                                        .as_ref()
+                                        .and_then(Item::file)
+                                        .map(|f| f.entry.blob),
+                                    digest,
                                 },
                             );
                         }
@@ -409,7 +510,9 @@ impl Client {
                 // Edited here since, or a directory holding something new:
                 // kept; the next pass publishes it.
                 Ok(Placed::Changed) => {}
-                Err(err) => report.problems.push(format!("{path}: cannot remove: {err}")),
+                Err(err) => report
+                    .problems
+                    .push(format!("{path}: cannot remove: {err}")),
             }
         }
         for path in adopt {
@@ -421,7 +524,12 @@ impl Client {
                 Known {
                     meta: meta.clone(),
                     stamp: slot.stamp,
-                    blob: slot.item.as_ref().and_then(Item::file).map(|f| f.entry.blob),
+                    blob: slot
+                        .item
+                        .as_ref()
+                        .and_then(Item::file)
+                        .map(|f| f.entry.blob),
+                    digest: None,
                 },
             );
         }
@@ -506,7 +614,11 @@ impl Client {
             _ => 0,
         };
         let total: u64 = uploads.iter().map(|(u, _)| size_of(&u.meta)).sum();
-        let largest = uploads.iter().map(|(u, _)| size_of(&u.meta)).max().unwrap_or(0);
+        let largest = uploads
+            .iter()
+            .map(|(u, _)| size_of(&u.meta))
+            .max()
+            .unwrap_or(0);
         let (candidates, _) = self
             .candidates(total, largest.min(MAX_SEALED_CHUNK as u64))
             .await;
@@ -552,13 +664,25 @@ impl Client {
         candidates: &Candidates,
     ) -> Result<Option<Uploaded>> {
         let path = root.join(&upload.path);
+        let read_at = now_nanos();
         let file = std::fs::File::open(&path).map_err(crate::error::io_at(&path))?;
+        let hasher = Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
+        let file = Hashing {
+            inner: file,
+            hasher: hasher.clone(),
+        };
         let size = match upload.meta {
             Meta::File { size, .. } => size,
             _ => 0,
         };
         let content = self
-            .store_content(state, Box::new(file), size, Some(candidates), Arc::new(Silent))
+            .store_content(
+                state,
+                Box::new(file),
+                size,
+                Some(candidates),
+                Arc::new(Silent),
+            )
             .await?;
         let after = Meta::read(&path).map_err(crate::error::io_at(&path))?;
         if after.as_ref().is_none_or(|now| !now.same(&upload.meta)) || content.entry.size != size {
@@ -566,11 +690,19 @@ impl Client {
                 .await;
             return Ok(None);
         }
+        let hash = hasher
+            .lock()
+            .map_err(|_| Error::Invalid("hashing stopped".into()))?
+            .finalize()
+            .to_hex()
+            .to_string();
         Ok(Some(Uploaded {
             path: upload.path.clone(),
             meta: upload.meta.clone(),
             entry: content.entry,
             holders: content.stored.holders,
+            hash,
+            racy: is_racy(&upload.meta, read_at),
         }))
     }
 
@@ -590,7 +722,7 @@ impl Client {
         file: &FileItem,
         expected: Option<&Meta>,
         report: &mut FolderPass,
-    ) -> Result<Placed, String> {
+    ) -> Result<(Placed, Option<String>), String> {
         // A synced, unchanged file with this content: one about to be
         // removed is renamed (a move made elsewhere), else copied.
         let local = index
@@ -600,7 +732,9 @@ impl Client {
                 other.as_str() != path
                     && known.blob == Some(file.entry.blob)
                     && !taken.contains(other.as_str())
-                    && disk.get(other.as_str()).is_some_and(|m| m.same(&known.meta))
+                    && disk
+                        .get(other.as_str())
+                        .is_some_and(|m| m.same(&known.meta))
             })
             .map(|(other, known)| (other.clone(), known.meta.clone()))
             .max_by_key(|(other, _)| removing.contains(other.as_str()));
@@ -613,9 +747,9 @@ impl Client {
                     finish_file(&root.join(path), file.mtime, file.exec)
                         .map_err(|e| e.to_string())?;
                     taken.insert(source.clone());
-                    index.paths.remove(source);
+                    let digest = index.paths.remove(source).and_then(|k| k.digest);
                     report.moved_here += 1;
-                    return Ok(Placed::Done);
+                    return Ok((Placed::Done, digest));
                 }
                 Ok(Placed::Changed) => {}
                 Err(err) => return Err(err.to_string()),
@@ -648,10 +782,33 @@ impl Client {
             report.fetched_bytes += file.entry.size;
         }
         finish_file(&staged, file.mtime, file.exec).map_err(|e| e.to_string())?;
+        let racy = Meta::read(&staged)
+            .ok()
+            .flatten()
+            .is_some_and(|m| is_racy(&m, now_nanos()));
+        let digest = racy
+            .then(|| digest_file(&staged))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         // Placed by a hard link or a rename: the temp path's own removal
         // then finds nothing, or the file it still names.
-        root.place(&staged, path, expected).map_err(|e| e.to_string())
+        let placed = root
+            .place(&staged, path, expected)
+            .map_err(|e| e.to_string())?;
+        Ok((placed, digest))
     }
+}
+
+/// The racy files (`scan::is_racy`) among `racy` (path, metadata and hash
+/// as synced) whose metadata is unchanged but whose content is not.
+fn rewritten_in_a_tick(root: &Path, found: &Scan, racy: Vec<(String, Meta, String)>) -> Vec<String> {
+    racy.into_iter()
+        .filter(|(path, meta, digest)| {
+            found.items.get(path).is_some_and(|now| now.same(meta))
+                && digest_file(&root.join(path)).is_ok_and(|now| now != *digest)
+        })
+        .map(|(path, ..)| path)
+        .collect()
 }
 
 /// `writes` to `folder` as operations, each body within the limit.

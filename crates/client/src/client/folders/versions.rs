@@ -59,9 +59,32 @@ fn seconds(clock: u64) -> u64 {
 }
 
 impl Client {
+    /// Every path folder `folder` ever held, deleted ones included (their
+    /// versions are kept for the version window).
+    pub async fn folder_paths(&mut self, folder: &str) -> Result<Vec<String>> {
+        let state = match self.synced().await {
+            Ok(state) => state,
+            Err(Error::Offline(_)) => self.load_sync()?,
+            Err(err) => return Err(err),
+        };
+        let tree = Self::table_of(&state)
+            .folder(folder)
+            .ok_or_else(|| Error::NoSuchFolder(folder.into()))?;
+        Ok(tree
+            .slots()
+            .keys()
+            .filter(|path| !path.is_empty())
+            .cloned()
+            .collect())
+    }
+
     /// Every version of `path` in folder `folder` the vault keeps, oldest
     /// first, the current content (when the path holds a file) last.
-    pub async fn folder_versions(&mut self, folder: &str, path: &str) -> Result<Vec<FolderVersion>> {
+    pub async fn folder_versions(
+        &mut self,
+        folder: &str,
+        path: &str,
+    ) -> Result<Vec<FolderVersion>> {
         let state = match self.synced().await {
             Ok(state) => state,
             Err(Error::Offline(_)) => self.load_sync()?,
@@ -181,7 +204,9 @@ impl Client {
             },
         )
         .await?;
-        let pass = self.folder_pass(&mut state, &mut index, false, progress).await;
+        let pass = self
+            .folder_pass(&mut state, &mut index, false, progress)
+            .await;
         self.finish_change(&mut state).await?;
         index.save(&self.home)?;
         Ok(Restored {

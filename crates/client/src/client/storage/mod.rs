@@ -19,13 +19,13 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 pub use self::export::{ExportFailure, ExportReport, Exported};
 pub use self::range::{ByteRange, RangeSpec};
-pub(in crate::client) use chunked::MAX_SEALED_CHUNK;
-pub(in crate::client) use put::Candidates;
 use super::Client;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::files::{Copy, Place, check_name};
 use crate::relay::Deleted;
+pub(in crate::client) use chunked::MAX_SEALED_CHUNK;
+pub(in crate::client) use put::Candidates;
 
 /// Where `get` writes the data.
 #[derive(Clone, Debug)]

@@ -206,7 +206,11 @@ impl Client {
     /// Undoes what [`Client::store_content`] stored when no operation came
     /// to list it: a one-blob file's copies go; a chunked file's chunks
     /// stay for the put run again (only its manifest goes).
-    pub(in crate::client) async fn forget_stored(&self, entry: &FileEntry, holders: &[RelayClient]) {
+    pub(in crate::client) async fn forget_stored(
+        &self,
+        entry: &FileEntry,
+        holders: &[RelayClient],
+    ) {
         self.delete_own_everywhere(holders, &entry.blob).await;
     }
 
@@ -261,17 +265,10 @@ impl Client {
             ));
         }
         let stored = if first.whole {
-            self.store_whole(first, candidates, wanted, &progress)
-                .await
+            self.store_whole(first, candidates, wanted, &progress).await
         } else {
             self.store_chunks(
-                state,
-                first,
-                pieces,
-                candidates,
-                wanted,
-                size_hint,
-                &progress,
+                state, first, pieces, candidates, wanted, size_hint, &progress,
             )
             .await
         };
