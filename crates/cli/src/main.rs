@@ -381,6 +381,31 @@ Examples:
         #[arg(long)]
         allow_deletes: bool,
     },
+    /// Keep every attached folder in sync until stopped.
+    ///
+    /// Passes when files here settle after a change (file-system events,
+    /// then a quiet time, so a file still being written is not taken half
+    /// way), and when the relays say another device wrote (asked every
+    /// --poll seconds: one request per relay when nothing changed). A mass
+    /// deletion is held and reported, as by `folder sync`, until a pass
+    /// with --allow-deletes; a folder whose root is gone is reported and
+    /// retried. contrib/cairn-folder.service runs it as a systemd user
+    /// service.
+    #[command(after_help = "\
+Examples:
+  cairn folder watch
+  systemctl --user enable --now cairn-folder   (see contrib/cairn-folder.service)")]
+    Watch {
+        /// Quiet seconds after the last change here before a pass.
+        #[arg(long, default_value_t = 2, value_name = "SECS")]
+        settle: u64,
+        /// Seconds between asking the relays whether another device wrote.
+        #[arg(long, default_value_t = 15, value_name = "SECS")]
+        poll: u64,
+        /// Stop after this many passes (for scripts).
+        #[arg(long, value_name = "N")]
+        passes: Option<u64>,
+    },
     /// Where each attached folder stands: changes pending here and there,
     /// held deletions, conflicts, when it last converged. Reads the disk
     /// and this device's last sync; asks no relay.

@@ -395,3 +395,76 @@ async fn versions_bring_back_overwritten_and_deleted_files() {
         b"version two, longer"
     );
 }
+
+/// Waits up to 30 s for `check`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("not within 30 s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_passes_on_changes_here_and_on_other_devices_writes() {
+    let (_a, _b, laptop, phone) = laptop_and_phone().await;
+    write(&folder_dir(&laptop).join("start.txt"), b"start");
+    share(&laptop, &phone).await;
+    let mut watcher = phone.spawn(&["folder", "watch", "--settle", "1", "--poll", "1", "--json"]);
+
+    // Written on the laptop: the phone's watch learns it from the relays.
+    write(
+        &folder_dir(&laptop).join("from-laptop.txt"),
+        b"sent by the laptop",
+    );
+    sync(&laptop, &[]).await;
+    let arrived = folder_dir(&phone).join("from-laptop.txt");
+    eventually("the laptop's file reaches the phone", || arrived.exists()).await;
+
+    // Written on the phone: its watch sends it once it settles.
+    write(
+        &folder_dir(&phone).join("from-phone.txt"),
+        b"sent by the phone",
+    );
+    let mut seen = false;
+    for _ in 0..60 {
+        sync(&laptop, &[]).await;
+        if folder_dir(&laptop).join("from-phone.txt").exists() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(seen, "the phone's watch did not send its new file");
+    assert_eq!(tree(&folder_dir(&laptop)), tree(&folder_dir(&phone)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contrib_user_service_runs_a_watch() {
+    // The unit's command line, as systemd would run it, for one pass.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/systemd/cairn-folder.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    assert!(words[0].ends_with("/cairn"), "{exec}");
+    assert!(
+        unit.contains("CAIRN_PASSPHRASE"),
+        "the unit says how the key is unlocked"
+    );
+    let (_a, _b, laptop, phone) = laptop_and_phone().await;
+    write(&folder_dir(&laptop).join("x"), b"x");
+    share(&laptop, &phone).await;
+    let mut args = words[1..].to_vec();
+    args.extend(["--passes", "1", "--json"]);
+    let run = phone.run(&args).await;
+    assert_eq!(run.code, 0, "{run:#?}");
+}

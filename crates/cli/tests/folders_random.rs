@@ -55,7 +55,12 @@ fn contents(root: &Path) -> BTreeMap<String, Vec<u8>> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
             if rel.starts_with(".cairn") {
                 continue;
             }
@@ -97,25 +102,35 @@ async fn a_randomized_two_device_run_loses_nothing_and_converges() {
     let seed: u64 = std::env::var("CAIRN_FOLDER_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
+        .unwrap_or_else(|| -> u64 {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
-                .as_nanos() as u64
-                | 1
+                .subsec_nanos()
+                .into()
         });
     eprintln!("folder random run: {steps} steps, CAIRN_FOLDER_SEED={seed}");
-    let mut rng = Rng(seed);
-    let mut relays = [Relay::start().await, Relay::start().await, Relay::start().await];
+    // xorshift stays at 0 from 0.
+    let mut rng = Rng(seed | 1);
+    let mut relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
     let mut group = {
         let [a, b, c] = &relays;
         devices(&[a, b, c], 2).await
     };
     let dirs = tempfile::tempdir().unwrap();
-    let roots: Vec<PathBuf> = (0..2).map(|i| dirs.path().join(format!("dev{i}"))).collect();
+    let roots: Vec<PathBuf> = (0..2)
+        .map(|i| dirs.path().join(format!("dev{i}")))
+        .collect();
     for (client, root) in group.clients.iter_mut().zip(&roots) {
         std::fs::create_dir_all(root).unwrap();
-        client.folder_add(root, Some("F"), Arc::new(Silent)).await.unwrap();
+        client
+            .folder_add(root, Some("F"), Arc::new(Silent))
+            .await
+            .unwrap();
     }
 
     // Every content a completed pass read; it must survive the run.
@@ -136,7 +151,13 @@ async fn a_randomized_two_device_run_loses_nothing_and_converges() {
         };
         *counts.entry(action).or_default() += 1;
         if std::env::var_os("CAIRN_FOLDER_TRACE").is_some() {
-            eprintln!("step {step}: device {d} {action}; before: {:?}", contents(root).into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect::<Vec<_>>());
+            eprintln!(
+                "step {step}: device {d} {action}; before: {:?}",
+                contents(root)
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect::<Vec<_>>()
+            );
         }
         match action {
             "edit" => {
@@ -159,8 +180,8 @@ async fn a_randomized_two_device_run_loses_nothing_and_converges() {
             }
             "pass" | "cut_pass" => {
                 let before = contents(root);
-                let cut = (action == "cut_pass")
-                    .then(|| Duration::from_millis(1 + rng.next() % 40));
+                let cut =
+                    (action == "cut_pass").then(|| Duration::from_millis(1 + rng.next() % 40));
                 if pass(&mut group.clients[d], cut).await == Some(true) {
                     seen.extend(before.into_values());
                 }

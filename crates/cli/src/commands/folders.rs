@@ -190,6 +190,18 @@ pub(super) async fn folder(
             });
             Ok(ExitCode::SUCCESS)
         }
+        FolderCommand::Watch {
+            settle,
+            poll,
+            passes,
+        } => {
+            let pace = super::folder_watch::Pace {
+                settle: std::time::Duration::from_secs(settle),
+                poll: std::time::Duration::from_secs(poll.max(1)),
+                passes,
+            };
+            super::folder_watch::watch(client, json, pace).await
+        }
         FolderCommand::Detach { name } => {
             let root = client.folder_detach(&name)?;
             emit(json, &json!({ "detached": name, "root": root }), || {
@@ -232,7 +244,7 @@ fn exit_for(pass: &FolderPass) -> ExitCode {
     }
 }
 
-fn pass_summary(pass: &FolderPass) -> String {
+pub(super) fn pass_summary(pass: &FolderPass) -> String {
     let mut parts = Vec::new();
     if pass.sent > 0 {
         parts.push(format!(

@@ -450,7 +450,14 @@ mod tests {
 
         // Deleted here, edited elsewhere: the edit is fetched.
         let tree = tree_after(1, 20, Some(file(2)), &[(0, 10)]);
-        let p = plan(Some(&tree), &index, &BTreeMap::new(), &never, &|_| false, false);
+        let p = plan(
+            Some(&tree),
+            &index,
+            &BTreeMap::new(),
+            &never,
+            &|_| false,
+            false,
+        );
         assert_eq!(p.fetch, ["f"]);
         assert!(p.publish.is_empty());
 

@@ -5,7 +5,9 @@
 //! - `pass`: one two-way pass over one attached folder;
 //! - `versions`: listing and bringing back earlier files.
 
+mod fetch;
 mod pass;
+mod send;
 mod versions;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,229 @@
+//! The fetching half of a pass: what changed elsewhere brought onto the
+//! disk, parents before children, removals after, children first; a file
+//! that holds the same content elsewhere in the folder is renamed or
+//! copied instead of downloaded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::pass::{FolderPass, Pass};
+use crate::client::Client;
+use crate::client::storage::Output;
+use crate::client::sync::SyncState;
+use crate::crdt::folder::{FileItem, Item};
+use crate::folder::disk::{Placed, Root, finish_file, now_nanos};
+use crate::folder::index::{FolderIndex, Known};
+use crate::folder::scan::{Meta, digest_file, is_racy};
+use crate::progress::Silent;
+
+impl Client {
+    /// Brings the register's state of each of `fetch` onto the disk, and
+    /// records it in `index`.
+    pub(super) async fn fetch(
+        &mut self,
+        state: &mut SyncState,
+        index: &mut FolderIndex,
+        pass: &mut Pass,
+        mut fetch: Vec<String>,
+    ) {
+        let tree = Self::table_of(state)
+            .folder(&pass.name)
+            .cloned()
+            .unwrap_or_default();
+        fetch.sort();
+        fetch.dedup();
+        let (removals, writes_here): (Vec<String>, Vec<String>) =
+            fetch.into_iter().partition(|path| tree.get(path).is_none());
+        let removing: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
+        let mut taken: BTreeSet<String> = BTreeSet::new();
+        for path in &writes_here {
+            let expected = if pass.emptied.contains(path) {
+                None
+            } else {
+                pass.disk.get(path)
+            };
+            let Some(slot) = tree.slot(path) else {
+                continue;
+            };
+            let mut digest = None;
+            let outcome = match &slot.item {
+                Some(Item::File(file)) => self
+                    .fetch_file(
+                        state,
+                        &pass.root,
+                        index,
+                        &pass.disk,
+                        &removing,
+                        &mut taken,
+                        path,
+                        file,
+                        expected,
+                        &mut pass.report,
+                    )
+                    .await
+                    .map(|(placed, hashed)| {
+                        digest = hashed;
+                        placed
+                    }),
+                Some(Item::Dir) => pass
+                    .root
+                    .make_dir(path, expected)
+                    .map_err(|e| e.to_string()),
+                Some(Item::Link { target }) => pass
+                    .root
+                    .make_link(path, target, expected)
+                    .map_err(|e| e.to_string()),
+                None => continue,
+            };
+            match outcome {
+                Ok(Placed::Done) => {
+                    if !matches!(slot.item, Some(Item::File(_))) {
+                        pass.report.made += 1;
+                    }
+                    match Meta::read(&pass.root.join(path)) {
+                        Ok(Some(meta)) => {
+                            index.paths.insert(
+                                path.clone(),
+                                Known {
+                                    meta,
+                                    stamp: slot.stamp,
+                                    blob: slot
+                                        .item
+                                        .as_ref()
+                                        .and_then(Item::file)
+                                        .map(|f| f.entry.blob),
+                                    digest,
+                                },
+                            );
+                        }
+                        _ => pass
+                            .report
+                            .problems
+                            .push(format!("{path}: not there after it was written")),
+                    }
+                }
+                // Left for the next pass, which sees a change on both sides.
+                Ok(Placed::Changed) => pass.report.problems.push(format!(
+                    "{path}: changed here while being fetched; kept, and the next pass \
+                     settles it"
+                )),
+                Err(err) => pass.report.problems.push(format!("{path}: {err}")),
+            }
+        }
+        for path in removals.iter().rev() {
+            if taken.contains(path) {
+                continue;
+            }
+            let Some(expected) = pass.disk.get(path).filter(|_| !pass.emptied.contains(path))
+            else {
+                index.paths.remove(path);
+                continue;
+            };
+            match pass.root.remove(path, expected) {
+                Ok(Placed::Done) => {
+                    pass.report.deleted_here += 1;
+                    index.paths.remove(path);
+                }
+                // Edited here since, or a directory holding something new:
+                // kept; the next pass publishes it.
+                Ok(Placed::Changed) => {}
+                Err(err) => pass
+                    .report
+                    .problems
+                    .push(format!("{path}: cannot remove: {err}")),
+            }
+        }
+    }
+
+    /// Brings `file` to `path`: from a file elsewhere in the folder that
+    /// holds the same content when there is one (renamed there, on
+    /// another device, or copied), else from the relays.
+    #[allow(clippy::too_many_arguments)] // one call site; each piece distinct
+    async fn fetch_file(
+        &mut self,
+        state: &mut SyncState,
+        root: &Root,
+        index: &mut FolderIndex,
+        disk: &BTreeMap<String, Meta>,
+        removing: &BTreeSet<&str>,
+        taken: &mut BTreeSet<String>,
+        path: &str,
+        file: &FileItem,
+        expected: Option<&Meta>,
+        report: &mut FolderPass,
+    ) -> Result<(Placed, Option<String>), String> {
+        // A synced, unchanged file with this content: one about to be
+        // removed is renamed (a move made elsewhere), else copied.
+        let local = index
+            .paths
+            .iter()
+            .filter(|(other, known)| {
+                other.as_str() != path
+                    && known.blob == Some(file.entry.blob)
+                    && !taken.contains(other.as_str())
+                    && disk
+                        .get(other.as_str())
+                        .is_some_and(|m| m.same(&known.meta))
+            })
+            .map(|(other, known)| (other.clone(), known.meta.clone()))
+            .max_by_key(|(other, _)| removing.contains(other.as_str()));
+        if let Some((source, meta)) = &local
+            && removing.contains(source.as_str())
+            && expected.is_none()
+        {
+            match root.rename(source, meta, path) {
+                Ok(Placed::Done) => {
+                    finish_file(&root.join(path), file.mtime, file.exec)
+                        .map_err(|e| e.to_string())?;
+                    taken.insert(source.clone());
+                    let digest = index.paths.remove(source).and_then(|k| k.digest);
+                    report.moved_here += 1;
+                    return Ok((Placed::Done, digest));
+                }
+                Ok(Placed::Changed) => {}
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        let staging = root.staging().map_err(|e| e.to_string())?;
+        let staged = tempfile::Builder::new()
+            .prefix("fetch-")
+            .tempfile_in(&staging)
+            .map_err(|e| e.to_string())?
+            .into_temp_path();
+        let from_disk = match &local {
+            Some((source, _)) => std::fs::copy(root.join(source), &staged).is_ok(),
+            None => false,
+        };
+        if from_disk {
+            report.moved_here += 1;
+        } else {
+            self.fetch_resolved(
+                state,
+                file.entry.blob,
+                Some(&file.entry),
+                Output::File(staged.to_path_buf()),
+                None,
+                Arc::new(Silent),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            report.fetched += 1;
+            report.fetched_bytes += file.entry.size;
+        }
+        finish_file(&staged, file.mtime, file.exec).map_err(|e| e.to_string())?;
+        let racy = Meta::read(&staged)
+            .ok()
+            .flatten()
+            .is_some_and(|m| is_racy(&m, now_nanos()));
+        let digest = racy
+            .then(|| digest_file(&staged))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        // Placed by a hard link or a rename: the temp path's own removal
+        // then finds nothing, or the file it still names.
+        let placed = root
+            .place(&staged, path, expected)
+            .map_err(|e| e.to_string())?;
+        Ok((placed, digest))
+    }
+}
