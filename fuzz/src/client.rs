@@ -18,13 +18,29 @@ pub fn sealed_blob(data: &[u8]) {
 }
 
 /// A decrypted operation body and a decrypted snapshot: whatever parses
-/// survives a round trip unchanged.
+/// survives a round trip unchanged, and merges into a table without
+/// panicking, twice to the same result (a folder's writes included: paths
+/// that could leave the folder are dropped there).
 pub fn sync_json(data: &[u8]) {
     if let Ok(change) = Change::from_body(data) {
         assert_eq!(
             Change::from_body(&change.to_body()).expect("own output parses"),
             change
         );
+        let device = cairn_client::proto::SigningKey::from_seed(&[3; 32]).verifying_key();
+        let mut table = cairn_client::crdt::Table::default();
+        table.apply(device, 7, &change);
+        let once = table.clone();
+        table.apply(device, 7, &change);
+        assert_eq!(table, once, "applying a change twice changed the table");
+        for (_, tree) in table.folders() {
+            for path in tree.slots().keys() {
+                assert!(
+                    cairn_client::crdt::folder::check_path(path).is_ok(),
+                    "{path:?}"
+                );
+            }
+        }
     }
     if let Ok(snapshot) = serde_json::from_slice::<Snapshot>(data) {
         let text = serde_json::to_vec(&snapshot).expect("serializes");

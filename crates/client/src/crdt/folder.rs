@@ -501,6 +501,32 @@ mod tests {
         assert!(tree.slot("b").is_none());
     }
 
+    #[test]
+    fn a_folder_operation_reads_from_its_json_and_keeps_only_safe_paths() {
+        let key = device(0);
+        let blob = BlobId::of(b"x");
+        let body = format!(
+            r#"{{"op":"folder","folder":"F","writes":[{{"path":"","item":{{"kind":"dir"}}}},{{"path":"a/b.txt","seen":{{"{key}":5}},"item":{{"kind":"file","entry":{{"blob":"{blob}","size":1,"sealed_size":300,"generation":1,"stored_at":7,"copies":[]}},"mtime":-5,"exec":true,"hash":"00"}}}},{{"path":"l","item":{{"kind":"link","target":"/etc"}}}},{{"path":"../x","item":null}}]}}"#
+        );
+        let change = crate::crdt::Change::from_body(body.as_bytes()).unwrap();
+        let mut table = crate::crdt::Table::default();
+        table.apply(key, 9, &change);
+        let tree = table.folder("F").unwrap();
+        let paths: Vec<&str> = tree.slots().keys().map(String::as_str).collect();
+        assert_eq!(paths, ["", "a/b.txt", "l"], "`../x` is dropped");
+        assert!(matches!(tree.get("a/b.txt"), Some(Item::File(f)) if f.exec && f.mtime == -5));
+        // Unknown fields and kinds are refused, not guessed at.
+        for bad in [
+            r#"{"op":"folder","folder":"F","writes":[{"path":"a","item":{"kind":"socket"}}]}"#,
+            r#"{"op":"folder","folder":"F","writes":[{"path":"a","item":null,"x":1}]}"#,
+        ] {
+            assert!(
+                crate::crdt::Change::from_body(bad.as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
     fn arb_write() -> impl Strategy<Value = (u8, u64, Write)> {
         let path = prop_oneof![Just("a"), Just("b"), Just("d/c")];
         let item = prop_oneof![
