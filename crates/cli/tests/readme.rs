@@ -214,10 +214,15 @@ fn the_readme_blocks_run_as_written() {
         let ports = (free_port(), free_port());
         let mut script = script(&block, &bin, ports);
         let inspects = block.iter().any(|c| c.contains("inspect"));
-        let uses = block.iter().any(|c| c.starts_with("cairn init"));
+        let uses = block.iter().any(|c| c.starts_with("cairn put notes.txt"));
+        let folder = block.iter().any(|c| c.starts_with("cairn folder add ./Documents"));
         let peers = block.iter().any(|c| c.contains("--peer"));
         if uses {
             std::fs::write(dir.path().join("notes.txt"), "notes from the README\n").unwrap();
+        }
+        if folder {
+            std::fs::create_dir(dir.path().join("Documents")).unwrap();
+            std::fs::write(dir.path().join("Documents/notes.txt"), "in a folder\n").unwrap();
         }
         if peers {
             // What the block is for: each relay now names the other.
@@ -245,10 +250,16 @@ fn the_readme_blocks_run_as_written() {
         if peers {
             assert!(stdout.ends_with("peered\n"), "{stdout}");
         }
+        if folder {
+            assert!(stdout.contains("folder \"Documents\" attached"), "{stdout}");
+            assert!(stdout.contains("sent 1 file"), "{stdout}");
+            assert!(stdout.contains("Documents:notes.txt"), "{stdout}");
+            assert!(stdout.contains("(current)"), "{stdout}");
+        }
         if inspects {
             assert!(stdout.contains("head"), "{stdout}");
         }
         ran += 1;
     }
-    assert!(ran >= 4, "only {ran} README blocks ran");
+    assert!(ran >= 5, "only {ran} README blocks ran");
 }
