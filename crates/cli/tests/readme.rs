@@ -215,7 +215,9 @@ fn the_readme_blocks_run_as_written() {
         let mut script = script(&block, &bin, ports);
         let inspects = block.iter().any(|c| c.contains("inspect"));
         let uses = block.iter().any(|c| c.starts_with("cairn put notes.txt"));
-        let folder = block.iter().any(|c| c.starts_with("cairn folder add ./Documents"));
+        let folder = block
+            .iter()
+            .any(|c| c.starts_with("cairn folder add ./Documents"));
         let peers = block.iter().any(|c| c.contains("--peer"));
         if uses {
             std::fs::write(dir.path().join("notes.txt"), "notes from the README\n").unwrap();

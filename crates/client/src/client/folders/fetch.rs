@@ -6,15 +6,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures_util::StreamExt as _;
+
 use super::pass::{FolderPass, Pass};
 use crate::client::Client;
 use crate::client::storage::Output;
 use crate::client::sync::SyncState;
-use crate::crdt::folder::{FileItem, Item};
+use crate::crdt::folder::{FileItem, Item, Tree};
 use crate::folder::disk::{Placed, Root, finish_file, now_nanos};
 use crate::folder::index::{FolderIndex, Known};
 use crate::folder::scan::{Meta, digest_file, is_racy};
 use crate::progress::Silent;
+
+/// Files downloaded at once by a pass (each one request).
+const FETCHES_IN_FLIGHT: usize = 16;
 
 impl Client {
     /// Brings the register's state of each of `fetch` onto the disk, and
@@ -36,6 +41,9 @@ impl Client {
             fetch.into_iter().partition(|path| tree.get(path).is_none());
         let removing: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
         let mut taken: BTreeSet<String> = BTreeSet::new();
+        let mut prefetched = self
+            .prefetch(state, index, pass, &removing, &tree, &writes_here)
+            .await;
         for path in &writes_here {
             let expected = if pass.emptied.contains(path) {
                 None
@@ -58,6 +66,7 @@ impl Client {
                         path,
                         file,
                         expected,
+                        prefetched.remove(path),
                         &mut pass.report,
                     )
                     .await
@@ -135,6 +144,41 @@ impl Client {
         }
     }
 
+    /// Downloads, a few at a time, the files of `paths` stored as one blob
+    /// that no file here holds already, into the staging directory:
+    /// what makes a pass over many small files quick.
+    async fn prefetch(
+        &self,
+        state: &SyncState,
+        index: &FolderIndex,
+        pass: &Pass,
+        removing: &BTreeSet<&str>,
+        tree: &Tree,
+        paths: &[String],
+    ) -> BTreeMap<String, tempfile::TempPath> {
+        let table = Self::table_of(state);
+        let none = BTreeSet::new();
+        let wanted: Vec<(&String, &FileItem)> = paths
+            .iter()
+            .filter_map(|path| {
+                let file = tree.get(path)?.file()?;
+                let local = local_source(index, &pass.disk, removing, &none, path, file);
+                (!file.entry.is_chunked() && local.is_none()).then_some((path, file))
+            })
+            .collect();
+        futures_util::stream::iter(wanted)
+            .map(|(path, file)| async move {
+                let data = self.fetch_small(table, &file.entry).await.ok()?;
+                let staged = staged_file(&pass.root).ok()?;
+                std::fs::write(&staged, data).ok()?;
+                Some((path.clone(), staged))
+            })
+            .buffer_unordered(FETCHES_IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
+    }
+
     /// Brings `file` to `path`: from a file elsewhere in the folder that
     /// holds the same content when there is one (renamed there, on
     /// another device, or copied), else from the relays.
@@ -150,23 +194,10 @@ impl Client {
         path: &str,
         file: &FileItem,
         expected: Option<&Meta>,
+        prefetched: Option<tempfile::TempPath>,
         report: &mut FolderPass,
     ) -> Result<(Placed, Option<String>), String> {
-        // A synced, unchanged file with this content: one about to be
-        // removed is renamed (a move made elsewhere), else copied.
-        let local = index
-            .paths
-            .iter()
-            .filter(|(other, known)| {
-                other.as_str() != path
-                    && known.blob == Some(file.entry.blob)
-                    && !taken.contains(other.as_str())
-                    && disk
-                        .get(other.as_str())
-                        .is_some_and(|m| m.same(&known.meta))
-            })
-            .map(|(other, known)| (other.clone(), known.meta.clone()))
-            .max_by_key(|(other, _)| removing.contains(other.as_str()));
+        let local = local_source(index, disk, removing, taken, path, file);
         if let Some((source, meta)) = &local
             && removing.contains(source.as_str())
             && expected.is_none()
@@ -184,18 +215,19 @@ impl Client {
                 Err(err) => return Err(err.to_string()),
             }
         }
-        let staging = root.staging().map_err(|e| e.to_string())?;
-        let staged = tempfile::Builder::new()
-            .prefix("fetch-")
-            .tempfile_in(&staging)
-            .map_err(|e| e.to_string())?
-            .into_temp_path();
+        let (staged, fetched) = match prefetched {
+            Some(staged) => (staged, true),
+            None => (staged_file(root).map_err(|e| e.to_string())?, false),
+        };
         let from_disk = match &local {
-            Some((source, _)) => std::fs::copy(root.join(source), &staged).is_ok(),
-            None => false,
+            Some((source, _)) if !fetched => std::fs::copy(root.join(source), &staged).is_ok(),
+            _ => false,
         };
         if from_disk {
             report.moved_here += 1;
+        } else if fetched {
+            report.fetched += 1;
+            report.fetched_bytes += file.entry.size;
         } else {
             self.fetch_resolved(
                 state,
@@ -226,4 +258,38 @@ impl Client {
             .map_err(|e| e.to_string())?;
         Ok((placed, digest))
     }
+}
+
+/// A synced file of the folder, unchanged since, that holds `file`'s
+/// content (not `path` itself, nor one already taken): one about to be
+/// removed first, which can be renamed (a move made on another device).
+fn local_source(
+    index: &FolderIndex,
+    disk: &BTreeMap<String, Meta>,
+    removing: &BTreeSet<&str>,
+    taken: &BTreeSet<String>,
+    path: &str,
+    file: &FileItem,
+) -> Option<(String, Meta)> {
+    index
+        .paths
+        .iter()
+        .filter(|(other, known)| {
+            other.as_str() != path
+                && known.blob == Some(file.entry.blob)
+                && !taken.contains(other.as_str())
+                && disk
+                    .get(other.as_str())
+                    .is_some_and(|m| m.same(&known.meta))
+        })
+        .map(|(other, known)| (other.clone(), known.meta.clone()))
+        .max_by_key(|(other, _)| removing.contains(other.as_str()))
+}
+
+/// A new file in the folder's staging directory, removed when dropped.
+fn staged_file(root: &Root) -> std::io::Result<tempfile::TempPath> {
+    Ok(tempfile::Builder::new()
+        .prefix("fetch-")
+        .tempfile_in(root.staging()?)?
+        .into_temp_path())
 }

@@ -27,7 +27,7 @@ use crate::progress::{Progress, Silent};
 use crate::relay::RelayClient;
 
 /// Files read and uploaded at once by a pass.
-const UPLOADS_IN_FLIGHT: usize = 4;
+const UPLOADS_IN_FLIGHT: usize = 8;
 /// Room left in an operation's body for what surrounds the writes.
 const BODY_SLACK: usize = 1024;
 

@@ -509,6 +509,65 @@ impl Client {
 }
 
 impl Client {
+    /// A one-blob file's data, in memory, fetched with one request per
+    /// relay tried: from each place the table records a copy, in turn,
+    /// verified by id and opened. `&self`, for the many small files of a
+    /// folder pass fetched a few at a time; [`Client::get`] probes every
+    /// relay for the fastest first, worth it for a large file only.
+    pub(in crate::client) async fn fetch_small(
+        &self,
+        table: &Table,
+        entry: &FileEntry,
+    ) -> Result<Vec<u8>> {
+        if entry.is_chunked() {
+            return Err(Error::Invalid("a chunked file is not fetched whole".into()));
+        }
+        let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
+        let set = self.blob_clients();
+        let max = usize::try_from(entry.sealed_size).unwrap_or(usize::MAX);
+        let mut failures = Vec::new();
+        for place in table.places(entry) {
+            let relay = match set.iter().find(|r| *r.key() == place.relay) {
+                Some(relay) => relay.clone(),
+                None => {
+                    self.contained(RelayClient::new(self.http.clone(), &place.url, place.relay))
+                }
+            };
+            match relay.fetch_bytes(&entry.blob, max).await {
+                Ok(sealed) => {
+                    let plain =
+                        seal::open_bytes(&sealed, &keys).map_err(|err| Error::Unsealable {
+                            id: entry.blob,
+                            reason: err.to_string(),
+                        })?;
+                    if plain.len() as u64 != entry.size {
+                        return Err(Error::Unsealable {
+                            id: entry.blob,
+                            reason: format!(
+                                "it holds {} bytes where its entry says {}",
+                                plain.len(),
+                                entry.size
+                            ),
+                        });
+                    }
+                    return Ok(plain);
+                }
+                Err(err) => {
+                    self.note_failed_fetch(&relay, &entry.blob, &err);
+                    failures.push(format!("{}: {err}", relay.url()));
+                }
+            }
+        }
+        Err(Error::Unavailable {
+            id: entry.blob,
+            failures: if failures.is_empty() {
+                "no copy is recorded".into()
+            } else {
+                failures.join("; ")
+            },
+        })
+    }
+
     /// Notes that `relay` redirected a blob request where it may not. The
     /// error does not name the target, and only it is kept: nothing about
     /// the target goes into the home.
