@@ -48,6 +48,40 @@ impl Home {
         Ok(home)
     }
 
+    /// A second device of `approver`'s identity, paired through the relay
+    /// at `url` (it learns the whole relay set).
+    pub(super) fn join(
+        bin: &Path,
+        dir: PathBuf,
+        url: &str,
+        approver: &Home,
+    ) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let home = Self {
+            bin: bin.to_path_buf(),
+            dir,
+        };
+        let mut child = home
+            .command(&[
+                "device", "join", "--relay", url, "--name", "second", "--wait", "60",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("running cairn device join")?;
+        let stdout = child.stdout.take().context("no standard output")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let shown: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("join printed {line:?}"))?;
+        let code = shown["code"].as_str().context("join showed no code")?;
+        approver.run(&["device", "approve", code, "--wait", "30"])?;
+        if !child.wait()?.success() {
+            bail!("cairn device join failed");
+        }
+        Ok(home)
+    }
+
     /// `cairn --home DIR --json ARGS`, to run.
     pub(super) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);

@@ -16,6 +16,7 @@ mod chunking;
 mod chunks;
 mod client;
 mod costs;
+mod folders;
 mod servers;
 mod stats;
 mod stream;
@@ -176,6 +177,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "put",
     "client",
     "chunks",
+    "folders",
     "chunking",
     "stream",
     "gc",
@@ -226,6 +228,9 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
     }
     if wanted("chunks") {
         report(chunks::chunks(&plan, work.path())?);
+    }
+    if wanted("folders") {
+        report(folders::folders(&plan, work.path())?);
     }
     if wanted("chunking") {
         report(chunking::chunking(&plan)?);

@@ -468,3 +468,52 @@ async fn the_contrib_user_service_runs_a_watch() {
     let run = phone.run(&args).await;
     assert_eq!(run.code, 0, "{run:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_to_a_large_file_moves_only_its_changed_chunks_both_ways() {
+    let (_a, _b, laptop, phone) = laptop_and_phone().await;
+    let size: u64 = 24 << 20;
+    let path = folder_dir(&laptop).join("video.bin");
+    write(&path, &data_with_marker(24 << 20, b"a large file"));
+    share(&laptop, &phone).await;
+
+    // One byte in the middle, on the laptop.
+    let mut data = std::fs::read(&path).unwrap();
+    data[12 << 20] ^= 0xff;
+    std::fs::write(&path, &data).unwrap();
+    let sent = sync(&laptop, &[]).await;
+    let fetched = sync(&phone, &[]).await;
+    assert_eq!(
+        std::fs::read(folder_dir(&phone).join("video.bin")).unwrap(),
+        data
+    );
+    // A chunk is 2 MiB on average and 8 MiB at most; the edit touches one
+    // or two, each stored on both relays.
+    let uploaded = sent["uploaded_bytes"].as_u64().unwrap();
+    let downloaded = fetched["fetched_bytes"].as_u64().unwrap();
+    assert!(uploaded < size / 2, "sent {uploaded} of {size}: {sent}");
+    assert!(
+        downloaded < size / 3,
+        "fetched {downloaded} of {size}: {fetched}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_with_nothing_to_do_asks_each_relay_once() {
+    let (a, b, laptop, phone) = laptop_and_phone().await;
+    for i in 0..50 {
+        write(&folder_dir(&laptop).join(format!("d{}/f{i}", i % 5)), b"x");
+    }
+    share(&laptop, &phone).await;
+    // The phone claims the laptop's copies once; after that, nothing.
+    sync(&phone, &[]).await;
+    let before = (a.requests_answered().await, b.requests_answered().await);
+    let pass = sync(&phone, &[]).await;
+    let after = (a.requests_answered().await, b.requests_answered().await);
+    assert_eq!(pass["converged"], true, "{pass}");
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "a pass over an unchanged folder lists the mailbox on each relay, nothing more"
+    );
+}

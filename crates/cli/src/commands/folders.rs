@@ -248,9 +248,10 @@ pub(super) fn pass_summary(pass: &FolderPass) -> String {
     let mut parts = Vec::new();
     if pass.sent > 0 {
         parts.push(format!(
-            "sent {} ({})",
+            "sent {} ({}; {} to relays, every copy counted)",
             count(pass.sent as u64, "file", "files"),
-            bytes(pass.sent_bytes)
+            bytes(pass.sent_bytes),
+            bytes(pass.uploaded_bytes)
         ));
     }
     if pass.relisted > 0 {

@@ -13,6 +13,7 @@ use crate::client::Client;
 use crate::client::storage::Output;
 use crate::client::sync::SyncState;
 use crate::crdt::folder::{FileItem, Item, Tree};
+use crate::files::FileEntry;
 use crate::folder::disk::{Placed, Root, finish_file, now_nanos};
 use crate::folder::index::{FolderIndex, Known};
 use crate::folder::scan::{Meta, digest_file, is_racy};
@@ -54,6 +55,14 @@ impl Client {
                 continue;
             };
             let mut digest = None;
+            // The version this device holds, unchanged since it synced it:
+            // the chunks an edit elsewhere left as they were come from it.
+            let previous = index
+                .paths
+                .get(path)
+                .filter(|known| expected.is_some_and(|now| now.same(&known.meta)))
+                .and_then(|known| slot.file_by(&known.stamp))
+                .map(|old| old.entry.clone());
             let outcome = match &slot.item {
                 Some(Item::File(file)) => self
                     .fetch_file(
@@ -67,6 +76,7 @@ impl Client {
                         file,
                         expected,
                         prefetched.remove(path),
+                        previous.as_ref(),
                         &mut pass.report,
                     )
                     .await
@@ -195,6 +205,7 @@ impl Client {
         file: &FileItem,
         expected: Option<&Meta>,
         prefetched: Option<tempfile::TempPath>,
+        previous: Option<&FileEntry>,
         report: &mut FolderPass,
     ) -> Result<(Placed, Option<String>), String> {
         let local = local_source(index, disk, removing, taken, path, file);
@@ -229,18 +240,21 @@ impl Client {
             report.fetched += 1;
             report.fetched_bytes += file.entry.size;
         } else {
-            self.fetch_resolved(
-                state,
-                file.entry.blob,
-                Some(&file.entry),
-                Output::File(staged.to_path_buf()),
-                None,
-                Arc::new(Silent),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let here = root.join(path);
+            let got = self
+                .fetch_over(
+                    state,
+                    file.entry.blob,
+                    Some(&file.entry),
+                    previous.map(|old| (here.as_path(), old)),
+                    Output::File(staged.to_path_buf()),
+                    None,
+                    Arc::new(Silent),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             report.fetched += 1;
-            report.fetched_bytes += file.entry.size;
+            report.fetched_bytes += file.entry.size.saturating_sub(got.from_disk);
         }
         finish_file(&staged, file.mtime, file.exec).map_err(|e| e.to_string())?;
         let racy = Meta::read(&staged)

@@ -33,6 +33,10 @@ pub struct FolderPass {
     pub sent: usize,
     /// Bytes of those files.
     pub sent_bytes: u64,
+    /// Bytes those uploads sent to relays, every copy counted: chunks
+    /// already stored are claimed, not sent, so an edit to a large file
+    /// sends little.
+    pub uploaded_bytes: u64,
     /// Files listed under a new name without an upload (renames, and
     /// content written again).
     pub relisted: usize,

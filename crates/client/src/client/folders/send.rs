@@ -45,6 +45,8 @@ struct Uploaded {
     holders: Vec<RelayClient>,
     /// The hash of the content uploaded.
     hash: String,
+    /// Bytes sent to relays.
+    uploaded: u64,
     /// Whether the file was modified shortly before it was read
     /// (`scan::is_racy`).
     racy: bool,
@@ -376,6 +378,7 @@ impl Client {
                 Ok(Some(uploaded)) => {
                     report.sent += 1;
                     report.sent_bytes += size_of(&upload.meta);
+                    report.uploaded_bytes += uploaded.uploaded;
                     done.push((uploaded, seen));
                 }
                 Ok(None) => report.problems.push(format!(
@@ -436,6 +439,7 @@ impl Client {
             path: upload.path.clone(),
             meta: upload.meta.clone(),
             entry: content.entry,
+            uploaded: content.stored.sent,
             holders: content.stored.holders,
             hash,
             racy: is_racy(&upload.meta, read_at),

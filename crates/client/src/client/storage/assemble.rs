@@ -44,6 +44,58 @@ pub(super) struct ChunkKeys {
 pub(super) struct ChunkSources {
     pub relays: Vec<RelayClient>,
     pub spread: usize,
+    /// Chunks a local file already holds, read from it instead of fetched.
+    pub local: Option<LocalChunks>,
+}
+
+/// The chunks of a file on this device (an earlier version of the one
+/// being fetched, say), by keyed hash: where each lies in it. What is read
+/// from it is checked against the keyed hash the manifest names, so a file
+/// changed since costs a fetch, never a wrong byte.
+pub(in crate::client) struct LocalChunks {
+    pub path: std::path::PathBuf,
+    pub at: std::collections::HashMap<[u8; 32], (u64, u32)>,
+}
+
+impl LocalChunks {
+    /// The chunks `manifest` lists, in the file at `path` it describes.
+    pub(super) fn of(path: &Path, manifest: &Manifest) -> Self {
+        let at = manifest
+            .covering(0, manifest.size())
+            .map(|(offset, chunk)| (chunk.key_hash, (offset, chunk.len)))
+            .collect();
+        Self {
+            path: path.to_owned(),
+            at,
+        }
+    }
+
+    /// Where `chunk` lies in the local file, if it is one of its chunks.
+    fn place_of(&self, chunk: &ChunkRef) -> Option<(std::path::PathBuf, u64)> {
+        let &(offset, len) = self.at.get(&chunk.key_hash)?;
+        (len == chunk.len).then(|| (self.path.clone(), offset))
+    }
+}
+
+/// `chunk`'s plaintext from `path` at `offset`, if it lies there intact.
+fn read_local(path: &Path, offset: u64, chunk: &ChunkRef, id_key: &[u8; 32]) -> Option<Bytes> {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::File::open(path).ok()?;
+    let mut data = vec![0u8; usize::try_from(chunk.len).ok()?];
+    file.read_exact_at(&mut data, offset).ok()?;
+    (chunk_key_hash(id_key, &data) == chunk.key_hash).then(|| Bytes::from(data))
+}
+
+/// What [`Client::assemble`] did.
+pub(super) struct Assembled {
+    /// Bytes written.
+    pub written: u64,
+    /// Chunks in the range.
+    pub chunks: usize,
+    /// Bytes of those read from a local file instead of fetched.
+    pub from_disk: u64,
+    /// Relays that failed a chunk, with why.
+    pub skipped: Vec<String>,
 }
 
 /// A chunked file's manifest, read and checked against its entry.
@@ -117,7 +169,7 @@ impl Client {
         keys: &ChunkKeys,
         output: &Output,
         progress: &Arc<dyn Progress>,
-    ) -> Result<(u64, usize, Vec<String>)> {
+    ) -> Result<Assembled> {
         let (start, end) = (range.start, range.end);
         let needed: Vec<(u64, ChunkRef)> = manifest
             .covering(start, end)
@@ -126,14 +178,32 @@ impl Client {
         let count = needed.len();
         let fetched = futures_util::stream::iter(needed.into_iter().enumerate())
             .map(|(i, (at, chunk))| async move {
-                let order = &sources.relays;
-                let first = i % sources.spread.clamp(1, order.len().max(1));
-                let (plain, failures) = self.fetch_chunk(&chunk, first, order, keys).await?;
+                let local = match sources.local.as_ref().and_then(|l| l.place_of(&chunk)) {
+                    Some((path, offset)) => {
+                        let id_key = keys.id_key.clone();
+                        tokio::task::spawn_blocking(move || {
+                            read_local(&path, offset, &chunk, &id_key)
+                        })
+                        .await
+                        .ok()
+                        .flatten()
+                    }
+                    None => None,
+                };
+                let from_disk = local.is_some();
+                let (plain, failures) = match local {
+                    Some(plain) => (plain, Vec::new()),
+                    None => {
+                        let order = &sources.relays;
+                        let first = i % sources.spread.clamp(1, order.len().max(1));
+                        self.fetch_chunk(&chunk, first, order, keys).await?
+                    }
+                };
                 // The part of this chunk inside the range.
                 let from = usize::try_from(start.saturating_sub(at)).unwrap_or(usize::MAX);
                 let to =
                     usize::try_from((end - at).min(u64::from(chunk.len))).unwrap_or(usize::MAX);
-                Ok::<_, Error>((plain.slice(from.min(to)..to), failures))
+                Ok::<_, Error>((plain.slice(from.min(to)..to), failures, from_disk))
             })
             .buffered(PARALLEL);
         let mut fetched = std::pin::pin!(fetched);
@@ -146,9 +216,13 @@ impl Client {
             None => None,
         };
         let mut written = 0u64;
+        let mut from_disk = 0u64;
         let mut skipped = Vec::new();
         while let Some(part) = fetched.next().await {
-            let (part, failures) = part?;
+            let (part, failures, local) = part?;
+            if local {
+                from_disk += part.len() as u64;
+            }
             skipped.extend(failures);
             let len = part.len() as u64;
             // Blocking writes on a worker: a slow disk or reader holds
@@ -178,7 +252,12 @@ impl Client {
         if let (Some(temp), Output::File(path)) = (temp, output) {
             put_in_place(temp, path)?;
         }
-        Ok((written, count, skipped))
+        Ok(Assembled {
+            written,
+            chunks: count,
+            from_disk,
+            skipped,
+        })
     }
 
     /// One chunk's plaintext, from the first relay that serves it intact,

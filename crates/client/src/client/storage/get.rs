@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 
 use cairn_proto::BlobId;
 
-use super::assemble::{ChunkKeys, ChunkSources, put_in_place, temp_beside};
+use super::assemble::{ChunkKeys, ChunkSources, LocalChunks, put_in_place, temp_beside};
 use super::{ByteRange, GetReport, INFO_TIMEOUT, Output, RangeSpec, Transfer};
 
 use crate::client::Client;
@@ -81,6 +81,24 @@ impl Client {
         range: Option<RangeSpec>,
         progress: Arc<dyn Progress>,
     ) -> Result<GetReport> {
+        self.fetch_over(state, id, entry, None, output, range, progress)
+            .await
+    }
+
+    /// [`Client::fetch_resolved`], taking the chunks that the local file
+    /// `base` holds (its path, and the entry it was synced from: an earlier
+    /// version of the same file, say) from it rather than from relays.
+    #[allow(clippy::too_many_arguments)] // fetch_resolved's, and the base
+    pub(in crate::client) async fn fetch_over(
+        &mut self,
+        state: &mut crate::client::sync::SyncState,
+        id: BlobId,
+        entry: Option<&FileEntry>,
+        base: Option<(&Path, &FileEntry)>,
+        output: Output,
+        range: Option<RangeSpec>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<GetReport> {
         let table = Self::table_of(state);
         // Where the listed copies are now, transfers recorded by any device
         // applied.
@@ -116,6 +134,19 @@ impl Client {
             let opened = self
                 .open_manifest(entry, &relays, &keys, &mut skipped)
                 .await?;
+            // The local version's chunks, by its manifest (keyed hashes
+            // match within one generation only).
+            let local =
+                match base.filter(|(_, b)| b.is_chunked() && b.generation == entry.generation) {
+                    Some((path, base_entry)) => {
+                        let mut ignored = Vec::new();
+                        self.open_manifest(base_entry, &relays, &keys, &mut ignored)
+                            .await
+                            .ok()
+                            .map(|old| LocalChunks::of(path, &old.manifest))
+                    }
+                    None => None,
+                };
             let whole = ByteRange::whole(opened.manifest.size());
             let bytes = match range {
                 Some(spec) => spec.within(whole.end)?,
@@ -148,6 +179,7 @@ impl Client {
                     &ChunkSources {
                         relays: chunk_relays,
                         spread: relays.len(),
+                        local,
                     },
                     &chunk_keys,
                     &output,
@@ -155,8 +187,9 @@ impl Client {
                 )
                 .await;
             progress.end();
-            let (size, chunks, failures) = assembled?;
-            skipped.extend(failures);
+            let assembled = assembled?;
+            let (size, chunks) = (assembled.written, assembled.chunks);
+            skipped.extend(assembled.skipped);
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let relay = &opened.relay;
             self.record_scores(|s| s.success(relay.key(), relay.url(), took));
@@ -169,6 +202,7 @@ impl Client {
                 moved,
                 warnings,
                 chunks,
+                from_disk: assembled.from_disk,
                 range: range.map(|_| bytes),
             });
         }
@@ -200,6 +234,7 @@ impl Client {
                         moved,
                         warnings,
                         chunks: 0,
+                        from_disk: 0,
                         range: written,
                     });
                 }

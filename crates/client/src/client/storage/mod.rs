@@ -86,6 +86,10 @@ pub struct GetReport {
     pub warnings: Vec<String>,
     /// Chunks fetched (0 for a file stored as one blob).
     pub chunks: usize,
+    /// Bytes taken from a local earlier version instead of fetched (a
+    /// synced folder's file after an edit elsewhere).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub from_disk: u64,
     /// The bytes written, when only part of the file was asked for: the
     /// first, and the one after the last.
     pub range: Option<ByteRange>,
@@ -299,4 +303,8 @@ impl Client {
         self.finish_change(&mut state).await?;
         Ok(())
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
