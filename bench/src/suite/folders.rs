@@ -454,7 +454,8 @@ impl Pair for Cairn {
 
 struct SyncthingPair {
     a: Syncthing,
-    b: Syncthing,
+    /// Kept running (and stopped when dropped).
+    _b: Syncthing,
     roots: (PathBuf, PathBuf),
 }
 
@@ -521,7 +522,7 @@ fn syncthing_pair(dir: &Path) -> anyhow::Result<SyncthingPair> {
     a.share(&roots.0, &b)?;
     b.share(&roots.1, &a)?;
     a.connected(&b)?;
-    Ok(SyncthingPair { a, b, roots })
+    Ok(SyncthingPair { a, _b: b, roots })
 }
 
 /// Runs the four changes on `pair`: per change, seconds and MB moved.
