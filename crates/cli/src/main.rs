@@ -39,6 +39,7 @@ Getting started:
   cairn put notes.txt                 seal and store on up to 3 relays
   cairn ls
   cairn get notes.txt -o copy.txt     fetch, verify every byte, decrypt
+  cairn folder add ~/Documents        keep a directory the same on every device
 
 Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
 Every command takes --json for scripts and --home (or CAIRN_HOME).
@@ -55,8 +56,9 @@ Exit codes:
   0  done
   1  done, and something needs attention: `doctor`, `audit`, `repair` and
      `relay check` found a problem, `relay rotate` could not move every copy
-     (the old relay stays), or `inspect` met a signature that does not
-     verify
+     (the old relay stays), `inspect` met a signature that does not
+     verify, or `folder add`, `folder sync` or `folder status` left
+     something undone (a paused folder, deletions held, a path not synced)
   2  not done: bad arguments, no home, wrong passphrase, relays unreachable,
      or another error (the message says what to do)"
 )]

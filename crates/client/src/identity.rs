@@ -101,17 +101,36 @@ pub fn fuzz_log_copy(data: &[u8]) {
 }
 
 /// A verified identity log.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct IdentityLog {
     entries: Vec<Vec<u8>>,
     state: IdentityState,
+    /// The vault keys one device last unwrapped from these entries.
+    /// Unwrapping verifies every entry and does an X25519 agreement per
+    /// generation, and a folder pass asks for the keys once per upload and
+    /// relay: measured at most of its CPU before they were kept.
+    unwrapped: std::sync::Mutex<Option<(VerifyingKey, Vec<VaultKey>)>>,
+}
+
+impl Clone for IdentityLog {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+            state: self.state.clone(),
+            unwrapped: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 impl IdentityLog {
     /// Verifies `entries` (envelope bytes, in order) against `root`.
     pub fn verify(root: &VerifyingKey, entries: Vec<Vec<u8>>) -> Result<Self> {
         let state = verify_identity_log(root, entries.iter())?;
-        Ok(Self { entries, state })
+        Ok(Self {
+            entries,
+            state,
+            unwrapped: std::sync::Mutex::new(None),
+        })
     }
 
     /// Starts a log: enrolls the first device and creates vault generation 1.
@@ -218,6 +237,8 @@ impl IdentityLog {
         let id = BlobId::of(&bytes);
         self.entries.push(bytes);
         self.state = state;
+        // A rotation may have added a key.
+        self.unwrapped = std::sync::Mutex::new(None);
         Ok(id)
     }
 
@@ -275,6 +296,22 @@ impl IdentityLog {
     /// enrollment or a later rotation), then walks back through each
     /// rotation's `previous` link.
     pub fn vault_keys(&self, device: &DeviceKeys) -> Result<Vec<VaultKey>> {
+        let me = device.signing.verifying_key();
+        if let Ok(kept) = self.unwrapped.lock()
+            && let Some((device, keys)) = kept.as_ref()
+            && *device == me
+        {
+            return Ok(keys.clone());
+        }
+        let keys = self.unwrap_vault_keys(device)?;
+        if let Ok(mut kept) = self.unwrapped.lock() {
+            *kept = Some((me, keys.clone()));
+        }
+        Ok(keys)
+    }
+
+    /// [`IdentityLog::vault_keys`], from the entries.
+    fn unwrap_vault_keys(&self, device: &DeviceKeys) -> Result<Vec<VaultKey>> {
         let me = device.signing.verifying_key();
         let mut newest: Option<VaultKey> = None;
         let mut previous: BTreeMap<u32, WrappedSecret> = BTreeMap::new();

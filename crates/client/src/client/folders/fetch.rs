@@ -17,7 +17,7 @@ use crate::files::FileEntry;
 use crate::folder::disk::{Placed, Root, finish_file, now_nanos};
 use crate::folder::index::{FolderIndex, Known};
 use crate::folder::scan::{Meta, digest_file, is_racy};
-use crate::progress::Silent;
+use crate::progress::{Progress, Silent};
 
 /// Files downloaded at once by a pass (each one request).
 const FETCHES_IN_FLIGHT: usize = 16;
@@ -31,6 +31,7 @@ impl Client {
         index: &mut FolderIndex,
         pass: &mut Pass,
         mut fetch: Vec<String>,
+        progress: &Arc<dyn Progress>,
     ) {
         let tree = Self::table_of(state)
             .folder(&pass.name)
@@ -42,6 +43,12 @@ impl Client {
             fetch.into_iter().partition(|path| tree.get(path).is_none());
         let removing: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
         let mut taken: BTreeSet<String> = BTreeSet::new();
+        let size_of = |path: &String| {
+            tree.get(path)
+                .and_then(Item::file)
+                .map_or(0, |f| f.entry.size)
+        };
+        progress.begin("fetching", writes_here.iter().map(size_of).sum());
         let mut prefetched = self
             .prefetch(state, index, pass, &removing, &tree, &writes_here)
             .await;
@@ -94,6 +101,7 @@ impl Client {
                     .map_err(|e| e.to_string()),
                 None => continue,
             };
+            progress.advance(size_of(path));
             match outcome {
                 Ok(Placed::Done) => {
                     if !matches!(slot.item, Some(Item::File(_))) {
@@ -129,6 +137,7 @@ impl Client {
                 Err(err) => pass.report.problems.push(format!("{path}: {err}")),
             }
         }
+        progress.end();
         for path in removals.iter().rev() {
             if taken.contains(path) {
                 continue;

@@ -227,7 +227,7 @@ impl Client {
         self.set_conflicts_aside(state, index, &mut pass, conflicts, &mut publish, &mut fetch);
         self.send(state, index, &mut pass, publish, &progress)
             .await?;
-        self.fetch(state, index, &mut pass, fetch).await;
+        self.fetch(state, index, &mut pass, fetch, &progress).await;
         let tree = Self::table_of(state)
             .folder(&pass.name)
             .cloned()
