@@ -517,3 +517,33 @@ async fn a_pass_with_nothing_to_do_asks_each_relay_once() {
         "a pass over an unchanged folder lists the mailbox on each relay, nothing more"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_on_one_home_take_turns_and_never_fork_its_log() {
+    let (_a, _b, laptop, phone) = laptop_and_phone().await;
+    write(&folder_dir(&laptop).join("start"), b"start");
+    share(&laptop, &phone).await;
+    // A watch on the laptop, and passes and puts by hand beside it, each
+    // with changes to write: every one appends to the laptop's log.
+    let mut watcher = laptop.spawn(&["folder", "watch", "--settle", "0", "--poll", "1"]);
+    let mut children = Vec::new();
+    for round in 0..4 {
+        write(&folder_dir(&laptop).join(format!("f{round}")), b"changed");
+        children.push(laptop.spawn(&["folder", "sync"]));
+        let src = laptop.dir.path().join(format!("put-{round}"));
+        std::fs::write(&src, b"put").unwrap();
+        children.push(laptop.spawn(&["put", src.to_str().unwrap()]));
+    }
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let report = phone.run(&["sync", "--json"]).await.json();
+    let findings = report["findings"].as_array().unwrap();
+    assert!(
+        !findings.iter().any(|f| f["kind"] == "equivocation"),
+        "the laptop's log forked: {findings:?}"
+    );
+    assert_eq!(report["files"], 4, "{report}");
+}

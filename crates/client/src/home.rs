@@ -89,6 +89,40 @@ impl Home {
         self.root.join("tmp")
     }
 
+    /// Takes this home for one command, waiting while another process
+    /// holds it. cairn processes on one home take turns: two that wrote
+    /// the file table at once would each append their own operation at the
+    /// same position of this device's log, which every other device reads
+    /// as the device's key signing two histories (equivocation).
+    pub fn lock(&self) -> Result<HomeLock> {
+        let file = self.lock_file()?;
+        file.lock().map_err(io_at(self.root.join("lock")))?;
+        Ok(HomeLock { _file: file })
+    }
+
+    /// [`Home::lock`] without waiting: `None` while another process holds
+    /// the home.
+    pub fn try_lock(&self) -> Result<Option<HomeLock>> {
+        let file = self.lock_file()?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(HomeLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(err)) => Err(io_at(self.root.join("lock"))(err)),
+        }
+    }
+
+    fn lock_file(&self) -> Result<File> {
+        let path = self.root.join("lock");
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_at(&path))
+    }
+
     /// Whether an identity lives here.
     pub fn exists(&self) -> bool {
         self.config().is_file()
@@ -133,6 +167,12 @@ impl Home {
             .tempfile_in(&dir)
             .map_err(io_at(&dir))
     }
+}
+
+/// A home taken by this process ([`Home::lock`]); let go when dropped.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: File,
 }
 
 /// Writes `bytes` to `path` atomically and durably, readable only by the

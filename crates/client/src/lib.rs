@@ -45,7 +45,7 @@ pub use client::{
 };
 pub use error::{Error, RelayError, Result};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};
-pub use home::Home;
+pub use home::{Home, HomeLock};
 pub use identity::IdentityLog;
 pub use keyfile::{KdfCost, Passphrase};
 pub use pairing::PairingCode;

@@ -93,7 +93,10 @@ pub(super) async fn watch(mut client: Client, json: bool, pace: Pace) -> anyhow:
                 continue;
             }
             // A poll: pass only when another device wrote.
-            match client.sync().await {
+            let held = super::hold(&client, json).await?;
+            let polled = client.sync().await;
+            drop(held);
+            match polled {
                 Ok(report) if report.merged > 0 => {}
                 Ok(_) => continue,
                 Err(err) => {
@@ -106,7 +109,9 @@ pub(super) async fn watch(mut client: Client, json: bool, pace: Pace) -> anyhow:
             }
         }
         due = None;
+        let held = super::hold(&client, json).await?;
         let results = client.folder_sync(None, false, progress.clone()).await;
+        drop(held);
         passes += 1;
         // What a pass wrote here shows as events; one more pass after the
         // quiet time settles them (and takes any edit made meanwhile).

@@ -89,10 +89,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Config { replicas } => {
             with_client(global, |client| files::config(client, json, replicas))
         }
+        Command::Sync {
+            watch: true,
+            rounds,
+        } => with_client_unheld(global, |client| sync::sync(client, json, true, rounds)),
         Command::Sync { watch, rounds } => {
             with_client(global, |client| sync::sync(client, json, watch, rounds))
         }
         Command::Status => with_client(global, |client| sync::status(client, json)),
+        Command::Folder(command @ crate::FolderCommand::Watch { .. }) => {
+            with_client_unheld(global, |client| folders::folder(client, json, command))
+        }
         Command::Folder(command) => {
             with_client(global, |client| folders::folder(client, json, command))
         }
@@ -140,7 +147,42 @@ fn with_client<F>(global: Global, command: impl FnOnce(Client) -> F) -> anyhow::
 where
     F: Future<Output = anyhow::Result<ExitCode>>,
 {
+    let json = global.json;
+    with_home(global, |ctx| async move {
+        let client = open(ctx)?;
+        let _held = hold(&client, json).await?;
+        command(client).await
+    })
+}
+
+/// [`with_client`] for the commands that run until stopped (`sync
+/// --watch`, `folder watch`): they take the home for each round, not for
+/// their whole run, so other commands get their turn between.
+fn with_client_unheld<F>(
+    global: Global,
+    command: impl FnOnce(Client) -> F,
+) -> anyhow::Result<ExitCode>
+where
+    F: Future<Output = anyhow::Result<ExitCode>>,
+{
     with_home(global, |ctx| async move { command(open(ctx)?).await })
+}
+
+/// Takes `client`'s home for this process, saying so when another cairn
+/// process holds it (a `folder watch` in the middle of a pass, say).
+pub(crate) async fn hold(client: &Client, json: bool) -> anyhow::Result<cairn_client::HomeLock> {
+    let home = client.home().clone();
+    if let Some(held) = home.try_lock()? {
+        return Ok(held);
+    }
+    crate::output::note(
+        json,
+        &format!(
+            "waiting for another cairn command using {} to finish",
+            home.path().display()
+        ),
+    );
+    Ok(tokio::task::spawn_blocking(move || home.lock()).await??)
 }
 
 fn home_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {

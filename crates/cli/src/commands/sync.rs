@@ -27,6 +27,9 @@ pub(super) async fn sync(
     let mut next_repair = std::time::Instant::now();
     loop {
         round += 1;
+        // The home is this process's for the round only: other commands
+        // run between rounds.
+        let held = super::hold(&client, json).await?;
         if std::time::Instant::now() >= next_repair {
             watch_repair(&mut client, json).await;
             next_repair = std::time::Instant::now() + repair_interval(&client).await;
@@ -51,6 +54,7 @@ pub(super) async fn sync(
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
         }
+        drop(held);
         if rounds.is_some_and(|n| round >= n) {
             return Ok(ExitCode::SUCCESS);
         }
