@@ -372,7 +372,9 @@ Examples:
     ///
     /// Sends what changed here, fetches what changed elsewhere. Reading
     /// the disk costs only metadata: a file is read only when its size or
-    /// modification time changed. When more than 10 files, and more than a
+    /// modification time changed, or when it was written within 2 s of the
+    /// pass before (a second write in the same clock tick can leave both
+    /// as they were, so its content is compared). When more than 10 files, and more than a
     /// quarter of the folder, were deleted here since the last pass, the
     /// deletions are held back (reported, nothing else is held) until a
     /// pass with --allow-deletes.

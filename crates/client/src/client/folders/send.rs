@@ -2,13 +2,12 @@
 //! here written to the folder, content uploaded first (a few files at a
 //! time) and listed after, in as few operations as fit.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
 
 use cairn_proto::MAX_OPERATION_BODY;
-
-use std::collections::BTreeMap;
 
 use super::pass::{FolderPass, Pass};
 use crate::client::Client;
