@@ -155,7 +155,10 @@ impl Home {
             // An existing directory keeps its mode; tighten it.
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io_at(&dir))?;
         }
-        Ok(())
+        // Made with the home, so that a command that fails leaves the home
+        // as it found it (a home of an earlier release gets it from its
+        // first command).
+        self.lock_file().map(drop)
     }
 
     /// A new private temporary file for sealing, removed when dropped.
