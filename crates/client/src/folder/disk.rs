@@ -65,6 +65,27 @@ impl Root {
         }
     }
 
+    /// Removes what an earlier pass left in the staging directory (one
+    /// that was killed mid-way): passes on one home take turns, so nothing
+    /// there is in use.
+    pub fn clear_staging(&self) -> io::Result<usize> {
+        let dir = self.path.join(STAGING);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Where `rel` goes, its parent directories made as needed; refuses a
     /// path that is not valid, or whose parents include a link or a file.
     pub fn prepare(&self, rel: &str) -> io::Result<PathBuf> {
@@ -269,6 +290,21 @@ mod tests {
         assert!(root.make_dir("link/d", None).is_err());
         assert!(root.prepare("../escaped").is_err());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn what_a_killed_pass_left_staged_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        assert_eq!(root.clear_staging().unwrap(), 0, "no staging directory yet");
+        std::fs::write(root.staging().unwrap().join("fetch-1"), b"half").unwrap();
+        std::fs::write(dir.path().join("kept"), b"data").unwrap();
+        assert_eq!(root.clear_staging().unwrap(), 1);
+        assert!(dir.path().join("kept").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(STAGING)).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -140,6 +140,12 @@ impl Client {
     ) -> Result<FolderPass> {
         check_root(index)?;
         let root = Root::new(&index.root);
+        if let Err(err) = root.clear_staging() {
+            tracing::warn!(
+                "cannot clear {}: {err}",
+                index.root.join(".cairn-tmp").display()
+            );
+        }
         let racy: Vec<(String, Meta, String)> = index
             .paths
             .iter()
