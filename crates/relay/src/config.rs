@@ -47,7 +47,8 @@ pub struct RelayConfig {
     pub peers: Vec<RelayRef>,
     /// How this relay cooperates with its peers.
     pub federation: FederationConfig,
-    /// Uploads in progress at once; more are refused with 429.
+    /// Uploads in progress at once; more are refused with 503 `unavailable`
+    /// and `Retry-After`.
     pub max_concurrent_uploads: usize,
     /// Longest wait for the next piece of a request body before the upload
     /// is abandoned with 408; protects against slow-drip clients.

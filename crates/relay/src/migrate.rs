@@ -293,6 +293,11 @@ async fn copy_blob(
             return Err(MigrateError::DestinationFull {
                 copied: report.blobs_copied,
             });
+        } // An import carries no token, so nothing can call it a replay.
+        InsertOutcome::Replayed => {
+            return Err(dst(StoreError::Failed(
+                "the destination refused an import as a replayed token".into(),
+            )));
         }
     }
     verify(dest, &id, size).await?;

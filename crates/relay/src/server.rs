@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::{ConfigError, RelayConfig};
 use crate::federation::{Federation, Ledger, ReconcileCounts, TransferReport};
-use crate::http::{AppState, NonceCache, Shared, router};
+use crate::http::{AppState, CLOCK_SKEW_SECS, NonceCache, Shared, router};
 use crate::keyfile::{KeyFileError, load_or_create};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
@@ -329,7 +329,8 @@ async fn serve_connection<I, S>(
     }
 }
 
-/// Periodic work: flushing access times, pruning nonces, garbage collection.
+/// Periodic work: flushing access times, forgetting expired nonces and
+/// spent tokens, garbage collection.
 async fn background(app: AppState, cancel: CancellationToken) {
     let mut flush = tokio::time::interval(app.config.access_flush_interval);
     // The first pass waits a full interval: a pass at start would race
@@ -350,6 +351,10 @@ async fn background(app: AppState, cancel: CancellationToken) {
                 }
                 app.federation.save_ledger().await;
                 app.nonces.prune(app.now());
+                let forget_before = app.now().saturating_sub(CLOCK_SKEW_SECS);
+                if let Err(e) = app.store.forget_spent_tokens(forget_before).await {
+                    tracing::error!(error = %e, "forgetting expired spent tokens failed");
+                }
                 app.key_limiter.prune(Instant::now());
                 app.addr_limiter.prune(Instant::now());
             }

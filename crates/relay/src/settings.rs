@@ -85,7 +85,8 @@ pub struct Settings {
     #[arg(long, env = "CAIRN_RELAY_GC_INTERVAL", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub gc_interval: Option<Duration>,
-    /// Uploads accepted at once; more get 429 [default: 64].
+    /// Uploads accepted at once; more get 503 unavailable with Retry-After
+    /// [default: 64].
     #[arg(long, env = "CAIRN_RELAY_MAX_UPLOADS")]
     pub max_uploads: Option<usize>,
     /// Most bytes stored per upload key, e.g. `10G`; 0 for no quota.

@@ -1060,6 +1060,192 @@ async fn a_spent_delete_token_stays_spent_across_a_restart() {
     );
 }
 
+#[tokio::test]
+async fn spent_upload_and_claim_tokens_stay_spent_across_a_restart() {
+    let relay = TestRelay::start().await;
+    let (alice, bob) = (key("alice"), key("bob"));
+    let put_with = |relay: &TestRelay, data: &[u8], token: &str| {
+        relay
+            .http
+            .put(relay.blob_url(&BlobId::of(data)))
+            .header("authorization", token)
+            .body(data.to_vec())
+            .send()
+    };
+    let claim_with = |relay: &TestRelay, id: BlobId, token: &str| {
+        relay
+            .http
+            .post(relay.blob_url(&id))
+            .header("authorization", token)
+            .send()
+    };
+
+    // Alice stores a blob and later deletes it.
+    let stored = bytes("stored, then deleted by its owner", 2_000);
+    let stored_id = BlobId::of(&stored);
+    let upload = relay.auth(&alice, Method::Put, stored_id);
+    assert_eq!(
+        put_with(&relay, &stored, &upload).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        relay.delete(&alice, stored_id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // Bob claims Alice's other blob, then drops his claim.
+    let shared = bytes("claimed, then released", 2_000);
+    let shared_id = BlobId::of(&shared);
+    assert_eq!(
+        relay.put(&alice, &shared).await.status(),
+        StatusCode::CREATED
+    );
+    let claim = relay.auth(&bob, Method::Post, shared_id);
+    assert_eq!(
+        claim_with(&relay, shared_id, &claim)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let released = relay.delete(&bob, shared_id).await;
+    assert_eq!(released.headers()["cairn-owners-left"], "1");
+
+    // Someone who captured both tokens replays them after a restart, while
+    // they are still valid: neither undoes what its signer did since.
+    let relay = relay.stop().await.start(&[]).await;
+    assert_error(
+        put_with(&relay, &stored, &upload).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+    assert_eq!(relay.get(&stored_id).await.status(), StatusCode::NOT_FOUND);
+    assert_error(
+        claim_with(&relay, shared_id, &claim).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+    // Bob owns nothing: his delete finds no claim of his to drop.
+    assert_error(
+        relay.delete(&bob, shared_id).await,
+        StatusCode::FORBIDDEN,
+        "not_owner",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_token_refused_without_effect_can_be_used_again() {
+    let relay = TestRelay::start().await;
+    let (alice, bob) = (key("alice"), key("bob"));
+    let data = bytes("sent wrong, then right", 3_000);
+    let id = BlobId::of(&data);
+    let token = relay.auth(&alice, Method::Put, id);
+    let put_body = |body: Vec<u8>| {
+        relay
+            .http
+            .put(relay.blob_url(&id))
+            .header("authorization", &token)
+            .body(body)
+            .send()
+    };
+    // The bytes were damaged on the way: refused, nothing stored, and the
+    // same token carries the retry.
+    assert_error(
+        put_body(bytes("damaged", 3_000)).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "hash_mismatch",
+    )
+    .await;
+    assert_eq!(
+        put_body(data.clone()).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Taken once, it is spent.
+    assert_error(
+        put_body(data.clone()).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+
+    // A claim of a blob the relay does not hold yet is refused, unspent.
+    let later = bytes("stored after the claim was refused", 1_000);
+    let later_id = BlobId::of(&later);
+    let claim = relay.auth(&bob, Method::Post, later_id);
+    let claim_it = || {
+        relay
+            .http
+            .post(relay.blob_url(&later_id))
+            .header("authorization", &claim)
+            .send()
+    };
+    assert_error(
+        claim_it().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        relay.put(&alice, &later).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(claim_it().await.unwrap().status(), StatusCode::OK);
+    assert_error(
+        claim_it().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_authorization_scheme_is_matched_without_case() {
+    let relay = TestRelay::start().await;
+    let alice = key("alice");
+    for (i, scheme) in ["cairn ", "CAIRN\t", "Cairn   "].into_iter().enumerate() {
+        let data = bytes(&format!("scheme {i}"), 100);
+        let id = BlobId::of(&data);
+        let token = relay.auth(&alice, Method::Put, id);
+        let header = token.replacen("Cairn ", scheme, 1);
+        let response = relay
+            .http
+            .put(relay.blob_url(&id))
+            .header("authorization", header)
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{scheme:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_info_document_discloses_the_thresholds_behind_refusals() {
+    let relay = TestRelay::start_with(|c| {
+        c.max_concurrent_uploads = 7;
+        c.max_heads = 1234;
+    })
+    .await;
+    let doc: serde_json::Value = relay
+        .http
+        .get(relay.url("/.well-known/cairn-relay"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let policy = &doc["policy"];
+    assert_eq!(policy["max_uploads"], 7);
+    assert_eq!(policy["max_heads"], 1234);
+    assert_eq!(policy["clock_skew_secs"], 60);
+    assert_eq!(policy["max_token_lifetime_secs"], 600);
+    assert_eq!(policy["max_slots_per_mailbox"], 1024);
+    assert_eq!(policy["max_head_bytes"], 4096);
+}
+
 /// The repository's `contrib/` directory.
 fn contrib(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

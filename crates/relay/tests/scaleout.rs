@@ -211,6 +211,49 @@ async fn a_blob_uploaded_through_one_process_is_served_by_the_other() {
     assert!(b.terminate().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_token_spent_at_one_process_is_refused_by_the_other() {
+    let Some(backends) = backends() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_processes(dir.path(), &backends, &[]);
+    let http = cairn_testkit::http();
+    let relay = relay_key(&http, &a.url()).await;
+    let alice = key("alice");
+    // One inline blob (index) and one in the object store.
+    for data in [
+        bytes("replayed small", 900),
+        bytes("replayed large", 300_000),
+    ] {
+        let id = BlobId::of(&data);
+        let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 300);
+        let put = |url: String| {
+            http.put(format!("{url}/v1/blobs/{id}"))
+                .header("authorization", auth_header(&t, &alice))
+                .body(data.clone())
+                .send()
+        };
+        assert_eq!(put(a.url()).await.unwrap().status(), StatusCode::CREATED);
+        let deleted = delete_signed(&http, &a.url(), &relay, &alice, id).await;
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+        // Captured and replayed to the other process, which never saw the
+        // token: refused, and the blob its owner deleted stays deleted.
+        assert_error(
+            put(b.url()).await.unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+        )
+        .await;
+        let gone = http
+            .get(format!("{}/v1/blobs/{id}", b.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
+
 #[tokio::test]
 async fn concurrent_gc_in_two_relays_deletes_each_blob_exactly_once() {
     let Some(backends) = backends() else { return };

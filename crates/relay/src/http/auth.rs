@@ -1,7 +1,8 @@
 //! Checking `Authorization: Cairn <token>` (docs/PROTOCOL.md §7.2).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, header};
 use cairn_proto::{AuthToken, Method, Nonce, SignedRecord, TokenTarget, VerifyingKey};
@@ -14,25 +15,31 @@ pub(crate) const MAX_TOKEN_LIFETIME_SECS: u64 = 600;
 /// Clock skew tolerated between client and relay, each way.
 pub(crate) const CLOCK_SKEW_SECS: u64 = 60;
 
-/// Nonces of tokens that have not yet expired. A nonce can only be replayed
-/// while its token is valid, so entries are dropped once it expires; the
-/// lifetime bound keeps the set finite.
-#[derive(Debug, Default)]
+/// Nonces this process holds: those of requests in progress, and of
+/// requests that took effect, until their tokens expire (the lifetime bound
+/// keeps the set finite). The durable record of spent tokens is the
+/// store's, written with each change; this is what refuses a second use
+/// while the first is still running, and a replay before it reaches the
+/// store.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct NonceCache {
-    seen: Mutex<HashMap<Nonce, u64>>,
+    seen: Arc<Mutex<HashMap<Nonce, u64>>>,
 }
 
 impl NonceCache {
-    /// Records `nonce` as used until `expires_at`; false if already used.
-    fn insert(&self, nonce: Nonce, expires_at: u64) -> bool {
-        let Ok(mut seen) = self.seen.lock() else {
-            return false;
-        };
+    /// Holds `nonce` for a request until `expires_at`; `None` if it is
+    /// held already.
+    fn hold(&self, nonce: Nonce, expires_at: u64) -> Option<NonceHold> {
+        let mut seen = self.seen.lock().ok()?;
         match seen.entry(nonce) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
+            Entry::Occupied(_) => None,
+            Entry::Vacant(slot) => {
                 slot.insert(expires_at);
-                true
+                Some(NonceHold {
+                    cache: self.clone(),
+                    nonce,
+                    kept: false,
+                })
             }
         }
     }
@@ -41,6 +48,34 @@ impl NonceCache {
     pub(crate) fn prune(&self, now: u64) {
         if let Ok(mut seen) = self.seen.lock() {
             seen.retain(|_, expires| expires.saturating_add(CLOCK_SKEW_SECS) >= now);
+        }
+    }
+}
+
+/// A request's nonce, held while it runs. Dropped without [`Self::keep`]
+/// (the request was refused without effect), the nonce is released, so the
+/// client may retry with the same token (docs/PROTOCOL.md §7.2).
+#[derive(Debug)]
+pub(crate) struct NonceHold {
+    cache: NonceCache,
+    nonce: Nonce,
+    kept: bool,
+}
+
+impl NonceHold {
+    /// The request took effect: the nonce stays refused until its token
+    /// expires.
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for NonceHold {
+    fn drop(&mut self) {
+        if !self.kept
+            && let Ok(mut seen) = self.cache.seen.lock()
+        {
+            seen.remove(&self.nonce);
         }
     }
 }
@@ -60,8 +95,20 @@ pub(crate) struct Required<'a> {
 pub(crate) struct Authorized {
     /// The key acting (and, for uploads, the owner).
     pub(crate) signer: VerifyingKey,
-    /// The token, for requests that must record it durably.
+    /// The token, for the store to record as spent with the change.
     pub(crate) token: SpentToken,
+    /// The nonce, held while the request runs.
+    pub(crate) nonce: NonceHold,
+}
+
+/// The token in an `Authorization` value: the scheme is matched without
+/// regard to case and may be followed by any run of spaces and tabs (RFC
+/// 9110 §11.1, §11.4).
+fn token_text(value: &str) -> Option<&str> {
+    const WHITESPACE: [char; 2] = [' ', '\t'];
+    let (scheme, token) = value.trim_matches(WHITESPACE).split_once(WHITESPACE)?;
+    let token = token.trim_start_matches(WHITESPACE);
+    (scheme.eq_ignore_ascii_case("Cairn") && !token.is_empty()).then_some(token)
 }
 
 /// Checks the request's token.
@@ -73,12 +120,11 @@ pub(crate) fn authorize(
     let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::bad_token("missing Authorization header; sign an auth-token (PROTOCOL.md §7.2)")
     })?;
-    let text = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Cairn "))
-        .ok_or_else(|| ApiError::bad_token("Authorization must be `Cairn <base64url token>`"))?;
-    let envelope = SignedRecord::from_base64url(text.trim())
+    let text =
+        value.to_str().ok().and_then(token_text).ok_or_else(|| {
+            ApiError::bad_token("Authorization must be `Cairn <base64url token>`")
+        })?;
+    let envelope = SignedRecord::from_base64url(text)
         .map_err(|e| ApiError::bad_token(format!("token does not decode: {e}")))?;
     let verified = envelope
         .verify::<AuthToken>()
@@ -124,14 +170,68 @@ pub(crate) fn authorize(
             )));
         }
     }
-    if !nonces.insert(token.nonce, expires) {
-        return Err(ApiError::token_replayed());
-    }
+    let nonce = nonces
+        .hold(token.nonce, expires)
+        .ok_or_else(ApiError::token_replayed)?;
     Ok(Authorized {
         signer,
         token: SpentToken {
             nonce: token.nonce.0,
             expires_at: expires,
         },
+        nonce,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NonceCache, token_text};
+    use cairn_proto::Nonce;
+
+    #[test]
+    fn a_nonce_is_held_while_its_request_runs_and_kept_only_if_it_took_effect() {
+        let cache = NonceCache::default();
+        let (refused, taken) = (Nonce([1; 16]), Nonce([2; 16]));
+        let hold = cache.hold(refused, 100).expect("a fresh nonce");
+        assert!(
+            cache.hold(refused, 100).is_none(),
+            "a second use while the first runs"
+        );
+        drop(hold);
+        let hold = cache.hold(refused, 100).expect("released by a refusal");
+        drop(hold);
+
+        cache.hold(taken, 100).expect("a fresh nonce").keep();
+        assert!(cache.hold(taken, 100).is_none(), "kept after taking effect");
+        // Forgotten once its token can no longer be accepted.
+        cache.prune(100 + super::CLOCK_SKEW_SECS + 1);
+        assert!(cache.hold(taken, 100).is_some());
+    }
+
+    #[test]
+    fn the_scheme_is_matched_without_case_and_with_any_spacing() {
+        for value in [
+            "Cairn abc",
+            "cairn abc",
+            "CAIRN\tabc",
+            "  Cairn   abc  ",
+            "cAiRn \t abc",
+        ] {
+            assert_eq!(token_text(value), Some("abc"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_refused() {
+        for value in [
+            "Bearer abc",
+            "Cairnabc",
+            "Cairn",
+            "Cairn   ",
+            "",
+            "Cairn_ abc",
+        ] {
+            assert_eq!(token_text(value), None, "{value:?}");
+        }
+    }
 }

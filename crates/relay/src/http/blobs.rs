@@ -9,9 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use cairn_proto::wire::{self, BlobClaimed, BlobStored, BlobTransferred, PeerRef};
-use cairn_proto::{BlobId, SignedRecord, Timestamp, TransferReceipt};
+use cairn_proto::{BlobId, SignedRecord, Timestamp, TransferReceipt, VerifyingKey};
 
 use super::AppState;
+use super::auth::Authorized;
 use super::auth::CLOCK_SKEW_SECS;
 use super::body::BodyChunks;
 use super::error::ApiError;
@@ -19,8 +20,8 @@ use super::extract::{Accepting, BlobCaller, parse_id};
 use super::range::{self, ByteRange};
 use crate::federation::NewBlob;
 use crate::store::{
-    ClaimOutcome, DeleteOutcome, InsertOutcome, ReadBody, Received, Source, Staged, StoreError,
-    Want,
+    ClaimOutcome, DeleteOutcome, InsertOutcome, ReadBody, Received, Source, SpentToken, Staged,
+    StoreError, Want,
 };
 
 /// Uploads that declare at most this length are received in memory.
@@ -229,7 +230,8 @@ impl Drop for InFlight<'_> {
 }
 
 /// `PUT`: streams the body to a temp file while hashing it; commits only a
-/// verified, fsynced blob; answers only once it is durable.
+/// verified, fsynced blob; answers only once it is durable. The token is
+/// spent with the commit; a refusal leaves it for a retry.
 pub(crate) async fn put_blob(
     State(app): State<AppState>,
     BlobCaller { id, authorized }: BlobCaller,
@@ -237,8 +239,27 @@ pub(crate) async fn put_blob(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Authorized {
+        signer,
+        token,
+        nonce,
+    } = authorized;
+    let response = upload(&app, id, signer, token, &headers, body).await?;
+    nonce.keep();
+    Ok(response)
+}
+
+async fn upload(
+    app: &AppState,
+    id: BlobId,
+    signer: VerifyingKey,
+    token: SpentToken,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let app = app.clone();
+    let token = Some(token);
     let started = Instant::now();
-    let signer = authorized.signer;
     let source = if app.federation.peers.contains(&signer) {
         Source::Peer(signer)
     } else {
@@ -274,7 +295,11 @@ pub(crate) async fn put_blob(
         Some(len) if len <= SMALL_UPLOAD => {
             if let Err(full) = reservation.grow_to(len) {
                 // A full relay still acknowledges a blob it already holds.
-                if let Some(held) = app.store.acknowledge_held(id, source, app.now()).await? {
+                if let Some(held) = app
+                    .store
+                    .acknowledge_held(id, source, app.now(), token)
+                    .await?
+                {
                     return held_response(&app, id, held, source);
                 }
                 return Err(full);
@@ -283,7 +308,7 @@ pub(crate) async fn put_blob(
             let size = data.len() as u64;
             let outcome = app
                 .store
-                .insert(Staged::Bytes(data), id, size, source, app.now())
+                .insert(Staged::Bytes(data), id, size, source, app.now(), token)
                 .await?;
             (outcome, size)
         }
@@ -291,7 +316,11 @@ pub(crate) async fn put_blob(
             // Already held: no need to receive the bytes again. The access
             // is committed before the answer, so no GC pass can take the
             // blob away after the client was told it is stored.
-            if let Some(held) = app.store.acknowledge_held(id, source, app.now()).await? {
+            if let Some(held) = app
+                .store
+                .acknowledge_held(id, source, app.now(), token)
+                .await?
+            {
                 return held_response(&app, id, held, source);
             }
             // Refused before the bytes travel; the store checks again as
@@ -307,7 +336,7 @@ pub(crate) async fn put_blob(
             let (staged, size) = receive(&app, body, id, max, &mut reservation).await?;
             let outcome = app
                 .store
-                .insert(staged, id, size, source, app.now())
+                .insert(staged, id, size, source, app.now(), token)
                 .await?;
             (outcome, size)
         }
@@ -320,6 +349,7 @@ pub(crate) async fn put_blob(
         InsertOutcome::AlreadyHeld => false,
         InsertOutcome::RelayFull => return Err(relay_full(&app)),
         InsertOutcome::QuotaExceeded => return Err(ApiError::quota_exceeded(quota)),
+        InsertOutcome::Replayed => return Err(ApiError::token_replayed()),
     };
     if stored {
         match source {
@@ -356,8 +386,12 @@ fn held_response(
     (size, claim): (u64, ClaimOutcome),
     source: Source,
 ) -> Result<Response, ApiError> {
-    if claim == ClaimOutcome::QuotaExceeded {
-        return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
+    match claim {
+        ClaimOutcome::QuotaExceeded => {
+            return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
+        }
+        ClaimOutcome::Replayed => return Err(ApiError::token_replayed()),
+        _ => {}
     }
     stored_response(app, id, size, source, false)
 }
@@ -478,8 +512,16 @@ pub(crate) async fn claim_blob(
     BlobCaller { id, authorized }: BlobCaller,
     _: Accepting,
 ) -> Result<Response, ApiError> {
-    let signer = authorized.signer;
-    let claimed = match app.store.add_owner(id, signer, app.now()).await? {
+    let Authorized {
+        signer,
+        token,
+        nonce,
+    } = authorized;
+    let claimed = match app
+        .store
+        .add_owner(id, signer, app.now(), Some(token))
+        .await?
+    {
         ClaimOutcome::Claimed => true,
         ClaimOutcome::AlreadyOwner => false,
         ClaimOutcome::NotFound => {
@@ -491,7 +533,9 @@ pub(crate) async fn claim_blob(
             return Err(ApiError::quota_exceeded(app.config.limits.key_quota_bytes));
         }
         ClaimOutcome::TooManyOwners => return Err(ApiError::too_many_owners()),
+        ClaimOutcome::Replayed => return Err(ApiError::token_replayed()),
     };
+    nonce.keep();
     Ok(axum::Json(BlobClaimed { id, claimed }).into_response())
 }
 
@@ -512,11 +556,15 @@ pub(crate) async fn delete_blob(
     BlobCaller { id, authorized }: BlobCaller,
 ) -> Result<Response, ApiError> {
     let forget_before = app.now().saturating_sub(CLOCK_SKEW_SECS);
-    match app
+    let outcome = app
         .store
         .delete(id, authorized.signer, authorized.token, forget_before)
-        .await?
-    {
+        .await?;
+    // Every outcome but a replay spent the token in the store.
+    if outcome != DeleteOutcome::Replayed {
+        authorized.nonce.keep();
+    }
+    match outcome {
         DeleteOutcome::Replayed => Err(ApiError::token_replayed()),
         DeleteOutcome::Deleted => Ok(owners_left(0)),
         DeleteOutcome::Released { owners_left: n } => Ok(owners_left(n)),

@@ -34,10 +34,14 @@ fn authorize_peer(
         pow_bits: 0,
         pow_exempt: &|_| true,
     };
-    let signer = authorize(headers, &required, &app.nonces)?.signer;
+    let authorized = authorize(headers, &required, &app.nonces)?;
+    let signer = authorized.signer;
     if !app.federation.peers.contains(&signer) {
         return Err(ApiError::not_a_peer(&signer));
     }
+    // Federation requests change nothing: their nonces are kept in this
+    // process's memory only, until their tokens expire.
+    authorized.nonce.keep();
     Ok(signer)
 }
 

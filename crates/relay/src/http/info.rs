@@ -8,7 +8,10 @@ use cairn_proto::{RelayInfo, SignedRecord, SoftwareVersion, Timestamp};
 use serde_json::json;
 
 use super::AppState;
+use super::auth::{CLOCK_SKEW_SECS, MAX_TOKEN_LIFETIME_SECS};
 use super::error::ApiError;
+use super::heads::MAX_HEAD_BODY;
+use crate::store::MAX_SLOTS_PER_MAILBOX;
 
 /// The relay's current info, freshly signed.
 pub(crate) fn current_info(app: &AppState) -> Result<(RelayInfo, SignedRecord), ApiError> {
@@ -69,9 +72,25 @@ pub(crate) async fn well_known(State(app): State<AppState>) -> Result<Response, 
             "blobs": app.store.usage().1,
             "draining": app.draining.load(Ordering::SeqCst),
         },
+        "policy": policy_json(&app),
         "federation": federation_json(&app).await,
     });
     Ok(axum::Json(body).into_response())
+}
+
+/// The thresholds behind refusals that the signed record does not carry, so
+/// that a client can predict them. Unsigned on purpose: a relay that misstates
+/// them can only refuse what it could refuse anyway, and a client trusts
+/// nothing else because of them.
+fn policy_json(app: &AppState) -> serde_json::Value {
+    json!({
+        "clock_skew_secs": CLOCK_SKEW_SECS,
+        "max_token_lifetime_secs": MAX_TOKEN_LIFETIME_SECS,
+        "max_uploads": app.config.max_concurrent_uploads,
+        "max_heads": app.config.max_heads,
+        "max_slots_per_mailbox": MAX_SLOTS_PER_MAILBOX,
+        "max_head_bytes": MAX_HEAD_BODY,
+    })
 }
 
 /// The federation view of the info document: every peer with what it last

@@ -28,7 +28,7 @@ use cairn_proto::VerifyingKey;
 use cairn_proto::wire::route;
 use tokio::sync::Semaphore;
 
-pub(crate) use self::auth::NonceCache;
+pub(crate) use self::auth::{CLOCK_SKEW_SECS, NonceCache};
 use self::error::ApiError;
 use crate::limits::{RateLimiter, address_range};
 use crate::metrics::Gauges;

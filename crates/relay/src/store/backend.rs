@@ -26,6 +26,9 @@ use super::model::{
 pub(crate) trait Backend {
     /// Commits verified bytes (a temp file, or in memory) as blob `id`,
     /// handed over by `source`, if capacity and the payer's quota allow.
+    /// `token`, the request's, is spent in the same transaction when the
+    /// upload takes effect (`Stored`, `AlreadyHeld`); one spent before
+    /// gives `Replayed` and changes nothing.
     async fn insert(
         &self,
         staged: Staged,
@@ -33,6 +36,7 @@ pub(crate) trait Backend {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError>;
 
     /// Stores many small blobs at once, as if inserted one by one: a test
@@ -47,22 +51,30 @@ pub(crate) trait Backend {
     /// Records durably an access to `id`, that `source` handed it over,
     /// and (for a client) that the client owns it; `None` if the store
     /// does not hold it, else its size and what became of the claim
-    /// (`QuotaExceeded`: refused, nothing recorded).
+    /// (`QuotaExceeded`, `Replayed`: refused, nothing recorded). `token`
+    /// is spent with the acknowledgement, as in [`Backend::insert`].
     async fn acknowledge_held(
         &self,
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<Option<(u64, ClaimOutcome)>, StoreError>;
 
     /// Makes `owner` one of blob `id`'s owners, charging its quota, and
-    /// records an access.
+    /// records an access; `token` is spent with the access (every outcome
+    /// but `NotFound`, `QuotaExceeded` and `Replayed`).
     async fn add_owner(
         &self,
         id: BlobId,
         owner: VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Forgets spent tokens that expired before `before`: they can no
+    /// longer be accepted anyway. How many were forgotten.
+    async fn forget_spent_tokens(&self, before: u64) -> Result<usize, StoreError>;
 
     /// Drops `owner`'s claim on blob `id`, deleting the blob if no other
     /// owner is left, provided `token` was never used before; records

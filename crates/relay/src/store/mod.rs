@@ -269,8 +269,9 @@ impl Store {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
-        on_backend!(self, b => b.insert(staged, id, size, source, now).await)
+        on_backend!(self, b => b.insert(staged, id, size, source, now, token).await)
     }
 
     /// See [`Backend::seed`]; ids are computed here, as an upload verifies
@@ -315,8 +316,14 @@ impl Store {
         id: BlobId,
         owner: VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<ClaimOutcome, StoreError> {
-        on_backend!(self, b => b.add_owner(id, owner, now).await)
+        on_backend!(self, b => b.add_owner(id, owner, now, token).await)
+    }
+
+    /// See [`Backend::forget_spent_tokens`].
+    pub(crate) async fn forget_spent_tokens(&self, before: u64) -> Result<usize, StoreError> {
+        on_backend!(self, b => b.forget_spent_tokens(before).await)
     }
 
     /// See [`Backend::delete`].
@@ -406,8 +413,9 @@ impl Store {
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
-        on_backend!(self, b => b.acknowledge_held(id, source, now).await)
+        on_backend!(self, b => b.acknowledge_held(id, source, now, token).await)
     }
 
     /// See [`Backend::collect`]. Flushes pending access times first, so a

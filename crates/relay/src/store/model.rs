@@ -192,6 +192,8 @@ pub(crate) enum InsertOutcome {
     RelayFull,
     /// Refused: the owner's quota is exhausted.
     QuotaExceeded,
+    /// Its token was spent before; nothing changed.
+    Replayed,
 }
 
 /// A verified head on its way to the store: what the store needs of a
@@ -295,6 +297,16 @@ pub(crate) enum ClaimOutcome {
     QuotaExceeded,
     /// Refused: the blob has [`MAX_OWNERS`] owners already.
     TooManyOwners,
+    /// Its token was spent before; nothing changed.
+    Replayed,
+}
+
+impl ClaimOutcome {
+    /// Whether an upload of a held blob is answered as stored (200): it
+    /// is, unless the uploader's quota cannot pay or its token was spent.
+    pub(crate) fn acknowledged(self) -> bool {
+        !matches!(self, Self::QuotaExceeded | Self::Replayed | Self::NotFound)
+    }
 }
 
 /// Most owners one blob may have. An identity's devices need one each;
@@ -302,9 +314,11 @@ pub(crate) enum ClaimOutcome {
 /// every delete and expiry would then have to walk.
 pub(crate) const MAX_OWNERS: u64 = 64;
 
-/// The token a delete request carried. It is recorded in the same
-/// transaction as the deletion, so that neither a restart nor another
-/// process sharing the index accepts it again while it is valid.
+/// The token a request that changes state carried (an upload, a claim, a
+/// delete). It is recorded in the same transaction as the change, and only
+/// if the change is made, so that neither a restart nor another process
+/// sharing the index accepts it again while it is valid, while a request
+/// refused without effect can be retried with it (docs/PROTOCOL.md §7.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SpentToken {
     pub(crate) nonce: [u8; 16],

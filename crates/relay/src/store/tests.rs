@@ -209,13 +209,16 @@ async fn matches_the_model(store: &Store, steps: usize) {
                     Source::Client(owner)
                 };
                 let staged = Staged::Bytes(body.clone().into());
-                let got = store.insert(staged, id, size, source, now).await.unwrap();
+                let got = store
+                    .insert(staged, id, size, source, now, None)
+                    .await
+                    .unwrap();
                 let expected = model.insert(id, size, source, now);
                 assert_eq!(got, expected, "step {step}: insert by {source:?}");
                 seen.insert(format!("insert {expected:?}"));
             }
             7..=9 => {
-                let got = store.add_owner(id, owner, now).await.unwrap();
+                let got = store.add_owner(id, owner, now, None).await.unwrap();
                 let expected = model.claim(id, owner, now);
                 assert_eq!(got, expected, "step {step}: claim");
                 seen.insert(format!("claim {expected:?}"));
@@ -265,7 +268,9 @@ async fn matches_the_model(store: &Store, steps: usize) {
                 });
             }
             _ => {
-                let got = store.acknowledge_held(id, Source::Client(owner), now).await;
+                let got = store
+                    .acknowledge_held(id, Source::Client(owner), now, None)
+                    .await;
                 let expected = model.blobs.contains_key(&id).then(|| {
                     let claim = model.claim(id, owner, now);
                     (size, claim)

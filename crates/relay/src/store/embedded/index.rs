@@ -74,7 +74,8 @@ pub(crate) type ForwardValue = ([u8; 32], u64, &'static str);
 pub(crate) const FORWARDS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
     TableDefinition::new("forwards_by_access_v1");
 
-/// (expiry, nonce) → (): delete tokens already used, until they expire.
+/// (expiry, nonce) → (): tokens spent by requests that took effect (uploads,
+/// claims, deletes), until they expire.
 /// Keyed by expiry first so that expired ones are a prefix; a token names
 /// both, so a lookup is exact.
 pub(crate) const SPENT_TOKENS: TableDefinition<'_, (u64, [u8; 16]), ()> =

@@ -193,6 +193,7 @@ impl Backend for Embedded {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
         self.send(|reply| WriteOp::Insert {
             staged,
@@ -200,6 +201,7 @@ impl Backend for Embedded {
             size,
             source,
             now,
+            token,
             reply,
         })
         .await
@@ -213,7 +215,7 @@ impl Backend for Embedded {
     ) -> Result<usize, StoreError> {
         let inserts = blobs.into_iter().map(|(id, data)| {
             let size = data.len() as u64;
-            self.insert(Staged::Bytes(data), id, size, source, now)
+            self.insert(Staged::Bytes(data), id, size, source, now, None)
         });
         // Many at once, so the writer commits them in large batches.
         let outcomes = futures_util::future::join_all(inserts).await;
@@ -231,11 +233,13 @@ impl Backend for Embedded {
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
         self.send(|reply| WriteOp::AcknowledgeHeld {
             id,
             source,
             now,
+            token,
             reply,
         })
         .await
@@ -246,11 +250,13 @@ impl Backend for Embedded {
         id: BlobId,
         owner: VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<ClaimOutcome, StoreError> {
         self.send(|reply| WriteOp::AddOwner {
             id,
             owner,
             now,
+            token,
             reply,
         })
         .await
@@ -292,6 +298,11 @@ impl Backend for Embedded {
 
     async fn collect(&self, cutoff: u64, max: usize) -> Result<Vec<(BlobId, u64)>, StoreError> {
         self.send(|reply| WriteOp::Collect { cutoff, max, reply })
+            .await
+    }
+
+    async fn forget_spent_tokens(&self, before: u64) -> Result<usize, StoreError> {
+        self.send(|reply| WriteOp::ForgetSpent { before, reply })
             .await
     }
 

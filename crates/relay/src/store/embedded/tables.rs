@@ -528,31 +528,47 @@ impl<'txn> Tables<'txn> {
         Ok(newer)
     }
 
-    /// Records `token` as used; false if it already was.
-    pub(super) fn spend(&mut self, token: SpentToken) -> Result<bool, StoreError> {
-        let fresh = self
+    /// Whether `token` was spent (and has not expired since).
+    pub(super) fn is_spent(&self, token: Option<SpentToken>) -> Result<bool, StoreError> {
+        let Some(token) = token else {
+            return Ok(false);
+        };
+        Ok(self
             .spent
-            .insert((token.expires_at, token.nonce), ())
+            .get((token.expires_at, token.nonce))
             .map_err(redb::Error::from)?
-            .is_none();
-        Ok(fresh)
+            .is_some())
     }
 
-    /// Forgets up to a few hundred tokens that expired before `before`:
-    /// enough to keep pace with the deletions that record them.
-    pub(super) fn forget_spent_tokens(&mut self, before: u64) -> Result<(), StoreError> {
+    /// Records `token` as spent.
+    pub(super) fn spend(&mut self, token: Option<SpentToken>) -> Result<(), StoreError> {
+        if let Some(token) = token {
+            self.spent
+                .insert((token.expires_at, token.nonce), ())
+                .map_err(redb::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets up to `max` tokens that expired before `before`; how many.
+    /// Keyed by expiry first, they are a prefix of the table.
+    pub(super) fn forget_spent_tokens(
+        &mut self,
+        before: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
         let expired: Vec<(u64, [u8; 16])> = self
             .spent
             .range(..(before, [0u8; 16]))
             .map_err(redb::Error::from)?
-            .take(256)
+            .take(max)
             .map(|row| row.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()
             .map_err(redb::Error::from)?;
-        for key in expired {
+        for key in &expired {
             self.spent.remove(key).map_err(redb::Error::from)?;
         }
-        Ok(())
+        Ok(expired.len())
     }
 
     /// How many slots `mailbox` has, counting up to the per-mailbox limit.

@@ -44,6 +44,7 @@ pub(crate) enum WriteOp {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
     },
     /// Drops a transferred blob's body and keeps a forwarding record, in one
@@ -62,6 +63,7 @@ pub(crate) enum WriteOp {
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
         /// The blob's size and the client's claim, or `None` if it is not
         /// held.
         reply: oneshot::Sender<Result<Option<(u64, ClaimOutcome)>, StoreError>>,
@@ -71,7 +73,13 @@ pub(crate) enum WriteOp {
         id: BlobId,
         owner: VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
         reply: oneshot::Sender<Result<ClaimOutcome, StoreError>>,
+    },
+    /// Forgets spent tokens that expired before `before`.
+    ForgetSpent {
+        before: u64,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
     },
     CollectForwards {
         cutoff: u64,
@@ -212,6 +220,7 @@ fn fail_op(op: WriteOp, err: StoreError) {
         WriteOp::Touch { reply, .. }
         | WriteOp::TouchHeads { reply, .. }
         | WriteOp::CollectHeads { reply, .. }
+        | WriteOp::ForgetSpent { reply, .. }
         | WriteOp::CollectForwards { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Forward { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::AcknowledgeHeld { reply, .. } => drop(reply.send(Err(err))),
@@ -378,8 +387,21 @@ impl Writer {
                 size,
                 source,
                 now,
+                token,
                 reply,
-            } => Reply::Insert(reply, self.insert(t, batch, staged, id, size, source, now)?),
+            } => {
+                let outcome = if t.is_spent(token)? {
+                    batch.drop_staged(staged);
+                    InsertOutcome::Replayed
+                } else {
+                    let outcome = self.insert(t, batch, staged, id, size, source, now)?;
+                    if matches!(outcome, InsertOutcome::Stored | InsertOutcome::AlreadyHeld) {
+                        t.spend(token)?;
+                    }
+                    outcome
+                };
+                Reply::Insert(reply, outcome)
+            }
             WriteOp::Delete {
                 id,
                 owner,
@@ -387,13 +409,20 @@ impl Writer {
                 forget_before,
                 reply,
             } => {
-                t.forget_spent_tokens(forget_before)?;
-                let outcome = if t.spend(token)? {
-                    delete(t, batch, &id, &owner)?
-                } else {
+                t.forget_spent_tokens(forget_before, 256)?;
+                let outcome = if t.is_spent(Some(token))? {
                     DeleteOutcome::Replayed
+                } else {
+                    // Spent whatever it finds: a delete refused as
+                    // `not_owner` must not work once its signer owns the
+                    // blob.
+                    t.spend(Some(token))?;
+                    delete(t, batch, &id, &owner)?
                 };
                 Reply::Delete(reply, outcome)
+            }
+            WriteOp::ForgetSpent { before, reply } => {
+                Reply::Count(reply, t.forget_spent_tokens(before, usize::MAX)?)
             }
             WriteOp::Touch { accesses, reply } => {
                 let mut held = 0;
@@ -438,11 +467,16 @@ impl Writer {
                 id,
                 source,
                 now,
+                token,
                 reply,
             } => {
                 let held = match t.meta(&id)? {
+                    Some(meta) if t.is_spent(token)? => Some((meta.size, ClaimOutcome::Replayed)),
                     Some(mut meta) => {
                         let claim = self.acknowledge_held(t, &id, &mut meta, source, now)?;
+                        if claim.acknowledged() {
+                            t.spend(token)?;
+                        }
                         Some((meta.size, claim))
                     }
                     None => None,
@@ -453,14 +487,17 @@ impl Writer {
                 id,
                 owner,
                 now,
+                token,
                 reply,
             } => {
                 let outcome = match t.meta(&id)? {
                     None => ClaimOutcome::NotFound,
+                    Some(_) if t.is_spent(token)? => ClaimOutcome::Replayed,
                     Some(mut meta) => {
                         let outcome = self.claim(t, &id, &meta, &owner)?;
                         if outcome != ClaimOutcome::QuotaExceeded {
                             t.touch(&id, &mut meta, now)?;
+                            t.spend(token)?;
                         }
                         outcome
                     }

@@ -123,8 +123,9 @@ impl Backend for ScaleOut {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
-        self.insert_blob(staged, id, size, source, now).await
+        self.insert_blob(staged, id, size, source, now, token).await
     }
 
     async fn seed(
@@ -140,7 +141,7 @@ impl Backend for ScaleOut {
         for (id, data) in blobs {
             let size = data.len() as u64;
             if self
-                .insert_blob(Staged::Bytes(data), id, size, source, now)
+                .insert_blob(Staged::Bytes(data), id, size, source, now, None)
                 .await?
                 == InsertOutcome::Stored
             {
@@ -155,8 +156,9 @@ impl Backend for ScaleOut {
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
-        self.acknowledge(id, source, now).await
+        self.acknowledge(id, source, now, token).await
     }
 
     async fn add_owner(
@@ -164,8 +166,13 @@ impl Backend for ScaleOut {
         id: BlobId,
         owner: VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<ClaimOutcome, StoreError> {
-        self.claim(id, owner, now).await
+        self.claim(id, owner, now, token).await
+    }
+
+    async fn forget_spent_tokens(&self, before: u64) -> Result<usize, StoreError> {
+        self.index.forget_spent_tokens(before).await
     }
 
     async fn delete(

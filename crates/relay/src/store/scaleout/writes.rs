@@ -25,8 +25,11 @@ impl ScaleOut {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
-        let outcome = self.insert_staged(&staged, id, size, source, now).await;
+        let outcome = self
+            .insert_staged(&staged, id, size, source, now, token)
+            .await;
         if let Staged::File(temp) = staged {
             let _ = tokio::fs::remove_file(temp).await;
         }
@@ -40,11 +43,16 @@ impl ScaleOut {
         size: u64,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
         let owner = source.owner();
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
         Index::lock_blob(&txn, &id).await?;
+        // Spent first, undone with the transaction by any refusal below.
+        if !Index::spend(&txn, token).await? {
+            return Ok(InsertOutcome::Replayed);
+        }
         if let Some(row) = Index::blob_for_update(&txn, &id).await? {
             if self.acknowledge_row(&txn, &id, &row, source, now).await?
                 == ClaimOutcome::QuotaExceeded
@@ -174,6 +182,7 @@ impl ScaleOut {
         id: BlobId,
         source: Source,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<Option<(u64, ClaimOutcome)>, StoreError> {
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
@@ -181,6 +190,9 @@ impl ScaleOut {
         let Some(row) = Index::blob_for_update(&txn, &id).await? else {
             return Ok(None);
         };
+        if !Index::spend(&txn, token).await? {
+            return Ok(Some((row.size, ClaimOutcome::Replayed)));
+        }
         let claim = self.acknowledge_row(&txn, &id, &row, source, now).await?;
         if claim != ClaimOutcome::QuotaExceeded {
             txn.commit().await.map_err(db_err("commit"))?;
@@ -243,6 +255,7 @@ impl ScaleOut {
         id: BlobId,
         owner: cairn_proto::VerifyingKey,
         now: u64,
+        token: Option<SpentToken>,
     ) -> Result<ClaimOutcome, StoreError> {
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
@@ -250,6 +263,9 @@ impl ScaleOut {
         let Some(row) = Index::blob_for_update(&txn, &id).await? else {
             return Ok(ClaimOutcome::NotFound);
         };
+        if !Index::spend(&txn, token).await? {
+            return Ok(ClaimOutcome::Replayed);
+        }
         let outcome = self.claim_row(&txn, &id, &row, &owner).await?;
         if outcome != ClaimOutcome::QuotaExceeded {
             Index::touch(&txn, &id, now).await?;
@@ -274,15 +290,7 @@ impl ScaleOut {
             "forget spent tokens",
         )
         .await?;
-        let recorded = exec(
-            &txn,
-            "INSERT INTO spent_tokens (nonce, expires_at) VALUES ($1, $2) \
-             ON CONFLICT (nonce) DO NOTHING",
-            &[&token.nonce.as_slice(), &int(token.expires_at)],
-            "record spent token",
-        )
-        .await?;
-        if recorded == 0 {
+        if !Index::spend(&txn, Some(token)).await? {
             return Ok(DeleteOutcome::Replayed);
         }
         let mut removed = None;

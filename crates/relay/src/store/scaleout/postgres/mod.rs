@@ -39,7 +39,7 @@ mod heads;
 
 use crate::config::{PostgresConfig, redact_password};
 use crate::store::error::StoreError;
-use crate::store::model::SourceKey;
+use crate::store::model::{SourceKey, SpentToken};
 
 /// The migrations, in order; each runs once, in its own transaction.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -337,6 +337,42 @@ impl Index {
         )
         .await?;
         Ok(())
+    }
+
+    /// Records `token` as spent in `txn`; false if it was spent already
+    /// (then nothing in `txn` may be committed). The row is written first
+    /// and undone with `txn` if the request ends without effect; a
+    /// concurrent transaction spending the same token waits on it, so of
+    /// two uses across processes at most one commits.
+    pub(crate) async fn spend(
+        txn: &Txn<'_>,
+        token: Option<SpentToken>,
+    ) -> Result<bool, StoreError> {
+        let Some(token) = token else {
+            return Ok(true);
+        };
+        let recorded = exec(
+            txn,
+            "INSERT INTO spent_tokens (nonce, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (nonce) DO NOTHING",
+            &[&token.nonce.as_slice(), &int(token.expires_at)],
+            "record spent token",
+        )
+        .await?;
+        Ok(recorded == 1)
+    }
+
+    /// Forgets spent tokens that expired before `before`; how many.
+    pub(crate) async fn forget_spent_tokens(&self, before: u64) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let n = exec(
+            &client,
+            "DELETE FROM spent_tokens WHERE expires_at < $1",
+            &[&int(before)],
+            "forget spent tokens",
+        )
+        .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Takes or renews the lease `name` for `holder` until `now + ttl`;
