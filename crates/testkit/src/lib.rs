@@ -47,7 +47,8 @@ pub fn http() -> reqwest::Client {
     http_builder().build().expect("building an HTTP client")
 }
 
-/// The Ed25519 key whose seed is `BLAKE3("cairn-testkit key" || label)`.
+/// The Ed25519 key whose seed is BLAKE3 in key-derivation mode with the
+/// context `"cairn-testkit key"` over `label` (docs/PROTOCOL.md §3.3).
 pub fn key(label: &str) -> SigningKey {
     SigningKey::from_seed(&seed(label))
 }

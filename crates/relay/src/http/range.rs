@@ -15,16 +15,22 @@ impl ByteRange {
 
 /// Parses a `Range` header value against a blob of `size` bytes.
 ///
-/// `Ok(None)` means "send the whole blob" (no header, or a unit other than
-/// bytes, which RFC 9110 says to ignore). `Err(())` means the range is
-/// malformed, multi-part or unsatisfiable: 416.
+/// `Ok(None)` means "send the whole blob": no header, a unit other than
+/// bytes (which RFC 9110 says to ignore), or a suffix range of the empty
+/// blob (satisfiable by RFC 9110 §14.1.2, as the whole of it, which no
+/// `Content-Range` can name). `Err(())` means the range is malformed,
+/// multi-part or unsatisfiable: 416.
 pub(crate) fn parse(header: Option<&str>, size: u64) -> Result<Option<ByteRange>, ()> {
     let Some(header) = header else {
         return Ok(None);
     };
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+    // Range units are matched without regard to case (RFC 9110 §14.1).
+    let Some((unit, spec)) = header.trim().split_once('=') else {
         return Ok(None);
     };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ok(None);
+    }
     if spec.contains(',') {
         return Err(());
     }
@@ -38,8 +44,11 @@ pub(crate) fn parse(header: Option<&str>, size: u64) -> Result<Option<ByteRange>
     let range = if first.is_empty() {
         // Suffix: the last N bytes.
         let n = number(last)?;
-        if n == 0 || size == 0 {
+        if n == 0 {
             return Err(());
+        }
+        if size == 0 {
+            return Ok(None);
         }
         ByteRange {
             start: size.saturating_sub(n),
@@ -77,6 +86,10 @@ mod tests {
         assert_eq!(parse(Some("bytes=-30"), 10), r(0, 9));
         assert_eq!(parse(Some("bytes=8-100"), 10), r(8, 9));
         assert_eq!(parse(Some("items=0-1"), 10), Ok(None));
+        assert_eq!(parse(Some("Bytes=0-4"), 10), r(0, 4));
+        assert_eq!(parse(Some("BYTES=-3"), 10), r(7, 9));
+        // The whole of the empty blob: 200, not 416.
+        assert_eq!(parse(Some("bytes=-5"), 0), Ok(None));
     }
 
     #[test]
@@ -95,5 +108,6 @@ mod tests {
             assert_eq!(parse(Some(bad), 10), Err(()), "{bad}");
         }
         assert_eq!(parse(Some("bytes=0-"), 0), Err(()));
+        assert_eq!(parse(Some("bytes=-0"), 0), Err(()));
     }
 }
