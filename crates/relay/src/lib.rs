@@ -37,6 +37,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod node;
+mod rates;
 mod server;
 mod settings;
 mod store;

@@ -9,6 +9,8 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::rates::{Counters, RateHistory};
+
 /// Upper bounds of latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
@@ -69,6 +71,8 @@ pub(crate) struct Metrics {
     pub(crate) gc_last_deleted_blobs: AtomicU64,
     pub(crate) upload_latency: Histogram,
     pub(crate) download_latency: Histogram,
+    /// The last hour of [`Metrics::traffic`], for the status page.
+    pub(crate) history: RateHistory,
 }
 
 /// Gauges read from the store when rendering.
@@ -97,6 +101,15 @@ impl Metrics {
     }
 
     /// Requests answered since start, all routes and statuses.
+    /// The counters the status page charts.
+    pub(crate) fn traffic(&self) -> Counters {
+        Counters {
+            requests: self.requests_total(),
+            bytes_in: self.bytes_received.load(Ordering::Relaxed),
+            bytes_out: self.bytes_sent.load(Ordering::Relaxed),
+        }
+    }
+
     pub(crate) fn requests_total(&self) -> u64 {
         self.requests.read().map_or(0, |map| {
             map.values().map(|c| c.load(Ordering::Relaxed)).sum()

@@ -351,6 +351,7 @@ async fn background(app: AppState, cancel: CancellationToken) {
                 }
                 app.federation.save_ledger().await;
                 app.nonces.prune(app.now());
+                app.metrics.history.observe(app.started.elapsed(), app.metrics.traffic());
                 let forget_before = app.now().saturating_sub(CLOCK_SKEW_SECS);
                 if let Err(e) = app.store.forget_spent_tokens(forget_before).await {
                     tracing::error!(error = %e, "forgetting expired spent tokens failed");

@@ -86,19 +86,22 @@ fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
     &body[..body.find('<').unwrap()]
 }
 
-/// The number in attribute `attr` of the element with `id`.
-fn number_in(dom: &str, id: &str, attr: &str) -> u64 {
+/// The value of attribute `attr` of the element with `id`.
+fn attribute<'a>(dom: &'a str, id: &str, attr: &str) -> &'a str {
     let open = format!("id=\"{id}\"");
     let start = dom
         .find(&open)
         .unwrap_or_else(|| panic!("no #{id} in {dom}"));
     let tag = &dom[start..start + dom[start..].find('>').unwrap()];
-    let value = tag
-        .split(&format!("{attr}=\""))
+    tag.split(&format!("{attr}=\""))
         .nth(1)
         .and_then(|v| v.split('"').next())
-        .unwrap_or_else(|| panic!("no {attr} on #{id}: {tag}"));
-    value.parse().unwrap()
+        .unwrap_or_else(|| panic!("no {attr} on #{id}: {tag}"))
+}
+
+/// The number in attribute `attr` of the element with `id`.
+fn number_in(dom: &str, id: &str, attr: &str) -> u64 {
+    attribute(dom, id, attr).parse().unwrap()
 }
 
 /// The figures the page shows agree with the signed info document.
@@ -158,6 +161,19 @@ async fn the_status_page_in_a_browser_shows_the_signed_figures_and_keeps_them_cu
     assert_matches_info(&relay, &dom).await;
     assert_eq!(text_of(&dom, "blobs"), "1");
     assert_eq!(number_in(&dom, "used", "data-bytes"), 300_000);
+    // The chart of the last hour has the minute in progress, with the
+    // upload's requests and bytes in it.
+    assert!(number_in(&dom, "traffic-chart", "data-intervals") >= 1);
+    let peak: f64 = attribute(&dom, "traffic-chart", "data-peak-requests")
+        .parse()
+        .unwrap();
+    assert!(peak > 0.0, "no requests charted: {peak}");
+    assert!(number_in(&dom, "traffic-chart", "data-peak-bytes") > 0);
+    assert!(dom.contains("<rect class=\"req\""), "no request bars");
+    assert!(
+        dom.contains("<rect class=\"in\""),
+        "no bars of bytes received"
+    );
     // Nothing on it names a user's key or a blob.
     assert!(!dom.contains(&uploader.verifying_key().to_string()));
     assert!(!dom.contains(&BlobId::of(&data).to_string()));

@@ -4,6 +4,7 @@
 mod auth;
 mod blobs;
 mod body;
+mod chart;
 pub(crate) mod error;
 mod extract;
 mod federation;

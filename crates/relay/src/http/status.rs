@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse, Response};
 use cairn_proto::RelayInfo;
 
 use super::AppState;
+use super::chart::traffic_svg;
 use super::error::ApiError;
 use super::info::current_info;
 
@@ -150,7 +151,9 @@ them, and it keeps no accounts.</p>\
 <small>({requests} since start)</small></dd>\
 <dt>Received</dt><dd><span id=in-rate>—</span> /s <small>({bytes_in_h} since start)</small></dd>\
 <dt>Sent</dt><dd><span id=out-rate>—</span> /s <small>({bytes_out_h} since start)</small></dd>\
-</dl></section>\
+</dl><figure>{chart}<figcaption>The last hour, a bar a minute: requests, and bytes \
+<span class=key-in>received</span> and <span class=key-out>sent</span>.</figcaption></figure>\
+</section>\
 <section><h2>Policy</h2><dl>\
 <dt>Retention</dt><dd id=retention data-secs={retention_secs}>kept {retention} after the last \
 access, then deleted</dd>\
@@ -174,6 +177,7 @@ access, then deleted</dd>\
 <span id=refreshed>refreshes every {REFRESH_SECS} s</span></p></footer>\
 </main><script>{SCRIPT}</script></body></html>",
         at = app.started.elapsed().as_millis(),
+        chart = traffic_svg(&m.history.rates(app.started.elapsed(), m.traffic()), size),
         requests = m.requests_total(),
         bytes_in = load(&m.bytes_received),
         bytes_out = load(&m.bytes_sent),
@@ -233,6 +237,9 @@ vertical-align:top}.scroll{overflow-x:auto}code{word-break:break-all}small{opaci
 .dot{display:inline-block;width:.7em;height:.7em;border-radius:50%;margin-right:.4em}\
 .ok{background:var(--ok)}.bad{background:var(--bad)}.wait{background:var(--wait)}\
 footer{margin-top:2em;font-size:.9em;opacity:.85}\
+figure{margin:.8em 0 0}svg{width:100%;height:auto;font-size:12px;fill:currentColor}\
+.axis{stroke:#8886}rect.req{fill:#3b7dd8}rect.in,.key-in{fill:#2a9d4a;color:#2a9d4a}\
+rect.out,.key-out{fill:#d98c1f;color:#d98c1f}figcaption{font-size:.85em;opacity:.8}\
 @media (max-width:30em){body{font-size:15px}dl{grid-template-columns:1fr}dt{font-weight:600}}";
 
 /// Fetches the page again, swaps in the new figures, and shows the rates
