@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, ParseError};
+use crate::key_cache;
 use crate::text::{encode_base64url, parse_prefixed};
 
 /// Text prefix of an Ed25519 public key.
@@ -40,11 +41,10 @@ impl VerifyingKey {
     /// non-canonical encoding of one, or are a small-order ("weak") key.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
         const FIELD: &str = "ed25519 public key";
-        let key =
-            ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| DecodeError::Invalid {
-                field: FIELD,
-                reason: "not a point on the curve",
-            })?;
+        let key = key_cache::decompress(bytes).ok_or(DecodeError::Invalid {
+            field: FIELD,
+            reason: "not a point on the curve",
+        })?;
         // Decompression tolerates some non-canonical spellings of a point;
         // refusing them keeps one encoding per key, so keys can be compared
         // and hashed as bytes.
@@ -80,8 +80,7 @@ impl VerifyingKey {
     pub(crate) fn verify_strict(&self, message: &[u8], signature: &Signature) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
         // Cannot fail: the bytes were validated when this key was made.
-        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .is_ok_and(|key| key.verify_strict(message, &sig).is_ok())
+        key_cache::decompress(&self.0).is_some_and(|key| key.verify_strict(message, &sig).is_ok())
     }
 
     pub(crate) fn encode(&self, w: &mut Writer) {

@@ -57,6 +57,7 @@ mod error;
 mod error_code;
 mod fields;
 mod identity;
+mod key_cache;
 mod keys;
 mod kind;
 pub mod reconcile;
