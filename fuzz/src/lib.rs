@@ -27,6 +27,7 @@ pub type Target = (&'static str, fn(&[u8]));
 pub const TARGETS: &[Target] = &[
     ("audit_proof", audit::audit_proof),
     ("auth_token", records::auth_token),
+    ("batch_header", records::batch_header),
     ("blob_id_text", text::blob_id_text),
     ("device_certificate", records::device_certificate),
     ("envelope", records::envelope),

@@ -126,3 +126,19 @@ pub fn identity_log(data: &[u8]) {
         assert_eq!(state.last_seq() + 1, entries.len() as u64);
     }
 }
+
+/// A batch upload's header (PROTOCOL.md §7.3) as a client could send it:
+/// whatever decodes re-encodes to the input, its length shows in its first
+/// two bytes, and its ids are strictly ascending.
+pub fn batch_header(data: &[u8]) {
+    let Ok(header) = cairn_proto::BatchHeader::decode(data) else {
+        return;
+    };
+    assert_eq!(header.encode(), data, "non-canonical batch header accepted");
+    assert_eq!(
+        cairn_proto::BatchHeader::len_from_prefix(data),
+        Ok(Some(data.len()))
+    );
+    assert!(header.entries().windows(2).all(|w| w[0].0 < w[1].0));
+    let _ = header.digest();
+}

@@ -50,6 +50,7 @@
 //! ```
 
 pub mod audit;
+mod batch;
 mod blob_id;
 mod codec;
 mod envelope;
@@ -65,6 +66,9 @@ mod records;
 mod text;
 pub mod wire;
 
+pub use batch::{
+    BatchDigest, BatchHeader, MAX_BLOBS as MAX_BATCH_BLOBS, MAX_HEADER_LEN as MAX_BATCH_HEADER_LEN,
+};
 pub use blob_id::BlobId;
 pub use envelope::{MAX_ENVELOPE_LEN, MAX_PAYLOAD_LEN, Record, SignedRecord, Verified};
 pub use error::{DecodeError, ParseError, VerifyError};

@@ -19,6 +19,8 @@ use crate::{BlobId, Slot, VerifyingKey};
 pub mod route {
     /// The signed info document.
     pub const INFO: &str = "/.well-known/cairn-relay";
+    /// Many small blobs stored in one request (`POST`).
+    pub const BLOBS: &str = "/v1/blobs";
     /// One blob: `PUT` stores, `GET`/`HEAD` read, `POST` claims, `DELETE`
     /// releases.
     pub const BLOB: &str = "/v1/blobs/{id}";
@@ -83,6 +85,31 @@ pub struct BlobStored {
     /// base64url.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
+}
+
+/// The answer to a batch upload (`POST /v1/blobs`): one result per blob,
+/// in the order of the request's header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStored {
+    /// The blobs' results.
+    pub results: Vec<BatchResult>,
+}
+
+/// What became of one blob of a batch: `status` is what a single `PUT` of
+/// it would have answered (201, 200, 422, 507); `error` is set for a
+/// refusal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResult {
+    /// The blob.
+    #[serde(with = "as_text")]
+    pub id: BlobId,
+    /// The HTTP status a single upload of it would have had.
+    pub status: u16,
+    /// Whether this request stored its bytes (201).
+    pub stored: bool,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 /// The answer to a claim of ownership (`POST /v1/blobs/{id}`).

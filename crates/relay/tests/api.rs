@@ -1244,6 +1244,8 @@ async fn the_info_document_discloses_the_thresholds_behind_refusals() {
     assert_eq!(policy["max_token_lifetime_secs"], 600);
     assert_eq!(policy["max_slots_per_mailbox"], 1024);
     assert_eq!(policy["max_head_bytes"], 4096);
+    assert_eq!(policy["max_batch_blobs"], 1024);
+    assert_eq!(policy["max_batch_bytes"], 4 << 20);
 }
 
 /// The repository's `contrib/` directory.

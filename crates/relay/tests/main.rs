@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod batch;
 mod common;
 mod config;
 mod crash;

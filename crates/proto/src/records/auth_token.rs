@@ -1,5 +1,6 @@
 use std::fmt;
 
+use crate::batch::BatchDigest;
 use crate::blob_id::BlobId;
 use crate::codec::{Reader, Writer};
 use crate::envelope::{Record as _, impl_record};
@@ -75,6 +76,9 @@ pub enum TokenTarget {
     Blob(BlobId),
     /// Any other resource, by exact request path.
     Path(RequestPath),
+    /// A batch upload (`POST /v1/blobs`) of exactly the blobs whose ids
+    /// have this digest ([`crate::BatchHeader::digest`]).
+    Batch(BatchDigest),
 }
 
 /// 16 random bytes that make each token unique; relays refuse a nonce they
@@ -107,6 +111,7 @@ pub struct AuthToken {
 mod target_tag {
     pub(super) const BLOB: u8 = 1;
     pub(super) const PATH: u8 = 2;
+    pub(super) const BATCH: u8 = 3;
 }
 
 /// Domain-separation string of the proof-of-work hash.
@@ -125,6 +130,10 @@ impl AuthToken {
                 w.u8(target_tag::PATH);
                 path.encode(w);
             }
+            TokenTarget::Batch(digest) => {
+                w.u8(target_tag::BATCH);
+                w.fixed(&digest.0);
+            }
         }
         self.expires_at.encode(w);
         w.fixed(&self.nonce.0);
@@ -137,6 +146,7 @@ impl AuthToken {
         let target = match r.u8()? {
             target_tag::BLOB => TokenTarget::Blob(BlobId::from_bytes(r.array()?)),
             target_tag::PATH => TokenTarget::Path(RequestPath::decode(r)?),
+            target_tag::BATCH => TokenTarget::Batch(BatchDigest(r.array()?)),
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "token target",

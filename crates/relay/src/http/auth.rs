@@ -84,11 +84,29 @@ impl Drop for NonceHold {
 pub(crate) struct Required<'a> {
     pub(crate) relay: &'a VerifyingKey,
     pub(crate) method: Method,
-    pub(crate) target: TokenTarget,
+    pub(crate) target: Expected,
     pub(crate) now: u64,
     pub(crate) pow_bits: u8,
     /// Signers excused from proof of work (peer relays).
     pub(crate) pow_exempt: &'a dyn Fn(&VerifyingKey) -> bool,
+}
+
+/// The target a request's token must name.
+pub(crate) enum Expected {
+    /// Exactly this one.
+    Target(TokenTarget),
+    /// Some batch: the handler compares the digest with the batch's header
+    /// once it has read it ([`Authorized::target`]).
+    AnyBatch,
+}
+
+impl Expected {
+    fn admits(&self, target: &TokenTarget) -> bool {
+        match self {
+            Self::Target(expected) => expected == target,
+            Self::AnyBatch => matches!(target, TokenTarget::Batch(_)),
+        }
+    }
 }
 
 /// A request whose token checked out.
@@ -99,6 +117,8 @@ pub(crate) struct Authorized {
     pub(crate) token: SpentToken,
     /// The nonce, held while the request runs.
     pub(crate) nonce: NonceHold,
+    /// What the token names.
+    pub(crate) target: TokenTarget,
 }
 
 /// The token in an `Authorization` value: the scheme is matched without
@@ -141,7 +161,7 @@ pub(crate) fn authorize(
             token.method, required.method
         )));
     }
-    if token.target != required.target {
+    if !required.target.admits(&token.target) {
         return Err(ApiError::wrong_target(
             "token authorizes another blob or path",
         ));
@@ -180,6 +200,7 @@ pub(crate) fn authorize(
             expires_at: expires,
         },
         nonce,
+        target: token.target.clone(),
     })
 }
 

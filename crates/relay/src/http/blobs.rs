@@ -243,6 +243,7 @@ pub(crate) async fn put_blob(
         signer,
         token,
         nonce,
+        ..
     } = authorized;
     let response = upload(&app, id, signer, token, &headers, body).await?;
     nonce.keep();
@@ -516,6 +517,7 @@ pub(crate) async fn claim_blob(
         signer,
         token,
         nonce,
+        ..
     } = authorized;
     let claimed = match app
         .store

@@ -245,6 +245,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the body this error answers with.
+    pub(super) fn status_and_answer(self) -> (StatusCode, ErrorAnswer) {
+        let this = *self.0;
+        (this.status, this.answer)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;

@@ -8,7 +8,7 @@ use cairn_proto::{BlobId, Method, Slot, TokenTarget, VerifyingKey};
 use std::sync::atomic::Ordering;
 
 use super::AppState;
-use super::auth::{Authorized, Required, authorize};
+use super::auth::{Authorized, Expected, Required, authorize};
 use super::error::ApiError;
 use crate::store::HeadKey;
 
@@ -39,7 +39,12 @@ impl FromRequestParts<AppState> for BlobCaller {
                 )));
             }
         };
-        let authorized = authorize_for(app, &parts.headers, method, id)?;
+        let authorized = authorize_client(
+            app,
+            &parts.headers,
+            method,
+            Expected::Target(TokenTarget::Blob(id)),
+        )?;
         Ok(Self { id, authorized })
     }
 }
@@ -83,26 +88,25 @@ pub(crate) fn parse_id(text: &str) -> Result<BlobId, ApiError> {
         .map_err(|e| ApiError::bad_blob_id(format!("{text:?} is not a blob id: {e}")))
 }
 
-fn authorize_for(
+/// Checks a client's (or peer's) token for a blob route or a batch upload,
+/// and the key's request rate (peers are exempt).
+pub(crate) fn authorize_client(
     app: &AppState,
     headers: &HeaderMap,
     method: Method,
-    id: BlobId,
+    target: Expected,
 ) -> Result<Authorized, ApiError> {
     let relay = app.key.verifying_key();
+    // Work is asked of uploads only: they are what costs the operator. A
+    // claim adds no bytes, and a new device claims every copy it learns
+    // of, so it is left free.
+    let upload = method == Method::Put || matches!(target, Expected::AnyBatch);
     let required = Required {
         relay: &relay,
         method,
-        target: TokenTarget::Blob(id),
+        target,
         now: app.now(),
-        // Work is asked of uploads only: they are what costs the operator.
-        // A claim adds no bytes, and a new device claims every copy it
-        // learns of, so it is left free.
-        pow_bits: if method == Method::Put {
-            app.pow_bits()
-        } else {
-            0
-        },
+        pow_bits: if upload { app.pow_bits() } else { 0 },
         pow_exempt: &|key| app.federation.peers.contains(key),
     };
     let authorized = authorize(headers, &required, &app.nonces)?;

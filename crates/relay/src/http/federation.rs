@@ -11,7 +11,7 @@ use cairn_proto::reconcile::{MAX_MESSAGE_LEN, Reconciler};
 use cairn_proto::{Method, RequestPath, TokenTarget, VerifyingKey};
 
 use super::AppState;
-use super::auth::{Required, authorize};
+use super::auth::{Expected, Required, authorize};
 use super::body::read_bounded;
 use super::error::ApiError;
 use cairn_proto::wire;
@@ -29,7 +29,7 @@ fn authorize_peer(
     let required = Required {
         relay: &relay,
         method,
-        target: TokenTarget::Path(target),
+        target: Expected::Target(TokenTarget::Path(target)),
         now: app.now(),
         pow_bits: 0,
         pow_exempt: &|_| true,

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::AppState;
 use super::auth::{CLOCK_SKEW_SECS, MAX_TOKEN_LIFETIME_SECS};
+use super::batch::MAX_BATCH_BYTES;
 use super::error::ApiError;
 use super::heads::MAX_HEAD_BODY;
 use crate::store::MAX_SLOTS_PER_MAILBOX;
@@ -90,6 +91,8 @@ fn policy_json(app: &AppState) -> serde_json::Value {
         "max_heads": app.config.max_heads,
         "max_slots_per_mailbox": MAX_SLOTS_PER_MAILBOX,
         "max_head_bytes": MAX_HEAD_BODY,
+        "max_batch_blobs": cairn_proto::MAX_BATCH_BLOBS,
+        "max_batch_bytes": MAX_BATCH_BYTES,
     })
 }
 

@@ -2,6 +2,7 @@
 //! the middleware that counts every response.
 
 mod auth;
+mod batch;
 mod blobs;
 mod body;
 mod chart;
@@ -102,6 +103,7 @@ impl Shared {
 /// The route label for metrics: the matched route pattern, from a fixed set.
 fn route_label(path: Option<&MatchedPath>) -> &'static str {
     match path.map(MatchedPath::as_str) {
+        Some(route::BLOBS) => route::BLOBS,
         Some(route::BLOB) => route::BLOB,
         Some(route::BLOB_PROOF) => route::BLOB_PROOF,
         Some(route::HEAD) => route::HEAD,
@@ -155,8 +157,9 @@ async fn fallback() -> ApiError {
 /// Every route: its path and the methods it answers (any other method gets
 /// 405). docs/openapi.yaml describes exactly these; a test holds the two
 /// together.
-fn routes() -> [(&'static str, MethodRouter<AppState>); 9] {
+fn routes() -> [(&'static str, MethodRouter<AppState>); 10] {
     [
+        (route::BLOBS, post(batch::put_batch)),
         (
             route::BLOB,
             get(blobs::get_blob)

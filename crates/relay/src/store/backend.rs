@@ -16,8 +16,8 @@ use cairn_proto::{BlobId, Slot, VerifyingKey};
 use super::body::{BlobBody, BlobRead, Want};
 use super::error::StoreError;
 use super::model::{
-    BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome, HeadRow,
-    InsertOutcome, NewHead, Source, SourceKey, SpentToken, Staged,
+    BatchItem, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome,
+    HeadRow, InsertOutcome, NewHead, Source, SourceKey, SpentToken, Staged,
 };
 
 /// The operations of a storage backend. Writes answer once their outcome
@@ -38,6 +38,18 @@ pub(crate) trait Backend {
         now: u64,
         token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError>;
+
+    /// Commits the verified blobs of one batch upload as if each were
+    /// [`Backend::insert`]ed, in one transaction: `token` is spent once,
+    /// if any of them took effect, and a spent one refuses them all
+    /// (`Replayed`). The outcomes are in `items`' order.
+    async fn insert_batch(
+        &self,
+        items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+    ) -> Result<Vec<InsertOutcome>, StoreError>;
 
     /// Stores many small blobs at once, as if inserted one by one: a test
     /// hook for building large stores quickly. How many were new.

@@ -38,11 +38,11 @@ use self::embedded::Embedded;
 pub use self::embedded::{FsckReport, fsck};
 pub use self::error::StoreError;
 use self::files::BlobFiles;
-use self::model::{BlobRecord, ForwardRow, HeadRow};
 pub(crate) use self::model::{
-    ClaimOutcome, DeleteOutcome, Forward, HeadKey, HeadOutcome, InsertOutcome, Limits, MAX_OWNERS,
-    MAX_SLOTS_PER_MAILBOX, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
+    BatchItem, ClaimOutcome, DeleteOutcome, Forward, HeadKey, HeadOutcome, InsertOutcome, Limits,
+    MAX_OWNERS, MAX_SLOTS_PER_MAILBOX, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
 };
+use self::model::{BlobRecord, ForwardRow, HeadRow};
 use self::rules::Rules;
 use self::scaleout::ScaleOut;
 pub(crate) use self::staging::Received;
@@ -272,6 +272,17 @@ impl Store {
         token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
         on_backend!(self, b => b.insert(staged, id, size, source, now, token).await)
+    }
+
+    /// See [`Backend::insert_batch`].
+    pub(crate) async fn insert_batch(
+        &self,
+        items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        on_backend!(self, b => b.insert_batch(items, source, now, token).await)
     }
 
     /// See [`Backend::seed`]; ids are computed here, as an upload verifies

@@ -196,6 +196,20 @@ pub(crate) enum InsertOutcome {
     Replayed,
 }
 
+impl InsertOutcome {
+    /// Whether the upload changed anything, which spends its token.
+    pub(crate) fn took_effect(self) -> bool {
+        matches!(self, Self::Stored | Self::AlreadyHeld)
+    }
+}
+
+/// One verified blob of a batch upload, on its way to the store.
+#[derive(Debug)]
+pub(crate) struct BatchItem {
+    pub(crate) id: BlobId,
+    pub(crate) data: bytes::Bytes,
+}
+
 /// A verified head on its way to the store: what the store needs of a
 /// legacy head (signed by its mailbox key, docs/PROTOCOL.md §4.4) or of an
 /// owned head (signed by the writer whose slot it is, §4.9).

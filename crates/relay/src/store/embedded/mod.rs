@@ -84,8 +84,8 @@ use super::cache::BlobCache;
 use super::error::StoreError;
 use super::files::{self, BlobFiles};
 use super::model::{
-    BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome, HeadRow,
-    InsertOutcome, Limits, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
+    BatchItem, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome,
+    HeadRow, InsertOutcome, Limits, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
 };
 use super::rules::Rules;
 
@@ -199,6 +199,23 @@ impl Backend for Embedded {
             staged,
             id,
             size,
+            source,
+            now,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    async fn insert_batch(
+        &self,
+        items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.send(|reply| WriteOp::InsertBatch {
+            items,
             source,
             now,
             token,

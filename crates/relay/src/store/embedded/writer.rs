@@ -25,8 +25,8 @@ use crate::store::cache::BlobCache;
 use crate::store::error::StoreError;
 use crate::store::files::BlobFiles;
 use crate::store::model::{
-    BlobMeta, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome,
-    HeadRow, INLINE_MAX, InsertOutcome, NewHead, Source, SpentToken, Staged,
+    BatchItem, BlobMeta, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey,
+    HeadOutcome, HeadRow, INLINE_MAX, InsertOutcome, NewHead, Source, SpentToken, Staged,
 };
 use crate::store::rules::{Limit, Rules};
 
@@ -46,6 +46,14 @@ pub(crate) enum WriteOp {
         now: u64,
         token: Option<SpentToken>,
         reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    },
+    /// The blobs of one batch upload, spending its token once.
+    InsertBatch {
+        items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+        reply: oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
     },
     /// Drops a transferred blob's body and keeps a forwarding record, in one
     /// transaction.
@@ -158,6 +166,10 @@ enum Reply {
         oneshot::Sender<Result<DeleteOutcome, StoreError>>,
         DeleteOutcome,
     ),
+    Batch(
+        oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
+        Vec<InsertOutcome>,
+    ),
     AddOwner(
         oneshot::Sender<Result<ClaimOutcome, StoreError>>,
         ClaimOutcome,
@@ -185,6 +197,7 @@ impl Reply {
         match self {
             Self::Insert(tx, v) => drop(tx.send(Ok(v))),
             Self::Delete(tx, v) => drop(tx.send(Ok(v))),
+            Self::Batch(tx, v) => drop(tx.send(Ok(v))),
             Self::AddOwner(tx, v) => drop(tx.send(Ok(v))),
             Self::Count(tx, n) => drop(tx.send(Ok(n))),
             Self::Flag(tx, b) => drop(tx.send(Ok(b))),
@@ -198,6 +211,7 @@ impl Reply {
         match self {
             Self::Insert(tx, _) => drop(tx.send(Err(err))),
             Self::Delete(tx, _) => drop(tx.send(Err(err))),
+            Self::Batch(tx, _) => drop(tx.send(Err(err))),
             Self::AddOwner(tx, _) => drop(tx.send(Err(err))),
             Self::Count(tx, _) => drop(tx.send(Err(err))),
             Self::Flag(tx, _) => drop(tx.send(Err(err))),
@@ -217,6 +231,7 @@ fn fail_op(op: WriteOp, err: StoreError) {
             drop(reply.send(Err(err)));
         }
         WriteOp::Delete { reply, .. } => drop(reply.send(Err(err))),
+        WriteOp::InsertBatch { reply, .. } => drop(reply.send(Err(err))),
         WriteOp::Touch { reply, .. }
         | WriteOp::TouchHeads { reply, .. }
         | WriteOp::CollectHeads { reply, .. }
@@ -395,12 +410,35 @@ impl Writer {
                     InsertOutcome::Replayed
                 } else {
                     let outcome = self.insert(t, batch, staged, id, size, source, now)?;
-                    if matches!(outcome, InsertOutcome::Stored | InsertOutcome::AlreadyHeld) {
+                    if outcome.took_effect() {
                         t.spend(token)?;
                     }
                     outcome
                 };
                 Reply::Insert(reply, outcome)
+            }
+            WriteOp::InsertBatch {
+                items,
+                source,
+                now,
+                token,
+                reply,
+            } => {
+                let outcomes = if t.is_spent(token)? {
+                    vec![InsertOutcome::Replayed; items.len()]
+                } else {
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    for BatchItem { id, data } in items {
+                        let size = data.len() as u64;
+                        let staged = Staged::Bytes(data);
+                        outcomes.push(self.insert(t, batch, staged, id, size, source, now)?);
+                    }
+                    if outcomes.iter().any(|o| o.took_effect()) {
+                        t.spend(token)?;
+                    }
+                    outcomes
+                };
+                Reply::Batch(reply, outcomes)
             }
             WriteOp::Delete {
                 id,

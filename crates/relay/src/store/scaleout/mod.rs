@@ -45,8 +45,9 @@ use super::backend::Backend;
 use super::body::{BlobBody, BlobRead, Want};
 use super::error::StoreError;
 use super::model::{
-    BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome, HeadRow,
-    INLINE_MAX, InsertOutcome, Limits, NewHead, OpenReport, Source, SourceKey, SpentToken, Staged,
+    BatchItem, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey, HeadOutcome,
+    HeadRow, INLINE_MAX, InsertOutcome, Limits, NewHead, OpenReport, Source, SourceKey, SpentToken,
+    Staged,
 };
 use super::rules::Rules;
 use crate::config::ScaleOutConfig;
@@ -126,6 +127,16 @@ impl Backend for ScaleOut {
         token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
         self.insert_blob(staged, id, size, source, now, token).await
+    }
+
+    async fn insert_batch(
+        &self,
+        items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.insert_many(items, source, now, token).await
     }
 
     async fn seed(

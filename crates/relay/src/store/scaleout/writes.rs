@@ -9,7 +9,7 @@ use super::ScaleOut;
 use super::postgres::{self, BlobRow, Index, db_err, exec, int};
 use crate::store::error::StoreError;
 use crate::store::model::{
-    BlobRecord, ClaimOutcome, DeleteOutcome, Forward, INLINE_MAX, InsertOutcome, Source,
+    BatchItem, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, INLINE_MAX, InsertOutcome, Source,
     SpentToken, Staged,
 };
 use crate::store::rules::{Limit, Rules};
@@ -45,29 +45,88 @@ impl ScaleOut {
         now: u64,
         token: Option<SpentToken>,
     ) -> Result<InsertOutcome, StoreError> {
-        let owner = source.owner();
         let mut client = self.index.client().await?;
         let txn = client.transaction().await.map_err(db_err("begin"))?;
-        Index::lock_blob(&txn, &id).await?;
         // Spent first, undone with the transaction by any refusal below.
         if !Index::spend(&txn, token).await? {
             return Ok(InsertOutcome::Replayed);
         }
-        if let Some(row) = Index::blob_for_update(&txn, &id).await? {
-            if self.acknowledge_row(&txn, &id, &row, source, now).await?
-                == ClaimOutcome::QuotaExceeded
-            {
-                return Ok(InsertOutcome::QuotaExceeded);
+        let outcome = self.insert_in(&txn, staged, id, size, source, now).await?;
+        if outcome.took_effect() {
+            txn.commit().await.map_err(db_err("commit upload"))?;
+            if outcome == InsertOutcome::Stored {
+                self.added(int(size), 1);
             }
-            txn.commit().await.map_err(db_err("commit"))?;
-            return Ok(InsertOutcome::AlreadyHeld);
+        }
+        Ok(outcome)
+    }
+
+    /// See [`crate::store::Backend::insert_batch`]: one transaction, the
+    /// blobs locked in ascending id order (as every transaction that locks
+    /// several takes them), so concurrent batches cannot deadlock.
+    pub(super) async fn insert_many(
+        &self,
+        mut items: Vec<BatchItem>,
+        source: Source,
+        now: u64,
+        token: Option<SpentToken>,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_unstable_by_key(|&i| items[i].id);
+        let mut client = self.index.client().await?;
+        let txn = client.transaction().await.map_err(db_err("begin"))?;
+        if !Index::spend(&txn, token).await? {
+            return Ok(vec![InsertOutcome::Replayed; items.len()]);
+        }
+        let mut outcomes = vec![InsertOutcome::Replayed; items.len()];
+        let mut stored = (0, 0);
+        for i in order {
+            let item = &mut items[i];
+            let size = item.data.len() as u64;
+            let staged = Staged::Bytes(std::mem::take(&mut item.data));
+            let outcome = self
+                .insert_in(&txn, &staged, item.id, size, source, now)
+                .await?;
+            if outcome == InsertOutcome::Stored {
+                stored = (stored.0 + int(size), stored.1 + 1);
+            }
+            outcomes[i] = outcome;
+        }
+        if outcomes.iter().any(|o| o.took_effect()) {
+            txn.commit().await.map_err(db_err("commit batch"))?;
+            self.added(stored.0, stored.1);
+        }
+        Ok(outcomes)
+    }
+
+    /// An upload inside `txn`, which the caller commits if it took effect:
+    /// an access (and perhaps a claim) if the blob is held, else the body
+    /// and its rows if the rules admit it. A refusal writes nothing.
+    async fn insert_in(
+        &self,
+        txn: &postgres::Txn<'_>,
+        staged: &Staged,
+        id: BlobId,
+        size: u64,
+        source: Source,
+        now: u64,
+    ) -> Result<InsertOutcome, StoreError> {
+        let owner = source.owner();
+        Index::lock_blob(txn, &id).await?;
+        if let Some(row) = Index::blob_for_update(txn, &id).await? {
+            return Ok(
+                match self.acknowledge_row(txn, &id, &row, source, now).await? {
+                    ClaimOutcome::QuotaExceeded => InsertOutcome::QuotaExceeded,
+                    _ => InsertOutcome::AlreadyHeld,
+                },
+            );
         }
         // Checked before the body travels, against the shared sums (see
         // `postgres` on how far concurrent commits can overshoot them).
-        let (bytes, _, _) = Index::stats_in(&txn).await?;
+        let (bytes, _, _) = Index::stats_in(txn).await?;
         let quota = self.rules.quota_for(source);
         let usage = if quota.is_set() {
-            Index::owner_usage_in(&txn, &owner).await?
+            Index::owner_usage_in(txn, &owner).await?
         } else {
             0
         };
@@ -75,12 +134,10 @@ impl ScaleOut {
             return Ok(refused);
         }
         let body = self.place_body(staged, &id, size).await?;
-        Index::insert_blob(&txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
-        Index::add_source(&txn, &id, source.key()).await?;
-        Index::add_totals(&txn, id.as_bytes()[0], int(size), 1, 0).await?;
-        Index::add_owner_usage(&txn, &owner, id.as_bytes()[0], int(size)).await?;
-        txn.commit().await.map_err(db_err("commit upload"))?;
-        self.added(int(size), 1);
+        Index::insert_blob(txn, &id, size, Some(&owner), now, now, body.as_deref()).await?;
+        Index::add_source(txn, &id, source.key()).await?;
+        Index::add_totals(txn, id.as_bytes()[0], int(size), 1, 0).await?;
+        Index::add_owner_usage(txn, &owner, id.as_bytes()[0], int(size)).await?;
         Ok(InsertOutcome::Stored)
     }
 
