@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use cairn_client::{Client, RelayCheck};
 use serde::Serialize;
 
+use crate::output::{ago, count, print_details, unix_now};
+
 /// How far a relay's clock may be from this device's before tokens (valid
 /// for 5 minutes, with a minute of slack) start to fail.
 const SKEW_WARN_SECS: u64 = 60;
@@ -31,6 +33,19 @@ struct Finding {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     fix: Option<String>,
+    /// On the finding that no relay answered: how old what the other
+    /// findings rest on is.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    staleness: Option<Staleness>,
+}
+
+/// How old the state is that a doctor run without relays rests on.
+#[derive(Debug, Serialize)]
+struct Staleness {
+    /// Always true: no relay answered.
+    stale: bool,
+    /// When a relay last answered a sync (Unix seconds), if one ever did.
+    as_of: Option<u64>,
 }
 
 impl Finding {
@@ -40,6 +55,7 @@ impl Finding {
             status: Status::Ok,
             message: message.into(),
             fix: None,
+            staleness: None,
         }
     }
 
@@ -49,6 +65,7 @@ impl Finding {
             status: Status::Warn,
             message: message.into(),
             fix: Some(fix.into()),
+            staleness: None,
         }
     }
 
@@ -85,6 +102,21 @@ pub(crate) async fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCo
     findings.extend(device_findings(client)?);
     let checks = client.check_relays(None).await?;
     findings.extend(relay_findings(client, &checks));
+    if !checks.is_empty() && checks.iter().all(|check| !check.ok) {
+        findings.push(offline_finding(client.synced_at()?));
+    }
+    print_details(
+        &checks
+            .iter()
+            .filter_map(|check| {
+                let detail = check.detail.as_deref()?;
+                Some(format!(
+                    "{}: {detail}",
+                    cairn_client::text::relay_name(&check.url)
+                ))
+            })
+            .collect::<Vec<_>>(),
+    );
     let failed = findings.iter().any(|f| f.status == Status::Fail);
     crate::output::emit(json, &findings, || render(&findings));
     Ok(if failed {
@@ -92,6 +124,29 @@ pub(crate) async fn doctor(client: &Client, json: bool) -> anyhow::Result<ExitCo
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// That no relay answered, so what the device findings rest on (this
+/// device's syncs) is as old as its last sync.
+fn offline_finding(synced_at: Option<u64>) -> Finding {
+    let age = match synced_at {
+        Some(at) => format!(
+            "as of the last sync, {}",
+            ago(unix_now().saturating_sub(at))
+        ),
+        None => "from before any sync".into(),
+    };
+    Finding {
+        staleness: Some(Staleness {
+            stale: true,
+            as_of: synced_at,
+        }),
+        ..Finding::warn(
+            "relays",
+            format!("no relay could be reached: what this device knows of the others is {age}"),
+            "check this machine's network; `cairn relay check` shows each relay",
+        )
+    }
 }
 
 fn render(findings: &[Finding]) -> String {
@@ -185,8 +240,10 @@ fn device_findings(client: &Client) -> anyhow::Result<Vec<Finding>> {
         out.push(Finding::fail(
             "devices",
             format!(
-                "{anonymous} head(s) in your mailbox were frozen, forged or planted by someone \
-                 holding the mailbox key, under no device's name (see `cairn status`)"
+                "{} in your mailbox {} frozen, forged or planted by someone holding the mailbox \
+                 key, under no device's name (see `cairn status`)",
+                count(anonymous as u64, "head", "heads"),
+                if anonymous == 1 { "was" } else { "were" }
             ),
             "if a device was lost or stolen, revoke it: the next vault key moves every \
              device to a mailbox it cannot write",
@@ -250,12 +307,20 @@ fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
         )),
         n if n < wanted => findings.push(Finding::warn(
             "relays",
-            format!("{n} relay(s): each file gets {n} copies, not the {wanted} wanted"),
+            format!(
+                "{}: each file gets {}, not the {wanted} wanted",
+                count(n as u64, "relay", "relays"),
+                count(n as u64, "copy", "copies")
+            ),
             "add relays with `cairn relay add URL`; any one of them is enough to read a file",
         )),
         n => findings.push(Finding::ok(
             "relays",
-            format!("{n} relays; each file gets {wanted} copies"),
+            format!(
+                "{}; each file gets {}",
+                count(n as u64, "relay", "relays"),
+                count(wanted as u64, "copy", "copies")
+            ),
         )),
     }
     let mut shortest: Option<(u64, &str)> = None;
@@ -312,8 +377,9 @@ fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
             findings.push(Finding::warn(
                 "copies",
                 format!(
-                    "{url} lacks {} of the {} copies asked about",
-                    copies.missing, copies.probed
+                    "{url} lacks {} of the {} asked about",
+                    copies.missing,
+                    count(copies.probed as u64, "copy", "copies")
                 ),
                 "`cairn repair` makes new copies from good ones",
             ));
@@ -327,9 +393,9 @@ fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
                 format!(
                     "{url} deletes copies nobody read for {}; unread files go with them",
                     if days > 0 {
-                        format!("{days} days")
+                        count(days, "day", "days").to_string()
                     } else {
-                        format!("{} hours", secs / 3600)
+                        count(secs / 3600, "hour", "hours").to_string()
                     }
                 ),
                 "run `cairn repair` (or keep `cairn sync --watch` running) well within that: \
@@ -339,8 +405,9 @@ fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
             findings.push(Finding::ok(
                 "retention",
                 format!(
-                    "the shortest retention is {days} days ({url}); run `cairn repair` at least \
-                     that often"
+                    "the shortest retention is {} ({url}); run `cairn repair` at least that \
+                     often",
+                    count(days, "day", "days")
                 ),
             ));
         }

@@ -30,10 +30,10 @@ pub(crate) fn inspect(source: &str, json: bool) -> anyhow::Result<ExitCode> {
             Err(err) => format!("INVALID: {err}"),
         };
         format!(
-            "kind:    {}\nsigner:  {}\npayload: {} bytes\n{verdict}",
+            "kind:    {}\nsigner:  {}\npayload: {}\n{verdict}",
             record.kind(),
             record.signer(),
-            record.payload().len()
+            crate::output::count(record.payload().len() as u64, "byte", "bytes")
         )
     };
     crate::output::out_line(&out);

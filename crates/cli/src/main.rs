@@ -42,7 +42,8 @@ Getting started:
   cairn folder add ~/Documents        keep a directory the same on every device
 
 Secrets: the passphrase comes from CAIRN_PASSPHRASE or is asked for.
-Every command takes --json for scripts and --home (or CAIRN_HOME).
+Every command takes --json for scripts, --verbose (-v) for the detail
+behind a message, and --home (or CAIRN_HOME).
 Relays are reached over https://, or http:// on this machine only, unless
 --insecure (see its help).
 A relay silent for 60 s is given up for the next (CAIRN_READ_TIMEOUT_SECS).
@@ -77,6 +78,11 @@ struct Global {
     /// Print one JSON document instead of text (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// Say more of what went wrong: after each message, the lower-level
+    /// account behind it (what the HTTP library said of a relay that could
+    /// not be reached, with the URL it asked for).
+    #[arg(short, long, global = true)]
+    verbose: bool,
     /// Allow plain http:// to relays on other machines (relay add, init
     /// --recover, device join, relay rotate, and transfer redirects).
     /// Without it, http:// is allowed only to loopback (127.0.0.0/8, ::1,
@@ -592,6 +598,7 @@ enum DeviceCommand {
 fn main() -> ExitCode {
     let args = Args::parse();
     let json = args.global.json;
+    output::set_verbose(args.global.verbose);
     match commands::run(args) {
         Ok(code) => code,
         Err(err) => {

@@ -53,7 +53,7 @@ async fn unreachable_relay_is_a_clear_error() {
     let run = device.run(&["relay", "add", "http://127.0.0.1:9"]).await;
     let err = run.err();
     assert!(
-        err.contains("http://127.0.0.1:9") && err.contains("unreachable"),
+        err.contains("relay 127.0.0.1:9 is unreachable (connection refused)"),
         "{err}"
     );
     assert!(device.snapshot() == before);
@@ -225,7 +225,10 @@ async fn doctor_says_what_is_wrong_and_what_to_do() {
             .iter()
             .any(|(status, text)| status == "warn" && text.contains(needle))
     };
-    assert!(warned("2 relay(s)"), "{found:#?}");
+    assert!(
+        warned("2 relays: each file gets 2 copies, not the 3 wanted"),
+        "{found:#?}"
+    );
     assert!(warned("clock and this device's differ"), "{found:#?}");
     assert!(warned("2 days"), "{found:#?}");
     assert!(warned("root key is on this device"), "{found:#?}");
@@ -310,7 +313,7 @@ async fn plain_http_off_this_machine_is_refused_without_insecure() {
     let err = run.err();
     assert!(!err.contains("--insecure"), "{err}");
     assert!(
-        err.contains("http://relay.invalid") && err.contains("unreachable"),
+        err.contains("relay relay.invalid is unreachable (DNS lookup failed)"),
         "{err}"
     );
     assert!(device.snapshot() == before);
@@ -346,48 +349,13 @@ async fn a_missing_file_is_reported_once() {
     let missing = missing.to_str().unwrap();
     let run = device.run(&["put", missing]).await;
     let err = run.err();
-    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
-    assert!(err.contains(missing), "{err}");
+    assert_eq!(
+        err,
+        format!("cairn: {missing}: No such file or directory (os error 2)\n")
+    );
     let run = device.run(&["put", missing, "--json"]).await;
     assert_ne!(run.code, 0);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let text = report["error"].as_str().unwrap();
     assert_eq!(text.matches("os error 2").count(), 1, "{text}");
-}
-
-/// With every relay down, `ls` answers from this device's own list and
-/// says how old it is; `get` of a name never stored says so rather than
-/// blaming the relays; `get` of a stored one says no relay answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_ls_shows_the_last_known_list_and_says_so() {
-    let mut relay = Relay::start().await;
-    let device = Device::new();
-    device.init("laptop").await;
-    device.add_relays(&[&relay]).await;
-    let src = device.dir.path().join("doc");
-    std::fs::write(&src, b"kept").unwrap();
-    device.run(&["put", src.to_str().unwrap()]).await.ok();
-    relay.stop().await;
-
-    let run = device.run(&["ls", "--json"]).await;
-    let files = run.json();
-    assert_eq!(files[0]["name"], "doc", "{files}");
-    assert!(run.stderr.contains("no relay answered"), "{run:#?}");
-    assert!(run.stderr.contains("as of"), "{run:#?}");
-    let run = device.run(&["ls"]).await;
-    assert!(run.ok().contains("doc"), "{run:#?}");
-    assert!(run.stderr.contains("this device's file list"), "{run:#?}");
-
-    let run = device.run(&["get", "never-stored"]).await;
-    assert!(
-        run.err()
-            .contains("nothing named \"never-stored\" is stored"),
-        "{run:#?}"
-    );
-    let out = device.dir.path().join("out");
-    let run = device
-        .run(&["get", "doc", "-o", out.to_str().unwrap()])
-        .await;
-    assert!(run.err().contains("no relay answered"), "{run:#?}");
-    assert!(!out.exists());
 }

@@ -233,9 +233,9 @@ async fn small_set_warns_and_rm_deletes_copies() {
     assert_eq!(rm["deleted"][0], a.url());
     assert!(a.blob_file(id).is_none());
     let run = device.run(&["get", "notes.txt"]).await;
-    assert!(run.err().contains("nothing named"), "{run:?}");
+    assert!(run.err().contains("no such file: notes.txt"), "{run:?}");
     let run = device.run(&["rm", "notes.txt"]).await;
-    assert!(run.err().contains("nothing named"), "{run:?}");
+    assert!(run.err().contains("no such file: notes.txt"), "{run:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,23 @@
 //! The client's error type: every failure says what went wrong, where, and,
 //! when the user can do something about it, what to do next.
+//!
+//! Each message is whole: a variant that wraps another error says that
+//! error's words in its own message and does not also return it from
+//! `source()`, so a printer that walks the chain never says a cause twice
+//! ("/x: No such file or directory (os error 2): No such file or
+//! directory (os error 2)"). A relay that could not be reached is said in
+//! plain words ("relay 127.0.0.1:7070 is unreachable (connection
+//! refused)"); what the HTTP library said is kept apart, in
+//! [`Error::details`], for those who ask for it.
 
+use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
 use cairn_proto::{BlobId, LogError, VerifyingKey};
+
+use crate::failures::{Failure, Failures};
+use crate::text::count;
 
 /// Everything that can go wrong in the client.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +50,13 @@ pub enum Error {
         reason: String,
     },
     /// An I/O error on a local file.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (said in this one's message, so not its
+        /// `source()`).
+        error: io::Error,
     },
     /// The recovery phrase does not decode.
     #[error("the recovery phrase is not valid: {0}")]
@@ -57,13 +71,13 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// A relay failed or misbehaved.
-    #[error("relay {url}: {source}")]
+    #[error("{}", Failure::at(url, error))]
     Relay {
         /// The relay's URL.
         url: String,
-        /// What happened.
-        #[source]
-        source: RelayError,
+        /// What happened (said in this one's message, so not its
+        /// `source()`).
+        error: RelayError,
     },
     /// A relay now presents another key than the one pinned for its URL.
     #[error(
@@ -103,7 +117,8 @@ pub enum Error {
     NoRelays,
     /// Fewer copies than required were stored.
     #[error(
-        "stored {stored} of the {wanted} copies required; nothing was recorded. Failures: {failures}"
+        "stored {stored} of the {} required, so nothing was recorded: {failures}",
+        count(*.wanted as u64, "copy", "copies")
     )]
     NotEnoughCopies {
         /// Copies acknowledged (and removed again).
@@ -111,14 +126,15 @@ pub enum Error {
         /// Copies required.
         wanted: usize,
         /// What each failing relay said.
-        failures: String,
+        failures: Failures,
     },
     /// A put of a chunked file stopped part-way. The chunks the relays
     /// acknowledged stay, so the same put run again sends only the rest.
     #[error(
-        "stored {chunks} chunk{} ({bytes} bytes) before stopping; nothing was recorded. Run \
-         the same `cairn put` again to send only the rest. Why it stopped: {why}",
-        if *.chunks == 1 { "" } else { "s" }
+        "stored {} ({}) before stopping; nothing was recorded. Run the same `cairn put` \
+         again to send only the rest. Why it stopped: {why}",
+        count(*.chunks as u64, "chunk", "chunks"),
+        count(*.bytes, "byte", "bytes")
     )]
     Interrupted {
         /// Chunks acknowledged by every relay still taking the file.
@@ -134,16 +150,16 @@ pub enum Error {
         /// The blob.
         id: BlobId,
         /// What each relay did.
-        failures: String,
+        failures: Failures,
     },
-    /// No relay of the set answered (each one's failure, joined).
+    /// No relay of the set answered (each one's failure).
     #[error(
         "no relay answered: {0}; check this machine's network, then `cairn relay check` \
          to see each relay"
     )]
-    Offline(String),
+    Offline(Failures),
     /// Nothing by that name is stored.
-    #[error("nothing named {0:?} is stored (`cairn ls` lists what is)")]
+    #[error("no such file: {0} (`cairn ls` lists what is stored)")]
     NoSuchName(String),
     /// No synced folder of that name exists in the vault or here.
     #[error("no synced folder named {0:?} (`cairn folder ls` lists them)")]
@@ -173,10 +189,79 @@ pub enum Error {
     },
     /// The identity log did not verify.
     #[error("the identity log does not verify: {0}")]
-    Log(#[from] LogError),
+    Log(LogError),
     /// The identity could not be found on any relay.
     #[error("{0}")]
     IdentityNotFound(String),
+}
+
+impl From<LogError> for Error {
+    fn from(err: LogError) -> Self {
+        Self::Log(err)
+    }
+}
+
+impl Error {
+    /// The lower-level account behind this error's plain words, one line
+    /// per relay and cause: what the HTTP library said of each relay that
+    /// could not be reached (`127.0.0.1:7070: error sending request for
+    /// url (…): … Connection refused (os error 111)`). Empty when the
+    /// message is all there is. `cairn --verbose` prints these.
+    pub fn details(&self) -> Vec<String> {
+        match self {
+            Self::Relay { url, error } => {
+                let mut failures = Failures::new();
+                failures.at(url, error);
+                failures.details()
+            }
+            Self::NotEnoughCopies { failures, .. }
+            | Self::Unavailable { failures, .. }
+            | Self::Offline(failures) => failures.details(),
+            Self::Interrupted { why, .. } => why.details(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How a request failed to reach a relay, in the words a person can act
+/// on. The HTTP library's own account goes with it as
+/// [`RelayError::Unreachable`]'s `detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NetFailure {
+    /// Nothing listens at the relay's address: it is down, or the port is
+    /// wrong.
+    ConnectionRefused,
+    /// No answer in time, connecting or between bytes.
+    TimedOut,
+    /// The relay's host name did not resolve.
+    DnsFailed,
+    /// The TLS handshake failed (a certificate not trusted, or not TLS at
+    /// all on the other end).
+    TlsFailed,
+    /// The relay, or something on the way, reset the connection.
+    ConnectionReset,
+    /// No route to the relay's network or host.
+    NoRoute,
+    /// The connection broke off before the answer was whole.
+    ConnectionLost,
+    /// Another failure to connect or to send the request.
+    Other,
+}
+
+impl fmt::Display for NetFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ConnectionRefused => "connection refused",
+            Self::TimedOut => "timed out",
+            Self::DnsFailed => "DNS lookup failed",
+            Self::TlsFailed => "TLS handshake failed",
+            Self::ConnectionReset => "connection reset",
+            Self::NoRoute => "no route to it",
+            Self::ConnectionLost => "connection lost mid-answer",
+            Self::Other => "connection failed",
+        })
+    }
 }
 
 /// How one relay failed a request.
@@ -184,8 +269,14 @@ pub enum Error {
 #[non_exhaustive]
 pub enum RelayError {
     /// The request did not complete (connection refused, reset, timeout…).
-    #[error("unreachable: {0}")]
-    Unreachable(String),
+    #[error("unreachable ({why})")]
+    Unreachable {
+        /// How, in plain words.
+        why: NetFailure,
+        /// What the HTTP library said, with the URL asked for: shown only
+        /// when asked for (`--verbose`), never in the message.
+        detail: String,
+    },
     /// The relay refused the request.
     #[error("{status} {code}: {message}")]
     Refused {
@@ -245,10 +336,40 @@ pub enum RelayError {
     WrongBytes(BlobId),
     /// A local file error while sending or receiving.
     #[error("local I/O: {0}")]
-    Local(#[from] io::Error),
+    Local(io::Error),
+}
+
+impl From<io::Error> for RelayError {
+    fn from(err: io::Error) -> Self {
+        Self::Local(err)
+    }
 }
 
 impl RelayError {
+    /// A relay that did not answer within `secs` seconds.
+    pub(crate) fn silent_for(secs: u64) -> Self {
+        Self::Unreachable {
+            why: NetFailure::TimedOut,
+            detail: format!("no answer within {secs} s"),
+        }
+    }
+
+    /// How the relay could not be reached, when that is what happened.
+    pub fn net_failure(&self) -> Option<NetFailure> {
+        match self {
+            Self::Unreachable { why, .. } => Some(*why),
+            _ => None,
+        }
+    }
+
+    /// The HTTP library's account of an unreachable relay.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Unreachable { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+
     /// The relay's machine-readable refusal code, if it refused with one
     /// this version knows.
     pub fn code(&self) -> Option<cairn_proto::ErrorCode> {
@@ -272,5 +393,88 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Wraps an I/O error with the path it concerns.
 pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
-    move |source| Error::Io { path, source }
+    move |error| Error::Io { path, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Issue "Messages a person reads": no variant both says its cause and
+    /// returns it from `source()` (which printed "(os error 2): … (os
+    /// error 2)").
+    #[test]
+    fn no_cause_is_said_twice() {
+        let relay = || RelayError::Unreachable {
+            why: NetFailure::ConnectionRefused,
+            detail: "tcp connect error".into(),
+        };
+        let errors = [
+            Error::Io {
+                path: "/nonexistent".into(),
+                error: io::Error::from(io::ErrorKind::NotFound),
+            },
+            Error::Relay {
+                url: "http://127.0.0.1:9".into(),
+                error: relay(),
+            },
+            Error::Relay {
+                url: "http://127.0.0.1:9".into(),
+                error: RelayError::from(io::Error::from(io::ErrorKind::NotFound)),
+            },
+            Error::Log(LogError {
+                index: 0,
+                kind: cairn_proto::LogErrorKind::Empty,
+            }),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            if let Some(cause) = err.source() {
+                assert!(!text.contains(&cause.to_string()), "{text}");
+            }
+        }
+        let local = RelayError::from(io::Error::from(io::ErrorKind::NotFound));
+        assert!(local.source().is_none(), "{local}");
+    }
+
+    #[test]
+    fn an_unreachable_relay_is_said_in_words_with_the_detail_apart() {
+        let err = Error::Relay {
+            url: "http://127.0.0.1:40325".into(),
+            error: RelayError::Unreachable {
+                why: NetFailure::ConnectionRefused,
+                detail: "error sending request for url (http://127.0.0.1:40325/v1/blobs/x)".into(),
+            },
+        };
+        assert_eq!(
+            err.to_string(),
+            "relay 127.0.0.1:40325 is unreachable (connection refused)"
+        );
+        assert_eq!(
+            err.details(),
+            ["127.0.0.1:40325: error sending request for url (http://127.0.0.1:40325/v1/blobs/x)"]
+        );
+    }
+
+    #[test]
+    fn counts_in_errors_agree() {
+        let short = |wanted| Error::NotEnoughCopies {
+            stored: 0,
+            wanted,
+            failures: Failures::new().or_else("not enough relays have room for it"),
+        };
+        assert!(short(1).to_string().contains("of the 1 copy required"));
+        assert!(short(3).to_string().contains("of the 3 copies required"));
+        let cut = Error::Interrupted {
+            chunks: 1,
+            bytes: 1,
+            why: Box::new(Error::NoRelays),
+        };
+        assert!(
+            cut.to_string()
+                .starts_with("stored 1 chunk (1 byte) before")
+        );
+    }
 }

@@ -16,6 +16,7 @@ pub mod chunking;
 mod client;
 pub mod crdt;
 mod error;
+mod failures;
 mod files;
 pub mod folder;
 mod fork;
@@ -32,6 +33,7 @@ pub mod relay;
 mod relay_copy;
 pub mod scores;
 pub mod seal;
+pub mod text;
 mod text_serde;
 
 pub use cairn_proto as proto;
@@ -41,9 +43,10 @@ pub use client::{
     FolderPass, FolderRestored, FolderStatus, FolderVersion, GetReport, InitOptions, Listing,
     MetadataReport, Offline, Output, PutReport, RangeSpec, RelayAdded, RelayAudit, RelayCheck,
     RelaySync, RemoveReport, RepairReport, Restored, Revoked, RevokedDevice, RotateReport, Rotated,
-    SyncReport, Transfer, TransferCheck,
+    StatusReport, SyncReport, Transfer, TransferCheck, Unchecked,
 };
-pub use error::{Error, RelayError, Result};
+pub use error::{Error, NetFailure, RelayError, Result};
+pub use failures::{Failure, Failures};
 pub use files::{Copy, FileEntry, MAX_NAME_LEN, Place, check_name};
 pub use home::{Home, HomeLock};
 pub use identity::IdentityLog;

@@ -7,6 +7,7 @@
 use cairn_proto::BlobId;
 
 use crate::chunking::MAX_CHUNK;
+use crate::text;
 
 /// The first bytes of every manifest.
 pub const MAGIC: &[u8; 18] = b"cairn/v1 manifest\0";
@@ -43,7 +44,11 @@ pub enum ManifestError {
     #[error("not a manifest (wrong magic)")]
     Magic,
     /// Bytes are missing or left over.
-    #[error("a manifest of {len} bytes for {count} chunks is truncated or has trailing bytes")]
+    #[error(
+        "a manifest of {} for {} is truncated or has trailing bytes",
+        text::count(*.len as u64, "byte", "bytes"),
+        text::count(*.count, "chunk", "chunks")
+    )]
     Length {
         /// Bytes given.
         len: usize,
@@ -62,7 +67,10 @@ pub enum ManifestError {
         len: u32,
     },
     /// The lengths do not add up to the file's size.
-    #[error("the chunks add up to {sum} bytes, but the manifest says the file has {size}")]
+    #[error(
+        "the chunks add up to {}, but the manifest says the file has {size}",
+        text::count(*.sum, "byte", "bytes")
+    )]
     Size {
         /// What the lengths add up to.
         sum: u64,

@@ -125,7 +125,8 @@ fn data_len(
     let data_len = u64::from_be_bytes(trailer);
     if data_len > total - TRAILER_LEN || padded_len(data_len) != total {
         return Err(OpenError::Malformed(format!(
-            "length trailer says {data_len} bytes in a {total}-byte plaintext"
+            "length trailer says {} in a {total}-byte plaintext",
+            crate::text::count(data_len, "byte", "bytes")
         )));
     }
     Ok(data_len)

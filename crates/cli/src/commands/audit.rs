@@ -100,8 +100,13 @@ pub(super) fn repair_summary(report: &cairn_client::RepairReport) -> String {
     for short in &report.short {
         text.push_str(&format!("\n  SHORT {short}"));
     }
-    for u in &report.unreachable {
-        text.push_str(&format!("\n  unreachable: {u}"));
+    // Each relay that did not answer, once (`--json` lists every copy).
+    for relay in &report.unreachable_relays {
+        text.push_str(&format!(
+            "\n  {}: {} there not checked",
+            relay.failure,
+            count(relay.copies as u64, "copy", "copies")
+        ));
     }
     if !report.unreachable.is_empty() && !report.short.is_empty() {
         text.push_str(

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use cairn_client::{Client, Output, Progress, RangeSpec};
+use cairn_client::{Client, FileInfo, Output, Progress, RangeSpec};
+use serde::Serialize;
 use serde_json::json;
 
-use crate::output::{bytes, count, duration, emit, note, unix_now, warn};
+use crate::output::{bytes, count, emit, note, print_details, unix_now, warn_offline};
 use crate::progress::Bars;
 
 pub(super) async fn put(
@@ -62,9 +63,8 @@ pub(super) async fn put(
                     (0, _) => String::new(),
                     (n, 0) => format!(" in {}", count(n as u64, "chunk", "chunks")),
                     (n, reused) => format!(
-                        " in {}, {} of them already stored ({} sent in all)",
+                        " in {}, {reused} of them already stored ({} sent in all)",
                         count(n as u64, "chunk", "chunks"),
-                        reused,
                         bytes(report.sent)
                     ),
                 };
@@ -113,7 +113,10 @@ pub(super) async fn get(
     };
     let report = client.get_range(&what, target, range, progress).await?;
     for skipped in &report.skipped {
-        note(json, &format!("skipped {skipped}"));
+        note(json, &format!("skipped: {skipped}"));
+    }
+    if !json {
+        print_details(&report.skipped.details());
     }
     for warning in &report.warnings {
         note(json, &format!("warning: {warning}"));
@@ -156,20 +159,38 @@ pub(super) async fn get(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A file as `ls --json` lists it: the client's entry, and how current it
+/// is (fields added, none changed, so scripts reading the list go on).
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    file: &'a FileInfo,
+    /// Whether the list is this device's own, no relay having answered.
+    stale: bool,
+    /// When the list was last current with the relays (Unix seconds):
+    /// now, or the last sync when stale; null if it never synced.
+    as_of: Option<u64>,
+}
+
 pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
     let listing = client.list().await?;
-    if let Some(offline) = &listing.offline {
-        let age = match offline.synced_at {
-            Some(at) => format!("as of {} ago", duration(unix_now().saturating_sub(at))),
-            None => "never synced".into(),
-        };
-        warn(&format!(
-            "no relay answered; this is this device's file list ({age}): {}",
-            offline.why
-        ));
-    }
+    let as_of = match &listing.offline {
+        Some(offline) => {
+            warn_offline("the file list", offline);
+            offline.synced_at
+        }
+        None => Some(unix_now()),
+    };
     let files = &listing.files;
-    emit(json, files, || {
+    let rows: Vec<Listed<'_>> = files
+        .iter()
+        .map(|file| Listed {
+            file,
+            stale: listing.offline.is_some(),
+            as_of,
+        })
+        .collect();
+    emit(json, &rows, || {
         if files.is_empty() {
             return "nothing stored yet: `cairn put FILE`".into();
         }
@@ -186,7 +207,7 @@ pub(super) async fn ls(mut client: Client, json: bool) -> anyhow::Result<ExitCod
                     } else {
                         format!(
                             "  ({} moved since stored: transferred or repaired)",
-                            f.transferred.len()
+                            count(f.transferred.len() as u64, "copy", "copies")
                         )
                     }
                 )
@@ -206,13 +227,8 @@ pub(super) async fn export(
     let report = client.export(&dir, progress).await?;
     emit(json, &report, || {
         let mut text = format!(
-            "exported {} {} ({}) into {}",
-            report.files.len(),
-            if report.files.len() == 1 {
-                "file"
-            } else {
-                "files"
-            },
+            "exported {} ({}) into {}",
+            count(report.files.len() as u64, "file", "files"),
             bytes(report.bytes),
             report.dir.display()
         );

@@ -274,7 +274,10 @@ pub(super) fn pass_summary(pass: &FolderPass) -> String {
         ));
     }
     if pass.deleted_elsewhere > 0 {
-        parts.push(format!("{} deletion(s) sent", pass.deleted_elsewhere));
+        parts.push(format!(
+            "{} sent",
+            count(pass.deleted_elsewhere as u64, "deletion", "deletions")
+        ));
     }
     if pass.deleted_here > 0 {
         parts.push(format!("{} deleted here", pass.deleted_here));

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{Ctx, kdf_cost, open};
 use crate::KeyCommand;
-use crate::output::{emit, emit_line, note};
+use crate::output::{count, emit, emit_line, note, unix_now, warn, warn_offline};
 use crate::secrets;
 
 /// Refuses to overwrite an identity; the options for a new one.
@@ -61,11 +61,15 @@ pub(super) async fn init(
         });
         emit(json, &value, || {
             format!(
-                "recovered identity {}\nthis device ({}) is enrolled; {} device(s) in total \
-                 (`cairn device list`)",
+                "recovered identity {}\nthis device ({}) is enrolled; {} in total (`cairn \
+                 device list`)",
                 client.root_key(),
                 client.device_name(),
-                client.identity().state().devices().len()
+                count(
+                    client.identity().state().devices().len() as u64,
+                    "device",
+                    "devices"
+                )
             )
         });
         return Ok(ExitCode::SUCCESS);
@@ -137,10 +141,10 @@ pub(super) async fn join(
     });
     emit(json, &value, || {
         format!(
-            "joined identity {} as {}; {} relay(s) in the set",
+            "joined identity {} as {}; {} in the set",
             client.root_key(),
             client.device_name(),
-            client.relays().entries().len()
+            count(client.relays().entries().len() as u64, "relay", "relays")
         )
     });
     Ok(ExitCode::SUCCESS)
@@ -159,8 +163,12 @@ pub(super) async fn key(
                 &json!({ "file": file, "generations": generations }),
                 || {
                     format!(
-                        "wrote {generations} vault key generation(s) to {}\ndecrypt a blob with: \
-                         age -d -i {} BLOB | head -c SIZE",
+                        "wrote {} to {}\ndecrypt a blob with: age -d -i {} BLOB | head -c SIZE",
+                        count(
+                            generations as u64,
+                            "vault key generation",
+                            "vault key generations"
+                        ),
                         file.display(),
                         file.display()
                     )
@@ -257,7 +265,23 @@ pub(super) async fn revoke(
 }
 
 pub(super) async fn devices(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
-    let _ = client.refresh_identity().await;
+    // The list is this device's copy of the identity log, brought up to
+    // date when a relay answers; without one it is shown anyway, said to
+    // be as old as it is.
+    let (stale, as_of) = match client.update_identity().await {
+        Ok(None) => (false, Some(unix_now())),
+        Ok(Some(offline)) => {
+            warn_offline("the device list", &offline);
+            (true, offline.synced_at)
+        }
+        Err(err) => {
+            warn(
+                &format!("the device list may be out of date: {err}"),
+                &err.details(),
+            );
+            (true, client.synced_at()?)
+        }
+    };
     let me = client.device_key();
     let state = client.identity().state();
     let devices: Vec<_> = state
@@ -277,6 +301,8 @@ pub(super) async fn devices(mut client: Client, json: bool) -> anyhow::Result<Ex
         "devices": devices,
         "revoked": state.revoked().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "vault_generation": state.vault().map(|v| v.generation),
+        "stale": stale,
+        "as_of": as_of,
     });
     emit(json, &value, || {
         let mut text = String::new();
@@ -289,9 +315,9 @@ pub(super) async fn devices(mut client: Client, json: bool) -> anyhow::Result<Ex
             ));
         }
         text.push_str(&format!(
-            "vault key generation {}, {} revoked device(s)",
+            "vault key generation {}, {} revoked",
             state.vault().map_or(0, |v| v.generation),
-            state.revoked().len()
+            count(state.revoked().len() as u64, "device", "devices")
         ));
         text
     });

@@ -66,8 +66,8 @@ pub(super) async fn relay(
             let report = client.rotate_relay(&from, &to).await?;
             emit(json, &report, || {
                 let mut text = format!(
-                    "moved {} file(s) from {} to {}",
-                    report.moved.len(),
+                    "moved {} from {} to {}",
+                    count(report.moved.len() as u64, "file", "files"),
                     report.from,
                     report.to
                 );
@@ -113,7 +113,7 @@ pub(super) async fn relay(
                                 bytes(info.max_blob_size),
                                 info.load_permille,
                                 if info.pow_bits > 0 {
-                                    format!("  pow {} bits", info.pow_bits)
+                                    format!("  pow {}", count(info.pow_bits, "bit", "bits"))
                                 } else {
                                     String::new()
                                 }
@@ -182,8 +182,12 @@ fn copies_text(copies: &cairn_client::CopiesCheck) -> String {
     }
     if copies.transfers.len() > TRANSFERS_SHOWN {
         text.push_str(&format!(
-            "\n      and {} more transfer(s) (--json lists them all)",
-            copies.transfers.len() - TRANSFERS_SHOWN
+            "\n      and {} more (--json lists them all)",
+            count(
+                (copies.transfers.len() - TRANSFERS_SHOWN) as u64,
+                "transfer",
+                "transfers"
+            )
         ));
     }
     for failure in copies.failed.iter().take(TRANSFERS_SHOWN) {

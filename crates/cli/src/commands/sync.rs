@@ -7,7 +7,7 @@ use cairn_client::Client;
 use serde_json::json;
 
 use super::audit::repair_summary;
-use crate::output::{count, emit, emit_line, note};
+use crate::output::{count, emit, emit_line, note, print_details, unix_now, warn_offline};
 
 pub(super) async fn sync(
     mut client: Client,
@@ -51,6 +51,9 @@ pub(super) async fn sync(
                     json,
                     &format!("sync failed: {err}; retrying in {} s", wait.as_secs()),
                 );
+                if !json {
+                    print_details(&err.details());
+                }
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
         }
@@ -93,11 +96,10 @@ async fn repair_interval(client: &Client) -> Duration {
 fn sync_summary(report: &cairn_client::SyncReport) -> String {
     let reachable = report.relays.iter().filter(|r| r.reachable).count();
     let mut text = format!(
-        "synced: {} operation(s) merged, {} file(s), {} of {} relay(s) answered",
-        report.merged,
-        report.files,
-        reachable,
-        report.relays.len()
+        "synced: {} merged, {}, {reachable} of {} answered",
+        count(report.merged as u64, "operation", "operations"),
+        count(report.files as u64, "file", "files"),
+        count(report.relays.len() as u64, "relay", "relays"),
     );
     if report.claimed > 0 {
         text.push_str(&format!(
@@ -109,7 +111,7 @@ fn sync_summary(report: &cairn_client::SyncReport) -> String {
     if report.claims_pending > 0 {
         text.push_str(&format!(
             "\n  {} more to claim at the next sync",
-            report.claims_pending
+            count(report.claims_pending as u64, "copy", "copies")
         ));
     }
     for device in &report.revoked {
@@ -121,7 +123,7 @@ fn sync_summary(report: &cairn_client::SyncReport) -> String {
     }
     for relay in report.relays.iter().filter(|r| !r.reachable) {
         text.push_str(&format!(
-            "\n  unreachable {}: {}",
+            "\n  DOWN {}: {}",
             relay.url,
             relay.error.as_deref().unwrap_or("")
         ));
@@ -149,17 +151,32 @@ fn finding_text(finding: &cairn_client::Finding) -> String {
 }
 
 pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
-    let report = client.sync().await?;
+    let status = client.status().await?;
+    let report = &status.sync;
     let findings = client.findings()?;
-    let value = json!({ "sync": report, "findings": findings });
+    // Without relays, where this device stood at its last sync, said to be
+    // that (`stale`, and when: `as_of`).
+    let as_of = match &status.offline {
+        Some(offline) => {
+            warn_offline("this device's last status", offline);
+            offline.synced_at
+        }
+        None => Some(unix_now()),
+    };
+    let value = json!({
+        "sync": report,
+        "findings": findings,
+        "stale": status.offline.is_some(),
+        "as_of": as_of,
+    });
     emit(json, &value, || {
         let mut text = String::from("relays:\n");
         for relay in &report.relays {
             text.push_str(&format!(
-                "  {} {}  {} head(s){}{}\n",
+                "  {} {}  {}{}{}\n",
                 if relay.reachable { "ok  " } else { "DOWN" },
                 relay.url,
-                relay.heads,
+                count(relay.heads as u64, "head", "heads"),
                 if relay.republished > 0 {
                     format!(", {} re-sent", relay.republished)
                 } else {

@@ -62,7 +62,9 @@ pub struct RelayAudit {
     pub failed: usize,
     /// Copies that could not be audited (the relay did not answer).
     pub unreachable: usize,
-    /// What went wrong, one line per copy.
+    /// What went wrong: one line per copy, but a relay that could not be
+    /// reached is one line per way it failed (the count is in
+    /// `unreachable`).
     pub problems: Vec<String>,
 }
 
@@ -159,16 +161,21 @@ impl Client {
                         .problems
                         .push(format!("{name}: failed the audit: {why}"));
                 }
+                // Down is down for every copy there: said once.
+                Ok(Err(err)) if err.net_failure().is_some() => {
+                    relay.unreachable += 1;
+                    push_once(&mut relay.problems, err.to_string());
+                }
                 Ok(Err(err)) => {
                     relay.unreachable += 1;
                     relay.problems.push(format!("{name}: {err}"));
                 }
                 Err(_) => {
                     relay.unreachable += 1;
-                    relay.problems.push(format!(
-                        "{name}: no answer within {} s",
-                        AUDIT_TIMEOUT.as_secs()
-                    ));
+                    push_once(
+                        &mut relay.problems,
+                        format!("no answer within {} s", AUDIT_TIMEOUT.as_secs()),
+                    );
                 }
             }
         }
@@ -180,6 +187,13 @@ impl Client {
         report.relays = by_relay.into_values().collect();
         report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(report)
+    }
+}
+
+/// Adds `line` to `lines` unless it is there already.
+fn push_once(lines: &mut Vec<String>, line: String) {
+    if !lines.contains(&line) {
+        lines.push(line);
     }
 }
 

@@ -188,10 +188,7 @@ impl Client {
         }
         let name = super::device_name(&options.device_name)?;
         crate::relay::check_transport(relay_url, options.transport)?;
-        let http = http_client().map_err(|source| Error::Relay {
-            url: relay_url.into(),
-            source,
-        })?;
+        let http = http_client()?;
         let (entry, _) = super::relays::pin(&http, relay_url, None, false).await?;
         let relay = vec![RelayClient::new(http.clone(), &entry.url, entry.key)];
 
@@ -601,10 +598,10 @@ impl Client {
         for (relay, result) in relays.iter().zip(results) {
             match result {
                 Ok(_) => stored += 1,
-                Err(source @ RelayError::OwnSlotAhead { .. }) => {
+                Err(error @ RelayError::OwnSlotAhead { .. }) => {
                     return Err(Error::Relay {
                         url: relay.url().to_owned(),
-                        source,
+                        error,
                     });
                 }
                 Err(err) => {

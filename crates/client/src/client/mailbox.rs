@@ -147,7 +147,7 @@ pub(super) async fn fetch_small_noting(
     max: usize,
     lied: impl Fn(&RelayClient),
 ) -> Result<Vec<u8>> {
-    let mut failures = Vec::new();
+    let mut failures = crate::Failures::new();
     for relay in relays {
         match relay.fetch_bytes(id, max).await {
             Ok(bytes) => return Ok(bytes),
@@ -155,13 +155,13 @@ pub(super) async fn fetch_small_noting(
                 if matches!(err, crate::RelayError::WrongBytes(_)) {
                     lied(relay);
                 }
-                failures.push(format!("{}: {err}", relay.url()));
+                failures.at(relay.url(), &err);
             }
         }
     }
     Err(Error::Unavailable {
         id: *id,
-        failures: failures.join("; "),
+        failures: failures.or_else("no relay to ask"),
     })
 }
 

@@ -149,7 +149,10 @@ impl Client {
         report
             .failed
             .extend(failures.into_iter().map(|(url, (count, first))| {
-                format!("{url}: {count} metadata blob(s) not kept: {first}")
+                format!(
+                    "{url}: {} not kept: {first}",
+                    crate::text::count(count as u64, "metadata blob", "metadata blobs")
+                )
             }));
         report
     }

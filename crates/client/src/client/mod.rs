@@ -26,13 +26,13 @@ pub use devices::{Enrolled, Revoked, Rotated};
 pub use folders::{FolderInfo, FolderPass, FolderRestored, FolderStatus, FolderVersion};
 pub use metadata::MetadataReport;
 pub use relays::{CopiesCheck, RelayAdded, RelayCheck, TransferCheck};
-pub use repair::{RepairReport, Restored};
+pub use repair::{RepairReport, Restored, Unchecked};
 pub use rotate::RotateReport;
 pub use storage::{
-    ByteRange, ExportFailure, ExportReport, Exported, FileInfo, GetReport, Listing, Offline,
-    Output, PutReport, RangeSpec, RemoveReport, Transfer,
+    ByteRange, ExportFailure, ExportReport, Exported, FileInfo, GetReport, Listing, Output,
+    PutReport, RangeSpec, RemoveReport, Transfer,
 };
-pub use sync::{DeviceSync, Finding, RelaySync, RevokedDevice, SyncReport};
+pub use sync::{DeviceSync, Finding, Offline, RelaySync, RevokedDevice, StatusReport, SyncReport};
 
 use crate::error::{Error, Result};
 use crate::home::{Home, read_required, write_private};
@@ -177,10 +177,7 @@ impl Client {
         check_transport(relay_url, options.transport)?;
         let root = crate::recovery::root_from_phrase(phrase)?;
         let name = device_name(&options.device_name)?;
-        let http = http_client().map_err(|source| Error::Relay {
-            url: relay_url.into(),
-            source,
-        })?;
+        let http = http_client()?;
         let (entry, _) = relays::pin(&http, relay_url, None, false).await?;
         let mut relays = RelaySet::default();
         relays.upsert(entry);
@@ -248,10 +245,7 @@ impl Client {
             root,
             log,
             relays: RelaySet::default(),
-            http: http_client().map_err(|source| Error::Relay {
-                url: String::new(),
-                source,
-            })?,
+            http: http_client()?,
             cost: options.cost,
             transport: options.transport,
         };
@@ -290,10 +284,7 @@ impl Client {
             config.layouts.shared_through = log.state().vault().map_or(0, |v| v.generation);
         }
         let relays = RelaySet::load(&home)?;
-        let http = http_client().map_err(|source| Error::Relay {
-            url: String::new(),
-            source,
-        })?;
+        let http = http_client()?;
         let client = Self {
             home,
             config,

@@ -57,6 +57,10 @@ pub struct RelayCheck {
     pub latency_ms: u64,
     /// What went wrong, when something did.
     pub error: Option<String>,
+    /// When it could not be reached: what the HTTP library said (the
+    /// detail `--verbose` shows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// What its signed info document says, when it answered.
     pub info: Option<InfoSummary>,
     /// The copies the file table places on it, as far as checked (none when
@@ -169,12 +173,10 @@ pub(super) async fn pin(
     accept_new_key: bool,
 ) -> Result<(RelayEntry, Verified<RelayInfo>)> {
     let url = normalize_url(url)?;
-    let info = fetch_info(http, &url)
-        .await
-        .map_err(|source| Error::Relay {
-            url: url.clone(),
-            source,
-        })?;
+    let info = fetch_info(http, &url).await.map_err(|error| Error::Relay {
+        url: url.clone(),
+        error,
+    })?;
     let presented = *info.signer();
     if let Some(existing) = existing
         && existing.key != presented
@@ -365,9 +367,14 @@ pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
     let started = Instant::now();
     let answer = relay.info().await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (ok, error, info) = match answer {
-        Ok(info) => (true, None, Some(InfoSummary::from(&*info))),
-        Err(err) => (false, Some(err.to_string()), None),
+    let (ok, error, detail, info) = match answer {
+        Ok(info) => (true, None, None, Some(InfoSummary::from(&*info))),
+        Err(err) => (
+            false,
+            Some(err.to_string()),
+            err.detail().map(str::to_owned),
+            None,
+        ),
     };
     RelayCheck {
         url: relay.url().to_owned(),
@@ -375,6 +382,7 @@ pub(super) async fn check_one(relay: &RelayClient) -> RelayCheck {
         ok,
         latency_ms,
         error,
+        detail,
         info,
         copies: None,
         record: None,

@@ -25,9 +25,11 @@ use super::Client;
 use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, audit_copy, random_u64, record, score_of};
 use super::metadata::MetadataReport;
 use crate::crdt::Change;
-use crate::error::{Error, Result};
+use crate::error::{Error, RelayError, Result};
+use crate::failures::Failure;
 use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
+use crate::text::count;
 
 /// What a repair run did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,11 +47,36 @@ pub struct RepairReport {
     /// Copies whose relay did not answer (left alone: unavailability is not
     /// misbehaviour; a later run checks again).
     pub unreachable: Vec<String>,
+    /// The relays behind `unreachable`, each with how it failed and how
+    /// many of its copies went unchecked: a relay that is down is said to
+    /// be once, not once per copy.
+    pub unreachable_relays: Vec<Unchecked>,
     /// The metadata a new device or a recovery needs (identity log,
     /// snapshot, operations), renewed and restored on every relay.
     pub metadata: MetadataReport,
     /// How long the run took, in milliseconds.
     pub elapsed_ms: u64,
+}
+
+/// A relay whose copies a repair could not check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unchecked {
+    /// The relay, and how it failed.
+    pub failure: Failure,
+    /// Its copies left unchecked.
+    pub copies: usize,
+}
+
+/// Adds `unchecked` to `relays`, counting it with the same relay failing
+/// the same way.
+fn note_unchecked(relays: &mut Vec<Unchecked>, unchecked: Unchecked) {
+    match relays
+        .iter_mut()
+        .find(|u| u.failure.same_as(&unchecked.failure))
+    {
+        Some(known) => known.copies += unchecked.copies,
+        None => relays.push(unchecked),
+    }
 }
 
 /// One replaced copy.
@@ -80,13 +107,14 @@ struct BlobRepair {
     restored: Vec<Restored>,
     short: Vec<String>,
     unreachable: Vec<String>,
+    unreachable_relays: Vec<Unchecked>,
     changes: Vec<Change>,
 }
 
 enum Verdict {
     Good,
     Bad(String),
-    Unreachable(String),
+    Unreachable(Failure),
 }
 
 impl Client {
@@ -137,6 +165,9 @@ impl Client {
                 report.restored.extend(outcome.restored);
                 report.short.extend(outcome.short);
                 report.unreachable.extend(outcome.unreachable);
+                for unchecked in outcome.unreachable_relays {
+                    note_unchecked(&mut report.unreachable_relays, unchecked);
+                }
                 changes.extend(outcome.changes);
             }
             report.healthy += usize::from(healthy);
@@ -198,11 +229,18 @@ impl Client {
                         bad.push((&c.at, format!("on a relay flagged for {kind}")));
                     }
                 }
-                Verdict::Unreachable(why) => {
+                Verdict::Unreachable(failure) => {
                     out.unreachable
-                        .push(format!("{label} on {}: {why}", c.at.url));
+                        .push(format!("{label} on {}: {}", c.at.url, failure.what()));
+                    note_unchecked(
+                        &mut out.unreachable_relays,
+                        Unchecked {
+                            failure: failure.clone(),
+                            copies: 1,
+                        },
+                    );
                     if replace_unreachable {
-                        bad.push((&c.at, why.clone()));
+                        bad.push((&c.at, failure.what().to_owned()));
                     }
                 }
             }
@@ -212,8 +250,8 @@ impl Client {
                 out.healthy = true;
             } else {
                 out.short.push(format!(
-                    "{label}: {} good copies of {wanted} wanted",
-                    good.len()
+                    "{label}: {} of {wanted} wanted",
+                    count(good.len() as u64, "good copy", "good copies")
                 ));
             }
             return out;
@@ -248,9 +286,9 @@ impl Client {
                 }
                 if good.len() + new.len() < wanted {
                     out.short.push(format!(
-                        "{label}: {} good copies of {wanted} wanted; no further relay of the \
-                         set could take one (add relays with `cairn relay add URL`)",
-                        good.len() + new.len()
+                        "{label}: {} of {wanted} wanted; no further relay of the set could \
+                         take one (add relays with `cairn relay add URL`)",
+                        count((good.len() + new.len()) as u64, "good copy", "good copies")
                     ));
                 }
             }
@@ -289,10 +327,11 @@ impl Client {
                 Ok(Ok(AuditOutcome::Failed(why))) => {
                     Verdict::Bad(format!("failed the audit: {why}"))
                 }
-                Ok(Err(err)) => Verdict::Unreachable(err.to_string()),
-                Err(_) => {
-                    Verdict::Unreachable(format!("no answer within {} s", AUDIT_TIMEOUT.as_secs()))
-                }
+                Ok(Err(err)) => Verdict::Unreachable(Failure::at(&at.url, err)),
+                Err(_) => Verdict::Unreachable(Failure::at(
+                    &at.url,
+                    &RelayError::silent_for(AUDIT_TIMEOUT.as_secs()),
+                )),
             };
             scored.push((at.relay, at.url.clone(), took, score_of(&at.url, &outcome)));
             checked.push(Checked { at, verdict });
@@ -348,7 +387,7 @@ impl Client {
         let file = std::sync::Arc::new(tokio::sync::Mutex::new(tokio::fs::File::from_std(
             temp.reopen().map_err(|e| Error::Io {
                 path: path.clone(),
-                source: e,
+                error: e,
             })?,
         )));
         let relay = self.contained(RelayClient::new(
@@ -365,16 +404,16 @@ impl Client {
                 }
             })
             .await
-            .map_err(|source| Error::Relay {
+            .map_err(|error| Error::Relay {
                 url: relay.url().to_owned(),
-                source,
+                error,
             })?;
         let size = size.unwrap_or(fetched);
         {
             use tokio::io::AsyncWriteExt as _;
             file.lock().await.flush().await.map_err(|e| Error::Io {
                 path: path.clone(),
-                source: e,
+                error: e,
             })?;
         }
         let (candidates, _) = self.candidates(size, size).await;

@@ -50,7 +50,7 @@ fn read_timeout() -> Duration {
 }
 
 /// Builds the HTTP client every relay connection shares.
-pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
+pub(crate) fn http_client() -> crate::Result<reqwest::Client> {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         // Ring, not aws-lc: see MEASURED.md. Another installed default is fine.
@@ -68,7 +68,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, RelayError> {
         // names.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|err| RelayError::Unreachable(format!("cannot set up HTTP: {err}")))
+        .map_err(|err| crate::Error::Invalid(format!("cannot set up HTTP: {err}")))
 }
 
 /// Fetches and verifies the signed info document at `url`.

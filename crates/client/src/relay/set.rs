@@ -35,7 +35,7 @@ impl RelaySet {
                 reason: err.to_string(),
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(Error::Io { path, source }),
+            Err(error) => Err(Error::Io { path, error }),
         }
     }
 

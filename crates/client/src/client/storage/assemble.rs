@@ -17,6 +17,7 @@ use super::chunked::{MAX_SEALED_CHUNK, MAX_SEALED_MANIFEST};
 use super::{ByteRange, Output};
 use crate::client::Client;
 use crate::error::{Error, RelayError, Result, io_at};
+use crate::failures::{Failure, Failures};
 use crate::files::FileEntry;
 use crate::keys::X25519Secret;
 use crate::manifest::{ChunkRef, Manifest, chunk_key_hash};
@@ -95,7 +96,7 @@ pub(super) struct Assembled {
     /// Bytes of those read from a local file instead of fetched.
     pub from_disk: u64,
     /// Relays that failed a chunk, with why.
-    pub skipped: Vec<String>,
+    pub skipped: Failures,
 }
 
 /// A chunked file's manifest, read and checked against its entry.
@@ -114,14 +115,14 @@ impl Client {
         entry: &FileEntry,
         order: &[RelayClient],
         keys: &[X25519Secret],
-        skipped: &mut Vec<String>,
+        skipped: &mut Failures,
     ) -> Result<Opened> {
         for relay in order {
             let sealed = match relay.fetch_bytes(&entry.blob, MAX_SEALED_MANIFEST).await {
                 Ok(sealed) => sealed,
                 Err(err) => {
                     self.note_failed_fetch(relay, &entry.blob, &err);
-                    skipped.push(format!("{}: {err}", relay.url()));
+                    skipped.at(relay.url(), &err);
                     continue;
                 }
             };
@@ -148,11 +149,7 @@ impl Client {
         }
         Err(Error::Unavailable {
             id: entry.blob,
-            failures: if skipped.is_empty() {
-                "no relay in your set holds it".into()
-            } else {
-                skipped.join("; ")
-            },
+            failures: std::mem::take(skipped).or_else("no relay in your set holds it"),
         })
     }
 
@@ -192,7 +189,7 @@ impl Client {
                 };
                 let from_disk = local.is_some();
                 let (plain, failures) = match local {
-                    Some(plain) => (plain, Vec::new()),
+                    Some(plain) => (plain, Failures::new()),
                     None => {
                         let order = &sources.relays;
                         let first = i % sources.spread.clamp(1, order.len().max(1));
@@ -217,7 +214,7 @@ impl Client {
         };
         let mut written = 0u64;
         let mut from_disk = 0u64;
-        let mut skipped = Vec::new();
+        let mut skipped = Failures::new();
         while let Some(part) = fetched.next().await {
             let (part, failures, local) = part?;
             if local {
@@ -269,8 +266,8 @@ impl Client {
         first: usize,
         order: &[RelayClient],
         keys: &ChunkKeys,
-    ) -> Result<(Bytes, Vec<String>)> {
-        let mut failures = Vec::new();
+    ) -> Result<(Bytes, Failures)> {
+        let mut failures = Failures::new();
         let tried = order.get(first).into_iter().chain(
             order
                 .iter()
@@ -284,16 +281,17 @@ impl Client {
                 // Not holding it is no misbehaviour here: relays beyond the
                 // file's holders are asked too, and audits tell a lost copy.
                 Err(err) if err.is_absent() => {
-                    failures.push(format!(
-                        "{}: does not hold chunk {}",
+                    failures.push(Failure::note(
                         relay.url(),
-                        chunk.blob
+                        format!("does not hold chunk {}", chunk.blob),
                     ));
                     continue;
                 }
+                // Not named by chunk: a relay that is down fails every
+                // chunk the same way, and is said to once.
                 Err(err) => {
                     self.note_failed_fetch(relay, &chunk.blob, &err);
-                    failures.push(format!("{}: chunk {}: {err}", relay.url(), chunk.blob));
+                    failures.at(relay.url(), &err);
                     continue;
                 }
             };
@@ -316,11 +314,7 @@ impl Client {
         }
         Err(Error::Unavailable {
             id: chunk.blob,
-            failures: if failures.is_empty() {
-                "no relay to ask".into()
-            } else {
-                failures.join("; ")
-            },
+            failures: failures.or_else("no relay to ask"),
         })
     }
 
@@ -359,8 +353,8 @@ fn open_chunk(
     let plain = seal::open_bytes_into(sealed, &keys.keys, out).map_err(|err| err.to_string())?;
     if plain.len() != expected.len as usize {
         return Err(format!(
-            "holds {} bytes where the manifest says {}",
-            plain.len(),
+            "holds {} where the manifest says {}",
+            crate::text::count(plain.len() as u64, "byte", "bytes"),
             expected.len
         ));
     }
@@ -376,7 +370,7 @@ pub(super) fn put_in_place(temp: tempfile::NamedTempFile, path: &Path) -> Result
     temp.as_file().sync_all().map_err(io_at(temp.path()))?;
     temp.persist(path).map_err(|err| Error::Io {
         path: path.to_path_buf(),
-        source: err.error,
+        error: err.error,
     })?;
     Ok(())
 }

@@ -29,6 +29,7 @@ use crate::chunk_index::{ChunkIndex, Known};
 use crate::client::Client;
 use crate::crdt::Table;
 use crate::error::{Error, RelayError, Result};
+use crate::failures::{Failure, Failures};
 use crate::files::Place;
 use crate::keys::VaultKey;
 use crate::manifest::{ChunkRef, Manifest};
@@ -65,7 +66,7 @@ struct StoredPiece {
 /// Which targets failed, and why: a target that fails once gets no more
 /// chunks (the file's copy there could not be complete).
 #[derive(Default)]
-struct Failed(Mutex<BTreeMap<usize, String>>);
+struct Failed(Mutex<BTreeMap<usize, Failure>>);
 
 impl Failed {
     fn mark(&self, target: usize, relay: &RelayClient, err: &RelayError) {
@@ -73,7 +74,7 @@ impl Failed {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(target)
-            .or_insert_with(|| format!("{}: {err}", relay.url()));
+            .or_insert_with(|| Failure::at(relay.url(), err));
     }
 
     fn live(&self, targets: usize) -> Vec<usize> {
@@ -81,13 +82,17 @@ impl Failed {
         (0..targets).filter(|t| !failed.contains_key(t)).collect()
     }
 
-    fn messages(&self) -> Vec<String> {
-        self.0
+    fn failures(&self) -> Failures {
+        let mut out = Failures::new();
+        for failure in self
+            .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .cloned()
-            .collect()
+        {
+            out.push(failure.clone());
+        }
+        out
     }
 }
 
@@ -185,7 +190,7 @@ impl Client {
                 .into_iter()
                 .map(|t| targets[t].relay.clone())
                 .collect(),
-            failures: failed.messages(),
+            failures: failed.failures(),
             sent,
             reused,
         })
@@ -320,7 +325,7 @@ impl Client {
                     Err(err) => {
                         return Err(Error::Relay {
                             url: source.url().to_owned(),
-                            source: err,
+                            error: err,
                         });
                     }
                 },
@@ -380,7 +385,7 @@ impl Client {
             return Err(Error::NotEnoughCopies {
                 stored: 0,
                 wanted: context.targets.len(),
-                failures: context.failed.messages().join("; "),
+                failures: context.failed.failures(),
             });
         }
         Ok(sent)

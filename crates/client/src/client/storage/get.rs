@@ -17,6 +17,7 @@ use crate::client::Client;
 use crate::crdt::Change;
 use crate::crdt::Table;
 use crate::error::{Error, RelayError, Result, io_at};
+use crate::failures::{Failure, Failures};
 use crate::files::{FileEntry, Place};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
@@ -139,7 +140,7 @@ impl Client {
             let local =
                 match base.filter(|(_, b)| b.is_chunked() && b.generation == entry.generation) {
                     Some((path, base_entry)) => {
-                        let mut ignored = Vec::new();
+                        let mut ignored = Failures::new();
                         self.open_manifest(base_entry, &relays, &keys, &mut ignored)
                             .await
                             .ok()
@@ -240,7 +241,7 @@ impl Client {
                 }
                 Err(Attempt::Relay(err)) => {
                     self.note_failed_fetch(relay, &id, &err);
-                    skipped.push(format!("{}: {err}", relay.url()));
+                    skipped.at(relay.url(), &err);
                 }
                 // The bytes were the right ones: no other relay can do better.
                 Err(Attempt::Fatal(err)) => return Err(err),
@@ -248,11 +249,7 @@ impl Client {
         }
         Err(Error::Unavailable {
             id,
-            failures: if skipped.is_empty() {
-                "no relay in your set holds it".into()
-            } else {
-                skipped.join("; ")
-            },
+            failures: skipped.or_else("no relay in your set holds it"),
         })
     }
 
@@ -474,7 +471,7 @@ impl Client {
         id: &BlobId,
         places: &[Place],
         peers: &[Place],
-    ) -> (Vec<Holder>, Vec<String>) {
+    ) -> (Vec<Holder>, Failures) {
         let mut relays = self.blob_clients();
         for place in peers {
             if !relays.iter().any(|r| r.key() == &place.relay) {
@@ -492,7 +489,7 @@ impl Client {
         }))
         .await;
         let mut holders: Vec<(Duration, Holder)> = Vec::new();
-        let mut skipped = Vec::new();
+        let mut skipped = Failures::new();
         for (asked, (answer, elapsed)) in relays.into_iter().zip(probes) {
             match answer {
                 Ok(Ok(Some(held))) => {
@@ -519,14 +516,14 @@ impl Client {
                         )),
                     }
                 }
-                Ok(Ok(None)) => skipped.push(format!("{}: does not hold it", asked.url())),
+                Ok(Ok(None)) => skipped.push(Failure::note(asked.url(), "does not hold it")),
                 Ok(Err(err)) => {
                     if matches!(err, RelayError::RedirectRefused(_)) {
                         self.record_bad_redirect(&asked, &err);
                     }
-                    skipped.push(format!("{}: {err}", asked.url()));
+                    skipped.at(asked.url(), &err);
                 }
-                Err(_) => skipped.push(format!("{}: no answer within 10 s", asked.url())),
+                Err(_) => skipped.at(asked.url(), &RelayError::silent_for(INFO_TIMEOUT.as_secs())),
             }
         }
         // A copy the table places on a relay that handed it on is still
@@ -560,7 +557,7 @@ impl Client {
         let keys: Vec<_> = self.vault_keys()?.into_iter().map(|k| k.secret).collect();
         let set = self.blob_clients();
         let max = usize::try_from(entry.sealed_size).unwrap_or(usize::MAX);
-        let mut failures = Vec::new();
+        let mut failures = Failures::new();
         for place in table.places(entry) {
             let relay = match set.iter().find(|r| *r.key() == place.relay) {
                 Some(relay) => relay.clone(),
@@ -579,8 +576,8 @@ impl Client {
                         return Err(Error::Unsealable {
                             id: entry.blob,
                             reason: format!(
-                                "it holds {} bytes where its entry says {}",
-                                plain.len(),
+                                "it holds {} where its entry says {}",
+                                crate::text::count(plain.len() as u64, "byte", "bytes"),
                                 entry.size
                             ),
                         });
@@ -589,17 +586,13 @@ impl Client {
                 }
                 Err(err) => {
                     self.note_failed_fetch(&relay, &entry.blob, &err);
-                    failures.push(format!("{}: {err}", relay.url()));
+                    failures.at(relay.url(), &err);
                 }
             }
         }
         Err(Error::Unavailable {
             id: entry.blob,
-            failures: if failures.is_empty() {
-                "no copy is recorded".into()
-            } else {
-                failures.join("; ")
-            },
+            failures: failures.or_else("no copy is recorded"),
         })
     }
 

@@ -19,7 +19,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 pub use self::export::{ExportFailure, ExportReport, Exported};
 pub use self::range::{ByteRange, RangeSpec};
-use super::Client;
+use super::{Client, Offline};
 use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::files::{Copy, Place, check_name};
@@ -74,8 +74,9 @@ pub struct GetReport {
     pub size: u64,
     /// The relay whose copy was used.
     pub relay: String,
-    /// Relays tried first and skipped, with why.
-    pub skipped: Vec<String>,
+    /// Relays tried first and skipped, with why (each relay and reason
+    /// once; in JSON, strings that start with the relay's URL).
+    pub skipped: crate::Failures,
     /// Copies found transferred while looking for the blob: relays that
     /// handed their copy on to a peer (PROTOCOL.md §7.3), and whether the
     /// file table now records where it went. When `relay` is one of the
@@ -166,15 +167,6 @@ pub struct Listing {
     pub offline: Option<Offline>,
 }
 
-/// A list read from this device alone, because no relay answered.
-#[derive(Clone, Debug, Serialize)]
-pub struct Offline {
-    /// When a relay last answered a sync (Unix seconds), if one ever did.
-    pub synced_at: Option<u64>,
-    /// What each relay's failure was.
-    pub why: String,
-}
-
 impl Client {
     /// The stored files, by name: as the relays have them, or, when none
     /// answers, as this device last knew them (saying so).
@@ -184,8 +176,8 @@ impl Client {
             Err(Error::Offline(why)) => {
                 self.require_active()?;
                 let state = self.load_sync()?;
-                let synced_at = (state.synced_at > 0).then_some(state.synced_at);
-                (state, Some(Offline { synced_at, why }))
+                let offline = Offline::of(&state, why);
+                (state, Some(offline))
             }
             Err(err) => return Err(err),
         };

@@ -18,10 +18,12 @@ use crate::chunking::Chunker;
 use crate::client::Client;
 use crate::crdt::Change;
 use crate::error::{Error, RelayError, Result, io_at};
+use crate::failures::{Failure, Failures};
 use crate::files::{Copy, FileEntry, check_name};
 use crate::progress::Progress;
 use crate::relay::{RelayClient, unix_now};
 use crate::scores::Misbehaviour;
+use crate::text::count;
 
 /// Pieces read ahead of sealing: with [`super::chunked`]'s chunks in flight,
 /// what bounds the memory a put holds.
@@ -60,7 +62,7 @@ pub(in crate::client) struct Stored {
     /// Relays holding every blob.
     pub holders: Vec<RelayClient>,
     /// Relays that failed, with what they said.
-    pub failures: Vec<String>,
+    pub failures: Failures,
 }
 
 impl Client {
@@ -249,20 +251,22 @@ impl Client {
             total.min(MAX_SEALED_CHUNK as u64)
         };
         let asked;
-        let (candidates, mut warnings) = match candidates {
-            Some(given) => (given.as_slice(), Vec::new()),
+        // Relays that could not take it, and why: said with the put's
+        // warnings, or with its failure.
+        let (candidates, mut problems) = match candidates {
+            Some(given) => (given.as_slice(), Failures::new()),
             None => {
                 asked = self.candidates(total, largest).await;
-                (asked.0.as_slice(), asked.1)
+                (asked.0.as_slice(), asked.1.clone())
             }
         };
         if wanted < self.replicas() {
-            warnings.push(format!(
-                "your relay set has {} relay(s), fewer than the {} copies wanted: redundancy is \
-                 below target (add relays with `cairn relay add URL`)",
-                wanted,
-                self.replicas()
-            ));
+            problems.push(Failure::general(format!(
+                "your relay set has {}, fewer than the {} wanted: redundancy is below target \
+                 (add relays with `cairn relay add URL`)",
+                count(wanted as u64, "relay", "relays"),
+                count(self.replicas() as u64, "copy", "copies"),
+            )));
         }
         let stored = if first.whole {
             self.store_whole(first, candidates, wanted, &progress).await
@@ -274,28 +278,23 @@ impl Client {
         };
         let stored = match stored {
             Ok(stored) => stored,
-            Err(err) => {
-                return Err(match (err, warnings.is_empty()) {
-                    (
-                        Error::NotEnoughCopies {
-                            stored,
-                            wanted,
-                            failures,
-                        },
-                        false,
-                    ) => {
-                        let mut all = warnings;
-                        all.push(failures);
-                        Error::NotEnoughCopies {
-                            stored,
-                            wanted,
-                            failures: all.join("; "),
-                        }
-                    }
-                    (err, _) => err,
+            Err(Error::NotEnoughCopies {
+                stored,
+                wanted,
+                failures,
+            }) => {
+                // The relays that could not take it at all come first;
+                // only when none failed is the shortage itself the reason.
+                problems.extend(failures);
+                return Err(Error::NotEnoughCopies {
+                    stored,
+                    wanted,
+                    failures: problems.or_else("not enough relays have room for it"),
                 });
             }
+            Err(err) => return Err(err),
         };
+        let mut warnings: Vec<String> = problems.iter().map(ToString::to_string).collect();
         warnings.extend(
             stored
                 .failures
@@ -353,14 +352,11 @@ impl Client {
                 .map(|(r, _)| r.clone())
                 .collect();
             self.delete_own_everywhere(&ours, &id).await;
+            // Said with the relays that could not be asked, by the caller.
             return Err(Error::NotEnoughCopies {
                 stored: stored.len(),
                 wanted,
-                failures: if failures.is_empty() {
-                    "not enough relays have room for it".into()
-                } else {
-                    failures.join("; ")
-                },
+                failures,
             });
         }
         Ok(Stored {
@@ -404,10 +400,10 @@ impl Client {
             return Err(Error::NotEnoughCopies {
                 stored: 0,
                 wanted,
-                failures: format!(
+                failures: Failures::new().or_else(&format!(
                     "only {} of the set's relays can take it now",
                     candidates.len()
-                ),
+                )),
             });
         }
         let split = wanted;
@@ -419,7 +415,7 @@ impl Client {
             return Err(Error::NotEnoughCopies {
                 stored: 0,
                 wanted,
-                failures: "not enough relays have room for it".into(),
+                failures: Failures::new().or_else("not enough relays have room for it"),
             });
         }
         let mut index = ChunkIndex::open(&self.home.chunk_index(), vault.generation)?;
@@ -457,9 +453,7 @@ impl Client {
                     upload.sent += sent;
                     upload.holders.push(spare.relay);
                 }
-                Err(err) => upload
-                    .failures
-                    .push(format!("{}: {err}", spare.relay.url())),
+                Err(err) => upload.failures.at(spare.relay.url(), &err),
             }
         }
         if upload.holders.len() < wanted {
@@ -469,7 +463,7 @@ impl Client {
                 why: Box::new(Error::NotEnoughCopies {
                     stored: upload.holders.len(),
                     wanted,
-                    failures: upload.failures.join("; "),
+                    failures: upload.failures,
                 }),
             });
         }
@@ -483,31 +477,35 @@ impl Client {
         &self,
         size: u64,
         largest: u64,
-    ) -> (Candidates, Vec<String>) {
+    ) -> (Candidates, Failures) {
         let relays = self.blob_clients();
         let infos = join_all(relays.iter().map(|relay| async {
             match tokio::time::timeout(INFO_TIMEOUT, relay.info()).await {
                 Ok(answer) => answer,
-                Err(_) => Err(RelayError::Unreachable("no answer within 10 s".into())),
+                Err(_) => Err(RelayError::silent_for(INFO_TIMEOUT.as_secs())),
             }
         }))
         .await;
-        let mut problems = Vec::new();
+        let mut problems = Failures::new();
         let mut usable = Vec::new();
         for (relay, info) in relays.into_iter().zip(infos) {
             match info {
-                Ok(info) if info.capacity_free < size => problems.push(format!(
-                    "{}: only {} bytes free",
+                Ok(info) if info.capacity_free < size => problems.push(Failure::note(
                     relay.url(),
-                    info.capacity_free
+                    format!(
+                        "only {} free",
+                        count(info.capacity_free, "byte is", "bytes are")
+                    ),
                 )),
-                Ok(info) if info.max_blob_size < largest => problems.push(format!(
-                    "{}: takes blobs up to {} bytes",
+                Ok(info) if info.max_blob_size < largest => problems.push(Failure::note(
                     relay.url(),
-                    info.max_blob_size
+                    format!(
+                        "takes blobs up to {} only",
+                        count(info.max_blob_size, "byte", "bytes")
+                    ),
                 )),
                 Ok(info) => usable.push((relay, info)),
-                Err(err) => problems.push(format!("{}: {err}", relay.url())),
+                Err(err) => problems.at(relay.url(), &err),
             }
         }
         // Relays that recently misbehaved go last, whatever they offer.
@@ -534,9 +532,9 @@ impl Client {
         id: &BlobId,
         sealed: &Bytes,
         progress: &Arc<dyn Progress>,
-    ) -> (Vec<(RelayClient, bool)>, Vec<String>) {
+    ) -> (Vec<(RelayClient, bool)>, Failures) {
         let mut stored = Vec::new();
-        let mut failures = Vec::new();
+        let mut failures = Failures::new();
         let mut next = 0;
         while stored.len() < wanted && next < candidates.len() {
             let batch = &candidates[next..(next + wanted - stored.len()).min(candidates.len())];
@@ -560,7 +558,7 @@ impl Client {
                     Ok(new) => stored.push((relay.clone(), new)),
                     Err(err) => {
                         self.check_refusal(relay, &err, sealed.len() as u64).await;
-                        failures.push(format!("{}: {err}", relay.url()));
+                        failures.at(relay.url(), &err);
                     }
                 }
             }
@@ -594,8 +592,9 @@ impl Client {
                     Misbehaviour::LyingInfo,
                     unix_now(),
                     format!(
-                        "refused {size} bytes as full while its signed info document claims \
-                         {free} bytes free"
+                        "refused {} as full while its signed info document claims {} free",
+                        count(size, "byte", "bytes"),
+                        count(free, "byte", "bytes")
                     ),
                 );
             });

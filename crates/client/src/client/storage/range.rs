@@ -55,8 +55,9 @@ impl RangeSpec {
     pub fn within(self, size: u64) -> Result<ByteRange> {
         if self.start >= size {
             return Err(Error::Invalid(format!(
-                "the range starts at byte {}, but the file has {size} bytes (the last is {})",
+                "the range starts at byte {}, but the file has {} (the last is {})",
                 self.start,
+                crate::text::count(size, "byte", "bytes"),
                 size.saturating_sub(1)
             )));
         }

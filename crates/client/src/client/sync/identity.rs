@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use cairn_proto::{BlobId, VerifyingKey};
 
 use super::state::SyncState;
-use super::{Listing, finding, unknown_writer};
+use super::{Listing, Offline, finding, unknown_writer};
 use crate::client::Client;
 use crate::client::mailbox::{FetchLogError, starting_with};
 use crate::crdt::{Change, clock_millis};
 use crate::error::Result;
+use crate::failures::Failures;
 use crate::fork::Choice;
 use crate::layout::Layout;
 use crate::relay::{Head, RelayClient, Role};
@@ -267,17 +268,42 @@ impl Client {
     }
 
     /// Brings the identity log up to date from the relays (one listing per
-    /// relay), following rotations into the next mailbox.
+    /// relay), following rotations into the next mailbox. Whether it
+    /// changed; a relay that does not answer is passed over.
     pub async fn refresh_identity(&mut self) -> Result<bool> {
+        Ok(self.follow_identity().await?.0)
+    }
+
+    /// [`Client::refresh_identity`] for showing the identity: when no
+    /// relay answers, the log stays as this device last knew it, and the
+    /// answer says so (`Some`, with how old it is).
+    pub async fn update_identity(&mut self) -> Result<Option<Offline>> {
+        match self.follow_identity().await?.1 {
+            Some(why) => Ok(Some(Offline::of(&self.load_sync()?, why))),
+            None => Ok(None),
+        }
+    }
+
+    /// Follows the identity log; whether it changed, and, when no relay
+    /// answered, why each did not.
+    async fn follow_identity(&mut self) -> Result<(bool, Option<Failures>)> {
         let relays = self.relay_clients();
         let mut changed = false;
         loop {
-            let mut listings: Vec<Option<Listing>> = self
-                .list_current(&relays)
-                .await?
-                .into_iter()
-                .map(|(mailbox, answer)| answer.ok().map(|(heads, _)| Listing { heads, mailbox }))
-                .collect();
+            let mut down = Failures::new();
+            let mut listings: Vec<Option<Listing>> = Vec::with_capacity(relays.len());
+            for (relay, (mailbox, answer)) in relays.iter().zip(self.list_current(&relays).await?) {
+                match answer {
+                    Ok((heads, _)) => listings.push(Some(Listing { heads, mailbox })),
+                    Err(err) => {
+                        down.at(relay.url(), &err);
+                        listings.push(None);
+                    }
+                }
+            }
+            if !relays.is_empty() && listings.iter().all(Option::is_none) {
+                return Ok((changed, Some(down)));
+            }
             let mut state = self.load_sync()?;
             let noted = state.noted;
             let advanced = self
@@ -287,7 +313,7 @@ impl Client {
                 self.save_sync(&state)?;
             }
             if !advanced {
-                return Ok(changed);
+                return Ok((changed, None));
             }
             changed = true;
         }

@@ -31,6 +31,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
 use crate::error::{Error, Result};
+use crate::failures::Failures;
 use crate::layout::{Layout, Mailbox};
 use crate::relay::{Deleted, Head, RelayClient, Role, unix_now};
 
@@ -160,6 +161,39 @@ pub struct SyncReport {
     pub findings: Vec<Finding>,
 }
 
+/// An answer from this device's own state, because no relay answered.
+#[derive(Clone, Debug, Serialize)]
+pub struct Offline {
+    /// When a relay last answered a sync (Unix seconds), if one ever did:
+    /// the answer is as of then. Kept to within an hour (the state is not
+    /// rewritten for the time alone more often), so the answer may be a
+    /// little newer than this says, never older.
+    pub synced_at: Option<u64>,
+    /// Why each relay did not answer.
+    pub why: Failures,
+}
+
+impl Offline {
+    /// This device's state `state`, read because of `why`.
+    pub(in crate::client) fn of(state: &SyncState, why: Failures) -> Self {
+        Self {
+            synced_at: (state.synced_at > 0).then_some(state.synced_at),
+            why,
+        }
+    }
+}
+
+/// Where this device stands: what a sync found, or, when no relay
+/// answered, what this device knew at its last sync.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    /// The sync's report; without relays, this device's last view (every
+    /// relay down, nothing merged).
+    pub sync: SyncReport,
+    /// Set when no relay answered.
+    pub offline: Option<Offline>,
+}
+
 /// Heads a relay listed, and the mailbox they are in.
 pub(super) struct Listing {
     pub(super) heads: Vec<Head>,
@@ -216,10 +250,11 @@ impl Client {
             .collect();
         let relays = self.relay_clients();
         let first_finding = state.findings.len();
-        let (listings, mut relay_reports) = loop {
+        let (listings, mut relay_reports, down) = loop {
             let answers = self.list_current(&relays).await?;
             let mut listings = Vec::new();
             let mut reports = Vec::new();
+            let mut down = Failures::new();
             for (relay, (mailbox, answer)) in relays.iter().zip(answers) {
                 match answer {
                     Ok((heads, bad)) => {
@@ -228,7 +263,11 @@ impl Client {
                                 "bad_head",
                                 Some(relay.url()),
                                 None,
-                                format!("listed {bad} heads that do not verify"),
+                                format!(
+                                    "listed {} that {} not verify",
+                                    crate::text::count(bad as u64, "head", "heads"),
+                                    if bad == 1 { "does" } else { "do" }
+                                ),
                             ));
                         }
                         reports.push(RelaySync {
@@ -248,6 +287,7 @@ impl Client {
                             republished: 0,
                             error: Some(err.to_string()),
                         });
+                        down.at(relay.url(), &err);
                         listings.push(None);
                     }
                 }
@@ -255,18 +295,12 @@ impl Client {
             let before = self.newest_vault()?.generation;
             self.advance_identity(state, &relays, &mut listings).await?;
             if self.newest_vault()?.generation == before {
-                break (listings, reports);
+                break (listings, reports, down);
             }
             // A rotation moved the mailbox: list the new one.
         };
         if reports_all_down(&relay_reports) {
-            return Err(Error::Offline(
-                relay_reports
-                    .iter()
-                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.url)))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ));
+            return Err(Error::Offline(down));
         }
 
         let generation = self.newest_vault()?.generation;
@@ -334,26 +368,7 @@ impl Client {
             snapshot_written = true;
         }
 
-        let me = self.device_key();
-        let devices = state
-            .devices
-            .iter()
-            .map(|(key, position)| {
-                let parsed = key.parse::<VerifyingKey>().ok();
-                DeviceSync {
-                    device: key.clone(),
-                    name: parsed.and_then(|k| {
-                        self.log
-                            .state()
-                            .devices()
-                            .get(&k)
-                            .map(|d| d.name.as_str().to_owned())
-                    }),
-                    seq: position.seq,
-                    this_device: parsed == Some(me),
-                }
-            })
-            .collect();
+        let devices = self.device_reports(state);
         let revoked = enrolled_before
             .into_iter()
             .filter(|(key, _)| self.log.state().revoked().contains(key))
@@ -375,6 +390,83 @@ impl Client {
             files: state.table.files().count(),
             findings: state.findings[first_finding.min(state.findings.len())..].to_vec(),
         })
+    }
+
+    /// Each device's position in `state`, named from the identity log.
+    fn device_reports(&self, state: &SyncState) -> Vec<DeviceSync> {
+        let me = self.device_key();
+        state
+            .devices
+            .iter()
+            .map(|(key, position)| {
+                let parsed = key.parse::<VerifyingKey>().ok();
+                DeviceSync {
+                    device: key.clone(),
+                    name: parsed.and_then(|k| {
+                        self.log
+                            .state()
+                            .devices()
+                            .get(&k)
+                            .map(|d| d.name.as_str().to_owned())
+                    }),
+                    seq: position.seq,
+                    this_device: parsed == Some(me),
+                }
+            })
+            .collect()
+    }
+
+    /// Where this device stands: [`Client::sync`], or, when no relay
+    /// answers, this device's state as of its last sync, saying so (a
+    /// person asks `status` most when something is down).
+    pub async fn status(&mut self) -> Result<StatusReport> {
+        match self.sync().await {
+            Ok(sync) => Ok(StatusReport {
+                sync,
+                offline: None,
+            }),
+            Err(Error::Offline(why)) => {
+                let state = self.load_sync()?;
+                Ok(StatusReport {
+                    sync: self.local_report(&state, &why),
+                    offline: Some(Offline::of(&state, why)),
+                })
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A sync report of `state` alone: every relay down (for the reason
+    /// `why` gives it), nothing merged or written.
+    fn local_report(&self, state: &SyncState, why: &Failures) -> SyncReport {
+        let relays = self
+            .relays
+            .entries()
+            .iter()
+            .map(|entry| RelaySync {
+                url: entry.url.clone(),
+                reachable: false,
+                heads: 0,
+                republished: 0,
+                error: why
+                    .iter()
+                    .find(|f| f.relay() == Some(entry.url.as_str()))
+                    .map(|f| f.what().to_owned()),
+            })
+            .collect();
+        SyncReport {
+            revoked: Vec::new(),
+            vault_generation: self.log.state().vault().map_or(0, |v| v.generation),
+            relays,
+            devices: self.device_reports(state),
+            merged: 0,
+            snapshot_applied: false,
+            snapshot_written: false,
+            claimed: 0,
+            claims_pending: 0,
+            files: Self::table_of(state).files().count(),
+            findings: Vec::new(),
+        }
     }
 
     /// Lists the current mailbox on every relay (one request each). The
@@ -478,10 +570,10 @@ fn note_answered(state: &mut SyncState) -> bool {
     stale
 }
 
-pub(super) fn relay_error(relay: &RelayClient, source: crate::error::RelayError) -> Error {
+pub(super) fn relay_error(relay: &RelayClient, error: crate::error::RelayError) -> Error {
     Error::Relay {
         url: relay.url().to_owned(),
-        source,
+        error,
     }
 }
 

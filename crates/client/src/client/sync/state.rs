@@ -249,7 +249,7 @@ impl Client {
                 reason: err.to_string(),
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(SyncState::default()),
-            Err(source) => Err(Error::Io { path, source }),
+            Err(error) => Err(Error::Io { path, error }),
         }
     }
 
@@ -308,5 +308,13 @@ impl Client {
     /// The findings recorded so far (no network).
     pub fn findings(&self) -> Result<Vec<Finding>> {
         Ok(self.load_sync()?.findings)
+    }
+
+    /// When a relay last answered a sync (Unix seconds; no network), if
+    /// one ever did: how old what this device knows is. Kept to within an
+    /// hour (see [`crate::Offline::synced_at`]).
+    pub fn synced_at(&self) -> Result<Option<u64>> {
+        let at = self.load_sync()?.synced_at;
+        Ok((at > 0).then_some(at))
     }
 }

@@ -218,8 +218,9 @@ impl Client {
                 Some(url),
                 None,
                 format!(
-                    "refused {count} claim(s) of copies your other devices stored ({first}); \
-                     those copies can still be deleted by the device that stored them alone"
+                    "refused {} of copies your other devices stored ({first}); those copies can \
+                     still be deleted by the device that stored them alone",
+                    crate::text::count(count as u64, "claim", "claims")
                 ),
             ));
         }

@@ -1,11 +1,16 @@
 //! Reading a relay's answers through [`cairn_api`]: statuses become
 //! [`RelayError::Refused`], bodies are read within a bound, and answers
-//! are the typed [`cairn_proto::wire`] forms.
+//! are the typed [`cairn_proto::wire`] forms. A request that never reached
+//! the relay becomes [`RelayError::Unreachable`], its cause named from the
+//! typed errors under reqwest's ([`net_failure`]).
+
+use std::error::Error as _;
+use std::io;
 
 use cairn_api::CallError;
 use serde::de::DeserializeOwned;
 
-use crate::error::RelayError;
+use crate::error::{NetFailure, RelayError};
 
 /// Largest head record or info document accepted.
 pub(super) const MAX_SMALL_BODY: usize = 256 * 1024;
@@ -13,7 +18,12 @@ pub(super) const MAX_SMALL_BODY: usize = 256 * 1024;
 impl From<CallError> for RelayError {
     fn from(err: CallError) -> Self {
         match err {
-            CallError::Unreachable(detail) => Self::Unreachable(detail),
+            // Only a body cut off midway comes here as text (requests are
+            // sent by `send_only`, which keeps reqwest's error typed).
+            CallError::Unreachable(detail) => Self::Unreachable {
+                why: NetFailure::ConnectionLost,
+                detail,
+            },
             CallError::Refused(refusal) => {
                 let cairn_api::Refusal {
                     status,
@@ -40,7 +50,78 @@ impl From<CallError> for RelayError {
 pub(super) async fn send(
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, RelayError> {
-    Ok(cairn_api::send(request).await?)
+    check_status(send_only(request).await?).await
+}
+
+/// Sends a request and passes on whatever status comes back.
+pub(super) async fn send_only(
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, RelayError> {
+    request.send().await.map_err(|err| unreachable(&err))
+}
+
+/// A request that did not reach the relay, or an answer cut off: its
+/// cause in words, and reqwest's account (with its causes) as the detail.
+pub(super) fn unreachable(err: &reqwest::Error) -> RelayError {
+    RelayError::Unreachable {
+        why: net_failure(err),
+        detail: describe(err),
+    }
+}
+
+/// Names how `err` failed, from the typed errors under it: reqwest's own
+/// timeout, the OS's `io::Error` kinds, rustls's errors.
+fn net_failure(err: &reqwest::Error) -> NetFailure {
+    if err.is_timeout() {
+        return NetFailure::TimedOut;
+    }
+    let mut cause = err.source();
+    while let Some(error) = cause {
+        if let Some(found) = error.downcast_ref::<io::Error>().and_then(io_failure) {
+            return found;
+        }
+        // The resolver's failure is an `io::Error` of a kind std does not
+        // name (`Uncategorized`); hyper-util's connector marks that step
+        // with this message, and has no public type to test instead. The
+        // unit test against a `.invalid` name keeps this honest.
+        if error.to_string() == "dns error" {
+            return NetFailure::DnsFailed;
+        }
+        cause = error.source();
+    }
+    if err.is_body() || err.is_decode() {
+        NetFailure::ConnectionLost
+    } else {
+        NetFailure::Other
+    }
+}
+
+/// What an I/O error under a request says, if it says something a person
+/// can act on.
+fn io_failure(err: &io::Error) -> Option<NetFailure> {
+    // TLS connectors wrap rustls's error in an `io::Error`, sometimes two,
+    // and `io::Error::source` skips past the wrapped error: look inside.
+    let mut inner = err.get_ref();
+    while let Some(error) = inner {
+        if error.is::<tokio_rustls::rustls::Error>() {
+            return Some(NetFailure::TlsFailed);
+        }
+        inner = error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref);
+    }
+    match err.kind() {
+        io::ErrorKind::ConnectionRefused => Some(NetFailure::ConnectionRefused),
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => Some(NetFailure::ConnectionReset),
+        io::ErrorKind::TimedOut => Some(NetFailure::TimedOut),
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+            Some(NetFailure::NoRoute)
+        }
+        io::ErrorKind::UnexpectedEof => Some(NetFailure::ConnectionLost),
+        _ => None,
+    }
 }
 
 pub(super) async fn check_status(
@@ -70,4 +151,102 @@ pub(super) async fn json_answer<T: DeserializeOwned>(
     Ok(cairn_api::read_json(response, max, what).await?)
 }
 
-pub(super) use cairn_api::describe;
+use cairn_api::describe;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// A client that gives up on a silent relay quickly.
+    fn http() -> reqwest::Client {
+        // Installs the TLS provider the https case needs.
+        crate::relay::http_client().unwrap();
+        reqwest::Client::builder()
+            .read_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap()
+    }
+
+    /// A loopback listener that does `each` with every connection.
+    async fn listener<F, Fut>(each: F) -> std::net::SocketAddr
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(each(stream));
+            }
+        });
+        addr
+    }
+
+    async fn why(url: String) -> (NetFailure, String) {
+        let err = send(http().get(url)).await.unwrap_err();
+        match err {
+            RelayError::Unreachable { why, detail } => (why, detail),
+            other => panic!("not unreachable: {other}"),
+        }
+    }
+
+    /// Issue "Messages a person reads": each way of not reaching a relay
+    /// is named in plain words, with reqwest's chain kept as the detail.
+    #[tokio::test]
+    async fn each_way_of_not_reaching_a_relay_is_named() {
+        // A port nothing listens on any more.
+        let closed = {
+            let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            socket.local_addr().unwrap()
+        };
+        let (refused, detail) = why(format!("http://{closed}/x")).await;
+        assert_eq!(refused, NetFailure::ConnectionRefused);
+        assert!(detail.contains("Connection refused"), "{detail}");
+
+        // `.invalid` never resolves (RFC 6761), with or without a network.
+        let (dns, _) = why("http://relay.invalid/x".into()).await;
+        assert_eq!(dns, NetFailure::DnsFailed);
+
+        // Accepts and says nothing.
+        let silent = listener(|stream| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(stream);
+        })
+        .await;
+        assert_eq!(
+            why(format!("http://{silent}/x")).await.0,
+            NetFailure::TimedOut
+        );
+
+        // Plain HTTP where TLS is expected.
+        let plain = listener(|mut stream| async move {
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        })
+        .await;
+        assert_eq!(
+            why(format!("https://{plain}/x")).await.0,
+            NetFailure::TlsFailed
+        );
+
+        // Accepts, then resets the connection.
+        let resets = listener(|stream| async move {
+            #[allow(deprecated, reason = "the only way to send a reset")]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(stream);
+        })
+        .await;
+        assert_eq!(
+            why(format!("http://{resets}/x")).await.0,
+            NetFailure::ConnectionReset
+        );
+    }
+}

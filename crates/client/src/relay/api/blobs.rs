@@ -13,7 +13,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method as HttpMethod, StatusCode};
 
 use super::RelayClient;
-use super::answer::{MAX_SMALL_BODY, bounded_body, describe, json_answer, send};
+use super::answer::{MAX_SMALL_BODY, bounded_body, json_answer, send, unreachable};
 use crate::error::RelayError;
 
 /// Times an upload is tried again after `429 rate_limited`: a large file
@@ -196,7 +196,7 @@ impl RelayClient {
         let mut received = 0u64;
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|err| RelayError::Unreachable(describe(&err)))?;
+            let chunk = chunk.map_err(|err| unreachable(&err))?;
             hasher.update(&chunk);
             received += chunk.len() as u64;
             each(chunk).await?;

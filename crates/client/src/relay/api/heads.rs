@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
 
 use super::RelayClient;
-use super::answer::{MAX_SMALL_BODY, json_answer, send, small_body};
+use super::answer::{MAX_SMALL_BODY, json_answer, send, send_only, small_body};
 use crate::error::RelayError;
 use crate::relay::head::Head;
 
@@ -80,7 +80,7 @@ impl RelayClient {
             .put(url)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(record.to_bytes());
-        match cairn_api::send(request).await {
+        match cairn_api::check_status(send_only(request).await?).await {
             Ok(_) => Ok(HeadWrite::Stored),
             Err(CallError::Refused(refusal)) if refusal.status == StatusCode::CONFLICT => {
                 let current = refusal

@@ -9,7 +9,7 @@ use cairn_proto::{BlobId, VerifyingKey};
 use reqwest::header::LOCATION;
 use reqwest::{Method as HttpMethod, StatusCode};
 
-use super::answer::{check_status, describe};
+use super::answer::{check_status, unreachable};
 use super::{RelayClient, fetch_info};
 use crate::error::RelayError;
 use crate::relay::set::RelaySet;
@@ -70,9 +70,7 @@ impl RelayClient {
                 .request(method.clone(), relay.blob_url(id))
                 .send()
                 .await
-                .map_err(|err| {
-                    relay.after_transfer(self, RelayError::Unreachable(describe(&err)))
-                })?;
+                .map_err(|err| relay.after_transfer(self, unreachable(&err)))?;
             if response.status() != StatusCode::TEMPORARY_REDIRECT {
                 let response = check_status(response)
                     .await
