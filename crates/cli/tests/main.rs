@@ -17,6 +17,7 @@ mod folders;
 mod folders_random;
 mod interop;
 mod manuals;
+mod messages;
 mod readme;
 mod relay_view;
 mod stolen;
