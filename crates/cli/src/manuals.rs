@@ -40,7 +40,11 @@ pub(crate) fn man(dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let written = write_pages(command, "cairn", dir)?;
     let report = serde_json::json!({ "dir": dir, "pages": written });
     crate::output::emit(json, &report, || {
-        format!("wrote {written} manual pages to {}", dir.display())
+        format!(
+            "wrote {} to {}",
+            crate::output::count(written as u64, "manual page", "manual pages"),
+            dir.display()
+        )
     });
     Ok(ExitCode::SUCCESS)
 }

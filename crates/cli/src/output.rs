@@ -80,6 +80,15 @@ pub(crate) fn warn(text: &str, details: &[String]) {
     print_details(details);
 }
 
+/// A failure a command goes on after (it retries, or moves to the next
+/// thing), noted for people, with the detail behind it under `--verbose`.
+pub(crate) fn note_failure(json: bool, text: &str, err: &cairn_client::Error) {
+    note(json, text);
+    if !json {
+        print_details(&err.details());
+    }
+}
+
 /// With `--verbose`, the detail behind a message, on standard error.
 pub(crate) fn print_details(details: &[String]) {
     if verbose() {

@@ -12,7 +12,7 @@ use notify::{RecursiveMode, Watcher as _};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::output::{emit_line, note};
+use crate::output::{emit_line, note, note_failure};
 
 /// How a watch is paced.
 pub(super) struct Pace {
@@ -100,9 +100,10 @@ pub(super) async fn watch(mut client: Client, json: bool, pace: Pace) -> anyhow:
                 Ok(report) if report.merged > 0 => {}
                 Ok(_) => continue,
                 Err(err) => {
-                    note(
+                    note_failure(
                         json,
                         &format!("sync failed: {err}; retried in {} s", pace.poll.as_secs()),
+                        &err,
                     );
                     continue;
                 }
@@ -128,9 +129,10 @@ pub(super) async fn watch(mut client: Client, json: bool, pace: Pace) -> anyhow:
                     report(json, result);
                 }
             }
-            Err(err) => note(
+            Err(err) => note_failure(
                 json,
                 &format!("folder sync failed: {err}; retried on the next change or poll"),
+                &err,
             ),
         }
         if pace.passes.is_some_and(|n| passes >= n) {

@@ -7,7 +7,7 @@ use cairn_client::Client;
 use serde_json::json;
 
 use super::audit::repair_summary;
-use crate::output::{count, emit, emit_line, note, print_details, unix_now, warn_offline};
+use crate::output::{count, emit, emit_line, note_failure, unix_now, warn_offline};
 
 pub(super) async fn sync(
     mut client: Client,
@@ -47,13 +47,11 @@ pub(super) async fn sync(
                 };
             }
             Err(err) => {
-                note(
+                note_failure(
                     json,
                     &format!("sync failed: {err}; retrying in {} s", wait.as_secs()),
+                    &err,
                 );
-                if !json {
-                    print_details(&err.details());
-                }
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
         }
@@ -78,7 +76,11 @@ async fn watch_repair(client: &mut Client, json: bool) {
             });
         }
         Ok(_) => {}
-        Err(err) => note(json, &format!("repair failed: {err}; tried again later")),
+        Err(err) => note_failure(
+            json,
+            &format!("repair failed: {err}; tried again later"),
+            &err,
+        ),
     }
 }
 
