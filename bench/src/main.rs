@@ -38,6 +38,9 @@ struct Cli {
 pub(crate) enum Target {
     /// A cairn relay: `PUT /v1/blobs/{id}` with a signed token.
     Cairn,
+    /// A cairn relay's batch upload: `POST /v1/blobs`, [`BATCH`] blobs a
+    /// request, one token each.
+    CairnBatch,
     /// A WebDAV server (nginx): `PUT /dav/{id}`.
     Webdav,
 }
@@ -204,6 +207,51 @@ struct Prepared {
     body: Vec<u8>,
 }
 
+/// Blobs per request of [`Target::CairnBatch`].
+pub(crate) const BATCH: usize = 256;
+
+/// `bodies` as batch uploads of [`BATCH`] blobs to `url`, each with its
+/// token.
+fn batches(
+    url: &str,
+    relay: &cairn_proto::VerifyingKey,
+    signer: &cairn_proto::SigningKey,
+    bodies: Vec<Vec<u8>>,
+) -> anyhow::Result<Vec<Prepared>> {
+    let mut out = Vec::new();
+    let mut bodies = bodies.into_iter().peekable();
+    while bodies.peek().is_some() {
+        let mut group: Vec<(BlobId, Vec<u8>)> = bodies
+            .by_ref()
+            .take(BATCH)
+            .map(|b| (BlobId::of(&b), b))
+            .collect();
+        group.sort_unstable_by_key(|(id, _)| *id);
+        let header = cairn_proto::BatchHeader::new(
+            group
+                .iter()
+                .map(|(id, b)| Ok((*id, u32::try_from(b.len())?)))
+                .collect::<anyhow::Result<_>>()?,
+        )?;
+        let mut body = header.encode();
+        for (_, b) in &group {
+            body.extend_from_slice(b);
+        }
+        let t = token(
+            relay,
+            Method::Post,
+            TokenTarget::Batch(header.digest()),
+            unix_now() + 600,
+        );
+        out.push(Prepared {
+            url: format!("{url}/v1/blobs"),
+            auth: Some(auth_header(&t, signer)),
+            body,
+        });
+    }
+    Ok(out)
+}
+
 /// Uploads `count` distinct blobs round robin over `urls`: the time taken,
 /// the failures, and the 99th percentile of the successful requests.
 pub(crate) async fn put(
@@ -221,39 +269,44 @@ pub(crate) async fn put(
     let signer = key("bench");
     let first = urls.first().context("no server to upload to")?;
     let relay = match target {
-        Target::Cairn => Some(relay_key(&http, first).await?),
+        Target::Cairn | Target::CairnBatch => Some(relay_key(&http, first).await?),
         Target::Webdav => None,
     };
     // Large blobs share one body (cloned per request) to bound memory;
     // distinct ids come from distinct bytes, so only small runs can do that.
     let shared_large = size > (1 << 20);
-    let prepared: Vec<Prepared> = (0..count)
-        .map(|i| {
-            let mut body = blob(label, if shared_large { 0 } else { i }, size);
-            if shared_large {
-                // Make each large blob distinct in its first bytes.
-                body[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            }
-            let id = BlobId::of(&body);
-            // Round robin over the servers (processes of one relay).
-            let url = &urls[i % urls.len()];
-            match (target, relay) {
-                (Target::Cairn, Some(relay)) => {
-                    let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
-                    Prepared {
-                        url: format!("{url}/v1/blobs/{id}"),
-                        auth: Some(auth_header(&t, &signer)),
-                        body,
-                    }
+    let prepared: Vec<Prepared> = if let (Target::CairnBatch, Some(relay)) = (target, relay) {
+        let bodies = (0..count).map(|i| blob(label, i, size)).collect();
+        batches(first, &relay, &signer, bodies)?
+    } else {
+        (0..count)
+            .map(|i| {
+                let mut body = blob(label, if shared_large { 0 } else { i }, size);
+                if shared_large {
+                    // Make each large blob distinct in its first bytes.
+                    body[..8].copy_from_slice(&(i as u64).to_be_bytes());
                 }
-                _ => Prepared {
-                    url: format!("{url}/dav/{label}-{id}"),
-                    auth: None,
-                    body,
-                },
-            }
-        })
-        .collect();
+                let id = BlobId::of(&body);
+                // Round robin over the servers (processes of one relay).
+                let url = &urls[i % urls.len()];
+                match (target, relay) {
+                    (Target::Cairn, Some(relay)) => {
+                        let t = token(&relay, Method::Put, TokenTarget::Blob(id), unix_now() + 600);
+                        Prepared {
+                            url: format!("{url}/v1/blobs/{id}"),
+                            auth: Some(auth_header(&t, &signer)),
+                            body,
+                        }
+                    }
+                    _ => Prepared {
+                        url: format!("{url}/dav/{label}-{id}"),
+                        auth: None,
+                        body,
+                    },
+                }
+            })
+            .collect()
+    };
     let prepared = Arc::new(std::sync::Mutex::new(prepared.into_iter()));
     let failures = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -266,16 +319,22 @@ pub(crate) async fn put(
             loop {
                 let next = prepared.lock().ok().and_then(|mut it| it.next());
                 let Some(p) = next else { return latencies };
-                let mut request = http.put(&p.url).body(p.body);
+                let mut request = match target {
+                    Target::CairnBatch => http.post(&p.url).body(p.body),
+                    _ => http.put(&p.url).body(p.body),
+                };
                 if let Some(auth) = p.auth {
                     request = request.header("authorization", auth);
                 }
                 let sent = Instant::now();
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => latencies.push(sent.elapsed()),
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                let stored = match request.send().await {
+                    Ok(r) if r.status().is_success() => target_ok(target, r).await,
+                    _ => false,
+                };
+                if stored {
+                    latencies.push(sent.elapsed());
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));
@@ -291,6 +350,18 @@ pub(crate) async fn put(
         .copied()
         .unwrap_or_default();
     Ok((elapsed, failures.load(Ordering::Relaxed), p99))
+}
+
+/// Whether a successful answer stored everything: for a batch, every
+/// blob's result.
+async fn target_ok(target: Target, response: reqwest::Response) -> bool {
+    match target {
+        Target::CairnBatch => response
+            .json::<cairn_proto::wire::BatchStored>()
+            .await
+            .is_ok_and(|b| b.results.iter().all(|r| r.error.is_none())),
+        Target::Cairn | Target::Webdav => true,
+    }
 }
 
 /// Uploads one blob to the relay at `url` with a fresh token.

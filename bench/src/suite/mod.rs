@@ -32,6 +32,8 @@ use self::stats::{Row, table};
 use crate::{Target, put};
 
 const KIB: usize = 1024;
+/// Blobs stored through the batch path per measurement (PROTOCOL §7.3).
+const BATCH_PUTS: usize = 10_000;
 const LARGE: usize = 64 << 20;
 
 /// How long and how often.
@@ -385,6 +387,34 @@ impl Servers {
                 p99s.1,
             ),
         ];
+
+        // The batch path against the same single PUTs of nginx: 10,000
+        // blobs, 256 a request, 8 requests in flight.
+        let round = std::cell::Cell::new(0);
+        let (cairn, against) = pairwise(
+            plan.pairs,
+            || {
+                round.set(round.get() + 1);
+                let label = format!("batch-{}", round.get());
+                let (rate, _) =
+                    put_blocking(&relay_url, Target::CairnBatch, KIB, BATCH_PUTS, 8, &label)?;
+                Ok(rate)
+            },
+            || {
+                let label = format!("batch-{}", round.get());
+                let (rate, _) =
+                    put_blocking(&self.nginx.url, Target::Webdav, KIB, BATCH_PUTS, 64, &label)?;
+                Ok(rate)
+            },
+        )?;
+        rows.push(row(
+            "PUT 1 KiB durable, batches of 256, 8 in flight",
+            "blobs/s",
+            "nginx WebDAV (no fsync), 64 in flight",
+            true,
+            cairn,
+            against,
+        ));
 
         let source = self.nginx.file("large");
         let mut round = 0;
