@@ -28,35 +28,30 @@
 //!
 //! Bytes both ways as a share of one full id list (32 bytes per id), and
 //! round trips, for random ids with half the difference on each side,
-//! measured in release builds (`measure_million` in the tests):
+//! measured in release builds (`measure_million` in the tests), 1,000,000
+//! ids a side of which 500 + 500 are only on one side:
 //!
-//! | ids a side | only on one side | bytes | share | round trips |
-//! |---|---|---|---|---|
-//! | 100,000 | 50 + 50 | 51,213 | 1.60% | 3 |
-//! | 1,000,000 | 500 + 500 | 526,893 | 1.65% | 4 |
-//! | 1,001,000 | 1,000 + 1,000 | 939,726 | 2.93% | 4 |
-//! | 950,000 | 50,000 + 50,000 | 23,269,107 | 76.5% | 30 |
+//! | version | fingerprint | split into | list at most | bytes | share | round trips |
+//! |---|---|---|---|---|---|---|
+//! | 1 | 16 bytes | 8 | 4 | 526,893 | 1.65% | 4 |
+//! | **2** | **8 bytes** | **4** | **4** | **311,669** | **0.97%** | **6** |
 //!
-//! The split factor and list threshold were chosen on the first two rows
-//! (share / round trips):
-//!
-//! | split into | list at most | 100,000 | 1,000,000 |
-//! |---|---|---|---|
-//! | 4 | 2 | 1.40% / 5 | 1.46% / 6 |
-//! | 8 | 2 | 1.61% / 4 | 1.60% / 4 |
-//! | **8** | **4** | **1.60% / 3** | **1.65% / 4** |
-//! | 16 | 2 | 2.27% / 3 | 2.26% / 3 |
-//! | 16 | 4 | 2.31% / 3 | 2.26% / 3 |
-//! | 32 | 2 | 2.87% / 3 | 3.46% / 3 |
+//! Version 2's parameters were chosen on that row among fingerprints of 6
+//! and 8 bytes, splits of 3 to 8 and lists of 2 to 5: 8-byte fingerprints
+//! keep an honest collision at 2^-64 per compared range (6 bytes gave
+//! 0.87%); splitting in 4 sends fewer fingerprints that turn out to match,
+//! for two more round trips (in 8: 1.12%, 4 round trips; in 3: 1.00%, 7).
 //!
 //! When the sets differ in a large share of their ids, every range differs
 //! and the cost approaches that of sending the ids themselves. Each round
 //! costs each side one pass over at most its whole set (a million ids
 //! reconcile in well under a second), and memory proportional to the message.
 //!
-//! Fingerprints are 128-bit and compared, not proven: a peer that lies about
-//! its set is not detected, and two honest sets collide with probability
-//! 2^-128 per compared range. The module computes, it does no I/O.
+//! Fingerprints (128-bit in version 1, 64-bit in version 2) are compared,
+//! not proven: a peer that lies about its set is not detected, and two
+//! honest sets collide with probability 2^-128 or 2^-64 per compared range;
+//! a collision leaves a difference for a later round, after either set
+//! changed. The module computes, it does no I/O.
 //!
 //! # Example
 //!
@@ -89,6 +84,7 @@
 //! ```
 
 mod fingerprint;
+mod profile;
 mod wire;
 
 use std::cmp::Ordering;
@@ -96,6 +92,7 @@ use std::cmp::Ordering;
 use crate::BlobId;
 use crate::error::DecodeError;
 use fingerprint::{Accumulator, Fingerprint};
+use profile::{MAX_BRANCHES, Profile};
 use wire::{Bound, Encoder, Payload, Range, Ranges};
 
 /// The largest message either side sends or accepts, in bytes.
@@ -109,32 +106,24 @@ pub const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// message makes progress.
 pub const MIN_FRAME_LIMIT: usize = 4096;
 
-/// The version byte that starts every message.
-pub const VERSION: u8 = wire::VERSION;
+/// The version a [`Reconciler`] sends unless told otherwise: the newest.
+pub const VERSION: u8 = 2;
 
-/// How many sub-ranges a side splits a range into when fingerprints differ.
-///
-/// Fewer branches send fewer fingerprints that turn out to match, but need
-/// more levels, hence round trips; the module docs list what was measured.
-const BRANCHES: usize = 8;
-
-/// A side whose fingerprint differs lists its ids, instead of splitting, when
-/// it holds at most this many in the range.
-///
-/// Listing n ids costs 32n bytes; splitting costs about 20 bytes per
-/// sub-range and another round trip. Below a handful of ids the list wins.
-const ID_LIST_THRESHOLD: usize = 4;
+/// Every version this implementation reads, answers and can send. A
+/// responder answers each message in the version it came in, so peers of
+/// different releases reconcile in the oldest version they share.
+pub const VERSIONS: [u8; 2] = [1, 2];
 
 // Every message must make progress: the answer to one range, after the
-// version byte and a pending skip, must fit with the closing reserve.
+// version byte and a pending skip, must fit with the closing reserve, in
+// every version.
 const _: () = {
-    let split = BRANCHES * (1 + 32 + fingerprint::FINGERPRINT_LEN);
-    let list = 1 + 32 + 2 + ID_LIST_THRESHOLD * BlobId::LEN;
+    let split = MAX_BRANCHES * (1 + 32 + fingerprint::FINGERPRINT_MAX);
+    let list = 1 + 32 + 2 + 4 * BlobId::LEN;
     let largest = if split > list { split } else { list };
     assert!(MIN_FRAME_LIMIT >= 1 + (1 + 32) + wire::RESERVE + largest);
     assert!(MIN_FRAME_LIMIT <= MAX_MESSAGE_LEN);
-    // A range of one id must be listed, or splitting it would not shrink it.
-    assert!(ID_LIST_THRESHOLD >= 1 && BRANCHES >= 2);
+    assert!(profile::V1.list_threshold <= 4 && profile::V2.list_threshold <= 4);
 };
 
 /// Why a reconciliation step failed.
@@ -189,6 +178,8 @@ pub enum ReconcileError {
 pub struct Reconciler<'a> {
     items: &'a [BlobId],
     frame_limit: usize,
+    /// The version this side sends as initiator.
+    profile: Profile,
 }
 
 /// What the initiator learned from one message, kept apart until the whole
@@ -213,16 +204,16 @@ enum Step {
 /// sub-range's upper bound and accumulator.
 #[derive(Debug)]
 struct Split {
-    parts: [(Bound, Accumulator); BRANCHES],
+    parts: [(Bound, Accumulator); MAX_BRANCHES],
     len: usize,
 }
 
 impl Split {
-    /// Splits `own` (more than one id) into `min(BRANCHES, own.len())`
+    /// Splits `own` (more than one id) into `min(branches, own.len())`
     /// parts; the last part ends at `upper`.
-    fn new(own: &[BlobId], upper: Bound) -> Self {
-        let mut parts = [(upper, Accumulator::default()); BRANCHES];
-        let len = BRANCHES.min(own.len());
+    fn new(own: &[BlobId], upper: Bound, branches: usize) -> Self {
+        let mut parts = [(upper, Accumulator::default()); MAX_BRANCHES];
+        let len = branches.min(MAX_BRANCHES).min(own.len());
         let mut start = 0;
         for (i, part) in parts.iter_mut().enumerate().take(len) {
             let end = (i + 1) * own.len() / len;
@@ -248,16 +239,16 @@ impl Split {
         total
     }
 
-    fn encoded_len(&self) -> usize {
+    fn encoded_len(&self, profile: Profile) -> usize {
         self.parts()
             .iter()
-            .map(|(upper, _)| wire::fingerprint_len(upper))
+            .map(|(upper, _)| wire::fingerprint_len(profile, upper))
             .sum()
     }
 
-    fn write(&self, enc: &mut Encoder) {
+    fn write(&self, enc: &mut Encoder, profile: Profile) {
         for (upper, acc) in self.parts() {
-            enc.fingerprint(upper, &acc.fingerprint());
+            enc.fingerprint(upper, &acc.fingerprint(profile.fingerprint_len));
         }
     }
 }
@@ -276,7 +267,26 @@ impl<'a> Reconciler<'a> {
         Ok(Self {
             items,
             frame_limit: MAX_MESSAGE_LEN,
+            profile: profile::V2,
         })
+    }
+
+    /// Sends messages in `version` (one of [`VERSIONS`]) as initiator, for
+    /// a peer that does not read [`VERSION`]. As responder a reconciler
+    /// always answers in the version of the message it got.
+    ///
+    /// # Errors
+    ///
+    /// [`ReconcileError::UnsupportedVersion`] for a version not in
+    /// [`VERSIONS`].
+    pub fn with_version(mut self, version: u8) -> Result<Self, ReconcileError> {
+        self.profile = Profile::of(version).ok_or(ReconcileError::UnsupportedVersion(version))?;
+        Ok(self)
+    }
+
+    /// The version this side sends as initiator.
+    pub fn version(&self) -> u8 {
+        self.profile.version
     }
 
     /// Keeps every message this side produces at or below `limit` bytes,
@@ -292,12 +302,13 @@ impl<'a> Reconciler<'a> {
     /// The initiator's first message: the whole id space, described as for a
     /// fingerprint mismatch (the ids if there are few, else sub-ranges).
     pub fn initiate(&self) -> Vec<u8> {
-        let mut enc = Encoder::new(self.frame_limit);
+        let profile = self.profile;
+        let mut enc = Encoder::new(self.frame_limit, profile);
         // Fits: MIN_FRAME_LIMIT has room for either form (checked above).
-        if self.items.len() <= ID_LIST_THRESHOLD {
+        if self.items.len() <= profile.list_threshold {
             enc.id_list(&Bound::End, self.items);
         } else {
-            Split::new(self.items, Bound::End).write(&mut enc);
+            Split::new(self.items, Bound::End, profile.branches).write(&mut enc, profile);
         }
         enc.finish()
     }
@@ -350,9 +361,14 @@ impl<'a> Reconciler<'a> {
         let initiator = findings.is_some();
         // Check the whole message first: acting on the front of a message
         // whose tail is garbage would record findings for a refused message.
-        wire::validate(msg, initiator)?;
+        let profile = wire::validate(msg, initiator)?;
+        if initiator && profile != self.profile {
+            return Err(ReconcileError::Inconsistent {
+                reason: "answer in another version than the request",
+            });
+        }
         let mut ranges = Ranges::new(msg, initiator)?;
-        let mut enc = Encoder::new(self.frame_limit);
+        let mut enc = Encoder::new(self.frame_limit, profile);
         // Index of this side's first id at or above the current range.
         let mut start = 0;
         while let Some(range) = ranges.next_range()? {
@@ -364,7 +380,7 @@ impl<'a> Reconciler<'a> {
                     Step::Next
                 }
                 (Payload::Fingerprint(theirs), _) => {
-                    self.on_fingerprint(&mut enc, &range, own, &theirs)
+                    Self::on_fingerprint(&mut enc, profile, &range, own, &theirs)
                 }
                 (Payload::IdList(theirs), None) => Self::on_id_list(&mut enc, &range, own, theirs),
                 (Payload::IdList(theirs), Some(found)) => {
@@ -389,7 +405,8 @@ impl<'a> Reconciler<'a> {
                 Step::Next => start += own.len(),
                 Step::CutAt(at) => {
                     let from = self.items.partition_point(|id| at.is_above(id.as_bytes()));
-                    let rest = Accumulator::of(&self.items[from..]).fingerprint();
+                    let rest =
+                        Accumulator::of(&self.items[from..]).fingerprint(profile.fingerprint_len);
                     return Ok((enc.finish_with_rest(&rest), false));
                 }
             }
@@ -401,14 +418,14 @@ impl<'a> Reconciler<'a> {
     /// A range where the peer sent its fingerprint: skip it if ours matches,
     /// else list our ids or split it.
     fn on_fingerprint(
-        &self,
         enc: &mut Encoder,
+        profile: Profile,
         range: &Range<'_>,
         own: &[BlobId],
         theirs: &Fingerprint,
     ) -> Step {
-        if own.len() <= ID_LIST_THRESHOLD {
-            if Accumulator::of(own).fingerprint() == *theirs {
+        if own.len() <= profile.list_threshold {
+            if Accumulator::of(own).fingerprint(profile.fingerprint_len) == *theirs {
                 enc.skip(range.upper);
             } else if wire::id_list_len(&range.upper, own.len()) <= enc.room() {
                 enc.id_list(&range.upper, own);
@@ -419,11 +436,11 @@ impl<'a> Reconciler<'a> {
         }
         // One pass yields both the range's fingerprint and, in case it
         // differs, those of its sub-ranges.
-        let split = Split::new(own, range.upper);
-        if split.total().fingerprint() == *theirs {
+        let split = Split::new(own, range.upper, profile.branches);
+        if split.total().fingerprint(profile.fingerprint_len) == *theirs {
             enc.skip(range.upper);
-        } else if split.encoded_len() <= enc.room() {
-            split.write(enc);
+        } else if split.encoded_len(profile) <= enc.room() {
+            split.write(enc, profile);
         } else {
             return Step::CutAt(range.lower);
         }

@@ -271,6 +271,52 @@ fn measure_million() {
 }
 
 #[test]
+fn a_peer_that_speaks_only_version_1_reconciles_with_a_new_one() {
+    let (a, b) = overlapping(5_000, 40);
+    let new = run(&a, &b, MAX_MESSAGE_LEN, MAX_MESSAGE_LEN);
+    // An old initiator: its messages are version 1 and so are the answers.
+    let old = Reconciler::new(&a).unwrap().with_version(1).unwrap();
+    assert_eq!(old.version(), 1);
+    let responder = Reconciler::new(&b).unwrap();
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    let mut message = old.initiate();
+    loop {
+        assert_eq!(message[0], 1);
+        let answer = responder.respond(&message).unwrap();
+        assert_eq!(answer[0], 1, "answered in the version asked");
+        match old.reconcile(&answer, &mut have, &mut need).unwrap() {
+            Some(next) => message = next,
+            None => break,
+        }
+    }
+    assert_eq!((have, need), (new.have, new.need));
+}
+
+#[test]
+fn an_answer_in_another_version_is_refused() {
+    let (a, b) = overlapping(1_000, 10);
+    let initiator = Reconciler::new(&a).unwrap();
+    let answer = Reconciler::new(&b)
+        .unwrap()
+        .respond(
+            &Reconciler::new(&a)
+                .unwrap()
+                .with_version(1)
+                .unwrap()
+                .initiate(),
+        )
+        .unwrap();
+    assert!(matches!(
+        initiator.reconcile(&answer, &mut Vec::new(), &mut Vec::new()),
+        Err(ReconcileError::Inconsistent { .. })
+    ));
+    assert_eq!(
+        Reconciler::new(&a).unwrap().with_version(3).unwrap_err(),
+        ReconcileError::UnsupportedVersion(3)
+    );
+}
+
+#[test]
 fn unsorted_or_duplicate_items_are_refused() {
     let mut a = ids(0..10);
     a.swap(3, 4);
@@ -291,6 +337,9 @@ mod decoding {
 
     use super::*;
 
+    /// These cases are written in version 1 (16-byte fingerprints); the
+    /// rules they check are the same in every version.
+    const VERSION: u8 = 1;
     const FP: [u8; 16] = [0xaa; 16];
 
     /// Fingerprint mode over `[previous bound, prefix)`; an empty prefix is
@@ -331,9 +380,24 @@ mod decoding {
     #[test]
     fn a_valid_message_is_answered() {
         let answer = respond(&message(&[skip(&[0x40]), fp(&[0x80]), fp(&[])])).unwrap();
-        assert_eq!(answer[0], VERSION);
+        assert_eq!(answer[0], VERSION, "answered in the version asked");
         // One skip over everything: nothing left to compare.
         assert_eq!(respond(&[VERSION, 0]).unwrap(), vec![VERSION, 0]);
+    }
+
+    #[test]
+    fn a_version_2_fingerprint_is_8_bytes() {
+        let v2 = [&[2, 0x40][..], &[0xaa; 8]].concat();
+        assert_eq!(respond(&v2).unwrap()[0], 2);
+        // Sixteen bytes are eight too many there.
+        let long = [&[2, 0x40][..], &[0xaa; 16]].concat();
+        assert!(matches!(
+            respond(&long),
+            Err(ReconcileError::Malformed {
+                source: DecodeError::TrailingBytes { count: 8 },
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -346,8 +410,12 @@ mod decoding {
             })
         ));
         assert_eq!(
-            respond(&[2, 0x40]),
-            Err(ReconcileError::UnsupportedVersion(2))
+            respond(&[3, 0x40]),
+            Err(ReconcileError::UnsupportedVersion(3))
+        );
+        assert_eq!(
+            respond(&[0, 0x40]),
+            Err(ReconcileError::UnsupportedVersion(0))
         );
     }
 
@@ -482,7 +550,11 @@ mod decoding {
             BlobId::from_bytes([0x11; 32]),
             BlobId::from_bytes([0x22; 32]),
         ];
-        let msg = Reconciler::new(&a).unwrap().initiate();
+        let msg = Reconciler::new(&a)
+            .unwrap()
+            .with_version(VERSION)
+            .unwrap()
+            .initiate();
         let expected = [&[VERSION, 0x80, 0x00, 0x02][..], &[0x11; 32], &[0x22; 32]].concat();
         assert_eq!(msg, expected);
         // The responder holds the second and a third: it offers the third and

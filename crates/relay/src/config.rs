@@ -328,6 +328,11 @@ pub struct FederationConfig {
     /// Most peers learned from configured peers' info documents (peer
     /// exchange); 0 to use configured peers only.
     pub max_learned_peers: usize,
+    /// The newest reconciliation message version (docs/PROTOCOL.md §7.8)
+    /// this relay sends first and answers; older ones are always answered.
+    /// Lower it to pin a version, or to stand for an older release in a
+    /// mixed network.
+    pub reconcile_version: u8,
 }
 
 impl Default for FederationConfig {
@@ -339,6 +344,7 @@ impl Default for FederationConfig {
             high_water_permille: 900,
             low_water_permille: 800,
             max_learned_peers: 8,
+            reconcile_version: cairn_proto::reconcile::VERSION,
         }
     }
 }

@@ -203,6 +203,56 @@ async fn reconciliation_traffic_grows_with_the_difference_not_the_set() {
     assert!(holds(&http, &b.handle.url(), &first).await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_of_either_reconciliation_version_reconcile_with_each_other() {
+    const N: usize = 2_000;
+    const DIFF: usize = 20;
+    // Relay 0 speaks versions 1 and 2, relay 1 only version 1 (as a release
+    // before version 2 did), relay 2 both.
+    let relays = mesh(3, |i, c| {
+        c.federation.replicas = 2;
+        if i == 1 {
+            c.federation.reconcile_version = 1;
+        }
+    })
+    .await;
+    let blob = |i: usize| format!("mixed network blob {i}").into_bytes();
+    let mine: Vec<_> = (0..N).map(blob).collect();
+    let theirs: Vec<_> = (DIFF..N).map(blob).collect();
+    assert_eq!(relays[0].handle.seed_blobs(mine, None).await.unwrap(), N);
+    for peer in &relays[1..] {
+        let seeded = peer
+            .handle
+            .seed_blobs(theirs.clone(), Some(relays[0].key()))
+            .await
+            .unwrap();
+        assert_eq!(seeded, N - DIFF);
+    }
+    // The new relay reconciles with the old one (falling back to version
+    // 1) and with the new one (version 2); each finds the same difference.
+    let reports = relays[0].handle.reconcile().await;
+    assert_eq!(reports.len(), 2);
+    for (_, report) in &reports {
+        let report = report.clone().unwrap();
+        assert_eq!(
+            (report.missing, report.extra),
+            (DIFF as u64, 0),
+            "{report:?}"
+        );
+        assert_eq!(report.pushed, DIFF as u64, "{report:?}");
+    }
+    // The old relay, as initiator, is answered in its version by the new
+    // ones: nothing to reconcile, and no error.
+    for (_, report) in relays[1].handle.reconcile().await {
+        let report = report.unwrap();
+        assert_eq!((report.missing, report.extra), (0, 0), "{report:?}");
+    }
+    let http = cairn_testkit::http();
+    for peer in &relays[1..] {
+        assert!(holds(&http, &peer.handle.url(), &BlobId::of(&blob(0))).await);
+    }
+}
+
 /// Sum of the sizes of the files under `dir`.
 fn disk_use(dir: &std::path::Path) -> u64 {
     crate::common::walk(dir)

@@ -6,11 +6,12 @@
 
 use crate::BlobId;
 
-/// Length of a fingerprint on the wire.
-pub(super) const FINGERPRINT_LEN: usize = 16;
+/// The longest fingerprint any version sends.
+pub(super) const FINGERPRINT_MAX: usize = 16;
 
-/// A fingerprint as sent in a `Fingerprint` range.
-pub(super) type Fingerprint = [u8; FINGERPRINT_LEN];
+/// A fingerprint as sent in a `Fingerprint` range: the version's length of
+/// bytes, then zeros up to [`FINGERPRINT_MAX`].
+pub(super) type Fingerprint = [u8; FINGERPRINT_MAX];
 
 /// The running sum (mod 2^256) and count of a set of ids.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,22 +56,23 @@ impl Accumulator {
         self.count += other.count;
     }
 
-    /// The first 16 bytes of BLAKE3(sum as 32 little-endian bytes ‖ count as
-    /// a little-endian u64).
+    /// The first `len` bytes of BLAKE3(sum as 32 little-endian bytes ‖
+    /// count as a little-endian u64), zero after them.
     ///
     /// The count goes in because sums alone cannot tell sets apart whose
     /// extra ids add up to zero (such as {} and {0}). Hashing the pair makes
     /// two different sets of honest (random) ids collide only by chance,
-    /// about 2^-128 after truncation.
-    pub(super) fn fingerprint(&self) -> Fingerprint {
+    /// about 2^-(8·len) after truncation.
+    pub(super) fn fingerprint(&self, len: usize) -> Fingerprint {
         let mut input = [0u8; 40];
         for (chunk, limb) in input.chunks_exact_mut(8).zip(self.sum) {
             chunk.copy_from_slice(&limb.to_le_bytes());
         }
         input[32..].copy_from_slice(&self.count.to_le_bytes());
         let hash = blake3::hash(&input);
-        let mut fp = [0u8; FINGERPRINT_LEN];
-        fp.copy_from_slice(&hash.as_bytes()[..FINGERPRINT_LEN]);
+        let len = len.min(FINGERPRINT_MAX);
+        let mut fp = [0u8; FINGERPRINT_MAX];
+        fp[..len].copy_from_slice(&hash.as_bytes()[..len]);
         fp
     }
 }
@@ -114,7 +116,10 @@ mod tests {
         ids[7..].iter().for_each(|i| right.add(i));
         left.merge(&right);
         assert_eq!(left, whole);
-        assert_eq!(left.fingerprint(), whole.fingerprint());
+        assert_eq!(
+            left.fingerprint(FINGERPRINT_MAX),
+            whole.fingerprint(FINGERPRINT_MAX)
+        );
     }
 
     #[test]
@@ -125,6 +130,9 @@ mod tests {
         let mut two = one;
         two.add(&[0; 32]);
         assert_eq!(one.sum, two.sum);
-        assert_ne!(one.fingerprint(), two.fingerprint());
+        assert_ne!(
+            one.fingerprint(FINGERPRINT_MAX),
+            two.fingerprint(FINGERPRINT_MAX)
+        );
     }
 }

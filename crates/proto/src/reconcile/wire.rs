@@ -7,12 +7,10 @@
 //! fingerprint of the rest, whatever was written before.
 
 use super::ReconcileError;
-use super::fingerprint::{FINGERPRINT_LEN, Fingerprint};
+use super::fingerprint::{FINGERPRINT_MAX, Fingerprint};
+use super::profile::Profile;
 use crate::BlobId;
 use crate::error::DecodeError;
-
-/// The first byte of every reconciliation message.
-pub(super) const VERSION: u8 = 1;
 
 /// Mode tags, in the top two bits of a range's header byte.
 mod mode {
@@ -120,6 +118,7 @@ pub(super) struct Ranges<'m> {
     lower: Bound,
     prev_skip: bool,
     allow_response: bool,
+    profile: Profile,
 }
 
 impl<'m> Ranges<'m> {
@@ -138,12 +137,17 @@ impl<'m> Ranges<'m> {
             lower: START,
             prev_skip: false,
             allow_response,
+            // Replaced by the version's own once its byte is read.
+            profile: super::profile::V1,
         };
         let version = ranges.u8()?;
-        if version != VERSION {
-            return Err(ReconcileError::UnsupportedVersion(version));
-        }
+        ranges.profile = Profile::of(version).ok_or(ReconcileError::UnsupportedVersion(version))?;
         Ok(ranges)
+    }
+
+    /// The version the message is in.
+    pub(super) fn profile(&self) -> Profile {
+        self.profile
     }
 
     fn malformed(&self, source: DecodeError) -> ReconcileError {
@@ -250,8 +254,9 @@ impl<'m> Ranges<'m> {
             }
             mode::SKIP => Payload::Skip,
             mode::FINGERPRINT => {
-                let mut fp = [0u8; FINGERPRINT_LEN];
-                fp.copy_from_slice(self.take(FINGERPRINT_LEN)?);
+                let len = self.profile.fingerprint_len;
+                let mut fp = [0u8; FINGERPRINT_MAX];
+                fp[..len].copy_from_slice(self.take(len)?);
                 Payload::Fingerprint(fp)
             }
             mode::ID_LIST => Payload::IdList(self.ids(&lower, &upper)?),
@@ -279,20 +284,21 @@ impl<'m> Ranges<'m> {
     }
 }
 
-/// Checks a whole message without acting on it.
-pub(super) fn validate(msg: &[u8], allow_response: bool) -> Result<(), ReconcileError> {
+/// Checks a whole message without acting on it; the version it is in.
+pub(super) fn validate(msg: &[u8], allow_response: bool) -> Result<Profile, ReconcileError> {
     let mut ranges = Ranges::new(msg, allow_response)?;
     while ranges.next_range()?.is_some() {}
-    Ok(())
+    Ok(ranges.profile())
 }
 
 /// Bytes kept free until the message is finished: a pending skip (header
-/// and a 32-byte prefix) and the closing fingerprint over `[.., End)`.
-pub(super) const RESERVE: usize = (1 + 32) + (1 + FINGERPRINT_LEN);
+/// and a 32-byte prefix) and the closing fingerprint over `[.., End)`, at
+/// the longest fingerprint of any version.
+pub(super) const RESERVE: usize = (1 + 32) + (1 + FINGERPRINT_MAX);
 
-/// Encoded size of a `Fingerprint` range.
-pub(super) fn fingerprint_len(upper: &Bound) -> usize {
-    upper.encoded_len() + FINGERPRINT_LEN
+/// Encoded size of a `Fingerprint` range in `profile`'s version.
+pub(super) fn fingerprint_len(profile: Profile, upper: &Bound) -> usize {
+    upper.encoded_len() + profile.fingerprint_len
 }
 
 /// Encoded size of an `IdList` range of `count` ids.
@@ -316,14 +322,17 @@ pub(super) struct Encoder {
     out: Vec<u8>,
     pending_skip: Option<Bound>,
     limit: usize,
+    profile: Profile,
 }
 
 impl Encoder {
-    pub(super) fn new(limit: usize) -> Self {
+    /// A message in `profile`'s version, of at most `limit` bytes.
+    pub(super) fn new(limit: usize, profile: Profile) -> Self {
         Self {
-            out: vec![VERSION],
+            out: vec![profile.version],
             pending_skip: None,
             limit,
+            profile,
         }
     }
 
@@ -358,9 +367,12 @@ impl Encoder {
         self.out.extend_from_slice(&n.to_be_bytes());
     }
 
+    /// A fingerprint range: the first bytes of `fp`, as many as the
+    /// version sends.
     pub(super) fn fingerprint(&mut self, upper: &Bound, fp: &Fingerprint) {
         self.header(mode::FINGERPRINT, upper);
-        self.out.extend_from_slice(fp);
+        self.out
+            .extend_from_slice(&fp[..self.profile.fingerprint_len]);
     }
 
     pub(super) fn id_list(&mut self, upper: &Bound, ids: &[BlobId]) {

@@ -85,9 +85,12 @@ async fn reconcile_with(
     set: &[BlobId],
 ) -> Result<ReconcileCounts, FederationError> {
     let metrics = &app.federation.metrics;
-    let reconciler = Reconciler::new(set).map_err(|e| FederationError::Reconcile(e.to_string()))?;
+    let mut version = app.config.federation.reconcile_version;
     let mut counts = ReconcileCounts::default();
     let (mut have, mut need) = (Vec::new(), Vec::new());
+    let mut reconciler = Reconciler::new(set)
+        .and_then(|r| r.with_version(version))
+        .map_err(|e| FederationError::Reconcile(e.to_string()))?;
     let mut message = reconciler.initiate();
     loop {
         if counts.rounds >= MAX_ROUNDS {
@@ -101,11 +104,29 @@ async fn reconcile_with(
         metrics
             .reconcile_bytes_sent
             .fetch_add(message.len() as u64, Ordering::Relaxed);
-        let answer = app
+        let answer = match app
             .federation
             .client
             .reconcile(&app.key, &peer.relay, message, app.now())
-            .await?;
+            .await
+        {
+            // A peer of an older release refuses a version it does not
+            // know (400) before anything else: ask again, one version
+            // older, from the start. Version 1 is every relay's.
+            Err(FederationError::Call(CallError::Refused(refusal)))
+                if refusal.status == 400 && counts.rounds == 1 && version > 1 =>
+            {
+                version -= 1;
+                tracing::debug!(peer = %peer.relay.url, version, "peer refused the reconciliation version; asking in an older one");
+                reconciler = reconciler
+                    .with_version(version)
+                    .map_err(|e| FederationError::Reconcile(e.to_string()))?;
+                message = reconciler.initiate();
+                counts.rounds = 0;
+                continue;
+            }
+            answer => answer?,
+        };
         counts.bytes_received += answer.len() as u64;
         metrics
             .reconcile_bytes_received

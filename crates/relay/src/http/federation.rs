@@ -59,6 +59,17 @@ pub(crate) async fn reconcile(
         ))
     })
     .await?;
+    // A version above this relay's is refused as a relay that does not
+    // know it refuses it; the peer then asks again in an older one.
+    let newest = app.config.federation.reconcile_version;
+    if let Some(&version) = message.first()
+        && version > newest
+    {
+        return Err(ApiError::bad_request(format!(
+            "reconciliation message refused: version {version} is not supported (this relay \
+             answers up to version {newest})"
+        )));
+    }
     let metrics = &app.federation.metrics;
     metrics
         .reconcile_bytes_received
