@@ -158,18 +158,32 @@ impl RelayClient {
         key: &SigningKey,
         pow_bits: u8,
     ) -> Result<String, RelayError> {
+        self.token_for(method, TokenTarget::Blob(*id), key, pow_bits)
+            .await
+    }
+
+    /// A token for `method` on `target`; uploads (a `PUT`, or a batch)
+    /// carry `pow_bits` of work.
+    async fn token_for(
+        &self,
+        method: Method,
+        target: TokenTarget,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<String, RelayError> {
+        let upload = method == Method::Put || matches!(target, TokenTarget::Batch(_));
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce)
             .map_err(|err| RelayError::Local(std::io::Error::other(err.to_string())))?;
         let mut token = AuthToken {
             audience: self.key,
             method,
-            target: TokenTarget::Blob(*id),
+            target,
             expires_at: Timestamp(unix_now() + TOKEN_LIFETIME.as_secs()),
             nonce: Nonce(nonce),
             stamp: 0,
         };
-        if pow_bits > 0 && method == Method::Put {
+        if pow_bits > 0 && upload {
             let signer = key.verifying_key();
             token = tokio::task::spawn_blocking(move || {
                 token

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
-use cairn_proto::wire::{BlobClaimed, BlobStored, header};
-use cairn_proto::{BlobId, ErrorCode, Method, SigningKey};
+use cairn_proto::wire::{BatchStored, BlobClaimed, BlobStored, header};
+use cairn_proto::{
+    BatchHeader, BlobId, ErrorCode, MAX_BATCH_BLOBS, Method, SigningKey, TokenTarget,
+};
 use futures_util::StreamExt as _;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method as HttpMethod, StatusCode};
@@ -74,6 +76,35 @@ pub enum Claimed {
     Absent,
 }
 
+/// Most bytes of blobs in one batch: the relay's 4 MiB, less the largest
+/// header.
+const MAX_BATCH_BODY: usize = (4 << 20) - cairn_proto::MAX_BATCH_HEADER_LEN;
+
+/// Longest batch answer read: a result of about 200 bytes a blob, and room.
+const MAX_BATCH_ANSWER: usize = MAX_BATCH_BLOBS * 1024;
+
+/// Single uploads at once to a relay without batch uploads.
+const SINGLES_IN_FLIGHT: usize = 8;
+
+/// `blobs` in groups a batch takes: at most [`MAX_BATCH_BLOBS`] and
+/// [`MAX_BATCH_BODY`] bytes each (a blob larger than that alone is a group
+/// of its own, and refused by the relay as too large).
+pub(super) fn batch_groups(blobs: &[(BlobId, Bytes)]) -> Vec<&[(BlobId, Bytes)]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, blob)) in blobs.iter().enumerate() {
+        if i > start && (i - start == MAX_BATCH_BLOBS || bytes + blob.len() > MAX_BATCH_BODY) {
+            groups.push(&blobs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += blob.len();
+    }
+    if start < blobs.len() {
+        groups.push(&blobs[start..]);
+    }
+    groups
+}
+
 /// Longest answer to a claim read: `{"id": "<64 hex>", "claimed": false}`
 /// with room to spare.
 const MAX_CLAIM_ANSWER: usize = 1024;
@@ -119,6 +150,130 @@ impl RelayClient {
         let size = bytes.len() as u64;
         let body = || Ok(reqwest::Body::from(bytes.clone()));
         self.put(id, body, size, key, pow_bits).await
+    }
+
+    /// Uploads many small blobs held in memory: through the relay's batch
+    /// upload (PROTOCOL.md §7.3), up to 1,024 blobs and 4 MiB a request,
+    /// or one `PUT` each from a relay that has none (it answers `404`).
+    /// Each blob's result is whether this upload stored its bytes, or why
+    /// the relay refused it; an error for the whole call means the relay
+    /// failed the request, and any blob of it may or may not be stored.
+    pub async fn put_many(
+        &self,
+        blobs: &[(BlobId, Bytes)],
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<Vec<Result<bool, RelayError>>, RelayError> {
+        let mut results = Vec::with_capacity(blobs.len());
+        let mut batched = true;
+        for group in batch_groups(blobs) {
+            if batched {
+                match self.put_batch(group, key, pow_bits).await {
+                    Ok(answers) => {
+                        results.extend(answers);
+                        continue;
+                    }
+                    // A relay of a release before batch uploads.
+                    Err(RelayError::Refused { status: 404, .. }) => batched = false,
+                    Err(err) => return Err(err),
+                }
+            }
+            let singles = futures_util::stream::iter(group)
+                .map(|(id, bytes)| self.put_bytes(id, bytes.clone(), key, pow_bits))
+                .buffered(SINGLES_IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await;
+            results.extend(singles);
+        }
+        Ok(results)
+    }
+
+    /// One batch, retried as [`RelayClient::put`] retries an upload.
+    async fn put_batch(
+        &self,
+        blobs: &[(BlobId, Bytes)],
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<Vec<Result<bool, RelayError>>, RelayError> {
+        let header = BatchHeader::new(
+            blobs
+                .iter()
+                .map(|(id, b)| (*id, u32::try_from(b.len()).unwrap_or(u32::MAX)))
+                .collect(),
+        )
+        .map_err(|e| RelayError::Protocol(format!("cannot frame a batch: {e}")))?;
+        let mut body = header.encode();
+        for (id, _) in header.entries() {
+            if let Some((_, bytes)) = blobs.iter().find(|(b, _)| b == id) {
+                body.extend_from_slice(bytes);
+            }
+        }
+        let body = Bytes::from(body);
+        let mut attempt = 0;
+        let mut pow_bits = pow_bits;
+        let mut pow_checked = false;
+        let stored = loop {
+            attempt += 1;
+            match self
+                .put_batch_once(&header, body.clone(), key, pow_bits)
+                .await
+            {
+                Err(err) if self.waited_out(&err, attempt).await => {}
+                Err(err) if err.code() == Some(ErrorCode::PowRequired) && !pow_checked => {
+                    pow_checked = true;
+                    pow_bits = self.info().await?.limits.pow_bits;
+                }
+                other => break other?,
+            }
+        };
+        if stored.results.len() != blobs.len() {
+            return Err(RelayError::Protocol(format!(
+                "a batch of {} blobs was answered with {} results",
+                blobs.len(),
+                stored.results.len()
+            )));
+        }
+        // Answered in the header's order; given back in the caller's.
+        blobs
+            .iter()
+            .map(|(id, _)| {
+                let result = stored
+                    .results
+                    .iter()
+                    .find(|r| r.id == *id)
+                    .ok_or_else(|| RelayError::Protocol(format!("no result for blob {id}")))?;
+                Ok(match &result.error {
+                    None => Ok(result.status == 201 || result.stored),
+                    Some(error) => Err(RelayError::Refused {
+                        status: result.status,
+                        code: error.code.clone(),
+                        message: error.message.clone(),
+                        retry_after: None,
+                    }),
+                })
+            })
+            .collect()
+    }
+
+    async fn put_batch_once(
+        &self,
+        header: &BatchHeader,
+        body: Bytes,
+        key: &SigningKey,
+        pow_bits: u8,
+    ) -> Result<BatchStored, RelayError> {
+        let target = TokenTarget::Batch(header.digest());
+        let token = self.token_for(Method::Post, target, key, pow_bits).await?;
+        let response = send(
+            self.http
+                .post(format!("{}{}", self.url, cairn_proto::wire::route::BLOBS))
+                .header(AUTHORIZATION, token)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, body.len())
+                .body(body),
+        )
+        .await?;
+        json_answer(response, MAX_BATCH_ANSWER, "batch upload answer").await
     }
 
     /// Uploads the body `body` makes, waiting as the relay asks when it

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode as AxumStatus, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{FairShareLimits, SoftwareVersion};
 
@@ -369,4 +370,80 @@ async fn a_redirect_to_plain_http_off_this_machine_is_refused_unless_insecure() 
     let err = origin.probe(&id).await.unwrap_err();
     assert!(matches!(err, RelayError::Redirect(_)), "{err}");
     assert!(err.to_string().contains("cannot be checked"), "{err}");
+}
+
+/// An old relay: single `PUT`s only, no batch route (`404`); counts them.
+async fn old_relay(seed: u8) -> (String, SigningKey, Arc<Mutex<Vec<BlobId>>>) {
+    let key = SigningKey::from_seed(&[seed; 32]);
+    let state = Fake {
+        key: Arc::new(key.clone()),
+        blobs: Arc::new(Mutex::new(Blobs::Hold(Vec::new()))),
+        peers: Arc::new(Vec::new()),
+    };
+    let puts = Arc::new(Mutex::new(Vec::new()));
+    let seen = puts.clone();
+    let put = move |UrlPath(id): UrlPath<String>| {
+        let seen = seen.clone();
+        async move {
+            let id: BlobId = id.parse().unwrap();
+            seen.lock().unwrap().push(id);
+            (
+                AxumStatus::CREATED,
+                axum::Json(serde_json::json!({ "id": id.to_string(), "stored": true })),
+            )
+        }
+    };
+    let app = axum::Router::new()
+        .route("/.well-known/cairn-relay", axum::routing::get(info))
+        .route("/v1/blobs/{id}", axum::routing::put(put))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, key, puts)
+}
+
+#[tokio::test]
+async fn a_relay_without_batch_uploads_gets_one_put_a_blob() {
+    let (url, relay_key, puts) = old_relay(31).await;
+    let blobs: Vec<(BlobId, Bytes)> = (0..20u8)
+        .map(|i| {
+            let bytes = Bytes::from(vec![i; 100]);
+            (BlobId::of(&bytes), bytes)
+        })
+        .collect();
+    let owner = SigningKey::from_seed(&[32; 32]);
+    let results = client(&url, &relay_key)
+        .put_many(&blobs, &owner, 0)
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 20);
+    assert!(results.iter().all(|r| matches!(r, Ok(true))));
+    let mut sent = puts.lock().unwrap().clone();
+    sent.sort();
+    let mut wanted: Vec<BlobId> = blobs.iter().map(|(id, _)| *id).collect();
+    wanted.sort();
+    assert_eq!(sent, wanted);
+}
+
+#[test]
+fn batches_keep_to_the_relays_limits() {
+    let blob = |n: usize, i: usize| {
+        let bytes = Bytes::from(vec![u8::try_from(i % 251).unwrap(); n]);
+        (BlobId::of(&[&bytes[..], &i.to_le_bytes()].concat()), bytes)
+    };
+    let many: Vec<_> = (0..2_500).map(|i| blob(10, i)).collect();
+    let sizes: Vec<usize> = super::blobs::batch_groups(&many)
+        .iter()
+        .map(|g| g.len())
+        .collect();
+    assert_eq!(sizes, [1024, 1024, 452]);
+    let large: Vec<_> = (0..10).map(|i| blob(1 << 20, i)).collect();
+    let groups = super::blobs::batch_groups(&large);
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.iter().map(|(_, b)| b.len()).sum::<usize>() < 4 << 20)
+    );
+    assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 10);
 }
