@@ -8,6 +8,9 @@
 //! Everything here reads untrusted bytes: no answer is buffered past its
 //! bound, and a refusal's body is read within a small one too.
 
+mod net;
+pub use net::{NetFailure, net_failure};
+
 use bytes::{Bytes, BytesMut};
 use cairn_proto::ErrorCode;
 use cairn_proto::wire::{ErrorAnswer, ErrorDetail};

@@ -10,7 +10,6 @@
 //! refused)"); what the HTTP library said is kept apart, in
 //! [`Error::details`], for those who ask for it.
 
-use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
@@ -223,46 +222,7 @@ impl Error {
     }
 }
 
-/// How a request failed to reach a relay, in the words a person can act
-/// on. The HTTP library's own account goes with it as
-/// [`RelayError::Unreachable`]'s `detail`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum NetFailure {
-    /// Nothing listens at the relay's address: it is down, or the port is
-    /// wrong.
-    ConnectionRefused,
-    /// No answer in time, connecting or between bytes.
-    TimedOut,
-    /// The relay's host name did not resolve.
-    DnsFailed,
-    /// The TLS handshake failed (a certificate not trusted, or not TLS at
-    /// all on the other end).
-    TlsFailed,
-    /// The relay, or something on the way, reset the connection.
-    ConnectionReset,
-    /// No route to the relay's network or host.
-    NoRoute,
-    /// The connection broke off before the answer was whole.
-    ConnectionLost,
-    /// Another failure to connect or to send the request.
-    Other,
-}
-
-impl fmt::Display for NetFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ConnectionRefused => "connection refused",
-            Self::TimedOut => "timed out",
-            Self::DnsFailed => "DNS lookup failed",
-            Self::TlsFailed => "TLS handshake failed",
-            Self::ConnectionReset => "connection reset",
-            Self::NoRoute => "no route to it",
-            Self::ConnectionLost => "connection lost mid-answer",
-            Self::Other => "connection failed",
-        })
-    }
-}
+pub use cairn_api::NetFailure;
 
 /// How one relay failed a request.
 #[derive(Debug, thiserror::Error)]

@@ -2,10 +2,7 @@
 //! [`RelayError::Refused`], bodies are read within a bound, and answers
 //! are the typed [`cairn_proto::wire`] forms. A request that never reached
 //! the relay becomes [`RelayError::Unreachable`], its cause named from the
-//! typed errors under reqwest's ([`net_failure`]).
-
-use std::error::Error as _;
-use std::io;
+//! typed errors under reqwest's ([`cairn_api::net_failure`]).
 
 use cairn_api::CallError;
 use serde::de::DeserializeOwned;
@@ -64,63 +61,8 @@ pub(super) async fn send_only(
 /// cause in words, and reqwest's account (with its causes) as the detail.
 pub(super) fn unreachable(err: &reqwest::Error) -> RelayError {
     RelayError::Unreachable {
-        why: net_failure(err),
+        why: cairn_api::net_failure(err),
         detail: describe(err),
-    }
-}
-
-/// Names how `err` failed, from the typed errors under it: reqwest's own
-/// timeout, the OS's `io::Error` kinds, rustls's errors.
-fn net_failure(err: &reqwest::Error) -> NetFailure {
-    if err.is_timeout() {
-        return NetFailure::TimedOut;
-    }
-    let mut cause = err.source();
-    while let Some(error) = cause {
-        if let Some(found) = error.downcast_ref::<io::Error>().and_then(io_failure) {
-            return found;
-        }
-        // The resolver's failure is an `io::Error` of a kind std does not
-        // name (`Uncategorized`); hyper-util's connector marks that step
-        // with this message, and has no public type to test instead. The
-        // unit test against a `.invalid` name keeps this honest.
-        if error.to_string() == "dns error" {
-            return NetFailure::DnsFailed;
-        }
-        cause = error.source();
-    }
-    if err.is_body() || err.is_decode() {
-        NetFailure::ConnectionLost
-    } else {
-        NetFailure::Other
-    }
-}
-
-/// What an I/O error under a request says, if it says something a person
-/// can act on.
-fn io_failure(err: &io::Error) -> Option<NetFailure> {
-    // TLS connectors wrap rustls's error in an `io::Error`, sometimes two,
-    // and `io::Error::source` skips past the wrapped error: look inside.
-    let mut inner = err.get_ref();
-    while let Some(error) = inner {
-        if error.is::<tokio_rustls::rustls::Error>() {
-            return Some(NetFailure::TlsFailed);
-        }
-        inner = error
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref);
-    }
-    match err.kind() {
-        io::ErrorKind::ConnectionRefused => Some(NetFailure::ConnectionRefused),
-        io::ErrorKind::ConnectionReset
-        | io::ErrorKind::ConnectionAborted
-        | io::ErrorKind::BrokenPipe => Some(NetFailure::ConnectionReset),
-        io::ErrorKind::TimedOut => Some(NetFailure::TimedOut),
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
-            Some(NetFailure::NoRoute)
-        }
-        io::ErrorKind::UnexpectedEof => Some(NetFailure::ConnectionLost),
-        _ => None,
     }
 }
 
