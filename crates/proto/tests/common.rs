@@ -150,6 +150,23 @@ pub(crate) fn sample_token() -> AuthToken {
     }
 }
 
+/// A batch of two blobs of 100 and 200 bytes.
+pub(crate) fn sample_batch_header() -> cairn_proto::BatchHeader {
+    cairn_proto::BatchHeader::new(vec![
+        (BlobId::of(b"chunk a"), 100),
+        (BlobId::of(b"chunk b"), 200),
+    ])
+    .unwrap()
+}
+
+pub(crate) fn sample_batch_token(header: &cairn_proto::BatchHeader) -> AuthToken {
+    AuthToken {
+        method: Method::Post,
+        target: TokenTarget::Batch(header.digest()),
+        ..sample_token()
+    }
+}
+
 pub(crate) fn sample_path_token() -> AuthToken {
     AuthToken {
         method: Method::Get,

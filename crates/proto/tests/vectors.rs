@@ -166,6 +166,7 @@ impl Fields for AuthToken {
         let target = match &self.target {
             TokenTarget::Blob(id) => json!({ "blob": id.to_string() }),
             TokenTarget::Path(p) => json!({ "path": p.as_str() }),
+            TokenTarget::Batch(d) => json!({ "batch_digest_hex": hex(&d.0) }),
             _ => unreachable!("every target of this version is listed"),
         };
         json!({
@@ -358,6 +359,25 @@ fn all_files() -> Vec<(&'static str, Value)> {
         v["stamp_bits"] = json!(stamped.stamp_bits(&stamp_signer.verifying_key()));
         v
     };
+    let batch_vector = {
+        let header = sample_batch_header();
+        let mut v = record_vector(
+            "batch upload of two blobs",
+            "laptop",
+            &sample_batch_token(&header),
+        );
+        // What the digest is of, so that it can be computed again
+        // (PROTOCOL.md §7.3): the ids in order, and the header's bytes.
+        v["batch_ids"] = json!(
+            header
+                .entries()
+                .iter()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
+        );
+        v["batch_header_hex"] = json!(hex(&header.encode()));
+        v
+    };
     vec![
         ("blob_id", blob_id_vectors()),
         ("keys", key_vectors()),
@@ -423,6 +443,7 @@ fn all_files() -> Vec<(&'static str, Value)> {
                     record_vector("put blob", "laptop", &sample_token()),
                     record_vector("get path", "laptop", &sample_path_token()),
                     stamped_vector,
+                    batch_vector,
                 ],
             ),
         ),
