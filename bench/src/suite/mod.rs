@@ -177,6 +177,7 @@ fn blake3_single_core(data: &[u8]) -> f64 {
 pub(crate) const SECTIONS: &[&str] = &[
     "get",
     "put",
+    "tls",
     "client",
     "chunks",
     "folders",
@@ -225,6 +226,12 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
             report(servers.put(&plan)?);
         }
     }
+    if wanted("tls") {
+        let servers = Servers::start_tls(work.path())?;
+        report(servers.get(&plan)?);
+        report(servers.h2_gets(&plan)?);
+        report(servers.put_small(&plan)?);
+    }
     if wanted("client") {
         report(client::put_get(&plan, work.path())?);
     }
@@ -263,33 +270,60 @@ pub(crate) fn run(plan: Plan, only: &[String]) -> anyhow::Result<()> {
 /// A relay and an nginx holding the same two files.
 struct Servers {
     work: std::path::PathBuf,
-    relay: cairn_testkit::RelayProcess,
+    /// Kept for its lifetime: the relay stops when this drops.
+    _relay: cairn_testkit::RelayProcess,
+    relay_url: String,
     nginx: Nginx,
     /// The relay's URL paths of the 1 KiB and the 64 MiB blob.
     small: String,
     large: String,
+    /// Starts each row's name: `""`, or `"TLS "` when both serve HTTPS.
+    tag: &'static str,
 }
 
 impl Servers {
     fn start(work: &std::path::Path) -> anyhow::Result<Self> {
         let relay = servers::relay(work, "relay")?;
-        let nginx = Nginx::start(work)?;
-        let small = seed(&relay.url(), &nginx, "small", KIB)?;
-        let large = seed(&relay.url(), &nginx, "large", LARGE)?;
+        let url = relay.url();
+        Self::with(work, relay, url, Nginx::start(work)?, "")
+    }
+
+    /// Both serving HTTPS with one certificate (`servers::Tls`).
+    fn start_tls(work: &std::path::Path) -> anyhow::Result<Self> {
+        let work = work.join("tls");
+        std::fs::create_dir_all(&work)?;
+        let tls = servers::Tls::make(&work)?;
+        let (relay, url) = servers::relay_tls(&work, "relay", &tls)?;
+        let nginx = Nginx::start_with(&work, Some(&tls))?;
+        Self::with(&work, relay, url, nginx, "TLS ")
+    }
+
+    fn with(
+        work: &std::path::Path,
+        relay: cairn_testkit::RelayProcess,
+        relay_url: String,
+        nginx: Nginx,
+        tag: &'static str,
+    ) -> anyhow::Result<Self> {
+        let small = seed(&relay_url, &nginx, "small", KIB)?;
+        let large = seed(&relay_url, &nginx, "large", LARGE)?;
         Ok(Self {
             work: work.to_path_buf(),
-            relay,
+            _relay: relay,
+            relay_url,
             nginx,
             small,
             large,
+            tag,
         })
     }
 
     /// GETs with wrk: 1 KiB (rate and p99) and 64 MiB (throughput).
     fn get(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
         let (relay_url, small, large, secs) =
-            (self.relay.url(), &self.small, &self.large, plan.wrk_secs);
+            (&self.relay_url, &self.small, &self.large, plan.wrk_secs);
         let nginx = &self.nginx.url;
+        let tag = self.tag;
         let mut p99s = (Vec::new(), Vec::new());
         let (cairn, against) = pairwise(
             plan.pairs,
@@ -306,7 +340,7 @@ impl Servers {
         )?;
         let mut rows = vec![
             row(
-                "GET 1 KiB, 64 conns",
+                &format!("{tag}GET 1 KiB, 64 conns"),
                 "req/s",
                 "nginx",
                 true,
@@ -314,7 +348,7 @@ impl Servers {
                 against,
             ),
             row(
-                "GET 1 KiB, 64 conns, p99",
+                &format!("{tag}GET 1 KiB, 64 conns, p99"),
                 "ms",
                 "nginx",
                 false,
@@ -328,7 +362,7 @@ impl Servers {
             || Ok(wrk::run(&format!("{nginx}/large"), 4, secs)?.bytes_per_sec / 1e6),
         )?;
         rows.push(row(
-            "GET 64 MiB, 4 conns",
+            &format!("{tag}GET 64 MiB, 4 conns"),
             "MB/s",
             "nginx",
             true,
@@ -338,10 +372,35 @@ impl Servers {
         Ok(rows)
     }
 
-    /// Durable 1 KiB PUTs against nginx's WebDAV, and 64 MiB PUTs against
-    /// `dd conv=fsync` and BLAKE3.
-    fn put(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
-        let relay_url = self.relay.url();
+    /// Many small GETs over one HTTP/2 connection (h2load, 64 streams at
+    /// once), when h2load is installed.
+    fn h2_gets(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+        if !wrk::h2load_installed() {
+            println!(
+                "  (HTTP/2 row skipped: h2load is not installed; apt-get install nghttp2-client)"
+            );
+            return Ok(Vec::new());
+        }
+        let requests = 20_000 * plan.wrk_secs;
+        let (cairn, against) = pairwise(
+            plan.pairs,
+            || wrk::h2load(&format!("{}{}", self.relay_url, self.small), requests, 64),
+            || wrk::h2load(&format!("{}/small", self.nginx.url), requests, 64),
+        )?;
+        Ok(vec![row(
+            &format!("{}GET 1 KiB over HTTP/2, 1 conn, 64 streams", self.tag),
+            "req/s",
+            "nginx HTTP/2",
+            true,
+            cairn,
+            against,
+        )])
+    }
+
+    /// Durable 1 KiB PUTs against nginx's WebDAV: rate and p99.
+    fn put_small(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+        let relay_url = self.relay_url.clone();
+        let tag = self.tag;
         let p99s = std::cell::RefCell::new((Vec::new(), Vec::new()));
         let round = std::cell::Cell::new(0);
         let (cairn, against) = pairwise(
@@ -369,9 +428,9 @@ impl Servers {
             },
         )?;
         let p99s = p99s.into_inner();
-        let mut rows = vec![
+        let rows = vec![
             row(
-                "PUT 1 KiB durable, 64 in flight",
+                &format!("{tag}PUT 1 KiB durable, 64 in flight"),
                 "blobs/s",
                 "nginx WebDAV (no fsync)",
                 true,
@@ -379,7 +438,7 @@ impl Servers {
                 against,
             ),
             row(
-                "PUT 1 KiB durable, p99",
+                &format!("{tag}PUT 1 KiB durable, p99"),
                 "ms",
                 "nginx WebDAV (no fsync)",
                 false,
@@ -387,6 +446,14 @@ impl Servers {
                 p99s.1,
             ),
         ];
+        Ok(rows)
+    }
+
+    /// Durable 1 KiB PUTs against nginx's WebDAV, the batch path, and 64
+    /// MiB PUTs against `dd conv=fsync` and BLAKE3.
+    fn put(&self, plan: &Plan) -> anyhow::Result<Vec<Row>> {
+        let relay_url = self.relay_url.clone();
+        let mut rows = self.put_small(plan)?;
 
         // The batch path against the same single PUTs of nginx: 10,000
         // blobs, 256 a request, 8 requests in flight.

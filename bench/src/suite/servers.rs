@@ -49,6 +49,54 @@ pub(crate) fn relay(work: &Path, name: &str) -> anyhow::Result<RelayProcess> {
     ))
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 (ECDSA P-256),
+/// made with the openssl tool, that the relay and nginx both serve.
+#[derive(Debug)]
+pub(crate) struct Tls {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+impl Tls {
+    pub(crate) fn make(work: &Path) -> anyhow::Result<Self> {
+        let (cert, key) = (work.join("tls-cert.pem"), work.join("tls-key.pem"));
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext"])
+            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("running openssl (apt-get install -y openssl)")?;
+        if !status.success() {
+            bail!("openssl could not make a certificate");
+        }
+        Ok(Self { cert, key })
+    }
+}
+
+/// A relay process serving HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with `tls`,
+/// and its `https://` URL.
+pub(crate) fn relay_tls(
+    work: &Path,
+    name: &str,
+    tls: &Tls,
+) -> anyhow::Result<(RelayProcess, String)> {
+    let (cert, key) = (
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    let mut args = UNLIMITED.to_vec();
+    args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    let relay = RelayProcess::spawn(&sibling("cairn-relay")?, &work.join(name), &args);
+    let url = relay.url().replacen("http://", "https://", 1);
+    Ok((relay, url))
+}
+
 /// An nginx serving `WORK/www` on a free loopback port, with WebDAV PUT
 /// under `/dav/`.
 #[derive(Debug)]
@@ -59,11 +107,30 @@ pub(crate) struct Nginx {
 
 impl Nginx {
     pub(crate) fn start(work: &Path) -> anyhow::Result<Self> {
+        Self::start_with(work, None)
+    }
+
+    /// With `tls`: HTTPS only, HTTP/2 by ALPN, TLS 1.3 with the suite
+    /// rustls prefers (AES-256-GCM) and X25519, as the relay negotiates.
+    pub(crate) fn start_with(work: &Path, tls: Option<&Tls>) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let www = work.join("www");
         std::fs::create_dir_all(www.join("dav"))?;
         std::fs::create_dir_all(work.join("nginx-tmp"))?;
         let w = work.display();
+        let (listen_tls, tls_lines) = match tls {
+            Some(tls) => (
+                " ssl http2",
+                format!(
+                    "ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.3; \
+                     ssl_ecdh_curve X25519; ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384; \
+                     ssl_session_cache shared:cairn:10m;",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
         let config = format!(
             "worker_processes 2;
 pid {w}/nginx.pid;
@@ -80,7 +147,8 @@ http {{
   scgi_temp_path {w}/nginx-tmp/scgi;
   default_type application/octet-stream;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen_tls};
+    {tls_lines}
     root {w}/www;
     location /dav/ {{
       dav_methods PUT;
@@ -114,7 +182,8 @@ http {{
                 std::fs::read_to_string(work.join("nginx-error.log")).unwrap_or_default()
             );
         }
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         wait_for_port(port)?;
         Ok(Self {
             work: work.to_path_buf(),

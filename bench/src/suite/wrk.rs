@@ -139,3 +139,65 @@ Transfer/sec:     26.05MB
         assert!(parse("garbage").is_err());
     }
 }
+
+/// Whether h2load (Debian `nghttp2-client`) is on the path.
+pub(crate) fn h2load_installed() -> bool {
+    Command::new("h2load")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `h2load -n REQUESTS -c 1 -m STREAMS URL`: requests a second over one
+/// HTTP/2 connection, refusing a run in which any request failed.
+pub(crate) fn h2load(url: &str, requests: u64, streams: usize) -> anyhow::Result<f64> {
+    let out = Command::new("h2load")
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-c",
+            "1",
+            "-m",
+            &streams.to_string(),
+            url,
+        ])
+        .output()
+        .context("running h2load (apt-get install -y nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {text}");
+    }
+    parse_h2load(&text)
+}
+
+/// The rate from h2load's report, if every request succeeded.
+fn parse_h2load(text: &str) -> anyhow::Result<f64> {
+    let requests = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .context("no requests line in h2load's report")?;
+    if !requests.contains(" 0 failed") || !requests.contains(" 0 errored") {
+        bail!("h2load saw failed requests: {requests}");
+    }
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("finished in ")?;
+            let rate = rest.split(", ").nth(1)?.strip_suffix(" req/s")?;
+            rate.parse::<f64>().ok()
+        })
+        .context("no rate in h2load's report")
+}
+
+#[cfg(test)]
+mod h2load_tests {
+    use super::parse_h2load;
+
+    #[test]
+    fn reads_the_rate_and_refuses_failures() {
+        let ok = "finished in 1.23s, 8130.08 req/s, 1.05MB/s\n\
+                  requests: 10000 total, 10000 started, 10000 done, 10000 succeeded, 0 failed, 0 errored, 0 timeout\n";
+        assert!((parse_h2load(ok).unwrap() - 8130.08).abs() < 1e-9);
+        let failed = ok.replace(" 0 failed", " 3 failed");
+        assert!(parse_h2load(&failed).is_err());
+    }
+}
