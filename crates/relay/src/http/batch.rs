@@ -69,10 +69,11 @@ pub(crate) async fn put_batch(
     if total > MAX_BATCH_BYTES {
         return Err(ApiError::too_large(MAX_BATCH_BYTES));
     }
-    if declared.is_some_and(|n| n != total) {
+    if let Some(declared) = declared
+        && declared != total
+    {
         return Err(ApiError::bad_request(format!(
-            "Content-Length is {}, but the batch header describes {total} bytes",
-            declared.unwrap_or(0)
+            "Content-Length is {declared}, but the batch header describes {total} bytes"
         )));
     }
     if !app.store.try_reserve(header.body_len()) {

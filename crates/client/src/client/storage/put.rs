@@ -420,7 +420,8 @@ impl Client {
                 count: 0,
                 size: plain.len() as u64,
                 sealed_size: blob.len() as u64,
-                sent: blob.len() as u64 * held.iter().filter(|(_, new)| *new).count() as u64,
+                // A batch sends every blob's bytes, held already or not.
+                sent: blob.len() as u64 * held.len() as u64,
                 reused: 0,
                 holders: held.iter().map(|(relay, _)| relay.clone()).collect(),
                 failures: failed.clone(),

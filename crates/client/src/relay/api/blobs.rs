@@ -202,11 +202,12 @@ impl RelayClient {
                 .collect(),
         )
         .map_err(|e| RelayError::Protocol(format!("cannot frame a batch: {e}")))?;
+        // The bytes go in the header's order: by id.
+        let mut ordered: Vec<&(BlobId, Bytes)> = blobs.iter().collect();
+        ordered.sort_unstable_by_key(|(id, _)| *id);
         let mut body = header.encode();
-        for (id, _) in header.entries() {
-            if let Some((_, bytes)) = blobs.iter().find(|(b, _)| b == id) {
-                body.extend_from_slice(bytes);
-            }
+        for (_, bytes) in ordered {
+            body.extend_from_slice(bytes);
         }
         let body = Bytes::from(body);
         let mut attempt = 0;
@@ -234,13 +235,13 @@ impl RelayClient {
             )));
         }
         // Answered in the header's order; given back in the caller's.
+        let by_id: std::collections::HashMap<BlobId, &cairn_proto::wire::BatchResult> =
+            stored.results.iter().map(|r| (r.id, r)).collect();
         blobs
             .iter()
             .map(|(id, _)| {
-                let result = stored
-                    .results
-                    .iter()
-                    .find(|r| r.id == *id)
+                let result = by_id
+                    .get(id)
                     .ok_or_else(|| RelayError::Protocol(format!("no result for blob {id}")))?;
                 Ok(match &result.error {
                     None => Ok(result.status == 201 || result.stored),
