@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::ser::{Serialize, SerializeSeq as _, Serializer};
 
-use crate::error::{NetFailure, RelayError};
+use crate::relay_error::{NetFailure, RelayError};
 use crate::text::relay_name;
 
 /// One failure: at a relay, or of the operation as a whole.

@@ -31,6 +31,7 @@ mod progress;
 pub mod recovery;
 pub mod relay;
 mod relay_copy;
+mod relay_error;
 pub mod scores;
 pub mod seal;
 pub mod text;

@@ -157,7 +157,7 @@ fn report(json: bool, result: cairn_client::Result<cairn_client::FolderPass>) {
                     format!(
                         "folder {:?}\n{}",
                         pass.name,
-                        super::folders::pass_summary(&pass)
+                        super::folder_pass::pass_summary(&pass)
                     )
                 });
             }

@@ -4,6 +4,7 @@
 
 mod audit;
 mod files;
+mod folder_pass;
 mod folder_watch;
 mod folders;
 mod identity;

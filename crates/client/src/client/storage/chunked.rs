@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use cairn_proto::{BlobId, SigningKey, X25519PublicKey};
 
 use super::pieces::Piece;
-use super::put::Stored;
+use super::stored::Stored;
 use crate::chunk_index::{ChunkIndex, Known};
 use crate::client::Client;
 use crate::crdt::Table;

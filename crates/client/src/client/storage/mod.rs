@@ -8,6 +8,7 @@ mod get;
 mod pieces;
 mod put;
 mod range;
+mod stored;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

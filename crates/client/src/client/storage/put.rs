@@ -11,6 +11,7 @@ use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified};
 
 use super::chunked::{MAX_SEALED_CHUNK, Target, copy_blobs, seal_on_worker};
 use super::pieces::{self, Piece};
+use super::stored::Stored;
 use super::{INFO_TIMEOUT, PutReport};
 
 use crate::chunk_index::ChunkIndex;
@@ -40,29 +41,6 @@ pub(in crate::client) struct Content {
     pub stored: Stored,
     /// What the caller should tell the person.
     pub warnings: Vec<String>,
-}
-
-/// A file's blobs, stored.
-pub(in crate::client) struct Stored {
-    /// The sealed blob, or the sealed manifest.
-    pub blob: BlobId,
-    /// A chunked file's chunk blobs, each once, in the order the manifest
-    /// first names them.
-    pub chunks: Vec<BlobId>,
-    /// Chunks the manifest lists (0 for a one-blob file).
-    pub count: usize,
-    /// Bytes of data.
-    pub size: u64,
-    /// Bytes of the sealed blob, or of the manifest and every chunk blob.
-    pub sealed_size: u64,
-    /// Bytes sent to relays, all together.
-    pub sent: u64,
-    /// Chunks claimed rather than sent.
-    pub reused: usize,
-    /// Relays holding every blob.
-    pub holders: Vec<RelayClient>,
-    /// Relays that failed, with what they said.
-    pub failures: Failures,
 }
 
 impl Client {
