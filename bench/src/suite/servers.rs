@@ -59,22 +59,8 @@ pub(crate) struct Tls {
 
 impl Tls {
     pub(crate) fn make(work: &Path) -> anyhow::Result<Self> {
-        let (cert, key) = (work.join("tls-cert.pem"), work.join("tls-key.pem"));
-        let status = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .arg("ec_paramgen_curve:prime256v1")
-            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext"])
-            .arg("subjectAltName=DNS:localhost,IP:127.0.0.1")
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .context("running openssl (apt-get install -y openssl)")?;
-        if !status.success() {
-            bail!("openssl could not make a certificate");
-        }
+        let (cert, key) = cairn_testkit::self_signed_cert(work)
+            .context("openssl could not make a certificate (apt-get install -y openssl)")?;
         Ok(Self { cert, key })
     }
 }

@@ -8,35 +8,10 @@ use tokio_rustls::rustls::pki_types::pem::PemObject as _;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
 
-/// A self-signed certificate for `localhost`, made with the openssl tool.
-fn self_signed(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    status.success().then_some((cert, key))
-}
-
 #[tokio::test]
 async fn serves_https_and_refuses_plain_http_on_the_tls_port() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((cert, key)) = self_signed(dir.path()) else {
+    let Some((cert, key)) = cairn_testkit::self_signed_cert(dir.path()) else {
         eprintln!("SKIP serves_https: the openssl tool is not installed (apt-get install openssl)");
         return;
     };

@@ -10,6 +10,7 @@
 //! - [`faulty::FaultyRelay`]: a proxy in front of a real relay that
 //!   corrupts, drops, forgets, delays, serves stale heads or lies, on demand.
 
+mod cert;
 pub mod faulty;
 mod process;
 mod rng;
@@ -17,6 +18,7 @@ mod small_disk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use cert::self_signed_cert;
 pub use process::{RelayProcess, arg, rss_bytes, run};
 pub use rng::Rng;
 pub use small_disk::SmallDisk;

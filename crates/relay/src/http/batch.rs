@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use cairn_proto::wire::{BatchResult, BatchStored, ErrorDetail};
@@ -19,7 +19,7 @@ use cairn_proto::{BatchHeader, BlobId, MAX_BATCH_HEADER_LEN, Method, TokenTarget
 
 use super::AppState;
 use super::auth::Expected;
-use super::body::BodyChunks;
+use super::body::{BodyChunks, declared_length};
 use super::error::ApiError;
 use super::extract::{Accepting, authorize_client};
 use crate::federation::NewBlob;
@@ -36,15 +36,7 @@ pub(crate) async fn put_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let declared = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
-        ),
-    };
+    let declared = declared_length(&headers)?;
     if declared.is_some_and(|n| n > MAX_BATCH_BYTES) {
         return Err(ApiError::too_large(MAX_BATCH_BYTES));
     }

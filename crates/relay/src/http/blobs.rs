@@ -14,7 +14,7 @@ use cairn_proto::{BlobId, SignedRecord, Timestamp, TransferReceipt, VerifyingKey
 use super::AppState;
 use super::auth::Authorized;
 use super::auth::CLOCK_SKEW_SECS;
-use super::body::BodyChunks;
+use super::body::{BodyChunks, declared_length};
 use super::error::ApiError;
 use super::extract::{Accepting, BlobCaller, parse_id};
 use super::range::{self, ByteRange};
@@ -267,15 +267,7 @@ async fn upload(
         Source::Client(signer)
     };
     let max = app.config.max_blob_size;
-    let declared = match headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
-        ),
-    };
+    let declared = declared_length(headers)?;
     if declared.is_some_and(|n| n > max) {
         return Err(ApiError::too_large(max));
     }

@@ -65,6 +65,20 @@ impl BodyChunks {
     }
 }
 
+/// The body length a request declares in `Content-Length`, if it declares
+/// one (a chunked body does not).
+pub(super) fn declared_length(headers: &axum::http::HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))
+        })
+        .transpose()
+}
+
 /// Receives a whole body of at most `max` bytes into memory: a declared
 /// `Content-Length` above `max` is refused before any byte is read, and
 /// reading stops at the first chunk that takes the body past `max`.
@@ -75,15 +89,8 @@ pub(super) async fn read_bounded(
     max: usize,
     too_large: impl Fn() -> ApiError,
 ) -> Result<Bytes, ApiError> {
-    if let Some(declared) = headers.get(axum::http::header::CONTENT_LENGTH) {
-        let declared = declared
-            .to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?;
-        if declared > max as u64 {
-            return Err(too_large());
-        }
+    if declared_length(headers)?.is_some_and(|declared| declared > max as u64) {
+        return Err(too_large());
     }
     let mut data = bytes::BytesMut::new();
     let mut chunks = BodyChunks::new(app, body);
