@@ -25,9 +25,16 @@ pub const MAX_REFUSAL: usize = 256 * 1024;
 /// Why a call to a relay did not produce an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The relay could not be reached, or the connection failed midway.
-    #[error("{0}")]
-    Unreachable(String),
+    /// The relay could not be reached, or the connection failed midway:
+    /// said in words (`why`); what the HTTP library said is kept apart, for
+    /// logs and `--verbose`, never in the message.
+    #[error("unreachable ({why})")]
+    Unreachable {
+        /// How, in plain words.
+        why: NetFailure,
+        /// The HTTP library's account, with the URL asked for.
+        detail: String,
+    },
     /// The relay refused (boxed: a refusal carries its whole answer).
     #[error(transparent)]
     Refused(Box<Refusal>),
@@ -77,6 +84,16 @@ struct CodeOnly {
     error: ErrorDetail,
 }
 
+impl CallError {
+    /// A request that got no answer, or whose answer broke off.
+    pub fn unreachable(err: &reqwest::Error) -> Self {
+        Self::Unreachable {
+            why: net_failure(err),
+            detail: describe(err),
+        }
+    }
+}
+
 /// Sends `request`; a non-success status becomes [`CallError::Refused`].
 ///
 /// # Errors
@@ -86,7 +103,7 @@ pub async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response,
     let response = request
         .send()
         .await
-        .map_err(|err| CallError::Unreachable(describe(&err)))?;
+        .map_err(|err| CallError::unreachable(&err))?;
     check_status(response).await
 }
 
@@ -159,7 +176,7 @@ pub async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Byt
     let mut out = BytesMut::with_capacity(announced);
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|err| CallError::Unreachable(describe(&err)))?;
+        let chunk = chunk.map_err(|err| CallError::unreachable(&err))?;
         if out.len() + chunk.len() > max {
             return Err(CallError::TooLarge { max });
         }
@@ -186,7 +203,7 @@ pub async fn read_slice(
         let Some(chunk) = stream.next().await else {
             break;
         };
-        let chunk = chunk.map_err(|err| CallError::Unreachable(describe(&err)))?;
+        let chunk = chunk.map_err(|err| CallError::unreachable(&err))?;
         let skipped = chunk.len().min(to_skip);
         to_skip -= skipped;
         let chunk = &chunk[skipped..];

@@ -74,11 +74,11 @@ impl PeerClient {
             .get(peer_url(peer, wire::route::INFO))
             .timeout(Duration::from_secs(15));
         let describe = |e: CallError| match e {
-            CallError::Unreachable(why) => format!("unreachable ({why})"),
+            unreachable @ CallError::Unreachable { .. } => unreachable.to_string(),
             CallError::Refused(refusal) => format!("info document answered {}", refusal.status),
             other => format!("info document: {other}"),
         };
-        let response = send(request).await.map_err(describe)?;
+        let response = cairn_api::send(request).await.map_err(describe)?;
         let document: InfoDocument =
             cairn_api::read_json(response, MAX_INFO_BYTES, "info document")
                 .await
@@ -110,7 +110,7 @@ impl PeerClient {
             .header(AUTHORIZATION, auth)
             .header(CONTENT_LENGTH, size)
             .body(body);
-        let response = send(request).await?;
+        let response = cairn_api::send(request).await?;
         let answer: BlobStored =
             cairn_api::read_json(response, MAX_ANSWER_BYTES, "upload answer").await?;
         let record = answer
@@ -227,7 +227,7 @@ impl PeerClient {
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(message);
-        let response = send(request).await?;
+        let response = cairn_api::send(request).await?;
         let bytes = cairn_api::read_bounded(response, cairn_proto::reconcile::MAX_MESSAGE_LEN)
             .await
             .map_err(|e| match e {
@@ -245,22 +245,14 @@ fn peer_url(peer: &RelayRef, path: &str) -> String {
     format!("{}{path}", peer.url.as_str().trim_end_matches('/'))
 }
 
-/// A request that got no answer, said in words ("connection refused"); the
-/// HTTP library's whole account goes to the log.
+/// A request that got no answer: said in words; the HTTP library's whole
+/// account is kept for the log.
 fn unreachable(err: reqwest::Error) -> FederationError {
-    FederationError::Call(unanswered(&err))
-}
-
-fn unanswered(err: &reqwest::Error) -> CallError {
-    tracing::debug!(error = %cairn_api::describe(err), "peer request failed");
-    CallError::Unreachable(cairn_api::net_failure(err).to_string())
-}
-
-/// Sends `request`: a refusal keeps its status and code, a request that
-/// got no answer says why in words.
-async fn send(request: reqwest::RequestBuilder) -> Result<reqwest::Response, CallError> {
-    let response = request.send().await.map_err(|err| unanswered(&err))?;
-    cairn_api::check_status(response).await
+    let err = CallError::unreachable(&err);
+    if let CallError::Unreachable { detail, .. } = &err {
+        tracing::debug!(error = %detail, "peer request failed");
+    }
+    FederationError::Call(err)
 }
 
 /// Decodes and checks a receipt from `peer` for blob `id` of `size` bytes

@@ -276,7 +276,7 @@ pub(crate) async fn audit_transfers(app: &Node, max: usize) -> AuditReport {
             .await
         {
             Ok(()) => {}
-            Err(FederationError::Call(e @ CallError::Unreachable(_))) => {
+            Err(FederationError::Call(e @ CallError::Unreachable { .. })) => {
                 tracing::debug!(peer = %forward.peer, error = %e, "audit: peer unreachable");
                 report.unreachable += 1;
             }

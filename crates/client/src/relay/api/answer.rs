@@ -7,7 +7,7 @@
 use cairn_api::CallError;
 use serde::de::DeserializeOwned;
 
-use crate::error::{NetFailure, RelayError};
+use crate::error::RelayError;
 
 /// Largest head record or info document accepted.
 pub(super) const MAX_SMALL_BODY: usize = 256 * 1024;
@@ -15,12 +15,7 @@ pub(super) const MAX_SMALL_BODY: usize = 256 * 1024;
 impl From<CallError> for RelayError {
     fn from(err: CallError) -> Self {
         match err {
-            // Only a body cut off midway comes here as text (requests are
-            // sent by `send_only`, which keeps reqwest's error typed).
-            CallError::Unreachable(detail) => Self::Unreachable {
-                why: NetFailure::ConnectionLost,
-                detail,
-            },
+            CallError::Unreachable { why, detail } => Self::Unreachable { why, detail },
             CallError::Refused(refusal) => {
                 let cairn_api::Refusal {
                     status,
@@ -60,10 +55,7 @@ pub(super) async fn send_only(
 /// A request that did not reach the relay, or an answer cut off: its
 /// cause in words, and reqwest's account (with its causes) as the detail.
 pub(super) fn unreachable(err: &reqwest::Error) -> RelayError {
-    RelayError::Unreachable {
-        why: cairn_api::net_failure(err),
-        detail: describe(err),
-    }
+    CallError::unreachable(err).into()
 }
 
 pub(super) async fn check_status(
@@ -93,8 +85,6 @@ pub(super) async fn json_answer<T: DeserializeOwned>(
     Ok(cairn_api::read_json(response, max, what).await?)
 }
 
-use cairn_api::describe;
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -104,6 +94,7 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
+    use crate::error::NetFailure;
 
     /// A client that gives up on a silent relay quickly.
     fn http() -> reqwest::Client {
