@@ -159,15 +159,15 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// Shows that a GC pass costs what it deletes, not what is stored: runs
-    /// GC over stores of different sizes with the same number of expired
-    /// blobs, and over the same store with different numbers expired.
+    /// Shows what a GC pass costs as the store grows: runs GC over stores
+    /// of the given sizes (filled directly, not over HTTP), each with the
+    /// same number of expired blobs.
     Gc {
-        /// Smallest store size (blobs); sizes are this, 2x and 4x.
-        #[arg(long, default_value_t = 5_000)]
-        stored: usize,
-        /// Expired blobs per pass; passes use this, 2x and 4x.
-        #[arg(long, default_value_t = 1_000)]
+        /// Store sizes in blobs; separate with commas.
+        #[arg(long, value_delimiter = ',', default_values_t = [10_000, 100_000, 1_000_000])]
+        stored: Vec<usize>,
+        /// Expired blobs per pass.
+        #[arg(long, default_value_t = 10_000)]
         expired: usize,
     },
 }
@@ -389,72 +389,19 @@ pub(crate) async fn upload_one(url: &str, body: Vec<u8>) -> anyhow::Result<BlobI
     Ok(id)
 }
 
-async fn gc_bench(stored: usize, expired: usize) -> anyhow::Result<()> {
-    println!("GC pass cost: time to delete the expired blobs, by store size");
+async fn gc_bench(stored: &[usize], expired: usize) -> anyhow::Result<()> {
+    println!("GC pass cost: time to delete {expired} expired blobs, by store size");
     println!(
         "{:>10} {:>10} {:>12} {:>14}",
         "stored", "expired", "gc ms", "us/deleted"
     );
-    for (stored, expired) in [
-        (stored, expired),
-        (stored * 2, expired),
-        (stored * 4, expired),
-        (stored * 4, expired * 2),
-        (stored * 4, expired * 4),
-    ] {
-        let dir = tempfile::tempdir()?;
-        let mut config = cairn_relay::RelayConfig::new(dir.path().join("data"));
-        config.listen = "127.0.0.1:0".parse()?;
-        config.retention = Duration::from_secs(1000);
-        config.limits = cairn_proto::FairShareLimits::default();
-        config.capacity_bytes = u64::MAX / 2;
-        config.gc_interval = Duration::from_secs(86_400);
-        let clock = cairn_relay::Clock::manual(unix_now());
-        let relay = cairn_relay::start_with_clock(config, clock.clone()).await?;
-        let url = relay.url();
-        let label = format!("gc-{stored}-{expired}");
-        let (_, failed, _) = put(
-            std::slice::from_ref(&url),
-            Target::Cairn,
-            256,
-            expired,
-            32,
-            &format!("{label}-old"),
-        )
-        .await?;
-        clock.advance(500);
-        let (_, failed2, _) = put(
-            std::slice::from_ref(&url),
-            Target::Cairn,
-            256,
-            stored - expired,
-            32,
-            &format!("{label}-new"),
-        )
-        .await?;
-        if failed + failed2 > 0 {
-            bail!(
-                "{} uploads failed while filling the store",
-                failed + failed2
-            );
-        }
-        relay.flush_accesses().await?;
-        clock.advance(600);
-        let started = Instant::now();
-        let report = relay.run_gc().await?;
-        let elapsed = started.elapsed();
-        if report.deleted_blobs != expired as u64 {
-            bail!(
-                "expected {expired} deletions, GC made {}",
-                report.deleted_blobs
-            );
-        }
+    for &stored in stored {
+        let elapsed = suite::costs::gc_pass(stored.max(expired), expired).await?;
         println!(
             "{stored:>10} {expired:>10} {:>12.1} {:>14.1}",
             elapsed.as_secs_f64() * 1e3,
             elapsed.as_secs_f64() * 1e6 / expired as f64
         );
-        relay.shutdown().await;
     }
     Ok(())
 }
@@ -510,7 +457,7 @@ async fn main() -> anyhow::Result<()> {
             }
             println!("{id}");
         }
-        Command::Gc { stored, expired } => gc_bench(stored, expired).await?,
+        Command::Gc { stored, expired } => gc_bench(&stored, expired).await?,
         Command::Sync { entries } => sync_bench::sync_bench(entries).await?,
         Command::Audit {
             size,

@@ -15,7 +15,7 @@
 mod chunking;
 mod chunks;
 mod client;
-mod costs;
+pub(crate) mod costs;
 mod folders;
 mod servers;
 mod stats;

@@ -8,10 +8,10 @@ use cairn_proto::BlobId;
 use redb::ReadableTable as _;
 
 use super::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, INLINE, OWNERS, PENDING_UNLINK, SOURCES, STAT_BLOBS,
-    STAT_BYTES, STATS,
+    BLOBS, BY_ACCESS, CO_OWNERS, OWNERS, PENDING_UNLINK, SOURCES, STAT_BLOBS, STAT_BYTES, STATS,
 };
 use super::open_db;
+use super::record::{self, BlobRow};
 use crate::store::error::StoreError;
 use crate::store::files::{BlobFiles, fsync_dir, hash_file};
 use crate::store::model::{BlobMeta, SourceKey};
@@ -106,55 +106,47 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
         let mut by_access = txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
         let mut owners = txn.open_table(OWNERS).map_err(redb::Error::from)?;
         let mut stats = txn.open_table(STATS).map_err(redb::Error::from)?;
-        let mut inline = txn.open_table(INLINE).map_err(redb::Error::from)?;
         let mut pending = txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
         let mut sources = txn.open_table(SOURCES).map_err(redb::Error::from)?;
-        let mut blob_sources = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
         let pending_ids: std::collections::HashSet<BlobId> = pending
             .iter()
             .map_err(redb::Error::from)?
             .map(|row| row.map(|(k, _)| BlobId::from_bytes(k.value())))
             .collect::<Result<_, _>>()
             .map_err(redb::Error::from)?;
-        // Inline blobs are checked like files: their bytes against their id.
-        let rows: Vec<([u8; 32], Vec<u8>)> = inline
-            .iter()
-            .map_err(redb::Error::from)?
-            .map(|row| row.map(|(k, v)| (k.value(), v.value().to_vec())))
-            .collect::<Result<_, _>>()
-            .map_err(redb::Error::from)?;
-        for (raw, body) in rows {
-            let claimed = BlobId::from_bytes(raw);
-            report.files_checked += 1;
-            report.bytes_checked += body.len() as u64;
-            if BlobId::of(&body) == claimed {
-                on_disk.push((claimed, body.len() as u64, PathBuf::new()));
-            } else {
-                report.corrupt.push(claimed.to_string());
-                corrupt.insert(claimed);
-                if repair {
-                    inline.remove(raw).map_err(redb::Error::from)?;
+        // One pass over the rows; inline bodies are checked like files,
+        // their bytes against their id, and not kept.
+        let mut indexed: Vec<(BlobId, BlobMeta, Vec<SourceKey>)> = Vec::new();
+        for row in blobs.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let id = BlobId::from_bytes(k.value());
+            let BlobRow {
+                meta,
+                sources: held_from,
+                body,
+            } = BlobRow::decode(v.value())?;
+            if let Some(body) = body {
+                report.files_checked += 1;
+                report.bytes_checked += body.len() as u64;
+                if BlobId::of(&body) == id {
+                    on_disk.push((id, body.len() as u64, PathBuf::new()));
+                } else {
+                    report.corrupt.push(id.to_string());
+                    corrupt.insert(id);
                 }
             }
+            indexed.push((id, meta, held_from));
         }
-        let indexed: Vec<(BlobId, BlobMeta)> = blobs
-            .iter()
-            .map_err(redb::Error::from)?
-            .map(|row| {
-                row.map(|(k, v)| (BlobId::from_bytes(k.value()), BlobMeta::decode(&v.value())))
-            })
-            .collect::<Result<_, _>>()
-            .map_err(redb::Error::from)?;
         report.indexed = indexed.len() as u64;
         let disk: std::collections::HashMap<BlobId, u64> =
             on_disk.iter().map(|(id, size, _)| (*id, *size)).collect();
-        let index: std::collections::HashMap<BlobId, BlobMeta> = indexed.iter().copied().collect();
+        let index: std::collections::HashSet<BlobId> = indexed.iter().map(|(id, ..)| *id).collect();
 
-        for (id, meta) in &indexed {
+        for (id, meta, held_from) in &indexed {
             match disk.get(id) {
                 None => {
-                    // A corrupt file is reported as corrupt, not also missing;
-                    // either way its entry goes.
+                    // A corrupt body is reported as corrupt, not also
+                    // missing; either way its entry goes.
                     if !corrupt.contains(id) {
                         report.missing.push(id.to_string());
                     }
@@ -165,18 +157,10 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                             .map_err(redb::Error::from)?;
                         // Its sources go too: reconciliation must not count
                         // a replica the relay no longer has.
-                        let raw = *id.as_bytes();
-                        let held_from: Vec<[u8; 32]> = blob_sources
-                            .range((raw, [0u8; 32])..=(raw, [0xff; 32]))
-                            .map_err(redb::Error::from)?
-                            .map(|row| row.map(|(k, _)| k.value().1))
-                            .collect::<Result<_, _>>()
-                            .map_err(redb::Error::from)?;
                         for source in held_from {
-                            blob_sources
-                                .remove((raw, source))
+                            sources
+                                .remove((source.to_row(), *id.as_bytes()))
                                 .map_err(redb::Error::from)?;
-                            sources.remove((source, raw)).map_err(redb::Error::from)?;
                         }
                     }
                 }
@@ -187,16 +171,23 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                             size: *size,
                             ..*meta
                         };
-                        blobs
-                            .insert(id.as_bytes(), fixed.encode())
-                            .map_err(redb::Error::from)?;
+                        let row = blobs
+                            .get(id.as_bytes())
+                            .map_err(redb::Error::from)?
+                            .map(|row| record::with_meta(row.value(), &fixed))
+                            .transpose()?;
+                        if let Some(row) = row {
+                            blobs
+                                .insert(id.as_bytes(), row.as_slice())
+                                .map_err(redb::Error::from)?;
+                        }
                     }
                 }
                 Some(_) => {}
             }
         }
         for (id, size, path) in &on_disk {
-            if !index.contains_key(id) && pending_ids.contains(id) {
+            if !index.contains(id) && pending_ids.contains(id) {
                 // Deleted, not yet unlinked: finish the deletion.
                 report.pending_deletions += 1;
                 if repair {
@@ -205,25 +196,26 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
                 }
                 continue;
             }
-            if !index.contains_key(id) {
+            if !index.contains(id) {
                 report.orphans.push(id.to_string());
                 if repair {
-                    let meta = BlobMeta {
-                        size: *size,
-                        created: now,
-                        last_access: now,
-                        owner: None,
-                    };
-                    blobs
-                        .insert(id.as_bytes(), meta.encode())
-                        .map_err(redb::Error::from)?;
                     // Who gave it is lost; counted as the relay's own, so
                     // it is replicated like any client upload.
+                    let row = BlobRow {
+                        meta: BlobMeta {
+                            size: *size,
+                            created: now,
+                            last_access: now,
+                            owner: None,
+                        },
+                        sources: vec![SourceKey::Clients],
+                        body: None,
+                    };
+                    blobs
+                        .insert(id.as_bytes(), row.encode()?.as_slice())
+                        .map_err(redb::Error::from)?;
                     sources
                         .insert((SourceKey::Clients.to_row(), *id.as_bytes()), ())
-                        .map_err(redb::Error::from)?;
-                    blob_sources
-                        .insert((*id.as_bytes(), SourceKey::Clients.to_row()), ())
                         .map_err(redb::Error::from)?;
                     by_access
                         .insert((now, *id.as_bytes()), ())
@@ -239,7 +231,7 @@ pub fn fsck(data_dir: &Path, repair: bool, now: u64) -> Result<FsckReport, Store
             let mut sizes: std::collections::HashMap<[u8; 32], u64> = Default::default();
             for row in blobs.iter().map_err(redb::Error::from)? {
                 let (k, v) = row.map_err(redb::Error::from)?;
-                let meta = BlobMeta::decode(&v.value());
+                let meta = record::meta_of(v.value())?;
                 bytes += meta.size;
                 count += 1;
                 sizes.insert(k.value(), meta.size);

@@ -8,17 +8,22 @@ use redb::{
     ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
 };
 
+use super::record::{self, BlobRow};
 use crate::store::error::StoreError;
-use crate::store::model::{BlobMeta, BlobRecord, Forward, ForwardRow, HeadKey, HeadRow, SourceKey};
+use crate::store::model::{BlobRecord, Forward, ForwardRow, HeadKey, HeadRow, SourceKey};
 
-/// Blob id → [`BlobMeta`] in its 56-byte encoding.
-pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], [u8; 56]> = TableDefinition::new("blobs_v1");
+/// Blob id → its row ([`BlobRow`]): the [`BlobMeta`](crate::store::model::BlobMeta), whom the relay holds
+/// it from, and the body of a blob of at most
+/// [`crate::store::model::INLINE_MAX`] bytes. Small blobs live in the index
+/// itself: one transaction makes them durable, with no file to create,
+/// rename and sync.
+pub(crate) const BLOBS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("blobs_v2");
 /// (last access, blob id) → (): blobs ordered by last access, so GC reads
 /// exactly the expired prefix.
 pub(crate) const BY_ACCESS: TableDefinition<'_, (u64, [u8; 32]), ()> =
     TableDefinition::new("by_access_v1");
 /// (blob id, key) → (): the blob's owners besides the one in its
-/// [`BlobMeta`] (its uploader, until that key drops its claim). A key that
+/// [`BlobMeta`](crate::store::model::BlobMeta) (its uploader, until that key drops its claim). A key that
 /// uploads or claims a blob the relay holds already is added here; each
 /// owner's quota pays for the blob, and the blob goes when the last owner
 /// deletes it (docs/PROTOCOL.md §7.3).
@@ -30,10 +35,6 @@ pub(crate) const OWNERS: TableDefinition<'_, [u8; 32], u64> = TableDefinition::n
 /// because the relay stopped between commit and unlink. Finished at start.
 pub(crate) const PENDING_UNLINK: TableDefinition<'_, [u8; 32], ()> =
     TableDefinition::new("pending_unlink_v1");
-/// Blob id → body, for blobs of at most [`crate::store::model::INLINE_MAX`] bytes. Small
-/// blobs live in the index itself: one transaction makes them durable, with
-/// no file to create, rename and sync.
-pub(crate) const INLINE: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("inline_v1");
 /// Totals: `bytes`, `blobs`, `heads`.
 pub(crate) const STATS: TableDefinition<'_, &str, u64> = TableDefinition::new("stats_v1");
 /// (mailbox key, slot) → (seq, last access, envelope bytes): the newest
@@ -59,10 +60,13 @@ pub(crate) const HEADS_BY_ACCESS: TableDefinition<'_, (u64, [u8; 32], &str), ()>
 /// range: exactly the set that reconciliation with that peer compares.
 pub(crate) const SOURCES: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
     TableDefinition::new("sources_v1");
-/// (blob id, source) → (): the same rows the other way round, so that
-/// removing a blob finds its sources without a scan.
-pub(crate) const BLOB_SOURCES: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
-    TableDefinition::new("blob_sources_v1");
+/// (blob id, peer key) → (): the peers that had handed the relay a blob it
+/// has since transferred. It answers for such a blob through its redirect,
+/// so their rows in [`SOURCES`] stay (or reconciliation would push the blob
+/// straight back) until the forwarding record goes; a held blob keeps its
+/// sources in its [`BlobRow`].
+pub(crate) const FORWARD_SOURCES: TableDefinition<'_, ([u8; 32], [u8; 32]), ()> =
+    TableDefinition::new("forward_sources_v1");
 /// Blob id → (peer key, last access, peer URL): blobs whose responsibility
 /// passed to a peer with a verified receipt; requests for them are
 /// redirected there.
@@ -110,17 +114,11 @@ impl IndexReader {
     pub(crate) fn locate(&self, id: &BlobId) -> Result<Option<Location>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
-        if blobs
-            .get(id.as_bytes())
-            .map_err(redb::Error::from)?
-            .is_none()
-        {
+        let Some(row) = blobs.get(id.as_bytes()).map_err(redb::Error::from)? else {
             return Ok(None);
-        }
-        let inline = txn.open_table(INLINE).map_err(redb::Error::from)?;
-        let body = inline.get(id.as_bytes()).map_err(redb::Error::from)?;
-        Ok(Some(match body {
-            Some(body) => Location::Inline(body.value().to_vec()),
+        };
+        Ok(Some(match BlobRow::decode(row.value())?.body {
+            Some(body) => Location::Inline(body),
             None => Location::File,
         }))
     }
@@ -161,21 +159,19 @@ impl IndexReader {
         Ok(out)
     }
 
-    /// Whom the relay holds `id` from.
+    /// Whom the relay holds `id` from (or, for a blob it transferred, which
+    /// peers had handed it over).
     pub(crate) fn sources_of(&self, id: &BlobId) -> Result<Vec<SourceKey>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
-        let table = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
-        let id = *id.as_bytes();
-        let mut out = Vec::new();
-        for row in table
-            .range((id, [0u8; 32])..=(id, [0xff; 32]))
-            .map_err(redb::Error::from)?
-        {
-            out.push(SourceKey::from_row(
-                row.map_err(redb::Error::from)?.0.value().1,
-            ));
+        let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
+        if let Some(row) = blobs.get(id.as_bytes()).map_err(redb::Error::from)? {
+            return Ok(BlobRow::decode(row.value())?.sources);
         }
-        Ok(out)
+        let forwarded = txn.open_table(FORWARD_SOURCES).map_err(redb::Error::from)?;
+        Ok(keys_of(&forwarded, *id.as_bytes())?
+            .into_iter()
+            .map(SourceKey::from_row)
+            .collect())
     }
 
     /// Up to `max` blobs in order of last access, oldest first, with their
@@ -188,11 +184,8 @@ impl IndexReader {
         for row in by_access.iter().map_err(redb::Error::from)?.take(max) {
             let (k, _) = row.map_err(redb::Error::from)?;
             let raw = k.value().1;
-            if let Some(meta) = blobs.get(raw).map_err(redb::Error::from)? {
-                out.push((
-                    BlobId::from_bytes(raw),
-                    BlobMeta::decode(&meta.value()).size,
-                ));
+            if let Some(row) = blobs.get(raw).map_err(redb::Error::from)? {
+                out.push((BlobId::from_bytes(raw), record::meta_of(row.value())?.size));
             }
         }
         Ok(out)
@@ -304,7 +297,6 @@ impl IndexReader {
     ) -> Result<Vec<BlobRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let blobs = txn.open_table(BLOBS).map_err(redb::Error::from)?;
-        let blob_sources = txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
         let co_owners = txn.open_table(CO_OWNERS).map_err(redb::Error::from)?;
         let rows = match after {
             Some(after) => blobs.range((*after.as_bytes())..),
@@ -318,17 +310,14 @@ impl IndexReader {
             if after.is_some_and(|a| *a.as_bytes() == raw) {
                 continue;
             }
-            let sources = keys_of(&blob_sources, raw)?
-                .into_iter()
-                .map(SourceKey::from_row)
-                .collect();
+            let BlobRow { meta, sources, .. } = BlobRow::decode(v.value())?;
             let co_owners = keys_of(&co_owners, raw)?
                 .into_iter()
                 .filter_map(|key| VerifyingKey::from_bytes(&key).ok())
                 .collect();
             out.push(BlobRecord {
                 id: BlobId::from_bytes(raw),
-                meta: BlobMeta::decode(&v.value()),
+                meta,
                 sources,
                 co_owners,
             });
@@ -426,23 +415,4 @@ where
     let start: ([u8; 32], &str) = (mailbox, "");
     let end: ([u8; 32], &str) = (mailbox, "\u{80}");
     Ok(heads.range(start..end).map_err(redb::Error::from)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta_round_trips_with_and_without_owner() {
-        let owner = cairn_proto::SigningKey::from_seed(&[5; 32]).verifying_key();
-        for owner in [Some(owner), None] {
-            let meta = BlobMeta {
-                size: 1 << 40,
-                created: 17,
-                last_access: u64::MAX,
-                owner,
-            };
-            assert_eq!(BlobMeta::decode(&meta.encode()), meta);
-        }
-    }
 }

@@ -17,8 +17,8 @@
 //! 5. Only then is the upload acknowledged (201).
 //!
 //! Blobs of at most [`INLINE_MAX`] bytes skip steps 1–4: their bytes go into
-//! the index's `inline` table in the same transaction as their entry, so the
-//! one commit makes them durable.
+//! their row of the index (`blobs_v2`, [`record`]) in the same transaction,
+//! so the one commit makes them durable.
 //!
 //! # What a crash leaves behind
 //!
@@ -55,10 +55,13 @@
 //! within it is atomic; `syncfs` makes all of its written data and metadata
 //! durable and reports write-back errors (Linux 5.8 and later); `fsync` of a
 
+mod ballast;
 mod fsck;
 mod index;
 mod read;
+mod record;
 mod tables;
+mod upgrade;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -72,9 +75,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::fsck::{FsckReport, fsck};
 use self::index::{
-    BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, HEADS,
-    HEADS_BY_ACCESS, INLINE, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS,
-    STATS,
+    BLOBS, BY_ACCESS, CO_OWNERS, FORWARD_SOURCES, FORWARDS, FORWARDS_BY_ACCESS, HEADS,
+    HEADS_BY_ACCESS, IndexReader, Location, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS, STATS,
 };
 use self::writer::{QUEUE_DEPTH, WriteOp, Writer};
 use super::StoreStats;
@@ -139,6 +141,8 @@ impl Embedded {
             Arc::clone(&stats),
             Rules::new(limits),
             cache,
+            ballast::Ballast::open(data_dir, limits.disk_reserve)
+                .map_err(|e| StoreError::io("create the index's ballast", e))?,
         );
         let writer = std::thread::Builder::new()
             .name("cairn-store-writer".into())
@@ -494,29 +498,38 @@ pub(crate) fn index_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Opens the index database with a page cache of `cache_bytes`, creating
-/// its tables.
+/// its tables and bringing an index an earlier release wrote up to the
+/// current layout ([`upgrade`]).
 pub(crate) fn open_db(data_dir: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
     let db = redb::Builder::new()
         .set_cache_size(cache_bytes)
         .create(index_path(data_dir))
         .map_err(redb::Error::from)?;
     let txn = db.begin_write().map_err(redb::Error::from)?;
+    let upgraded = upgrade::to_v2(&txn)?;
     txn.open_table(BLOBS).map_err(redb::Error::from)?;
     txn.open_table(BY_ACCESS).map_err(redb::Error::from)?;
     txn.open_table(OWNERS).map_err(redb::Error::from)?;
     txn.open_table(CO_OWNERS).map_err(redb::Error::from)?;
     txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?;
     txn.open_table(STATS).map_err(redb::Error::from)?;
-    txn.open_table(INLINE).map_err(redb::Error::from)?;
     txn.open_table(HEADS).map_err(redb::Error::from)?;
     txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?;
     txn.open_table(SOURCES).map_err(redb::Error::from)?;
-    txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?;
+    txn.open_table(FORWARD_SOURCES).map_err(redb::Error::from)?;
     txn.open_table(FORWARDS).map_err(redb::Error::from)?;
     txn.open_table(FORWARDS_BY_ACCESS)
         .map_err(redb::Error::from)?;
     txn.open_table(SPENT_TOKENS).map_err(redb::Error::from)?;
     txn.commit().map_err(redb::Error::from)?;
+    if let Some(upgraded) = upgraded {
+        tracing::info!(
+            blobs = upgraded.blobs,
+            inline = upgraded.inline,
+            forwarded_sources = upgraded.forwarded_sources,
+            "the index was upgraded to its version 2 layout (one row per blob)"
+        );
+    }
     Ok(db)
 }
 

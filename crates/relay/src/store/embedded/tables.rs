@@ -8,10 +8,11 @@ use cairn_proto::{BlobId, VerifyingKey};
 use redb::ReadableTable as _;
 
 use super::index::{
-    self, BLOB_SOURCES, BLOBS, BY_ACCESS, CO_OWNERS, FORWARDS, FORWARDS_BY_ACCESS, ForwardValue,
-    HEADS, HEADS_BY_ACCESS, HeadsKey, HeadsValue, INLINE, OWNERS, PENDING_UNLINK, SOURCES,
-    SPENT_TOKENS, STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
+    self, BLOBS, BY_ACCESS, CO_OWNERS, FORWARD_SOURCES, FORWARDS, FORWARDS_BY_ACCESS, ForwardValue,
+    HEADS, HEADS_BY_ACCESS, HeadsKey, HeadsValue, OWNERS, PENDING_UNLINK, SOURCES, SPENT_TOKENS,
+    STAT_BLOBS, STAT_BYTES, STAT_HEADS, STATS, mailbox_range,
 };
+use super::record::{self, BlobRow};
 use crate::store::error::StoreError;
 use crate::store::model::{
     BlobMeta, Forward, HeadKey, HeadOutcome, HeadRow, MAX_SLOTS_PER_MAILBOX, NewHead, Source,
@@ -37,17 +38,16 @@ pub(super) fn expired_prefix(
 
 /// The index tables inside one write transaction, with running totals.
 pub(super) struct Tables<'txn> {
-    pub(super) blobs: redb::Table<'txn, [u8; 32], [u8; 56]>,
+    pub(super) blobs: redb::Table<'txn, [u8; 32], &'static [u8]>,
     pub(super) by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
     pub(super) owners: redb::Table<'txn, [u8; 32], u64>,
     pub(super) co_owners: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
     pub(super) pending: redb::Table<'txn, [u8; 32], ()>,
-    pub(super) inline: redb::Table<'txn, [u8; 32], &'static [u8]>,
     pub(super) stats: redb::Table<'txn, &'static str, u64>,
     pub(super) heads: redb::Table<'txn, HeadsKey, HeadsValue>,
     pub(super) heads_by_access: redb::Table<'txn, (u64, [u8; 32], &'static str), ()>,
     pub(super) sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
-    pub(super) blob_sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
+    pub(super) forward_sources: redb::Table<'txn, ([u8; 32], [u8; 32]), ()>,
     pub(super) forwards: redb::Table<'txn, [u8; 32], ForwardValue>,
     pub(super) forwards_by_access: redb::Table<'txn, (u64, [u8; 32]), ()>,
     pub(super) spent: redb::Table<'txn, (u64, [u8; 16]), ()>,
@@ -72,12 +72,11 @@ impl<'txn> Tables<'txn> {
             owners: txn.open_table(OWNERS).map_err(redb::Error::from)?,
             co_owners: txn.open_table(CO_OWNERS).map_err(redb::Error::from)?,
             pending: txn.open_table(PENDING_UNLINK).map_err(redb::Error::from)?,
-            inline: txn.open_table(INLINE).map_err(redb::Error::from)?,
             stats,
             heads: txn.open_table(HEADS).map_err(redb::Error::from)?,
             heads_by_access: txn.open_table(HEADS_BY_ACCESS).map_err(redb::Error::from)?,
             sources: txn.open_table(SOURCES).map_err(redb::Error::from)?,
-            blob_sources: txn.open_table(BLOB_SOURCES).map_err(redb::Error::from)?,
+            forward_sources: txn.open_table(FORWARD_SOURCES).map_err(redb::Error::from)?,
             forwards: txn.open_table(FORWARDS).map_err(redb::Error::from)?,
             forwards_by_access: txn
                 .open_table(FORWARDS_BY_ACCESS)
@@ -102,11 +101,33 @@ impl<'txn> Tables<'txn> {
     }
 
     pub(super) fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
-        Ok(self
+        match self.blobs.get(id.as_bytes()).map_err(redb::Error::from)? {
+            Some(row) => Ok(Some(record::meta_of(row.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The whole row of `id`, body included.
+    pub(super) fn row(&self, id: &BlobId) -> Result<Option<BlobRow>, StoreError> {
+        match self.blobs.get(id.as_bytes()).map_err(redb::Error::from)? {
+            Some(row) => Ok(Some(BlobRow::decode(row.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Rewrites the meta in the row of the held blob `id`, keeping the rest.
+    fn set_meta(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
+        let row = self
             .blobs
             .get(id.as_bytes())
             .map_err(redb::Error::from)?
-            .map(|m| BlobMeta::decode(&m.value())))
+            .map(|row| record::with_meta(row.value(), meta))
+            .transpose()?
+            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
+        self.blobs
+            .insert(id.as_bytes(), row.as_slice())
+            .map_err(redb::Error::from)?;
+        Ok(())
     }
 
     pub(super) fn owner_usage(&self, owner: &VerifyingKey) -> Result<u64, StoreError> {
@@ -117,10 +138,18 @@ impl<'txn> Tables<'txn> {
             .map_or(0, |v| v.value()))
     }
 
-    pub(super) fn insert(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<(), StoreError> {
+    /// Adds the row of a blob the index did not hold, with its source rows,
+    /// access order and charges.
+    pub(super) fn insert(&mut self, id: &BlobId, row: &BlobRow) -> Result<(), StoreError> {
         self.blobs
-            .insert(id.as_bytes(), meta.encode())
+            .insert(id.as_bytes(), row.encode()?.as_slice())
             .map_err(redb::Error::from)?;
+        for source in &row.sources {
+            self.sources
+                .insert((source.to_row(), *id.as_bytes()), ())
+                .map_err(redb::Error::from)?;
+        }
+        let meta = &row.meta;
         self.by_access
             .insert((meta.last_access, *id.as_bytes()), ())
             .map_err(redb::Error::from)?;
@@ -189,9 +218,7 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), StoreError> {
         if meta.owner.as_ref() == Some(owner) {
             meta.owner = None;
-            self.blobs
-                .insert(id.as_bytes(), meta.encode())
-                .map_err(redb::Error::from)?;
+            self.set_meta(id, meta)?;
         } else {
             self.co_owners
                 .remove((*id.as_bytes(), owner.to_bytes()))
@@ -228,18 +255,19 @@ impl<'txn> Tables<'txn> {
         self.by_access
             .insert((at, *id.as_bytes()), ())
             .map_err(redb::Error::from)?;
-        self.blobs
-            .insert(id.as_bytes(), meta.encode())
-            .map_err(redb::Error::from)?;
-        Ok(())
+        self.set_meta(id, meta)
     }
 
     /// Drops a blob from the index. Returns true when it has a file to
     /// unlink (after the commit), false when it was stored inline.
     pub(super) fn remove(&mut self, id: &BlobId, meta: &BlobMeta) -> Result<bool, StoreError> {
-        self.blobs
+        let row = self
+            .blobs
             .remove(id.as_bytes())
-            .map_err(redb::Error::from)?;
+            .map_err(redb::Error::from)?
+            .map(|row| BlobRow::decode(row.value()))
+            .transpose()?
+            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
         self.by_access
             .remove((meta.last_access, *id.as_bytes()))
             .map_err(redb::Error::from)?;
@@ -256,13 +284,12 @@ impl<'txn> Tables<'txn> {
         }
         self.bytes = self.bytes.saturating_sub(meta.size);
         self.count = self.count.saturating_sub(1);
-        self.drop_sources(id)?;
-        if self
-            .inline
-            .remove(id.as_bytes())
-            .map_err(redb::Error::from)?
-            .is_some()
-        {
+        for source in &row.sources {
+            self.sources
+                .remove((source.to_row(), *id.as_bytes()))
+                .map_err(redb::Error::from)?;
+        }
+        if row.body.is_some() {
             return Ok(false);
         }
         self.pending
@@ -271,63 +298,65 @@ impl<'txn> Tables<'txn> {
         Ok(true)
     }
 
-    /// Notes that `source` handed the relay `id` (a no-op if it had).
+    /// Notes that `source` handed the relay the held blob `id` (a no-op if
+    /// it had).
     pub(super) fn add_source(&mut self, id: &BlobId, source: Source) -> Result<(), StoreError> {
-        self.add_source_row(id, source.key())
-    }
-
-    /// The peers (not clients) that handed the relay `id`.
-    pub(super) fn peer_sources(&self, id: &BlobId) -> Result<Vec<SourceKey>, StoreError> {
-        let id = *id.as_bytes();
-        let mut peers = Vec::new();
-        for row in self
-            .blob_sources
-            .range((id, [0u8; 32])..=(id, [0xff; 32]))
-            .map_err(redb::Error::from)?
-        {
-            let source = SourceKey::from_row(row.map_err(redb::Error::from)?.0.value().1);
-            if source != SourceKey::Clients {
-                peers.push(source);
-            }
-        }
-        Ok(peers)
-    }
-
-    /// Adds the source row (`source`, `id`) in both orders.
-    pub(super) fn add_source_row(
-        &mut self,
-        id: &BlobId,
-        source: SourceKey,
-    ) -> Result<(), StoreError> {
-        let (id, source) = (*id.as_bytes(), source.to_row());
-        self.sources
-            .insert((source, id), ())
-            .map_err(redb::Error::from)?;
-        self.blob_sources
-            .insert((id, source), ())
-            .map_err(redb::Error::from)?;
-        Ok(())
-    }
-
-    /// Forgets every source of `id`.
-    pub(super) fn drop_sources(&mut self, id: &BlobId) -> Result<(), StoreError> {
-        let id = *id.as_bytes();
-        let sources: Vec<[u8; 32]> = self
-            .blob_sources
-            .range((id, [0u8; 32])..=(id, [0xff; 32]))
-            .map_err(redb::Error::from)?
-            .map(|row| row.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()
-            .map_err(redb::Error::from)?;
-        for source in sources {
-            self.blob_sources
-                .remove((id, source))
+        let mut row = self
+            .row(id)?
+            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
+        if row.add_source(source.key()) {
+            self.blobs
+                .insert(id.as_bytes(), row.encode()?.as_slice())
                 .map_err(redb::Error::from)?;
             self.sources
-                .remove((source, id))
+                .insert((source.key().to_row(), *id.as_bytes()), ())
                 .map_err(redb::Error::from)?;
         }
         Ok(())
+    }
+
+    /// The peers (not clients) that handed the relay the held blob `id`.
+    pub(super) fn peer_sources(&self, id: &BlobId) -> Result<Vec<SourceKey>, StoreError> {
+        Ok(self.row(id)?.map_or_else(Vec::new, |row| {
+            row.sources
+                .into_iter()
+                .filter(|s| *s != SourceKey::Clients)
+                .collect()
+        }))
+    }
+
+    /// Keeps `peer` as a source of `id`, which the relay no longer holds but
+    /// answers for through a forwarding record.
+    pub(super) fn add_forward_source(
+        &mut self,
+        id: &BlobId,
+        peer: SourceKey,
+    ) -> Result<(), StoreError> {
+        let (id, peer) = (*id.as_bytes(), peer.to_row());
+        self.sources
+            .insert((peer, id), ())
+            .map_err(redb::Error::from)?;
+        self.forward_sources
+            .insert((id, peer), ())
+            .map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// Takes the sources kept for the forwarded blob `id` out of
+    /// [`FORWARD_SOURCES`], leaving their rows in [`SOURCES`]: the blob is
+    /// held again, and they become its row's.
+    pub(super) fn take_forward_sources(
+        &mut self,
+        id: &BlobId,
+    ) -> Result<Vec<SourceKey>, StoreError> {
+        let id = *id.as_bytes();
+        let peers = index::keys_of(&self.forward_sources, id)?;
+        for peer in &peers {
+            self.forward_sources
+                .remove((id, *peer))
+                .map_err(redb::Error::from)?;
+        }
+        Ok(peers.into_iter().map(SourceKey::from_row).collect())
     }
 
     /// Records that `forward` answers for `id` from `now` on.
@@ -407,7 +436,11 @@ impl<'txn> Tables<'txn> {
                 .map_err(redb::Error::from)?;
             self.forwards.remove(id).map_err(redb::Error::from)?;
             // No longer answered for: peers' reconciliation may see it go.
-            self.drop_sources(&BlobId::from_bytes(*id))?;
+            for peer in self.take_forward_sources(&BlobId::from_bytes(*id))? {
+                self.sources
+                    .remove((peer.to_row(), *id))
+                    .map_err(redb::Error::from)?;
+            }
         }
         Ok(expired.len())
     }

@@ -19,6 +19,8 @@ use std::sync::atomic::Ordering;
 use cairn_proto::{BlobId, VerifyingKey};
 use tokio::sync::{mpsc, oneshot};
 
+use super::ballast::Ballast;
+use super::record::BlobRow;
 use super::tables::{Tables, expired_prefix};
 use crate::store::StoreStats;
 use crate::store::cache::BlobCache;
@@ -26,7 +28,8 @@ use crate::store::error::StoreError;
 use crate::store::files::BlobFiles;
 use crate::store::model::{
     BatchItem, BlobMeta, BlobRecord, ClaimOutcome, DeleteOutcome, Forward, ForwardRow, HeadKey,
-    HeadOutcome, HeadRow, INLINE_MAX, InsertOutcome, NewHead, Source, SpentToken, Staged,
+    HeadOutcome, HeadRow, INLINE_MAX, InsertOutcome, NewHead, Source, SourceKey, SpentToken,
+    Staged,
 };
 use crate::store::rules::{Limit, Rules};
 
@@ -264,6 +267,7 @@ pub(crate) struct Writer {
     /// `PENDING_UNLINK` in the next transaction.
     unlinked: Vec<BlobId>,
     cache: Arc<BlobCache>,
+    ballast: Ballast,
 }
 
 impl Writer {
@@ -273,6 +277,7 @@ impl Writer {
         stats: Arc<StoreStats>,
         rules: Rules,
         cache: Arc<BlobCache>,
+        ballast: Ballast,
     ) -> Self {
         Self {
             db,
@@ -281,6 +286,7 @@ impl Writer {
             rules,
             unlinked: Vec::new(),
             cache,
+            ballast,
         }
     }
 
@@ -340,6 +346,11 @@ impl Writer {
         ops: Vec<WriteOp>,
         replies: &mut Vec<Reply>,
     ) -> Result<(), StoreError> {
+        // Best effort: a filesystem that cannot be asked will say it is
+        // full at the commit.
+        if let Err(err) = self.ballast.make_room() {
+            tracing::warn!(%err, "could not release the index's ballast");
+        }
         let txn = self.db.begin_write().map_err(redb::Error::from)?;
         let mut batch = Batch::default();
         let (bytes, blobs, heads);
@@ -365,6 +376,9 @@ impl Writer {
                 .map_err(|e| StoreError::io("sync blob store", e))?;
         }
         txn.commit().map_err(redb::Error::from)?;
+        if let Err(err) = self.ballast.restore() {
+            tracing::warn!(%err, "could not restore the index's ballast");
+        }
         self.stats.bytes.store(bytes, Ordering::SeqCst);
         self.stats.blobs.store(blobs, Ordering::SeqCst);
         self.stats.heads.store(heads, Ordering::SeqCst);
@@ -492,7 +506,7 @@ impl Writer {
                         let peers = t.peer_sources(&id)?;
                         batch.removed(id, t.remove(&id, &meta)?);
                         for peer in peers {
-                            t.add_source_row(&id, peer)?;
+                            t.add_forward_source(&id, peer)?;
                         }
                         t.put_forward(&id, &forward, now)?;
                         true
@@ -624,17 +638,15 @@ impl Writer {
             batch.drop_staged(staged);
             return Ok(refused);
         }
-        batch.installed |= self.place_body(t, staged, &id, size, &mut batch.temps_to_drop)?;
-        batch.unlink.remove(&id);
+        let body = self.place_body(staged, &id, size, batch)?;
         let meta = BlobMeta {
             size,
             created: now,
             last_access: now,
             owner: Some(owner),
         };
-        t.insert(&id, &meta)?;
-        t.add_source(&id, source)?;
-        t.drop_forward(&id)?;
+        let row = held_again(t, &id, meta, [source.key()], body)?;
+        t.insert(&id, &row)?;
         Ok(InsertOutcome::Stored)
     }
 
@@ -662,12 +674,9 @@ impl Writer {
             batch.drop_staged(staged);
             return Ok(refused);
         }
-        batch.installed |= self.place_body(t, staged, &id, meta.size, &mut batch.temps_to_drop)?;
-        batch.unlink.remove(&id);
-        t.insert(&id, &meta)?;
-        for source in sources {
-            t.add_source_row(&id, source)?;
-        }
+        let body = self.place_body(staged, &id, meta.size, batch)?;
+        let row = held_again(t, &id, meta, sources, body)?;
+        t.insert(&id, &row)?;
         // Held to the rules of a claim: an export from either backend
         // never lists the main owner, a key twice or too many, but a
         // record that does must not charge a key twice.
@@ -677,7 +686,6 @@ impl Writer {
                 t.add_co_owner(&id, &meta, &owner)?;
             }
         }
-        t.drop_forward(&id)?;
         Ok(InsertOutcome::Stored)
     }
 
@@ -722,46 +730,40 @@ impl Writer {
         Ok(claim)
     }
 
-    /// Puts a verified body in place: in the index for small blobs (read
-    /// from the temp file if need be), else as a file. Where a blob lives
-    /// depends on its size alone, so a delete and a re-upload of one id in
-    /// a batch always agree on it. True if a file was installed (and the
-    /// filesystem must be synced before the commit).
+    /// Puts a verified body in place: returns it for the blob's row if it
+    /// is small (read from the temp file if need be), else installs it as
+    /// a file (and the filesystem must be synced before the commit). Where
+    /// a blob lives depends on its size alone, so a delete and a re-upload
+    /// of one id in a batch always agree on it.
     fn place_body(
         &self,
-        t: &mut Tables<'_>,
         staged: Staged,
         id: &BlobId,
         size: u64,
-        temps_to_drop: &mut Vec<PathBuf>,
-    ) -> Result<bool, StoreError> {
-        let staged = match staged {
+        batch: &mut Batch,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        batch.unlink.remove(id);
+        match staged {
             Staged::File(temp) if size <= INLINE_MAX as u64 => {
                 let data =
                     std::fs::read(&temp).map_err(|e| StoreError::io("read small upload", e))?;
-                temps_to_drop.push(temp);
-                Staged::Bytes(data.into())
+                batch.temps_to_drop.push(temp);
+                Ok(Some(data))
             }
-            other => other,
-        };
-        match staged {
-            Staged::Bytes(data) if data.len() <= INLINE_MAX => {
-                t.inline
-                    .insert(id.as_bytes(), data.as_ref())
-                    .map_err(redb::Error::from)?;
-                Ok(false)
-            }
+            Staged::Bytes(data) if data.len() <= INLINE_MAX => Ok(Some(data.to_vec())),
             Staged::Bytes(data) => {
                 self.files
                     .install_bytes(id, &data)
                     .map_err(|e| StoreError::io("install blob file", e))?;
-                Ok(true)
+                batch.installed = true;
+                Ok(None)
             }
             Staged::File(temp) => {
                 self.files
                     .install(&temp, id)
                     .map_err(|e| StoreError::io("install blob file", e))?;
-                Ok(true)
+                batch.installed = true;
+                Ok(None)
             }
         }
     }
@@ -805,6 +807,28 @@ fn delete(
         _ => {}
     }
     Ok(outcome)
+}
+
+/// The row of `id`, about to be held: `sources` and, if the relay had
+/// transferred the blob, the peers it still counted as sources. Its
+/// forwarding record goes (the relay answers for the blob itself again).
+fn held_again(
+    t: &mut Tables<'_>,
+    id: &BlobId,
+    meta: BlobMeta,
+    sources: impl IntoIterator<Item = SourceKey>,
+    body: Option<Vec<u8>>,
+) -> Result<BlobRow, StoreError> {
+    t.drop_forward(id)?;
+    let mut row = BlobRow {
+        meta,
+        sources: t.take_forward_sources(id)?,
+        body,
+    };
+    for source in sources {
+        row.add_source(source);
+    }
+    Ok(row)
 }
 
 /// What a batch leaves to do around its commit.
