@@ -99,15 +99,15 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 /// Fills `file` with `size` zero bytes, for filesystems without fallocate.
 fn write_zeros(file: &std::fs::File, size: u64) -> io::Result<()> {
     use std::io::Write as _;
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = [0u8; 64 << 10];
     let mut left = size;
-    let mut out = io::BufWriter::new(file);
+    let mut out = file;
     while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
+        let n = usize::try_from(left).map_or(zeros.len(), |left| left.min(zeros.len()));
         out.write_all(&zeros[..n])?;
         left -= n as u64;
     }
-    out.flush()
+    Ok(())
 }
 
 #[cfg(test)]
