@@ -519,6 +519,41 @@ async fn a_pass_with_nothing_to_do_asks_each_relay_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_small_files_go_to_each_relay_in_a_few_batches() {
+    let (a, b, laptop, phone) = laptop_and_phone().await;
+    write(&folder_dir(&laptop).join("start"), b"start");
+    share(&laptop, &phone).await;
+    for i in 0..300 {
+        let body = format!("small file {i} ").repeat(1 + i % 40);
+        write(
+            &folder_dir(&laptop).join(format!("d{}/f{i}", i % 7)),
+            body.as_bytes(),
+        );
+    }
+    let before = (a.requests_answered().await, b.requests_answered().await);
+    let pass = sync(&laptop, &[]).await;
+    let after = (a.requests_answered().await, b.requests_answered().await);
+    assert_eq!(pass["sent"], 300, "{pass}");
+    // One PUT a file would be 300 requests a relay; batches are a few, with
+    // the pass's operations and head beside them.
+    for (relay, used) in [("a", after.0 - before.0), ("b", after.1 - before.1)] {
+        assert!(
+            used < 30,
+            "relay {relay} answered {used} requests for 300 files"
+        );
+    }
+    sync(&phone, &[]).await;
+    for i in [0, 151, 299] {
+        let rel = format!("d{}/f{i}", i % 7);
+        assert_eq!(
+            std::fs::read(folder_dir(&phone).join(&rel)).unwrap(),
+            std::fs::read(folder_dir(&laptop).join(&rel)).unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_on_one_home_take_turns_and_never_fork_its_log() {
     let (_a, _b, laptop, phone) = laptop_and_phone().await;
     write(&folder_dir(&laptop).join("start"), b"start");

@@ -27,6 +27,13 @@ use crate::relay::RelayClient;
 
 /// Files read and uploaded at once by a pass.
 const UPLOADS_IN_FLIGHT: usize = 8;
+/// Files at most this large are read whole and sent in batches
+/// (PROTOCOL.md §7.3): below the chunker's smallest chunk, each is one blob.
+const BATCHED_FILE: u64 = 256 * 1024;
+/// Small files read, sealed and sent together, and the bytes they may add
+/// up to: what bounds the memory a pass of many small files holds.
+const BATCH_FILES: usize = 1024;
+const BATCH_BYTES: u64 = 16 << 20;
 /// Room left in an operation's body for what surrounds the writes.
 const BODY_SLACK: usize = 1024;
 
@@ -361,7 +368,11 @@ impl Client {
             .await;
         let candidates: &Candidates = &candidates;
         progress.begin("sending", total);
-        let results: Vec<_> = futures_util::stream::iter(uploads)
+        let (small, large): (Vec<_>, Vec<_>) = uploads
+            .into_iter()
+            .partition(|(u, _)| size_of(&u.meta) <= BATCHED_FILE);
+        let mut results = self.upload_small(root, small, candidates, progress).await;
+        let large: Vec<_> = futures_util::stream::iter(large)
             .map(|(upload, seen)| async move {
                 let result = self.upload_one(state, root, &upload, candidates).await;
                 progress.advance(size_of(&upload.meta));
@@ -370,6 +381,7 @@ impl Client {
             .buffer_unordered(UPLOADS_IN_FLIGHT)
             .collect()
             .await;
+        results.extend(large);
         progress.end();
         let mut done = Vec::new();
         for (upload, seen, result) in results {
@@ -390,6 +402,88 @@ impl Client {
             }
         }
         done
+    }
+
+    /// Uploads small files in groups, each file read whole and sealed, and
+    /// each group sent to every relay in batches. A file that changed since
+    /// the scan is not sent (`None`: the next pass sends it).
+    async fn upload_small(
+        &self,
+        root: &Root,
+        small: Vec<(Upload, Seen)>,
+        candidates: &Candidates,
+        progress: &Arc<dyn Progress>,
+    ) -> Vec<(Upload, Seen, Result<Option<Uploaded>>)> {
+        let size_of = |m: &Meta| match m {
+            Meta::File { size, .. } => *size,
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(small.len());
+        let mut rest = small.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            while let Some((upload, _)) = rest.peek() {
+                let size = size_of(&upload.meta);
+                if !group.is_empty() && (group.len() == BATCH_FILES || bytes + size > BATCH_BYTES) {
+                    break;
+                }
+                bytes += size;
+                group.extend(rest.next());
+            }
+            let mut read = Vec::with_capacity(group.len());
+            for (upload, seen) in group {
+                let path = root.join(&upload.path);
+                let read_at = now_nanos();
+                let data = match std::fs::read(&path) {
+                    Ok(data) => data,
+                    Err(err) => {
+                        out.push((upload, seen, Err(crate::error::io_at(&path)(err))));
+                        continue;
+                    }
+                };
+                let after = Meta::read(&path).map_err(crate::error::io_at(&path));
+                match after {
+                    Ok(Some(now))
+                        if now.same(&upload.meta) && data.len() as u64 == size_of(&now) =>
+                    {
+                        read.push((upload, seen, read_at, bytes::Bytes::from(data)));
+                    }
+                    Ok(_) => {
+                        progress.advance(size_of(&upload.meta));
+                        out.push((upload, seen, Ok(None)));
+                    }
+                    Err(err) => out.push((upload, seen, Err(err))),
+                }
+            }
+            let files = read.iter().map(|(.., data)| data.clone()).collect();
+            let stored = self.store_small_files(files, candidates).await;
+            let stored = match stored {
+                Ok(stored) => stored,
+                Err(err) => {
+                    let why = err.to_string();
+                    read.iter()
+                        .map(|_| Err(Error::Invalid(why.clone())))
+                        .collect()
+                }
+            };
+            for ((upload, seen, read_at, data), result) in read.into_iter().zip(stored) {
+                let result = result.map(|content| {
+                    Some(Uploaded {
+                        path: upload.path.clone(),
+                        meta: upload.meta.clone(),
+                        hash: blake3::hash(&data).to_hex().to_string(),
+                        uploaded: content.stored.sent,
+                        holders: content.stored.holders,
+                        entry: content.entry,
+                        racy: is_racy(&upload.meta, read_at),
+                    })
+                });
+                progress.advance(size_of(&upload.meta));
+                out.push((upload, seen, result));
+            }
+        }
+        out
     }
 
     /// Uploads one file; `None` when it changed while being read (its

@@ -1,11 +1,13 @@
 //! Storing files: sealing, choosing relays, uploading the copies.
 
 use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified};
 
@@ -29,6 +31,9 @@ use crate::text::count;
 /// Pieces read ahead of sealing: with [`super::chunked`]'s chunks in flight,
 /// what bounds the memory a put holds.
 const READ_AHEAD: usize = 1;
+
+/// Small files sealed at once (each on a blocking thread).
+const SEALS_IN_FLIGHT: usize = 4;
 
 /// Relays that can take a put, best first, with their signed info.
 pub(in crate::client) type Candidates = Vec<(RelayClient, Verified<RelayInfo>)>;
@@ -280,13 +285,22 @@ impl Client {
                 .map(|f| format!("replaced a failing relay: {f}")),
         );
 
+        Ok(Content {
+            entry: self.entry_of(&stored, vault.generation),
+            stored,
+            warnings,
+        })
+    }
+
+    /// The entry that lists `stored`, sealed in vault `generation`.
+    fn entry_of(&self, stored: &Stored, generation: u32) -> FileEntry {
         let me = self.device_key();
-        let entry = FileEntry {
+        FileEntry {
             blob: stored.blob,
             chunks: stored.chunks.clone(),
             size: stored.size,
             sealed_size: stored.sealed_size,
-            generation: vault.generation,
+            generation,
             stored_at: unix_now(),
             copies: stored
                 .holders
@@ -297,12 +311,110 @@ impl Client {
                     owner: me,
                 })
                 .collect(),
-        };
-        Ok(Content {
-            entry,
-            stored,
-            warnings,
-        })
+        }
+    }
+
+    /// Stores many small files, each as one sealed blob as
+    /// [`Client::store_content`] stores a file of one piece, on
+    /// `replicas()` of `candidates`: each relay gets them in batches
+    /// (PROTOCOL.md §7.3), and a blob a relay refuses goes on to the next
+    /// candidate. One result per file, in order; nothing is recorded.
+    pub(in crate::client) async fn store_small_files(
+        &self,
+        files: Vec<Bytes>,
+        candidates: &Candidates,
+    ) -> Result<Vec<Result<Content>>> {
+        let vault = self.current_vault()?;
+        let recipient = vault.secret.public();
+        let sealed: Vec<(BlobId, Bytes)> = futures_util::stream::iter(files.iter().cloned())
+            .map(|plain| seal_on_worker(plain, recipient))
+            .buffered(SEALS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        // Two files of the same bytes seal to one blob: sent once.
+        let mut unique = sealed.clone();
+        unique.sort_unstable_by_key(|(id, _)| *id);
+        unique.dedup_by_key(|(id, _)| *id);
+        let wanted = self.replicas().min(self.relays.entries().len());
+        let mut holders: HashMap<BlobId, Vec<(RelayClient, bool)>> = HashMap::new();
+        let mut failures: HashMap<BlobId, Failures> = HashMap::new();
+        for (relay, info) in candidates {
+            let pending: Vec<(BlobId, Bytes)> = unique
+                .iter()
+                .filter(|(id, _)| holders.get(id).map_or(0, Vec::len) < wanted)
+                .cloned()
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let sent = match self.owner_key(relay.key()) {
+                Ok(key) => relay.put_many(&pending, &key, info.limits.pow_bits).await,
+                Err(err) => Err(RelayError::Protocol(err.to_string())),
+            };
+            match sent {
+                Ok(results) => {
+                    for ((id, bytes), result) in pending.iter().zip(results) {
+                        match result {
+                            Ok(new) => holders.entry(*id).or_default().push((relay.clone(), new)),
+                            Err(err) => {
+                                self.check_refusal(relay, &err, bytes.len() as u64).await;
+                                failures.entry(*id).or_default().at(relay.url(), &err);
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    for (id, _) in &pending {
+                        failures.entry(*id).or_default().at(relay.url(), &err);
+                    }
+                }
+            }
+        }
+        let mut short = HashSet::new();
+        let mut results = Vec::with_capacity(files.len());
+        for (plain, (id, blob)) in files.iter().zip(&sealed) {
+            let held = holders.get(id).map_or(&[][..], Vec::as_slice);
+            let failed = failures.get(id).cloned().unwrap_or_default();
+            if held.len() < wanted {
+                // Leave no orphans: remove the copies this pass created.
+                if short.insert(*id) {
+                    let ours: Vec<_> = held
+                        .iter()
+                        .filter(|(_, new)| *new)
+                        .map(|(r, _)| r.clone())
+                        .collect();
+                    self.delete_own_everywhere(&ours, id).await;
+                }
+                results.push(Err(Error::NotEnoughCopies {
+                    stored: held.len(),
+                    wanted,
+                    failures: failed.or_else("not enough relays have room for it"),
+                }));
+                continue;
+            }
+            let stored = Stored {
+                blob: *id,
+                chunks: Vec::new(),
+                count: 0,
+                size: plain.len() as u64,
+                sealed_size: blob.len() as u64,
+                // A batch sends every blob's bytes, held already or not.
+                sent: blob.len() as u64 * held.len() as u64,
+                reused: 0,
+                holders: held.iter().map(|(relay, _)| relay.clone()).collect(),
+                failures: failed.clone(),
+            };
+            let warnings = failed
+                .iter()
+                .map(|f| format!("replaced a failing relay: {f}"))
+                .collect();
+            results.push(Ok(Content {
+                entry: self.entry_of(&stored, vault.generation),
+                stored,
+                warnings,
+            }));
+        }
+        Ok(results)
     }
 
     /// Stores a file that is one piece as one sealed blob on `wanted` of
