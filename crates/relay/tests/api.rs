@@ -203,8 +203,16 @@ async fn a_blob_has_at_most_64_owners() {
         assert!(claimed(relay.claim(&key(&format!("owner {n}")), id).await).await);
     }
     let late = key("owner 64");
+    let late_claim = relay.auth(&late, Method::Post, id);
+    let claim_with_late_token = || {
+        relay
+            .http
+            .post(relay.blob_url(&id))
+            .header("authorization", &late_claim)
+            .send()
+    };
     assert_error(
-        relay.claim(&late, id).await,
+        claim_with_late_token().await.unwrap(),
         StatusCode::CONFLICT,
         "too_many_owners",
     )
@@ -219,6 +227,14 @@ async fn a_blob_has_at_most_64_owners() {
     .await;
     // An owner that lets go makes room.
     assert_eq!(owners_left(&relay.delete(&key("owner 7"), id).await), 63);
+    // The refused claim recorded an access, so its token was spent
+    // (PROTOCOL §7.2): sent again now that there is room, it is refused.
+    assert_error(
+        claim_with_late_token().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "token_replayed",
+    )
+    .await;
     assert!(claimed(relay.claim(&late, id).await).await);
 }
 
