@@ -49,8 +49,10 @@ impl Node {
     /// Whether usage is above the high-water mark, where blobs start moving
     /// to peers.
     pub(crate) fn above_high_water(&self) -> bool {
-        let high =
-            self.store.capacity() / 1000 * u64::from(self.config.federation.high_water_permille);
-        self.store.usage().0 > high
+        cairn_policy::capacity::above_high_water(
+            self.store.usage().0,
+            self.store.capacity(),
+            self.config.federation.high_water_permille,
+        )
     }
 }

@@ -12,42 +12,7 @@ use std::path::{Path, PathBuf};
 use cairn_proto::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
-/// Bytes either side may be "owed" before the imbalance counts: new peers
-/// start on equal terms, and small differences mean nothing.
-const GRACE_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
-
-/// One peer's account.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Account {
-    /// Bytes this relay accepted from the peer (replicas and transfers).
-    pub(crate) stored_for_peer: u64,
-    /// Bytes the peer acknowledged with signed receipts.
-    pub(crate) stored_by_peer: u64,
-    /// Blob bytes this relay sent to the peer.
-    pub(crate) bytes_sent: u64,
-    /// Blob bytes this relay received from the peer.
-    pub(crate) bytes_received: u64,
-    /// Transfers of responsibility to the peer, receipted and verified.
-    pub(crate) transfers_out: u64,
-    /// Transfers of responsibility from the peer.
-    pub(crate) transfers_in: u64,
-    /// Receipts the peer signed for bytes it could not then produce.
-    pub(crate) failed_checks: u64,
-}
-
-impl Account {
-    /// How much this relay should favour the peer, around 1.0 for a peer
-    /// that gives as much as it takes: above for one that stores more for
-    /// us than we for it, below for one that takes more, and halved for
-    /// every receipt it failed to honour.
-    pub(crate) fn standing(&self) -> f64 {
-        let given = self.stored_by_peer as f64 + GRACE_BYTES;
-        let taken = self.stored_for_peer as f64 + GRACE_BYTES;
-        let ratio = (given / taken).clamp(0.25, 4.0);
-        let failures = i32::try_from(self.failed_checks.min(30)).unwrap_or(30);
-        ratio * 0.5f64.powi(failures)
-    }
-}
+pub(crate) use cairn_policy::standing::Account;
 
 /// Every peer's account, by key.
 #[derive(Debug, Default)]
@@ -156,27 +121,6 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn standing_rewards_giving_and_punishes_broken_receipts() {
-        let fair = Account::default();
-        assert!((fair.standing() - 1.0).abs() < 1e-9);
-        let giver = Account {
-            stored_by_peer: 10 << 30,
-            ..Account::default()
-        };
-        let taker = Account {
-            stored_for_peer: 10 << 30,
-            ..Account::default()
-        };
-        assert!(giver.standing() > fair.standing());
-        assert!(taker.standing() < fair.standing());
-        let cheat = Account {
-            failed_checks: 1,
-            ..giver
-        };
-        assert!(cheat.standing() < giver.standing() / 1.9);
-    }
 
     #[test]
     fn ledger_survives_a_round_trip_and_sets_aside_damage() {

@@ -68,33 +68,13 @@ impl Candidates {
 
     /// Indexes into `peers` of those chosen for `id`, best first.
     pub(crate) fn for_blob(&self, id: &BlobId) -> Vec<usize> {
-        let mut scored: Vec<(f64, usize)> = self
+        let weighted: Vec<([u8; 32], f64)> = self
             .peers
             .iter()
-            .enumerate()
-            .map(|(i, (p, weight))| (rendezvous_score(id, &p.relay.key, *weight), i))
+            .map(|(p, weight)| (p.relay.key.to_bytes(), *weight))
             .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored
-            .into_iter()
-            .take(self.replicas)
-            .map(|(_, i)| i)
-            .collect()
+        cairn_policy::placement::designate(id.as_bytes(), &weighted, self.replicas)
     }
-}
-
-/// Weighted rendezvous hashing: `-weight / ln(u)` for a uniform `u` in
-/// (0, 1) drawn from the blob and the peer, so each peer's share of blobs
-/// grows with its weight.
-fn rendezvous_score(id: &BlobId, peer: &cairn_proto::VerifyingKey, weight: f64) -> f64 {
-    let mut hasher = blake3::Hasher::new_derive_key("cairn/v1 replica placement");
-    hasher.update(id.as_bytes());
-    hasher.update(&peer.to_bytes());
-    let mut eight = [0u8; 8];
-    eight.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
-    // 53 bits of mantissa, shifted off zero so the logarithm is finite.
-    let u = ((u64::from_le_bytes(eight) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -weight / u.ln()
 }
 
 /// Pushes blob `id` to `peer` once, updating the ledger; the receipt is
@@ -209,30 +189,4 @@ pub(crate) async fn run_replication(
     }
     tasks.close();
     tasks.wait().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rendezvous_spreads_blobs_and_favours_weight() {
-        let peers: Vec<_> = (1..=3u8)
-            .map(|n| cairn_proto::SigningKey::from_seed(&[n; 32]).verifying_key())
-            .collect();
-        let mut wins = [0u32; 3];
-        for n in 0..3000u32 {
-            let id = BlobId::of(&n.to_le_bytes());
-            let weights = [1.0, 1.0, 3.0];
-            let best = (0..3)
-                .max_by(|&a, &b| {
-                    rendezvous_score(&id, &peers[a], weights[a])
-                        .total_cmp(&rendezvous_score(&id, &peers[b], weights[b]))
-                })
-                .unwrap();
-            wins[best] += 1;
-        }
-        // Weight 3 against 1 and 1: about 60% against 20% and 20%.
-        assert!(wins[2] > 1500 && wins[0] > 400 && wins[1] > 400, "{wins:?}");
-    }
 }

@@ -271,7 +271,7 @@ impl Federation {
             .filter_map(|p| {
                 let free = p.free(INFO_MAX_AGE_SECS)?;
                 let fits = p.info.as_ref().is_some_and(|i| i.max_blob_size >= bytes);
-                let band = standing_band(self.standing(&p.relay.key));
+                let band = cairn_policy::standing::band(self.standing(&p.relay.key));
                 (free > bytes && fits).then_some((band, free, p))
             })
             .collect();
@@ -301,12 +301,4 @@ impl Federation {
         }
         learned
     }
-}
-
-/// Standing in bands a factor of two wide, centred on 1.0 (even terms).
-fn standing_band(standing: f64) -> i64 {
-    // Standing lies within [2^-32, 4]; the cast cannot overflow.
-    #[allow(clippy::cast_possible_truncation)]
-    let band = standing.max(f64::MIN_POSITIVE).log2().round() as i64;
-    band
 }

@@ -49,8 +49,8 @@ pub(crate) async fn relieve(app: &Node) -> TransferReport {
     let mut report = TransferReport::default();
     let capacity = app.store.capacity();
     let fed = &app.config.federation;
-    let high = capacity / 1000 * u64::from(fed.high_water_permille);
-    let low = capacity / 1000 * u64::from(fed.low_water_permille);
+    let high = cairn_policy::capacity::water_mark(capacity, fed.high_water_permille);
+    let low = cairn_policy::capacity::water_mark(capacity, fed.low_water_permille);
     if used(app) <= high || app.federation.peers.snapshot().is_empty() {
         return report;
     }
