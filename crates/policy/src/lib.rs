@@ -8,5 +8,6 @@
 //! Keys and blob ids are their 32 raw bytes; callers keep their own types.
 
 pub mod capacity;
+pub mod choice;
 pub mod placement;
 pub mod standing;

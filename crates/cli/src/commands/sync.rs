@@ -84,15 +84,12 @@ async fn watch_repair(client: &mut Client, json: bool) {
     }
 }
 
-/// How long until the next repair: a quarter of the shortest retention the
-/// relays disclose (so every copy's retention is renewed three times over),
-/// between a minute and six hours.
+/// How long until the next repair ([`cairn_policy::choice::repair_interval_secs`]:
+/// a quarter of the shortest retention the relays disclose).
 async fn repair_interval(client: &Client) -> Duration {
-    let quarter = client
-        .shortest_retention()
-        .await
-        .map_or(6 * 3600, |r| r / 4);
-    Duration::from_secs(quarter.clamp(60, 6 * 3600))
+    Duration::from_secs(cairn_policy::choice::repair_interval_secs(
+        client.shortest_retention().await,
+    ))
 }
 
 fn sync_summary(report: &cairn_client::SyncReport) -> String {

@@ -139,7 +139,8 @@ impl Client {
         let started = Instant::now();
         self.require_active()?;
         let mut state = self.synced().await?;
-        let wanted = self.replicas().min(self.relays.entries().len());
+        let wanted =
+            cairn_policy::choice::copies_wanted(self.replicas(), self.relays.entries().len());
         let files: Vec<(String, FileEntry)> = Self::table_of(&state)
             .stored()
             .map(|(name, entry)| (name, entry.clone()))

@@ -1,6 +1,5 @@
 //! Storing files: sealing, choosing relays, uploading the copies.
 
-use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +8,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
+use cairn_policy::choice::{Offer, Unfit, copies_wanted};
 use cairn_proto::{BlobId, ErrorCode, RelayInfo, Verified};
 
 use super::chunked::{MAX_SEALED_CHUNK, Target, copy_blobs, seal_on_worker};
@@ -224,7 +224,7 @@ impl Client {
             .ok_or_else(|| Error::Invalid("reading stopped before the first byte".into()))?
             .map_err(|err| Error::Invalid(format!("reading failed: {err}")))?;
 
-        let wanted = self.replicas().min(self.relays.entries().len());
+        let wanted = copies_wanted(self.replicas(), self.relays.entries().len());
         // A chunked file's largest blob is a chunk (or, for a file of more
         // than a few GiB, its manifest), whatever the file's size.
         let total = size_hint.max(first.plain.len() as u64);
@@ -335,7 +335,7 @@ impl Client {
         let mut unique = sealed.clone();
         unique.sort_unstable_by_key(|(id, _)| *id);
         unique.dedup_by_key(|(id, _)| *id);
-        let wanted = self.replicas().min(self.relays.entries().len());
+        let wanted = copies_wanted(self.replicas(), self.relays.entries().len());
         let mut holders: HashMap<BlobId, Vec<(RelayClient, bool)>> = HashMap::new();
         let mut failures: HashMap<BlobId, Failures> = HashMap::new();
         for (relay, info) in candidates {
@@ -578,36 +578,35 @@ impl Client {
         .await;
         let mut problems = Failures::new();
         let mut usable = Vec::new();
+        let (scores, now) = (self.scores(), unix_now());
+        let offer = |relay: &RelayClient, info: &Verified<RelayInfo>| Offer {
+            capacity_free: info.capacity_free,
+            max_blob_size: info.max_blob_size,
+            retention_secs: info.retention_secs,
+            load_permille: info.load_permille,
+            flagged: scores.flagged(relay.key(), now),
+        };
         for (relay, info) in relays.into_iter().zip(infos) {
-            match info {
-                Ok(info) if info.capacity_free < size => problems.push(Failure::note(
+            let info = match info {
+                Ok(info) => info,
+                Err(err) => {
+                    problems.at(relay.url(), &err);
+                    continue;
+                }
+            };
+            match offer(&relay, &info).fits(size, largest) {
+                Ok(()) => usable.push((relay, info)),
+                Err(Unfit::NoRoom { free }) => problems.push(Failure::note(
                     relay.url(),
-                    format!(
-                        "only {} free",
-                        count(info.capacity_free, "byte is", "bytes are")
-                    ),
+                    format!("only {} free", count(free, "byte is", "bytes are")),
                 )),
-                Ok(info) if info.max_blob_size < largest => problems.push(Failure::note(
+                Err(Unfit::BlobTooLarge { max }) => problems.push(Failure::note(
                     relay.url(),
-                    format!(
-                        "takes blobs up to {} only",
-                        count(info.max_blob_size, "byte", "bytes")
-                    ),
+                    format!("takes blobs up to {} only", count(max, "byte", "bytes")),
                 )),
-                Ok(info) => usable.push((relay, info)),
-                Err(err) => problems.at(relay.url(), &err),
             }
         }
-        // Relays that recently misbehaved go last, whatever they offer.
-        let (scores, now) = (self.scores(), unix_now());
-        usable.sort_by_key(|(relay, info)| {
-            (
-                scores.flagged(relay.key(), now),
-                Reverse(info.retention_secs),
-                info.load_permille / 100,
-                Reverse(info.capacity_free),
-            )
-        });
+        usable.sort_by_key(|(relay, info)| offer(relay, info).rank());
         (usable, problems)
     }
 
