@@ -10,4 +10,5 @@
 pub mod capacity;
 pub mod choice;
 pub mod placement;
+pub mod repair;
 pub mod standing;

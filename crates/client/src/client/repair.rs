@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use cairn_policy::repair::{self as policy, Audited, Decision, Found};
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{BlobId, VerifyingKey};
 
@@ -214,22 +215,11 @@ impl Client {
                 .and_then(|s| s.last_misbehaviour.as_ref())
                 .map(|(kind, _, _)| format!("{kind:?}").to_lowercase())
         };
-        let good: Vec<&Place> = checked
-            .iter()
-            .filter(|c| matches!(c.verdict, Verdict::Good) && flag(&c.at).is_none())
-            .map(|c| &c.at)
-            .collect();
-        let mut sources = good.clone();
-        let mut bad: Vec<(&Place, String)> = Vec::new();
-        for c in &checked {
-            match &c.verdict {
-                Verdict::Bad(why) => bad.push((&c.at, why.clone())),
-                Verdict::Good => {
-                    if let Some(kind) = flag(&c.at) {
-                        sources.push(&c.at);
-                        bad.push((&c.at, format!("on a relay flagged for {kind}")));
-                    }
-                }
+        let mut audited = Vec::with_capacity(checked.len());
+        for (i, c) in checked.iter().enumerate() {
+            let found = match &c.verdict {
+                Verdict::Good => Found::Good,
+                Verdict::Bad(why) => Found::Bad(why.clone()),
                 Verdict::Unreachable(failure) => {
                     out.unreachable
                         .push(format!("{label} on {}: {}", c.at.url, failure.what()));
@@ -240,32 +230,42 @@ impl Client {
                             copies: 1,
                         },
                     );
-                    if replace_unreachable {
-                        bad.push((&c.at, failure.what().to_owned()));
-                    }
+                    Found::Unreachable(failure.what().to_owned())
                 }
-            }
+            };
+            audited.push(Audited {
+                at: i,
+                found,
+                flagged: flag(&c.at).map(|kind| format!("on a relay flagged for {kind}")),
+            });
         }
-        if bad.is_empty() {
-            if good.len() >= wanted {
+        let plan = match policy::plan(&audited, wanted, replace_unreachable) {
+            Decision::Healthy => {
                 out.healthy = true;
-            } else {
+                return out;
+            }
+            Decision::Short { good } => {
                 out.short.push(format!(
                     "{label}: {} of {wanted} wanted",
-                    count(good.len() as u64, "good copy", "good copies")
+                    count(good as u64, "good copy", "good copies")
                 ));
+                return out;
             }
-            return out;
-        }
-        if sources.is_empty() {
-            out.short.push(format!(
-                "{label}: no good copy left to repair from ({} bad)",
-                bad.len()
-            ));
-            return out;
-        }
-        // Replace only what is needed to reach the wanted number.
-        let needed = wanted.saturating_sub(good.len()).min(bad.len());
+            Decision::NoSource { bad } => {
+                out.short.push(format!(
+                    "{label}: no good copy left to repair from ({bad} bad)"
+                ));
+                return out;
+            }
+            Decision::Repair(plan) => plan,
+        };
+        let sources: Vec<&Place> = plan.sources.iter().map(|&i| &checked[i].at).collect();
+        let bad: Vec<(&Place, String)> = plan
+            .replace
+            .iter()
+            .map(|(i, why)| (&checked[*i].at, why.clone()))
+            .collect();
+        let (good, needed) = (plan.good, plan.needed);
         let avoid: BTreeSet<VerifyingKey> = checked.iter().map(|c| c.at.relay).collect();
         match self
             .copy_from_any(blob, size, &sources, needed, &avoid)
@@ -285,11 +285,11 @@ impl Client {
                         to: to.url.clone(),
                     });
                 }
-                if good.len() + new.len() < wanted {
+                if good + new.len() < wanted {
                     out.short.push(format!(
                         "{label}: {} of {wanted} wanted; no further relay of the set could \
                          take one (add relays with `cairn relay add URL`)",
-                        count((good.len() + new.len()) as u64, "good copy", "good copies")
+                        count((good + new.len()) as u64, "good copy", "good copies")
                     ));
                 }
             }

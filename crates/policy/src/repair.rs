@@ -1,0 +1,213 @@
+//! What a repair does with one blob's copies once it has audited them
+//! (docs/PROTOCOL.md §10.6, "Repair"): which copies are replaced, from
+//! where, and how many new ones are made.
+
+/// What an audit found of one copy, with the words for why it is not good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found<R> {
+    /// The relay proved it holds the bytes.
+    Good,
+    /// The relay does not hold them, or answered falsely.
+    Bad(R),
+    /// The relay could not be asked.
+    Unreachable(R),
+}
+
+/// One audited copy: where it is (`K`), what was found, and, if its relay
+/// recently misbehaved, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audited<K, R> {
+    /// The relay holding the copy.
+    pub at: K,
+    /// What the audit found.
+    pub found: Found<R>,
+    /// Set when the relay is flagged for misbehaviour: its copies move off
+    /// it even when they pass, though they remain sources of last resort
+    /// (the bytes are checked by their hash on the way).
+    pub flagged: Option<R>,
+}
+
+/// What to do with a blob's copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision<K, R> {
+    /// Nothing to replace, and enough good copies.
+    Healthy,
+    /// Nothing to replace, but fewer good copies than wanted (the relays
+    /// to hold more are not in its places; the caller says so).
+    Short {
+        /// Good copies on trusted relays.
+        good: usize,
+    },
+    /// Copies to replace and no good copy to replace them from.
+    NoSource {
+        /// Copies that would have been replaced.
+        bad: usize,
+    },
+    /// Copies to replace, and where from.
+    Repair(Plan<K, R>),
+}
+
+/// A repair of one blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<K, R> {
+    /// Good copies on trusted relays, which stay.
+    pub good: usize,
+    /// Where the bytes may be copied from, best first: good copies on
+    /// trusted relays, then good copies on flagged ones.
+    pub sources: Vec<K>,
+    /// The copies to replace, each with why, in the order new copies go
+    /// to them.
+    pub replace: Vec<(K, R)>,
+    /// New copies to make: enough to reach the wanted number, and never
+    /// more than the copies replaced.
+    pub needed: usize,
+}
+
+/// Decides what a repair does with the audited copies of one blob when
+/// `wanted` copies are the aim. Unreachable copies are replaced only with
+/// `replace_unreachable` (a relay may be down for an hour; the person
+/// decides when it is gone).
+#[must_use]
+pub fn plan<K: Clone, R: Clone>(
+    audited: &[Audited<K, R>],
+    wanted: usize,
+    replace_unreachable: bool,
+) -> Decision<K, R> {
+    let mut sources = Vec::new();
+    let mut last_resort = Vec::new();
+    let mut replace = Vec::new();
+    for copy in audited {
+        match (&copy.found, &copy.flagged) {
+            (Found::Good, None) => sources.push(copy.at.clone()),
+            (Found::Good, Some(why)) => {
+                last_resort.push(copy.at.clone());
+                replace.push((copy.at.clone(), why.clone()));
+            }
+            (Found::Bad(why), _) => replace.push((copy.at.clone(), why.clone())),
+            (Found::Unreachable(why), _) if replace_unreachable => {
+                replace.push((copy.at.clone(), why.clone()));
+            }
+            (Found::Unreachable(_), _) => {}
+        }
+    }
+    let good = sources.len();
+    if replace.is_empty() {
+        return if good >= wanted {
+            Decision::Healthy
+        } else {
+            Decision::Short { good }
+        };
+    }
+    sources.extend(last_resort);
+    if sources.is_empty() {
+        return Decision::NoSource { bad: replace.len() };
+    }
+    let needed = wanted.saturating_sub(good).min(replace.len());
+    Decision::Repair(Plan {
+        good,
+        sources,
+        replace,
+        needed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn copy(at: u8, found: Found<&'static str>, flagged: bool) -> Audited<u8, &'static str> {
+        Audited {
+            at,
+            found,
+            flagged: flagged.then_some("flagged"),
+        }
+    }
+
+    #[test]
+    fn good_copies_stay_and_bad_ones_are_replaced_from_them() {
+        let audited = [
+            copy(1, Found::Good, false),
+            copy(2, Found::Bad("missing"), false),
+            copy(3, Found::Good, false),
+        ];
+        assert_eq!(
+            plan(&audited, 3, false),
+            Decision::Repair(Plan {
+                good: 2,
+                sources: vec![1, 3],
+                replace: vec![(2, "missing")],
+                needed: 1,
+            })
+        );
+        assert_eq!(plan(&audited[..1], 1, false), Decision::Healthy);
+        assert_eq!(plan(&audited[..1], 3, false), Decision::Short { good: 1 });
+    }
+
+    #[test]
+    fn a_flagged_relay_loses_its_copies_but_can_still_be_copied_from() {
+        let audited = [
+            copy(1, Found::Good, true),
+            copy(2, Found::Bad("altered"), false),
+        ];
+        assert_eq!(
+            plan(&audited, 2, false),
+            Decision::Repair(Plan {
+                good: 0,
+                sources: vec![1],
+                replace: vec![(1, "flagged"), (2, "altered")],
+                needed: 2,
+            })
+        );
+    }
+
+    #[test]
+    fn unreachable_copies_wait_unless_told_and_no_source_is_said() {
+        let audited = [
+            copy(1, Found::Good, false),
+            copy(2, Found::Unreachable("refused"), false),
+        ];
+        assert_eq!(plan(&audited, 2, false), Decision::Short { good: 1 });
+        assert!(matches!(plan(&audited, 2, true), Decision::Repair(p) if p.needed == 1));
+        let lost = [copy(2, Found::Bad("missing"), false)];
+        assert_eq!(plan(&lost, 2, false), Decision::NoSource { bad: 1 });
+    }
+
+    fn found() -> impl Strategy<Value = Found<u8>> {
+        prop_oneof![
+            Just(Found::Good),
+            any::<u8>().prop_map(Found::Bad),
+            any::<u8>().prop_map(Found::Unreachable),
+        ]
+    }
+
+    proptest! {
+        /// A repair never makes more copies than it replaces or than bring
+        /// the good ones to the wanted number, and copies only from copies
+        /// that passed.
+        #[test]
+        fn a_repair_is_bounded_and_copies_only_from_good_copies(
+            copies in proptest::collection::vec((found(), any::<bool>()), 0..8),
+            wanted in 0usize..6,
+            replace_unreachable in any::<bool>(),
+        ) {
+            let audited: Vec<Audited<usize, u8>> = copies
+                .iter()
+                .enumerate()
+                .map(|(at, (found, flagged))| Audited {
+                    at,
+                    found: found.clone(),
+                    flagged: flagged.then_some(0),
+                })
+                .collect();
+            if let Decision::Repair(p) = plan(&audited, wanted, replace_unreachable) {
+                prop_assert!(p.needed <= p.replace.len());
+                prop_assert!(p.good + p.needed <= wanted.max(p.good));
+                for source in &p.sources {
+                    prop_assert_eq!(&audited[*source].found, &Found::Good);
+                }
+            }
+        }
+    }
+}
