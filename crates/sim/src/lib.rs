@@ -1,0 +1,21 @@
+//! A deterministic simulation of files kept on cairn relays.
+//!
+//! Relays disclose a retention, fail for a while (outages) or for good
+//! (they vanish); devices come online now and then, put their files, and,
+//! when they keep watch, audit and repair them. Which relays take a copy,
+//! how many copies are wanted, how often a watching device repairs and
+//! what a repair replaces are decided by [`cairn_policy`], the same code
+//! the client runs. Storage and network are not simulated: a copy is a
+//! relay index and a last access time, and an audit knows the truth.
+//!
+//! What this first version leaves out (docs/DURABILITY.md says the same):
+//! relay-to-relay replication and transfers, the reciprocity ledger,
+//! adversaries that lie, request rates, bandwidth, and chunked files (a
+//! file is one blob).
+
+pub mod rng;
+pub mod run;
+pub mod scenario;
+
+pub use run::{Day, Report, simulate};
+pub use scenario::{Scenario, ScenarioError};

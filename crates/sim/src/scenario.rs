@@ -1,0 +1,145 @@
+//! A scenario file (TOML): the relays, the clients and how long to run.
+//! Every field is required; unknown fields are refused, so a typo cannot
+//! silently run a different scenario.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// What to simulate.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Seeds every random draw: one seed, one result.
+    pub seed: u64,
+    /// Simulated time, in days.
+    pub days: u32,
+    /// The relays.
+    pub relays: Relays,
+    /// The clients (one device each) and their files.
+    pub clients: Clients,
+}
+
+/// The relays, all alike.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Relays {
+    /// How many.
+    pub count: usize,
+    /// Each one's capacity, in GiB.
+    pub capacity_gib: u64,
+    /// The retention each discloses: a blob nobody accessed for longer is
+    /// deleted.
+    pub retention_days: u32,
+    /// The chance that a relay disappears for good within a year.
+    pub vanish_per_year: f64,
+    /// Outages per relay per year (a relay that is down answers nothing,
+    /// then comes back with what it held).
+    pub outages_per_year: f64,
+    /// The mean length of an outage, in hours.
+    pub outage_hours: f64,
+}
+
+/// The clients, all alike.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Clients {
+    /// How many.
+    pub count: usize,
+    /// Relays in each client's set, drawn at random from all of them.
+    pub set_size: usize,
+    /// Files each client puts at its first session.
+    pub files: usize,
+    /// The size of each file, in MiB.
+    pub file_mib: u64,
+    /// Copies of each file the client wants (the client's `replicas`).
+    pub copies: usize,
+    /// The mean time between a client's sessions, in hours (sessions come
+    /// at random, as a phone that is opened now and then).
+    pub online_every_hours: f64,
+    /// Whether a session runs the repair when it is due (`cairn sync
+    /// --watch`); without it nothing renews a copy after the put.
+    pub watch: bool,
+    /// Whether a repair replaces copies on relays it cannot reach
+    /// (`cairn repair --replace-unreachable`); a watching device does not.
+    pub replace_unreachable: bool,
+}
+
+/// Why a scenario cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not a scenario.
+    #[error("{path} is not a valid scenario: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    /// Reads and checks the scenario in `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ScenarioError`] if it cannot be read, parsed or run.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let scenario: Self = toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+            path: shown,
+            source,
+        })?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Checks the values a run needs.
+    ///
+    /// # Errors
+    ///
+    /// [`ScenarioError::Invalid`] naming the first value out of range.
+    pub fn check(&self) -> Result<(), ScenarioError> {
+        let invalid = |what: &str| Err(ScenarioError::Invalid(what.to_owned()));
+        let (r, c) = (&self.relays, &self.clients);
+        if r.count == 0 || c.set_size == 0 || c.set_size > r.count {
+            return invalid("clients.set_size must be between 1 and relays.count");
+        }
+        if c.copies == 0 {
+            return invalid("clients.copies must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&r.vanish_per_year) {
+            return invalid("relays.vanish_per_year is a chance, between 0 and 1");
+        }
+        for (name, value) in [
+            ("relays.outages_per_year", r.outages_per_year),
+            ("relays.outage_hours", r.outage_hours),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return invalid(&format!("{name} must be 0 or more"));
+            }
+        }
+        if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
+            return invalid("clients.online_every_hours must be above 0");
+        }
+        if r.retention_days == 0 {
+            return invalid("relays.retention_days must be at least 1");
+        }
+        Ok(())
+    }
+}
