@@ -95,11 +95,14 @@ struct Relay {
 impl Relay {
     fn state(&self, t: u64) -> State {
         if t >= self.gone_at {
-            State::Gone
-        } else if self.outages.iter().any(|&(from, to)| from <= t && t < to) {
-            State::Down
-        } else {
-            State::Up
+            return State::Gone;
+        }
+        // Outages are in order and apart: only the last one starting at or
+        // before `t` can hold it.
+        let started = self.outages.partition_point(|&(from, _)| from <= t);
+        match started.checked_sub(1).map(|i| self.outages[i]) {
+            Some((_, to)) if t < to => State::Down,
+            _ => State::Up,
         }
     }
 
@@ -236,15 +239,18 @@ fn make_clients(scenario: &Scenario, relay_count: usize) -> Vec<Client> {
     (0..scenario.clients.count)
         .map(|i| {
             let mut rng = Rng::stream(scenario.seed, 2 << 32 | i as u64);
-            let mut all: Vec<usize> = (0..relay_count).collect();
-            // A partial Fisher-Yates shuffle: the first set_size are the set.
-            for k in 0..scenario.clients.set_size {
-                let pick = k + rng.below(relay_count - k);
-                all.swap(k, pick);
+            // Distinct relays drawn at random; a set is small against the
+            // relays (the scenario checks it is no larger), so redraws are
+            // few.
+            let mut set = Vec::with_capacity(scenario.clients.set_size);
+            while set.len() < scenario.clients.set_size {
+                let pick = rng.below(relay_count);
+                if !set.contains(&pick) {
+                    set.push(pick);
+                }
             }
-            all.truncate(scenario.clients.set_size);
             Client {
-                set: all,
+                set,
                 files: Vec::new(),
                 put: false,
                 next_repair: 0,
@@ -355,6 +361,18 @@ fn repair_file(
     t: u64,
     totals: &mut Day,
 ) {
+    // Most audits find every copy where it was: renew them all, and no
+    // plan is needed (nor the allocations that go with it).
+    let all_good = file.copies.iter().all(|copy| {
+        let relay = &relays[copy.relay];
+        relay.state(t) == State::Up && t <= copy.last_access.saturating_add(relay.retention)
+    });
+    if all_good {
+        for copy in &mut file.copies {
+            copy.last_access = t;
+        }
+        return;
+    }
     let audited: Vec<Audited<usize, &'static str>> = file
         .copies
         .iter_mut()
