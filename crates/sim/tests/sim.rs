@@ -1,5 +1,8 @@
 //! The simulator against cases whose answer is known.
 
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use cairn_sim::{Scenario, simulate};
 
 fn scenario() -> Scenario {
