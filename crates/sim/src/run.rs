@@ -380,8 +380,9 @@ fn repair_file(
         .map(|(i, copy)| {
             let relay = &relays[copy.relay];
             let found = match relay.state(t) {
-                State::Gone => Found::Bad("gone"),
-                State::Down => Found::Unreachable("down"),
+                // A client cannot tell a relay that is gone from one that
+                // is down: neither answers.
+                State::Gone | State::Down => Found::Unreachable("no answer"),
                 State::Up if t > copy.last_access.saturating_add(relay.retention) => {
                     Found::Bad("expired")
                 }

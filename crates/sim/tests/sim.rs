@@ -64,24 +64,23 @@ fn staying_away_longer_than_retention_loses_every_file() {
 }
 
 #[test]
-fn repair_replaces_copies_on_vanished_relays() {
+fn copies_on_vanished_relays_are_replaced_only_when_unreachable_ones_are() {
+    // A vanished relay does not answer, as a relay that is down does not:
+    // a watching device (which does not replace unreachable copies) keeps
+    // counting on it.
     let mut s = scenario();
     s.relays.vanish_per_year = 0.3;
     s.relays.count = 40;
+    s.relays.retention_days = 10_000;
     let watching = simulate(&s).last();
     assert!(watching.relays_gone > 0);
-    assert!(watching.repaired > 0);
-    // Copies are lost only when a set runs out of relays; with 5 of 40 and
-    // 3 copies that is rare against the loss without repair.
-    let unrepaired = {
-        let mut s = s.clone();
-        s.clients.watch = false;
-        s.relays.retention_days = 10_000;
-        simulate(&s).last()
-    };
+    assert_eq!(watching.repaired, 0, "{watching:?}");
+    s.clients.replace_unreachable = true;
+    let replacing = simulate(&s).last();
+    assert!(replacing.repaired > 0);
     assert!(
-        watching.lost * 4 < unrepaired.lost.max(1),
-        "repairs {watching:?} against none {unrepaired:?}"
+        replacing.lost * 4 < watching.lost.max(1),
+        "replacing {replacing:?} against not {watching:?}"
     );
 }
 
