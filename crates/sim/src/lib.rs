@@ -6,7 +6,9 @@
 //! how many copies are wanted, how often a watching device repairs and
 //! what a repair replaces are decided by [`cairn_policy`], the same code
 //! the client runs. Storage and network are not simulated: a copy is a
-//! relay index and a last access time, and an audit knows the truth.
+//! relay index and a last access time, and an audit finds what a client
+//! would: the copy, its loss to retention, or no answer (a relay that is
+//! down and one that vanished look the same).
 //!
 //! What this first version leaves out (docs/DURABILITY.md says the same):
 //! relay-to-relay replication and transfers, the reciprocity ledger,
