@@ -36,6 +36,14 @@ pub(super) fn expired_prefix(
         .map_err(|e| redb::Error::from(e).into())
 }
 
+/// A blob the caller found in this transaction has no row: only a damaged
+/// index does that.
+fn vanished(id: &BlobId) -> StoreError {
+    StoreError::Failed(format!(
+        "blob {id} vanished from the index; run `cairn-relay fsck`"
+    ))
+}
+
 /// The index tables inside one write transaction, with running totals.
 pub(super) struct Tables<'txn> {
     pub(super) blobs: redb::Table<'txn, [u8; 32], &'static [u8]>,
@@ -123,7 +131,7 @@ impl<'txn> Tables<'txn> {
             .map_err(redb::Error::from)?
             .map(|row| record::with_meta(row.value(), meta))
             .transpose()?
-            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
+            .ok_or_else(|| vanished(id))?;
         self.blobs
             .insert(id.as_bytes(), row.as_slice())
             .map_err(redb::Error::from)?;
@@ -267,7 +275,7 @@ impl<'txn> Tables<'txn> {
             .map_err(redb::Error::from)?
             .map(|row| BlobRow::decode(row.value()))
             .transpose()?
-            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
+            .ok_or_else(|| vanished(id))?;
         self.by_access
             .remove((meta.last_access, *id.as_bytes()))
             .map_err(redb::Error::from)?;
@@ -301,9 +309,7 @@ impl<'txn> Tables<'txn> {
     /// Notes that `source` handed the relay the held blob `id` (a no-op if
     /// it had).
     pub(super) fn add_source(&mut self, id: &BlobId, source: Source) -> Result<(), StoreError> {
-        let mut row = self
-            .row(id)?
-            .ok_or_else(|| StoreError::Failed(format!("blob {id} vanished from the index")))?;
+        let mut row = self.row(id)?.ok_or_else(|| vanished(id))?;
         if row.add_source(source.key()) {
             self.blobs
                 .insert(id.as_bytes(), row.encode()?.as_slice())
