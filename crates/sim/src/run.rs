@@ -106,6 +106,11 @@ impl Relay {
         }
     }
 
+    /// Whether the relay has deleted `copy` for want of access by `t`.
+    fn expired(&self, copy: Copy, t: u64) -> bool {
+        t > copy.last_access.saturating_add(self.retention)
+    }
+
     fn offer(&self) -> Offer {
         let free = self.capacity.saturating_sub(self.used);
         Offer {
@@ -264,20 +269,21 @@ fn make_clients(scenario: &Scenario, relay_count: usize) -> Vec<Client> {
 /// deleted it for want of access.
 fn live(relays: &[Relay], copy: Copy, t: u64) -> bool {
     let relay = &relays[copy.relay];
-    relay.state(t) != State::Gone && t <= copy.last_access.saturating_add(relay.retention)
+    relay.state(t) != State::Gone && !relay.expired(copy, t)
 }
 
 /// The relays of `set` that are up and can take `size` bytes, best first,
 /// as the client ranks them; those in `avoid` left out.
 fn candidates(relays: &[Relay], set: &[usize], size: u64, t: u64, avoid: &[usize]) -> Vec<usize> {
-    let mut usable: Vec<usize> = set
+    let mut usable: Vec<(usize, Offer)> = set
         .iter()
         .copied()
         .filter(|&r| !avoid.contains(&r) && relays[r].state(t) == State::Up)
-        .filter(|&r| relays[r].offer().fits(size, size).is_ok())
+        .map(|r| (r, relays[r].offer()))
+        .filter(|(_, offer)| offer.fits(size, size).is_ok())
         .collect();
-    usable.sort_by_key(|&r| relays[r].offer().rank());
-    usable
+    usable.sort_by_key(|(_, offer)| offer.rank());
+    usable.into_iter().map(|(r, _)| r).collect()
 }
 
 fn session(
@@ -317,15 +323,13 @@ fn session(
         }
         totals.files += c.files as u64;
         client.put = true;
-        let shortest = client.set.iter().map(|&r| relays[r].retention).min();
-        client.next_repair = t + repair_interval_secs(shortest);
+        client.next_repair = next_repair(&client.set, relays, t);
         return;
     }
     if !c.watch || t < client.next_repair {
         return;
     }
-    let shortest = client.set.iter().map(|&r| relays[r].retention).min();
-    client.next_repair = t + repair_interval_secs(shortest);
+    client.next_repair = next_repair(&client.set, relays, t);
     for file in &mut client.files {
         if file.lost {
             continue;
@@ -348,6 +352,13 @@ fn session(
     }
 }
 
+/// When a device that repairs at `t` repairs next: the client's cadence
+/// for the shortest retention in its set.
+fn next_repair(set: &[usize], relays: &[Relay], t: u64) -> u64 {
+    let shortest = set.iter().map(|&r| relays[r].retention).min();
+    t + repair_interval_secs(shortest)
+}
+
 /// Audits a file's copies (renewing the ones that answer) and replaces
 /// what [`cairn_policy::repair::plan`] says to.
 #[allow(clippy::too_many_arguments)] // the session's state, passed apart for the borrow checker
@@ -363,9 +374,9 @@ fn repair_file(
 ) {
     // Most audits find every copy where it was: renew them all, and no
     // plan is needed (nor the allocations that go with it).
-    let all_good = file.copies.iter().all(|copy| {
+    let all_good = file.copies.iter().all(|&copy| {
         let relay = &relays[copy.relay];
-        relay.state(t) == State::Up && t <= copy.last_access.saturating_add(relay.retention)
+        relay.state(t) == State::Up && !relay.expired(copy, t)
     });
     if all_good {
         for copy in &mut file.copies {
@@ -383,9 +394,7 @@ fn repair_file(
                 // A client cannot tell a relay that is gone from one that
                 // is down: neither answers.
                 State::Gone | State::Down => Found::Unreachable("no answer"),
-                State::Up if t > copy.last_access.saturating_add(relay.retention) => {
-                    Found::Bad("expired")
-                }
+                State::Up if relay.expired(*copy, t) => Found::Bad("expired"),
                 State::Up => {
                     // An audit reads the copy: an access, which renews it.
                     copy.last_access = t;
@@ -404,23 +413,16 @@ fn repair_file(
     };
     let avoid: Vec<usize> = file.copies.iter().map(|c| c.relay).collect();
     let new = candidates(relays, set, size, t, &avoid);
-    let mut replaced = Vec::new();
     for (&(at, _), &to) in plan.replace.iter().zip(new.iter().take(plan.needed)) {
-        let old = file.copies[at];
-        if relays[old.relay].state(t) != State::Gone {
-            relays[old.relay].used = relays[old.relay].used.saturating_sub(size);
+        let old = file.copies[at].relay;
+        if relays[old].state(t) != State::Gone {
+            relays[old].used = relays[old].used.saturating_sub(size);
         }
         relays[to].used += size;
-        replaced.push((
-            at,
-            Copy {
-                relay: to,
-                last_access: t,
-            },
-        ));
+        file.copies[at] = Copy {
+            relay: to,
+            last_access: t,
+        };
         totals.repaired += 1;
-    }
-    for (at, copy) in replaced {
-        file.copies[at] = copy;
     }
 }
