@@ -376,14 +376,8 @@ impl Client {
             let held = holders.get(id).map_or(&[][..], Vec::as_slice);
             let failed = failures.get(id).cloned().unwrap_or_default();
             if held.len() < wanted {
-                // Leave no orphans: remove the copies this pass created.
                 if short.insert(*id) {
-                    let ours: Vec<_> = held
-                        .iter()
-                        .filter(|(_, new)| *new)
-                        .map(|(r, _)| r.clone())
-                        .collect();
-                    self.delete_own_everywhere(&ours, id).await;
+                    self.undo_new_copies(held, id).await;
                 }
                 results.push(Err(Error::NotEnoughCopies {
                     stored: held.len(),
@@ -435,13 +429,7 @@ impl Client {
             .await;
         progress.end();
         if stored.len() < wanted {
-            // Leave no orphans: remove the copies this upload created.
-            let ours: Vec<_> = stored
-                .iter()
-                .filter(|(_, new)| *new)
-                .map(|(r, _)| r.clone())
-                .collect();
-            self.delete_own_everywhere(&ours, &id).await;
+            self.undo_new_copies(&stored, &id).await;
             // Said with the relays that could not be asked, by the caller.
             return Err(Error::NotEnoughCopies {
                 stored: stored.len(),
@@ -608,6 +596,18 @@ impl Client {
         }
         usable.sort_by_key(|(relay, info)| offer(relay, info).rank());
         (usable, problems)
+    }
+
+    /// Leaves no orphans after a put that fell short: deletes the copies
+    /// of `id` this put created (`true` in `held`), not those the relays
+    /// held already.
+    async fn undo_new_copies(&self, held: &[(RelayClient, bool)], id: &BlobId) {
+        let ours: Vec<RelayClient> = held
+            .iter()
+            .filter(|(_, new)| *new)
+            .map(|(relay, _)| relay.clone())
+            .collect();
+        self.delete_own_everywhere(&ours, id).await;
     }
 
     /// Uploads to the first `wanted` candidates at once, replacing each
