@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use cairn_client::{Client, RelayCheck};
 use serde::Serialize;
 
-use crate::output::{ago, count, print_details, unix_now};
+use crate::output::{ago, count, duration, print_details, unix_now};
 
 /// How far a relay's clock may be from this device's before tokens (valid
 /// for 5 minutes, with a minute of slack) start to fail.
@@ -334,9 +334,11 @@ fn relay_findings(client: &Client, checks: &[RelayCheck]) -> Vec<Finding> {
                     check.error.as_deref().unwrap_or("unknown error")
                 ),
                 format!(
-                    "if it is down for a while, reads use the other relays; if it is gone for \
-                     good: `cairn relay rotate {url} NEW_URL`, or `cairn repair \
-                     --replace-unreachable`"
+                    "if it is down for a while, reads use the other relays (and `cairn repair` \
+                     replaces its copies once it has not answered for {}); if it is gone \
+                     for good: `cairn relay rotate {url} NEW_URL`, or `cairn repair \
+                     --replace-unreachable` now",
+                    duration(cairn_policy::repair::UNANSWERED_WAIT_SECS)
                 ),
             ));
             continue;

@@ -212,9 +212,10 @@ Examples:
     )]
     Sync {
         /// Keep syncing: every 2 s after a change, backing off to 60 s while
-        /// nothing changes; and repair (`cairn repair`) at the start and
-        /// then every quarter of the shortest retention your relays
-        /// disclose (at most every 6 h). Stop with Ctrl-C.
+        /// nothing changes; and repair (`cairn repair`, which replaces
+        /// copies on a relay that has not answered this device for 3 days)
+        /// at the start and then every quarter of the shortest retention
+        /// your relays disclose (at most every 6 h). Stop with Ctrl-C.
         #[arg(long)]
         watch: bool,
         /// With --watch: stop after this many rounds (for scripts).
@@ -242,19 +243,23 @@ Examples:
     /// Audits every copy (which also renews its retention on the relay),
     /// and replaces copies that are missing or fail their proof with new
     /// copies on other relays of your set, made from a good copy (no
-    /// decryption needed). Copies on relays that do not answer are
-    /// reported, not replaced, unless --replace-unreachable. It also keeps
+    /// decryption needed). Copies on a relay that does not answer are
+    /// reported, and kept while it may only be down: they are replaced once
+    /// the relay has not answered this device for 3 days (this device's
+    /// own record of its requests), or at once with --replace-unreachable.
+    /// It also keeps
     /// what a new device or a recovery needs (the identity log, the newest
     /// snapshot and the operations after it) on every relay, renewing it
     /// and restoring what a relay lost. Run it more often than your
     /// relays' shortest retention (`sync --watch` does). Exits 1 when a
     /// file is left short of good copies.
     #[command(
-        after_help = "Example:\n  cairn repair --replace-unreachable   # a relay is gone for good"
+        after_help = "Examples:\n  cairn repair\n  cairn repair --replace-unreachable   # a relay is gone for good: do not wait 3 days"
     )]
     Repair {
-        /// Replace copies on relays that do not answer too (for a relay
-        /// that is gone for good, not one that is briefly down).
+        /// Replace copies on relays that do not answer now, rather than
+        /// once they have not answered for 3 days (for a relay you know is
+        /// gone for good, not one that is briefly down).
         #[arg(long)]
         replace_unreachable: bool,
     },

@@ -198,14 +198,10 @@ pub(crate) fn duration(secs: u64) -> String {
 /// How long ago `secs` seconds were, for people, in the largest whole
 /// unit: `just now`, `1 minute ago`, `3 hours ago`.
 pub(crate) fn ago(secs: u64) -> String {
-    let (n, one, many) = match secs {
-        0..=4 => return "just now".into(),
-        s if s < 60 => (s, "second", "seconds"),
-        s if s < 3600 => (s / 60, "minute", "minutes"),
-        s if s < 86_400 => (s / 3600, "hour", "hours"),
-        s => (s / 86_400, "day", "days"),
-    };
-    format!("{} ago", count(n, one, many))
+    if secs < 5 {
+        return "just now".into();
+    }
+    format!("{} ago", cairn_client::text::lasting(secs))
 }
 
 #[cfg(test)]

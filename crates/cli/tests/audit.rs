@@ -411,3 +411,125 @@ async fn sync_watch_repairs_as_it_goes() {
     assert_eq!(restored[0]["to"], fresh.url(), "{repair}");
     assert!(fresh.blob_file(&id).is_some());
 }
+
+/// Makes this device's record of the relay at `url` say it has gone
+/// unanswered since `since` (Unix seconds), as the record of a device
+/// failing to reach it since then would: the client has no clock to move.
+/// The record must already count a run of failures (from a repair that
+/// found the relay down).
+fn unanswered_since(device: &Device, url: &str, since: u64) {
+    let path = device.home().join("scores.json");
+    let mut scores: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let record = scores["relays"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+        .find(|r| r["url"] == url)
+        .unwrap_or_else(|| panic!("no record of {url}"));
+    let began = record["unanswered_since"].as_u64();
+    let now = cairn_testkit::unix_now();
+    assert!(
+        began.is_some_and(|at| at <= now && now - at < 600),
+        "the failed audit began the count just now: {record}"
+    );
+    record["unanswered_since"] = since.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&scores).unwrap()).unwrap();
+}
+
+/// The repair report in what `cairn ARGS` printed: the document of
+/// `repair --json`, or the `repair` line of `sync --watch --json`.
+async fn repair_report(device: &Device, args: &[&str]) -> serde_json::Value {
+    let run = device.run(args).await;
+    if args[0] == "repair" {
+        // Exit 1 while a file is short of good copies.
+        assert!(run.code == 0 || run.code == 1, "{run:#?}");
+        return serde_json::from_str(&run.stdout).unwrap();
+    }
+    run.ok()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find_map(|v| v.get("repair").cloned())
+        .unwrap_or_else(|| panic!("no repair report line: {run:#?}"))
+}
+
+/// A relay holding a copy vanishes for good, which to a client looks like
+/// it being down. `args` repairs (`cairn repair`, or `sync --watch`): the
+/// first time, the relay has just stopped answering and its copy is kept
+/// (reported unreachable); once this device has had no answer from it
+/// for more than 3 days, the copy is replaced on the spare relay of the
+/// set, and the file reads with the relay still gone.
+async fn a_relay_silent_for_days_loses_its_copies(args: &[&str]) {
+    let mut relays = [
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+        Relay::start().await,
+    ];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop
+        .add_relays(&[&relays[0], &relays[1], &relays[2], &relays[3]])
+        .await;
+    let data = data_with_marker(120_000, b"outlives its relay");
+    let id = laptop.put_data("kept", &data).await;
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    let holders = sorted_strings(&list[0]["copies"]);
+    assert_eq!(holders.len(), 3, "{list}");
+    let gone = relays
+        .iter()
+        .position(|r| holders.contains(&r.url()))
+        .unwrap();
+    let spare = relays
+        .iter()
+        .position(|r| !holders.contains(&r.url()))
+        .unwrap();
+    let gone_url = relays[gone].url();
+    relays[gone].stop().await;
+
+    // The outage has just begun: the copy is reported, not replaced.
+    let first = repair_report(&laptop, args).await;
+    assert!(first["restored"].as_array().unwrap().is_empty(), "{first}");
+    let unreachable = first["unreachable"].as_array().unwrap();
+    assert_eq!(unreachable.len(), 1, "{first}");
+    assert!(
+        unreachable[0].as_str().unwrap().contains(&gone_url),
+        "{first}"
+    );
+    assert!(relays[spare].blob_file(&id).is_none(), "copied too soon");
+
+    // Four days on without an answer, the next repair gives up on it.
+    let four_days_ago = cairn_testkit::unix_now() - 4 * 86_400;
+    unanswered_since(&laptop, &gone_url, four_days_ago);
+    let check = laptop.run(&["relay", "check"]).await;
+    assert!(
+        check.stdout.contains("not answered since 4 days ago"),
+        "{check:#?}"
+    );
+    let second = repair_report(&laptop, args).await;
+    let restored = second["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 1, "{second}");
+    assert_eq!(restored[0]["from"], gone_url, "{second}");
+    assert_eq!(restored[0]["to"], relays[spare].url(), "{second}");
+    let why = restored[0]["why"].as_str().unwrap();
+    assert!(why.contains("not answered for 4 days"), "{why}");
+    assert!(second["short"].as_array().unwrap().is_empty(), "{second}");
+    assert!(relays[spare].blob_file(&id).is_some(), "the new copy");
+
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    assert!(
+        !sorted_strings(&list[0]["copies"]).contains(&gone_url),
+        "{list}"
+    );
+    assert_eq!(laptop.get_data("kept").await, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_replaces_copies_on_a_relay_unanswered_for_three_days() {
+    a_relay_silent_for_days_loses_its_copies(&["repair", "--json"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_watch_replaces_copies_on_a_relay_unanswered_for_three_days() {
+    a_relay_silent_for_days_loses_its_copies(&["sync", "--watch", "--rounds", "1", "--json"]).await;
+}

@@ -38,6 +38,9 @@ pub mod text;
 mod text_serde;
 
 pub use cairn_proto as proto;
+// What `Client::repair` does with copies on relays that do not answer:
+// part of its signature, so callers need not depend on cairn-policy.
+pub use cairn_policy::repair::{UNANSWERED_WAIT_SECS, Unanswered};
 pub use client::{
     AuditReport, ByteRange, Client, CopiesCheck, DEFAULT_AUDIT_CHUNKS, DEFAULT_REPLICAS,
     DeviceSync, Enrolled, ExportFailure, ExportReport, Exported, FileInfo, Finding, FolderInfo,

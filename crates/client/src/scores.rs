@@ -3,7 +3,9 @@
 //! failed proof, a lost copy, an old head) is kept apart from being down:
 //! any relay is sometimes unreachable, but one that lies is routed around.
 //! Kept in `HOME/scores.json`; placement puts flagged relays last and
-//! repair never copies onto them.
+//! repair never copies onto them. How long a relay has gone unanswered is
+//! kept too: a relay that vanished looks down, and only the length of its
+//! silence tells a repair to give up on its copies.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +55,12 @@ pub struct RelayScore {
     pub last_misbehaviour: Option<(Misbehaviour, u64, String)>,
     /// Milliseconds the latest successful request took.
     pub last_latency_ms: Option<u64>,
+    /// When (Unix seconds) the current run of unanswered requests began:
+    /// the first that failed since the relay last answered; `None` while
+    /// it answers. Absent from the record of earlier releases, which
+    /// reads as answering (its silence is counted from the next failure).
+    #[serde(default)]
+    pub unanswered_since: Option<u64>,
 }
 
 impl RelayScore {
@@ -61,6 +69,13 @@ impl RelayScore {
         self.last_misbehaviour
             .as_ref()
             .is_some_and(|(_, at, _)| at.saturating_add(FLAG_SECS) > now)
+    }
+
+    /// How long, in seconds, the relay has gone unanswered at `now`: 0
+    /// when it answered its latest request (or a clock moved back).
+    pub fn unanswered_for(&self, now: u64) -> u64 {
+        self.unanswered_since
+            .map_or(0, |since| now.saturating_sub(since))
     }
 }
 
@@ -93,16 +108,22 @@ impl Scores {
         score
     }
 
-    /// Notes a success that took `latency_ms`.
+    /// Notes a success that took `latency_ms`; the relay answers, so any
+    /// run of unanswered requests is over.
     pub(crate) fn success(&mut self, relay: &VerifyingKey, url: &str, latency_ms: u64) {
         let score = self.entry(relay, url);
         score.successes += 1;
         score.last_latency_ms = Some(latency_ms);
+        score.unanswered_since = None;
     }
 
-    /// Notes that the relay did not answer.
-    pub(crate) fn unavailable(&mut self, relay: &VerifyingKey, url: &str) {
-        self.entry(relay, url).unavailable += 1;
+    /// Notes that the relay did not answer at `now`. Only the first
+    /// failure of a run sets when it began: later ones must not restart
+    /// the count, or a relay that is gone would never look gone for long.
+    pub(crate) fn unavailable(&mut self, relay: &VerifyingKey, url: &str, now: u64) {
+        let score = self.entry(relay, url);
+        score.unavailable += 1;
+        score.unanswered_since.get_or_insert(now);
     }
 
     /// Notes misbehaviour of `kind` at `now`.
@@ -117,6 +138,9 @@ impl Scores {
         let score = self.entry(relay, url);
         *score.misbehaviour.entry(kind).or_default() += 1;
         score.last_misbehaviour = Some((kind, now, what));
+        // A relay that misbehaves answered: it is not silent (and its
+        // copies move off it as flagged, not as unanswered).
+        score.unanswered_since = None;
     }
 
     /// The record of `relay`, if any.
@@ -169,7 +193,7 @@ mod tests {
         let path = dir.path().join("scores.json");
         let key = cairn_proto::SigningKey::from_seed(&[1; 32]).verifying_key();
         let mut scores = Scores::load(&path);
-        scores.unavailable(&key, "http://a");
+        scores.unavailable(&key, "http://a", 1000);
         assert!(!scores.flagged(&key, 1000), "being down is not lying");
         scores.misbehaved(&key, "http://a", Misbehaviour::Corrupt, 1000, "bad".into());
         assert!(scores.flagged(&key, 1000 + FLAG_SECS - 1));
@@ -179,5 +203,71 @@ mod tests {
         assert_eq!(again.get(&key), scores.get(&key));
         std::fs::write(&path, b"{broken").unwrap();
         assert!(Scores::load(&path).get(&key).is_none());
+    }
+
+    #[test]
+    fn silence_is_counted_from_the_first_unanswered_request_until_an_answer() {
+        let key = cairn_proto::SigningKey::from_seed(&[2; 32]).verifying_key();
+        let mut scores = Scores::default();
+        let silent_for = |s: &Scores, now| s.get(&key).map(|r| r.unanswered_for(now));
+        scores.success(&key, "http://a", 5);
+        assert_eq!(silent_for(&scores, 1000), Some(0));
+        scores.unavailable(&key, "http://a", 1000);
+        assert_eq!(
+            silent_for(&scores, 1000),
+            Some(0),
+            "failing for the first time"
+        );
+        scores.unavailable(&key, "http://a", 5000);
+        assert_eq!(
+            silent_for(&scores, 9000),
+            Some(8000),
+            "a later failure keeps the start"
+        );
+        assert_eq!(
+            silent_for(&scores, 10),
+            Some(0),
+            "a clock set back counts nothing"
+        );
+        scores.success(&key, "http://a", 5);
+        assert_eq!(silent_for(&scores, 9000), Some(0));
+        scores.unavailable(&key, "http://a", 9000);
+        scores.misbehaved(&key, "http://a", Misbehaviour::Missing, 9500, "gone".into());
+        assert_eq!(
+            silent_for(&scores, 20_000),
+            Some(0),
+            "a relay that lies answered"
+        );
+    }
+
+    #[test]
+    fn a_record_from_before_silence_was_kept_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scores.json");
+        let key = cairn_proto::SigningKey::from_seed(&[3; 32]).verifying_key();
+        // scores.json as the previous release wrote it: no
+        // `unanswered_since`.
+        let old = format!(
+            r#"{{
+  "relays": {{
+    "{key}": {{
+      "url": "http://a",
+      "successes": 4,
+      "unavailable": 2,
+      "misbehaviour": {{ "missing": 1 }},
+      "last_misbehaviour": ["missing", 1000, "http://a: copy missing"],
+      "last_latency_ms": 12
+    }}
+  }}
+}}"#
+        );
+        std::fs::write(&path, old).unwrap();
+        let scores = Scores::load(&path);
+        let score = scores.get(&key).unwrap();
+        assert_eq!((score.successes, score.unavailable), (4, 2));
+        assert_eq!(score.last_latency_ms, Some(12));
+        assert!(scores.flagged(&key, 1000));
+        assert_eq!(score.unanswered_since, None);
+        assert_eq!(score.unanswered_for(1_000_000), 0);
     }
 }

@@ -44,6 +44,18 @@ pub fn relay_name(url: &str) -> &str {
     bare.strip_suffix('/').unwrap_or(bare)
 }
 
+/// A span of time in its largest whole unit: `1 second`, `5 hours`,
+/// `4 days`.
+pub fn lasting(secs: u64) -> String {
+    let (n, one, many) = match secs {
+        s if s < 60 => (s, "second", "seconds"),
+        s if s < 3600 => (s / 60, "minute", "minutes"),
+        s if s < 86_400 => (s / 3600, "hour", "hours"),
+        s => (s / 86_400, "day", "days"),
+    };
+    count(n, one, many).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +76,14 @@ mod tests {
             "relay.example/cairn"
         );
         assert_eq!(relay_name("relay.example"), "relay.example");
+    }
+
+    #[test]
+    fn a_silence_is_said_in_its_largest_whole_unit() {
+        assert_eq!(lasting(1), "1 second");
+        assert_eq!(lasting(59), "59 seconds");
+        assert_eq!(lasting(3599), "59 minutes");
+        assert_eq!(lasting(7200), "2 hours");
+        assert_eq!(lasting(4 * 86_400 + 3600), "4 days");
     }
 }

@@ -10,7 +10,48 @@ pub enum Found<R> {
     /// The relay does not hold them, or answered falsely.
     Bad(R),
     /// The relay could not be asked.
-    Unreachable(R),
+    Unreachable {
+        /// Why (the failure of this attempt).
+        why: R,
+        /// How long the relay has gone unanswered, in seconds: from the
+        /// first failed request in a row to this one (0 when it answered
+        /// the request before).
+        for_secs: u64,
+    },
+}
+
+/// What a repair does with copies on relays that do not answer.
+///
+/// A client cannot tell a relay that is down for an hour from one that is
+/// gone for good: neither answers. Replacing at once moves copies at every
+/// outage; never replacing loses a file once its last relay vanishes.
+/// docs/DURABILITY.md weighs the two with the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Keep counting on them (they are reported, not replaced).
+    Keep,
+    /// Replace copies on a relay that has gone unanswered for at least
+    /// this many seconds; `ReplaceAfter(0)` replaces at once.
+    ReplaceAfter(u64),
+}
+
+/// How long a relay may go unanswered before a device that keeps watch
+/// (`cairn sync --watch`) replaces the copies it holds: three days. An
+/// outage that long is rare (1 in 400 at the simulated 12-hour mean),
+/// while a relay that vanished costs its copies at most three days of
+/// exposure; docs/DURABILITY.md, "How long to wait for a relay", has the
+/// sweep this comes from.
+pub const UNANSWERED_WAIT_SECS: u64 = 3 * 86_400;
+
+impl Unanswered {
+    /// Whether a copy on a relay unanswered for `for_secs` is replaced.
+    #[must_use]
+    pub fn replaces(self, for_secs: u64) -> bool {
+        match self {
+            Self::Keep => false,
+            Self::ReplaceAfter(wait) => for_secs >= wait,
+        }
+    }
 }
 
 /// One audited copy: where it is (`K`), what was found, and, if its relay
@@ -64,14 +105,13 @@ pub struct Plan<K, R> {
 }
 
 /// Decides what a repair does with the audited copies of one blob when
-/// `wanted` copies are the aim. Unreachable copies are replaced only with
-/// `replace_unreachable` (a relay may be down for an hour; the person
-/// decides when it is gone).
+/// `wanted` copies are the aim. Copies on relays that do not answer are
+/// replaced as `unanswered` says: a relay may be down for an hour.
 #[must_use]
 pub fn plan<K: Clone, R: Clone>(
     audited: &[Audited<K, R>],
     wanted: usize,
-    replace_unreachable: bool,
+    unanswered: Unanswered,
 ) -> Decision<K, R> {
     let mut sources = Vec::new();
     let mut last_resort = Vec::new();
@@ -84,10 +124,10 @@ pub fn plan<K: Clone, R: Clone>(
                 replace.push((copy.at.clone(), why.clone()));
             }
             (Found::Bad(why), _) => replace.push((copy.at.clone(), why.clone())),
-            (Found::Unreachable(why), _) if replace_unreachable => {
+            (Found::Unreachable { why, for_secs }, _) if unanswered.replaces(*for_secs) => {
                 replace.push((copy.at.clone(), why.clone()));
             }
-            (Found::Unreachable(_), _) => {}
+            (Found::Unreachable { .. }, _) => {}
         }
     }
     let good = sources.len();
@@ -133,7 +173,7 @@ mod tests {
             copy(3, Found::Good, false),
         ];
         assert_eq!(
-            plan(&audited, 3, false),
+            plan(&audited, 3, Unanswered::Keep),
             Decision::Repair(Plan {
                 good: 2,
                 sources: vec![1, 3],
@@ -141,8 +181,11 @@ mod tests {
                 needed: 1,
             })
         );
-        assert_eq!(plan(&audited[..1], 1, false), Decision::Healthy);
-        assert_eq!(plan(&audited[..1], 3, false), Decision::Short { good: 1 });
+        assert_eq!(plan(&audited[..1], 1, Unanswered::Keep), Decision::Healthy);
+        assert_eq!(
+            plan(&audited[..1], 3, Unanswered::Keep),
+            Decision::Short { good: 1 }
+        );
     }
 
     #[test]
@@ -152,7 +195,7 @@ mod tests {
             copy(2, Found::Bad("altered"), false),
         ];
         assert_eq!(
-            plan(&audited, 2, false),
+            plan(&audited, 2, Unanswered::Keep),
             Decision::Repair(Plan {
                 good: 0,
                 sources: vec![1],
@@ -163,22 +206,43 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_copies_wait_unless_told_and_no_source_is_said() {
-        let audited = [
-            copy(1, Found::Good, false),
-            copy(2, Found::Unreachable("refused"), false),
-        ];
-        assert_eq!(plan(&audited, 2, false), Decision::Short { good: 1 });
-        assert!(matches!(plan(&audited, 2, true), Decision::Repair(p) if p.needed == 1));
+    fn unreachable_copies_wait_as_told_and_no_source_is_said() {
+        let unanswered_for = |for_secs| {
+            [
+                copy(1, Found::Good, false),
+                copy(
+                    2,
+                    Found::Unreachable {
+                        why: "refused",
+                        for_secs,
+                    },
+                    false,
+                ),
+            ]
+        };
+        let (fresh, long) = (unanswered_for(0), unanswered_for(UNANSWERED_WAIT_SECS));
+        let wait = Unanswered::ReplaceAfter(UNANSWERED_WAIT_SECS);
+        let replaced = |d: &Decision<u8, &str>| matches!(d, Decision::Repair(p) if p.needed == 1);
+        assert_eq!(
+            plan(&long, 2, Unanswered::Keep),
+            Decision::Short { good: 1 }
+        );
+        assert_eq!(plan(&fresh, 2, wait), Decision::Short { good: 1 });
+        assert!(replaced(&plan(&long, 2, wait)));
+        assert!(replaced(&plan(&fresh, 2, Unanswered::ReplaceAfter(0))));
         let lost = [copy(2, Found::Bad("missing"), false)];
-        assert_eq!(plan(&lost, 2, false), Decision::NoSource { bad: 1 });
+        assert_eq!(
+            plan(&lost, 2, Unanswered::Keep),
+            Decision::NoSource { bad: 1 }
+        );
     }
 
     fn found() -> impl Strategy<Value = Found<u8>> {
         prop_oneof![
             Just(Found::Good),
             any::<u8>().prop_map(Found::Bad),
-            any::<u8>().prop_map(Found::Unreachable),
+            (any::<u8>(), any::<u64>())
+                .prop_map(|(why, for_secs)| Found::Unreachable { why, for_secs }),
         ]
     }
 
@@ -190,7 +254,7 @@ mod tests {
         fn a_repair_is_bounded_and_copies_only_from_good_copies(
             copies in proptest::collection::vec((found(), any::<bool>()), 0..8),
             wanted in 0usize..6,
-            replace_unreachable in any::<bool>(),
+            wait in proptest::option::of(any::<u64>()),
         ) {
             let audited: Vec<Audited<usize, u8>> = copies
                 .iter()
@@ -201,11 +265,18 @@ mod tests {
                     flagged: flagged.then_some(0),
                 })
                 .collect();
-            if let Decision::Repair(p) = plan(&audited, wanted, replace_unreachable) {
+            let unanswered = wait.map_or(Unanswered::Keep, Unanswered::ReplaceAfter);
+            if let Decision::Repair(p) = plan(&audited, wanted, unanswered) {
                 prop_assert!(p.needed <= p.replace.len());
                 prop_assert!(p.good + p.needed <= wanted.max(p.good));
                 for source in &p.sources {
                     prop_assert_eq!(&audited[*source].found, &Found::Good);
+                }
+                // A copy on a relay that answered recently enough stays.
+                for (at, _) in &p.replace {
+                    if let Found::Unreachable { for_secs, .. } = audited[*at].found {
+                        prop_assert!(unanswered.replaces(for_secs));
+                    }
                 }
             }
         }

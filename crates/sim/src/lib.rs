@@ -7,17 +7,28 @@
 //! what a repair replaces are decided by [`cairn_policy`], the same code
 //! the client runs. Storage and network are not simulated: a copy is a
 //! relay index and a last access time, and an audit finds what a client
-//! would: the copy, its loss to retention, or no answer (a relay that is
-//! down and one that vanished look the same).
+//! would: the copy, its loss to retention or to a relay that drops what
+//! it acknowledged, or no answer (a relay that is down and one that
+//! vanished look the same).
 //!
-//! What this first version leaves out (docs/DURABILITY.md says the same):
+//! Time advances an hour at a time; within an hour devices run in
+//! parallel against the relays as the hour began (`run`), so a run gives
+//! the same result on any number of threads. A device's files share
+//! their copies (`client` says what that aggregates).
+//!
+//! What this version leaves out (docs/DURABILITY.md says the same):
 //! relay-to-relay replication and transfers, the reciprocity ledger,
-//! adversaries that lie, request rates, bandwidth, and chunked files (a
-//! file is one blob).
+//! relays that lie in audits or in their info, request rates, bandwidth,
+//! and chunked files (a file is one blob).
 
+pub mod chart;
+mod client;
+mod relay;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod sweep;
+mod time;
 
-pub use run::{Day, Report, simulate};
+pub use run::{Day, Engine, Report, simulate, simulate_on, simulate_with};
 pub use scenario::{Scenario, ScenarioError};

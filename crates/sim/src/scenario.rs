@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cairn_policy::repair::Unanswered;
 use serde::Deserialize;
 
 /// What to simulate.
@@ -18,6 +19,28 @@ pub struct Scenario {
     pub relays: Relays,
     /// The clients (one device each) and their files.
     pub clients: Clients,
+    /// Relays that misbehave or fail together; none when left out.
+    #[serde(default)]
+    pub adversaries: Adversaries,
+}
+
+/// Relays that do worse than fail on their own. Each relay is drawn into
+/// these after its own outages and fate, so adding them leaves the rest of
+/// the scenario as it was.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Adversaries {
+    /// The share of relays that acknowledge every copy and keep none (an
+    /// audit finds the copy missing; the device flags the relay).
+    #[serde(default)]
+    pub droppers: f64,
+    /// The share of relays that vanish together on `vanish_together_day`
+    /// (one operator, one data centre), if they have not gone before.
+    #[serde(default)]
+    pub vanish_together: f64,
+    /// The day they vanish.
+    #[serde(default)]
+    pub vanish_together_day: u32,
 }
 
 /// The relays, all alike.
@@ -60,9 +83,60 @@ pub struct Clients {
     /// Whether a session runs the repair when it is due (`cairn sync
     /// --watch`); without it nothing renews a copy after the put.
     pub watch: bool,
-    /// Whether a repair replaces copies on relays it cannot reach
-    /// (`cairn repair --replace-unreachable`); a watching device does not.
-    pub replace_unreachable: bool,
+    /// How long a relay may go unanswered before a repair replaces the
+    /// copies it holds, in hours: `0` replaces at once (`cairn repair
+    /// --replace-unreachable`), `inf` never.
+    pub replace_unanswered_after_hours: f64,
+    /// How long a relay of the set may go unanswered before the person
+    /// swaps it for another (`cairn relay rm`, `cairn relay add`), in
+    /// days; `inf` (the default) when nobody tends the set.
+    #[serde(default = "never")]
+    pub swap_relay_after_days: f64,
+}
+
+fn never() -> f64 {
+    f64::INFINITY
+}
+
+impl Clients {
+    /// [`Self::swap_relay_after_days`] in seconds, `None` for never.
+    #[must_use]
+    pub fn swap_after_secs(&self) -> Option<u64> {
+        let days = self.swap_relay_after_days;
+        // Checked to be 0 or more; whole seconds are plenty.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        days.is_finite().then_some((days * 86_400.0) as u64)
+    }
+
+    /// What a repair does with copies on relays that do not answer.
+    #[must_use]
+    pub fn unanswered(&self) -> Unanswered {
+        let hours = self.replace_unanswered_after_hours;
+        if hours.is_finite() {
+            // Checked to be 0 or more; whole seconds are plenty.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Unanswered::ReplaceAfter((hours * 3600.0) as u64)
+        } else {
+            Unanswered::Keep
+        }
+    }
+}
+
+/// The TOML document in `path`.
+///
+/// # Errors
+///
+/// [`ScenarioError`] if it cannot be read or is not TOML.
+pub fn read_table(path: &Path) -> Result<toml::Table, ScenarioError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ScenarioError::Parse {
+        path: shown,
+        source,
+    })
 }
 
 /// Why a scenario cannot be run.
@@ -96,13 +170,17 @@ impl Scenario {
     ///
     /// [`ScenarioError`] if it cannot be read, parsed or run.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let scenario: Self = toml::from_str(&text).map_err(|source| ScenarioError::Parse {
-            path: shown,
+        Self::from_table(read_table(path)?, path)
+    }
+
+    /// The scenario a parsed file (from `path`) describes, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`ScenarioError`] if it is not a scenario or cannot be run.
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, ScenarioError> {
+        let scenario: Self = table.try_into().map_err(|source| ScenarioError::Parse {
+            path: path.display().to_string(),
             source,
         })?;
         scenario.check()?;
@@ -123,8 +201,17 @@ impl Scenario {
         if c.copies == 0 {
             return invalid("clients.copies must be at least 1");
         }
-        if !(0.0..=1.0).contains(&r.vanish_per_year) {
-            return invalid("relays.vanish_per_year is a chance, between 0 and 1");
+        for (name, value) in [
+            ("relays.vanish_per_year", r.vanish_per_year),
+            ("adversaries.droppers", self.adversaries.droppers),
+            (
+                "adversaries.vanish_together",
+                self.adversaries.vanish_together,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return invalid(&format!("{name} is a share, between 0 and 1"));
+            }
         }
         for (name, value) in [
             ("relays.outages_per_year", r.outages_per_year),
@@ -133,6 +220,12 @@ impl Scenario {
             if !value.is_finite() || value < 0.0 {
                 return invalid(&format!("{name} must be 0 or more"));
             }
+        }
+        if c.replace_unanswered_after_hours.is_nan() || c.replace_unanswered_after_hours < 0.0 {
+            return invalid("clients.replace_unanswered_after_hours must be 0 or more (or inf)");
+        }
+        if c.swap_relay_after_days.is_nan() || c.swap_relay_after_days < 0.0 {
+            return invalid("clients.swap_relay_after_days must be 0 or more (or inf)");
         }
         if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
             return invalid("clients.online_every_hours must be above 0");

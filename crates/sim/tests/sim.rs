@@ -3,7 +3,8 @@
 // In tests a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use cairn_sim::{Scenario, simulate};
+use cairn_sim::sweep::Plan;
+use cairn_sim::{Engine, Scenario, simulate, simulate_with};
 
 fn scenario() -> Scenario {
     toml::from_str(
@@ -25,7 +26,7 @@ fn scenario() -> Scenario {
         copies = 3
         online_every_hours = 24
         watch = true
-        replace_unreachable = false
+        replace_unanswered_after_hours = inf
         "#,
     )
     .unwrap()
@@ -75,7 +76,7 @@ fn copies_on_vanished_relays_are_replaced_only_when_unreachable_ones_are() {
     let watching = simulate(&s).last();
     assert!(watching.relays_gone > 0);
     assert_eq!(watching.repaired, 0, "{watching:?}");
-    s.clients.replace_unreachable = true;
+    s.clients.replace_unanswered_after_hours = 0.0;
     let replacing = simulate(&s).last();
     assert!(replacing.repaired > 0);
     assert!(
@@ -94,4 +95,145 @@ fn a_bad_scenario_is_refused_with_its_reason() {
     std::fs::write(&path, "seed = 1\ndays = 1\nrelay = {}\n").unwrap();
     let err = Scenario::load(&path).unwrap_err().to_string();
     assert!(err.contains("not a valid scenario"), "{err}");
+}
+
+#[test]
+fn the_number_of_threads_changes_nothing() {
+    let mut s = scenario();
+    s.relays.vanish_per_year = 0.3;
+    s.relays.outages_per_year = 12.0;
+    s.relays.outage_hours = 48.0;
+    s.clients.replace_unanswered_after_hours = 24.0;
+    s.clients.swap_relay_after_days = 7.0;
+    s.adversaries.droppers = 0.1;
+    let one = simulate(&s);
+    for threads in [2, 3, 7] {
+        // Every hour on threads, however few its sessions.
+        let engine = Engine {
+            threads,
+            parallel_from: 0,
+        };
+        assert_eq!(simulate_with(&s, engine), one, "{threads} threads");
+    }
+}
+
+#[test]
+fn a_relay_unanswered_for_the_wait_loses_its_copies_and_an_outage_does_not() {
+    // Outages of about a day, and relays that vanish: waiting three days
+    // moves the copies of vanished relays, and few others.
+    let mut s = scenario();
+    s.relays.vanish_per_year = 0.3;
+    s.relays.count = 40;
+    s.relays.retention_days = 10_000;
+    s.relays.outages_per_year = 12.0;
+    s.relays.outage_hours = 24.0;
+    let mut replaced = |hours: f64| {
+        s.clients.replace_unanswered_after_hours = hours;
+        simulate(&s).last()
+    };
+    let (at_once, waiting, never) = (replaced(0.0), replaced(72.0), replaced(f64::INFINITY));
+    assert_eq!(never.repaired, 0);
+    assert!(
+        waiting.lost * 4 < never.lost,
+        "{waiting:?} against {never:?}"
+    );
+    assert!(
+        waiting.repaired * 3 < at_once.repaired,
+        "waiting {waiting:?} against at once {at_once:?}"
+    );
+}
+
+#[test]
+fn a_tended_set_outlives_its_relays() {
+    // Relays vanish fast enough that whole sets of five go within the
+    // year; a person who swaps a relay silent for a week keeps the files.
+    let mut s = scenario();
+    s.relays.vanish_per_year = 0.8;
+    s.relays.retention_days = 10_000;
+    s.clients.replace_unanswered_after_hours = 72.0;
+    let untended = simulate(&s).last();
+    s.clients.swap_relay_after_days = 7.0;
+    let tended = simulate(&s).last();
+    assert!(untended.lost > 0, "{untended:?}");
+    assert!(
+        tended.lost * 10 < untended.lost,
+        "{tended:?} against {untended:?}"
+    );
+}
+
+#[test]
+fn droppers_are_caught_by_audits_and_routed_around() {
+    let mut s = scenario();
+    s.clients.replace_unanswered_after_hours = 72.0;
+    s.adversaries.droppers = 1.0;
+    let all = simulate(&s).last();
+    assert_eq!(
+        all.lost, all.files,
+        "nothing survives relays that keep nothing"
+    );
+    s.adversaries.droppers = 0.3;
+    let some = simulate(&s).last();
+    // Files lose copies to droppers at the first audit and get them back
+    // from the copies that held; only files with every copy on a dropper
+    // (about 0.3³ of them) are lost.
+    assert!(some.repaired > 0);
+    assert!(some.lost * 10 < some.files, "{some:?}");
+    s.clients.watch = false;
+    s.relays.retention_days = 10_000;
+    let unwatched = simulate(&s).last();
+    assert_eq!(unwatched.repaired, 0);
+    assert!(unwatched.lost < some.lost.max(1) * 10, "{unwatched:?}");
+}
+
+#[test]
+fn relays_that_vanish_together_are_gone_from_that_day() {
+    let mut s = scenario();
+    s.adversaries.vanish_together = 1.0;
+    s.adversaries.vanish_together_day = 100;
+    let days = simulate(&s).days;
+    assert_eq!(days[98].relays_gone, 0);
+    assert_eq!(days[99].relays_gone, 20);
+    assert_eq!(days[364].lost, days[364].files);
+}
+
+#[test]
+fn a_sweep_runs_the_base_once_per_value_and_refuses_a_field_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sweep.toml");
+    let file = r#"
+        seed = 7
+        days = 30
+        [sweep]
+        field = "clients.copies"
+        values = [1, 2, 3]
+        [relays]
+        count = 10
+        capacity_gib = 10
+        retention_days = 30
+        vanish_per_year = 0.0
+        outages_per_year = 0.0
+        outage_hours = 0.0
+        [clients]
+        count = 10
+        set_size = 5
+        files = 1
+        file_mib = 1
+        copies = 3
+        online_every_hours = 24
+        watch = true
+        replace_unanswered_after_hours = inf
+    "#;
+    std::fs::write(&path, file).unwrap();
+    let Plan::Sweep(sweep) = Plan::load(&path).unwrap() else {
+        panic!("not read as a sweep");
+    };
+    let copies: Vec<usize> = sweep.runs.iter().map(|(_, s)| s.clients.copies).collect();
+    assert_eq!(copies, [1, 2, 3]);
+    assert_eq!(sweep.runs[0].0, "1");
+    std::fs::write(&path, file.replace("clients.copies", "clients.copy")).unwrap();
+    let err = Plan::load(&path).unwrap_err().to_string();
+    assert!(err.contains("the base has no `copy`"), "{err}");
+    std::fs::write(&path, file.replace("[1, 2, 3]", "[1, 0]")).unwrap();
+    let err = Plan::load(&path).unwrap_err().to_string();
+    assert!(err.contains("with clients.copies = 0"), "{err}");
 }

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use cairn_client::Client;
+use cairn_policy::repair::{UNANSWERED_WAIT_SECS, Unanswered};
 
-use crate::output::{bytes, count, emit};
+use crate::output::{bytes, count, duration, emit};
 
 /// `cairn repair`: the report either way; exit 1 when a file is left short
 /// of good copies.
@@ -13,13 +14,26 @@ pub(super) async fn repair(
     json: bool,
     replace_unreachable: bool,
 ) -> anyhow::Result<ExitCode> {
-    let report = client.repair(replace_unreachable).await?;
+    let report = client.repair(unanswered(replace_unreachable)).await?;
     emit(json, &report, || repair_summary(&report));
     Ok(if report.short.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// What `cairn repair` and `sync --watch` do with copies on relays that do
+/// not answer: wait 3 days, as a relay that is down comes back within
+/// that, unless the person says the relay is gone (`--replace-unreachable`).
+/// A person running repair expects copies on a relay silent for weeks to
+/// be replaced, as much as a device keeping watch must replace them.
+pub(super) fn unanswered(replace_unreachable: bool) -> Unanswered {
+    if replace_unreachable {
+        Unanswered::ReplaceAfter(0)
+    } else {
+        Unanswered::ReplaceAfter(UNANSWERED_WAIT_SECS)
+    }
 }
 
 /// `cairn audit`: the report either way; exit 1 when a relay failed to
@@ -109,10 +123,12 @@ pub(super) fn repair_summary(report: &cairn_client::RepairReport) -> String {
         ));
     }
     if !report.unreachable.is_empty() && !report.short.is_empty() {
-        text.push_str(
-            "\n  (copies on relays that do not answer are kept, in case they come back; if one \
-             is gone for good, `cairn repair --replace-unreachable` makes new copies elsewhere)",
-        );
+        text.push_str(&format!(
+            "\n  (copies on relays that do not answer are kept until a relay has not answered \
+             for {}, in case it comes back; if one is gone for good, `cairn repair \
+             --replace-unreachable` makes new copies elsewhere now)",
+            duration(UNANSWERED_WAIT_SECS)
+        ));
     }
     text
 }

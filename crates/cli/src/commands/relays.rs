@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use cairn_client::Client;
 
 use crate::RelayCommand;
-use crate::output::{bytes, count, duration, emit, note};
+use crate::output::{ago, bytes, count, duration, emit, note, unix_now};
 
 pub(super) async fn relay(
     mut client: Client,
@@ -204,6 +204,14 @@ fn record_text(record: &cairn_client::scores::RelayScore, flagged: bool) -> Stri
     );
     for (kind, count) in &record.misbehaviour {
         text.push_str(&format!(", {count} {kind:?}").to_lowercase());
+    }
+    // How long repair has been waiting on it: it replaces the relay's
+    // copies once this is UNANSWERED_WAIT_SECS ago.
+    if let Some(since) = record.unanswered_since {
+        text.push_str(&format!(
+            "\n      not answered since {}",
+            ago(unix_now().saturating_sub(since))
+        ));
     }
     if let Some((kind, _, what)) = &record.last_misbehaviour {
         let verdict = if flagged { "FLAGGED" } else { "earlier" };

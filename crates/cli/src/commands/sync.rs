@@ -67,9 +67,11 @@ pub(super) async fn sync(
 }
 
 /// One repair pass inside `sync --watch`: reported when it did or found
-/// something, noted when it failed.
+/// something, noted when it failed. It waits for a silent relay as
+/// `cairn repair` does: a device that only keeps watch must still replace
+/// the copies on a relay that vanished, or the file is lost with the last.
 async fn watch_repair(client: &mut Client, json: bool) {
-    match client.repair(false).await {
+    match client.repair(super::audit::unanswered(false)).await {
         Ok(report) if !report.restored.is_empty() || !report.short.is_empty() => {
             emit_line(json, &json!({ "repair": &report }), || {
                 repair_summary(&report)

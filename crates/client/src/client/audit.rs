@@ -263,7 +263,7 @@ pub(super) fn record(
             url,
             u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         ),
-        Scored::Unavailable => scores.unavailable(key, url),
+        Scored::Unavailable => scores.unavailable(key, url, crate::relay::unix_now()),
         Scored::Misbehaved(kind, what) => {
             scores.misbehaved(key, url, kind, crate::relay::unix_now(), what);
         }

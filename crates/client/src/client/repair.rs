@@ -10,6 +10,14 @@
 //! name, so a concurrent change of the file on another device cannot be
 //! undone by a repair). Plaintext is never needed.
 //!
+//! A copy whose relay does not answer is kept while the relay may only be
+//! down, and replaced like a bad one once the relay has gone unanswered
+//! for as long as the caller's [`Unanswered`] says: this device's record
+//! of the relay (`scores.rs`) says since when. A client cannot tell a
+//! relay that is gone for good from one that is down; only the length of
+//! the silence tells them apart (docs/DURABILITY.md, "How long to wait
+//! for a relay").
+//!
 //! A repair also keeps the metadata (`metadata.rs`): the blobs a device
 //! that joins later needs are renewed, claimed and restored likewise.
 
@@ -18,7 +26,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use cairn_policy::repair::{self as policy, Audited, Decision, Found};
+use cairn_policy::repair::{self as policy, Audited, Decision, Found, Unanswered};
 use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{BlobId, VerifyingKey};
 
@@ -30,7 +38,7 @@ use crate::error::{Error, RelayError, Result};
 use crate::failures::Failure;
 use crate::files::{FileEntry, Place};
 use crate::relay::{AuditOutcome, RelayClient};
-use crate::text::count;
+use crate::text::{count, lasting};
 
 /// What a repair run did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,8 +53,10 @@ pub struct RepairReport {
     pub restored: Vec<Restored>,
     /// Files still short of good copies, with why.
     pub short: Vec<String>,
-    /// Copies whose relay did not answer (left alone: unavailability is not
-    /// misbehaviour; a later run checks again).
+    /// Copies whose relay did not answer. Unavailability is not
+    /// misbehaviour: they are kept, and a later run checks again, until
+    /// the relay has gone unanswered long enough to replace them (those
+    /// are in `restored` too).
     pub unreachable: Vec<String>,
     /// The relays behind `unreachable`, each with how it failed and how
     /// many of its copies went unchecked: a relay that is down is said to
@@ -80,6 +90,16 @@ fn note_unchecked(relays: &mut Vec<Unchecked>, unchecked: Unchecked) {
     }
 }
 
+/// Why a copy on a relay that did not answer would be replaced: how it
+/// failed this time and, when it had failed before, for how long it has
+/// not answered (the usual reason the copy is replaced).
+fn unanswered_why(failure: &Failure, for_secs: u64) -> String {
+    if for_secs == 0 {
+        return failure.what().to_owned();
+    }
+    format!("{}; not answered for {}", failure.what(), lasting(for_secs))
+}
+
 /// One replaced copy.
 #[derive(Clone, Debug, Serialize)]
 pub struct Restored {
@@ -87,7 +107,8 @@ pub struct Restored {
     pub name: String,
     /// The relay whose copy was bad.
     pub from: String,
-    /// What was wrong with it.
+    /// What was wrong with it; for a relay that did not answer, also how
+    /// long it has not answered this device.
     pub why: String,
     /// The relay that holds the new copy.
     pub to: String,
@@ -132,11 +153,13 @@ impl Client {
     }
 
     /// Audits every copy of every file and replaces the bad ones. Copies on
-    /// relays that do not answer are replaced too when `replace_unreachable`
-    /// (the person asked for it: a relay that is down for good), and only
-    /// reported otherwise (it may be back in a minute; `sync --watch` does
-    /// not churn copies over an outage).
-    pub async fn repair(&mut self, replace_unreachable: bool) -> Result<RepairReport> {
+    /// relays that do not answer are reported, and replaced too as
+    /// `unanswered` says: `ReplaceAfter(secs)` once this device has had no
+    /// answer from the relay for `secs` (an outage ends, a vanished relay's
+    /// silence does not; `cairn sync --watch` and `cairn repair` wait
+    /// [`cairn_policy::repair::UNANSWERED_WAIT_SECS`]), `ReplaceAfter(0)`
+    /// at once (the person says the relay is gone), `Keep` never.
+    pub async fn repair(&mut self, unanswered: Unanswered) -> Result<RepairReport> {
         let started = Instant::now();
         self.require_active()?;
         let mut state = self.synced().await?;
@@ -160,7 +183,7 @@ impl Client {
                 let places = Self::table_of(&state).places_of(&entry, blob);
                 let label = entry.blob_label(&name, i);
                 let outcome = self
-                    .repair_blob(&label, &entry, blob, places, wanted, replace_unreachable)
+                    .repair_blob(&label, &entry, blob, places, wanted, unanswered)
                     .await;
                 report.copies_checked += outcome.checked;
                 healthy &= outcome.healthy;
@@ -187,7 +210,8 @@ impl Client {
 
     /// Audits the copies of `blob`, one of `entry`'s blobs, at `places`
     /// and replaces the bad ones (as many as bring it to `wanted` good
-    /// copies).
+    /// copies), and those on relays unanswered as long as `unanswered`
+    /// allows.
     async fn repair_blob(
         &self,
         label: &str,
@@ -195,7 +219,7 @@ impl Client {
         blob: &BlobId,
         places: Vec<Place>,
         wanted: usize,
-        replace_unreachable: bool,
+        unanswered: Unanswered,
     ) -> BlobRepair {
         let mut out = BlobRepair::default();
         // A one-blob file's size is in its entry; a chunked file's blobs'
@@ -206,7 +230,9 @@ impl Client {
         // Copies on relays flagged for misbehaviour move off them too,
         // even when they pass: those relays are not trusted to keep
         // them. They remain sources of last resort (bytes are verified
-        // by hash on the way).
+        // by hash on the way). The record is read after the audits wrote
+        // theirs, so a relay failing for the first time is unanswered for
+        // 0 s and one that failed before counts from its first failure.
         let (scores, now) = (self.scores(), crate::relay::unix_now());
         let flag = |place: &Place| {
             scores
@@ -230,7 +256,11 @@ impl Client {
                             copies: 1,
                         },
                     );
-                    Found::Unreachable(failure.what().to_owned())
+                    let for_secs = scores.get(&c.at.relay).map_or(0, |s| s.unanswered_for(now));
+                    Found::Unreachable {
+                        why: unanswered_why(failure, for_secs),
+                        for_secs,
+                    }
                 }
             };
             audited.push(Audited {
@@ -239,7 +269,7 @@ impl Client {
                 flagged: flag(&c.at).map(|kind| format!("on a relay flagged for {kind}")),
             });
         }
-        let plan = match policy::plan(&audited, wanted, replace_unreachable) {
+        let plan = match policy::plan(&audited, wanted, unanswered) {
             Decision::Healthy => {
                 out.healthy = true;
                 return out;

@@ -336,7 +336,7 @@ impl Client {
                 crate::relay::unix_now(),
                 format!("served blob {id} with wrong bytes"),
             ),
-            _ => s.unavailable(relay.key(), relay.url()),
+            _ => s.unavailable(relay.key(), relay.url(), crate::relay::unix_now()),
         });
     }
 }
