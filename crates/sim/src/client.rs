@@ -9,11 +9,17 @@
 //! relays when the candidates' figures are close, which the simulator
 //! does not do. Each file's fate is the group's, so the loss per file is
 //! the same; losses come in groups of `files`.
+//!
+//! A device is a few cache lines with no pointers (its set and copies
+//! are arrays inside it, times are seconds in 32 bits): a million of them
+//! are stepped every simulated day, and memory is what that waits on.
+
+use std::ops::{Deref, DerefMut};
 
 use cairn_policy::choice::{copies_wanted, repair_interval_secs};
 use cairn_policy::repair::{self, Audited, Decision, Found, Unanswered};
 
-use crate::relay::{Relay, State};
+use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
 use crate::scenario::Clients;
 use crate::time::{DAY, MIB};
@@ -22,36 +28,125 @@ use crate::time::{DAY, MIB};
 /// client's `scores::FLAG_SECS`.
 const FLAG_SECS: u64 = 30 * DAY;
 
+/// The most relays a set may have (the scenario checks it).
+pub(crate) const MAX_SET: usize = 16;
+
+/// A moment, in seconds from the start, as a device stores it; the
+/// scenario's length is checked to fit.
+type Secs = u32;
+
+/// "Never", for a [`Secs`].
+const NEVER: Secs = Secs::MAX;
+
+fn secs(t: u64) -> Secs {
+    Secs::try_from(t).unwrap_or(NEVER - 1)
+}
+
 /// One relay of a device's set, with the device's record of it.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Member {
     relay: u32,
-    /// When it first failed to answer in the current run of failures.
-    unanswered_since: Option<u64>,
+    /// When it first failed to answer in the current run of failures;
+    /// [`NEVER`] while it answers.
+    unanswered_since: Secs,
     /// Until when it is flagged for misbehaviour.
-    flagged_until: u64,
+    flagged_until: Secs,
+}
+
+impl Member {
+    fn new(relay: u32) -> Self {
+        Self {
+            relay,
+            unanswered_since: NEVER,
+            flagged_until: 0,
+        }
+    }
+
+    /// Notes whether the relay answered at `t` (the client's scores).
+    fn answered(&mut self, state: State, t: u64) {
+        self.unanswered_since = match state {
+            State::Up => NEVER,
+            State::Down | State::Gone if self.unanswered_since == NEVER => secs(t),
+            State::Down | State::Gone => self.unanswered_since,
+        };
+    }
+
+    /// How long it has gone unanswered at `t`.
+    fn unanswered_for(&self, t: u64) -> u64 {
+        if self.unanswered_since == NEVER {
+            0
+        } else {
+            t.saturating_sub(u64::from(self.unanswered_since))
+        }
+    }
 }
 
 /// A copy of the device's files on a relay.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Copy {
     relay: u32,
-    last_access: u64,
+    last_access: Secs,
+}
+
+impl Copy {
+    fn held(&self, relays: &View<'_>, t: u64) -> bool {
+        relays
+            .relay(self.relay)
+            .holds(u64::from(self.last_access), t)
+    }
+}
+
+/// Up to [`MAX_SET`] items kept in place.
+#[derive(Clone, Copy)]
+struct Inline<T> {
+    len: u8,
+    items: [T; MAX_SET],
+}
+
+impl<T: Default + std::marker::Copy> Inline<T> {
+    fn new() -> Self {
+        Self {
+            len: 0,
+            items: [T::default(); MAX_SET],
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        // The scenario's set size is checked against MAX_SET, and copies
+        // are never more than the set.
+        if let Some(slot) = self.items.get_mut(usize::from(self.len)) {
+            *slot = item;
+            self.len += 1;
+        }
+    }
+}
+
+impl<T> Deref for Inline<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.items[..usize::from(self.len)]
+    }
+}
+
+impl<T> DerefMut for Inline<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.items[..usize::from(self.len)]
+    }
 }
 
 /// One device and its files.
 pub(crate) struct Client {
-    set: Vec<Member>,
-    copies: Vec<Copy>,
-    /// When the files were put; `None` until a put succeeds.
-    put_at: Option<u64>,
-    lost: bool,
-    /// The shortest retention its relays disclose (they never change it).
-    shortest_retention: u64,
-    next_repair: u64,
     /// The start of its next session.
     pub(crate) next_session: u64,
+    next_repair: u64,
+    /// When the files were put; [`NEVER`] until a put succeeds.
+    put_at: Secs,
+    /// The shortest retention its relays disclose (they never change it).
+    shortest_retention: u64,
+    lost: bool,
     rng: Rng,
+    copies: Inline<Copy>,
+    set: Inline<Member>,
 }
 
 /// What sessions did, to be added to the relays and the counts once the
@@ -96,7 +191,7 @@ pub(crate) struct Habits {
     pub(crate) watch: bool,
     pub(crate) unanswered: Unanswered,
     /// After how long unanswered the person swaps a relay of the set for
-    /// another one; `None` when nobody tends the set.
+    /// another; `None` when nobody tends the set.
     pub(crate) swap_after: Option<u64>,
 }
 
@@ -122,40 +217,42 @@ impl Client {
     pub(crate) fn new(mut rng: Rng, set_size: usize, relays: &[Relay], mean_gap: f64) -> Self {
         // A set is small against the relays (the scenario checks it is no
         // larger), so redraws are few.
-        let mut set: Vec<Member> = Vec::with_capacity(set_size);
-        while set.len() < set_size {
+        let mut set = Inline::new();
+        while set.len() < set_size.min(MAX_SET) {
             let pick = u32::try_from(rng.below(relays.len())).unwrap_or(u32::MAX);
-            if !set.iter().any(|m| m.relay == pick) {
-                set.push(Member {
-                    relay: pick,
-                    unanswered_since: None,
-                    flagged_until: 0,
-                });
+            if !set.iter().any(|m: &Member| m.relay == pick) {
+                set.push(Member::new(pick));
             }
         }
         let next_session = rng.exp_secs(mean_gap);
-        let shortest_retention = set
-            .iter()
-            .map(|m| relays[m.relay as usize].retention)
-            .min()
-            .unwrap_or(u64::MAX);
-        Self {
-            shortest_retention,
-            set,
-            copies: Vec::new(),
-            put_at: None,
-            lost: false,
-            next_repair: 0,
+        let mut client = Self {
             next_session,
+            next_repair: 0,
+            put_at: NEVER,
+            shortest_retention: u64::MAX,
+            lost: false,
             rng,
-        }
+            copies: Inline::new(),
+            set,
+        };
+        client.shortest_retention = client.shortest_retention(|r| relays[r as usize].retention);
+        client
+    }
+
+    /// The shortest retention of the set's relays.
+    fn shortest_retention(&self, retention: impl Fn(u32) -> u64) -> u64 {
+        self.set
+            .iter()
+            .map(|m| retention(m.relay))
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Runs the session due now and draws the next one.
-    pub(crate) fn session(&mut self, habits: &Habits, relays: &[Relay], out: &mut Outcome) {
+    pub(crate) fn session(&mut self, habits: &Habits, relays: &View<'_>, out: &mut Outcome) {
         let t = self.next_session;
         out.sessions += 1;
-        if self.put_at.is_none() {
+        if self.put_at == NEVER {
             self.put(habits, relays, t, out);
         } else if habits.watch && t >= self.next_repair && !self.lost {
             self.repair(habits, relays, t, out);
@@ -165,36 +262,37 @@ impl Client {
 
     /// File-seconds observed to `horizon`, and whether the files are
     /// lost by then (the last copy may go after the last session).
-    pub(crate) fn finish(&self, habits: &Habits, relays: &[Relay], horizon: u64) -> (u128, bool) {
-        let Some(at) = self.put_at else {
+    pub(crate) fn finish(&self, habits: &Habits, relays: &View<'_>, horizon: u64) -> (u128, bool) {
+        if self.put_at == NEVER {
             return (0, false);
-        };
-        let observed = u128::from(horizon.saturating_sub(at)) * u128::from(habits.files);
-        let lost = !self.lost && !self.any_held(relays, horizon);
-        (observed, lost)
+        }
+        let observed = u128::from(horizon.saturating_sub(u64::from(self.put_at)));
+        let lost = !self.lost && !self.copies.iter().any(|c| c.held(relays, horizon));
+        (observed * u128::from(habits.files), lost)
     }
 
-    fn any_held(&self, relays: &[Relay], t: u64) -> bool {
-        self.copies
-            .iter()
-            .any(|c| relays[c.relay as usize].holds(c.last_access, t))
+    fn member(&mut self, relay: u32) -> Option<&mut Member> {
+        self.set.iter_mut().find(|m| m.relay == relay)
     }
 
     fn flagged(&self, relay: u32, t: u64) -> bool {
         self.set
             .iter()
-            .any(|m| m.relay == relay && m.flagged_until > t)
+            .any(|m| m.relay == relay && u64::from(m.flagged_until) > t)
     }
 
     /// The relays of the set that are up and can take the files, best
-    /// first, as the client ranks them; those in `avoid` left out.
-    fn candidates(&self, relays: &[Relay], bytes: u64, t: u64, avoid: &[Copy]) -> Vec<u32> {
+    /// first, as the client ranks them; those holding a copy left out.
+    fn candidates(&self, relays: &View<'_>, bytes: u64, t: u64) -> Vec<u32> {
         let mut usable: Vec<_> = self
             .set
             .iter()
-            .filter(|m| !avoid.iter().any(|c| c.relay == m.relay))
-            .filter(|m| relays[m.relay as usize].state(t) == State::Up)
-            .map(|m| (m.relay, relays[m.relay as usize].offer(m.flagged_until > t)))
+            .filter(|m| !self.copies.iter().any(|c| c.relay == m.relay))
+            .filter(|m| relays.state(m.relay, t) == State::Up)
+            .map(|m| {
+                let flagged = u64::from(m.flagged_until) > t;
+                (m.relay, relays.relay(m.relay).offer(flagged))
+            })
             .filter(|(_, offer)| offer.fits(bytes, bytes).is_ok())
             .collect();
         usable.sort_by_key(|(_, offer)| offer.rank());
@@ -203,9 +301,9 @@ impl Client {
 
     /// A put needs every wanted copy, or it stores nothing and is tried
     /// again at the next session.
-    fn put(&mut self, habits: &Habits, relays: &[Relay], t: u64, out: &mut Outcome) {
+    fn put(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) {
         let wanted = copies_wanted(habits.copies, self.set.len());
-        let targets = self.candidates(relays, habits.bytes, t, &[]);
+        let targets = self.candidates(relays, habits.bytes, t);
         if targets.len() < wanted {
             return;
         }
@@ -213,11 +311,11 @@ impl Client {
             out.charge(relay, habits.bytes);
             self.copies.push(Copy {
                 relay,
-                last_access: t,
+                last_access: secs(t),
             });
         }
         out.files += habits.files;
-        self.put_at = Some(t);
+        self.put_at = secs(t);
         self.next_repair = self.repair_after(t);
     }
 
@@ -230,36 +328,21 @@ impl Client {
     /// What a person who tends the set does (`cairn relay rm`, then
     /// `cairn relay add`): a relay of the set that has not answered for
     /// `after` seconds is swapped for one that answers, drawn at random.
-    fn tend_set(&mut self, relays: &[Relay], t: u64, after: u64) {
+    fn tend_set(&mut self, relays: &View<'_>, t: u64, after: u64) {
         for i in 0..self.set.len() {
             let member = &mut self.set[i];
-            member.unanswered_since = match relays[member.relay as usize].state(t) {
-                State::Up => None,
-                State::Down | State::Gone => Some(member.unanswered_since.unwrap_or(t)),
-            };
-            if member
-                .unanswered_since
-                .is_none_or(|since| t - since < after)
-            {
+            member.answered(relays.state(member.relay, t), t);
+            if member.unanswered_since == NEVER || member.unanswered_for(t) < after {
                 continue;
             }
             // A handful of draws finds a relay that answers unless most
             // are gone; then the person keeps looking next time.
             for _ in 0..32 {
                 let pick = u32::try_from(self.rng.below(relays.len())).unwrap_or(u32::MAX);
-                let relay = &relays[pick as usize];
-                if relay.state(t) == State::Up && !self.set.iter().any(|m| m.relay == pick) {
-                    self.set[i] = Member {
-                        relay: pick,
-                        unanswered_since: None,
-                        flagged_until: 0,
-                    };
-                    self.shortest_retention = self
-                        .set
-                        .iter()
-                        .map(|m| relays[m.relay as usize].retention)
-                        .min()
-                        .unwrap_or(u64::MAX);
+                if relays.state(pick, t) == State::Up && !self.set.iter().any(|m| m.relay == pick) {
+                    self.set[i] = Member::new(pick);
+                    self.shortest_retention =
+                        self.shortest_retention(|r| relays.relay(r).retention);
                     break;
                 }
             }
@@ -268,9 +351,9 @@ impl Client {
 
     /// Audits the copies (renewing the ones that answer) and replaces what
     /// the policy says to.
-    fn repair(&mut self, habits: &Habits, relays: &[Relay], t: u64, out: &mut Outcome) {
+    fn repair(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) {
         self.next_repair = self.repair_after(t);
-        if !self.any_held(relays, t) {
+        if !self.copies.iter().any(|c| c.held(relays, t)) {
             self.lost = true;
             out.lost += habits.files;
             return;
@@ -280,60 +363,26 @@ impl Client {
         }
         // Most repairs find every copy where it was: renew them all, and
         // no plan is needed (nor the allocations that go with it).
-        let all_good = self.copies.iter().all(|c| {
-            let relay = &relays[c.relay as usize];
-            relay.state(t) == State::Up && relay.holds(c.last_access, t)
-        });
+        let all_good = self
+            .copies
+            .iter()
+            .all(|c| relays.state(c.relay, t) == State::Up && c.held(relays, t));
         if all_good && !self.copies.iter().any(|c| self.flagged(c.relay, t)) {
-            for copy in &mut self.copies {
-                copy.last_access = t;
-                if let Some(m) = self.set.iter_mut().find(|m| m.relay == copy.relay) {
-                    m.unanswered_since = None;
+            for i in 0..self.copies.len() {
+                self.copies[i].last_access = secs(t);
+                let relay = self.copies[i].relay;
+                if let Some(m) = self.member(relay) {
+                    m.answered(State::Up, t);
                 }
             }
             return;
         }
-        let mut audited = Vec::with_capacity(self.copies.len());
-        for (i, copy) in self.copies.iter_mut().enumerate() {
-            let relay = &relays[copy.relay as usize];
-            let mut member = self.set.iter_mut().find(|m| m.relay == copy.relay);
-            // What the device learns of the relay it asks (its scores).
-            if let Some(m) = member.as_deref_mut() {
-                m.unanswered_since = match relay.state(t) {
-                    State::Up => None,
-                    State::Down | State::Gone => Some(m.unanswered_since.unwrap_or(t)),
-                };
-            }
-            let found = match relay.state(t) {
-                // A client cannot tell a relay that is gone from one that
-                // is down: neither answers.
-                State::Gone | State::Down => Found::Unreachable {
-                    why: "no answer",
-                    // A relay the person took out of the set has been
-                    // given up on.
-                    for_secs: member.map_or(u64::MAX, |m| {
-                        m.unanswered_since.map_or(0, |since| t - since)
-                    }),
-                },
-                State::Up if relay.dropper => {
-                    // It acknowledged the copy and kept nothing: the audit
-                    // catches it, and the device flags it.
-                    if let Some(m) = member {
-                        m.flagged_until = t + FLAG_SECS;
-                    }
-                    Found::Bad("missing")
-                }
-                State::Up if relay.expired(copy.last_access, t) => Found::Bad("expired"),
-                State::Up => {
-                    // An audit reads the copy: an access, which renews it.
-                    copy.last_access = t;
-                    Found::Good
-                }
-            };
-            audited.push((i, found));
-        }
-        let audited: Vec<Audited<usize, &str>> = audited
+        let found: Vec<Found<&str>> = (0..self.copies.len())
+            .map(|at| self.audit(at, relays, t))
+            .collect();
+        let audited: Vec<Audited<usize, &str>> = found
             .into_iter()
+            .enumerate()
             .map(|(at, found)| Audited {
                 at,
                 found,
@@ -344,18 +393,66 @@ impl Client {
         let Decision::Repair(plan) = repair::plan(&audited, wanted, habits.unanswered) else {
             return;
         };
-        let new = self.candidates(relays, habits.bytes, t, &self.copies);
+        // As the client, a repair never copies onto a flagged relay.
+        let new: Vec<u32> = self
+            .candidates(relays, habits.bytes, t)
+            .into_iter()
+            .filter(|&r| !self.flagged(r, t))
+            .collect();
         for (&(at, _), &to) in plan.replace.iter().zip(new.iter().take(plan.needed)) {
             let old = self.copies[at].relay;
-            if relays[old as usize].state(t) != State::Gone {
+            if relays.state(old, t) != State::Gone {
                 out.release(old, habits.bytes);
             }
             out.charge(to, habits.bytes);
             self.copies[at] = Copy {
                 relay: to,
-                last_access: t,
+                last_access: secs(t),
             };
             out.repaired += habits.files;
+        }
+    }
+
+    /// What an audit of copy `at` finds, and what the device learns from
+    /// it: an answer or its absence, a relay caught dropping, a renewal.
+    fn audit(&mut self, at: usize, relays: &View<'_>, t: u64) -> Found<&'static str> {
+        let copy = self.copies[at];
+        let relay = relays.relay(copy.relay);
+        let state = relays.state(copy.relay, t);
+        let member = self.member(copy.relay);
+        match state {
+            // A client cannot tell a relay that is gone from one that is
+            // down: neither answers.
+            State::Gone | State::Down => Found::Unreachable {
+                why: "no answer",
+                // A relay the person took out of the set has been given
+                // up on.
+                for_secs: member.map_or(u64::MAX, |m| {
+                    m.answered(state, t);
+                    m.unanswered_for(t)
+                }),
+            },
+            State::Up if relay.dropper => {
+                // It acknowledged the copy and kept nothing: the audit
+                // catches it, and the device flags it.
+                if let Some(m) = member {
+                    m.answered(state, t);
+                    m.flagged_until = secs(t + FLAG_SECS);
+                }
+                Found::Bad("missing")
+            }
+            State::Up => {
+                if let Some(m) = member {
+                    m.answered(state, t);
+                }
+                if relay.expired(u64::from(copy.last_access), t) {
+                    Found::Bad("expired")
+                } else {
+                    // An audit reads the copy: an access, which renews it.
+                    self.copies[at].last_access = secs(t);
+                    Found::Good
+                }
+            }
         }
     }
 }

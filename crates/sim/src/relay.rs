@@ -70,6 +70,77 @@ impl Relay {
     }
 }
 
+/// The relays as every device of one hour sees them: the relays
+/// themselves, and which of them are up for the whole hour, so that most
+/// lookups of a relay's state need not search its outages.
+pub(crate) struct View<'a> {
+    relays: &'a [Relay],
+    quiet: &'a [bool],
+}
+
+impl<'a> View<'a> {
+    /// A view that searches every relay's outages (at the end of a run).
+    pub(crate) fn exact(relays: &'a [Relay]) -> Self {
+        Self { relays, quiet: &[] }
+    }
+
+    pub(crate) fn relay(&self, relay: u32) -> &Relay {
+        &self.relays[relay as usize]
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Where `relay` is at `t`, a moment of the view's hour.
+    pub(crate) fn state(&self, relay: u32, t: u64) -> State {
+        if self.quiet.get(relay as usize).copied().unwrap_or(false) {
+            State::Up
+        } else {
+            self.relays[relay as usize].state(t)
+        }
+    }
+}
+
+/// Which relays are up for a whole hour, kept as the hours go by.
+pub(crate) struct Quiet {
+    /// Per relay, its first outage that had not ended when the hour began.
+    next: Vec<usize>,
+    quiet: Vec<bool>,
+}
+
+impl Quiet {
+    pub(crate) fn new(relays: &[Relay]) -> Self {
+        Self {
+            next: vec![0; relays.len()],
+            quiet: vec![false; relays.len()],
+        }
+    }
+
+    /// The view of the hour `[from, to)`; hours must come in order.
+    pub(crate) fn hour<'a>(&'a mut self, relays: &'a [Relay], from: u64, to: u64) -> View<'a> {
+        for (i, relay) in relays.iter().enumerate() {
+            let next = &mut self.next[i];
+            while relay
+                .outages
+                .get(*next)
+                .is_some_and(|&(_, end)| end <= from)
+            {
+                *next += 1;
+            }
+            let outage = relay
+                .outages
+                .get(*next)
+                .is_some_and(|&(start, _)| start < to);
+            self.quiet[i] = relay.gone_at >= to && !outage;
+        }
+        View {
+            relays,
+            quiet: &self.quiet,
+        }
+    }
+}
+
 /// The relays of `scenario`, with their fates to `horizon`.
 pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
     let r = &scenario.relays;
@@ -113,4 +184,65 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::HOUR;
+
+    #[test]
+    fn a_quiet_hour_is_one_in_which_the_relay_is_up_throughout() {
+        let scenario: Scenario = toml::from_str(
+            r#"
+            seed = 3
+            days = 15
+            [relays]
+            count = 30
+            capacity_gib = 1
+            retention_days = 30
+            vanish_per_year = 0.99
+            outages_per_year = 800
+            outage_hours = 3
+            [clients]
+            count = 1
+            set_size = 1
+            files = 1
+            file_mib = 1
+            copies = 1
+            online_every_hours = 24
+            watch = true
+            replace_unanswered_after_hours = inf
+            "#,
+        )
+        .expect("a valid scenario");
+        let horizon = 15 * DAY;
+        let relays = make_relays(&scenario, horizon);
+        let mut quiet = Quiet::new(&relays);
+        let mut rng = Rng::stream(9, 9);
+        let (mut quiet_hours, mut busy_hours) = (0, 0);
+        for hour in 0..horizon / HOUR {
+            let from = hour * HOUR;
+            let view = quiet.hour(&relays, from, from + HOUR);
+            for (i, relay) in relays.iter().enumerate() {
+                let i = u32::try_from(i).expect("few relays");
+                let every_second_up = (from..from + HOUR).all(|t| relay.state(t) == State::Up);
+                assert_eq!(
+                    view.quiet[i as usize], every_second_up,
+                    "relay {i}, hour {hour}"
+                );
+                if every_second_up {
+                    quiet_hours += 1;
+                } else {
+                    busy_hours += 1;
+                }
+                let t = from + rng.below(3600) as u64;
+                assert_eq!(view.state(i, t), relay.state(t));
+            }
+        }
+        assert!(
+            quiet_hours > 0 && busy_hours > 0,
+            "{quiet_hours} {busy_hours}"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! any number of threads and the result is the same, byte for byte.
 
 use crate::client::{Client, Habits, Outcome};
-use crate::relay::{Relay, make_relays};
+use crate::relay::{Quiet, View, make_relays};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::time::{DAY, HOUR, YEAR};
@@ -103,7 +103,7 @@ impl Shard<'_> {
         &mut self,
         hour: usize,
         habits: &Habits,
-        relays: &[Relay],
+        relays: &View<'_>,
         horizon: u64,
     ) -> Outcome {
         let mut out = Outcome::default();
@@ -188,8 +188,11 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
         .collect();
     let mut totals = Day::default();
     let mut days = Vec::with_capacity(scenario.days as usize);
+    let mut quiet = Quiet::new(&relays);
     for hour in 0..hours {
-        let outcome = run_hour(&mut shards, hour, &habits, &relays, horizon, engine);
+        let from = hour as u64 * HOUR;
+        let view = quiet.hour(&relays, from, from + HOUR);
+        let outcome = run_hour(&mut shards, hour, &habits, &view, horizon, engine);
         for &(relay, bytes) in &outcome.usage {
             let used = &mut relays[relay as usize].used;
             *used = used.saturating_add_signed(bytes);
@@ -209,8 +212,9 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
     // Files whose last copy went after their device's last session are
     // lost too: counted at the end.
     let mut file_secs = 0u128;
+    let view = View::exact(&relays);
     for client in &clients {
-        let (observed, lost) = client.finish(&habits, &relays, horizon);
+        let (observed, lost) = client.finish(&habits, &view, horizon);
         file_secs += observed;
         totals.lost += if lost { habits.files } else { 0 };
     }
@@ -229,7 +233,7 @@ fn run_hour(
     shards: &mut [Shard<'_>],
     hour: usize,
     habits: &Habits,
-    relays: &[Relay],
+    relays: &View<'_>,
     horizon: u64,
     engine: Engine,
 ) -> Outcome {

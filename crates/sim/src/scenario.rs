@@ -5,6 +5,11 @@
 use std::path::Path;
 
 use cairn_policy::repair::Unanswered;
+
+use crate::client::MAX_SET;
+
+/// The longest run: devices keep times as seconds in 32 bits.
+const MAX_DAYS: u32 = 40_000;
 use serde::Deserialize;
 
 /// What to simulate.
@@ -195,8 +200,18 @@ impl Scenario {
     pub fn check(&self) -> Result<(), ScenarioError> {
         let invalid = |what: &str| Err(ScenarioError::Invalid(what.to_owned()));
         let (r, c) = (&self.relays, &self.clients);
-        if r.count == 0 || c.set_size == 0 || c.set_size > r.count {
-            return invalid("clients.set_size must be between 1 and relays.count");
+        if r.count == 0 || c.set_size == 0 || c.set_size > r.count.min(MAX_SET) {
+            return invalid(&format!(
+                "clients.set_size must be between 1 and relays.count (and at most {MAX_SET})"
+            ));
+        }
+        if r.count > u32::MAX as usize {
+            return invalid("relays.count must fit in 32 bits");
+        }
+        if self.days > MAX_DAYS {
+            return invalid(&format!(
+                "days must be at most {MAX_DAYS} (times are kept in 32 bits)"
+            ));
         }
         if c.copies == 0 {
             return invalid("clients.copies must be at least 1");
