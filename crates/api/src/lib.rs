@@ -7,8 +7,14 @@
 //!
 //! Everything here reads untrusted bytes: no answer is buffered past its
 //! bound, and a refusal's body is read within a small one too.
+//!
+//! Both sides also read the time here: [`Clock`] (the system clock, or a
+//! manual one tests move forward), which token expiry, info documents and
+//! retention depend on.
 
+mod clock;
 mod net;
+pub use clock::Clock;
 pub use net::{NetFailure, net_failure};
 
 use bytes::{Bytes, BytesMut};

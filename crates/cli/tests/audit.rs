@@ -2,8 +2,13 @@
 //! one that altered a copy, and one that lost it, are told apart from the
 //! honest one, and the exit code says something is wrong.
 
+use std::sync::Arc;
+
 use cairn_client::relay::{RelayClient, Role};
-use cairn_client::{Client, Home, Passphrase};
+use cairn_client::{
+    Client, Clock, Home, InitOptions, KdfCost, Output, Passphrase, Silent, UNANSWERED_WAIT_SECS,
+    Unanswered,
+};
 
 use crate::common::{
     Device, PASSPHRASE, Relay, data_with_marker, laptop_on_three_relays, sorted_strings,
@@ -414,9 +419,11 @@ async fn sync_watch_repairs_as_it_goes() {
 
 /// Makes this device's record of the relay at `url` say it has gone
 /// unanswered since `since` (Unix seconds), as the record of a device
-/// failing to reach it since then would: the client has no clock to move.
-/// The record must already count a run of failures (from a repair that
-/// found the relay down).
+/// failing to reach it since then would: `cairn` runs in its own process,
+/// on the system clock, so a test cannot move its time (the in-process
+/// test below moves a clock shared with the relays instead). The record
+/// must already count a run of failures (from a repair that found the
+/// relay down).
 fn unanswered_since(device: &Device, url: &str, since: u64) {
     let path = device.home().join("scores.json");
     let mut scores: serde_json::Value =
@@ -532,4 +539,126 @@ async fn repair_replaces_copies_on_a_relay_unanswered_for_three_days() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_watch_replaces_copies_on_a_relay_unanswered_for_three_days() {
     a_relay_silent_for_days_loses_its_copies(&["sync", "--watch", "--rounds", "1", "--json"]).await;
+}
+
+/// The same outage, lived through rather than written into `scores.json`:
+/// four relays and a client (the library, in this process) share one
+/// manual clock, and days pass by moving it. The client's tokens and its
+/// checks of info documents follow the shared clock, so relays whose time
+/// is days ahead of the system's still take its requests; its record of
+/// the silent relay counts from the shared clock too, and only once it
+/// says more than 3 days have passed is the copy replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_pass_on_a_shared_clock_before_repair_replaces_a_silent_relays_copy() {
+    const DAY: u64 = 86_400;
+    let start = cairn_testkit::unix_now();
+    let clock = Clock::manual(start);
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        relays.push(Relay::start_with_clock(|_| {}, clock.clone()).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = InitOptions {
+        device_name: "laptop".into(),
+        cost: KdfCost::new(8).unwrap(),
+        transport: cairn_client::relay::Transport::Secure,
+    };
+    let (mut client, _) = Client::init(
+        Home::at(dir.path().join("home")),
+        &Passphrase::new(PASSPHRASE),
+        &options,
+    )
+    .unwrap();
+    client.set_clock(clock.clone());
+    for relay in &relays {
+        client.add_relay(&relay.url(), false).await.unwrap();
+    }
+    let data = data_with_marker(120_000, b"outlives its relay, in days");
+    let source = dir.path().join("kept");
+    std::fs::write(&source, &data).unwrap();
+    let put = client.put(&source, "kept", Arc::new(Silent)).await.unwrap();
+    assert_eq!(put.copies.len(), 3, "{put:?}");
+    let id = put.blob.to_string();
+    let gone = relays
+        .iter()
+        .position(|r| put.copies.contains(&r.url()))
+        .unwrap();
+    let spare = relays
+        .iter()
+        .position(|r| !put.copies.contains(&r.url()))
+        .unwrap();
+    let (gone_url, gone_key) = (relays[gone].url(), relays[gone].handle().key());
+    relays[gone].stop().await;
+    let wait = Unanswered::ReplaceAfter(UNANSWERED_WAIT_SECS);
+
+    // The outage has just begun: the copy is reported, not replaced.
+    let first = client.repair(wait).await.unwrap();
+    assert!(first.restored.is_empty(), "{first:?}");
+    assert_eq!(first.unreachable.len(), 1, "{first:?}");
+    assert!(first.unreachable[0].contains(&gone_url), "{first:?}");
+    let record = client.scores().get(&gone_key).cloned().unwrap();
+    assert_eq!(record.unanswered_since, Some(start), "{record:?}");
+
+    // Two days on (the relays' time, and the client's, two days ahead of
+    // the system's), the copy is still kept; the live relays take the
+    // client's tokens and it believes their info documents: a new file is
+    // stored on all three, dated by the shared clock.
+    clock.advance(2 * DAY);
+    let second = client.repair(wait).await.unwrap();
+    assert!(second.restored.is_empty(), "{second:?}");
+    assert_eq!(
+        second.short.len(),
+        1,
+        "kept, but short of a good copy: {second:?}"
+    );
+    assert_eq!(second.unreachable.len(), 1, "{second:?}");
+    // Renewing the metadata (claims, signed with tokens) failed on the
+    // silent relay alone.
+    assert_eq!(second.metadata.failed.len(), 1, "{second:?}");
+    assert!(second.metadata.failed[0].contains(&gone_url), "{second:?}");
+    assert!(relays[spare].blob_file(&id).is_none(), "copied too soon");
+    let later = dir.path().join("later");
+    std::fs::write(&later, b"stored two days in").unwrap();
+    let put = client.put(&later, "later", Arc::new(Silent)).await.unwrap();
+    assert_eq!(put.copies.len(), 3, "{put:?}");
+    assert!(!put.copies.contains(&gone_url), "{put:?}");
+    let listing = client.list().await.unwrap();
+    let stored_at = |name: &str| {
+        listing
+            .files
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .stored_at
+    };
+    assert_eq!(stored_at("kept"), start);
+    assert_eq!(stored_at("later"), start + 2 * DAY);
+    let record = client.scores().get(&gone_key).cloned().unwrap();
+    assert_eq!(record.unanswered_since, Some(start), "{record:?}");
+
+    // Four days without an answer: the next repair gives up on it.
+    clock.advance(2 * DAY);
+    let third = client.repair(wait).await.unwrap();
+    assert_eq!(third.restored.len(), 1, "{third:?}");
+    let restored = &third.restored[0];
+    assert_eq!(restored.name, "kept", "{third:?}");
+    assert_eq!(restored.from, gone_url, "{third:?}");
+    assert_eq!(restored.to, relays[spare].url(), "{third:?}");
+    assert!(
+        restored.why.contains("not answered for 4 days"),
+        "{third:?}"
+    );
+    assert!(third.short.is_empty(), "{third:?}");
+    assert!(relays[spare].blob_file(&id).is_some(), "the new copy");
+
+    let listing = client.list().await.unwrap();
+    let kept = listing.files.iter().find(|f| f.name == "kept").unwrap();
+    assert!(!kept.copies.contains(&gone_url), "{kept:?}");
+    assert!(kept.copies.contains(&relays[spare].url()), "{kept:?}");
+    let out = dir.path().join("got-kept");
+    client
+        .get("kept", Output::File(out.clone()), Arc::new(Silent))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }

@@ -417,7 +417,16 @@ async fn an_operation_stamped_far_ahead_does_not_win_a_merge() {
         )
         .await
         .unwrap();
-    let head = sign_owned(&mailbox, &me, &writer, Role::Ops(me), op.seq, id).unwrap();
+    let head = sign_owned(
+        &mailbox,
+        &me,
+        &writer,
+        Role::Ops(me),
+        op.seq,
+        id,
+        Timestamp(1),
+    )
+    .unwrap();
     assert!(matches!(
         client.put_head(&head).await.unwrap(),
         HeadWrite::Stored
@@ -489,6 +498,7 @@ async fn fork_log(stolen: &Client, relays: &[Relay; 3], vault: &VaultKey, entrie
             Role::Identity,
             seq,
             id,
+            Timestamp(1),
         )
         .unwrap();
         assert!(matches!(
@@ -616,6 +626,7 @@ async fn a_forged_log_copy_is_reported_once_and_not_fetched_again() {
         Role::Identity,
         9,
         id,
+        Timestamp(1),
     )
     .unwrap();
     assert!(matches!(

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_client::Clock;
 use cairn_client::proto::BlobId;
 use cairn_client::relay::{RelayClient, fetch_info};
 
@@ -115,7 +116,10 @@ async fn copy_blob(id: &str, from: &Relay, to: &Relay) {
     let client = |url: String| {
         let http = http.clone();
         async move {
-            let key = *fetch_info(&http, &url).await.unwrap().signer();
+            let key = *fetch_info(&http, &url, &Clock::system())
+                .await
+                .unwrap()
+                .signer();
             RelayClient::new(http, &url, key)
         }
     };
@@ -133,7 +137,7 @@ async fn copy_blob(id: &str, from: &Relay, to: &Relay) {
 }
 
 async fn key_of(relay: &Relay) -> String {
-    fetch_info(&cairn_testkit::http(), &relay.url())
+    fetch_info(&cairn_testkit::http(), &relay.url(), &Clock::system())
         .await
         .unwrap()
         .signer()

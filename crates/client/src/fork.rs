@@ -132,11 +132,21 @@ mod tests {
         let root = cairn_proto::SigningKey::from_seed(&[7; 32]);
         let laptop = DeviceKeys::generate().unwrap();
         let phone = DeviceKeys::generate().unwrap();
-        let mut base =
-            IdentityLog::genesis(&root, &laptop, &DeviceName::new("laptop").unwrap()).unwrap();
+        let mut base = IdentityLog::genesis(
+            &root,
+            &laptop,
+            &DeviceName::new("laptop").unwrap(),
+            Timestamp(1),
+        )
+        .unwrap();
         let vault = crate::keys::VaultKey::derive(&root, 1);
-        let certificate =
-            crate::identity::certify(&root, &phone, &DeviceName::new("phone").unwrap()).unwrap();
+        let certificate = crate::identity::certify(
+            &root,
+            &phone,
+            &DeviceName::new("phone").unwrap(),
+            Timestamp(1),
+        )
+        .unwrap();
         base.append(
             &root,
             LogAction::AddDevice {

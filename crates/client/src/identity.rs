@@ -133,13 +133,15 @@ impl IdentityLog {
         })
     }
 
-    /// Starts a log: enrolls the first device and creates vault generation 1.
+    /// Starts a log: enrolls the first device (its certificate created
+    /// `now`) and creates vault generation 1.
     pub(crate) fn genesis(
         root: &SigningKey,
         device: &DeviceKeys,
         name: &DeviceName,
+        now: Timestamp,
     ) -> Result<Self> {
-        let certificate = certify(root, device, name)?;
+        let certificate = certify(root, device, name, now)?;
         let first = sign_entry(
             root,
             IdentityLogEntry {
@@ -361,17 +363,18 @@ impl IdentityLog {
     }
 }
 
-/// A root-signed certificate for `device`.
+/// A root-signed certificate for `device`, created `now`.
 pub(crate) fn certify(
     root: &SigningKey,
     device: &DeviceKeys,
     name: &DeviceName,
+    now: Timestamp,
 ) -> Result<SignedRecord> {
     let cert = DeviceCertificate {
         device: device.signing.verifying_key(),
         x25519: device.x25519.public(),
         name: name.clone(),
-        created: Timestamp(crate::relay::unix_now()),
+        created: now,
     };
     SignedRecord::sign(&cert, root).map_err(|err| Error::Invalid(format!("certificate: {err}")))
 }
@@ -401,7 +404,7 @@ mod tests {
         let root = SigningKey::from_seed(&[3; 32]);
         let device = DeviceKeys::generate().unwrap();
         let name = DeviceName::new("laptop").unwrap();
-        let log = IdentityLog::genesis(&root, &device, &name).unwrap();
+        let log = IdentityLog::genesis(&root, &device, &name, Timestamp(1)).unwrap();
         (root, log)
     }
 

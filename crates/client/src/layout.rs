@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use cairn_proto::{BlobId, SignedRecord, SigningKey, VerifyingKey};
+use cairn_proto::{BlobId, SignedRecord, SigningKey, Timestamp, VerifyingKey};
 
 use crate::keys::{DeviceKeys, VaultKey};
 use crate::relay::{Role, sign_owned};
@@ -135,21 +135,23 @@ impl Mailbox {
             .collect()
     }
 
-    /// `device`'s own head for `role` here, signed with its writer key.
+    /// `device`'s own head for `role` here, signed with its writer key and
+    /// stamped `now`.
     pub(crate) fn sign_head(
         &self,
         device: &DeviceKeys,
         role: Role,
         seq: u64,
         target: BlobId,
+        now: Timestamp,
     ) -> Result<SignedRecord, String> {
         let me = device.signing.verifying_key();
         match self.layout {
-            Layout::Shared => sign_owned(&self.key, &me, &device.signing, role, seq, target),
+            Layout::Shared => sign_owned(&self.key, &me, &device.signing, role, seq, target, now),
             Layout::PerRelay => {
                 let factor = self.vault.writer_factor(&self.public(), &me);
                 let writer = device.signing.blind(&factor);
-                sign_owned(&self.key, &me, &writer, role, seq, target)
+                sign_owned(&self.key, &me, &writer, role, seq, target, now)
             }
         }
     }
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(owner(&a), a.owner(&other).verifying_key());
 
         let record = a
-            .sign_head(&device, Role::Ops(me), 4, BlobId::of(b"op"))
+            .sign_head(&device, Role::Ops(me), 4, BlobId::of(b"op"), Timestamp(1))
             .unwrap();
         let head = Head::from_record(record).unwrap();
         assert_eq!(head.signer, Some(a.writer_of(&me)));

@@ -38,6 +38,9 @@ pub mod text;
 mod text_serde;
 
 pub use cairn_proto as proto;
+// The client's source of time (`Client::set_clock`), shared with relays:
+// tests and simulations use it without depending on cairn-api.
+pub use cairn_api::Clock;
 // What `Client::repair` does with copies on relays that do not answer:
 // part of its signature, so callers need not depend on cairn-policy.
 pub use cairn_policy::repair::{UNANSWERED_WAIT_SECS, Unanswered};

@@ -28,7 +28,6 @@
 //! # Ok(()) }
 //! ```
 
-mod clock;
 mod config;
 mod federation;
 mod http;
@@ -43,7 +42,9 @@ mod settings;
 mod store;
 mod tls;
 
-pub use clock::Clock;
+// The clock lives in cairn-api, shared with the client; relay code and its
+// tests keep naming it `cairn_relay::Clock`.
+pub use cairn_api::Clock;
 pub use config::{
     ConfigError, FederationConfig, PostgresConfig, RelayConfig, S3Config, ScaleOutConfig,
     StorageConfig, TlsFiles,

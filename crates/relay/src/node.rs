@@ -8,7 +8,7 @@ use std::time::Instant;
 use cairn_proto::SigningKey;
 use cairn_proto::wire::PeerWithRoom;
 
-use crate::clock::Clock;
+use crate::Clock;
 use crate::config::RelayConfig;
 use crate::federation::state::{Federation, INFO_MAX_AGE_SECS};
 use crate::metrics::Metrics;

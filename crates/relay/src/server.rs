@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::Clock;
+use crate::Clock;
 use crate::config::{ConfigError, RelayConfig};
 use crate::federation::{Federation, Ledger, ReconcileCounts, TransferReport};
 use crate::http::{AppState, CLOCK_SKEW_SECS, NonceCache, Shared, router};

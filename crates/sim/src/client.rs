@@ -23,6 +23,7 @@ use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
 use crate::scenario::Clients;
 use crate::time::{DAY, MIB};
+use crate::trace::{Event, Happened};
 
 /// How long a relay caught misbehaving stays flagged on a device: the
 /// client's `scores::FLAG_SECS`.
@@ -159,6 +160,8 @@ pub(crate) struct Outcome {
     pub(crate) lost: u64,
     pub(crate) repaired: u64,
     pub(crate) sessions: u64,
+    /// What each session did, when the run is traced.
+    pub(crate) events: Vec<Event>,
 }
 
 impl Outcome {
@@ -168,6 +171,7 @@ impl Outcome {
         self.lost += other.lost;
         self.repaired += other.repaired;
         self.sessions += other.sessions;
+        self.events.extend(other.events);
     }
 
     fn charge(&mut self, relay: u32, bytes: u64) {
@@ -193,6 +197,8 @@ pub(crate) struct Habits {
     /// After how long unanswered the person swaps a relay of the set for
     /// another; `None` when nobody tends the set.
     pub(crate) swap_after: Option<u64>,
+    /// Whether sessions note what they did in [`Outcome::events`].
+    pub(crate) trace: bool,
 }
 
 impl Habits {
@@ -208,6 +214,7 @@ impl Habits {
             watch: c.watch,
             unanswered: c.unanswered(),
             swap_after: c.swap_after_secs(),
+            trace: false,
         }
     }
 }
@@ -248,14 +255,37 @@ impl Client {
             .unwrap_or(u64::MAX)
     }
 
+    /// The relays of its set, in the order drawn.
+    pub(crate) fn set(&self) -> Vec<u32> {
+        self.set.iter().map(|m| m.relay).collect()
+    }
+
+    /// The relays holding its copies, and whether its files were found
+    /// lost (the run's last word on them needs [`Client::finish`] too).
+    pub(crate) fn copies(&self) -> (Vec<u32>, bool) {
+        (self.copies.iter().map(|c| c.relay).collect(), self.lost)
+    }
+
     /// Runs the session due now and draws the next one.
     pub(crate) fn session(&mut self, habits: &Habits, relays: &View<'_>, out: &mut Outcome) {
         let t = self.next_session;
         out.sessions += 1;
-        if self.put_at == NEVER {
-            self.put(habits, relays, t, out);
+        let happened = if self.put_at == NEVER {
+            Some(Happened::Put {
+                stored: self.put(habits, relays, t, out),
+            })
         } else if habits.watch && t >= self.next_repair && !self.lost {
-            self.repair(habits, relays, t, out);
+            Some(self.repair(habits, relays, t, out))
+        } else {
+            None
+        };
+        if let Some(what) = happened.filter(|_| habits.trace) {
+            // The shard knows which device this is, and says so.
+            out.events.push(Event {
+                client: u32::MAX,
+                t,
+                what,
+            });
         }
         self.next_session = t.saturating_add(self.rng.exp_secs(habits.mean_gap).max(1));
     }
@@ -300,14 +330,15 @@ impl Client {
     }
 
     /// A put needs every wanted copy, or it stores nothing and is tried
-    /// again at the next session.
-    fn put(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) {
+    /// again at the next session. Returns the relays that took a copy.
+    fn put(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) -> Vec<u32> {
         let wanted = copies_wanted(habits.copies, self.set.len());
-        let targets = self.candidates(relays, habits.bytes, t);
+        let mut targets = self.candidates(relays, habits.bytes, t);
         if targets.len() < wanted {
-            return;
+            return Vec::new();
         }
-        for &relay in &targets[..wanted] {
+        targets.truncate(wanted);
+        for &relay in &targets {
             out.charge(relay, habits.bytes);
             self.copies.push(Copy {
                 relay,
@@ -317,6 +348,7 @@ impl Client {
         out.files += habits.files;
         self.put_at = secs(t);
         self.next_repair = self.repair_after(t);
+        targets
     }
 
     /// When a device that repairs at `t` repairs next: the client's
@@ -351,13 +383,20 @@ impl Client {
 
     /// Audits the copies (renewing the ones that answer) and replaces what
     /// the policy says to.
-    fn repair(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) {
+    fn repair(
+        &mut self,
+        habits: &Habits,
+        relays: &View<'_>,
+        t: u64,
+        out: &mut Outcome,
+    ) -> Happened {
         self.next_repair = self.repair_after(t);
         if !self.copies.iter().any(|c| c.held(relays, t)) {
             self.lost = true;
             out.lost += habits.files;
-            return;
+            return Happened::Lost;
         }
+        let mut replaced = Vec::new();
         if let Some(after) = habits.swap_after {
             self.tend_set(relays, t, after);
         }
@@ -375,7 +414,16 @@ impl Client {
                     m.answered(State::Up, t);
                 }
             }
-            return;
+            return Happened::Repair { replaced };
+        }
+        // A repair syncs first; when no relay of the set answers, the
+        // client stops there (offline), auditing nothing.
+        if !self
+            .set
+            .iter()
+            .any(|m| relays.state(m.relay, t) == State::Up)
+        {
+            return Happened::Repair { replaced };
         }
         let found: Vec<Found<&str>> = (0..self.copies.len())
             .map(|at| self.audit(at, relays, t))
@@ -391,7 +439,7 @@ impl Client {
             .collect();
         let wanted = copies_wanted(habits.copies, self.set.len());
         let Decision::Repair(plan) = repair::plan(&audited, wanted, habits.unanswered) else {
-            return;
+            return Happened::Repair { replaced };
         };
         // As the client, a repair never copies onto a flagged relay.
         let new: Vec<u32> = self
@@ -410,7 +458,9 @@ impl Client {
                 last_access: secs(t),
             };
             out.repaired += habits.files;
+            replaced.push((old, to));
         }
+        Happened::Repair { replaced }
     }
 
     /// What an audit of copy `at` finds, and what the device learns from

@@ -29,6 +29,7 @@ pub mod run;
 pub mod scenario;
 pub mod sweep;
 mod time;
+pub mod trace;
 
-pub use run::{Day, Engine, Report, simulate, simulate_on, simulate_with};
+pub use run::{Day, Engine, Report, simulate, simulate_on, simulate_traced, simulate_with};
 pub use scenario::{Scenario, ScenarioError};

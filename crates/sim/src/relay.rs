@@ -55,6 +55,15 @@ impl Relay {
         !self.dropper && t < self.gone_at && !self.expired(last_access, t)
     }
 
+    /// Its fate, for a trace.
+    pub(crate) fn fate(&self, horizon: u64) -> crate::trace::Fate {
+        crate::trace::Fate {
+            retention_secs: self.retention,
+            outages: self.outages.clone(),
+            gone_at: (self.gone_at < horizon).then_some(self.gone_at),
+        }
+    }
+
     /// What its info document says, as the client reads it.
     pub(crate) fn offer(&self, flagged: bool) -> Offer {
         let free = self.capacity.saturating_sub(self.used);
@@ -174,8 +183,10 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
             if rng.unit() < a.vanish_together {
                 gone_at = gone_at.min(u64::from(a.vanish_together_day) * DAY);
             }
+            let retention_days =
+                u64::from(r.retention_days) + i as u64 * u64::from(r.retention_step_days);
             Relay {
-                retention: u64::from(r.retention_days) * DAY,
+                retention: retention_days * DAY,
                 capacity: r.capacity_gib.saturating_mul(GIB),
                 used: 0,
                 gone_at,

@@ -11,6 +11,7 @@ use crate::relay::{Quiet, View, make_relays};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::time::{DAY, HOUR, YEAR};
+use crate::trace::{End, Trace};
 
 /// Counts at the end of one simulated day.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,6 +84,8 @@ impl Report {
 /// The devices one thread steps: a contiguous run of them, with their
 /// sessions filed by the hour they fall in.
 struct Shard<'a> {
+    /// The index of its first device.
+    first: usize,
     clients: &'a mut [Client],
     /// For each hour, the devices (indexes into `clients`) with a session
     /// starting in it.
@@ -115,8 +118,13 @@ impl Shard<'_> {
         for i in due {
             let i = i as usize;
             let client = &mut self.clients[i];
+            let noted = out.events.len();
             while client.next_session < end.min(horizon) {
                 client.session(habits, relays, &mut out);
+            }
+            let id = u32::try_from(self.first + i).unwrap_or(u32::MAX);
+            for event in &mut out.events[noted..] {
+                event.client = id;
             }
             self.file(i, horizon);
         }
@@ -161,11 +169,23 @@ pub fn simulate_on(scenario: &Scenario, threads: usize) -> Report {
 /// Runs `scenario` to its end as `engine` says.
 #[must_use]
 pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
+    run(scenario, engine, false).0
+}
+
+/// Runs `scenario` to its end, recording what every session did.
+#[must_use]
+pub fn simulate_traced(scenario: &Scenario) -> (Report, Trace) {
+    let (report, trace) = run(scenario, Engine::new(1), true);
+    (report, trace.unwrap_or_default())
+}
+
+fn run(scenario: &Scenario, engine: Engine, trace: bool) -> (Report, Option<Trace>) {
     let threads = engine.threads.max(1);
     let horizon = u64::from(scenario.days) * DAY;
     let hours = usize::try_from(horizon / HOUR).unwrap_or(usize::MAX);
     let mut relays = make_relays(scenario, horizon);
-    let habits = Habits::of(&scenario.clients);
+    let mut habits = Habits::of(&scenario.clients);
+    habits.trace = trace;
     let mut clients: Vec<Client> = (0..scenario.clients.count)
         .map(|i| {
             let rng = Rng::stream(scenario.seed, 2 << 32 | i as u64);
@@ -175,8 +195,10 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
     let per_shard = clients.len().div_ceil(threads.max(1)).max(1);
     let mut shards: Vec<Shard<'_>> = clients
         .chunks_mut(per_shard)
-        .map(|clients| {
+        .enumerate()
+        .map(|(n, clients)| {
             let mut shard = Shard {
+                first: n * per_shard,
                 clients,
                 due: vec![Vec::new(); hours],
             };
@@ -189,6 +211,7 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
     let mut totals = Day::default();
     let mut days = Vec::with_capacity(scenario.days as usize);
     let mut quiet = Quiet::new(&relays);
+    let mut events = Vec::new();
     for hour in 0..hours {
         let from = hour as u64 * HOUR;
         let view = quiet.hour(&relays, from, from + HOUR);
@@ -201,6 +224,7 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
         totals.lost += outcome.lost;
         totals.repaired += outcome.repaired;
         totals.sessions += outcome.sessions;
+        events.extend(outcome.events);
         let end = (hour as u64 + 1) * HOUR;
         if end.is_multiple_of(DAY) {
             totals.day = u32::try_from(end / DAY).unwrap_or(u32::MAX);
@@ -221,10 +245,30 @@ pub fn simulate_with(scenario: &Scenario, engine: Engine) -> Report {
     if let Some(last) = days.last_mut() {
         last.lost = totals.lost;
     }
-    Report {
+    let report = Report {
         days,
         file_years: file_secs as f64 / YEAR,
-    }
+    };
+    let trace = trace.then(|| {
+        events.sort_by_key(|e| (e.t, e.client));
+        Trace {
+            relays: relays.iter().map(|r| r.fate(horizon)).collect(),
+            sets: clients.iter().map(Client::set).collect(),
+            events,
+            ends: clients
+                .iter()
+                .map(|c| {
+                    let (copies, lost) = c.copies();
+                    let (_, lost_at_end) = c.finish(&habits, &view, horizon);
+                    End {
+                        copies,
+                        lost: lost || lost_at_end,
+                    }
+                })
+                .collect(),
+        }
+    });
+    (report, trace)
 }
 
 /// Runs one hour of every shard, each on a thread of its own when there

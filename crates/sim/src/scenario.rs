@@ -59,6 +59,13 @@ pub struct Relays {
     /// The retention each discloses: a blob nobody accessed for longer is
     /// deleted.
     pub retention_days: u32,
+    /// Added to the retention of each relay after the first: relay `i`
+    /// keeps `retention_days + i * retention_step_days` days. Clients rank
+    /// relays by retention first, so distinct retentions make placement
+    /// independent of usage (the validation against real relays needs
+    /// that). 0 by default.
+    #[serde(default)]
+    pub retention_step_days: u32,
     /// The chance that a relay disappears for good within a year.
     pub vanish_per_year: f64,
     /// Outages per relay per year (a relay that is down answers nothing,

@@ -115,10 +115,9 @@ impl Client {
                 jobs.push((file.name.clone(), file.blob, file.size, url.clone(), *key));
             }
         }
-        let http = self.http.clone();
         let outcomes: Vec<_> = futures_util::stream::iter(jobs)
             .map(|(name, blob, size, url, key)| {
-                let relay = self.contained(RelayClient::new(http.clone(), &url, key));
+                let relay = self.contained(self.relay_client(&url, key));
                 async move {
                     let started = Instant::now();
                     let outcome = tokio::time::timeout(
@@ -179,9 +178,10 @@ impl Client {
                 }
             }
         }
+        let now = self.now();
         self.record_scores(|s| {
             for (key, url, took, score) in scores {
-                record(s, &key, &url, took, score);
+                record(s, &key, &url, took, score, now);
             }
         });
         report.relays = by_relay.into_values().collect();
@@ -249,13 +249,14 @@ pub(super) fn score_of(
     }
 }
 
-/// Writes one classified outcome into the record.
+/// Writes one classified outcome, seen `now`, into the record.
 pub(super) fn record(
     scores: &mut Scores,
     key: &cairn_proto::VerifyingKey,
     url: &str,
     took: Duration,
     scored: Scored,
+    now: u64,
 ) {
     match scored {
         Scored::Success => scores.success(
@@ -263,9 +264,9 @@ pub(super) fn record(
             url,
             u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
         ),
-        Scored::Unavailable => scores.unavailable(key, url, crate::relay::unix_now()),
+        Scored::Unavailable => scores.unavailable(key, url, now),
         Scored::Misbehaved(kind, what) => {
-            scores.misbehaved(key, url, kind, crate::relay::unix_now(), what);
+            scores.misbehaved(key, url, kind, now, what);
         }
     }
 }

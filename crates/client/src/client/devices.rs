@@ -8,9 +8,10 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use cairn_api::Clock;
 use cairn_proto::{
     BlobId, DeviceWrappedKey, LogAction, Revocation, RevocationReason, SignedRecord, SigningKey,
-    Timestamp, VerifyingKey, WrappedKey,
+    VerifyingKey, WrappedKey,
 };
 
 use super::mailbox::{clients, fetch_log, fetch_small, sign_head};
@@ -22,7 +23,7 @@ use crate::keyfile::Passphrase;
 use crate::keys::{DeviceKeys, VaultKey, wrap_secret};
 use crate::layout::{Layout, Layouts};
 use crate::pairing::{Approver, Joiner, MAX_MESSAGE, PairingCode, Step, WelcomeBody, slot};
-use crate::relay::{RelayClient, RelayEntry, RelaySet, http_client, unix_now};
+use crate::relay::{RelayClient, RelayEntry, RelaySet, http_client};
 
 /// How often a waiting side looks for the other's message.
 const POLL_EVERY: Duration = Duration::from_millis(300);
@@ -62,25 +63,30 @@ pub struct Revoked {
     pub warnings: Vec<String>,
 }
 
+/// The time in milliseconds that orders pairing messages: always the
+/// system clock's, whatever clock the client reads. The two devices
+/// compare each other's (a message counts when posted after the reader
+/// started waiting), and a joining device has no client, so no clock of
+/// its own, yet: a device on a manual clock would otherwise miss messages
+/// from one on the system clock.
 fn millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    Clock::system().now_millis()
 }
 
 /// Posts one pairing message on every relay given: a blob, and a head
 /// whose sequence number is the current time in milliseconds (so a new
-/// attempt always supersedes an old one in the same mailbox).
+/// attempt always supersedes an old one in the same mailbox), stamped
+/// with `clock`'s time.
 async fn post(
     relays: &[RelayClient],
+    clock: &Clock,
     mailbox: &SigningKey,
     step: Step,
     message: Vec<u8>,
     uploader: &SigningKey,
 ) -> Result<()> {
     let id = BlobId::of(&message);
-    let head = sign_head(mailbox, slot(step), millis(), id)?;
+    let head = sign_head(mailbox, slot(step), millis(), id, clock.now())?;
     let message = Bytes::from(message);
     let results = join_all(relays.iter().map(|relay| {
         let message = message.clone();
@@ -189,8 +195,12 @@ impl Client {
         let name = super::device_name(&options.device_name)?;
         crate::relay::check_transport(relay_url, options.transport)?;
         let http = http_client()?;
-        let (entry, _) = super::relays::pin(&http, relay_url, None, false).await?;
-        let relay = vec![RelayClient::new(http.clone(), &entry.url, entry.key)];
+        // The client does not exist yet: joining reads the system clock
+        // (`set_clock` gives the joined client another).
+        let clock = &Clock::system();
+        let (entry, _) = super::relays::pin(&http, clock, relay_url, None, false).await?;
+        let relay =
+            vec![RelayClient::new(http.clone(), &entry.url, entry.key).with_clock(clock.clone())];
 
         let device = DeviceKeys::generate()?;
         let code = PairingCode::generate()?;
@@ -199,7 +209,7 @@ impl Client {
         let deadline = Instant::now() + wait;
         let (joiner, hello) = Joiner::start(code, &device, name.as_str());
         let since = millis();
-        post(&relay, &mailbox, Step::Hello, hello, &uploader).await?;
+        post(&relay, clock, &mailbox, Step::Hello, hello, &uploader).await?;
         show_code(joiner.code());
 
         let (reply, _) = wait_for(
@@ -215,11 +225,11 @@ impl Client {
             Err(err) => {
                 // Tell the approver, so it does not wait for its timeout.
                 let abort = crate::pairing::abort_message();
-                let _ = post(&relay, &mailbox, Step::Confirm, abort, &uploader).await;
+                let _ = post(&relay, clock, &mailbox, Step::Confirm, abort, &uploader).await;
                 return Err(err);
             }
         };
-        post(&relay, &mailbox, Step::Confirm, confirm, &uploader).await?;
+        post(&relay, clock, &mailbox, Step::Confirm, confirm, &uploader).await?;
         let (welcome, _) = wait_for(
             &relay,
             &mailbox.verifying_key(),
@@ -243,9 +253,15 @@ impl Client {
         let (log, layouts) = if body.log.is_empty() {
             // An approver of an earlier release: the relays hold the log in
             // plain entries, in the shared layout.
-            let log = fetch_log(&clients(&http, &set), &body.root, None, body.head, &[])
-                .await
-                .map_err(Error::from)?;
+            let log = fetch_log(
+                &clients(&http, clock, &set),
+                &body.root,
+                None,
+                body.head,
+                &[],
+            )
+            .await
+            .map_err(Error::from)?;
             let layouts = Layouts {
                 per_relay_from: None,
                 shared_through: log.state().vault().map_or(0, |v| v.generation),
@@ -328,7 +344,15 @@ impl Client {
         let (approver, reply) = Approver::on_hello(code, &hello)?;
         let uploader = self.device.upload_key(&mailbox.verifying_key());
         let replied = millis();
-        post(&relays, &mailbox, Step::Reply, reply, &uploader).await?;
+        post(
+            &relays,
+            &self.clock,
+            &mailbox,
+            Step::Reply,
+            reply,
+            &uploader,
+        )
+        .await?;
         let (confirm, _) = wait_for(
             &relays,
             &mailbox.verifying_key(),
@@ -346,7 +370,7 @@ impl Client {
                 device: joiner.device,
                 x25519: joiner.x25519,
                 name: name.clone(),
-                created: Timestamp(unix_now()),
+                created: self.clock.now(),
             },
             &root,
         )
@@ -386,7 +410,15 @@ impl Client {
                 .collect(),
             per_relay_from: self.layouts().per_relay_from,
         })?;
-        post(&relays, &mailbox, Step::Welcome, welcome, &uploader).await?;
+        post(
+            &relays,
+            &self.clock,
+            &mailbox,
+            Step::Welcome,
+            welcome,
+            &uploader,
+        )
+        .await?;
         Ok(Enrolled {
             name: joiner.name,
             device: joiner.device,
@@ -413,7 +445,7 @@ impl Client {
         let revocation = SignedRecord::sign(
             &Revocation {
                 device: target.key,
-                revoked_at: Timestamp(unix_now()),
+                revoked_at: self.clock.now(),
                 reason: RevocationReason::Unspecified,
             },
             &root,

@@ -16,6 +16,7 @@
 use bytes::Bytes;
 use futures_util::future::join_all;
 
+use cairn_api::Clock;
 use cairn_proto::{
     BlobId, HeadRecord, IdentityLogEntry, SignedRecord, SigningKey, Slot, Timestamp, VerifyingKey,
 };
@@ -26,7 +27,7 @@ use crate::fork::Choice;
 use crate::identity::{IdentityLog, MAX_SEALED_LOG, SealedLogError};
 use crate::keys::VaultKey;
 use crate::layout::{Layout, Layouts, Mailbox};
-use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role, unix_now};
+use crate::relay::{Head, HeadWrite, RelayClient, RelaySet, Role};
 
 /// Most identity-log entries fetched in one refresh: a lying relay cannot
 /// keep a client walking forever.
@@ -34,27 +35,29 @@ const MAX_LOG_WALK: usize = 65_536;
 
 /// A legacy head for `slot` of `mailbox`, signed by the mailbox key: only
 /// for a pairing rendezvous, whose mailbox key both sides derive from the
-/// code (PROTOCOL.md §10.5).
+/// code (PROTOCOL.md §10.5). Stamped `now`.
 pub(super) fn sign_head(
     mailbox: &SigningKey,
     slot: Slot,
     seq: u64,
     target: BlobId,
+    now: Timestamp,
 ) -> Result<SignedRecord> {
     let head = HeadRecord {
         mailbox: mailbox.verifying_key(),
         slot,
         seq,
         target,
-        timestamp: Timestamp(unix_now()),
+        timestamp: now,
     };
     SignedRecord::sign(&head, mailbox).map_err(|err| Error::Invalid(format!("head: {err}")))
 }
 
-pub(super) fn clients(http: &reqwest::Client, set: &RelaySet) -> Vec<RelayClient> {
+/// Clients for the relays of `set`, reading the time from `clock`.
+pub(super) fn clients(http: &reqwest::Client, clock: &Clock, set: &RelaySet) -> Vec<RelayClient> {
     set.entries()
         .iter()
-        .map(|r| RelayClient::new(http.clone(), &r.url, r.key))
+        .map(|r| RelayClient::new(http.clone(), &r.url, r.key).with_clock(clock.clone()))
         .collect()
 }
 
@@ -285,10 +288,11 @@ async fn walk_log(
 /// passed through.
 pub(super) async fn find_log_with_root(
     http: &reqwest::Client,
+    clock: &Clock,
     set: &RelaySet,
     root: &SigningKey,
 ) -> Result<(IdentityLog, Layouts)> {
-    let relays = clients(http, set);
+    let relays = clients(http, clock, set);
     let root_key = root.verifying_key();
     let mut log: Option<IdentityLog> = None;
     let mut layouts = Layouts::default();
@@ -371,7 +375,7 @@ pub(super) async fn find_log_with_root(
 
 impl Client {
     pub(super) fn relay_clients(&self) -> Vec<RelayClient> {
-        clients(&self.http, &self.relays)
+        clients(&self.http, &self.clock, &self.relays)
     }
 
     /// What this device knows of each generation's layout.
@@ -413,7 +417,7 @@ impl Client {
         target: BlobId,
     ) -> Result<SignedRecord> {
         self.mailbox_on(vault, relay)
-            .sign_head(&self.device, role, seq, target)
+            .sign_head(&self.device, role, seq, target, self.clock.now())
             .map_err(Error::Invalid)
     }
 
@@ -552,6 +556,7 @@ impl Client {
                 Role::Identity,
                 self.log.state().last_seq(),
                 target,
+                self.clock.now(),
             )
             .map_err(RelayError::Protocol)?;
         put_own_head(relay, &head, "id").await?;

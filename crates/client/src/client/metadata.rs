@@ -298,7 +298,7 @@ impl Client {
         // merely the highest head: a stolen device can name anything in its
         // own snapshot slot, and a forged one would stop the renewal of the
         // operations it claims to cover.
-        let snapshot = snapshot_candidates(listings)
+        let snapshot = snapshot_candidates(listings, self.clock_limit())
             .into_iter()
             .find(|(_, h)| h.seq == state.snapshot())
             .map(|(_, h)| h.target);

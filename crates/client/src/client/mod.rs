@@ -19,6 +19,7 @@ mod sync;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use cairn_api::Clock;
 use cairn_proto::{DeviceName, SigningKey, VerifyingKey};
 
 pub use audit::{AuditReport, DEFAULT_CHUNKS as DEFAULT_AUDIT_CHUNKS, RelayAudit};
@@ -131,6 +132,7 @@ pub struct Client {
     http: reqwest::Client,
     cost: KdfCost,
     transport: Transport,
+    clock: Clock,
 }
 
 impl Client {
@@ -149,7 +151,7 @@ impl Client {
         let phrase = crate::recovery::phrase_for(&root);
         let device = DeviceKeys::generate()?;
         let name = device_name(&options.device_name)?;
-        let log = IdentityLog::genesis(&root, &device, &name)?;
+        let log = IdentityLog::genesis(&root, &device, &name, Clock::system().now())?;
         let client = Self::create(
             home,
             passphrase,
@@ -178,10 +180,13 @@ impl Client {
         let root = crate::recovery::root_from_phrase(phrase)?;
         let name = device_name(&options.device_name)?;
         let http = http_client()?;
-        let (entry, _) = relays::pin(&http, relay_url, None, false).await?;
+        // The client does not exist yet: recovering reads the system clock
+        // (`set_clock` gives the recovered client another).
+        let clock = &Clock::system();
+        let (entry, _) = relays::pin(&http, clock, relay_url, None, false).await?;
         let mut relays = RelaySet::default();
         relays.upsert(entry);
-        let (mut log, layouts) = mailbox::find_log_with_root(&http, &relays, &root).await?;
+        let (mut log, layouts) = mailbox::find_log_with_root(&http, clock, &relays, &root).await?;
         let device = DeviceKeys::generate()?;
         let generation = log
             .state()
@@ -189,7 +194,7 @@ impl Client {
             .map(|v| v.generation)
             .ok_or_else(|| Error::IdentityNotFound("the identity has no vault key".into()))?;
         let vault = VaultKey::derive(&root, generation);
-        let certificate = crate::identity::certify(&root, &device, &name)?;
+        let certificate = crate::identity::certify(&root, &device, &name, clock.now())?;
         log.append(
             &root,
             cairn_proto::LogAction::AddDevice {
@@ -248,6 +253,7 @@ impl Client {
             http: http_client()?,
             cost: options.cost,
             transport: options.transport,
+            clock: Clock::system(),
         };
         client.save_device_key(passphrase)?;
         client.save_root_key(passphrase)?;
@@ -295,6 +301,7 @@ impl Client {
             http,
             cost: KdfCost::DEFAULT,
             transport: Transport::Secure,
+            clock: Clock::system(),
         };
         if upgraded {
             client.save_config()?;
@@ -316,6 +323,35 @@ impl Client {
     /// Whether plain http may reach relays off this machine.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Makes this client read the time from `clock` from now on: token
+    /// expiry, info documents' age, the relay record (how long a relay
+    /// has gone unanswered, which repair waits on), when copies were
+    /// stored and chunks held, and the clocks of its operations. Tests and
+    /// simulations give it a manual clock shared with their relays, so
+    /// days pass without waiting. A client starts with the system clock,
+    /// whether opened, created, recovered or joined (the last two talk to
+    /// relays on the system clock before it exists).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// The clock this client reads the time from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now, in Unix seconds, by this client's clock.
+    pub(super) fn now(&self) -> u64 {
+        self.clock.now().0
+    }
+
+    /// A client for the relay at `url` with key `key`, over this client's
+    /// HTTP connections and reading its clock (transfer redirects are
+    /// followed only to listed peers: see [`Client::contained`]).
+    pub(super) fn relay_client(&self, url: &str, key: VerifyingKey) -> RelayClient {
+        RelayClient::new(self.http.clone(), url, key).with_clock(self.clock.clone())
     }
 
     /// `relay`, following transfer redirects only into the relay set or the

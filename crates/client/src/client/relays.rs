@@ -7,14 +7,13 @@ use futures_util::StreamExt as _;
 use futures_util::future::join_all;
 use serde::Serialize;
 
+use cairn_api::Clock;
 use cairn_proto::{BlobId, RelayInfo, Verified, VerifyingKey};
 
 use super::Client;
 use crate::crdt::Table;
 use crate::error::{Error, Result};
-use crate::relay::{
-    Held, RelayClient, RelayEntry, check_transport, fetch_info, normalize_url, unix_now,
-};
+use crate::relay::{Held, RelayClient, RelayEntry, check_transport, fetch_info, normalize_url};
 use crate::scores::RelayScore;
 
 /// Copies `relay check` asks each relay about: the newest ones, so a large
@@ -165,18 +164,22 @@ fn serialize_opt_key<S: serde::Serializer>(
     }
 }
 
-/// Fetches `url`'s info document and checks it against `existing`'s pin.
+/// Fetches `url`'s info document and checks it against `existing`'s pin;
+/// a new entry is added at `clock`'s now.
 pub(super) async fn pin(
     http: &reqwest::Client,
+    clock: &Clock,
     url: &str,
     existing: Option<&RelayEntry>,
     accept_new_key: bool,
 ) -> Result<(RelayEntry, Verified<RelayInfo>)> {
     let url = normalize_url(url)?;
-    let info = fetch_info(http, &url).await.map_err(|error| Error::Relay {
-        url: url.clone(),
-        error,
-    })?;
+    let info = fetch_info(http, &url, clock)
+        .await
+        .map_err(|error| Error::Relay {
+            url: url.clone(),
+            error,
+        })?;
     let presented = *info.signer();
     if let Some(existing) = existing
         && existing.key != presented
@@ -191,7 +194,7 @@ pub(super) async fn pin(
     let entry = RelayEntry {
         url,
         key: presented,
-        added_at: existing.map_or_else(unix_now, |e| e.added_at),
+        added_at: existing.map_or_else(|| clock.now().0, |e| e.added_at),
     };
     Ok((entry, info))
 }
@@ -207,7 +210,14 @@ impl Client {
         let normalized = normalize_url(url)?;
         check_transport(&normalized, self.transport())?;
         let existing = self.relays.get(&normalized).cloned();
-        let (entry, info) = pin(&self.http, &normalized, existing.as_ref(), accept_new_key).await?;
+        let (entry, info) = pin(
+            &self.http,
+            &self.clock,
+            &normalized,
+            existing.as_ref(),
+            accept_new_key,
+        )
+        .await?;
         if self
             .relays
             .entries()
@@ -225,7 +235,7 @@ impl Client {
         self.relays.replace(entry.clone());
         self.relays.save(&self.home)?;
         let _ = self.refresh_identity().await;
-        let relay = RelayClient::new(self.http.clone(), &entry.url, entry.key);
+        let relay = self.relay_client(&entry.url, entry.key);
         let mut warnings = Vec::new();
         if let Err(err) = self.publish_log_to(&relay, &self.current_vault()?).await {
             warnings.push(format!(
@@ -272,7 +282,7 @@ impl Client {
         // are still checked.
         let state = self.load_sync().ok();
         let table = state.as_ref().map(Self::table_of);
-        let (scores, now) = (self.scores(), unix_now());
+        let (scores, now) = (self.scores(), self.now());
         let scores = &scores;
         Ok(join_all(relays.iter().map(|relay| async move {
             let mut check = check_one(relay).await;

@@ -37,7 +37,7 @@ use crate::crdt::Change;
 use crate::error::{Error, RelayError, Result};
 use crate::failures::Failure;
 use crate::files::{FileEntry, Place};
-use crate::relay::{AuditOutcome, RelayClient};
+use crate::relay::AuditOutcome;
 use crate::text::{count, lasting};
 
 /// What a repair run did.
@@ -233,7 +233,7 @@ impl Client {
         // by hash on the way). The record is read after the audits wrote
         // theirs, so a relay failing for the first time is unanswered for
         // 0 s and one that failed before counts from its first failure.
-        let (scores, now) = (self.scores(), crate::relay::unix_now());
+        let (scores, now) = (self.scores(), self.now());
         let flag = |place: &Place| {
             scores
                 .get(&place.relay)
@@ -337,7 +337,7 @@ impl Client {
         places: Vec<Place>,
     ) -> Vec<Checked> {
         let audits = places.into_iter().map(|at| {
-            let relay = self.contained(RelayClient::new(self.http.clone(), &at.url, at.relay));
+            let relay = self.contained(self.relay_client(&at.url, at.relay));
             async move {
                 let started = std::time::Instant::now();
                 let outcome = tokio::time::timeout(
@@ -367,9 +367,10 @@ impl Client {
             scored.push((at.relay, at.url.clone(), took, score_of(&at.url, &outcome)));
             checked.push(Checked { at, verdict });
         }
+        let now = self.now();
         self.record_scores(|s| {
             for (key, url, took, score) in scored {
-                record(s, &key, &url, took, score);
+                record(s, &key, &url, took, score, now);
             }
         });
         checked
@@ -421,11 +422,7 @@ impl Client {
                 error: e,
             })?,
         )));
-        let relay = self.contained(RelayClient::new(
-            self.http.clone(),
-            &source.url,
-            source.relay,
-        ));
+        let relay = self.contained(self.relay_client(&source.url, source.relay));
         let fetched = relay
             .fetch_each(blob, |chunk| {
                 let file = file.clone();
@@ -449,7 +446,7 @@ impl Client {
         }
         let (candidates, _) = self.candidates(size, size).await;
         // Never repair onto a relay that recently lied.
-        let (scores, now) = (self.scores(), crate::relay::unix_now());
+        let (scores, now) = (self.scores(), self.now());
         let mut stored = Vec::new();
         for (relay, info) in candidates {
             if stored.len() >= count {

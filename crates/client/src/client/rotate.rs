@@ -15,7 +15,7 @@ use super::relays::RelayAdded;
 use crate::crdt::Change;
 use crate::error::{Error, Result};
 use crate::files::{FileEntry, Place};
-use crate::relay::{Deleted, RelayClient, normalize_url};
+use crate::relay::{Deleted, normalize_url};
 
 /// What a rotation did.
 #[derive(Clone, Debug, Serialize)]
@@ -160,7 +160,7 @@ impl Client {
             return Ok(report);
         }
         // Everything is on the new relay: the old one can go.
-        let old_relay = RelayClient::new(self.http.clone(), &old.url, old.key);
+        let old_relay = self.relay_client(&old.url, old.key);
         let key = self.owner_key(&old.key)?;
         for (_, entry) in &files {
             let ours = entry

@@ -17,8 +17,9 @@ mod redirect;
 mod tests;
 
 use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use cairn_api::Clock;
 use cairn_proto::{
     AuthToken, BlobId, Method, Nonce, RelayInfo, SignedRecord, SigningKey, Timestamp, TokenTarget,
     Verified, VerifyingKey,
@@ -71,10 +72,12 @@ pub(crate) fn http_client() -> crate::Result<reqwest::Client> {
         .map_err(|err| crate::Error::Invalid(format!("cannot set up HTTP: {err}")))
 }
 
-/// Fetches and verifies the signed info document at `url`.
+/// Fetches and verifies the signed info document at `url`, refusing one
+/// issued too long before (or after) `clock`'s now.
 pub async fn fetch_info(
     http: &reqwest::Client,
     url: &str,
+    clock: &Clock,
 ) -> Result<Verified<RelayInfo>, RelayError> {
     let response = send(http.get(format!("{url}{}", wire::route::INFO))).await?;
     let document: InfoDocument = json_answer(response, MAX_SMALL_BODY, "info document").await?;
@@ -85,7 +88,7 @@ pub async fn fetch_info(
         .verify::<RelayInfo>()
         .map_err(|err| RelayError::Protocol(format!("info record: {err}")))?;
     // Relays re-sign at least every minute; an old document is a replay.
-    let now = unix_now();
+    let now = clock.now().0;
     let issued = info.issued_at.0;
     if issued + MAX_INFO_AGE.as_secs() < now || issued > now + MAX_INFO_AGE.as_secs() {
         return Err(RelayError::Protocol(format!(
@@ -102,20 +105,31 @@ pub struct RelayClient {
     url: String,
     key: VerifyingKey,
     redirects: RedirectPolicy,
+    clock: Clock,
 }
 
 impl RelayClient {
     /// A client for the relay at `url` whose key is `key`. It follows
     /// transfer redirects to the relay's listed peers only, over https or
     /// loopback; [`RelayClient::with_redirects`] widens that to the user's
-    /// set.
+    /// set. It reads the system clock; [`RelayClient::with_clock`] gives
+    /// it another.
     pub fn new(http: reqwest::Client, url: &str, key: VerifyingKey) -> Self {
         Self {
             http,
             url: url.trim_end_matches('/').to_owned(),
             key,
             redirects: RedirectPolicy::default(),
+            clock: Clock::system(),
         }
+    }
+
+    /// This client, reading the time from `clock`: tokens expire, and info
+    /// documents are judged fresh, by its time.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// This client, following transfer redirects as `policy` allows.
@@ -137,7 +151,7 @@ impl RelayClient {
 
     /// The relay's info document, refused unless signed by the pinned key.
     pub async fn info(&self) -> Result<Verified<RelayInfo>, RelayError> {
-        let info = fetch_info(&self.http, &self.url).await?;
+        let info = fetch_info(&self.http, &self.url, &self.clock).await?;
         if info.signer() != &self.key {
             return Err(RelayError::KeyMismatch {
                 pinned: self.key,
@@ -179,7 +193,7 @@ impl RelayClient {
             audience: self.key,
             method,
             target,
-            expires_at: Timestamp(unix_now() + TOKEN_LIFETIME.as_secs()),
+            expires_at: Timestamp(self.clock.now().0 + TOKEN_LIFETIME.as_secs()),
             nonce: Nonce(nonce),
             stamp: 0,
         };
@@ -201,11 +215,4 @@ impl RelayClient {
             .map_err(|err| RelayError::Protocol(format!("cannot sign a token: {err}")))?;
         Ok(format!("Cairn {}", envelope.to_base64url()))
     }
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -145,7 +145,7 @@ impl Head {
 
 /// Signs the own head of `device` for `role` in `mailbox` with `writer`
 /// (the device's key, or its blinded key there): an owned head, granted
-/// by the mailbox key.
+/// by the mailbox key, stamped `now`.
 ///
 /// # Errors
 ///
@@ -158,6 +158,7 @@ pub fn sign_owned(
     role: Role,
     seq: u64,
     target: BlobId,
+    now: Timestamp,
 ) -> Result<SignedRecord, String> {
     if matches!(role, Role::Ops(ops) if ops != *device) {
         return Err("a device can only write the head of its own operations".into());
@@ -173,7 +174,7 @@ pub fn sign_owned(
         slot,
         seq,
         target,
-        timestamp: Timestamp(super::unix_now()),
+        timestamp: now,
         grant: head_grant(mailbox, &me),
     };
     SignedRecord::sign(&head, writer).map_err(|err| format!("owned head: {err}"))
@@ -189,7 +190,16 @@ mod tests {
         let device = SigningKey::from_seed(&[2; 32]);
         let me = device.verifying_key();
         for role in [Role::Identity, Role::Ops(me), Role::Snapshot] {
-            let record = sign_owned(&mailbox, &me, &device, role, 3, BlobId::of(b"x")).unwrap();
+            let record = sign_owned(
+                &mailbox,
+                &me,
+                &device,
+                role,
+                3,
+                BlobId::of(b"x"),
+                Timestamp(1),
+            )
+            .unwrap();
             let head = Head::from_record(record).unwrap();
             assert_eq!(head.role(), role);
             assert_eq!(head.writer, Some(me));
@@ -202,7 +212,8 @@ mod tests {
                 &device,
                 Role::Ops(other),
                 1,
-                BlobId::of(b"x")
+                BlobId::of(b"x"),
+                Timestamp(1)
             )
             .is_err()
         );

@@ -7,10 +7,10 @@ mod head;
 mod set;
 mod transport;
 
+pub(crate) use api::http_client;
 pub use api::{
     AuditOutcome, Claimed, Deleted, HeadWrite, Held, RedirectPolicy, RelayClient, fetch_info,
 };
-pub(crate) use api::{http_client, unix_now};
 pub use head::{Head, Role, sign_owned};
 pub use set::{RelayEntry, RelaySet, normalize_url};
 pub use transport::{Transport, check_transport};

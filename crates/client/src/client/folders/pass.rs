@@ -22,7 +22,6 @@ use crate::folder::index::{FolderIndex, Known};
 use crate::folder::plan::{Plan, plan, to_compare};
 use crate::folder::scan::{Ignores, MARKER, Meta, Scan, digest_file, scan};
 use crate::progress::Progress;
-use crate::relay::unix_now;
 
 /// What one pass over a folder did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -260,7 +259,7 @@ impl Client {
             index.paths.remove(&path);
         }
 
-        let now = unix_now();
+        let now = self.now();
         index.held_deletes = pass.report.held_deletes;
         index.passed_at = Some(now);
         index.problems = pass.report.problems.clone();

@@ -326,17 +326,17 @@ impl Client {
                 relay.key(),
                 relay.url(),
                 crate::scores::Misbehaviour::BadRedirect,
-                crate::relay::unix_now(),
+                self.now(),
                 err.to_string(),
             ),
             RelayError::WrongBytes(_) => s.misbehaved(
                 relay.key(),
                 relay.url(),
                 crate::scores::Misbehaviour::Corrupt,
-                crate::relay::unix_now(),
+                self.now(),
                 format!("served blob {id} with wrong bytes"),
             ),
-            _ => s.unavailable(relay.key(), relay.url(), crate::relay::unix_now()),
+            _ => s.unavailable(relay.key(), relay.url(), self.now()),
         });
     }
 }

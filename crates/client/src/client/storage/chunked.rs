@@ -220,8 +220,7 @@ impl Client {
             .collect();
         for (manifest, places) in unread {
             for place in places {
-                let relay =
-                    self.contained(RelayClient::new(self.http.clone(), &place.url, place.relay));
+                let relay = self.contained(self.relay_client(&place.url, place.relay));
                 let Ok(sealed) = relay.fetch_bytes(&manifest, MAX_SEALED_MANIFEST).await else {
                     continue;
                 };

@@ -20,7 +20,7 @@ use crate::error::{Error, RelayError, Result, io_at};
 use crate::failures::{Failure, Failures};
 use crate::files::{FileEntry, Place};
 use crate::progress::Progress;
-use crate::relay::{RelayClient, unix_now};
+use crate::relay::RelayClient;
 use crate::scores::Misbehaviour;
 use crate::seal;
 
@@ -167,7 +167,7 @@ impl Client {
                 .chunks
                 .iter()
                 .flat_map(|chunk| Self::table_of(state).places_of(entry, chunk))
-                .map(|p| self.contained(RelayClient::new(self.http.clone(), &p.url, p.relay)));
+                .map(|p| self.contained(self.relay_client(&p.url, p.relay)));
             for relay in self.blob_clients().into_iter().chain(recorded) {
                 if !chunk_relays.iter().any(|r| r.key() == relay.key()) {
                     chunk_relays.push(relay);
@@ -475,11 +475,7 @@ impl Client {
         let mut relays = self.blob_clients();
         for place in peers {
             if !relays.iter().any(|r| r.key() == &place.relay) {
-                relays.push(self.contained(RelayClient::new(
-                    self.http.clone(),
-                    &place.url,
-                    place.relay,
-                )));
+                relays.push(self.contained(self.relay_client(&place.url, place.relay)));
             }
         }
         let probes = join_all(relays.iter().map(|relay| async move {
@@ -561,9 +557,7 @@ impl Client {
         for place in table.places(entry) {
             let relay = match set.iter().find(|r| *r.key() == place.relay) {
                 Some(relay) => relay.clone(),
-                None => {
-                    self.contained(RelayClient::new(self.http.clone(), &place.url, place.relay))
-                }
+                None => self.contained(self.relay_client(&place.url, place.relay)),
             };
             match relay.fetch_bytes(&entry.blob, max).await {
                 Ok(sealed) => {
@@ -605,7 +599,7 @@ impl Client {
                 relay.key(),
                 relay.url(),
                 Misbehaviour::BadRedirect,
-                unix_now(),
+                self.now(),
                 err.to_string(),
             );
         });

@@ -24,7 +24,7 @@ use crate::error::{Error, RelayError, Result, io_at};
 use crate::failures::{Failure, Failures};
 use crate::files::{Copy, FileEntry, check_name};
 use crate::progress::Progress;
-use crate::relay::{RelayClient, unix_now};
+use crate::relay::RelayClient;
 use crate::scores::Misbehaviour;
 use crate::text::count;
 
@@ -301,7 +301,7 @@ impl Client {
             size: stored.size,
             sealed_size: stored.sealed_size,
             generation,
-            stored_at: unix_now(),
+            stored_at: self.now(),
             copies: stored
                 .holders
                 .iter()
@@ -566,7 +566,7 @@ impl Client {
         .await;
         let mut problems = Failures::new();
         let mut usable = Vec::new();
-        let (scores, now) = (self.scores(), unix_now());
+        let (scores, now) = (self.scores(), self.now());
         let offer = |relay: &RelayClient, info: &Verified<RelayInfo>| Offer {
             capacity_free: info.capacity_free,
             max_blob_size: info.max_blob_size,
@@ -679,7 +679,7 @@ impl Client {
                     relay.key(),
                     relay.url(),
                     Misbehaviour::LyingInfo,
-                    unix_now(),
+                    self.now(),
                     format!(
                         "refused {} as full while its signed info document claims {} free",
                         count(size, "byte", "bytes"),

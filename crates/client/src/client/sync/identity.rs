@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use cairn_proto::{BlobId, VerifyingKey};
 
 use super::state::SyncState;
-use super::{Listing, Offline, finding, unknown_writer};
+use super::{Listing, Offline};
 use crate::client::Client;
 use crate::client::mailbox::{FetchLogError, starting_with};
 use crate::crdt::{Change, clock_millis};
@@ -72,11 +72,11 @@ impl Client {
                 if let Some(writer) = head.writer
                     && !self.ever_enrolled(&writer)
                 {
-                    state.note(unknown_writer(relays[index].url(), &writer));
+                    state.note(self.unknown_writer(relays[index].url(), &writer));
                     continue;
                 }
                 if let Some(detail) = self.implausible(state, head) {
-                    state.note(finding(
+                    state.note(self.finding(
                         "implausible_head",
                         Some(relays[index].url()),
                         head.writer.map(|w| w.to_string()),
@@ -129,7 +129,7 @@ impl Client {
             }
             Err(FetchLogError::Invalid(why)) => {
                 state.refuse_target(target);
-                state.note(finding(
+                state.note(self.finding(
                     "implausible_head",
                     relay,
                     None,
@@ -142,7 +142,7 @@ impl Client {
             && fetched.state().last_seq() != seq
         {
             state.refuse_target(target);
-            state.note(finding(
+            state.note(self.finding(
                 "implausible_head",
                 relay,
                 None,
@@ -175,7 +175,7 @@ impl Client {
                      every device"
                 };
                 for loser in &losers {
-                    state.note(finding(
+                    state.note(self.finding(
                         "forked_identity",
                         relay,
                         Some(loser.to_string()),

@@ -33,7 +33,7 @@ use super::Client;
 use crate::error::{Error, Result};
 use crate::failures::Failures;
 use crate::layout::{Layout, Mailbox};
-use crate::relay::{Deleted, Head, RelayClient, Role, unix_now};
+use crate::relay::{Deleted, Head, RelayClient, Role};
 
 /// Operations between two snapshots written by one device.
 const SNAPSHOT_EVERY: u64 = 500;
@@ -53,14 +53,6 @@ const MAX_FINDINGS: usize = 100;
 /// last-writer-wins merge for ever (PROTOCOL.md §10.6, "Bounded clocks").
 pub(super) const MAX_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 
-/// The highest hybrid-logical clock this device accepts now.
-pub(super) fn clock_limit() -> u64 {
-    millis_now()
-        .saturating_add(MAX_CLOCK_SKEW_MS)
-        .saturating_mul(1 << 16)
-        .saturating_add(0xffff)
-}
-
 /// How long a synced folder keeps a replaced or deleted file: 30 days, or
 /// `CAIRN_VERSION_WINDOW_SECS`.
 pub(super) fn version_window_secs() -> u64 {
@@ -70,11 +62,46 @@ pub(super) fn version_window_secs() -> u64 {
         .unwrap_or(30 * 86_400)
 }
 
-fn millis_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+impl Client {
+    /// The highest hybrid-logical clock this device accepts now.
+    pub(super) fn clock_limit(&self) -> u64 {
+        self.clock
+            .now_millis()
+            .saturating_add(MAX_CLOCK_SKEW_MS)
+            .saturating_mul(1 << 16)
+            .saturating_add(0xffff)
+    }
+
+    /// A finding of `kind`, noted now.
+    fn finding(
+        &self,
+        kind: &str,
+        relay: Option<&str>,
+        device: Option<String>,
+        detail: String,
+    ) -> Finding {
+        Finding {
+            kind: kind.to_owned(),
+            relay: relay.map(str::to_owned),
+            device,
+            detail,
+            at: self.now(),
+        }
+    }
+
+    /// An owned head by a key the identity never enrolled: someone holding
+    /// the mailbox key (a device, stolen or not) granted it a slot.
+    fn unknown_writer(&self, relay: &str, writer: &VerifyingKey) -> Finding {
+        self.finding(
+            "unknown_writer",
+            Some(relay),
+            Some(writer.to_string()),
+            "a key this identity never enrolled keeps a head in the mailbox: a device holding \
+             the mailbox key (a stolen one?) granted it a slot; its operations and snapshots \
+             are ignored"
+                .into(),
+        )
+    }
 }
 
 /// What went wrong with a relay or a device, as a sync reports it.
@@ -233,7 +260,7 @@ impl Client {
         let report = self.sync_with(&mut state).await;
         // A sync that changed nothing leaves the state file alone: rewriting
         // a large table is what a no-change sync would otherwise cost.
-        let stale = report.is_ok() && note_answered(&mut state);
+        let stale = report.is_ok() && note_answered(&mut state, self.now());
         if state.fingerprint() != before || stale {
             self.save_sync(&state)?;
         }
@@ -259,7 +286,7 @@ impl Client {
                 match answer {
                     Ok((heads, bad)) => {
                         if bad > 0 {
-                            state.note(finding(
+                            state.note(self.finding(
                                 "bad_head",
                                 Some(relay.url()),
                                 None,
@@ -308,7 +335,7 @@ impl Client {
         let mut snapshot_applied = false;
         // The newest snapshot that opens, not merely the highest head: a
         // stolen device can name anything in its own snapshot slot.
-        for (index, head) in snapshot_candidates(&listings) {
+        for (index, head) in snapshot_candidates(&listings, self.clock_limit()) {
             if head.seq <= state.snapshot {
                 break;
             }
@@ -328,7 +355,7 @@ impl Client {
                     if !matches!(err, Error::Unavailable { .. }) {
                         state.refuse_target(head.target);
                     }
-                    state.note(finding(
+                    state.note(self.finding(
                         "bad_operation",
                         None,
                         Some(head.target.to_string()),
@@ -357,7 +384,10 @@ impl Client {
 
         // Folder files replaced longer ago than the version window are let
         // go of (by the garbage collection below, like a removed file).
-        let cutoff = millis_now().saturating_sub(version_window_secs().saturating_mul(1000));
+        let cutoff = self
+            .clock
+            .now_millis()
+            .saturating_sub(version_window_secs().saturating_mul(1000));
         state.table.prune_versions(cutoff << 16);
         let (claimed, claims_pending) = self.claim_copies(state, &relays).await;
         self.release_old_claims(state, &relays).await;
@@ -538,7 +568,7 @@ impl Client {
         let mut state = self.load_sync()?;
         let before = state.fingerprint();
         self.sync_with(&mut state).await?;
-        let stale = note_answered(&mut state);
+        let stale = note_answered(&mut state, self.now());
         if state.fingerprint() != before || stale {
             self.save_sync(&state)?;
         }
@@ -559,12 +589,11 @@ impl Client {
     }
 }
 
-/// Notes that a relay answered a sync just now; true when the time saved
+/// Notes that a relay answered a sync `now`; true when the time saved
 /// is over an hour old, so that the state is saved for it. Saved with what
 /// changed, or once an hour: enough to say how old the table is when no
 /// relay answers, without a write per command.
-fn note_answered(state: &mut SyncState) -> bool {
-    let now = crate::relay::unix_now();
+fn note_answered(state: &mut SyncState, now: u64) -> bool {
     let stale = now.saturating_sub(state.synced_at) >= 3600;
     state.synced_at = now;
     stale
@@ -577,30 +606,6 @@ pub(super) fn relay_error(relay: &RelayClient, error: crate::error::RelayError) 
     }
 }
 
-fn finding(kind: &str, relay: Option<&str>, device: Option<String>, detail: String) -> Finding {
-    Finding {
-        kind: kind.to_owned(),
-        relay: relay.map(str::to_owned),
-        device,
-        detail,
-        at: unix_now(),
-    }
-}
-
-/// An owned head by a key the identity never enrolled: someone holding the
-/// mailbox key (a device, stolen or not) granted it a slot.
-fn unknown_writer(relay: &str, writer: &VerifyingKey) -> Finding {
-    finding(
-        "unknown_writer",
-        Some(relay),
-        Some(writer.to_string()),
-        "a key this identity never enrolled keeps a head in the mailbox: a device holding \
-         the mailbox key (a stolen one?) granted it a slot; its operations and snapshots are \
-         ignored"
-            .into(),
-    )
-}
-
 fn reports_all_down(reports: &[RelaySync]) -> bool {
     !reports.is_empty() && reports.iter().all(|r| !r.reachable)
 }
@@ -608,8 +613,8 @@ fn reports_all_down(reports: &[RelaySync]) -> bool {
 /// Every snapshot head any relay lists whose clock is plausible, newest
 /// first (a writer's claim, tried in turn until one opens).
 /// (Each with the index of a relay that listed it.)
-pub(super) fn snapshot_candidates(listings: &[Option<Listing>]) -> Vec<(usize, &Head)> {
-    let limit = clock_limit();
+/// `limit` is the highest clock accepted ([`Client::clock_limit`]).
+pub(super) fn snapshot_candidates(listings: &[Option<Listing>], limit: u64) -> Vec<(usize, &Head)> {
     let mut heads: Vec<(usize, &Head)> = listings
         .iter()
         .enumerate()
@@ -631,12 +636,22 @@ mod tests {
     #[test]
     fn an_answer_is_noted_and_saved_hourly() {
         let mut state = SyncState::default();
-        assert!(note_answered(&mut state), "never noted: save");
-        let first = state.synced_at;
-        assert!(first > 0);
-        assert!(!note_answered(&mut state), "noted just now: no save");
-        state.synced_at -= 3600;
-        assert!(note_answered(&mut state), "an hour old: save");
-        assert!(state.synced_at >= first);
+        let first = 1_700_000_000;
+        assert!(note_answered(&mut state, first), "never noted: save");
+        assert_eq!(state.synced_at, first);
+        assert!(
+            !note_answered(&mut state, first + 10),
+            "noted just now: no save"
+        );
+        assert_eq!(state.synced_at, first + 10);
+        assert!(
+            !note_answered(&mut state, first + 3609),
+            "noted 59 min ago: no save"
+        );
+        assert!(
+            note_answered(&mut state, first + 3609 + 3600),
+            "an hour old: save"
+        );
+        assert_eq!(state.synced_at, first + 7209);
     }
 }

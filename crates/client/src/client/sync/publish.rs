@@ -8,8 +8,8 @@ use futures_util::future::join_all;
 
 use cairn_proto::{BlobId, Operation, SignedRecord, VerifyingKey};
 
+use super::relay_error;
 use super::state::SyncState;
-use super::{millis_now, relay_error};
 use crate::client::Client;
 use crate::client::chains::Link;
 use crate::client::mailbox::put_own_head;
@@ -192,7 +192,7 @@ impl Client {
         let mut clock = state.clock;
         let mut last = previous;
         for change in changes {
-            clock = next_clock(clock, millis_now());
+            clock = next_clock(clock, self.clock.now_millis());
             let op = Operation {
                 device: me,
                 seq: last.map_or(1, |p| p.seq + 1),
@@ -247,7 +247,13 @@ impl Client {
                         .map_err(|source| relay_error(relay, source))?;
                 }
                 let head = mailbox
-                    .sign_head(&self.device, Role::Ops(me), position.seq, position.op)
+                    .sign_head(
+                        &self.device,
+                        Role::Ops(me),
+                        position.seq,
+                        position.op,
+                        self.clock.now(),
+                    )
                     .map_err(Error::Invalid)?;
                 // A relay already holding this very head (a retry after a
                 // lost answer, or one relay listed under two URLs) stored it.

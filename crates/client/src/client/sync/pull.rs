@@ -9,16 +9,13 @@ use futures_util::future::join_all;
 use cairn_proto::{BlobId, Operation, SignedRecord, Verified, VerifyingKey};
 
 use super::state::SyncState;
-use super::{
-    HEADS_IN_FLIGHT, Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, RelaySync, clock_limit,
-    finding, millis_now, unknown_writer,
-};
+use super::{HEADS_IN_FLIGHT, Listing, MAX_OP_BLOB, MAX_SNAPSHOT_BLOB, MAX_WALK, RelaySync};
 use crate::client::Client;
 use crate::client::chains::{ChainReader, Keep, Link, copy_bound};
 use crate::crdt::{Change, Position, Snapshot, clock_millis};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::relay::{Head, RelayClient, Role, unix_now};
+use crate::relay::{Head, RelayClient, Role};
 use crate::seal;
 
 pub(super) enum WalkError {
@@ -56,7 +53,7 @@ impl Client {
                     relay.key(),
                     relay.url(),
                     crate::scores::Misbehaviour::Corrupt,
-                    unix_now(),
+                    self.now(),
                     format!("served blob {id} with wrong bytes"),
                 );
             });
@@ -89,7 +86,7 @@ impl Client {
                 "a device's snapshot head names another device's operation".into(),
             ));
         }
-        if op.clock > clock_limit() || head.seq != op.clock {
+        if op.clock > self.clock_limit() || head.seq != op.clock {
             return Err(Error::Invalid(format!(
                 "its clock {} is not the head's {} or is too far ahead of this device's",
                 op.clock, head.seq
@@ -169,7 +166,7 @@ impl Client {
         // Each entry carries its author and clock: one by a device the log
         // does not allow, or from the future, is dropped as a device's own
         // operation would be.
-        let limit = clock_limit();
+        let limit = self.clock_limit();
         snapshot
             .table
             .retain(|device, clock| clock <= limit && self.may_write(device, clock));
@@ -228,7 +225,7 @@ impl Client {
             for head in &listing.heads {
                 if let Role::Ops(device) = head.role() {
                     if head.is_owned() && !self.ever_enrolled(&device) {
-                        state.note(unknown_writer(relays[index].url(), &device));
+                        state.note(self.unknown_writer(relays[index].url(), &device));
                         continue;
                     }
                     let into = if head.is_owned() {
@@ -297,7 +294,7 @@ impl Client {
                 }
             }
             if let Some((seq, _)) = by_seq.iter().find(|(_, ops)| ops.len() > 1) {
-                state.note(finding(
+                state.note(self.finding(
                     "equivocation",
                     None,
                     blamed.clone(),
@@ -311,7 +308,7 @@ impl Client {
             if let Some(known) = known
                 && let Some(different) = by_seq.get(&known.seq).filter(|t| !t.contains(&known.op))
             {
-                state.note(finding(
+                state.note(self.finding(
                     "equivocation",
                     None,
                     blamed.clone(),
@@ -354,13 +351,13 @@ impl Client {
             match result {
                 Ok((ops, index, link)) => {
                     state.set_link(relays[index].key(), device, link);
-                    let limit = clock_limit();
+                    let limit = self.clock_limit();
                     for (position, op) in ops {
                         if op.clock > limit {
                             // Held, not merged: the position stays before
                             // it, so a later sync takes it up once its time
                             // has come.
-                            state.note(finding(
+                            state.note(self.finding(
                                 "future_clock",
                                 None,
                                 Some(device.to_string()),
@@ -368,13 +365,13 @@ impl Client {
                                     "operation {} is stamped {} ms ahead of this device's \
                                      clock; held until then",
                                     position.seq,
-                                    clock_millis(op.clock).saturating_sub(millis_now())
+                                    clock_millis(op.clock).saturating_sub(self.clock.now_millis())
                                 ),
                             ));
                             break;
                         }
                         if !self.may_write(device, op.clock) {
-                            state.note(finding(
+                            state.note(self.finding(
                                 "ignored_device",
                                 None,
                                 Some(device.to_string()),
@@ -391,7 +388,7 @@ impl Client {
                                 }
                                 state.table.apply(*device, op.clock, &change);
                             }
-                            Err(err) => state.note(finding(
+                            Err(err) => state.note(self.finding(
                                 "bad_operation",
                                 None,
                                 Some(device.to_string()),
@@ -405,7 +402,7 @@ impl Client {
                     }
                 }
                 Err(WalkError::Equivocation(detail)) => {
-                    state.note(finding(
+                    state.note(self.finding(
                         "equivocation",
                         None,
                         Some(device.to_string()),
@@ -413,7 +410,7 @@ impl Client {
                     ));
                 }
                 Err(WalkError::Other(err)) => {
-                    state.note(finding(
+                    state.note(self.finding(
                         "bad_operation",
                         None,
                         Some(device.to_string()),
@@ -449,7 +446,7 @@ impl Client {
                 }
                 let relay = &relays[index];
                 if let Some(seq) = theirs.map(|h| h.seq) {
-                    state.note(finding(
+                    state.note(self.finding(
                         "stale_head",
                         Some(relay.url()),
                         Some(device.to_string()),
@@ -464,7 +461,7 @@ impl Client {
                                 relay.key(),
                                 relay.url(),
                                 crate::scores::Misbehaviour::StaleHead,
-                                unix_now(),
+                                self.now(),
                                 format!(
                                     "served this device's head at position {seq} after \
                                      acknowledging {acked}"

@@ -8,7 +8,7 @@ use futures_util::StreamExt as _;
 use cairn_proto::{BlobId, ErrorCode, VerifyingKey};
 
 use super::state::{Releasing, SyncState};
-use super::{CLAIMS_IN_FLIGHT, CLAIMS_PER_RELAY_PER_SYNC, finding};
+use super::{CLAIMS_IN_FLIGHT, CLAIMS_PER_RELAY_PER_SYNC};
 use crate::client::Client;
 use crate::layout::{Layout, Mailbox};
 use crate::relay::{Claimed, Deleted, RelayClient};
@@ -52,7 +52,7 @@ impl Client {
                 .chunks
                 .extend(entry.chunks.iter().map(ToString::to_string));
         }
-        let (now, hold) = (crate::relay::unix_now(), chunk_hold());
+        let (now, hold) = (self.now(), chunk_hold());
         let mut done = Vec::new();
         for (id, holders) in std::mem::take(&mut state.owned) {
             let here = listed.get(&id);
@@ -213,7 +213,7 @@ impl Client {
             }
         }
         for (url, (count, first)) in refused {
-            state.note(finding(
+            state.note(self.finding(
                 "claim_refused",
                 Some(url),
                 None,

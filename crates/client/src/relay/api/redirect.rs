@@ -126,11 +126,13 @@ impl RelayClient {
                 ))
             })?;
         self.allow_redirect(id, &base, &claimed).await?;
-        let info = fetch_info(&self.http, &base).await.map_err(|err| {
-            RelayError::Redirect(format!(
-                "transferred to {base}, which cannot be checked: {err}"
-            ))
-        })?;
+        let info = fetch_info(&self.http, &base, &self.clock)
+            .await
+            .map_err(|err| {
+                RelayError::Redirect(format!(
+                    "transferred to {base}, which cannot be checked: {err}"
+                ))
+            })?;
         if info.signer() != &claimed {
             return Err(RelayError::Redirect(format!(
                 "transferred to {base} with key {claimed}, but that relay presents {}; not \
@@ -139,7 +141,8 @@ impl RelayClient {
             )));
         }
         Ok(RelayClient::new(self.http.clone(), &base, claimed)
-            .with_redirects(self.redirects.clone()))
+            .with_redirects(self.redirects.clone())
+            .with_clock(self.clock.clone()))
     }
 
     /// Refuses a redirect to (`base`, `claimed`) unless the policy allows

@@ -71,7 +71,7 @@ async fn info(State(fake): State<Fake>) -> Response {
     let info = RelayInfo {
         relay: fake.key.verifying_key(),
         software: SoftwareVersion::new("fake 0").unwrap(),
-        issued_at: Timestamp(unix_now()),
+        issued_at: Clock::system().now(),
         capacity_total: 1 << 30,
         capacity_used: 0,
         capacity_free: 1 << 30,
@@ -446,4 +446,37 @@ fn batches_keep_to_the_relays_limits() {
             .all(|g| g.iter().map(|(_, b)| b.len()).sum::<usize>() < 4 << 20)
     );
     assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), 10);
+}
+
+/// Info documents are judged fresh by the client's clock, and a relay
+/// reached through a transfer redirect is judged by the same one: a fake
+/// relay signs with the system's time, which a clock two days ahead
+/// refuses as a replay.
+#[tokio::test]
+async fn info_documents_are_judged_by_the_clients_clock() {
+    let id = BlobId::of(DATA);
+    let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+    let now = Clock::system().now().0;
+    let on_time = client(&peer_url, &peer_key).with_clock(Clock::manual(now));
+    assert!(on_time.info().await.is_ok());
+    let ahead = Clock::manual(now + 2 * 86_400);
+    let late = client(&peer_url, &peer_key).with_clock(ahead.clone());
+    let err = late.info().await.unwrap_err();
+    assert!(err.to_string().contains("a clock far off"), "{err}");
+
+    let (url, key, _) = fake_peered(
+        2,
+        Blobs::Redirect(
+            format!("{peer_url}/v1/blobs/{id}"),
+            Some(peer_key.verifying_key().to_string()),
+        ),
+        &[(&peer_url, peer_key.verifying_key())],
+    )
+    .await;
+    let err = client(&url, &key)
+        .with_clock(ahead)
+        .probe(&id)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("a clock far off"), "{err}");
 }
