@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -p cairn-sim
 for scenario in scenarios/*.toml; do
     name=$(basename "$scenario" .toml)
-    case "$name" in scale-*) continue ;; esac
+    case "$name" in scale-*|validate) continue ;; esac
     echo "### $name"
     "${CARGO_TARGET_DIR:-target}/release/cairn-sim" "$scenario" --out "docs/durability/$name"
 done

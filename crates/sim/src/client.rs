@@ -21,16 +21,13 @@ use cairn_policy::repair::{self, Audited, Decision, Found, Unanswered};
 
 use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
-use crate::scenario::Clients;
+use crate::scenario::{Clients, MAX_SET};
 use crate::time::{DAY, MIB};
 use crate::trace::{Event, Happened};
 
 /// How long a relay caught misbehaving stays flagged on a device: the
 /// client's `scores::FLAG_SECS`.
 const FLAG_SECS: u64 = 30 * DAY;
-
-/// The most relays a set may have (the scenario checks it).
-pub(crate) const MAX_SET: usize = 16;
 
 /// A moment, in seconds from the start, as a device stores it; the
 /// scenario's length is checked to fit.

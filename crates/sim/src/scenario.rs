@@ -6,7 +6,9 @@ use std::path::Path;
 
 use cairn_policy::repair::Unanswered;
 
-use crate::client::MAX_SET;
+/// The most relays a set may have: a device keeps its set and copies in
+/// arrays of this size.
+pub(crate) const MAX_SET: usize = 16;
 
 /// The longest run: devices keep times as seconds in 32 bits.
 const MAX_DAYS: u32 = 40_000;
