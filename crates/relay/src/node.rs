@@ -36,7 +36,8 @@ impl Node {
     /// refusals list them: where a refused client can go instead.
     pub(crate) fn peers_with_room(&self) -> Vec<PeerWithRoom> {
         self.federation
-            .peers_with_room(1)
+            // Any room will do for a client sent elsewhere.
+            .peers_with_room(1, 1000)
             .iter()
             .map(|p| PeerWithRoom {
                 url: p.relay.url.as_str().to_owned(),

@@ -157,6 +157,7 @@ pub(crate) struct Outcome {
     pub(crate) lost: u64,
     pub(crate) repaired: u64,
     pub(crate) sessions: u64,
+    pub(crate) refused_puts: u64,
     /// What each session did, when the run is traced.
     pub(crate) events: Vec<Event>,
 }
@@ -168,6 +169,7 @@ impl Outcome {
         self.lost += other.lost;
         self.repaired += other.repaired;
         self.sessions += other.sessions;
+        self.refused_puts += other.refused_puts;
         self.events.extend(other.events);
     }
 
@@ -332,6 +334,7 @@ impl Client {
         let wanted = copies_wanted(habits.copies, self.set.len());
         let mut targets = self.candidates(relays, habits.bytes, t);
         if targets.len() < wanted {
+            out.refused_puts += 1;
             return Vec::new();
         }
         targets.truncate(wanted);

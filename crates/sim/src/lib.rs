@@ -23,6 +23,7 @@
 
 pub mod chart;
 mod client;
+mod federation;
 mod relay;
 pub mod rng;
 pub mod run;

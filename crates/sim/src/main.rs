@@ -151,6 +151,13 @@ fn swept(sweep: &Sweep, threads: usize) -> Vec<(&'static str, String)> {
         ));
         reports.push(report);
     }
+    let relays_matter = sweep
+        .runs
+        .iter()
+        .any(|(_, s)| s.federation.peers > 0 || s.relays.small_share > 0.0);
+    if relays_matter {
+        relay_table(sweep, &reports);
+    }
     let xs: Vec<String> = sweep.runs.iter().map(|(v, _)| v.clone()).collect();
     let svg = chart::draw(
         &format!("Sweep of {}", sweep.field),
@@ -186,6 +193,28 @@ fn swept(sweep: &Sweep, threads: usize) -> Vec<(&'static str, String)> {
         ],
     );
     vec![("sweep.csv", csv), ("sweep.svg", svg)]
+}
+
+/// How the relays fared in each run of a sweep, at the end: a second
+/// table, for sweeps of capacities and transfers.
+fn relay_table(sweep: &Sweep, reports: &[Report]) {
+    println!();
+    println!(
+        "| {} | puts refused | GiB transferred | hours stuck over high water | utilization median / 90th / fullest (‰) | mean, relays taking transfers (‰) | mean, free riders (‰) |",
+        sweep.field
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for ((value, _), report) in sweep.runs.iter().zip(reports) {
+        let last = report.last();
+        let [p50, p90, max] = last.utilization;
+        let [contributors, free_riders] = last.by_class;
+        println!(
+            "| {value} | {} | {} | {} | {p50} / {p90} / {max} | {contributors} | {free_riders} |",
+            last.refused_puts,
+            last.transferred >> 30,
+            last.stuck_hours,
+        );
+    }
 }
 
 /// The annual loss per file as the tables show it: the rate, or when

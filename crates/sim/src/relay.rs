@@ -26,6 +26,8 @@ pub(crate) struct Relay {
     pub(crate) gone_at: u64,
     /// Whether it acknowledges copies and then keeps none of them.
     pub(crate) dropper: bool,
+    /// Whether it transfers out but takes nothing in.
+    pub(crate) free_rider: bool,
     /// (start, end) of each outage, in order.
     outages: Vec<(u64, u64)>,
 }
@@ -183,14 +185,21 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
             if rng.unit() < a.vanish_together {
                 gone_at = gone_at.min(u64::from(a.vanish_together_day) * DAY);
             }
+            let capacity_gib = if rng.unit() < r.small_share {
+                r.small_capacity_gib
+            } else {
+                r.capacity_gib
+            };
+            let free_rider = rng.unit() < scenario.federation.free_riders;
             let retention_days =
                 u64::from(r.retention_days) + i as u64 * u64::from(r.retention_step_days);
             Relay {
                 retention: retention_days * DAY,
-                capacity: r.capacity_gib.saturating_mul(GIB),
+                capacity: capacity_gib.saturating_mul(GIB),
                 used: 0,
                 gone_at,
                 dropper,
+                free_rider,
                 outages,
             }
         })

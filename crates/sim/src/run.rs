@@ -7,7 +7,8 @@
 //! any number of threads and the result is the same, byte for byte.
 
 use crate::client::{Client, Habits, Outcome};
-use crate::relay::{Quiet, View, make_relays};
+use crate::federation::Federation;
+use crate::relay::{Quiet, Relay, View, make_relays};
 use crate::rng::Rng;
 use crate::scenario::Scenario;
 use crate::time::{DAY, HOUR, YEAR};
@@ -28,6 +29,21 @@ pub struct Day {
     pub relays_gone: u64,
     /// Sessions so far.
     pub sessions: u64,
+    /// Puts refused so far (too few relays of the set up with room; the
+    /// device tries again at its next session).
+    pub refused_puts: u64,
+    /// Bytes relays transferred to peers so far.
+    pub transferred: u64,
+    /// Hours a relay spent over its high-water mark with no peer to take
+    /// anything, so far.
+    pub stuck_hours: u64,
+    /// Utilization of the relays still there, in thousandths of their
+    /// capacity, at the end of the day: the median, the 90th percentile
+    /// and the fullest.
+    pub utilization: [u16; 3],
+    /// Mean utilization (thousandths) of relays that take transfers in,
+    /// and of free riders.
+    pub by_class: [u16; 2],
 }
 
 /// What a run found.
@@ -70,11 +86,24 @@ impl Report {
     /// The rows as CSV, with a header.
     #[must_use]
     pub fn csv(&self) -> String {
-        let mut out = String::from("day,files,lost,repaired,relays_gone,sessions\n");
+        let mut out = String::from(
+            "day,files,lost,repaired,relays_gone,sessions,refused_puts,transferred_bytes,\
+             stuck_hours,utilization_p50,utilization_p90,utilization_max,contributors,free_riders\n",
+        );
         for d in &self.days {
+            let [p50, p90, max] = d.utilization;
+            let [contributors, free_riders] = d.by_class;
             out.push_str(&format!(
-                "{},{},{},{},{},{}\n",
-                d.day, d.files, d.lost, d.repaired, d.relays_gone, d.sessions
+                "{},{},{},{},{},{},{},{},{},{p50},{p90},{max},{contributors},{free_riders}\n",
+                d.day,
+                d.files,
+                d.lost,
+                d.repaired,
+                d.relays_gone,
+                d.sessions,
+                d.refused_puts,
+                d.transferred,
+                d.stuck_hours
             ));
         }
         out
@@ -212,6 +241,7 @@ fn run(scenario: &Scenario, engine: Engine, trace: bool) -> (Report, Option<Trac
     let mut days = Vec::with_capacity(scenario.days as usize);
     let mut quiet = Quiet::new(&relays);
     let mut events = Vec::new();
+    let mut federation = Federation::new(scenario);
     for hour in 0..hours {
         let from = hour as u64 * HOUR;
         let view = quiet.hour(&relays, from, from + HOUR);
@@ -224,11 +254,18 @@ fn run(scenario: &Scenario, engine: Engine, trace: bool) -> (Report, Option<Trac
         totals.lost += outcome.lost;
         totals.repaired += outcome.repaired;
         totals.sessions += outcome.sessions;
+        totals.refused_puts += outcome.refused_puts;
         events.extend(outcome.events);
+        if let Some(federation) = &mut federation {
+            let relieved = federation.relieve(&mut relays, from + HOUR, habits.bytes);
+            totals.transferred += relieved.bytes;
+            totals.stuck_hours += relieved.stuck;
+        }
         let end = (hour as u64 + 1) * HOUR;
         if end.is_multiple_of(DAY) {
             totals.day = u32::try_from(end / DAY).unwrap_or(u32::MAX);
             totals.relays_gone = relays.iter().filter(|r| r.gone_at <= end).count() as u64;
+            (totals.utilization, totals.by_class) = utilization(&relays, end);
             days.push(totals);
         }
     }
@@ -269,6 +306,35 @@ fn run(scenario: &Scenario, engine: Engine, trace: bool) -> (Report, Option<Trac
         }
     });
     (report, trace)
+}
+
+/// The utilization of the relays still there at `t`, in thousandths:
+/// median, 90th percentile and fullest; and the mean of those that take
+/// transfers in and of free riders.
+fn utilization(relays: &[Relay], t: u64) -> ([u16; 3], [u16; 2]) {
+    let permille = |r: &Relay| {
+        u16::try_from(r.used.saturating_mul(1000) / r.capacity.max(1)).unwrap_or(u16::MAX)
+    };
+    let mut all: Vec<u16> = relays
+        .iter()
+        .filter(|r| r.gone_at > t)
+        .map(permille)
+        .collect();
+    if all.is_empty() {
+        return ([0; 3], [0; 2]);
+    }
+    all.sort_unstable();
+    let at = |q: usize| all[(all.len() - 1) * q / 100];
+    let mean = |free_rider: bool| {
+        let class: Vec<u64> = relays
+            .iter()
+            .filter(|r| r.gone_at > t && r.free_rider == free_rider)
+            .map(|r| u64::from(permille(r)))
+            .collect();
+        let n = class.len().max(1) as u64;
+        u16::try_from(class.iter().sum::<u64>() / n).unwrap_or(u16::MAX)
+    };
+    ([at(50), at(90), at(100)], [mean(false), mean(true)])
 }
 
 /// Runs one hour of every shard, each on a thread of its own when there

@@ -29,6 +29,54 @@ pub struct Scenario {
     /// Relays that misbehave or fail together; none when left out.
     #[serde(default)]
     pub adversaries: Adversaries,
+    /// Capacity transfers between relays; none when left out.
+    #[serde(default)]
+    pub federation: Federation,
+}
+
+/// Relays handing blobs on to peers when full (docs/PROTOCOL.md §7.8,
+/// "Transfers"), judged by the reciprocity ledger. Modelled in bytes: a
+/// transfer moves one device's files' worth of bytes from a relay to a
+/// peer; the copy stays the origin's as far as durability goes (the
+/// client reaches it through the origin's redirect, which goes with the
+/// origin).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Federation {
+    /// Peers each relay lists, drawn at random; 0 turns transfers off.
+    #[serde(default)]
+    pub peers: usize,
+    /// A relay above this share of its capacity (thousandths) transfers.
+    #[serde(default = "high_water")]
+    pub high_water_permille: u16,
+    /// ... down to this share.
+    #[serde(default = "low_water")]
+    pub low_water_permille: u16,
+    /// The share of relays that transfer out but take nothing in (they
+    /// tell peers they have no room).
+    #[serde(default)]
+    pub free_riders: f64,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            peers: 0,
+            high_water_permille: high_water(),
+            low_water_permille: low_water(),
+            free_riders: 0.0,
+        }
+    }
+}
+
+/// The relay's default (`federation.high_water_permille`).
+fn high_water() -> u16 {
+    900
+}
+
+/// The relay's default (`federation.low_water_permille`).
+fn low_water() -> u16 {
+    800
 }
 
 /// Relays that do worse than fail on their own. Each relay is drawn into
@@ -58,6 +106,13 @@ pub struct Relays {
     pub count: usize,
     /// Each one's capacity, in GiB.
     pub capacity_gib: u64,
+    /// The share of relays that are small instead, with
+    /// `small_capacity_gib`; none by default.
+    #[serde(default)]
+    pub small_share: f64,
+    /// A small relay's capacity, in GiB.
+    #[serde(default)]
+    pub small_capacity_gib: u64,
     /// The retention each discloses: a blob nobody accessed for longer is
     /// deleted.
     pub retention_days: u32,
@@ -253,6 +308,15 @@ impl Scenario {
         }
         if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
             return invalid("clients.online_every_hours must be above 0");
+        }
+        let f = &self.federation;
+        if f.peers >= r.count && f.peers > 0 {
+            return invalid("federation.peers must be fewer than relays.count");
+        }
+        if f.low_water_permille > f.high_water_permille || f.high_water_permille > 1000 {
+            return invalid(
+                "federation water marks: low_water_permille <= high_water_permille <= 1000",
+            );
         }
         if r.retention_days == 0 {
             return invalid("relays.retention_days must be at least 1");

@@ -106,7 +106,13 @@ fn the_number_of_threads_changes_nothing() {
     s.clients.replace_unanswered_after_hours = 24.0;
     s.clients.swap_relay_after_days = 7.0;
     s.adversaries.droppers = 0.1;
+    s.relays.small_share = 0.5;
+    s.relays.small_capacity_gib = 1;
+    s.clients.file_mib = 10;
+    s.federation.peers = 4;
+    s.federation.free_riders = 0.2;
     let one = simulate(&s);
+    assert!(one.last().transferred > 0, "{:?}", one.last());
     for threads in [2, 3, 7] {
         // Every hour on threads, however few its sessions.
         let engine = Engine {
@@ -236,4 +242,66 @@ fn a_sweep_runs_the_base_once_per_value_and_refuses_a_field_it_lacks() {
     std::fs::write(&path, file.replace("[1, 2, 3]", "[1, 0]")).unwrap();
     let err = Plan::load(&path).unwrap_err().to_string();
     assert!(err.contains("with clients.copies = 0"), "{err}");
+}
+
+/// Most relays small, and more data than they hold.
+fn crowded() -> Scenario {
+    let mut s = scenario();
+    s.relays.capacity_gib = 10;
+    s.relays.small_share = 0.7;
+    s.relays.small_capacity_gib = 1;
+    s.clients.file_mib = 10;
+    s.days = 120;
+    s
+}
+
+#[test]
+fn transfers_let_small_relays_take_puts_they_could_not_hold() {
+    let mut s = crowded();
+    let alone = simulate(&s).last();
+    assert!(alone.refused_puts > 0 && alone.files < 800, "{alone:?}");
+    assert_eq!(alone.transferred, 0);
+    s.federation.peers = 6;
+    let federated = simulate(&s).last();
+    assert_eq!(federated.refused_puts, 0, "{federated:?}");
+    assert_eq!(federated.files, 800);
+    assert!(federated.transferred > 0);
+    // Bytes move about once: a relay hands bytes on only to peers that
+    // stay under its low-water mark, which do not hand them back.
+    let stored = 800 * s.clients.file_mib * (1 << 20) * s.clients.copies as u64;
+    assert!(
+        federated.transferred < stored,
+        "{} bytes moved for {stored} stored",
+        federated.transferred
+    );
+}
+
+#[test]
+fn free_riders_take_no_transfers() {
+    let mut s = crowded();
+    s.federation.peers = 6;
+    s.federation.free_riders = 1.0;
+    let last = simulate(&s).last();
+    assert_eq!(last.transferred, 0, "{last:?}");
+    assert!(last.stuck_hours > 0, "{last:?}");
+}
+
+#[test]
+fn a_sparse_mesh_near_its_low_water_mark_does_not_bounce_bytes() {
+    // Relays of one size, 88% full on average, 2 peers each: a relay over
+    // its high-water mark finds no peer that would stay under 80% with
+    // more, so it keeps what it has rather than push a peer over its own
+    // mark (which would push the bytes back: terabytes a week, before).
+    let mut s = scenario();
+    s.relays.capacity_gib = 2;
+    s.clients.file_mib = 15;
+    s.days = 120;
+    s.federation.peers = 2;
+    let last = simulate(&s).last();
+    let stored = last.files * s.clients.file_mib * (1 << 20) * s.clients.copies as u64;
+    assert!(
+        last.transferred < stored,
+        "{} bytes moved for {stored} stored",
+        last.transferred
+    );
 }

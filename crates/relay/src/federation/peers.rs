@@ -16,6 +16,7 @@ use cairn_proto::{RelayInfo, RelayRef, SignedRecord, VerifyingKey};
 #[derive(Clone, Debug)]
 pub(crate) struct PeerInfo {
     pub(crate) capacity_free: u64,
+    pub(crate) capacity_total: u64,
     pub(crate) retention_secs: u64,
     pub(crate) max_blob_size: u64,
     /// The peers it lists (candidates for peer exchange).
@@ -199,6 +200,7 @@ pub(crate) fn verify_info(expected: &VerifyingKey, record: &str) -> Result<PeerI
     let info = verified.record();
     Ok(PeerInfo {
         capacity_free: info.capacity_free,
+        capacity_total: info.capacity_total,
         retention_secs: info.retention_secs,
         max_blob_size: info.max_blob_size,
         peers: info.peers.clone(),
@@ -221,6 +223,7 @@ mod tests {
     fn info(peers: Vec<RelayRef>) -> PeerInfo {
         PeerInfo {
             capacity_free: 1,
+            capacity_total: 2,
             retention_secs: 3,
             max_blob_size: 4,
             peers,

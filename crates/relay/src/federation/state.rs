@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use cairn_policy::capacity::{PeerRoom, transfer_order};
 use cairn_proto::{BlobId, RelayRef, VerifyingKey};
 use tokio::sync::{Notify, mpsc};
 
@@ -259,24 +260,24 @@ impl Federation {
         }
     }
 
-    /// Peers whose fresh info documents show room for `bytes`: those in
-    /// the best standing first, and among peers of about the same standing
-    /// (within a factor of √2) the one with most room, so that transfers
-    /// spread out rather than pile onto whoever was favoured last.
-    pub(crate) fn peers_with_room(&self, bytes: u64) -> Vec<Peer> {
-        let mut peers: Vec<(i64, u64, Peer)> = self
-            .peers
-            .snapshot()
-            .into_iter()
-            .filter_map(|p| {
-                let free = p.free(INFO_MAX_AGE_SECS)?;
-                let fits = p.info.as_ref().is_some_and(|i| i.max_blob_size >= bytes);
-                let band = cairn_policy::standing::band(self.standing(&p.relay.key));
-                (free > bytes && fits).then_some((band, free, p))
+    /// Peers whose fresh info documents show room for `bytes` within
+    /// `ceiling_permille` of their capacity, in the order
+    /// [`transfer_order`] tries them (best standing, then most room).
+    pub(crate) fn peers_with_room(&self, bytes: u64, ceiling_permille: u16) -> Vec<Peer> {
+        let peers = self.peers.snapshot();
+        let rooms: Vec<PeerRoom> = peers
+            .iter()
+            .map(|p| PeerRoom {
+                standing: self.standing(&p.relay.key),
+                free: p.free(INFO_MAX_AGE_SECS),
+                total: p.info.as_ref().map_or(0, |i| i.capacity_total),
+                max_blob_size: p.info.as_ref().map_or(0, |i| i.max_blob_size),
             })
             .collect();
-        peers.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-        peers.into_iter().map(|(_, _, p)| p).collect()
+        transfer_order(&rooms, bytes, ceiling_permille)
+            .into_iter()
+            .map(|i| peers[i].clone())
+            .collect()
     }
 
     /// Fetches every peer's info document, learning peers as allowed.

@@ -118,9 +118,13 @@ async fn move_one(app: &Node, id: BlobId, size: u64, low: u64) -> Outcome {
     // lists, and clients follow a transfer redirect only to a listed peer
     // (or a relay of their own set), so a blob handed to a learned peer
     // would be out of their reach and count against this relay.
+    // Only peers that stay under this relay's low-water mark once they
+    // hold the blob: pushed over their own high-water mark, they would
+    // hand it on in turn.
+    let ceiling = app.config.federation.low_water_permille;
     let peers: Vec<_> = app
         .federation
-        .peers_with_room(size)
+        .peers_with_room(size, ceiling)
         .into_iter()
         .filter(|p| !p.learned)
         .collect();
