@@ -705,3 +705,39 @@ async fn a_full_relay_transfers_nothing_to_a_learned_peer() {
         assert_eq!(answer.status(), StatusCode::OK, "{id}");
     }
 }
+
+#[tokio::test]
+async fn a_full_relay_does_not_push_a_peer_over_its_own_low_water_mark() {
+    // B has room for every blob A holds, but A's low-water mark is 10%:
+    // B may take blobs only while it stays under 10% of its capacity, or
+    // it would be over the mark itself and hand them on in turn.
+    let b = TestRelay::start_with(|cfg| cfg.capacity_bytes = 1_000_000).await;
+    let a = TestRelay::start_with(|cfg| {
+        cfg.capacity_bytes = 1_000_000;
+        cfg.federation.replicas = 0;
+        cfg.federation.high_water_permille = 300;
+        cfg.federation.low_water_permille = 100;
+    })
+    .await;
+    a.handle.set_peers(&[b.as_peer()]);
+    b.handle.set_peers(&[a.as_peer()]);
+    a.handle.refresh_peers().await;
+    fill(&a, "not over the mark", 10, 60_000).await;
+    // The upload that crossed the high-water mark woke the transfer task;
+    // this pass waits for it, then finds nothing more to do.
+    a.handle.relieve().await;
+    let http = cairn_testkit::http();
+    let (b_info, _) = info_document(&http, &b.handle.url()).await;
+    let (a_info, _) = info_document(&http, &a.handle.url()).await;
+    // Reaching A's own low-water mark would take 9 of the 10 blobs. One
+    // fits under B's ceiling of 100 kB; the transfers running at once (4)
+    // each see the room B had when they started, so up to 4 go.
+    let moved = b_info.capacity_used / 60_000;
+    assert!(
+        (1..=4).contains(&moved),
+        "B holds {} bytes, A {}",
+        b_info.capacity_used,
+        a_info.capacity_used
+    );
+    assert!(a_info.capacity_used > 300_000, "A stays over its mark");
+}
