@@ -16,10 +16,15 @@
 //! the same result on any number of threads. A device's files share
 //! their copies (`client` says what that aggregates).
 //!
+//! Relays over their high-water mark hand bytes on to peers in the
+//! relay's own order (`federation`), booking it in their reciprocity
+//! ledgers; a run can be traced and replayed against real relays
+//! (`trace`, and `tests/validate.rs`).
+//!
 //! What this version leaves out (docs/DURABILITY.md says the same):
-//! relay-to-relay replication and transfers, the reciprocity ledger,
-//! relays that lie in audits or in their info, request rates, bandwidth,
-//! and chunked files (a file is one blob).
+//! replicas between relays, fair-share limits, relays that lie in audits
+//! or in their info, request rates, bandwidth, and chunked files (a file
+//! is one blob).
 
 pub mod chart;
 mod client;
