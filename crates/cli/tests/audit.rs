@@ -541,6 +541,44 @@ async fn sync_watch_replaces_copies_on_a_relay_unanswered_for_three_days() {
     a_relay_silent_for_days_loses_its_copies(&["sync", "--watch", "--rounds", "1", "--json"]).await;
 }
 
+/// A relay of the set that has not answered this device for a week is
+/// named by `cairn status`, with what to do: its copies are already kept
+/// elsewhere, but a set whose relays all vanish loses its files, and only
+/// the person can add relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_a_relay_silent_for_a_week() {
+    let mut relays = [Relay::start().await, Relay::start().await];
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&[&relays[0], &relays[1]]).await;
+    laptop.put_data("kept", b"a file").await;
+    let gone_url = relays[1].url();
+    relays[1].stop().await;
+    // The repair finds it down and starts this device's count.
+    laptop.run(&["repair"]).await;
+    let fresh = laptop.run(&["status", "--json"]).await.json();
+    assert_eq!(fresh["silent_relays"], serde_json::json!([]), "{fresh}");
+
+    let eight_days_ago = cairn_testkit::unix_now() - 8 * 86_400;
+    unanswered_since(&laptop, &gone_url, eight_days_ago);
+    let status = laptop.run(&["status"]).await;
+    let text = status.ok();
+    assert!(
+        text.contains(&format!(
+            "relay {gone_url} has not answered this device for 8 days"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("cairn relay rotate {gone_url} NEW_URL")),
+        "{text}"
+    );
+    assert!(!text.contains("no problems found"), "{text}");
+    let json = laptop.run(&["status", "--json"]).await.json();
+    assert_eq!(json["silent_relays"][0]["url"], gone_url.as_str(), "{json}");
+    assert!(json["silent_relays"][0]["silent_secs"].as_u64().unwrap() >= 8 * 86_400);
+}
+
 /// The same outage, lived through rather than written into `scores.json`:
 /// four relays and a client (the library, in this process) share one
 /// manual clock, and days pass by moving it. The client's tokens and its

@@ -43,6 +43,13 @@ pub enum Unanswered {
 /// sweep this comes from.
 pub const UNANSWERED_WAIT_SECS: u64 = 3 * 86_400;
 
+/// How long a relay of the set may go unanswered before the person is told
+/// to replace it (`cairn status`): a week. Its copies have been replaced
+/// elsewhere by then (after [`UNANSWERED_WAIT_SECS`]), but a set whose
+/// relays all vanish loses its files, and a client cannot add relays by
+/// itself; docs/DURABILITY.md, "Tending the set", has the sweep.
+pub const SWAP_RELAY_AFTER_SECS: u64 = 7 * 86_400;
+
 impl Unanswered {
     /// Whether a copy on a relay unanswered for `for_secs` is replaced.
     #[must_use]

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cairn_client::Client;
+use cairn_policy::repair::SWAP_RELAY_AFTER_SECS;
 use serde_json::json;
 
 use super::audit::repair_summary;
@@ -151,6 +152,22 @@ fn finding_text(finding: &cairn_client::Finding) -> String {
     parts.join(", ")
 }
 
+/// The relays of the set this device has had no answer from for
+/// [`SWAP_RELAY_AFTER_SECS`] or more (its own record of audits and
+/// downloads), with for how long.
+fn silent_relays(client: &Client) -> Vec<(String, u64)> {
+    let (scores, now) = (client.scores(), client.clock().now().0);
+    client
+        .relays()
+        .entries()
+        .iter()
+        .filter_map(|relay| {
+            let silent = scores.get(&relay.key)?.unanswered_for(now);
+            (silent >= SWAP_RELAY_AFTER_SECS).then(|| (relay.url.clone(), silent))
+        })
+        .collect()
+}
+
 pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
     let status = client.status().await?;
     let report = &status.sync;
@@ -164,9 +181,14 @@ pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<Exi
         }
         None => Some(unix_now()),
     };
+    let silent = silent_relays(&client);
     let value = json!({
         "sync": report,
         "findings": findings,
+        "silent_relays": silent
+            .iter()
+            .map(|(url, secs)| json!({ "url": url, "silent_secs": secs }))
+            .collect::<Vec<_>>(),
         "stale": status.offline.is_some(),
         "as_of": as_of,
     });
@@ -201,8 +223,19 @@ pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<Exi
             ));
         }
         text.push_str(&format!("files: {}\n", report.files));
-        if findings.is_empty() {
+        for (url, secs) in &silent {
+            text.push_str(&format!(
+                "relay {url} has not answered this device for {}: its copies are kept on the \
+                 rest of your set, but if it is gone for good, replace it \
+                 (`cairn relay rotate {url} NEW_URL`): a set whose relays all vanish takes \
+                 its files with it\n",
+                cairn_client::text::lasting(*secs)
+            ));
+        }
+        if findings.is_empty() && silent.is_empty() {
             text.push_str("no problems found");
+        } else if findings.is_empty() {
+            text.truncate(text.trim_end().len());
         } else {
             text.push_str("findings (newest last):");
             for finding in &findings {
