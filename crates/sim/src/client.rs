@@ -18,6 +18,7 @@ use std::ops::{Deref, DerefMut};
 
 use cairn_policy::choice::{copies_wanted, repair_interval_secs};
 use cairn_policy::repair::{self, Audited, Decision, Found, Unanswered};
+use cairn_proto::audit::ChunkRequest;
 
 use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
@@ -28,6 +29,9 @@ use crate::trace::{Event, Happened};
 /// How long a relay caught misbehaving stays flagged on a device: the
 /// client's `scores::FLAG_SECS`.
 const FLAG_SECS: u64 = 30 * DAY;
+
+/// Chunks an audit asks for: the client's `DEFAULT_AUDIT_CHUNKS`.
+const AUDIT_CHUNKS: usize = 16;
 
 /// A moment, in seconds from the start, as a device stores it; the
 /// scenario's length is checked to fit.
@@ -426,7 +430,7 @@ impl Client {
             return Happened::Repair { replaced };
         }
         let found: Vec<Found<&str>> = (0..self.copies.len())
-            .map(|at| self.audit(at, relays, t))
+            .map(|at| self.audit(at, relays, t, habits))
             .collect();
         let audited: Vec<Audited<usize, &str>> = found
             .into_iter()
@@ -441,6 +445,16 @@ impl Client {
         let Decision::Repair(plan) = repair::plan(&audited, wanted, habits.unanswered) else {
             return Happened::Repair { replaced };
         };
+        // The client copies from a source whose bytes hash to the blob
+        // id: a liar's partial copy, though it passed its audit, fails
+        // that, and without a whole copy nothing can be copied.
+        if !plan
+            .sources
+            .iter()
+            .any(|&at| self.copies[at].held(relays, t))
+        {
+            return Happened::Repair { replaced };
+        }
         // As the client, a repair never copies onto a flagged relay.
         let new: Vec<u32> = self
             .candidates(relays, habits.bytes, t)
@@ -463,9 +477,36 @@ impl Client {
         Happened::Repair { replaced }
     }
 
+    /// Whether a relay that keeps `keeps` of each copy's chunks answers
+    /// the audit of every one of the device's files (the client audits
+    /// each blob): each asks for [`AUDIT_CHUNKS`] chunks drawn by the
+    /// real `ChunkRequest::random`, and all must be ones it kept. Which
+    /// chunks a liar kept is fixed per relay, file and chunk.
+    fn proves(&mut self, relay: u32, keeps: f64, habits: &Habits) -> bool {
+        let file_bytes = habits.bytes / habits.files.max(1);
+        let salt = u64::from(relay) << 32 | u64::from(self.put_at);
+        (0..habits.files).all(|file| {
+            let rng = &mut self.rng;
+            let Ok(request) = ChunkRequest::random(file_bytes, AUDIT_CHUNKS, || rng.next_u64())
+            else {
+                return false;
+            };
+            request
+                .chunks()
+                .iter()
+                .all(|&chunk| Rng::stream(salt, file << 40 | chunk).unit() < keeps)
+        })
+    }
+
     /// What an audit of copy `at` finds, and what the device learns from
     /// it: an answer or its absence, a relay caught dropping, a renewal.
-    fn audit(&mut self, at: usize, relays: &View<'_>, t: u64) -> Found<&'static str> {
+    fn audit(
+        &mut self,
+        at: usize,
+        relays: &View<'_>,
+        t: u64,
+        habits: &Habits,
+    ) -> Found<&'static str> {
         let copy = self.copies[at];
         let relay = relays.relay(copy.relay);
         let state = relays.state(copy.relay, t);
@@ -497,6 +538,12 @@ impl Client {
                 }
                 if relay.expired(u64::from(copy.last_access), t) {
                     Found::Bad("expired")
+                } else if relay.keeps < 1.0 && !self.proves(copy.relay, relay.keeps, habits) {
+                    // Caught: the device flags it, as for a lost copy.
+                    if let Some(m) = self.member(copy.relay) {
+                        m.flagged_until = secs(t + FLAG_SECS);
+                    }
+                    Found::Bad("failed proof")
                 } else {
                     // An audit reads the copy: an access, which renews it.
                     self.copies[at].last_access = secs(t);

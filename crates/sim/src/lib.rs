@@ -8,7 +8,8 @@
 //! the client runs. Storage and network are not simulated: a copy is a
 //! relay index and a last access time, and an audit finds what a client
 //! would: the copy, its loss to retention or to a relay that drops what
-//! it acknowledged, or no answer (a relay that is down and one that
+//! it acknowledged, a failed proof from one that kept only part of it
+//! (drawn with the real `ChunkRequest::random`), or no answer (a relay that is down and one that
 //! vanished look the same).
 //!
 //! Time advances an hour at a time; within an hour devices run in
@@ -22,9 +23,9 @@
 //! (`trace`, and `tests/validate.rs`).
 //!
 //! What this version leaves out (docs/DURABILITY.md says the same):
-//! replicas between relays, fair-share limits, relays that lie in audits
-//! or in their info, request rates, bandwidth, and chunked files (a file
-//! is one blob).
+//! replicas between relays, fair-share limits, relays that lie in their
+//! info, request rates, bandwidth, and chunked files (a file is one
+//! blob).
 
 pub mod chart;
 mod client;

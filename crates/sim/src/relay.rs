@@ -28,6 +28,9 @@ pub(crate) struct Relay {
     pub(crate) dropper: bool,
     /// Whether it transfers out but takes nothing in.
     pub(crate) free_rider: bool,
+    /// The share of each copy's chunks it keeps: 1 for an honest relay,
+    /// less for an audit liar.
+    pub(crate) keeps: f64,
     /// (start, end) of each outage, in order.
     outages: Vec<(u64, u64)>,
 }
@@ -54,7 +57,9 @@ impl Relay {
 
     /// Whether a copy last accessed at `last_access` is still held at `t`.
     pub(crate) fn holds(&self, last_access: u64, t: u64) -> bool {
-        !self.dropper && t < self.gone_at && !self.expired(last_access, t)
+        // A copy missing some of its chunks cannot be decrypted: it is not
+        // held, whatever audits the relay passes.
+        !self.dropper && self.keeps >= 1.0 && t < self.gone_at && !self.expired(last_access, t)
     }
 
     /// Its fate, for a trace.
@@ -191,6 +196,11 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
                 r.capacity_gib
             };
             let free_rider = rng.unit() < scenario.federation.free_riders;
+            let keeps = if rng.unit() < a.audit_liars {
+                a.liars_keep
+            } else {
+                1.0
+            };
             let retention_days =
                 u64::from(r.retention_days) + i as u64 * u64::from(r.retention_step_days);
             Relay {
@@ -200,6 +210,7 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
                 gone_at,
                 dropper,
                 free_rider,
+                keeps,
                 outages,
             }
         })

@@ -82,7 +82,7 @@ fn low_water() -> u16 {
 /// Relays that do worse than fail on their own. Each relay is drawn into
 /// these after its own outages and fate, so adding them leaves the rest of
 /// the scenario as it was.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Adversaries {
     /// The share of relays that acknowledge every copy and keep none (an
@@ -96,6 +96,31 @@ pub struct Adversaries {
     /// The day they vanish.
     #[serde(default)]
     pub vanish_together_day: u32,
+    /// The share of relays that keep only part of each copy and answer
+    /// audits for what they kept (an audit asks for 16 random chunks of
+    /// 1 KiB, drawn by the real `ChunkRequest::random`).
+    #[serde(default)]
+    pub audit_liars: f64,
+    /// The share of each copy's chunks a liar keeps.
+    #[serde(default = "liars_keep")]
+    pub liars_keep: f64,
+}
+
+impl Default for Adversaries {
+    fn default() -> Self {
+        Self {
+            droppers: 0.0,
+            vanish_together: 0.0,
+            vanish_together_day: 0,
+            audit_liars: 0.0,
+            liars_keep: liars_keep(),
+        }
+    }
+}
+
+/// What an audit liar keeps unless the scenario says: nine chunks in ten.
+fn liars_keep() -> f64 {
+    0.9
 }
 
 /// The relays, all alike.

@@ -305,3 +305,20 @@ fn a_sparse_mesh_near_its_low_water_mark_does_not_bounce_bytes() {
         last.transferred
     );
 }
+
+#[test]
+fn audit_liars_are_caught_by_the_real_chunk_draw() {
+    // Nine chunks in ten kept: 16 random chunks per file, 4 files, pass
+    // with a chance of 0.9^64, so the first audit catches the liar and
+    // its copies are made again from whole ones.
+    let mut s = scenario();
+    s.clients.replace_unanswered_after_hours = 72.0;
+    s.adversaries.audit_liars = 0.3;
+    let some = simulate(&s).last();
+    assert!(some.repaired > 0, "{some:?}");
+    assert!(some.lost * 10 < some.files, "{some:?}");
+    // With every relay a liar no copy is whole: everything is lost.
+    s.adversaries.audit_liars = 1.0;
+    let all = simulate(&s).last();
+    assert_eq!(all.lost, all.files, "{all:?}");
+}
