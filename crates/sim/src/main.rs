@@ -121,12 +121,14 @@ fn swept(sweep: &Sweep, threads: usize) -> Vec<(&'static str, String)> {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut csv = format!(
-        "{},files,file_years,relays_gone,lost,annual_loss,upper_95,repairs_per_file_year,seconds\n",
+        "{},files,file_years,relays_gone,lost,annual_loss,upper_95,repairs_per_file_year,\
+         refused_puts,transferred_bytes,stuck_hours,utilization_p50,utilization_p90,\
+         utilization_max,contributors,free_riders\n",
         sweep.field
     );
     let mut reports = Vec::with_capacity(sweep.runs.len());
+    let started = Instant::now();
     for (value, scenario) in &sweep.runs {
-        let started = Instant::now();
         let report = cairn_sim::simulate_on(scenario, threads);
         let last = report.last();
         println!(
@@ -138,8 +140,10 @@ fn swept(sweep: &Sweep, threads: usize) -> Vec<(&'static str, String)> {
             loss(&report),
             report.repairs_per_file_year()
         );
+        let [p50, p90, max] = last.utilization;
+        let [contributors, free_riders] = last.by_class;
         csv.push_str(&format!(
-            "{value},{},{:.1},{},{},{:e},{:e},{:.4},{:.2}\n",
+            "{value},{},{:.1},{},{},{:e},{:e},{:.4},{},{},{},{p50},{p90},{max},{contributors},{free_riders}\n",
             last.files,
             report.file_years,
             last.relays_gone,
@@ -147,10 +151,17 @@ fn swept(sweep: &Sweep, threads: usize) -> Vec<(&'static str, String)> {
             report.annual_loss(),
             upper_95(&report),
             report.repairs_per_file_year(),
-            started.elapsed().as_secs_f64()
+            last.refused_puts,
+            last.transferred,
+            last.stuck_hours,
         ));
         reports.push(report);
     }
+    eprintln!(
+        "{} runs in {:.1} s",
+        sweep.runs.len(),
+        started.elapsed().as_secs_f64()
+    );
     let relays_matter = sweep
         .runs
         .iter()
