@@ -66,18 +66,19 @@ impl Report {
     /// for the small rates this is meant for.
     #[must_use]
     pub fn annual_loss(&self) -> f64 {
-        if self.file_years > 0.0 {
-            self.last().lost as f64 / self.file_years
-        } else {
-            0.0
-        }
+        self.per_file_year(self.last().lost)
     }
 
     /// Copies made by repairs per file-year.
     #[must_use]
     pub fn repairs_per_file_year(&self) -> f64 {
+        self.per_file_year(self.last().repaired)
+    }
+
+    /// `count` per file-year observed (0 when no file was).
+    fn per_file_year(&self, count: u64) -> f64 {
         if self.file_years > 0.0 {
-            self.last().repaired as f64 / self.file_years
+            count as f64 / self.file_years
         } else {
             0.0
         }

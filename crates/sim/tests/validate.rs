@@ -132,6 +132,12 @@ async fn device(dir: &Path, i: usize, set: &[u32], relays: &[Relay], clock: &Clo
     client
 }
 
+/// The index of the relay at `url` in the world.
+fn relay_index(urls: &[String], url: &str) -> u32 {
+    let at = urls.iter().position(|u| u == url);
+    u32::try_from(at.unwrap_or_else(|| panic!("{url} is not a relay of the world"))).unwrap()
+}
+
 /// The relays (by index) holding the file's copies, as the client's table
 /// has them.
 async fn copies(client: &mut Client, urls: &[String]) -> BTreeSet<u32> {
@@ -141,13 +147,7 @@ async fn copies(client: &mut Client, urls: &[String]) -> BTreeSet<u32> {
     };
     file.copies
         .iter()
-        .map(|url| {
-            let at = urls
-                .iter()
-                .position(|u| url.contains(u.trim_start_matches("http://")));
-            u32::try_from(at.unwrap_or_else(|| panic!("a copy on {url}, not a relay of the world")))
-                .unwrap()
-        })
+        .map(|url| relay_index(urls, url))
         .collect()
 }
 
@@ -226,13 +226,7 @@ async fn the_simulator_and_real_relays_agree_on_a_week() {
                 let restored = repaired(client, scenario.clients.unanswered()).await;
                 let real: BTreeSet<(u32, u32)> = restored
                     .iter()
-                    .map(|r| {
-                        let index = |url: &str| {
-                            let at = urls.iter().position(|u| u == url);
-                            u32::try_from(at.unwrap()).unwrap()
-                        };
-                        (index(&r.from), index(&r.to))
-                    })
+                    .map(|r| (relay_index(&urls, &r.from), relay_index(&urls, &r.to)))
                     .collect();
                 let sim: BTreeSet<(u32, u32)> = replaced.iter().copied().collect();
                 differences.check(&format!("{at}: repair replaced"), sim, real);
