@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::home::write_private;
 
 /// How long a misbehaviour keeps a relay flagged.
-pub const FLAG_SECS: u64 = 30 * 86_400;
+pub use cairn_policy::repair::FLAG_SECS;
 
 /// Ways a relay can misbehave (as opposed to being unavailable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -35,6 +35,16 @@ pub enum Unanswered {
     ReplaceAfter(u64),
 }
 
+/// Chunks an audit asks for per copy: a relay missing a tenth of a blob
+/// passes 16 random chunks with probability 0.9^16 ≈ 18%, and repeated
+/// audits (fresh chunks each time) shrink that geometrically.
+pub const AUDIT_CHUNKS: usize = 16;
+
+/// How long a misbehaviour (a failed audit, a lost copy, a lie in its
+/// info) keeps a relay flagged on a device: its copies move off it, and
+/// placement and repair pass it over.
+pub const FLAG_SECS: u64 = 30 * 86_400;
+
 /// How long a relay may go unanswered before a device that keeps watch
 /// (`cairn sync --watch`) replaces the copies it holds: three days. An
 /// outage that long is rare (1 in 400 at the simulated 12-hour mean),

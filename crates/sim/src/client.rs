@@ -17,21 +17,14 @@
 use std::ops::{Deref, DerefMut};
 
 use cairn_policy::choice::{copies_wanted, repair_interval_secs};
-use cairn_policy::repair::{self, Audited, Decision, Found, Unanswered};
+use cairn_policy::repair::{self, AUDIT_CHUNKS, Audited, Decision, FLAG_SECS, Found, Unanswered};
 use cairn_proto::audit::ChunkRequest;
 
 use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
 use crate::scenario::{Clients, MAX_SET};
-use crate::time::{DAY, MIB};
+use crate::time::MIB;
 use crate::trace::{Event, Happened};
-
-/// How long a relay caught misbehaving stays flagged on a device: the
-/// client's `scores::FLAG_SECS`.
-const FLAG_SECS: u64 = 30 * DAY;
-
-/// Chunks an audit asks for: the client's `DEFAULT_AUDIT_CHUNKS`.
-const AUDIT_CHUNKS: usize = 16;
 
 /// A moment, in seconds from the start, as a device stores it; the
 /// scenario's length is checked to fit.

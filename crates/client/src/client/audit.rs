@@ -18,10 +18,8 @@ use crate::files::FileEntry;
 use crate::relay::{AuditOutcome, RelayClient};
 use crate::scores::{Misbehaviour, Scores};
 
-/// Chunks asked for per copy: a relay missing a tenth of a blob passes
-/// 16 random chunks with probability 0.9^16 ≈ 18%, and repeated audits
-/// (fresh chunks each time) shrink that geometrically.
-pub const DEFAULT_CHUNKS: usize = 16;
+/// Chunks asked for per copy ([`cairn_policy::repair::AUDIT_CHUNKS`]).
+pub const DEFAULT_CHUNKS: usize = cairn_policy::repair::AUDIT_CHUNKS;
 /// Audits in flight at once.
 const IN_FLIGHT: usize = 4;
 /// Longest wait for one audit (a relay proves by hashing the whole blob).
