@@ -11,7 +11,8 @@ use cairn_client::{
 };
 
 use crate::common::{
-    Device, PASSPHRASE, Relay, data_with_marker, laptop_on_three_relays, sorted_strings,
+    Device, PASSPHRASE, Relay, data_with_marker, laptop_on_relays, laptop_on_three_relays,
+    sorted_strings,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,17 +468,7 @@ async fn repair_report(device: &Device, args: &[&str]) -> serde_json::Value {
 /// for more than 3 days, the copy is replaced on the spare relay of the
 /// set, and the file reads with the relay still gone.
 async fn a_relay_silent_for_days_loses_its_copies(args: &[&str]) {
-    let mut relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop
-        .add_relays(&[&relays[0], &relays[1], &relays[2], &relays[3]])
-        .await;
+    let (mut relays, laptop) = laptop_on_relays::<4>().await;
     let data = data_with_marker(120_000, b"outlives its relay");
     let id = laptop.put_data("kept", &data).await;
     let list = laptop.run(&["ls", "--json"]).await.json();
@@ -547,10 +538,7 @@ async fn sync_watch_replaces_copies_on_a_relay_unanswered_for_three_days() {
 /// the person can add relays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_names_a_relay_silent_for_a_week() {
-    let mut relays = [Relay::start().await, Relay::start().await];
-    let laptop = Device::new();
-    laptop.init("laptop").await;
-    laptop.add_relays(&[&relays[0], &relays[1]]).await;
+    let (mut relays, laptop) = laptop_on_relays::<2>().await;
     laptop.put_data("kept", b"a file").await;
     let gone_url = relays[1].url();
     relays[1].stop().await;

@@ -474,19 +474,24 @@ pub(crate) fn sorted_strings(list: &Value) -> Vec<String> {
     out
 }
 
-/// Three fresh relays and a device named "laptop" using all of them.
-pub(crate) async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
-    let relays = [
-        Relay::start().await,
-        Relay::start().await,
-        Relay::start().await,
-    ];
+/// `N` fresh relays and a device named "laptop" using all of them.
+pub(crate) async fn laptop_on_relays<const N: usize>() -> ([Relay; N], Device) {
+    let mut started = Vec::with_capacity(N);
+    for _ in 0..N {
+        started.push(Relay::start().await);
+    }
+    let Ok(relays) = <[Relay; N]>::try_from(started) else {
+        unreachable!("{N} relays were started");
+    };
     let laptop = Device::new();
     laptop.init("laptop").await;
-    laptop
-        .add_relays(&[&relays[0], &relays[1], &relays[2]])
-        .await;
+    laptop.add_relays(&relays.each_ref()).await;
     (relays, laptop)
+}
+
+/// Three fresh relays and a device named "laptop" using all of them.
+pub(crate) async fn laptop_on_three_relays() -> ([Relay; 3], Device) {
+    laptop_on_relays().await
 }
 
 /// A head as revision 1 of the protocol wrote it (PROTOCOL.md §4.4):
