@@ -118,19 +118,30 @@ fn client(url: &str, key: &SigningKey) -> RelayClient {
 
 const DATA: &[u8] = b"sealed bytes, as far as a relay can tell";
 
-#[tokio::test]
-async fn a_transfer_is_followed_to_a_listed_peer_holding_the_key_it_claims() {
-    let id = BlobId::of(DATA);
-    let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+/// A relay (seed 2) listing the peer at `peer_url` in its signed info and
+/// redirecting requests for `id` there, naming the key the peer holds.
+async fn redirecting_to_listed_peer(
+    peer_url: &str,
+    peer_key: &SigningKey,
+    id: &BlobId,
+) -> (String, SigningKey) {
     let (url, key, _) = fake_peered(
         2,
         Blobs::Redirect(
             format!("{peer_url}/v1/blobs/{id}"),
             Some(peer_key.verifying_key().to_string()),
         ),
-        &[(&peer_url, peer_key.verifying_key())],
+        &[(peer_url, peer_key.verifying_key())],
     )
     .await;
+    (url, key)
+}
+
+#[tokio::test]
+async fn a_transfer_is_followed_to_a_listed_peer_holding_the_key_it_claims() {
+    let id = BlobId::of(DATA);
+    let (peer_url, peer_key, _) = fake(1, Blobs::Hold(DATA.to_vec())).await;
+    let (url, key) = redirecting_to_listed_peer(&peer_url, &peer_key, &id).await;
     let origin = client(&url, &key);
     let held = origin.probe(&id).await.unwrap().unwrap();
     assert_eq!(held.size, DATA.len() as u64);
@@ -225,15 +236,7 @@ async fn malformed_redirects_and_loops_are_refused() {
 async fn a_peer_that_no_longer_holds_it_reads_as_absent() {
     let id = BlobId::of(DATA);
     let (peer_url, peer_key, _) = fake(1, Blobs::Hold(Vec::new())).await;
-    let (url, key, _) = fake_peered(
-        2,
-        Blobs::Redirect(
-            format!("{peer_url}/v1/blobs/{id}"),
-            Some(peer_key.verifying_key().to_string()),
-        ),
-        &[(&peer_url, peer_key.verifying_key())],
-    )
-    .await;
+    let (url, key) = redirecting_to_listed_peer(&peer_url, &peer_key, &id).await;
     assert!(client(&url, &key).probe(&id).await.unwrap().is_none());
 }
 
@@ -464,15 +467,7 @@ async fn info_documents_are_judged_by_the_clients_clock() {
     let err = late.info().await.unwrap_err();
     assert!(err.to_string().contains("a clock far off"), "{err}");
 
-    let (url, key, _) = fake_peered(
-        2,
-        Blobs::Redirect(
-            format!("{peer_url}/v1/blobs/{id}"),
-            Some(peer_key.verifying_key().to_string()),
-        ),
-        &[(&peer_url, peer_key.verifying_key())],
-    )
-    .await;
+    let (url, key) = redirecting_to_listed_peer(&peer_url, &peer_key, &id).await;
     let err = client(&url, &key)
         .with_clock(ahead)
         .probe(&id)
