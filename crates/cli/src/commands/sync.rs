@@ -225,10 +225,10 @@ pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<Exi
         text.push_str(&format!("files: {}\n", report.files));
         for (url, secs) in &silent {
             text.push_str(&format!(
-                "relay {url} has not answered this device for {}: its copies are kept on the \
-                 rest of your set, but if it is gone for good, replace it \
-                 (`cairn relay rotate {url} NEW_URL`): a set whose relays all vanish takes \
-                 its files with it\n",
+                "relay {url} has not answered this device for {}: `cairn repair` (and \
+                 `sync --watch`) moves its copies to the rest of your set; if it is gone for \
+                 good, replace it (`cairn relay rotate {url} NEW_URL`): a set whose relays \
+                 all vanish takes its files with it\n",
                 cairn_client::text::lasting(*secs)
             ));
         }
