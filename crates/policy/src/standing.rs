@@ -41,6 +41,17 @@ impl Account {
         let failures = i32::try_from(self.failed_checks.min(30)).unwrap_or(30);
         ratio * 0.5f64.powi(failures)
     }
+
+    /// Whether this relay takes `bytes` more from the peer (a replica or
+    /// a transfer): only while what it stores for the peer stays within
+    /// what the peer stores for it plus `credit`. A peer that hands blobs
+    /// on and never takes any (a free rider) so gets `credit` of this
+    /// relay's room and no more, while peers that give back get as much
+    /// as they give (docs/DURABILITY.md, "Free riders").
+    #[must_use]
+    pub fn takes(&self, bytes: u64, credit: u64) -> bool {
+        self.stored_for_peer.saturating_add(bytes) <= self.stored_by_peer.saturating_add(credit)
+    }
 }
 
 /// The band a standing falls in: its base-2 logarithm, rounded. Peers of
@@ -84,6 +95,23 @@ mod tests {
             ..giver
         };
         assert!(hopeless.standing() > 0.0);
+    }
+
+    #[test]
+    fn a_peer_takes_what_it_gives_plus_the_credit() {
+        let taker = Account {
+            stored_for_peer: 900,
+            ..Account::default()
+        };
+        assert!(taker.takes(100, 1_000), "at the credit exactly");
+        assert!(!taker.takes(101, 1_000), "one byte over");
+        let giver = Account {
+            stored_by_peer: 5_000,
+            ..taker
+        };
+        assert!(giver.takes(5_100, 1_000), "what it gives, plus the credit");
+        assert!(!giver.takes(5_101, 1_000));
+        assert!(Account::default().takes(u64::MAX, u64::MAX), "no overflow");
     }
 
     #[test]

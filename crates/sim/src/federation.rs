@@ -3,7 +3,9 @@
 //! [`cairn_policy::capacity::transfer_order`] gives (the relay's own
 //! decision), until it is under its low-water mark; each side books the
 //! transfer in its reciprocity ledger ([`cairn_policy::standing::Account`]).
-//! Free riders transfer out but tell their peers they have no room.
+//! Free riders transfer out but tell their peers they have no room; a
+//! peer takes a transfer only within the credit its ledger allows
+//! ([`cairn_policy::standing::Account::takes`]).
 
 use std::collections::BTreeMap;
 
@@ -18,6 +20,7 @@ use crate::scenario::Scenario;
 pub(crate) struct Federation {
     high_permille: u16,
     low_permille: u16,
+    credit_permille: u16,
     /// Each relay's peers and its account of each, by peer index.
     ledgers: Vec<BTreeMap<u32, Account>>,
 }
@@ -58,6 +61,7 @@ impl Federation {
         Some(Self {
             high_permille: f.high_water_permille,
             low_permille: f.low_water_permille,
+            credit_permille: f.peer_credit_permille,
             ledgers,
         })
     }
@@ -97,15 +101,25 @@ impl Federation {
                         }
                     })
                     .collect();
-                let order = transfer_order(&rooms, unit, self.low_permille);
-                let Some(&first) = order.first() else {
+                let me = u32::try_from(i).unwrap_or(u32::MAX);
+                // The sender offers in its order; a peer whose ledger says
+                // the sender has used up its credit refuses, and the next
+                // is asked.
+                let taker = transfer_order(&rooms, unit, self.low_permille)
+                    .into_iter()
+                    .map(|k| peers[k])
+                    .find(|&p| {
+                        let credit = water_mark(relays[p as usize].capacity, self.credit_permille);
+                        self.ledgers[p as usize]
+                            .get(&me)
+                            .is_some_and(|a| a.takes(unit, credit))
+                    });
+                let Some(to) = taker else {
                     done.stuck += 1;
                     break;
                 };
-                let to = peers[first];
                 relays[i].used = relays[i].used.saturating_sub(unit);
                 relays[to as usize].used += unit;
-                let me = u32::try_from(i).unwrap_or(u32::MAX);
                 if let Some(account) = self.ledgers[i].get_mut(&to) {
                     account.stored_by_peer += unit;
                     account.transfers_out += 1;

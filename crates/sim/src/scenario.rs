@@ -56,6 +56,12 @@ pub struct Federation {
     /// tell peers they have no room).
     #[serde(default)]
     pub free_riders: f64,
+    /// How much more a relay stores for a peer than the peer stores for
+    /// it before refusing the peer's transfers, in thousandths of the
+    /// relay's capacity (`standing::Account::takes`); 1000 takes all
+    /// there is room for.
+    #[serde(default = "peer_credit")]
+    pub peer_credit_permille: u16,
 }
 
 impl Default for Federation {
@@ -65,6 +71,7 @@ impl Default for Federation {
             high_water_permille: high_water(),
             low_water_permille: low_water(),
             free_riders: 0.0,
+            peer_credit_permille: peer_credit(),
         }
     }
 }
@@ -72,6 +79,11 @@ impl Default for Federation {
 /// The relay's default (`federation.high_water_permille`).
 fn high_water() -> u16 {
     900
+}
+
+/// The relay's default (`federation.peer_credit_permille`).
+fn peer_credit() -> u16 {
+    1000
 }
 
 /// The relay's default (`federation.low_water_permille`).

@@ -322,3 +322,28 @@ fn audit_liars_are_caught_by_the_real_chunk_draw() {
     let all = simulate(&s).last();
     assert_eq!(all.lost, all.files, "{all:?}");
 }
+
+#[test]
+fn a_peer_credit_bounds_what_free_riders_hand_on() {
+    // Half the relays free ride; a contributor that
+    // takes a peer's transfers only within a credit of 2% of its capacity
+    // takes less than one that takes all it has room for, and the free
+    // riders keep the rest (hours over their high-water mark).
+    let mut s = crowded();
+    s.federation.peers = 6;
+    s.federation.free_riders = 0.5;
+    let open = simulate(&s).last();
+    s.federation.peer_credit_permille = 20;
+    let bounded = simulate(&s).last();
+    assert!(open.transferred > 0, "{open:?}");
+    assert!(
+        bounded.transferred < open.transferred,
+        "{} bytes moved with the credit, {} without",
+        bounded.transferred,
+        open.transferred
+    );
+    assert!(
+        bounded.stuck_hours > open.stuck_hours,
+        "{bounded:?} {open:?}"
+    );
+}
