@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use cairn_client::relay::{RelayClient, Role};
+use cairn_client::scores::Misbehaviour;
 use cairn_client::{
     Client, Clock, Home, InitOptions, KdfCost, Output, Passphrase, Silent, UNANSWERED_WAIT_SECS,
     Unanswered,
 };
+use cairn_testkit::faulty::{FaultyRelay, InfoLie};
 
 use crate::common::{
     Device, PASSPHRASE, Relay, data_with_marker, laptop_on_relays, laptop_on_three_relays,
@@ -584,21 +586,8 @@ async fn days_pass_on_a_shared_clock_before_repair_replaces_a_silent_relays_copy
         relays.push(Relay::start_with_clock(|_| {}, clock.clone()).await);
     }
     let dir = tempfile::tempdir().unwrap();
-    let options = InitOptions {
-        device_name: "laptop".into(),
-        cost: KdfCost::new(8).unwrap(),
-        transport: cairn_client::relay::Transport::Secure,
-    };
-    let (mut client, _) = Client::init(
-        Home::at(dir.path().join("home")),
-        &Passphrase::new(PASSPHRASE),
-        &options,
-    )
-    .unwrap();
-    client.set_clock(clock.clone());
-    for relay in &relays {
-        client.add_relay(&relay.url(), false).await.unwrap();
-    }
+    let urls: Vec<String> = relays.iter().map(Relay::url).collect();
+    let mut client = client_on(dir.path(), &clock, &urls).await;
     let data = data_with_marker(120_000, b"outlives its relay, in days");
     let source = dir.path().join("kept");
     std::fs::write(&source, &data).unwrap();
@@ -687,4 +676,99 @@ async fn days_pass_on_a_shared_clock_before_repair_replaces_a_silent_relays_copy
         .await
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), data);
+}
+
+/// A client (one device) whose time is `clock`, in a fresh home under
+/// `dir`, with the relays at `urls` in its set.
+async fn client_on(dir: &std::path::Path, clock: &Clock, urls: &[String]) -> Client {
+    let options = InitOptions {
+        device_name: "laptop".into(),
+        cost: KdfCost::new(8).unwrap(),
+        transport: cairn_client::relay::Transport::Secure,
+    };
+    let (mut client, _) = Client::init(
+        Home::at(dir.join("home")),
+        &Passphrase::new(PASSPHRASE),
+        &options,
+    )
+    .unwrap();
+    client.set_clock(clock.clone());
+    for url in urls {
+        client.add_relay(url, false).await.unwrap();
+    }
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_keeps_copies_for_less_than_it_discloses_ranks_by_what_it_kept() {
+    // The attacker discloses a year's retention and a terabyte free, so
+    // clients rank it first and give it a copy of everything, and deletes
+    // what it holds after two days. Caught once, it ranks by the two
+    // days it kept, below every honest relay whatever room it claims:
+    // after its flag has long expired, new files go to honest relays.
+    const DAY: u64 = 86_400;
+    let clock = Clock::manual(cairn_testkit::unix_now());
+    let mut honest = Vec::new();
+    for _ in 0..3 {
+        honest.push(Relay::start_with_clock(|_| {}, clock.clone()).await);
+    }
+    let behind = Relay::start_with_clock(|_| {}, clock.clone()).await;
+    let liar = FaultyRelay::start(&behind.url(), behind.handle().signing_key().clone()).await;
+    let liar_url = liar.url().to_owned();
+    let liar_key = behind.handle().key();
+    let dir = tempfile::tempdir().unwrap();
+    let mut urls: Vec<String> = honest.iter().map(Relay::url).collect();
+    urls.push(liar_url.clone());
+    let mut client = client_on(dir.path(), &clock, &urls).await;
+
+    // A year ranks no higher than the honest relays' 90 days: with less
+    // room than they have, the claim alone draws no copy.
+    liar.lie_info(InfoLie {
+        capacity_free: 1 << 20,
+        retention_secs: 365 * DAY,
+    });
+    let zeroth = dir.path().join("zeroth");
+    std::fs::write(&zeroth, b"before the lie pays").unwrap();
+    let put = client
+        .put(&zeroth, "zeroth", Arc::new(Silent))
+        .await
+        .unwrap();
+    assert!(!put.copies.contains(&liar_url), "{put:?}");
+    liar.lie_info(InfoLie {
+        capacity_free: 1 << 40,
+        retention_secs: 365 * DAY,
+    });
+
+    let first = dir.path().join("first");
+    std::fs::write(&first, data_with_marker(50_000, b"first")).unwrap();
+    let put = client.put(&first, "first", Arc::new(Silent)).await.unwrap();
+    assert!(put.copies.contains(&liar_url), "ranked first: {put:?}");
+
+    clock.advance(2 * DAY);
+    liar.forget(put.blob);
+    let repair = client
+        .repair(Unanswered::ReplaceAfter(UNANSWERED_WAIT_SECS))
+        .await
+        .unwrap();
+    assert_eq!(repair.restored.len(), 1, "{repair:?}");
+    assert_eq!(repair.restored[0].from, liar_url, "{repair:?}");
+    let record = client.scores().get(&liar_key).cloned().unwrap();
+    assert_eq!(record.kept_at_most, Some(2 * DAY), "{record:?}");
+    let (kind, _, what) = record.last_misbehaviour.clone().unwrap();
+    assert_eq!(kind, Misbehaviour::Missing, "{record:?}");
+    assert!(what.contains("2 days after it was stored"), "{what}");
+    assert!(what.contains("retention of 365 days"), "{what}");
+
+    // A month and more later the flag is over; the relay still claims a
+    // year, and the client counts on two days.
+    clock.advance(31 * DAY);
+    assert!(!client.scores().flagged(&liar_key, clock.now().0));
+    let second = dir.path().join("second");
+    std::fs::write(&second, data_with_marker(50_000, b"second")).unwrap();
+    let put = client
+        .put(&second, "second", Arc::new(Silent))
+        .await
+        .unwrap();
+    assert_eq!(put.copies.len(), 3, "{put:?}");
+    assert!(!put.copies.contains(&liar_url), "{put:?}");
 }

@@ -61,6 +61,13 @@ pub struct RelayScore {
     /// reads as answering (its silence is counted from the next failure).
     #[serde(default)]
     pub unanswered_since: Option<u64>,
+    /// The shortest time, in seconds, the relay was seen to keep a copy
+    /// it had promised to keep longer (it was missing that soon after its
+    /// file was stored; `cairn_policy::choice::kept_short`). The client
+    /// counts on this retention rather than the disclosed one. Absent from
+    /// the record of earlier releases: nothing was seen.
+    #[serde(default)]
+    pub kept_at_most: Option<u64>,
 }
 
 impl RelayScore {
@@ -141,6 +148,31 @@ impl Scores {
         // A relay that misbehaves answered: it is not silent (and its
         // copies move off it as flagged, not as unanswered).
         score.unanswered_since = None;
+    }
+
+    /// Notes at `now` that the relay lost a copy after keeping it at most
+    /// `kept` seconds, within the retention it discloses: a missing copy,
+    /// and from now the retention the client counts on.
+    pub(crate) fn deleted_early(
+        &mut self,
+        relay: &VerifyingKey,
+        url: &str,
+        kept: u64,
+        now: u64,
+        what: String,
+    ) {
+        self.misbehaved(relay, url, Misbehaviour::Missing, now, what);
+        let score = self.entry(relay, url);
+        score.kept_at_most = Some(score.kept_at_most.map_or(kept, |k| k.min(kept)));
+    }
+
+    /// The retention to count on for `relay`, which discloses `disclosed`
+    /// ([`cairn_policy::choice::believed_retention`]).
+    pub fn believed_retention(&self, relay: &VerifyingKey, disclosed: u64) -> u64 {
+        cairn_policy::choice::believed_retention(
+            disclosed,
+            self.get(relay).and_then(|s| s.kept_at_most),
+        )
     }
 
     /// The record of `relay`, if any.
@@ -245,8 +277,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scores.json");
         let key = cairn_proto::SigningKey::from_seed(&[3; 32]).verifying_key();
-        // scores.json as the previous release wrote it: no
-        // `unanswered_since`.
+        // scores.json as an earlier release wrote it: no
+        // `unanswered_since`, no `kept_at_most`.
         let old = format!(
             r#"{{
   "relays": {{
@@ -269,5 +301,20 @@ mod tests {
         assert!(scores.flagged(&key, 1000));
         assert_eq!(score.unanswered_since, None);
         assert_eq!(score.unanswered_for(1_000_000), 0);
+        assert_eq!(score.kept_at_most, None);
+        assert_eq!(scores.believed_retention(&key, 7_776_000), 7_776_000);
+    }
+
+    #[test]
+    fn a_relay_caught_deleting_early_is_believed_to_keep_what_it_kept() {
+        let key = cairn_proto::SigningKey::from_seed(&[4; 32]).verifying_key();
+        let mut scores = Scores::default();
+        scores.deleted_early(&key, "http://a", 5 * 86_400, 100, "lost".into());
+        scores.deleted_early(&key, "http://a", 9 * 86_400, 200, "lost".into());
+        let score = scores.get(&key).unwrap();
+        assert_eq!(score.kept_at_most, Some(5 * 86_400), "the shortest seen");
+        assert_eq!(score.misbehaviour[&Misbehaviour::Missing], 2);
+        assert!(scores.flagged(&key, 200));
+        assert_eq!(scores.believed_retention(&key, 365 * 86_400), 5 * 86_400);
     }
 }

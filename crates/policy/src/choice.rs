@@ -58,17 +58,56 @@ impl Offer {
 
     /// The order relays are tried in, lowest first: relays that recently
     /// misbehaved go last whatever they offer; then the longest retention
-    /// (copies renewed least often), the least load (in tenths, so small
-    /// differences do not reorder), and the most room.
+    /// (copies renewed least often) up to [`RANKED_RETENTION_SECS`], the
+    /// least load (in tenths, so small differences do not reorder), and
+    /// the most room.
     #[must_use]
     pub fn rank(&self) -> impl Ord + use<> {
         (
             self.flagged,
-            Reverse(self.retention_secs),
+            Reverse(self.retention_secs.min(RANKED_RETENTION_SECS)),
             self.load_permille / 100,
             Reverse(self.capacity_free),
         )
     }
+}
+
+/// The longest retention that ranks a relay higher: a relay's default
+/// (90 days). A longer one is a promise the client cannot check until it
+/// has cost a copy; ranked above all others it would draw every copy of
+/// every file to whoever claims the most, and a relay that claims a year
+/// and keeps a week then loses files whole (docs/DURABILITY.md,
+/// "Adversaries": 3.6 × 10⁻² a year with three relays in ten lying so,
+/// against 2.1 × 10⁻² with the cap).
+pub const RANKED_RETENTION_SECS: u64 = 90 * 86_400;
+
+/// How much sooner than its disclosed retention a relay may be found
+/// without a copy before that counts as a lie: devices' and relays' clocks
+/// differ by minutes, not hours.
+pub const RETENTION_LEEWAY_SECS: u64 = 3600;
+
+/// What a copy found missing at `now` says of the relay that held it,
+/// when the copy's file was stored at `stored_at`: every copy of a file is
+/// placed at or after that (a put or a repair, each an access), so the
+/// relay kept it at most `now - stored_at` seconds unaccessed. `Some` of
+/// that when it falls short of the `disclosed` retention (by more than
+/// [`RETENTION_LEEWAY_SECS`]): the relay deleted a copy it promised to
+/// keep. `None` when nobody may have accessed the copy for as long as the
+/// relay keeps one (it may simply have lapsed) or the clocks disagree.
+#[must_use]
+pub fn kept_short(stored_at: u64, now: u64, disclosed: u64) -> Option<u64> {
+    let kept = now.checked_sub(stored_at)?;
+    (kept.saturating_add(RETENTION_LEEWAY_SECS) < disclosed).then_some(kept)
+}
+
+/// The retention a client counts on for a relay, when it ranks relays
+/// and paces repairs: what the relay discloses, unless the client has
+/// caught it keeping a copy for less ([`kept_short`]). A relay that
+/// discloses a long retention to attract copies and keeps them for a week
+/// so ranks by the week (docs/DURABILITY.md, "Adversaries").
+#[must_use]
+pub fn believed_retention(disclosed: u64, kept_at_most: Option<u64>) -> u64 {
+    kept_at_most.map_or(disclosed, |kept| kept.min(disclosed))
 }
 
 /// How many copies a put or a repair aims for: the configured number, or
@@ -140,6 +179,30 @@ mod tests {
         offers.sort_by_key(Offer::rank);
         // 100 and 150 permille are one band of load: room decides.
         assert_eq!(offers, [roomy, offer(), busy, short, flagged]);
+        // A year ranks as 90 days: the room decides.
+        let claims_a_year = Offer {
+            retention_secs: 365 * 86_400,
+            ..offer()
+        };
+        let mut offers = [claims_a_year, roomy];
+        offers.sort_by_key(Offer::rank);
+        assert_eq!(offers, [roomy, claims_a_year]);
+    }
+
+    #[test]
+    fn a_copy_missing_before_the_disclosed_retention_is_a_lie() {
+        const DAY: u64 = 86_400;
+        // Stored 2 days ago on a relay that promises 365: kept 2 days.
+        assert_eq!(kept_short(DAY, 3 * DAY, 365 * DAY), Some(2 * DAY));
+        // Stored 100 days ago on a relay that promises 90: it may have
+        // lapsed; nothing is learnt.
+        assert_eq!(kept_short(DAY, 101 * DAY, 90 * DAY), None);
+        // Within the leeway of the promise, or with the clocks crossed.
+        assert_eq!(kept_short(0, 90 * DAY - 60, 90 * DAY), None);
+        assert_eq!(kept_short(5 * DAY, DAY, 90 * DAY), None);
+        assert_eq!(believed_retention(365 * DAY, Some(2 * DAY)), 2 * DAY);
+        assert_eq!(believed_retention(365 * DAY, None), 365 * DAY);
+        assert_eq!(believed_retention(DAY, Some(2 * DAY)), DAY);
     }
 
     #[test]

@@ -16,7 +16,9 @@
 
 use std::ops::{Deref, DerefMut};
 
-use cairn_policy::choice::{copies_wanted, repair_interval_secs};
+use cairn_policy::choice::{
+    Offer, believed_retention, copies_wanted, kept_short, repair_interval_secs,
+};
 use cairn_policy::repair::{self, AUDIT_CHUNKS, Audited, Decision, FLAG_SECS, Found, Unanswered};
 use cairn_proto::audit::ChunkRequest;
 
@@ -46,6 +48,9 @@ struct Member {
     unanswered_since: Secs,
     /// Until when it is flagged for misbehaviour.
     flagged_until: Secs,
+    /// The shortest time it was seen to keep a copy it had promised to
+    /// keep longer (`choice::kept_short`); [`NEVER`] when not seen.
+    kept_at_most: Secs,
 }
 
 impl Member {
@@ -54,7 +59,27 @@ impl Member {
             relay,
             unanswered_since: NEVER,
             flagged_until: 0,
+            kept_at_most: NEVER,
         }
+    }
+
+    /// Notes that its copy was missing at `t`, the files having been put
+    /// at `put_at`, as the client does: the relay is flagged, and if it
+    /// promised (`disclosed`) to keep the copy longer than it did, the
+    /// device counts on what it kept from now on.
+    fn missing(&mut self, put_at: Secs, disclosed: u64, t: u64) {
+        self.flagged_until = secs(t + FLAG_SECS);
+        if let Some(kept) = kept_short(u64::from(put_at), t, disclosed) {
+            self.kept_at_most = self.kept_at_most.min(secs(kept));
+        }
+    }
+
+    /// What its info document offers, as this device believes it.
+    fn offer(&self, relay: &crate::relay::Relay, t: u64) -> Offer {
+        let mut offer = relay.offer(u64::from(self.flagged_until) > t);
+        let kept = (self.kept_at_most != NEVER).then_some(u64::from(self.kept_at_most));
+        offer.retention_secs = believed_retention(offer.retention_secs, kept);
+        offer
     }
 
     /// Notes whether the relay answered at `t` (the client's scores).
@@ -238,7 +263,8 @@ impl Client {
             copies: Inline::new(),
             set,
         };
-        client.shortest_retention = client.shortest_retention(|r| relays[r as usize].retention);
+        client.shortest_retention =
+            client.shortest_retention(|r| relays[r as usize].disclosed_retention);
         client
     }
 
@@ -315,10 +341,7 @@ impl Client {
             .iter()
             .filter(|m| !self.copies.iter().any(|c| c.relay == m.relay))
             .filter(|m| relays.state(m.relay, t) == State::Up)
-            .map(|m| {
-                let flagged = u64::from(m.flagged_until) > t;
-                (m.relay, relays.relay(m.relay).offer(flagged))
-            })
+            .map(|m| (m.relay, m.offer(relays.relay(m.relay), t)))
             .filter(|(_, offer)| offer.fits(bytes, bytes).is_ok())
             .collect();
         usable.sort_by_key(|(_, offer)| offer.rank());
@@ -371,7 +394,7 @@ impl Client {
                 if relays.state(pick, t) == State::Up && !self.set.iter().any(|m| m.relay == pick) {
                     self.set[i] = Member::new(pick);
                     self.shortest_retention =
-                        self.shortest_retention(|r| relays.relay(r).retention);
+                        self.shortest_retention(|r| relays.relay(r).disclosed_retention);
                     break;
                 }
             }
@@ -500,7 +523,7 @@ impl Client {
         t: u64,
         habits: &Habits,
     ) -> Found<&'static str> {
-        let copy = self.copies[at];
+        let (copy, put_at) = (self.copies[at], self.put_at);
         let relay = relays.relay(copy.relay);
         let state = relays.state(copy.relay, t);
         let member = self.member(copy.relay);
@@ -521,7 +544,7 @@ impl Client {
                 // catches it, and the device flags it.
                 if let Some(m) = member {
                     m.answered(state, t);
-                    m.flagged_until = secs(t + FLAG_SECS);
+                    m.missing(put_at, relay.disclosed_retention, t);
                 }
                 Found::Bad("missing")
             }
@@ -530,7 +553,14 @@ impl Client {
                     m.answered(state, t);
                 }
                 if relay.expired(u64::from(copy.last_access), t) {
-                    Found::Bad("expired")
+                    // The relay answers 404, as a dropper does: the client
+                    // cannot tell a copy that lapsed from one that was
+                    // thrown away early (a relay lying about its
+                    // retention), and flags the relay either way.
+                    if let Some(m) = self.member(copy.relay) {
+                        m.missing(put_at, relay.disclosed_retention, t);
+                    }
+                    Found::Bad("missing")
                 } else if relay.keeps < 1.0 && !self.proves(copy.relay, relay.keeps, habits) {
                     // Caught: the device flags it, as for a lost copy.
                     if let Some(m) = self.member(copy.relay) {

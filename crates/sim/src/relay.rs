@@ -17,7 +17,11 @@ pub(crate) enum State {
 
 /// One relay.
 pub(crate) struct Relay {
+    /// How long it keeps a copy nobody accessed.
     pub(crate) retention: u64,
+    /// The retention its info document discloses: `retention`, unless it
+    /// lies.
+    pub(crate) disclosed_retention: u64,
     pub(crate) capacity: u64,
     /// Bytes of copies counted on it; changed only between hours, so
     /// every client of an hour sees the same figure (as the info document
@@ -77,7 +81,7 @@ impl Relay {
         Offer {
             capacity_free: free,
             max_blob_size: u64::MAX,
-            retention_secs: self.retention,
+            retention_secs: self.disclosed_retention,
             load_permille: u16::try_from(self.used.saturating_mul(1000) / self.capacity.max(1))
                 .unwrap_or(1000)
                 .min(1000),
@@ -203,8 +207,17 @@ pub(crate) fn make_relays(scenario: &Scenario, horizon: u64) -> Vec<Relay> {
             };
             let retention_days =
                 u64::from(r.retention_days) + i as u64 * u64::from(r.retention_step_days);
+            let (retention_days, disclosed_days) = if rng.unit() < a.retention_liars {
+                (
+                    u64::from(a.retention_liars_keep_days),
+                    u64::from(a.retention_liars_disclose_days),
+                )
+            } else {
+                (retention_days, retention_days)
+            };
             Relay {
                 retention: retention_days * DAY,
+                disclosed_retention: disclosed_days * DAY,
                 capacity: capacity_gib.saturating_mul(GIB),
                 used: 0,
                 gone_at,

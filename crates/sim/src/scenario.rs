@@ -116,6 +116,18 @@ pub struct Adversaries {
     /// The share of each copy's chunks a liar keeps.
     #[serde(default = "liars_keep")]
     pub liars_keep: f64,
+    /// The share of relays whose info document discloses a longer
+    /// retention than they keep: they disclose
+    /// `retention_liars_disclose_days` and delete what nobody accessed
+    /// for `retention_liars_keep_days`.
+    #[serde(default)]
+    pub retention_liars: f64,
+    /// The retention a retention liar discloses, in days.
+    #[serde(default)]
+    pub retention_liars_disclose_days: u32,
+    /// The retention a retention liar keeps, in days.
+    #[serde(default)]
+    pub retention_liars_keep_days: u32,
 }
 
 impl Default for Adversaries {
@@ -126,6 +138,9 @@ impl Default for Adversaries {
             vanish_together_day: 0,
             audit_liars: 0.0,
             liars_keep: liars_keep(),
+            retention_liars: 0.0,
+            retention_liars_disclose_days: 0,
+            retention_liars_keep_days: 0,
         }
     }
 }
@@ -319,11 +334,19 @@ impl Scenario {
         }
         for (name, value) in [
             ("relays.vanish_per_year", r.vanish_per_year),
+            ("relays.small_share", r.small_share),
             ("adversaries.droppers", self.adversaries.droppers),
             (
                 "adversaries.vanish_together",
                 self.adversaries.vanish_together,
             ),
+            ("adversaries.audit_liars", self.adversaries.audit_liars),
+            ("adversaries.liars_keep", self.adversaries.liars_keep),
+            (
+                "adversaries.retention_liars",
+                self.adversaries.retention_liars,
+            ),
+            ("federation.free_riders", self.federation.free_riders),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return invalid(&format!("{name} is a share, between 0 and 1"));
@@ -345,6 +368,15 @@ impl Scenario {
         }
         if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
             return invalid("clients.online_every_hours must be above 0");
+        }
+        let a = &self.adversaries;
+        if a.retention_liars > 0.0 && a.retention_liars_keep_days >= a.retention_liars_disclose_days
+        {
+            return invalid(
+                "a retention liar keeps fewer days than it discloses: \
+                 adversaries.retention_liars_keep_days must be below \
+                 retention_liars_disclose_days",
+            );
         }
         let f = &self.federation;
         if f.peers >= r.count && f.peers > 0 {

@@ -213,6 +213,14 @@ fn record_text(record: &cairn_client::scores::RelayScore, flagged: bool) -> Stri
             ago(unix_now().saturating_sub(since))
         ));
     }
+    // Placement ranks it by this rather than the retention it discloses.
+    if let Some(kept) = record.kept_at_most {
+        text.push_str(&format!(
+            "\n      lost a copy {} after it was stored: counted on to keep copies that long, \
+             not what it discloses",
+            cairn_client::text::lasting(kept)
+        ));
+    }
     if let Some((kind, _, what)) = &record.last_misbehaviour {
         let verdict = if flagged { "FLAGGED" } else { "earlier" };
         text.push_str(&format!(

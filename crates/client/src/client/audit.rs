@@ -76,6 +76,8 @@ struct Audited {
     size: Option<u64>,
     /// (URL, key) of each relay holding a copy now.
     copies: Vec<(String, cairn_proto::VerifyingKey)>,
+    /// When the file was stored: every copy was placed since.
+    stored_at: u64,
 }
 
 impl Client {
@@ -99,6 +101,7 @@ impl Client {
                     name: entry.blob_label(name, i),
                     blob: *blob,
                     size: entry.sealed_size_of(blob),
+                    stored_at: entry.stored_at,
                     copies: table
                         .places_of(entry, blob)
                         .into_iter()
@@ -110,20 +113,18 @@ impl Client {
         let mut jobs = Vec::new();
         for file in &audited {
             for (url, key) in &file.copies {
-                jobs.push((file.name.clone(), file.blob, file.size, url.clone(), *key));
+                jobs.push((file, url.clone(), *key));
             }
         }
+        let this = &*self;
         let outcomes: Vec<_> = futures_util::stream::iter(jobs)
-            .map(|(name, blob, size, url, key)| {
-                let relay = self.contained(self.relay_client(&url, key));
+            .map(|(file, url, key)| {
+                let relay = this.contained(this.relay_client(&url, key));
                 async move {
-                    let started = Instant::now();
-                    let outcome = tokio::time::timeout(
-                        AUDIT_TIMEOUT,
-                        audit_copy(&relay, &blob, size, chunks),
-                    )
-                    .await;
-                    (name, url, key, started.elapsed(), outcome)
+                    let audit = this
+                        .audit_once(&relay, &file.blob, file.size, chunks, file.stored_at)
+                        .await;
+                    (file.name.clone(), url, key, audit)
                 }
             })
             .buffer_unordered(IN_FLIGHT)
@@ -137,8 +138,9 @@ impl Client {
             ..AuditReport::default()
         };
         let mut scores = Vec::new();
-        for (name, url, key, took, outcome) in outcomes {
-            scores.push((key, url.clone(), took, score_of(&name, &outcome)));
+        for (name, url, key, audit) in outcomes {
+            scores.push((key, url.clone(), audit.took, audit.scored(&name)));
+            let outcome = audit.outcome;
             let relay = by_relay.entry(url.clone()).or_insert_with(|| RelayAudit {
                 url,
                 ..RelayAudit::default()
@@ -216,15 +218,87 @@ pub(super) async fn audit_copy(
     })
 }
 
+/// One copy's audit, as audits and repairs run it.
+pub(super) struct CopyAudit {
+    /// What the relay answered, or `Err` when it did not within
+    /// [`AUDIT_TIMEOUT`].
+    pub(super) outcome: std::result::Result<
+        std::result::Result<AuditOutcome, crate::RelayError>,
+        tokio::time::error::Elapsed,
+    >,
+    /// How long it took.
+    pub(super) took: Duration,
+    /// For a copy found missing sooner after its file was stored than the
+    /// relay's disclosed retention: (seconds it was kept at most, the
+    /// retention disclosed).
+    pub(super) early: Option<(u64, u64)>,
+}
+
+impl Client {
+    /// Audits the copy of `blob` on `relay` (`size` bytes when known; its
+    /// file stored at `stored_at`). A copy found missing is weighed
+    /// against the retention the relay's info document discloses: a relay
+    /// that lost a copy sooner than it promised to keep one lied.
+    pub(super) async fn audit_once(
+        &self,
+        relay: &RelayClient,
+        blob: &BlobId,
+        size: Option<u64>,
+        chunks: usize,
+        stored_at: u64,
+    ) -> CopyAudit {
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(AUDIT_TIMEOUT, audit_copy(relay, blob, size, chunks)).await;
+        let took = started.elapsed();
+        let early = match outcome {
+            Ok(Ok(AuditOutcome::Missing)) => match relay.info().await {
+                Ok(info) => {
+                    cairn_policy::choice::kept_short(stored_at, self.now(), info.retention_secs)
+                        .map(|kept| (kept, info.retention_secs))
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        CopyAudit {
+            outcome,
+            took,
+            early,
+        }
+    }
+}
+
 /// What an audit outcome means for a relay's record.
 pub(super) enum Scored {
     Success,
     Unavailable,
     Misbehaved(Misbehaviour, String),
+    /// The copy was missing after at most this many seconds, within the
+    /// retention the relay discloses.
+    DeletedEarly(u64, String),
+}
+
+impl CopyAudit {
+    /// Classifies the audit for the relay record; `name` says which copy.
+    pub(super) fn scored(&self, name: &str) -> Scored {
+        match (&self.outcome, self.early) {
+            (Ok(Ok(AuditOutcome::Missing)), Some((kept, disclosed))) => Scored::DeletedEarly(
+                kept,
+                format!(
+                    "{name}: copy missing {} after it was stored, though the relay \
+                     discloses a retention of {}",
+                    crate::text::lasting(kept),
+                    crate::text::lasting(disclosed)
+                ),
+            ),
+            (outcome, _) => score_of(name, outcome),
+        }
+    }
 }
 
 /// Classifies one audit's outcome for the relay record.
-pub(super) fn score_of(
+fn score_of(
     name: &str,
     outcome: &std::result::Result<
         std::result::Result<AuditOutcome, crate::RelayError>,
@@ -266,6 +340,7 @@ pub(super) fn record(
         Scored::Misbehaved(kind, what) => {
             scores.misbehaved(key, url, kind, now, what);
         }
+        Scored::DeletedEarly(kept, what) => scores.deleted_early(key, url, kept, now, what),
     }
 }
 

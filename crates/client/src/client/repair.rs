@@ -31,7 +31,7 @@ use cairn_proto::audit::ChunkRequest;
 use cairn_proto::{BlobId, VerifyingKey};
 
 use super::Client;
-use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, audit_copy, random_u64, record, score_of};
+use super::audit::{AUDIT_TIMEOUT, DEFAULT_CHUNKS, random_u64, record};
 use super::metadata::MetadataReport;
 use crate::crdt::Change;
 use crate::error::{Error, RelayError, Result};
@@ -225,7 +225,7 @@ impl Client {
         // A one-blob file's size is in its entry; a chunked file's blobs'
         // sizes are learned from the relays.
         let size = entry.sealed_size_of(blob);
-        let checked = self.check_copies(blob, size, places).await;
+        let checked = self.check_copies(blob, size, entry.stored_at, places).await;
         out.checked = checked.len();
         // Copies on relays flagged for misbehaviour move off them too,
         // even when they pass: those relays are not trusted to keep
@@ -328,31 +328,30 @@ impl Client {
         out
     }
 
-    /// Audits the copies of `blob` (`size` bytes, when known) at `places`,
-    /// noting each relay's behaviour in its record.
+    /// Audits the copies of `blob` (`size` bytes, when known; its file
+    /// stored at `stored_at`) at `places`, noting each relay's behaviour in
+    /// its record.
     async fn check_copies(
         &self,
         blob: &BlobId,
         size: Option<u64>,
+        stored_at: u64,
         places: Vec<Place>,
     ) -> Vec<Checked> {
         let audits = places.into_iter().map(|at| {
             let relay = self.contained(self.relay_client(&at.url, at.relay));
             async move {
-                let started = std::time::Instant::now();
-                let outcome = tokio::time::timeout(
-                    AUDIT_TIMEOUT,
-                    audit_copy(&relay, blob, size, DEFAULT_CHUNKS),
-                )
-                .await;
-                (at, started.elapsed(), outcome)
+                let audit = self
+                    .audit_once(&relay, blob, size, DEFAULT_CHUNKS, stored_at)
+                    .await;
+                (at, audit)
             }
         });
         let results = futures_util::future::join_all(audits).await;
         let mut checked = Vec::with_capacity(results.len());
         let mut scored = Vec::with_capacity(results.len());
-        for (at, took, outcome) in results {
-            let verdict = match &outcome {
+        for (at, audit) in results {
+            let verdict = match &audit.outcome {
                 Ok(Ok(AuditOutcome::Passed { .. })) => Verdict::Good,
                 Ok(Ok(AuditOutcome::Missing)) => Verdict::Bad("missing".into()),
                 Ok(Ok(AuditOutcome::Failed(why))) => {
@@ -364,7 +363,7 @@ impl Client {
                     &RelayError::silent_for(AUDIT_TIMEOUT.as_secs()),
                 )),
             };
-            scored.push((at.relay, at.url.clone(), took, score_of(&at.url, &outcome)));
+            scored.push((at.relay, at.url.clone(), audit.took, audit.scored(&at.url)));
             checked.push(Checked { at, verdict });
         }
         let now = self.now();

@@ -549,8 +549,9 @@ impl Client {
     }
 
     /// Relays with room for `size` bytes whose largest blob is `largest`
-    /// bytes, best first: longest retention, then least loaded, then most
-    /// free space.
+    /// bytes, best first: longest retention (as far as the relay is
+    /// believed, [`crate::scores::Scores::believed_retention`]), then least
+    /// loaded, then most free space.
     pub(in crate::client) async fn candidates(
         &self,
         size: u64,
@@ -570,7 +571,9 @@ impl Client {
         let offer = |relay: &RelayClient, info: &Verified<RelayInfo>| Offer {
             capacity_free: info.capacity_free,
             max_blob_size: info.max_blob_size,
-            retention_secs: info.retention_secs,
+            // What it has been seen to keep, if it lost a copy sooner
+            // than it promised: a long claimed retention attracts copies.
+            retention_secs: scores.believed_retention(relay.key(), info.retention_secs),
             load_permille: info.load_permille,
             flagged: scores.flagged(relay.key(), now),
         };
