@@ -222,7 +222,9 @@ Examples:
         #[arg(long, value_name = "N", requires = "watch")]
         rounds: Option<u64>,
     },
-    /// Show per-relay and per-device sync state, and recent findings.
+    /// Show per-relay and per-device sync state, recent findings, and
+    /// relays worth replacing: silent for a week, or seen losing a copy
+    /// sooner than the retention they disclose.
     Status,
     /// Keep a directory the same on every device: synced folders.
     ///

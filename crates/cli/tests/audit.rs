@@ -716,7 +716,8 @@ async fn a_relay_that_keeps_copies_for_less_than_it_discloses_ranks_by_what_it_k
     let liar = FaultyRelay::start(&behind.url(), behind.handle().signing_key().clone()).await;
     let liar_url = liar.url().to_owned();
     let liar_key = behind.handle().key();
-    let dir = tempfile::tempdir().unwrap();
+    let laptop = Device::new();
+    let dir = &laptop.dir;
     let mut urls: Vec<String> = honest.iter().map(Relay::url).collect();
     urls.push(liar_url.clone());
     let mut client = client_on(dir.path(), &clock, &urls).await;
@@ -771,4 +772,22 @@ async fn a_relay_that_keeps_copies_for_less_than_it_discloses_ranks_by_what_it_k
         .unwrap();
     assert_eq!(put.copies.len(), 3, "{put:?}");
     assert!(!put.copies.contains(&liar_url), "{put:?}");
+
+    // `cairn status` names it, with what it kept and how to replace it.
+    drop(client);
+    let status = laptop.run(&["status", "--json"]).await.json();
+    let short = &status["short_retention_relays"];
+    assert_eq!(short[0]["url"], liar_url.as_str(), "{status}");
+    assert_eq!(short[0]["kept_secs"], 2 * DAY, "{status}");
+    assert_eq!(short.as_array().unwrap().len(), 1, "{status}");
+    let status = laptop.run(&["status"]).await;
+    let text = status.ok();
+    assert!(
+        text.contains("lost a copy 2 days after it was stored"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("cairn relay rotate {liar_url} NEW_URL")),
+        "{text}"
+    );
 }

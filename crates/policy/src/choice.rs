@@ -63,9 +63,17 @@ impl Offer {
     /// the most room.
     #[must_use]
     pub fn rank(&self) -> impl Ord + use<> {
+        self.rank_up_to(RANKED_RETENTION_SECS)
+    }
+
+    /// [`Offer::rank`] with retentions ranked up to `ranked_retention`
+    /// seconds instead (the durability simulator weighs the cap with it;
+    /// `u64::MAX` is the order before there was one).
+    #[must_use]
+    pub fn rank_up_to(&self, ranked_retention: u64) -> impl Ord + use<> {
         (
             self.flagged,
-            Reverse(self.retention_secs.min(RANKED_RETENTION_SECS)),
+            Reverse(self.retention_secs.min(ranked_retention)),
             self.load_permille / 100,
             Reverse(self.capacity_free),
         )

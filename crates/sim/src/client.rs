@@ -218,6 +218,8 @@ pub(crate) struct Habits {
     /// After how long unanswered the person swaps a relay of the set for
     /// another; `None` when nobody tends the set.
     pub(crate) swap_after: Option<u64>,
+    /// The longest retention that ranks a relay higher, in seconds.
+    pub(crate) ranked_retention: u64,
     /// Whether sessions note what they did in [`Outcome::events`].
     pub(crate) trace: bool,
 }
@@ -231,10 +233,12 @@ impl Habits {
                 .saturating_mul(MIB)
                 .saturating_mul(c.files as u64),
             copies: c.copies,
-            mean_gap: c.online_every_hours * 3600.0,
+            // Devices of an identity act as one, online whenever any is.
+            mean_gap: c.online_every_hours * 3600.0 / c.devices as f64,
             watch: c.watch,
             unanswered: c.unanswered(),
             swap_after: c.swap_after_secs(),
+            ranked_retention: c.ranked_retention_secs(),
             trace: false,
         }
     }
@@ -335,7 +339,8 @@ impl Client {
 
     /// The relays of the set that are up and can take the files, best
     /// first, as the client ranks them; those holding a copy left out.
-    fn candidates(&self, relays: &View<'_>, bytes: u64, t: u64) -> Vec<u32> {
+    fn candidates(&self, relays: &View<'_>, habits: &Habits, t: u64) -> Vec<u32> {
+        let bytes = habits.bytes;
         let mut usable: Vec<_> = self
             .set
             .iter()
@@ -344,7 +349,7 @@ impl Client {
             .map(|m| (m.relay, m.offer(relays.relay(m.relay), t)))
             .filter(|(_, offer)| offer.fits(bytes, bytes).is_ok())
             .collect();
-        usable.sort_by_key(|(_, offer)| offer.rank());
+        usable.sort_by_key(|(_, offer)| offer.rank_up_to(habits.ranked_retention));
         usable.into_iter().map(|(r, _)| r).collect()
     }
 
@@ -352,7 +357,7 @@ impl Client {
     /// again at the next session. Returns the relays that took a copy.
     fn put(&mut self, habits: &Habits, relays: &View<'_>, t: u64, out: &mut Outcome) -> Vec<u32> {
         let wanted = copies_wanted(habits.copies, self.set.len());
-        let mut targets = self.candidates(relays, habits.bytes, t);
+        let mut targets = self.candidates(relays, habits, t);
         if targets.len() < wanted {
             out.refused_puts += 1;
             return Vec::new();
@@ -473,7 +478,7 @@ impl Client {
         }
         // As the client, a repair never copies onto a flagged relay.
         let new: Vec<u32> = self
-            .candidates(relays, habits.bytes, t)
+            .candidates(relays, habits, t)
             .into_iter()
             .filter(|&r| !self.flagged(r, t))
             .collect();

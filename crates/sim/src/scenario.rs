@@ -198,9 +198,16 @@ pub struct Clients {
     pub file_mib: u64,
     /// Copies of each file the client wants (the client's `replicas`).
     pub copies: usize,
-    /// The mean time between a client's sessions, in hours (sessions come
+    /// The mean time between a device's sessions, in hours (sessions come
     /// at random, as a phone that is opened now and then).
     pub online_every_hours: f64,
+    /// Devices per identity, all alike (1 unless set). They share the
+    /// identity's set, its file table and, in this model, one record of
+    /// each relay (a real device keeps its own), so together they act as
+    /// one device whose sessions are all of theirs: `online_every_hours /
+    /// devices` apart on average.
+    #[serde(default = "one")]
+    pub devices: usize,
     /// Whether a session runs the repair when it is due (`cairn sync
     /// --watch`); without it nothing renews a copy after the put.
     pub watch: bool,
@@ -213,6 +220,20 @@ pub struct Clients {
     /// days; `inf` (the default) when nobody tends the set.
     #[serde(default = "never")]
     pub swap_relay_after_days: f64,
+    /// The longest retention that ranks a relay higher, in days: the
+    /// client's 90 (`choice::RANKED_RETENTION_SECS`) unless set; `inf`
+    /// ranks any retention, as releases before the cap did.
+    #[serde(default = "ranked_retention")]
+    pub ranked_retention_days: f64,
+}
+
+/// The client's cap, in days.
+fn ranked_retention() -> f64 {
+    (cairn_policy::choice::RANKED_RETENTION_SECS / 86_400) as f64
+}
+
+fn one() -> usize {
+    1
 }
 
 fn never() -> f64 {
@@ -227,6 +248,19 @@ impl Clients {
         // Checked to be 0 or more; whole seconds are plenty.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         days.is_finite().then_some((days * 86_400.0) as u64)
+    }
+
+    /// [`Self::ranked_retention_days`] in seconds (`u64::MAX` for `inf`).
+    #[must_use]
+    pub fn ranked_retention_secs(&self) -> u64 {
+        let days = self.ranked_retention_days;
+        // Checked to be 0 or more; whole seconds are plenty.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        if days.is_finite() {
+            (days * 86_400.0) as u64
+        } else {
+            u64::MAX
+        }
     }
 
     /// What a repair does with copies on relays that do not answer.
@@ -363,11 +397,17 @@ impl Scenario {
         if c.replace_unanswered_after_hours.is_nan() || c.replace_unanswered_after_hours < 0.0 {
             return invalid("clients.replace_unanswered_after_hours must be 0 or more (or inf)");
         }
+        if c.ranked_retention_days.is_nan() || c.ranked_retention_days < 0.0 {
+            return invalid("clients.ranked_retention_days must be 0 or more (or inf)");
+        }
         if c.swap_relay_after_days.is_nan() || c.swap_relay_after_days < 0.0 {
             return invalid("clients.swap_relay_after_days must be 0 or more (or inf)");
         }
         if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
             return invalid("clients.online_every_hours must be above 0");
+        }
+        if c.devices == 0 {
+            return invalid("clients.devices must be at least 1");
         }
         let a = &self.adversaries;
         if a.retention_liars > 0.0 && a.retention_liars_keep_days >= a.retention_liars_disclose_days

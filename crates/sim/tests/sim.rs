@@ -347,3 +347,48 @@ fn a_peer_credit_bounds_what_free_riders_hand_on() {
         "{bounded:?} {open:?}"
     );
 }
+
+#[test]
+fn relays_that_claim_a_year_and_keep_a_week_draw_fewer_copies_under_the_cap() {
+    // Phones online weekly; three relays in ten disclose a year and
+    // delete what nobody read for a week. Ranked by any retention, they
+    // take every copy they can and lose whole files at the first long
+    // absence; ranked up to the client's 90 days, they take a copy only
+    // as their room and load earn it.
+    let mut s = scenario();
+    s.relays.retention_days = 90;
+    s.clients.online_every_hours = 168.0;
+    s.adversaries.retention_liars = 0.3;
+    s.adversaries.retention_liars_disclose_days = 365;
+    s.adversaries.retention_liars_keep_days = 7;
+    let capped = simulate(&s).last();
+    s.clients.ranked_retention_days = f64::INFINITY;
+    let uncapped = simulate(&s).last();
+    assert!(uncapped.lost > 0, "{uncapped:?}");
+    assert!(capped.lost < uncapped.lost, "{capped:?} {uncapped:?}");
+    // With nobody lying, the cap changes nothing.
+    s.adversaries.retention_liars = 0.0;
+    let honest = simulate(&s).last();
+    s.clients.ranked_retention_days = 90.0;
+    assert_eq!(simulate(&s).last(), honest);
+}
+
+#[test]
+fn devices_of_an_identity_act_as_one_online_whenever_any_is() {
+    // Three phones online every three days renew copies as one online
+    // daily; one phone online every three days loses more.
+    let mut s = scenario();
+    s.relays.retention_days = 10;
+    s.clients.online_every_hours = 24.0;
+    let daily = simulate(&s);
+    s.clients.online_every_hours = 72.0;
+    let alone = simulate(&s).last();
+    s.clients.devices = 3;
+    let three = simulate(&s);
+    assert_eq!(three, daily);
+    assert!(
+        alone.lost > three.last().lost,
+        "{alone:?} {:?}",
+        three.last()
+    );
+}

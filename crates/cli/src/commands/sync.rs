@@ -168,6 +168,22 @@ fn silent_relays(client: &Client) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The relays of the set this device saw lose a copy sooner than the
+/// retention they disclose, with the shortest time one kept
+/// (`kept_at_most` in its record).
+fn short_keepers(client: &Client) -> Vec<(String, u64)> {
+    let scores = client.scores();
+    client
+        .relays()
+        .entries()
+        .iter()
+        .filter_map(|relay| {
+            let kept = scores.get(&relay.key)?.kept_at_most?;
+            Some((relay.url.clone(), kept))
+        })
+        .collect()
+}
+
 pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {
     let status = client.status().await?;
     let report = &status.sync;
@@ -182,12 +198,17 @@ pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<Exi
         None => Some(unix_now()),
     };
     let silent = silent_relays(&client);
+    let short = short_keepers(&client);
     let value = json!({
         "sync": report,
         "findings": findings,
         "silent_relays": silent
             .iter()
             .map(|(url, secs)| json!({ "url": url, "silent_secs": secs }))
+            .collect::<Vec<_>>(),
+        "short_retention_relays": short
+            .iter()
+            .map(|(url, secs)| json!({ "url": url, "kept_secs": secs }))
             .collect::<Vec<_>>(),
         "stale": status.offline.is_some(),
         "as_of": as_of,
@@ -232,7 +253,16 @@ pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<Exi
                 cairn_client::text::lasting(*secs)
             ));
         }
-        if findings.is_empty() && silent.is_empty() {
+        for (url, kept) in &short {
+            text.push_str(&format!(
+                "relay {url} lost a copy {} after it was stored, sooner than the retention it \
+                 discloses: this device counts on it to keep copies that long only, and places \
+                 them on the rest of your set first; to stop using it, replace it \
+                 (`cairn relay rotate {url} NEW_URL`)\n",
+                cairn_client::text::lasting(*kept)
+            ));
+        }
+        if findings.is_empty() && silent.is_empty() && short.is_empty() {
             text.push_str("no problems found");
         } else if findings.is_empty() {
             text.truncate(text.trim_end().len());
