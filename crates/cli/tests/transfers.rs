@@ -472,3 +472,86 @@ async fn laptop_behind(a: &Relay, b: &Relay, marker: &[u8]) -> (Origin, Device, 
     let id = laptop.put_data("doc", &data).await;
     (origin, laptop, data, id)
 }
+
+/// Every copy the file table lists is on a relay that is gone, but another
+/// relay of the set holds the blob (a replica a listed relay pushed to its
+/// peer, or any copy): repair adopts it in place of a lost copy, without
+/// moving a byte, and makes the rest from it. It used to give up ("no good
+/// copy left to repair from") while `cairn get` still found the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_adopts_a_copy_on_a_relay_of_the_set_when_every_listed_copy_is_gone() {
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        relays.push(Relay::start().await);
+    }
+    let laptop = Device::new();
+    laptop.init("laptop").await;
+    laptop.add_relays(&relays.iter().collect::<Vec<_>>()).await;
+    laptop.run(&["config", "--replicas", "2"]).await.ok();
+    let data = data_with_marker(200_000, b"outlives both its copies");
+    let src = laptop.dir.path().join("kept");
+    std::fs::write(&src, &data).unwrap();
+    let put = laptop
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let id = put["blob"].as_str().unwrap().to_owned();
+    let listed: Vec<usize> = (0..4)
+        .filter(|&i| {
+            put["copies"]
+                .as_array()
+                .unwrap()
+                .contains(&relays[i].url().into())
+        })
+        .collect();
+    let unlisted: Vec<usize> = (0..4).filter(|i| !listed.contains(i)).collect();
+    assert_eq!((listed.len(), unlisted.len()), (2, 2), "{put}");
+    copy_blob(&id, &relays[listed[0]], &relays[unlisted[0]]).await;
+    for &i in &listed {
+        relays[i].stop().await;
+    }
+
+    let repair = laptop
+        .run(&["repair", "--replace-unreachable", "--json"])
+        .await
+        .json();
+    let restored = repair["restored"].as_array().unwrap();
+    assert_eq!(restored.len(), 2, "{repair}");
+    let adopted = restored
+        .iter()
+        .find(|r| r["to"] == relays[unlisted[0]].url())
+        .unwrap_or_else(|| panic!("the held copy is adopted: {repair}"));
+    assert!(
+        adopted["why"]
+            .as_str()
+            .unwrap()
+            .contains("already held the blob"),
+        "{repair}"
+    );
+    assert!(
+        restored
+            .iter()
+            .any(|r| r["to"] == relays[unlisted[1]].url()),
+        "the second copy is made from it: {repair}"
+    );
+    let list = laptop.run(&["ls", "--json"]).await.json();
+    let mut copies: Vec<&str> = list[0]["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    copies.sort_unstable();
+    let mut expected = [relays[unlisted[0]].url(), relays[unlisted[1]].url()];
+    expected.sort_unstable();
+    assert_eq!(
+        copies,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let out = laptop.dir.path().join("out");
+    laptop
+        .run(&["get", "kept", "-o", out.to_str().unwrap()])
+        .await
+        .ok();
+    assert!(std::fs::read(&out).unwrap() == data, "intact");
+}

@@ -122,7 +122,7 @@ impl Client {
                 let relay = this.contained(this.relay_client(&url, key));
                 async move {
                     let audit = this
-                        .audit_once(&relay, &file.blob, file.size, chunks, file.stored_at)
+                        .audit_once(&relay, &file.blob, file.size, chunks, Some(file.stored_at))
                         .await;
                     (file.name.clone(), url, key, audit)
                 }
@@ -235,24 +235,26 @@ pub(super) struct CopyAudit {
 }
 
 impl Client {
-    /// Audits the copy of `blob` on `relay` (`size` bytes when known; its
-    /// file stored at `stored_at`). A copy found missing is weighed
-    /// against the retention the relay's info document discloses: a relay
-    /// that lost a copy sooner than it promised to keep one lied.
+    /// Audits the copy of `blob` on `relay` (`size` bytes when known). A
+    /// copy the file table lists there, its file stored at `stored_at`,
+    /// that is found missing is weighed against the retention the relay's
+    /// info document discloses: a relay that lost a copy sooner than it
+    /// promised to keep one lied. (`None`: the relay was never given the
+    /// copy, and its lack says nothing.)
     pub(super) async fn audit_once(
         &self,
         relay: &RelayClient,
         blob: &BlobId,
         size: Option<u64>,
         chunks: usize,
-        stored_at: u64,
+        stored_at: Option<u64>,
     ) -> CopyAudit {
         let started = Instant::now();
         let outcome =
             tokio::time::timeout(AUDIT_TIMEOUT, audit_copy(relay, blob, size, chunks)).await;
         let took = started.elapsed();
-        let early = match outcome {
-            Ok(Ok(AuditOutcome::Missing)) => match relay.info().await {
+        let early = match (&outcome, stored_at) {
+            (Ok(Ok(AuditOutcome::Missing)), Some(stored_at)) => match relay.info().await {
                 Ok(info) => {
                     cairn_policy::choice::kept_short(stored_at, self.now(), info.retention_secs)
                         .map(|kept| (kept, info.retention_secs))

@@ -37,7 +37,7 @@ use crate::crdt::Change;
 use crate::error::{Error, RelayError, Result};
 use crate::failures::Failure;
 use crate::files::{FileEntry, Place};
-use crate::relay::AuditOutcome;
+use crate::relay::{AuditOutcome, RelayClient};
 use crate::text::{count, lasting};
 
 /// What a repair run did.
@@ -225,7 +225,7 @@ impl Client {
         // A one-blob file's size is in its entry; a chunked file's blobs'
         // sizes are learned from the relays.
         let size = entry.sealed_size_of(blob);
-        let checked = self.check_copies(blob, size, entry.stored_at, places).await;
+        let mut checked = self.check_copies(blob, size, entry.stored_at, places).await;
         out.checked = checked.len();
         // Copies on relays flagged for misbehaviour move off them too,
         // even when they pass: those relays are not trusted to keep
@@ -269,7 +269,46 @@ impl Client {
                 flagged: flag(&c.at).map(|kind| format!("on a relay flagged for {kind}")),
             });
         }
-        let plan = match policy::plan(&audited, wanted, unanswered) {
+        let mut decision = policy::plan(&audited, wanted, unanswered);
+        if matches!(decision, Decision::NoSource { .. })
+            && let Some(lost) = audited.iter().position(|a| a.found != Found::Good)
+            && let Some(found) = self.unlisted_holder(blob, size, &checked).await
+        {
+            // Every listed copy is gone, but a relay of the set holds the
+            // blob (a replica a listed relay pushed to its peer, §7.8): it
+            // takes the lost copy's place, without a byte moved, and the
+            // rest is repaired from it.
+            let why = match &audited[lost].found {
+                Found::Bad(why) | Found::Unreachable { why, .. } => why.clone(),
+                Found::Good => String::new(),
+            };
+            let from = &checked[audited[lost].at].at;
+            out.changes.push(Change::Moved {
+                blob: *blob,
+                from: from.relay,
+                to: found.clone(),
+            });
+            out.restored.push(Restored {
+                name: label.to_owned(),
+                from: from.url.clone(),
+                why: format!(
+                    "{why}; {} already held the blob, and holds the copy now",
+                    found.url
+                ),
+                to: found.url.clone(),
+            });
+            checked.push(Checked {
+                at: found,
+                verdict: Verdict::Good,
+            });
+            audited[lost] = Audited {
+                at: checked.len() - 1,
+                found: Found::Good,
+                flagged: None,
+            };
+            decision = policy::plan(&audited, wanted, unanswered);
+        }
+        let plan = match decision {
             Decision::Healthy => {
                 out.healthy = true;
                 return out;
@@ -328,6 +367,39 @@ impl Client {
         out
     }
 
+    /// A relay of the set, not flagged and holding none of the copies in
+    /// `listed`, that proves with an audit it holds `blob` (`size` bytes,
+    /// when known): the first to pass. A relay without it has done nothing
+    /// wrong, so nothing is recorded.
+    async fn unlisted_holder(
+        &self,
+        blob: &BlobId,
+        size: Option<u64>,
+        listed: &[Checked],
+    ) -> Option<Place> {
+        let (scores, now) = (self.scores(), self.now());
+        let others: Vec<RelayClient> = self
+            .blob_clients()
+            .into_iter()
+            .filter(|r| !listed.iter().any(|c| &c.at.relay == r.key()))
+            .filter(|r| !scores.flagged(r.key(), now))
+            .collect();
+        let audits = futures_util::future::join_all(
+            others
+                .iter()
+                .map(|r| self.audit_once(r, blob, size, DEFAULT_CHUNKS, None)),
+        )
+        .await;
+        others
+            .iter()
+            .zip(audits)
+            .find(|(_, audit)| matches!(audit.outcome, Ok(Ok(AuditOutcome::Passed { .. }))))
+            .map(|(r, _)| Place {
+                url: r.url().to_owned(),
+                relay: *r.key(),
+            })
+    }
+
     /// Audits the copies of `blob` (`size` bytes, when known; its file
     /// stored at `stored_at`) at `places`, noting each relay's behaviour in
     /// its record.
@@ -342,7 +414,7 @@ impl Client {
             let relay = self.contained(self.relay_client(&at.url, at.relay));
             async move {
                 let audit = self
-                    .audit_once(&relay, blob, size, DEFAULT_CHUNKS, stored_at)
+                    .audit_once(&relay, blob, size, DEFAULT_CHUNKS, Some(stored_at))
                     .await;
                 (at, audit)
             }
