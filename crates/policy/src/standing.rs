@@ -42,12 +42,13 @@ impl Account {
         ratio * 0.5f64.powi(failures)
     }
 
-    /// Whether this relay takes `bytes` more from the peer (a replica or
-    /// a transfer): only while what it stores for the peer stays within
-    /// what the peer stores for it plus `credit`. A peer that hands blobs
-    /// on and never takes any (a free rider) so gets `credit` of this
-    /// relay's room and no more, while peers that give back get as much
-    /// as they give (docs/DURABILITY.md, "Free riders").
+    /// Whether this relay would take `bytes` more from the peer (a replica
+    /// or a transfer) under a reciprocity credit: only while what it
+    /// stores for the peer stays within what the peer stores for it plus
+    /// `credit`. A rule weighed with the simulator and not adopted (it
+    /// raises loss and protects no one; docs/DURABILITY.md, "Free
+    /// riders"): the relay does not call it, and it stays so that the
+    /// sweep can be run again.
     #[must_use]
     pub fn takes(&self, bytes: u64, credit: u64) -> bool {
         self.stored_for_peer.saturating_add(bytes) <= self.stored_by_peer.saturating_add(credit)

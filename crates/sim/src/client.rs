@@ -383,13 +383,16 @@ impl Client {
     }
 
     /// What a person who tends the set does (`cairn relay rm`, then
-    /// `cairn relay add`): a relay of the set that has not answered for
-    /// `after` seconds is swapped for one that answers, drawn at random.
+    /// `cairn relay add`) with the relays `cairn status` names: one that
+    /// has not answered for `after` seconds, or was seen losing a copy
+    /// sooner than it promised, is swapped for one that answers, drawn at
+    /// random.
     fn tend_set(&mut self, relays: &View<'_>, t: u64, after: u64) {
         for i in 0..self.set.len() {
             let member = &mut self.set[i];
             member.answered(relays.state(member.relay, t), t);
-            if member.unanswered_since == NEVER || member.unanswered_for(t) < after {
+            let silent = member.unanswered_since != NEVER && member.unanswered_for(t) >= after;
+            if !silent && member.kept_at_most == NEVER {
                 continue;
             }
             // A handful of draws finds a relay that answers unless most

@@ -217,7 +217,9 @@ pub struct Clients {
     pub replace_unanswered_after_hours: f64,
     /// How long a relay of the set may go unanswered before the person
     /// swaps it for another (`cairn relay rm`, `cairn relay add`), in
-    /// days; `inf` (the default) when nobody tends the set.
+    /// days; `inf` (the default) when nobody tends the set. A person who
+    /// tends the set also swaps a relay seen losing a copy sooner than
+    /// it promised (both are what `cairn status` names).
     #[serde(default = "never")]
     pub swap_relay_after_days: f64,
     /// The longest retention that ranks a relay higher, in days: the
