@@ -355,3 +355,45 @@ async fn round_trip_one(device: &Device, name: &str, data: &[u8]) -> serde_json:
         .await
         .json()
 }
+
+/// A relay that takes part in a put and refuses its copy (here its quota
+/// for this device is too small, which its info document's free space
+/// does not show) is replaced by the next relay of the set: the put
+/// stores all its copies, and names the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refusing_its_copy_during_a_put_is_replaced_by_a_spare() {
+    let (a, b, c) = three_relays().await;
+    // The most room of the four: ranked first, so tried in the first
+    // batch of three.
+    let stingy = Relay::start_with(|config| {
+        config.capacity_bytes = 20 << 30;
+        config.limits.key_quota_bytes = 64 << 10;
+    })
+    .await;
+    let device = Device::new();
+    device.init("laptop").await;
+    device.add_relays(&[&a, &b, &c, &stingy]).await;
+
+    let src = device.dir.path().join("src");
+    std::fs::write(&src, data_with_marker(200_000, MARKER)).unwrap();
+    let put = device
+        .run(&["put", src.to_str().unwrap(), "--json"])
+        .await
+        .json();
+    let copies = put["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 3, "{put}");
+    assert!(!copies.contains(&stingy.url().into()), "{put}");
+    let warning = put["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("replaced a failing relay"), "{put}");
+    assert!(
+        warning.contains(stingy.url().trim_start_matches("http://")),
+        "{put}"
+    );
+    assert!(warning.contains("quota_exceeded"), "{put}");
+    let got = device.dir.path().join("got");
+    device
+        .run(&["get", "src", "-o", got.to_str().unwrap()])
+        .await
+        .ok();
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+}

@@ -462,6 +462,19 @@ async fn info_documents_are_judged_by_the_clients_clock() {
     let now = Clock::system().now().0;
     let on_time = client(&peer_url, &peer_key).with_clock(Clock::manual(now));
     assert!(on_time.info().await.is_ok());
+    // An hour either way, to within a minute (the fake signs with the
+    // system's time as it answers): just inside is believed, just outside
+    // refused, an old document (a replay) and one from the future alike.
+    for (offset, believed) in [
+        (3600 - 60, true),
+        (3600 + 60, false),
+        (-(3600 - 60), true),
+        (-(3600 + 60), false),
+    ] {
+        let clock = Clock::manual(now.checked_add_signed(offset).unwrap());
+        let answer = client(&peer_url, &peer_key).with_clock(clock).info().await;
+        assert_eq!(answer.is_ok(), believed, "{offset} s off: {answer:?}");
+    }
     let ahead = Clock::manual(now + 2 * 86_400);
     let late = client(&peer_url, &peer_key).with_clock(ahead.clone());
     let err = late.info().await.unwrap_err();
