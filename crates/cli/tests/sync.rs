@@ -350,6 +350,7 @@ async fn equivocation_is_detected_and_not_merged() {
     assert!(findings.iter().any(|f| f.kind == "equivocation"));
 }
 
+/// Copies the directory `from` to `to`, files and subdirectories.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -546,4 +547,54 @@ async fn a_revocation_moves_every_copy_to_the_new_owner_before_it_returns() {
         assert_eq!(relay.blob_status(blob).await, 200, "{blob}");
     }
     assert!(gone.is_empty(), "the revoked device deleted {gone:?}");
+}
+
+/// A relay whose disk goes back to before a revocation (restored from an
+/// old backup, or lying on purpose) serves the identity log as it was,
+/// with the revoked device enrolled, and none of the next generation's
+/// mailbox. A device that knew the revocation keeps the log it holds: the
+/// revoked device stays revoked. The device that revoked puts its heads
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_rolled_back_to_before_a_revocation_does_not_undo_it() {
+    let mut a = Relay::start().await;
+    let mut devices = devices(&[&a], 3).await;
+    put(&mut devices.clients[0], "one", b"1").await;
+    converge(&mut devices).await;
+    let backup = tempfile::tempdir().unwrap();
+    a.stop().await;
+    copy_dir(&a.data(), backup.path());
+    a.restart().await;
+
+    let phone = devices.clients[1].device_key();
+    devices.clients[0].revoke(&phone.to_string()).await.unwrap();
+    devices.clients[2].sync().await.unwrap();
+    let length = devices.clients[2].identity().entries().len();
+    assert!(
+        !devices.clients[2]
+            .identity()
+            .state()
+            .devices()
+            .contains_key(&phone),
+        "the observer learnt the revocation"
+    );
+
+    // The relay rolls back.
+    a.stop().await;
+    std::fs::remove_dir_all(a.data()).unwrap();
+    copy_dir(backup.path(), &a.data());
+    a.restart().await;
+    devices.clients[2].sync().await.unwrap();
+    assert_eq!(devices.clients[2].identity().entries().len(), length);
+    assert!(
+        !devices.clients[2]
+            .identity()
+            .state()
+            .devices()
+            .contains_key(&phone),
+        "the rollback un-revoked the phone"
+    );
+    // The device that revoked puts its heads back at its next sync.
+    let own = devices.clients[0].sync().await.unwrap();
+    assert!(own.relays[0].republished > 0, "{own:#?}");
 }
