@@ -741,3 +741,49 @@ async fn a_full_relay_does_not_push_a_peer_over_its_own_low_water_mark() {
     );
     assert!(a_info.capacity_used > 300_000, "A stays over its mark");
 }
+
+/// A peer whose info document never ends is read up to its bound (64 KiB)
+/// and no further: the refresh ends, the peer counts as unreachable, and
+/// what the peer managed to send is buffers' worth, not the gigabytes a
+/// 15-second read on loopback would take in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_an_endless_info_document_is_cut_off_at_the_bound() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let endless = axum::Router::new().route(
+        "/.well-known/cairn-relay",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                let chunk = bytes::Bytes::from(vec![b' '; 8192]);
+                let body = futures_util::stream::repeat_with(move || {
+                    counter.fetch_add(8192, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk.clone())
+                });
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    axum::body::Body::from_stream(body),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, endless).await });
+
+    let a = TestRelay::start().await;
+    a.handle.set_peers(&[RelayRef {
+        url: RelayUrl::new(url).unwrap(),
+        key: key("endless peer").verifying_key(),
+    }]);
+    tokio::time::timeout(Duration::from_secs(60), a.handle.refresh_peers())
+        .await
+        .expect("the refresh ends");
+    let (_, body) = info_document(&cairn_testkit::http(), &a.handle.url()).await;
+    assert_eq!(body["federation"]["peers"][0]["reachable"], false, "{body}");
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent < 64 << 20, "{sent} bytes taken in");
+}
