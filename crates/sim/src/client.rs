@@ -19,8 +19,8 @@ use std::ops::{Deref, DerefMut};
 use cairn_policy::choice::{
     Offer, believed_retention, copies_wanted, kept_short, repair_interval_secs,
 };
-use cairn_policy::repair::{self, AUDIT_CHUNKS, Audited, Decision, FLAG_SECS, Found, Unanswered};
-use cairn_proto::audit::ChunkRequest;
+use cairn_policy::repair::{self, Audited, Decision, FLAG_SECS, Found, Unanswered};
+use cairn_proto::audit::{ChunkRequest, chunk_count};
 
 use crate::relay::{Relay, State, View};
 use crate::rng::Rng;
@@ -108,14 +108,6 @@ struct Copy {
     last_access: Secs,
 }
 
-impl Copy {
-    fn held(&self, relays: &View<'_>, t: u64) -> bool {
-        relays
-            .relay(self.relay)
-            .holds(u64::from(self.last_access), t)
-    }
-}
-
 /// Up to [`MAX_SET`] items kept in place.
 #[derive(Clone, Copy)]
 struct Inline<T> {
@@ -164,6 +156,9 @@ pub(crate) struct Client {
     /// The shortest retention its relays disclose (they never change it).
     shortest_retention: u64,
     lost: bool,
+    /// Bit `i` set: copy `i` is on an audit liar that lacks a chunk of one
+    /// of the files, so it cannot be decrypted whatever audits it passes.
+    partial: u16,
     rng: Rng,
     copies: Inline<Copy>,
     set: Inline<Member>,
@@ -220,6 +215,8 @@ pub(crate) struct Habits {
     pub(crate) swap_after: Option<u64>,
     /// The longest retention that ranks a relay higher, in seconds.
     pub(crate) ranked_retention: u64,
+    /// Chunks an audit asks for per file.
+    pub(crate) audit_chunks: usize,
     /// Whether sessions note what they did in [`Outcome::events`].
     pub(crate) trace: bool,
 }
@@ -239,6 +236,7 @@ impl Habits {
             unanswered: c.unanswered(),
             swap_after: c.swap_after_secs(),
             ranked_retention: c.ranked_retention_secs(),
+            audit_chunks: c.audit_chunks,
             trace: false,
         }
     }
@@ -263,6 +261,7 @@ impl Client {
             put_at: NEVER,
             shortest_retention: u64::MAX,
             lost: false,
+            partial: 0,
             rng,
             copies: Inline::new(),
             set,
@@ -323,7 +322,7 @@ impl Client {
             return (0, false);
         }
         let observed = u128::from(horizon.saturating_sub(u64::from(self.put_at)));
-        let lost = !self.lost && !self.copies.iter().any(|c| c.held(relays, horizon));
+        let lost = !self.lost && !(0..self.copies.len()).any(|at| self.held(at, relays, horizon));
         (observed * u128::from(habits.files), lost)
     }
 
@@ -372,6 +371,9 @@ impl Client {
         }
         out.files += habits.files;
         self.put_at = secs(t);
+        for at in 0..self.copies.len() {
+            self.note_chunks(at, relays, habits);
+        }
         self.next_repair = self.repair_after(t);
         targets
     }
@@ -419,7 +421,7 @@ impl Client {
         out: &mut Outcome,
     ) -> Happened {
         self.next_repair = self.repair_after(t);
-        if !self.copies.iter().any(|c| c.held(relays, t)) {
+        if !(0..self.copies.len()).any(|at| self.held(at, relays, t)) {
             self.lost = true;
             out.lost += habits.files;
             return Happened::Lost;
@@ -433,7 +435,8 @@ impl Client {
         let all_good = self
             .copies
             .iter()
-            .all(|c| relays.state(c.relay, t) == State::Up && c.held(relays, t));
+            .enumerate()
+            .all(|(at, c)| relays.state(c.relay, t) == State::Up && self.held(at, relays, t));
         if all_good && !self.copies.iter().any(|c| self.flagged(c.relay, t)) {
             for i in 0..self.copies.len() {
                 self.copies[i].last_access = secs(t);
@@ -472,11 +475,7 @@ impl Client {
         // The client copies from a source whose bytes hash to the blob
         // id: a liar's partial copy, though it passed its audit, fails
         // that, and without a whole copy nothing can be copied.
-        if !plan
-            .sources
-            .iter()
-            .any(|&at| self.copies[at].held(relays, t))
-        {
+        if !plan.sources.iter().any(|&at| self.held(at, relays, t)) {
             return Happened::Repair { replaced };
         }
         // As the client, a repair never copies onto a flagged relay.
@@ -495,15 +494,48 @@ impl Client {
                 relay: to,
                 last_access: secs(t),
             };
+            self.note_chunks(at, relays, habits);
             out.repaired += habits.files;
             replaced.push((old, to));
         }
         Happened::Repair { replaced }
     }
 
+    /// Whether copy `at` is still held at `t`: on its relay, not expired,
+    /// and whole.
+    fn held(&self, at: usize, relays: &View<'_>, t: u64) -> bool {
+        let copy = self.copies[at];
+        self.partial & (1 << at) == 0
+            && relays
+                .relay(copy.relay)
+                .holds(u64::from(copy.last_access), t)
+    }
+
+    /// Notes whether the copy just placed at `at` lacks a chunk of any of
+    /// the files: which chunks an audit liar keeps is fixed per relay,
+    /// file and chunk (the draws its audits meet in [`Client::proves`]), so
+    /// a copy it kept whole by chance is as good as any.
+    fn note_chunks(&mut self, at: usize, relays: &View<'_>, habits: &Habits) {
+        let relay = self.copies[at].relay;
+        let keeps = relays.relay(relay).keeps;
+        let file_bytes = habits.bytes / habits.files.max(1);
+        let salt = u64::from(relay) << 32 | u64::from(self.put_at);
+        let partial = keeps < 1.0
+            && (0..habits.files).any(|file| {
+                (0..chunk_count(file_bytes))
+                    .any(|chunk| Rng::stream(salt, file << 40 | chunk).unit() >= keeps)
+            });
+        if partial {
+            self.partial |= 1 << at;
+        } else {
+            self.partial &= !(1 << at);
+        }
+    }
+
     /// Whether a relay that keeps `keeps` of each copy's chunks answers
     /// the audit of every one of the device's files (the client audits
-    /// each blob): each asks for [`AUDIT_CHUNKS`] chunks drawn by the
+    /// each blob): each asks for the habit's chunks (`repair::AUDIT_CHUNKS`
+    /// unless the scenario says) drawn by the
     /// real `ChunkRequest::random`, and all must be ones it kept. Which
     /// chunks a liar kept is fixed per relay, file and chunk.
     fn proves(&mut self, relay: u32, keeps: f64, habits: &Habits) -> bool {
@@ -511,7 +543,8 @@ impl Client {
         let salt = u64::from(relay) << 32 | u64::from(self.put_at);
         (0..habits.files).all(|file| {
             let rng = &mut self.rng;
-            let Ok(request) = ChunkRequest::random(file_bytes, AUDIT_CHUNKS, || rng.next_u64())
+            let Ok(request) =
+                ChunkRequest::random(file_bytes, habits.audit_chunks, || rng.next_u64())
             else {
                 return false;
             };

@@ -59,11 +59,11 @@ impl Relay {
         t > last_access.saturating_add(self.retention)
     }
 
-    /// Whether a copy last accessed at `last_access` is still held at `t`.
+    /// Whether a copy last accessed at `last_access` is still held at `t`
+    /// (whether an audit liar kept it whole is the device's to know:
+    /// which chunks it kept depends on the files).
     pub(crate) fn holds(&self, last_access: u64, t: u64) -> bool {
-        // A copy missing some of its chunks cannot be decrypted: it is not
-        // held, whatever audits the relay passes.
-        !self.dropper && self.keeps >= 1.0 && t < self.gone_at && !self.expired(last_access, t)
+        !self.dropper && t < self.gone_at && !self.expired(last_access, t)
     }
 
     /// Its fate, for a trace.

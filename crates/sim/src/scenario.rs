@@ -227,6 +227,16 @@ pub struct Clients {
     /// ranks any retention, as releases before the cap did.
     #[serde(default = "ranked_retention")]
     pub ranked_retention_days: f64,
+    /// Chunks an audit asks for per file: the client's 16
+    /// (`repair::AUDIT_CHUNKS`) unless set; at most 64, what a relay
+    /// answers (`audit::MAX_AUDIT_CHUNKS`).
+    #[serde(default = "audit_chunks")]
+    pub audit_chunks: usize,
+}
+
+/// The client's audit size.
+fn audit_chunks() -> usize {
+    cairn_policy::repair::AUDIT_CHUNKS
 }
 
 /// The client's cap, in days.
@@ -407,6 +417,12 @@ impl Scenario {
         }
         if !c.online_every_hours.is_finite() || c.online_every_hours <= 0.0 {
             return invalid("clients.online_every_hours must be above 0");
+        }
+        if c.audit_chunks == 0 || c.audit_chunks > cairn_proto::audit::MAX_AUDIT_CHUNKS {
+            return invalid(&format!(
+                "clients.audit_chunks must be between 1 and {}",
+                cairn_proto::audit::MAX_AUDIT_CHUNKS
+            ));
         }
         if c.devices == 0 {
             return invalid("clients.devices must be at least 1");

@@ -11,7 +11,7 @@ use crate::scenario::{Scenario, ScenarioError, read_table};
 #[derive(Clone, Debug)]
 pub enum Plan {
     /// One run.
-    One(Scenario),
+    One(Box<Scenario>),
     /// One run per value of a field.
     Sweep(Sweep),
 }
@@ -42,7 +42,7 @@ impl Plan {
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
         let mut base = read_table(path)?;
         let Some(sweep) = base.remove("sweep") else {
-            return Scenario::from_table(base, path).map(Self::One);
+            return Scenario::from_table(base, path).map(|s| Self::One(Box::new(s)));
         };
         let invalid = |what: String| ScenarioError::Invalid(format!("{}: {what}", path.display()));
         let sweep: SweepTable = sweep

@@ -90,6 +90,22 @@ fn a_bad_scenario_is_refused_with_its_reason() {
     let mut s = scenario();
     s.clients.set_size = 30;
     assert!(s.check().unwrap_err().to_string().contains("set_size"));
+    let bad = [
+        |s: &mut Scenario| s.clients.audit_chunks = 65,
+        |s: &mut Scenario| s.clients.devices = 0,
+        |s: &mut Scenario| s.adversaries.audit_liars = 1.5,
+        |s: &mut Scenario| s.federation.free_riders = -0.1,
+        |s: &mut Scenario| {
+            s.adversaries.retention_liars = 0.1;
+            s.adversaries.retention_liars_keep_days = 30;
+            s.adversaries.retention_liars_disclose_days = 7;
+        },
+    ];
+    for (i, spoil) in bad.into_iter().enumerate() {
+        let mut s = scenario();
+        spoil(&mut s);
+        assert!(s.check().is_err(), "bad scenario {i} passed");
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("typo.toml");
     std::fs::write(&path, "seed = 1\ndays = 1\nrelay = {}\n").unwrap();
