@@ -57,6 +57,16 @@ async fn mesh(n: usize, adjust: impl Fn(usize, &mut cairn_relay::RelayConfig)) -
     relays
 }
 
+/// Makes `c` a relay of `capacity` bytes that replicates nothing and
+/// transfers above `high` thousandths of it, down to `low`: what the tests
+/// of transfers fill.
+fn transferring(c: &mut cairn_relay::RelayConfig, capacity: u64, high: u16, low: u16) {
+    c.capacity_bytes = capacity;
+    c.federation.replicas = 0;
+    c.federation.high_water_permille = high;
+    c.federation.low_water_permille = low;
+}
+
 /// Uploads `count` blobs of `size` bytes to `relay` as a client; their ids.
 async fn fill(relay: &TestRelay, label: &str, count: usize, size: usize) -> Vec<BlobId> {
     let client = key(&format!("{label} client"));
@@ -265,10 +275,7 @@ fn disk_use(dir: &std::path::Path) -> u64 {
 async fn a_full_relay_transfers_blobs_with_receipts_and_redirects_to_them() {
     let relays = mesh(3, |i, c| {
         if i == 0 {
-            c.capacity_bytes = 1_000_000;
-            c.federation.replicas = 0;
-            c.federation.high_water_permille = 900;
-            c.federation.low_water_permille = 500;
+            transferring(c, 1_000_000, 900, 500);
         }
     })
     .await;
@@ -429,13 +436,7 @@ async fn liar_put(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_receipts_without_storing_is_caught_before_anything_is_dropped() {
-    let a = TestRelay::start_with(|c| {
-        c.capacity_bytes = 200_000;
-        c.federation.replicas = 0;
-        c.federation.high_water_permille = 500;
-        c.federation.low_water_permille = 100;
-    })
-    .await;
+    let a = TestRelay::start_with(|c| transferring(c, 200_000, 500, 100)).await;
     let c = TestRelay::start().await;
     let liar = Liar {
         key: std::sync::Arc::new(key("lying relay")),
@@ -593,13 +594,7 @@ async fn peers_are_learned_from_configured_peers_within_the_bound() {
 async fn a_replica_passed_on_to_another_peer_is_still_counted_by_reconciliation() {
     // B replicates to A; A, full, passes the replica on to C.
     let b = TestRelay::start_with(|c| c.federation.replicas = 1).await;
-    let a = TestRelay::start_with(|c| {
-        c.capacity_bytes = 100_000;
-        c.federation.replicas = 0;
-        c.federation.high_water_permille = 300;
-        c.federation.low_water_permille = 100;
-    })
-    .await;
+    let a = TestRelay::start_with(|c| transferring(c, 100_000, 300, 100)).await;
     let c = TestRelay::start().await;
     b.handle.set_peers(&[a.as_peer()]);
     a.handle.set_peers(&[b.as_peer(), c.as_peer()]);
@@ -674,13 +669,7 @@ async fn a_full_relay_transfers_nothing_to_a_learned_peer() {
     // B, the only configured peer, has no room for a blob.
     let b = TestRelay::start_with(|cfg| cfg.capacity_bytes = 10_000).await;
     b.handle.set_peers(&[c.as_peer()]);
-    let a = TestRelay::start_with(|cfg| {
-        cfg.capacity_bytes = 1_000_000;
-        cfg.federation.replicas = 0;
-        cfg.federation.high_water_permille = 300;
-        cfg.federation.low_water_permille = 100;
-    })
-    .await;
+    let a = TestRelay::start_with(|cfg| transferring(cfg, 1_000_000, 300, 100)).await;
     a.handle.set_peers(&[b.as_peer()]);
     // C would take A's blobs: A is on its list.
     c.handle.set_peers(&[a.as_peer()]);
@@ -712,13 +701,7 @@ async fn a_full_relay_does_not_push_a_peer_over_its_own_low_water_mark() {
     // B may take blobs only while it stays under 10% of its capacity, or
     // it would be over the mark itself and hand them on in turn.
     let b = TestRelay::start_with(|cfg| cfg.capacity_bytes = 1_000_000).await;
-    let a = TestRelay::start_with(|cfg| {
-        cfg.capacity_bytes = 1_000_000;
-        cfg.federation.replicas = 0;
-        cfg.federation.high_water_permille = 300;
-        cfg.federation.low_water_permille = 100;
-    })
-    .await;
+    let a = TestRelay::start_with(|cfg| transferring(cfg, 1_000_000, 300, 100)).await;
     a.handle.set_peers(&[b.as_peer()]);
     b.handle.set_peers(&[a.as_peer()]);
     a.handle.refresh_peers().await;
