@@ -372,13 +372,17 @@ impl Device {
     /// Writes `data` to a file called `name` in this device's directory,
     /// `cairn put`s it, and returns its blob id.
     pub(crate) async fn put_data(&self, name: &str, data: &[u8]) -> String {
+        let put = self.put_report(name, data).await;
+        put["blob"].as_str().unwrap().to_owned()
+    }
+
+    /// [`Device::put_data`], returning the whole `put --json` report.
+    pub(crate) async fn put_report(&self, name: &str, data: &[u8]) -> Value {
         let src = self.dir.path().join(name);
         std::fs::write(&src, data).unwrap();
-        let put = self
-            .run(&["put", src.to_str().unwrap(), "--json"])
+        self.run(&["put", src.to_str().unwrap(), "--json"])
             .await
-            .json();
-        put["blob"].as_str().unwrap().to_owned()
+            .json()
     }
 
     /// `cairn get`s the stored file `name` into this device's directory

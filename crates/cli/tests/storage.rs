@@ -374,12 +374,8 @@ async fn a_relay_refusing_its_copy_during_a_put_is_replaced_by_a_spare() {
     device.init("laptop").await;
     device.add_relays(&[&a, &b, &c, &stingy]).await;
 
-    let src = device.dir.path().join("src");
-    std::fs::write(&src, data_with_marker(200_000, MARKER)).unwrap();
-    let put = device
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
+    let data = data_with_marker(200_000, MARKER);
+    let put = device.put_report("src", &data).await;
     let copies = put["copies"].as_array().unwrap();
     assert_eq!(copies.len(), 3, "{put}");
     assert!(!copies.contains(&stingy.url().into()), "{put}");
@@ -390,10 +386,5 @@ async fn a_relay_refusing_its_copy_during_a_put_is_replaced_by_a_spare() {
         "{put}"
     );
     assert!(warning.contains("quota_exceeded"), "{put}");
-    let got = device.dir.path().join("got");
-    device
-        .run(&["get", "src", "-o", got.to_str().unwrap()])
-        .await
-        .ok();
-    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(device.get_data("src").await, data);
 }

@@ -16,7 +16,7 @@ use cairn_client::Clock;
 use cairn_client::proto::BlobId;
 use cairn_client::relay::{RelayClient, fetch_info};
 
-use crate::common::{Device, Relay, data_with_marker};
+use crate::common::{Device, Relay, data_with_marker, sorted_strings};
 use crate::devices::pair;
 
 /// What the proxy says about the one blob it pretends to have transferred.
@@ -489,12 +489,7 @@ async fn repair_adopts_a_copy_on_a_relay_of_the_set_when_every_listed_copy_is_go
     laptop.add_relays(&relays.iter().collect::<Vec<_>>()).await;
     laptop.run(&["config", "--replicas", "2"]).await.ok();
     let data = data_with_marker(200_000, b"outlives both its copies");
-    let src = laptop.dir.path().join("kept");
-    std::fs::write(&src, &data).unwrap();
-    let put = laptop
-        .run(&["put", src.to_str().unwrap(), "--json"])
-        .await
-        .json();
+    let put = laptop.put_report("kept", &data).await;
     let id = put["blob"].as_str().unwrap().to_owned();
     let listed: Vec<usize> = (0..4)
         .filter(|&i| {
@@ -535,23 +530,8 @@ async fn repair_adopts_a_copy_on_a_relay_of_the_set_when_every_listed_copy_is_go
         "the second copy is made from it: {repair}"
     );
     let list = laptop.run(&["ls", "--json"]).await.json();
-    let mut copies: Vec<&str> = list[0]["copies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
-    copies.sort_unstable();
-    let mut expected = [relays[unlisted[0]].url(), relays[unlisted[1]].url()];
+    let mut expected = vec![relays[unlisted[0]].url(), relays[unlisted[1]].url()];
     expected.sort_unstable();
-    assert_eq!(
-        copies,
-        expected.iter().map(String::as_str).collect::<Vec<_>>()
-    );
-    let out = laptop.dir.path().join("out");
-    laptop
-        .run(&["get", "kept", "-o", out.to_str().unwrap()])
-        .await
-        .ok();
-    assert!(std::fs::read(&out).unwrap() == data, "intact");
+    assert_eq!(sorted_strings(&list[0]["copies"]), expected);
+    assert!(laptop.get_data("kept").await == data, "intact");
 }

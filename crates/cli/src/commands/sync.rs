@@ -152,36 +152,34 @@ fn finding_text(finding: &cairn_client::Finding) -> String {
     parts.join(", ")
 }
 
-/// The relays of the set this device has had no answer from for
-/// [`SWAP_RELAY_AFTER_SECS`] or more (its own record of audits and
-/// downloads), with for how long.
-fn silent_relays(client: &Client) -> Vec<(String, u64)> {
-    let (scores, now) = (client.scores(), client.clock().now().0);
-    client
-        .relays()
-        .entries()
-        .iter()
-        .filter_map(|relay| {
-            let silent = scores.get(&relay.key)?.unanswered_for(now);
-            (silent >= SWAP_RELAY_AFTER_SECS).then(|| (relay.url.clone(), silent))
-        })
-        .collect()
-}
-
-/// The relays of the set this device saw lose a copy sooner than the
-/// retention they disclose, with the shortest time one kept
-/// (`kept_at_most` in its record).
-fn short_keepers(client: &Client) -> Vec<(String, u64)> {
+/// The relays of the set whose record (this device's, of audits and
+/// downloads) gives a figure by `pick`, with their URLs.
+fn relays_where(
+    client: &Client,
+    pick: impl Fn(&cairn_client::scores::RelayScore) -> Option<u64>,
+) -> Vec<(String, u64)> {
     let scores = client.scores();
     client
         .relays()
         .entries()
         .iter()
-        .filter_map(|relay| {
-            let kept = scores.get(&relay.key)?.kept_at_most?;
-            Some((relay.url.clone(), kept))
-        })
+        .filter_map(|relay| Some((relay.url.clone(), pick(scores.get(&relay.key)?)?)))
         .collect()
+}
+
+/// The relays of the set this device has had no answer from for
+/// [`SWAP_RELAY_AFTER_SECS`] or more, with for how long.
+fn silent_relays(client: &Client) -> Vec<(String, u64)> {
+    let now = client.clock().now().0;
+    relays_where(client, |score| {
+        Some(score.unanswered_for(now)).filter(|&silent| silent >= SWAP_RELAY_AFTER_SECS)
+    })
+}
+
+/// The relays of the set this device saw lose a copy sooner than the
+/// retention they disclose, with the shortest time one kept.
+fn short_keepers(client: &Client) -> Vec<(String, u64)> {
+    relays_where(client, |score| score.kept_at_most)
 }
 
 pub(super) async fn status(mut client: Client, json: bool) -> anyhow::Result<ExitCode> {

@@ -133,6 +133,25 @@ struct BlobRepair {
     changes: Vec<Change>,
 }
 
+impl BlobRepair {
+    /// Records that the copy of `blob` (of the file `label` names) at
+    /// `from` is replaced by the one at `to`, for `why`: the move for the
+    /// file table, and the line for the report.
+    fn moved(&mut self, blob: &BlobId, label: &str, from: &Place, to: &Place, why: String) {
+        self.changes.push(Change::Moved {
+            blob: *blob,
+            from: from.relay,
+            to: to.clone(),
+        });
+        self.restored.push(Restored {
+            name: label.to_owned(),
+            from: from.url.clone(),
+            why,
+            to: to.url.clone(),
+        });
+    }
+}
+
 enum Verdict {
     Good,
     Bad(String),
@@ -282,21 +301,11 @@ impl Client {
                 Found::Bad(why) | Found::Unreachable { why, .. } => why.clone(),
                 Found::Good => String::new(),
             };
-            let from = &checked[audited[lost].at].at;
-            out.changes.push(Change::Moved {
-                blob: *blob,
-                from: from.relay,
-                to: found.clone(),
-            });
-            out.restored.push(Restored {
-                name: label.to_owned(),
-                from: from.url.clone(),
-                why: format!(
-                    "{why}; {} already held the blob, and holds the copy now",
-                    found.url
-                ),
-                to: found.url.clone(),
-            });
+            let why = format!(
+                "{why}; {} already held the blob, and holds the copy now",
+                found.url
+            );
+            out.moved(blob, label, &checked[audited[lost].at].at, &found, why);
             checked.push(Checked {
                 at: found,
                 verdict: Verdict::Good,
@@ -342,17 +351,7 @@ impl Client {
         {
             Ok(new) => {
                 for ((lost, why), to) in bad.iter().zip(&new) {
-                    out.changes.push(Change::Moved {
-                        blob: *blob,
-                        from: lost.relay,
-                        to: to.clone(),
-                    });
-                    out.restored.push(Restored {
-                        name: label.to_owned(),
-                        from: lost.url.clone(),
-                        why: why.clone(),
-                        to: to.url.clone(),
-                    });
+                    out.moved(blob, label, lost, to, why.clone());
                 }
                 if good + new.len() < wanted {
                     out.short.push(format!(
